@@ -1,0 +1,281 @@
+"""The shared memory buffer (SMB) ABI, byte-compatible with Perfetto's.
+
+An SMB is shared by exactly one producer and the service. It is cut into pages
+of equal size; each page is partitioned into 1, 2, 4, 7 or 14 chunks by the
+producer when it first uses the page. A chunk holds fragments of TracePackets
+written by one TraceWriter. All integers are little-endian.
+
+SMB::
+
+    +--------+--------+--------+-- ... --+--------+
+    | page 0 | page 1 | page 2 |         | page N-1|    size = N * page_size
+    +--------+--------+--------+-- ... --+--------+     page_size in {4,8,16,32} KiB
+
+Page (PAGE_HEADER, 8 bytes, then the chunks)::
+
+    0        4        8          8+cs        8+2cs
+    +--------+--------+-----------+-----------+-- ... --+-- slack --+
+    | bitmap | (rsvd) | chunk 0   | chunk 1   |         |           |
+    +--------+--------+-----------+-----------+-- ... --+-----------+
+    chunk k starts at 8 + k*cs, cs = ((page_size - 8) // n) & ~3
+
+Page header bitmap (u32, only ever changed with an atomic CAS)::
+
+     31 30  28 27 26        ...          3  2  1  0
+    +--+------+-----+-----+-- ... --+-----+-----+
+    |0 |layout|st 13|st 12|         |st 1 |st 0 |    st k = state of chunk k (2 bits)
+    +--+------+-----+-----+-- ... --+-----+-----+
+    LAYOUT_MASK 0x70000000, ALL_CHUNKS_MASK 0x0FFFFFFF, RESERVED_BIT 0x80000000
+
+    layout code   0     1  2  3  4  5     6, 7
+    chunks/page   free  1  2  4  7  14    invalid
+
+    chunk states  0 FREE, 1 BEING_WRITTEN, 2 BEING_READ, 3 COMPLETE
+    A bitmap of 0 is a free, unpartitioned page.
+
+Chunk header (CHUNK_HEADER, 8 bytes, then the payload)::
+
+    0            4            6                   8
+    +------------+------------+---------+---------+-------- payload ...
+    | chunk_id   | writer_id  | count   | flags   |
+    | u32        | u16 1..32767 bits 0-9 bits 10-15|
+    +------------+------------+---------+---------+
+
+    flags: 1 FIRST_PACKET_CONTINUES_FROM_PREV_CHUNK, 2 LAST_PACKET_CONTINUES_ON_NEXT_CHUNK,
+           4 CHUNK_NEEDS_PATCHING
+
+The u16 pair (writer_id, packets) forms one aligned u32 at chunk offset 4: the
+producer publishes a new packet count with one atomic release store of that word.
+
+Transitions (each a CAS on the whole bitmap; see SharedMemoryABI)::
+
+    producer: page 0 -> layout L          chunk FREE -> BEING_WRITTEN -> COMPLETE
+    service:  chunk COMPLETE -> BEING_READ -> FREE; the last chunk freed resets
+              the bitmap to 0
+
+The service trusts nothing it reads here but the number of pages: layouts and
+states are re-checked by its own CAS, headers are untrusted input, and a CAS it
+keeps losing is given up (it never waits for a producer).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from shm._atomics import cas32, load32, store32
+
+# --- geometry -------------------------------------------------------------------
+
+PAGE_SIZES = (4096, 8192, 16384, 32768)
+DEFAULT_PAGE_SIZE = 4096
+DEFAULT_SMB_SIZE = 256 * 1024
+MAX_SMB_SIZE = 32 * 1024 * 1024
+
+PAGE_HEADER = struct.Struct("<II")  # bitmap, reserved
+CHUNK_HEADER = struct.Struct("<IHH")  # chunk_id, writer_id, packets (count:10 | flags:6)
+PAGE_HEADER_SIZE = PAGE_HEADER.size
+CHUNK_HEADER_SIZE = CHUNK_HEADER.size
+CHUNK_PACKETS_WORD = 4  # offset in the chunk of the aligned u32 (writer_id | packets << 16)
+
+# --- page header bitmap -----------------------------------------------------------
+
+LAYOUT_SHIFT = 28
+LAYOUT_MASK = 0x70000000
+ALL_CHUNKS_MASK = 0x0FFFFFFF
+RESERVED_BIT = 0x80000000
+CHUNK_STATE_MASK = 0x3
+LAYOUT_CHUNKS = (0, 1, 2, 4, 7, 14, 0, 0)  # indexed by layout code
+MAX_CHUNKS_PER_PAGE = 14
+
+FREE = 0
+BEING_WRITTEN = 1
+BEING_READ = 2
+COMPLETE = 3
+
+# --- chunk header -----------------------------------------------------------------
+
+COUNT_MASK = 0x3FF
+FLAGS_SHIFT = 10
+FIRST_PACKET_CONTINUES = 1
+LAST_PACKET_CONTINUES = 2
+NEEDS_PATCHING = 4
+MAX_COUNT = COUNT_MASK  # 1023: 1022 packets plus the writer's one "inflated" slot
+MAX_PACKETS_PER_CHUNK = 1022
+MAX_WRITER_ID = 32767
+
+# --- packets inside a chunk (see shm/packets.py) ------------------------------------
+
+PACKET_DROPPED_SIZE = 0x0FFFFFFF  # fragment length meaning "writer dropped this packet"
+FRAGMENT_HEADER_SIZE = 4  # reserved by writers, backfilled as a redundant varint
+
+# How many times the service retries a CAS it loses before giving up on the chunk.
+SERVICE_CAS_ATTEMPTS = 8
+
+
+def chunk_size_for(page_size: int, layout: int) -> int:
+    """Bytes per chunk (header included) of `layout` on a page; 0 for invalid layouts."""
+    n = LAYOUT_CHUNKS[layout & 7]
+    if n == 0:
+        return 0
+    return ((page_size - PAGE_HEADER_SIZE) // n) & ~3
+
+
+def chunk_state(bitmap: int, chunk: int) -> int:
+    return (bitmap >> (chunk * 2)) & CHUNK_STATE_MASK
+
+
+def layout_of(bitmap: int) -> int:
+    return (bitmap & LAYOUT_MASK) >> LAYOUT_SHIFT
+
+
+def with_chunk_state(bitmap: int, chunk: int, state: int) -> int:
+    shift = chunk * 2
+    return (bitmap & ~(CHUNK_STATE_MASK << shift)) | (state << shift)
+
+
+def pack_packets(count: int, flags: int) -> int:
+    return (count & COUNT_MASK) | (flags << FLAGS_SHIFT)
+
+
+def unpack_packets(packets: int) -> tuple[int, int]:
+    return packets & COUNT_MASK, packets >> FLAGS_SHIFT
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The SMB size and page size both sides agree on."""
+
+    size: int
+    page_size: int
+
+    @property
+    def num_pages(self) -> int:
+        return self.size // self.page_size
+
+
+def resolve_geometry(size_hint: int = 0, page_size_hint: int = 0) -> Geometry:
+    """Perfetto's rules for SMB hints: 0 means default; sizes above the maximum are
+    clamped; any other invalid combination falls back to both defaults."""
+    page = page_size_hint or DEFAULT_PAGE_SIZE
+    size = size_hint or DEFAULT_SMB_SIZE
+    page = min(page, PAGE_SIZES[-1])
+    size = min(size, MAX_SMB_SIZE)
+    if page not in PAGE_SIZES or size < page or size % page:
+        return Geometry(DEFAULT_SMB_SIZE, DEFAULT_PAGE_SIZE)
+    return Geometry(size, page)
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """A chunk the caller owns after a successful acquire."""
+
+    page: int
+    chunk: int
+    offset: int  # of the chunk header within the SMB
+    size: int  # of the whole chunk, header included
+
+
+class SharedMemoryABI:
+    """Atomic page/chunk state transitions over one SMB buffer.
+
+    `buf` is any writable buffer (an mmap or a bytearray); both sides use this
+    class, but only the service side must assume the other party is hostile.
+    """
+
+    def __init__(self, buf, geometry: Geometry) -> None:
+        if len(buf) < geometry.size:
+            raise ValueError(f"buffer of {len(buf)} bytes is smaller than the SMB ({geometry.size})")
+        self.buf = buf
+        self.geometry = geometry
+        self.page_size = geometry.page_size
+        self.num_pages = geometry.num_pages
+
+    # -- reads -------------------------------------------------------------------
+
+    def bitmap(self, page: int) -> int:
+        return load32(self.buf, page * self.page_size)
+
+    def chunk_ref(self, page: int, chunk: int, layout: int) -> ChunkRef | None:
+        """Location of chunk `chunk` of `page` under `layout`, or None if invalid."""
+        n = LAYOUT_CHUNKS[layout & 7]
+        if not 0 <= page < self.num_pages or not 0 <= chunk < n:
+            return None
+        size = chunk_size_for(self.page_size, layout)
+        return ChunkRef(page, chunk, page * self.page_size + PAGE_HEADER_SIZE + chunk * size, size)
+
+    # -- producer side --------------------------------------------------------------
+
+    def try_partition_page(self, page: int, layout: int) -> bool:
+        """Free page -> partitioned with `layout` (all chunks FREE)."""
+        return cas32(self.buf, page * self.page_size, 0, layout << LAYOUT_SHIFT) == 0
+
+    def try_acquire_for_writing(
+        self, page: int, chunk: int, writer_id: int, chunk_id: int
+    ) -> ChunkRef | None:
+        """FREE -> BEING_WRITTEN, then publish a fresh header for the writer."""
+        bitmap = self.bitmap(page)
+        ref = self.chunk_ref(page, chunk, layout_of(bitmap))
+        if ref is None or bitmap & RESERVED_BIT or chunk_state(bitmap, chunk) != FREE:
+            return None
+        new = with_chunk_state(bitmap, chunk, BEING_WRITTEN)
+        if cas32(self.buf, page * self.page_size, bitmap, new) != bitmap:
+            return None
+        struct.pack_into("<I", self.buf, ref.offset, chunk_id & 0xFFFFFFFF)
+        store32(self.buf, ref.offset + CHUNK_PACKETS_WORD, writer_id)  # count 0, flags 0
+        return ref
+
+    def release_as_complete(self, page: int, chunk: int) -> bool:
+        """BEING_WRITTEN -> COMPLETE. Retries while other chunks of the page change."""
+        return self._transition(page, chunk, BEING_WRITTEN, COMPLETE, attempts=1 << 20)
+
+    # -- service side ------------------------------------------------------------------
+
+    def try_acquire_for_reading(self, page: int, chunk: int) -> ChunkRef | None:
+        """COMPLETE -> BEING_READ on an untrusted page; None if the chunk is not
+        complete, the indices or layout are invalid, or the CAS keeps losing."""
+        if not 0 <= page < self.num_pages:
+            return None
+        for _ in range(SERVICE_CAS_ATTEMPTS):
+            bitmap = self.bitmap(page)
+            ref = self.chunk_ref(page, chunk, layout_of(bitmap))
+            if ref is None or bitmap & RESERVED_BIT or chunk_state(bitmap, chunk) != COMPLETE:
+                return None
+            new = with_chunk_state(bitmap, chunk, BEING_READ)
+            if cas32(self.buf, page * self.page_size, bitmap, new) == bitmap:
+                return ref
+        return None
+
+    def release_as_free(self, ref: ChunkRef) -> bool:
+        """BEING_READ -> FREE, zeroing the header first; the last chunk freed
+        returns the page to the unpartitioned state (bitmap 0)."""
+        struct.pack_into("<II", self.buf, ref.offset, 0, 0)
+        page_off = ref.page * self.page_size
+        for _ in range(SERVICE_CAS_ATTEMPTS):
+            bitmap = self.bitmap(ref.page)
+            layout = layout_of(bitmap)
+            if (
+                chunk_size_for(self.page_size, layout) != ref.size
+                or chunk_state(bitmap, ref.chunk) != BEING_READ
+            ):
+                return False  # the producer changed the layout under us: give up
+            new = with_chunk_state(bitmap, ref.chunk, FREE)
+            if new & ALL_CHUNKS_MASK == 0:
+                new = 0
+            if cas32(self.buf, page_off, bitmap, new) == bitmap:
+                return True
+        return False
+
+    # -- shared --------------------------------------------------------------------------
+
+    def _transition(self, page: int, chunk: int, old: int, new_state: int, attempts: int) -> bool:
+        off = page * self.page_size
+        for _ in range(attempts):
+            bitmap = load32(self.buf, off)
+            if self.chunk_ref(page, chunk, layout_of(bitmap)) is None:
+                return False
+            if chunk_state(bitmap, chunk) != old:
+                return False
+            if cas32(self.buf, off, bitmap, with_chunk_state(bitmap, chunk, new_state)) == bitmap:
+                return True
+        return False
