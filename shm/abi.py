@@ -185,7 +185,7 @@ class SharedMemoryABI:
 
     def __init__(self, buf, geometry: Geometry) -> None:
         if len(buf) < geometry.size:
-            raise ValueError(f"buffer of {len(buf)} bytes is smaller than the SMB ({geometry.size})")
+            raise ValueError(f"buffer of {len(buf)} bytes is smaller than the SMB {geometry}")
         self.buf = buf
         self.geometry = geometry
         self.page_size = geometry.page_size

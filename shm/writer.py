@@ -1,0 +1,592 @@
+"""The producer side of the data path: the arbiter and its TraceWriters.
+
+A `SharedMemoryArbiter` owns one SMB on the producer side. It hands free
+chunks to TraceWriters (round-robin page scan, partitioning free pages, CAS
+acquire; thread-safe), collects the chunks they return and the patches they
+fill into one pending `CommitBatch`, and passes that batch to `on_commit`, a
+callback the shell connects to its socket. It never sends anything itself and
+never reads a clock: the shell passes in `sleep` for the stall policy.
+
+A batch is handed over when the chunks in it reach `commit_threshold` bytes
+(half the SMB, as Perfetto does), whenever a writer stalls, and whenever the
+shell calls `commit()` (its batching timer, or a flush).
+
+A `TraceWriter` belongs to one thread and one target buffer. Every packet is a
+fragment in a chunk: a 4-byte reserved length, backfilled as a redundant
+varint, then the bytes (a short packet that fits may use a 1-byte length).
+The packet count in the chunk header is *inflated*: as soon as a packet is
+complete and room is left, the count already includes the next slot, so a
+service scraping an incomplete chunk (which ignores its last fragment) keeps
+every finished packet. A chunk returned while inflated gets one 0x00 byte, an
+empty fragment, so the count stays true. At most 1022 packets per chunk; a
+packet starts in a new chunk when fewer than 12 bytes are free.
+
+A packet that does not fit is split: the chunk is returned with
+LAST_PACKET_CONTINUES, the next chunk (chunk id + 1) starts with
+FIRST_PACKET_CONTINUES. Size fields of nested messages that stay behind in a
+returned chunk become patches (chunk id, payload offset, 4 bytes), sent with
+the next commit; the chunk is flagged NEEDS_PATCHING until then.
+
+When no chunk is free the writer follows its BufferExhaustedPolicy:
+DROP writes into a private scratch chunk until a chunk can be had again (the
+abandoned fragment's length becomes PACKET_DROPPED_SIZE, the next packet that
+lands carries previous_packet_dropped); STALL retries with a bounded backoff
+and raises SMBExhaustedError when it runs out; STALL_THEN_DROP drops instead.
+Each writer counts what it dropped (`dropped_packets`, `dropped_bytes`).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shm._atomics import store32
+from shm.abi import (
+    CHUNK_HEADER_SIZE,
+    CHUNK_PACKETS_WORD,
+    FIRST_PACKET_CONTINUES,
+    FLAGS_SHIFT,
+    LAST_PACKET_CONTINUES,
+    LAYOUT_CHUNKS,
+    MAX_PACKETS_PER_CHUNK,
+    MAX_WRITER_ID,
+    NEEDS_PATCHING,
+    PACKET_DROPPED_SIZE,
+    ChunkRef,
+    SharedMemoryABI,
+    chunk_state,
+    layout_of,
+)
+from shm.packets import encode_size4, write_size4
+from shm.protozero import Message
+
+MIN_PACKET_START_ROOM = 12  # bytes free below which a packet starts in a new chunk
+SCRATCH_CHUNK_SIZE = 1024
+# Perfetto's stall backoff: these sleeps (µs), then 100 ms each, 300 stalls (~29 s).
+STALL_BACKOFF_US = (0, 8, 72, 584, 4680, 37448)
+STALL_LONG_SLEEP_S = 0.1
+MAX_STALLS = 300
+
+# TracePacket fields the writer itself adds (precomputed tag + value bytes).
+_FIRST_PACKET_ON_SEQUENCE = b"\xb8\x05\x01"  # field 87, bool true
+_PREVIOUS_PACKET_DROPPED = b"\xd0\x02\x81\x02"  # field 42 = 257: PRESENT | SMB_FULL
+
+
+class BufferExhaustedPolicy(enum.IntEnum):
+    DROP = 1
+    STALL = 2  # stall, then raise SMBExhaustedError
+    STALL_THEN_DROP = 3
+
+
+class SMBExhaustedError(RuntimeError):
+    """A stalling writer found no free chunk for MAX_STALLS attempts."""
+
+
+@dataclass(slots=True)
+class ChunkToMove:
+    page: int
+    chunk: int
+    target_buffer: int
+
+
+@dataclass(slots=True)
+class ChunkToPatch:
+    target_buffer: int
+    writer_id: int
+    chunk_id: int
+    patches: list[tuple[int, bytes]]  # (offset from the payload start, 4 bytes)
+    has_more_patches: bool
+
+
+@dataclass(slots=True)
+class CommitBatch:
+    """A CommitDataRequest in the making: what the shell sends to the service."""
+
+    chunks_to_move: list[ChunkToMove] = field(default_factory=list)
+    chunks_to_patch: list[ChunkToPatch] = field(default_factory=list)
+    flush_request_id: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks_to_move or self.chunks_to_patch or self.flush_request_id)
+
+
+class SharedMemoryArbiter:
+    """Producer-side owner of one SMB: chunk allocation and commit batching."""
+
+    def __init__(
+        self,
+        abi: SharedMemoryABI,
+        on_commit: Callable[[CommitBatch], None],
+        *,
+        sleep: Callable[[float], None],
+        layout: int = 1,
+        commit_threshold: int | None = None,
+    ) -> None:
+        if not 1 <= layout <= 5:
+            raise ValueError(f"page layout must be 1..5, got {layout}")
+        self.abi = abi
+        self.sleep = sleep
+        self._on_commit = on_commit
+        self._layout = layout
+        self._threshold = commit_threshold or abi.geometry.size // 2
+        self._lock = threading.Lock()  # pages, writer ids, the pending batch
+        self._deliver_lock = threading.Lock()  # keeps batches in order
+        self._pending = CommitBatch()
+        self._pending_bytes = 0
+        self._next_page = 0
+        self._writer_ids: set[int] = set()
+        self._last_writer_id = 0
+
+    # -- writers ------------------------------------------------------------------
+
+    def create_trace_writer(
+        self, target_buffer: int, policy: BufferExhaustedPolicy = BufferExhaustedPolicy.DROP
+    ) -> TraceWriter:
+        return TraceWriter(self, self._allocate_writer_id(), target_buffer, policy)
+
+    def _allocate_writer_id(self) -> int:
+        with self._lock:
+            for step in range(1, MAX_WRITER_ID + 1):
+                wid = (self._last_writer_id + step - 1) % MAX_WRITER_ID + 1
+                if wid not in self._writer_ids:
+                    self._writer_ids.add(wid)
+                    self._last_writer_id = wid
+                    return wid
+        raise RuntimeError(f"all {MAX_WRITER_ID} writer ids are in use")
+
+    def release_writer_id(self, writer_id: int) -> None:
+        with self._lock:
+            self._writer_ids.discard(writer_id)
+
+    # -- chunks -------------------------------------------------------------------
+
+    def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None:
+        """A free chunk, now BEING_WRITTEN with a fresh header; None if none is free."""
+        abi = self.abi
+        with self._lock:
+            n = abi.num_pages
+            for i in range(n):
+                page = (self._next_page + i) % n
+                ref = self._acquire_in_page(page, writer_id, chunk_id)
+                if ref is not None:
+                    self._next_page = page
+                    return ref
+        return None
+
+    def _acquire_in_page(self, page: int, writer_id: int, chunk_id: int) -> ChunkRef | None:
+        abi = self.abi
+        bitmap = abi.bitmap(page)
+        if bitmap == 0 and abi.try_partition_page(page, self._layout):
+            bitmap = abi.bitmap(page)
+        for chunk in range(LAYOUT_CHUNKS[layout_of(bitmap)]):
+            if chunk_state(bitmap, chunk) == 0:
+                ref = abi.try_acquire_for_writing(page, chunk, writer_id, chunk_id)
+                if ref is not None:
+                    return ref
+        return None
+
+    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None:
+        """A writer is done with `ref`: mark it COMPLETE and queue it for the service."""
+        if not self.abi.release_as_complete(ref.page, ref.chunk):
+            raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
+        with self._lock:
+            self._pending.chunks_to_move.append(ChunkToMove(ref.page, ref.chunk, target_buffer))
+            self._pending_bytes += ref.size
+            full = self._pending_bytes >= self._threshold
+        if full:
+            self.commit()
+
+    def add_patches(self, patches: list[ChunkToPatch]) -> None:
+        with self._lock:
+            self._pending.chunks_to_patch.extend(patches)
+
+    # -- commits ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Hand the pending batch (if any) to on_commit, in order across threads."""
+        with self._deliver_lock:
+            with self._lock:
+                batch, self._pending = self._pending, CommitBatch()
+                self._pending_bytes = 0
+            if batch:
+                self._on_commit(batch)
+
+    def notify_flush_complete(self, flush_request_id: int) -> None:
+        """Acknowledge a service flush with the next batch (sent right away)."""
+        with self._lock:
+            self._pending.flush_request_id = max(self._pending.flush_request_id, flush_request_id)
+        self.commit()
+
+
+class _Patch:
+    """A size field left behind in a returned chunk."""
+
+    __slots__ = ("chunk_id", "offset", "data")
+
+    def __init__(self, chunk_id: int, offset: int) -> None:
+        self.chunk_id = chunk_id
+        self.offset = offset
+        self.data: bytes | None = None
+
+
+class TracePacket(Message):
+    """A packet being streamed into a writer; end() (or `with`) finishes it."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: TraceWriter) -> None:
+        super().__init__(writer)
+        self._writer = writer
+
+    def end(self) -> int:
+        if self.finished:
+            return 0
+        size = super().end()
+        self._writer._end_packet()
+        return size
+
+
+class TraceWriter:
+    """Writes TracePackets of one sequence into chunks of the SMB. One thread only."""
+
+    def __init__(
+        self,
+        arbiter: SharedMemoryArbiter,
+        writer_id: int,
+        target_buffer: int,
+        policy: BufferExhaustedPolicy,
+    ) -> None:
+        self._arbiter = arbiter
+        self.writer_id = writer_id
+        self.target_buffer = target_buffer
+        self.policy = BufferExhaustedPolicy(policy)
+        self.dropped_packets = 0
+        self.dropped_bytes = 0
+        self._smb = arbiter.abi.buf
+        self._buf = self._smb  # the SMB, or the scratch chunk while dropping
+        self._scratch = memoryview(bytearray(SCRATCH_CHUNK_SIZE))
+        self._chunk: ChunkRef | None = None
+        self._chunk_id = 0  # of the current chunk
+        self._next_chunk_id = 0
+        self._wptr = 0
+        self._end = 0
+        self._fast_limit = -1  # write_packet's fast path needs wptr + n < this
+        self._finished = 0  # complete packets in the current chunk
+        self._flags = 0
+        self._hdr_word = 0
+        self._hdr_hi = writer_id
+        self._in_packet = False
+        self._lost = False  # the packet in progress is being dropped
+        self._dropping = False
+        self._scratch_wrapped = False
+        self._frag_size_off = 0
+        self._frag_start = 0
+        self._pos = 0  # bytes of the packet in progress
+        self._open_sizes: list[list] = []  # [abs offset, _Patch | None] in the current chunk
+        self._patches: list[_Patch] = []
+        self._extra = _FIRST_PACKET_ON_SEQUENCE
+        self._exhausted = False
+
+    # -- the fast path: one pre-encoded TracePacket --------------------------------
+
+    def write_packet(self, data: bytes) -> None:
+        """Append one serialized TracePacket."""
+        n = len(data)
+        w = self._wptr
+        if n < 128 and w + n < self._fast_limit:
+            buf = self._buf
+            buf[w] = n
+            buf[w + 1 : w + 1 + n] = data
+            self._wptr = w + 1 + n
+            c = self._finished + 1
+            self._finished = c
+            store32(buf, self._hdr_word, self._hdr_hi | ((c + 1) << 16))  # inflated
+            if c >= MAX_PACKETS_PER_CHUNK:
+                self._fast_limit = -1
+            return
+        self._begin_packet()
+        self.write(data)
+        self._end_packet()
+
+    def new_packet(self) -> TracePacket:
+        """Start a packet to fill with protozero calls; end it with end() or `with`."""
+        self._begin_packet()
+        return TracePacket(self)
+
+    def flush(self) -> None:
+        """Return the current chunk (if no packet is open) and commit everything."""
+        if not self._in_packet and self._chunk is not None:
+            self._return_chunk(last_continues=False)
+        self._arbiter.commit()
+
+    def close(self) -> None:
+        self.flush()
+        self._arbiter.release_writer_id(self.writer_id)
+
+    # -- the Stream protocol used by protozero Messages -------------------------------
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def write(self, data) -> None:
+        n = len(data)
+        w = self._wptr
+        if w + n <= self._end:
+            self._buf[w : w + n] = data
+            self._wptr = w + n
+            self._pos += n
+            return
+        mv = memoryview(data)
+        off = 0
+        while off < n:
+            take = min(self._end - self._wptr, n - off)
+            if take > 0:
+                self._buf[self._wptr : self._wptr + take] = mv[off : off + take]
+                self._wptr += take
+                self._pos += take
+                off += take
+            if off < n:
+                self._next_chunk_for_split()
+
+    def reserve_size(self) -> list:
+        if self._end - self._wptr < 4:
+            self._next_chunk_for_split()
+        handle = [-1 if self._dropping else self._wptr, None]
+        if not self._dropping:
+            self._open_sizes.append(handle)
+        self.write(b"\0\0\0\0")
+        return handle
+
+    def fill_size(self, handle: list, size: int) -> None:
+        off, patch = handle
+        if patch is not None:
+            patch.data = encode_size4(size)
+        elif off >= 0:
+            write_size4(self._buf, off, size)
+            sizes = self._open_sizes
+            for i in range(len(sizes) - 1, -1, -1):  # usually the last: messages nest
+                if sizes[i] is handle:
+                    del sizes[i]
+                    break
+        handle[0] = -1
+
+    # -- packets ----------------------------------------------------------------------
+
+    def _begin_packet(self) -> None:
+        if self._in_packet:
+            raise RuntimeError("a packet is already open on this writer")
+        self._fast_limit = -1
+        self._pos = 0
+        if self._dropping and self._scratch_wrapped:
+            self._try_recover()
+        if not self._dropping and (
+            self._chunk is None
+            or self._end - self._wptr < MIN_PACKET_START_ROOM
+            or self._finished >= MAX_PACKETS_PER_CHUNK
+        ):
+            if self._chunk is not None:
+                self._return_chunk(last_continues=False)
+            ref = self._next_chunk(may_stall=True)
+            if ref is None:
+                self._enter_drop_mode()
+            else:
+                self._install(ref, first_continues=False)
+        self._in_packet = True
+        if self._dropping:
+            self._lost = True
+            self._raise_if_exhausted()
+            return
+        if self._finished == 0:
+            self._publish(1)
+        self._start_fragment()
+
+    def _end_packet(self) -> None:
+        if not self._in_packet:
+            return  # already given up (SMBExhaustedError)
+        if not self._lost and self._extra:
+            extra, self._extra = self._extra, b""
+            self.write(extra)
+        self._in_packet = False
+        if self._lost:
+            self._count_lost_packet()
+            return
+        write_size4(self._buf, self._frag_size_off, self._wptr - self._frag_start)
+        self._finished += 1
+        self._send_patches(all_filled=True)
+        inflated = self._wptr < self._end
+        self._publish(self._finished + (1 if inflated else 0))
+        self._update_fast_limit()
+
+    def _count_lost_packet(self) -> None:
+        self.dropped_packets += 1
+        self.dropped_bytes += self._pos
+        self._lost = False
+
+    def _start_fragment(self) -> None:
+        self._frag_size_off = self._wptr
+        self._buf[self._wptr : self._wptr + 4] = b"\0\0\0\0"
+        self._wptr += 4
+        self._frag_start = self._wptr
+
+    def _update_fast_limit(self) -> None:
+        usable = not (self._in_packet or self._extra or self._dropping or self._chunk is None)
+        if usable and self._finished < MAX_PACKETS_PER_CHUNK:
+            self._fast_limit = self._end - 1
+        else:
+            self._fast_limit = -1
+
+    def _publish(self, count: int) -> None:
+        store32(self._smb, self._hdr_word, self._hdr_hi | (count << 16))
+
+    # -- chunks -----------------------------------------------------------------------
+
+    def _next_chunk(self, may_stall: bool) -> ChunkRef | None:
+        """A fresh chunk for this writer, stalling if the policy says so; None = drop."""
+        ref = self._arbiter.acquire_chunk(self.writer_id, self._next_chunk_id)
+        if ref is None and may_stall and self.policy != BufferExhaustedPolicy.DROP:
+            ref = self._stall()
+        return ref
+
+    def _stall(self) -> ChunkRef | None:
+        arbiter = self._arbiter
+        for attempt in range(MAX_STALLS):
+            arbiter.commit()  # let the service free what we returned
+            if attempt < len(STALL_BACKOFF_US):
+                arbiter.sleep(STALL_BACKOFF_US[attempt] / 1e6)
+            else:
+                arbiter.sleep(STALL_LONG_SLEEP_S)
+            ref = arbiter.acquire_chunk(self.writer_id, self._next_chunk_id)
+            if ref is not None:
+                return ref
+        self._exhausted = self.policy == BufferExhaustedPolicy.STALL
+        return None
+
+    def _raise_if_exhausted(self) -> None:
+        """STALL policy: give up on this packet, raise, and try again next packet."""
+        if not self._exhausted:
+            return
+        self._exhausted = False
+        self._in_packet = False
+        self._count_lost_packet()
+        self._dropping = False
+        self._buf = self._smb
+        self._wptr = self._end = 0
+        self._extra += _PREVIOUS_PACKET_DROPPED
+        raise SMBExhaustedError(
+            f"writer {self.writer_id}: no free chunk in the SMB after {MAX_STALLS} stalls"
+        )
+
+    def _install(self, ref: ChunkRef, first_continues: bool) -> None:
+        self._chunk = ref
+        self._chunk_id = self._next_chunk_id
+        self._next_chunk_id = (self._next_chunk_id + 1) & 0xFFFFFFFF
+        self._buf = self._smb
+        self._wptr = ref.offset + CHUNK_HEADER_SIZE
+        self._end = ref.offset + ref.size
+        self._hdr_word = ref.offset + CHUNK_PACKETS_WORD
+        self._finished = 0
+        self._flags = FIRST_PACKET_CONTINUES if first_continues else 0
+        self._hdr_hi = self.writer_id | (self._flags << (16 + FLAGS_SHIFT))
+        if first_continues:
+            self._publish(1)
+            self._start_fragment()
+
+    def _return_chunk(self, last_continues: bool) -> None:
+        count = self._finished
+        if self._in_packet:
+            count += 1  # the fragment in progress goes with the chunk
+        elif self._finished and self._wptr < self._end:
+            self._smb[self._wptr] = 0  # the inflated slot becomes an empty fragment
+            self._wptr += 1
+            count += 1
+        flags = self._flags | (LAST_PACKET_CONTINUES if last_continues else 0)
+        if self._open_sizes:
+            flags |= NEEDS_PATCHING
+            base = self._chunk.offset + CHUNK_HEADER_SIZE
+            for handle in self._open_sizes:
+                handle[1] = _Patch(self._chunk_id, handle[0] - base)
+                self._patches.append(handle[1])
+            self._open_sizes.clear()
+        store32(self._smb, self._hdr_word, self.writer_id | ((count | flags << FLAGS_SHIFT) << 16))
+        self._arbiter.return_chunk(self._chunk, self.target_buffer)
+        self._chunk = None
+        self._fast_limit = -1
+
+    def _next_chunk_for_split(self) -> None:
+        """The packet in progress needs more room than the current chunk has."""
+        if self._dropping:
+            self._wptr = 0
+            self._scratch_wrapped = True
+            return
+        ref = self._next_chunk(may_stall=True)  # before returning ours, as Perfetto does
+        if ref is None:
+            self._abandon_packet()
+            self._raise_if_exhausted()
+            return
+        write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
+        self._return_chunk(last_continues=True)
+        self._send_patches(all_filled=False)
+        self._install(ref, first_continues=True)
+
+    # -- dropping ----------------------------------------------------------------------
+
+    def _abandon_packet(self) -> None:
+        """No chunk for the rest of the packet: void its fragment here, drop the rest."""
+        write_size4(self._smb, self._frag_size_off, PACKET_DROPPED_SIZE)
+        for handle in self._open_sizes:
+            handle[0] = -1  # its bytes are void now
+        self._open_sizes.clear()
+        for patch in self._patches:
+            if patch.data is None:
+                patch.data = b"\0\0\0\0"  # unblock the service; the packet is void anyway
+        self._send_patches(all_filled=True)
+        self._return_chunk(last_continues=False)
+        self._enter_drop_mode()
+        self._lost = True
+
+    def _enter_drop_mode(self) -> None:
+        self._dropping = True
+        self._scratch_wrapped = False
+        self._buf = self._scratch
+        self._wptr = 0
+        self._end = SCRATCH_CHUNK_SIZE
+        self._fast_limit = -1
+
+    def _try_recover(self) -> None:
+        """Back from the scratch chunk if the SMB has room again (never stalls)."""
+        ref = self._next_chunk(may_stall=False)
+        if ref is None:
+            self._scratch_wrapped = False  # try again after another scratch-full
+            return
+        self._dropping = False
+        self._install(ref, first_continues=False)
+        self._extra += _PREVIOUS_PACKET_DROPPED
+
+    # -- patches -----------------------------------------------------------------------
+
+    def _send_patches(self, all_filled: bool) -> None:
+        """Hand filled patches to the arbiter, grouped per chunk, in order."""
+        patches = self._patches
+        if not patches:
+            return
+        n = len(patches)
+        if not all_filled:
+            n = 0
+            while n < len(patches) and patches[n].data is not None:
+                n += 1
+        if n == 0:
+            return
+        ready, self._patches = patches[:n], patches[n:]
+        waiting = {p.chunk_id for p in self._patches}
+        groups: dict[int, list[tuple[int, bytes]]] = {}
+        for p in ready:
+            groups.setdefault(p.chunk_id, []).append((p.offset, p.data))
+        self._arbiter.add_patches(
+            [
+                ChunkToPatch(self.target_buffer, self.writer_id, cid, items, cid in waiting)
+                for cid, items in groups.items()
+            ]
+        )
