@@ -79,8 +79,12 @@ class Oracle:
                 assert chunk.chunk_id == expected_id, "chunk ids must be consecutive"
             expected_id = (chunk.chunk_id + 1) & 0xFFFFFFFF
             assert not chunk.flags & NEEDS_PATCHING, "a chunk was never patched"
-            bounds, status = parse_fragments_untrusted(chunk.payload, 0, len(chunk.payload), chunk.count)
-            frags = [bytes(chunk.payload[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)]
+            bounds, status = parse_fragments_untrusted(
+                chunk.payload, 0, len(chunk.payload), chunk.count
+            )
+            frags = [
+                bytes(chunk.payload[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)
+            ]
             if status == WRITER_DROPPED:
                 aborted += 1
                 if pending is not None and len(frags) == 0:
@@ -103,3 +107,9 @@ class Oracle:
             if status == WRITER_DROPPED:
                 pending = None
         return out, aborted
+
+
+def _fragments(chunk: OracleChunk) -> tuple[list[bytes], int]:
+    data = chunk.payload
+    bounds, status = parse_fragments_untrusted(data, 0, len(data), chunk.count)
+    return [bytes(data[bounds[i] : bounds[i + 1]]) for i in range(0, len(bounds), 2)], status
