@@ -19,7 +19,12 @@
 
 static int get_word(PyObject *obj, PyObject *off_obj, Py_buffer *view, uint32_t **word) {
     Py_ssize_t off = PyLong_AsSsize_t(off_obj);
-    if (off == -1 && PyErr_Occurred()) return -1;
+    if (off == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_SetString(PyExc_ValueError, "atomic access offset out of range");
+        }
+        return -1;
+    }
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return -1;
     if (off < 0 || off > view->len - 4 || ((uintptr_t)((char *)view->buf + off) & 3u) != 0) {
         PyBuffer_Release(view);

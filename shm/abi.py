@@ -62,8 +62,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from shm._atomics import cas32, load32, store32
+from shm._atomics import cas32, load32
 
 # --- geometry -------------------------------------------------------------------
 
@@ -166,8 +167,7 @@ def resolve_geometry(size_hint: int = 0, page_size_hint: int = 0) -> Geometry:
     return Geometry(size, page)
 
 
-@dataclass(frozen=True)
-class ChunkRef:
+class ChunkRef(NamedTuple):
     """A chunk the caller owns after a successful acquire."""
 
     page: int
@@ -190,6 +190,7 @@ class SharedMemoryABI:
         self.geometry = geometry
         self.page_size = geometry.page_size
         self.num_pages = geometry.num_pages
+        self._chunk_sizes = [chunk_size_for(self.page_size, layout) for layout in range(8)]
 
     # -- reads -------------------------------------------------------------------
 
@@ -198,10 +199,9 @@ class SharedMemoryABI:
 
     def chunk_ref(self, page: int, chunk: int, layout: int) -> ChunkRef | None:
         """Location of chunk `chunk` of `page` under `layout`, or None if invalid."""
-        n = LAYOUT_CHUNKS[layout & 7]
-        if not 0 <= page < self.num_pages or not 0 <= chunk < n:
+        if not (0 <= page < self.num_pages and 0 <= chunk < LAYOUT_CHUNKS[layout & 7]):
             return None
-        size = chunk_size_for(self.page_size, layout)
+        size = self._chunk_sizes[layout & 7]
         return ChunkRef(page, chunk, page * self.page_size + PAGE_HEADER_SIZE + chunk * size, size)
 
     # -- producer side --------------------------------------------------------------
@@ -209,6 +209,18 @@ class SharedMemoryABI:
     def try_partition_page(self, page: int, layout: int) -> bool:
         """Free page -> partitioned with `layout` (all chunks FREE)."""
         return cas32(self.buf, page * self.page_size, 0, layout << LAYOUT_SHIFT) == 0
+
+    def try_acquire_free_page(
+        self, page: int, layout: int, writer_id: int, chunk_id: int
+    ) -> ChunkRef | None:
+        """Free page -> partitioned with chunk 0 BEING_WRITTEN, in one CAS (the
+        two transitions at once: the service sees either state, never a mix)."""
+        new = (layout << LAYOUT_SHIFT) | BEING_WRITTEN
+        if cas32(self.buf, page * self.page_size, 0, new) != 0:
+            return None
+        ref = ChunkRef(page, 0, page * self.page_size + PAGE_HEADER_SIZE, self._chunk_sizes[layout])
+        self._publish_header(ref.offset, writer_id, chunk_id)
+        return ref
 
     def try_acquire_for_writing(
         self, page: int, chunk: int, writer_id: int, chunk_id: int
@@ -221,13 +233,25 @@ class SharedMemoryABI:
         new = with_chunk_state(bitmap, chunk, BEING_WRITTEN)
         if cas32(self.buf, page * self.page_size, bitmap, new) != bitmap:
             return None
-        struct.pack_into("<I", self.buf, ref.offset, chunk_id & 0xFFFFFFFF)
-        store32(self.buf, ref.offset + CHUNK_PACKETS_WORD, writer_id)  # count 0, flags 0
+        self._publish_header(ref.offset, writer_id, chunk_id)
         return ref
 
-    def release_as_complete(self, page: int, chunk: int) -> bool:
-        """BEING_WRITTEN -> COMPLETE. Retries while other chunks of the page change."""
-        return self._transition(page, chunk, BEING_WRITTEN, COMPLETE, attempts=1 << 20)
+    def _publish_header(self, offset: int, writer_id: int, chunk_id: int) -> None:
+        # Plain stores are enough: the count stays 0 until the writer's first
+        # release store of the packets word, which orders these before it.
+        CHUNK_HEADER.pack_into(self.buf, offset, chunk_id & 0xFFFFFFFF, writer_id, 0)
+
+    def release_as_complete(self, ref: ChunkRef) -> bool:
+        """BEING_WRITTEN -> COMPLETE. Retries while the service changes other chunks
+        of the page; False if the chunk was not BEING_WRITTEN."""
+        off = ref.page * self.page_size
+        bits = COMPLETE << (ref.chunk * 2)
+        while True:
+            bitmap = load32(self.buf, off)
+            if (bitmap >> (ref.chunk * 2)) & CHUNK_STATE_MASK != BEING_WRITTEN:
+                return False
+            if cas32(self.buf, off, bitmap, bitmap | bits) == bitmap:
+                return True
 
     # -- service side ------------------------------------------------------------------
 
@@ -263,19 +287,5 @@ class SharedMemoryABI:
             if new & ALL_CHUNKS_MASK == 0:
                 new = 0
             if cas32(self.buf, page_off, bitmap, new) == bitmap:
-                return True
-        return False
-
-    # -- shared --------------------------------------------------------------------------
-
-    def _transition(self, page: int, chunk: int, old: int, new_state: int, attempts: int) -> bool:
-        off = page * self.page_size
-        for _ in range(attempts):
-            bitmap = load32(self.buf, off)
-            if self.chunk_ref(page, chunk, layout_of(bitmap)) is None:
-                return False
-            if chunk_state(bitmap, chunk) != old:
-                return False
-            if cas32(self.buf, off, bitmap, with_chunk_state(bitmap, chunk, new_state)) == bitmap:
                 return True
         return False

@@ -19,6 +19,8 @@ FIRST_PACKET_CONTINUES) are pieces of it; pieces always keep 4-byte lengths.
 
 from __future__ import annotations
 
+import struct
+
 from shm.abi import PACKET_DROPPED_SIZE
 
 MAX_FRAGMENT_SIZE = PACKET_DROPPED_SIZE - 1
@@ -31,12 +33,17 @@ def encode_size4(n: int) -> bytes:
     )
 
 
+_U32 = struct.Struct("<I")
+
+
 def write_size4(buf, off: int, n: int) -> None:
-    """Backfill a reserved 4-byte size field in place."""
-    buf[off] = (n & 0x7F) | 0x80
-    buf[off + 1] = ((n >> 7) & 0x7F) | 0x80
-    buf[off + 2] = ((n >> 14) & 0x7F) | 0x80
-    buf[off + 3] = (n >> 21) & 0x7F
+    """Backfill a reserved 4-byte size field in place (the same bytes as encode_size4,
+    each 7-bit group shifted into its byte as one little-endian u32)."""
+    _U32.pack_into(
+        buf,
+        off,
+        0x808080 | (n & 0x7F) | (n << 1 & 0x7F00) | (n << 2 & 0x7F0000) | (n << 3 & 0x7F000000),
+    )
 
 
 # Status of parse_fragments_untrusted.

@@ -108,11 +108,11 @@ class MemfdRegion(Region):
         return cls.attach_fd(fd, expected_size)
 
     def close(self) -> None:
-        if self.fd is None:
-            return
+        """Unmap and close. Raises BufferError while a slice of `buf` is still
+        alive (memory cannot be unmapped under a view); release it and retry."""
         self.buf.release()
-        try:
+        if not self._mmap.closed:
             self._mmap.close()
-        finally:
+        if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -41,6 +41,7 @@ import enum
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from shm._atomics import store32
 from shm.abi import (
@@ -56,7 +57,6 @@ from shm.abi import (
     PACKET_DROPPED_SIZE,
     ChunkRef,
     SharedMemoryABI,
-    chunk_state,
     layout_of,
 )
 from shm.packets import encode_size4, write_size4
@@ -84,8 +84,7 @@ class SMBExhaustedError(RuntimeError):
     """A stalling writer found no free chunk for MAX_STALLS attempts."""
 
 
-@dataclass(slots=True)
-class ChunkToMove:
+class ChunkToMove(NamedTuple):
     page: int
     chunk: int
     target_buffer: int
@@ -164,24 +163,27 @@ class SharedMemoryArbiter:
 
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None:
         """A free chunk, now BEING_WRITTEN with a fresh header; None if none is free."""
-        abi = self.abi
         with self._lock:
-            n = abi.num_pages
+            n = self.abi.num_pages
+            start = self._next_page
             for i in range(n):
-                page = (self._next_page + i) % n
+                page = (start + i) % n
                 ref = self._acquire_in_page(page, writer_id, chunk_id)
                 if ref is not None:
-                    self._next_page = page
+                    self._next_page = (page + 1) % n
                     return ref
         return None
 
     def _acquire_in_page(self, page: int, writer_id: int, chunk_id: int) -> ChunkRef | None:
         abi = self.abi
         bitmap = abi.bitmap(page)
-        if bitmap == 0 and abi.try_partition_page(page, self._layout):
+        if bitmap == 0:
+            ref = abi.try_acquire_free_page(page, self._layout, writer_id, chunk_id)
+            if ref is not None:
+                return ref
             bitmap = abi.bitmap(page)
         for chunk in range(LAYOUT_CHUNKS[layout_of(bitmap)]):
-            if chunk_state(bitmap, chunk) == 0:
+            if (bitmap >> (chunk * 2)) & 3 == 0:
                 ref = abi.try_acquire_for_writing(page, chunk, writer_id, chunk_id)
                 if ref is not None:
                     return ref
@@ -189,7 +191,7 @@ class SharedMemoryArbiter:
 
     def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None:
         """A writer is done with `ref`: mark it COMPLETE and queue it for the service."""
-        if not self.abi.release_as_complete(ref.page, ref.chunk):
+        if not self.abi.release_as_complete(ref):
             raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
         with self._lock:
             self._pending.chunks_to_move.append(ChunkToMove(ref.page, ref.chunk, target_buffer))
