@@ -433,6 +433,11 @@ class TraceWriter:
         self._wptr += 4
         self._frag_start = self._wptr
 
+    def _mark_dropped(self) -> None:
+        """The next packet that lands says that packets were lost before it."""
+        if not self._extra.endswith(_PREVIOUS_PACKET_DROPPED):
+            self._extra += _PREVIOUS_PACKET_DROPPED
+
     def _update_fast_limit(self) -> None:
         usable = not (self._in_packet or self._extra or self._dropping or self._chunk is None)
         if usable and self._finished < MAX_PACKETS_PER_CHUNK:
@@ -476,7 +481,7 @@ class TraceWriter:
         self._dropping = False
         self._buf = self._smb
         self._wptr = self._end = 0
-        self._extra += _PREVIOUS_PACKET_DROPPED
+        self._mark_dropped()
         raise SMBExhaustedError(
             f"writer {self.writer_id}: no free chunk in the SMB after {MAX_STALLS} stalls"
         )
@@ -565,7 +570,7 @@ class TraceWriter:
             return
         self._dropping = False
         self._install(ref, first_continues=False)
-        self._extra += _PREVIOUS_PACKET_DROPPED
+        self._mark_dropped()
 
     # -- patches -----------------------------------------------------------------------
 
