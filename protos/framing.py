@@ -1,0 +1,68 @@
+"""How protocol envelopes map onto ZeroMQ multipart messages (pure: bytes only).
+
+A DEALER (producer or consumer) sends one frame: the serialized envelope
+(ProducerToService or ConsumerToService). The service's ROUTER socket sees
+[identity, envelope]; it answers [identity, envelope] and ZeroMQ delivers the
+envelope alone. Anything else (no frames, extra frames, bytes that do not parse)
+is a FramingError: the service counts it and drops it, or answers with an
+Error, and never lets it end the process.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError, Message
+
+from protos import tracebus_ipc_pb2 as ipc
+
+MAX_FRAME_BYTES = 4 << 20  # no control message needs more: bulk data goes through the SMB
+
+
+class FramingError(ValueError):
+    """A multipart message that is not a valid envelope."""
+
+
+def encode(envelope: Message) -> list[bytes]:
+    return [envelope.SerializeToString()]
+
+
+def encode_routed(identity: bytes, envelope: Message) -> list[bytes]:
+    return [identity, envelope.SerializeToString()]
+
+
+def split_identity(frames_untrusted: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """ROUTER side: (peer identity, the rest)."""
+    if not frames_untrusted:
+        raise FramingError("empty message")
+    return frames_untrusted[0], frames_untrusted[1:]
+
+
+def _decode(frames_untrusted: list[bytes], cls: type[Message]) -> Message:
+    if len(frames_untrusted) != 1:
+        raise FramingError(f"expected 1 frame, got {len(frames_untrusted)}")
+    data = frames_untrusted[0]
+    if len(data) > MAX_FRAME_BYTES:
+        raise FramingError(f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as e:
+        raise FramingError(f"undecodable {cls.__name__}: {e}") from None
+    if msg.WhichOneof("msg") is None:
+        raise FramingError(f"{cls.__name__} carries no known message")
+    return msg
+
+
+def decode_from_producer(frames_untrusted: list[bytes]) -> ipc.ProducerToService:
+    return _decode(frames_untrusted, ipc.ProducerToService)
+
+
+def decode_from_consumer(frames_untrusted: list[bytes]) -> ipc.ConsumerToService:
+    return _decode(frames_untrusted, ipc.ConsumerToService)
+
+
+def decode_to_producer(frames: list[bytes]) -> ipc.ServiceToProducer:
+    return _decode(frames, ipc.ServiceToProducer)
+
+
+def decode_to_consumer(frames: list[bytes]) -> ipc.ServiceToConsumer:
+    return _decode(frames, ipc.ServiceToConsumer)

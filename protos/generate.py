@@ -1,0 +1,59 @@
+"""Regenerate the Python modules of protos/*.proto (needs the test extra):
+
+    python -m protos.generate           # writes protos/*_pb2.py
+    python -m protos.generate --check   # exit 1 if they are stale
+
+The generated code must match the protobuf runtime's major version, which
+pyproject.toml pins to the one grpcio-tools generates for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = sorted((ROOT / "protos").glob("*.proto"))
+
+
+def generate(out_dir: Path) -> None:
+    from grpc_tools import protoc  # test extra only
+
+    args = ["protoc", f"-I{ROOT}", f"--python_out={out_dir}"]
+    args += [str(p.relative_to(ROOT)) for p in PROTOS]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def stale() -> list[str]:
+    """Names of generated modules that differ from a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        out = []
+        for proto in PROTOS:
+            name = f"{proto.stem}_pb2.py"
+            fresh = (Path(tmp) / "protos" / name).read_text()
+            current = ROOT / "protos" / name
+            if not current.exists() or current.read_text() != fresh:
+                out.append(name)
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check for staleness")
+    args = parser.parse_args()
+    if args.check:
+        names = stale()
+        if names:
+            print(f"stale: {', '.join(names)}; run python -m protos.generate", file=sys.stderr)
+            return 1
+        return 0
+    generate(ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
