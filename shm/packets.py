@@ -88,3 +88,101 @@ def parse_fragments_untrusted(data, start: int, end: int, count: int) -> tuple[l
         off += size
         bounds.append(off)
     return bounds, OK
+
+
+# -- fast parsers for the service's hot paths ------------------------------------------------
+#
+# The same results as parse_fragments_untrusted, at a few operations per fragment
+# (tokenizing is the service's main per-byte cost in Python): only 1-byte lengths
+# and the writers' 4-byte shape are decoded, any other shape decodes as _TOO_LONG,
+# and an overrun shows as an offset past the end or an exception; then
+# parse_fragments_untrusted decides. Below PACKET_DROPPED_SIZE bytes of data, the
+# sentinel cannot pass for a fragment that fits.
+
+_TOO_LONG = 1 << 40
+
+
+def _length_tables() -> tuple[list[int], list[int]]:
+    """A 4-byte length (bytes 0-2 continue, byte 3 ends) from its little-endian
+    u16 halves: low[half0] + high[half1]; other shapes give _TOO_LONG or more."""
+    low, high = [_TOO_LONG] * 0x10000, [_TOO_LONG] * 0x10000
+    for b1 in range(0x80, 0x100):
+        for b0 in range(0x80, 0x100):
+            low[b0 | b1 << 8] = (b0 & 0x7F) | (b1 & 0x7F) << 7
+    for b3 in range(0x80):
+        for b2 in range(0x80, 0x100):
+            high[b2 | b3 << 8] = (b2 & 0x7F) << 14 | b3 << 21
+    return low, high
+
+
+_LOW, _HIGH = _length_tables()
+_READ_U32 = _U32.unpack_from
+
+
+def fragment_at(data, off: int, end: int) -> tuple[int, int, int]:
+    """(status, begin, end) of the one fragment whose length is at data[off],
+    reading nothing at or past `end`."""
+    if off < end and data[off] < 0x80:
+        return (OK, off + 1, off + 1 + data[off]) if off + data[off] < end else (MALFORMED, 0, 0)
+    if off + 4 <= end:
+        w = _READ_U32(data, off)[0]
+        size = _LOW[w & 0xFFFF] + _HIGH[w >> 16]
+        if size <= end - off - 4:
+            return OK, off + 4, off + 4 + size
+    bounds, status = parse_fragments_untrusted(data, off, end, 1)
+    return (status, 0, 0) if status != OK else (OK, bounds[0], bounds[1])
+
+
+def measure_fragments_untrusted(data: bytes, count: int) -> tuple[int, int]:
+    """How many leading bytes of `data` its first `count` fragments take, as far
+    as they are whole and in bounds, and the status of parse_fragments_untrusted."""
+    end = len(data)
+    if end < PACKET_DROPPED_SIZE:
+        low, high, u32 = _LOW, _HIGH, _READ_U32
+        off = 0
+        try:
+            for _ in range(count):
+                b = data[off]
+                if b < 0x80:
+                    off += b + 1
+                else:
+                    w = u32(data, off)[0]
+                    off += 4 + low[w & 0xFFFF] + high[w >> 16]
+        except (IndexError, struct.error):
+            off = end + 1
+        if off <= end:
+            return off, OK
+    bounds, status = parse_fragments_untrusted(data, 0, end, count)
+    return (bounds[-1] if bounds else 0), status
+
+
+def slice_fragments_untrusted(data: bytes, start: int) -> tuple[list[bytes], int, int, int]:
+    """Every fragment of data[start:]: (their bytes, the offset parsing stopped
+    at, the offset of the last fragment's length, status)."""
+    end = len(data)
+    if end < PACKET_DROPPED_SIZE:
+        pieces: list[bytes] = []
+        push = pieces.append
+        low, high, u32 = _LOW, _HIGH, _READ_U32
+        off = hdr = start
+        try:
+            while off < end:
+                hdr = off
+                b = data[off]
+                if b < 0x80:
+                    off += 1 + b
+                    push(data[hdr + 1 : off])
+                else:
+                    w = u32(data, off)[0]
+                    off += 4 + low[w & 0xFFFF] + high[w >> 16]
+                    push(data[hdr + 4 : off])
+        except (IndexError, struct.error):
+            off = end + 1
+        if off == end:
+            return pieces, end, hdr, OK
+    bounds, status = parse_fragments_untrusted(data, start, end, end - start)
+    stop = bounds[-1] if bounds else start
+    if status == MALFORMED and stop == end:
+        status = OK  # it ran out of bytes exactly at the end: no fragment is missing
+    pieces = [data[bounds[i] : bounds[i + 1]] for i in range(0, len(bounds), 2)]
+    return pieces, stop, (bounds[-3] if len(bounds) > 2 else start), status
