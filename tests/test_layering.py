@@ -17,9 +17,10 @@ probe therefore takes every watched module that the interpreter preloaded out of
 sys.modules just before the import under test: if the import (or anything it
 imports) needs it again, it reappears. Modules a target is allowed to use are
 imported first and left alone, so that what *they* import (threading imports
-time) is not blamed on the target. The self-checks at the bottom prove the probe
-sees a module importing socket, time or threading, and stays quiet for one that
-does not.
+time) is not blamed on the target; so are the message libraries the cores use
+(protobuf and Perfetto's schema), which load threading and time themselves.
+The self-checks at the bottom prove the probe sees a module importing socket,
+time or threading, and stays quiet for one that does not.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ CLOCK = "time"
 THREADING = "threading"
 WATCHED = FORBIDDEN | {CLOCK, THREADING}
 ALLOWED = {"shm.writer": frozenset({THREADING})}
+# Libraries the cores may use for decoded messages. They are imported first and
+# left alone like the allowed modules: what they load for themselves (protobuf
+# loads threading and time) is theirs, not the core's.
+LIBRARIES = (
+    "google.protobuf.message",
+    "google.protobuf.text_format",
+    "perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+)
 
 PROBE = r"""
 import importlib, json, sys
@@ -120,7 +129,7 @@ def _baseline(pre: tuple[str, ...], extra_path: tuple[str, ...]) -> frozenset[st
 
 def violations(target: str, allowed=frozenset(), extra_path=()) -> tuple[set[str], set[str]]:
     """(forbidden modules the import of `target` loaded, everything it added)."""
-    pre = tuple(sorted(allowed))
+    pre = tuple(sorted(allowed)) + LIBRARIES
     extra = tuple(map(str, extra_path))
     result = _run_probe(target, pre=pre, keep=pre, extra_path=extra)
     assert result["error"] is None, f"importing {target} failed: {result['error']}"
