@@ -72,7 +72,7 @@ class Mover:
     def _send(self, batch: CommitBatch) -> None:
         moves = [(m.page, m.chunk, m.target_buffer) for m in batch.chunks_to_move]
         if moves:
-            self._sock.send(msgpack.packb(moves))
+            self._sock.send(msgpack.packb(moves), copy=False)
 
     def finish(self, timeout: float = 60.0) -> tuple[int, int, int]:
         """(chunks moved, payload bytes moved, chunks it could not move)."""
