@@ -1,0 +1,217 @@
+"""The service's view of one connected producer, and its commit path.
+
+Everything a producer sends is untrusted. A CommitData may name any page,
+chunk, buffer, writer or patch: each is checked before use, a bad one costs
+that producer its data (counted), never the service or another producer.
+Chunk payloads are copied out of the SMB by the trace buffer before it looks
+at them, because the producer can change its shared memory at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protos import tracebus_ipc_pb2 as ipc
+from shm.abi import (
+    BEING_WRITTEN,
+    CHUNK_HEADER,
+    CHUNK_HEADER_SIZE,
+    COMPLETE,
+    LAYOUT_CHUNKS,
+    MAX_WRITER_ID,
+    Geometry,
+    SharedMemoryABI,
+    chunk_state,
+    layout_of,
+    unpack_packets,
+)
+from shm.trace_buffer import TraceBuffer
+
+MAX_PATCHES_PER_CHUNK = 1024
+PATCH_SIZE = 4
+
+
+class SmbHandle(Protocol):
+    """What the shell's SMB factory returns: the mapped buffer and how the
+    producer finds it."""
+
+    buf: memoryview
+    path: str
+
+    def close(self) -> None: ...
+
+
+SmbFactory = Callable[[Geometry], SmbHandle]
+
+
+@dataclass
+class ServiceCounters:
+    """Service-level TraceStats fields."""
+
+    chunks_discarded: int = 0
+    patches_discarded: int = 0
+    frames_dropped: int = 0  # undecodable or out-of-protocol messages
+
+
+@dataclass
+class WriterDrops:
+    target_buffer: int
+    packets: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class ProducerEntry:
+    id: int
+    peer: bytes
+    name: str
+    pid: int
+    uid: int
+    shm_size_hint: int = 0
+    shm_page_hint: int = 0
+    data_sources: dict[str, ipc.DataSourceDescriptor] = field(default_factory=dict)
+    smb: SmbHandle | None = None
+    abi: SharedMemoryABI | None = None
+    writers: dict[int, int] = field(default_factory=dict)  # writer id -> buffer id
+    allowed_buffers: dict[int, int] = field(default_factory=dict)  # buffer id -> instances
+    drops: dict[int, WriterDrops] = field(default_factory=dict)  # writer id -> drops
+
+    def allow(self, buffer_id: int) -> None:
+        self.allowed_buffers[buffer_id] = self.allowed_buffers.get(buffer_id, 0) + 1
+
+    def disallow(self, buffer_id: int) -> None:
+        left = self.allowed_buffers.get(buffer_id, 0) - 1
+        if left > 0:
+            self.allowed_buffers[buffer_id] = left
+        else:
+            self.allowed_buffers.pop(buffer_id, None)
+
+    def release_smb(self) -> None:
+        if self.smb is not None:
+            self.abi = None
+            self.smb.close()
+            self.smb = None
+
+
+class CommitPath:
+    """Moves committed chunks from producers' SMBs into the service's buffers."""
+
+    def __init__(self, buffers: dict[int, TraceBuffer], counters: ServiceCounters) -> None:
+        self._buffers = buffers
+        self._counters = counters
+
+    def commit(self, producer: ProducerEntry, req_untrusted: ipc.CommitDataRequest) -> None:
+        if producer.abi is None:
+            return  # no SMB yet: Perfetto ignores the whole request
+        for move in req_untrusted.chunks_to_move:
+            self._move(producer, move.page, move.chunk, move.target_buffer)
+        for patch in req_untrusted.chunks_to_patch:
+            self._patch(producer, patch)
+        for stats in req_untrusted.writer_stats:
+            self._writer_stats(producer, stats)
+
+    def _move(self, producer: ProducerEntry, page_untrusted, chunk_untrusted, buffer_untrusted):
+        abi = producer.abi
+        ref = abi.try_acquire_for_reading(page_untrusted, chunk_untrusted)
+        if ref is None:
+            return  # not a COMPLETE chunk of this SMB: nothing to free either
+        try:
+            buffer = self._authorized_buffer(producer, ref.offset, buffer_untrusted)
+            if buffer is None:
+                self._counters.chunks_discarded += 1
+            else:
+                self._copy(producer, buffer, ref.offset, ref.size, complete=True)
+        finally:
+            abi.release_as_free(ref)  # freed either way
+
+    def _authorized_buffer(self, producer: ProducerEntry, offset: int, buffer_untrusted: int):
+        if buffer_untrusted > 0xFFFF or buffer_untrusted not in producer.allowed_buffers:
+            return None
+        writer_id = CHUNK_HEADER.unpack_from(producer.abi.buf, offset)[1]
+        registered = producer.writers.get(writer_id)
+        if registered is not None and registered != buffer_untrusted:
+            return None
+        return self._buffers.get(buffer_untrusted)
+
+    def _copy(self, producer, buffer: TraceBuffer, offset: int, size: int, complete: bool) -> None:
+        buf = producer.abi.buf
+        chunk_id, writer_id, packets = CHUNK_HEADER.unpack_from(buf, offset)
+        count, flags = unpack_packets(packets)
+        payload = buf[offset + CHUNK_HEADER_SIZE : offset + size]
+        try:
+            buffer.copy_chunk_untrusted(
+                producer.id,
+                producer.uid,
+                producer.pid,
+                writer_id,
+                chunk_id,
+                count,
+                flags,
+                complete,
+                payload,
+            )
+        finally:
+            payload.release()
+
+    def _patch(self, producer: ProducerEntry, entry_untrusted: ipc.CommitDataRequest.ChunkToPatch):
+        target = entry_untrusted.target_buffer
+        writer_id = entry_untrusted.writer_id
+        buffer = self._buffers.get(target) if target in producer.allowed_buffers else None
+        if (
+            buffer is None
+            or not 1 <= writer_id <= MAX_WRITER_ID
+            or len(entry_untrusted.patches) > MAX_PATCHES_PER_CHUNK
+        ):
+            self._counters.patches_discarded += 1
+            return
+        patches = [(p.offset, p.data) for p in entry_untrusted.patches if len(p.data) == PATCH_SIZE]
+        self._counters.patches_discarded += len(entry_untrusted.patches) - len(patches)
+        buffer.try_patch_chunk(
+            producer.id,
+            writer_id,
+            entry_untrusted.chunk_id,
+            patches,
+            entry_untrusted.has_more_patches,
+        )
+
+    def _writer_stats(self, producer: ProducerEntry, stats_untrusted) -> None:
+        if not 1 <= stats_untrusted.writer_id <= MAX_WRITER_ID:
+            return
+        target = producer.writers.get(stats_untrusted.writer_id, stats_untrusted.target_buffer)
+        if target not in producer.allowed_buffers:
+            return
+        drops = producer.drops.setdefault(stats_untrusted.writer_id, WriterDrops(target))
+        # Cumulative counters: a producer may only make its own numbers grow.
+        drops.packets = max(drops.packets, stats_untrusted.dropped_packets)
+        drops.bytes = max(drops.bytes, stats_untrusted.dropped_bytes)
+
+    def scrape(self, producer: ProducerEntry, buffer_ids: set[int]) -> int:
+        """Copy chunks still in the SMB (complete or being written) of writers
+        registered to `buffer_ids`, without changing their state."""
+        abi = producer.abi
+        if abi is None:
+            return 0
+        copied = 0
+        for page in range(abi.num_pages):
+            bitmap = abi.bitmap(page)
+            layout = layout_of(bitmap)
+            for chunk in range(LAYOUT_CHUNKS[layout]):
+                if self._scrape_chunk(producer, page, chunk, bitmap, layout, buffer_ids):
+                    copied += 1
+        return copied
+
+    def _scrape_chunk(self, producer, page, chunk, bitmap, layout, buffer_ids) -> bool:
+        state = chunk_state(bitmap, chunk)
+        if state not in (BEING_WRITTEN, COMPLETE):
+            return False
+        ref = producer.abi.chunk_ref(page, chunk, layout)
+        _, writer_id, packets = CHUNK_HEADER.unpack_from(producer.abi.buf, ref.offset)
+        if state == BEING_WRITTEN and unpack_packets(packets)[0] < 2:
+            return False  # its header may still be being written
+        target = producer.writers.get(writer_id)
+        if target is None or target not in buffer_ids or target not in self._buffers:
+            return False
+        self._copy(producer, self._buffers[target], ref.offset, ref.size, state == COMPLETE)
+        return True

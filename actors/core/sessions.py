@@ -1,0 +1,221 @@
+"""Tracing sessions: what a TraceConfig asks for, checked against the limits,
+and how a session's trace is read back.
+
+Read-back order (Perfetto's): the service's packets on sequence 1 first —
+clock snapshots, the trace_config on the first read, service events — then
+each buffer's packets (buffer 0, 1, ...), each producer packet validated and
+stamped (see readback.py), and trace_stats last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.core import readback
+from actors.core.session_state import HasState
+from shm.trace_buffer import FillPolicy, TraceBuffer
+
+MAX_SESSIONS = 15
+MAX_SESSIONS_PER_UID = 5
+MAX_BUFFERS_PER_SESSION = 128
+MAX_BUFFER_BYTES = (4 << 30) - 4096
+DEFAULT_FLUSH_TIMEOUT_MS = 5000
+DEFAULT_STOP_TIMEOUT_MS = 5000
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+
+# TraceConfig fields this service acts on; any other field set in a config is
+# reported back to the consumer as unsupported (never silently ignored).
+IMPLEMENTED_FIELDS = frozenset(
+    {
+        "buffers",
+        "data_sources",
+        "duration_ms",
+        "deferred_start",
+        "flush_period_ms",
+        "flush_timeout_ms",
+        "data_source_stop_timeout_ms",
+        "unique_session_name",
+    }
+)
+IMPLEMENTED_DATA_SOURCE_FIELDS = frozenset(
+    {"config", "producer_name_filter", "producer_name_regex_filter"}
+)
+
+
+@dataclass
+class Instance:
+    """One data source instance: (session, config entry, matching producer)."""
+
+    id: int
+    producer_id: int
+    name: str
+    config: bytes  # DataSourceConfig with the service's rewrites
+    target_buffer: int
+    notify_on_start: bool = False
+    notify_on_stop: bool = False
+    no_flush: bool = False
+    state: str = "CONFIGURED"  # STARTING, STARTED, STOPPING, STOPPED
+
+
+@dataclass
+class PendingFlush:
+    id: int
+    producers: set[int]
+    deadline: int
+    done: Callable[[bool], None]
+
+
+class Session(HasState):
+    def __init__(
+        self, sid: int, consumer: bytes, uid: int, config: pb.TraceConfig, request_id: int
+    ) -> None:
+        self.id = sid
+        self.consumer = consumer
+        self.uid = uid
+        self.config = config
+        self.enable_request_id = request_id
+        self.buffer_ids: list[int] = []
+        self.instances: dict[int, Instance] = {}
+        self.flushes: dict[int, PendingFlush] = {}
+        self.seq_ids: dict[tuple[int, int], int] = {}
+        self.service_packets: list[bytes] = []  # queued until the next read
+        self.config_emitted = False
+        self.invalid_packets = 0
+        self.flushes_requested = self.flushes_succeeded = self.flushes_failed = 0
+        self.disable_waiters: list[int] = []
+        self.duration_deadline: int | None = None
+        self.stop_deadline: int | None = None
+        self.next_periodic_flush: int | None = None
+        self.all_started_reported = False
+        self.observer_request_id = 0  # ObserveEvents subscription, 0 = none
+        self.observe_types: set[int] = set()
+
+    @property
+    def flush_timeout_ns(self) -> int:
+        return (self.config.flush_timeout_ms or DEFAULT_FLUSH_TIMEOUT_MS) * 1_000_000
+
+    @property
+    def stop_timeout_ns(self) -> int:
+        return (self.config.data_source_stop_timeout_ms or DEFAULT_STOP_TIMEOUT_MS) * 1_000_000
+
+    def sequence_id(self, producer_id: int, writer_id: int) -> int:
+        key = (producer_id, writer_id)
+        sid = self.seq_ids.get(key)
+        if sid is None:
+            sid = self.seq_ids[key] = len(self.seq_ids) + 2  # 1 is the service's
+        return sid
+
+
+def check_config(config: pb.TraceConfig, sessions: list[Session], uid: int) -> str | None:
+    """The first reason to refuse `config`, or None."""
+    if len(sessions) >= MAX_SESSIONS:
+        return f"too many tracing sessions (limit {MAX_SESSIONS})"
+    if sum(1 for s in sessions if s.uid == uid) >= MAX_SESSIONS_PER_UID:
+        return f"too many tracing sessions for uid {uid} (limit {MAX_SESSIONS_PER_UID})"
+    if not config.buffers:
+        return "the config has no buffers"
+    if len(config.buffers) > MAX_BUFFERS_PER_SESSION:
+        return f"too many buffers: {len(config.buffers)} (limit {MAX_BUFFERS_PER_SESSION})"
+    for i, buf in enumerate(config.buffers):
+        if not 0 < buf.size_kb * 1024 <= MAX_BUFFER_BYTES:
+            return f"buffers[{i}].size_kb must be > 0 and < 4 GiB, got {buf.size_kb}"
+    if config.duration_ms > MAX_DURATION_MS:
+        return f"duration_ms {config.duration_ms} exceeds the maximum of 7 days"
+    name = config.unique_session_name
+    if name and any(s.config.unique_session_name == name for s in sessions):
+        return f"a session named {name!r} is already running"
+    for i, ds in enumerate(config.data_sources):
+        error = target_buffer_index(config, ds.config)[1]
+        if error:
+            return f"data_sources[{i}]: {error}"
+        for regex in ds.producer_name_regex_filter:
+            try:
+                re.compile(regex)
+            except re.error as e:
+                return f"data_sources[{i}].producer_name_regex_filter {regex!r}: {e}"
+    return None
+
+
+def target_buffer_index(config: pb.TraceConfig, ds: pb.DataSourceConfig) -> tuple[int, str]:
+    """(index into config.buffers, error)."""
+    index = ds.target_buffer
+    if ds.target_buffer_name:
+        names = [b.name for b in config.buffers]
+        if ds.target_buffer_name not in names:
+            return 0, f"no buffer named {ds.target_buffer_name!r}"
+        by_name = names.index(ds.target_buffer_name)
+        if ds.HasField("target_buffer") and by_name != index:
+            return 0, "target_buffer and target_buffer_name disagree"
+        index = by_name
+    if index >= len(config.buffers):
+        return 0, f"target_buffer {index} out of range ({len(config.buffers)} buffers)"
+    return index, ""
+
+
+def unsupported_fields(config: pb.TraceConfig) -> list[str]:
+    names = [f.name for f, _ in config.ListFields() if f.name not in IMPLEMENTED_FIELDS]
+    for i, ds in enumerate(config.data_sources):
+        for f, _ in ds.ListFields():
+            if f.name not in IMPLEMENTED_DATA_SOURCE_FIELDS:
+                names.append(f"data_sources[{i}].{f.name}")
+    return names
+
+
+def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:
+    if not ds.producer_name_filter and not ds.producer_name_regex_filter:
+        return True
+    if producer_name in ds.producer_name_filter:
+        return True
+    return any(re.fullmatch(r, producer_name) for r in ds.producer_name_regex_filter)
+
+
+def new_buffer(config: pb.TraceConfig.BufferConfig) -> TraceBuffer:
+    policy = FillPolicy.DISCARD if config.fill_policy == 2 else FillPolicy.RING_BUFFER
+    return TraceBuffer(config.size_kb * 1024, policy)
+
+
+@dataclass
+class ReadContext:
+    """What read-back needs from the service."""
+
+    buffers: dict[int, TraceBuffer]
+    uid: int
+    pid: int
+    boottime_ns: int
+    trace_stats: Callable[[Session], pb.TraceStats]
+    trailers: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
+
+
+def read_session(session: Session, ctx: ReadContext) -> list[bytes]:
+    """Every packet readable now, in read-back order (destructive)."""
+    out: list[bytes] = []
+    if not session.config_emitted:
+        fill = readback.trace_config_fill(session.config.SerializeToString())
+        session.service_packets.insert(1, readback.service_packet(ctx.uid, ctx.pid, fill))
+        session.config_emitted = True
+    out.extend(session.service_packets)
+    session.service_packets.clear()
+    for buffer_id in session.buffer_ids:
+        _read_buffer(session, ctx, ctx.buffers[buffer_id], out)
+    stats_fill = readback.trace_stats_fill(ctx.trace_stats(session), ctx.boottime_ns)
+    out.append(readback.service_packet(ctx.uid, ctx.pid, stats_fill))
+    return out
+
+
+def _read_buffer(session: Session, ctx: ReadContext, buffer: TraceBuffer, out: list[bytes]):
+    buffer.begin_read()
+    valid = readback.packet_is_valid_untrusted
+    while (packet := buffer.read_next_packet()) is not None:
+        if not valid(packet.data):
+            session.invalid_packets += 1
+            continue
+        seq = session.sequence_id(packet.producer_id, packet.writer_id)
+        key = (packet.uid, seq, packet.pid)
+        trailer = ctx.trailers.get(key)
+        if trailer is None:
+            trailer = ctx.trailers[key] = readback.trusted_trailer(*key)
+        out.append(packet.data + trailer + readback.loss_trailer(packet.loss_flags))
