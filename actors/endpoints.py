@@ -1,0 +1,49 @@
+"""Where the service listens by default, shared by every actor.
+
+Precedence for each endpoint: the command-line flag, then the environment
+variable (TRACEBUS_PRODUCER_SOCK / TRACEBUS_CONSUMER_SOCK, a ZeroMQ endpoint
+such as ``ipc:///path/to/sock``), then an ipc:// socket in the per-user runtime
+directory: ``$XDG_RUNTIME_DIR/tracebus``, else ``/tmp/tracebus-<uid>``. The
+directory is created 0700, and refused if someone else owns it or it is open to
+others: the consumer port's security rests on it. Paths stay short because an
+ipc:// path must fit in sun_path (about 107 bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+PRODUCER_ENV = "TRACEBUS_PRODUCER_SOCK"
+CONSUMER_ENV = "TRACEBUS_CONSUMER_SOCK"
+PRODUCER_SOCKET = "producer.sock"
+CONSUMER_SOCKET = "consumer.sock"
+
+
+def runtime_dir() -> Path:
+    """The per-user runtime directory, created 0700 if missing."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(xdg) / "tracebus" if xdg else Path(f"/tmp/tracebus-{os.getuid()}")
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(f"{path} exists and is not a directory")
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} belongs to uid {info.st_uid}, not to us")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours, but too open (e.g. created under a loose umask)
+    return path
+
+
+def default_producer_endpoint() -> str:
+    """The producer port when no flag is given: $TRACEBUS_PRODUCER_SOCK or the runtime dir."""
+    return os.environ.get(PRODUCER_ENV) or f"ipc://{runtime_dir() / PRODUCER_SOCKET}"
+
+
+def default_consumer_endpoint() -> str:
+    """The consumer port when no flag is given: $TRACEBUS_CONSUMER_SOCK or the runtime dir."""
+    return os.environ.get(CONSUMER_ENV) or f"ipc://{runtime_dir() / CONSUMER_SOCKET}"
