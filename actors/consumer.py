@@ -1,0 +1,740 @@
+"""The consumer: a blocking script API over ConsumerCore, and the record command line.
+
+    python -m actors.consumer -c CONFIG [--txt] -o OUT [--consumer-endpoint EP]
+
+works like Perfetto's `perfetto -c CONFIG --txt -o OUT`: it runs one session to
+its duration_ms (the service stops it) or until Ctrl-C (then it flushes and
+disables), reads the trace back into a temp file next to OUT, renames it into
+place, prints a summary on stderr and frees the session. Exit codes: 0 done,
+1 session or service error, 2 bad config or usage, 130 interrupted (after
+writing what was read).
+
+Scripts use the same pieces::
+
+    with Consumer.connect(timeout=5) as c:
+        c.enable(Path("examples/configs/synthetic.pbtxt"))
+        c.wait_disabled(timeout=10)
+        c.save("trace.pftrace")
+        c.free()
+
+Every blocking call has a timeout and raises a ConsumerError subclass
+(actors.core.consumer_core) that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+from zmq.utils.monitor import recv_monitor_message
+
+from actors.core.consumer_core import (
+    Completed,
+    ConfigError,
+    ConsumerCore,
+    ConsumerError,
+    EnableResult,
+    EventsObserved,
+    Failed,
+    Interrupted,
+    Notice,
+    PacketsRead,
+    ReadResult,
+    RequestTimeout,
+    ServiceError,
+    ServiceUnreachable,
+    SessionEnded,
+    SessionError,
+    SessionState,
+    SummaryInput,
+    TraceSummary,
+    UsageError,
+    format_summary,
+    frame_packet,
+)
+from actors.endpoints import default_consumer_endpoint
+from actors.loop import Loop
+from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
+
+log = logging.getLogger("tracebus.consumer")
+
+CONNECT_TIMEOUT_ENV = "TRACEBUS_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 10.0  # replies the service gives at once (ack, stats, state)
+DISABLE_TIMEOUT = 15.0  # the service waits up to data_source_stop_timeout_ms (5 s by default)
+READ_IDLE_TIMEOUT = 30.0  # longest wait for the next ReadBuffers reply
+CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not hang on it
+MESSAGES_PER_WAKEUP = 32  # then let the caller consume what arrived
+TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")
+OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
+
+ConfigLike = pb.TraceConfig | bytes | str | os.PathLike
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+
+def parse_config(data: bytes | str, *, text: bool, source: str = "<config>") -> pb.TraceConfig:
+    """A TraceConfig from textproto or binary bytes; ConfigError says where it went wrong."""
+    if text:
+        return _parse_text(data, source)
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        config = pb.TraceConfig.FromString(raw)
+    except DecodeError as e:
+        hint = "; it looks like a textproto: pass --txt" if _looks_like_text(raw) else ""
+        raise ConfigError(f"{source}: not a binary TraceConfig ({e}){hint}") from None
+    if _looks_like_text(raw):
+        raise ConfigError(f"{source}: this is a textproto, not a binary TraceConfig: pass --txt")
+    return config
+
+
+def _parse_text(data: bytes | str, source: str) -> pb.TraceConfig:
+    try:
+        text = data.decode() if isinstance(data, bytes | bytearray) else data
+        return text_format.Parse(text, pb.TraceConfig())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{source}: not UTF-8 text ({e})") from None
+    except text_format.ParseError as e:
+        where = f"{e.GetLine()}:{e.GetColumn()}: " if e.GetLine() is not None else ""
+        message = str(e).split(" : ", 1)[-1]
+        raise ConfigError(f"{source}:{where}{message}") from None
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """Printable text that parses as a textproto config: someone forgot --txt."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
+        return False
+    try:
+        text_format.Parse(text, pb.TraceConfig())
+    except text_format.ParseError:
+        return False
+    return True
+
+
+def load_config(config: ConfigLike, *, text: bool | None = None) -> pb.TraceConfig:
+    """A TraceConfig message, binary bytes, a textproto str, or a file (a .pbtxt, .txt,
+    .textproto or .cfg file is text unless `text` says otherwise)."""
+    if isinstance(config, pb.TraceConfig):
+        return config
+    if isinstance(config, str):
+        return parse_config(config, text=True if text is None else text)
+    if isinstance(config, bytes | bytearray):
+        return parse_config(config, text=bool(text))
+    path = Path(config)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    is_text = path.suffix in TEXT_SUFFIXES if text is None else text
+    return parse_config(data, text=is_text, source=str(path))
+
+
+# -- the trace file ----------------------------------------------------------------------------
+
+
+class TraceFile:
+    """A Perfetto trace file written through a temp file in the same directory.
+
+    Packets stream into the temp file as they arrive; commit() renames it into
+    place, so an existing file is replaced only then and never half-written;
+    discard() (or leaving a with-block without commit) removes the temp file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.temp_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(self.temp_path, flags, 0o666)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 16)
+        self.packets = 0
+        self.bytes = 0
+        self.committed = False
+
+    def write_all(self, packets: Iterable[bytes]) -> None:
+        frames = [frame_packet(p) for p in packets]
+        self._file.write(b"".join(frames))
+        self.packets += len(frames)
+        self.bytes += sum(map(len, frames))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def commit(self) -> Path:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.temp_path, self.path)
+        self.committed = True
+        return self.path
+
+    def discard(self) -> None:
+        if self.committed:
+            return
+        try:
+            self._file.close()
+        finally:
+            self.temp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TraceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+# -- the blocking API ------------------------------------------------------------------------
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1e9)
+
+
+def _observe_type(name: str | int) -> int:
+    if isinstance(name, int):
+        return name
+    return ipc.ObserveEventsRequest.Type.Value("TYPE_" + name.upper())
+
+
+class Consumer:
+    """One connection to the service's consumer port, holding at most one session.
+
+    Not thread-safe: one thread drives it. interrupt() is the exception: a signal
+    handler may call it to make wait_disabled() raise Interrupted.
+    """
+
+    def __init__(self, endpoint: str | None = None, *, name: str = "tracebus-consumer") -> None:
+        self.endpoint = endpoint or default_consumer_endpoint()
+        self.features = 0
+        self.config: pb.TraceConfig | None = None
+        self.last_read: ReadResult | None = None
+        self.notices: list[str] = []
+        self._core = ConsumerCore(client_name=name)
+        self._results: dict[int, Completed | Failed] = {}
+        self._streams: dict[int, deque[tuple[bytes, ...]]] = {}
+        self._abandoned: set[int] = set()
+        self._observed: deque[ipc.ObservableEvents] = deque()
+        self._ended: SessionEnded | None = None
+        self._interrupt = False
+        self._was_connected = False
+        self._loop = Loop()
+        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        try:
+            self._sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            self.close()
+            raise UsageError(f"bad consumer endpoint {self.endpoint!r}: {e}") from None
+        self._loop.add_socket(self._sock, self._on_readable)
+        self._loop.add_socket(self._monitor, self._on_monitor)
+
+    @classmethod
+    def connect(
+        cls,
+        endpoint: str | None = None,
+        timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        *,
+        name: str = "tracebus-consumer",
+    ) -> Consumer:
+        """Connect and shake hands; ServiceUnreachable names the endpoint on timeout."""
+        consumer = cls(endpoint, name=name)
+        try:
+            consumer.features = consumer._call(consumer._core.hello(**consumer._t(timeout)))
+        except RequestTimeout:
+            consumer.close()
+            raise ServiceUnreachable(
+                f"no tracing service answered at {consumer.endpoint} within {timeout:g} s"
+                " (is `python -m actors.service` running?)"
+            ) from None
+        except BaseException:
+            consumer.close()
+            raise
+        return consumer
+
+    # -- session ------------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> int:
+        return self._core.session_id
+
+    @property
+    def session_ended(self) -> bool:
+        return self._ended is not None
+
+    @property
+    def session_error(self) -> str:
+        return self._ended.error if self._ended else ""
+
+    def enable(self, config: ConfigLike, *, timeout: float = DEFAULT_TIMEOUT) -> EnableResult:
+        """Set up a session (and start it unless deferred_start). The result names the
+        config fields the service does not implement."""
+        self.config = load_config(config)
+        self._ended = None
+        data = self.config.SerializeToString()
+        result = self._call(self._core.enable_tracing(data, **self._t(timeout)))
+        if result.unsupported_fields:
+            fields = ", ".join(result.unsupported_fields)
+            log.warning("warning: the service does not implement these config fields: %s", fields)
+        return result
+
+    def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Start a deferred_start session."""
+        self._call(self._core.start_tracing(**self._t(timeout)))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Ask every data source to commit; False if they did not all ack within timeout."""
+        request = self._core.flush(int(timeout * 1000), now=self._loop.now())
+        return self._call(request)
+
+    def disable(self, *, timeout: float = DISABLE_TIMEOUT) -> None:
+        """Stop the data sources (no flush: call flush() first). Buffers stay readable."""
+        self._call(self._core.disable_tracing(**self._t(timeout)))
+
+    def wait_disabled(self, timeout: float | None = None) -> None:
+        """Wait for the service to end the session (duration_ms, disable(), an error).
+        Raises SessionError if it failed, RequestTimeout, or Interrupted."""
+        if self._ended is None and self._core.session is SessionState.NONE:
+            raise UsageError("wait_disabled: no session on this connection")
+        if not self._wait(lambda: self._ended is not None, timeout, interruptible=True):
+            raise RequestTimeout(f"the session did not end within {timeout:g} s")
+        if self._ended.error:
+            raise SessionError(self._ended.error)
+
+    def free(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Destroy the session and its buffers (disabling it first if needed)."""
+        self._call(self._core.free_buffers(**self._t(timeout)))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_batches(self, *, timeout: float = READ_IDLE_TIMEOUT) -> Iterator[tuple[bytes, ...]]:
+        """The packets of each ReadBuffers reply; timeout bounds the wait for each reply."""
+        request = self._core.read_buffers(now=self._loop.now(), idle_timeout_ns=_ns(timeout))
+        self._streams[request.request_id] = deque()
+        self._send(request)
+        return self._stream(request.request_id)
+
+    def _stream(self, request_id: int) -> Iterator[tuple[bytes, ...]]:
+        queue = self._streams[request_id]
+        finished = False
+        try:
+            while not finished:
+                self._wait(lambda: bool(queue) or request_id in self._results)
+                while queue:
+                    yield queue.popleft()
+                if request_id in self._results:
+                    finished = True
+                    self.last_read = self._take(request_id)
+        finally:
+            del self._streams[request_id]
+            if not finished:  # the caller stopped early: drop the rest of the stream
+                self._abandoned.add(request_id)
+
+    def read_buffers(self, *, timeout: float = READ_IDLE_TIMEOUT) -> Iterator[bytes]:
+        """Every packet of the trace (serialized TracePackets), as they arrive."""
+        for batch in self.read_batches(timeout=timeout):
+            yield from batch
+
+    def read_packets(self, *, timeout: float = READ_IDLE_TIMEOUT) -> Iterator[pb.TracePacket]:
+        for data in self.read_buffers(timeout=timeout):
+            yield pb.TracePacket.FromString(data)
+
+    def save(self, path: str | os.PathLike, *, timeout: float = READ_IDLE_TIMEOUT) -> ReadResult:
+        """Read the trace into a Perfetto trace file (replaced only once all is read)."""
+        with TraceFile(path) as out:
+            for batch in self.read_batches(timeout=timeout):
+                out.write_all(batch)
+            out.commit()
+        return self.last_read
+
+    def stats(self, *, timeout: float = DEFAULT_TIMEOUT) -> pb.TraceStats:
+        return self._call(self._core.get_trace_stats(**self._t(timeout)))
+
+    def query_state(self, *, timeout: float = DEFAULT_TIMEOUT) -> ipc.QueryServiceStateResponse:
+        """Producers (with pid/uid), data sources and sessions the service knows."""
+        return self._call(self._core.query_service_state(**self._t(timeout)))
+
+    def observe(self, *types: str | int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Subscribe to events: "data_sources_instances", "all_data_sources_started"
+        (both by default); then read them with next_event()."""
+        chosen = [_observe_type(t) for t in types or OBSERVE_ALL]
+        self._call(self._core.observe_events(chosen, **self._t(timeout)))
+
+    def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> ipc.ObservableEvents:
+        if not self._wait(lambda: bool(self._observed), timeout):
+            raise RequestTimeout(f"no observable event within {timeout:g} s")
+        return self._observed.popleft()
+
+    # -- lifetime ------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Make the current or next wait_disabled() raise Interrupted (signal-safe)."""
+        self._interrupt = True
+        self._loop.stop()
+
+    def close(self) -> None:
+        """Free a session still held (as the service would when this process exits), then
+        close the connection."""
+        if self._sock.closed:
+            return
+        if self._core.session is not SessionState.NONE and self._core.lost is None:
+            try:
+                self.free(timeout=CLOSE_FREE_TIMEOUT)
+            except ConsumerError as e:
+                log.debug("free_buffers on close: %s", e)
+        self._loop.remove(self._sock)
+        self._loop.remove(self._monitor)
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
+        self._sock.close(linger=0)
+        self._loop.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _t(self, timeout: float | None) -> dict[str, int | None]:
+        return {"now": self._loop.now(), "timeout_ns": _ns(timeout)}
+
+    def _call(self, request: ipc.ConsumerToService) -> Any:
+        self._send(request)
+        self._wait(lambda: request.request_id in self._results)
+        return self._take(request.request_id)
+
+    def _take(self, request_id: int) -> Any:
+        event = self._results.pop(request_id)
+        if isinstance(event, Failed):
+            raise event.error
+        return event.value
+
+    def _send(self, request: ipc.ConsumerToService) -> None:
+        try:
+            self._sock.send_multipart(framing.encode(request), zmq.NOBLOCK)
+        except zmq.Again:
+            self._abandoned.add(request.request_id)
+            raise ServiceError(f"cannot send to {self.endpoint}: its queue is full") from None
+
+    def _wait(
+        self, done: Callable[[], bool], timeout: float | None = None, interruptible: bool = False
+    ) -> bool:
+        """Run the loop until done(), the timeout (False), or an interrupt; requests that
+        pass their deadline on the way complete or fail through the core."""
+        end = None if timeout is None else self._loop.now() + _ns(timeout)
+        stop = (lambda: done() or self._interrupt) if interruptible else done
+        while not done():
+            if interruptible and self._interrupt:
+                self._interrupt = False
+                raise Interrupted("interrupted")
+            now = self._loop.now()
+            self._dispatch(self._core.expire(now))
+            if done():
+                break
+            if end is not None and now >= end:
+                return False
+            deadlines = [d for d in (end, self._core.next_deadline()) if d is not None]
+            wait = None if not deadlines else max(0, min(deadlines) - now) / 1e9
+            self._loop.run(until=stop, timeout=wait)
+        return True
+
+    def _dispatch(self, events: Iterable[Any]) -> None:
+        for event in events:
+            request_id = getattr(event, "request_id", None)
+            if request_id in self._abandoned:
+                if isinstance(event, Completed | Failed):
+                    self._abandoned.discard(request_id)
+            elif isinstance(event, PacketsRead):
+                if request_id in self._streams:  # else a read nobody iterates: drop it
+                    self._streams[request_id].append(event.packets)
+            elif isinstance(event, Completed | Failed):
+                self._results[request_id] = event
+            elif isinstance(event, SessionEnded):
+                self._ended = event
+            elif isinstance(event, EventsObserved):
+                self._observed.append(event.events)
+            elif isinstance(event, Notice):
+                self.notices.append(event.message)
+                log.warning("%s", event.message)
+
+    def _on_readable(self, limit: int | None = MESSAGES_PER_WAKEUP) -> None:
+        received = 0
+        while limit is None or received < limit:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            received += 1
+            try:
+                message = framing.decode_to_consumer(frames)
+            except framing.FramingError as e:
+                self._dispatch([Notice(f"dropped a message from {self.endpoint}: {e}")])
+                continue
+            self._dispatch(self._core.handle(self.endpoint, message, self._loop.now()))
+
+    def _on_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_CONNECTED:
+                self._was_connected = True
+            elif event == zmq.EVENT_DISCONNECTED and self._was_connected:
+                self._on_readable(limit=None)  # what it sent before leaving comes first
+                if self._core.lost is None:
+                    reason = f"the tracing service at {self.endpoint} went away"
+                    self._dispatch(self._core.connection_lost(reason))
+
+
+# -- the record command line ---------------------------------------------------------------
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
+
+
+def _say(message: str) -> None:
+    print(f"tracebus: {message}", file=sys.stderr, flush=True)
+
+
+class _Signals:
+    """SIGINT/SIGTERM. Before the session is set up, or the second time: abort
+    (KeyboardInterrupt). Once it is: stop waiting, then flush, disable, read back."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.consumer: Consumer | None = None
+        self._saved: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        first, self.signum = not self.signum, self.signum or signum
+        if first and self.consumer is not None:
+            self.consumer.interrupt()
+        else:
+            raise KeyboardInterrupt
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum else EXIT_INTERRUPTED
+
+
+class Recording:
+    """One run of the record CLI: config in, trace file and summary out, an exit code."""
+
+    def __init__(
+        self, config: pb.TraceConfig, out: Path, endpoint: str, connect_timeout: float
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.endpoint = endpoint
+        self.connect_timeout = connect_timeout
+        self.signals = _Signals()
+        self.file: TraceFile | None = None
+        self.consumer: Consumer | None = None
+        self.summary = TraceSummary()
+        self.names: dict[int, str] = {}
+        self.notes: list[str] = []
+
+    def run(self) -> int:
+        self.signals.install()
+        try:
+            return self._record()
+        except KeyboardInterrupt:
+            _say("interrupted: nothing written")
+            return self.signals.exit_code
+        except (ConfigError, UsageError) as e:
+            _say(f"error: {e}")
+            return EXIT_USAGE
+        except SessionError as e:
+            _say(f"error: session failed: {e}")
+            return EXIT_FAILED
+        except ConsumerError as e:
+            _say(f"error: {e}")
+            return EXIT_FAILED
+        finally:
+            self.signals.restore()
+            if self.file is not None:
+                self.file.discard()
+            if self.consumer is not None:
+                self.consumer.close()
+
+    def _record(self) -> int:
+        try:
+            self.file = TraceFile(self.out)
+        except OSError as e:
+            raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
+        self.consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
+        enabled = self.consumer.enable(self.config)
+        self.signals.consumer = self.consumer  # from now on Ctrl-C stops and reads back
+        self._learn_producers()
+        if self.config.deferred_start and not enabled.started:
+            self.consumer.start()
+        started = time.monotonic()
+        self._wait_for_end()
+        self._read_back()
+        seconds = time.monotonic() - started
+        stats = self._finish()
+        self.file.commit()
+        summary = format_summary(self._summary_input(enabled.session_id, seconds, stats))
+        print(summary, file=sys.stderr, flush=True)
+        return self.signals.exit_code if self.signals.signum else EXIT_OK
+
+    def _timeout(self, field: str, default_ms: int) -> float:
+        return (getattr(self.config, field) or default_ms) / 1000
+
+    def _wait_for_end(self) -> None:
+        """The service ends the session at duration_ms; Ctrl-C or an overdue end stops it."""
+        limit = None
+        if self.config.duration_ms:
+            limit = self.config.duration_ms / 1000 + END_GRACE
+            limit += self._timeout("flush_timeout_ms", 5000)
+            limit += self._timeout("data_source_stop_timeout_ms", 5000)
+        try:
+            self.consumer.wait_disabled(limit)
+            return
+        except Interrupted:
+            name = signal.Signals(self.signals.signum).name
+            _say(f"{name}: flushing, stopping and reading back (again to abort)")
+        except RequestTimeout:
+            _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
+        flush_timeout = self._timeout("flush_timeout_ms", 5000)
+        if not self.consumer.flush(flush_timeout):
+            self.notes.append(f"the final flush did not complete within {flush_timeout:g} s")
+        stop_timeout = self._timeout("data_source_stop_timeout_ms", 5000)
+        self.consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
+        self.consumer.wait_disabled(DEFAULT_TIMEOUT)
+
+    def _read_back(self) -> None:
+        for batch in self.consumer.read_batches():
+            self.file.write_all(batch)
+            self.summary.add_all(batch)
+        self.file.flush()
+        if self.consumer.last_read.incomplete_bytes:
+            lost = self.consumer.last_read.incomplete_bytes
+            self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
+
+    def _learn_producers(self) -> None:
+        """pid -> producer name, asked at the start and the end (producers may leave)."""
+        try:
+            state = self.consumer.query_state()
+        except ConsumerError as e:
+            self.notes.append(f"could not name producers: {e}")
+            return
+        self.names.update((p.pid, p.name) for p in state.producers)
+
+    def _finish(self) -> pb.TraceStats | None:
+        """Stats, producer names, free: each best effort, the trace is already read."""
+        stats = None
+        try:
+            stats = self.consumer.stats()
+        except ConsumerError as e:
+            self.notes.append(f"no trace stats: {e}")
+        self._learn_producers()
+        try:
+            self.consumer.free()
+        except ConsumerError as e:
+            self.notes.append(f"free_buffers failed: {e}")
+        return stats
+
+    def _summary_input(
+        self, session_id: int, seconds: float, stats: pb.TraceStats | None
+    ) -> SummaryInput:
+        policy = pb.TraceConfig.BufferConfig.FillPolicy
+        policies = [policy.Name(b.fill_policy or policy.RING_BUFFER) for b in self.config.buffers]
+        return SummaryInput(
+            out_path=str(self.out),
+            summary=self.summary,
+            session_id=session_id,
+            seconds=seconds,
+            producer_names=self.names,
+            fill_policies=policies,
+            stats=stats,
+            notes=self.notes,
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m actors.consumer",
+        description="Record a trace: run one tracing session and write a Perfetto trace file.",
+    )
+    parser.add_argument("-c", "--config", required=True, help="TraceConfig file, or - for stdin")
+    parser.add_argument("--txt", action="store_true", help="the config is a textproto")
+    parser.add_argument("-o", "--out", required=True, help="the trace file to write")
+    parser.add_argument(
+        "--consumer-endpoint",
+        metavar="EP",
+        help="the service's consumer port (default: $TRACEBUS_CONSUMER_SOCK, else the runtime dir)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"seconds to wait for the service (default: ${CONNECT_TIMEOUT_ENV}, else "
+        f"{DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    return parser
+
+
+def _read_config(source: str, text: bool) -> pb.TraceConfig:
+    if source == "-":
+        return parse_config(sys.stdin.buffer.read(), text=text, source="<stdin>")
+    return load_config(Path(source), text=text)
+
+
+def _connect_timeout(flag: float | None) -> float:
+    if flag is not None:
+        return flag
+    value = os.environ.get(CONNECT_TIMEOUT_ENV)
+    try:
+        return float(value) if value else DEFAULT_CONNECT_TIMEOUT
+    except ValueError:
+        raise UsageError(f"{CONNECT_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
+    args = _parser().parse_args(argv)
+    try:
+        config = _read_config(args.config, args.txt)
+        timeout = _connect_timeout(args.connect_timeout)
+        endpoint = args.consumer_endpoint or default_consumer_endpoint()
+    except ConsumerError as e:
+        _say(f"error: {e}")
+        return EXIT_USAGE
+    except RuntimeError as e:  # the runtime directory is not ours
+        _say(f"error: {e}")
+        return EXIT_FAILED
+    return Recording(config, Path(args.out), endpoint, timeout).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

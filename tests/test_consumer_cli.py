@@ -1,0 +1,467 @@
+"""The consumer shell: `python -m actors.consumer` as a real subprocess, and the Consumer
+API in this process, each against a fake consumer port: a ROUTER socket in a thread
+that answers with scripted replies. Nothing here needs the real service.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from google.protobuf import text_format
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.consumer import Consumer, TraceFile, load_config
+from actors.core.consumer_core import (
+    ConfigError,
+    ProtocolMismatch,
+    RequestTimeout,
+    ServiceError,
+    SessionError,
+    frame_packet,
+)
+from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
+
+pytestmark = pytest.mark.timeout(60)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "examples" / "configs"
+CONFIG_TEXT = """
+buffers { size_kb: 256 fill_policy: RING_BUFFER }
+buffers { size_kb: 64 fill_policy: DISCARD }
+data_sources { config { name: "tracebus.synthetic" for_testing { message_count: 10 } } }
+duration_ms: 100
+"""
+
+
+def make_packets() -> list[bytes]:
+    """A service packet, two producers' packets (one with a loss mark) and a big one."""
+    service = pb.TracePacket(trusted_pid=1, trusted_uid=0, trusted_packet_sequence_id=1)
+    service.trace_config.duration_ms = 100
+    packets = [service.SerializeToString()]
+    for i in range(40):
+        pid, seq = (101, 2) if i % 2 else (202, 3)
+        packet = pb.TracePacket(trusted_pid=pid, trusted_uid=1000, trusted_packet_sequence_id=seq)
+        packet.for_testing.counter = i
+        packet.previous_packet_dropped = int(i == 7)
+        packets.append(packet.SerializeToString())
+    big = pb.TracePacket(trusted_pid=101, trusted_uid=1000, trusted_packet_sequence_id=2)
+    big.for_testing.str = "z" * 100_000
+    packets.append(big.SerializeToString())
+    return packets
+
+
+def read_replies(packets: list[bytes]) -> list[dict]:
+    """Slices over several replies: small packets whole, the big one in three slices
+    over three replies, then an empty last reply."""
+    *small, big = packets
+    cut = len(big) // 3
+    whole = [{"data": p, "last_slice_for_packet": True} for p in small]
+    return [
+        {"slices": whole[:20], "has_more": True},
+        {"slices": whole[20:] + [{"data": big[:cut]}], "has_more": True},
+        {"slices": [{"data": big[cut : 2 * cut]}], "has_more": True},
+        {"slices": [{"data": big[2 * cut :], "last_slice_for_packet": True}], "has_more": True},
+        {"slices": [], "has_more": False},
+    ]
+
+
+def make_stats() -> pb.TraceStats:
+    stats = pb.TraceStats(invalid_packets=1)
+    stats.buffer_stats.add(buffer_size=262144, chunks_written=12, chunks_overwritten=2)
+    stats.buffer_stats.add(buffer_size=65536, chunks_written=1)
+    return stats
+
+
+class FakeService:
+    """A scripted consumer port. Hooks run in its thread when a request arrives."""
+
+    def __init__(self, endpoint: str, **script) -> None:
+        self.endpoint = endpoint
+        self.packets = script.get("packets", make_packets())
+        self.ends_by_itself = script.get("ends_by_itself", True)
+        self.enable_error = script.get("enable_error", "")
+        self.vanish_after_start = script.get("vanish_after_start", False)
+        self.protocol_version = script.get("protocol_version", ipc.PROTOCOL_VERSION)
+        self.unsupported = script.get("unsupported", ["trace_filter"])
+        self.hooks: dict[str, Callable[[], object]] = script.get("hooks", {})
+        self.requests: list[str] = []
+        self.seen: dict[str, threading.Event] = collections.defaultdict(threading.Event)
+        self.hook_results: dict[str, object] = {}
+        self.config: pb.TraceConfig | None = None
+        self.error: BaseException | None = None
+        self._enable_id = 0
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(endpoint)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> FakeService:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+        if self.error is not None:
+            raise self.error
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set() and not self._sock.closed:
+                if self._sock.poll(50):
+                    identity, *frames = self._sock.recv_multipart()
+                    self._handle(identity, framing.decode_from_consumer(frames))
+        except BaseException as e:  # surfaced by __exit__
+            self.error = e
+
+    def _send(self, identity: bytes, request_id: int, **fields) -> None:
+        message = ipc.ServiceToConsumer(request_id=request_id, **fields)
+        self._sock.send_multipart(framing.encode_routed(identity, message))
+
+    def _handle(self, identity: bytes, message: ipc.ConsumerToService) -> None:
+        which, rid = message.WhichOneof("msg"), message.request_id
+        self.requests.append(which)
+        if which in self.hooks:
+            self.hook_results[which] = self.hooks[which]()
+        send = lambda **fields: self._send(identity, rid, **fields)  # noqa: E731
+        if which == "hello":
+            send(hello={"protocol_version": self.protocol_version})
+        elif which == "enable_tracing":
+            self._enable(identity, rid, message.enable_tracing.trace_config)
+        elif which == "flush":
+            send(flush={"success": True})
+        elif which == "disable_tracing":
+            send(ack={})
+            self._send(identity, self._enable_id, enable_tracing={"disabled": True})
+        elif which == "read_buffers":
+            for r in read_replies(self.packets):
+                send(read_buffers=r)
+        elif which == "get_trace_stats":
+            send(trace_stats={"trace_stats": make_stats().SerializeToString()})
+        elif which == "query_service_state":
+            producers = [{"id": 1, "name": "alpha", "pid": 101}, {"id": 2, "name": "beta"}]
+            send(service_state={"producers": producers})
+        elif which == "observe_events":
+            send(ack={})
+            send(events={"all_data_sources_started": True})
+        elif which in ("free_buffers", "start_tracing"):
+            send(ack={})
+        self.seen[which].set()
+
+    def _enable(self, identity: bytes, rid: int, config: bytes) -> None:
+        self.config = pb.TraceConfig.FromString(config)
+        if self.enable_error:
+            reply = {"disabled": True, "error": self.enable_error}
+            self._send(identity, rid, enable_tracing=reply)
+            return
+        self._enable_id = rid
+        first = {"started": True, "session_id": 7, "unsupported_fields": self.unsupported}
+        self._send(identity, rid, enable_tracing=first)
+        if self.vanish_after_start:
+            self._sock.close(linger=0)
+        elif self.ends_by_itself:  # as if duration_ms passed
+            self._send(identity, rid, enable_tracing={"disabled": True})
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short directory: an ipc:// path must fit in sun_path."""
+    path = Path(tempfile.mkdtemp(prefix="tbc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def endpoint(workdir: Path) -> str:
+    return f"ipc://{workdir}/c.sock"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEBUS_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start the CLI; every process started is killed and reaped at the end."""
+    procs: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "actors.consumer", *args],
+            cwd=REPO,
+            env=env or cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+def temp_files(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def write_config(directory: Path, text: str = CONFIG_TEXT, name: str = "cfg.pbtxt") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_records_a_session_and_replaces_the_output_only_at_the_end(cli, workdir, endpoint):
+    out = workdir / "trace.pftrace"
+    out.write_bytes(b"old trace")
+    config = write_config(workdir)
+
+    def at_free() -> tuple[bytes, list[str]]:
+        return out.read_bytes(), temp_files(workdir)
+
+    with FakeService(endpoint, hooks={"free_buffers": at_free}) as fake:
+        env = cli_env(TRACEBUS_CONSUMER_SOCK=endpoint)
+        code, err = finish(cli("-c", str(config), "--txt", "-o", str(out), env=env))
+    assert code == 0, err
+    old, temps = fake.hook_results["free_buffers"]
+    assert old == b"old trace", "the existing output is replaced only at the end"
+    assert len(temps) == 1 and temps[0].startswith(".trace.pftrace."), temps
+    assert temp_files(workdir) == []
+    packets = make_packets()
+    data = out.read_bytes()
+    assert data == b"".join(map(frame_packet, packets))
+    trace = pb.Trace.FromString(data)
+    assert [p.SerializeToString() for p in trace.packet] == packets
+    assert fake.config == load_config(config)
+    assert fake.requests[:2] == ["hello", "enable_tracing"]
+    assert fake.requests[-1] == "free_buffers" and "flush" not in fake.requests
+    assert "read_buffers" in fake.requests and "get_trace_stats" in fake.requests
+    assert "does not implement these config fields: trace_filter" in err
+    assert f"wrote {len(packets)} packets" in err and "session 7" in err
+    assert "alpha" in err and "(producer gone)" in err and "(tracing service)" in err
+    assert "buffer 0: chunks_overwritten 2" in err and "invalid_packets 1" in err
+    assert "previous_packet_dropped: 1 packets" in err
+    assert "#1 DISCARD" in err
+
+
+def test_binary_config_and_endpoint_flag(cli, workdir, endpoint):
+    config = workdir / "cfg.bin"
+    config.write_bytes(load_config(CONFIG_TEXT).SerializeToString())
+    out = workdir / "t.pftrace"
+    with FakeService(endpoint, unsupported=[]):
+        code, err = finish(cli("-c", str(config), "-o", str(out), "--consumer-endpoint", endpoint))
+    assert code == 0, err
+    assert len(pb.Trace.FromString(out.read_bytes()).packet) == len(make_packets())
+    assert "does not implement" not in err
+
+
+@pytest.mark.parametrize(
+    "text, txt, expected",
+    [
+        ("buffers { size_kb: 64 }\nbufers: 3\n", True, 'cfg.pbtxt:2:1: Message type "perfetto'),
+        ("duration_ms: 'soon'\n", True, "cfg.pbtxt:1:14:"),
+        ("buffers { size_kb: 64 }\n", False, "pass --txt"),
+    ],
+)
+def test_bad_config_exits_2_with_the_parser_message(cli, workdir, text, txt, expected):
+    out = workdir / "t.pftrace"
+    out.write_bytes(b"old")
+    args = ["-c", str(write_config(workdir, text)), "-o", str(out)] + (["--txt"] if txt else [])
+    code, err = finish(cli(*args))
+    assert code == 2, err
+    assert expected in err
+    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+
+
+def test_usage_errors_exit_2(cli, workdir):
+    code, err = finish(cli("-c", str(write_config(workdir))))
+    assert code == 2 and "-o" in err
+    missing_dir = workdir / "nope" / "t.pftrace"
+    code, err = finish(cli("-c", str(write_config(workdir)), "--txt", "-o", str(missing_dir)))
+    assert code == 2 and "cannot write" in err and str(missing_dir) in err
+
+
+def test_unreachable_service_exits_1_naming_the_endpoint(cli, workdir, endpoint):
+    out = workdir / "t.pftrace"
+    started = time.monotonic()
+    env = cli_env(TRACEBUS_CONNECT_TIMEOUT="0.3", TRACEBUS_CONSUMER_SOCK=endpoint)
+    code, err = finish(cli("-c", str(write_config(workdir)), "--txt", "-o", str(out), env=env))
+    assert code == 1, err
+    assert f"no tracing service answered at {endpoint} within 0.3 s" in err
+    assert time.monotonic() - started < 15
+    assert not out.exists() and temp_files(workdir) == []
+
+
+def test_refused_session_exits_1_and_keeps_the_old_output(cli, workdir, endpoint):
+    out = workdir / "t.pftrace"
+    out.write_bytes(b"old")
+    with FakeService(endpoint, enable_error="too many sessions (limit 15)") as fake:
+        args = ["-c", str(write_config(workdir)), "--txt", "-o", str(out)]
+        code, err = finish(cli(*args, "--consumer-endpoint", endpoint))
+    assert code == 1, err
+    assert "too many sessions (limit 15)" in err
+    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+    assert "read_buffers" not in fake.requests
+
+
+def test_service_going_away_mid_session_exits_1(cli, workdir, endpoint):
+    out = workdir / "t.pftrace"
+    with FakeService(endpoint, vanish_after_start=True):
+        args = ["-c", str(write_config(workdir)), "--txt", "-o", str(out)]
+        code, err = finish(cli(*args, "--consumer-endpoint", endpoint))
+    assert code == 1, err
+    assert f"the tracing service at {endpoint} went away" in err
+    assert not out.exists() and temp_files(workdir) == []
+
+
+def test_sigint_flushes_disables_and_writes_what_was_read(cli, workdir, endpoint):
+    out = workdir / "t.pftrace"
+    config = write_config(workdir, CONFIG_TEXT.replace("duration_ms: 100", ""))
+    with FakeService(endpoint, ends_by_itself=False) as fake:
+        proc = cli("-c", str(config), "--txt", "-o", str(out), "--consumer-endpoint", endpoint)
+        # The CLI asks for the service state once its session is set up.
+        assert fake.seen["query_service_state"].wait(timeout=20), proc.stderr
+        proc.send_signal(signal.SIGINT)
+        code, err = finish(proc)
+    assert code == 130, err
+    assert "SIGINT: flushing, stopping and reading back" in err
+    requests = fake.requests
+    assert requests.index("flush") < requests.index("disable_tracing")
+    assert requests.index("disable_tracing") < requests.index("read_buffers")
+    assert requests[-1] == "free_buffers"
+    assert out.read_bytes() == b"".join(map(frame_packet, make_packets()))
+    assert temp_files(workdir) == []
+
+
+# -- example configs ------------------------------------------------------------------------------
+
+
+def test_example_configs_parse_with_the_official_schema():
+    found = sorted(CONFIGS.glob("*.pbtxt"))
+    assert {p.name for p in found} >= {"synthetic.pbtxt", "track_event.pbtxt"}
+    for path in found:
+        config = text_format.Parse(path.read_text(), pb.TraceConfig())
+        assert config.buffers and config.data_sources and config.duration_ms, path
+
+
+def test_synthetic_example_has_two_buffers_and_two_sources():
+    config = text_format.Parse((CONFIGS / "synthetic.pbtxt").read_text(), pb.TraceConfig())
+    policy = pb.TraceConfig.BufferConfig.FillPolicy
+    assert [b.fill_policy for b in config.buffers] == [policy.RING_BUFFER, policy.DISCARD]
+    synthetic, track_event = (d.config for d in config.data_sources)
+    assert (synthetic.name, synthetic.target_buffer) == ("tracebus.synthetic", 0)
+    testing = synthetic.for_testing
+    assert testing.message_count and testing.message_size and testing.seed
+    assert testing.max_messages_per_second
+    assert (track_event.name, track_event.target_buffer) == ("track_event", 1)
+    assert 1000 <= config.duration_ms <= 5000
+
+
+# -- the Consumer API, in this process ------------------------------------------------------------
+
+
+def test_api_session_end_to_end(workdir, endpoint):
+    with FakeService(endpoint, ends_by_itself=False) as fake:
+        with Consumer.connect(endpoint, timeout=5) as c:
+            c.observe()
+            result = c.enable(CONFIG_TEXT)
+            assert (result.session_id, result.unsupported_fields) == (7, ("trace_filter",))
+            assert c.next_event(timeout=5).all_data_sources_started
+            assert c.flush(timeout=1.0) is True
+            with pytest.raises(RequestTimeout, match="did not end within 0.05 s"):
+                c.wait_disabled(timeout=0.05)
+            c.disable()
+            c.wait_disabled(timeout=5)
+            assert c.session_ended and c.session_error == ""
+            assert list(c.read_buffers()) == make_packets()
+            assert c.last_read.replies == 5 and c.last_read.incomplete_bytes == 0
+            assert c.stats().buffer_stats[0].chunks_overwritten == 2
+            assert c.query_state().producers[0].name == "alpha"
+            saved = c.save(workdir / "saved.pftrace")
+            assert saved.packets == len(make_packets())
+            c.free()
+    assert pb.Trace.FromString((workdir / "saved.pftrace").read_bytes()).packet[-1].for_testing.str
+    assert fake.config.duration_ms == 100
+
+
+def test_api_abandoned_read_does_not_disturb_the_next_request(endpoint):
+    with FakeService(endpoint) as fake, Consumer.connect(endpoint, timeout=5) as c:
+        c.enable(load_config(CONFIG_TEXT))
+        c.wait_disabled(timeout=5)
+        first = next(iter(c.read_packets()))
+        assert first.trusted_packet_sequence_id == 1
+        assert list(c.read_buffers()) == make_packets()  # the first read's tail is dropped
+        c.free()
+    assert fake.requests.count("read_buffers") == 2
+
+
+def test_api_errors_are_clear(endpoint, workdir):
+    with pytest.raises(ConfigError, match="bufers"):
+        load_config("bufers: 1")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(workdir / "missing.pbtxt")
+    with FakeService(endpoint, protocol_version=99):
+        with pytest.raises(ProtocolMismatch, match="protocol 99"):
+            Consumer.connect(endpoint, timeout=5)
+    with FakeService(endpoint, enable_error="no such buffer") as fake:
+        with Consumer.connect(endpoint, timeout=5) as c:
+            with pytest.raises(SessionError, match="no such buffer"):
+                c.enable(CONFIG_TEXT)
+    assert fake.requests == ["hello", "enable_tracing"]
+    with FakeService(endpoint, vanish_after_start=True), Consumer.connect(endpoint) as c:
+        c.enable(CONFIG_TEXT)
+        with pytest.raises(SessionError, match="went away"):
+            c.wait_disabled(timeout=10)
+        with pytest.raises(ServiceError, match="went away"):
+            c.stats()
+
+
+def test_trace_file_discards_unless_committed(workdir):
+    out = workdir / "t.pftrace"
+    out.write_bytes(b"old")
+    with TraceFile(out) as f:
+        f.write_all([b"abc"])
+    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+    with TraceFile(out) as f:
+        f.write_all([b"abc", b""])
+        f.commit()
+    assert out.read_bytes() == b"\x0a\x03abc\x0a\x00"
+    assert temp_files(workdir) == []
+
+
+def test_api_close_frees_a_session_still_held(endpoint):
+    with FakeService(endpoint, ends_by_itself=False) as fake:
+        with Consumer.connect(endpoint, timeout=5) as c:
+            c.enable(CONFIG_TEXT)
+        assert fake.seen["free_buffers"].wait(timeout=5)
+    assert fake.requests == ["hello", "enable_tracing", "free_buffers"]
