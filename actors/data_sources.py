@@ -1,0 +1,266 @@
+"""The built-in data sources every `python -m actors.producer` hosts.
+
+`tracebus.synthetic` (SyntheticDataSource, and `synthetic_named(name)` for the
+same source under another name) writes Perfetto's TestEvent packets, configured
+by DataSourceConfig.for_testing (TestConfig), like Perfetto's fake producer:
+
+- one writer, on a thread of the instance; packet i (i = 1..message_count) is
+  ``TracePacket { for_testing { str, seq_value, counter: i, is_last } }``
+  with its fields in that order and ``is_last: true`` on packet message_count only;
+- ``seq_value``: std::minstd_rand0 seeded with `seed`, as Perfetto's fake
+  producer uses it: x0 = seed % 2147483647, or 1 if that is 0; packet i carries
+  x_i = x_{i-1} * 16807 % 2147483647 (`seq_values(seed, n)` computes them);
+- ``str``: exactly message_size ASCII bytes, ``f"{seed}:{i}:"`` padded with "."
+  and truncated to message_size (`synthetic_str(seed, i, size)`);
+- max_messages_per_second 0 writes as fast as possible; otherwise packet i is
+  not written before (i - 1) / rate seconds after the start.
+The writer is flushed after the last packet, when a flush is requested, and at
+stop; a stop before message_count packets ends the sequence early.
+
+`track_event` (TrackEventDataSource) writes a small timeline for
+ui.perfetto.dev: a process and a thread TrackDescriptor, then frames of nested
+slices (frame > update > physics, frame > render) and a counter track,
+timestamped with CLOCK_BOOTTIME in ns (Perfetto's default trace clock, so
+TracePacket.timestamp needs no clock id). for_testing.message_count bounds the
+number of frames (0: until stopped), max_messages_per_second sets the frame rate
+(0: 100 per second). Names are plain strings (no interning); the first packet
+of the sequence sets SEQ_INCREMENTAL_STATE_CLEARED, and the descriptors are
+emitted again after a clear_incremental_state. Track uuids: process
+``0x5EED << 48 | pid``, thread ``1 << 62 | pid << 24 | tid``, counter
+``2 << 62 | pid << 24 | tid`` (tid and pid below 2**24).
+
+Packets are concatenated from precomputed tags (shm.protozero), never built
+with the generated protobuf classes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from actors.producer import DataSource
+from shm.protozero import LEN, VARINT, build, tag, varint
+from shm.writer import SMBExhaustedError, TraceWriter
+
+MINSTD_MODULUS = 2147483647
+MINSTD0_MULTIPLIER = 16807
+
+
+def seq_values(seed: int, n: int) -> list[int]:
+    """The first n outputs of std::minstd_rand0(seed)."""
+    x = seed % MINSTD_MODULUS or 1
+    out = []
+    for _ in range(n):
+        x = x * MINSTD0_MULTIPLIER % MINSTD_MODULUS
+        out.append(x)
+    return out
+
+
+def synthetic_str(seed: int, counter: int, size: int) -> bytes:
+    return f"{seed}:{counter}:".encode().ljust(size, b".")[:size]
+
+
+# TestEvent inside TracePacket.for_testing (900).
+_FOR_TESTING = tag(900, LEN)
+_STR = tag(1, LEN)
+_SEQ_VALUE = tag(2, VARINT)
+_COUNTER = tag(3, VARINT)
+_IS_LAST = tag(4, VARINT) + b"\x01"
+
+
+def synthetic_packet(seed: int, counter: int, seq_value: int, size: int, last: bool) -> bytes:
+    """One serialized TracePacket of the synthetic source."""
+    s = synthetic_str(seed, counter, size)
+    body = b"".join(
+        (
+            _STR, varint(len(s)), s,
+            _SEQ_VALUE, varint(seq_value),
+            _COUNTER, varint(counter),
+            _IS_LAST if last else b"",
+        )
+    )  # fmt: skip
+    return _FOR_TESTING + varint(len(body)) + body
+
+
+class _Threaded(DataSource):
+    """A data source writing on one thread of its own, started by on_start. The
+    thread flushes its writer when on_flush asks, even while it waits."""
+
+    def on_start(self, config: Any) -> None:
+        self._stopping = False
+        self._flush_wanted = False
+        self._wakeup = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
+        )
+        self._thread.start()
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self._thread.join()
+
+    def on_flush(self) -> None:
+        self._flush_wanted = True
+        self._wakeup.set()
+
+    def _serve_flush(self, w: TraceWriter) -> None:
+        if self._flush_wanted:
+            self._flush_wanted = False
+            w.flush()
+
+    def _pause(self, seconds: float, w: TraceWriter) -> bool:
+        """Wait up to `seconds`, flushing `w` if asked meanwhile; True if stopping."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._serve_flush(w)
+            if self._stopping:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._wakeup.wait(remaining)
+            self._wakeup.clear()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SyntheticDataSource(_Threaded):
+    """TestEvent packets whose contents a test can recompute (see the module docstring)."""
+
+    name = "tracebus.synthetic"
+
+    def _run(self) -> None:
+        cfg = self.config.for_testing
+        count, rate, size, seed = (
+            cfg.message_count,
+            cfg.max_messages_per_second,
+            cfg.message_size,
+            cfg.seed,
+        )
+        w = self.writer()
+        x = seed % MINSTD_MODULUS or 1
+        start = time.monotonic()
+        for i in range(1, count + 1):
+            if rate:
+                if self._pause(start + (i - 1) / rate - time.monotonic(), w):
+                    break
+            elif self._stopping:
+                break
+            x = x * MINSTD0_MULTIPLIER % MINSTD_MODULUS
+            try:
+                w.write_packet(synthetic_packet(seed, i, x, size, i == count))
+            except SMBExhaustedError:
+                pass  # STALL policy gave up on this packet; the writer counted it
+            self._serve_flush(w)
+        w.flush()
+
+
+def synthetic_named(name: str) -> type[DataSource]:
+    """The synthetic data source under another name."""
+    if name == SyntheticDataSource.name:
+        return SyntheticDataSource
+    return type(f"Synthetic[{name}]", (SyntheticDataSource,), {"name": name})
+
+
+# -- track_event ---------------------------------------------------------------------------
+
+_TIMESTAMP = tag(8, VARINT)
+_TRACK_EVENT = tag(11, LEN)
+_SEQUENCE_FLAGS = tag(13, VARINT)
+_TRACK_DESCRIPTOR = tag(60, LEN)
+SEQ_INCREMENTAL_STATE_CLEARED = 1
+SLICE_BEGIN, SLICE_END, COUNTER = 1, 2, 4
+SLICES = ("frame", "update", "physics", "render")
+
+
+def _event(type_: int, track_uuid: int, name: str | None = None, value: int | None = None) -> bytes:
+    """A TrackEvent body without its timestamp; constant for a given track and name."""
+
+    def fill(m):
+        m.varint(9, type_).varint(11, track_uuid)
+        if name is not None:
+            m.string(22, "tracebus").string(23, name)  # categories, name
+        if value is not None:
+            m.varint(30, value)
+
+    return build(fill)
+
+
+def track_uuids(pid: int, tid: int) -> tuple[int, int, int]:
+    """(process, thread, counter) track uuids; see the module docstring."""
+    low = (pid & 0xFFFFFF) << 24 | (tid & 0xFFFFFF)
+    return 0x5EED << 48 | pid, 1 << 62 | low, 2 << 62 | low
+
+
+class TrackEventDataSource(_Threaded):
+    """Nested slices and a counter on the instance's thread (see the module docstring)."""
+
+    name = "track_event"
+    handles_incremental_state_clear = True
+
+    def on_clear_incremental_state(self) -> None:
+        self._cleared = True
+
+    def _descriptors(self, pid: int, tid: int, thread_name: str) -> list[bytes]:
+        proc, thread, counter = track_uuids(pid, tid)
+
+        def process(m):
+            m.varint(1, proc)
+            with m.begin_nested(3) as p:
+                p.varint(1, pid).string(6, self.producer_name or "tracebus")
+
+        def thread_track(m):
+            m.varint(1, thread).varint(5, proc)
+            with m.begin_nested(4) as t:
+                t.varint(1, pid).varint(2, tid).string(5, thread_name)
+
+        def counter_track(m):
+            m.varint(1, counter).varint(5, proc).string(2, "queue_depth")
+            m.begin_nested(8).end()  # an empty CounterDescriptor marks a counter track
+
+        return [build(f) for f in (process, thread_track, counter_track)]
+
+    def _run(self) -> None:
+        cfg = self.config.for_testing
+        frames = cfg.message_count
+        period = 1.0 / (cfg.max_messages_per_second or 100)
+        pid, tid = os.getpid(), threading.get_native_id()
+        _, thread, counter = track_uuids(pid, tid)
+        begins = {n: _event(SLICE_BEGIN, thread, n) for n in SLICES}
+        end = _event(SLICE_END, thread)
+        descriptors = self._descriptors(pid, tid, threading.current_thread().name)
+        clock, w = time.clock_gettime_ns, self.writer()
+        boot = time.CLOCK_BOOTTIME
+        self._cleared = True
+
+        def emit(event: bytes) -> None:
+            ts = _TIMESTAMP + varint(clock(boot))
+            w.write_packet(ts + _TRACK_EVENT + varint(len(event)) + event)
+
+        n = 0
+        while not self._stopping and (frames == 0 or n < frames):
+            n += 1
+            if self._cleared:
+                self._cleared = False
+                flags = _SEQUENCE_FLAGS + varint(SEQ_INCREMENTAL_STATE_CLEARED)
+                for i, d in enumerate(descriptors):
+                    ts = _TIMESTAMP + varint(clock(boot))
+                    extra = b"" if i else flags
+                    w.write_packet(ts + _TRACK_DESCRIPTOR + varint(len(d)) + d + extra)
+            emit(begins["frame"])
+            emit(begins["update"])
+            emit(begins["physics"])
+            self._pause(period * 0.2, w)
+            emit(end)
+            emit(end)
+            emit(begins["render"])
+            self._pause(period * 0.3, w)
+            emit(end)
+            emit(end)
+            emit(_event(COUNTER, counter, value=n % 17))
+            self._pause(period * 0.5, w)
+        w.flush()

@@ -1,0 +1,236 @@
+"""`python -m actors.producer` as a real process, against a fake service: a ROUTER
+socket in this test that speaks the producer port, hands over a real sealed
+memfd (/proc/<test pid>/fd/<n>), and moves committed chunks out of it."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.data_sources import seq_values, synthetic_str
+from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
+from shm.abi import Geometry, SharedMemoryABI
+from shm.region import MemfdRegion
+from tests.smb_oracle import Oracle
+from tests.test_producer_core import ds_config, to_batch
+
+REPO = Path(__file__).resolve().parents[1]
+SMB_SIZE = 256 * 1024
+PAGE = 4096
+
+
+class FakeService:
+    """A ROUTER on an ipc:// endpoint in tmp_path, and the producer process it serves."""
+
+    def __init__(self, tmp_path: Path, bind: bool = True) -> None:
+        self.endpoint = f"ipc://{tmp_path}/p.sock"
+        assert len(self.endpoint) < 100, "ipc paths must fit in sun_path"
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if bind:
+            self.bind()
+        self.proc: subprocess.Popen | None = None
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.peer = b""
+
+    def bind(self) -> None:
+        self.router.bind(self.endpoint)
+
+    def spawn(self, *args: str) -> None:
+        cmd = [sys.executable, "-m", "actors.producer", "--producer-endpoint", self.endpoint]
+        self.proc = subprocess.Popen(
+            [*cmd, *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+        )
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if text in line:
+                return line
+
+    def recv(self, timeout: float = 10.0) -> ipc.ProducerToService:
+        assert self.router.poll(int(timeout * 1000)), "no message from the producer"
+        self.peer, rest = framing.split_identity(self.router.recv_multipart())
+        return framing.decode_from_producer(rest)
+
+    def recv_kind(self, kind: str, timeout: float = 10.0) -> ipc.ProducerToService:
+        msg = self.recv(timeout)
+        assert msg.WhichOneof("msg") == kind, msg
+        return msg
+
+    def send(self, request_id: int = 0, **msg) -> None:
+        env = ipc.ServiceToProducer(request_id=request_id, **msg)
+        self.router.send_multipart(framing.encode_routed(self.peer, env))
+
+    def handshake(self, name: str) -> ipc.InitializeConnectionRequest:
+        init = self.recv_kind("initialize_connection")
+        hello = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
+        self.send(init.request_id, initialize_connection={"hello": hello, "producer_id": 1})
+        names = []
+        for _ in range(2):  # the two built-in data sources
+            reg = self.recv_kind("register_data_source")
+            names.append(reg.register_data_source.descriptor.name)
+            self.send(reg.request_id, register_data_source={})
+        assert names == ["tracebus.synthetic", "track_event"]
+        return init.initialize_connection
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.router.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def service(tmp_path):
+    svc = FakeService(tmp_path)
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+def _shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def test_producer_writes_a_synthetic_session_and_exits_on_sigterm(service):
+    shm_before = _shm_entries()
+    region = MemfdRegion.create(SMB_SIZE)
+    try:
+        service.spawn("--name", "shelltest")
+        init = service.handshake("shelltest")
+        assert init.producer_name == "shelltest" and init.claimed_pid == service.proc.pid
+        path = f"/proc/{os.getpid()}/fd/{region.fd}"
+        setup = {"shm_size_bytes": SMB_SIZE, "shm_page_size_bytes": PAGE, "shm_path": path}
+        service.send(setup_tracing=setup)
+        assert service.recv_kind("smb_mapped").smb_mapped.error == ""
+
+        n, seed, size = 100, 42, 24
+        cfg = ds_config("tracebus.synthetic", 1, message_count=n, message_size=size, seed=seed)
+        service.send(setup_data_source={"instance_id": 1, "data_source_config": cfg})
+        service.send(start_data_source={"instance_id": 1, "data_source_config": cfg})
+
+        oracle = Oracle(SharedMemoryABI(region.buf, Geometry(SMB_SIZE, PAGE)))
+        reg = service.recv_kind("register_trace_writer").register_trace_writer
+        assert reg.target_buffer == 1
+        packets: list[bytes] = []
+        while len(packets) < n:
+            commit = service.recv_kind("commit_data").commit_data
+            oracle.on_commit(to_batch(commit))
+            assert {c.writer_id for c in oracle.chunks} == {reg.writer_id}
+            packets, _ = oracle.packets(reg.writer_id)
+        events = []
+        for data in packets:
+            p = pb.TracePacket()
+            p.ParseFromString(data)
+            events.append(p.for_testing)
+        assert [e.counter for e in events] == list(range(1, n + 1))
+        assert [e.seq_value for e in events] == seq_values(seed, n)
+        assert [e.str.encode() for e in events] == [
+            synthetic_str(seed, i, size) for i in range(1, n + 1)
+        ]
+        assert events[-1].is_last and not any(e.is_last for e in events[:-1])
+
+        service.send(flush={"flush_request_id": 5, "instance_ids": [1]})
+        while service.recv().commit_data.flush_request_id != 5:
+            pass
+
+        assert service.stop(signal.SIGTERM) == 0
+        with pytest.raises(ProcessLookupError):
+            os.kill(service.proc.pid, 0)
+        assert service.wait_line("stopping").startswith("shelltest: ")
+    finally:
+        region.close()
+    assert _shm_entries() <= shm_before
+
+
+def test_version_mismatch_exits_with_an_error(service):
+    service.spawn("--name", "old")
+    init = service.recv_kind("initialize_connection")
+    refusal = ipc.HelloReply(protocol_version=2, error="protocol version 1 is not supported")
+    service.send(init.request_id, initialize_connection={"hello": refusal})
+    assert service.proc.wait(timeout=10) == 1
+    line = service.wait_line("refused")
+    assert line.startswith("old: ") and "protocol version" in line
+
+
+def test_producer_retries_until_the_service_appears(tmp_path):
+    service = FakeService(tmp_path, bind=False)
+    try:
+        service.spawn("--name", "early", "--data-source", "extra.synth")
+        service.wait_line("retrying")  # no reply to initialize_connection: a new attempt
+        service.bind()
+        init = service.recv_kind("initialize_connection")
+        service.send(init.request_id, initialize_connection={"producer_id": 3})
+        names = [service.recv_kind("register_data_source") for _ in range(3)]
+        descriptors = [m.register_data_source.descriptor.name for m in names]
+        assert descriptors == ["tracebus.synthetic", "track_event", "extra.synth"]
+        assert service.stop(signal.SIGINT) == 0
+    finally:
+        service.close()
+
+
+def test_sigterm_ends_a_producer_stalled_on_a_full_smb(service):
+    # Two one-chunk pages, and the service never frees what the producer commits: the
+    # writer splits a packet into the second chunk, then stalls for a third.
+    region = MemfdRegion.create(2 * PAGE)
+    try:
+        service.spawn("--name", "stalled", "--policy", "stall")
+        service.handshake("stalled")
+        path = f"/proc/{os.getpid()}/fd/{region.fd}"
+        setup = {"shm_size_bytes": 2 * PAGE, "shm_page_size_bytes": PAGE, "shm_path": path}
+        service.send(setup_tracing=setup)
+        assert service.recv_kind("smb_mapped").smb_mapped.error == ""
+        cfg = ds_config("tracebus.synthetic", 1, message_count=10**6, message_size=100)
+        service.send(start_data_source={"instance_id": 1, "data_source_config": cfg})
+        service.recv_kind("register_trace_writer")
+        service.recv_kind("commit_data")  # the first chunk: from now on the writer stalls
+        t0 = time.monotonic()
+        assert service.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        region.close()
+
+
+def test_module_data_sources_are_hosted(service, tmp_path):
+    (tmp_path / "user_ds_mod.py").write_text(
+        "from actors.producer import DataSource\n"
+        "class Mine(DataSource):\n"
+        "    name = 'user.mine'\n"
+        "    will_notify_on_start = True\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
+    cmd = [sys.executable, "-m", "actors.producer", "--producer-endpoint", service.endpoint]
+    service.proc = subprocess.Popen(
+        [*cmd, "--name", "mod", "--module", "user_ds_mod"], cwd=REPO, env=env
+    )
+    init = service.recv_kind("initialize_connection")
+    service.send(init.request_id, initialize_connection={"producer_id": 2})
+    regs = [service.recv_kind("register_data_source").register_data_source for _ in range(3)]
+    assert [r.descriptor.name for r in regs] == ["tracebus.synthetic", "track_event", "user.mine"]
+    assert regs[2].descriptor.will_notify_on_start
+    assert service.stop(signal.SIGTERM) == 0
