@@ -71,6 +71,46 @@ def zigzag(v: int) -> int:
     return ((v << 1) ^ (v >> 63)) & _U64
 
 
+def read_varint(data, i: int, end: int) -> tuple[int, int]:
+    """(value, index after it) of the varint at data[i]; index -1 if it does not
+    end within 10 bytes or before `end`."""
+    value = shift = 0
+    for j in range(i, min(i + 10, end)):
+        b = data[j]
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, j + 1
+        shift += 7
+    return 0, -1
+
+
+def scan_fields(data) -> list[tuple[int, int, int]] | None:
+    """The top-level fields of an untrusted message as (field number, wire type,
+    value): the value of a varint, or the offset where a fixed or length-delimited
+    payload starts. None if the bytes are not well-formed protobuf (groups
+    included: nothing we read uses them)."""
+    fields: list[tuple[int, int, int]] = []
+    i, n = 0, len(data)
+    while i < n:
+        tag, i = read_varint(data, i, n)
+        if i < 0 or tag >> 3 == 0:
+            return None
+        wire = tag & 7
+        if wire == VARINT:
+            value, i = read_varint(data, i, n)
+        elif wire == LEN:
+            size, value = read_varint(data, i, n)
+            i = -1 if value < 0 else value + size
+        elif wire == FIXED64 or wire == FIXED32:
+            value, i = i, i + (8 if wire == FIXED64 else 4)
+        else:
+            return None
+        if i < 0 or i > n:
+            return None
+        fields.append((tag >> 3, wire, value))
+    return fields
+
+
 class Stream(Protocol):
     """Where a Message's bytes go."""
 

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from protos import tracebus_ipc_pb2 as ipc
+from shm.protozero import scan_fields, varint
 
 # -- errors --------------------------------------------------------------------------------------
 
@@ -468,28 +469,9 @@ TRACE_PACKET_TAG = b"\x0a"  # perfetto.protos.Trace.packet = 1, length-delimited
 SERVICE_SEQUENCE_ID = 1  # the service's own packets (clock snapshots, config, stats)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def frame_packet(packet: bytes) -> bytes:
     """One packet as it appears in a Perfetto trace file."""
-    return TRACE_PACKET_TAG + _varint(len(packet)) + packet
-
-
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    for j in range(i, min(i + 10, len(data))):
-        value |= (data[j] & 0x7F) << shift
-        if data[j] < 0x80:
-            return value, j + 1
-        shift += 7
-    raise ValueError("truncated varint")
+    return TRACE_PACKET_TAG + varint(len(packet)) + packet
 
 
 @dataclass(frozen=True)
@@ -507,27 +489,13 @@ _IDENTITY_FIELDS = {3: "uid", 79: "pid", 10: "sequence_id", 42: "previous_packet
 
 def packet_identity(packet: bytes) -> PacketIdentity | None:
     """Scan the top level of a TracePacket; None if it is not well-formed."""
+    fields = scan_fields(packet)
+    if fields is None:
+        return None
     found: dict[str, Any] = {}
-    i, n = 0, len(packet)
-    try:
-        while i < n:
-            tag, i = _read_varint(packet, i)
-            number, wire = tag >> 3, tag & 7
-            if wire == 0:
-                value, i = _read_varint(packet, i)
-                if number in _IDENTITY_FIELDS:
-                    found[_IDENTITY_FIELDS[number]] = value
-            elif wire == 2:
-                size, i = _read_varint(packet, i)
-                i += size
-            elif wire in (1, 5):
-                i += 8 if wire == 1 else 4
-            else:
-                return None
-    except ValueError:
-        return None
-    if i != n:
-        return None
+    for number, wire, value in fields:
+        if wire == 0 and number in _IDENTITY_FIELDS:
+            found[_IDENTITY_FIELDS[number]] = value
     for name in ("uid", "pid"):  # int32 fields: negative values arrive as 64-bit varints
         if found.get(name, 0) >= 1 << 63:
             found[name] -= 1 << 64

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from shm.protozero import varint
+from shm.protozero import scan_fields, varint
 
 # TracePacket fields only the service may set (Perfetto's list).
 RESERVED_FIELDS = frozenset({3, 10, 33, 35, 36, 50, 69, 79, 98, 124, 125, 133})
@@ -27,53 +27,12 @@ _UID = b"\x18"  # trusted_uid (3), varint
 _SEQ = b"\x50"  # trusted_packet_sequence_id (10), varint
 _PID = b"\xf8\x04"  # trusted_pid (79), varint
 _DROPPED = b"\xd0\x02"  # previous_packet_dropped (42), varint
-_PACKET = b"\x0a"  # Trace.packet (1), length-delimited
-
-
-def _skip_varint(data: bytes, i: int, n: int) -> int:
-    """Index after the varint at i, or -1 if it does not end within 10 bytes."""
-    for j in range(i, min(i + 10, n)):
-        if data[j] < 0x80:
-            return j + 1
-    return -1
-
-
-def _read_varint(data: bytes, i: int, n: int) -> tuple[int, int]:
-    value = shift = 0
-    for j in range(i, min(i + 10, n)):
-        b = data[j]
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, j + 1
-        shift += 7
-    return 0, -1
 
 
 def packet_is_valid_untrusted(data: bytes) -> bool:
     """Top-level fields well-formed and none reserved for the service."""
-    i, n = 0, len(data)
-    while i < n:
-        b = data[i]
-        tag, i = (b, i + 1) if b < 0x80 else _read_varint(data, i, n)
-        if i < 0:
-            return False
-        field, wire = tag >> 3, tag & 7
-        if field == 0 or field in RESERVED_FIELDS:
-            return False
-        if wire == 0:
-            i = _skip_varint(data, i, n)
-        elif wire == 2:
-            size, i = _read_varint(data, i, n)
-            i = -1 if i < 0 else i + size
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            return False
-        if i < 0 or i > n:
-            return False
-    return True
+    fields = scan_fields(data)
+    return fields is not None and not any(f[0] in RESERVED_FIELDS for f in fields)
 
 
 def trusted_trailer(uid: int, sequence_id: int, pid: int) -> bytes:
@@ -125,8 +84,3 @@ def trace_stats_fill(stats: pb.TraceStats, boottime_ns: int):
         packet.trace_stats.CopyFrom(stats)
 
     return fill
-
-
-def as_trace_record(packet: bytes) -> bytes:
-    """One packet framed as a field of perfetto.protos.Trace, for files."""
-    return _PACKET + varint(len(packet)) + packet
