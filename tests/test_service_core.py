@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.producer_core import commit_request
 from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToProducer
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import SharedMemoryABI
@@ -28,18 +29,7 @@ class FakeSmb:
 
 
 def to_request(batch: CommitBatch, writers) -> ipc.CommitDataRequest:
-    req = ipc.CommitDataRequest(flush_request_id=batch.flush_request_id)
-    for m in batch.chunks_to_move:
-        req.chunks_to_move.add(page=m.page, chunk=m.chunk, target_buffer=m.target_buffer)
-    for p in batch.chunks_to_patch:
-        entry = req.chunks_to_patch.add(
-            target_buffer=p.target_buffer,
-            writer_id=p.writer_id,
-            chunk_id=p.chunk_id,
-            has_more_patches=p.has_more_patches,
-        )
-        for offset, data in p.patches:
-            entry.patches.add(offset=offset, data=data)
+    req = commit_request([batch])
     for w in writers:
         req.writer_stats.add(
             writer_id=w.writer_id,

@@ -440,22 +440,8 @@ class ProducerCore:
         drop counts changed since they were last reported; nothing if both are empty."""
         if self.state is not State.CONNECTED:
             return []
-        req = ipc.CommitDataRequest()
-        flush_id = 0
-        for batch in batches:
-            for m in batch.chunks_to_move:
-                req.chunks_to_move.add(page=m.page, chunk=m.chunk, target_buffer=m.target_buffer)
-            for p in batch.chunks_to_patch:
-                entry = req.chunks_to_patch.add(
-                    target_buffer=p.target_buffer,
-                    writer_id=p.writer_id,
-                    chunk_id=p.chunk_id,
-                    has_more_patches=p.has_more_patches,
-                )
-                for offset, data in p.patches:
-                    entry.patches.add(offset=offset, data=bytes(data))
-            flush_id = max(flush_id, batch.flush_request_id)
-        req.flush_request_id = flush_id
+        req = commit_request(batches)
+        flush_id = req.flush_request_id
         for s in stats:
             values = (s.target_buffer, s.dropped_packets, s.dropped_bytes)
             if self._reported.get(s.writer_id) != values and (s.dropped_packets or s.dropped_bytes):
@@ -495,3 +481,23 @@ class ProducerCore:
         self._reset()
         self.state = State.IDLE
         return [Reconnect(reason, delay_s)]
+
+
+def commit_request(batches: Sequence[Any]) -> ipc.CommitDataRequest:
+    """The CommitDataRequest carrying the arbiter's CommitBatches, in order (the
+    largest flush id acknowledges every earlier flush)."""
+    req = ipc.CommitDataRequest()
+    for batch in batches:
+        for m in batch.chunks_to_move:
+            req.chunks_to_move.add(page=m.page, chunk=m.chunk, target_buffer=m.target_buffer)
+        for p in batch.chunks_to_patch:
+            entry = req.chunks_to_patch.add(
+                target_buffer=p.target_buffer,
+                writer_id=p.writer_id,
+                chunk_id=p.chunk_id,
+                has_more_patches=p.has_more_patches,
+            )
+            for offset, data in p.patches:
+                entry.patches.add(offset=offset, data=bytes(data))
+        req.flush_request_id = max(req.flush_request_id, batch.flush_request_id)
+    return req
