@@ -26,6 +26,7 @@ def _mover_main(region_path: str, geometry: tuple[int, int], endpoint: str, resu
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.connect(endpoint)
+    result.send("ready")
     chunks = payload_bytes = failed = 0
     try:
         while True:
@@ -67,6 +68,9 @@ class Mover:
         )
         self._proc.start()
         child_end.close()
+        if not self._result.poll(30) or self._result.recv() != "ready":
+            self.close()
+            raise RuntimeError("the mover process did not start")
         self.on_commit: Callable[[CommitBatch], None] = self._send
 
     def _send(self, batch: CommitBatch) -> None:

@@ -167,10 +167,12 @@ class SharedMemoryArbiter:
             n = self.abi.num_pages
             start = self._next_page
             for i in range(n):
-                page = (start + i) % n
+                page = start + i
+                if page >= n:
+                    page -= n
                 ref = self._acquire_in_page(page, writer_id, chunk_id)
                 if ref is not None:
-                    self._next_page = (page + 1) % n
+                    self._next_page = page + 1 if page + 1 < n else 0
                     return ref
         return None
 
@@ -343,15 +345,20 @@ class TraceWriter:
             return
         mv = memoryview(data)
         off = 0
-        while off < n:
-            take = min(self._end - self._wptr, n - off)
+        while True:  # fill the chunk, move to the next, until the data is out
+            w = self._wptr
+            take = self._end - w
+            if take >= n - off:
+                self._buf[w : w + n - off] = mv[off:]
+                self._wptr = w + n - off
+                self._pos += n - off
+                return
             if take > 0:
-                self._buf[self._wptr : self._wptr + take] = mv[off : off + take]
-                self._wptr += take
+                self._buf[w : self._end] = mv[off : off + take]
+                self._wptr = self._end
                 self._pos += take
                 off += take
-            if off < n:
-                self._next_chunk_for_split()
+            self._next_chunk_for_split()
 
     def reserve_size(self) -> list:
         if self._end - self._wptr < 4:
@@ -535,7 +542,8 @@ class TraceWriter:
             return
         write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
         self._return_chunk(last_continues=True)
-        self._send_patches(all_filled=False)
+        if self._patches:
+            self._send_patches(all_filled=False)
         self._install(ref, first_continues=True)
 
     # -- dropping ----------------------------------------------------------------------
