@@ -120,12 +120,12 @@ def large_packet_mb_s(count: int) -> float:
 
 
 def _mixed_packet(rnd: random.Random, i: int) -> bytes:
-    """40% slice-begin events, 55% 60-200 byte test events, 5% 400-1200 byte ones
+    """40% slice-begin events, 55% 60-200 byte test events, 5% 300-700 byte ones
     (these often span two chunks): about 30 fragments per 4 KiB chunk."""
     kind = rnd.random()
     if kind < 0.4:
         return slice_begin(10**12 + i * 1000, i & 255, i & 7)
-    size = rnd.randrange(60, 200) if kind < 0.95 else rnd.randrange(400, 1200)
+    size = rnd.randrange(60, 200) if kind < 0.95 else rnd.randrange(300, 700)
     return b"\x40" + varint(10**12 + i) + b"\xa2\x38" + _bytes_field(1, size)
 
 
