@@ -601,11 +601,15 @@ class ServiceCore:
         reply = ipc.ReadBuffersResponse(has_more=True)
         size = 0
         for packet in packets:
-            reply.slices.add(data=packet, last_slice_for_packet=True)
-            size += len(packet)
-            if size >= READ_SLICE_BUDGET:
-                self._to_consumer(peer.identity, request_id, read_buffers=reply)
-                reply, size = ipc.ReadBuffersResponse(has_more=True), 0
+            # A packet larger than a reply goes in slices (a frame must stay small).
+            for start in range(0, len(packet), READ_SLICE_BUDGET) or (0,):
+                piece = packet[start : start + READ_SLICE_BUDGET]
+                last = start + READ_SLICE_BUDGET >= len(packet)
+                reply.slices.add(data=piece, last_slice_for_packet=last)
+                size += len(piece)
+                if size >= READ_SLICE_BUDGET:
+                    self._to_consumer(peer.identity, request_id, read_buffers=reply)
+                    reply, size = ipc.ReadBuffersResponse(has_more=True), 0
         reply.has_more = False
         self._to_consumer(peer.identity, request_id, read_buffers=reply)
 
