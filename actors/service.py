@@ -195,8 +195,8 @@ class ServiceShell:
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
-        for sock in (self.producer_sock, self.consumer_sock):
-            sock.close(linger=0)
+        self.producer_sock.close(linger=0)
+        self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
         self.ctx.term()
         for endpoint in self.endpoints:
             path = ipc_path(endpoint)

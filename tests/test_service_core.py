@@ -296,3 +296,27 @@ def test_duration_flushes_then_stops_and_a_dead_producer_is_scraped():
     assert replies[0].enable_tracing.disabled
     got = [p.timestamp for p in consumer.read() if p.trusted_packet_sequence_id == 2]
     assert got == [1, 2, 3, 4, 5]  # scraped from the dead producer's SMB
+
+
+def test_a_dead_producer_is_scraped_only_into_buffers_it_was_given():
+    rig = Rig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    victim = FakeConsumer(rig, "victim")
+    victim.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
+    victim.replies()
+    own = FakeConsumer(rig, "own")
+    own_config = pb.TraceConfig.FromString(config())
+    own_config.data_sources[0].producer_name_filter.append("nobody")  # the producer is not in it
+    own.send(enable_tracing=ipc.EnableTracingRequest(trace_config=own_config.SerializeToString()))
+    own.replies()
+    producer.process()
+    (writer,) = producer.writers.values()
+    other_buffer = rig.core.sessions[2].buffer_ids[0]
+    # It registers its writer to a buffer of the session it is not part of and
+    # leaves a complete chunk in the SMB for the scrape at disconnect.
+    reg = ipc.RegisterTraceWriterRequest(writer_id=writer.writer_id, target_buffer=other_buffer)
+    rig.producer(producer.peer, register_trace_writer=reg)
+    writer.write_packet(pb.TracePacket(timestamp=1).SerializeToString())
+    writer._return_chunk(last_continues=False)  # COMPLETE, never committed
+    rig.route(rig.core.producer_gone(producer.peer.identity, rig.now))
+    assert [p for p in own.read() if p.trusted_packet_sequence_id == 2] == []

@@ -118,40 +118,33 @@ class CommitPath:
         if ref is None:
             return  # not a COMPLETE chunk of this SMB: nothing to free either
         try:
-            buffer = self._authorized_buffer(producer, ref.offset, buffer_untrusted)
+            # Read the header once: the producer may rewrite it while we look.
+            header_untrusted = CHUNK_HEADER.unpack_from(abi.buf, ref.offset)
+            buffer = self._authorized_buffer(producer, header_untrusted[1], buffer_untrusted)
             if buffer is None:
                 self._counters.chunks_discarded += 1
             else:
-                self._copy(producer, buffer, ref.offset, ref.size, complete=True)
+                self._copy(producer, buffer, ref, header_untrusted, complete=True)
         finally:
             abi.release_as_free(ref)  # freed either way
 
-    def _authorized_buffer(self, producer: ProducerEntry, offset: int, buffer_untrusted: int):
+    def _authorized_buffer(self, producer: ProducerEntry, writer_id: int, buffer_untrusted: int):
         if buffer_untrusted > 0xFFFF or buffer_untrusted not in producer.allowed_buffers:
             return None
-        writer_id = CHUNK_HEADER.unpack_from(producer.abi.buf, offset)[1]
         registered = producer.writers.get(writer_id)
         if registered is not None and registered != buffer_untrusted:
             return None
         return self._buffers.get(buffer_untrusted)
 
-    def _copy(self, producer, buffer: TraceBuffer, offset: int, size: int, complete: bool) -> None:
-        buf = producer.abi.buf
-        chunk_id, writer_id, packets = CHUNK_HEADER.unpack_from(buf, offset)
+    def _copy(self, producer, buffer: TraceBuffer, ref, header_untrusted, complete: bool) -> None:
+        chunk_id, writer_id, packets = header_untrusted
         count, flags = unpack_packets(packets)
-        payload = buf[offset + CHUNK_HEADER_SIZE : offset + size]
+        payload = producer.abi.buf[ref.offset + CHUNK_HEADER_SIZE : ref.offset + ref.size]
         try:
             buffer.copy_chunk_untrusted(
-                producer.id,
-                producer.uid,
-                producer.pid,
-                writer_id,
-                chunk_id,
-                count,
-                flags,
-                complete,
-                payload,
-            )
+                producer.id, producer.uid, producer.pid, writer_id, chunk_id, count, flags,
+                complete, payload,
+            )  # fmt: skip
         finally:
             payload.release()
 
@@ -207,11 +200,15 @@ class CommitPath:
         if state not in (BEING_WRITTEN, COMPLETE):
             return False
         ref = producer.abi.chunk_ref(page, chunk, layout)
-        _, writer_id, packets = CHUNK_HEADER.unpack_from(producer.abi.buf, ref.offset)
-        if state == BEING_WRITTEN and unpack_packets(packets)[0] < 2:
+        header_untrusted = CHUNK_HEADER.unpack_from(producer.abi.buf, ref.offset)
+        if state == BEING_WRITTEN and unpack_packets(header_untrusted[2])[0] < 2:
             return False  # its header may still be being written
-        target = producer.writers.get(writer_id)
-        if target is None or target not in buffer_ids or target not in self._buffers:
+        target = producer.writers.get(header_untrusted[1])
+        # register_trace_writer names any buffer it likes: scrape only into
+        # buffers this producer may write to, as a commit would be checked.
+        if target not in producer.allowed_buffers or target not in buffer_ids:
             return False
-        self._copy(producer, self._buffers[target], ref.offset, ref.size, state == COMPLETE)
+        if target not in self._buffers:
+            return False
+        self._copy(producer, self._buffers[target], ref, header_untrusted, state == COMPLETE)
         return True
