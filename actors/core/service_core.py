@@ -10,11 +10,11 @@ clocks (for clock snapshots and service packet timestamps).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback
+from actors.core import readback, reports
 from actors.core.ids import Counter, IdPool
 from actors.core.producers import (
     CommitPath,
@@ -38,8 +38,6 @@ from actors.core.sessions import (
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import SharedMemoryABI, resolve_geometry
 from shm.trace_buffer import TraceBuffer
-
-READ_SLICE_BUDGET = 1 << 20  # bytes of packets per ReadBuffers reply
 
 
 @dataclass(frozen=True)
@@ -598,54 +596,11 @@ class ServiceCore:
                 self.buffers, self.uid, self.pid, self._clocks.boottime(), self._trace_stats
             )
             packets = read_session(session, ctx)
-        reply = ipc.ReadBuffersResponse(has_more=True)
-        size = 0
-        for packet in packets:
-            # A packet larger than a reply goes in slices (a frame must stay small).
-            for start in range(0, len(packet), READ_SLICE_BUDGET) or (0,):
-                piece = packet[start : start + READ_SLICE_BUDGET]
-                last = start + READ_SLICE_BUDGET >= len(packet)
-                reply.slices.add(data=piece, last_slice_for_packet=last)
-                size += len(piece)
-                if size >= READ_SLICE_BUDGET:
-                    self._to_consumer(peer.identity, request_id, read_buffers=reply)
-                    reply, size = ipc.ReadBuffersResponse(has_more=True), 0
-        reply.has_more = False
-        self._to_consumer(peer.identity, request_id, read_buffers=reply)
+        for reply in reports.read_replies(packets):
+            self._to_consumer(peer.identity, request_id, read_buffers=reply)
 
     def _trace_stats(self, session: Session | None) -> pb.TraceStats:
-        stats = pb.TraceStats()
-        for buffer_id in session.buffer_ids if session else []:
-            self._buffer_stats(stats.buffer_stats.add(), buffer_id)
-        stats.producers_connected = len(self.producers)
-        stats.producers_seen = self.producers_seen
-        stats.data_sources_registered = sum(len(p.data_sources) for p in self.producers.values())
-        stats.data_sources_seen = self.data_sources_seen
-        stats.tracing_sessions = len(self.sessions)
-        stats.total_buffers = len(self.buffers)
-        stats.chunks_discarded = self.counters.chunks_discarded
-        stats.patches_discarded = self.counters.patches_discarded
-        if session is not None:
-            stats.invalid_packets = session.invalid_packets
-            stats.flushes_requested = session.flushes_requested
-            stats.flushes_succeeded = session.flushes_succeeded
-            stats.flushes_failed = session.flushes_failed
-        return stats
-
-    def _buffer_stats(self, msg: pb.TraceStats.BufferStats, buffer_id: int) -> None:
-        stats = self.buffers[buffer_id].stats
-        for f in fields(stats):
-            setattr(msg, f.name, getattr(stats, f.name))
-        # Packets producers dropped before they reached a chunk (SMB full) are
-        # reported with their commits; the buffer only sees the ones voided in
-        # a chunk. Report whichever is larger, so the producer's count shows.
-        reported = sum(
-            d.packets
-            for p in self.producers.values()
-            for d in p.drops.values()
-            if d.target_buffer == buffer_id
-        )
-        msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, reported)
+        return reports.trace_stats(self, session)
 
     def _c_get_trace_stats(self, peer: Peer, request_id: int, req, now: int) -> None:
         stats = self._trace_stats(self._session_of(peer)).SerializeToString()
@@ -653,20 +608,7 @@ class ServiceCore:
         self._to_consumer(peer.identity, request_id, trace_stats=reply)
 
     def _c_query_service_state(self, peer: Peer, request_id: int, req, now: int) -> None:
-        reply = ipc.QueryServiceStateResponse()
-        for p in self.producers.values():
-            reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
-            for desc in p.data_sources.values():
-                reply.data_sources.add(producer_id=p.id, descriptor=desc)
-        for s in self.sessions.values():
-            if s.uid == peer.uid or peer.uid == 0:
-                reply.sessions.add(
-                    id=s.id,
-                    consumer_uid=s.uid,
-                    state=s.state.value,
-                    buffer_size_kb=[b.size_kb for b in s.config.buffers],
-                    unique_session_name=s.config.unique_session_name,
-                )
+        reply = reports.service_state(self, peer.uid)
         self._to_consumer(peer.identity, request_id, service_state=reply)
 
     def _c_observe_events(self, peer: Peer, request_id: int, req, now: int) -> None:
