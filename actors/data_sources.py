@@ -25,9 +25,9 @@ TracePacket.timestamp needs no clock id). for_testing.message_count bounds the
 number of frames (0: until stopped), max_messages_per_second sets the frame rate
 (0: 100 per second). Names are plain strings (no interning); the first packet
 of the sequence sets SEQ_INCREMENTAL_STATE_CLEARED, and the descriptors are
-emitted again after a clear_incremental_state. Track uuids: process
-``0x5EED << 48 | pid``, thread ``1 << 62 | pid << 24 | tid``, counter
-``2 << 62 | pid << 24 | tid`` (tid and pid below 2**24).
+emitted again after a clear_incremental_state. It is written with
+actors.track_event.TrackEvents, which custom data sources can use too (track
+uuids are described there).
 
 Packets are concatenated from precomputed tags (shm.protozero), never built
 with the generated protobuf classes.
@@ -35,13 +35,13 @@ with the generated protobuf classes.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 from actors.producer import DataSource
-from shm.protozero import LEN, VARINT, build, tag, varint
+from actors.track_event import TrackEvents
+from shm.protozero import LEN, VARINT, tag, varint
 from shm.writer import SMBExhaustedError, TraceWriter
 
 MINSTD_MODULUS = 2147483647
@@ -168,32 +168,7 @@ def synthetic_named(name: str) -> type[DataSource]:
 
 # -- track_event ---------------------------------------------------------------------------
 
-_TIMESTAMP = tag(8, VARINT)
-_TRACK_EVENT = tag(11, LEN)
-_SEQUENCE_FLAGS = tag(13, VARINT)
-_TRACK_DESCRIPTOR = tag(60, LEN)
-SEQ_INCREMENTAL_STATE_CLEARED = 1
-SLICE_BEGIN, SLICE_END, COUNTER = 1, 2, 4
 SLICES = ("frame", "update", "physics", "render")
-
-
-def _event(type_: int, track_uuid: int, name: str | None = None, value: int | None = None) -> bytes:
-    """A TrackEvent body without its timestamp; constant for a given track and name."""
-
-    def fill(m):
-        m.varint(9, type_).varint(11, track_uuid)
-        if name is not None:
-            m.string(22, "tracebus").string(23, name)  # categories, name
-        if value is not None:
-            m.varint(30, value)
-
-    return build(fill)
-
-
-def track_uuids(pid: int, tid: int) -> tuple[int, int, int]:
-    """(process, thread, counter) track uuids; see the module docstring."""
-    low = (pid & 0xFFFFFF) << 24 | (tid & 0xFFFFFF)
-    return 0x5EED << 48 | pid, 1 << 62 | low, 2 << 62 | low
 
 
 class TrackEventDataSource(_Threaded):
@@ -203,64 +178,31 @@ class TrackEventDataSource(_Threaded):
     handles_incremental_state_clear = True
 
     def on_clear_incremental_state(self) -> None:
-        self._cleared = True
-
-    def _descriptors(self, pid: int, tid: int, thread_name: str) -> list[bytes]:
-        proc, thread, counter = track_uuids(pid, tid)
-
-        def process(m):
-            m.varint(1, proc)
-            with m.begin_nested(3) as p:
-                p.varint(1, pid).string(6, self.producer_name or "tracebus")
-
-        def thread_track(m):
-            m.varint(1, thread).varint(5, proc)
-            with m.begin_nested(4) as t:
-                t.varint(1, pid).varint(2, tid).string(5, thread_name)
-
-        def counter_track(m):
-            m.varint(1, counter).varint(5, proc).string(2, "queue_depth")
-            m.begin_nested(8).end()  # an empty CounterDescriptor marks a counter track
-
-        return [build(f) for f in (process, thread_track, counter_track)]
+        self._cleared = True  # the writer thread describes its tracks again
 
     def _run(self) -> None:
         cfg = self.config.for_testing
         frames = cfg.message_count
         period = 1.0 / (cfg.max_messages_per_second or 100)
-        pid, tid = os.getpid(), threading.get_native_id()
-        _, thread, counter = track_uuids(pid, tid)
-        begins = {n: _event(SLICE_BEGIN, thread, n) for n in SLICES}
-        end = _event(SLICE_END, thread)
-        descriptors = self._descriptors(pid, tid, threading.current_thread().name)
-        clock, w = time.clock_gettime_ns, self.writer()
-        boot = time.CLOCK_BOOTTIME
-        self._cleared = True
-
-        def emit(event: bytes) -> None:
-            ts = _TIMESTAMP + varint(clock(boot))
-            w.write_packet(ts + _TRACK_EVENT + varint(len(event)) + event)
-
+        w = self.writer()
+        events = TrackEvents(w, self.producer_name or "tracebus", counters=("queue_depth",))
+        self._cleared = False
         n = 0
         while not self._stopping and (frames == 0 or n < frames):
             n += 1
             if self._cleared:
                 self._cleared = False
-                flags = _SEQUENCE_FLAGS + varint(SEQ_INCREMENTAL_STATE_CLEARED)
-                for i, d in enumerate(descriptors):
-                    ts = _TIMESTAMP + varint(clock(boot))
-                    extra = b"" if i else flags
-                    w.write_packet(ts + _TRACK_DESCRIPTOR + varint(len(d)) + d + extra)
-            emit(begins["frame"])
-            emit(begins["update"])
-            emit(begins["physics"])
+                events.reset()
+            events.begin("frame")
+            events.begin("update")
+            events.begin("physics")
             self._pause(period * 0.2, w)
-            emit(end)
-            emit(end)
-            emit(begins["render"])
+            events.end()
+            events.end()
+            events.begin("render")
             self._pause(period * 0.3, w)
-            emit(end)
-            emit(end)
-            emit(_event(COUNTER, counter, value=n % 17))
+            events.end()
+            events.end()
+            events.counter("queue_depth", n % 17)
             self._pause(period * 0.5, w)
         w.flush()
