@@ -228,8 +228,10 @@ class ConsumerCore:
         return self._new(Kind.START, {}, now, timeout_ns, needs_session=True)
 
     def flush(self, timeout_ms: int, *, now: int, flags: int = 0) -> ipc.ConsumerToService:
-        """Completes with False if the service says so, or says nothing in time."""
-        timeout_ns = timeout_ms * 1_000_000 + FLUSH_REPLY_GRACE_NS
+        """Completes with False if the service says so, or says nothing in time.
+        timeout_ms 0 means the session's flush_timeout_ms, which only the service
+        knows: then the service's answer is awaited for as long as it takes."""
+        timeout_ns = timeout_ms * 1_000_000 + FLUSH_REPLY_GRACE_NS if timeout_ms else None
         fields = {"timeout_ms": timeout_ms, "flags": flags}
         return self._new(Kind.FLUSH, fields, now, timeout_ns, needs_session=True)
 

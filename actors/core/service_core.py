@@ -466,7 +466,11 @@ class ServiceCore:
         if not force and any(i.state == "STOPPING" for i in session.instances.values()):
             return
         for instance in session.instances.values():
-            instance.state = "STOPPED"
+            if instance.state != "STOPPED":  # its stop ack never came
+                instance.state = "STOPPED"
+                producer = self._producer_by_id(instance.producer_id)
+                if producer is not None:
+                    self._notify_instance(session, instance, producer)
         apply(session, Event.STOPPED)
         session.stop_deadline = None
         self._scrape_session(session)
@@ -634,7 +638,11 @@ class ServiceCore:
         pass
 
     def _notify_instance(self, session: Session, instance: Instance, producer) -> None:
+        """Tell an observer an instance is STARTED or STOPPED (CONFIGURED shows as
+        STOPPED); the transient STARTING and STOPPING are not reported."""
         if not session.observer_request_id or 1 not in session.observe_types:
+            return
+        if instance.state in ("STARTING", "STOPPING"):
             return
         change = ipc.ObservableEvents.DataSourceInstanceStateChange(
             producer_id=producer.id,
