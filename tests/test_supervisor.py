@@ -1,0 +1,539 @@
+"""The supervisor with real processes: `python -m launch.supervisor topology.yaml`.
+
+Each test writes a small topology (and the scripts it names) into a short
+private directory, runs the supervisor as a subprocess with its output in a
+log file, and checks what a user would see: the order actors start in, traces
+that parse with Perfetto's own schema, `python -m launch.ctl` attaching and
+detaching producers mid-session, restarts, and a Ctrl-C that leaves no
+process, socket or runtime directory behind. Waits are conditions polled with
+a deadline; every process a topology started is found through its environment
+(TRACEBUS_CONTROL) and killed in `finally`, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.consumer import Consumer
+from launch import control
+from launch.control import ControlError, SupervisorClient
+from launch.topology import parse_producer_group
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
+
+TRACK_EVENT = 'buffers { size_kb: 4096 } data_sources { config { name: "track_event" } }'
+
+# A command-line producer: any program that registers through TRACEBUS_PRODUCER_SOCK.
+WORKER = """
+import os
+from actors.data_sources import TrackEventDataSource
+from actors.producer import Producer
+
+producer = Producer(os.environ["TRACEBUS_PRODUCER_NAME"],
+                    endpoint=os.environ["TRACEBUS_PRODUCER_SOCK"])
+producer.register(TrackEventDataSource)
+raise SystemExit(producer.run())
+"""
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(delay)  # polling a condition, not synchronizing on time
+        delay = min(delay * 2, 0.1)
+
+
+def start_ticks(pid: int) -> int:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def topology_pids(control_endpoint: str) -> set[int]:
+    """Every live process carrying this topology's TRACEBUS_CONTROL in its environment:
+    everything the supervisor started, and what those started."""
+    needle = f"TRACEBUS_CONTROL={control_endpoint}\0".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+class Run:
+    """A topology in a short private directory, and its supervisor."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tbs-", dir="/tmp"))
+        self.log = self.dir / "supervisor.log"
+        self.proc: subprocess.Popen | None = None
+        self.control = f"ipc://{self.dir}/run/control.sock"
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.dir / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    def start(self, topology: str, *args: str) -> subprocess.Popen:
+        self.write("topology.yaml", topology)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "launch.supervisor", str(self.dir / "topology.yaml"), *args],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self.proc
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_output(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        def found() -> re.Match | None:
+            match = re.search(pattern, self.output(), re.MULTILINE)
+            if match is None and self.proc.poll() is not None:
+                raise AssertionError(f"the supervisor exited:\n{self.output()}")
+            return match
+
+        return wait_for(found, timeout, f"{pattern!r} in the supervisor's output")
+
+    def finish(self, timeout: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the supervisor did not exit:\n{self.output()}") from None
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [PYTHON, "-m", "launch.ctl", "--control", self.control, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def actors(self) -> dict[str, dict]:
+        with SupervisorClient(self.control) as client:
+            return {a["name"]: a for a in client.list()}
+
+    def close(self) -> None:
+        control = self.control
+        match = re.search(r"TRACEBUS_CONTROL=(\S+)", self.output()) if self.log.exists() else None
+        if match:
+            control = match.group(1)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in topology_pids(control):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if control.startswith("ipc:///tmp/tb-"):
+            shutil.rmtree(Path(control.removeprefix("ipc://")).parent, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def run() -> Iterator[Run]:
+    r = Run()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def read_trace(path: Path) -> pb.Trace:
+    return pb.Trace.FromString(path.read_bytes())
+
+
+def pids_with_track_events(packets) -> set[int]:
+    return {p.trusted_pid for p in packets if p.HasField("track_event")}
+
+
+# -- the control protocol, in this process -------------------------------------------------------
+
+
+def test_control_requests_round_trip_and_are_checked() -> None:
+    data = control.encode(control.request("attach", name="x", command="python app.py", count=2))
+    req = control.decode_request(data)
+    assert (req["cmd"], req["name"], req["count"], req["wait"]) == ("attach", "x", 2, True)
+    assert control.decode_request(control.encode({"cmd": "list", "id": 7})) == {
+        "cmd": "list",
+        "id": 7,
+    }
+    bad = [
+        (b"\xc1", "not a msgpack message"),
+        (control.encode({"cmd": "explode", "id": 3}), "unknown command 'explode'"),
+        (control.encode({"cmd": "detach", "id": 4}), "detach: name is required"),
+        (control.encode({"cmd": "attach", "name": "x", "count": "2"}), "count: unexpected str"),
+        (control.encode({"cmd": "attach", "name": "x", "wait": 1}), "wait: unexpected int"),
+        (control.encode({"cmd": "stop", "force": True}), "stop: unknown field 'force'"),
+    ]
+    for payload, message in bad:
+        with pytest.raises(ControlError, match=re.escape(message)) as info:
+            control.decode_request(payload)
+        if payload != b"\xc1":
+            assert info.value.request_id == control._decode_map(payload).get("id")
+    assert control.decode_reply(control.encode({"ok": False, "error": "no", "id": 1}))["error"]
+    with pytest.raises(ControlError, match="boolean 'ok'"):
+        control.decode_reply(control.encode({"error": "x"}))
+
+
+def test_attach_requests_become_topology_entries(tmp_path: Path) -> None:
+    """ctl attach is checked by the topology's own rules, with its messages."""
+    req = control.request("attach", name="s", data_sources=["extra.ds"], smb_size_kb=512)
+    group = parse_producer_group(control.attach_entry(req), tmp_path)
+    assert (group.kind, group.data_sources, group.smb_size_kb) == ("builtin", ("extra.ds",), 512)
+    req = control.request("attach", name="m", module="pkg.mod", restart="on-failure")
+    group = parse_producer_group(control.attach_entry(req), tmp_path)
+    assert (group.kind, group.modules) == ("module", ("pkg.mod",))
+    assert group.restart.policy == "on-failure"
+    with pytest.raises(ControlError, match="only for builtin"):
+        control.attach_entry(control.request("attach", name="c", command="x", data_sources=["d"]))
+    with pytest.raises(ControlError, match="give one of"):
+        control.attach_entry(control.request("attach", name="c", command="x", module="m"))
+
+
+def test_client_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    with SupervisorClient(f"ipc://{tmp_path}/none.sock", timeout=0.2) as client:
+        with pytest.raises(ControlError, match=r"no supervisor answered 'list' .* within 0.2 s"):
+            client.list()
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+
+def test_bad_topology_exits_2_and_starts_nothing(run: Run) -> None:
+    path = run.write(
+        "topology.yaml",
+        """
+        runtime_dir: run
+        producers:
+          - name: ok
+            builtin: []
+          - name: app
+            builtin: []
+            count: three
+        consumers:
+          - name: cli
+            config_text: 'duration_ms: 100'
+            output: out.pftrace
+        """,
+    )
+    result = subprocess.run(
+        [PYTHON, "-m", "launch.supervisor", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{path}:7: producers[1].count: expected a positive integer, got 'three'"
+    ]
+    assert not (run.dir / "run").exists()
+    assert topology_pids(run.control) == set()
+
+
+def test_start_order_readiness_and_script_attach(run: Run) -> None:
+    """Service, then producers (all registered), then the consumer script, which sees
+    them all, attaches one more through tracing.supervisor and records them all."""
+    run.write("worker.py", WORKER)
+    run.write(
+        "rec.py",
+        f"""
+        import json
+        import os
+        from pathlib import Path
+
+        def start_ticks(pid):
+            return int(Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+        def main(tracing):
+            actors = tracing.supervisor.list()
+            report = {{
+                "me": os.getpid(),
+                "actors": {{a["name"]: [a["pid"], a["state"], start_ticks(a["pid"])]
+                            for a in actors}},
+                "registered": [[p.name, p.pid] for p in tracing.query_state().producers],
+            }}
+            attached = []
+            tracing.record({TRACK_EVENT!r}, duration_s=1.0,
+                           during=lambda t: attached.extend(t.supervisor.attach("extra")))
+            report["attached"] = attached
+            report["extra"] = {{a["name"]: a["pid"] for a in tracing.supervisor.list()}}["extra#1"]
+            (tracing.output.parent / "report.json").write_text(json.dumps(report))
+        """,
+    )
+    run.start(
+        """
+        runtime_dir: run
+        producers:
+          - name: alpha
+            builtin: []
+            count: 2
+          - name: worker
+            command: [python, worker.py]
+        consumers:
+          - name: rec
+            script: rec.py
+            output: out/rec.pftrace
+        """
+    )
+    assert run.finish() == 0, run.output()
+    out = run.output()
+    report = json.loads((run.dir / "out" / "report.json").read_text())
+    actors = report["actors"]
+    producers = ["alpha#1", "alpha#2", "worker#1"]
+
+    # The order of the supervisor's own lines: each step waited for the previous one.
+    steps = ["started service", "service ready"]
+    steps += [f"started {p}" for p in producers] + [f"{p} registered" for p in producers]
+    steps += ["started rec"]
+    positions = {s: out.index(f"supervisor | {s}") for s in steps}
+    assert positions["started service"] < positions["service ready"]
+    assert positions["service ready"] < min(positions[f"started {p}"] for p in producers)
+    assert max(positions[f"{p} registered"] for p in producers) < positions["started rec"]
+
+    # The processes' own start times agree, and the consumer found every producer
+    # registered with the service (by pid) when its script began.
+    service_start = actors["service"][2]
+    assert all(service_start <= actors[p][2] <= actors["rec"][2] for p in producers)
+    assert actors["rec"][0] == report["me"]
+    registered = {tuple(x) for x in report["registered"]}
+    assert registered == {(p.split("#")[0], actors[p][0]) for p in producers}
+    assert all(actors[p][1] == "running" for p in producers)
+
+    # Everyone's timeline is in the trace, the producer attached by the script too.
+    assert report["attached"] == ["extra#1"]
+    trace = read_trace(run.dir / "out" / "rec.pftrace")
+    expected = {actors[p][0] for p in producers} | {report["extra"]}
+    assert expected <= pids_with_track_events(trace.packet)
+
+    # The summary names the trace; the runtime directory the supervisor created is gone.
+    assert re.search(rf"{run.dir}/out/rec.pftrace\s+rec\s+{len(trace.packet)}\s", out), out
+    assert not (run.dir / "run").exists()
+
+
+def test_ctl_attach_and_detach_mid_session(run: Run) -> None:
+    """A session runs; `ctl attach` starts a producer that joins it (its process and
+    its first packet come after the session's start); `ctl detach` stops it."""
+    run.start(
+        """
+        runtime_dir: run
+        stop_when: never
+        producers:
+          - name: base
+            builtin: []
+        """
+    )
+    run.wait_output(r"base#1 registered")
+    consumer = Consumer.connect(f"ipc://{run.dir}/run/consumer.sock", timeout=10)
+    try:
+        consumer.enable(TRACK_EVENT)
+        attach = run.ctl("attach", "late", "--builtin")
+        assert attach.returncode == 0, attach.stderr
+        assert attach.stdout.strip() == "attached late#1"
+        late = run.actors()["late#1"]
+        assert late["state"] == "running"
+        late_start = start_ticks(late["pid"])
+
+        packets: list[pb.TracePacket] = []
+
+        def late_wrote() -> bool:
+            consumer.flush(5)
+            packets.extend(consumer.read_packets())
+            return late["pid"] in pids_with_track_events(packets)
+
+        wait_for(late_wrote, 20, "the attached producer's packets")
+        detach = run.ctl("detach", "late")
+        assert detach.returncode == 0, detach.stderr
+        assert detach.stdout.strip() == "detached late#1"
+        listed = run.ctl("list")
+        assert re.search(r"^late#1\s+producer\s+\d+\s+detached\s+0\s+0$", listed.stdout, re.M)
+        assert re.search(r"^base#1\s+producer\s+\d+\s+running\s", listed.stdout, re.M)
+        consumer.disable()
+        consumer.wait_disabled(10)
+        packets.extend(consumer.read_packets())
+        consumer.free()
+    finally:
+        consumer.close()
+    stop = run.ctl("stop")
+    assert stop.returncode == 0, stop.stderr
+    assert run.finish() == 0, run.output()
+
+    started = [p.timestamp for p in packets if p.service_event.tracing_started]
+    assert len(started) == 1
+    first_late = min(
+        p.timestamp for p in packets if p.trusted_pid == late["pid"] and p.HasField("track_event")
+    )
+    assert first_late > started[0]
+    assert late_start * TICK_NS >= started[0] - TICK_NS  # started after the session
+    assert pids_with_track_events(packets) >= {late["pid"], run_pid(run, "base#1")}
+
+
+def run_pid(run: Run, name: str) -> int:
+    return int(re.search(rf"started {re.escape(name)} \(pid (\d+)\)", run.output()).group(1))
+
+
+def test_restart_on_failure_then_give_up(run: Run) -> None:
+    run.write(
+        "waiter.py",
+        """
+        import json
+        import time
+
+        def main(tracing):
+            deadline = time.monotonic() + 30
+            while True:
+                flaky = {a["name"]: a for a in tracing.supervisor.list()}["flaky#1"]
+                if flaky["state"] == "gave up":
+                    break
+                assert time.monotonic() < deadline, flaky
+                tracing.wait(0.05)
+            print("RESULT", json.dumps(flaky))
+        """,
+    )
+    run.start(
+        """
+        runtime_dir: run
+        producers:
+          - name: flaky
+            command: [python, -c, "import sys; sys.exit(1)"]
+            restart: {policy: on-failure, max_restarts: 2}
+        consumers:
+          - name: waiter
+            script: waiter.py
+        """
+    )
+    assert run.finish() == 0, run.output()
+    out = run.output()
+    assert len(re.findall(r"supervisor \| started flaky#1 \(pid \d+\)", out)) == 3
+    assert "restarting flaky#1 in 0.5 s (restart 1 of 2)" in out
+    assert "restarting flaky#1 in 1 s (restart 2 of 2)" in out
+    assert "supervisor | flaky#1 crashed 3 times, giving up" in out
+    flaky = json.loads(re.search(r"RESULT (.*)$", out, re.M).group(1))
+    assert (flaky["state"], flaky["restarts"], flaky["exit"]) == ("gave up", 2, "1")
+    assert re.search(r"^\s+flaky#1\s+producer\s+\d+\s+gave up\s+1\s+2$", out, re.M), out
+
+
+RECORDER = f"""
+def main(tracing):
+    tracing.record({TRACK_EVENT!r}, duration_s=60)
+"""
+
+STUBBORN = """
+from actors.core.consumer_core import Interrupted
+
+def main(tracing):
+    print("waiting", flush=True)
+    try:
+        tracing.wait(60)
+    except Interrupted:
+        print("interrupted; lingering", flush=True)
+    tracing.wait(60)
+"""
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_leaves_nothing_behind(run: Run, signals: int) -> None:
+    """One SIGINT: the consumer writes its trace, then everything stops in order. A
+    second one while a consumer lingers: everything is killed. Either way nothing of
+    the topology is left: processes, sockets, runtime directory, shared memory."""
+    run.write("worker.py", WORKER)
+    run.write("stubborn.py", STUBBORN)
+    run.write("rec.py", RECORDER)
+    shm_before = set(os.listdir("/dev/shm"))
+    stubborn = "- name: stubborn\n            script: stubborn.py" if signals == 2 else ""
+    proc = run.start(
+        """
+        stop_when: never
+        producers:
+          - name: alpha
+            builtin: []
+            count: 2
+          - name: worker
+            command: [python, worker.py]
+        consumers:
+          - name: cli
+            config_text: |
+              buffers { size_kb: 1024 }
+              data_sources { config { name: "track_event" } }
+              duration_ms: 60000
+            output: out/cli.pftrace
+          - name: rec
+            script: rec.py
+            output: out/rec.pftrace
+          STUBBORN
+        """.replace("STUBBORN", stubborn)
+    )
+    control = run.wait_output(r"TRACEBUS_CONTROL=(\S+)").group(1)
+    runtime = Path(control.removeprefix("ipc://")).parent
+    run.control = control
+    run.wait_output(r"started cli \(pid")
+    with Consumer.connect(f"ipc://{runtime}/consumer.sock", timeout=10) as probe:
+        wait_for(
+            lambda: len([s for s in probe.query_state().sessions if s.state == "STARTED"]) == 2,
+            20,
+            "both consumers' sessions",
+        )
+    if signals == 2:
+        run.wait_output(r"^stubborn +\| waiting")
+    pids = topology_pids(control)
+    listed = {a["pid"] for a in run.actors().values()}
+    assert len(listed) == 5 + signals and listed <= pids
+
+    proc.send_signal(signal.SIGINT)
+    if signals == 2:
+        run.wait_output(r"^stubborn +\| interrupted; lingering")
+        run.wait_output(r"cli \(pid \d+\) exited: code 130")
+        run.wait_output(r"rec \(pid \d+\) exited: code 130")
+        proc.send_signal(signal.SIGINT)
+    assert run.finish() == 128 + signal.SIGINT, run.output()
+
+    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
+    assert topology_pids(control) == set()
+    assert not runtime.exists()
+    assert set(os.listdir("/dev/shm")) <= shm_before
+    out = run.output()
+    assert re.search(r"^tracebus: .*topology.yaml: SIGINT after", out, re.M), out
+    for name in ("cli", "rec"):  # asked to stop by the first SIGINT, both wrote their trace
+        packets = len(read_trace(run.dir / "out" / f"{name}.pftrace").packet)
+        assert packets > 0
+        assert re.search(rf"^\s+{name}\s+consumer\s+\d+\s+stopped\s+130\s+0$", out, re.M), out
+        assert re.search(rf"/out/{name}.pftrace\s+{name}\s+{packets}\s", out), out
+    if signals == 2:
+        assert "supervisor | signalled again: killing everything" in out
+        assert re.search(r"^\s+stubborn\s+consumer\s+\d+\s+stopped\s+SIGKILL\s", out, re.M)
+        assert "did not stop within" not in out  # no step waited for its timeout
