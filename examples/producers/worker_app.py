@@ -1,12 +1,14 @@
 """An application that embeds a producer: run it as any command line,
-`python worker_app.py --name worker`. It finds the service through
-TRACEBUS_PRODUCER_SOCK (the supervisor sets it) and records its request
+`python worker_app.py [--name worker]`. It finds the service through
+TRACEBUS_PRODUCER_SOCK and its name in TRACEBUS_PRODUCER_NAME (the supervisor
+sets both) and records its request
 handling as slices while a session asks for "worker.requests".
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import threading
@@ -46,7 +48,7 @@ class Requests(DataSource):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default="worker")
+    parser.add_argument("--name", default=os.environ.get("TRACEBUS_PRODUCER_NAME", "worker"))
     args = parser.parse_args()
     producer = Producer(args.name)
     producer.register(Requests)
