@@ -54,3 +54,19 @@ def test_demo_topology_records_every_producer_kind(tmp_path):
     first_late = min(p.timestamp for p in trace.packet if p.trusted_pid == late_pid and p.timestamp)
     assert first_late > started
     assert "late#1" in proc.stderr and "recorder" in proc.stderr
+
+
+def test_step_by_step_script_topology(tmp_path):
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.supervisor", "examples/watch.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line in ("all data sources started", "flush succeeded", "saved"):
+        assert f"watcher    | {line}" in proc.stderr
+    trace = pb.Trace.FromString((tmp_path / "out" / "watch.pftrace").read_bytes())
+    assert any(p.HasField("track_event") for p in trace.packet)
