@@ -1,4 +1,5 @@
-"""The consumer: a blocking script API over ConsumerCore, and the record command line.
+"""The consumer: a blocking script API over ConsumerCore; run as a module, the record
+command line (actors/consumer_cli.py).
 
     python -m actors.consumer -c CONFIG [--txt] -o OUT [--consumer-endpoint EP]
 
@@ -23,15 +24,12 @@ Every blocking call has a timeout and raises a ConsumerError subclass
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import secrets
-import signal
 import sys
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +57,7 @@ from actors.core.consumer_core import (
     SessionEnded,
     SessionError,
     SessionState,
-    SummaryInput,
-    TraceSummary,
     UsageError,
-    format_summary,
     frame_packet,
 )
 from actors.endpoints import default_consumer_endpoint
@@ -507,234 +502,7 @@ class Consumer:
                     self._dispatch(self._core.connection_lost(reason))
 
 
-# -- the record command line ---------------------------------------------------------------
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
-
-
-def _say(message: str) -> None:
-    print(f"tracebus: {message}", file=sys.stderr, flush=True)
-
-
-class _Signals:
-    """SIGINT/SIGTERM. Before the session is set up, or the second time: abort
-    (KeyboardInterrupt). Once it is: stop waiting, then flush, disable, read back."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self.consumer: Consumer | None = None
-        self._saved: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved[signum] = signal.signal(signum, self._on_signal)
-
-    def restore(self) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        first, self.signum = not self.signum, self.signum or signum
-        if first and self.consumer is not None:
-            self.consumer.interrupt()
-        else:
-            raise KeyboardInterrupt
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum if self.signum else EXIT_INTERRUPTED
-
-
-class Recording:
-    """One run of the record CLI: config in, trace file and summary out, an exit code."""
-
-    def __init__(
-        self, config: pb.TraceConfig, out: Path, endpoint: str, connect_timeout: float
-    ) -> None:
-        self.config = config
-        self.out = out
-        self.endpoint = endpoint
-        self.connect_timeout = connect_timeout
-        self.signals = _Signals()
-        self.file: TraceFile | None = None
-        self.consumer: Consumer | None = None
-        self.summary = TraceSummary()
-        self.names: dict[int, str] = {}
-        self.notes: list[str] = []
-
-    def run(self) -> int:
-        self.signals.install()
-        try:
-            return self._record()
-        except KeyboardInterrupt:
-            _say("interrupted: nothing written")
-            return self.signals.exit_code
-        except (ConfigError, UsageError) as e:
-            _say(f"error: {e}")
-            return EXIT_USAGE
-        except SessionError as e:
-            _say(f"error: session failed: {e}")
-            return EXIT_FAILED
-        except ConsumerError as e:
-            _say(f"error: {e}")
-            return EXIT_FAILED
-        finally:
-            self.signals.restore()
-            if self.file is not None:
-                self.file.discard()
-            if self.consumer is not None:
-                self.consumer.close()
-
-    def _record(self) -> int:
-        try:
-            self.file = TraceFile(self.out)
-        except OSError as e:
-            raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
-        self.consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
-        enabled = self.consumer.enable(self.config)
-        self.signals.consumer = self.consumer  # from now on Ctrl-C stops and reads back
-        self._learn_producers()
-        if self.config.deferred_start and not enabled.started:
-            self.consumer.start()
-        started = time.monotonic()
-        self._wait_for_end()
-        self._read_back()
-        seconds = time.monotonic() - started
-        stats = self._finish()
-        self.file.commit()
-        summary = format_summary(self._summary_input(enabled.session_id, seconds, stats))
-        print(summary, file=sys.stderr, flush=True)
-        return self.signals.exit_code if self.signals.signum else EXIT_OK
-
-    def _timeout(self, field: str, default_ms: int) -> float:
-        return (getattr(self.config, field) or default_ms) / 1000
-
-    def _wait_for_end(self) -> None:
-        """The service ends the session at duration_ms; Ctrl-C or an overdue end stops it."""
-        limit = None
-        if self.config.duration_ms:
-            limit = self.config.duration_ms / 1000 + END_GRACE
-            limit += self._timeout("flush_timeout_ms", 5000)
-            limit += self._timeout("data_source_stop_timeout_ms", 5000)
-        try:
-            self.consumer.wait_disabled(limit)
-            return
-        except Interrupted:
-            name = signal.Signals(self.signals.signum).name
-            _say(f"{name}: flushing, stopping and reading back (again to abort)")
-        except RequestTimeout:
-            _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
-        flush_timeout = self._timeout("flush_timeout_ms", 5000)
-        if not self.consumer.flush(flush_timeout):
-            self.notes.append(f"the final flush did not complete within {flush_timeout:g} s")
-        stop_timeout = self._timeout("data_source_stop_timeout_ms", 5000)
-        self.consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
-        self.consumer.wait_disabled(DEFAULT_TIMEOUT)
-
-    def _read_back(self) -> None:
-        for batch in self.consumer.read_batches():
-            self.file.write_all(batch)
-            self.summary.add_all(batch)
-        self.file.flush()
-        if self.consumer.last_read.incomplete_bytes:
-            lost = self.consumer.last_read.incomplete_bytes
-            self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
-
-    def _learn_producers(self) -> None:
-        """pid -> producer name, asked at the start and the end (producers may leave)."""
-        try:
-            state = self.consumer.query_state()
-        except ConsumerError as e:
-            self.notes.append(f"could not name producers: {e}")
-            return
-        self.names.update((p.pid, p.name) for p in state.producers)
-
-    def _finish(self) -> pb.TraceStats | None:
-        """Stats, producer names, free: each best effort, the trace is already read."""
-        stats = None
-        try:
-            stats = self.consumer.stats()
-        except ConsumerError as e:
-            self.notes.append(f"no trace stats: {e}")
-        self._learn_producers()
-        try:
-            self.consumer.free()
-        except ConsumerError as e:
-            self.notes.append(f"free_buffers failed: {e}")
-        return stats
-
-    def _summary_input(
-        self, session_id: int, seconds: float, stats: pb.TraceStats | None
-    ) -> SummaryInput:
-        policy = pb.TraceConfig.BufferConfig.FillPolicy
-        policies = [policy.Name(b.fill_policy or policy.RING_BUFFER) for b in self.config.buffers]
-        return SummaryInput(
-            out_path=str(self.out),
-            summary=self.summary,
-            session_id=session_id,
-            seconds=seconds,
-            producer_names=self.names,
-            fill_policies=policies,
-            stats=stats,
-            notes=self.notes,
-        )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m actors.consumer",
-        description="Record a trace: run one tracing session and write a Perfetto trace file.",
-    )
-    parser.add_argument("-c", "--config", required=True, help="TraceConfig file, or - for stdin")
-    parser.add_argument("--txt", action="store_true", help="the config is a textproto")
-    parser.add_argument("-o", "--out", required=True, help="the trace file to write")
-    parser.add_argument(
-        "--consumer-endpoint",
-        metavar="EP",
-        help="the service's consumer port (default: $TRACEBUS_CONSUMER_SOCK, else the runtime dir)",
-    )
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        metavar="SECONDS",
-        help=f"seconds to wait for the service (default: ${CONNECT_TIMEOUT_ENV}, else "
-        f"{DEFAULT_CONNECT_TIMEOUT:g})",
-    )
-    return parser
-
-
-def _read_config(source: str, text: bool) -> pb.TraceConfig:
-    if source == "-":
-        return parse_config(sys.stdin.buffer.read(), text=text, source="<stdin>")
-    return load_config(Path(source), text=text)
-
-
-def _connect_timeout(flag: float | None) -> float:
-    if flag is not None:
-        return flag
-    value = os.environ.get(CONNECT_TIMEOUT_ENV)
-    try:
-        return float(value) if value else DEFAULT_CONNECT_TIMEOUT
-    except ValueError:
-        raise UsageError(f"{CONNECT_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
-    args = _parser().parse_args(argv)
-    try:
-        config = _read_config(args.config, args.txt)
-        timeout = _connect_timeout(args.connect_timeout)
-        endpoint = args.consumer_endpoint or default_consumer_endpoint()
-    except ConsumerError as e:
-        _say(f"error: {e}")
-        return EXIT_USAGE
-    except RuntimeError as e:  # the runtime directory is not ours
-        _say(f"error: {e}")
-        return EXIT_FAILED
-    return Recording(config, Path(args.out), endpoint, timeout).run()
-
-
 if __name__ == "__main__":
+    from actors.consumer_cli import main
+
     sys.exit(main())

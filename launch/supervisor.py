@@ -46,36 +46,39 @@ exit status and restarts, and per consumer its traces with packets, bytes and
 losses (packets marked previous_packet_dropped, chunks overwritten or
 discarded), counted from the files with Perfetto's own schema; script
 consumers report the files they saved in a JSON result file.
+
+This module is the orchestration: start order, readiness, the control channel,
+restart decisions and shutdown. One actor's OS process (spawning, process
+groups, pidfds, prefixed output) is launch/children.py; the end-of-run summary
+and trace counting is launch/summary.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zmq
-from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
 from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV, runtime_dir
 from actors.loop import Loop, Timer
 from launch import control
+from launch.children import Actor, Echo, Output, exit_text, group_of, pipe_output
+from launch.summary import collect_traces, run_summary
 from launch.topology import (
     ConsumerSpec,
     ProducerGroup,
-    RestartPolicy,
     Topology,
     TopologyError,
     load_topology,
@@ -95,122 +98,17 @@ class SetupError(Exception):
     """The topology cannot be run here (paths, directories): exit 2, nothing started."""
 
 
-# -- one child process -----------------------------------------------------------------------
-
-
-class Actor:
-    """One actor: its command line, its current process, and what happened to it."""
-
-    def __init__(self, name: str, kind: str, argv: list[str], env: dict[str, str], cwd: str):
-        self.name, self.kind, self.argv, self.env, self.cwd = name, kind, argv, env, cwd
-        self.group = name.split("#")[0]
-        self.restart = RestartPolicy()
-        self.log: Path | None = None  # the topology's `log` for this actor
-        self.log_prefixed = False  # several instances share that log
-        self.stdin = b""  # an inline config for the record CLI
-        self.proc: subprocess.Popen | None = None
-        self.pidfd = -1
-        self.pids: list[int] = []  # every process (group) started for it
-        self.started_ns = 0
-        self.returncode: int | None = None
-        self.state = "new"
-        self.restarts = 0
-        self.quick_failures = 0
-        self.restart_timer: Timer | None = None
-        self.kill_timer: Timer | None = None
-        self.ready_deadline = 0.0
-        self.stop_requested = False
-        self.detached = False
-        self.result_file: Path | None = None
-        self.traces: list[str] = []
-
-    @property
-    def pid(self) -> int | None:
-        return self.pids[-1] if self.pids else None
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.returncode is None
-
-    def signal(self, signum: int) -> None:
-        """The whole process group: a command line's children stop with it."""
-        if not self.alive:
-            return
-        try:
-            os.killpg(self.proc.pid, signum)
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # the group is gone and its id reused: the leader only
-            self.proc.send_signal(signum)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "pid": self.pid,
-            "state": self.state,
-            "restarts": self.restarts,
-            "exit": None if self.alive else describe_exit(self.returncode),
-        }
-
-
-def describe_exit(returncode: int | None) -> str | None:
-    if returncode is None:
-        return None
-    if returncode < 0:
-        try:
-            return signal.Signals(-returncode).name
-        except ValueError:
-            return f"signal {-returncode}"
-    return str(returncode)
-
-
-class Output:
-    """Copies one child pipe to our stream line by line, with the actor's name first."""
-
-    def __init__(self, sup: Supervisor, actor: Actor, fd: int, stream: BinaryIO) -> None:
-        self.sup, self.actor, self.fd, self.stream = sup, actor, fd, stream
-        self.partial = b""
-        os.set_blocking(fd, False)
-        sup.loop.add_fd(fd, self.on_readable)
-
-    def on_readable(self) -> None:
-        while self.fd >= 0:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return
-            if not data:
-                self.close()
-                return
-            *lines, self.partial = (self.partial + data).split(b"\n")
-            for line in lines:
-                self.sup.emit(self.actor, line, self.stream)
-
-    def close(self) -> None:
-        if self.fd < 0:
-            return
-        if self.partial:
-            self.sup.emit(self.actor, self.partial, self.stream)
-            self.partial = b""
-        self.sup.loop.remove(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-
-
 # -- the supervisor --------------------------------------------------------------------------
 
 
 class Supervisor:
     def __init__(self, topology: Topology, *, log_dir: Path | None = None) -> None:
         self.topology = topology
-        self.log_dir = log_dir
         self.loop = Loop()
         self.ctx = zmq.Context()
         self.actors: list[Actor] = []
         self.outputs: list[Output] = []
-        self.logs: dict[Path, BinaryIO | None] = {}  # None: could not be opened
-        self.width = max([10, *(len(n) for n in self._topology_names())])
+        self.echo = Echo(max([10, *(len(n) for n in self._topology_names())]), log_dir)
         self.runtime_dir = Path()
         self.created_dir = False
         self.endpoints: dict[str, str] = {}
@@ -235,38 +133,8 @@ class Supervisor:
         for consumer in self.topology.consumers:
             yield consumer.name
 
-    # -- output ----------------------------------------------------------------------------
-
-    def emit(self, actor: Actor | None, line: bytes, stream: BinaryIO) -> None:
-        """One line to our stream, and to the actor's log files (--log-dir, `log:`)."""
-        name = actor.name if actor is not None else "supervisor"
-        line = line.rstrip(b"\r")
-        prefix = f"{name:<{self.width}} | ".encode()
-        try:
-            stream.write(prefix + line + b"\n")
-            stream.flush()
-        except OSError:
-            pass  # our own output is gone (a closed pipe): the actors keep running
-        if self.log_dir is not None:
-            self._log(self.log_dir / f"{name}.log", line)
-        if actor is not None and actor.log is not None:
-            self._log(actor.log, prefix + line if actor.log_prefixed else line)
-
-    def _log(self, path: Path, line: bytes) -> None:
-        if path not in self.logs:
-            self.logs[path] = None
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self.logs[path] = open(path, "ab")  # noqa: SIM115 - closed in _cleanup
-            except OSError as e:
-                self.say(f"cannot write {path}: {e.strerror}")
-        log = self.logs[path]
-        if log is not None:
-            log.write(line + b"\n")
-            log.flush()
-
     def say(self, text: str) -> None:
-        self.emit(None, text.encode(), sys.stderr.buffer)
+        self.echo.say(text)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -281,7 +149,8 @@ class Supervisor:
             if self.stop_reason is None:
                 self._request_stop(signal.Signals(self.stop_signal).name)  # noticed now
             self._shutdown()
-            summary = self._summary()
+            seconds = time.monotonic() - self.began
+            summary = run_summary(self.topology, self.stop_reason, seconds, self.actors)
         finally:
             self._cleanup()
         print(summary, file=sys.stderr, flush=True)
@@ -459,34 +328,15 @@ class Supervisor:
             self.actors.append(actor)
         self.outputs = [o for o in self.outputs if o.fd >= 0]
         try:
-            proc = subprocess.Popen(
-                actor.argv,
-                cwd=actor.cwd,
-                env=actor.env,
-                stdin=subprocess.PIPE if actor.stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            proc = actor.popen()
         except OSError as e:
             self.say(f"cannot start {actor.name}: {e}")
             actor.returncode, actor.proc = 127, None
             self._after_exit(actor)
             return
-        actor.proc = proc
-        actor.pids.append(proc.pid)
-        if actor.stdin:  # a config of a few KiB: the pipe takes it whole
-            try:
-                proc.stdin.write(actor.stdin)
-            except BrokenPipeError:
-                pass
-            proc.stdin.close()
-        actor.started_ns = time.monotonic_ns()
-        actor.pidfd = os.pidfd_open(proc.pid)
+        actor.adopt(proc)
         self.loop.add_fd(actor.pidfd, lambda: self._on_exit(actor))
-        for fd, stream in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
-            self.outputs.append(Output(self, actor, os.dup(fd.fileno()), stream))
-            fd.close()
+        self.outputs += pipe_output(self.loop, self.echo.emit, actor)
         if actor.kind == "producer":
             actor.state = "starting"
             actor.ready_deadline = time.monotonic() + READY_TIMEOUT
@@ -516,7 +366,7 @@ class Supervisor:
                 self.say(f"cannot ask the service for its producers: {e}")
                 producers = []
             for actor in starting:
-                if any(p.pid == actor.pid or _group_of(p.pid) == actor.pid for p in producers):
+                if any(p.pid == actor.pid or group_of(p.pid) == actor.pid for p in producers):
                     actor.state = "running"
                     self.say(f"{actor.name} registered")
                 elif time.monotonic() > actor.ready_deadline:
@@ -529,16 +379,14 @@ class Supervisor:
     # -- exits and restarts ------------------------------------------------------------------
 
     def _on_exit(self, actor: Actor) -> None:
-        self.loop.remove(actor.pidfd)
-        os.close(actor.pidfd)
-        actor.pidfd = -1
+        actor.close_pidfd(self.loop)
         actor.returncode = actor.proc.wait()
         for output in self.outputs:
             if output.actor is actor:
                 output.on_readable()  # what it wrote last comes before our line
         if actor.kill_timer is not None:
             actor.kill_timer.cancel()
-        self.say(f"{actor.name} (pid {actor.pid}) exited: {_exit_text(actor.returncode)}")
+        self.say(f"{actor.name} (pid {actor.pid}) exited: {exit_text(actor.returncode)}")
         self._after_exit(actor)
 
     def _after_exit(self, actor: Actor) -> None:
@@ -553,7 +401,8 @@ class Supervisor:
             self.failed = True
             self._request_stop("the service exited")
         if actor.kind == "consumer":
-            self._collect_traces(actor)
+            output = self.topology.consumer(actor.name).output
+            collect_traces(actor, output, self.began_wall)
             consumers = [a for a in self.actors if a.kind == "consumer"]
             done = len(consumers) == len(self.topology.consumers)
             if done and not any(a.alive for a in consumers):
@@ -588,20 +437,6 @@ class Supervisor:
         if not self._stopping() and not actor.stop_requested:
             actor.restarts += 1
             self._spawn(actor)
-
-    def _collect_traces(self, actor: Actor) -> None:
-        """The trace files a consumer wrote: what a script runner reported, else the
-        topology's output if it was written during this run."""
-        actor.traces = []
-        if actor.result_file is not None:
-            try:
-                actor.traces = list(json.loads(actor.result_file.read_text())["traces"])
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        output = self.topology.consumer(actor.name).output
-        if not actor.traces and output is not None and output.exists():
-            if output.stat().st_mtime >= self.began_wall:
-                actor.traces = [str(output)]
 
     # -- the control channel -----------------------------------------------------------------
 
@@ -672,7 +507,7 @@ class Supervisor:
         def check() -> dict | None:
             if req["wait"] and any(a.state == "starting" for a in actors):
                 return None
-            gone = [f"{a.name} {_exit_text(a.returncode)}" for a in actors if not a.alive]
+            gone = [f"{a.name} {exit_text(a.returncode)}" for a in actors if not a.alive]
             if req["wait"] and gone:
                 return control.reply(False, f"exited before registering: {', '.join(gone)}")
             return control.reply(instances=names, pids=[a.pid for a in actors])
@@ -766,23 +601,10 @@ class Supervisor:
             self.probe.close()
             self.probe = None
         for actor in self.actors:
-            if actor.alive:  # only if shutdown itself failed
-                actor.signal(signal.SIGKILL)
-                actor.returncode = actor.proc.wait()
-            for pid in actor.pids:  # stragglers a command line left in its group
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            if actor.pidfd >= 0:
-                self.loop.remove(actor.pidfd)
-                os.close(actor.pidfd)
-                actor.pidfd = -1
+            actor.kill_all(self.loop)
         for output in self.outputs:
             output.close()
-        for log in self.logs.values():
-            if log is not None:
-                log.close()
+        self.echo.close()
         if self.control_sock is not None:
             for _check, identity, request_id in self.pending:
                 self._reply(identity, request_id, control.reply(False, "the topology stopped"))
@@ -813,57 +635,6 @@ class Supervisor:
         consumers = [a for a in self.actors if a.kind == "consumer"]
         ok = len(consumers) == len(self.topology.consumers) and not self.failed
         return EXIT_OK if ok and all(a.returncode == 0 for a in consumers) else EXIT_FAILED
-
-    def _summary(self) -> str:
-        seconds = time.monotonic() - self.began
-        lines = [f"tracebus: {self.topology.source}: {self.stop_reason} after {seconds:.1f} s"]
-        lines.append(control.format_actors([a.describe() for a in self.actors], "  "))
-        rows: list[tuple] = [("trace", "consumer", "packets", "bytes", "losses")]
-        for actor in self.actors:
-            for path in actor.traces:
-                rows.append((path, actor.name, *trace_figures(path)))
-        for spec in self.topology.consumers:
-            actor = next((a for a in self.actors if a.name == spec.name), None)
-            if actor is None or not actor.traces:
-                rows.append(("(no trace)", spec.name, "-", "-", "-"))
-        if len(rows) > 1:
-            lines.append(control.format_table(rows, "  "))
-        return "\n".join(lines)
-
-
-def trace_figures(path: str) -> tuple[object, object, str]:
-    """(packets, bytes, losses) of a trace file, parsed with Perfetto's schema: packets
-    marked previous_packet_dropped, and chunks the buffers overwrote or discarded."""
-    try:
-        data = Path(path).read_bytes()
-        trace = pb.Trace.FromString(data)
-    except (OSError, ValueError) as e:
-        return "?", "?", f"unreadable: {e}"
-    marks = sum(1 for p in trace.packet if p.previous_packet_dropped)
-    chunks = 0
-    for packet in trace.packet:
-        if packet.HasField("trace_stats"):
-            stats = packet.trace_stats.buffer_stats
-            chunks = sum(b.chunks_overwritten + b.chunks_discarded for b in stats)
-    return len(trace.packet), _size(len(data)), f"{marks} marks, {chunks} chunks"
-
-
-def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / 2**20:.1f} MiB"
-
-
-def _exit_text(returncode: int | None) -> str:
-    text = describe_exit(returncode)
-    return f"code {text}" if text and text.isdigit() else f"killed by {text}"
-
-
-def _group_of(pid: int) -> int:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return -1
 
 
 def _socket_answers(path: Path) -> bool:

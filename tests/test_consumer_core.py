@@ -27,11 +27,13 @@ from actors.core.consumer_core import (
     SessionEnded,
     SessionError,
     SessionState,
+    UsageError,
+    frame_packet,
+)
+from actors.core.consumer_summary import (
     SummaryInput,
     TraceSummary,
-    UsageError,
     format_summary,
-    frame_packet,
     packet_identity,
 )
 from protos import tracebus_ipc_pb2 as ipc

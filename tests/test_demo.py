@@ -4,6 +4,7 @@ supervisor, from a copy of examples/ so the trace lands in a temporary dir."""
 from __future__ import annotations
 
 import collections
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,6 @@ def test_step_by_step_script_topology(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("all data sources started", "flush succeeded", "saved"):
-        assert f"watcher    | {line}" in proc.stderr
+        assert re.search(rf"^watcher +\| {line}", proc.stdout + proc.stderr, re.MULTILINE), line
     trace = pb.Trace.FromString((tmp_path / "out" / "watch.pftrace").read_bytes())
     assert any(p.HasField("track_event") for p in trace.packet)

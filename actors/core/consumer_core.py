@@ -9,15 +9,16 @@ the second EnableTracing reply, EventsObserved, Notice. Deadlines live here, so
 a request that gets no reply fails (a flush completes False) without the shell
 keeping its own timers.
 
-Below the protocol: what the record CLI needs that is pure too, so that it is
-tested here: Perfetto's trace file framing, a scan of the trusted fields of a
-read packet, and the summary printed at the end of a recording.
+Below the protocol: Perfetto's trace file framing, which the record CLI needs
+and is pure too. The summary printed at the end of a recording (and the scan of
+the trusted fields of a read packet it groups by) is in
+actors/core/consumer_summary.py.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from protos import tracebus_ipc_pb2 as ipc
-from shm.protozero import scan_fields, varint
+from shm.protozero import varint
 
 # -- errors --------------------------------------------------------------------------------------
 
@@ -465,201 +466,11 @@ class ConsumerCore:
         return events + [Completed(request_id, Kind.READ, result)]
 
 
-# -- the trace file and the summary ----------------------------------------------------------------
+# -- the trace file ------------------------------------------------------------------------------
 
 TRACE_PACKET_TAG = b"\x0a"  # perfetto.protos.Trace.packet = 1, length-delimited
-SERVICE_SEQUENCE_ID = 1  # the service's own packets (clock snapshots, config, stats)
 
 
 def frame_packet(packet: bytes) -> bytes:
     """One packet as it appears in a Perfetto trace file."""
     return TRACE_PACKET_TAG + varint(len(packet)) + packet
-
-
-@dataclass(frozen=True)
-class PacketIdentity:
-    """The trusted fields the service appended (the last value of a field wins)."""
-
-    uid: int | None = None
-    pid: int | None = None
-    sequence_id: int | None = None
-    previous_packet_dropped: bool = False
-
-
-_IDENTITY_FIELDS = {3: "uid", 79: "pid", 10: "sequence_id", 42: "previous_packet_dropped"}
-
-
-def packet_identity(packet: bytes) -> PacketIdentity | None:
-    """Scan the top level of a TracePacket; None if it is not well-formed."""
-    fields = scan_fields(packet)
-    if fields is None:
-        return None
-    found: dict[str, Any] = {}
-    for number, wire, value in fields:
-        if wire == 0 and number in _IDENTITY_FIELDS:
-            found[_IDENTITY_FIELDS[number]] = value
-    for name in ("uid", "pid"):  # int32 fields: negative values arrive as 64-bit varints
-        if found.get(name, 0) >= 1 << 63:
-            found[name] -= 1 << 64
-    found["previous_packet_dropped"] = bool(found.get("previous_packet_dropped"))
-    return PacketIdentity(**found)
-
-
-@dataclass
-class WriterGroup:
-    """Packets of one producer process (or of the service, on sequence 1)."""
-
-    pid: int | None
-    uid: int | None
-    service: bool = False
-    packets: int = 0
-    bytes: int = 0
-    loss_marks: int = 0  # packets with previous_packet_dropped
-    sequences: set[int] = field(default_factory=set)
-
-
-class TraceSummary:
-    """Packets and bytes per producer, grouped by the trusted fields of read packets."""
-
-    def __init__(self) -> None:
-        self.packets = 0
-        self.bytes = 0
-        self.malformed = 0
-        self.groups: dict[tuple, WriterGroup] = {}
-
-    def add(self, packet: bytes) -> None:
-        self.packets += 1
-        self.bytes += len(packet)
-        ident = packet_identity(packet)
-        if ident is None:
-            self.malformed += 1
-            ident = PacketIdentity()
-        service = ident.sequence_id == SERVICE_SEQUENCE_ID
-        key = ("service",) if service else (ident.pid, ident.uid)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = WriterGroup(ident.pid, ident.uid, service)
-        group.packets += 1
-        group.bytes += len(packet)
-        group.loss_marks += ident.previous_packet_dropped
-        if ident.sequence_id is not None:
-            group.sequences.add(ident.sequence_id)
-
-    def add_all(self, packets: Iterable[bytes]) -> None:
-        for packet in packets:
-            self.add(packet)
-
-
-# Loss counters by cause: per buffer (TraceStats.BufferStats) and service-wide (TraceStats).
-BUFFER_LOSSES = (
-    "chunks_overwritten",
-    "chunks_discarded",
-    "trace_writer_packet_loss",
-    "abi_violations",
-    "patches_failed",
-    "oversized_packets_dropped",
-)
-SERVICE_LOSSES = ("chunks_discarded", "patches_discarded", "invalid_packets", "flushes_failed")
-MAX_PRODUCER_ROWS = 16
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-@dataclass
-class SummaryInput:
-    """What the record CLI knows at the end."""
-
-    out_path: str
-    summary: TraceSummary
-    session_id: int = 0
-    seconds: float = 0.0
-    producer_names: dict[int, str] = field(default_factory=dict)  # by pid
-    fill_policies: list[str] = field(default_factory=list)  # by buffer index
-    stats: pb.TraceStats | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def format_summary(info: SummaryInput) -> str:
-    """One screen: totals, a row per producer, losses by cause, buffer stats."""
-    s = info.summary
-    lines = [
-        f"tracebus: wrote {s.packets} packets ({human_bytes(s.bytes)}) to {info.out_path}"
-        f" (session {info.session_id}, {info.seconds:.1f} s)"
-    ]
-    lines += _producer_rows(info)
-    lines += _loss_lines(info)
-    lines += _buffer_lines(info)
-    lines += [f"note: {note}" for note in info.notes]
-    return "\n".join(lines)
-
-
-def _group_name(group: WriterGroup, names: dict[int, str]) -> str:
-    if group.service:
-        return "(tracing service)"
-    if group.pid is None:
-        return "(no trusted pid)"
-    return names.get(group.pid, "(producer gone)")
-
-
-def _producer_rows(info: SummaryInput) -> list[str]:
-    header = f"  {'producer':<24} {'pid':>7} {'uid':>6} {'seqs':>5} {'packets':>9} {'bytes':>11}"
-    rows = [header + "  loss marks"]
-    groups = sorted(info.summary.groups.values(), key=lambda g: (not g.service, -g.bytes))
-    for g in groups[:MAX_PRODUCER_ROWS]:
-        name = _group_name(g, info.producer_names)[:24]
-        pid = "-" if g.pid is None else str(g.pid)
-        uid = "-" if g.uid is None else str(g.uid)
-        rows.append(
-            f"  {name:<24} {pid:>7} {uid:>6} {len(g.sequences):>5} {g.packets:>9}"
-            f" {human_bytes(g.bytes):>11}  {g.loss_marks}"
-        )
-    if len(groups) > MAX_PRODUCER_ROWS:
-        rows.append(f"  ... and {len(groups) - MAX_PRODUCER_ROWS} more")
-    if info.summary.malformed:
-        rows.append(f"  {info.summary.malformed} packets did not parse at the top level")
-    return rows
-
-
-def _nonzero(message: Any, names: Sequence[str]) -> str:
-    return ", ".join(f"{name} {getattr(message, name)}" for name in names if getattr(message, name))
-
-
-def _loss_lines(info: SummaryInput) -> list[str]:
-    lines = []
-    stats = info.stats
-    if stats is not None:
-        for index, buf in enumerate(stats.buffer_stats):
-            if causes := _nonzero(buf, BUFFER_LOSSES):
-                lines.append(f"  buffer {index}: {causes}")
-        if causes := _nonzero(stats, SERVICE_LOSSES):
-            lines.append(f"  service: {causes}")
-    marked = [g for g in info.summary.groups.values() if g.loss_marks]
-    if marked:
-        by = ", ".join(f"{_group_name(g, info.producer_names)} {g.loss_marks}" for g in marked)
-        total = sum(g.loss_marks for g in marked)
-        lines.append(f"  previous_packet_dropped: {total} packets ({by})")
-    if not lines:
-        return ["losses: none" if stats is not None else "losses: unknown (no trace stats)"]
-    return ["losses:"] + lines
-
-
-def _buffer_lines(info: SummaryInput) -> list[str]:
-    if info.stats is None or not len(info.stats.buffer_stats):
-        return []
-    lines = ["buffers:"]
-    for index, b in enumerate(info.stats.buffer_stats):
-        policy = info.fill_policies[index] if index < len(info.fill_policies) else "?"
-        lines.append(
-            f"  #{index} {policy} {human_bytes(b.buffer_size)}:"
-            f" written {b.chunks_written} chunks ({human_bytes(b.bytes_written)}),"
-            f" read {b.chunks_read} ({human_bytes(b.bytes_read)}),"
-            f" overwritten {b.chunks_overwritten} ({human_bytes(b.bytes_overwritten)}),"
-            f" wraps {b.write_wrap_count}"
-        )
-    return lines

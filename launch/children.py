@@ -1,0 +1,237 @@
+"""One actor's OS process, for the supervisor (launch/supervisor.py).
+
+Actor holds an actor's command line and its current process: started in a
+session (so a process group) of its own, an inline config fed to its stdin, a
+pidfd for the loop to notice its exit; signals go to the whole group, and at
+cleanup every group started for it is killed. Output copies one child pipe to
+our stream line by line; Echo writes each line with the actor's name first,
+to our stream and to the actor's log files. describe_exit and exit_text say how
+a process ended; group_of finds a pid's process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from actors.loop import Loop, Timer
+from launch.topology import RestartPolicy
+
+Emit = Callable[["Actor | None", bytes, BinaryIO], None]
+
+
+class Actor:
+    """One actor: its command line, its current process, and what happened to it."""
+
+    def __init__(self, name: str, kind: str, argv: list[str], env: dict[str, str], cwd: str):
+        self.name, self.kind, self.argv, self.env, self.cwd = name, kind, argv, env, cwd
+        self.group = name.split("#")[0]
+        self.restart = RestartPolicy()
+        self.log: Path | None = None  # the topology's `log` for this actor
+        self.log_prefixed = False  # several instances share that log
+        self.stdin = b""  # an inline config for the record CLI
+        self.proc: subprocess.Popen | None = None
+        self.pidfd = -1
+        self.pids: list[int] = []  # every process (group) started for it
+        self.started_ns = 0
+        self.returncode: int | None = None
+        self.state = "new"
+        self.restarts = 0
+        self.quick_failures = 0
+        self.restart_timer: Timer | None = None
+        self.kill_timer: Timer | None = None
+        self.ready_deadline = 0.0
+        self.stop_requested = False
+        self.detached = False
+        self.result_file: Path | None = None
+        self.traces: list[str] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.pids[-1] if self.pids else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.returncode is None
+
+    def signal(self, signum: int) -> None:
+        """The whole process group: a command line's children stop with it."""
+        if not self.alive:
+            return
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # the group is gone and its id reused: the leader only
+            self.proc.send_signal(signum)
+
+    def popen(self) -> subprocess.Popen:
+        """Start the command line in a session (a process group) of its own; OSError if
+        it cannot start."""
+        return subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def adopt(self, proc: subprocess.Popen) -> None:
+        """The process popen() started: its stdin fed and closed, a pidfd opened."""
+        self.proc = proc
+        self.pids.append(proc.pid)
+        if self.stdin:  # a config of a few KiB: the pipe takes it whole
+            try:
+                proc.stdin.write(self.stdin)
+            except BrokenPipeError:
+                pass
+            proc.stdin.close()
+        self.started_ns = time.monotonic_ns()
+        self.pidfd = os.pidfd_open(proc.pid)
+
+    def close_pidfd(self, loop: Loop) -> None:
+        loop.remove(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+
+    def kill_all(self, loop: Loop) -> None:
+        """The process if it still runs, every process group started for it, its pidfd."""
+        if self.alive:  # only if shutdown itself failed
+            self.signal(signal.SIGKILL)
+            self.returncode = self.proc.wait()
+        for pid in self.pids:  # stragglers a command line left in its group
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.pidfd >= 0:
+            self.close_pidfd(loop)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "exit": None if self.alive else describe_exit(self.returncode),
+        }
+
+
+def describe_exit(returncode: int | None) -> str | None:
+    if returncode is None:
+        return None
+    if returncode < 0:
+        try:
+            return signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+    return str(returncode)
+
+
+def exit_text(returncode: int | None) -> str:
+    text = describe_exit(returncode)
+    return f"code {text}" if text and text.isdigit() else f"killed by {text}"
+
+
+def group_of(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
+
+
+class Output:
+    """Copies one child pipe to our stream line by line, with the actor's name first."""
+
+    def __init__(self, loop: Loop, emit: Emit, actor: Actor, fd: int, stream: BinaryIO) -> None:
+        self.loop, self.emit, self.actor, self.fd, self.stream = loop, emit, actor, fd, stream
+        self.partial = b""
+        os.set_blocking(fd, False)
+        loop.add_fd(fd, self.on_readable)
+
+    def on_readable(self) -> None:
+        while self.fd >= 0:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self.close()
+                return
+            *lines, self.partial = (self.partial + data).split(b"\n")
+            for line in lines:
+                self.emit(self.actor, line, self.stream)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        if self.partial:
+            self.emit(self.actor, self.partial, self.stream)
+            self.partial = b""
+        self.loop.remove(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def pipe_output(loop: Loop, emit: Emit, actor: Actor) -> list[Output]:
+    """The started process's stdout and stderr, copied to ours (the pipes are ours now)."""
+    outputs = []
+    proc = actor.proc
+    for fd, stream in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
+        outputs.append(Output(loop, emit, actor, os.dup(fd.fileno()), stream))
+        fd.close()
+    return outputs
+
+
+class Echo:
+    """Lines to our streams with a name first ("NAME | ..."), and to log files."""
+
+    def __init__(self, width: int, log_dir: Path | None) -> None:
+        self.width = width
+        self.log_dir = log_dir
+        self.logs: dict[Path, BinaryIO | None] = {}  # None: could not be opened
+
+    def emit(self, actor: Actor | None, line: bytes, stream: BinaryIO) -> None:
+        """One line to our stream, and to the actor's log files (--log-dir, `log:`)."""
+        name = actor.name if actor is not None else "supervisor"
+        line = line.rstrip(b"\r")
+        prefix = f"{name:<{self.width}} | ".encode()
+        try:
+            stream.write(prefix + line + b"\n")
+            stream.flush()
+        except OSError:
+            pass  # our own output is gone (a closed pipe): the actors keep running
+        if self.log_dir is not None:
+            self._log(self.log_dir / f"{name}.log", line)
+        if actor is not None and actor.log is not None:
+            self._log(actor.log, prefix + line if actor.log_prefixed else line)
+
+    def _log(self, path: Path, line: bytes) -> None:
+        if path not in self.logs:
+            self.logs[path] = None
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.logs[path] = open(path, "ab")  # noqa: SIM115 - closed in close()
+            except OSError as e:
+                self.say(f"cannot write {path}: {e.strerror}")
+        log = self.logs[path]
+        if log is not None:
+            log.write(line + b"\n")
+            log.flush()
+
+    def say(self, text: str) -> None:
+        self.emit(None, text.encode(), sys.stderr.buffer)
+
+    def close(self) -> None:
+        for log in self.logs.values():
+            if log is not None:
+                log.close()
