@@ -39,6 +39,7 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from zmq.utils.monitor import recv_monitor_message
 
+from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto
 from actors.core.consumer_core import (
     Completed,
     ConfigError,
@@ -74,7 +75,6 @@ DISABLE_TIMEOUT = 15.0  # the service waits up to data_source_stop_timeout_ms (5
 READ_IDLE_TIMEOUT = 30.0  # longest wait for the next ReadBuffers reply
 CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not hang on it
 MESSAGES_PER_WAKEUP = 32  # then let the caller consume what arrived
-TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
 
 ConfigLike = pb.TraceConfig | bytes | str | os.PathLike
@@ -91,9 +91,9 @@ def parse_config(data: bytes | str, *, text: bool, source: str = "<config>") -> 
     try:
         config = pb.TraceConfig.FromString(raw)
     except DecodeError as e:
-        hint = "; it looks like a textproto: pass --txt" if _looks_like_text(raw) else ""
+        hint = "; it looks like a textproto: pass --txt" if looks_like_textproto(raw) else ""
         raise ConfigError(f"{source}: not a binary TraceConfig ({e}){hint}") from None
-    if _looks_like_text(raw):
+    if looks_like_textproto(raw):
         raise ConfigError(f"{source}: this is a textproto, not a binary TraceConfig: pass --txt")
     return config
 
@@ -108,21 +108,6 @@ def _parse_text(data: bytes | str, source: str) -> pb.TraceConfig:
         where = f"{e.GetLine()}:{e.GetColumn()}: " if e.GetLine() is not None else ""
         message = str(e).split(" : ", 1)[-1]
         raise ConfigError(f"{source}:{where}{message}") from None
-
-
-def _looks_like_text(data: bytes) -> bool:
-    """Printable text that parses as a textproto config: someone forgot --txt."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
-        return False
-    try:
-        text_format.Parse(text, pb.TraceConfig())
-    except text_format.ParseError:
-        return False
-    return True
 
 
 def load_config(config: ConfigLike, *, text: bool | None = None) -> pb.TraceConfig:

@@ -146,10 +146,11 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import yaml
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_error
 
 StopWhen = Literal["consumers_done", "never"]
 ProducerKind = Literal["builtin", "module", "command"]
@@ -165,7 +166,6 @@ PAGE_SIZES_KB = (4, 8, 16, 32)  # shm.abi.PAGE_SIZES
 DEFAULT_PAGE_SIZE_KB = 4  # shm.abi.DEFAULT_PAGE_SIZE
 MAX_SMB_SIZE_KB = 32 * 1024  # shm.abi.MAX_SMB_SIZE
 BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "track_event")  # actors.data_sources
-TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")  # actors.consumer.TEXT_SUFFIXES
 RESERVED_NAMES = ("service", "supervisor")
 RESERVED_ENV_PREFIX = "TRACEBUS_"
 MAX_IPC_PATH = 107  # bytes of sun_path, less its NUL
@@ -986,13 +986,13 @@ class _Parser:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
                 self.fail(node, key, f"{path}: not UTF-8 text (a binary config needs another name)")
-            error = _textproto_error(text)
+            error = textproto_error(text)
             if error is not None:
                 line, column, message = error
                 at = f"{path}:{line}:{column}" if line is not None else str(path)
-                self.fail(node, key, f"{at}: {message}")
+                self.fail(node, key, f"{at}: {_one_line(message)}")
             return True
-        if _looks_like_textproto(data):
+        if looks_like_textproto(data):
             suffixes = _choices(TEXT_SUFFIXES)
             self.fail(node, key, f"{path}: a textproto needs a {suffixes} name")
         try:
@@ -1005,7 +1005,7 @@ class _Parser:
         value = self.value(node, key)
         if not isinstance(value, str):
             self.expected(node, key, "a TraceConfig textproto")
-        error = _textproto_error(value)
+        error = textproto_error(value)
         if error is not None:
             line, column, message = error
             where: Node | int = node
@@ -1013,26 +1013,5 @@ class _Parser:
                 # A literal block: its text starts on the line after the '|'.
                 where = node.start_mark.line + 1 + line
             at = f" (line {line}:{column})" if line is not None else ""
-            self.fail(where, key, f"invalid TraceConfig textproto{at}: {message}")
+            self.fail(where, key, f"invalid TraceConfig textproto{at}: {_one_line(message)}")
         return value
-
-
-def _textproto_error(text: str) -> tuple[int | None, int | None, str] | None:
-    """(line, column, message) of the first problem in a TraceConfig textproto."""
-    try:
-        text_format.Parse(text, pb.TraceConfig())
-    except text_format.ParseError as e:
-        return e.GetLine(), e.GetColumn(), _one_line(str(e).split(" : ", 1)[-1])
-    return None
-
-
-def _looks_like_textproto(data: bytes) -> bool:
-    """Printable text that parses as a TraceConfig textproto (actors.consumer refuses
-    such a file as a binary config)."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
-        return False
-    return _textproto_error(text) is None

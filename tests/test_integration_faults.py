@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.consumer import Consumer
 from actors.core.consumer_core import SessionError
 from actors.data_sources import seq_values, synthetic_str
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,18 +46,6 @@ NOTICE_S = 1.0  # a dead producer must be noticed (and its SMB released) within 
 
 
 # -- the rig: processes, logs, cleanup ------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.005)
 
 
 class Rig:

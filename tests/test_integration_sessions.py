@@ -26,9 +26,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
 from actors.data_sources import seq_values, synthetic_packet, synthetic_str
 from shm.protozero import LEN, tag, varint
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -55,20 +55,6 @@ TRUSTED = {"trusted_uid", "trusted_packet_sequence_id", "trusted_pid"}
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)  # polling a condition, not synchronizing on time
-        delay = min(delay * 2, 0.1)
 
 
 class Topology:

@@ -21,8 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from actors.consumer import Consumer
 from launch import control
 from launch.control import ControlError, SupervisorClient
 from launch.topology import parse_producer_group
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,20 +52,6 @@ producer = Producer(os.environ["TRACEBUS_PRODUCER_NAME"],
 producer.register(TrackEventDataSource)
 raise SystemExit(producer.run())
 """
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `condition` until it returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)  # polling a condition, not synchronizing on time
-        delay = min(delay * 2, 0.1)
 
 
 def start_ticks(pid: int) -> int:

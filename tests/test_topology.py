@@ -842,7 +842,8 @@ def test_constants_match_the_actors() -> None:
 
 
 def test_the_module_is_pure() -> None:
-    """Importing launch.topology loads no process, socket or actor machinery."""
+    """Importing launch.topology loads no process, socket or actor machinery (the
+    pure config rules it shares with the consumer live in actors.core.configs)."""
     probe = (
         "import json, sys; import launch.topology; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -852,4 +853,5 @@ def test_the_module_is_pure() -> None:
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
-    assert json.loads(out.stdout) == []
+    pure = {"actors", "actors.core", "actors.core.configs"}
+    assert [m for m in json.loads(out.stdout) if m not in pure] == []

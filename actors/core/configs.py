@@ -1,0 +1,31 @@
+"""How a TraceConfig file is recognized and where a textproto goes wrong; one
+rule for the record CLI, consumer scripts and topology files alike."""
+
+from __future__ import annotations
+
+from google.protobuf import text_format
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")  # a textproto; else binary
+
+
+def textproto_error(text: str) -> tuple[int | None, int | None, str] | None:
+    """(line, column, message) of the first problem in a TraceConfig textproto,
+    or None if it parses."""
+    try:
+        text_format.Parse(text, pb.TraceConfig())
+    except text_format.ParseError as e:
+        return e.GetLine(), e.GetColumn(), str(e).split(" : ", 1)[-1]
+    return None
+
+
+def looks_like_textproto(data: bytes) -> bool:
+    """Printable text that parses as a TraceConfig textproto: a file someone
+    meant as text, whatever its name says."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
+        return False
+    return textproto_error(text) is None
