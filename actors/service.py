@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from actors.core.service_core import Clocks, Peer, ServiceCore, ToProducer
+from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import default_consumer_endpoint, default_producer_endpoint
 from actors.loop import Loop, Timer
 from protos import framing
@@ -68,14 +69,16 @@ def ipc_path(endpoint: str) -> Path | None:
 
 
 class ServiceShell:
-    def __init__(self, producer_endpoint: str, consumer_endpoint: str) -> None:
+    def __init__(
+        self, producer_endpoint: str, consumer_endpoint: str, limits: Limits = DEFAULT_LIMITS
+    ) -> None:
         self.loop = Loop()
         self.ctx = zmq.Context()
         self.endpoints = (producer_endpoint, consumer_endpoint)
         self.producer_sock = self._bind(producer_endpoint, private=False)
         self.consumer_sock = self._bind(consumer_endpoint, private=True)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
-        self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid())
+        self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid(), limits)
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.timer: Timer | None = None
         self.dropped_frames = 0
@@ -205,15 +208,28 @@ class ServiceShell:
         self.loop.close()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.service", description=__doc__)
     parser.add_argument("--producer-endpoint", help="ZeroMQ endpoint of the producer port")
     parser.add_argument("--consumer-endpoint", help="ZeroMQ endpoint of the consumer port")
+    defaults = DEFAULT_LIMITS
+    for name in ("max_sessions", "max_sessions_per_uid", "max_buffers_per_session"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=_positive, default=getattr(defaults, name),
+                            help=f"default {getattr(defaults, name)}")  # fmt: skip
     args = parser.parse_args(argv)
+    limits = Limits(args.max_sessions, args.max_sessions_per_uid, args.max_buffers_per_session)
     producer = args.producer_endpoint or default_producer_endpoint()
     consumer = args.consumer_endpoint or default_consumer_endpoint()
     try:
-        shell = ServiceShell(producer, consumer)
+        shell = ServiceShell(producer, consumer, limits)
     except (zmq.ZMQError, OSError, RuntimeError) as e:
         log(f"cannot start: {e}")
         return 1

@@ -19,6 +19,10 @@ config kind per consumer, are required)::
       ready_timeout_s: 10           # how long its ports may take to answer
       stop_timeout_s: 5             # SIGTERM to SIGKILL at shutdown (both default:
                                     # the supervisor's own)
+      limits:                       # the service's limits (Perfetto's by default)
+        max_sessions: 15
+        max_sessions_per_uid: 5
+        max_buffers_per_session: 128
 
     producers:
       - name: sensors               # what the instances register as; see "Names" below
@@ -75,9 +79,10 @@ service: endpoints must be `ipc://` (the service takes peer pids and uids from
 the socket, and producers map their SMB through /proc); a relative socket path
 is resolved like any other path, an abstract one (`ipc://@name`) is kept, and a
 path must fit in sun_path (at most 107 bytes). The two endpoints must differ.
-The only limits a topology sets are the supervisor's timeouts for the service
-(ready_timeout_s, stop_timeout_s: positive numbers): the service's own limits
-(sessions, buffers) are fixed in actors/core/sessions.py.
+The supervisor's timeouts for the service (ready_timeout_s, stop_timeout_s) are
+positive numbers; `limits` sets the service's own limits (positive integers,
+passed as flags of actors.service; unset ones keep Perfetto's 15 sessions, 5
+per uid and 128 buffers per session).
 
 producers: exactly one start kind per group:
 - `builtin: [DSNAME, ...]` runs `python -m actors.producer`, which always hosts
@@ -189,7 +194,9 @@ SERVICE_KEYS = (
     "log",
     "ready_timeout_s",
     "stop_timeout_s",
+    "limits",
 )
+LIMIT_KEYS = ("max_sessions", "max_sessions_per_uid", "max_buffers_per_session")
 PRODUCER_KINDS = ("builtin", "module", "command")
 PRODUCER_KEYS = (
     "name",
@@ -263,18 +270,15 @@ class ServiceSpec:
     log: Path | None = None
     ready_timeout_s: float | None = None
     stop_timeout_s: float | None = None
+    limits: tuple[tuple[str, int], ...] = ()  # (LIMIT_KEYS name, value), as written
 
     def argv(self, python: str, producer_endpoint: str, consumer_endpoint: str) -> list[str]:
-        """`python -m actors.service` with both endpoints."""
-        return [
-            python,
-            "-m",
-            "actors.service",
-            "--producer-endpoint",
-            producer_endpoint,
-            "--consumer-endpoint",
-            consumer_endpoint,
-        ]
+        """`python -m actors.service` with both endpoints and the limits set."""
+        argv = [python, "-m", "actors.service"]
+        argv += ["--producer-endpoint", producer_endpoint, "--consumer-endpoint", consumer_endpoint]
+        for name, value in self.limits:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+        return argv
 
 
 @dataclass(frozen=True)
@@ -743,6 +747,8 @@ class _Parser:
                 spec[name] = self.endpoint(vnode, child)
             elif name == "log":
                 spec[name] = self.writable_path(vnode, child)
+            elif name == "limits":
+                spec[name] = self.limits(vnode, child)
             else:
                 spec[name] = self.seconds(vnode, child)
         producer, consumer = spec.get("producer_endpoint"), spec.get("consumer_endpoint")
@@ -753,6 +759,13 @@ class _Parser:
                 "the same endpoint as producer_endpoint; the two ports need their own sockets",
             )
         return ServiceSpec(**spec)
+
+    def limits(self, node: Node, key: str) -> tuple[tuple[str, int], ...]:
+        keys = self.mapping(node, key, LIMIT_KEYS)
+        return tuple(
+            (name, self.integer(vnode, _join(key, name), "a positive integer", 1))
+            for name, (_knode, vnode) in keys.items()
+        )
 
     def endpoint(self, node: Node, key: str) -> str:
         value = self.string(node, key, "an ipc:// endpoint")

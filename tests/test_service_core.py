@@ -8,6 +8,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.producer_core import commit_request
 from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToProducer
+from actors.core.sessions import Limits
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import SharedMemoryABI
 from shm.region import InProcessRegion
@@ -320,3 +321,20 @@ def test_a_dead_producer_is_scraped_only_into_buffers_it_was_given():
     writer._return_chunk(last_continues=False)  # COMPLETE, never committed
     rig.route(rig.core.producer_gone(producer.peer.identity, rig.now))
     assert [p for p in own.read() if p.trusted_packet_sequence_id == 2] == []
+
+
+def test_service_limits_are_configurable():
+    rig = Rig()
+    rig.core.limits = Limits(max_sessions=2, max_sessions_per_uid=5, max_buffers_per_session=1)
+    consumers = [FakeConsumer(rig, f"c{i}", uid=i) for i in range(3)]
+    for c in consumers:
+        c.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
+    errors = [c.replies()[0].enable_tracing.error for c in consumers]
+    assert errors == ["", "", "too many tracing sessions (limit 2)"]
+    two_buffers = pb.TraceConfig.FromString(config())
+    two_buffers.buffers.add(size_kb=4)
+    consumers[0].send(free_buffers=ipc.FreeBuffersRequest())
+    consumers[2].send(
+        enable_tracing=ipc.EnableTracingRequest(trace_config=two_buffers.SerializeToString())
+    )
+    assert consumers[2].replies()[0].enable_tracing.error == "too many buffers: 2 (limit 1)"

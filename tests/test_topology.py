@@ -533,7 +533,7 @@ CASES = [
      "3: service.consumer_endpiont: unknown key; did you mean 'consumer_endpoint'?"),
     ("service-unknown-key-no-suggestion", S + "  log_file: x.log\n",
      "3: service.log_file: unknown key; expected one of: producer_endpoint, "
-     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s"),
+     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits"),
     ("endpoint-tcp", S + "  producer_endpoint: tcp://127.0.0.1:5555\n",
      "3: service.producer_endpoint: expected an ipc:// endpoint, got 'tcp://127.0.0.1:5555' "
      "(the service takes peer credentials from the socket and producers map their SMB "
@@ -855,3 +855,35 @@ def test_the_module_is_pure() -> None:
     )
     pure = {"actors", "actors.core", "actors.core.configs"}
     assert [m for m in json.loads(out.stdout) if m not in pure] == []
+
+
+def test_service_limits_become_service_flags(base: Path) -> None:
+    path = write(
+        base,
+        """\
+        stop_when: never
+        service:
+          limits:
+            max_sessions: 3
+            max_buffers_per_session: 8
+        """,
+    )
+    spec = load_topology(path).service
+    assert spec.limits == (("max_sessions", 3), ("max_buffers_per_session", 8))
+    argv = spec.argv("py", "ipc:///p", "ipc:///c")
+    assert argv[-4:] == ["--max-sessions", "3", "--max-buffers-per-session", "8"]
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ("max_sessions: 0", "4: service.limits.max_sessions: expected a positive integer, got 0"),
+        (
+            "max_session: 2",
+            "4: service.limits.max_session: unknown key; did you mean 'max_sessions'?",
+        ),
+    ],
+)
+def test_bad_service_limits(base: Path, limits: str, message: str) -> None:
+    path = write(base, f"stop_when: never\nservice:\n  limits:\n    {limits}\n")
+    assert message in str(error_of(path))

@@ -24,7 +24,9 @@ from actors.core.producers import (
 )
 from actors.core.session_state import Event, State, apply
 from actors.core.sessions import (
+    DEFAULT_LIMITS,
     Instance,
+    Limits,
     PendingFlush,
     ReadContext,
     Session,
@@ -72,8 +74,16 @@ class Clocks:
 
 
 class ServiceCore:
-    def __init__(self, smb_factory: SmbFactory, clocks: Clocks, uid: int, pid: int) -> None:
+    def __init__(
+        self,
+        smb_factory: SmbFactory,
+        clocks: Clocks,
+        uid: int,
+        pid: int,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._smb_factory = smb_factory
+        self.limits = limits
         self._clocks = clocks
         self.uid = uid
         self.pid = pid
@@ -300,7 +310,8 @@ class ServiceCore:
             error = f"the TraceConfig does not parse: {e}"
         if not error and any(s.consumer == peer.identity for s in self.sessions.values()):
             error = "this consumer already has a tracing session"
-        error = error or check_config(config, list(self.sessions.values()), peer.uid) or ""
+        sessions = list(self.sessions.values())
+        error = error or check_config(config, sessions, peer.uid, self.limits) or ""
         if error:
             reply = ipc.EnableTracingResponse(disabled=True, error=error)
             self._to_consumer(peer.identity, request_id, enable_tracing=reply)

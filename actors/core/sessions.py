@@ -22,6 +22,19 @@ from shm.trace_buffer import FillPolicy, TraceBuffer
 MAX_SESSIONS = 15
 MAX_SESSIONS_PER_UID = 5
 MAX_BUFFERS_PER_SESSION = 128
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one service allows (Perfetto's numbers by default)."""
+
+    max_sessions: int = MAX_SESSIONS
+    max_sessions_per_uid: int = MAX_SESSIONS_PER_UID
+    max_buffers_per_session: int = MAX_BUFFERS_PER_SESSION
+
+
+DEFAULT_LIMITS = Limits()
+
 MAX_BUFFER_BYTES = (4 << 30) - 4096
 DEFAULT_FLUSH_TIMEOUT_MS = 5000
 DEFAULT_STOP_TIMEOUT_MS = 5000
@@ -110,16 +123,18 @@ class Session(HasState):
         return sid
 
 
-def check_config(config: pb.TraceConfig, sessions: list[Session], uid: int) -> str | None:
+def check_config(
+    config: pb.TraceConfig, sessions: list[Session], uid: int, limits: Limits = DEFAULT_LIMITS
+) -> str | None:
     """The first reason to refuse `config`, or None."""
-    if len(sessions) >= MAX_SESSIONS:
-        return f"too many tracing sessions (limit {MAX_SESSIONS})"
-    if sum(1 for s in sessions if s.uid == uid) >= MAX_SESSIONS_PER_UID:
-        return f"too many tracing sessions for uid {uid} (limit {MAX_SESSIONS_PER_UID})"
+    if len(sessions) >= limits.max_sessions:
+        return f"too many tracing sessions (limit {limits.max_sessions})"
+    if sum(1 for s in sessions if s.uid == uid) >= limits.max_sessions_per_uid:
+        return f"too many tracing sessions for uid {uid} (limit {limits.max_sessions_per_uid})"
     if not config.buffers:
         return "the config has no buffers"
-    if len(config.buffers) > MAX_BUFFERS_PER_SESSION:
-        return f"too many buffers: {len(config.buffers)} (limit {MAX_BUFFERS_PER_SESSION})"
+    if len(config.buffers) > limits.max_buffers_per_session:
+        return f"too many buffers: {len(config.buffers)} (limit {limits.max_buffers_per_session})"
     for i, buf in enumerate(config.buffers):
         if not 0 < buf.size_kb * 1024 <= MAX_BUFFER_BYTES:
             return f"buffers[{i}].size_kb must be > 0 and < 4 GiB, got {buf.size_kb}"
