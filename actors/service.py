@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,18 @@ def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
         return 0, -1
 
 
+def socket_answers(path: Path) -> bool:
+    """Whether a process listens on the UNIX socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
 
@@ -91,6 +104,8 @@ class ServiceShell:
         sock.setsockopt(zmq.LINGER, 0)
         path = ipc_path(endpoint)
         if path is not None and path.exists():
+            if socket_answers(path):
+                raise RuntimeError(f"{endpoint} is in use: is another service running?")
             path.unlink()  # a stale socket from a crashed service
         old_umask = os.umask(0o077 if private else 0o000)
         try:
