@@ -50,6 +50,9 @@ def varint(v: int) -> bytes:
         return _V14C[v & 0x3FFF] + _V14[v >> 14]
     if 0 <= v < 0x40000000000:
         return _V14C[v & 0x3FFF] + _V14C[(v >> 14) & 0x3FFF] + _V14[v >> 28]
+    if 0 <= v < 0x100000000000000:  # nanosecond timestamps: 2**42 ns is only 73 minutes
+        low = _V14C[v & 0x3FFF] + _V14C[(v >> 14) & 0x3FFF]
+        return low + _V14C[(v >> 28) & 0x3FFF] + _V14[v >> 42]
     return _varint_slow(v)
 
 
