@@ -64,8 +64,10 @@ from actors.loop import Loop
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import MAX_SMB_SIZE, PAGE_SIZES, Geometry, SharedMemoryABI
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import CommitBatch
 from shm.region import MemfdRegion, Region, RegionError
-from shm.writer import BufferExhaustedPolicy, CommitBatch, SharedMemoryArbiter, TraceWriter
+from shm.writer import BufferExhaustedPolicy, TraceWriter
 
 COMMIT_PERIOD_S = 0.02
 SEND_HWM = 100_000  # control messages queued for the service before sends fail (and are counted)

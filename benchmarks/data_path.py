@@ -29,10 +29,12 @@ import time
 from benchmarks import baselines
 from benchmarks.smb_mover import Mover
 from shm.abi import CHUNK_HEADER, CHUNK_HEADER_SIZE, SharedMemoryABI, resolve_geometry
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import CommitBatch
 from shm.protozero import varint
 from shm.region import InProcessRegion, MemfdRegion
 from shm.trace_buffer import TraceBuffer
-from shm.writer import BufferExhaustedPolicy, CommitBatch, SharedMemoryArbiter
+from shm.writer import BufferExhaustedPolicy
 
 SMB_SIZE = 256 * 1024
 PAGE_SIZE = 4096

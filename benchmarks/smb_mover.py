@@ -14,8 +14,8 @@ import msgpack
 import zmq
 
 from shm.abi import CHUNK_HEADER_SIZE, Geometry, SharedMemoryABI
+from shm.commits import CommitBatch
 from shm.region import MemfdRegion
-from shm.writer import CommitBatch
 
 DONE = b"done"
 

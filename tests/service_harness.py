@@ -20,8 +20,8 @@ from shm.abi import (
     layout_of,
     unpack_packets,
 )
+from shm.commits import CommitBatch
 from shm.trace_buffer import TraceBuffer
-from shm.writer import CommitBatch
 
 PRODUCER_ID = 1
 UID = 1000

@@ -19,8 +19,8 @@ from shm.abi import (
     SharedMemoryABI,
     unpack_packets,
 )
+from shm.commits import CommitBatch
 from shm.packets import OK, WRITER_DROPPED, parse_fragments_untrusted
-from shm.writer import CommitBatch
 
 
 @dataclass

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shm.abi import SharedMemoryABI, chunk_size_for, resolve_geometry
+from shm.arbiter import SharedMemoryArbiter
 from shm.protozero import Message, build
 from shm.region import InProcessRegion
 from shm.trace_buffer import FillPolicy, ReadPacket, TraceBuffer
-from shm.writer import BufferExhaustedPolicy, SharedMemoryArbiter, TraceWriter
+from shm.writer import BufferExhaustedPolicy, TraceWriter
 from tests.service_harness import ServiceHarness
 
 FIRST_MARK = b"\xb8\x05\x01"  # first_packet_on_sequence, appended by the writer

@@ -317,7 +317,7 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, Geometry, SharedMemoryABI
 from shm.region import MemfdRegion
-from shm.writer import SharedMemoryArbiter
+from shm.arbiter import SharedMemoryArbiter
 
 endpoint, claimed_pid, claimed_uid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ctx = zmq.Context()

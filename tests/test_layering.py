@@ -5,7 +5,7 @@ actors/core/ is imported alone in a fresh interpreter, and sys.modules tells wha
 that import brought in. None of them may load zmq, multiprocessing, subprocess,
 socket, signal, asyncio or selectors (nor the C modules behind them), nor
 `time` (time is passed in by the shells); `threading` is allowed only for
-shm.writer, whose arbiter needs a lock.
+shm.arbiter, which needs a lock.
 
 Modules are discovered with pkgutil, so a new module is covered without
 touching this file. Nothing here reads source code: the check is what an import
@@ -60,7 +60,7 @@ FORBIDDEN = frozenset(
 CLOCK = "time"
 THREADING = "threading"
 WATCHED = FORBIDDEN | {CLOCK, THREADING}
-ALLOWED = {"shm.writer": frozenset({THREADING})}
+ALLOWED = {"shm.arbiter": frozenset({THREADING})}
 # Libraries the cores may use for decoded messages. They are imported first and
 # left alone like the allowed modules: what they load for themselves (protobuf
 # loads threading and time) is theirs, not the core's.

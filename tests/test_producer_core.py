@@ -30,8 +30,9 @@ from actors.data_sources import (
 )
 from actors.producer import DataSource, Producer, ProducerHost, data_sources_in
 from protos import tracebus_ipc_pb2 as ipc
+from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.region import InProcessRegion
-from shm.writer import BufferExhaustedPolicy, ChunkToMove, ChunkToPatch, CommitBatch
+from shm.writer import BufferExhaustedPolicy
 from tests.smb_oracle import Oracle
 
 LOG = logging.getLogger("test.producer")

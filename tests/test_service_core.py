@@ -11,8 +11,10 @@ from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToPr
 from actors.core.sessions import Limits
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import SharedMemoryABI
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import CommitBatch
 from shm.region import InProcessRegion
-from shm.writer import BufferExhaustedPolicy, CommitBatch, SharedMemoryArbiter
+from shm.writer import BufferExhaustedPolicy
 
 SERVICE_UID, SERVICE_PID = 0, 100
 MS = 1_000_000

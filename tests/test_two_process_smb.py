@@ -48,15 +48,11 @@ from shm.abi import (
     chunk_size_for,
     resolve_geometry,
 )
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.protozero import build
 from shm.region import MemfdRegion
-from shm.writer import (
-    BufferExhaustedPolicy,
-    ChunkToMove,
-    ChunkToPatch,
-    CommitBatch,
-    SharedMemoryArbiter,
-)
+from shm.writer import BufferExhaustedPolicy
 from tests.smb_oracle import Oracle
 
 TRANSITIONS_PER_CHUNK = 4  # FREE -> BEING_WRITTEN -> COMPLETE -> BEING_READ -> FREE

@@ -20,15 +20,11 @@ from shm.abi import (
     resolve_geometry,
     unpack_packets,
 )
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import CommitBatch
 from shm.packets import OK, parse_fragments_untrusted
 from shm.region import InProcessRegion
-from shm.writer import (
-    MAX_STALLS,
-    BufferExhaustedPolicy,
-    CommitBatch,
-    SharedMemoryArbiter,
-    SMBExhaustedError,
-)
+from shm.writer import MAX_STALLS, BufferExhaustedPolicy, SMBExhaustedError
 from tests.smb_oracle import Oracle
 
 FIRST_MARK = b"\xb8\x05\x01"  # first_packet_on_sequence = true

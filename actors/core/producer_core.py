@@ -17,7 +17,7 @@ a list of outputs comes out, and the shell performs them in order:
 Writers and commits: the shell reports each new TraceWriter with
 `writer_created()` (-> register_trace_writer, always before that writer's first
 commit, because both leave through the same ordered outputs) and hands over
-CommitBatches (shm.writer's, duck-typed here) with `commit()`, which merges them
+CommitBatches (shm.commits', duck-typed here) with `commit()`, which merges them
 into one CommitDataRequest with the writers' cumulative drop counts.
 
 Liveness: the handshake is retried with backoff when no reply comes within

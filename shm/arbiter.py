@@ -1,0 +1,135 @@
+"""The producer's side of one SMB: the arbiter that hands chunks to TraceWriters.
+
+A `SharedMemoryArbiter` owns one SMB on the producer side. It hands free
+chunks to TraceWriters (round-robin page scan, partitioning free pages, CAS
+acquire; thread-safe), collects the chunks they return and the patches they
+fill into one pending `CommitBatch`, and passes that batch to `on_commit`, a
+callback the shell connects to its socket. It never sends anything itself and
+never reads a clock: the shell passes in `sleep` for the stall policy.
+
+A batch is handed over when the chunks in it reach `commit_threshold` bytes
+(half the SMB, as Perfetto does), whenever a writer stalls, and whenever the
+shell calls `commit()` (its batching timer, or a flush).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from shm.abi import LAYOUT_CHUNKS, MAX_WRITER_ID, ChunkRef, SharedMemoryABI, layout_of
+from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
+from shm.writer import BufferExhaustedPolicy, TraceWriter
+
+
+class SharedMemoryArbiter:
+    """Producer-side owner of one SMB: chunk allocation and commit batching."""
+
+    def __init__(
+        self,
+        abi: SharedMemoryABI,
+        on_commit: Callable[[CommitBatch], None],
+        *,
+        sleep: Callable[[float], None],
+        layout: int = 1,
+        commit_threshold: int | None = None,
+    ) -> None:
+        if not 1 <= layout <= 5:
+            raise ValueError(f"page layout must be 1..5, got {layout}")
+        self.abi = abi
+        self.sleep = sleep
+        self._on_commit = on_commit
+        self._layout = layout
+        self._threshold = commit_threshold or abi.geometry.size // 2
+        self._lock = threading.Lock()  # pages, writer ids, the pending batch
+        self._deliver_lock = threading.Lock()  # keeps batches in order
+        self._pending = CommitBatch()
+        self._pending_bytes = 0
+        self._next_page = 0
+        self._writer_ids: set[int] = set()
+        self._last_writer_id = 0
+
+    # -- writers ------------------------------------------------------------------
+
+    def create_trace_writer(
+        self, target_buffer: int, policy: BufferExhaustedPolicy = BufferExhaustedPolicy.DROP
+    ) -> TraceWriter:
+        return TraceWriter(self, self._allocate_writer_id(), target_buffer, policy)
+
+    def _allocate_writer_id(self) -> int:
+        with self._lock:
+            for step in range(1, MAX_WRITER_ID + 1):
+                wid = (self._last_writer_id + step - 1) % MAX_WRITER_ID + 1
+                if wid not in self._writer_ids:
+                    self._writer_ids.add(wid)
+                    self._last_writer_id = wid
+                    return wid
+        raise RuntimeError(f"all {MAX_WRITER_ID} writer ids are in use")
+
+    def release_writer_id(self, writer_id: int) -> None:
+        with self._lock:
+            self._writer_ids.discard(writer_id)
+
+    # -- chunks -------------------------------------------------------------------
+
+    def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None:
+        """A free chunk, now BEING_WRITTEN with a fresh header; None if none is free."""
+        with self._lock:
+            n = self.abi.num_pages
+            start = self._next_page
+            for i in range(n):
+                page = start + i
+                if page >= n:
+                    page -= n
+                ref = self._acquire_in_page(page, writer_id, chunk_id)
+                if ref is not None:
+                    self._next_page = page + 1 if page + 1 < n else 0
+                    return ref
+        return None
+
+    def _acquire_in_page(self, page: int, writer_id: int, chunk_id: int) -> ChunkRef | None:
+        abi = self.abi
+        bitmap = abi.bitmap(page)
+        if bitmap == 0:
+            ref = abi.try_acquire_free_page(page, self._layout, writer_id, chunk_id)
+            if ref is not None:
+                return ref
+            bitmap = abi.bitmap(page)
+        for chunk in range(LAYOUT_CHUNKS[layout_of(bitmap)]):
+            if (bitmap >> (chunk * 2)) & 3 == 0:
+                ref = abi.try_acquire_for_writing(page, chunk, writer_id, chunk_id)
+                if ref is not None:
+                    return ref
+        return None
+
+    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None:
+        """A writer is done with `ref`: mark it COMPLETE and queue it for the service."""
+        if not self.abi.release_as_complete(ref):
+            raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
+        with self._lock:
+            self._pending.chunks_to_move.append(ChunkToMove(ref.page, ref.chunk, target_buffer))
+            self._pending_bytes += ref.size
+            full = self._pending_bytes >= self._threshold
+        if full:
+            self.commit()
+
+    def add_patches(self, patches: list[ChunkToPatch]) -> None:
+        with self._lock:
+            self._pending.chunks_to_patch.extend(patches)
+
+    # -- commits ------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Hand the pending batch (if any) to on_commit, in order across threads."""
+        with self._deliver_lock:
+            with self._lock:
+                batch, self._pending = self._pending, CommitBatch()
+                self._pending_bytes = 0
+            if batch:
+                self._on_commit(batch)
+
+    def notify_flush_complete(self, flush_request_id: int) -> None:
+        """Acknowledge a service flush with the next batch (sent right away)."""
+        with self._lock:
+            self._pending.flush_request_id = max(self._pending.flush_request_id, flush_request_id)
+        self.commit()
