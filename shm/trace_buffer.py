@@ -72,7 +72,9 @@ import enum
 import struct
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
+from itertools import repeat
+from typing import NamedTuple
 
 from shm.abi import (
     COUNT_MASK,
@@ -160,9 +162,10 @@ class BufferStats:
     oversized_packets_dropped: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ReadPacket:
-    """One whole TracePacket read back, with its sequence's trusted identity."""
+class ReadPacket(NamedTuple):
+    """One whole TracePacket read back, with its sequence's trusted identity.
+    A NamedTuple: read-back is bound by building these, and a tuple is built
+    in a third of the time of a slotted dataclass."""
 
     data: bytes  # exactly the bytes the producer wrote, pieces joined
     producer_id: int
@@ -206,19 +209,13 @@ class _Sequence:
         self.age = 0  # when it last became empty, to forget the oldest
 
 
-_new_instance = object.__new__
-_SETTERS = tuple(ReadPacket.__dict__[f.name].__set__ for f in fields(ReadPacket))
-_exhaust = deque(maxlen=0).extend
+_new_tuple = tuple.__new__
 
 
 def _make_packets(datas: list[bytes], *columns: list[int]) -> list[ReadPacket]:
-    """ReadPackets from columns of field values, built with the slots' own
-    setters through map(): the frozen dataclass __init__ costs twice as much,
-    and read-back throughput is bound by this."""
-    packets = list(map(_new_instance, [ReadPacket] * len(datas)))
-    for setter, column in zip(_SETTERS, (datas, *columns), strict=True):
-        _exhaust(map(setter, packets, column))
-    return packets
+    """ReadPackets from columns of field values, all at once."""
+    rows = zip(datas, *columns, strict=True)
+    return list(map(_new_tuple, repeat(ReadPacket, len(datas)), rows))
 
 
 # Outcomes of reading a chunk, and of joining a split packet.
