@@ -217,14 +217,14 @@ def print_table(r: dict[str, float], packet_len: int, fragment_range: tuple[int,
         f"tracebus data path — {platform.machine()}, {os.cpu_count()} cpus, "
         f"Python {platform.python_version()}"
     )
-    print(f"{'figure':<20}{'value':>14}  {'target':<16}note")
+    print(f"{'figure':<20}{'value':>14}  {'target':<17}note")
     for key, value, note in rows:
         target = " ".join(str(x) for x in TARGETS.get(key, ("", "")))
         if key in TARGETS:
             op, bound = TARGETS[key]
             ok = r[key] <= bound if op == "<=" else r[key] >= bound
             target += " ok" if ok else " MISSED"
-        print(f"{key:<20}{value:>14}  {target:<16}{note}")
+        print(f"{key:<20}{value:>14}  {target:<17}{note}")
 
 
 def _ratio(r: dict[str, float], key: str) -> str:
