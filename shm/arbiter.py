@@ -21,6 +21,8 @@ from shm.abi import LAYOUT_CHUNKS, MAX_WRITER_ID, ChunkRef, SharedMemoryABI, lay
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 
+_new_tuple = tuple.__new__
+
 
 class SharedMemoryArbiter:
     """Producer-side owner of one SMB: chunk allocation and commit batching."""
@@ -106,8 +108,9 @@ class SharedMemoryArbiter:
         """A writer is done with `ref`: mark it COMPLETE and queue it for the service."""
         if not self.abi.release_as_complete(ref):
             raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
+        move = _new_tuple(ChunkToMove, (ref.page, ref.chunk, target_buffer))  # no __new__ call
         with self._lock:
-            self._pending.chunks_to_move.append(ChunkToMove(ref.page, ref.chunk, target_buffer))
+            self._pending.chunks_to_move.append(move)
             self._pending_bytes += ref.size
             full = self._pending_bytes >= self._threshold
         if full:
