@@ -205,6 +205,8 @@ class ServiceShell:
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
         self.loop.run()
         log("stopping")
+        if self.dropped_frames:
+            log(f"dropped {self.dropped_frames} undecodable frames in all")
         self._send_all(self.core.shutdown(time.monotonic_ns()))
         self.close()
         return 0

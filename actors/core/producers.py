@@ -52,7 +52,6 @@ class ServiceCounters:
 
     chunks_discarded: int = 0
     patches_discarded: int = 0
-    frames_dropped: int = 0  # undecodable or out-of-protocol messages
 
 
 @dataclass

@@ -413,7 +413,7 @@ class ServiceCore:
         apply(session, Event.START)
         boottime = self._clocks.boottime()
         fill = readback.clock_snapshot_fill(self._clocks.snapshot(), boottime)
-        session.service_packets.append(readback.service_packet(self.uid, self.pid, fill))
+        session.clock_snapshots.append(readback.service_packet(self.uid, self.pid, fill))
         self._service_event(session, "tracing_started")
         if session.config.duration_ms:
             session.duration_deadline = now + session.config.duration_ms * 1_000_000
@@ -667,4 +667,4 @@ class ServiceCore:
 
     def _service_event(self, session: Session, event: str) -> None:
         fill = readback.service_event_fill(self._clocks.boottime(), event)
-        session.service_packets.append(readback.service_packet(self.uid, self.pid, fill))
+        session.service_events.append(readback.service_packet(self.uid, self.pid, fill))

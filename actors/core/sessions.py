@@ -95,7 +95,9 @@ class Session(HasState):
         self.instances: dict[int, Instance] = {}
         self.flushes: dict[int, PendingFlush] = {}
         self.seq_ids: dict[tuple[int, int], int] = {}
-        self.service_packets: list[bytes] = []  # queued until the next read
+        # The service's own packets, queued until the next read.
+        self.clock_snapshots: list[bytes] = []
+        self.service_events: list[bytes] = []
         self.config_emitted = False
         self.invalid_packets = 0
         self.flushes_requested = self.flushes_succeeded = self.flushes_failed = 0
@@ -208,12 +210,14 @@ class ReadContext:
 def read_session(session: Session, ctx: ReadContext) -> list[bytes]:
     """Every packet readable now, in read-back order (destructive)."""
     out: list[bytes] = []
+    out.extend(session.clock_snapshots)
+    session.clock_snapshots.clear()
     if not session.config_emitted:
         fill = readback.trace_config_fill(session.config.SerializeToString())
-        session.service_packets.insert(1, readback.service_packet(ctx.uid, ctx.pid, fill))
+        out.append(readback.service_packet(ctx.uid, ctx.pid, fill))
         session.config_emitted = True
-    out.extend(session.service_packets)
-    session.service_packets.clear()
+    out.extend(session.service_events)
+    session.service_events.clear()
     for buffer_id in session.buffer_ids:
         _read_buffer(session, ctx, ctx.buffers[buffer_id], out)
     stats_fill = readback.trace_stats_fill(ctx.trace_stats(session), ctx.boottime_ns)
