@@ -1,7 +1,9 @@
 """Regenerate the Python modules of protos/*.proto (needs the test extra):
 
-    python -m protos.generate           # writes protos/*_pb2.py
-    python -m protos.generate --check   # exit 1 if they are stale
+    python -m protos.generate           # writes protos/*_pb2.py and their .pyi stubs
+    python -m protos.generate --check   # exit 1 if any of them is stale
+
+The stubs are what lets mypy check every use of a protocol message.
 
 The generated code must match the protobuf runtime's major version, which
 pyproject.toml pins to the one grpcio-tools generates for.
@@ -21,7 +23,7 @@ PROTOS = sorted((ROOT / "protos").glob("*.proto"))
 def generate(out_dir: Path) -> None:
     from grpc_tools import protoc  # test extra only
 
-    args = ["protoc", f"-I{ROOT}", f"--python_out={out_dir}"]
+    args = ["protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
     args += [str(p.relative_to(ROOT)) for p in PROTOS]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
@@ -32,13 +34,16 @@ def stale() -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         out = []
-        for proto in PROTOS:
-            name = f"{proto.stem}_pb2.py"
+        for name in generated_names():
             fresh = (Path(tmp) / "protos" / name).read_text()
             current = ROOT / "protos" / name
             if not current.exists() or current.read_text() != fresh:
                 out.append(name)
         return out
+
+
+def generated_names() -> list[str]:
+    return [f"{p.stem}_pb2{ext}" for p in PROTOS for ext in (".py", ".pyi")]
 
 
 def main() -> int:

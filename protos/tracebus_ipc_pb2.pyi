@@ -1,0 +1,518 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    PROTOCOL_VERSION: _ClassVar[Protocol]
+PROTOCOL_UNSPECIFIED: Protocol
+PROTOCOL_VERSION: Protocol
+
+class Hello(_message.Message):
+    __slots__ = ("protocol_version", "features", "client_name")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    features: int
+    client_name: str
+    def __init__(self, protocol_version: _Optional[int] = ..., features: _Optional[int] = ..., client_name: _Optional[str] = ...) -> None: ...
+
+class HelloReply(_message.Message):
+    __slots__ = ("protocol_version", "features", "error")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    features: int
+    error: str
+    def __init__(self, protocol_version: _Optional[int] = ..., features: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    def __init__(self, error: _Optional[str] = ...) -> None: ...
+
+class InitializeConnectionRequest(_message.Message):
+    __slots__ = ("hello", "producer_name", "shm_size_hint_bytes", "shm_page_size_hint_bytes", "buffer_exhausted_policy", "claimed_pid", "claimed_uid")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHM_SIZE_HINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHM_PAGE_SIZE_HINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_EXHAUSTED_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_PID_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_UID_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    producer_name: str
+    shm_size_hint_bytes: int
+    shm_page_size_hint_bytes: int
+    buffer_exhausted_policy: int
+    claimed_pid: int
+    claimed_uid: int
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., producer_name: _Optional[str] = ..., shm_size_hint_bytes: _Optional[int] = ..., shm_page_size_hint_bytes: _Optional[int] = ..., buffer_exhausted_policy: _Optional[int] = ..., claimed_pid: _Optional[int] = ..., claimed_uid: _Optional[int] = ...) -> None: ...
+
+class InitializeConnectionResponse(_message.Message):
+    __slots__ = ("hello", "producer_id")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+    hello: HelloReply
+    producer_id: int
+    def __init__(self, hello: _Optional[_Union[HelloReply, _Mapping]] = ..., producer_id: _Optional[int] = ...) -> None: ...
+
+class DataSourceDescriptor(_message.Message):
+    __slots__ = ("name", "will_notify_on_start", "will_notify_on_stop", "handles_incremental_state_clear", "no_flush")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WILL_NOTIFY_ON_START_FIELD_NUMBER: _ClassVar[int]
+    WILL_NOTIFY_ON_STOP_FIELD_NUMBER: _ClassVar[int]
+    HANDLES_INCREMENTAL_STATE_CLEAR_FIELD_NUMBER: _ClassVar[int]
+    NO_FLUSH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    will_notify_on_start: bool
+    will_notify_on_stop: bool
+    handles_incremental_state_clear: bool
+    no_flush: bool
+    def __init__(self, name: _Optional[str] = ..., will_notify_on_start: _Optional[bool] = ..., will_notify_on_stop: _Optional[bool] = ..., handles_incremental_state_clear: _Optional[bool] = ..., no_flush: _Optional[bool] = ...) -> None: ...
+
+class RegisterDataSourceRequest(_message.Message):
+    __slots__ = ("descriptor",)
+    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    descriptor: DataSourceDescriptor
+    def __init__(self, descriptor: _Optional[_Union[DataSourceDescriptor, _Mapping]] = ...) -> None: ...
+
+class RegisterDataSourceResponse(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    def __init__(self, error: _Optional[str] = ...) -> None: ...
+
+class UnregisterDataSourceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RegisterTraceWriterRequest(_message.Message):
+    __slots__ = ("writer_id", "target_buffer")
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    writer_id: int
+    target_buffer: int
+    def __init__(self, writer_id: _Optional[int] = ..., target_buffer: _Optional[int] = ...) -> None: ...
+
+class UnregisterTraceWriterRequest(_message.Message):
+    __slots__ = ("writer_id",)
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    writer_id: int
+    def __init__(self, writer_id: _Optional[int] = ...) -> None: ...
+
+class CommitDataRequest(_message.Message):
+    __slots__ = ("chunks_to_move", "chunks_to_patch", "flush_request_id", "writer_stats")
+    class ChunkToMove(_message.Message):
+        __slots__ = ("page", "chunk", "target_buffer")
+        PAGE_FIELD_NUMBER: _ClassVar[int]
+        CHUNK_FIELD_NUMBER: _ClassVar[int]
+        TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+        page: int
+        chunk: int
+        target_buffer: int
+        def __init__(self, page: _Optional[int] = ..., chunk: _Optional[int] = ..., target_buffer: _Optional[int] = ...) -> None: ...
+    class Patch(_message.Message):
+        __slots__ = ("offset", "data")
+        OFFSET_FIELD_NUMBER: _ClassVar[int]
+        DATA_FIELD_NUMBER: _ClassVar[int]
+        offset: int
+        data: bytes
+        def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    class ChunkToPatch(_message.Message):
+        __slots__ = ("target_buffer", "writer_id", "chunk_id", "patches", "has_more_patches")
+        TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+        WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+        CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+        PATCHES_FIELD_NUMBER: _ClassVar[int]
+        HAS_MORE_PATCHES_FIELD_NUMBER: _ClassVar[int]
+        target_buffer: int
+        writer_id: int
+        chunk_id: int
+        patches: _containers.RepeatedCompositeFieldContainer[CommitDataRequest.Patch]
+        has_more_patches: bool
+        def __init__(self, target_buffer: _Optional[int] = ..., writer_id: _Optional[int] = ..., chunk_id: _Optional[int] = ..., patches: _Optional[_Iterable[_Union[CommitDataRequest.Patch, _Mapping]]] = ..., has_more_patches: _Optional[bool] = ...) -> None: ...
+    class WriterStats(_message.Message):
+        __slots__ = ("writer_id", "target_buffer", "dropped_packets", "dropped_bytes")
+        WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+        TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+        DROPPED_PACKETS_FIELD_NUMBER: _ClassVar[int]
+        DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+        writer_id: int
+        target_buffer: int
+        dropped_packets: int
+        dropped_bytes: int
+        def __init__(self, writer_id: _Optional[int] = ..., target_buffer: _Optional[int] = ..., dropped_packets: _Optional[int] = ..., dropped_bytes: _Optional[int] = ...) -> None: ...
+    CHUNKS_TO_MOVE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_TO_PATCH_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITER_STATS_FIELD_NUMBER: _ClassVar[int]
+    chunks_to_move: _containers.RepeatedCompositeFieldContainer[CommitDataRequest.ChunkToMove]
+    chunks_to_patch: _containers.RepeatedCompositeFieldContainer[CommitDataRequest.ChunkToPatch]
+    flush_request_id: int
+    writer_stats: _containers.RepeatedCompositeFieldContainer[CommitDataRequest.WriterStats]
+    def __init__(self, chunks_to_move: _Optional[_Iterable[_Union[CommitDataRequest.ChunkToMove, _Mapping]]] = ..., chunks_to_patch: _Optional[_Iterable[_Union[CommitDataRequest.ChunkToPatch, _Mapping]]] = ..., flush_request_id: _Optional[int] = ..., writer_stats: _Optional[_Iterable[_Union[CommitDataRequest.WriterStats, _Mapping]]] = ...) -> None: ...
+
+class SmbMapped(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    def __init__(self, error: _Optional[str] = ...) -> None: ...
+
+class NotifyDataSourceStarted(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: int
+    def __init__(self, instance_id: _Optional[int] = ...) -> None: ...
+
+class NotifyDataSourceStopped(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: int
+    def __init__(self, instance_id: _Optional[int] = ...) -> None: ...
+
+class ActivateTriggersRequest(_message.Message):
+    __slots__ = ("trigger_names",)
+    TRIGGER_NAMES_FIELD_NUMBER: _ClassVar[int]
+    trigger_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, trigger_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProducerToService(_message.Message):
+    __slots__ = ("request_id", "initialize_connection", "register_data_source", "unregister_data_source", "register_trace_writer", "unregister_trace_writer", "commit_data", "smb_mapped", "data_source_started", "data_source_stopped", "activate_triggers", "heartbeat")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZE_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_TRACE_WRITER_FIELD_NUMBER: _ClassVar[int]
+    UNREGISTER_TRACE_WRITER_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_DATA_FIELD_NUMBER: _ClassVar[int]
+    SMB_MAPPED_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_STARTED_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    initialize_connection: InitializeConnectionRequest
+    register_data_source: RegisterDataSourceRequest
+    unregister_data_source: UnregisterDataSourceRequest
+    register_trace_writer: RegisterTraceWriterRequest
+    unregister_trace_writer: UnregisterTraceWriterRequest
+    commit_data: CommitDataRequest
+    smb_mapped: SmbMapped
+    data_source_started: NotifyDataSourceStarted
+    data_source_stopped: NotifyDataSourceStopped
+    activate_triggers: ActivateTriggersRequest
+    heartbeat: Heartbeat
+    def __init__(self, request_id: _Optional[int] = ..., initialize_connection: _Optional[_Union[InitializeConnectionRequest, _Mapping]] = ..., register_data_source: _Optional[_Union[RegisterDataSourceRequest, _Mapping]] = ..., unregister_data_source: _Optional[_Union[UnregisterDataSourceRequest, _Mapping]] = ..., register_trace_writer: _Optional[_Union[RegisterTraceWriterRequest, _Mapping]] = ..., unregister_trace_writer: _Optional[_Union[UnregisterTraceWriterRequest, _Mapping]] = ..., commit_data: _Optional[_Union[CommitDataRequest, _Mapping]] = ..., smb_mapped: _Optional[_Union[SmbMapped, _Mapping]] = ..., data_source_started: _Optional[_Union[NotifyDataSourceStarted, _Mapping]] = ..., data_source_stopped: _Optional[_Union[NotifyDataSourceStopped, _Mapping]] = ..., activate_triggers: _Optional[_Union[ActivateTriggersRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetupTracing(_message.Message):
+    __slots__ = ("shm_size_bytes", "shm_page_size_bytes", "shm_path")
+    SHM_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHM_PAGE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHM_PATH_FIELD_NUMBER: _ClassVar[int]
+    shm_size_bytes: int
+    shm_page_size_bytes: int
+    shm_path: str
+    def __init__(self, shm_size_bytes: _Optional[int] = ..., shm_page_size_bytes: _Optional[int] = ..., shm_path: _Optional[str] = ...) -> None: ...
+
+class SetupDataSource(_message.Message):
+    __slots__ = ("instance_id", "data_source_config")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    instance_id: int
+    data_source_config: bytes
+    def __init__(self, instance_id: _Optional[int] = ..., data_source_config: _Optional[bytes] = ...) -> None: ...
+
+class StartDataSource(_message.Message):
+    __slots__ = ("instance_id", "data_source_config")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    instance_id: int
+    data_source_config: bytes
+    def __init__(self, instance_id: _Optional[int] = ..., data_source_config: _Optional[bytes] = ...) -> None: ...
+
+class StopDataSource(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: int
+    def __init__(self, instance_id: _Optional[int] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ("flush_request_id", "instance_ids", "flags")
+    FLUSH_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    flush_request_id: int
+    instance_ids: _containers.RepeatedScalarFieldContainer[int]
+    flags: int
+    def __init__(self, flush_request_id: _Optional[int] = ..., instance_ids: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class ClearIncrementalState(_message.Message):
+    __slots__ = ("instance_ids",)
+    INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    instance_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, instance_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ServiceToProducer(_message.Message):
+    __slots__ = ("request_id", "initialize_connection", "register_data_source", "setup_tracing", "setup_data_source", "start_data_source", "stop_data_source", "flush", "clear_incremental_state", "error", "heartbeat")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZE_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SETUP_TRACING_FIELD_NUMBER: _ClassVar[int]
+    SETUP_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    START_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STOP_DATA_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_INCREMENTAL_STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    initialize_connection: InitializeConnectionResponse
+    register_data_source: RegisterDataSourceResponse
+    setup_tracing: SetupTracing
+    setup_data_source: SetupDataSource
+    start_data_source: StartDataSource
+    stop_data_source: StopDataSource
+    flush: FlushRequest
+    clear_incremental_state: ClearIncrementalState
+    error: Error
+    heartbeat: Heartbeat
+    def __init__(self, request_id: _Optional[int] = ..., initialize_connection: _Optional[_Union[InitializeConnectionResponse, _Mapping]] = ..., register_data_source: _Optional[_Union[RegisterDataSourceResponse, _Mapping]] = ..., setup_tracing: _Optional[_Union[SetupTracing, _Mapping]] = ..., setup_data_source: _Optional[_Union[SetupDataSource, _Mapping]] = ..., start_data_source: _Optional[_Union[StartDataSource, _Mapping]] = ..., stop_data_source: _Optional[_Union[StopDataSource, _Mapping]] = ..., flush: _Optional[_Union[FlushRequest, _Mapping]] = ..., clear_incremental_state: _Optional[_Union[ClearIncrementalState, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class EnableTracingRequest(_message.Message):
+    __slots__ = ("trace_config",)
+    TRACE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    trace_config: bytes
+    def __init__(self, trace_config: _Optional[bytes] = ...) -> None: ...
+
+class EnableTracingResponse(_message.Message):
+    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started")
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    disabled: bool
+    error: str
+    session_id: int
+    unsupported_fields: _containers.RepeatedScalarFieldContainer[str]
+    started: bool
+    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ...) -> None: ...
+
+class StartTracingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DisableTracingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FlushConsumerRequest(_message.Message):
+    __slots__ = ("timeout_ms", "flags")
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    flags: int
+    def __init__(self, timeout_ms: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class FlushConsumerResponse(_message.Message):
+    __slots__ = ("success",)
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    def __init__(self, success: _Optional[bool] = ...) -> None: ...
+
+class ReadBuffersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReadBuffersResponse(_message.Message):
+    __slots__ = ("slices", "has_more")
+    class Slice(_message.Message):
+        __slots__ = ("data", "last_slice_for_packet")
+        DATA_FIELD_NUMBER: _ClassVar[int]
+        LAST_SLICE_FOR_PACKET_FIELD_NUMBER: _ClassVar[int]
+        data: bytes
+        last_slice_for_packet: bool
+        def __init__(self, data: _Optional[bytes] = ..., last_slice_for_packet: _Optional[bool] = ...) -> None: ...
+    SLICES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    slices: _containers.RepeatedCompositeFieldContainer[ReadBuffersResponse.Slice]
+    has_more: bool
+    def __init__(self, slices: _Optional[_Iterable[_Union[ReadBuffersResponse.Slice, _Mapping]]] = ..., has_more: _Optional[bool] = ...) -> None: ...
+
+class FreeBuffersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetTraceStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetTraceStatsResponse(_message.Message):
+    __slots__ = ("trace_stats",)
+    TRACE_STATS_FIELD_NUMBER: _ClassVar[int]
+    trace_stats: bytes
+    def __init__(self, trace_stats: _Optional[bytes] = ...) -> None: ...
+
+class QueryServiceStateRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QueryServiceStateResponse(_message.Message):
+    __slots__ = ("producers", "data_sources", "sessions")
+    class Producer(_message.Message):
+        __slots__ = ("id", "name", "uid", "pid")
+        ID_FIELD_NUMBER: _ClassVar[int]
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        UID_FIELD_NUMBER: _ClassVar[int]
+        PID_FIELD_NUMBER: _ClassVar[int]
+        id: int
+        name: str
+        uid: int
+        pid: int
+        def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    class DataSource(_message.Message):
+        __slots__ = ("producer_id", "descriptor")
+        PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+        DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+        producer_id: int
+        descriptor: DataSourceDescriptor
+        def __init__(self, producer_id: _Optional[int] = ..., descriptor: _Optional[_Union[DataSourceDescriptor, _Mapping]] = ...) -> None: ...
+    class Session(_message.Message):
+        __slots__ = ("id", "consumer_uid", "state", "buffer_size_kb", "unique_session_name")
+        ID_FIELD_NUMBER: _ClassVar[int]
+        CONSUMER_UID_FIELD_NUMBER: _ClassVar[int]
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        BUFFER_SIZE_KB_FIELD_NUMBER: _ClassVar[int]
+        UNIQUE_SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+        id: int
+        consumer_uid: int
+        state: str
+        buffer_size_kb: _containers.RepeatedScalarFieldContainer[int]
+        unique_session_name: str
+        def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ...) -> None: ...
+    PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
+    data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
+    sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ...) -> None: ...
+
+class ObserveEventsRequest(_message.Message):
+    __slots__ = ("types",)
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[ObserveEventsRequest.Type]
+        TYPE_DATA_SOURCES_INSTANCES: _ClassVar[ObserveEventsRequest.Type]
+        TYPE_ALL_DATA_SOURCES_STARTED: _ClassVar[ObserveEventsRequest.Type]
+    TYPE_UNSPECIFIED: ObserveEventsRequest.Type
+    TYPE_DATA_SOURCES_INSTANCES: ObserveEventsRequest.Type
+    TYPE_ALL_DATA_SOURCES_STARTED: ObserveEventsRequest.Type
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    types: _containers.RepeatedScalarFieldContainer[ObserveEventsRequest.Type]
+    def __init__(self, types: _Optional[_Iterable[_Union[ObserveEventsRequest.Type, str]]] = ...) -> None: ...
+
+class ObservableEvents(_message.Message):
+    __slots__ = ("instance_state_changes", "all_data_sources_started")
+    class DataSourceInstanceStateChange(_message.Message):
+        __slots__ = ("producer_id", "producer_name", "data_source_name", "instance_id", "state")
+        class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+            __slots__ = ()
+            STATE_UNSPECIFIED: _ClassVar[ObservableEvents.DataSourceInstanceStateChange.State]
+            STATE_STOPPED: _ClassVar[ObservableEvents.DataSourceInstanceStateChange.State]
+            STATE_STARTED: _ClassVar[ObservableEvents.DataSourceInstanceStateChange.State]
+        STATE_UNSPECIFIED: ObservableEvents.DataSourceInstanceStateChange.State
+        STATE_STOPPED: ObservableEvents.DataSourceInstanceStateChange.State
+        STATE_STARTED: ObservableEvents.DataSourceInstanceStateChange.State
+        PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
+        PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+        DATA_SOURCE_NAME_FIELD_NUMBER: _ClassVar[int]
+        INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        producer_id: int
+        producer_name: str
+        data_source_name: str
+        instance_id: int
+        state: ObservableEvents.DataSourceInstanceStateChange.State
+        def __init__(self, producer_id: _Optional[int] = ..., producer_name: _Optional[str] = ..., data_source_name: _Optional[str] = ..., instance_id: _Optional[int] = ..., state: _Optional[_Union[ObservableEvents.DataSourceInstanceStateChange.State, str]] = ...) -> None: ...
+    INSTANCE_STATE_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    ALL_DATA_SOURCES_STARTED_FIELD_NUMBER: _ClassVar[int]
+    instance_state_changes: _containers.RepeatedCompositeFieldContainer[ObservableEvents.DataSourceInstanceStateChange]
+    all_data_sources_started: bool
+    def __init__(self, instance_state_changes: _Optional[_Iterable[_Union[ObservableEvents.DataSourceInstanceStateChange, _Mapping]]] = ..., all_data_sources_started: _Optional[bool] = ...) -> None: ...
+
+class ConsumerToService(_message.Message):
+    __slots__ = ("request_id", "hello", "enable_tracing", "start_tracing", "disable_tracing", "flush", "read_buffers", "free_buffers", "get_trace_stats", "query_service_state", "observe_events", "heartbeat")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_TRACING_FIELD_NUMBER: _ClassVar[int]
+    START_TRACING_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_TRACING_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    READ_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    FREE_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    GET_TRACE_STATS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SERVICE_STATE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    hello: Hello
+    enable_tracing: EnableTracingRequest
+    start_tracing: StartTracingRequest
+    disable_tracing: DisableTracingRequest
+    flush: FlushConsumerRequest
+    read_buffers: ReadBuffersRequest
+    free_buffers: FreeBuffersRequest
+    get_trace_stats: GetTraceStatsRequest
+    query_service_state: QueryServiceStateRequest
+    observe_events: ObserveEventsRequest
+    heartbeat: Heartbeat
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingRequest, _Mapping]] = ..., start_tracing: _Optional[_Union[StartTracingRequest, _Mapping]] = ..., disable_tracing: _Optional[_Union[DisableTracingRequest, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerRequest, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersRequest, _Mapping]] = ..., free_buffers: _Optional[_Union[FreeBuffersRequest, _Mapping]] = ..., get_trace_stats: _Optional[_Union[GetTraceStatsRequest, _Mapping]] = ..., query_service_state: _Optional[_Union[QueryServiceStateRequest, _Mapping]] = ..., observe_events: _Optional[_Union[ObserveEventsRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class ServiceToConsumer(_message.Message):
+    __slots__ = ("request_id", "hello", "enable_tracing", "flush", "read_buffers", "trace_stats", "service_state", "events", "error", "heartbeat", "ack")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_TRACING_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    READ_BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_STATS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_STATE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    hello: HelloReply
+    enable_tracing: EnableTracingResponse
+    flush: FlushConsumerResponse
+    read_buffers: ReadBuffersResponse
+    trace_stats: GetTraceStatsResponse
+    service_state: QueryServiceStateResponse
+    events: ObservableEvents
+    error: Error
+    heartbeat: Heartbeat
+    ack: Ack
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingResponse, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerResponse, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersResponse, _Mapping]] = ..., trace_stats: _Optional[_Union[GetTraceStatsResponse, _Mapping]] = ..., service_state: _Optional[_Union[QueryServiceStateResponse, _Mapping]] = ..., events: _Optional[_Union[ObservableEvents, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
