@@ -135,6 +135,11 @@ def with_chunk_state(bitmap: int, chunk: int, state: int) -> int:
     return (bitmap & ~(CHUNK_STATE_MASK << shift)) | (state << shift)
 
 
+def is_valid_writer_id(writer_id: int) -> bool:
+    """Writer ids are 1..32767 (0 means "no writer"); the one range check of them."""
+    return 0 < writer_id <= MAX_WRITER_ID
+
+
 def pack_packets(count: int, flags: int) -> int:
     return (count & COUNT_MASK) | (flags << FLAGS_SHIFT)
 
@@ -155,6 +160,11 @@ class Geometry:
         return self.size // self.page_size
 
 
+def is_valid_geometry(size: int, page_size: int) -> bool:
+    """A geometry both sides may use: a known page size, whole pages, at most the maximum."""
+    return page_size in PAGE_SIZES and 0 < size <= MAX_SMB_SIZE and size % page_size == 0
+
+
 def resolve_geometry(size_hint: int = 0, page_size_hint: int = 0) -> Geometry:
     """Perfetto's rules for SMB hints: 0 means default; sizes above the maximum are
     clamped; any other invalid combination falls back to both defaults."""
@@ -162,7 +172,7 @@ def resolve_geometry(size_hint: int = 0, page_size_hint: int = 0) -> Geometry:
     size = size_hint or DEFAULT_SMB_SIZE
     page = min(page, PAGE_SIZES[-1])
     size = min(size, MAX_SMB_SIZE)
-    if page not in PAGE_SIZES or size < page or size % page:
+    if not is_valid_geometry(size, page):
         return Geometry(DEFAULT_SMB_SIZE, DEFAULT_PAGE_SIZE)
     return Geometry(size, page)
 
