@@ -12,6 +12,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.consumer_core import (
     FLUSH_REPLY_GRACE_NS,
+    NOT_SUPPORTED,
     Completed,
     ConsumerCore,
     EnableResult,
@@ -300,6 +301,36 @@ def test_stray_replies_and_heartbeats():
     [notice] = core.handle(PEER, reply(0, error={"message": "undecodable frame"}), 0)
     assert "undecodable frame" in notice.message
     assert core.stray_replies == 2
+
+
+SERVICE_TO_CONSUMER = ipc.ServiceToConsumer.DESCRIPTOR.oneofs_by_name["msg"].fields
+# A message from a newer service: request 5 and field 99, which this protocol does not know.
+FROM_THE_FUTURE = b"\x08\x05" + b"\x9a\x06\x00"
+
+
+@pytest.mark.parametrize("kind", [f.name for f in SERVICE_TO_CONSUMER])
+def test_every_kind_the_service_sends_is_handled_or_marked_not_supported(kind):
+    core = enabled()
+    message = reply(77)
+    getattr(message, kind).SetInParent()
+    core.handle(PEER, message, 0)
+    if kind in NOT_SUPPORTED:
+        assert kind not in core.handled_kinds and core.unhandled_messages == 1
+    else:
+        assert kind in core.handled_kinds and core.unhandled_messages == 0
+
+
+def test_a_kind_without_handler_fails_its_request_or_is_noticed_and_counted():
+    core = connected()
+    message = ipc.ServiceToConsumer.FromString(FROM_THE_FUTURE)
+    assert message.WhichOneof("msg") is None and message.request_id == 5
+    [notice] = core.handle(PEER, message, 0)
+    assert isinstance(notice, Notice) and "not understood" in notice.message
+    stats = core.get_trace_stats(now=0, timeout_ns=S)
+    message.request_id = stats.request_id
+    [failed] = core.handle(PEER, message, 0)
+    assert isinstance(failed, Failed) and "protocol error" in str(failed.error)
+    assert core.unhandled_messages == 2 and core.next_deadline() is None
 
 
 def test_stats_state_and_observe():

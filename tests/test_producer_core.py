@@ -324,6 +324,35 @@ def test_service_heartbeat_is_answered_and_errors_are_logged():
     assert [type(o) for o in out] == [core.Log] and "nope" in out[0].text
 
 
+SERVICE_TO_PRODUCER = ipc.ServiceToProducer.DESCRIPTOR.oneofs_by_name["msg"].fields
+# A message from a newer service: only field 99, which this protocol does not know.
+FROM_THE_FUTURE = b"\x08\x05" + b"\x9a\x06\x00"
+
+
+@pytest.mark.parametrize("kind", [f.name for f in SERVICE_TO_PRODUCER])
+def test_every_kind_the_service_sends_is_handled_or_marked_not_supported(kind):
+    c = core.ProducerCore("p")
+    _handshake(c)
+    msg = ipc.ServiceToProducer(request_id=5)
+    getattr(msg, kind).SetInParent()
+    c.handle(msg, 0)
+    if kind in core.NOT_SUPPORTED:
+        assert kind not in c.handled_kinds and c.unhandled == {kind: 1}
+    else:
+        assert kind in c.handled_kinds and c.unhandled == {}
+
+
+def test_a_kind_without_handler_is_logged_once_and_counted():
+    c = core.ProducerCore("p")
+    _handshake(c)
+    msg = ipc.ServiceToProducer.FromString(FROM_THE_FUTURE)
+    assert msg.WhichOneof("msg") is None
+    (log,) = c.handle(msg, 0)
+    assert isinstance(log, core.Log) and log.level == core.WARNING and "ignoring" in log.text
+    assert c.handle(msg, 0) == [] and c.handle(msg, 0) == []
+    assert c.unhandled == {"(unknown kind)": 3} and c.state is core.State.CONNECTED
+
+
 def test_commands_before_the_handshake_are_ignored():
     rig = Rig([SyntheticDataSource])
     rig.host.connect(0)

@@ -18,11 +18,11 @@ actors/core/consumer_summary.py.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from protos import tracebus_ipc_pb2 as ipc
@@ -98,6 +98,10 @@ REPLY_FIELD = {
     Kind.QUERY: "service_state",
     Kind.OBSERVE: "ack",
 }
+
+# ServiceToConsumer kinds this consumer deliberately has no handler for (they reach
+# _unhandled: counted, and the request they answer fails). Today: none.
+NOT_SUPPORTED: frozenset[str] = frozenset()
 
 FLUSH_REPLY_GRACE_NS = 1_000_000_000  # the service answers at its timeout; allow for the trip
 
@@ -185,6 +189,10 @@ class _Pending:
     replies: int = 0
 
 
+MessageHandler = Callable[[str, ipc.ServiceToConsumer, int], list[Event]]
+ReplyHandler = Callable[[int, _Pending, Any, int], list[Event]]  # reply: the request's REPLY_FIELD
+
+
 def _deadline(now: int, timeout_ns: int | None) -> int | None:
     return None if timeout_ns is None else now + timeout_ns
 
@@ -203,8 +211,34 @@ class ConsumerCore:
         self.late_replies = 0  # replies to requests that had timed out
         self.stray_replies = 0  # replies to no request of ours
         self._next_id = 1
+        self.unhandled_messages = 0  # of a kind this consumer has no handler for
         self._pending: dict[int, _Pending] = {}
         self._expired: set[int] = set()
+        self._handlers: dict[str, MessageHandler] = {
+            "hello": self._on_reply,
+            "enable_tracing": self._on_reply,
+            "flush": self._on_reply,
+            "read_buffers": self._on_reply,
+            "trace_stats": self._on_reply,
+            "service_state": self._on_reply,
+            "ack": self._on_reply,
+            "events": self._on_events,
+            "error": self._on_error,
+            "heartbeat": self._on_heartbeat,
+        }
+        # A reply (one of REPLY_FIELD's) is handled by the kind of request it answers.
+        self._reply_handlers: dict[Kind, ReplyHandler] = {
+            Kind.HELLO: self._on_hello,
+            Kind.ENABLE: self._on_enable,
+            Kind.START: self._on_ack,
+            Kind.FLUSH: self._on_flush,
+            Kind.DISABLE: self._on_ack,
+            Kind.READ: self._on_read,
+            Kind.FREE: self._on_ack,
+            Kind.STATS: self._on_stats,
+            Kind.QUERY: self._on_query,
+            Kind.OBSERVE: self._on_ack,
+        }
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -282,30 +316,16 @@ class ConsumerCore:
 
     def handle(self, peer: str, message: ipc.ServiceToConsumer, now: int) -> list[Event]:
         """One decoded ServiceToConsumer from `peer` (the service's endpoint)."""
-        request_id, which = message.request_id, message.WhichOneof("msg")
-        if which == "heartbeat":
-            return []
-        pending = self._pending.get(request_id)
-        if pending is None:
-            return self._unmatched(peer, request_id, which, message)
-        if which == "error":
-            error = ServiceError(f"{pending.kind.value} failed: {message.error.message}")
-            return self._fail(request_id, error)
-        if which == "events" and pending.kind is Kind.OBSERVE:
-            return [EventsObserved(request_id, message.events)]
-        if which != REPLY_FIELD[pending.kind]:
-            error = ServiceError(
-                f"protocol error: {peer} answered {pending.kind.value} with {which}"
-            )
-            return self._fail(request_id, error)
-        handlers = {
-            Kind.HELLO: self._on_hello,
-            Kind.ENABLE: self._on_enable,
-            Kind.READ: self._on_read,
-            Kind.STATS: self._on_stats,
-        }
-        handler = handlers.get(pending.kind, self._on_simple)
-        return handler(request_id, pending, getattr(message, which), now)
+        which = message.WhichOneof("msg")
+        handler = self._handlers.get(which) if which is not None else None
+        if handler is None:
+            return self._unhandled(peer, message.request_id, which)
+        return handler(peer, message, now)
+
+    @property
+    def handled_kinds(self) -> frozenset[str]:
+        """The ServiceToConsumer kinds that have a handler."""
+        return frozenset(self._handlers)
 
     def expire(self, now: int) -> list[Event]:
         """Requests whose deadline passed: a flush completes False, others fail."""
@@ -337,6 +357,53 @@ class ConsumerCore:
             self.session, self.session_error = SessionState.ENDED, reason
             events.append(SessionEnded(0, reason))
         return events
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def _on_heartbeat(self, peer: str, message: ipc.ServiceToConsumer, now: int) -> list[Event]:
+        return []  # the service's liveness probe: the socket delivering it is the answer
+
+    def _on_error(self, peer: str, message: ipc.ServiceToConsumer, now: int) -> list[Event]:
+        request_id = message.request_id
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return self._unmatched(peer, request_id, "error", message)
+        error = ServiceError(f"{pending.kind.value} failed: {message.error.message}")
+        return self._fail(request_id, error)
+
+    def _on_events(self, peer: str, message: ipc.ServiceToConsumer, now: int) -> list[Event]:
+        request_id = message.request_id
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return self._unmatched(peer, request_id, "events", message)
+        if pending.kind is not Kind.OBSERVE:
+            return self._mismatch(peer, request_id, pending, "events")
+        return [EventsObserved(request_id, message.events)]
+
+    def _on_reply(self, peer: str, message: ipc.ServiceToConsumer, now: int) -> list[Event]:
+        request_id, which = message.request_id, message.WhichOneof("msg")
+        assert which is not None  # handle() dispatched on it
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return self._unmatched(peer, request_id, which, message)
+        if which != REPLY_FIELD[pending.kind]:
+            return self._mismatch(peer, request_id, pending, which)
+        handler = self._reply_handlers[pending.kind]
+        return handler(request_id, pending, getattr(message, which), now)
+
+    def _unhandled(self, peer: str, request_id: int, which: str | None) -> list[Event]:
+        """A kind this consumer has no handler for (None: a field newer than its
+        protocol): counted; the request it answers fails, else a Notice says so."""
+        self.unhandled_messages += 1
+        what = which or "a message of unknown kind"
+        pending = self._pending.get(request_id)
+        if pending is not None:
+            return self._mismatch(peer, request_id, pending, what)
+        return [Notice(f"ignored {what} from {peer} (request {request_id}): not understood")]
+
+    def _mismatch(self, peer: str, request_id: int, pending: _Pending, which: str) -> list[Event]:
+        error = ServiceError(f"protocol error: {peer} answered {pending.kind.value} with {which}")
+        return self._fail(request_id, error)
 
     # -- replies ---------------------------------------------------------------------------------
 
@@ -397,20 +464,25 @@ class ConsumerCore:
         self.session, self.session_error = SessionState.ENDED, reply.error
         return [SessionEnded(request_id, reply.error)]
 
-    def _on_simple(
-        self, request_id: int, pending: _Pending, reply: Message, now: int
+    def _on_flush(
+        self, request_id: int, pending: _Pending, reply: ipc.FlushConsumerResponse, now: int
     ) -> list[Event]:
-        """Replies that settle a request in one message: acks, flush, service state."""
-        if pending.kind is Kind.FLUSH:
-            value = bool(reply.success)
-        elif pending.kind is Kind.QUERY:
-            value = reply
-        elif reply.error:
+        return self._settle(request_id, pending, reply.success)
+
+    def _on_query(
+        self, request_id: int, pending: _Pending, reply: ipc.QueryServiceStateResponse, now: int
+    ) -> list[Event]:
+        return self._settle(request_id, pending, reply)
+
+    def _on_ack(self, request_id: int, pending: _Pending, reply: ipc.Ack, now: int) -> list[Event]:
+        if reply.error:
             return self._fail(request_id, ServiceError(f"{pending.kind.value}: {reply.error}"))
-        else:
-            value = None
+        return self._settle(request_id, pending, None)
+
+    def _settle(self, request_id: int, pending: _Pending, value: Any) -> list[Event]:
+        """A request that one reply completes (an OBSERVE stays registered for its events)."""
         if pending.kind is Kind.OBSERVE:
-            pending.answered, pending.deadline = True, None  # stays registered for its events
+            pending.answered, pending.deadline = True, None
         else:
             del self._pending[request_id]
         events: list[Event] = [Completed(request_id, pending.kind, value)]

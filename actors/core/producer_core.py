@@ -36,7 +36,7 @@ Time comes in as `now` (ns, monotonic).
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -52,6 +52,12 @@ HANDSHAKE_TIMEOUT_NS = 2_000_000_000
 RECONNECT_BACKOFF_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # then the last one, forever
 HEARTBEAT_INTERVAL_NS = 1_000_000_000
 LIVENESS_TIMEOUT_NS = 3_500_000_000
+
+# ServiceToProducer kinds handled in any state; every other one only once connected.
+BEFORE_HANDSHAKE = frozenset({"initialize_connection", "error", "heartbeat"})
+# ServiceToProducer kinds this producer deliberately has no handler for (they reach
+# _unhandled: counted and logged). Today: none.
+NOT_SUPPORTED: frozenset[str] = frozenset()
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -136,6 +142,9 @@ Output = (
 )
 
 
+Handler = Callable[[ipc.ServiceToProducer, int], list[Output]]
+
+
 class WriterStats(NamedTuple):
     """A writer's cumulative losses, as TraceWriter counts them."""
 
@@ -189,7 +198,25 @@ class ProducerCore:
         self._attempt = 0
         self._heartbeats = True  # off for good once the service turns out not to take them
         self._first_heartbeat_rejections = 0  # fresh connections in a row
+        self.unhandled: dict[str, int] = {}  # messages of a kind without handler, by kind
+        self._handlers: dict[str, Handler] = {
+            "initialize_connection": self._on_initialized,
+            "register_data_source": self._on_registered,
+            "setup_tracing": self._on_setup_tracing,
+            "setup_data_source": self._on_setup_data_source,
+            "start_data_source": self._on_start_data_source,
+            "stop_data_source": self._on_stop_data_source,
+            "flush": self._on_flush,
+            "clear_incremental_state": self._on_clear_incremental_state,
+            "error": self._on_error,
+            "heartbeat": self._on_heartbeat,
+        }
         self._reset()
+
+    @property
+    def handled_kinds(self) -> frozenset[str]:
+        """The ServiceToProducer kinds that have a handler."""
+        return frozenset(self._handlers)
 
     def _reset(self) -> None:
         self._next_request_id = 1
@@ -277,7 +304,7 @@ class ProducerCore:
         out += [self._register(d) for d in self.descriptors.values()]
         return out
 
-    def _on_registered(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_registered(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         name = self._pending_registrations.pop(msg.request_id, "?")
         error = msg.register_data_source.error
         if error:
@@ -292,23 +319,24 @@ class ProducerCore:
             return []
         self._last_heard = now
         kind = msg.WhichOneof("msg")
-        if kind == "initialize_connection":
-            return self._on_initialized(msg, now)
-        if kind == "error":
-            return self._on_error(msg)
-        if kind == "heartbeat":
-            return self._on_heartbeat(msg)
-        if self.state is not State.CONNECTED:
-            return [Log(WARNING, f"ignoring {kind} before the handshake completed")]
-        handler = getattr(self, f"_on_{kind}", None)
+        handler = self._handlers.get(kind) if kind is not None else None
         if handler is None:
-            return [Log(WARNING, f"ignoring unexpected {kind} from the service")]
-        return handler(msg)
+            return self._unhandled(kind)
+        if self.state is not State.CONNECTED and kind not in BEFORE_HANDSHAKE:
+            return [Log(WARNING, f"ignoring {kind} before the handshake completed")]
+        return handler(msg, now)
 
-    def _on_register_data_source(self, msg: ipc.ServiceToProducer) -> list[Output]:
-        return self._on_registered(msg)
+    def _unhandled(self, kind: str | None) -> list[Output]:
+        """A kind this producer has no handler for (None: a field newer than our
+        protocol). Commands are pushed, so there is no request to answer with an
+        error: count every one, log the first of each kind."""
+        name = kind or "(unknown kind)"
+        self.unhandled[name] = self.unhandled.get(name, 0) + 1
+        if self.unhandled[name] > 1:
+            return []
+        return [Log(WARNING, f"ignoring {name} from the service: this producer does not handle it")]
 
-    def _on_setup_tracing(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_setup_tracing(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         st = msg.setup_tracing
         if self.smb_path is not None:
             error = "" if st.shm_path == self.smb_path else "an SMB is already mapped"
@@ -334,7 +362,7 @@ class ProducerCore:
             return None, [Log(ERROR, f"instance {instance_id}: no data source {config.name!r}")]
         return config, []
 
-    def _on_setup_data_source(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_setup_data_source(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         cmd = msg.setup_data_source
         if cmd.instance_id in self.instances:
             return [Log(WARNING, f"instance {cmd.instance_id} is already set up")]
@@ -344,7 +372,7 @@ class ProducerCore:
         self.instances[cmd.instance_id] = _Instance(config.name, config)
         return [SetupInstance(cmd.instance_id, config.name, config)]
 
-    def _on_start_data_source(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_start_data_source(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         cmd = msg.start_data_source
         inst = self.instances.get(cmd.instance_id)
         out: list[Output] = []
@@ -368,7 +396,7 @@ class ProducerCore:
         started = ipc.NotifyDataSourceStarted(instance_id=instance_id)
         return [self._send("data_source_started", started)]
 
-    def _on_stop_data_source(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_stop_data_source(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         instance_id = msg.stop_data_source.instance_id
         if instance_id not in self.instances:
             # Unknown (e.g. its setup failed): ack anyway so the service need not wait.
@@ -384,7 +412,7 @@ class ProducerCore:
         stopped = ipc.NotifyDataSourceStopped(instance_id=instance_id)
         return [self._send("data_source_stopped", stopped)]
 
-    def _on_flush(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_flush(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         cmd = msg.flush
         ids = tuple(i for i in cmd.instance_ids if i in self.instances)
         return [FlushInstances(cmd.flush_request_id, ids)]
@@ -394,11 +422,11 @@ class ProducerCore:
         req = ipc.CommitDataRequest(flush_request_id=flush_request_id)
         return [self._send("commit_data", req)]
 
-    def _on_clear_incremental_state(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_clear_incremental_state(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         ids = msg.clear_incremental_state.instance_ids
         return [ClearIncrementalState(tuple(i for i in ids if i in self.instances))]
 
-    def _on_error(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_error(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         text = msg.error.message
         if self.state is State.CONNECTING and msg.request_id == self._init_request_id:
             self.state = State.FAILED
@@ -417,7 +445,7 @@ class ProducerCore:
             self._first_heartbeat_rejections = 0
         return self._reconnect(f"the service no longer knows us ({text})", RECONNECT_BACKOFF_S[0])
 
-    def _on_heartbeat(self, msg: ipc.ServiceToProducer) -> list[Output]:
+    def _on_heartbeat(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         if msg.request_id and msg.request_id == self._heartbeat_id:
             self._heartbeats_answered = True
             return []
