@@ -39,7 +39,7 @@ import threading
 import time
 from typing import Any
 
-from actors.producer import DataSource
+from actors.producer_sdk import DataSource
 from actors.track_event import TrackEvents
 from shm.protozero import LEN, VARINT, tag, varint
 from shm.writer import SMBExhaustedError, TraceWriter

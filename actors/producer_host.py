@@ -1,0 +1,256 @@
+"""ProducerHost: one producer's data sources and SMB around its ProducerCore, no socket.
+
+It performs the core's outputs (actors/core/producer_core.py): maps the SMB the
+service created and runs the SMB arbiter over it, creates one DataSource object
+per instance and calls its callbacks, creates TraceWriters for it, and sends
+messages through a `send` callable the shell provides. Commits may come from any
+thread; they are queued and sent from the loop thread (the one that created the
+host; `wake` asks it to call `deliver()`), merged into one CommitDataRequest per
+wake-up. The shell (actors/producer_shell.py) owns the socket and the timers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from actors.core import producer_core as core
+from actors.producer_sdk import DataSource
+from protos import tracebus_ipc_pb2 as ipc
+from shm.abi import Geometry, SharedMemoryABI, is_valid_geometry
+from shm.arbiter import SharedMemoryArbiter
+from shm.commits import CommitBatch
+from shm.region import Region, RegionError
+from shm.writer import BufferExhaustedPolicy, TraceWriter
+
+
+class ProducerHost:
+    """Runs one producer's data sources around its ProducerCore. No sockets: messages
+    leave through `send`; `wake` asks the loop thread (the one that created the host)
+    to call `deliver()` because another thread queued something."""
+
+    def __init__(
+        self,
+        producer_core: core.ProducerCore,
+        data_sources: dict[str, type[DataSource]],
+        *,
+        send: Callable[[ipc.ProducerToService], None],
+        wake: Callable[[], None],
+        attach_region: Callable[[str, int], Region],
+        log: logging.LoggerAdapter | logging.Logger,
+        on_connection_event: Callable[[core.Output], None] = lambda _out: None,
+    ) -> None:
+        self.core = producer_core
+        self.data_sources = data_sources
+        self.policy = BufferExhaustedPolicy(producer_core.policy)
+        self._send = send
+        self._wake = wake
+        self._attach_region = attach_region
+        self._log = log
+        self._halt = threading.Event()  # set while tearing down: stalling writers stop waiting
+        self._on_connection_event = on_connection_event
+        self._loop_thread = threading.get_ident()
+        self._inbox: deque[TraceWriter | CommitBatch] = deque()
+        self._instances: dict[int, DataSource] = {}
+        self._retired: list[TraceWriter] = []  # closed writers whose drops are not reported yet
+        self.region: Region | None = None
+        self.arbiter: SharedMemoryArbiter | None = None
+
+    # -- the core's inputs --------------------------------------------------------------
+
+    def connect(self, now: int) -> None:
+        self.perform(self.core.connect(now))
+
+    def on_message(self, msg: ipc.ServiceToProducer, now: int) -> None:
+        self.perform(self.core.handle(msg, now))
+
+    def tick(self, now: int) -> None:
+        """Periodic: commit what writers returned, report drops, the core's deadlines."""
+        if self.arbiter is not None:
+            self.arbiter.commit()
+        self.deliver()
+        self.perform(self.core.tick(now))
+
+    def deliver(self) -> None:
+        """Send what other threads queued: writer registrations, then one commit."""
+        writers: list[TraceWriter] = []
+        batches: list[CommitBatch] = []
+        while self._inbox:
+            item = self._inbox.popleft()
+            if isinstance(item, TraceWriter):
+                writers.append(item)
+            else:
+                batches.append(item)
+        for w in writers:
+            self.perform(self.core.writer_created(w.writer_id, w.target_buffer))
+        self.perform(self.core.commit(batches, self._writer_stats()))
+        self._retired.clear()
+
+    def _writer_stats(self) -> list[core.WriterStats]:
+        writers = [w for ds in self._instances.values() for _, w in ds._tb_writers]
+        return [
+            core.WriterStats(w.writer_id, w.target_buffer, w.dropped_packets, w.dropped_bytes)
+            for w in writers + self._retired
+            if w.dropped_packets
+        ]
+
+    def _post(self, item: TraceWriter | CommitBatch) -> None:
+        """Queue for the loop thread, in order; deliver at once if we are on it."""
+        self._inbox.append(item)
+        if threading.get_ident() == self._loop_thread:
+            self.deliver()
+        else:
+            self._wake()
+
+    # -- writers (any thread) -------------------------------------------------------------
+
+    def create_writer(self, ds: DataSource) -> TraceWriter:
+        if ds._tb_stopped:
+            raise RuntimeError(f"data source {ds.name!r} instance {ds.instance_id} is stopped")
+        if self.arbiter is None:
+            raise RuntimeError("no SMB is mapped")
+        policy = ds.config.buffer_exhausted_policy or self.policy
+        w = self.arbiter.create_trace_writer(ds.target_buffer, BufferExhaustedPolicy(policy))
+        with ds._tb_lock:
+            ds._tb_writers.append((threading.current_thread(), w))
+        self._post(w)
+        return w
+
+    # -- the core's outputs -----------------------------------------------------------------
+
+    def perform(self, outputs: list[core.Output]) -> None:
+        for out in outputs:
+            match out:
+                case core.Send(message=m):
+                    self._send(m)
+                case core.Log(level=level, text=text):
+                    self._log.log(level, text)
+                case core.MapSmb():
+                    self.perform(self.core.smb_mapped(out.path, self._map(out)))
+                case core.SetupInstance():
+                    self._setup(out)
+                case core.StartInstance(instance_id=iid):
+                    self._log.info(
+                        "starting %s (instance %d, buffer %d)",
+                        out.name,
+                        iid,
+                        out.config.target_buffer,
+                    )
+                    self._call(self._instances.get(iid), "on_start", out.config)
+                    self.perform(self.core.instance_started(iid))
+                case core.StopInstance(instance_id=iid):
+                    self._stop(iid)
+                    self.perform(self.core.instance_stopped(iid))
+                case core.FlushInstances():
+                    self._flush(out.instance_ids)
+                    self.perform(self.core.flush_done(out.flush_request_id))
+                case core.ClearIncrementalState(instance_ids=ids):
+                    for iid in ids:
+                        self._call(self._instances.get(iid), "on_clear_incremental_state")
+                case core.Connected(producer_id=pid):
+                    self._log.info("connected to the service as producer %d", pid)
+                    self._on_connection_event(out)
+                case core.Reconnect() | core.Fatal():
+                    self.teardown()
+                    self._on_connection_event(out)
+
+    def _map(self, cmd: core.MapSmb) -> str:
+        """Map the SMB the service created; returns "" or why not."""
+        size, page = cmd.size, cmd.page_size
+        if not is_valid_geometry(size, page):
+            return f"invalid SMB geometry: {size} bytes in pages of {page}"
+        try:
+            region = self._attach_region(cmd.path, size)
+        except (RegionError, OSError) as e:
+            return str(e)
+        self.region = region
+        abi = SharedMemoryABI(region.buf, Geometry(size, page))
+        self._halt.clear()
+        self.arbiter = SharedMemoryArbiter(abi, self._on_commit, sleep=self._stall)
+        self._log.info("mapped the SMB: %d KiB in %d KiB pages", size // 1024, page // 1024)
+        return ""
+
+    def _stall(self, seconds: float) -> None:
+        """The arbiter's sleep for stalling writers: cut short by teardown."""
+        self._halt.wait(seconds)
+
+    def _on_commit(self, batch: CommitBatch) -> None:
+        self._post(batch)
+
+    def _call(self, ds: DataSource | None, callback: str, *args: Any) -> None:
+        """Run a data source callback; a failing data source must not take the producer down."""
+        if ds is None:
+            return
+        try:
+            getattr(ds, callback)(*args)
+        except Exception:
+            self._log.exception("%s.%s of instance %d failed", ds.name, callback, ds.instance_id)
+
+    def _setup(self, cmd: core.SetupInstance) -> None:
+        ds = self.data_sources[cmd.name]()
+        ds._tb_bind(self, cmd.instance_id, cmd.config)
+        self._instances[cmd.instance_id] = ds
+        self._call(ds, "on_setup", cmd.config)
+
+    def _stop(self, instance_id: int) -> None:
+        ds = self._instances.get(instance_id)
+        if ds is None:
+            return
+        self._call(ds, "on_stop")
+        ds._tb_stopped = True
+        with ds._tb_lock:
+            writers, ds._tb_writers = ds._tb_writers, []
+        for _, w in writers:
+            try:
+                w.close()  # flush + commit; its thread is done with it (the on_stop contract)
+            except Exception:
+                self._log.exception("closing writer %d failed", w.writer_id)
+        self._retired += [w for _, w in writers]
+        self.deliver()  # what its threads committed, before any stop ack
+        del self._instances[instance_id]
+        self._log.info("stopped %s (instance %d)", ds.name, instance_id)
+
+    def _flush(self, instance_ids: tuple[int, ...]) -> None:
+        """on_flush, then flush the writers no other thread can be using: the loop
+        thread's, and those of threads that have ended."""
+        me = threading.current_thread()
+        for iid in instance_ids:
+            ds = self._instances.get(iid)
+            if ds is None:
+                continue
+            if not ds.no_flush:
+                self._call(ds, "on_flush")
+            for owner, w in list(ds._tb_writers):
+                if owner is me or not owner.is_alive():
+                    w.flush()
+        if self.arbiter is not None:
+            self.arbiter.commit()
+        self.deliver()
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop every instance (acknowledged to the service), then release the SMB.
+        Writers that stall for room give up at once: the service may be gone."""
+        self._halt.set()
+        for iid in list(self._instances):
+            self._stop(iid)
+            self.perform(self.core.instance_stopped(iid))
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Stop every instance without telling anyone, and unmap the SMB."""
+        self._halt.set()
+        for iid in list(self._instances):
+            self._stop(iid)
+        self._inbox.clear()
+        self.arbiter = None
+        if self.region is not None:
+            try:
+                self.region.close()
+            except BufferError:  # a view is still alive somewhere; the mapping goes at exit
+                self._log.warning("the SMB is still in use; leaving it mapped")
+            self.region = None

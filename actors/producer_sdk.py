@@ -1,0 +1,123 @@
+"""The SDK surface of a producer: the DataSource base class, and how a module's
+data sources are found.
+
+Writing a data source (the contract `--module pkg.mod` relies on)::
+
+    from actors.producer import DataSource
+
+    class Counter(DataSource):
+        name = "my.counter"               # what TraceConfig data_sources name
+        will_notify_on_stop = True        # optional descriptor flags
+
+        def on_start(self, config):       # config: perfetto DataSourceConfig
+            self.thread = threading.Thread(target=self.run); self.thread.start()
+
+        def run(self):
+            w = self.writer()             # this thread's TraceWriter, lazily created
+            w.write_packet(b"...")        # a serialized TracePacket, or w.new_packet()
+
+        def on_stop(self):                # return only once your threads stopped writing
+            ...; self.thread.join()
+
+`python -m actors.producer --name X --module pkg.mod` imports pkg.mod and hosts
+every DataSource subclass *defined* in it (not imported into it) whose `name` is
+not empty (data_sources_in), besides the built-in ones (actors/data_sources.py).
+One object is created per data source instance (one per session that asks for
+it), with no arguments; before `on_setup` it has `instance_id`, `config`,
+`target_buffer` (the service's buffer id) and `producer_name`.
+
+Callbacks run on the producer's loop thread, one at a time, and should return
+quickly: on_setup(config), on_start(config), on_stop(), on_flush(),
+on_clear_incremental_state(). After on_stop returns the SDK owns the instance's
+writers: it flushes and closes them, commits, and only then acknowledges the
+stop. On a flush, the SDK flushes the writers used on the loop thread or by
+threads that have ended; writers of the data source's running threads belong to
+those threads (a TraceWriter is not thread-safe), so on_flush should ask them to
+flush; the service scrapes the rest of the SMB after the flush anyway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from protos import tracebus_ipc_pb2 as ipc
+from shm.writer import TraceWriter
+
+if TYPE_CHECKING:
+    from actors.producer_host import ProducerHost
+
+
+class DataSource:
+    """Base class of data sources; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    will_notify_on_start: ClassVar[bool] = False
+    will_notify_on_stop: ClassVar[bool] = False
+    handles_incremental_state_clear: ClassVar[bool] = False
+    no_flush: ClassVar[bool] = False
+
+    instance_id: int = 0
+    config: Any = None  # perfetto.protos.DataSourceConfig
+    target_buffer: int = 0
+    producer_name: str = ""
+
+    def on_setup(self, config: Any) -> None:
+        """The instance is created and configured; nothing is written yet."""
+
+    def on_start(self, config: Any) -> None:
+        """Start writing (usually on a thread of your own)."""
+
+    def on_stop(self) -> None:
+        """Stop writing; return once no thread of this instance writes any more."""
+
+    def on_flush(self) -> None:
+        """The service wants what was written so far; ask your threads to flush."""
+
+    def on_clear_incremental_state(self) -> None:
+        """Re-emit interned data and descriptors before relying on them again."""
+
+    def writer(self) -> TraceWriter:
+        """The calling thread's TraceWriter into this instance's target buffer."""
+        w = getattr(self._tb_local, "writer", None)
+        if w is None:
+            w = self._tb_host.create_writer(self)
+            self._tb_local.writer = w
+        return w
+
+    @classmethod
+    def descriptor(cls) -> ipc.DataSourceDescriptor:
+        return ipc.DataSourceDescriptor(
+            name=cls.name,
+            will_notify_on_start=cls.will_notify_on_start,
+            will_notify_on_stop=cls.will_notify_on_stop,
+            handles_incremental_state_clear=cls.handles_incremental_state_clear,
+            no_flush=cls.no_flush,
+        )
+
+    # The _tb_* attributes belong to the host (actors/producer_host.py), which binds
+    # each instance to itself before on_setup.
+    def _tb_bind(self, host: ProducerHost, instance_id: int, config: Any) -> None:
+        self.instance_id = instance_id
+        self.config = config
+        self.target_buffer = config.target_buffer
+        self.producer_name = host.core.name
+        self._tb_host = host
+        self._tb_local = threading.local()
+        self._tb_lock = threading.Lock()
+        self._tb_writers: list[tuple[threading.Thread, TraceWriter]] = []  # (owner, writer)
+        self._tb_stopped = False
+
+
+def data_sources_in(module_name: str) -> list[type[DataSource]]:
+    """The DataSource subclasses a module defines (with a name), in definition order."""
+    mod = importlib.import_module(module_name)
+    return [
+        obj
+        for obj in vars(mod).values()
+        if isinstance(obj, type)
+        and issubclass(obj, DataSource)
+        and obj.__module__ == mod.__name__
+        and obj.name
+    ]

@@ -1,0 +1,155 @@
+"""ProducerShell: the I/O of a producer process around its ProducerHost.
+
+A ZeroMQ DEALER to the service's producer port on the shared poll loop
+(actors/loop.py), a self-pipe through which other threads wake the loop, the
+commit timer (pending chunks are committed every COMMIT_PERIOD_S), signals, and
+the reconnects the core asks for. Sends never block: a full queue counts the
+message as lost (a handshake is retried on the next tick instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import zmq
+
+from actors.core import producer_core as core
+from actors.loop import Loop
+from actors.producer_host import ProducerHost
+from actors.producer_sdk import DataSource
+from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
+from shm.region import MemfdRegion
+
+COMMIT_PERIOD_S = 0.02
+SEND_HWM = 100_000  # control messages queued for the service before sends fail (and are counted)
+
+
+class ProducerShell:
+    """The I/O: a DEALER on the shared loop, the wake pipe, timers, signals."""
+
+    def __init__(
+        self,
+        producer_core: core.ProducerCore,
+        data_sources: dict[str, type[DataSource]],
+        endpoint: str,
+        log: logging.LoggerAdapter | logging.Logger,
+    ) -> None:
+        self.endpoint = endpoint
+        self.log = log
+        self.loop = Loop()
+        self.ctx = zmq.Context()
+        self.sock: zmq.Socket | None = None
+        self.exit_code = 0
+        self.send_failures = 0
+        self._unsent_init: ipc.ProducerToService | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.host = ProducerHost(
+            producer_core,
+            data_sources,
+            send=self._send,
+            wake=self._wake,
+            attach_region=lambda path, size: MemfdRegion.attach_path(path, expected_size=size),
+            log=log,
+            on_connection_event=self._on_connection_event,
+        )
+
+    def run(self) -> int:
+        self.loop.add_fd(self._wake_r, self._on_wake)
+        if threading.current_thread() is threading.main_thread():
+            self.loop.stop_on_signals()
+        self.log.info("connecting to %s", self.endpoint)
+        try:
+            self._open()
+            self.loop.call_later(COMMIT_PERIOD_S, self._tick)
+            self.loop.run()
+            self.log.info("stopping")
+            self.host.shutdown()
+        finally:
+            self._close(linger_ms=1000)
+            self.loop.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.ctx.term()
+        return self.exit_code
+
+    # -- the socket ------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a service that is not there
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        self.loop.add_socket(sock, self._on_readable)
+        self.host.connect(self.loop.now())
+
+    def _close(self, linger_ms: int) -> None:
+        if self.sock is not None:
+            self.loop.remove(self.sock)
+            self.sock.close(linger=linger_ms)
+            self.sock = None
+        self._unsent_init = None
+
+    def _send(self, msg: ipc.ProducerToService) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send_multipart(framing.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            if msg.WhichOneof("msg") == "initialize_connection":
+                self._unsent_init = msg  # not connected yet: retried on the next tick
+                return
+            self.send_failures += 1
+            if self.send_failures in (1, 10, 100) or self.send_failures % 1000 == 0:
+                self.log.warning("%d messages to the service could not be sent", self.send_failures)
+
+    def _on_readable(self) -> None:
+        while self.sock is not None:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = framing.decode_to_producer(frames)
+            except framing.FramingError as e:
+                self.log.warning("dropping an undecodable message from the service: %s", e)
+                continue
+            self.host.on_message(msg, self.loop.now())
+
+    # -- wake-ups, timers, connection events ---------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # already pending
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self.host.deliver()
+
+    def _tick(self) -> None:
+        if self._unsent_init is not None and self.sock is not None:
+            msg, self._unsent_init = self._unsent_init, None
+            self._send(msg)
+        self.host.tick(self.loop.now())
+        self.loop.call_later(COMMIT_PERIOD_S, self._tick)
+
+    def _on_connection_event(self, out: core.Output) -> None:
+        if isinstance(out, core.Reconnect):
+            self.log.warning(
+                "service at %s: %s; retrying in %g s", self.endpoint, out.reason, out.delay_s
+            )
+            self._close(linger_ms=0)
+            self.loop.call_later(out.delay_s, self._open)
+        elif isinstance(out, core.Fatal):
+            self.log.error("%s", out.reason)
+            self.exit_code = 1
+            self.loop.stop()
