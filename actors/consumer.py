@@ -34,12 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from zmq.utils.monitor import recv_monitor_message
 
-from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto
+from actors.core.configs import (
+    TEXT_SUFFIXES,
+    TextprotoError,
+    looks_like_textproto,
+    parse_textproto,
+)
 from actors.core.consumer_core import (
     Completed,
     ConfigError,
@@ -101,13 +105,12 @@ def parse_config(data: bytes | str, *, text: bool, source: str = "<config>") -> 
 def _parse_text(data: bytes | str, source: str) -> pb.TraceConfig:
     try:
         text = data.decode() if isinstance(data, bytes | bytearray) else data
-        return text_format.Parse(text, pb.TraceConfig())
+        return parse_textproto(text)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{source}: not UTF-8 text ({e})") from None
-    except text_format.ParseError as e:
-        where = f"{e.GetLine()}:{e.GetColumn()}: " if e.GetLine() is not None else ""
-        message = str(e).split(" : ", 1)[-1]
-        raise ConfigError(f"{source}:{where}{message}") from None
+    except TextprotoError as e:
+        where = f"{e.line}:{e.column}: " if e.line is not None else ""
+        raise ConfigError(f"{source}:{where}{e.message}") from None
 
 
 def load_config(config: ConfigLike, *, text: bool | None = None) -> pb.TraceConfig:

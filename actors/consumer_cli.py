@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -40,6 +39,7 @@ from actors.core.consumer_core import (
 )
 from actors.core.consumer_summary import SummaryInput, TraceSummary, format_summary
 from actors.endpoints import default_consumer_endpoint
+from actors.interrupts import Interrupts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
@@ -47,35 +47,6 @@ END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops
 
 def _say(message: str) -> None:
     print(f"tracebus: {message}", file=sys.stderr, flush=True)
-
-
-class _Signals:
-    """SIGINT/SIGTERM. Before the session is set up, or the second time: abort
-    (KeyboardInterrupt). Once it is: stop waiting, then flush, disable, read back."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self.consumer: Consumer | None = None
-        self._saved: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._saved[signum] = signal.signal(signum, self._on_signal)
-
-    def restore(self) -> None:
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        first, self.signum = not self.signum, self.signum or signum
-        if first and self.consumer is not None:
-            self.consumer.interrupt()
-        else:
-            raise KeyboardInterrupt
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum if self.signum else EXIT_INTERRUPTED
 
 
 class Recording:
@@ -88,7 +59,7 @@ class Recording:
         self.out = out
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
-        self.signals = _Signals()
+        self.signals = Interrupts()  # Ctrl-C: abort, or once a session runs, stop it
         self.file: TraceFile | None = None
         self.consumer: Consumer | None = None
         self.summary = TraceSummary()
@@ -125,7 +96,7 @@ class Recording:
             raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
         self.consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
         enabled = self.consumer.enable(self.config)
-        self.signals.consumer = self.consumer  # from now on Ctrl-C stops and reads back
+        self.signals.target = self.consumer  # from now on Ctrl-C stops and reads back
         self._learn_producers()
         if self.config.deferred_start and not enabled.started:
             self.consumer.start()

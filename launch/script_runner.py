@@ -51,6 +51,7 @@ from actors.core.consumer_core import (
     RequestTimeout,
     UsageError,
 )
+from actors.interrupts import Interrupts
 from launch.control import SupervisorClient
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -162,25 +163,6 @@ def load_script(path: Path) -> ModuleType:
     return module
 
 
-class _Signals:
-    def __init__(self) -> None:
-        self.signum = 0
-        self.tracing: Tracing | None = None
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._on_signal)
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        """The first signal interrupts the handle (flags only: printing here could
-        re-enter a write); a second one, or one before the handle exists, aborts."""
-        first, self.signum = not self.signum, self.signum or signum
-        if first and self.tracing is not None:
-            self.tracing.interrupt()
-        else:
-            raise KeyboardInterrupt
-
-
 def _say(message: str) -> None:
     print(f"tracebus: {message}", file=sys.stderr, flush=True)
 
@@ -195,7 +177,7 @@ def _print_script_traceback(error: BaseException) -> None:
 
 def run(args: argparse.Namespace) -> tuple[int, str, list[str]]:
     """(exit code, error, saved traces)."""
-    signals = _Signals()
+    signals = Interrupts()  # the first signal interrupts the handle, a second one aborts
     signals.install()
     tracing: Tracing | None = None
     try:
@@ -215,7 +197,7 @@ def run(args: argparse.Namespace) -> tuple[int, str, list[str]]:
             return EXIT_FAILED, str(e), []
         tracing.control_endpoint = args.control
         tracing.output = Path(args.output) if args.output else None
-        signals.tracing = tracing
+        signals.target = tracing
         try:
             main(tracing)
         except (Interrupted, KeyboardInterrupt) as e:
@@ -227,14 +209,14 @@ def run(args: argparse.Namespace) -> tuple[int, str, list[str]]:
             return EXIT_FAILED, f"{type(e).__name__}: {e}", tracing.saved
         if signals.signum:
             _say(f"{signal.Signals(signals.signum).name}: the script was interrupted")
-            return 128 + signals.signum, "interrupted", tracing.saved
+            return signals.exit_code, "interrupted", tracing.saved
         return EXIT_OK, "", tracing.saved
     except KeyboardInterrupt:
         _say("interrupted again: aborted")
         saved = tracing.saved if tracing is not None else []
-        return 128 + (signals.signum or signal.SIGINT), "interrupted", saved
+        return signals.exit_code, "interrupted", saved
     finally:
-        signals.tracing = None
+        signals.target = None
         if tracing is not None:
             tracing.close()
 

@@ -23,6 +23,7 @@ from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.consumer import Consumer, TraceFile, load_config
+from actors.core.configs import textproto_error
 from actors.core.consumer_core import (
     ConfigError,
     ProtocolMismatch,
@@ -423,6 +424,15 @@ def test_api_abandoned_read_does_not_disturb_the_next_request(endpoint):
         assert list(c.read_buffers()) == make_packets()  # the first read's tail is dropped
         c.free()
     assert fake.requests.count("read_buffers") == 2
+
+
+def test_a_textproto_error_names_its_place_as_topology_files_see_it():
+    text = "buffers {\n  size_kb: 64\n}\nbufers: 1\n"
+    line, column, message = textproto_error(text)
+    assert (line, column) == (4, 1) and "bufers" in message
+    with pytest.raises(ConfigError) as raised:
+        load_config(text)
+    assert str(raised.value) == f"<config>:4:1: {message}"
 
 
 def test_api_errors_are_clear(endpoint, workdir):

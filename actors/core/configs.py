@@ -9,13 +9,32 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")  # a textproto; else binary
 
 
+class TextprotoError(ValueError):
+    """The first problem in a TraceConfig textproto: where (1-based; None when the
+    parser cannot say) and what, without protobuf's own location prefix."""
+
+    def __init__(self, line: int | None, column: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+        self.message = message
+
+
+def parse_textproto(text: str) -> pb.TraceConfig:
+    """A TraceConfig from its textproto; TextprotoError says where it goes wrong."""
+    try:
+        return text_format.Parse(text, pb.TraceConfig())
+    except text_format.ParseError as e:
+        raise TextprotoError(e.GetLine(), e.GetColumn(), str(e).split(" : ", 1)[-1]) from None
+
+
 def textproto_error(text: str) -> tuple[int | None, int | None, str] | None:
     """(line, column, message) of the first problem in a TraceConfig textproto,
     or None if it parses."""
     try:
-        text_format.Parse(text, pb.TraceConfig())
-    except text_format.ParseError as e:
-        return e.GetLine(), e.GetColumn(), str(e).split(" : ", 1)[-1]
+        parse_textproto(text)
+    except TextprotoError as e:
+        return e.line, e.column, e.message
     return None
 
 
