@@ -31,7 +31,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypeAlias, TypedDict
 
 import zmq
 from google.protobuf.message import DecodeError
@@ -50,6 +50,7 @@ from actors.core.consumer_core import (
     ConsumerCore,
     ConsumerError,
     EnableResult,
+    Event,
     EventsObserved,
     Failed,
     Interrupted,
@@ -81,13 +82,15 @@ CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not han
 MESSAGES_PER_WAKEUP = 32  # then let the caller consume what arrived
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
 
-ConfigLike = pb.TraceConfig | bytes | str | os.PathLike
+ConfigLike: TypeAlias = "pb.TraceConfig | bytes | str | os.PathLike[str]"
 
 
 # -- configs -----------------------------------------------------------------------------------
 
 
-def parse_config(data: bytes | str, *, text: bool, source: str = "<config>") -> pb.TraceConfig:
+def parse_config(
+    data: bytes | bytearray | str, *, text: bool, source: str = "<config>"
+) -> pb.TraceConfig:
     """A TraceConfig from textproto or binary bytes; ConfigError says where it went wrong."""
     if text:
         return _parse_text(data, source)
@@ -102,7 +105,7 @@ def parse_config(data: bytes | str, *, text: bool, source: str = "<config>") -> 
     return config
 
 
-def _parse_text(data: bytes | str, source: str) -> pb.TraceConfig:
+def _parse_text(data: bytes | bytearray | str, source: str) -> pb.TraceConfig:
     try:
         text = data.decode() if isinstance(data, bytes | bytearray) else data
         return parse_textproto(text)
@@ -187,6 +190,13 @@ class TraceFile:
 # -- the blocking API ------------------------------------------------------------------------
 
 
+class _Timing(TypedDict):
+    """The now/timeout_ns arguments of a ConsumerCore request."""
+
+    now: int
+    timeout_ns: int | None
+
+
 def _ns(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1e9)
 
@@ -219,9 +229,11 @@ class Consumer:
         self._interrupt = False
         self._was_connected = False
         self._loop = Loop()
-        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._monitor: zmq.Socket[bytes] = self._sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+        )
         try:
             self._sock.connect(self.endpoint)
         except zmq.ZMQError as e:
@@ -237,7 +249,7 @@ class Consumer:
         timeout: float = DEFAULT_CONNECT_TIMEOUT,
         *,
         name: str = "tracebus-consumer",
-    ) -> Consumer:
+    ) -> Self:
         """Connect and shake hands; ServiceUnreachable names the endpoint on timeout."""
         consumer = cls(endpoint, name=name)
         try:
@@ -299,8 +311,10 @@ class Consumer:
             raise UsageError("wait_disabled: no session on this connection")
         if not self._wait(lambda: self._ended is not None, timeout, interruptible=True):
             raise RequestTimeout(f"the session did not end within {timeout:g} s")
-        if self._ended.error:
-            raise SessionError(self._ended.error)
+        ended = self._ended
+        assert ended is not None  # what _wait waited for
+        if ended.error:
+            raise SessionError(ended.error)
 
     def free(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Destroy the session and its buffers (disabling it first if needed)."""
@@ -346,7 +360,9 @@ class Consumer:
             for batch in self.read_batches(timeout=timeout):
                 out.write_all(batch)
             out.commit()
-        return self.last_read
+        result = self.last_read
+        assert result is not None  # set as the stream finished
+        return result
 
     def stats(self, *, timeout: float = DEFAULT_TIMEOUT) -> pb.TraceStats:
         return self._call(self._core.get_trace_stats(**self._t(timeout)))
@@ -398,7 +414,7 @@ class Consumer:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _t(self, timeout: float | None) -> dict[str, int | None]:
+    def _t(self, timeout: float | None) -> _Timing:
         return {"now": self._loop.now(), "timeout_ns": _ns(timeout)}
 
     def _call(self, request: ipc.ConsumerToService) -> Any:
@@ -424,7 +440,7 @@ class Consumer:
     ) -> bool:
         """Run the loop until done(), the timeout (False), or an interrupt; requests that
         pass their deadline on the way complete or fail through the core."""
-        end = None if timeout is None else self._loop.now() + _ns(timeout)
+        end = None if timeout is None else self._loop.now() + int(timeout * 1e9)
         stop = (lambda: done() or self._interrupt) if interruptible else done
         while not done():
             if interruptible and self._interrupt:
@@ -441,9 +457,13 @@ class Consumer:
             self._loop.run(until=stop, timeout=wait)
         return True
 
-    def _dispatch(self, events: Iterable[Any]) -> None:
+    def _dispatch(self, events: Iterable[Event]) -> None:
         for event in events:
-            request_id = getattr(event, "request_id", None)
+            if isinstance(event, Notice):
+                self.notices.append(event.message)
+                log.warning("%s", event.message)
+                continue
+            request_id = event.request_id
             if request_id in self._abandoned:
                 if isinstance(event, Completed | Failed):
                     self._abandoned.discard(request_id)
@@ -456,9 +476,6 @@ class Consumer:
                 self._ended = event
             elif isinstance(event, EventsObserved):
                 self._observed.append(event.events)
-            elif isinstance(event, Notice):
-                self.notices.append(event.message)
-                log.warning("%s", event.message)
 
     def _on_readable(self, limit: int | None = MESSAGES_PER_WAKEUP) -> None:
         received = 0

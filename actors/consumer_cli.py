@@ -90,22 +90,24 @@ class Recording:
                 self.consumer.close()
 
     def _record(self) -> int:
+        # run() owns both (it discards and closes them); the steps get them as values.
         try:
-            self.file = TraceFile(self.out)
+            file = self.file = TraceFile(self.out)
         except OSError as e:
             raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
-        self.consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
-        enabled = self.consumer.enable(self.config)
-        self.signals.target = self.consumer  # from now on Ctrl-C stops and reads back
-        self._learn_producers()
+        consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
+        self.consumer = consumer
+        enabled = consumer.enable(self.config)
+        self.signals.target = consumer  # from now on Ctrl-C stops and reads back
+        self._learn_producers(consumer)
         if self.config.deferred_start and not enabled.started:
-            self.consumer.start()
+            consumer.start()
         started = time.monotonic()
-        self._wait_for_end()
-        self._read_back()
+        self._wait_for_end(consumer)
+        self._read_back(consumer, file)
         seconds = time.monotonic() - started
-        stats = self._finish()
-        self.file.commit()
+        stats = self._finish(consumer)
+        file.commit()
         summary = format_summary(self._summary_input(enabled.session_id, seconds, stats))
         print(summary, file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
@@ -113,7 +115,7 @@ class Recording:
     def _timeout(self, field: str, default_ms: int) -> float:
         return (getattr(self.config, field) or default_ms) / 1000
 
-    def _wait_for_end(self) -> None:
+    def _wait_for_end(self, consumer: Consumer) -> None:
         """The service ends the session at duration_ms; Ctrl-C or an overdue end stops it."""
         limit = None
         if self.config.duration_ms:
@@ -121,7 +123,7 @@ class Recording:
             limit += self._timeout("flush_timeout_ms", 5000)
             limit += self._timeout("data_source_stop_timeout_ms", 5000)
         try:
-            self.consumer.wait_disabled(limit)
+            consumer.wait_disabled(limit)
             return
         except Interrupted:
             name = signal.Signals(self.signals.signum).name
@@ -129,40 +131,42 @@ class Recording:
         except RequestTimeout:
             _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
         flush_timeout = self._timeout("flush_timeout_ms", 5000)
-        if not self.consumer.flush(flush_timeout):
+        if not consumer.flush(flush_timeout):
             self.notes.append(f"the final flush did not complete within {flush_timeout:g} s")
         stop_timeout = self._timeout("data_source_stop_timeout_ms", 5000)
-        self.consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
-        self.consumer.wait_disabled(DEFAULT_TIMEOUT)
+        consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
+        consumer.wait_disabled(DEFAULT_TIMEOUT)
 
-    def _read_back(self) -> None:
-        for batch in self.consumer.read_batches():
-            self.file.write_all(batch)
+    def _read_back(self, consumer: Consumer, file: TraceFile) -> None:
+        for batch in consumer.read_batches():
+            file.write_all(batch)
             self.summary.add_all(batch)
-        self.file.flush()
-        if self.consumer.last_read.incomplete_bytes:
-            lost = self.consumer.last_read.incomplete_bytes
+        file.flush()
+        read = consumer.last_read
+        assert read is not None  # set when read_batches() finished
+        if read.incomplete_bytes:
+            lost = read.incomplete_bytes
             self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
 
-    def _learn_producers(self) -> None:
+    def _learn_producers(self, consumer: Consumer) -> None:
         """pid -> producer name, asked at the start and the end (producers may leave)."""
         try:
-            state = self.consumer.query_state()
+            state = consumer.query_state()
         except ConsumerError as e:
             self.notes.append(f"could not name producers: {e}")
             return
         self.names.update((p.pid, p.name) for p in state.producers)
 
-    def _finish(self) -> pb.TraceStats | None:
+    def _finish(self, consumer: Consumer) -> pb.TraceStats | None:
         """Stats, producer names, free: each best effort, the trace is already read."""
         stats = None
         try:
-            stats = self.consumer.stats()
+            stats = consumer.stats()
         except ConsumerError as e:
             self.notes.append(f"no trace stats: {e}")
-        self._learn_producers()
+        self._learn_producers(consumer)
         try:
-            self.consumer.free()
+            consumer.free()
         except ConsumerError as e:
             self.notes.append(f"free_buffers failed: {e}")
         return stats

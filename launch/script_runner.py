@@ -43,7 +43,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from actors.consumer import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, ConfigLike, Consumer
+from actors.consumer import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    ConfigLike,
+    Consumer,
+    load_config,
+)
 from actors.core.consumer_core import (
     ConsumerError,
     Interrupted,
@@ -119,12 +125,13 @@ class Tracing(Consumer):
         call `during(self)` if given (e.g. to attach producers), wait for duration_s
         (else the config's duration_ms), stop, save, free. Interrupted: the trace is
         still written, then Interrupted is raised again."""
-        self.enable(config)
+        trace_config = load_config(config)
+        self.enable(trace_config)
         interrupted = None
         try:
             if during is not None:
                 during(self)
-            self._run_for(duration_s)
+            self._run_for(duration_s, trace_config.duration_ms)
         except Interrupted as e:
             interrupted = e
         if not self.session_ended:
@@ -135,11 +142,11 @@ class Tracing(Consumer):
             raise interrupted
         return result
 
-    def _run_for(self, duration_s: float | None) -> None:
+    def _run_for(self, duration_s: float | None, duration_ms: int) -> None:
         if duration_s is None:
-            if not self.config.duration_ms:
+            if not duration_ms:
                 raise UsageError("record: the config has no duration_ms: pass duration_s")
-            self.wait_disabled(self.config.duration_ms / 1000 + END_GRACE)
+            self.wait_disabled(duration_ms / 1000 + END_GRACE)
             return
         try:
             self.wait_disabled(duration_s)
