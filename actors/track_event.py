@@ -85,9 +85,7 @@ class TrackEvents:
         self.pid, self.tid = os.getpid(), threading.get_native_id()
         self.process_name = process_name or f"pid {self.pid}"
         self.thread_name = thread_name or threading.current_thread().name
-        self.process_track, self.thread_track, self._counter_base = track_uuids(
-            self.pid, self.tid
-        )
+        self.process_track, self.thread_track, self._counter_base = track_uuids(self.pid, self.tid)
         self._bodies: dict[tuple, bytes] = {}
         self._counters: dict[str, int] = {}
         self._declared = counters

@@ -10,6 +10,8 @@ Error, and never lets it end the process.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from google.protobuf.message import DecodeError, Message
 
 from protos import tracebus_ipc_pb2 as ipc
@@ -36,7 +38,10 @@ def split_identity(frames_untrusted: list[bytes]) -> tuple[bytes, list[bytes]]:
     return frames_untrusted[0], frames_untrusted[1:]
 
 
-def _decode(frames_untrusted: list[bytes], cls: type[Message]) -> Message:
+Envelope = TypeVar("Envelope", bound=Message)
+
+
+def _decode(frames_untrusted: list[bytes], cls: type[Envelope]) -> Envelope:
     if len(frames_untrusted) != 1:
         raise FramingError(f"expected 1 frame, got {len(frames_untrusted)}")
     data = frames_untrusted[0]

@@ -21,7 +21,7 @@ PROTOS = sorted((ROOT / "protos").glob("*.proto"))
 
 
 def generate(out_dir: Path) -> None:
-    from grpc_tools import protoc  # test extra only
+    from grpc_tools import protoc  # type: ignore[import-untyped]  # test extra only; no stubs
 
     args = ["protoc", f"-I{ROOT}", f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
     args += [str(p.relative_to(ROOT)) for p in PROTOS]
