@@ -9,6 +9,11 @@ the second EnableTracing reply, EventsObserved, Notice. Deadlines live here, so
 a request that gets no reply fails (a flush completes False) without the shell
 keeping its own timers.
 
+Dispatch: one table maps each ServiceToConsumer kind to its handler; a reply is
+then handled by the kind of request it answers. A kind with no handler (a newer
+service's) fails the request it answers, or becomes a Notice, and is counted in
+`unhandled_messages`.
+
 Below the protocol: Perfetto's trace file framing, which the record CLI needs
 and is pure too. The summary printed at the end of a recording (and the scan of
 the trusted fields of a read packet it groups by) is in

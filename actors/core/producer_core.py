@@ -30,6 +30,11 @@ fresh connections in a row simply does not take heartbeats: they stop. If the
 service has ever answered a heartbeat, a silence of LIVENESS_TIMEOUT_NS also
 means it is gone.
 
+Dispatch: one table maps each ServiceToProducer kind to its handler; kinds in
+BEFORE_HANDSHAKE are taken in any state, the others only once connected. A kind
+with no handler (a newer service's) cannot be answered, since commands are
+pushed: it is counted in `unhandled` and logged once per kind.
+
 Time comes in as `now` (ns, monotonic).
 """
 
