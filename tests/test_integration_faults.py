@@ -415,7 +415,7 @@ def test_sigkilled_producer_is_noticed_and_its_smb_released(rt: Runtime):
     cons = rt.consumer()
     cons.enable(
         session_config(
-            synthetic_source("steady", 10**6, seed_s, size, rate=300, buf=0),
+            synthetic_source("steady", 10**6, seed_s, size, rate=1500, buf=0),
             synthetic_source("victim", 10**6, seed_v, size, rate=1000, buf=1),
             buffers_kb=(4096, 4096),
         )
@@ -489,7 +489,8 @@ def test_service_exits_cleanly_on_signal(rt: Runtime, signum: int):
     service = rt.start_service()
     rt.start_producer("p1", data_sources=("tracebus.synthetic",))
     cons = rt.consumer()
-    cons.enable(session_config(synthetic_source("p1", 10**6, 1, 16, rate=200)))
+    # 2000 packets/s fill a first chunk in about 0.1 s (200/s took 0.7 s).
+    cons.enable(session_config(synthetic_source("p1", 10**6, 1, 16, rate=2000)))
     wait_for(lambda: cons.stats(timeout=5).buffer_stats[0].chunks_written >= 1, 10, "data")
     sockets = [rt.dir / "p", rt.dir / "c"]
     assert all(s.exists() for s in sockets)
