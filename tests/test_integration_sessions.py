@@ -321,19 +321,19 @@ def check_track_event(trace: Trace, seq: int, pid: int, frames: int) -> None:
 
 
 def test_three_producers_two_buffer_kinds_filters_and_drops(topo):
+    # Started side by side, then each waited for until registered.
     alpha = topo.start_producer(
-        "alpha", "--policy", "stall", "--data-source", "synth.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b"),
-    )  # fmt: skip
-    beta = topo.start_producer(
-        "beta", "--policy", "stall", "--data-source", "synth.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b"),
-    )  # fmt: skip
+        "alpha", "--policy", "stall", "--data-source", "synth.b", wait=False
+    )
+    beta = topo.start_producer("beta", "--policy", "stall", "--data-source", "synth.b", wait=False)
     gamma = topo.start_producer(
         "gamma", "--smb-size-kb", "8", "--page-size-kb", "4", "--policy", "drop",
-        "--data-source", "synth.b", "--data-source", "gamma.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b", "gamma.b"),
+        "--data-source", "synth.b", "--data-source", "gamma.b", wait=False,
     )  # fmt: skip
+    builtin = ("tracebus.synthetic", "track_event")
+    topo.wait_registered(alpha, *builtin, "synth.b", name="alpha")
+    topo.wait_registered(beta, *builtin, "synth.b", name="beta")
+    topo.wait_registered(gamma, *builtin, "synth.b", "gamma.b", name="gamma")
 
     result, out = topo.record(TOPOLOGY_CONFIG, "topology", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, f"{result.stderr}\n{topo.logs()}"
@@ -526,8 +526,10 @@ def session_config(seed: int, count: int, size: int, rate: int) -> str:
 
 
 def test_two_sessions_from_two_consumers_each_get_exactly_their_own_packets(topo):
-    p1 = topo.start_producer("p1", "--policy", "stall")
-    p2 = topo.start_producer("p2", "--policy", "stall")
+    p1 = topo.start_producer("p1", "--policy", "stall", wait=False)
+    p2 = topo.start_producer("p2", "--policy", "stall", wait=False)
+    for proc, name in ((p1, "p1"), (p2, "p2")):
+        topo.wait_registered(proc, "tracebus.synthetic", "track_event", name=name)
     # Session B through the script API in this process, session A through the CLI.
     with Consumer.connect(topo.consumer_endpoint, timeout=5, name="b") as b:
         b.enable(session_config(**SESSION_B))
