@@ -9,25 +9,19 @@ producer that speaks the protocol itself (hostile), and the Consumer API here.
 - test_sigkilled_producer_is_noticed_and_its_smb_released: SIGKILL mid-session.
 - test_service_exits_cleanly_on_signal: SIGTERM / SIGINT.
 
-Every process runs from a short runtime dir under /tmp (ipc:// paths must fit in
-sun_path); readiness is a handshake or a polled query with a deadline, never a
-sleep; every process and the dir are cleaned up whatever happens.
+Every process runs through the process harness (tests/processes.py, fixture
+`rt`): a short runtime dir under /tmp (ipc:// paths must fit in sun_path);
+readiness is a handshake or a polled query with a deadline, never a sleep;
+every process and the dir are cleaned up whatever happens, and a leftover
+process or SMB fails the test.
 """
 
 from __future__ import annotations
 
 import os
-import queue
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from google.protobuf import text_format
@@ -36,158 +30,12 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.consumer import Consumer
 from actors.core.consumer_core import SessionError
 from actors.data_sources import seq_values, synthetic_str
+from tests.processes import Runtime, children_of, smb_inodes_mapped, smb_inodes_open
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
-SMB_MAPPING = "/memfd:tracebus-smb"
 NOTICE_S = 1.0  # a dead producer must be noticed (and its SMB released) within this
-
-
-# -- the rig: processes, logs, cleanup ------------------------------------------------------
-
-
-class Rig:
-    """One service and its producers in a fresh short runtime dir."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
-        self.producer_endpoint = f"ipc://{self.dir}/p"
-        self.consumer_endpoint = f"ipc://{self.dir}/c"
-        assert len(self.producer_endpoint) < 100
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.consumers: list[Consumer] = []
-        self.service: subprocess.Popen | None = None
-        self._lines: dict[int, queue.Queue[str]] = {}
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": f"{self.dir}{os.pathsep}{REPO}"}
-
-    def spawn(self, label: str, argv: list[str], *, pipe_stdout: bool = False) -> subprocess.Popen:
-        log = open(self.dir / f"{label}.log", "wb")  # noqa: SIM115 - closed right below
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, *argv],
-                cwd=REPO,
-                env=self.env(),
-                stdin=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if pipe_stdout else subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-            )
-        finally:
-            log.close()
-        self.procs.append((label, proc))
-        if pipe_stdout:
-            lines: queue.Queue[str] = queue.Queue()
-            self._lines[proc.pid] = lines
-
-            def pump() -> None:
-                for line in proc.stdout:
-                    lines.put(line.rstrip("\n"))
-
-            threading.Thread(target=pump, daemon=True).start()
-        return proc
-
-    def wait_line(self, proc: subprocess.Popen, prefix: str, timeout: float = 10.0) -> str:
-        """The next stdout line of `proc` starting with `prefix` (a handshake)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                line = self._lines[proc.pid].get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no {prefix!r} line from pid {proc.pid} within {timeout:g} s "
-                    f"(exit code {proc.poll()})"
-                ) from None
-            if line.startswith(prefix):
-                return line
-
-    def start_service(self) -> subprocess.Popen:
-        self.service = self.spawn(
-            "service",
-            [
-                "-m",
-                "actors.service",
-                "--producer-endpoint",
-                self.producer_endpoint,
-                "--consumer-endpoint",
-                self.consumer_endpoint,
-            ],
-        )
-        # Readiness: the consumer port answers the hello handshake.
-        self.control = self.consumer(timeout=15)
-        return self.service
-
-    def consumer(self, timeout: float = 10) -> Consumer:
-        c = Consumer.connect(self.consumer_endpoint, timeout=timeout)
-        self.consumers.append(c)
-        return c
-
-    def start_producer(self, name: str, *args: str) -> subprocess.Popen:
-        argv = ["-m", "actors.producer", "--name", name]
-        argv += ["--producer-endpoint", self.producer_endpoint, *args]
-        return self.spawn(name, argv)
-
-    def producer_state(self, pid: int) -> Any:
-        state = self.control.query_state(timeout=5)
-        return next((p for p in state.producers if p.pid == pid), None), state
-
-    def wait_registered(self, proc: subprocess.Popen, data_source: str, timeout: float = 15):
-        """Poll QueryServiceState until the producer of this pid registered `data_source`."""
-
-        def registered():
-            producer, state = self.producer_state(proc.pid)
-            assert proc.poll() is None, f"pid {proc.pid} exited with {proc.returncode}"
-            if producer is None:
-                return None
-            names = {d.descriptor.name for d in state.data_sources if d.producer_id == producer.id}
-            return producer if data_source in names else None
-
-        return wait_for(registered, timeout, f"pid {proc.pid} to register {data_source}")
-
-    def logs(self) -> str:
-        out = []
-        for path in sorted(self.dir.glob("*.log")):
-            text = path.read_text(errors="replace")
-            out.append(f"----- {path.name} -----\n{text[-4000:]}")
-        return "\n".join(out)
-
-    def close(self) -> None:
-        try:
-            for c in self.consumers:
-                try:
-                    c.close()
-                except Exception:  # noqa: BLE001 - cleanup goes on
-                    pass
-            for _label, proc in self.procs:
-                if proc.poll() is None:
-                    proc.kill()
-            for _label, proc in self.procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                for stream in (proc.stdin, proc.stdout):
-                    if stream is not None:
-                        try:
-                            stream.close()
-                        except OSError:
-                            pass
-            print(self.logs())  # shown by pytest when the test failed
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 # -- reading traces ---------------------------------------------------------------------------
@@ -459,34 +307,32 @@ os._exit(0)  # no goodbye: the service finds out from the kernel
 '''
 
 
-def test_hostile_producers_get_nothing_through(rig: Rig):
-    (rig.dir / "forge_ds.py").write_text(
-        FORGER_MODULE.format(forged=FORGED, n_ok=FORGER_OK), encoding="utf-8"
-    )
-    (rig.dir / "hostile.py").write_text(HOSTILE_SCRIPT, encoding="utf-8")
-    service = rig.start_service()
-    honest = rig.start_producer("honest")
-    forger = rig.start_producer("forger", "--module", "forge_ds")
-    rig.wait_registered(honest, "tracebus.synthetic")
+def test_hostile_producers_get_nothing_through(rt: Runtime):
+    rt.write_module("forge_ds", FORGER_MODULE.format(forged=FORGED, n_ok=FORGER_OK))
+    (rt.dir / "hostile.py").write_text(HOSTILE_SCRIPT, encoding="utf-8")
+    service = rt.start_service()
+    honest = rt.start_producer("honest", wait=False)
+    forger = rt.start_producer("forger", "--module", "forge_ds", wait=False)
+    rt.wait_registered(honest, "tracebus.synthetic")
     # The intruder claims to be the honest producer, under another uid.
     liar_uid = os.getuid() + 4242
-    intruder = rig.spawn(
+    intruder = rt.spawn(
         "intruder",
-        [str(rig.dir / "hostile.py"), rig.producer_endpoint, str(honest.pid), str(liar_uid)],
-        pipe_stdout=True,
+        [str(rt.dir / "hostile.py"), rt.producer_endpoint, str(honest.pid), str(liar_uid)],
+        lines=True,
     )
-    rig.wait_registered(forger, "forge.ds")
-    seen = rig.wait_registered(intruder, "intruder.ds")
+    rt.wait_registered(forger, "forge.ds")
+    seen = rt.wait_registered(intruder, "intruder.ds")
     # The handshake's lies are not believed: pid and uid come from the kernel.
     assert (seen.pid, seen.uid) == (intruder.pid, os.getuid())
-    assert rig.producer_state(honest.pid)[0].name == "honest"
+    assert rt.producer_state(honest.pid)[0].name == "honest"
 
     # Session B first (its buffer gets the lower id), then session A.
     nb, seed_b, size_b = 150, 22, 24
-    cons_b = rig.consumer()
+    cons_b = rt.consumer()
     cons_b.enable(session_config(synthetic_source("honest", nb, seed_b, size_b)))
     na, seed_a, size_a = 200, 11, 16
-    cons_a = rig.consumer()
+    cons_a = rt.consumer()
     cons_a.enable(
         session_config(
             synthetic_source("honest", na, seed_a, size_a),
@@ -494,11 +340,12 @@ def test_hostile_producers_get_nothing_through(rig: Rig):
             'producer_name_filter: "intruder" config { name: "intruder.ds" }',
         )
     )
-    buffer_a = int(rig.wait_line(intruder, "STARTED").split()[1])
-    rig.wait_line(intruder, "DONE")
+    buffer_a = int(rt.wait_line(intruder, "STARTED").split()[1])
+    rt.wait_line(intruder, "DONE")
+    assert intruder.stdin is not None, "spawned with lines=True: stdin is a pipe"
     intruder.stdin.close()  # it exits without a word; the service must notice
     assert intruder.wait(timeout=10) == 0
-    wait_for(lambda: rig.producer_state(intruder.pid)[0] is None, 5, "the intruder to be forgotten")
+    wait_for(lambda: rt.producer_state(intruder.pid)[0] is None, 5, "the intruder to be forgotten")
     assert service.poll() is None, "the service died"
 
     trace_a = finish_session(cons_a)
@@ -549,47 +396,26 @@ def test_hostile_producers_get_nothing_through(rig: Rig):
     assert stats_b.buffer_stats[0].chunks_discarded == 0
 
     # The service is still serving (and said what it dropped).
-    assert (rig.dir / "service.log").read_text().count("dropped a frame") == 4
+    assert (rt.dir / "service.log").read_text().count("dropped a frame") == 4
     for c in (cons_a, cons_b):
         c.free()
-    assert {p.pid for p in rig.control.query_state().producers} == {honest.pid, forger.pid}
+    assert {p.pid for p in rt.control.query_state().producers} == {honest.pid, forger.pid}
 
 
 # -- 2. a producer killed mid-session -------------------------------------------------------
 
 
-def smb_inodes_mapped(pid: int) -> list[int]:
-    """Inodes of the SMB memfds `pid` maps (one entry per mapping)."""
-    out = []
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        if SMB_MAPPING in line:
-            out.append(int(line.split()[4]))
-    return out
-
-
-def smb_inodes_open(pid: int) -> list[int]:
-    """Inodes of the SMB memfds `pid` holds open."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(SMB_MAPPING):
-                out.append(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
-        except OSError:
-            pass  # closed meanwhile
-    return out
-
-
-def test_sigkilled_producer_is_noticed_and_its_smb_released(rig: Rig):
-    service = rig.start_service()
-    steady = rig.start_producer("steady", "--page-size-kb", "4")
-    victim = rig.start_producer("victim", "--page-size-kb", "4")
-    rig.wait_registered(steady, "tracebus.synthetic")
-    rig.wait_registered(victim, "tracebus.synthetic")
+def test_sigkilled_producer_is_noticed_and_its_smb_released(rt: Runtime):
+    service = rt.start_service()
+    steady = rt.start_producer("steady", "--page-size-kb", "4", wait=False)
+    victim = rt.start_producer("victim", "--page-size-kb", "4", wait=False)
+    rt.wait_registered(steady, "tracebus.synthetic")
+    rt.wait_registered(victim, "tracebus.synthetic")
     size, seed_s, seed_v = 32, 5, 6
-    cons = rig.consumer()
+    cons = rt.consumer()
     cons.enable(
         session_config(
-            synthetic_source("steady", 10**6, seed_s, size, rate=300, buf=0),
+            synthetic_source("steady", 10**6, seed_s, size, rate=1500, buf=0),
             synthetic_source("victim", 10**6, seed_v, size, rate=1000, buf=1),
             buffers_kb=(4096, 4096),
         )
@@ -611,7 +437,7 @@ def test_sigkilled_producer_is_noticed_and_its_smb_released(rig: Rig):
     victim.kill()
     killed_at = time.monotonic()
     victim.wait(timeout=5)
-    wait_for(lambda: rig.producer_state(victim.pid)[0] is None, NOTICE_S, "the kill noticed")
+    wait_for(lambda: rt.producer_state(victim.pid)[0] is None, NOTICE_S, "the kill noticed")
     noticed = time.monotonic() - killed_at
     wait_for(
         lambda: (
@@ -630,7 +456,7 @@ def test_sigkilled_producer_is_noticed_and_its_smb_released(rig: Rig):
     assert service.poll() is None
     written = buffer_stats(0).bytes_written
     wait_for(lambda: buffer_stats(0).bytes_written > written + 8192, 15, "steady to go on")
-    state = rig.control.query_state()
+    state = rt.control.query_state()
     assert {p.pid for p in state.producers} == {steady.pid}
     assert [s.state for s in state.sessions] == ["STARTED"]
 
@@ -658,38 +484,24 @@ def test_sigkilled_producer_is_noticed_and_its_smb_released(rig: Rig):
 # -- 3. the service on SIGTERM / SIGINT ---------------------------------------------------------
 
 
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue  # gone meanwhile
-            ppid = next(line for line in status.splitlines() if line.startswith("PPid:"))
-            if int(ppid.split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_service_exits_cleanly_on_signal(rig: Rig, signum: int):
-    service = rig.start_service()
-    producer = rig.start_producer("p1")
-    rig.wait_registered(producer, "tracebus.synthetic")
-    cons = rig.consumer()
-    cons.enable(session_config(synthetic_source("p1", 10**6, 1, 16, rate=200)))
+def test_service_exits_cleanly_on_signal(rt: Runtime, signum: int):
+    service = rt.start_service()
+    rt.start_producer("p1", data_sources=("tracebus.synthetic",))
+    cons = rt.consumer()
+    # 2000 packets/s fill a first chunk in about 0.1 s (200/s took 0.7 s).
+    cons.enable(session_config(synthetic_source("p1", 10**6, 1, 16, rate=2000)))
     wait_for(lambda: cons.stats(timeout=5).buffer_stats[0].chunks_written >= 1, 10, "data")
-    sockets = [rig.dir / "p", rig.dir / "c"]
+    sockets = [rt.dir / "p", rt.dir / "c"]
     assert all(s.exists() for s in sockets)
     assert children_of(service.pid) == []
     service.send_signal(signum)
     assert service.wait(timeout=10) == 0
-    assert not any(s.exists() for s in sockets), os.listdir(rig.dir)
+    assert not any(s.exists() for s in sockets), os.listdir(rt.dir)
     assert not Path(f"/proc/{service.pid}").exists()
     # Its consumer learns the session is over (the service ended it, or went away).
     try:
         cons.wait_disabled(timeout=5)
     except SessionError:
         pass  # "the service went away" is an end too
-    assert "Traceback" not in (rig.dir / "service.log").read_text()
+    assert "Traceback" not in (rt.dir / "service.log").read_text()

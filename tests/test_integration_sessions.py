@@ -3,9 +3,11 @@
 Every test starts `python -m actors.service` on ipc:// endpoints in a short
 private directory, producers with `python -m actors.producer`, and records with
 the consumer CLI (`python -m actors.consumer -c CFG --txt -o OUT`) or the
-`Consumer` script API in this process. Readiness is a handshake or a condition
-polled with a deadline, never a sleep. Every process is terminated (then killed)
-and the directory removed, whatever happens.
+`Consumer` script API in this process, all through the process harness
+(tests/processes.py, fixture `rt`): readiness is a handshake or a condition
+polled with a deadline, never a sleep; every process is terminated (then
+killed) and the directory removed whatever happens, and a leftover process or
+SMB fails the test.
 
 What is checked comes from outside the implementation: the trace file parses
 with Perfetto's own schema, synthetic packets are recomputed from the formula
@@ -20,14 +22,9 @@ import os
 import random
 import re
 import shlex
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +32,14 @@ import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.consumer import Consumer
-from actors.core.consumer_core import ConsumerError
 from actors.data_sources import seq_values, synthetic_packet, synthetic_str
 from shm.protozero import LEN, tag, varint
+from tests.processes import REPO, Runtime
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-READY_TIMEOUT = 15.0
 RUN_TIMEOUT = 60.0
 UID = os.getuid()
 
@@ -57,161 +52,11 @@ TRUSTED = {"trusted_uid", "trusted_packet_sequence_id", "trusted_pid"}
 # -- processes ------------------------------------------------------------------------------
 
 
-class Topology:
-    """One service and its producers in a private runtime directory."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
-        self.producer_endpoint = f"ipc://{self.dir}/p"
-        self.consumer_endpoint = f"ipc://{self.dir}/c"
-        assert len(self.consumer_endpoint) < 100, "ipc paths must fit in sun_path"
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.service: subprocess.Popen | None = None
-        self._probe: Consumer | None = None
-
-    # -- starting --------------------------------------------------------------------------
-
-    def spawn(self, label: str, args: list[str], env: dict[str, str] | None = None):
-        log = open(self.dir / f"{label}.log", "wb")  # noqa: SIM115 - closed right below
-        try:
-            proc = subprocess.Popen(
-                [PYTHON, *args],
-                cwd=REPO,
-                env={**os.environ, **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        finally:
-            log.close()  # the child holds its own descriptor
-        self.procs.append((label, proc))
-        return proc
-
-    def start_service(self) -> subprocess.Popen:
-        self.service = self.spawn(
-            "service",
-            [
-                "-m",
-                "actors.service",
-                "--producer-endpoint",
-                self.producer_endpoint,
-                "--consumer-endpoint",
-                self.consumer_endpoint,
-            ],
-        )
-
-        def handshake() -> Consumer | None:
-            assert self.service.poll() is None, f"the service exited:\n{self.logs()}"
-            try:
-                return Consumer.connect(self.consumer_endpoint, timeout=0.5, name="probe")
-            except ConsumerError:
-                return None
-
-        self._probe = wait_for(handshake, READY_TIMEOUT, "the service's consumer port")
-        return self.service
-
-    def start_producer(
-        self,
-        name: str,
-        *args: str,
-        data_sources: tuple[str, ...] = ("tracebus.synthetic", "track_event"),
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen:
-        """Start a producer and wait until the service lists it (by pid) with its
-        data sources registered."""
-        cmd = ["-m", "actors.producer", "--name", name, "--producer-endpoint"]
-        proc = self.spawn(name, [*cmd, self.producer_endpoint, *args], env)
-
-        def registered() -> bool:
-            assert proc.poll() is None, f"producer {name} exited:\n{self.logs()}"
-            state = self._probe.query_state()
-            ids = [p.id for p in state.producers if p.pid == proc.pid and p.name == name]
-            if not ids:
-                return False
-            names = {d.descriptor.name for d in state.data_sources if d.producer_id == ids[0]}
-            return set(data_sources) <= names
-
-        wait_for(registered, READY_TIMEOUT, f"producer {name} to register")
-        return proc
-
-    # -- ending ----------------------------------------------------------------------------
-
-    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                return proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        return proc.wait(timeout=timeout)
-
-    def close(self) -> None:
-        try:
-            if self._probe is not None:
-                self._probe.close()
-        finally:
-            # Producers first (they say goodbye to the service), the service last.
-            for _label, proc in reversed(self.procs):
-                try:
-                    self.stop(proc, timeout=5.0)
-                except Exception:  # noqa: BLE001 - keep cleaning up the others
-                    proc.kill()
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def logs(self) -> str:
-        parts = []
-        for label, _ in self.procs:
-            path = self.dir / f"{label}.log"
-            text = path.read_text(errors="replace") if path.exists() else ""
-            parts.append(f"--- {label} ---\n{text[-4000:]}")
-        return "\n".join(parts)
-
-
 @pytest.fixture
-def topo() -> Iterator[Topology]:
-    t = Topology()
-    try:
-        t.start_service()
-        yield t
-    finally:
-        t.close()
-
-
-def record(
-    topo: Topology,
-    config: str,
-    name: str,
-    extra_env: dict[str, str] | None = None,
-) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run the record CLI to the end of its session; (result, trace path)."""
-    proc, out = start_record(topo, config, name, extra_env)
-    try:
-        _, err = proc.communicate(timeout=RUN_TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err), out
-
-
-def start_record(
-    topo: Topology, config: str, name: str, extra_env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, Path]:
-    cfg = topo.dir / f"{name}.pbtxt"
-    cfg.write_text(config)
-    out = topo.dir / f"{name}.pftrace"
-    cmd = [PYTHON, "-m", "actors.consumer", "-c", str(cfg), "--txt", "-o", str(out)]
-    cmd += ["--consumer-endpoint", topo.consumer_endpoint]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env={**os.environ, **(extra_env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    return proc, out
+def topo(rt: Runtime) -> Runtime:
+    """The harness's runtime (tests/processes.py) with its service answering."""
+    rt.start_service()
+    return rt
 
 
 # -- reading traces ----------------------------------------------------------------------------
@@ -449,7 +294,8 @@ def check_track_event(trace: Trace, seq: int, pid: int, frames: int) -> None:
     counter = packets[2].track_descriptor
     assert counter.HasField("counter") and counter.parent_uuid == process_uuid
     TE = pb.TrackEvent
-    depth, begins, counters, last_ts = 0, defaultdict(int), 0, 0
+    depth, counters, last_ts = 0, 0, 0
+    begins: defaultdict[str, int] = defaultdict(int)
     for p in packets[3:]:
         assert p.HasField("track_event"), p
         assert p.timestamp >= last_ts
@@ -475,21 +321,21 @@ def check_track_event(trace: Trace, seq: int, pid: int, frames: int) -> None:
 
 
 def test_three_producers_two_buffer_kinds_filters_and_drops(topo):
+    # Started side by side, then each waited for until registered.
     alpha = topo.start_producer(
-        "alpha", "--policy", "stall", "--data-source", "synth.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b"),
-    )  # fmt: skip
-    beta = topo.start_producer(
-        "beta", "--policy", "stall", "--data-source", "synth.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b"),
-    )  # fmt: skip
+        "alpha", "--policy", "stall", "--data-source", "synth.b", wait=False
+    )
+    beta = topo.start_producer("beta", "--policy", "stall", "--data-source", "synth.b", wait=False)
     gamma = topo.start_producer(
         "gamma", "--smb-size-kb", "8", "--page-size-kb", "4", "--policy", "drop",
-        "--data-source", "synth.b", "--data-source", "gamma.b",
-        data_sources=("tracebus.synthetic", "track_event", "synth.b", "gamma.b"),
+        "--data-source", "synth.b", "--data-source", "gamma.b", wait=False,
     )  # fmt: skip
+    builtin = ("tracebus.synthetic", "track_event")
+    topo.wait_registered(alpha, *builtin, "synth.b", name="alpha")
+    topo.wait_registered(beta, *builtin, "synth.b", name="beta")
+    topo.wait_registered(gamma, *builtin, "synth.b", "gamma.b", name="gamma")
 
-    result, out = record(topo, TOPOLOGY_CONFIG, "topology")
+    result, out = topo.record(TOPOLOGY_CONFIG, "topology", timeout=RUN_TIMEOUT)
     assert result.returncode == 0, f"{result.stderr}\n{topo.logs()}"
     trace = Trace.load(out)
 
@@ -611,13 +457,10 @@ def big_payload(seed: int) -> bytes:
 
 
 def test_a_5_mib_packet_larger_than_the_smb_round_trips_with_the_stall_policy(topo):
-    moddir = topo.dir / "mods"
-    moddir.mkdir()
-    (moddir / "tb_bigblob.py").write_text(BIG_MODULE)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(moddir), str(REPO)]))}
+    topo.write_module("tb_bigblob", BIG_MODULE)
     big = topo.start_producer(
         "big", "--smb-size-kb", "128", "--policy", "stall", "--module", "tb_bigblob",
-        data_sources=("test.bigblob",), env=env,
+        data_sources=("test.bigblob",),
     )  # fmt: skip
     config = """
         buffers { size_kb: 32768 fill_policy: DISCARD }
@@ -683,22 +526,19 @@ def session_config(seed: int, count: int, size: int, rate: int) -> str:
 
 
 def test_two_sessions_from_two_consumers_each_get_exactly_their_own_packets(topo):
-    p1 = topo.start_producer("p1", "--policy", "stall")
-    p2 = topo.start_producer("p2", "--policy", "stall")
+    p1 = topo.start_producer("p1", "--policy", "stall", wait=False)
+    p2 = topo.start_producer("p2", "--policy", "stall", wait=False)
+    for proc, name in ((p1, "p1"), (p2, "p2")):
+        topo.wait_registered(proc, "tracebus.synthetic", "track_event", name=name)
     # Session B through the script API in this process, session A through the CLI.
     with Consumer.connect(topo.consumer_endpoint, timeout=5, name="b") as b:
         b.enable(session_config(**SESSION_B))
-        cli, out_a = start_record(topo, session_config(**SESSION_A), "a")
-        try:
-            b.wait_disabled(timeout=RUN_TIMEOUT)
-            out_b = topo.dir / "b.pftrace"
-            b.save(out_b)
-            b.free()
-            _, err = cli.communicate(timeout=RUN_TIMEOUT)
-        finally:
-            if cli.poll() is None:
-                cli.kill()
-                cli.communicate()
+        cli, out_a = topo.start_record(session_config(**SESSION_A), "a")  # stopped by topo
+        b.wait_disabled(timeout=RUN_TIMEOUT)
+        out_b = topo.dir / "b.pftrace"
+        b.save(out_b)
+        b.free()
+        _, err = topo.communicate(cli, timeout=RUN_TIMEOUT)
     assert cli.returncode == 0, f"{err}\n{topo.logs()}"
     traces = {"a": Trace.load(out_a), "b": Trace.load(out_b)}
 
@@ -739,10 +579,8 @@ def test_the_worked_example_records_against_a_service_and_a_producer(topo):
     cmd = [PYTHON, *cmd[1:]]
     cmd[cmd.index("-o") + 1] = str(out)
     # Exactly as documented: the service is found through the environment.
-    env = {**os.environ, "TRACEBUS_CONSUMER_SOCK": topo.consumer_endpoint}
-    result = subprocess.run(
-        cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
-    )
+    env = {"TRACEBUS_CONSUMER_SOCK": topo.consumer_endpoint}
+    result = topo.run(cmd, env, timeout=RUN_TIMEOUT)
     assert result.returncode == 0, f"{result.stderr}\n{topo.logs()}"
     assert "example" in result.stderr  # the summary names the producer
 

@@ -1,0 +1,450 @@
+"""Real tracebus processes for integration tests: one runtime directory, its
+service, producers and consumers, and a cleanup that leaves nothing behind.
+
+    @pytest.fixture
+    def rt():
+        with Runtime() as runtime:
+            yield runtime
+
+    service = rt.start_service()          # returns once the consumer port answers
+    alpha = rt.start_producer("alpha")    # returns once the service lists it, sources registered
+    result, out = rt.record(CONFIG, "a")  # the record CLI, run to the end of its session
+
+Contract:
+
+- The runtime directory is /tmp/tb-XXXXXXXX (short: an ipc:// path must fit in
+  sun_path); the endpoints are ipc://DIR/p (producers) and ipc://DIR/c (consumers).
+  Modules written with write_module() are importable by every child
+  (PYTHONPATH = DIR/mods:REPO), e.g. for `actors.producer --module NAME`.
+- Every child runs `sys.executable` from the repository, with
+  TRACEBUS_TEST_RUNTIME=DIR in its environment: close() finds whatever carries
+  it, grandchildren included, even if this object lost track of it.
+- Readiness is a handshake or a condition polled with a deadline
+  (tests.waiting.wait_for), never a sleep. A child that exits while it is waited
+  for fails the wait at once, with the logs.
+- A child's stderr (and its stdout, unless read as lines with `lines=True`) goes
+  to DIR/<label>.log; logs() returns their tails; close() prints them, which
+  pytest shows for a failed test.
+- close() always runs the whole cleanup: it closes the consumers of this
+  process, asks producers then the service to stop (SIGTERM, as a user would),
+  kills what did not stop in time and reaps everything, removes the directory.
+  Then it checks that nothing is left behind: no process carrying the marker, no
+  new /dev/shm entry, no SMB memfd open or mapped in this process that was not
+  before. A leftover is cleaned up first, then fails the test at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from actors.consumer import Consumer
+from actors.core.consumer_core import ConsumerError
+from tests.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+MARKER = "TRACEBUS_TEST_RUNTIME"
+SMB_MEMFD = "/memfd:tracebus-smb"
+SUN_PATH_MAX = 107
+READY_TIMEOUT = 15.0  # a cold interpreter on a loaded 2-core machine
+STOP_GRACE = 5.0  # SIGTERM to SIGKILL at cleanup
+BUILTIN_SOURCES = ("tracebus.synthetic", "track_event")
+
+Proc = subprocess.Popen
+
+
+class Runtime:
+    """One private runtime directory, and every process a test starts in it."""
+
+    def __init__(self) -> None:
+        self._shm_before = _dev_shm()
+        self._memfds_before = smb_memfds(os.getpid())
+        self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
+        self.modules = self.dir / "mods"
+        self.modules.mkdir()
+        self.producer_endpoint = f"ipc://{self.dir}/p"
+        self.consumer_endpoint = f"ipc://{self.dir}/c"
+        assert len(self.consumer_endpoint) - len("ipc://") < SUN_PATH_MAX - 8, "sun_path"
+        self._service: Proc | None = None
+        self.procs: list[tuple[str, Proc]] = []
+        self.consumers: list[Consumer] = []
+        self._control: Consumer | None = None
+        self._lines: dict[int, queue.Queue[str]] = {}
+        self.stop_grace = STOP_GRACE
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- children --------------------------------------------------------------------------
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        path = os.pathsep.join([str(self.modules), str(REPO)])
+        return {**os.environ, "PYTHONPATH": path, MARKER: str(self.dir), **(extra or {})}
+
+    def write_module(self, name: str, text: str) -> Path:
+        """A module every child can import as `name`."""
+        path = self.modules / f"{name}.py"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def spawn(
+        self, label: str, argv: Sequence[str], env: dict[str, str] | None = None, *,
+        lines: bool = False,
+    ) -> Proc:  # fmt: skip
+        """Start `python argv...`. With `lines`, its stdout is read line by line (see
+        wait_line) and its stdin is a pipe the test may close; otherwise both go to
+        the log."""
+        log_path = self._log_path(label)
+        with open(log_path, "wb") as log:  # the child holds its own descriptor
+            proc = subprocess.Popen(
+                [PYTHON, *argv],
+                cwd=REPO,
+                env=self.env(env),
+                stdin=subprocess.PIPE if lines else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if lines else log,
+                stderr=log,
+                text=True,
+            )
+        self.procs.append((log_path.stem, proc))
+        if lines:
+            self._pump_lines(proc)
+        return proc
+
+    def _log_path(self, label: str) -> Path:
+        path, n = self.dir / f"{label}.log", 1
+        while path.exists():  # a label used twice keeps both logs
+            n += 1
+            path = self.dir / f"{label}-{n}.log"
+        return path
+
+    def _pump_lines(self, proc: Proc) -> None:
+        lines: queue.Queue[str] = queue.Queue()
+        self._lines[proc.pid] = lines
+        stdout = proc.stdout
+        assert stdout is not None, "spawned with stdout=PIPE"
+
+        def pump() -> None:
+            for line in stdout:
+                lines.put(line.rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_line(self, proc: Proc, prefix: str, timeout: float = 10.0) -> str:
+        """The next stdout line of `proc` (spawned with lines=True) starting with `prefix`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._lines[proc.pid].get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                raise AssertionError(
+                    f"no {prefix!r} line from pid {proc.pid} within {timeout:g} s "
+                    f"(exit code {proc.poll()})\n{self.logs()}"
+                ) from None
+            if line.startswith(prefix):
+                return line
+
+    # -- the service and its control connection ---------------------------------------------
+
+    def start_service(self, *args: str) -> Proc:
+        """Start `actors.service` on this runtime's endpoints; return once its consumer
+        port answers the hello handshake (the control connection stays open)."""
+        endpoints = ["--producer-endpoint", self.producer_endpoint]
+        endpoints += ["--consumer-endpoint", self.consumer_endpoint]
+        service = self.spawn("service", ["-m", "actors.service", *endpoints, *args])
+        self._service = service
+
+        def handshake() -> Consumer | None:
+            self.assert_running(service, "the service")
+            try:
+                return Consumer.connect(self.consumer_endpoint, timeout=0.5, name="probe")
+            except ConsumerError:
+                return None
+
+        self._control = wait_for(handshake, READY_TIMEOUT, "the service's consumer port")
+        return service
+
+    @property
+    def service(self) -> Proc:
+        """The service process start_service started."""
+        assert self._service is not None, "start_service() first"
+        return self._service
+
+    @property
+    def control(self) -> Consumer:
+        """A consumer connection opened by start_service, for queries."""
+        assert self._control is not None, "start_service() first"
+        return self._control
+
+    def consumer(self, timeout: float = 10.0, name: str = "tracebus-consumer") -> Consumer:
+        """A Consumer in this process, closed by close()."""
+        c = Consumer.connect(self.consumer_endpoint, timeout=timeout, name=name)
+        self.consumers.append(c)
+        return c
+
+    # -- producers ---------------------------------------------------------------------------
+
+    def start_producer(
+        self, name: str, *args: str, data_sources: Sequence[str] = BUILTIN_SOURCES,
+        env: dict[str, str] | None = None, wait: bool = True,
+    ) -> Proc:  # fmt: skip
+        """Start `actors.producer --name NAME ARGS`; unless `wait` is false, return once
+        the service lists it (by pid and name) with `data_sources` registered."""
+        argv = ["-m", "actors.producer", "--name", name]
+        proc = self.spawn(name, [*argv, "--producer-endpoint", self.producer_endpoint, *args], env)
+        if wait:
+            self.wait_registered(proc, *data_sources, name=name)
+        return proc
+
+    def producer_state(self, pid: int) -> tuple[Any, Any]:
+        """(the service's ProducerInfo for this pid or None, the whole state)."""
+        state = self.control.query_state(timeout=5)
+        return next((p for p in state.producers if p.pid == pid), None), state
+
+    def wait_registered(self, proc: Proc, *data_sources: str, name: str | None = None) -> Any:
+        """Poll the service until the producer of this pid (and name) registered every
+        one of `data_sources`; its ProducerInfo."""
+
+        def registered() -> Any:
+            self.assert_running(proc, f"pid {proc.pid}")
+            producer, state = self.producer_state(proc.pid)
+            if producer is None or (name is not None and producer.name != name):
+                return None
+            names = {d.descriptor.name for d in state.data_sources if d.producer_id == producer.id}
+            return producer if set(data_sources) <= names else None
+
+        what = f"pid {proc.pid} ({name or '?'}) to register {', '.join(data_sources)}"
+        return wait_for(registered, READY_TIMEOUT, what)
+
+    # -- the record CLI ------------------------------------------------------------------------
+
+    def start_record(
+        self, config: str, name: str, env: dict[str, str] | None = None
+    ) -> tuple[Proc, Path]:
+        """Start `actors.consumer -c NAME.pbtxt --txt -o NAME.pftrace` against this
+        service; its stderr (the summary) is a text pipe."""
+        cfg = self.dir / f"{name}.pbtxt"
+        cfg.write_text(config)
+        out = self.dir / f"{name}.pftrace"
+        cmd = ["-m", "actors.consumer", "-c", str(cfg), "--txt", "-o", str(out)]
+        cmd += ["--consumer-endpoint", self.consumer_endpoint]
+        proc = subprocess.Popen(
+            [PYTHON, *cmd],
+            cwd=REPO,
+            env=self.env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append((f"record {name}", proc))
+        return proc, out
+
+    def record(
+        self, config: str, name: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> tuple[subprocess.CompletedProcess[str], Path]:
+        """Run the record CLI to the end of its session: (result with stderr, trace path)."""
+        proc, out = self.start_record(config, name, env)
+        _, err = self.communicate(proc, timeout)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, "", err), out
+
+    def communicate(self, proc: Proc, timeout: float = 60.0) -> tuple[str, str]:
+        """proc.communicate(), killing it if it does not finish in time."""
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        return out, err
+
+    def run(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """subprocess.run of `argv` (a whole command line) as a marked child of this runtime."""
+        return subprocess.run(
+            list(argv), cwd=REPO, env=self.env(env), capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, timeout=timeout,
+        )  # fmt: skip
+
+    # -- ending ----------------------------------------------------------------------------------
+
+    def assert_running(self, proc: Proc, what: str) -> None:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{self.logs()}")
+
+    def stop(self, proc: Proc, timeout: float = 10.0) -> int:
+        """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return proc.wait(timeout=timeout)
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.dir.glob("*.log")):
+            text = path.read_text(errors="replace")
+            parts.append(f"----- {path.name} -----\n{text[-4000:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Stop and reap everything, remove the directory, then fail on a leftover."""
+        try:
+            self._close_consumers()
+            self._stop_all()
+            print(self.logs())  # shown by pytest when the test failed
+        finally:
+            stray = self._kill_marked()
+            for _label, proc in self.procs:
+                _close_pipes(proc)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._check_nothing_left(stray)
+
+    def _close_consumers(self) -> None:
+        for c in [*self.consumers, *filter(None, [self._control])]:
+            try:
+                c.close()
+            except Exception as e:  # noqa: BLE001 - cleanup goes on
+                print(f"closing a consumer: {e!r}")
+
+    def _stop_all(self) -> None:
+        """Producers and consumers first (they say goodbye to the service), the service
+        last, each group signalled at once and given one shared grace period."""
+        others = [p for _, p in self.procs if p is not self._service]
+        for group in (others, [self._service] if self._service else []):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.stop_grace
+            for proc in group:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def _kill_marked(self) -> list[int]:
+        """SIGKILL every live process carrying this runtime's marker; their pids."""
+        stray = marked_pids(str(self.dir))
+        for pid in stray:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if stray:  # not our children: wait for the kernel, not on a pid
+            wait_for(lambda: not marked_pids(str(self.dir)), STOP_GRACE, "strays to die")
+        for _label, proc in self.procs:
+            if proc.poll() is None:  # only if the SIGKILL above raced with a fork
+                proc.kill()
+                proc.wait()
+        return stray
+
+    def _check_nothing_left(self, stray: list[int]) -> None:
+        left = []
+        if stray:
+            left.append(f"processes still running after cleanup: {stray}")
+        if self.dir.exists():
+            left.append(f"runtime directory {self.dir}")
+        # multiprocessing's named semaphores (sem.*) belong to whoever else runs on
+        # this machine (benchmarks); nothing here creates one.
+        shm = {n for n in _dev_shm() - self._shm_before if not n.startswith("sem.")}
+        if shm:
+            left.append(f"/dev/shm entries {sorted(shm)}")
+        memfds = smb_memfds(os.getpid()) - self._memfds_before
+        if memfds:
+            left.append(f"SMB memfds still open or mapped in the test process: {memfds}")
+        assert not left, "left behind: " + "; ".join(left)
+
+
+# -- what a process holds, from /proc -------------------------------------------------------------
+
+
+def marked_pids(runtime_dir: str) -> list[int]:
+    """Live processes (zombies excluded) whose environment carries MARKER=runtime_dir."""
+    needle = f"{MARKER}={runtime_dir}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes() and not _is_zombie(entry):
+                found.append(int(entry.name))
+        except OSError:
+            pass  # gone meanwhile, or not ours to read
+    return sorted(found)
+
+
+def _is_zombie(proc_dir: Path) -> bool:
+    stat = (proc_dir / "stat").read_text()
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def smb_inodes_mapped(pid: int) -> list[int]:
+    """Inodes of the SMB memfds `pid` maps (one entry per mapping)."""
+    out = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        if SMB_MEMFD in line:
+            out.append(int(line.split()[4]))
+    return out
+
+
+def smb_inodes_open(pid: int) -> list[int]:
+    """Inodes of the SMB memfds `pid` holds open."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(SMB_MEMFD):
+                out.append(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:
+            pass  # closed meanwhile
+    return out
+
+
+def smb_memfds(pid: int) -> set[int]:
+    """Inodes of every SMB memfd `pid` maps or holds open."""
+    return set(smb_inodes_mapped(pid)) | set(smb_inodes_open(pid))
+
+
+def children_of(pid: int) -> list[int]:
+    """Live direct children of `pid`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                status = Path(f"/proc/{entry}/status").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            ppid = next(line for line in status.splitlines() if line.startswith("PPid:"))
+            if int(ppid.split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _dev_shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def _close_pipes(proc: Proc) -> None:
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
