@@ -191,7 +191,7 @@ class ProducerHost:
 
     def _setup(self, cmd: core.SetupInstance) -> None:
         ds = self.data_sources[cmd.name]()
-        ds._tb_bind(self, cmd.instance_id, cmd.config)
+        ds._tb_bind(self, self.core.name, cmd.instance_id, cmd.config)
         self._instances[cmd.instance_id] = ds
         self._call(ds, "on_setup", cmd.config)
 

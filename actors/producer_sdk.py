@@ -40,13 +40,16 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from protos import tracebus_ipc_pb2 as ipc
 from shm.writer import TraceWriter
 
-if TYPE_CHECKING:
-    from actors.producer_host import ProducerHost
+
+class WriterFactory(Protocol):
+    """What a data source needs of its host (actors/producer_host.py's ProducerHost)."""
+
+    def create_writer(self, ds: DataSource) -> TraceWriter: ...
 
 
 class DataSource:
@@ -98,11 +101,13 @@ class DataSource:
 
     # The _tb_* attributes belong to the host (actors/producer_host.py), which binds
     # each instance to itself before on_setup.
-    def _tb_bind(self, host: ProducerHost, instance_id: int, config: Any) -> None:
+    def _tb_bind(
+        self, host: WriterFactory, producer_name: str, instance_id: int, config: Any
+    ) -> None:
         self.instance_id = instance_id
         self.config = config
         self.target_buffer = config.target_buffer
-        self.producer_name = host.core.name
+        self.producer_name = producer_name
         self._tb_host = host
         self._tb_local = threading.local()
         self._tb_lock = threading.Lock()

@@ -422,7 +422,7 @@ def test_writers_registered_before_commits_and_stop_acks_after_them():
 
 def _stopped_instance(rig: Rig) -> DataSource:
     ds = LoopWriter()
-    ds._tb_bind(rig.host, 99, pb.DataSourceConfig(name=LoopWriter.name))
+    ds._tb_bind(rig.host, rig.host.core.name, 99, pb.DataSourceConfig(name=LoopWriter.name))
     ds._tb_stopped = True
     return ds
 
