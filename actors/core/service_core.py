@@ -16,13 +16,22 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback, reports
 from actors.core.ids import Counter, IdPool
+from actors.core.lifecycle import (
+    LIVE_SESSION,
+    REPORTED_INSTANCE,
+    InstanceEvent,
+    InstanceState,
+    SessionEvent,
+    SessionState,
+    apply,
+    can_apply,
+)
 from actors.core.producers import (
     CommitPath,
     ProducerEntry,
     ServiceCounters,
     SmbFactory,
 )
-from actors.core.session_state import Event, State, apply
 from actors.core.sessions import (
     DEFAULT_LIMITS,
     Instance,
@@ -252,17 +261,22 @@ class ServiceCore:
             self._flush_acked(producer.id, req_untrusted.flush_request_id, now)
 
     def _p_data_source_started(self, producer, request_id, req_untrusted, now):
-        instance, session = self._instance_of(producer, req_untrusted.instance_id)
-        if instance is not None and instance.state == "STARTING":
-            instance.state = "STARTED"
-            self._notify_instance(session, instance, producer)
-            self._maybe_all_started(session, now)
+        self._instance_acked(producer, req_untrusted.instance_id, InstanceEvent.STARTED, now)
 
     def _p_data_source_stopped(self, producer, request_id, req_untrusted, now):
-        instance, session = self._instance_of(producer, req_untrusted.instance_id)
-        if instance is not None and instance.state == "STOPPING":
-            instance.state = "STOPPED"
-            self._notify_instance(session, instance, producer)
+        self._instance_acked(producer, req_untrusted.instance_id, InstanceEvent.STOPPED, now)
+
+    def _instance_acked(self, producer, instance_id_untrusted: int, event, now: int) -> None:
+        """A producer says one of its instances started or stopped; an ack the
+        instance's state does not expect (late, repeated, forged) is ignored."""
+        instance, session = self._instance_of(producer, instance_id_untrusted)
+        if instance is None or not can_apply(instance, event):
+            return
+        apply(instance, event)
+        self._notify_instance(session, instance, producer)
+        if event is InstanceEvent.STARTED:
+            self._maybe_all_started(session, now)
+        else:
             self._maybe_disabled(session, now)
 
     def _instance_of(self, producer: ProducerEntry, instance_id: int):
@@ -288,8 +302,7 @@ class ServiceCore:
                 del session.instances[instance.id]
             for flush in list(session.flushes.values()):
                 self._flush_acked_in(session, flush, producer.id, now)
-            if session.state == State.DISABLING_WAITING_STOP_ACKS:
-                self._maybe_disabled(session, now)
+            self._maybe_disabled(session, now)
         producer.release_smb()
         self._producer_ids.release(producer.id)
 
@@ -321,7 +334,7 @@ class ServiceCore:
         reply.unsupported_fields.extend(unsupported_fields(config))
         if not config.deferred_start:
             self._start(session, now)
-        reply.started = session.state == State.STARTED
+        reply.started = session.state is SessionState.STARTED
         self._to_consumer(peer.identity, request_id, enable_tracing=reply)
 
     def _create_session(self, peer: Peer, request_id: int, config, now: int) -> Session:
@@ -330,7 +343,7 @@ class ServiceCore:
             buffer_id = self._buffer_ids.allocate()
             self.buffers[buffer_id] = new_buffer(buf_config)
             session.buffer_ids.append(buffer_id)
-        apply(session, Event.ENABLE)
+        apply(session, SessionEvent.ENABLE)
         self.sessions[session.id] = session
         for producer in self.producers.values():
             for name in producer.data_sources:
@@ -339,10 +352,10 @@ class ServiceCore:
 
     def _join_running_sessions(self, producer: ProducerEntry, name: str, now: int) -> None:
         for session in self.sessions.values():
-            if session.state not in (State.CONFIGURED, State.STARTED):
+            if session.state not in LIVE_SESSION:
                 continue
             for instance in self._setup_instances(session, producer, name):
-                if session.state == State.STARTED:
+                if session.state is SessionState.STARTED:
                     self._start_instance(session, instance, producer)
 
     def _setup_instances(self, session: Session, producer: ProducerEntry, name: str):
@@ -403,14 +416,14 @@ class ServiceCore:
 
     def _c_start_tracing(self, peer: Peer, request_id: int, req, now: int) -> None:
         session = self._session_of(peer)
-        if session is None or session.state != State.CONFIGURED:
+        if session is None or not can_apply(session, SessionEvent.START):
             self._ack(peer.identity, request_id, "no deferred session to start")
             return
         self._start(session, now)
         self._ack(peer.identity, request_id)
 
     def _start(self, session: Session, now: int) -> None:
-        apply(session, Event.START)
+        apply(session, SessionEvent.START)
         boottime = self._clocks.boottime()
         fill = readback.clock_snapshot_fill(self._clocks.snapshot(), boottime)
         session.clock_snapshots.append(readback.service_packet(self.uid, self.pid, fill))
@@ -426,16 +439,17 @@ class ServiceCore:
         self._maybe_all_started(session, now)
 
     def _start_instance(self, session: Session, instance: Instance, producer) -> None:
-        instance.state = "STARTING" if instance.notify_on_start else "STARTED"
+        apply(instance, InstanceEvent.START)
+        if not instance.notify_on_start:
+            apply(instance, InstanceEvent.STARTED)  # no ack will come: started as sent
         start = ipc.StartDataSource(instance_id=instance.id, data_source_config=instance.config)
         self._to_producer(producer.peer, start_data_source=start)
-        if instance.state == "STARTED":
-            self._notify_instance(session, instance, producer)
+        self._notify_instance(session, instance, producer)
 
     def _maybe_all_started(self, session: Session, now: int) -> None:
-        if session.all_started_reported or session.state != State.STARTED:
+        if session.all_started_reported or session.state is not SessionState.STARTED:
             return
-        if all(i.state == "STARTED" for i in session.instances.values()):
+        if all(i.state is InstanceState.STARTED for i in session.instances.values()):
             session.all_started_reported = True
             self._service_event(session, "all_data_sources_started")
             if session.observer_request_id and 2 in session.observe_types:
@@ -447,42 +461,42 @@ class ServiceCore:
         if session is None:
             self._ack(peer.identity, request_id, "no tracing session")
             return
-        if session.state == State.DISABLED:
+        if session.state is SessionState.DISABLED:
             self._ack(peer.identity, request_id)
             return
         session.disable_waiters.append(request_id)
         self._disable(session, now)
 
     def _disable(self, session: Session, now: int) -> None:
-        if session.state not in (State.CONFIGURED, State.STARTED):
+        if not can_apply(session, SessionEvent.DISABLE):
             return
-        apply(session, Event.DISABLE)
+        apply(session, SessionEvent.DISABLE)
         session.duration_deadline = session.next_periodic_flush = None
         session.stop_deadline = now + session.stop_timeout_ns
         for instance in session.instances.values():
+            apply(instance, InstanceEvent.STOP)
             producer = self._producer_by_id(instance.producer_id)
+            if producer is None or not instance.notify_on_stop:
+                apply(instance, InstanceEvent.STOPPED)  # no ack will come
             if producer is None:
-                instance.state = "STOPPED"
                 continue
-            instance.state = "STOPPING" if instance.notify_on_stop else "STOPPED"
             stop = ipc.StopDataSource(instance_id=instance.id)
             self._to_producer(producer.peer, stop_data_source=stop)
-            if instance.state == "STOPPED":
-                self._notify_instance(session, instance, producer)
+            self._notify_instance(session, instance, producer)
         self._maybe_disabled(session, now)
 
     def _maybe_disabled(self, session: Session, now: int, force: bool = False) -> None:
-        if session.state != State.DISABLING_WAITING_STOP_ACKS:
+        if not can_apply(session, SessionEvent.STOPPED):
             return
-        if not force and any(i.state == "STOPPING" for i in session.instances.values()):
+        stopping = [i for i in session.instances.values() if i.state is InstanceState.STOPPING]
+        if stopping and not force:
             return
-        for instance in session.instances.values():
-            if instance.state != "STOPPED":  # its stop ack never came
-                instance.state = "STOPPED"
-                producer = self._producer_by_id(instance.producer_id)
-                if producer is not None:
-                    self._notify_instance(session, instance, producer)
-        apply(session, Event.STOPPED)
+        for instance in stopping:  # its stop ack never came
+            apply(instance, InstanceEvent.STOPPED)
+            producer = self._producer_by_id(instance.producer_id)
+            if producer is not None:
+                self._notify_instance(session, instance, producer)
+        apply(session, SessionEvent.STOPPED)
         session.stop_deadline = None
         self._scrape_session(session)
         self._service_event(session, "tracing_disabled")
@@ -522,7 +536,7 @@ class ServiceCore:
 
     def _c_flush(self, peer: Peer, request_id: int, req, now: int) -> None:
         session = self._session_of(peer)
-        if session is None or session.state != State.STARTED:
+        if session is None or session.state is not SessionState.STARTED:
             self._to_consumer(peer.identity, request_id, flush=ipc.FlushConsumerResponse())
             return
 
@@ -653,14 +667,19 @@ class ServiceCore:
         STOPPED); the transient STARTING and STOPPING are not reported."""
         if not session.observer_request_id or 1 not in session.observe_types:
             return
-        if instance.state in ("STARTING", "STOPPING"):
+        if instance.state not in REPORTED_INSTANCE:
             return
-        change = ipc.ObservableEvents.DataSourceInstanceStateChange(
+        change_type = ipc.ObservableEvents.DataSourceInstanceStateChange
+        change = change_type(
             producer_id=producer.id,
             producer_name=producer.name,
             data_source_name=instance.name,
             instance_id=instance.id,
-            state=2 if instance.state == "STARTED" else 1,
+            state=(
+                change_type.STATE_STARTED
+                if instance.state is InstanceState.STARTED
+                else change_type.STATE_STOPPED
+            ),
         )
         events = ipc.ObservableEvents(instance_state_changes=[change])
         self._to_consumer(session.consumer, session.observer_request_id, events=events)

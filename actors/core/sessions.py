@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback
-from actors.core.session_state import HasState
+from actors.core.lifecycle import HasInstanceState, HasSessionState
 from shm.trace_buffer import FillPolicy, TraceBuffer
 
 MAX_SESSIONS = 15
@@ -60,8 +60,9 @@ IMPLEMENTED_DATA_SOURCE_FIELDS = frozenset(
 
 
 @dataclass
-class Instance:
-    """One data source instance: (session, config entry, matching producer)."""
+class Instance(HasInstanceState):
+    """One data source instance: (session, config entry, matching producer);
+    its state moves only through actors/core/lifecycle.py."""
 
     id: int
     producer_id: int
@@ -71,7 +72,6 @@ class Instance:
     notify_on_start: bool = False
     notify_on_stop: bool = False
     no_flush: bool = False
-    state: str = "CONFIGURED"  # STARTING, STARTED, STOPPING, STOPPED
 
 
 @dataclass
@@ -82,7 +82,7 @@ class PendingFlush:
     done: Callable[[bool], None]
 
 
-class Session(HasState):
+class Session(HasSessionState):
     def __init__(
         self, sid: int, consumer: bytes, uid: int, config: pb.TraceConfig, request_id: int
     ) -> None:
