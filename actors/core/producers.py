@@ -52,6 +52,9 @@ class ServiceCounters:
 
     chunks_discarded: int = 0
     patches_discarded: int = 0
+    # Messages answered with an error because no handler takes them (unknown,
+    # empty or not supported kinds); not a TraceStats field, logged by the shell.
+    messages_not_handled: int = 0
 
 
 @dataclass
