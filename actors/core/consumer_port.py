@@ -13,8 +13,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import reports
 from actors.core.flushes import Flushes
-from actors.core.lifecycle import SessionEvent as Ev
-from actors.core.lifecycle import SessionState, can_apply
+from actors.core.lifecycle import SessionEvent, SessionState, can_apply
 from actors.core.outbox import Peer, version_error
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import NS_PER_MS, SessionControl
@@ -66,13 +65,16 @@ class ConsumerPort:
         if self._ctx.session_of(peer.identity) is not None:
             return "this consumer already has a tracing session"
         sessions = list(self._ctx.sessions.values())
-        return check_config(config, sessions, peer.uid, self._ctx.limits) or ""
+        error = check_config(config, sessions, peer.uid, self._ctx.limits)
+        if not error and len(config.buffers) > self._ctx.free_buffer_ids():
+            error = "the service has no free buffer id left for this session's buffers"
+        return error or ""
 
     def start_tracing(
         self, peer: Peer, request_id: int, req: ipc.StartTracingRequest, now: int
     ) -> None:
         session = self._ctx.session_of(peer.identity)
-        if session is None or not can_apply(session, Ev.START):
+        if session is None or not can_apply(session, SessionEvent.START):
             self._ctx.out.ack(peer.identity, request_id, "no deferred session to start")
             return
         self._control.start(session, now)

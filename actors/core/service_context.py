@@ -59,6 +59,9 @@ class ServiceContext:
         self.producers_seen = 0
         self.data_sources_seen = 0
 
+    def free_buffer_ids(self) -> int:
+        return MAX_BUFFER_ID - len(self.buffer_ids)
+
     def session_of(self, consumer: bytes) -> Session | None:
         """The session of a consumer connection (one at most)."""
         for session in self.sessions.values():

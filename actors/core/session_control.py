@@ -54,8 +54,8 @@ class SessionControl:
         session = Session(ctx.session_ids.next(), peer.identity, peer.uid, config, request_id)
         for buf_config in config.buffers:
             buffer_id = ctx.buffer_ids.allocate()
-            # check_config caps a session at 128 buffers and the service at 15 sessions.
-            assert buffer_id is not None, "the buffer id pool is larger than the limits allow"
+            # The consumer port refuses a session with more buffers than free ids.
+            assert buffer_id is not None, "a session was enabled without free buffer ids"
             ctx.buffers[buffer_id] = new_buffer(buf_config)
             session.buffer_ids.append(buffer_id)
         apply(session, SessionEvent.ENABLE)
