@@ -7,10 +7,12 @@ envelopes to send, in order. The shell also passes in an SMB factory and the
 clocks (for clock snapshots and service packet timestamps).
 
 Every message kind of the protocol is routed by one of the two dispatch tables
-below (PRODUCER_HANDLERS, CONSUMER_HANDLERS) or answered "not supported"
-(NOT_SUPPORTED); a kind in neither, or an envelope with no message, gets an
-error reply and is counted (ServiceCounters.messages_not_handled). The work is
-done by the parts service_context.py draws.
+built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
+producer's initialize_connection comes first, outside the table) or answered
+"not supported" (NOT_SUPPORTED); a kind in neither, or an envelope with no
+message, gets an error reply and is counted
+(ServiceCounters.messages_not_handled). The work is done by the parts that
+service_context.py draws.
 """
 
 from __future__ import annotations
