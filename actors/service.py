@@ -57,11 +57,17 @@ def snapshot_clocks() -> list[tuple[int, int]]:
 
 
 def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
-    """(pid, uid) of an ipc:// peer from libzmq's "localhost:UID:GID:PID"."""
+    """(process id, uid) of an ipc:// peer from libzmq's "localhost:UID:GID:PID"."""
     try:
-        _host, uid, _gid, pid = frame.get("Peer-Address").rsplit(":", 3)
+        address = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return 0, -1
+    if not isinstance(address, str):  # an int only for integer properties
+        return 0, -1
+    try:
+        _host, uid, _gid, pid = address.rsplit(":", 3)
         return int(pid), int(uid)
-    except (zmq.ZMQError, ValueError, AttributeError):
+    except ValueError:
         return 0, -1
 
 
@@ -132,22 +138,22 @@ class ServiceShell:
             return
         identity = frames[0].bytes
         pid, uid = peer_credentials(frames[1])
+        payload = [f.bytes for f in frames[1:]]
+        peer = Peer(identity, pid, uid)
         try:
             if side == "p":
-                msg = framing.decode_from_producer([f.bytes for f in frames[1:]])
+                from_producer = framing.decode_from_producer(payload)
+                self._watch(side, identity, pid)
+                outputs = self.core.handle_producer(peer, from_producer, time.monotonic_ns())
             else:
-                msg = framing.decode_from_consumer([f.bytes for f in frames[1:]])
+                from_consumer = framing.decode_from_consumer(payload)
+                self._watch(side, identity, pid)
+                outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
         except framing.FramingError as e:
             self.dropped_frames += 1
             log(f"dropped a frame from pid {pid}: {e}")
             return
-        self._watch(side, identity, pid)
-        peer = Peer(identity, pid, uid)
-        now = time.monotonic_ns()
-        if side == "p":
-            self._send_all(self.core.handle_producer(peer, msg, now))
-        else:
-            self._send_all(self.core.handle_consumer(peer, msg, now))
+        self._send_all(outputs)
 
     def _watch(self, side: str, identity: bytes, pid: int) -> None:
         key = (side, identity)
@@ -207,6 +213,9 @@ class ServiceShell:
         log("stopping")
         if self.dropped_frames:
             log(f"dropped {self.dropped_frames} undecodable frames in all")
+        if self.core.counters.messages_not_handled:
+            unhandled = self.core.counters.messages_not_handled
+            log(f"answered {unhandled} messages with no handler with an error")
         self._send_all(self.core.shutdown(time.monotonic_ns()))
         self.close()
         return 0

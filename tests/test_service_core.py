@@ -340,3 +340,23 @@ def test_service_limits_are_configurable():
         enable_tracing=ipc.EnableTracingRequest(trace_config=two_buffers.SerializeToString())
     )
     assert consumers[2].replies()[0].enable_tracing.error == "too many buffers: 2 (limit 1)"
+
+
+def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
+    from actors.core import service_context
+
+    monkeypatch.setattr(service_context, "MAX_BUFFER_ID", 3)  # a pool of three ids
+    rig = Rig()
+    two_buffers = pb.TraceConfig.FromString(config())
+    two_buffers.buffers.add(size_kb=4)
+    request = ipc.EnableTracingRequest(trace_config=two_buffers.SerializeToString())
+    first, second = FakeConsumer(rig, "first"), FakeConsumer(rig, "second")
+    first.send(enable_tracing=request)
+    assert first.replies()[0].enable_tracing.error == ""
+    second.send(enable_tracing=request)
+    (refused,) = second.replies()
+    assert refused.enable_tracing.disabled
+    assert "no free buffer id" in refused.enable_tracing.error
+    first.send(free_buffers=ipc.FreeBuffersRequest())
+    second.send(enable_tracing=request)
+    assert second.replies()[0].enable_tracing.error == ""

@@ -52,6 +52,9 @@ class ServiceCounters:
 
     chunks_discarded: int = 0
     patches_discarded: int = 0
+    # Messages answered with an error because no handler takes them (unknown,
+    # empty or not supported kinds); not a TraceStats field, logged by the shell.
+    messages_not_handled: int = 0
 
 
 @dataclass
@@ -63,10 +66,13 @@ class WriterDrops:
 
 @dataclass
 class ProducerEntry:
-    id: int
-    peer: bytes
+    """A connected producer; its data sources, SMB, writers and the buffers it
+    may write to. Entries are made and indexed by producer_table.ProducerTable."""
+
+    id: int  # producer id, from the service's pool (never from the producer)
+    peer: bytes  # the ROUTER identity of its connection
     name: str
-    pid: int
+    pid: int  # its process id, from the kernel
     uid: int
     shm_size_hint: int = 0
     shm_page_hint: int = 0

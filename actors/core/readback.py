@@ -9,7 +9,8 @@ value of a field, so a producer cannot forge what the trailer says::
     producer bytes ... | trusted_uid (3) | trusted_packet_sequence_id (10)
                        | trusted_pid (79) | [previous_packet_dropped (42)]
 
-The service's own packets go on sequence 1 with the service's uid and pid.
+The service's own packets go on sequence 1 with the service's uid and pid;
+each builder here takes the values it writes and returns the packet's bytes.
 """
 
 from __future__ import annotations
@@ -43,44 +44,39 @@ def loss_trailer(loss_flags: int) -> bytes:
     return _DROPPED + varint(loss_flags) if loss_flags else b""
 
 
-def service_packet(uid: int, pid: int, fill) -> bytes:
-    """A packet of the service's own, on sequence 1: `fill(packet)` sets its fields."""
+def _service_packet(packet: pb.TracePacket, uid: int, service_pid: int) -> bytes:
+    return packet.SerializeToString() + trusted_trailer(uid, SERVICE_SEQUENCE_ID, service_pid)
+
+
+def _stamped(boottime_ns: int) -> pb.TracePacket:
+    return pb.TracePacket(timestamp=boottime_ns, timestamp_clock_id=BOOTTIME)
+
+
+def clock_snapshot_packet(
+    clocks: list[tuple[int, int]], boottime_ns: int, uid: int, service_pid: int
+) -> bytes:
+    """A ClockSnapshot of (clock id, timestamp) pairs, BOOTTIME the trace clock."""
+    packet = _stamped(boottime_ns)
+    for clock_id, ts in clocks:
+        packet.clock_snapshot.clocks.add(clock_id=clock_id, timestamp=ts)
+    packet.clock_snapshot.primary_trace_clock = BOOTTIME
+    return _service_packet(packet, uid, service_pid)
+
+
+def service_event_packet(event: str, boottime_ns: int, uid: int, service_pid: int) -> bytes:
+    """A TracingServiceEvent with the flag `event` (a field name) set."""
+    packet = _stamped(boottime_ns)
+    setattr(packet.service_event, event, True)
+    return _service_packet(packet, uid, service_pid)
+
+
+def trace_config_packet(config_bytes: bytes, uid: int, service_pid: int) -> bytes:
     packet = pb.TracePacket()
-    fill(packet)
-    return packet.SerializeToString() + trusted_trailer(uid, SERVICE_SEQUENCE_ID, pid)
+    packet.trace_config.ParseFromString(config_bytes)
+    return _service_packet(packet, uid, service_pid)
 
 
-def clock_snapshot_fill(clocks: list[tuple[int, int]], boottime_ns: int):
-    def fill(packet: pb.TracePacket) -> None:
-        packet.timestamp = boottime_ns
-        packet.timestamp_clock_id = BOOTTIME
-        for clock_id, ts in clocks:
-            packet.clock_snapshot.clocks.add(clock_id=clock_id, timestamp=ts)
-        packet.clock_snapshot.primary_trace_clock = BOOTTIME
-
-    return fill
-
-
-def service_event_fill(boottime_ns: int, event: str):
-    def fill(packet: pb.TracePacket) -> None:
-        packet.timestamp = boottime_ns
-        packet.timestamp_clock_id = BOOTTIME
-        setattr(packet.service_event, event, True)
-
-    return fill
-
-
-def trace_config_fill(config_bytes: bytes):
-    def fill(packet: pb.TracePacket) -> None:
-        packet.trace_config.ParseFromString(config_bytes)
-
-    return fill
-
-
-def trace_stats_fill(stats: pb.TraceStats, boottime_ns: int):
-    def fill(packet: pb.TracePacket) -> None:
-        packet.timestamp = boottime_ns
-        packet.timestamp_clock_id = BOOTTIME
-        packet.trace_stats.CopyFrom(stats)
-
-    return fill
+def trace_stats_packet(stats: pb.TraceStats, boottime_ns: int, uid: int, service_pid: int) -> bytes:
+    packet = _stamped(boottime_ns)
+    packet.trace_stats.CopyFrom(stats)
+    return _service_packet(packet, uid, service_pid)

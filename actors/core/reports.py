@@ -1,9 +1,15 @@
 """What the service tells consumers about itself: TraceStats, the service
-state, and read-back packets cut into ReadBuffers replies."""
+state, and read-back packets cut into ReadBuffers replies.
+
+Each report takes the values it reports (counts, buffer statistics, the
+producer and session records) and returns the message; nothing here reaches
+into the service.
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -11,8 +17,9 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from protos import tracebus_ipc_pb2 as ipc
 
 if TYPE_CHECKING:
-    from actors.core.service_core import ServiceCore
+    from actors.core.producers import ProducerEntry
     from actors.core.sessions import Session
+    from shm.trace_buffer import BufferStats
 
 READ_SLICE_BUDGET = 1 << 20  # bytes of packets per ReadBuffers reply, and per slice
 
@@ -38,18 +45,38 @@ def read_replies(packets: list[bytes]) -> list[ipc.ReadBuffersResponse]:
     return replies
 
 
-def trace_stats(core: ServiceCore, session: Session | None) -> pb.TraceStats:
+@dataclass(frozen=True)
+class ServiceTotals:
+    """Service-wide TraceStats fields."""
+
+    producers_connected: int
+    producers_seen: int
+    data_sources_registered: int
+    data_sources_seen: int
+    tracing_sessions: int
+    total_buffers: int
+    chunks_discarded: int
+    patches_discarded: int
+
+
+@dataclass(frozen=True)
+class BufferReport:
+    """One buffer's statistics, and the packets its producers' writers say they
+    dropped before they reached a chunk (SMB full)."""
+
+    stats: BufferStats
+    writer_packets_dropped: int
+
+
+def trace_stats(
+    totals: ServiceTotals, buffers: Iterable[BufferReport], session: Session | None
+) -> pb.TraceStats:
+    """TraceStats for one session's consumer (`session` None: service fields only)."""
     stats = pb.TraceStats()
-    for buffer_id in session.buffer_ids if session else []:
-        _buffer_stats(core, stats.buffer_stats.add(), buffer_id)
-    stats.producers_connected = len(core.producers)
-    stats.producers_seen = core.producers_seen
-    stats.data_sources_registered = sum(len(p.data_sources) for p in core.producers.values())
-    stats.data_sources_seen = core.data_sources_seen
-    stats.tracing_sessions = len(core.sessions)
-    stats.total_buffers = len(core.buffers)
-    stats.chunks_discarded = core.counters.chunks_discarded
-    stats.patches_discarded = core.counters.patches_discarded
+    for buffer in buffers:
+        _buffer_stats(stats.buffer_stats.add(), buffer)
+    for f in fields(totals):
+        setattr(stats, f.name, getattr(totals, f.name))
     if session is not None:
         stats.invalid_packets = session.invalid_packets
         stats.flushes_requested = session.flushes_requested
@@ -58,30 +85,25 @@ def trace_stats(core: ServiceCore, session: Session | None) -> pb.TraceStats:
     return stats
 
 
-def _buffer_stats(core: ServiceCore, msg: pb.TraceStats.BufferStats, buffer_id: int) -> None:
-    stats = core.buffers[buffer_id].stats
-    for f in fields(stats):
-        setattr(msg, f.name, getattr(stats, f.name))
-    # Packets producers dropped before they reached a chunk (SMB full) are
-    # reported with their commits; the buffer only sees the ones voided in a
-    # chunk. Report whichever is larger, so the producer's count shows.
-    reported = sum(
-        d.packets
-        for p in core.producers.values()
-        for d in p.drops.values()
-        if d.target_buffer == buffer_id
-    )
-    msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, reported)
+def _buffer_stats(msg: pb.TraceStats.BufferStats, buffer: BufferReport) -> None:
+    for f in fields(buffer.stats):
+        setattr(msg, f.name, getattr(buffer.stats, f.name))
+    # The buffer only sees the packets voided inside a chunk; the writers count
+    # the ones that never reached one. Report whichever is larger, so the
+    # producer's count shows.
+    msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, buffer.writer_packets_dropped)
 
 
-def service_state(core: ServiceCore, uid: int) -> ipc.QueryServiceStateResponse:
+def service_state(
+    producers: Iterable[ProducerEntry], sessions: Iterable[Session], uid: int
+) -> ipc.QueryServiceStateResponse:
     """Producers and data sources, and the sessions `uid` may see (root sees all)."""
     reply = ipc.QueryServiceStateResponse()
-    for p in core.producers.values():
+    for p in producers:
         reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
         for desc in p.data_sources.values():
             reply.data_sources.add(producer_id=p.id, descriptor=desc)
-    for s in core.sessions.values():
+    for s in sessions:
         if s.uid == uid or uid == 0:
             reply.sessions.add(
                 id=s.id,

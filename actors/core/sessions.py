@@ -4,19 +4,19 @@ and how a session's trace is read back.
 Read-back order (Perfetto's): the service's packets on sequence 1 first —
 clock snapshots, the trace_config on the first read, service events — then
 each buffer's packets (buffer 0, 1, ...), each producer packet validated and
-stamped (see readback.py), and trace_stats last.
+stamped (see readback.py), and trace_stats last (the caller adds it, after the
+read, so that it counts what the read found).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback
-from actors.core.session_state import HasState
+from actors.core.lifecycle import HasInstanceState, HasSessionState
 from shm.trace_buffer import FillPolicy, TraceBuffer
 
 MAX_SESSIONS = 15
@@ -60,8 +60,9 @@ IMPLEMENTED_DATA_SOURCE_FIELDS = frozenset(
 
 
 @dataclass
-class Instance:
-    """One data source instance: (session, config entry, matching producer)."""
+class Instance(HasInstanceState):
+    """One data source instance: (session, config entry, matching producer);
+    its state moves only through actors/core/lifecycle.py."""
 
     id: int
     producer_id: int
@@ -71,18 +72,34 @@ class Instance:
     notify_on_start: bool = False
     notify_on_stop: bool = False
     no_flush: bool = False
-    state: str = "CONFIGURED"  # STARTING, STARTED, STOPPING, STOPPED
+
+
+@dataclass(frozen=True)
+class ReplyToConsumer:
+    """When the flush completes, answer the consumer's FlushConsumerRequest."""
+
+    consumer: bytes
+    request_id: int
+
+
+@dataclass(frozen=True)
+class StopSession:
+    """The flush that ends a session's duration_ms: when it completes, stop the session."""
+
+
+# What to do when a flush completes (None: nothing more, a periodic flush).
+AfterFlush = ReplyToConsumer | StopSession | None
 
 
 @dataclass
 class PendingFlush:
     id: int
-    producers: set[int]
+    producers: set[int]  # producer ids whose ack is awaited
     deadline: int
-    done: Callable[[bool], None]
+    after: AfterFlush
 
 
-class Session(HasState):
+class Session(HasSessionState):
     def __init__(
         self, sid: int, consumer: bytes, uid: int, config: pb.TraceConfig, request_id: int
     ) -> None:
@@ -195,37 +212,32 @@ def new_buffer(config: pb.TraceConfig.BufferConfig) -> TraceBuffer:
     return TraceBuffer(config.size_kb * 1024, policy)
 
 
-@dataclass
-class ReadContext:
-    """What read-back needs from the service."""
-
-    buffers: dict[int, TraceBuffer]
-    uid: int
-    pid: int
-    boottime_ns: int
-    trace_stats: Callable[[Session], pb.TraceStats]
-    trailers: dict[tuple[int, int, int], bytes] = field(default_factory=dict)
-
-
-def read_session(session: Session, ctx: ReadContext) -> list[bytes]:
-    """Every packet readable now, in read-back order (destructive)."""
+def read_session(
+    session: Session, buffers: dict[int, TraceBuffer], uid: int, service_pid: int
+) -> list[bytes]:
+    """Every packet readable now, in read-back order (destructive), but the
+    trace_stats packet, which the caller appends once the buffers are read."""
     out: list[bytes] = []
     out.extend(session.clock_snapshots)
     session.clock_snapshots.clear()
     if not session.config_emitted:
-        fill = readback.trace_config_fill(session.config.SerializeToString())
-        out.append(readback.service_packet(ctx.uid, ctx.pid, fill))
+        config = session.config.SerializeToString()
+        out.append(readback.trace_config_packet(config, uid, service_pid))
         session.config_emitted = True
     out.extend(session.service_events)
     session.service_events.clear()
+    trailers: dict[tuple[int, int, int], bytes] = {}
     for buffer_id in session.buffer_ids:
-        _read_buffer(session, ctx, ctx.buffers[buffer_id], out)
-    stats_fill = readback.trace_stats_fill(ctx.trace_stats(session), ctx.boottime_ns)
-    out.append(readback.service_packet(ctx.uid, ctx.pid, stats_fill))
+        _read_buffer(session, buffers[buffer_id], trailers, out)
     return out
 
 
-def _read_buffer(session: Session, ctx: ReadContext, buffer: TraceBuffer, out: list[bytes]):
+def _read_buffer(
+    session: Session,
+    buffer: TraceBuffer,
+    trailers: dict[tuple[int, int, int], bytes],
+    out: list[bytes],
+) -> None:
     buffer.begin_read()
     valid = readback.packet_is_valid_untrusted
     while (packet := buffer.read_next_packet()) is not None:
@@ -233,8 +245,8 @@ def _read_buffer(session: Session, ctx: ReadContext, buffer: TraceBuffer, out: l
             session.invalid_packets += 1
             continue
         seq = session.sequence_id(packet.producer_id, packet.writer_id)
-        key = (packet.uid, seq, packet.pid)
-        trailer = ctx.trailers.get(key)
+        key = (packet.uid, seq, packet.pid)  # pid: the producer's process id
+        trailer = trailers.get(key)
         if trailer is None:
-            trailer = ctx.trailers[key] = readback.trusted_trailer(*key)
+            trailer = trailers[key] = readback.trusted_trailer(*key)
         out.append(packet.data + trailer + readback.loss_trailer(packet.loss_flags))

@@ -1,0 +1,161 @@
+"""The consumer port: what the service does with each message a consumer sends,
+and when a consumer goes away (its session is freed).
+
+A consumer is trusted (owner-only socket) but may still send nonsense: a config
+that does not parse, a request for a session it does not have. Each gets a
+reply saying so. The dispatch table that routes each ConsumerToService kind to
+a method here is in service_core.py.
+"""
+
+from __future__ import annotations
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.core import reports
+from actors.core.flushes import Flushes
+from actors.core.lifecycle import SessionEvent, SessionState, can_apply
+from actors.core.outbox import Peer, version_error
+from actors.core.service_context import ServiceContext
+from actors.core.session_control import NS_PER_MS, SessionControl
+from actors.core.sessions import (
+    ReplyToConsumer,
+    Session,
+    check_config,
+    read_session,
+    unsupported_fields,
+)
+from protos import tracebus_ipc_pb2 as ipc
+
+
+class ConsumerPort:
+    def __init__(self, ctx: ServiceContext, control: SessionControl, flushes: Flushes) -> None:
+        self._ctx = ctx
+        self._control = control
+        self._flushes = flushes
+
+    def hello(self, peer: Peer, request_id: int, req: ipc.Hello, now: int) -> None:
+        reply = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
+        if req.protocol_version != ipc.PROTOCOL_VERSION:
+            reply.error = version_error(req.protocol_version)
+        self._ctx.out.to_consumer(peer.identity, request_id, hello=reply)
+
+    def enable_tracing(
+        self, peer: Peer, request_id: int, req: ipc.EnableTracingRequest, now: int
+    ) -> None:
+        config = pb.TraceConfig()
+        error = self._refusal(peer, req, config)
+        if error:
+            reply = ipc.EnableTracingResponse(disabled=True, error=error)
+            self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
+            return
+        session = self._control.create(peer, request_id, config)
+        reply = ipc.EnableTracingResponse(session_id=session.id)
+        reply.unsupported_fields.extend(unsupported_fields(config))
+        if not config.deferred_start:
+            self._control.start(session, now)
+        reply.started = session.state is SessionState.STARTED
+        self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
+
+    def _refusal(self, peer: Peer, req: ipc.EnableTracingRequest, config: pb.TraceConfig) -> str:
+        """Why a session cannot be enabled ("" if it can); parses `config` in place."""
+        try:
+            config.ParseFromString(req.trace_config)
+        except Exception as e:  # noqa: BLE001 - a consumer's bad bytes must not end the service
+            return f"the TraceConfig does not parse: {e}"
+        if self._ctx.session_of(peer.identity) is not None:
+            return "this consumer already has a tracing session"
+        sessions = list(self._ctx.sessions.values())
+        error = check_config(config, sessions, peer.uid, self._ctx.limits)
+        if not error and len(config.buffers) > self._ctx.free_buffer_ids():
+            error = "the service has no free buffer id left for this session's buffers"
+        return error or ""
+
+    def start_tracing(
+        self, peer: Peer, request_id: int, req: ipc.StartTracingRequest, now: int
+    ) -> None:
+        session = self._ctx.session_of(peer.identity)
+        if session is None or not can_apply(session, SessionEvent.START):
+            self._ctx.out.ack(peer.identity, request_id, "no deferred session to start")
+            return
+        self._control.start(session, now)
+        self._ctx.out.ack(peer.identity, request_id)
+
+    def disable_tracing(
+        self, peer: Peer, request_id: int, req: ipc.DisableTracingRequest, now: int
+    ) -> None:
+        """Answered once the session is DISABLED (at once if it already is)."""
+        session = self._ctx.session_of(peer.identity)
+        if session is None:
+            self._ctx.out.ack(peer.identity, request_id, "no tracing session")
+            return
+        if session.state is SessionState.DISABLED:
+            self._ctx.out.ack(peer.identity, request_id)
+            return
+        session.disable_waiters.append(request_id)
+        self._control.disable(session, now)
+
+    def flush(self, peer: Peer, request_id: int, req: ipc.FlushConsumerRequest, now: int) -> None:
+        session = self._ctx.session_of(peer.identity)
+        if session is None or session.state is not SessionState.STARTED:
+            reply = ipc.FlushConsumerResponse()  # success false: nothing to flush
+            self._ctx.out.to_consumer(peer.identity, request_id, flush=reply)
+            return
+        timeout = req.timeout_ms * NS_PER_MS if req.timeout_ms else session.flush_timeout_ns
+        after = ReplyToConsumer(peer.identity, request_id)
+        self._flushes.request(session, now, timeout, req.flags, after)
+
+    def read_buffers(
+        self, peer: Peer, request_id: int, req: ipc.ReadBuffersRequest, now: int
+    ) -> None:
+        ctx = self._ctx
+        session = ctx.session_of(peer.identity)
+        packets: list[bytes] = []
+        if session is not None:
+            packets = read_session(session, ctx.buffers, ctx.uid, ctx.service_pid)
+            packets.append(ctx.trace_stats_packet(session))
+        for reply in reports.read_replies(packets):
+            ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
+
+    def free_buffers(
+        self, peer: Peer, request_id: int, req: ipc.FreeBuffersRequest, now: int
+    ) -> None:
+        session = self._ctx.session_of(peer.identity)
+        if session is not None:
+            self.free(session, now)
+        self._ctx.out.ack(peer.identity, request_id)
+
+    def get_trace_stats(
+        self, peer: Peer, request_id: int, req: ipc.GetTraceStatsRequest, now: int
+    ) -> None:
+        stats = self._ctx.trace_stats(self._ctx.session_of(peer.identity))
+        reply = ipc.GetTraceStatsResponse(trace_stats=stats.SerializeToString())
+        self._ctx.out.to_consumer(peer.identity, request_id, trace_stats=reply)
+
+    def query_service_state(
+        self, peer: Peer, request_id: int, req: ipc.QueryServiceStateRequest, now: int
+    ) -> None:
+        ctx = self._ctx
+        reply = reports.service_state(ctx.producers.values(), ctx.sessions.values(), peer.uid)
+        ctx.out.to_consumer(peer.identity, request_id, service_state=reply)
+
+    def observe_events(
+        self, peer: Peer, request_id: int, req: ipc.ObserveEventsRequest, now: int
+    ) -> None:
+        session = self._ctx.session_of(peer.identity)
+        if session is None:
+            self._ctx.out.ack(peer.identity, request_id, "no tracing session")
+            return
+        self._control.observe(session, request_id, set(req.types))
+
+    def heartbeat(self, peer: Peer, request_id: int, req: ipc.Heartbeat, now: int) -> None:
+        pass  # the consumer is alive; nothing to answer
+
+    def gone(self, identity: bytes, now: int) -> None:
+        """A consumer that disconnects without detaching frees its session."""
+        for session in [s for s in self._ctx.sessions.values() if s.consumer == identity]:
+            self.free(session, now)
+
+    def free(self, session: Session, now: int) -> None:
+        """Fail the session's pending flushes, stop it at once, drop its buffers."""
+        self._flushes.fail_all(session, now)
+        self._control.free(session, now)

@@ -1,0 +1,87 @@
+"""Flush: ask a session's producers to commit what their writers hold, wait
+for their acks (or the timeout), then scrape their SMBs.
+
+A pending flush is data (sessions.PendingFlush): the producer ids whose ack is
+awaited, a deadline, and what to do when it completes (`after`: answer a
+consumer, stop the session at the end of duration_ms, or nothing for a
+periodic flush). A producer acks by sending a CommitData with
+flush_request_id; an ack names the newest flush it covers, so it completes
+every older one too.
+"""
+
+from __future__ import annotations
+
+from actors.core.service_context import ServiceContext
+from actors.core.session_control import SessionControl
+from actors.core.sessions import AfterFlush, PendingFlush, ReplyToConsumer, Session, StopSession
+from protos import tracebus_ipc_pb2 as ipc
+
+
+class Flushes:
+    def __init__(self, ctx: ServiceContext, control: SessionControl) -> None:
+        self._ctx = ctx
+        self._control = control
+
+    def request(
+        self, session: Session, now: int, timeout_ns: int, flags: int, after: AfterFlush
+    ) -> None:
+        flush = PendingFlush(self._ctx.flush_ids.next(), set(), now + timeout_ns, after)
+        session.flushes_requested += 1
+        by_producer: dict[int, list[int]] = {}
+        for instance in session.instances.values():
+            if not instance.no_flush:
+                by_producer.setdefault(instance.producer_id, []).append(instance.id)
+        for producer_id, instance_ids in by_producer.items():
+            producer = self._ctx.producers.by_id(producer_id)
+            if producer is None:
+                continue
+            flush.producers.add(producer_id)
+            req = ipc.FlushRequest(
+                flush_request_id=flush.id, instance_ids=instance_ids, flags=flags
+            )
+            self._ctx.out.to_producer(producer.peer, flush=req)
+        session.flushes[flush.id] = flush
+        if not flush.producers:
+            self._complete(session, flush, True, now)
+
+    def acked(self, producer_id: int, flush_id_untrusted: int, now: int) -> None:
+        """A producer's ack of every flush up to `flush_id_untrusted`."""
+        for session in list(self._ctx.sessions.values()):
+            for flush in list(session.flushes.values()):
+                if flush.id <= flush_id_untrusted:
+                    self._acked_in(session, flush, producer_id, now)
+
+    def producer_gone(self, session: Session, producer_id: int, now: int) -> None:
+        """No ack will come from a producer that is gone."""
+        for flush in list(session.flushes.values()):
+            self._acked_in(session, flush, producer_id, now)
+
+    def fail_all(self, session: Session, now: int) -> None:
+        for flush in list(session.flushes.values()):
+            self._complete(session, flush, False, now)
+
+    def expire(self, session: Session, now: int) -> None:
+        """Complete, as failed, the flushes whose deadline has passed."""
+        for flush in list(session.flushes.values()):
+            if flush.deadline <= now:
+                self._complete(session, flush, False, now)
+
+    def _acked_in(self, session: Session, flush: PendingFlush, producer_id: int, now: int) -> None:
+        flush.producers.discard(producer_id)
+        if not flush.producers and flush.id in session.flushes:
+            self._complete(session, flush, True, now)
+
+    def _complete(self, session: Session, flush: PendingFlush, success: bool, now: int) -> None:
+        session.flushes.pop(flush.id, None)
+        self._ctx.scrape_session(session)
+        if success:
+            session.flushes_succeeded += 1
+            self._ctx.service_event(session, "all_data_sources_flushed")
+        else:
+            session.flushes_failed += 1
+        after = flush.after
+        if isinstance(after, ReplyToConsumer):
+            reply = ipc.FlushConsumerResponse(success=success)
+            self._ctx.out.to_consumer(after.consumer, after.request_id, flush=reply)
+        elif isinstance(after, StopSession):
+            self._control.disable(session, now)

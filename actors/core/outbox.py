@@ -1,0 +1,75 @@
+"""What the service core says: envelopes addressed to a peer, in order.
+
+The shell gives the core each message with the sender's trusted identity
+(`Peer`: the ROUTER identity, and the process id and uid the kernel reports),
+and sends what `Outbox.drain()` returns after the call, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protos import tracebus_ipc_pb2 as ipc
+
+
+@dataclass(frozen=True)
+class Peer:
+    identity: bytes  # the ROUTER identity of the connection
+    pid: int  # process id, from the kernel
+    uid: int
+
+
+@dataclass(frozen=True)
+class ToProducer:
+    identity: bytes
+    msg: ipc.ServiceToProducer
+
+
+@dataclass(frozen=True)
+class ToConsumer:
+    identity: bytes
+    msg: ipc.ServiceToConsumer
+
+
+Output = ToProducer | ToConsumer
+
+
+def version_error(version: int) -> str:
+    return f"protocol version {version} is not supported (service speaks {ipc.PROTOCOL_VERSION})"
+
+
+class Outbox:
+    """Envelopes queued during one call into the core."""
+
+    def __init__(self) -> None:
+        self._out: list[Output] = []
+
+    def drain(self) -> list[Output]:
+        out, self._out = self._out, []
+        return out
+
+    def to_producer(
+        self, identity: bytes, request_id: int = 0, error: str = "", **fields: Any
+    ) -> None:
+        """`fields`: the oneof field to set and its message, e.g. flush=FlushRequest(...)."""
+        msg = ipc.ServiceToProducer(request_id=request_id)
+        if error:
+            msg.error.message = error
+        for name, value in fields.items():
+            getattr(msg, name).CopyFrom(value)
+        self._out.append(ToProducer(identity, msg))
+
+    def to_consumer(self, identity: bytes, request_id: int, **fields: Any) -> None:
+        msg = ipc.ServiceToConsumer(request_id=request_id)
+        for name, value in fields.items():
+            getattr(msg, name).CopyFrom(value)
+        self._out.append(ToConsumer(identity, msg))
+
+    def consumer_error(self, identity: bytes, request_id: int, error: str) -> None:
+        msg = ipc.ServiceToConsumer(request_id=request_id)
+        msg.error.message = error
+        self._out.append(ToConsumer(identity, msg))
+
+    def ack(self, identity: bytes, request_id: int, error: str = "") -> None:
+        self.to_consumer(identity, request_id, ack=ipc.Ack(error=error))

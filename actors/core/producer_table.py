@@ -1,0 +1,67 @@
+"""The connected producers, by connection and by producer id.
+
+A producer is known by its ROUTER identity (what a message arrives with) and
+by the producer id the service gave it (what instances, flushes and buffer
+records name). Both indexes live here and change together in `add` and
+`remove`, the only places a producer enters or leaves. Producer ids come from
+a u16 pool (actors/core/ids.py); they are not process ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from actors.core.ids import IdPool
+from actors.core.producers import ProducerEntry
+
+MAX_PRODUCER_ID = 0xFFFF
+
+
+class ProducerTable:
+    def __init__(self) -> None:
+        self._by_identity: dict[bytes, ProducerEntry] = {}
+        self._by_id: dict[int, ProducerEntry] = {}
+        self._ids = IdPool(MAX_PRODUCER_ID)
+
+    def add(
+        self, identity: bytes, name: str, pid: int, uid: int, shm_size_hint: int, shm_page_hint: int
+    ) -> ProducerEntry | None:
+        """A new producer with a fresh producer id, or None when every id is in use.
+        `pid` is its process id (from the kernel)."""
+        producer_id = self._ids.allocate()
+        if producer_id is None:
+            return None
+        producer = ProducerEntry(
+            producer_id, identity, name, pid, uid, shm_size_hint, shm_page_hint
+        )
+        self._by_identity[identity] = producer
+        self._by_id[producer_id] = producer
+        return producer
+
+    def remove(self, identity: bytes) -> ProducerEntry | None:
+        producer = self._by_identity.pop(identity, None)
+        if producer is not None:
+            del self._by_id[producer.id]
+            self._ids.release(producer.id)
+        return producer
+
+    def by_id(self, producer_id: int) -> ProducerEntry | None:
+        return self._by_id.get(producer_id)
+
+    def get(self, identity: bytes) -> ProducerEntry | None:
+        return self._by_identity.get(identity)
+
+    def __getitem__(self, identity: bytes) -> ProducerEntry:
+        return self._by_identity[identity]
+
+    def __contains__(self, identity: object) -> bool:
+        return identity in self._by_identity
+
+    def __len__(self) -> int:
+        return len(self._by_identity)
+
+    def __iter__(self) -> Iterator[ProducerEntry]:
+        return iter(list(self._by_identity.values()))
+
+    def values(self) -> list[ProducerEntry]:
+        return list(self._by_identity.values())

@@ -1,0 +1,125 @@
+"""What the service keeps between messages, shared by its parts.
+
+    ServiceCore (service_core.py)   entry points, dispatch tables, timers
+      ├─ ProducerPort (producer_port.py)   producer messages, a producer gone
+      ├─ ConsumerPort (consumer_port.py)   consumer messages, a consumer gone
+      ├─ Flushes (flushes.py)              flush requests, acks, completion
+      └─ SessionControl (session_control.py)  instances, start, stop
+    each over one ServiceContext: producers, sessions, buffers, ids, counters,
+    the commit path, the outbox, the shell's clocks.
+
+The shell passes in an SMB factory and the clocks (for clock snapshots and
+service packet timestamps); the core never reads a clock itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.core import readback, reports
+from actors.core.ids import Counter, IdPool
+from actors.core.outbox import Outbox
+from actors.core.producer_table import ProducerTable
+from actors.core.producers import CommitPath, ServiceCounters, SmbFactory
+from actors.core.sessions import Limits, Session
+from shm.trace_buffer import TraceBuffer
+
+MAX_BUFFER_ID = 0xFFFF
+
+
+class Clocks:
+    """The shell's clocks, as the core may see them."""
+
+    def __init__(self, snapshot: Callable[[], list[tuple[int, int]]], boottime: Callable[[], int]):
+        self.snapshot = snapshot
+        self.boottime = boottime
+
+
+class ServiceContext:
+    def __init__(
+        self, smb_factory: SmbFactory, clocks: Clocks, uid: int, service_pid: int, limits: Limits
+    ) -> None:
+        self.smb_factory = smb_factory
+        self.clocks = clocks
+        self.uid = uid
+        self.service_pid = service_pid  # the service's own process id, on its packets
+        self.limits = limits
+        self.producers = ProducerTable()
+        self.sessions: dict[int, Session] = {}
+        self.buffers: dict[int, TraceBuffer] = {}  # by global buffer id
+        self.counters = ServiceCounters()
+        self.commit = CommitPath(self.buffers, self.counters)
+        self.out = Outbox()
+        self.buffer_ids = IdPool(MAX_BUFFER_ID)
+        self.session_ids = Counter()
+        self.instance_ids = Counter()
+        self.flush_ids = Counter()
+        self.producers_seen = 0
+        self.data_sources_seen = 0
+
+    def free_buffer_ids(self) -> int:
+        return MAX_BUFFER_ID - len(self.buffer_ids)
+
+    def session_of(self, consumer: bytes) -> Session | None:
+        """The session of a consumer connection (one at most)."""
+        for session in self.sessions.values():
+            if session.consumer == consumer:
+                return session
+        return None
+
+    def service_event(self, session: Session, event: str) -> None:
+        packet = readback.service_event_packet(
+            event, self.clocks.boottime(), self.uid, self.service_pid
+        )
+        session.service_events.append(packet)
+
+    def clock_snapshot(self, session: Session) -> None:
+        packet = readback.clock_snapshot_packet(
+            self.clocks.snapshot(), self.clocks.boottime(), self.uid, self.service_pid
+        )
+        session.clock_snapshots.append(packet)
+
+    def scrape_session(self, session: Session) -> None:
+        """Copy what the session's producers left in their SMBs into its buffers."""
+        ids = set(session.buffer_ids)
+        for producer_id in {i.producer_id for i in session.instances.values()}:
+            producer = self.producers.by_id(producer_id)
+            if producer is not None:
+                self.commit.scrape(producer, ids)
+
+    # -- reports ----------------------------------------------------------------------
+
+    def trace_stats_packet(self, session: Session | None) -> bytes:
+        stats = self.trace_stats(session)
+        return readback.trace_stats_packet(
+            stats, self.clocks.boottime(), self.uid, self.service_pid
+        )
+
+    def trace_stats(self, session: Session | None) -> pb.TraceStats:
+        buffer_ids = session.buffer_ids if session is not None else []
+        buffers = [self._buffer_report(b) for b in buffer_ids]
+        return reports.trace_stats(self._totals(), buffers, session)
+
+    def _totals(self) -> reports.ServiceTotals:
+        producers = self.producers.values()
+        return reports.ServiceTotals(
+            producers_connected=len(producers),
+            producers_seen=self.producers_seen,
+            data_sources_registered=sum(len(p.data_sources) for p in producers),
+            data_sources_seen=self.data_sources_seen,
+            tracing_sessions=len(self.sessions),
+            total_buffers=len(self.buffers),
+            chunks_discarded=self.counters.chunks_discarded,
+            patches_discarded=self.counters.patches_discarded,
+        )
+
+    def _buffer_report(self, buffer_id: int) -> reports.BufferReport:
+        dropped = sum(
+            d.packets
+            for p in self.producers.values()
+            for d in p.drops.values()
+            if d.target_buffer == buffer_id
+        )
+        return reports.BufferReport(self.buffers[buffer_id].stats, dropped)

@@ -1,0 +1,301 @@
+"""A session's life: its buffers and data source instances, start, stop, free.
+
+Session and instance states change only through actors/core/lifecycle.py;
+this module decides when, and tells producers (setup, start, stop) and the
+observing consumer (instance state changes, all data sources started). Flushes
+are in flushes.py; a session's pending flushes are failed by the caller before
+`free`.
+"""
+
+from __future__ import annotations
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from actors.core.lifecycle import (
+    LIVE_SESSION,
+    REPORTED_INSTANCE,
+    InstanceEvent,
+    InstanceState,
+    SessionEvent,
+    SessionState,
+    apply,
+    can_apply,
+)
+from actors.core.outbox import Peer
+from actors.core.producers import ProducerEntry
+from actors.core.service_context import ServiceContext
+from actors.core.sessions import (
+    Instance,
+    Session,
+    new_buffer,
+    producer_matches,
+    target_buffer_index,
+)
+from protos import tracebus_ipc_pb2 as ipc
+from shm.abi import SharedMemoryABI, resolve_geometry
+
+NS_PER_MS = 1_000_000
+# ObserveEventsRequest.Type values a consumer subscribes to.
+OBSERVE_INSTANCES = ipc.ObserveEventsRequest.TYPE_DATA_SOURCES_INSTANCES
+OBSERVE_ALL_STARTED = ipc.ObserveEventsRequest.TYPE_ALL_DATA_SOURCES_STARTED
+_CHANGE = ipc.ObservableEvents.DataSourceInstanceStateChange
+
+
+class SessionControl:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    # -- enable: buffers and instances --------------------------------------------------
+
+    def create(self, peer: Peer, request_id: int, config: pb.TraceConfig) -> Session:
+        """A CONFIGURED session with its buffers, and instances on every matching
+        producer (the config was checked against the limits already)."""
+        ctx = self._ctx
+        session = Session(ctx.session_ids.next(), peer.identity, peer.uid, config, request_id)
+        for buf_config in config.buffers:
+            buffer_id = ctx.buffer_ids.allocate()
+            # The consumer port refuses a session with more buffers than free ids.
+            assert buffer_id is not None, "a session was enabled without free buffer ids"
+            ctx.buffers[buffer_id] = new_buffer(buf_config)
+            session.buffer_ids.append(buffer_id)
+        apply(session, SessionEvent.ENABLE)
+        ctx.sessions[session.id] = session
+        for producer in ctx.producers.values():
+            for name in producer.data_sources:
+                self._setup_instances(session, producer, name)
+        return session
+
+    def join_running_sessions(self, producer: ProducerEntry, name: str) -> None:
+        """A data source registered late: instances in every live session that wants it."""
+        for session in self._ctx.sessions.values():
+            if session.state not in LIVE_SESSION:
+                continue
+            for instance in self._setup_instances(session, producer, name):
+                if session.state is SessionState.STARTED:
+                    self._start_instance(session, instance, producer)
+
+    def _setup_instances(
+        self, session: Session, producer: ProducerEntry, name: str
+    ) -> list[Instance]:
+        created = []
+        for ds in session.config.data_sources:
+            if ds.config.name != name or not producer_matches(ds, producer.name):
+                continue
+            index = target_buffer_index(session.config, ds.config)[0]
+            buffer_id = session.buffer_ids[index]
+            if not self._ensure_smb(producer):
+                continue
+            instance = self._new_instance(session, producer, ds.config, buffer_id)
+            created.append(instance)
+            setup = ipc.SetupDataSource(instance_id=instance.id, data_source_config=instance.config)
+            self._ctx.out.to_producer(producer.peer, setup_data_source=setup)
+        return created
+
+    def _new_instance(
+        self,
+        session: Session,
+        producer: ProducerEntry,
+        ds_config: pb.DataSourceConfig,
+        buffer_id: int,
+    ) -> Instance:
+        config = pb.DataSourceConfig()
+        config.CopyFrom(ds_config)
+        config.target_buffer = buffer_id
+        config.tracing_session_id = session.id
+        config.stop_timeout_ms = session.config.data_source_stop_timeout_ms
+        config.trace_duration_ms = session.config.duration_ms
+        desc = producer.data_sources[ds_config.name]
+        instance = Instance(
+            self._ctx.instance_ids.next(),
+            producer.id,
+            ds_config.name,
+            config.SerializeToString(),
+            buffer_id,
+            desc.will_notify_on_start,
+            desc.will_notify_on_stop,
+            desc.no_flush,
+        )
+        session.instances[instance.id] = instance
+        producer.allow(buffer_id)
+        return instance
+
+    def _ensure_smb(self, producer: ProducerEntry) -> bool:
+        if producer.smb is not None:
+            return True
+        geometry = resolve_geometry(producer.shm_size_hint, producer.shm_page_hint)
+        try:
+            smb = producer.smb = self._ctx.smb_factory(geometry)
+        except OSError:
+            return False
+        producer.abi = SharedMemoryABI(smb.buf, geometry)
+        setup = ipc.SetupTracing(
+            shm_size_bytes=geometry.size,
+            shm_page_size_bytes=geometry.page_size,
+            shm_path=smb.path,
+        )
+        self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
+        return True
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self, session: Session, now: int) -> None:
+        apply(session, SessionEvent.START)
+        self._ctx.clock_snapshot(session)
+        self._ctx.service_event(session, "tracing_started")
+        if session.config.duration_ms:
+            session.duration_deadline = now + session.config.duration_ms * NS_PER_MS
+        if session.config.flush_period_ms:
+            session.next_periodic_flush = now + session.config.flush_period_ms * NS_PER_MS
+        for instance in session.instances.values():
+            producer = self._ctx.producers.by_id(instance.producer_id)
+            if producer is not None:
+                self._start_instance(session, instance, producer)
+        self._maybe_all_started(session)
+
+    def _start_instance(
+        self, session: Session, instance: Instance, producer: ProducerEntry
+    ) -> None:
+        apply(instance, InstanceEvent.START)
+        if not instance.notify_on_start:
+            apply(instance, InstanceEvent.STARTED)  # no ack will come: started as sent
+        start = ipc.StartDataSource(instance_id=instance.id, data_source_config=instance.config)
+        self._ctx.out.to_producer(producer.peer, start_data_source=start)
+        self._notify_instance(session, instance, producer)
+
+    def _maybe_all_started(self, session: Session) -> None:
+        if session.all_started_reported or session.state is not SessionState.STARTED:
+            return
+        if all(i.state is InstanceState.STARTED for i in session.instances.values()):
+            session.all_started_reported = True
+            self._ctx.service_event(session, "all_data_sources_started")
+            if session.observer_request_id and OBSERVE_ALL_STARTED in session.observe_types:
+                events = ipc.ObservableEvents(all_data_sources_started=True)
+                self._ctx.out.to_consumer(
+                    session.consumer, session.observer_request_id, events=events
+                )
+
+    def instance_acked(
+        self, producer: ProducerEntry, instance_id_untrusted: int, event: InstanceEvent, now: int
+    ) -> None:
+        """A producer says one of its instances started or stopped; an ack the
+        instance's state does not expect (late, repeated, forged) is ignored."""
+        found = self._instance_of(producer, instance_id_untrusted)
+        if found is None or not can_apply(found[1], event):
+            return
+        session, instance = found
+        apply(instance, event)
+        self._notify_instance(session, instance, producer)
+        if event is InstanceEvent.STARTED:
+            self._maybe_all_started(session)
+        else:
+            self.finish_disable(session, now)
+
+    def _instance_of(
+        self, producer: ProducerEntry, instance_id_untrusted: int
+    ) -> tuple[Session, Instance] | None:
+        for session in self._ctx.sessions.values():
+            instance = session.instances.get(instance_id_untrusted)
+            if instance is not None and instance.producer_id == producer.id:
+                return session, instance
+        return None
+
+    # -- stop and free -----------------------------------------------------------------------
+
+    def disable(self, session: Session, now: int) -> None:
+        """Ask every instance to stop; a session that is not live is left alone."""
+        if not can_apply(session, SessionEvent.DISABLE):
+            return
+        apply(session, SessionEvent.DISABLE)
+        session.duration_deadline = session.next_periodic_flush = None
+        session.stop_deadline = now + session.stop_timeout_ns
+        for instance in session.instances.values():
+            apply(instance, InstanceEvent.STOP)
+            producer = self._ctx.producers.by_id(instance.producer_id)
+            if producer is None or not instance.notify_on_stop:
+                apply(instance, InstanceEvent.STOPPED)  # no ack will come
+            if producer is None:
+                continue
+            stop = ipc.StopDataSource(instance_id=instance.id)
+            self._ctx.out.to_producer(producer.peer, stop_data_source=stop)
+            self._notify_instance(session, instance, producer)
+        self.finish_disable(session, now)
+
+    def finish_disable(self, session: Session, now: int, force: bool = False) -> None:
+        """A disabling session whose stop acks are in (or, `force`, given up on)
+        becomes DISABLED: scrape, tell the consumer, answer disable requests."""
+        if not can_apply(session, SessionEvent.STOPPED):
+            return
+        stopping = [i for i in session.instances.values() if i.state is InstanceState.STOPPING]
+        if stopping and not force:
+            return
+        for instance in stopping:  # its stop ack never came
+            apply(instance, InstanceEvent.STOPPED)
+            producer = self._ctx.producers.by_id(instance.producer_id)
+            if producer is not None:
+                self._notify_instance(session, instance, producer)
+        apply(session, SessionEvent.STOPPED)
+        session.stop_deadline = None
+        self._ctx.scrape_session(session)
+        self._ctx.service_event(session, "tracing_disabled")
+        out = self._ctx.out
+        reply = ipc.EnableTracingResponse(disabled=True, session_id=session.id)
+        out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
+        for request_id in session.disable_waiters:
+            out.ack(session.consumer, request_id)
+        session.disable_waiters.clear()
+
+    def free(self, session: Session, now: int) -> None:
+        """Stop the session at once (no waiting for acks) and drop its buffers."""
+        ctx = self._ctx
+        self.disable(session, now)
+        self.finish_disable(session, now, force=True)
+        for instance in session.instances.values():
+            producer = ctx.producers.by_id(instance.producer_id)
+            if producer is not None:
+                producer.disallow(instance.target_buffer)
+        for buffer_id in session.buffer_ids:
+            del ctx.buffers[buffer_id]
+            ctx.buffer_ids.release(buffer_id)
+        del ctx.sessions[session.id]
+
+    def forget_instances(self, session: Session, producer_id: int) -> None:
+        """A producer is gone: its instances leave the session (finish_disable
+        then no longer waits for their stop acks)."""
+        gone = [i for i in session.instances.values() if i.producer_id == producer_id]
+        for instance in gone:
+            del session.instances[instance.id]
+
+    # -- observers -----------------------------------------------------------------------------
+
+    def observe(self, session: Session, request_id: int, types: set[int]) -> None:
+        """Subscribe the session's consumer, and replay the current state."""
+        session.observer_request_id = request_id
+        session.observe_types = types
+        self._ctx.out.ack(session.consumer, request_id)
+        for instance in session.instances.values():
+            producer = self._ctx.producers.by_id(instance.producer_id)
+            if producer is not None:
+                self._notify_instance(session, instance, producer)
+        if session.all_started_reported and OBSERVE_ALL_STARTED in session.observe_types:
+            events = ipc.ObservableEvents(all_data_sources_started=True)
+            self._ctx.out.to_consumer(session.consumer, request_id, events=events)
+
+    def _notify_instance(
+        self, session: Session, instance: Instance, producer: ProducerEntry
+    ) -> None:
+        """Tell an observer an instance is STARTED or STOPPED (CONFIGURED shows as
+        STOPPED); the transient STARTING and STOPPING are not reported."""
+        if not session.observer_request_id or OBSERVE_INSTANCES not in session.observe_types:
+            return
+        if instance.state not in REPORTED_INSTANCE:
+            return
+        started = instance.state is InstanceState.STARTED
+        change = _CHANGE(
+            producer_id=producer.id,
+            producer_name=producer.name,
+            data_source_name=instance.name,
+            instance_id=instance.id,
+            state=_CHANGE.STATE_STARTED if started else _CHANGE.STATE_STOPPED,
+        )
+        events = ipc.ObservableEvents(instance_state_changes=[change])
+        self._ctx.out.to_consumer(session.consumer, session.observer_request_id, events=events)
