@@ -522,11 +522,12 @@ def test_project_import_graph_is_found() -> None:
     edges = {(e.source, e.target, e.where) for e in import_graph(modules)}
     assert ("actors.core.service_core", "shm.trace_buffer", "module") in edges  # from x import Y
     assert (
-        "actors.core.service_core",
-        "actors.core.reports",
+        "actors.producer_host",
+        "actors.core.producer_core",
         "module",
     ) in edges  # from pkg import mod
-    assert ("actors.core.reports", "actors.core.service_core", "TYPE_CHECKING") in edges
+    assert ("actors.core.reports", "actors.core.sessions", "TYPE_CHECKING") in edges
+    assert ("launch.control", "actors.endpoints", "function") in edges
 
 
 def test_cycle_finder_on_synthetic_graphs() -> None:
