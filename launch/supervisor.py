@@ -59,7 +59,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -71,7 +70,7 @@ import zmq
 
 from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
-from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV, runtime_dir
+from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV, runtime_dir, socket_answers
 from actors.loop import Loop, Timer
 from launch import control
 from launch.children import Actor, Echo, Output, exit_text, group_of, pipe_output
@@ -205,7 +204,7 @@ class Supervisor:
         }
         for endpoint in self.endpoints.values():  # binding would steal a live one's path
             path = Path(endpoint.removeprefix("ipc://"))
-            if endpoint.startswith("ipc://") and _socket_answers(path):
+            if endpoint.startswith("ipc://") and socket_answers(path):
                 raise SetupError(f"{endpoint} is in use: is this topology running already?")
         (self.runtime_dir / "results").mkdir(exist_ok=True)
         self.control_sock = self.ctx.socket(zmq.ROUTER)
@@ -236,7 +235,7 @@ class Supervisor:
             if link == ours:
                 return
             if link.is_symlink() or link.exists():
-                if _socket_answers(link):
+                if socket_answers(link):
                     self.say(f"{link} belongs to another supervisor; ctl needs --control")
                     return
                 link.unlink()
@@ -635,15 +634,6 @@ class Supervisor:
         consumers = [a for a in self.actors if a.kind == "consumer"]
         ok = len(consumers) == len(self.topology.consumers) and not self.failed
         return EXIT_OK if ok and all(a.returncode == 0 for a in consumers) else EXIT_FAILED
-
-
-def _socket_answers(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(path))
-        except OSError:
-            return False
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
