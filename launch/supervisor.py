@@ -1,6 +1,6 @@
 """The supervisor: `python -m launch.supervisor topology.yaml [--log-dir DIR]`.
 
-Runs a topology (launch/topology.py) as one OS process per actor, each step
+Runs a topology (launch/topology.py, docs/topology.md) as one OS process per actor, each step
 gated on readiness, not on time: the service, until a consumer handshake on
 its consumer port succeeds; the producers, until the service lists each
 instance's pid (or its process group's, for a command line that forks; one
@@ -75,14 +75,8 @@ from actors.loop import Loop, Timer
 from launch import control
 from launch.children import Actor, Echo, Output, exit_text, group_of, pipe_output
 from launch.summary import collect_traces, run_summary
-from launch.topology import (
-    ConsumerSpec,
-    ProducerGroup,
-    Topology,
-    TopologyError,
-    load_topology,
-    parse_producer_group,
-)
+from launch.topology import ConsumerSpec, ProducerGroup, Topology, TopologyError
+from launch.topology_parser import load_topology, parse_producer_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 READY_TIMEOUT = 15.0  # for the service's port, and for each producer to register

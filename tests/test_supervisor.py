@@ -30,7 +30,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.consumer import Consumer
 from launch import control
 from launch.control import ControlError, SupervisorClient
-from launch.topology import parse_producer_group
+from launch.topology_parser import parse_producer_group
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
