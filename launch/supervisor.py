@@ -1,14 +1,15 @@
 """The supervisor: `python -m launch.supervisor topology.yaml [--log-dir DIR]`.
 
-Runs a topology (docs/topology.md, launch/topology.py) as one OS process per actor, each step
-gated on readiness, not on time: the service, until a consumer handshake on
-its consumer port succeeds; the producers, until the service lists each
-instance's pid (or its process group's, for a command line that forks; one
-that has not registered within 15 s is reported and the start goes on); then
-the consumers (scripts through launch/script_runner.py, configs through the
-record CLI). Every actor runs in a session of its own, so that a Ctrl-C in the
-terminal reaches the supervisor only: the shutdown order is ours to keep
-(consumers read back while the producers and the service still run).
+Runs a topology (the file: docs/topology.md; the model: launch/topology.py)
+as one OS process per actor, each step gated on readiness, not on time: the
+service, until a consumer handshake on its consumer port succeeds; the
+producers, until the service lists each instance's pid (or its process
+group's, for a command line that forks; one that has not registered within
+15 s is reported and the start goes on); then the consumers (scripts through
+launch/script_runner.py, configs through the record CLI). Every actor runs in
+a session of its own, so that a Ctrl-C in the terminal reaches the supervisor
+only: the shutdown order is ours to keep (consumers read back while the
+producers and the service still run).
 
 Output: each actor's stdout and stderr lines go to ours, prefixed with its
 name ("NAME#k | ..." for producer instances); they are also appended to the
