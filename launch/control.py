@@ -132,7 +132,7 @@ def validate_request(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def attach_entry(req: Mapping[str, Any]) -> dict[str, Any]:
     """An attach request as a topology.yaml producer entry, for
-    launch.topology.parse_producer_group to check like any other (one set of rules)."""
+    launch.topology_parser.parse_producer_group to check like any other (one set of rules)."""
     entry: dict[str, Any] = {"name": req["name"], "count": req["count"]}
     extra = list(req.get("data_sources") or [])
     kinds = [k for k in ("builtin", "module", "command") if req.get(k)]
