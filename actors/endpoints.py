@@ -6,12 +6,14 @@ such as ``ipc:///path/to/sock``), then an ipc:// socket in the per-user runtime
 directory: ``$XDG_RUNTIME_DIR/tracebus``, else ``/tmp/tracebus-<uid>``. The
 directory is created 0700, and refused if someone else owns it or it is open to
 others: the consumer port's security rests on it. Paths stay short because an
-ipc:// path must fit in sun_path (about 107 bytes).
+ipc:// path must fit in sun_path (about 107 bytes). socket_answers tells a live
+socket from a stale file, so that nobody binds over a running peer's path.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -47,3 +49,13 @@ def default_producer_endpoint() -> str:
 def default_consumer_endpoint() -> str:
     """The consumer port when no flag is given: $TRACEBUS_CONSUMER_SOCK or the runtime dir."""
     return os.environ.get(CONSUMER_ENV) or f"ipc://{runtime_dir() / CONSUMER_SOCKET}"
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether a process listens on the UNIX socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True

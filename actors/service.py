@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,11 @@ import zmq
 
 from actors.core.service_core import Clocks, Peer, ServiceCore, ToProducer
 from actors.core.sessions import DEFAULT_LIMITS, Limits
-from actors.endpoints import default_consumer_endpoint, default_producer_endpoint
+from actors.endpoints import (
+    default_consumer_endpoint,
+    default_producer_endpoint,
+    socket_answers,
+)
 from actors.loop import Loop, Timer
 from protos import framing
 from shm.abi import Geometry
@@ -69,18 +72,6 @@ def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
         return int(pid), int(uid)
     except ValueError:
         return 0, -1
-
-
-def socket_answers(path: Path) -> bool:
-    """Whether a process listens on the UNIX socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -6,7 +6,8 @@ pidfd for the loop to notice its exit; signals go to the whole group, and at
 cleanup every group started for it is killed. Output copies one child pipe to
 our stream line by line; Echo writes each line with the actor's name first,
 to our stream and to the actor's log files. describe_exit and exit_text say how
-a process ended; group_of finds a pid's process group.
+a process ended; group_of finds a pid's process group. service_actor,
+producer_actors and consumer_actor make the Actors of a topology's entries.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV
 from actors.loop import Loop, Timer
-from launch.topology import RestartPolicy
+from launch.control import CONTROL_ENV
+from launch.topology import ConsumerSpec, ProducerGroup, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
 
@@ -62,14 +65,15 @@ class Actor:
 
     def signal(self, signum: int) -> None:
         """The whole process group: a command line's children stop with it."""
-        if not self.alive:
+        proc = self.proc
+        if proc is None or self.returncode is not None:  # not alive
             return
         try:
-            os.killpg(self.proc.pid, signum)
+            os.killpg(proc.pid, signum)
         except ProcessLookupError:
             pass
         except PermissionError:  # the group is gone and its id reused: the leader only
-            self.proc.send_signal(signum)
+            proc.send_signal(signum)
 
     def popen(self) -> subprocess.Popen:
         """Start the command line in a session (a process group) of its own; OSError if
@@ -88,7 +92,7 @@ class Actor:
         """The process popen() started: its stdin fed and closed, a pidfd opened."""
         self.proc = proc
         self.pids.append(proc.pid)
-        if self.stdin:  # a config of a few KiB: the pipe takes it whole
+        if self.stdin and proc.stdin is not None:  # a config of a few KiB: the pipe takes it
             try:
                 proc.stdin.write(self.stdin)
             except BrokenPipeError:
@@ -96,6 +100,12 @@ class Actor:
             proc.stdin.close()
         self.started_ns = time.monotonic_ns()
         self.pidfd = os.pidfd_open(proc.pid)
+
+    def reap(self) -> int:
+        """The exit status of the process that exited (its pidfd fired), now recorded."""
+        assert self.proc is not None, "only a started actor exits"
+        self.returncode = self.proc.wait()
+        return self.returncode
 
     def close_pidfd(self, loop: Loop) -> None:
         loop.remove(self.pidfd)
@@ -106,7 +116,7 @@ class Actor:
         """The process if it still runs, every process group started for it, its pidfd."""
         if self.alive:  # only if shutdown itself failed
             self.signal(signal.SIGKILL)
-            self.returncode = self.proc.wait()
+            self.reap()
         for pid in self.pids:  # stragglers a command line left in its group
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -124,6 +134,66 @@ class Actor:
             "restarts": self.restarts,
             "exit": None if self.alive else describe_exit(self.returncode),
         }
+
+
+# -- the actors of a topology ----------------------------------------------------------------
+# `endpoints` maps PRODUCER_ENV, CONSUMER_ENV and CONTROL_ENV to the endpoints in use;
+# `base` is the environment every actor starts from.
+
+
+def service_actor(
+    spec: ServiceSpec, endpoints: Mapping[str, str], base: Mapping[str, str], cwd: str
+) -> Actor:
+    argv = spec.argv(sys.executable, endpoints[PRODUCER_ENV], endpoints[CONSUMER_ENV])
+    actor = Actor("service", "service", argv, dict(base), cwd)
+    actor.log = spec.log
+    return actor
+
+
+def producer_actors(
+    group: ProducerGroup, endpoints: Mapping[str, str], base: Mapping[str, str], cwd: str
+) -> list[Actor]:
+    """NAME#1..NAME#count, each with the group's restart policy and log."""
+    endpoint = endpoints[PRODUCER_ENV]
+    argv = group.argv(sys.executable, endpoint)
+    env = group.environment(base, endpoint)
+    actors = []
+    for name in group.instance_names():
+        actor = Actor(name, "producer", list(argv), env, cwd)
+        actor.restart = group.restart
+        actor.log, actor.log_prefixed = group.log, group.count > 1
+        actors.append(actor)
+    return actors
+
+
+def consumer_actor(
+    spec: ConsumerSpec,
+    endpoints: Mapping[str, str],
+    base: Mapping[str, str],
+    cwd: str,
+    result: Path,
+) -> Actor:
+    """A script through launch/script_runner.py (which reports its traces in `result`),
+    a config through the record CLI; the output's directory is made here."""
+    endpoint = endpoints[CONSUMER_ENV]
+    env = spec.environment(base, endpoint)
+    if spec.output is not None:
+        spec.output.parent.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "script":
+        argv = [sys.executable, "-m", "launch.script_runner", str(spec.script)]
+        argv += ["--name", spec.name, "--consumer-endpoint", endpoint]
+        argv += ["--control", endpoints[CONTROL_ENV], "--result", str(result)]
+        if spec.output is not None:
+            argv += ["--output", str(spec.output)]
+    else:
+        argv = spec.consumer_argv(sys.executable, endpoint)
+    actor = Actor(spec.name, "consumer", argv, env, cwd)
+    actor.log = spec.log
+    if spec.kind == "script":
+        actor.result_file = result
+    elif spec.config_text is not None:
+        actor.stdin = spec.config_text.encode()  # `-c -`
+    return actor
 
 
 def describe_exit(returncode: int | None) -> str | None:
@@ -184,11 +254,13 @@ class Output:
 
 def pipe_output(loop: Loop, emit: Emit, actor: Actor) -> list[Output]:
     """The started process's stdout and stderr, copied to ours (the pipes are ours now)."""
-    outputs = []
     proc = actor.proc
-    for fd, stream in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
-        outputs.append(Output(loop, emit, actor, os.dup(fd.fileno()), stream))
-        fd.close()
+    assert proc is not None, "pipe_output comes after popen() and adopt()"
+    outputs = []
+    for pipe, stream in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer)):
+        assert pipe is not None, "popen() pipes stdout and stderr"
+        outputs.append(Output(loop, emit, actor, os.dup(pipe.fileno()), stream))
+        pipe.close()
     return outputs
 
 

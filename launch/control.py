@@ -37,6 +37,7 @@ points at its own socket while it runs, unless a live supervisor holds it.
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import os
 import time
@@ -131,7 +132,7 @@ def validate_request(message: Mapping[str, Any]) -> dict[str, Any]:
 
 def attach_entry(req: Mapping[str, Any]) -> dict[str, Any]:
     """An attach request as a topology.yaml producer entry, for
-    launch.topology.parse_producer_group to check like any other (one set of rules)."""
+    launch.topology_parser.parse_producer_group to check like any other (one set of rules)."""
     entry: dict[str, Any] = {"name": req["name"], "count": req["count"]}
     extra = list(req.get("data_sources") or [])
     kinds = [k for k in ("builtin", "module", "command") if req.get(k)]
@@ -235,7 +236,7 @@ class SupervisorClient:
         self.endpoint = endpoint or default_control_endpoint()
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._sock = zmq.Context.instance().socket(zmq.DEALER)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         try:
             self._sock.connect(self.endpoint)
@@ -304,11 +305,12 @@ class SupervisorClient:
         )
         return list(answer.get("instances", []))
 
-    def list(self) -> list[dict[str, Any]]:
+    # In the class body below this method, `list` names it: annotations say builtins.list.
+    def list(self) -> builtins.list[dict[str, Any]]:
         """Every actor: name, kind, pid, state, restarts, exit."""
         return list(self.call("list")["actors"])
 
-    def detach(self, name: str, *, timeout: float = 30.0) -> list[str]:
+    def detach(self, name: str, *, timeout: float = 30.0) -> builtins.list[str]:
         """Stop a producer group or one instance NAME#k; returns once they exited."""
         return list(self.call("detach", timeout=timeout, name=name).get("detached", []))
 

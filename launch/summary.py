@@ -46,8 +46,8 @@ def run_summary(
         for path in actor.traces:
             rows.append((path, actor.name, *trace_figures(path)))
     for spec in topology.consumers:
-        actor = next((a for a in actors if a.name == spec.name), None)
-        if actor is None or not actor.traces:
+        ran = next((a for a in actors if a.name == spec.name), None)
+        if ran is None or not ran.traces:
             rows.append(("(no trace)", spec.name, "-", "-", "-"))
     if len(rows) > 1:
         lines.append(control.format_table(rows, "  "))

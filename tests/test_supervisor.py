@@ -21,16 +21,21 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
+import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.consumer import Consumer
+from actors.loop import Loop
 from launch import control
 from launch.control import ControlError, SupervisorClient
-from launch.topology import parse_producer_group
+from launch.control_server import Commands, ControlServer, Handler, Later, Supervising
+from launch.topology_parser import parse_producer_group
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -214,6 +219,62 @@ def test_client_times_out_with_a_clear_error(tmp_path: Path) -> None:
     with SupervisorClient(f"ipc://{tmp_path}/none.sock", timeout=0.2) as client:
         with pytest.raises(ControlError, match=r"no supervisor answered 'list' .* within 0.2 s"):
             client.list()
+
+
+def test_every_control_command_has_a_handler() -> None:
+    """The supervisor's dispatch table names a handler for each command clients may send."""
+    table = Commands(cast(Supervising, None)).table()
+    assert sorted(table) == sorted(control.FIELDS)
+
+
+def test_control_server_answers_now_later_and_without_a_handler(tmp_path: Path) -> None:
+    """A reply now, a reply once its check is ready (after settle), an error reply for a
+    command the table has no handler for, and one for a request pending at close."""
+    ctx, loop = zmq.Context(), Loop()
+    ready: list[bool] = []
+
+    def on_later() -> None:
+        def settle() -> None:
+            ready.append(True)
+            server.settle()
+
+        loop.call_later(0.01, settle)
+
+    handlers: dict[str, Handler] = {
+        "list": lambda _req: control.reply(actors=[]),
+        "stop": lambda _req: Later(lambda: control.reply(done=True) if ready else None),
+        "attach": lambda _req: Later(lambda: None),  # never ready: answered at close
+    }
+    server = ControlServer(ctx, loop, handlers, on_later)
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    server.bind(endpoint)
+    answers: dict[str, object] = {}
+
+    def client() -> None:
+        with SupervisorClient(endpoint, timeout=10) as c:
+            answers["list"] = c.list()
+            answers["stop"] = c.call("stop")["done"]
+            for cmd, call in (("detach", lambda: c.detach("x")), ("attach", lambda: c.attach("x"))):
+                try:
+                    call()
+                except ControlError as e:
+                    answers[cmd] = str(e)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        assert loop.run(until=lambda: "detach" in answers and bool(server.pending), timeout=20)
+    finally:
+        server.close()
+        thread.join(timeout=20)
+        ctx.term()
+        loop.close()
+    assert answers == {
+        "list": [],
+        "stop": True,
+        "detach": "detach: not supported by this supervisor",
+        "attach": "the topology stopped",
+    }
 
 
 # -- the supervisor ------------------------------------------------------------------------------

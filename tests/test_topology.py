@@ -1,15 +1,18 @@
-"""launch/topology.py: topology.yaml parsed into frozen dataclasses, and every way a file
-can be wrong, each as the exact one-line message (file, line, key, problem).
+"""launch/topology_parser.py: topology.yaml parsed into the frozen dataclasses of
+launch/topology.py, every way a file can be wrong, each as the exact one-line message
+(file, line, key, problem), and docs/topology.md kept to what the parser accepts.
 
 Each case writes a small YAML file (and the files it refers to) under tmp_path; nothing
-else is read or written, and no process is started but one: the purity check at the
-end imports the module in a fresh interpreter.
+else is read or written but docs/topology.md, and no process is started but one: the
+purity check at the end imports the modules in a fresh interpreter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +22,7 @@ import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from launch import topology as t
+from launch import topology_parser as tp
 from launch.topology import (
     ConsumerSpec,
     ProducerGroup,
@@ -26,12 +30,11 @@ from launch.topology import (
     ServiceSpec,
     Topology,
     TopologyError,
-    load_topology,
-    parse_producer_group,
-    parse_topology,
 )
+from launch.topology_parser import load_topology, parse_producer_group, parse_topology
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "docs" / "topology.md"
 OK_CONFIG = 'buffers { size_kb: 1024 }\ndata_sources { config { name: "track_event" } }\n'
 BAD_CONFIG = "buffers {\n  size_kb: 1024\n}\nbufers { size_kb: 4 }\n"  # line 4: no such field
 
@@ -143,7 +146,7 @@ def test_full_topology_parses_into_the_dataclasses(base: Path) -> None:
                 page_size_kb=8,
                 policy="stall_then_drop",
                 env=(("RATE", "010"), ("ON", "yes"), ("NAME", "plain"), ("EMPTY", "")),
-                restart=RestartPolicy("on-failure", t.DEFAULT_MAX_RESTARTS),
+                restart=RestartPolicy("on-failure", tp.DEFAULT_MAX_RESTARTS),
                 log=base / "logs" / "sensors.log",
             ),
             ProducerGroup(
@@ -205,8 +208,8 @@ def test_full_topology_parses_into_the_dataclasses(base: Path) -> None:
         topo.producers[0].count = 3  # type: ignore[misc]
 
 
-def test_the_docstring_example_parses(base: Path) -> None:
-    example = t.__doc__.split("are required)::\n\n", 1)[1].split("\n\nTop level:", 1)[0]
+def test_the_reference_example_parses(base: Path) -> None:
+    example = REFERENCE.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
     (base / "configs" / "synthetic.pbtxt").write_text(OK_CONFIG)
     topo = load_topology(write(base, example))
     assert [g.name for g in topo.producers] == ["sensors", "app", "legacy"]
@@ -820,7 +823,7 @@ def test_valid_smb_hints_are_what_the_service_uses(base: Path, smb, page) -> Non
     assert (group.smb_size_kb, group.page_size_kb) == (smb, page)
     geometry = resolve_geometry((smb or 0) * 1024, (page or 0) * 1024)
     assert geometry.size == (smb * 1024 if smb else DEFAULT_SMB_SIZE)
-    assert geometry.page_size == (page or t.DEFAULT_PAGE_SIZE_KB) * 1024
+    assert geometry.page_size == (page or tp.DEFAULT_PAGE_SIZE_KB) * 1024
 
 
 # -- the constants mirror the actors ------------------------------------------------------------
@@ -831,21 +834,21 @@ def test_constants_match_the_actors() -> None:
     from actors.data_sources import SyntheticDataSource, TrackEventDataSource
     from shm import abi
 
-    assert t.PAGE_SIZES_KB == tuple(p // 1024 for p in abi.PAGE_SIZES)
-    assert t.DEFAULT_PAGE_SIZE_KB * 1024 == abi.DEFAULT_PAGE_SIZE
-    assert t.MAX_SMB_SIZE_KB * 1024 == abi.MAX_SMB_SIZE
-    assert set(t.POLICIES) == set(producer.POLICIES)
-    assert t.TEXT_SUFFIXES == consumer.TEXT_SUFFIXES
+    assert tp.PAGE_SIZES_KB == tuple(p // 1024 for p in abi.PAGE_SIZES)
+    assert tp.DEFAULT_PAGE_SIZE_KB * 1024 == abi.DEFAULT_PAGE_SIZE
+    assert tp.MAX_SMB_SIZE_KB * 1024 == abi.MAX_SMB_SIZE
+    assert set(tp.POLICIES) == set(producer.POLICIES)
+    assert tp.TEXT_SUFFIXES == consumer.TEXT_SUFFIXES
     assert t.BUILTIN_DATA_SOURCES == (SyntheticDataSource.name, TrackEventDataSource.name)
     assert t.PRODUCER_SOCK_ENV == endpoints.PRODUCER_ENV
     assert t.CONSUMER_SOCK_ENV == endpoints.CONSUMER_ENV
 
 
-def test_the_module_is_pure() -> None:
-    """Importing launch.topology loads no process, socket or actor machinery (the
-    pure config rules it shares with the consumer live in actors.core.configs)."""
+def test_the_modules_are_pure() -> None:
+    """Importing the model and its parser loads no process, socket or actor machinery
+    (the pure config rules they share with the consumer live in actors.core.configs)."""
     probe = (
-        "import json, sys; import launch.topology; "
+        "import json, sys; import launch.topology, launch.topology_parser; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'zmq', 'subprocess', 'socket', 'multiprocessing', 'signal', 'asyncio', 'actors', "
         "'shm'})))"
@@ -887,3 +890,66 @@ def test_service_limits_become_service_flags(base: Path) -> None:
 def test_bad_service_limits(base: Path, limits: str, message: str) -> None:
     path = write(base, f"stop_when: never\nservice:\n  limits:\n    {limits}\n")
     assert message in str(error_of(path))
+
+
+# -- docs/topology.md against the parser ---------------------------------------------------
+
+
+def documented_keys() -> dict[str, list[str]]:
+    """Section -> the keys of the table after its `<!-- keys: SECTION -->` marker, in
+    the order the reference lists them."""
+    sections: dict[str, list[str]] = {}
+    lines = REFERENCE.read_text().splitlines()
+    for i, line in enumerate(lines):
+        marker = re.fullmatch(r"<!-- keys: (.+) -->", line.strip())
+        if marker is None:
+            continue
+        assert marker[1] not in sections, f"two tables for {marker[1]!r}"
+        rows = itertools.takewhile(lambda row: row.startswith("|"), lines[i + 1 :])
+        cells = [row.split("|")[1].strip() for row in rows]
+        assert cells[:2] == ["key", "---"], f"{marker[1]!r}: no table after the marker"
+        keys = [re.fullmatch(r"`(\w+)`", cell) for cell in cells[2:]]
+        assert all(keys), f"{marker[1]!r}: each row starts with a `key`: {cells[2:]}"
+        sections[marker[1]] = [key[1] for key in keys if key is not None]
+    return sections
+
+
+# A mapping in each section with one key no section has: the parser's own message lists
+# the keys it accepts there. Every section of SECTION_KEYS needs one.
+UNKNOWN_KEY_IN = {
+    "top level": "zz_unknown: 1\n",
+    "service": "stop_when: never\nservice: {zz_unknown: 1}\n",
+    "service.limits": "stop_when: never\nservice: {limits: {zz_unknown: 1}}\n",
+    "producers[]": "stop_when: never\nproducers: [{zz_unknown: 1}]\n",
+    "producers[].restart": (
+        "stop_when: never\nproducers: [{name: p, builtin: [], restart: {zz_unknown: 1}}]\n"
+    ),
+    "consumers[]": "consumers: [{zz_unknown: 1}]\n",
+}
+
+
+def test_the_reference_documents_every_section_the_parser_has() -> None:
+    assert set(documented_keys()) == set(tp.SECTION_KEYS)
+    assert set(UNKNOWN_KEY_IN) == set(tp.SECTION_KEYS)
+
+
+@pytest.mark.parametrize("section", sorted(tp.SECTION_KEYS))
+def test_the_reference_documents_exactly_the_keys_the_parser_accepts(
+    base: Path, section: str
+) -> None:
+    documented = documented_keys().get(section, [])
+    with pytest.raises(TopologyError) as e:
+        parse_topology(UNKNOWN_KEY_IN[section], base / "topology.yaml")
+    problem = e.value.problem
+    assert problem.startswith("unknown key; expected one of: "), problem
+    accepted = problem.removeprefix("unknown key; expected one of: ").split(", ")
+    assert accepted == list(tp.SECTION_KEYS[section])  # the table is what the parser uses
+    assert {
+        "documented, not accepted": sorted(set(documented) - set(accepted)),
+        "accepted, not documented": sorted(set(accepted) - set(documented)),
+    } == {"documented, not accepted": [], "accepted, not documented": []}
+    assert documented == accepted  # and in the parser's order
+
+
+def test_the_readme_points_to_the_reference() -> None:
+    assert "docs/topology.md" in (REPO / "README.md").read_text()
