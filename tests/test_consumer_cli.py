@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from actors.core.consumer_core import (
 )
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
-from tests.processes import REPO, Runtime
+from tests.processes import REPO, Proc, Runtime
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,7 +184,7 @@ def run_cli(rt: Runtime, *args: str, env: dict[str, str] | None = None) -> tuple
     return finish(rt, rt.start_consumer_cli(*args, env=env))
 
 
-def finish(rt: Runtime, proc: subprocess.Popen) -> tuple[int, str]:
+def finish(rt: Runtime, proc: Proc) -> tuple[int, str]:
     """Wait for the CLI to exit (killed after 30 s): its exit code and stderr."""
     _, err = rt.communicate(proc, timeout=30)
     return proc.returncode, err
