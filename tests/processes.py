@@ -9,6 +9,7 @@ service, producers and consumers, and a cleanup that leaves nothing behind.
     service = rt.start_service()          # returns once the consumer port answers
     alpha = rt.start_producer("alpha")    # returns once the service lists it, sources registered
     result, out = rt.record(CONFIG, "a")  # the record CLI, run to the end of its session
+    cli = rt.start_consumer_cli("-c", ...)  # the CLI with any arguments; stderr piped
 
 Contract:
 
@@ -18,13 +19,16 @@ Contract:
   (PYTHONPATH = DIR/mods:REPO), e.g. for `actors.producer --module NAME`.
 - Every child runs `sys.executable` from the repository, with
   TRACEBUS_TEST_RUNTIME=DIR in its environment: close() finds whatever carries
-  it, grandchildren included, even if this object lost track of it.
+  it, grandchildren included, even if this object lost track of it. No other
+  TRACEBUS_* variable is inherited from the test's environment (a test run from
+  inside a topology must not reach its service); a test passes the ones it means.
 - Readiness is a handshake or a condition polled with a deadline
   (tests.waiting.wait_for), never a sleep. A child that exits while it is waited
   for fails the wait at once, with the logs.
-- A child's stderr (and its stdout, unless read as lines with `lines=True`) goes
-  to DIR/<label>.log; logs() returns their tails; close() prints them, which
-  pytest shows for a failed test.
+- A child's stdout and stderr go to DIR/<label>.log, unless spawn() is asked to
+  read one of them as lines (wait_line; the lines are copied to the log too) or
+  to pipe stderr to the test (the record CLI's summary); logs() returns the logs'
+  tails; close() prints them, which pytest shows for a failed test.
 - close() always runs the whole cleanup: it closes the consumers of this
   process, asks producers then the service to stop (SIGTERM, as a user would),
   kills what did not stop in time and reaps everything, removes the directory.
@@ -46,7 +50,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Literal
 
 from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
@@ -62,6 +66,7 @@ STOP_GRACE = 5.0  # SIGTERM to SIGKILL at cleanup
 BUILTIN_SOURCES = ("tracebus.synthetic", "track_event")
 
 Proc = subprocess.Popen
+Stderr = Literal["log", "pipe", "lines"]
 
 
 class Runtime:
@@ -92,8 +97,11 @@ class Runtime:
     # -- children --------------------------------------------------------------------------
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """A child's environment: this one without TRACEBUS_*, then PYTHONPATH, the
+        marker and `extra`."""
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRACEBUS_")}
         path = os.pathsep.join([str(self.modules), str(REPO)])
-        return {**os.environ, "PYTHONPATH": path, MARKER: str(self.dir), **(extra or {})}
+        return {**inherited, "PYTHONPATH": path, MARKER: str(self.dir), **(extra or {})}
 
     def write_module(self, name: str, text: str) -> Path:
         """A module every child can import as `name`."""
@@ -103,25 +111,30 @@ class Runtime:
 
     def spawn(
         self, label: str, argv: Sequence[str], env: dict[str, str] | None = None, *,
-        lines: bool = False,
+        lines: bool = False, stderr: Stderr = "log",
     ) -> Proc:  # fmt: skip
         """Start `python argv...`. With `lines`, its stdout is read line by line (see
-        wait_line) and its stdin is a pipe the test may close; otherwise both go to
-        the log."""
+        wait_line) and its stdin is a pipe the test may close. `stderr` goes to the
+        log, or to a text pipe the test reads (communicate), or is read line by line.
+        Whatever is not read otherwise goes to the log."""
+        assert not (lines and stderr == "lines"), "one stream per process is read as lines"
         log_path = self._log_path(label)
-        with open(log_path, "wb") as log:  # the child holds its own descriptor
+        # Append mode: the child and the line pump below share the file.
+        with open(log_path, "ab") as log:  # the child holds its own descriptor
             proc = subprocess.Popen(
                 [PYTHON, *argv],
                 cwd=REPO,
                 env=self.env(env),
                 stdin=subprocess.PIPE if lines else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if lines else log,
-                stderr=log,
+                stderr=log if stderr == "log" else subprocess.PIPE,
                 text=True,
             )
         self.procs.append((log_path.stem, proc))
         if lines:
-            self._pump_lines(proc)
+            self._pump_lines(proc, proc.stdout, log_path)
+        elif stderr == "lines":
+            self._pump_lines(proc, proc.stderr, log_path)
         return proc
 
     def _log_path(self, label: str) -> Path:
@@ -131,20 +144,30 @@ class Runtime:
             path = self.dir / f"{label}-{n}.log"
         return path
 
-    def _pump_lines(self, proc: Proc) -> None:
+    def _pump_lines(self, proc: Proc, stream: IO[str] | None, log_path: Path) -> None:
+        """Queue every line of `stream` for wait_line, and copy it to the log."""
         lines: queue.Queue[str] = queue.Queue()
         self._lines[proc.pid] = lines
-        stdout = proc.stdout
-        assert stdout is not None, "spawned with stdout=PIPE"
+        assert stream is not None, "spawned with a pipe for the stream read as lines"
 
         def pump() -> None:
-            for line in stdout:
-                lines.put(line.rstrip("\n"))
+            with open(log_path, "a", encoding="utf-8") as log:
+                try:
+                    for line in stream:
+                        log.write(line)
+                        log.flush()
+                        lines.put(line.rstrip("\n"))
+                except ValueError:
+                    pass  # close() closed the pipe while this thread read it
 
         threading.Thread(target=pump, daemon=True).start()
 
-    def wait_line(self, proc: Proc, prefix: str, timeout: float = 10.0) -> str:
-        """The next stdout line of `proc` (spawned with lines=True) starting with `prefix`."""
+    def wait_line(
+        self, proc: Proc, prefix: str = "", timeout: float = 10.0, *, contains: str = ""
+    ) -> str:
+        """The next line that `proc` (spawned with lines=True or stderr="lines") writes
+        on the stream read as lines, starting with `prefix` and containing `contains`.
+        The lines before it are consumed."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -152,10 +175,11 @@ class Runtime:
                 line = self._lines[proc.pid].get(timeout=max(0.0, remaining))
             except queue.Empty:
                 raise AssertionError(
-                    f"no {prefix!r} line from pid {proc.pid} within {timeout:g} s "
-                    f"(exit code {proc.poll()})\n{self.logs()}"
+                    f"no line starting with {prefix!r} and containing {contains!r} from "
+                    f"pid {proc.pid} within {timeout:g} s (exit code {proc.poll()})\n"
+                    f"{self.logs()}"
                 ) from None
-            if line.startswith(prefix):
+            if line.startswith(prefix) and contains in line:
                 return line
 
     # -- the service and its control connection ---------------------------------------------
@@ -232,6 +256,14 @@ class Runtime:
 
     # -- the record CLI ------------------------------------------------------------------------
 
+    def start_consumer_cli(
+        self, *args: str, env: dict[str, str] | None = None, label: str = "consumer-cli"
+    ) -> Proc:
+        """Start `actors.consumer ARGS` (no endpoint unless ARGS or `env` name one);
+        its stderr (the summary, or the error) is a text pipe: read it with
+        communicate()."""
+        return self.spawn(label, ["-m", "actors.consumer", *args], env, stderr="pipe")
+
     def start_record(
         self, config: str, name: str, env: dict[str, str] | None = None
     ) -> tuple[Proc, Path]:
@@ -240,19 +272,9 @@ class Runtime:
         cfg = self.dir / f"{name}.pbtxt"
         cfg.write_text(config)
         out = self.dir / f"{name}.pftrace"
-        cmd = ["-m", "actors.consumer", "-c", str(cfg), "--txt", "-o", str(out)]
-        cmd += ["--consumer-endpoint", self.consumer_endpoint]
-        proc = subprocess.Popen(
-            [PYTHON, *cmd],
-            cwd=REPO,
-            env=self.env(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append((f"record {name}", proc))
-        return proc, out
+        args = ["-c", str(cfg), "--txt", "-o", str(out)]
+        args += ["--consumer-endpoint", self.consumer_endpoint]
+        return self.start_consumer_cli(*args, env=env, label=f"record-{name}"), out
 
     def record(
         self, config: str, name: str, env: dict[str, str] | None = None, timeout: float = 60.0
@@ -362,15 +384,24 @@ class Runtime:
             left.append(f"processes still running after cleanup: {stray}")
         if self.dir.exists():
             left.append(f"runtime directory {self.dir}")
-        # multiprocessing's named semaphores (sem.*) belong to whoever else runs on
-        # this machine (benchmarks); nothing here creates one.
-        shm = {n for n in _dev_shm() - self._shm_before if not n.startswith("sem.")}
+        shm = self.new_dev_shm_entries()
         if shm:
             left.append(f"/dev/shm entries {sorted(shm)}")
-        memfds = smb_memfds(os.getpid()) - self._memfds_before
+        memfds = self.new_smb_memfds()
         if memfds:
             left.append(f"SMB memfds still open or mapped in the test process: {memfds}")
         assert not left, "left behind: " + "; ".join(left)
+
+    def new_dev_shm_entries(self) -> set[str]:
+        """/dev/shm entries that appeared since this runtime was created."""
+        # multiprocessing's named semaphores (sem.*) belong to whoever else runs on
+        # this machine (benchmarks); nothing here creates one.
+        return {n for n in _dev_shm() - self._shm_before if not n.startswith("sem.")}
+
+    def new_smb_memfds(self) -> set[int]:
+        """Inodes of SMB memfds this process opened or mapped since this runtime was
+        created, and still holds."""
+        return smb_memfds(os.getpid()) - self._memfds_before
 
 
 # -- what a process holds, from /proc -------------------------------------------------------------

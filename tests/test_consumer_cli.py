@@ -1,20 +1,19 @@
 """The consumer shell: `python -m actors.consumer` as a real subprocess, and the Consumer
 API in this process, each against a fake consumer port: a ROUTER socket in a thread
 that answers with scripted replies. Nothing here needs the real service.
+
+Files and the fake port live in the process harness's runtime (tests/processes.py,
+fixture `rt`): its directory, its consumer endpoint, and its cleanup, which reaps
+every CLI it started and fails the test if anything is left behind.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,10 +33,10 @@ from actors.core.consumer_core import (
 )
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
+from tests.processes import REPO, Proc, Runtime
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "examples" / "configs"
 CONFIG_TEXT = """
 buffers { size_kb: 256 fill_policy: RING_BUFFER }
@@ -97,15 +96,14 @@ class FakeService:
         self.vanish_after_start = script.get("vanish_after_start", False)
         self.protocol_version = script.get("protocol_version", ipc.PROTOCOL_VERSION)
         self.unsupported = script.get("unsupported", ["trace_filter"])
-        self.hooks: dict[str, Callable[[], object]] = script.get("hooks", {})
+        self.hooks: dict[str, Callable[[], None]] = script.get("hooks", {})
         self.requests: list[str] = []
         self.seen: dict[str, threading.Event] = collections.defaultdict(threading.Event)
-        self.hook_results: dict[str, object] = {}
         self.config: pb.TraceConfig | None = None
         self.error: BaseException | None = None
         self._enable_id = 0
         self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(endpoint)
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -139,7 +137,7 @@ class FakeService:
         which, rid = message.WhichOneof("msg"), message.request_id
         self.requests.append(which)
         if which in self.hooks:
-            self.hook_results[which] = self.hooks[which]()
+            self.hooks[which]()
         send = lambda **fields: self._send(identity, rid, **fields)  # noqa: E731
         if which == "hello":
             send(hello={"protocol_version": self.protocol_version})
@@ -180,52 +178,15 @@ class FakeService:
             self._send(identity, rid, enable_tracing={"disabled": True})
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A short directory: an ipc:// path must fit in sun_path."""
-    path = Path(tempfile.mkdtemp(prefix="tbc", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def run_cli(rt: Runtime, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run `python -m actors.consumer ARGS` in the runtime (no TRACEBUS_* variable but
+    those in `env`) to its end: its exit code and stderr."""
+    return finish(rt, rt.start_consumer_cli(*args, env=env))
 
 
-@pytest.fixture
-def endpoint(workdir: Path) -> str:
-    return f"ipc://{workdir}/c.sock"
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEBUS_")}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
-
-
-@pytest.fixture
-def cli() -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start the CLI; every process started is killed and reaped at the end."""
-    procs: list[subprocess.Popen] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "actors.consumer", *args],
-            cwd=REPO,
-            env=env or cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    _, err = proc.communicate(timeout=30)
+def finish(rt: Runtime, proc: Proc) -> tuple[int, str]:
+    """Wait for the CLI to exit (killed after 30 s): its exit code and stderr."""
+    _, err = rt.communicate(proc, timeout=30)
     return proc.returncode, err
 
 
@@ -242,22 +203,24 @@ def write_config(directory: Path, text: str = CONFIG_TEXT, name: str = "cfg.pbtx
 # -- the CLI ---------------------------------------------------------------------------------------
 
 
-def test_records_a_session_and_replaces_the_output_only_at_the_end(cli, workdir, endpoint):
-    out = workdir / "trace.pftrace"
+def test_records_a_session_and_replaces_the_output_only_at_the_end(rt: Runtime):
+    out = rt.dir / "trace.pftrace"
     out.write_bytes(b"old trace")
-    config = write_config(workdir)
+    config = write_config(rt.dir)
 
-    def at_free() -> tuple[bytes, list[str]]:
-        return out.read_bytes(), temp_files(workdir)
+    at_free: list[tuple[bytes, list[str]]] = []  # the output and temp files, at the end
 
-    with FakeService(endpoint, hooks={"free_buffers": at_free}) as fake:
-        env = cli_env(TRACEBUS_CONSUMER_SOCK=endpoint)
-        code, err = finish(cli("-c", str(config), "--txt", "-o", str(out), env=env))
+    def on_free() -> None:
+        at_free.append((out.read_bytes(), temp_files(rt.dir)))
+
+    with FakeService(rt.consumer_endpoint, hooks={"free_buffers": on_free}) as fake:
+        env = {"TRACEBUS_CONSUMER_SOCK": rt.consumer_endpoint}
+        code, err = run_cli(rt, "-c", str(config), "--txt", "-o", str(out), env=env)
     assert code == 0, err
-    old, temps = fake.hook_results["free_buffers"]
+    [(old, temps)] = at_free
     assert old == b"old trace", "the existing output is replaced only at the end"
     assert len(temps) == 1 and temps[0].startswith(".trace.pftrace."), temps
-    assert temp_files(workdir) == []
+    assert temp_files(rt.dir) == []
     packets = make_packets()
     data = out.read_bytes()
     assert data == b"".join(map(frame_packet, packets))
@@ -275,12 +238,14 @@ def test_records_a_session_and_replaces_the_output_only_at_the_end(cli, workdir,
     assert "#1 DISCARD" in err
 
 
-def test_binary_config_and_endpoint_flag(cli, workdir, endpoint):
-    config = workdir / "cfg.bin"
+def test_binary_config_and_endpoint_flag(rt: Runtime):
+    config = rt.dir / "cfg.bin"
     config.write_bytes(load_config(CONFIG_TEXT).SerializeToString())
-    out = workdir / "t.pftrace"
-    with FakeService(endpoint, unsupported=[]):
-        code, err = finish(cli("-c", str(config), "-o", str(out), "--consumer-endpoint", endpoint))
+    out = rt.dir / "t.pftrace"
+    with FakeService(rt.consumer_endpoint, unsupported=[]):
+        code, err = run_cli(
+            rt, "-c", str(config), "-o", str(out), "--consumer-endpoint", rt.consumer_endpoint
+        )
     assert code == 0, err
     assert len(pb.Trace.FromString(out.read_bytes()).packet) == len(make_packets())
     assert "does not implement" not in err
@@ -294,66 +259,68 @@ def test_binary_config_and_endpoint_flag(cli, workdir, endpoint):
         ("buffers { size_kb: 64 }\n", False, "pass --txt"),
     ],
 )
-def test_bad_config_exits_2_with_the_parser_message(cli, workdir, text, txt, expected):
-    out = workdir / "t.pftrace"
+def test_bad_config_exits_2_with_the_parser_message(rt: Runtime, text, txt, expected):
+    out = rt.dir / "t.pftrace"
     out.write_bytes(b"old")
-    args = ["-c", str(write_config(workdir, text)), "-o", str(out)] + (["--txt"] if txt else [])
-    code, err = finish(cli(*args))
+    args = ["-c", str(write_config(rt.dir, text)), "-o", str(out)] + (["--txt"] if txt else [])
+    code, err = run_cli(rt, *args)
     assert code == 2, err
     assert expected in err
-    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+    assert out.read_bytes() == b"old" and temp_files(rt.dir) == []
 
 
-def test_usage_errors_exit_2(cli, workdir):
-    code, err = finish(cli("-c", str(write_config(workdir))))
+def test_usage_errors_exit_2(rt: Runtime):
+    code, err = run_cli(rt, "-c", str(write_config(rt.dir)))
     assert code == 2 and "-o" in err
-    missing_dir = workdir / "nope" / "t.pftrace"
-    code, err = finish(cli("-c", str(write_config(workdir)), "--txt", "-o", str(missing_dir)))
+    missing_dir = rt.dir / "nope" / "t.pftrace"
+    code, err = run_cli(rt, "-c", str(write_config(rt.dir)), "--txt", "-o", str(missing_dir))
     assert code == 2 and "cannot write" in err and str(missing_dir) in err
 
 
-def test_unreachable_service_exits_1_naming_the_endpoint(cli, workdir, endpoint):
-    out = workdir / "t.pftrace"
+def test_unreachable_service_exits_1_naming_the_endpoint(rt: Runtime):
+    out = rt.dir / "t.pftrace"
     started = time.monotonic()
-    env = cli_env(TRACEBUS_CONNECT_TIMEOUT="0.3", TRACEBUS_CONSUMER_SOCK=endpoint)
-    code, err = finish(cli("-c", str(write_config(workdir)), "--txt", "-o", str(out), env=env))
+    env = {"TRACEBUS_CONNECT_TIMEOUT": "0.3", "TRACEBUS_CONSUMER_SOCK": rt.consumer_endpoint}
+    code, err = run_cli(rt, "-c", str(write_config(rt.dir)), "--txt", "-o", str(out), env=env)
     assert code == 1, err
-    assert f"no tracing service answered at {endpoint} within 0.3 s" in err
+    assert f"no tracing service answered at {rt.consumer_endpoint} within 0.3 s" in err
     assert time.monotonic() - started < 15
-    assert not out.exists() and temp_files(workdir) == []
+    assert not out.exists() and temp_files(rt.dir) == []
 
 
-def test_refused_session_exits_1_and_keeps_the_old_output(cli, workdir, endpoint):
-    out = workdir / "t.pftrace"
+def test_refused_session_exits_1_and_keeps_the_old_output(rt: Runtime):
+    out = rt.dir / "t.pftrace"
     out.write_bytes(b"old")
-    with FakeService(endpoint, enable_error="too many sessions (limit 15)") as fake:
-        args = ["-c", str(write_config(workdir)), "--txt", "-o", str(out)]
-        code, err = finish(cli(*args, "--consumer-endpoint", endpoint))
+    with FakeService(rt.consumer_endpoint, enable_error="too many sessions (limit 15)") as fake:
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
     assert code == 1, err
     assert "too many sessions (limit 15)" in err
-    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+    assert out.read_bytes() == b"old" and temp_files(rt.dir) == []
     assert "read_buffers" not in fake.requests
 
 
-def test_service_going_away_mid_session_exits_1(cli, workdir, endpoint):
-    out = workdir / "t.pftrace"
-    with FakeService(endpoint, vanish_after_start=True):
-        args = ["-c", str(write_config(workdir)), "--txt", "-o", str(out)]
-        code, err = finish(cli(*args, "--consumer-endpoint", endpoint))
+def test_service_going_away_mid_session_exits_1(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    with FakeService(rt.consumer_endpoint, vanish_after_start=True):
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
     assert code == 1, err
-    assert f"the tracing service at {endpoint} went away" in err
-    assert not out.exists() and temp_files(workdir) == []
+    assert f"the tracing service at {rt.consumer_endpoint} went away" in err
+    assert not out.exists() and temp_files(rt.dir) == []
 
 
-def test_sigint_flushes_disables_and_writes_what_was_read(cli, workdir, endpoint):
-    out = workdir / "t.pftrace"
-    config = write_config(workdir, CONFIG_TEXT.replace("duration_ms: 100", ""))
-    with FakeService(endpoint, ends_by_itself=False) as fake:
-        proc = cli("-c", str(config), "--txt", "-o", str(out), "--consumer-endpoint", endpoint)
+def test_sigint_flushes_disables_and_writes_what_was_read(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    config = write_config(rt.dir, CONFIG_TEXT.replace("duration_ms: 100", ""))
+    with FakeService(rt.consumer_endpoint, ends_by_itself=False) as fake:
+        proc = rt.start_consumer_cli(
+            "-c", str(config), "--txt", "-o", str(out), "--consumer-endpoint", rt.consumer_endpoint
+        )
         # The CLI asks for the service state once its session is set up.
         assert fake.seen["query_service_state"].wait(timeout=20), proc.stderr
         proc.send_signal(signal.SIGINT)
-        code, err = finish(proc)
+        code, err = finish(rt, proc)
     assert code == 130, err
     assert "SIGINT: flushing, stopping and reading back" in err
     requests = fake.requests
@@ -361,7 +328,7 @@ def test_sigint_flushes_disables_and_writes_what_was_read(cli, workdir, endpoint
     assert requests.index("disable_tracing") < requests.index("read_buffers")
     assert requests[-1] == "free_buffers"
     assert out.read_bytes() == b"".join(map(frame_packet, make_packets()))
-    assert temp_files(workdir) == []
+    assert temp_files(rt.dir) == []
 
 
 # -- example configs ------------------------------------------------------------------------------
@@ -391,9 +358,9 @@ def test_synthetic_example_has_two_buffers_and_two_sources():
 # -- the Consumer API, in this process ------------------------------------------------------------
 
 
-def test_api_session_end_to_end(workdir, endpoint):
-    with FakeService(endpoint, ends_by_itself=False) as fake:
-        with Consumer.connect(endpoint, timeout=5) as c:
+def test_api_session_end_to_end(rt: Runtime):
+    with FakeService(rt.consumer_endpoint, ends_by_itself=False) as fake:
+        with Consumer.connect(rt.consumer_endpoint, timeout=5) as c:
             c.observe()
             result = c.enable(CONFIG_TEXT)
             assert (result.session_id, result.unsupported_fields) == (7, ("trace_filter",))
@@ -405,18 +372,23 @@ def test_api_session_end_to_end(workdir, endpoint):
             c.wait_disabled(timeout=5)
             assert c.session_ended and c.session_error == ""
             assert list(c.read_buffers()) == make_packets()
+            assert c.last_read is not None, "read_buffers() sets it"
             assert c.last_read.replies == 5 and c.last_read.incomplete_bytes == 0
             assert c.stats().buffer_stats[0].chunks_overwritten == 2
             assert c.query_state().producers[0].name == "alpha"
-            saved = c.save(workdir / "saved.pftrace")
+            saved = c.save(rt.dir / "saved.pftrace")
             assert saved.packets == len(make_packets())
             c.free()
-    assert pb.Trace.FromString((workdir / "saved.pftrace").read_bytes()).packet[-1].for_testing.str
+    assert pb.Trace.FromString((rt.dir / "saved.pftrace").read_bytes()).packet[-1].for_testing.str
+    assert fake.config is not None, "the fake saw enable_tracing"
     assert fake.config.duration_ms == 100
 
 
-def test_api_abandoned_read_does_not_disturb_the_next_request(endpoint):
-    with FakeService(endpoint) as fake, Consumer.connect(endpoint, timeout=5) as c:
+def test_api_abandoned_read_does_not_disturb_the_next_request(rt: Runtime):
+    with (
+        FakeService(rt.consumer_endpoint) as fake,
+        Consumer.connect(rt.consumer_endpoint, timeout=5) as c,
+    ):
         c.enable(load_config(CONFIG_TEXT))
         c.wait_disabled(timeout=5)
         first = next(iter(c.read_packets()))
@@ -435,20 +407,23 @@ def test_a_textproto_error_names_its_place_as_topology_files_see_it():
     assert str(raised.value) == f"<config>:4:1: {message}"
 
 
-def test_api_errors_are_clear(endpoint, workdir):
+def test_api_errors_are_clear(rt: Runtime):
     with pytest.raises(ConfigError, match="bufers"):
         load_config("bufers: 1")
     with pytest.raises(ConfigError, match="cannot read config"):
-        load_config(workdir / "missing.pbtxt")
-    with FakeService(endpoint, protocol_version=99):
+        load_config(rt.dir / "missing.pbtxt")
+    with FakeService(rt.consumer_endpoint, protocol_version=99):
         with pytest.raises(ProtocolMismatch, match="protocol 99"):
-            Consumer.connect(endpoint, timeout=5)
-    with FakeService(endpoint, enable_error="no such buffer") as fake:
-        with Consumer.connect(endpoint, timeout=5) as c:
+            Consumer.connect(rt.consumer_endpoint, timeout=5)
+    with FakeService(rt.consumer_endpoint, enable_error="no such buffer") as fake:
+        with Consumer.connect(rt.consumer_endpoint, timeout=5) as c:
             with pytest.raises(SessionError, match="no such buffer"):
                 c.enable(CONFIG_TEXT)
     assert fake.requests == ["hello", "enable_tracing"]
-    with FakeService(endpoint, vanish_after_start=True), Consumer.connect(endpoint) as c:
+    with (
+        FakeService(rt.consumer_endpoint, vanish_after_start=True),
+        Consumer.connect(rt.consumer_endpoint) as c,
+    ):
         c.enable(CONFIG_TEXT)
         with pytest.raises(SessionError, match="went away"):
             c.wait_disabled(timeout=10)
@@ -456,22 +431,22 @@ def test_api_errors_are_clear(endpoint, workdir):
             c.stats()
 
 
-def test_trace_file_discards_unless_committed(workdir):
-    out = workdir / "t.pftrace"
+def test_trace_file_discards_unless_committed(rt: Runtime):
+    out = rt.dir / "t.pftrace"
     out.write_bytes(b"old")
     with TraceFile(out) as f:
         f.write_all([b"abc"])
-    assert out.read_bytes() == b"old" and temp_files(workdir) == []
+    assert out.read_bytes() == b"old" and temp_files(rt.dir) == []
     with TraceFile(out) as f:
         f.write_all([b"abc", b""])
         f.commit()
     assert out.read_bytes() == b"\x0a\x03abc\x0a\x00"
-    assert temp_files(workdir) == []
+    assert temp_files(rt.dir) == []
 
 
-def test_api_close_frees_a_session_still_held(endpoint):
-    with FakeService(endpoint, ends_by_itself=False) as fake:
-        with Consumer.connect(endpoint, timeout=5) as c:
+def test_api_close_frees_a_session_still_held(rt: Runtime):
+    with FakeService(rt.consumer_endpoint, ends_by_itself=False) as fake:
+        with Consumer.connect(rt.consumer_endpoint, timeout=5) as c:
             c.enable(CONFIG_TEXT)
         assert fake.seen["free_buffers"].wait(timeout=5)
     assert fake.requests == ["hello", "enable_tracing", "free_buffers"]

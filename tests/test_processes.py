@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,15 @@ import signal, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("READY", flush=True)
 time.sleep(120)
+"""
+
+
+# Writes to stderr the way a producer logs: every line prefixed with its name.
+LOGS_ON_STDERR = """
+import sys
+print("printer: connecting", file=sys.stderr, flush=True)
+print("printer: stopping", file=sys.stderr, flush=True)
+print("not on stderr", flush=True)
 """
 
 
@@ -93,3 +103,42 @@ def test_a_service_that_exits_fails_the_readiness_wait_at_once_with_its_log():
         assert time.monotonic() - started < READY_TIMEOUT
     finally:
         rt.close()
+
+
+def test_stderr_read_as_lines_is_waited_for_and_copied_to_the_log():
+    rt = Runtime()
+    try:
+        printer = rt.spawn("printer", ["-c", LOGS_ON_STDERR], stderr="lines")
+        line = rt.wait_line(printer, contains="stopping")
+        assert line == "printer: stopping"  # the "connecting" line before it was skipped
+        assert printer.wait(timeout=30) == 0
+        with pytest.raises(AssertionError, match="no line starting with 'printer: '"):
+            rt.wait_line(printer, "printer: ", timeout=0.2)  # stdout is not read as lines
+        log = (rt.dir / "printer.log").read_text()  # each line is logged before it is queued
+        assert "printer: connecting\nprinter: stopping\n" in log and "not on stderr" in log
+    finally:
+        rt.close()
+
+
+def test_children_inherit_no_tracebus_variable_but_the_ones_given(monkeypatch):
+    monkeypatch.setenv("TRACEBUS_CONSUMER_SOCK", "ipc:///nowhere")
+    rt = Runtime()
+    try:
+        show = "import os; print(sorted(k for k in os.environ if k.startswith('TRACEBUS_')))"
+        result = rt.run([sys.executable, "-c", show], env={"TRACEBUS_CONNECT_TIMEOUT": "1"})
+        assert result.stdout.strip() == str(["TRACEBUS_CONNECT_TIMEOUT", "TRACEBUS_TEST_RUNTIME"])
+    finally:
+        rt.close()
+
+
+def test_a_dev_shm_entry_left_behind_fails_the_test():
+    rt = Runtime()
+    entry = Path("/dev/shm") / f"tb-leftover-{os.getpid()}"
+    entry.write_bytes(b"")
+    try:
+        assert rt.new_dev_shm_entries() == {entry.name}
+        with pytest.raises(AssertionError, match=f"/dev/shm entries .*{entry.name}"):
+            rt.close()
+    finally:
+        entry.unlink()
+    assert not rt.dir.exists()

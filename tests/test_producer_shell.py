@@ -1,17 +1,18 @@
 """`python -m actors.producer` as a real process, against a fake service: a ROUTER
 socket in this test that speaks the producer port, hands over a real sealed
-memfd (/proc/<test pid>/fd/<n>), and moves committed chunks out of it."""
+memfd (/proc/<test pid>/fd/<n>), and moves committed chunks out of it.
+
+The fake binds the process harness's producer endpoint (tests/processes.py,
+fixture `rt`), which starts the producers, reads their stderr as lines, reaps
+them, and fails the test if a process, a /dev/shm entry or an SMB memfd of this
+process is left behind."""
 
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import zmq
@@ -22,49 +23,46 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry, SharedMemoryABI
 from shm.region import MemfdRegion
+from tests.processes import Proc, Runtime
 from tests.smb_oracle import Oracle
 from tests.test_producer_core import ds_config, to_batch
 
-REPO = Path(__file__).resolve().parents[1]
 SMB_SIZE = 256 * 1024
 PAGE = 4096
 
 
 class FakeService:
-    """A ROUTER on an ipc:// endpoint in tmp_path, and the producer process it serves."""
+    """A ROUTER on the runtime's producer endpoint, and the producer process it serves."""
 
-    def __init__(self, tmp_path: Path, bind: bool = True) -> None:
-        self.endpoint = f"ipc://{tmp_path}/p.sock"
-        assert len(self.endpoint) < 100, "ipc paths must fit in sun_path"
+    def __init__(self, rt: Runtime, bind: bool = True) -> None:
+        self.rt = rt
+        self.endpoint = rt.producer_endpoint
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if bind:
             self.bind()
-        self.proc: subprocess.Popen | None = None
-        self.lines: queue.Queue[str] = queue.Queue()
+        self._proc: Proc | None = None
         self.peer = b""
 
     def bind(self) -> None:
         self.router.bind(self.endpoint)
 
-    def spawn(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "actors.producer", "--producer-endpoint", self.endpoint]
-        self.proc = subprocess.Popen(
-            [*cmd, *args], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-        )
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+    def spawn(self, *args: str) -> Proc:
+        """Start `actors.producer ARGS` on this endpoint through the harness; its stderr
+        is read as lines (wait_line) and copied to its log."""
+        argv = ["-m", "actors.producer", "--producer-endpoint", self.endpoint, *args]
+        self._proc = self.rt.spawn("producer", argv, stderr="lines")
+        return self._proc
 
-    def _read_stderr(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
+    @property
+    def proc(self) -> Proc:
+        assert self._proc is not None, "spawn() first"
+        return self._proc
 
     def wait_line(self, text: str, timeout: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            if text in line:
-                return line
+        """The next stderr line of the producer that contains `text`."""
+        return self.rt.wait_line(self.proc, contains=text, timeout=timeout)
 
     def recv(self, timeout: float = 10.0) -> ipc.ProducerToService:
         assert self.router.poll(int(timeout * 1000)), "no message from the producer"
@@ -97,28 +95,23 @@ class FakeService:
         return self.proc.wait(timeout=10)
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Close the socket; the runtime stops and reaps the producer."""
         self.router.close(linger=0)
         self.ctx.term()
 
 
 @pytest.fixture
-def service(tmp_path):
-    svc = FakeService(tmp_path)
+def service(rt: Runtime) -> Iterator[FakeService]:
+    svc = FakeService(rt)
     try:
         yield svc
     finally:
         svc.close()
 
 
-def _shm_entries() -> set[str]:
-    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-
-
-def test_producer_writes_a_synthetic_session_and_exits_on_sigterm(service):
-    shm_before = _shm_entries()
+def test_producer_writes_a_synthetic_session_and_exits_on_sigterm(
+    rt: Runtime, service: FakeService
+) -> None:
     region = MemfdRegion.create(SMB_SIZE)
     try:
         service.spawn("--name", "shelltest")
@@ -165,10 +158,11 @@ def test_producer_writes_a_synthetic_session_and_exits_on_sigterm(service):
         assert service.wait_line("stopping").startswith("shelltest: ")
     finally:
         region.close()
-    assert _shm_entries() <= shm_before
+    assert rt.new_dev_shm_entries() == set()  # the SMB is a memfd: it has no name
+    assert rt.new_smb_memfds() == set()
 
 
-def test_version_mismatch_exits_with_an_error(service):
+def test_version_mismatch_exits_with_an_error(service: FakeService) -> None:
     service.spawn("--name", "old")
     init = service.recv_kind("initialize_connection")
     refusal = ipc.HelloReply(protocol_version=2, error="protocol version 1 is not supported")
@@ -178,8 +172,8 @@ def test_version_mismatch_exits_with_an_error(service):
     assert line.startswith("old: ") and "protocol version" in line
 
 
-def test_producer_retries_until_the_service_appears(tmp_path):
-    service = FakeService(tmp_path, bind=False)
+def test_producer_retries_until_the_service_appears(rt: Runtime) -> None:
+    service = FakeService(rt, bind=False)
     try:
         service.spawn("--name", "early", "--data-source", "extra.synth")
         service.wait_line("retrying")  # no reply to initialize_connection: a new attempt
@@ -194,7 +188,7 @@ def test_producer_retries_until_the_service_appears(tmp_path):
         service.close()
 
 
-def test_sigterm_ends_a_producer_stalled_on_a_full_smb(service):
+def test_sigterm_ends_a_producer_stalled_on_a_full_smb(service: FakeService) -> None:
     # Two one-chunk pages, and the service never frees what the producer commits: the
     # writer splits a packet into the second chunk, then stalls for a third.
     region = MemfdRegion.create(2 * PAGE)
@@ -216,18 +210,15 @@ def test_sigterm_ends_a_producer_stalled_on_a_full_smb(service):
         region.close()
 
 
-def test_module_data_sources_are_hosted(service, tmp_path):
-    (tmp_path / "user_ds_mod.py").write_text(
+def test_module_data_sources_are_hosted(rt: Runtime, service: FakeService) -> None:
+    rt.write_module(
+        "user_ds_mod",
         "from actors.producer import DataSource\n"
         "class Mine(DataSource):\n"
         "    name = 'user.mine'\n"
-        "    will_notify_on_start = True\n"
+        "    will_notify_on_start = True\n",
     )
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
-    cmd = [sys.executable, "-m", "actors.producer", "--producer-endpoint", service.endpoint]
-    service.proc = subprocess.Popen(
-        [*cmd, "--name", "mod", "--module", "user_ds_mod"], cwd=REPO, env=env
-    )
+    service.spawn("--name", "mod", "--module", "user_ds_mod")
     init = service.recv_kind("initialize_connection")
     service.send(init.request_id, initialize_connection={"producer_id": 2})
     regs = [service.recv_kind("register_data_source").register_data_source for _ in range(3)]
