@@ -140,10 +140,6 @@ def is_valid_writer_id(writer_id: int) -> bool:
     return 0 < writer_id <= MAX_WRITER_ID
 
 
-def pack_packets(count: int, flags: int) -> int:
-    return (count & COUNT_MASK) | (flags << FLAGS_SHIFT)
-
-
 def unpack_packets(packets: int) -> tuple[int, int]:
     return packets & COUNT_MASK, packets >> FLAGS_SHIFT
 
@@ -215,10 +211,6 @@ class SharedMemoryABI:
         return ChunkRef(page, chunk, page * self.page_size + PAGE_HEADER_SIZE + chunk * size, size)
 
     # -- producer side --------------------------------------------------------------
-
-    def try_partition_page(self, page: int, layout: int) -> bool:
-        """Free page -> partitioned with `layout` (all chunks FREE)."""
-        return cas32(self.buf, page * self.page_size, 0, layout << LAYOUT_SHIFT) == 0
 
     def try_acquire_free_page(
         self, page: int, layout: int, writer_id: int, chunk_id: int

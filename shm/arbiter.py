@@ -130,9 +130,3 @@ class SharedMemoryArbiter:
                 self._pending_bytes = 0
             if batch:
                 self._on_commit(batch)
-
-    def notify_flush_complete(self, flush_request_id: int) -> None:
-        """Acknowledge a service flush with the next batch (sent right away)."""
-        with self._lock:
-            self._pending.flush_request_id = max(self._pending.flush_request_id, flush_request_id)
-        self.commit()
