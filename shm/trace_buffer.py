@@ -80,8 +80,8 @@ from shm.abi import (
     COUNT_MASK,
     FIRST_PACKET_CONTINUES,
     LAST_PACKET_CONTINUES,
-    MAX_WRITER_ID,
     NEEDS_PATCHING,
+    is_valid_writer_id,
 )
 from shm.packets import (
     MALFORMED,
@@ -287,7 +287,7 @@ class TraceBuffer:
             return
         data = bytes(payload_untrusted)  # the only read of shared memory
         if not (
-            0 < writer_id_untrusted <= MAX_WRITER_ID
+            is_valid_writer_id(writer_id_untrusted)
             and 0 <= chunk_id_untrusted <= MAX_CHUNK_ID
             and 0 <= num_fragments_untrusted <= COUNT_MASK
             and 0 <= chunk_flags_untrusted <= ABI_FLAGS
@@ -668,7 +668,7 @@ class TraceBuffer:
         _check_producer_id(producer_id)
         self._head = None  # the bytes may change under a kept tokenization
         off = -1
-        if 0 < writer_id_untrusted <= MAX_WRITER_ID and 0 <= chunk_id_untrusted <= MAX_CHUNK_ID:
+        if is_valid_writer_id(writer_id_untrusted) and 0 <= chunk_id_untrusted <= MAX_CHUNK_ID:
             seq = self._seqs.get(producer_id << 16 | writer_id_untrusted)
             for rec in reversed(seq.chunks if seq else ()):  # usually a recent chunk
                 if RECORD_HEADER.unpack_from(self._buf, rec)[0] == chunk_id_untrusted:

@@ -20,10 +20,10 @@ from shm.abi import (
     CHUNK_HEADER_SIZE,
     COMPLETE,
     LAYOUT_CHUNKS,
-    MAX_WRITER_ID,
     Geometry,
     SharedMemoryABI,
     chunk_state,
+    is_valid_writer_id,
     layout_of,
     unpack_packets,
 )
@@ -153,7 +153,7 @@ class CommitPath:
         buffer = self._buffers.get(target) if target in producer.allowed_buffers else None
         if (
             buffer is None
-            or not 1 <= writer_id <= MAX_WRITER_ID
+            or not is_valid_writer_id(writer_id)
             or len(entry_untrusted.patches) > MAX_PATCHES_PER_CHUNK
         ):
             self._counters.patches_discarded += 1
@@ -169,7 +169,7 @@ class CommitPath:
         )
 
     def _writer_stats(self, producer: ProducerEntry, stats_untrusted) -> None:
-        if not 1 <= stats_untrusted.writer_id <= MAX_WRITER_ID:
+        if not is_valid_writer_id(stats_untrusted.writer_id):
             return
         target = producer.writers.get(stats_untrusted.writer_id, stats_untrusted.target_buffer)
         if target not in producer.allowed_buffers:
