@@ -20,7 +20,7 @@ concatenates precomputed tags with `varint()`; both produce the same bytes.
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import Any, Protocol
 
 from shm.packets import encode_size4
 
@@ -119,11 +119,12 @@ class Stream(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def reserve_size(self) -> object:
-        """Reserve 4 bytes for a size field; returns a handle for fill_size."""
+    def reserve_size(self) -> Any:
+        """Reserve 4 bytes for a size field; returns a handle for fill_size
+        (opaque to the Message: each stream picks its own type)."""
         ...
 
-    def fill_size(self, handle: object, size: int) -> None: ...
+    def fill_size(self, handle: Any, size: int) -> None: ...
 
     @property
     def position(self) -> int:

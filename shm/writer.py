@@ -364,15 +364,17 @@ class TraceWriter:
             self._wptr += 1
             count += 1
         flags = self._flags | (LAST_PACKET_CONTINUES if last_continues else 0)
+        chunk = self._chunk
+        assert chunk is not None, "only called while the writer holds a chunk"
         if self._open_sizes:
             flags |= NEEDS_PATCHING
-            base = self._chunk.offset + CHUNK_HEADER_SIZE
+            base = chunk.offset + CHUNK_HEADER_SIZE
             for handle in self._open_sizes:
                 handle[1] = _Patch(self._chunk_id, handle[0] - base)
                 self._patches.append(handle[1])
             self._open_sizes.clear()
         store32(self._smb, self._hdr_word, self.writer_id | ((count | flags << FLAGS_SHIFT) << 16))
-        self._arbiter.return_chunk(self._chunk, self.target_buffer)
+        self._arbiter.return_chunk(chunk, self.target_buffer)
         self._chunk = None
         self._fast_limit = -1
 
@@ -445,6 +447,7 @@ class TraceWriter:
         waiting = {p.chunk_id for p in self._patches}
         groups: dict[int, list[tuple[int, bytes]]] = {}
         for p in ready:
+            assert p.data is not None, "all_filled is only passed once every size is filled"
             groups.setdefault(p.chunk_id, []).append((p.offset, p.data))
         self._arbiter.add_patches(
             [
