@@ -46,20 +46,25 @@ SEED_CASES = int(os.environ.get("TRACEBUS_FUZZ_CASES", "2000"))
 
 
 class ProbedBuffer(TraceBuffer):
-    """Records which sequences got past header validation and into reassembly."""
+    """Records which sequences got past header validation and into reassembly
+    (reading or evicting: both join a split packet's pieces in RecordRing)."""
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
         self.validated: set[tuple[int, int]] = set()
         self.reassembled: set[tuple[int, int]] = set()
+        ring = self._ring
+        sequence, join_pieces = ring.sequence, ring.join_pieces
 
-    def _sequence(self, producer_id, writer_id, uid, pid):
-        self.validated.add((producer_id, writer_id))
-        return super()._sequence(producer_id, writer_id, uid, pid)
+        def probed_sequence(producer_id, writer_id, uid, pid):
+            self.validated.add((producer_id, writer_id))
+            return sequence(producer_id, writer_id, uid, pid)
 
-    def _reassemble(self, seq, *args):
-        self.reassembled.add((seq.producer_id, seq.writer_id))
-        return super()._reassemble(seq, *args)
+        def probed_join_pieces(seq, *args):
+            self.reassembled.add((seq.producer_id, seq.writer_id))
+            return join_pieces(seq, *args)
+
+        ring.sequence, ring.join_pieces = probed_sequence, probed_join_pieces
 
 
 # -- valid chunk streams -------------------------------------------------------------------
@@ -321,7 +326,8 @@ def check_invariants(tb) -> None:
     """The ring tiles [0, used) with records; each sequence lists live records of
     its own, honest ones in chunk-id order (ids a hostile producer puts 2**31
     apart cannot be ordered modulo 2**32); every live record is listed once."""
-    buf, used, wr = tb._buf, tb._used, tb._wr
+    ring = tb._ring
+    buf, used, wr = ring.buf, ring.used, ring.wr
     assert used <= len(buf) and wr <= len(buf) and wr % 16 == 0
     live, starts, off = {}, set(), 0
     while off < used:
@@ -334,7 +340,7 @@ def check_invariants(tb) -> None:
     assert off == used
     assert wr in starts or wr >= used
     listed = []
-    for key, seq in tb._seqs.items():
+    for key, seq in ring.seqs.items():
         ids = [live[o][1] for o in seq.chunks if live.get(o, (None,))[0] == key]
         assert len(ids) == len(seq.chunks)
         if key >> 16 != HOSTILE_PRODUCER:  # hostile ids 2**31 apart have no order at all
