@@ -95,7 +95,20 @@ class ProducerEntry:
 
 
 class CommitPath:
-    """Moves committed chunks from producers' SMBs into the service's buffers."""
+    """Moves committed chunks from producers' SMBs into the service's buffers.
+
+    Each check on a commit has one owner. This class owns the SMB and the
+    request: page and chunk indices and the chunk's state (SharedMemoryABI's
+    CAS: only a COMPLETE chunk is moved, and it is freed whatever happens), the
+    header read once, the target buffer (a u16 this producer may write to, and
+    the one its writer registered: else chunks_discarded); for patches, the
+    request entry (a buffer it may write to, a valid writer id, at most
+    MAX_PATCHES_PER_CHUNK patches of PATCH_SIZE bytes: else patches_discarded);
+    writer stats. The TraceBuffer owns the chunk itself: header fields, payload
+    size, fragments, chunk-id order, recommits, and whether a patch's chunk and
+    offsets exist (see shm/trace_buffer.py). It copies the payload once, from
+    the SMB straight into its ring.
+    """
 
     def __init__(self, buffers: dict[int, TraceBuffer], counters: ServiceCounters) -> None:
         self._buffers = buffers
