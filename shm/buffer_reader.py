@@ -212,7 +212,14 @@ class BufferReader:
         if last is not None and cid != (last.chunk_id + 1) & MAX_CHUNK_ID:
             ring.check_gap(seq, cid)  # the usual next chunk needs no more checks
         pos = payload - unread
-        pieces, stop, last_hdr, status = self._tokens(off, payload, pos)
+        kept = self._kept  # a call that ran out of budget in this chunk kept its tokens
+        if kept is not None and kept.offset == off and kept.pos == pos:
+            pieces, stop, last_hdr, status = kept.tokens
+        else:  # as RecordRing.slice_record, without a call: this is once per chunk
+            start = off + RECORD_HEADER_SIZE
+            pieces, stop, last_hdr, status = slice_fragments_untrusted(
+                bytes(ring.mv[start : start + payload]), pos
+            )
         n = len(pieces)
         first, begin = whole_range(seq, n, status, pos, flags)
         done = self._take_whole(seq, pieces, first, begin)
@@ -232,25 +239,15 @@ class BufferReader:
             for _ in range(done):
                 to = fragment_at(ring.buf, to, start + payload)[2]
             to -= start
-        ring.consume_read(off, to, rec)
         if self._budget > 0 and not stalled and not flags & CHUNK_INCOMPLETE:
-            ring.erase_head(seq, off, rec)
+            ring.erase_read_head(seq, off, to, rec)
             return _DONE
+        ring.consume_read(off, to, rec)
         if self._budget <= 0:  # the next call resumes here, without tokenizing again
-            kept = _new_tuple(Tokens, (pieces[done:], stop, last_hdr, status))
-            self._kept = KeptTokens(off, to, kept)
+            self._kept = KeptTokens(off, to, Tokens(pieces[done:], stop, last_hdr, status))
             return _BUDGET
         seq.stalled_in = self._generation  # a piece is missing; or never past a scrape
         return _STALL
-
-    def _tokens(self, off: int, payload: int, pos: int) -> tuple[list[bytes], int, int, int]:
-        """The head chunk's fragments from `pos` (the fields of Tokens), reusing
-        those a call that stopped in this chunk kept."""
-        kept = self._kept
-        if kept is not None and kept.offset == off and kept.pos == pos:
-            return kept.tokens
-        start = off + RECORD_HEADER_SIZE  # as RecordRing.slice_record, without its call
-        return slice_fragments_untrusted(bytes(self._ring.mv[start : start + payload]), pos)
 
     def _join_split_packet(self, seq: SequenceState, cid: int, flags: int, piece: bytes) -> int:
         """Join the head chunk's begin fragment `piece` with the first fragment

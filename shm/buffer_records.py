@@ -92,13 +92,11 @@ class ErasedChunk(NamedTuple):
     scraped: bool  # it was an incomplete copy (CHUNK_INCOMPLETE)
 
 
-class Piece(NamedTuple):
-    """One chunk's share of a packet split across chunks (see collect_pieces)."""
-
-    offset: int  # of the record holding it
-    end: int  # payload offset just past the piece: the record is consumed up to here
-    data: memoryview  # the piece's bytes, a view of the ring
-    record: RecordFields
+# One chunk's share of a packet split across chunks (see join_pieces): the offset
+# of the record holding it, the payload offset just past it (the record is
+# consumed up to there), its bytes (a view of the ring), the record's fields. A
+# plain tuple: reassembly builds one per piece, and its users unpack it.
+Piece = tuple[int, int, memoryview, RecordFields]
 
 
 class Tokens(NamedTuple):
@@ -200,6 +198,15 @@ class RecordRing:
                 self.stats.chunks_overwritten += 1
                 self.stats.bytes_overwritten += outer_size(size)
 
+    def erase_read_head(self, seq: SequenceState, off: int, to: int, rec: RecordFields) -> None:
+        """consume_read(off, to, rec), then erase_head: the common end of reading
+        a chunk, with one header write instead of two."""
+        payload, unread = rec[3], rec[4]
+        if to == payload and unread:  # read to the end by this call
+            self.stats.chunks_read += 1
+            self.stats.bytes_read += outer_size(rec[2])
+        self.erase_head(seq, off, rec)
+
     def erase_head(self, seq: SequenceState, off: int, rec: RecordFields | None = None) -> None:
         """Remove the sequence's first chunk; its record becomes padding."""
         cid, _, size, payload, _, flags = rec or RECORD_HEADER.unpack_from(self.buf, off)
@@ -259,7 +266,7 @@ class RecordRing:
                 continue  # as V2: the chunk offers no fragment
             if pos or not flags & FIRST_PACKET_CONTINUES:  # a whole or a begin fragment
                 return JOIN_DATA_LOSS, LOSS_BROKEN_CHAIN
-            pieces.append(_new_tuple(Piece, (off, end - start, self.mv[begin:end], rec)))
+            pieces.append((off, end - start, self.mv[begin:end], rec))
             if end < start + payload or not flags & LAST_PACKET_CONTINUES:
                 return JOIN_SUCCESS, 0  # an end fragment; else a continue fragment
         return JOIN_NOT_ENOUGH, 0

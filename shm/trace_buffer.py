@@ -519,8 +519,8 @@ class TraceBuffer:
         ring, stats = self._ring, self._stats
         pieces: list[Piece] = []
         result, reason = ring.join_pieces(seq, cid, flags, pieces)
-        for p in pieces:
-            ring.consume_evicted(p.offset, p.end, p.record)
+        for offset, end, _, record in pieces:
+            ring.consume_evicted(offset, end, record)
         if result == JOIN_SUCCESS:
             stats.readaheads_succeeded += 1
             return True
