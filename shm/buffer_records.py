@@ -60,7 +60,7 @@ CHUNK_INCOMPLETE = 0x80
 KEEP_EMPTY_SEQUENCES = 1024
 EMPTY_SEQUENCES_GC_THRESHOLD = KEEP_EMPTY_SEQUENCES + 128
 
-# Outcomes of joining a split packet's pieces (collect_pieces).
+# Outcomes of joining a split packet's pieces (join_pieces).
 JOIN_SUCCESS, JOIN_NOT_ENOUGH, JOIN_DATA_LOSS = range(3)
 
 
