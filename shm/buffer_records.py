@@ -201,10 +201,10 @@ class RecordRing:
     def erase_read_head(self, seq: SequenceState, off: int, to: int, rec: RecordFields) -> None:
         """consume_read(off, to, rec), then erase_head: the common end of reading
         a chunk, with one header write instead of two."""
-        payload, unread = rec[3], rec[4]
+        _, _, size, payload, unread, _ = rec
         if to == payload and unread:  # read to the end by this call
             self.stats.chunks_read += 1
-            self.stats.bytes_read += outer_size(rec[2])
+            self.stats.bytes_read += outer_size(size)
         self.erase_head(seq, off, rec)
 
     def erase_head(self, seq: SequenceState, off: int, rec: RecordFields | None = None) -> None:
