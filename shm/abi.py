@@ -5,6 +5,25 @@ of equal size; each page is partitioned into 1, 2, 4, 7 or 14 chunks by the
 producer when it first uses the page. A chunk holds fragments of TracePackets
 written by one TraceWriter. All integers are little-endian.
 
+Glossary (each word means one thing, here and in the rest of the project)::
+
+    chunk   a slice of a page that one TraceWriter fills with fragments of
+            packets, behind an 8-byte header (chunk id, writer id, count, flags)
+    commit  a producer tells the service which chunks it finished (COMPLETE)
+            and which patches it has: one CommitData (a CommitBatch while it is
+            being built); the service then copies each chunk into a trace
+            buffer and frees it in the SMB
+    flush   the tracing Flush: the service asks a session's producers to commit
+            everything they hold (TraceWriter.flush returns the current chunk
+            and commits), waits for their acks or a timeout, then scrapes
+    scrape  the service copies chunks still in the SMB (COMPLETE, or
+            BEING_WRITTEN with a published count) without changing their state:
+            after a flush, or when a producer dies; a scraped copy leaves out its
+            last fragment, which the real commit may still grow
+    patch   4 bytes the service writes later at an offset of a chunk it already
+            holds: the size field of a nested message still open when its chunk
+            was returned (the chunk is NEEDS_PATCHING until the last patch)
+
 SMB::
 
     +--------+--------+--------+-- ... --+--------+
@@ -140,10 +159,6 @@ def is_valid_writer_id(writer_id: int) -> bool:
     return 0 < writer_id <= MAX_WRITER_ID
 
 
-def pack_packets(count: int, flags: int) -> int:
-    return (count & COUNT_MASK) | (flags << FLAGS_SHIFT)
-
-
 def unpack_packets(packets: int) -> tuple[int, int]:
     return packets & COUNT_MASK, packets >> FLAGS_SHIFT
 
@@ -215,10 +230,6 @@ class SharedMemoryABI:
         return ChunkRef(page, chunk, page * self.page_size + PAGE_HEADER_SIZE + chunk * size, size)
 
     # -- producer side --------------------------------------------------------------
-
-    def try_partition_page(self, page: int, layout: int) -> bool:
-        """Free page -> partitioned with `layout` (all chunks FREE)."""
-        return cas32(self.buf, page * self.page_size, 0, layout << LAYOUT_SHIFT) == 0
 
     def try_acquire_free_page(
         self, page: int, layout: int, writer_id: int, chunk_id: int

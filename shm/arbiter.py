@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from shm.abi import LAYOUT_CHUNKS, MAX_WRITER_ID, ChunkRef, SharedMemoryABI, layout_of
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
+from shm.ids import IdPool
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 
 _new_tuple = tuple.__new__
@@ -48,8 +49,7 @@ class SharedMemoryArbiter:
         self._pending = CommitBatch()
         self._pending_bytes = 0
         self._next_page = 0
-        self._writer_ids: set[int] = set()
-        self._last_writer_id = 0
+        self._writer_ids = IdPool(MAX_WRITER_ID)
 
     # -- writers ------------------------------------------------------------------
 
@@ -60,17 +60,14 @@ class SharedMemoryArbiter:
 
     def _allocate_writer_id(self) -> int:
         with self._lock:
-            for step in range(1, MAX_WRITER_ID + 1):
-                wid = (self._last_writer_id + step - 1) % MAX_WRITER_ID + 1
-                if wid not in self._writer_ids:
-                    self._writer_ids.add(wid)
-                    self._last_writer_id = wid
-                    return wid
-        raise RuntimeError(f"all {MAX_WRITER_ID} writer ids are in use")
+            writer_id = self._writer_ids.allocate()
+        if writer_id is None:
+            raise RuntimeError(f"all {MAX_WRITER_ID} writer ids are in use")
+        return writer_id
 
     def release_writer_id(self, writer_id: int) -> None:
         with self._lock:
-            self._writer_ids.discard(writer_id)
+            self._writer_ids.release(writer_id)
 
     # -- chunks -------------------------------------------------------------------
 
@@ -130,9 +127,3 @@ class SharedMemoryArbiter:
                 self._pending_bytes = 0
             if batch:
                 self._on_commit(batch)
-
-    def notify_flush_complete(self, flush_request_id: int) -> None:
-        """Acknowledge a service flush with the next batch (sent right away)."""
-        with self._lock:
-            self._pending.flush_request_id = max(self._pending.flush_request_id, flush_request_id)
-        self.commit()

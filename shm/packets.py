@@ -133,7 +133,7 @@ def fragment_at(data, off: int, end: int) -> tuple[int, int, int]:
     return (status, 0, 0) if status != OK else (OK, bounds[0], bounds[1])
 
 
-def measure_fragments_untrusted(data: bytes, count: int) -> tuple[int, int]:
+def measure_fragments_untrusted(data: bytes | memoryview, count: int) -> tuple[int, int]:
     """How many leading bytes of `data` its first `count` fragments take, as far
     as they are whole and in bounds, and the status of parse_fragments_untrusted."""
     end = len(data)

@@ -119,10 +119,9 @@ class Stream(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    # The handle is opaque to Message: each stream picks its own (an offset, a
-    # patchable record), and only that stream reads it back.
     def reserve_size(self) -> Any:
-        """Reserve 4 bytes for a size field; returns a handle for fill_size."""
+        """Reserve 4 bytes for a size field; returns a handle for fill_size
+        (opaque to the Message: each stream picks its own type)."""
         ...
 
     def fill_size(self, handle: Any, size: int) -> None: ...

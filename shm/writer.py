@@ -271,7 +271,7 @@ class TraceWriter:
             return
         write_size4(self._buf, self._frag_size_off, self._wptr - self._frag_start)
         self._finished += 1
-        self._send_patches(all_filled=True)
+        self._hand_over_patches()
         inflated = self._wptr < self._end
         self._publish(self._finished + (1 if inflated else 0))
         self._update_fast_limit()
@@ -363,9 +363,9 @@ class TraceWriter:
             self._smb[self._wptr] = 0  # the inflated slot becomes an empty fragment
             self._wptr += 1
             count += 1
-        chunk = self._chunk
-        assert chunk is not None  # only a writer that holds a chunk returns one
         flags = self._flags | (LAST_PACKET_CONTINUES if last_continues else 0)
+        chunk = self._chunk
+        assert chunk is not None, "only called while the writer holds a chunk"
         if self._open_sizes:
             flags |= NEEDS_PATCHING
             base = chunk.offset + CHUNK_HEADER_SIZE
@@ -391,8 +391,7 @@ class TraceWriter:
             return
         write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
         self._return_chunk(last_continues=True)
-        if self._patches:
-            self._send_patches(all_filled=False)
+        self._hand_over_filled_patches()
         self._install(ref, first_continues=True)
 
     # -- dropping ----------------------------------------------------------------------
@@ -406,7 +405,7 @@ class TraceWriter:
         for patch in self._patches:
             if patch.data is None:
                 patch.data = b"\0\0\0\0"  # unblock the service; the packet is void anyway
-        self._send_patches(all_filled=True)
+        self._hand_over_patches()
         self._return_chunk(last_continues=False)
         self._enter_drop_mode()
         self._lost = True
@@ -431,23 +430,28 @@ class TraceWriter:
 
     # -- patches -----------------------------------------------------------------------
 
-    def _send_patches(self, all_filled: bool) -> None:
-        """Hand filled patches to the arbiter, grouped per chunk, in order."""
+    def _hand_over_patches(self) -> None:
+        """Every size is filled (the packet ended, or was voided): hand all
+        patches to the arbiter."""
+        if self._patches:
+            self._hand_over_leading(len(self._patches))
+
+    def _hand_over_filled_patches(self) -> None:
+        """A packet is still open: hand over the leading patches already filled."""
         patches = self._patches
-        if not patches:
-            return
-        n = len(patches)
-        if not all_filled:
-            n = 0
-            while n < len(patches) and patches[n].data is not None:
-                n += 1
-        if n == 0:
-            return
-        ready, self._patches = patches[:n], patches[n:]
+        n = 0
+        while n < len(patches) and patches[n].data is not None:
+            n += 1
+        if n:
+            self._hand_over_leading(n)
+
+    def _hand_over_leading(self, n: int) -> None:
+        """The first n patches (all filled) to the arbiter, grouped per chunk, in order."""
+        ready, self._patches = self._patches[:n], self._patches[n:]
         waiting = {p.chunk_id for p in self._patches}
         groups: dict[int, list[tuple[int, bytes]]] = {}
         for p in ready:
-            assert p.data is not None  # ready: filled, as counted above or as all_filled says
+            assert p.data is not None, "only filled patches are handed over"
             groups.setdefault(p.chunk_id, []).append((p.offset, p.data))
         self._arbiter.add_patches(
             [

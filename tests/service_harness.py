@@ -1,31 +1,29 @@
-"""The service's side of one producer's SMB, in one process, for data-path tests:
-commits move chunks into a TraceBuffer (COMPLETE -> BEING_READ -> copy -> FREE),
-patches are applied after the moves, and scrapes copy whatever is in flight
-without touching the SMB's state, as the service does after a flush or when a
-producer dies.
+"""The service's side of one producer's SMB, in one process, for data-path tests.
+
+It drives the service's real commit path (`actors.core.producers.CommitPath`)
+with the real protocol message (`commit_request`, as the producer core builds
+it): moves go COMPLETE -> BEING_READ -> copy -> FREE, patches are applied after
+the moves, and scrapes copy whatever is in flight without touching the SMB's
+state, as the service does after a flush or when a producer dies. What the
+harness adds is only the network's freedom: it may hold batches and deliver
+their moves in any order. Our own writer never breaks the ABI, so every move
+must name a COMPLETE chunk and nothing may be discarded; the harness asserts it.
 """
 
 from __future__ import annotations
 
 import random
 
-from shm.abi import (
-    BEING_WRITTEN,
-    CHUNK_HEADER,
-    CHUNK_HEADER_SIZE,
-    COMPLETE,
-    LAYOUT_CHUNKS,
-    SharedMemoryABI,
-    chunk_state,
-    layout_of,
-    unpack_packets,
-)
+from actors.core.producer_core import commit_request
+from actors.core.producers import CommitPath, ProducerEntry, ServiceCounters
+from shm.abi import COMPLETE, SharedMemoryABI, chunk_state
 from shm.commits import CommitBatch
 from shm.trace_buffer import TraceBuffer
 
 PRODUCER_ID = 1
 UID = 1000
 PID = 4242
+BUFFER_ID = 1
 
 
 class ServiceHarness:
@@ -37,7 +35,14 @@ class ServiceHarness:
         self.rnd = rnd
         self.hold = False
         self.pending: list[CommitBatch] = []
-        self.flush_ids: list[int] = []
+        self.counters = ServiceCounters()
+        self.commit_path = CommitPath({BUFFER_ID: buffer}, self.counters)
+        self.producer = ProducerEntry(PRODUCER_ID, b"harness", "harness", PID, UID, abi=abi)
+        self.producer.allow(BUFFER_ID)
+
+    def register_writer(self, writer_id: int) -> None:
+        """As RegisterTraceWriter: scrapes only copy chunks of registered writers."""
+        self.producer.writers[writer_id] = BUFFER_ID
 
     def on_commit(self, batch: CommitBatch) -> None:
         self.pending.append(batch)
@@ -47,47 +52,22 @@ class ServiceHarness:
     def deliver(self, shuffle: bool = False) -> None:
         """Move every pending chunk (in a random order if asked), then patch."""
         batches, self.pending = self.pending, []
-        moves = [m for b in batches for m in b.chunks_to_move]
-        if shuffle:
-            self.rnd.shuffle(moves)
-        for move in moves:
-            self._move(move.page, move.chunk)
+        merged = CommitBatch()
         for batch in batches:
-            for p in batch.chunks_to_patch:
-                self.buffer.try_patch_chunk(
-                    PRODUCER_ID, p.writer_id, p.chunk_id, p.patches, p.has_more_patches
-                )
-            if batch.flush_request_id:
-                self.flush_ids.append(batch.flush_request_id)
+            merged.chunks_to_move += batch.chunks_to_move
+            merged.chunks_to_patch += batch.chunks_to_patch
+        if shuffle:
+            self.rnd.shuffle(merged.chunks_to_move)
+        for move in merged.chunks_to_move:
+            assert self._state(move.page, move.chunk) == COMPLETE, "a committed chunk"
+        self.commit_path.commit(self.producer, commit_request([merged]))
+        for move in merged.chunks_to_move:
+            assert self._state(move.page, move.chunk) != COMPLETE, "moved and freed"
+        assert self.counters == ServiceCounters(), "nothing of ours is discarded"
 
-    def _move(self, page: int, chunk: int) -> None:
-        ref = self.abi.try_acquire_for_reading(page, chunk)
-        assert ref is not None, "a committed chunk must be COMPLETE"
-        self._copy(ref.offset, ref.size, complete=True)
-        assert self.abi.release_as_free(ref)
-
-    def _copy(self, offset: int, size: int, complete: bool) -> None:
-        chunk_id, writer_id, packets = CHUNK_HEADER.unpack_from(self.abi.buf, offset)
-        count, flags = unpack_packets(packets)
-        payload = self.abi.buf[offset + CHUNK_HEADER_SIZE : offset + size]
-        self.buffer.copy_chunk_untrusted(
-            PRODUCER_ID, UID, PID, writer_id, chunk_id, count, flags, complete, payload
-        )
-        payload.release()
+    def _state(self, page: int, chunk: int) -> int:
+        return chunk_state(self.abi.bitmap(page), chunk)
 
     def scrape(self) -> int:
         """Copy every chunk being written or complete-but-uncommitted; returns how many."""
-        copied = 0
-        for page in range(self.abi.num_pages):
-            bitmap = self.abi.bitmap(page)
-            for chunk in range(LAYOUT_CHUNKS[layout_of(bitmap)]):
-                state = chunk_state(bitmap, chunk)
-                if state not in (BEING_WRITTEN, COMPLETE):
-                    continue
-                ref = self.abi.chunk_ref(page, chunk, layout_of(bitmap))
-                count, _ = unpack_packets(CHUNK_HEADER.unpack_from(self.abi.buf, ref.offset)[2])
-                if state == BEING_WRITTEN and count < 2:
-                    continue  # its header may still be being written
-                self._copy(ref.offset, ref.size, complete=state == COMPLETE)
-                copied += 1
-        return copied
+        return self.commit_path.scrape(self.producer, {BUFFER_ID})

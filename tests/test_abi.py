@@ -15,7 +15,7 @@ import struct
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
-from shm._atomics import store32
+from shm._atomics import cas32, store32
 
 from shm import abi
 from shm.abi import (
@@ -33,7 +33,6 @@ from shm.abi import (
     chunk_size_for,
     chunk_state,
     layout_of,
-    pack_packets,
     resolve_geometry,
     unpack_packets,
     with_chunk_state,
@@ -43,6 +42,12 @@ from shm.region import InProcessRegion
 KiB = 1024
 MiB = 1024 * KiB
 DEFAULT = Geometry(256 * KiB, 4 * KiB)
+
+
+def packets_word(count: int, flags: int) -> int:
+    """The u16 `packets` field of a chunk header, as the writer's header word holds it."""
+    return (count & abi.COUNT_MASK) | (flags << abi.FLAGS_SHIFT)
+
 
 # -- constants that are Perfetto's ABI ----------------------------------------------------
 
@@ -186,7 +191,7 @@ def test_chunk_size_table(page_size):
 
 
 def test_chunk_header_packing_matches_the_c_bitfields():
-    packets = pack_packets(5, 5)
+    packets = packets_word(5, 5)
     raw = CHUNK_HEADER.pack(0x11223344, 0x0102, packets)
     assert raw[6:8] == b"\x05\x14"
     assert raw == b"\x44\x33\x22\x11\x02\x01\x05\x14"
@@ -198,7 +203,7 @@ def test_chunk_header_packing_matches_the_c_bitfields():
 
 @pytest.mark.parametrize("count, flags", [(0, 0), (1023, 0), (0, 63), (1022, 7), (1, 3)])
 def test_pack_unpack_packets_round_trip(count, flags):
-    packets = pack_packets(count, flags)
+    packets = packets_word(count, flags)
     assert 0 <= packets <= 0xFFFF
     assert unpack_packets(packets) == (count, flags)
 
@@ -218,6 +223,12 @@ def test_bitmap_helpers():
 
 
 # -- transitions on an in-process region ---------------------------------------------------
+
+
+def partition(smb: SharedMemoryABI, page: int, layout: int) -> bool:
+    """Free page -> partitioned with `layout`, all chunks FREE (the product does
+    this and acquires chunk 0 in one CAS: try_acquire_free_page)."""
+    return cas32(smb.buf, page * smb.page_size, 0, layout << LAYOUT_SHIFT) == 0
 
 
 def make_abi(size: int = 64 * KiB, page_size: int = 4 * KiB):
@@ -243,9 +254,9 @@ def test_full_cycle_single_chunk_page():
     struct.pack_into("<II", smb.buf, page * 4096 + 8, 0xFFFFFFFF, 0xFFFFFFFF)
 
     assert smb.bitmap(page) == 0
-    assert smb.try_partition_page(page, 1)
+    assert partition(smb, page, 1)
     assert smb.bitmap(page) == 1 << LAYOUT_SHIFT
-    assert not smb.try_partition_page(page, 1), "a partitioned page cannot be re-partitioned"
+    assert not partition(smb, page, 1), "a partitioned page cannot be re-partitioned"
 
     ref = smb.try_acquire_for_writing(page, 0, writer_id=7, chunk_id=42)
     assert ref == ChunkRef(page=page, chunk=0, offset=page * 4096 + 8, size=4088)
@@ -256,7 +267,7 @@ def test_full_cycle_single_chunk_page():
 
     # the writer fills the payload and publishes count/flags
     smb.buf[ref.offset + 8 : ref.offset + 12] = b"\x02hi\x00"
-    struct.pack_into("<H", smb.buf, ref.offset + 6, pack_packets(2, 0))
+    struct.pack_into("<H", smb.buf, ref.offset + 6, packets_word(2, 0))
     assert smb.release_as_complete(ref)
     assert smb.bitmap(page) == (1 << LAYOUT_SHIFT) | COMPLETE
     assert not smb.release_as_complete(ref), "already complete"
@@ -264,14 +275,14 @@ def test_full_cycle_single_chunk_page():
     got = smb.try_acquire_for_reading(page, 0)
     assert got == ref
     assert smb.bitmap(page) == (1 << LAYOUT_SHIFT) | BEING_READ
-    assert header_at(smb, got) == (42, 7, pack_packets(2, 0))
+    assert header_at(smb, got) == (42, 7, packets_word(2, 0))
     assert smb.try_acquire_for_reading(page, 0) is None, "already being read"
 
     assert smb.release_as_free(got)
     assert smb.bitmap(page) == 0, "last chunk freed: page back to unpartitioned"
     assert header_at(smb, got) == (0, 0, 0), "header zeroed on free"
     # and the page can be partitioned again, with another layout
-    assert smb.try_partition_page(page, 3)
+    assert partition(smb, page, 3)
     # other pages never moved
     assert all(smb.bitmap(p) == 0 for p in range(smb.num_pages) if p != page)
     region.close()
@@ -279,7 +290,7 @@ def test_full_cycle_single_chunk_page():
 
 def test_chunk_id_is_stored_as_u32():
     _, smb = make_abi()
-    smb.try_partition_page(0, 1)
+    partition(smb, 0, 1)
     ref = smb.try_acquire_for_writing(0, 0, writer_id=1, chunk_id=(1 << 32) + 5)
     assert header_at(smb, ref)[0] == 5
 
@@ -291,7 +302,7 @@ def test_chunk_refs_follow_the_layout(page_size, layout):
     n = abi.LAYOUT_CHUNKS[layout]
     size = chunk_size_for(page_size, layout)
     page = 2
-    assert smb.try_partition_page(page, layout)
+    assert partition(smb, page, layout)
     refs = [smb.try_acquire_for_writing(page, k, writer_id=k + 1, chunk_id=k) for k in range(n)]
     for k, ref in enumerate(refs):
         assert ref == ChunkRef(page, k, page * page_size + 8 + k * size, size)
@@ -304,7 +315,7 @@ def test_chunk_refs_follow_the_layout(page_size, layout):
 def test_multi_chunk_page_keeps_other_chunks_states():
     _, smb = make_abi()
     page, layout = 1, 5  # 14 chunks
-    assert smb.try_partition_page(page, layout)
+    assert partition(smb, page, layout)
     written = [smb.try_acquire_for_writing(page, k, writer_id=1, chunk_id=k) for k in range(14)]
     assert None not in written
     # chunks 0..6 complete, 7..13 still being written
@@ -373,7 +384,7 @@ def test_try_acquire_free_page_partitions_and_acquires_chunk_0_in_one_cas(layout
 
 def test_release_as_complete_refuses_a_chunk_not_being_written():
     _, smb = make_abi()
-    assert smb.try_partition_page(0, 2)
+    assert partition(smb, 0, 2)
     ref = smb.try_acquire_for_writing(0, 1, writer_id=1, chunk_id=0)
     other = smb.chunk_ref(0, 0, 2)
     assert not smb.release_as_complete(other), "chunk 0 is FREE"
@@ -384,7 +395,7 @@ def test_release_as_complete_refuses_a_chunk_not_being_written():
 
 def test_two_chunk_page_returns_to_zero_only_after_both():
     _, smb = make_abi()
-    assert smb.try_partition_page(0, 2)
+    assert partition(smb, 0, 2)
     for k in (0, 1):
         assert smb.release_as_complete(smb.try_acquire_for_writing(0, k, writer_id=1, chunk_id=k))
     a = smb.try_acquire_for_reading(0, 0)

@@ -77,6 +77,8 @@ class Rig:
             for i, policy in enumerate(policies)
         ]
         self.by_writer_id = {s.writer.writer_id: s for s in self.streams}
+        for writer_id in self.by_writer_id:
+            self.service.register_writer(writer_id)
 
     def _sleep(self, _seconds: float) -> None:
         self.service.deliver()  # a stalled writer waits for the service to free chunks

@@ -136,7 +136,9 @@ class FakeProducer:
             elif kind == "flush":
                 for instance_id in msg.flush.instance_ids:
                     self.writers[instance_id].flush()
-                self.arbiter.notify_flush_complete(msg.flush.flush_request_id)
+                # As ProducerCore.flush_done: the ack is a CommitData of its own.
+                ack = ipc.CommitDataRequest(flush_request_id=msg.flush.flush_request_id)
+                self.rig.producer(self.peer, commit_data=ack)
 
     def _commit(self, batch: CommitBatch):
         self.rig.producer(self.peer, commit_data=to_request(batch, self.writers.values()))

@@ -8,6 +8,7 @@ checks the exact packet bytes, loss bits and every BufferStats counter.
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -96,6 +97,28 @@ def blob(tag: str, size: int) -> bytes:
 
 
 KB_PACKET = 1000  # f4(blob) = 1004 payload bytes -> a 1024-byte record
+
+
+# -- one copy on ingest -----------------------------------------------------------------------
+
+
+def test_a_chunk_is_copied_once_straight_from_shared_memory():
+    """No intermediate copy of the payload: copying a 60 KiB chunk allocates
+    next to nothing (bytes(payload) alone would be 60 KiB), and what is read
+    back is the copy, not the producer's memory."""
+    smb = bytearray(f4(blob("A", 60_000)) + f4(blob("B", 100)))
+    tb = TraceBuffer(256 * 1024)
+    commit(tb, 1, 0, b"")  # the sequence and its first record exist: only the copy is left
+    read_all(tb)
+    tracemalloc.start()
+    try:
+        tb.copy_chunk_untrusted(PRODUCER, UID, PID, 1, 1, 2, 0, True, memoryview(smb))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4096, peak
+    smb[:] = bytes(len(smb))  # the producer reuses its chunk
+    assert data_of(read_all(tb)) == [blob("A", 60_000), blob("B", 100)]
 
 
 # -- construction and the stats snapshot -----------------------------------------------------
@@ -867,7 +890,7 @@ def test_empty_sequences_are_forgotten_oldest_first_beyond_1024():
         commit(tb, writer, 0, f4(b"x"))
     assert len(read_all(tb)) == 1200
     commit(tb, 1, 1, f4(b"trigger"))  # 1199 empty sequences > 1152: collect
-    assert len(tb._seqs) == 1024 + 1
+    assert len(tb._ring.seqs) == 1024 + 1
     commit(tb, 2, 0, f4(b"writer 2 was forgotten: chunk 0 is new again"))
     commit(tb, 1200, 0, f4(b"writer 1200 is remembered: stale"))
     assert data_of(read_all(tb)) == [b"trigger", b"writer 2 was forgotten: chunk 0 is new again"]

@@ -330,19 +330,6 @@ def test_chunk_id_wraps():
     assert strip_first(rig.packets(w)[0]) == sent
 
 
-def test_flush_ack_rides_on_the_next_batch():
-    rig = Rig()
-    w = rig.arbiter.create_trace_writer(1)
-    w.write_packet(b"\x08\x01")
-    w.flush()
-    rig.arbiter.notify_flush_complete(5)
-    rig.arbiter.notify_flush_complete(3)
-    assert rig.oracle.flush_ids == [5, 3]
-    rig.arbiter._pending.flush_request_id = 4
-    rig.arbiter.notify_flush_complete(2)
-    assert rig.oracle.flush_ids[-1] == 4  # the larger id wins
-
-
 def test_writer_ids_are_unique_and_reused_after_release():
     rig = Rig()
     writers = [rig.arbiter.create_trace_writer(1) for _ in range(5)]

@@ -20,10 +20,11 @@ from shm.abi import (
     CHUNK_HEADER_SIZE,
     COMPLETE,
     LAYOUT_CHUNKS,
-    MAX_WRITER_ID,
+    ChunkRef,
     Geometry,
     SharedMemoryABI,
     chunk_state,
+    is_valid_writer_id,
     layout_of,
     unpack_packets,
 )
@@ -101,24 +102,44 @@ class ProducerEntry:
 
 
 class CommitPath:
-    """Moves committed chunks from producers' SMBs into the service's buffers."""
+    """Moves committed chunks from producers' SMBs into the service's buffers.
+
+    Each check on a commit has one owner. This class owns the SMB and the
+    request: page and chunk indices and the chunk's state (SharedMemoryABI's
+    CAS: only a COMPLETE chunk is moved, and it is freed whatever happens), the
+    header read once, the target buffer (a u16 this producer may write to, and
+    the one its writer registered: else chunks_discarded); for patches, the
+    request entry (a buffer it may write to, a valid writer id, at most
+    MAX_PATCHES_PER_CHUNK patches of PATCH_SIZE bytes: else patches_discarded);
+    writer stats. The TraceBuffer owns the chunk itself: header fields, payload
+    size, fragments, chunk-id order, recommits, and whether a patch's chunk and
+    offsets exist (see shm/trace_buffer.py). It copies the payload once, from
+    the SMB straight into its ring.
+    """
 
     def __init__(self, buffers: dict[int, TraceBuffer], counters: ServiceCounters) -> None:
         self._buffers = buffers
         self._counters = counters
 
     def commit(self, producer: ProducerEntry, req_untrusted: ipc.CommitDataRequest) -> None:
-        if producer.abi is None:
+        abi = producer.abi
+        if abi is None:
             return  # no SMB yet: Perfetto ignores the whole request
         for move in req_untrusted.chunks_to_move:
-            self._move(producer, move.page, move.chunk, move.target_buffer)
+            self._move(producer, abi, move.page, move.chunk, move.target_buffer)
         for patch in req_untrusted.chunks_to_patch:
             self._patch(producer, patch)
         for stats in req_untrusted.writer_stats:
             self._writer_stats(producer, stats)
 
-    def _move(self, producer: ProducerEntry, page_untrusted, chunk_untrusted, buffer_untrusted):
-        abi = producer.abi
+    def _move(
+        self,
+        producer: ProducerEntry,
+        abi: SharedMemoryABI,
+        page_untrusted: int,
+        chunk_untrusted: int,
+        buffer_untrusted: int,
+    ) -> None:
         ref = abi.try_acquire_for_reading(page_untrusted, chunk_untrusted)
         if ref is None:
             return  # not a COMPLETE chunk of this SMB: nothing to free either
@@ -129,11 +150,13 @@ class CommitPath:
             if buffer is None:
                 self._counters.chunks_discarded += 1
             else:
-                self._copy(producer, buffer, ref, header_untrusted, complete=True)
+                self._copy(producer, abi, buffer, ref, header_untrusted, complete=True)
         finally:
             abi.release_as_free(ref)  # freed either way
 
-    def _authorized_buffer(self, producer: ProducerEntry, writer_id: int, buffer_untrusted: int):
+    def _authorized_buffer(
+        self, producer: ProducerEntry, writer_id: int, buffer_untrusted: int
+    ) -> TraceBuffer | None:
         if buffer_untrusted > 0xFFFF or buffer_untrusted not in producer.allowed_buffers:
             return None
         registered = producer.writers.get(writer_id)
@@ -141,10 +164,19 @@ class CommitPath:
             return None
         return self._buffers.get(buffer_untrusted)
 
-    def _copy(self, producer, buffer: TraceBuffer, ref, header_untrusted, complete: bool) -> None:
+    def _copy(
+        self,
+        producer: ProducerEntry,
+        abi: SharedMemoryABI,
+        buffer: TraceBuffer,
+        ref: ChunkRef,
+        header_untrusted: tuple[int, int, int],
+        complete: bool,
+    ) -> None:
+        """Hand the chunk to the buffer as a view of the SMB: the buffer copies it once."""
         chunk_id, writer_id, packets = header_untrusted
         count, flags = unpack_packets(packets)
-        payload = producer.abi.buf[ref.offset + CHUNK_HEADER_SIZE : ref.offset + ref.size]
+        payload = abi.buf[ref.offset + CHUNK_HEADER_SIZE : ref.offset + ref.size]
         try:
             buffer.copy_chunk_untrusted(
                 producer.id, producer.uid, producer.pid, writer_id, chunk_id, count, flags,
@@ -159,7 +191,7 @@ class CommitPath:
         buffer = self._buffers.get(target) if target in producer.allowed_buffers else None
         if (
             buffer is None
-            or not 1 <= writer_id <= MAX_WRITER_ID
+            or not is_valid_writer_id(writer_id)
             or len(entry_untrusted.patches) > MAX_PATCHES_PER_CHUNK
         ):
             self._counters.patches_discarded += 1
@@ -174,8 +206,10 @@ class CommitPath:
             entry_untrusted.has_more_patches,
         )
 
-    def _writer_stats(self, producer: ProducerEntry, stats_untrusted) -> None:
-        if not 1 <= stats_untrusted.writer_id <= MAX_WRITER_ID:
+    def _writer_stats(
+        self, producer: ProducerEntry, stats_untrusted: ipc.CommitDataRequest.WriterStats
+    ) -> None:
+        if not is_valid_writer_id(stats_untrusted.writer_id):
             return
         target = producer.writers.get(stats_untrusted.writer_id, stats_untrusted.target_buffer)
         if target not in producer.allowed_buffers:
@@ -196,24 +230,34 @@ class CommitPath:
             bitmap = abi.bitmap(page)
             layout = layout_of(bitmap)
             for chunk in range(LAYOUT_CHUNKS[layout]):
-                if self._scrape_chunk(producer, page, chunk, bitmap, layout, buffer_ids):
+                if self._scrape_chunk(producer, abi, page, chunk, bitmap, buffer_ids):
                     copied += 1
         return copied
 
-    def _scrape_chunk(self, producer, page, chunk, bitmap, layout, buffer_ids) -> bool:
+    def _scrape_chunk(
+        self,
+        producer: ProducerEntry,
+        abi: SharedMemoryABI,
+        page: int,
+        chunk: int,
+        bitmap: int,
+        buffer_ids: set[int],
+    ) -> bool:
         state = chunk_state(bitmap, chunk)
         if state not in (BEING_WRITTEN, COMPLETE):
             return False
-        ref = producer.abi.chunk_ref(page, chunk, layout)
-        header_untrusted = CHUNK_HEADER.unpack_from(producer.abi.buf, ref.offset)
+        ref = abi.chunk_ref(page, chunk, layout_of(bitmap))
+        if ref is None:
+            return False  # not reached: the caller walks the chunks of this layout
+        header_untrusted = CHUNK_HEADER.unpack_from(abi.buf, ref.offset)
         if state == BEING_WRITTEN and unpack_packets(header_untrusted[2])[0] < 2:
             return False  # its header may still be being written
         target = producer.writers.get(header_untrusted[1])
         # register_trace_writer names any buffer it likes: scrape only into
         # buffers this producer may write to, as a commit would be checked.
-        if target not in producer.allowed_buffers or target not in buffer_ids:
+        if target is None or target not in producer.allowed_buffers or target not in buffer_ids:
             return False
         if target not in self._buffers:
             return False
-        self._copy(producer, self._buffers[target], ref, header_untrusted, state == COMPLETE)
+        self._copy(producer, abi, self._buffers[target], ref, header_untrusted, state == COMPLETE)
         return True
