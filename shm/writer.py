@@ -28,7 +28,8 @@ Each writer counts what it dropped (`dropped_packets`, `dropped_bytes`).
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from shm._atomics import store32
 from shm.abi import (
@@ -41,13 +42,26 @@ from shm.abi import (
     NEEDS_PATCHING,
     PACKET_DROPPED_SIZE,
     ChunkRef,
+    SharedMemoryABI,
 )
 from shm.commits import ChunkToPatch
 from shm.packets import encode_size4, write_size4
 from shm.protozero import Message
 
-if TYPE_CHECKING:
-    from shm.arbiter import SharedMemoryArbiter
+
+class ChunkSource(Protocol):
+    """What a TraceWriter needs of its arbiter (shm/arbiter.py's SharedMemoryArbiter):
+    the writer is created by the arbiter and must not import it back."""
+
+    abi: SharedMemoryABI
+    sleep: Callable[[float], None]
+
+    def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None: ...
+    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
+    def add_patches(self, patches: list[ChunkToPatch]) -> None: ...
+    def commit(self) -> None: ...
+    def release_writer_id(self, writer_id: int) -> None: ...
+
 
 MIN_PACKET_START_ROOM = 12  # bytes free below which a packet starts in a new chunk
 SCRATCH_CHUNK_SIZE = 1024
@@ -104,7 +118,7 @@ class TraceWriter:
 
     def __init__(
         self,
-        arbiter: SharedMemoryArbiter,
+        arbiter: ChunkSource,
         writer_id: int,
         target_buffer: int,
         policy: BufferExhaustedPolicy,

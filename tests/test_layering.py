@@ -478,18 +478,6 @@ def project_cycles() -> tuple[list[list[str]], list[Import]]:
     return find_cycles(adjacency(edges)), edges
 
 
-# Found on the branch point of issue 7 (da29f28); the restructuring removes them,
-# then the lead removes the mark (strict: the test fails once they are all gone).
-KNOWN_CYCLES = (
-    "actors.core.reports -> actors.core.service_core -> actors.core.reports"
-    " (reports imports service_core under TYPE_CHECKING); "
-    "actors.data_sources -> actors.producer -> actors.data_sources"
-    " (producer.main imports data_sources inside the function); "
-    "shm.arbiter -> shm.writer -> shm.arbiter (writer imports arbiter under TYPE_CHECKING)"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=f"import cycles to be removed by issue 7: {KNOWN_CYCLES}")
 def test_no_import_cycles_between_project_modules() -> None:
     """No two project modules (actors, shm, protos, launch, tracebus) depend on each
     other, directly or through others.
