@@ -6,6 +6,10 @@ A DEALER (producer or consumer) sends one frame: the serialized envelope
 envelope alone. Anything else (no frames, extra frames, bytes that do not parse)
 is a FramingError: the service counts it and drops it, or answers with an
 Error, and never lets it end the process.
+
+An envelope that parses but carries no message this version knows (a newer
+peer's, or none at all) is not a framing error: it keeps its request_id, so the
+receiving core can answer it ("not handled") instead of leaving the peer waiting.
 """
 
 from __future__ import annotations
@@ -52,8 +56,6 @@ def _decode(frames_untrusted: list[bytes], cls: type[Envelope]) -> Envelope:
         msg.ParseFromString(data)
     except DecodeError as e:
         raise FramingError(f"undecodable {cls.__name__}: {e}") from None
-    if msg.WhichOneof("msg") is None:
-        raise FramingError(f"{cls.__name__} carries no known message")
     return msg
 
 

@@ -288,9 +288,17 @@ for instance_id in range(1, 21):
     send(data_source_started=dict(instance_id=instance_id))
     send(data_source_stopped=dict(instance_id=instance_id))
 commit(flush_request_id=2**63)
-# Frames that are not envelopes: undecodable, two frames, no message, too large.
-for frames in ([b"\xff\xff\xff"], [b"\x08\x01", b"x"], [b""], [b"\x00" * (4 << 20 | 1)]):
+# Frames that are not envelopes: undecodable, two frames, too large.
+for frames in ([b"\xff\xff\xff"], [b"\x08\x01", b"x"], [b"\x00" * (4 << 20 | 1)]):
     sock.send_multipart(frames)
+# An envelope with a message this service does not know (field 99): an error answer.
+sock.send_multipart([b"\x08\x99\x01\x9a\x06\x02\x08\x01"])  # request_id 153
+while True:
+    assert sock.poll(15000), "no answer to an unknown message"
+    answer = framing.decode_to_producer(sock.recv_multipart())
+    if answer.WhichOneof("msg") == "error":
+        assert answer.request_id == 153 and "knows" in answer.error.message, answer
+        break
 
 # And its own buffer again: the service still takes what is legitimate.
 for i in range(6, 11):
@@ -396,7 +404,7 @@ def test_hostile_producers_get_nothing_through(rt: Runtime):
     assert stats_b.buffer_stats[0].chunks_discarded == 0
 
     # The service is still serving (and said what it dropped).
-    assert (rt.dir / "service.log").read_text().count("dropped a frame") == 4
+    assert (rt.dir / "service.log").read_text().count("dropped a frame") == 3
     for c in (cons_a, cons_b):
         c.free()
     assert {p.pid for p in rt.control.query_state().producers} == {honest.pid, forger.pid}

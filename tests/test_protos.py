@@ -31,11 +31,20 @@ def test_round_trip_through_a_router():
 
 @pytest.mark.parametrize(
     "frames",
-    [[], [b"a", b"b"], [b"\xff\xff\xff"], [b""], [b"\x08\x01"]],  # last: no oneof set
+    [[], [b"a", b"b"], [b"\xff\xff\xff"], [b"\0" * 3]],
 )
 def test_bad_frames_raise_framing_error(frames):
     with pytest.raises(framing.FramingError):
         framing.decode_from_consumer(frames)
+
+
+@pytest.mark.parametrize("frame", [b"", b"\x08\x07", b"\x08\x07\x9a\x06\x02\x08\x01"])
+def test_an_envelope_with_no_known_message_keeps_its_request_id(frame):
+    """No message, or one from a newer peer (field 99 here): the core answers it."""
+    for decode in (framing.decode_from_producer, framing.decode_from_consumer):
+        msg = decode([frame])
+        assert msg.WhichOneof("msg") is None
+        assert msg.request_id == (7 if frame else 0)
 
 
 def test_oversized_frame_is_refused():
