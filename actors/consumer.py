@@ -62,7 +62,7 @@ from actors.core.consumer_core import (
     ServiceUnreachable,
     SessionEnded,
     SessionError,
-    SessionState,
+    SessionView,
     UsageError,
     frame_packet,
 )
@@ -307,7 +307,7 @@ class Consumer:
     def wait_disabled(self, timeout: float | None = None) -> None:
         """Wait for the service to end the session (duration_ms, disable(), an error).
         Raises SessionError if it failed, RequestTimeout, or Interrupted."""
-        if self._ended is None and self._core.session is SessionState.NONE:
+        if self._ended is None and self._core.session is SessionView.NONE:
             raise UsageError("wait_disabled: no session on this connection")
         if not self._wait(lambda: self._ended is not None, timeout, interruptible=True):
             raise RequestTimeout(f"the session did not end within {timeout:g} s")
@@ -394,7 +394,7 @@ class Consumer:
         close the connection."""
         if self._sock.closed:
             return
-        if self._core.session is not SessionState.NONE and self._core.lost is None:
+        if self._core.session is not SessionView.NONE and self._core.lost is None:
             try:
                 self.free(timeout=CLOSE_FREE_TIMEOUT)
             except ConsumerError as e:

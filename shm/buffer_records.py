@@ -72,7 +72,8 @@ class ChunkRecord(NamedTuple):
     seq_key: int  # producer_id << 16 | writer_id; 0 for padding (read, evicted or left over)
     size: int  # payload bytes reserved; >= payload (a scrape reserves its whole SMB
     #            payload, so the real commit can grow it in place)
-    payload: int  # bytes of valid fragments, measured at copy time; <= size
+    payload: int  # bytes of valid fragments as measured before the copy; <= size (the
+    #               copied bytes may differ from what was measured: parse them bounded)
     unread: int  # <= payload; the next fragment to read is at payload - unread
     flags: int  # the chunk's flags (1 first packet continues, 2 last packet continues,
     #             4 needs patching, 8-32 kept) | CHUNK_UNCHECKED (bytes changed after

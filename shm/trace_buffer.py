@@ -487,9 +487,11 @@ class TraceBuffer:
     def _evict_measured_head(
         self, seq: SequenceState, off: int, cid: int, flags: int, payload: int, pos: int
     ) -> bool | None:
-        """_evict_head for a chunk whose bytes are as measured at copy time: look
-        only at the fragments that tell whether a packet is dropped (usually the
-        first); None if the bytes disagree (then they are tokenized)."""
+        """_evict_head for a chunk not flagged CHUNK_UNCHECKED: look only at the
+        fragments that tell whether a packet is dropped (usually the first),
+        bounded like every parse (the producer may have changed its bytes during
+        the copy); None if they disagree with the measurement (then they are
+        tokenized)."""
         ring = self._ring
         buf = ring.buf
         start = off + RECORD_HEADER_SIZE

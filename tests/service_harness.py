@@ -16,7 +16,7 @@ import random
 
 from actors.core.producer_core import commit_request
 from actors.core.producers import CommitPath, ProducerEntry, ServiceCounters
-from shm.abi import COMPLETE, SharedMemoryABI, chunk_state
+from shm.abi import COMPLETE, FREE, SharedMemoryABI, chunk_state
 from shm.commits import CommitBatch
 from shm.trace_buffer import TraceBuffer
 
@@ -62,7 +62,7 @@ class ServiceHarness:
             assert self._state(move.page, move.chunk) == COMPLETE, "a committed chunk"
         self.commit_path.commit(self.producer, commit_request([merged]))
         for move in merged.chunks_to_move:
-            assert self._state(move.page, move.chunk) != COMPLETE, "moved and freed"
+            assert self._state(move.page, move.chunk) == FREE, "moved and freed"
         assert self.counters == ServiceCounters(), "nothing of ours is discarded"
 
     def _state(self, page: int, chunk: int) -> int:

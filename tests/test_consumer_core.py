@@ -27,7 +27,7 @@ from actors.core.consumer_core import (
     ServiceError,
     SessionEnded,
     SessionError,
-    SessionState,
+    SessionView,
     UsageError,
     frame_packet,
 )
@@ -130,17 +130,17 @@ def test_two_phase_enable():
     config = pb.TraceConfig(duration_ms=100).SerializeToString()
     request = core.enable_tracing(config, now=0, timeout_ns=S)
     assert envelope(request).enable_tracing.trace_config == config
-    assert core.session is SessionState.ENABLING
+    assert core.session is SessionView.ENABLING
     first = ipc.EnableTracingResponse(started=True, session_id=42, unsupported_fields=["a.b"])
     events = core.handle(PEER, reply(request.request_id, enable_tracing=first), 0)
     assert events == [Completed(request.request_id, Kind.ENABLE, EnableResult(42, True, ("a.b",)))]
-    assert core.session is SessionState.ACTIVE and core.session_id == 42
+    assert core.session is SessionView.ACTIVE and core.session_id == 42
     assert core.next_deadline() is None, "the second reply comes whenever the session ends"
     assert core.expire(100 * S) == []
     second = ipc.EnableTracingResponse(disabled=True)
     events = core.handle(PEER, reply(request.request_id, enable_tracing=second), 5 * S)
     assert events == [SessionEnded(request.request_id, "")]
-    assert core.session is SessionState.ENDED
+    assert core.session is SessionView.ENDED
 
 
 def test_session_ending_with_an_error():
@@ -161,7 +161,7 @@ def test_enable_refused_at_setup_leaves_no_session():
     failed, ended = events
     assert isinstance(failed.error, SessionError) and "limit 15" in str(failed.error)
     assert ended == SessionEnded(request.request_id, "too many sessions (limit 15)")
-    assert core.session is SessionState.NONE
+    assert core.session is SessionView.NONE
     core.enable_tracing(b"", now=0, timeout_ns=S)  # a new attempt is allowed
 
 
@@ -199,7 +199,7 @@ def test_free_forgets_the_session_and_a_late_disabled_reply():
     free = core.free_buffers(now=0, timeout_ns=S)
     events = core.handle(PEER, reply(free.request_id, ack={}), 0)
     assert events == [Completed(free.request_id, Kind.FREE), SessionEnded(2, "")]
-    assert core.session is SessionState.NONE
+    assert core.session is SessionView.NONE
     late = reply(2, enable_tracing={"disabled": True})
     assert core.handle(PEER, late, 0) == []
     core.enable_tracing(b"", now=0, timeout_ns=S)
@@ -279,7 +279,7 @@ def test_ack_with_error_and_wrong_reply_kind():
     free = core.free_buffers(now=0, timeout_ns=S)
     [failed] = core.handle(PEER, reply(free.request_id, ack={"error": "busy"}), 0)
     assert "free_buffers: busy" in str(failed.error)
-    assert core.session is SessionState.ACTIVE
+    assert core.session is SessionView.ACTIVE
     stats = core.get_trace_stats(now=0, timeout_ns=S)
     [failed] = core.handle(PEER, reply(stats.request_id, flush={"success": True}), 0)
     assert "protocol error" in str(failed.error) and "get_trace_stats" in str(failed.error)
@@ -290,7 +290,7 @@ def test_enable_error_envelope_ends_the_session():
     request = core.enable_tracing(b"", now=0, timeout_ns=S)
     events = core.handle(PEER, reply(request.request_id, error={"message": "bad config"}), 0)
     assert isinstance(events[0].error, ServiceError) and isinstance(events[1], SessionEnded)
-    assert core.session is SessionState.NONE
+    assert core.session is SessionView.NONE
 
 
 def test_stray_replies_and_heartbeats():
@@ -364,7 +364,7 @@ def test_connection_lost_fails_everything_and_ends_the_session():
     assert events == [SessionEnded(2, "the service went away"), events[1]]
     assert events[1].request_id == flush.request_id and isinstance(events[1], Failed)
     assert "went away" in str(events[1].error)
-    assert core.session is SessionState.ENDED
+    assert core.session is SessionView.ENDED
     with pytest.raises(ServiceError, match="went away"):
         core.get_trace_stats(now=0, timeout_ns=S)
 

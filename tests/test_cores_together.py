@@ -509,7 +509,7 @@ def test_full_session_with_two_buffers_over_the_wire():
     )
     enabled = consumer.enable(config)
     assert enabled.started and enabled.unsupported_fields == ()
-    assert consumer.core.session is cc.SessionState.ACTIVE
+    assert consumer.core.session is cc.SessionView.ACTIVE
     session = bus.service.sessions[enabled.session_id]
     # The service's commands, in protocol order; target_buffer is the global buffer id.
     assert producer.kinds(3) == [
@@ -543,7 +543,7 @@ def test_full_session_with_two_buffers_over_the_wire():
     assert producer.kinds()[-2:] == ["stop_data_source", "stop_data_source"]
     assert producer.host._instances == {}  # both instances were stopped by the SDK
     assert [e.error for e in consumer.session_ended()] == [""]
-    assert consumer.core.session is cc.SessionState.ENDED
+    assert consumer.core.session is cc.SessionView.ENDED
 
     raw = consumer.read()
     packets = parse(raw)
@@ -655,7 +655,7 @@ def test_duration_flushes_then_stops_and_the_consumer_sees_the_end():
     assert flush_at == stop_at == T0 + 500 * MS
     assert producer.kinds(before).index("flush") < producer.kinds(before).index("stop_data_source")
     assert [e.error for e in consumer.session_ended()] == [""]
-    assert consumer.core.session is cc.SessionState.ENDED
+    assert consumer.core.session is cc.SessionView.ENDED
     check_synthetic(from_producer(parse(consumer.read()), 501), 3, 40, 10)
 
 
@@ -899,7 +899,7 @@ def test_disable_finishes_at_the_stop_timeout_without_the_ack():
     packets = from_producer(parse(consumer.read()), 501)
     check_synthetic(packets, 4, 20, 16)
     producer.thaw()  # a late ack for a stopped session is harmless
-    assert consumer.core.session is cc.SessionState.ENDED
+    assert consumer.core.session is cc.SessionView.ENDED
 
 
 def test_observers_see_instances_stopped_at_the_stop_timeout():

@@ -121,6 +121,59 @@ def test_a_chunk_is_copied_once_straight_from_shared_memory():
     assert data_of(read_all(tb)) == [blob("A", 60_000), blob("B", 100)]
 
 
+def test_a_producer_rewriting_its_chunk_during_the_copy_garbles_only_its_own_sequence(
+    monkeypatch,
+):
+    """The one copy reads shared memory after measuring it: a hostile producer
+    that changes its bytes in between (simulated right after the measurement)
+    must not crash the buffer nor touch another producer's packets, through
+    recommits, patches, partial reads and the final read."""
+    import random
+
+    import shm.trace_buffer as trace_buffer
+
+    rnd = random.Random(7)
+    shared: list[bytearray] = []  # the hostile chunk being copied, if any
+    measure = trace_buffer.measure_fragments_untrusted
+
+    def measure_then_race(data, count):
+        measured = measure(data, count)
+        for smb in shared:
+            for _ in range(rnd.randrange(1, 8)):
+                smb[rnd.randrange(len(smb))] = rnd.choice([0, 0x7F, 0x80, 0xFF, rnd.randrange(256)])
+        return measured
+
+    monkeypatch.setattr(trace_buffer, "measure_fragments_untrusted", measure_then_race)
+    hostile = {"producer": PRODUCER + 1}
+    for _trial in range(300):
+        tb = TraceBuffer(1 << 20)  # no wrap: every honest packet must come back
+        sent, got = [], []
+        for i in range(rnd.randrange(5, 40)):
+            pieces = [bytes([rnd.randrange(256)]) * rnd.randrange(1, 300) for _ in range(3)]
+            payload = b"".join(f4(p) for p in pieces)
+            if rnd.random() < 0.5:
+                smb = bytearray(payload + bytes(rnd.randrange(64)))
+                shared[:] = [smb]
+                flags = rnd.choice([0, FIRST, LAST, BOTH, NEEDS_PATCHING])
+                complete = rnd.random() < 0.8
+                tb.copy_chunk_untrusted(
+                    hostile["producer"], UID, PID, 7, i, 3, flags, complete, memoryview(smb)
+                )
+                if rnd.random() < 0.3:
+                    patch = [(rnd.randrange(400), b"\x80\x80\x80\x00")]
+                    tb.try_patch_chunk(hostile["producer"], 7, rnd.randrange(i + 1), patch, False)
+            else:
+                shared.clear()
+                commit(tb, 1, len(sent) // 3, *(f4(p) for p in pieces))
+                sent.extend(pieces)
+            if rnd.random() < 0.3:
+                tb.begin_read()
+                got += [p.data for p in tb.read_packets(rnd.randrange(1, 3000))
+                        if p.producer_id == PRODUCER]  # fmt: skip
+        got += [p.data for p in read_all(tb) if p.producer_id == PRODUCER]
+        assert got == sent
+
+
 # -- construction and the stats snapshot -----------------------------------------------------
 
 

@@ -175,7 +175,10 @@ class Notice:
 Event = Completed | Failed | PacketsRead | SessionEnded | EventsObserved | Notice
 
 
-class SessionState(enum.Enum):
+class SessionView(enum.Enum):
+    """What this consumer knows of its session; the service's own session states
+    are actors/core/lifecycle.py's SessionState."""
+
     NONE = "none"  # no session on this connection
     ENABLING = "enabling"  # enable_tracing sent, no reply yet
     ACTIVE = "active"  # set up (started, or waiting for start_tracing)
@@ -210,7 +213,7 @@ class ConsumerCore:
         self.client_name = client_name
         self.connected = False
         self.lost: str | None = None
-        self.session = SessionState.NONE
+        self.session = SessionView.NONE
         self.session_id = 0
         self.session_error = ""
         self.late_replies = 0  # replies to requests that had timed out
@@ -255,13 +258,13 @@ class ConsumerCore:
         self, trace_config: bytes, *, now: int, timeout_ns: int | None
     ) -> ipc.ConsumerToService:
         """timeout_ns bounds the first reply only; the second comes when the session ends."""
-        if self.session is not SessionState.NONE:
+        if self.session is not SessionView.NONE:
             raise UsageError(
                 f"this connection already has a session ({self.session.value}); one session "
                 "per consumer connection: free_buffers first"
             )
         request = self._new(Kind.ENABLE, {"trace_config": trace_config}, now, timeout_ns)
-        self.session, self.session_id, self.session_error = SessionState.ENABLING, 0, ""
+        self.session, self.session_id, self.session_error = SessionView.ENABLING, 0, ""
         return request
 
     def start_tracing(self, *, now: int, timeout_ns: int | None) -> ipc.ConsumerToService:
@@ -311,7 +314,7 @@ class ConsumerCore:
             raise ServiceError(self.lost)
         if handshake == self.connected:
             raise UsageError("already connected" if handshake else "send hello first")
-        if needs_session and self.session is SessionState.NONE:
+        if needs_session and self.session is SessionView.NONE:
             raise UsageError(f"{kind.value}: no session on this connection, enable one first")
         request_id, self._next_id = self._next_id, self._next_id + 1
         self._pending[request_id] = _Pending(kind, timeout_ns, _deadline(now, timeout_ns))
@@ -358,8 +361,8 @@ class ConsumerCore:
         events: list[Event] = []
         for request_id in list(self._pending):
             events += self._fail(request_id, ServiceError(reason))
-        if self.session in (SessionState.ENABLING, SessionState.ACTIVE):
-            self.session, self.session_error = SessionState.ENDED, reason
+        if self.session in (SessionView.ENABLING, SessionView.ACTIVE):
+            self.session, self.session_error = SessionView.ENDED, reason
             events.append(SessionEnded(0, reason))
         return events
 
@@ -431,7 +434,7 @@ class ConsumerCore:
         if not pending.answered:
             events.append(Failed(request_id, pending.kind, error))
         if pending.kind is Kind.ENABLE:
-            self.session = SessionState.ENDED if pending.answered else SessionState.NONE
+            self.session = SessionView.ENDED if pending.answered else SessionView.NONE
             self.session_error = str(error)
             events.append(SessionEnded(request_id, str(error)))
         return events
@@ -460,13 +463,13 @@ class ConsumerCore:
                 error = reply.error or "the service disabled the session as it set it up"
                 return self._fail(request_id, SessionError(error))
             pending.answered, pending.deadline = True, None
-            self.session, self.session_id = SessionState.ACTIVE, reply.session_id
+            self.session, self.session_id = SessionView.ACTIVE, reply.session_id
             result = EnableResult(reply.session_id, reply.started, tuple(reply.unsupported_fields))
             return [Completed(request_id, Kind.ENABLE, result)]
         if not reply.disabled:
             return [Notice("ignored a second enable_tracing reply that does not say 'disabled'")]
         del self._pending[request_id]
-        self.session, self.session_error = SessionState.ENDED, reply.error
+        self.session, self.session_error = SessionView.ENDED, reply.error
         return [SessionEnded(request_id, reply.error)]
 
     def _on_flush(
@@ -503,7 +506,7 @@ class ConsumerCore:
                 del self._pending[request_id]
                 self._expired.add(request_id)  # a 'disabled' reply may still arrive
                 events.append(SessionEnded(request_id, ""))
-        self.session, self.session_id = SessionState.NONE, 0
+        self.session, self.session_id = SessionView.NONE, 0
         return events
 
     def _on_stats(

@@ -13,7 +13,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import reports
 from actors.core.flushes import Flushes
-from actors.core.lifecycle import SessionEvent, SessionState, can_apply
+from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
 from actors.core.outbox import Peer, version_error
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import NS_PER_MS, SessionControl
@@ -53,7 +53,7 @@ class ConsumerPort:
         reply.unsupported_fields.extend(unsupported_fields(config))
         if not config.deferred_start:
             self._control.start(session, now)
-        reply.started = session.state is SessionState.STARTED
+        reply.started = session.state in RECORDING_SESSION
         self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
 
     def _refusal(self, peer: Peer, req: ipc.EnableTracingRequest, config: pb.TraceConfig) -> str:
@@ -88,7 +88,7 @@ class ConsumerPort:
         if session is None:
             self._ctx.out.ack(peer.identity, request_id, "no tracing session")
             return
-        if session.state is SessionState.DISABLED:
+        if session.state in ENDED_SESSION:
             self._ctx.out.ack(peer.identity, request_id)
             return
         session.disable_waiters.append(request_id)
@@ -96,7 +96,7 @@ class ConsumerPort:
 
     def flush(self, peer: Peer, request_id: int, req: ipc.FlushConsumerRequest, now: int) -> None:
         session = self._ctx.session_of(peer.identity)
-        if session is None or session.state is not SessionState.STARTED:
+        if session is None or session.state not in RECORDING_SESSION:
             reply = ipc.FlushConsumerResponse()  # success false: nothing to flush
             self._ctx.out.to_consumer(peer.identity, request_id, flush=reply)
             return

@@ -89,6 +89,16 @@ INSTANCE_TRANSITIONS: dict[tuple[InstanceState, InstanceEvent], InstanceState] =
 # A session in these states takes new data source instances (late registration)
 # and can be disabled.
 LIVE_SESSION = frozenset({SessionState.CONFIGURED, SessionState.STARTED})
+# A session in these states records: a data source that joins it starts at once,
+# a flush reaches its producers, and it reports itself started.
+RECORDING_SESSION = frozenset({SessionState.STARTED})
+# A session in these states has nothing left to stop: disable is answered at once.
+ENDED_SESSION = frozenset({SessionState.DISABLED})
+# Instance states that are writing (a session reports all_data_sources_started
+# once every instance is in one).
+RUNNING_INSTANCE = frozenset({InstanceState.STARTED})
+# Instance states that hold up their session's stop until the ack (or the timeout).
+AWAITING_STOP_ACK = frozenset({InstanceState.STOPPING})
 # Instance states an observer hears about; the transient ones are not reported.
 REPORTED_INSTANCE = frozenset(
     {InstanceState.CONFIGURED, InstanceState.STARTED, InstanceState.STOPPED}

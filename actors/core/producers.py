@@ -3,8 +3,9 @@
 Everything a producer sends is untrusted. A CommitData may name any page,
 chunk, buffer, writer or patch: each is checked before use, a bad one costs
 that producer its data (counted), never the service or another producer.
-Chunk payloads are copied out of the SMB by the trace buffer before it looks
-at them, because the producer can change its shared memory at any time.
+The producer can change its shared memory at any time, even while a chunk is
+copied: the trace buffer measures a payload where it lies, copies it once, and
+parses every record it holds again within its bounds (shm/trace_buffer.py).
 """
 
 from __future__ import annotations

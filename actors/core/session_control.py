@@ -12,12 +12,13 @@ from __future__ import annotations
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.lifecycle import (
+    AWAITING_STOP_ACK,
     LIVE_SESSION,
+    RECORDING_SESSION,
     REPORTED_INSTANCE,
+    RUNNING_INSTANCE,
     InstanceEvent,
-    InstanceState,
     SessionEvent,
-    SessionState,
     apply,
     can_apply,
 )
@@ -71,7 +72,7 @@ class SessionControl:
             if session.state not in LIVE_SESSION:
                 continue
             for instance in self._setup_instances(session, producer, name):
-                if session.state is SessionState.STARTED:
+                if session.state in RECORDING_SESSION:
                     self._start_instance(session, instance, producer)
 
     def _setup_instances(
@@ -163,9 +164,9 @@ class SessionControl:
         self._notify_instance(session, instance, producer)
 
     def _maybe_all_started(self, session: Session) -> None:
-        if session.all_started_reported or session.state is not SessionState.STARTED:
+        if session.all_started_reported or session.state not in RECORDING_SESSION:
             return
-        if all(i.state is InstanceState.STARTED for i in session.instances.values()):
+        if all(i.state in RUNNING_INSTANCE for i in session.instances.values()):
             session.all_started_reported = True
             self._ctx.service_event(session, "all_data_sources_started")
             if session.observer_request_id and OBSERVE_ALL_STARTED in session.observe_types:
@@ -225,7 +226,7 @@ class SessionControl:
         becomes DISABLED: scrape, tell the consumer, answer disable requests."""
         if not can_apply(session, SessionEvent.STOPPED):
             return
-        stopping = [i for i in session.instances.values() if i.state is InstanceState.STOPPING]
+        stopping = [i for i in session.instances.values() if i.state in AWAITING_STOP_ACK]
         if stopping and not force:
             return
         for instance in stopping:  # its stop ack never came
@@ -289,7 +290,7 @@ class SessionControl:
             return
         if instance.state not in REPORTED_INSTANCE:
             return
-        started = instance.state is InstanceState.STARTED
+        started = instance.state in RUNNING_INSTANCE
         change = _CHANGE(
             producer_id=producer.id,
             producer_name=producer.name,
