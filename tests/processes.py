@@ -10,6 +10,8 @@ service, producers and consumers, and a cleanup that leaves nothing behind.
     alpha = rt.start_producer("alpha")    # returns once the service lists it, sources registered
     result, out = rt.record(CONFIG, "a")  # the record CLI, run to the end of its session
     cli = rt.start_consumer_cli("-c", ...)  # the CLI with any arguments; stderr piped
+    sup = rt.start_supervisor(rt.write_file("topology.yaml", TEXT))  # its output read as lines
+    rt.wait_output(sup, r"base#1 registered"); rt.finish(sup)  # then rt.output(sup)
 
 Contract:
 
@@ -28,7 +30,13 @@ Contract:
 - A child's stdout and stderr go to DIR/<label>.log, unless spawn() is asked to
   read one of them as lines (wait_line; the lines are copied to the log too) or
   to pipe stderr to the test (the record CLI's summary); logs() returns the logs'
-  tails; close() prints them, which pytest shows for a failed test.
+  tails; close() prints them, which pytest shows for a failed test. Lines read are
+  also kept: output() and wait_output() search all of them (nothing is consumed).
+- The supervisor (launch.supervisor) passes its environment, so the marker, to
+  every actor it starts; its per-user default control link goes under DIR
+  (XDG_RUNTIME_DIR=DIR), never into the user's. A runtime directory it creates
+  outside DIR (the topology names none) and still holds once it is stopped is a
+  leftover too: close() reads where it is from the supervisor's output.
 - close() always runs the whole cleanup: it closes the consumers of this
   process, asks producers then the service to stop (SIGTERM, as a user would),
   kills what did not stop in time and reaps everything, removes the directory.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -49,6 +58,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -65,8 +75,21 @@ READY_TIMEOUT = 15.0  # a cold interpreter on a loaded 2-core machine
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL at cleanup
 BUILTIN_SOURCES = ("tracebus.synthetic", "track_event")
 
+SUPERVISOR = ("-m", "launch.supervisor")
+SUPERVISOR_RUNTIME_DIR = re.compile(r"^supervisor \| runtime dir (.+)$", re.MULTILINE)
+
 Proc = subprocess.Popen
-Stderr = Literal["log", "pipe", "lines"]
+Stderr = Literal["log", "pipe", "lines", "stdout"]
+
+
+@dataclass
+class Lines:
+    """One child's stream read as lines: the queue wait_line consumes, every line read
+    so far, and whether the stream ended (the child and its heirs closed it)."""
+
+    queue: queue.Queue[str] = field(default_factory=queue.Queue)
+    read: list[str] = field(default_factory=list)
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class Runtime:
@@ -85,7 +108,9 @@ class Runtime:
         self.procs: list[tuple[str, Proc]] = []
         self.consumers: list[Consumer] = []
         self._control: Consumer | None = None
-        self._lines: dict[int, queue.Queue[str]] = {}
+        self._lines: dict[int, Lines] = {}
+        self._supervisors: list[Proc] = []
+        self._runtime_dirs: set[Path] = set()  # the supervisors' own, outside self.dir
         self.stop_grace = STOP_GRACE
 
     def __enter__(self) -> Runtime:
@@ -109,25 +134,36 @@ class Runtime:
         path.write_text(text, encoding="utf-8")
         return path
 
+    def write_file(self, name: str, text: str) -> Path:
+        """DIR/name (parents created), holding `text`."""
+        path = self.dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
     def spawn(
         self, label: str, argv: Sequence[str], env: dict[str, str] | None = None, *,
-        lines: bool = False, stderr: Stderr = "log",
+        lines: bool = False, stderr: Stderr = "log", cwd: Path = REPO,
     ) -> Proc:  # fmt: skip
-        """Start `python argv...`. With `lines`, its stdout is read line by line (see
-        wait_line) and its stdin is a pipe the test may close. `stderr` goes to the
-        log, or to a text pipe the test reads (communicate), or is read line by line.
+        """Start `python argv...` in `cwd`. With `lines`, its stdout is read line by line
+        (see wait_line) and its stdin is a pipe the test may close. `stderr` goes to the
+        log, or to a text pipe the test reads (communicate), or is read line by line,
+        or goes where stdout goes ("stdout": one stream, in the order written).
         Whatever is not read otherwise goes to the log."""
         assert not (lines and stderr == "lines"), "one stream per process is read as lines"
         log_path = self._log_path(label)
         # Append mode: the child and the line pump below share the file.
         with open(log_path, "ab") as log:  # the child holds its own descriptor
+            err: int | IO[bytes] = log if stderr == "log" else subprocess.PIPE
+            if stderr == "stdout":
+                err = subprocess.STDOUT
             proc = subprocess.Popen(
                 [PYTHON, *argv],
-                cwd=REPO,
+                cwd=cwd,
                 env=self.env(env),
                 stdin=subprocess.PIPE if lines else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if lines else log,
-                stderr=log if stderr == "log" else subprocess.PIPE,
+                stderr=err,
                 text=True,
             )
         self.procs.append((log_path.stem, proc))
@@ -145,9 +181,9 @@ class Runtime:
         return path
 
     def _pump_lines(self, proc: Proc, stream: IO[str] | None, log_path: Path) -> None:
-        """Queue every line of `stream` for wait_line, and copy it to the log."""
-        lines: queue.Queue[str] = queue.Queue()
-        self._lines[proc.pid] = lines
+        """Keep and queue every line of `stream` for wait_line and wait_output, and copy
+        it to the log."""
+        lines = self._lines[proc.pid] = Lines()
         assert stream is not None, "spawned with a pipe for the stream read as lines"
 
         def pump() -> None:
@@ -156,9 +192,12 @@ class Runtime:
                     for line in stream:
                         log.write(line)
                         log.flush()
-                        lines.put(line.rstrip("\n"))
+                        lines.read.append(line.rstrip("\n"))
+                        lines.queue.put(line.rstrip("\n"))
                 except ValueError:
                     pass  # close() closed the pipe while this thread read it
+                finally:
+                    lines.ended.set()
 
         threading.Thread(target=pump, daemon=True).start()
 
@@ -172,7 +211,7 @@ class Runtime:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                line = self._lines[proc.pid].get(timeout=max(0.0, remaining))
+                line = self._lines[proc.pid].queue.get(timeout=max(0.0, remaining))
             except queue.Empty:
                 raise AssertionError(
                     f"no line starting with {prefix!r} and containing {contains!r} from "
@@ -181,6 +220,38 @@ class Runtime:
                 ) from None
             if line.startswith(prefix) and contains in line:
                 return line
+
+    def output(self, proc: Proc) -> str:
+        """Every line `proc` (spawned with lines=True or stderr="lines") wrote so far on
+        the stream read as lines, wait_line's included."""
+        return "\n".join(list(self._lines[proc.pid].read))
+
+    def wait_output(self, proc: Proc, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """The first match of `pattern` (re.MULTILINE) in output(proc), once there. Fails
+        at once, with the output, if the stream ends without one."""
+
+        def found() -> re.Match[str] | None:
+            ended = self._lines[proc.pid].ended.is_set()  # before reading: no line missed
+            match = re.search(pattern, self.output(proc), re.MULTILINE)
+            if match is None and ended:
+                raise AssertionError(
+                    f"{pattern!r} not in the output of pid {proc.pid}, which ended (exit "
+                    f"code {proc.poll()}):\n{self.output(proc)}"
+                )
+            return match
+
+        return wait_for(found, timeout, f"{pattern!r} in the output of pid {proc.pid}")
+
+    def finish(self, proc: Proc, timeout: float = 60.0) -> int:
+        """Wait for `proc` to exit and, if a stream of it is read as lines, for its end
+        (output() is then complete); its exit code."""
+        try:
+            code = proc.wait(timeout)
+            if proc.pid not in self._lines or self._lines[proc.pid].ended.wait(timeout):
+                return code
+        except subprocess.TimeoutExpired:
+            pass
+        raise AssertionError(f"pid {proc.pid} did not exit and end its output:\n{self.logs()}")
 
     # -- the service and its control connection ---------------------------------------------
 
@@ -219,6 +290,36 @@ class Runtime:
         c = Consumer.connect(self.consumer_endpoint, timeout=timeout, name=name)
         self.consumers.append(c)
         return c
+
+    # -- the supervisor ----------------------------------------------------------------------------
+
+    def start_supervisor(self, topology: Path | str, *args: str, cwd: Path = REPO) -> Proc:
+        """Start `launch.supervisor TOPOLOGY ARGS` in `cwd`, its stdout and stderr read
+        as one stream of lines (output, wait_output, finish)."""
+        argv = [*SUPERVISOR, str(topology), *args]
+        env = self._supervisor_env()
+        proc = self.spawn("supervisor", argv, env, lines=True, stderr="stdout", cwd=cwd)
+        self._supervisors.append(proc)
+        return proc
+
+    def run_supervisor(
+        self, topology: Path | str, *args: str, cwd: Path = REPO, timeout: float = 90.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `launch.supervisor TOPOLOGY ARGS` in `cwd` to its end (run())."""
+        argv = [PYTHON, *SUPERVISOR, str(topology), *args]
+        result = self.run(argv, self._supervisor_env(), timeout, cwd=cwd)
+        self._note_runtime_dirs(result.stdout + result.stderr)
+        return result
+
+    def _supervisor_env(self) -> dict[str, str]:
+        return {"XDG_RUNTIME_DIR": str(self.dir)}  # its default control link: ours
+
+    def _note_runtime_dirs(self, output: str) -> None:
+        """Remember the runtime directories a supervisor's output names outside DIR."""
+        for match in SUPERVISOR_RUNTIME_DIR.finditer(output):
+            path = Path(match.group(1))
+            if not path.is_relative_to(self.dir):
+                self._runtime_dirs.add(path)
 
     # -- producers ---------------------------------------------------------------------------
 
@@ -295,11 +396,13 @@ class Runtime:
         return out, err
 
     def run(
-        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60.0
-    ) -> subprocess.CompletedProcess[str]:
-        """subprocess.run of `argv` (a whole command line) as a marked child of this runtime."""
+        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60.0,
+        *, cwd: Path = REPO,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """subprocess.run of `argv` (a whole command line) in `cwd`, as a marked child of
+        this runtime."""
         return subprocess.run(
-            list(argv), cwd=REPO, env=self.env(env), capture_output=True, text=True,
+            list(argv), cwd=cwd, env=self.env(env), capture_output=True, text=True,
             stdin=subprocess.DEVNULL, timeout=timeout,
         )  # fmt: skip
 
@@ -334,10 +437,13 @@ class Runtime:
             print(self.logs())  # shown by pytest when the test failed
         finally:
             stray = self._kill_marked()
+            for supervisor in self._supervisors:
+                self._note_runtime_dirs(self.output(supervisor))
             for _label, proc in self.procs:
                 _close_pipes(proc)
+            kept = self._remove_runtime_dirs()
             shutil.rmtree(self.dir, ignore_errors=True)
-        self._check_nothing_left(stray)
+        self._check_nothing_left(stray, kept)
 
     def _close_consumers(self) -> None:
         for c in [*self.consumers, *filter(None, [self._control])]:
@@ -378,12 +484,22 @@ class Runtime:
                 proc.wait()
         return stray
 
-    def _check_nothing_left(self, stray: list[int]) -> None:
+    def _remove_runtime_dirs(self) -> list[Path]:
+        """Remove the supervisors' runtime directories outside DIR that are still there,
+        once everything stopped (a supervisor removes the one it created); those."""
+        kept = sorted(path for path in self._runtime_dirs if path.exists())
+        for path in kept:
+            shutil.rmtree(path, ignore_errors=True)
+        return kept
+
+    def _check_nothing_left(self, stray: list[int], runtime_dirs: list[Path]) -> None:
         left = []
         if stray:
             left.append(f"processes still running after cleanup: {stray}")
         if self.dir.exists():
             left.append(f"runtime directory {self.dir}")
+        if runtime_dirs:
+            left.append(f"a supervisor's runtime directory {[str(d) for d in runtime_dirs]}")
         shm = self.new_dev_shm_entries()
         if shm:
             left.append(f"/dev/shm entries {sorted(shm)}")
