@@ -1,13 +1,14 @@
 """The supervisor with real processes: `python -m launch.supervisor topology.yaml`.
 
-Each test writes a small topology (and the scripts it names) into a short
-private directory, runs the supervisor as a subprocess with its output in a
-log file, and checks what a user would see: the order actors start in, traces
-that parse with Perfetto's own schema, `python -m launch.ctl` attaching and
-detaching producers mid-session, restarts, and a Ctrl-C that leaves no
-process, socket or runtime directory behind. Waits are conditions polled with
-a deadline; every process a topology started is found through its environment
-(TRACEBUS_CONTROL) and killed in `finally`, whatever happened.
+Each test writes a small topology (and the scripts it names) into the process
+harness's runtime directory (tests/processes.py, fixture `rt`), starts the
+supervisor through it with its output read as lines, and checks what a user
+would see: the order actors start in, traces that parse with Perfetto's own
+schema, `python -m launch.ctl` attaching and detaching producers mid-session,
+restarts, and a Ctrl-C that leaves no process, socket or runtime directory
+behind. Waits are conditions polled with a deadline. Every actor inherits the
+supervisor's environment, so the harness's marker: its cleanup finds and kills
+whatever a topology left running, and fails the test for it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import zmq
@@ -36,11 +34,11 @@ from launch import control
 from launch.control import ControlError, SupervisorClient
 from launch.control_server import Commands, ControlServer, Handler, Later, Supervising
 from launch.topology_parser import parse_producer_group
+from tests.processes import Proc, Runtime, marked_pids
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
 
@@ -64,103 +62,28 @@ def start_ticks(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
 
 
-def topology_pids(control_endpoint: str) -> set[int]:
-    """Every live process carrying this topology's TRACEBUS_CONTROL in its environment:
-    everything the supervisor started, and what those started."""
-    needle = f"TRACEBUS_CONTROL={control_endpoint}\0".encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                pass
-    return found
+def write(rt: Runtime, name: str, text: str) -> Path:
+    """DIR/name holding `text`, dedented."""
+    return rt.write_file(name, textwrap.dedent(text).lstrip())
 
 
-class Run:
-    """A topology in a short private directory, and its supervisor."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tbs-", dir="/tmp"))
-        self.log = self.dir / "supervisor.log"
-        self.proc: subprocess.Popen | None = None
-        self.control = f"ipc://{self.dir}/run/control.sock"
-
-    def write(self, name: str, text: str) -> Path:
-        path = self.dir / name
-        path.write_text(textwrap.dedent(text).lstrip())
-        return path
-
-    def start(self, topology: str, *args: str) -> subprocess.Popen:
-        self.write("topology.yaml", topology)
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "launch.supervisor", str(self.dir / "topology.yaml"), *args],
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self.proc
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_output(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        def found() -> re.Match | None:
-            match = re.search(pattern, self.output(), re.MULTILINE)
-            if match is None and self.proc.poll() is not None:
-                raise AssertionError(f"the supervisor exited:\n{self.output()}")
-            return match
-
-        return wait_for(found, timeout, f"{pattern!r} in the supervisor's output")
-
-    def finish(self, timeout: float = 60.0) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the supervisor did not exit:\n{self.output()}") from None
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [PYTHON, "-m", "launch.ctl", "--control", self.control, *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def actors(self) -> dict[str, dict]:
-        with SupervisorClient(self.control) as client:
-            return {a["name"]: a for a in client.list()}
-
-    def close(self) -> None:
-        control = self.control
-        match = re.search(r"TRACEBUS_CONTROL=(\S+)", self.output()) if self.log.exists() else None
-        if match:
-            control = match.group(1)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for pid in topology_pids(control):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if control.startswith("ipc:///tmp/tb-"):
-            shutil.rmtree(Path(control.removeprefix("ipc://")).parent, ignore_errors=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def start(rt: Runtime, topology: str, *args: str) -> Proc:
+    """The supervisor of DIR/topology.yaml holding `topology`."""
+    return rt.start_supervisor(write(rt, "topology.yaml", topology), *args)
 
 
-@pytest.fixture
-def run() -> Iterator[Run]:
-    r = Run()
-    try:
-        yield r
-    finally:
-        r.close()
+def control_endpoint(rt: Runtime) -> str:
+    """The control socket of a topology whose runtime_dir is `run`."""
+    return f"ipc://{rt.dir}/run/control.sock"
+
+
+def ctl(rt: Runtime, endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return rt.run([PYTHON, "-m", "launch.ctl", "--control", endpoint, *args])
+
+
+def actors(endpoint: str) -> dict[str, dict[str, Any]]:
+    with SupervisorClient(endpoint) as client:
+        return {a["name"]: a for a in client.list()}
 
 
 def read_trace(path: Path) -> pb.Trace:
@@ -280,8 +203,9 @@ def test_control_server_answers_now_later_and_without_a_handler(tmp_path: Path) 
 # -- the supervisor ------------------------------------------------------------------------------
 
 
-def test_bad_topology_exits_2_and_starts_nothing(run: Run) -> None:
-    path = run.write(
+def test_bad_topology_exits_2_and_starts_nothing(rt: Runtime) -> None:
+    path = write(
+        rt,
         "topology.yaml",
         """
         runtime_dir: run
@@ -297,27 +221,22 @@ def test_bad_topology_exits_2_and_starts_nothing(run: Run) -> None:
             output: out.pftrace
         """,
     )
-    result = subprocess.run(
-        [PYTHON, "-m", "launch.supervisor", str(path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = rt.run_supervisor(path, timeout=30)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"{path}:7: producers[1].count: expected a positive integer, got 'three'"
     ]
-    assert not (run.dir / "run").exists()
-    assert topology_pids(run.control) == set()
+    assert not (rt.dir / "run").exists()
+    assert marked_pids(str(rt.dir)) == []
 
 
-def test_start_order_readiness_and_script_attach(run: Run) -> None:
+def test_start_order_readiness_and_script_attach(rt: Runtime) -> None:
     """Service, then producers (all registered), then the consumer script, which sees
     them all, attaches one more through tracing.supervisor and records them all."""
-    run.write("worker.py", WORKER)
-    run.write(
+    write(rt, "worker.py", WORKER)
+    write(
+        rt,
         "rec.py",
         f"""
         import json
@@ -343,7 +262,8 @@ def test_start_order_readiness_and_script_attach(run: Run) -> None:
             (tracing.output.parent / "report.json").write_text(json.dumps(report))
         """,
     )
-    run.start(
+    supervisor = start(
+        rt,
         """
         runtime_dir: run
         producers:
@@ -356,11 +276,11 @@ def test_start_order_readiness_and_script_attach(run: Run) -> None:
           - name: rec
             script: rec.py
             output: out/rec.pftrace
-        """
+        """,
     )
-    assert run.finish() == 0, run.output()
-    out = run.output()
-    report = json.loads((run.dir / "out" / "report.json").read_text())
+    assert rt.finish(supervisor) == 0, rt.output(supervisor)
+    out = rt.output(supervisor)
+    report = json.loads((rt.dir / "out" / "report.json").read_text())
     actors = report["actors"]
     producers = ["alpha#1", "alpha#2", "worker#1"]
 
@@ -384,35 +304,37 @@ def test_start_order_readiness_and_script_attach(run: Run) -> None:
 
     # Everyone's timeline is in the trace, the producer attached by the script too.
     assert report["attached"] == ["extra#1"]
-    trace = read_trace(run.dir / "out" / "rec.pftrace")
+    trace = read_trace(rt.dir / "out" / "rec.pftrace")
     expected = {actors[p][0] for p in producers} | {report["extra"]}
     assert expected <= pids_with_track_events(trace.packet)
 
     # The summary names the trace; the runtime directory the supervisor created is gone.
-    assert re.search(rf"{run.dir}/out/rec.pftrace\s+rec\s+{len(trace.packet)}\s", out), out
-    assert not (run.dir / "run").exists()
+    assert re.search(rf"{rt.dir}/out/rec.pftrace\s+rec\s+{len(trace.packet)}\s", out), out
+    assert not (rt.dir / "run").exists()
 
 
-def test_ctl_attach_and_detach_mid_session(run: Run) -> None:
+def test_ctl_attach_and_detach_mid_session(rt: Runtime) -> None:
     """A session runs; `ctl attach` starts a producer that joins it (its process and
     its first packet come after the session's start); `ctl detach` stops it."""
-    run.start(
+    supervisor = start(
+        rt,
         """
         runtime_dir: run
         stop_when: never
         producers:
           - name: base
             builtin: []
-        """
+        """,
     )
-    run.wait_output(r"base#1 registered")
-    consumer = Consumer.connect(f"ipc://{run.dir}/run/consumer.sock", timeout=10)
+    endpoint = control_endpoint(rt)
+    rt.wait_output(supervisor, r"base#1 registered")
+    consumer = Consumer.connect(f"ipc://{rt.dir}/run/consumer.sock", timeout=10)
     try:
         consumer.enable(TRACK_EVENT)
-        attach = run.ctl("attach", "late", "--builtin")
+        attach = ctl(rt, endpoint, "attach", "late", "--builtin")
         assert attach.returncode == 0, attach.stderr
         assert attach.stdout.strip() == "attached late#1"
-        late = run.actors()["late#1"]
+        late = actors(endpoint)["late#1"]
         assert late["state"] == "running"
         late_start = start_ticks(late["pid"])
 
@@ -424,10 +346,10 @@ def test_ctl_attach_and_detach_mid_session(run: Run) -> None:
             return late["pid"] in pids_with_track_events(packets)
 
         wait_for(late_wrote, 20, "the attached producer's packets")
-        detach = run.ctl("detach", "late")
+        detach = ctl(rt, endpoint, "detach", "late")
         assert detach.returncode == 0, detach.stderr
         assert detach.stdout.strip() == "detached late#1"
-        listed = run.ctl("list")
+        listed = ctl(rt, endpoint, "list")
         assert re.search(r"^late#1\s+producer\s+\d+\s+detached\s+0\s+0$", listed.stdout, re.M)
         assert re.search(r"^base#1\s+producer\s+\d+\s+running\s", listed.stdout, re.M)
         consumer.disable()
@@ -436,9 +358,9 @@ def test_ctl_attach_and_detach_mid_session(run: Run) -> None:
         consumer.free()
     finally:
         consumer.close()
-    stop = run.ctl("stop")
+    stop = ctl(rt, endpoint, "stop")
     assert stop.returncode == 0, stop.stderr
-    assert run.finish() == 0, run.output()
+    assert rt.finish(supervisor) == 0, rt.output(supervisor)
 
     started = [p.timestamp for p in packets if p.service_event.tracing_started]
     assert len(started) == 1
@@ -447,15 +369,20 @@ def test_ctl_attach_and_detach_mid_session(run: Run) -> None:
     )
     assert first_late > started[0]
     assert late_start * TICK_NS >= started[0] - TICK_NS  # started after the session
-    assert pids_with_track_events(packets) >= {late["pid"], run_pid(run, "base#1")}
+    base = started_pid(rt.output(supervisor), "base#1")
+    assert pids_with_track_events(packets) >= {late["pid"], base}
 
 
-def run_pid(run: Run, name: str) -> int:
-    return int(re.search(rf"started {re.escape(name)} \(pid (\d+)\)", run.output()).group(1))
+def started_pid(output: str, name: str) -> int:
+    """The pid the supervisor's output gives for actor `name` when it started it."""
+    match = re.search(rf"started {re.escape(name)} \(pid (\d+)\)", output)
+    assert match is not None, f"{name} never started:\n{output}"
+    return int(match.group(1))
 
 
-def test_restart_on_failure_then_give_up(run: Run) -> None:
-    run.write(
+def test_restart_on_failure_then_give_up(rt: Runtime) -> None:
+    write(
+        rt,
         "waiter.py",
         """
         import json
@@ -472,7 +399,8 @@ def test_restart_on_failure_then_give_up(run: Run) -> None:
             print("RESULT", json.dumps(flaky))
         """,
     )
-    run.start(
+    supervisor = start(
+        rt,
         """
         runtime_dir: run
         producers:
@@ -482,15 +410,17 @@ def test_restart_on_failure_then_give_up(run: Run) -> None:
         consumers:
           - name: waiter
             script: waiter.py
-        """
+        """,
     )
-    assert run.finish() == 0, run.output()
-    out = run.output()
+    assert rt.finish(supervisor) == 0, rt.output(supervisor)
+    out = rt.output(supervisor)
     assert len(re.findall(r"supervisor \| started flaky#1 \(pid \d+\)", out)) == 3
     assert "restarting flaky#1 in 0.5 s (restart 1 of 2)" in out
     assert "restarting flaky#1 in 1 s (restart 2 of 2)" in out
     assert "supervisor | flaky#1 crashed 3 times, giving up" in out
-    flaky = json.loads(re.search(r"RESULT (.*)$", out, re.M).group(1))
+    result = re.search(r"RESULT (.*)$", out, re.M)
+    assert result is not None, out
+    flaky = json.loads(result.group(1))
     assert (flaky["state"], flaky["restarts"], flaky["exit"]) == ("gave up", 2, "1")
     assert re.search(r"^\s+flaky#1\s+producer\s+\d+\s+gave up\s+1\s+2$", out, re.M), out
 
@@ -514,16 +444,16 @@ def main(tracing):
 
 
 @pytest.mark.parametrize("signals", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
-def test_ctrl_c_leaves_nothing_behind(run: Run, signals: int) -> None:
+def test_ctrl_c_leaves_nothing_behind(rt: Runtime, signals: int) -> None:
     """One SIGINT: the consumer writes its trace, then everything stops in order. A
     second one while a consumer lingers: everything is killed. Either way nothing of
     the topology is left: processes, sockets, runtime directory, shared memory."""
-    run.write("worker.py", WORKER)
-    run.write("stubborn.py", STUBBORN)
-    run.write("rec.py", RECORDER)
-    shm_before = set(os.listdir("/dev/shm"))
+    write(rt, "worker.py", WORKER)
+    write(rt, "stubborn.py", STUBBORN)
+    write(rt, "rec.py", RECORDER)
     stubborn = "- name: stubborn\n            script: stubborn.py" if signals == 2 else ""
-    proc = run.start(
+    proc = start(
+        rt,
         """
         stop_when: never
         producers:
@@ -543,12 +473,11 @@ def test_ctrl_c_leaves_nothing_behind(run: Run, signals: int) -> None:
             script: rec.py
             output: out/rec.pftrace
           STUBBORN
-        """.replace("STUBBORN", stubborn)
+        """.replace("STUBBORN", stubborn),
     )
-    control = run.wait_output(r"TRACEBUS_CONTROL=(\S+)").group(1)
-    runtime = Path(control.removeprefix("ipc://")).parent
-    run.control = control
-    run.wait_output(r"started cli \(pid")
+    control = rt.wait_output(proc, r"TRACEBUS_CONTROL=(\S+)").group(1)
+    runtime = Path(control.removeprefix("ipc://")).parent  # the supervisor's: no runtime_dir
+    rt.wait_output(proc, r"started cli \(pid")
     with Consumer.connect(f"ipc://{runtime}/consumer.sock", timeout=10) as probe:
         wait_for(
             lambda: len([s for s in probe.query_state().sessions if s.state == "STARTED"]) == 2,
@@ -556,27 +485,27 @@ def test_ctrl_c_leaves_nothing_behind(run: Run, signals: int) -> None:
             "both consumers' sessions",
         )
     if signals == 2:
-        run.wait_output(r"^stubborn +\| waiting")
-    pids = topology_pids(control)
-    listed = {a["pid"] for a in run.actors().values()}
+        rt.wait_output(proc, r"^stubborn +\| waiting")
+    pids = set(marked_pids(str(rt.dir)))  # every actor inherited the harness's marker
+    listed = {a["pid"] for a in actors(control).values()}
     assert len(listed) == 5 + signals and listed <= pids
 
     proc.send_signal(signal.SIGINT)
     if signals == 2:
-        run.wait_output(r"^stubborn +\| interrupted; lingering")
-        run.wait_output(r"cli \(pid \d+\) exited: code 130")
-        run.wait_output(r"rec \(pid \d+\) exited: code 130")
+        rt.wait_output(proc, r"^stubborn +\| interrupted; lingering")
+        rt.wait_output(proc, r"cli \(pid \d+\) exited: code 130")
+        rt.wait_output(proc, r"rec \(pid \d+\) exited: code 130")
         proc.send_signal(signal.SIGINT)
-    assert run.finish() == 128 + signal.SIGINT, run.output()
+    assert rt.finish(proc) == 128 + signal.SIGINT, rt.output(proc)
 
     assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []
-    assert topology_pids(control) == set()
+    assert marked_pids(str(rt.dir)) == []
     assert not runtime.exists()
-    assert set(os.listdir("/dev/shm")) <= shm_before
-    out = run.output()
+    assert not rt.new_dev_shm_entries()
+    out = rt.output(proc)
     assert re.search(r"^tracebus: .*topology.yaml: SIGINT after", out, re.M), out
     for name in ("cli", "rec"):  # asked to stop by the first SIGINT, both wrote their trace
-        packets = len(read_trace(run.dir / "out" / f"{name}.pftrace").packet)
+        packets = len(read_trace(rt.dir / "out" / f"{name}.pftrace").packet)
         assert packets > 0
         assert re.search(rf"^\s+{name}\s+consumer\s+\d+\s+stopped\s+130\s+0$", out, re.M), out
         assert re.search(rf"/out/{name}.pftrace\s+{name}\s+{packets}\s", out), out
