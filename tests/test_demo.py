@@ -1,44 +1,38 @@
 """The README's main command, end to end: examples/demo.yaml under the
-supervisor, from a copy of examples/ so the trace lands in a temporary dir."""
+supervisor, run as the README says from a copy of examples/ in the process
+harness's runtime directory (tests/processes.py, fixture `rt`), so the trace
+lands there and the harness's cleanup covers every actor the demo starts."""
 
 from __future__ import annotations
 
 import collections
 import re
 import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.processes import REPO, Runtime
 
 
-def test_demo_topology_records_every_producer_kind(tmp_path):
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
+def test_demo_topology_records_every_producer_kind(rt: Runtime) -> None:
+    shutil.copytree(REPO / "examples", rt.dir / "examples")
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.supervisor", "examples/demo.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    proc = rt.run_supervisor("examples/demo.yaml", cwd=rt.dir, timeout=90)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert elapsed < 60
-    trace = pb.Trace.FromString((tmp_path / "out" / "demo.pftrace").read_bytes())
+    trace = pb.Trace.FromString((rt.dir / "out" / "demo.pftrace").read_bytes())
 
-    processes, threads = {}, {}
+    processes: dict[int, str] = {}
+    threads: dict[int, tuple[int, int]] = {}
     for p in trace.packet:
         d = p.track_descriptor
         if d.HasField("process"):
             processes[d.uuid] = d.process.process_name
         if d.HasField("thread"):
             threads[d.uuid] = (d.parent_uuid, d.thread.pid)
-    slices = collections.Counter()
+    slices: collections.Counter[tuple[str, int]] = collections.Counter()
     for p in trace.packet:
         if p.track_event.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
             parent, pid = threads[p.track_event.track_uuid]
@@ -57,17 +51,11 @@ def test_demo_topology_records_every_producer_kind(tmp_path):
     assert "late#1" in proc.stderr and "recorder" in proc.stderr
 
 
-def test_step_by_step_script_topology(tmp_path):
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
-    proc = subprocess.run(
-        [sys.executable, "-m", "launch.supervisor", "examples/watch.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+def test_step_by_step_script_topology(rt: Runtime) -> None:
+    shutil.copytree(REPO / "examples", rt.dir / "examples")
+    proc = rt.run_supervisor("examples/watch.yaml", cwd=rt.dir, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("all data sources started", "flush succeeded", "saved"):
         assert re.search(rf"^watcher +\| {line}", proc.stdout + proc.stderr, re.MULTILINE), line
-    trace = pb.Trace.FromString((tmp_path / "out" / "watch.pftrace").read_bytes())
+    trace = pb.Trace.FromString((rt.dir / "out" / "watch.pftrace").read_bytes())
     assert any(p.HasField("track_event") for p in trace.packet)
