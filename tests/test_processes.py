@@ -2,9 +2,11 @@
 
 A harness whose "nothing left behind" check never fires would prove nothing, so
 each leftover it promises to catch is made here on purpose, and close() must
-clean it up and then fail naming it. None of these start the service but one,
-which checks that a child exiting during a readiness wait fails the wait at once
-with its log instead of waiting out the deadline.
+clean it up and then fail naming it. None of these start the service but three:
+one checks that a child exiting during a readiness wait fails the wait at once
+with its log instead of waiting out the deadline; two run a supervisor, whose
+actors carry the marker: stopped by close(), its topology leaves nothing; killed,
+it leaves its actors and its runtime directory, which close() removes and names.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -34,6 +37,23 @@ print("READY", flush=True)
 time.sleep(120)
 """
 
+
+# Writes on both streams, in an order a merged reader must keep.
+BOTH_STREAMS = """
+import sys
+print("one", flush=True)
+print("two", file=sys.stderr, flush=True)
+print("three", flush=True)
+"""
+
+# A topology of the service and one producer that runs until it is stopped, in a
+# runtime directory of the supervisor's own making (outside the harness's).
+RUNS_UNTIL_STOPPED = textwrap.dedent("""
+    stop_when: never
+    producers:
+      - name: alpha
+        builtin: []
+    """)
 
 # Writes to stderr the way a producer logs: every line prefixed with its name.
 LOGS_ON_STDERR = """
@@ -142,3 +162,49 @@ def test_a_dev_shm_entry_left_behind_fails_the_test():
     finally:
         entry.unlink()
     assert not rt.dir.exists()
+
+
+def test_output_keeps_every_line_of_both_streams_in_order():
+    rt = Runtime()
+    try:
+        proc = rt.spawn("both", ["-c", BOTH_STREAMS], lines=True, stderr="stdout")
+        assert rt.wait_output(proc, r"^t(\w+)$").group(1) == "wo"  # nothing consumed:
+        assert rt.wait_line(proc, "t") == "two"  # wait_line still sees every line
+        assert rt.finish(proc, timeout=30) == 0
+        assert rt.output(proc) == "one\ntwo\nthree"
+        ended, started = r"'four' not in the output of pid \d+, which ended", time.monotonic()
+        with pytest.raises(AssertionError, match=ended):
+            rt.wait_output(proc, "four", timeout=READY_TIMEOUT)
+        assert time.monotonic() - started < READY_TIMEOUT
+    finally:
+        rt.close()
+
+
+def test_a_running_supervisor_is_stopped_with_its_whole_topology():
+    rt = Runtime()
+    supervisor = rt.start_supervisor(rt.write_file("topology.yaml", RUNS_UNTIL_STOPPED))
+    rt.wait_output(supervisor, r"alpha#1 registered")
+    runtime = Path(rt.wait_output(supervisor, r"runtime dir (\S+)").group(1))
+    actors = set(marked_pids(str(rt.dir))) - {supervisor.pid}
+    assert len(actors) == 2  # the service and alpha#1 inherited the marker
+    rt.close()  # SIGTERM: the supervisor stops its topology and removes its directory
+    assert supervisor.returncode == 128 + signal.SIGTERM
+    assert not any(alive(pid) for pid in actors)
+    assert not runtime.exists() and not rt.dir.exists()
+
+
+def test_a_killed_supervisor_leaves_its_actors_and_directory_which_fail_the_test():
+    rt = Runtime()
+    supervisor = rt.start_supervisor(rt.write_file("topology.yaml", RUNS_UNTIL_STOPPED))
+    rt.wait_output(supervisor, r"alpha#1 registered")
+    runtime = Path(rt.wait_output(supervisor, r"runtime dir (\S+)").group(1))
+    assert not runtime.is_relative_to(rt.dir)
+    supervisor.kill()
+    supervisor.wait(timeout=30)
+    actors = marked_pids(str(rt.dir))
+    assert len(actors) == 2  # the service and alpha#1, in sessions of their own
+    left = rf"processes still running after cleanup: {actors}(.|\n)*runtime directory .*{runtime}"
+    with pytest.raises(AssertionError, match=left.replace("[", r"\[")):
+        rt.close()
+    assert not any(alive(pid) for pid in actors)
+    assert not runtime.exists() and not rt.dir.exists()
