@@ -37,7 +37,7 @@ MAX_QUEUED_BYTES = 256 << 20
 class Sender(Protocol):
     """What a queue needs of its socket (a zmq ROUTER with ROUTER_MANDATORY)."""
 
-    def send_multipart(self, msg_parts: Sequence[bytes], flags: int = ...) -> None: ...
+    def send_multipart(self, msg_parts: Sequence[bytes], flags: int = ...) -> object: ...
 
 
 class Outcome(enum.Enum):
