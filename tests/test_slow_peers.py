@@ -32,6 +32,7 @@ import zmq
 
 from actors.core import reports
 from actors.data_sources import seq_values
+from launch.topology_parser import load_topology
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import Runtime, smb_inodes_mapped
@@ -285,3 +286,11 @@ def test_sigterm_with_stopped_peers(rt: Runtime):
     assert not (rt.dir / "p").exists() and not (rt.dir / "c").exists()
     cli.kill()
     rt.communicate(cli, 10)
+
+
+def test_peer_send_timeout_is_a_service_limit_in_the_topology(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("stop_when: never\nservice:\n  limits:\n    peer_send_timeout_s: 2\n")
+    spec = load_topology(path).service
+    argv = spec.argv("py", "ipc:///p", "ipc:///c")
+    assert argv[-2:] == ["--peer-send-timeout-s", "2"]
