@@ -12,8 +12,9 @@ The service never waits on a peer. Sends are NOBLOCK; a peer whose pipe is
 full gets a bounded queue (actors/peer_queues.py), retried on a short timer.
 A peer is given up on when its queue takes nothing for the peer send timeout,
 overflows, or when the process is stopped (SIGSTOP, a debugger): ZeroMQ
-heartbeats with the same timeout drop its connection, and the next send finds
-it gone. Giving up drops its queue and ends it as if it had crashed (a
+heartbeats with the same timeout drop its connection, and the service looks
+for stopped peers when a connection drops (a socket monitor) or a send finds
+one gone. Giving up drops its queue and ends it as if it had crashed (a
 producer's SMB is scraped and released, a consumer's session freed); what it
 sends afterwards is answered with an error asking it to reconnect and is not
 processed. Each case is counted (the service state's peers_given_up) and logged
@@ -23,6 +24,7 @@ once.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import zmq
 
-from actors.core.service_core import Clocks, Peer, ServiceCore, ToProducer
+from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToProducer
 from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
@@ -131,6 +133,13 @@ class ServiceShell:
         self.dropped_frames = 0
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
+        self.monitors = {
+            "p": self.producer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
+            "c": self.consumer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
+        }
+        for side, monitor in self.monitors.items():
+            monitor.setsockopt(zmq.LINGER, 0)
+            self.loop.add_socket(monitor, functools.partial(self._on_disconnect, side))
 
     def _bind(self, endpoint: str, private: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -259,6 +268,25 @@ class ServiceShell:
             pass  # its pipe is still full, or it is gone: it asks again or never
         return True
 
+    def _on_disconnect(self, side: str) -> None:
+        """A connection of this port dropped (the monitor does not say whose): probe
+        the peers of this port whose process is stopped with a heartbeat; one whose
+        connection is gone is given up on (see _unreachable)."""
+        monitor = self.monitors[side]
+        try:
+            while True:
+                monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        probes: list[ToProducer | ToConsumer] = []
+        for (peer_side, identity), pid in self.pids.items():
+            if peer_side == side and process_stopped(pid):
+                if side == "p":
+                    probes.append(ToProducer(identity, ipc.ServiceToProducer(heartbeat={})))
+                else:
+                    probes.append(ToConsumer(identity, ipc.ServiceToConsumer(heartbeat={})))
+        self._send_all(probes)
+
     def _unreachable(self, side: str, identity: bytes) -> None:
         """ZeroMQ no longer knows the peer: it closed its connection or exited, or
         it is stopped and its heartbeats timed out (then it is given up on)."""
@@ -350,6 +378,10 @@ class ServiceShell:
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
+        for side, monitor in self.monitors.items():
+            sock = self.producer_sock if side == "p" else self.consumer_sock
+            sock.disable_monitor()
+            monitor.close(linger=0)
         self.producer_sock.close(linger=0)
         self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
         self.ctx.term()

@@ -209,33 +209,38 @@ def test_consumer_that_stops_reading_is_given_up(rt: Runtime):
 
 
 def test_stopped_consumer_is_given_up_and_its_session_freed(rt: Runtime):
+    """Even with nothing to send it (its session records for a minute), a stopped
+    consumer is noticed when ZeroMQ drops its connection, and its session freed."""
     rt.start_service("--peer-send-timeout-s", str(SEND_TIMEOUT_S))
     producer = rt.start_producer("p1", data_sources=("tracebus.synthetic",))
-    duration_s = 5.0
     config = (
         "buffers { size_kb: 4096 }\n"
         'data_sources { config { name: "tracebus.synthetic" for_testing { '
         "message_count: 1000000 seed: 1 message_size: 64 max_messages_per_second: 2000 } } }\n"
-        f"duration_ms: {int(duration_s * 1000)}\nflush_period_ms: 100\n"
+        "duration_ms: 60000\nflush_period_ms: 100\n"
     )
     cli, _out = rt.start_record(config, "stopped")
     serve_until(rt, lambda s: len(s.sessions) == 1, 15, "the CLI's session")
-    started_at = time.monotonic()
     other = rt.consumer(name="other")
-    other.enable(session_config(synthetic_source("p1", 10**6, 2, 16, rate=200)))
+    other.enable(session_config(synthetic_source("p1", 10**6, 2, 16, rate=2000)))
+
+    def written() -> int:
+        return other.stats(timeout=ANSWER_S).buffer_stats[0].chunks_written
+
     with stopped(cli):
-        # Answered throughout; the CLI's session ends on time and, its consumer
-        # stopped, is freed and the consumer counted.
+        stopped_at = time.monotonic()
+        before = written()
         state = serve_until(
             rt,
             lambda s: s.peers_given_up.consumers == 1,
-            duration_s + GIVE_UP_WITHIN_S,
+            GIVE_UP_WITHIN_S,
             "the stopped consumer to be given up",
         )
-        took = time.monotonic() - started_at
-        assert took < duration_s + GIVE_UP_WITHIN_S
+        print(f"given up after {time.monotonic() - stopped_at:.2f} s")
         assert [s.id for s in state.sessions] == [other.session_id], "its session is freed"
-        assert other.stats(timeout=ANSWER_S).buffer_stats[0].chunks_written >= 0
+        assert state.peers_given_up.producers == 0
+        # The other consumer's session was served all along, and still is.
+        wait_for(lambda: written() > before, 10, "the other session to go on")
         assert producer.poll() is None
     cli.kill()
     rt.communicate(cli, 10)
