@@ -5,20 +5,36 @@ port (its socket file owner-only, inside the 0700 runtime directory), creates
 each producer's SMB as a sealed memfd, and runs ServiceCore. A peer's pid and
 uid come from the kernel (libzmq's Peer-Address property of an ipc:// peer);
 a pidfd per peer tells the service within a poll round that the process died.
-SIGINT/SIGTERM stop every session, release every SMB and exit 0.
+SIGINT/SIGTERM stop every session, release every SMB and exit 0, within the
+shutdown timeout whatever the peers do (past it the process exits 1 at once).
+
+The service never waits on a peer. Sends are NOBLOCK; a peer whose pipe is
+full gets a bounded queue (actors/peer_queues.py), retried on a short timer.
+A peer is given up on when its queue takes nothing for the peer send timeout,
+overflows, or when the process is stopped (SIGSTOP, a debugger): ZeroMQ
+heartbeats with the same timeout drop its connection, and the service looks
+for stopped peers when a connection drops (a socket monitor) or a send finds
+one gone. Giving up drops its queue and ends it as if it had crashed (a
+producer's SMB is scraped and released, a consumer's session freed); what it
+sends afterwards is answered with an error asking it to reconnect and is not
+processed. Each case is counted (the service state's peers_given_up) and logged
+once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import zmq
 
-from actors.core.service_core import Clocks, Peer, ServiceCore, ToProducer
+from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToProducer
 from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
@@ -26,7 +42,9 @@ from actors.endpoints import (
     socket_answers,
 )
 from actors.loop import Loop, Timer
+from actors.peer_queues import Outcome, PeerQueues
 from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry
 from shm.region import MemfdRegion
 
@@ -36,6 +54,11 @@ CLOCKS = (
     (3, time.CLOCK_MONOTONIC),
     (5, time.CLOCK_MONOTONIC_RAW),
 )
+DEFAULT_PEER_SEND_TIMEOUT_S = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
+RETRY_NS = 5_000_000  # how often full pipes are retried while some peer has a queue
+HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
+GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
 
 
 def log(text: str) -> None:
@@ -80,25 +103,52 @@ def ipc_path(endpoint: str) -> Path | None:
 
 class ServiceShell:
     def __init__(
-        self, producer_endpoint: str, consumer_endpoint: str, limits: Limits = DEFAULT_LIMITS
+        self,
+        producer_endpoint: str,
+        consumer_endpoint: str,
+        limits: Limits = DEFAULT_LIMITS,
+        peer_send_timeout_s: float = DEFAULT_PEER_SEND_TIMEOUT_S,
+        shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
     ) -> None:
         self.loop = Loop()
         self.ctx = zmq.Context()
         self.endpoints = (producer_endpoint, consumer_endpoint)
+        self.peer_send_timeout_s = peer_send_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.producer_sock = self._bind(producer_endpoint, private=False)
         self.consumer_sock = self._bind(consumer_endpoint, private=True)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid(), limits)
         self.pidfds: dict[tuple[str, bytes], int] = {}
+        self.pids: dict[tuple[str, bytes], int] = {}
+        timeout_ns = int(peer_send_timeout_s * 1e9)
+        self.queues = {
+            "p": PeerQueues(self.producer_sock, timeout_ns),
+            "c": PeerQueues(self.consumer_sock, timeout_ns),
+        }
+        # Connections given up on, answered "reconnect" (bounded: oldest forgotten).
+        self.given_up: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self.timer: Timer | None = None
+        self.retry_timer: Timer | None = None
         self.dropped_frames = 0
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
+        self.monitors = {
+            "p": self.producer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
+            "c": self.consumer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
+        }
+        for side, monitor in self.monitors.items():
+            monitor.setsockopt(zmq.LINGER, 0)
+            self.loop.add_socket(monitor, functools.partial(self._on_disconnect, side))
 
     def _bind(self, endpoint: str, private: bool) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
+        # A stopped process answers no ping: ZeroMQ drops its connection after the
+        # timeout, and the next send to it finds it gone (see _unreachable).
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.peer_send_timeout_s * 1000)))
         path = ipc_path(endpoint)
         if path is not None and path.exists():
             if socket_answers(path):
@@ -134,10 +184,14 @@ class ServiceShell:
         try:
             if side == "p":
                 from_producer = framing.decode_from_producer(payload)
+                if self._refuse_given_up(side, identity, from_producer.request_id):
+                    return
                 self._watch(side, identity, pid)
                 outputs = self.core.handle_producer(peer, from_producer, time.monotonic_ns())
             else:
                 from_consumer = framing.decode_from_consumer(payload)
+                if self._refuse_given_up(side, identity, from_consumer.request_id):
+                    return
                 self._watch(side, identity, pid)
                 outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
         except framing.FramingError as e:
@@ -156,30 +210,125 @@ class ServiceShell:
             self._peer_gone(side, identity)
             return
         self.pidfds[key] = fd
+        self.pids[key] = pid
         self.loop.add_fd(fd, lambda: self._peer_gone(side, identity))
 
     def _peer_gone(self, side: str, identity: bytes) -> None:
         fd = self.pidfds.pop((side, identity), None)
+        self.pids.pop((side, identity), None)
         if fd is not None:
             self.loop.remove(fd)
             os.close(fd)
+        self.queues[side].drop(identity)
         now = time.monotonic_ns()
         if side == "p":
             self._send_all(self.core.producer_gone(identity, now))
         else:
             self._send_all(self.core.consumer_gone(identity, now))
 
+    # -- peers given up on ----------------------------------------------------------------
+
+    def _give_up(self, side: str, identity: bytes, why: str) -> None:
+        """Stop waiting for this peer: drop its queue, end it as if it had crashed,
+        and answer whatever it sends later with "reconnect"."""
+        key = (side, identity)
+        pid = self.pids.get(key, 0)
+        counters = self.core.counters
+        dropped = self.queues[side].drop(identity)
+        counters.given_up_messages_dropped += dropped
+        if side == "p":
+            counters.producers_given_up += 1
+        else:
+            counters.consumers_given_up += 1
+        self.given_up[key] = why
+        while len(self.given_up) > GIVEN_UP_REMEMBERED:
+            self.given_up.popitem(last=False)
+        what = "producer" if side == "p" else "consumer"
+        log(f"gave up on {what} pid {pid}: {why}; dropped {dropped} queued messages")
+        self._peer_gone(side, identity)
+
+    def _refuse_given_up(self, side: str, identity: bytes, request_id: int) -> bool:
+        """Answer a message from a given-up connection with "reconnect" (best
+        effort: never queued) instead of processing it."""
+        why = self.given_up.get((side, identity))
+        if why is None:
+            return False
+        self.core.counters.given_up_messages_refused += 1
+        text = f"the service gave up on this connection ({why}): reconnect"
+        msg: ipc.ServiceToProducer | ipc.ServiceToConsumer
+        if side == "p":
+            msg = ipc.ServiceToProducer(request_id=request_id)
+        else:
+            msg = ipc.ServiceToConsumer(request_id=request_id)
+        msg.error.message = text
+        sock = self.producer_sock if side == "p" else self.consumer_sock
+        try:
+            sock.send_multipart(framing.encode_routed(identity, msg), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # its pipe is still full, or it is gone: it asks again or never
+        return True
+
+    def _on_disconnect(self, side: str) -> None:
+        """A connection of this port dropped (the monitor does not say whose): probe
+        the peers of this port whose process is stopped with a heartbeat; one whose
+        connection is gone is given up on (see _unreachable)."""
+        monitor = self.monitors[side]
+        try:
+            while True:
+                monitor.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        probes: list[ToProducer | ToConsumer] = []
+        for (peer_side, identity), pid in self.pids.items():
+            if peer_side == side and process_stopped(pid):
+                if side == "p":
+                    probes.append(ToProducer(identity, ipc.ServiceToProducer(heartbeat={})))
+                else:
+                    probes.append(ToConsumer(identity, ipc.ServiceToConsumer(heartbeat={})))
+        self._send_all(probes)
+
+    def _unreachable(self, side: str, identity: bytes) -> None:
+        """ZeroMQ no longer knows the peer: it closed its connection or exited, or
+        it is stopped and its heartbeats timed out (then it is given up on)."""
+        pid = self.pids.get((side, identity), 0)
+        if pid > 0 and process_stopped(pid):
+            self._give_up(side, identity, "its process is stopped and stopped answering")
+        else:
+            self._peer_gone(side, identity)
+
     # -- sending and timers -----------------------------------------------------------------
 
     def _send_all(self, outputs: list) -> None:
+        now = time.monotonic_ns()
         for out in outputs:
-            to_producer = isinstance(out, ToProducer)
-            sock = self.producer_sock if to_producer else self.consumer_sock
-            try:
-                sock.send_multipart(framing.encode_routed(out.identity, out.msg))
-            except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
-                self._peer_gone("p" if to_producer else "c", out.identity)
+            side = "p" if isinstance(out, ToProducer) else "c"
+            if (side, out.identity) in self.given_up:
+                self.core.counters.given_up_messages_dropped += 1
+                continue
+            frames = framing.encode_routed(out.identity, out.msg)
+            outcome = self.queues[side].send(out.identity, frames, now)
+            if outcome is Outcome.GONE:
+                self._unreachable(side, out.identity)
+            elif outcome is Outcome.OVERFLOW:
+                self._give_up(side, out.identity, "its outgoing queue passed its bounds")
+        self._arm_retry()
         self._arm_timer()
+
+    def _arm_retry(self) -> None:
+        if self.retry_timer is None and any(self.queues.values()):
+            self.retry_timer = self.loop.call_at(self.loop.now() + RETRY_NS, self._on_retry)
+
+    def _on_retry(self) -> None:
+        self.retry_timer = None
+        now = time.monotonic_ns()
+        for side, queues in self.queues.items():
+            for identity, outcome in queues.retry(now):
+                if outcome is Outcome.GONE:
+                    self._unreachable(side, identity)
+                else:
+                    timeout = self.peer_send_timeout_s
+                    self._give_up(side, identity, f"it took no message for {timeout:g} s")
+        self._arm_retry()
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()
@@ -198,7 +347,7 @@ class ServiceShell:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.loop.stop_on_signals()
+        self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
         self.loop.run()
         log("stopping")
@@ -209,26 +358,63 @@ class ServiceShell:
             log(f"answered {unhandled} messages with no handler with an error")
         self._send_all(self.core.shutdown(time.monotonic_ns()))
         self.close()
+        signal.setitimer(signal.ITIMER_REAL, 0)
         return 0
+
+    def _arm_shutdown_deadline(self, signum: int) -> None:
+        """On the first SIGINT/SIGTERM: whatever the shutdown waits on, the process
+        ends within the shutdown timeout."""
+        if signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+            return
+        signal.signal(signal.SIGALRM, self._shutdown_overdue)
+        signal.setitimer(signal.ITIMER_REAL, self.shutdown_timeout_s)
+
+    def _shutdown_overdue(self, signum: int, frame: object) -> None:
+        log(f"the shutdown took over {self.shutdown_timeout_s:g} s: exiting now")
+        self._unlink_endpoints()
+        os._exit(1)  # the kernel releases every SMB and socket with the process
 
     def close(self) -> None:
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
+        for side, monitor in self.monitors.items():
+            sock = self.producer_sock if side == "p" else self.consumer_sock
+            sock.disable_monitor()
+            monitor.close(linger=0)
         self.producer_sock.close(linger=0)
         self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
         self.ctx.term()
+        self._unlink_endpoints()
+        self.loop.close()
+
+    def _unlink_endpoints(self) -> None:
         for endpoint in self.endpoints:
             path = ipc_path(endpoint)
             if path is not None:
                 path.unlink(missing_ok=True)
-        self.loop.close()
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal or a debugger (/proc state T or t)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] in "Tt"
 
 
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
 
@@ -241,12 +427,24 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, type=_positive, default=getattr(defaults, name),
                             help=f"default {getattr(defaults, name)}")  # fmt: skip
+    parser.add_argument(
+        "--peer-send-timeout-s", type=_seconds, default=DEFAULT_PEER_SEND_TIMEOUT_S,
+        help="give up on a peer that takes no message (or is stopped) this long; "
+        f"default {DEFAULT_PEER_SEND_TIMEOUT_S:g}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shutdown-timeout-s", type=_seconds, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        help="after SIGINT/SIGTERM, exit (code 1) if the clean shutdown takes longer; "
+        f"default {DEFAULT_SHUTDOWN_TIMEOUT_S:g}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     limits = Limits(args.max_sessions, args.max_sessions_per_uid, args.max_buffers_per_session)
     producer = args.producer_endpoint or default_producer_endpoint()
     consumer = args.consumer_endpoint or default_consumer_endpoint()
     try:
-        shell = ServiceShell(producer, consumer, limits)
+        shell = ServiceShell(
+            producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s
+        )
     except (zmq.ZMQError, OSError, RuntimeError) as e:
         log(f"cannot start: {e}")
         return 1

@@ -72,7 +72,12 @@ SERVICE_KEYS = (
     "stop_timeout_s",
     "limits",
 )
-LIMIT_KEYS = ("max_sessions", "max_sessions_per_uid", "max_buffers_per_session")
+LIMIT_KEYS = (
+    "max_sessions",
+    "max_sessions_per_uid",
+    "max_buffers_per_session",
+    "peer_send_timeout_s",
+)
 PRODUCER_KINDS = ("builtin", "module", "command")
 PRODUCER_KEYS = (
     "name",

@@ -380,7 +380,7 @@ class QueryServiceStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryServiceStateResponse(_message.Message):
-    __slots__ = ("producers", "data_sources", "sessions")
+    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up")
     class Producer(_message.Message):
         __slots__ = ("id", "name", "uid", "pid")
         ID_FIELD_NUMBER: _ClassVar[int]
@@ -412,13 +412,26 @@ class QueryServiceStateResponse(_message.Message):
         buffer_size_kb: _containers.RepeatedScalarFieldContainer[int]
         unique_session_name: str
         def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ...) -> None: ...
+    class PeersGivenUp(_message.Message):
+        __slots__ = ("producers", "consumers", "messages_dropped", "messages_refused")
+        PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+        CONSUMERS_FIELD_NUMBER: _ClassVar[int]
+        MESSAGES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+        MESSAGES_REFUSED_FIELD_NUMBER: _ClassVar[int]
+        producers: int
+        consumers: int
+        messages_dropped: int
+        messages_refused: int
+        def __init__(self, producers: _Optional[int] = ..., consumers: _Optional[int] = ..., messages_dropped: _Optional[int] = ..., messages_refused: _Optional[int] = ...) -> None: ...
     PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PEERS_GIVEN_UP_FIELD_NUMBER: _ClassVar[int]
     producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
     sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
-    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ...) -> None: ...
+    peers_given_up: QueryServiceStateResponse.PeersGivenUp
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ...) -> None: ...
 
 class ObserveEventsRequest(_message.Message):
     __slots__ = ("types",)

@@ -135,7 +135,9 @@ class ConsumerPort:
         self, peer: Peer, request_id: int, req: ipc.QueryServiceStateRequest, now: int
     ) -> None:
         ctx = self._ctx
-        reply = reports.service_state(ctx.producers.values(), ctx.sessions.values(), peer.uid)
+        reply = reports.service_state(
+            ctx.producers.values(), ctx.sessions.values(), peer.uid, ctx.peers_given_up()
+        )
         ctx.out.to_consumer(peer.identity, request_id, service_state=reply)
 
     def observe_events(

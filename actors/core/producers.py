@@ -57,6 +57,13 @@ class ServiceCounters:
     # Messages answered with an error because no handler takes them (unknown,
     # empty or not supported kinds); not a TraceStats field, logged by the shell.
     messages_not_handled: int = 0
+    # Peers the shell gave up on (stopped, or not draining their queue within the
+    # peer send timeout), the messages dropped with them, and the messages they
+    # sent afterwards (answered "reconnect"); reported in the service state.
+    producers_given_up: int = 0
+    consumers_given_up: int = 0
+    given_up_messages_dropped: int = 0
+    given_up_messages_refused: int = 0
 
 
 @dataclass

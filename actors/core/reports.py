@@ -94,11 +94,27 @@ def _buffer_stats(msg: pb.TraceStats.BufferStats, buffer: BufferReport) -> None:
     msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, buffer.writer_packets_dropped)
 
 
+@dataclass(frozen=True)
+class PeersGivenUp:
+    """Peers the service stopped waiting for, and what went with them."""
+
+    producers: int = 0
+    consumers: int = 0
+    messages_dropped: int = 0
+    messages_refused: int = 0
+
+
 def service_state(
-    producers: Iterable[ProducerEntry], sessions: Iterable[Session], uid: int
+    producers: Iterable[ProducerEntry],
+    sessions: Iterable[Session],
+    uid: int,
+    given_up: PeersGivenUp = PeersGivenUp(),
 ) -> ipc.QueryServiceStateResponse:
-    """Producers and data sources, and the sessions `uid` may see (root sees all)."""
+    """Producers and data sources, the sessions `uid` may see (root sees all), and
+    the peers given up on."""
     reply = ipc.QueryServiceStateResponse()
+    for f in fields(given_up):
+        setattr(reply.peers_given_up, f.name, getattr(given_up, f.name))
     for p in producers:
         reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
         for desc in p.data_sources.values():

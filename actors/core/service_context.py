@@ -115,6 +115,15 @@ class ServiceContext:
             patches_discarded=self.counters.patches_discarded,
         )
 
+    def peers_given_up(self) -> reports.PeersGivenUp:
+        c = self.counters
+        return reports.PeersGivenUp(
+            producers=c.producers_given_up,
+            consumers=c.consumers_given_up,
+            messages_dropped=c.given_up_messages_dropped,
+            messages_refused=c.given_up_messages_refused,
+        )
+
     def _buffer_report(self, buffer_id: int) -> reports.BufferReport:
         dropped = sum(
             d.packets
