@@ -94,6 +94,9 @@ class FakeService:
         self.ends_by_itself = script.get("ends_by_itself", True)
         self.enable_error = script.get("enable_error", "")
         self.vanish_after_start = script.get("vanish_after_start", False)
+        # Send this many read replies (the last one cuts the big packet), then go away.
+        self.vanish_mid_read: int | None = script.get("vanish_mid_read")
+        self.silent_mid_read = script.get("silent_mid_read", False)  # ... or stop answering
         self.protocol_version = script.get("protocol_version", ipc.PROTOCOL_VERSION)
         self.unsupported = script.get("unsupported", ["trace_filter"])
         self.hooks: dict[str, Callable[[], None]] = script.get("hooks", {})
@@ -149,8 +152,11 @@ class FakeService:
             send(ack={})
             self._send(identity, self._enable_id, enable_tracing={"disabled": True})
         elif which == "read_buffers":
-            for r in read_replies(self.packets):
+            replies = read_replies(self.packets)
+            for r in replies[: self.vanish_mid_read]:
                 send(read_buffers=r)
+            if self.vanish_mid_read is not None and not self.silent_mid_read:
+                self._sock.close(linger=5000)  # what was sent still arrives, then it is gone
         elif which == "get_trace_stats":
             send(trace_stats={"trace_stats": make_stats().SerializeToString()})
         elif which == "query_service_state":
@@ -310,6 +316,35 @@ def test_service_going_away_mid_session_exits_1(rt: Runtime):
     assert not out.exists() and temp_files(rt.dir) == []
 
 
+def test_service_going_away_mid_read_keeps_every_whole_packet_received(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    out.write_bytes(b"old")
+    with FakeService(rt.consumer_endpoint, vanish_mid_read=2):  # the big packet is cut
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
+    assert code == 1, err
+    assert f"the tracing service at {rt.consumer_endpoint} went away" in err
+    small = make_packets()[:-1]
+    assert out.read_bytes() == b"".join(map(frame_packet, small)), "whole packets only"
+    assert [p.SerializeToString() for p in pb.Trace.FromString(out.read_bytes()).packet] == small
+    assert f"wrote {len(small)} packets" in err and "INCOMPLETE trace" in err
+    assert temp_files(rt.dir) == []
+
+
+def test_service_silent_mid_read_keeps_what_was_received_after_the_idle_timeout(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    script = {"vanish_mid_read": 1, "silent_mid_read": True}
+    with FakeService(rt.consumer_endpoint, **script):
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        args += ["--read-timeout", "1"]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
+    assert code == 1, err
+    assert "no reply to read_buffers within 1 s" in err
+    first = make_packets()[:20]
+    assert out.read_bytes() == b"".join(map(frame_packet, first))
+    assert "INCOMPLETE trace" in err and temp_files(rt.dir) == []
+
+
 def test_sigint_flushes_disables_and_writes_what_was_read(rt: Runtime):
     out = rt.dir / "t.pftrace"
     config = write_config(rt.dir, CONFIG_TEXT.replace("duration_ms: 100", ""))
@@ -382,6 +417,23 @@ def test_api_session_end_to_end(rt: Runtime):
     assert pb.Trace.FromString((rt.dir / "saved.pftrace").read_bytes()).packet[-1].for_testing.str
     assert fake.config is not None, "the fake saw enable_tracing"
     assert fake.config.duration_ms == 100
+
+
+def test_api_save_keeps_what_was_read_when_the_service_goes_away(rt: Runtime):
+    out = rt.dir / "saved.pftrace"
+    with (
+        FakeService(rt.consumer_endpoint, vanish_mid_read=2),
+        Consumer.connect(rt.consumer_endpoint, timeout=5) as c,
+    ):
+        c.enable(CONFIG_TEXT)
+        c.wait_disabled(timeout=5)
+        with pytest.raises(ServiceError, match="went away") as raised:
+            c.save(out)
+    small = make_packets()[:-1]
+    assert out.read_bytes() == b"".join(map(frame_packet, small))
+    assert c.last_saved == out
+    assert f"the {len(small)} packets read before were saved" in raised.value.__notes__[0]
+    assert temp_files(rt.dir) == []
 
 
 def test_api_abandoned_read_does_not_disturb_the_next_request(rt: Runtime):

@@ -248,6 +248,44 @@ def test_read_timeout_is_per_reply():
     assert core.handle(PEER, late, 3 * S) == []
 
 
+def test_a_read_lives_as_long_as_replies_keep_coming():
+    """A read far longer than its idle timeout completes; only a silent gap fails it."""
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid, now = read.request_id, 0
+    for i in range(10):  # ten replies, each just inside the timeout: 10 s in all
+        now += S - 1
+        assert core.expire(now) == []
+        piece = slices((b"p%d" % i, True), has_more=True)
+        assert core.handle(PEER, reply(rid, **piece), now) == [PacketsRead(rid, (b"p%d" % i,))]
+    now += S - 1
+    [done] = core.handle(PEER, reply(rid, **slices(has_more=False)), now)
+    assert done == Completed(rid, Kind.READ, ReadResult(10, 20, 11, 0))
+    assert core.expire(now + 10 * S) == [] and core.next_deadline() is None
+
+
+def test_a_reply_without_whole_packets_still_restarts_the_idle_timeout():
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid = read.request_id
+    assert core.handle(PEER, reply(rid, **slices((b"big1", False), has_more=True)), S - 1) == []
+    assert core.expire(2 * S - 2) == [], "a slice of a packet is data flowing"
+    [packets] = core.handle(PEER, reply(rid, **slices((b"big2", True), has_more=True)), 2 * S - 2)
+    assert packets == PacketsRead(rid, (b"big1big2",))
+
+
+def test_connection_lost_mid_read_keeps_whole_packets_and_never_delivers_a_partial_one():
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid = read.request_id
+    r1 = slices((b"A", True), (b"B1", False), has_more=True)
+    assert core.handle(PEER, reply(rid, **r1), 0) == [PacketsRead(rid, (b"A",))]
+    events = core.connection_lost("the service went away")
+    [failed] = [e for e in events if isinstance(e, Failed)]
+    assert failed.kind is Kind.READ and isinstance(failed.error, ServiceError)
+    assert not any(isinstance(e, PacketsRead) for e in events), "B1 never became a packet"
+
+
 # -- flush, errors, other requests ---------------------------------------------------------------
 
 
