@@ -85,10 +85,11 @@ DEFAULT_TIMEOUT = 10.0  # replies the service gives at once (ack, stats, state)
 DISABLE_TIMEOUT = 15.0  # the service waits up to data_source_stop_timeout_ms (5 s by default)
 READ_IDLE_TIMEOUT = 30.0  # longest wait for the next ReadBuffers reply
 CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not hang on it
-MESSAGES_PER_WAKEUP = 32  # then let the caller consume what arrived
-# Replies (up to ~1 MiB each) libzmq may queue in this process before it stops reading
-# the socket: bounds the consumer's memory during a read; nothing is dropped.
-RECEIVE_HWM = 8
+# Replies may be ~1 MiB each: a read keeps at most MESSAGES_PER_WAKEUP of them decoded
+# and RECEIVE_HWM queued in libzmq, which then stops reading the socket (back-pressure,
+# nothing is dropped). That bounds the consumer's memory during a read.
+MESSAGES_PER_WAKEUP = 4  # then let the caller consume what arrived
+RECEIVE_HWM = 4
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
 
 ConfigLike: TypeAlias = "pb.TraceConfig | bytes | str | os.PathLike[str]"
