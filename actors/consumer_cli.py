@@ -120,11 +120,14 @@ class Recording:
             consumer.start()
         started = self.started = time.monotonic()
         self._wait_for_end(consumer)
+        read_started = time.monotonic()
         self._read_back(consumer, file)
         seconds = time.monotonic() - started
         stats = self._finish(consumer)
         file.commit()
-        summary = format_summary(self._summary_input(self.session_id, seconds, stats))
+        info = self._summary_input(self.session_id, seconds, stats)
+        info.readback_seconds, info.file_bytes = time.monotonic() - read_started, file.bytes
+        summary = format_summary(info)
         print(summary, file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
 

@@ -10,6 +10,7 @@ every CLI it started and fails the test if anything is left behind.
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import threading
 import time
@@ -238,6 +239,7 @@ def test_records_a_session_and_replaces_the_output_only_at_the_end(rt: Runtime):
     assert "read_buffers" in fake.requests and "get_trace_stats" in fake.requests
     assert "does not implement these config fields: trace_filter" in err
     assert f"wrote {len(packets)} packets" in err and "session 7" in err
+    assert re.search(r"read back [\d.]+ KiB in [\d.]+ s", err), err
     assert "alpha" in err and "(producer gone)" in err and "(tracing service)" in err
     assert "buffer 0: chunks_overwritten 2" in err and "invalid_packets 1" in err
     assert "previous_packet_dropped: 1 packets" in err

@@ -478,3 +478,10 @@ def test_summary_without_losses_or_stats():
     text = format_summary(SummaryInput("o", summary, stats=pb.TraceStats()))
     assert "losses: none" in text and "(producer gone)" in text
     assert "losses: unknown" in format_summary(SummaryInput("o", summary))
+
+
+def test_summary_states_the_readback_rate_when_known():
+    info = SummaryInput(out_path="t.pftrace", summary=TraceSummary())
+    assert "read back" not in format_summary(info)
+    info.readback_seconds, info.file_bytes = 2.0, 4 << 20
+    assert "read back 4.0 MiB in 2.000 s (2.0 MiB/s)" in format_summary(info)

@@ -127,6 +127,9 @@ class SummaryInput:
     fill_policies: list[str] = field(default_factory=list)  # by buffer index
     stats: pb.TraceStats | None = None
     notes: list[str] = field(default_factory=list)
+    # From the first read request to the output file closed; with the file's size.
+    readback_seconds: float | None = None
+    file_bytes: int = 0
 
 
 def format_summary(info: SummaryInput) -> str:
@@ -136,11 +139,18 @@ def format_summary(info: SummaryInput) -> str:
         f"tracebus: wrote {s.packets} packets ({human_bytes(s.bytes)}) to {info.out_path}"
         f" (session {info.session_id}, {info.seconds:.1f} s)"
     ]
+    if info.readback_seconds is not None:
+        lines.append(_readback_line(info.file_bytes, info.readback_seconds))
     lines += _producer_rows(info)
     lines += _loss_lines(info)
     lines += _buffer_lines(info)
     lines += [f"note: {note}" for note in info.notes]
     return "\n".join(lines)
+
+
+def _readback_line(file_bytes: int, seconds: float) -> str:
+    rate = file_bytes / (1 << 20) / seconds if seconds > 0 else float("inf")
+    return f"read back {human_bytes(file_bytes)} in {seconds:.3f} s ({rate:.1f} MiB/s)"
 
 
 def _group_name(group: WriterGroup, names: dict[int, str]) -> str:
