@@ -32,6 +32,7 @@ from actors.core.consumer_core import (
     SessionError,
     frame_packet,
 )
+from launch.script_runner import Tracing
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import REPO, Proc, Runtime
@@ -436,6 +437,20 @@ def test_api_save_keeps_what_was_read_when_the_service_goes_away(rt: Runtime):
     assert c.last_saved == out
     assert f"the {len(small)} packets read before were saved" in raised.value.__notes__[0]
     assert temp_files(rt.dir) == []
+
+
+def test_script_save_lists_the_partial_trace_it_kept(rt: Runtime):
+    out = rt.dir / "script.pftrace"
+    with (
+        FakeService(rt.consumer_endpoint, vanish_mid_read=2),
+        Tracing.connect(rt.consumer_endpoint, timeout=5) as tracing,
+    ):
+        tracing.enable(CONFIG_TEXT)
+        tracing.wait_disabled(timeout=5)
+        with pytest.raises(ServiceError, match="went away"):
+            tracing.save(out)
+    assert tracing.saved == [str(out.resolve())], "the supervisor's summary names it"
+    assert pb.Trace.FromString(out.read_bytes()).packet
 
 
 def test_api_abandoned_read_does_not_disturb_the_next_request(rt: Runtime):
