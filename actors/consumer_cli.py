@@ -77,6 +77,7 @@ class Recording:
         self.notes: list[str] = []
         self.session_id = 0
         self.started: float | None = None  # monotonic seconds when the session started
+        self.read_complete = False  # the service said the read-back was over
 
     def run(self) -> int:
         self.signals.install()
@@ -84,7 +85,7 @@ class Recording:
             return self._record()
         except KeyboardInterrupt:
             _say("interrupted")
-            self._keep_what_was_read("interrupted while reading back")
+            self._keep_what_was_read("interrupted")
             return self.signals.exit_code
         except (ConfigError, UsageError) as e:
             _say(f"error: {e}")
@@ -122,6 +123,7 @@ class Recording:
         self._wait_for_end(consumer)
         read_started = time.monotonic()
         self._read_back(consumer, file)
+        self.read_complete = True
         seconds = time.monotonic() - started
         stats = self._finish(consumer)
         file.commit()
@@ -135,12 +137,15 @@ class Recording:
         """After a failure: the complete packets read so far become the output (a valid
         trace, incomplete), with a summary that says so; nothing read is thrown away."""
         file = self.file
-        if file is None or not file.packets:
+        if file is None or file.committed:
+            return
+        if not file.packets:
             _say("nothing was read back: no trace written")
             return
         file.commit()
         seconds = time.monotonic() - self.started if self.started is not None else 0.0
-        notes = [*self.notes, f"INCOMPLETE trace: {failure}"]
+        whole = "the read-back was complete" if self.read_complete else "INCOMPLETE trace"
+        notes = [*self.notes, f"{whole}: {failure}"]
         info = self._summary_input(self.session_id, seconds, None)
         info.notes = notes
         print(format_summary(info), file=sys.stderr, flush=True)
