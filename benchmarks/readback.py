@@ -197,13 +197,16 @@ def _registered(control: Consumer, prefix: str, source: str) -> int:
 
 class Sampler:
     """Every PROBE_PERIOD_S on a thread of its own until stop(): the slowest
-    query_service_state answer on a second consumer, and the service's peak RSS."""
+    query_service_state answer on a second consumer, and the peak RSS of the
+    service and of the record CLI."""
 
-    def __init__(self, endpoint: str, service_pid: int) -> None:
+    def __init__(self, endpoint: str, service_pid: int, cli_pid: int) -> None:
         self.endpoint = endpoint
-        self.service_pid = service_pid
+        self.service_pid, self.cli_pid = service_pid, cli_pid
         self.rss_before = rss_bytes(service_pid)
         self.rss_peak = self.rss_before
+        self.cli_rss_before = rss_bytes(cli_pid)
+        self.cli_rss_peak = self.cli_rss_before
         self.max_stall_s = 0.0
         self.probes = 0
         self._consumer = Consumer.connect(endpoint, 5, name="bench-stall-probe")
@@ -222,6 +225,7 @@ class Sampler:
         next_at = time.monotonic()
         while not self._stop.is_set():
             self.rss_peak = max(self.rss_peak, rss_bytes(self.service_pid))
+            self.cli_rss_peak = max(self.cli_rss_peak, rss_bytes(self.cli_pid))
             start = time.monotonic()
             try:
                 self._consumer.query_state(timeout=60)
@@ -255,6 +259,7 @@ class ReadbackFigures:
     rss_growth_mib: float
     file_mib: float
     cli_exit: int
+    cli_rss_growth_mib: float  # not a key of the JSON: shows the CLI streams
 
 
 def readback(rt: Runtime, control: Consumer, service_pid: int, buffer_mib: int) -> ReadbackFigures:
@@ -279,7 +284,7 @@ def readback(rt: Runtime, control: Consumer, service_pid: int, buffer_mib: int) 
     for proc in load:  # each prints "done" once its packets are written
         if _read_line(proc.stdout) != "done":
             raise RuntimeError(f"a load producer ended early:\n{rt.logs()}")
-    sampler = Sampler(rt.consumer_endpoint, service_pid)
+    sampler = Sampler(rt.consumer_endpoint, service_pid, cli.pid)
     sampler.start()
     cli.send_signal(signal.SIGINT)  # the session stops; the CLI reads it back
     try:
@@ -299,6 +304,7 @@ def readback(rt: Runtime, control: Consumer, service_pid: int, buffer_mib: int) 
         rss_growth_mib=(sampler.rss_peak - sampler.rss_before) / (1 << 20),
         file_mib=file_mib,
         cli_exit=cli.returncode,
+        cli_rss_growth_mib=(sampler.cli_rss_peak - sampler.cli_rss_before) / (1 << 20),
     )
 
 
@@ -407,7 +413,10 @@ def print_table(r: dict[str, float | bool], figures: ReadbackFigures, quick: boo
         f"tracebus read-back — {platform.machine()}, {os.cpu_count()} cpus, Python "
         f"{platform.python_version()}, calibration {cal:.1f} ns (targets scaled from 55 ns)"
     )
-    print(f"{size} ring buffer, {figures.file_mib:.1f} MiB trace, CLI exit {figures.cli_exit}")
+    print(
+        f"{size} ring buffer, {figures.file_mib:.1f} MiB trace; record CLI: exit "
+        f"{figures.cli_exit}, RSS growth {figures.cli_rss_growth_mib:.1f} MiB"
+    )
     print(f"{'figure':<26}{'value':>10}  target")
     for key, value in r.items():
         target = ""
