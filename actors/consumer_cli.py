@@ -145,9 +145,8 @@ class Recording:
         file.commit()
         seconds = time.monotonic() - self.started if self.started is not None else 0.0
         whole = "the read-back was complete" if self.read_complete else "INCOMPLETE trace"
-        notes = [*self.notes, f"{whole}: {failure}"]
+        self.notes.append(f"{whole}: {failure}")
         info = self._summary_input(self.session_id, seconds, None)
-        info.notes = notes
         print(format_summary(info), file=sys.stderr, flush=True)
 
     def _timeout(self, field: str, default_ms: int) -> float:
