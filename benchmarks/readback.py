@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -196,45 +196,52 @@ def _registered(control: Consumer, prefix: str, source: str) -> int:
 
 
 class Sampler:
-    """Every PROBE_PERIOD_S on a thread of its own until stop(): the slowest
-    query_service_state answer on a second consumer, and the peak RSS of the
-    service and of the record CLI."""
+    """Every PROBE_PERIOD_S until stop(), each on a thread of its own (a stalled
+    query must not pause the RSS samples): the slowest query_service_state answer
+    on a second consumer, and the peak RSS of the service and of the record CLI."""
 
     def __init__(self, endpoint: str, service_pid: int, cli_pid: int) -> None:
-        self.endpoint = endpoint
         self.service_pid, self.cli_pid = service_pid, cli_pid
         self.rss_before = rss_bytes(service_pid)
         self.rss_peak = self.rss_before
         self.cli_rss_before = rss_bytes(cli_pid)
         self.cli_rss_peak = self.cli_rss_before
         self.max_stall_s = 0.0
-        self.probes = 0
         self._consumer = Consumer.connect(endpoint, 5, name="bench-stall-probe")
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._every_period, args=(fn,), daemon=True)
+            for fn in (self._probe, self._sample_rss)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         self._consumer.close()
 
-    def _run(self) -> None:
+    def _every_period(self, fn: Callable[[], None]) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
-            self.rss_peak = max(self.rss_peak, rss_bytes(self.service_pid))
-            self.cli_rss_peak = max(self.cli_rss_peak, rss_bytes(self.cli_pid))
-            start = time.monotonic()
-            try:
-                self._consumer.query_state(timeout=60)
-            except ConsumerError:
-                pass  # counted as a stall as long as the timeout
-            self.max_stall_s = max(self.max_stall_s, time.monotonic() - start)
-            self.probes += 1
+            fn()
             next_at = max(next_at + PROBE_PERIOD_S, time.monotonic())
             self._stop.wait(next_at - time.monotonic())
+
+    def _probe(self) -> None:
+        start = time.monotonic()
+        try:
+            self._consumer.query_state(timeout=60)
+        except ConsumerError:
+            pass  # counted as a stall as long as the timeout
+        self.max_stall_s = max(self.max_stall_s, time.monotonic() - start)
+
+    def _sample_rss(self) -> None:
+        self.rss_peak = max(self.rss_peak, rss_bytes(self.service_pid))
+        self.cli_rss_peak = max(self.cli_rss_peak, rss_bytes(self.cli_pid))
 
 
 def rss_bytes(pid: int) -> int:
