@@ -2,9 +2,10 @@
 
 TraceSummary counts the packets read back per writer, grouped by the trusted
 fields the service appended (packet_identity scans them from the top level of a
-TracePacket); format_summary turns that, the producers' names and the session's
-TraceStats into one screen: totals, a row per producer, losses by cause and
-buffer stats.
+TracePacket; the service's trailer spares most scans, see TraceSummary);
+format_summary turns that, the producers' names, the session's TraceStats and
+the read-back's time into one screen: totals, a row per producer, losses by
+cause and buffer stats.
 """
 
 from __future__ import annotations
