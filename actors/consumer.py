@@ -5,10 +5,12 @@ command line (actors/consumer_cli.py).
 
 works like Perfetto's `perfetto -c CONFIG --txt -o OUT`: it runs one session to
 its duration_ms (the service stops it) or until Ctrl-C (then it flushes and
-disables), reads the trace back into a temp file next to OUT, renames it into
-place, prints a summary on stderr and frees the session. Exit codes: 0 done,
-1 session or service error, 2 bad config or usage, 130 interrupted (after
-writing what was read).
+disables), streams the trace back into a temp file next to OUT as it arrives,
+renames it into place, prints a summary on stderr and frees the session. Exit
+codes: 0 done, 1 session or service error, 2 bad config or usage, 130
+interrupted (after writing what was read). Nothing read is thrown away: if the
+service dies or stops answering mid-read, every complete packet received is
+written to OUT (a valid, incomplete trace) and the exit code is 1.
 
 Scripts use the same pieces::
 
@@ -19,7 +21,11 @@ Scripts use the same pieces::
         c.free()
 
 Every blocking call has a timeout and raises a ConsumerError subclass
-(actors.core.consumer_core) that says what went wrong.
+(actors.core.consumer_core) that says what went wrong. A read's timeout bounds
+the wait for each reply, not the whole read: a read is alive as long as data
+flows. Memory stays bounded during a read: packets go to the file (or the
+caller) as each reply arrives, and at most RECEIVE_HWM replies wait in the
+socket (the rest is back-pressure on the service's side).
 """
 
 from __future__ import annotations
@@ -79,7 +85,11 @@ DEFAULT_TIMEOUT = 10.0  # replies the service gives at once (ack, stats, state)
 DISABLE_TIMEOUT = 15.0  # the service waits up to data_source_stop_timeout_ms (5 s by default)
 READ_IDLE_TIMEOUT = 30.0  # longest wait for the next ReadBuffers reply
 CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not hang on it
-MESSAGES_PER_WAKEUP = 32  # then let the caller consume what arrived
+# Replies may be ~1 MiB each: a read keeps at most MESSAGES_PER_WAKEUP of them decoded
+# and RECEIVE_HWM queued in libzmq, which then stops reading the socket (back-pressure,
+# nothing is dropped). That bounds the consumer's memory during a read.
+MESSAGES_PER_WAKEUP = 4  # then let the caller consume what arrived
+RECEIVE_HWM = 4
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
 
 ConfigLike: TypeAlias = "pb.TraceConfig | bytes | str | os.PathLike[str]"
@@ -219,6 +229,7 @@ class Consumer:
         self.features = 0
         self.config: pb.TraceConfig | None = None
         self.last_read: ReadResult | None = None
+        self.last_saved: Path | None = None  # the file the last save() wrote, whole or not
         self.notices: list[str] = []
         self._core = ConsumerCore(client_name=name)
         self._results: dict[int, Completed | Failed] = {}
@@ -231,6 +242,7 @@ class Consumer:
         self._loop = Loop()
         self._sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         self._monitor: zmq.Socket[bytes] = self._sock.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
         )
@@ -355,11 +367,20 @@ class Consumer:
             yield pb.TracePacket.FromString(data)
 
     def save(self, path: str | os.PathLike, *, timeout: float = READ_IDLE_TIMEOUT) -> ReadResult:
-        """Read the trace into a Perfetto trace file (replaced only once all is read)."""
+        """Stream the trace into a Perfetto trace file (replaced once all is read). If the
+        read fails after some packets arrived, the file gets those (whole packets only)
+        before the error is raised again, with a note saying so."""
+        self.last_saved = None
         with TraceFile(path) as out:
-            for batch in self.read_batches(timeout=timeout):
-                out.write_all(batch)
-            out.commit()
+            try:
+                for batch in self.read_batches(timeout=timeout):
+                    out.write_all(batch)
+            except (ConsumerError, KeyboardInterrupt) as e:
+                if out.packets:
+                    self.last_saved = out.commit()
+                    e.add_note(f"the {out.packets} packets read before were saved to {path}")
+                raise
+            self.last_saved = out.commit()
         result = self.last_read
         assert result is not None  # set as the stream finished
         return result

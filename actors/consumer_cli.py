@@ -2,9 +2,12 @@
 
 Argument parsing and one Recording: connect, enable the session, wait for its
 end (duration_ms, or Ctrl-C: then flush and disable), read the trace back into
-a TraceFile, print the summary (actors/core/consumer_summary.py) on stderr and
-free the session. actors/consumer.py runs main() when executed as a module;
-the blocking Consumer API it uses is there.
+a TraceFile as it arrives, print the summary (actors/core/consumer_summary.py)
+on stderr and free the session. When the service dies or stops answering, or a
+second Ctrl-C aborts, the complete packets read so far are still written (the
+summary says the trace is incomplete) and the exit code says it failed.
+actors/consumer.py runs main() when executed as a module; the blocking Consumer
+API it uses is there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from actors.consumer import (
     CONNECT_TIMEOUT_ENV,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    READ_IDLE_TIMEOUT,
     Consumer,
     TraceFile,
     load_config,
@@ -53,34 +57,46 @@ class Recording:
     """One run of the record CLI: config in, trace file and summary out, an exit code."""
 
     def __init__(
-        self, config: pb.TraceConfig, out: Path, endpoint: str, connect_timeout: float
+        self,
+        config: pb.TraceConfig,
+        out: Path,
+        endpoint: str,
+        connect_timeout: float,
+        read_timeout: float = READ_IDLE_TIMEOUT,
     ) -> None:
         self.config = config
         self.out = out
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.signals = Interrupts()  # Ctrl-C: abort, or once a session runs, stop it
         self.file: TraceFile | None = None
         self.consumer: Consumer | None = None
         self.summary = TraceSummary()
         self.names: dict[int, str] = {}
         self.notes: list[str] = []
+        self.session_id = 0
+        self.started: float | None = None  # monotonic seconds when the session started
+        self.read_complete = False  # the service said the read-back was over
 
     def run(self) -> int:
         self.signals.install()
         try:
             return self._record()
         except KeyboardInterrupt:
-            _say("interrupted: nothing written")
+            _say("interrupted")
+            self._keep_what_was_read("interrupted")
             return self.signals.exit_code
         except (ConfigError, UsageError) as e:
             _say(f"error: {e}")
             return EXIT_USAGE
         except SessionError as e:
             _say(f"error: session failed: {e}")
+            self._keep_what_was_read(f"the session failed: {e}")
             return EXIT_FAILED
         except ConsumerError as e:
             _say(f"error: {e}")
+            self._keep_what_was_read(str(e))
             return EXIT_FAILED
         finally:
             self.signals.restore()
@@ -98,19 +114,40 @@ class Recording:
         consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
         self.consumer = consumer
         enabled = consumer.enable(self.config)
+        self.session_id = enabled.session_id
         self.signals.target = consumer  # from now on Ctrl-C stops and reads back
         self._learn_producers(consumer)
         if self.config.deferred_start and not enabled.started:
             consumer.start()
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         self._wait_for_end(consumer)
+        read_started = time.monotonic()
         self._read_back(consumer, file)
+        self.read_complete = True
         seconds = time.monotonic() - started
         stats = self._finish(consumer)
         file.commit()
-        summary = format_summary(self._summary_input(enabled.session_id, seconds, stats))
+        info = self._summary_input(self.session_id, seconds, stats)
+        info.readback_seconds, info.file_bytes = time.monotonic() - read_started, file.bytes
+        summary = format_summary(info)
         print(summary, file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
+
+    def _keep_what_was_read(self, failure: str) -> None:
+        """After a failure: the complete packets read so far become the output (a valid
+        trace, incomplete), with a summary that says so; nothing read is thrown away."""
+        file = self.file
+        if file is None or file.committed:
+            return
+        if not file.packets:
+            _say("nothing was read back: no trace written")
+            return
+        file.commit()
+        seconds = time.monotonic() - self.started if self.started is not None else 0.0
+        whole = "the read-back was complete" if self.read_complete else "INCOMPLETE trace"
+        self.notes.append(f"{whole}: {failure}")
+        info = self._summary_input(self.session_id, seconds, None)
+        print(format_summary(info), file=sys.stderr, flush=True)
 
     def _timeout(self, field: str, default_ms: int) -> float:
         return (getattr(self.config, field) or default_ms) / 1000
@@ -138,7 +175,9 @@ class Recording:
         consumer.wait_disabled(DEFAULT_TIMEOUT)
 
     def _read_back(self, consumer: Consumer, file: TraceFile) -> None:
-        for batch in consumer.read_batches():
+        """Each reply's packets go to the file as they arrive; the wait for the next
+        reply restarts with every reply, so a long read lives as long as data flows."""
+        for batch in consumer.read_batches(timeout=self.read_timeout):
             file.write_all(batch)
             self.summary.add_all(batch)
         file.flush()
@@ -208,6 +247,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for the service (default: ${CONNECT_TIMEOUT_ENV}, else "
         f"{DEFAULT_CONNECT_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=READ_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="give up reading back when the service sends nothing for this long (the "
+        f"whole read may take longer; default {READ_IDLE_TIMEOUT:g})",
+    )
     return parser
 
 
@@ -234,10 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _read_config(args.config, args.txt)
         timeout = _connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
+        if not args.read_timeout > 0:
+            raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
     except ConsumerError as e:
         _say(f"error: {e}")
         return EXIT_USAGE
     except RuntimeError as e:  # the runtime directory is not ours
         _say(f"error: {e}")
         return EXIT_FAILED
-    return Recording(config, Path(args.out), endpoint, timeout).run()
+    return Recording(config, Path(args.out), endpoint, timeout, args.read_timeout).run()

@@ -14,8 +14,10 @@ next_event), plus
   list(), detach() while the session runs;
 - `tracing.record(config, output=None, duration_s=None, during=None)`: a whole
   session, as the record CLI runs it, written to `output` even when
-  interrupted (`during(tracing)` runs once it started);
-- `tracing.save(path=None)`: Consumer.save; without a path, the consumer's
+  interrupted or when the service goes away mid-read (`during(tracing)` runs
+  once it started);
+- `tracing.save(path=None)`: Consumer.save (it streams into the file, and keeps
+  what it read if the service dies mid-read); without a path, the consumer's
   `output:` from the topology (--output);
 - `tracing.stop()`: flush, disable and wait for the end of the session;
 - `tracing.wait(seconds)`: an interruptible pause (Ctrl-C raises Interrupted).
@@ -96,9 +98,11 @@ class Tracing(Consumer):
         if path is None:
             raise UsageError("save: no path given and no output: in the topology")
         path.parent.mkdir(parents=True, exist_ok=True)
-        result = super().save(path, **kwargs)
-        self.saved.append(str(path.resolve()))
-        return result
+        try:
+            return super().save(path, **kwargs)
+        finally:
+            if self.last_saved is not None:  # also what a failed read kept
+                self.saved.append(str(self.last_saved.resolve()))
 
     def wait(self, seconds: float) -> None:
         """Pause for `seconds` while the connection keeps being served; raises Interrupted

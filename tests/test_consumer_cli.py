@@ -10,6 +10,7 @@ every CLI it started and fails the test if anything is left behind.
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import threading
 import time
@@ -31,6 +32,7 @@ from actors.core.consumer_core import (
     SessionError,
     frame_packet,
 )
+from launch.script_runner import Tracing
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import REPO, Proc, Runtime
@@ -94,6 +96,9 @@ class FakeService:
         self.ends_by_itself = script.get("ends_by_itself", True)
         self.enable_error = script.get("enable_error", "")
         self.vanish_after_start = script.get("vanish_after_start", False)
+        # Send this many read replies (the last one cuts the big packet), then go away.
+        self.vanish_mid_read: int | None = script.get("vanish_mid_read")
+        self.silent_mid_read = script.get("silent_mid_read", False)  # ... or stop answering
         self.protocol_version = script.get("protocol_version", ipc.PROTOCOL_VERSION)
         self.unsupported = script.get("unsupported", ["trace_filter"])
         self.hooks: dict[str, Callable[[], None]] = script.get("hooks", {})
@@ -149,8 +154,11 @@ class FakeService:
             send(ack={})
             self._send(identity, self._enable_id, enable_tracing={"disabled": True})
         elif which == "read_buffers":
-            for r in read_replies(self.packets):
+            replies = read_replies(self.packets)
+            for r in replies[: self.vanish_mid_read]:
                 send(read_buffers=r)
+            if self.vanish_mid_read is not None and not self.silent_mid_read:
+                self._sock.close(linger=5000)  # what was sent still arrives, then it is gone
         elif which == "get_trace_stats":
             send(trace_stats={"trace_stats": make_stats().SerializeToString()})
         elif which == "query_service_state":
@@ -232,6 +240,7 @@ def test_records_a_session_and_replaces_the_output_only_at_the_end(rt: Runtime):
     assert "read_buffers" in fake.requests and "get_trace_stats" in fake.requests
     assert "does not implement these config fields: trace_filter" in err
     assert f"wrote {len(packets)} packets" in err and "session 7" in err
+    assert re.search(r"read back [\d.]+ KiB in [\d.]+ s", err), err
     assert "alpha" in err and "(producer gone)" in err and "(tracing service)" in err
     assert "buffer 0: chunks_overwritten 2" in err and "invalid_packets 1" in err
     assert "previous_packet_dropped: 1 packets" in err
@@ -310,6 +319,35 @@ def test_service_going_away_mid_session_exits_1(rt: Runtime):
     assert not out.exists() and temp_files(rt.dir) == []
 
 
+def test_service_going_away_mid_read_keeps_every_whole_packet_received(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    out.write_bytes(b"old")
+    with FakeService(rt.consumer_endpoint, vanish_mid_read=2):  # the big packet is cut
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
+    assert code == 1, err
+    assert f"the tracing service at {rt.consumer_endpoint} went away" in err
+    small = make_packets()[:-1]
+    assert out.read_bytes() == b"".join(map(frame_packet, small)), "whole packets only"
+    assert [p.SerializeToString() for p in pb.Trace.FromString(out.read_bytes()).packet] == small
+    assert f"wrote {len(small)} packets" in err and "INCOMPLETE trace" in err
+    assert temp_files(rt.dir) == []
+
+
+def test_service_silent_mid_read_keeps_what_was_received_after_the_idle_timeout(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    script = {"vanish_mid_read": 1, "silent_mid_read": True}
+    with FakeService(rt.consumer_endpoint, **script):
+        args = ["-c", str(write_config(rt.dir)), "--txt", "-o", str(out)]
+        args += ["--read-timeout", "1"]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
+    assert code == 1, err
+    assert "no reply to read_buffers within 1 s" in err
+    first = make_packets()[:20]
+    assert out.read_bytes() == b"".join(map(frame_packet, first))
+    assert "INCOMPLETE trace" in err and temp_files(rt.dir) == []
+
+
 def test_sigint_flushes_disables_and_writes_what_was_read(rt: Runtime):
     out = rt.dir / "t.pftrace"
     config = write_config(rt.dir, CONFIG_TEXT.replace("duration_ms: 100", ""))
@@ -382,6 +420,37 @@ def test_api_session_end_to_end(rt: Runtime):
     assert pb.Trace.FromString((rt.dir / "saved.pftrace").read_bytes()).packet[-1].for_testing.str
     assert fake.config is not None, "the fake saw enable_tracing"
     assert fake.config.duration_ms == 100
+
+
+def test_api_save_keeps_what_was_read_when_the_service_goes_away(rt: Runtime):
+    out = rt.dir / "saved.pftrace"
+    with (
+        FakeService(rt.consumer_endpoint, vanish_mid_read=2),
+        Consumer.connect(rt.consumer_endpoint, timeout=5) as c,
+    ):
+        c.enable(CONFIG_TEXT)
+        c.wait_disabled(timeout=5)
+        with pytest.raises(ServiceError, match="went away") as raised:
+            c.save(out)
+    small = make_packets()[:-1]
+    assert out.read_bytes() == b"".join(map(frame_packet, small))
+    assert c.last_saved == out
+    assert f"the {len(small)} packets read before were saved" in raised.value.__notes__[0]
+    assert temp_files(rt.dir) == []
+
+
+def test_script_save_lists_the_partial_trace_it_kept(rt: Runtime):
+    out = rt.dir / "script.pftrace"
+    with (
+        FakeService(rt.consumer_endpoint, vanish_mid_read=2),
+        Tracing.connect(rt.consumer_endpoint, timeout=5) as tracing,
+    ):
+        tracing.enable(CONFIG_TEXT)
+        tracing.wait_disabled(timeout=5)
+        with pytest.raises(ServiceError, match="went away"):
+            tracing.save(out)
+    assert tracing.saved == [str(out.resolve())], "the supervisor's summary names it"
+    assert pb.Trace.FromString(out.read_bytes()).packet
 
 
 def test_api_abandoned_read_does_not_disturb_the_next_request(rt: Runtime):

@@ -8,8 +8,11 @@ with real ServiceToConsumer envelopes.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import readback
 from actors.core.consumer_core import (
     FLUSH_REPLY_GRACE_NS,
     NOT_SUPPORTED,
@@ -36,6 +39,7 @@ from actors.core.consumer_summary import (
     TraceSummary,
     format_summary,
     packet_identity,
+    trailer_start,
 )
 from protos import tracebus_ipc_pb2 as ipc
 
@@ -248,6 +252,44 @@ def test_read_timeout_is_per_reply():
     assert core.handle(PEER, late, 3 * S) == []
 
 
+def test_a_read_lives_as_long_as_replies_keep_coming():
+    """A read far longer than its idle timeout completes; only a silent gap fails it."""
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid, now = read.request_id, 0
+    for i in range(10):  # ten replies, each just inside the timeout: 10 s in all
+        now += S - 1
+        assert core.expire(now) == []
+        piece = slices((b"p%d" % i, True), has_more=True)
+        assert core.handle(PEER, reply(rid, **piece), now) == [PacketsRead(rid, (b"p%d" % i,))]
+    now += S - 1
+    [done] = core.handle(PEER, reply(rid, **slices(has_more=False)), now)
+    assert done == Completed(rid, Kind.READ, ReadResult(10, 20, 11, 0))
+    assert core.expire(now + 10 * S) == [] and core.next_deadline() is None
+
+
+def test_a_reply_without_whole_packets_still_restarts_the_idle_timeout():
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid = read.request_id
+    assert core.handle(PEER, reply(rid, **slices((b"big1", False), has_more=True)), S - 1) == []
+    assert core.expire(2 * S - 2) == [], "a slice of a packet is data flowing"
+    [packets] = core.handle(PEER, reply(rid, **slices((b"big2", True), has_more=True)), 2 * S - 2)
+    assert packets == PacketsRead(rid, (b"big1big2",))
+
+
+def test_connection_lost_mid_read_keeps_whole_packets_and_never_delivers_a_partial_one():
+    core = enabled()
+    read = core.read_buffers(now=0, idle_timeout_ns=S)
+    rid = read.request_id
+    r1 = slices((b"A", True), (b"B1", False), has_more=True)
+    assert core.handle(PEER, reply(rid, **r1), 0) == [PacketsRead(rid, (b"A",))]
+    events = core.connection_lost("the service went away")
+    [failed] = [e for e in events if isinstance(e, Failed)]
+    assert failed.kind is Kind.READ and isinstance(failed.error, ServiceError)
+    assert not any(isinstance(e, PacketsRead) for e in events), "B1 never became a packet"
+
+
 # -- flush, errors, other requests ---------------------------------------------------------------
 
 
@@ -440,3 +482,68 @@ def test_summary_without_losses_or_stats():
     text = format_summary(SummaryInput("o", summary, stats=pb.TraceStats()))
     assert "losses: none" in text and "(producer gone)" in text
     assert "losses: unknown" in format_summary(SummaryInput("o", summary))
+
+
+def test_summary_states_the_readback_rate_when_known():
+    info = SummaryInput(out_path="t.pftrace", summary=TraceSummary())
+    assert "read back" not in format_summary(info)
+    info.readback_seconds, info.file_bytes = 2.0, 4 << 20
+    assert "read back 4.0 MiB in 2.000 s (2.0 MiB/s)" in format_summary(info)
+
+
+def _groups(summary: TraceSummary) -> dict[tuple, tuple]:
+    return {
+        key: (g.pid, g.uid, g.service, g.packets, g.bytes, g.loss_marks, frozenset(g.sequences))
+        for key, g in summary.groups.items()
+    }
+
+
+def _merged(summaries: list[TraceSummary]) -> dict[tuple, tuple]:
+    """Each summary saw one packet (so scanned it in full): their groups added up."""
+    merged: dict[tuple, list] = {}
+    for s in summaries:
+        for key, (pid, uid, service, n, size, marks, seqs) in _groups(s).items():
+            m = merged.setdefault(key, [pid, uid, service, 0, 0, 0, frozenset()])
+            m[3:] = [m[3] + n, m[4] + size, m[5] + marks, m[6] | seqs]
+    return {key: tuple(m) for key, m in merged.items()}
+
+
+service_packet = st.builds(
+    lambda body, producer_marked, uid, seq, pid, loss: (
+        (b"\xd0\x02\x81\x02" if producer_marked else b"")  # the SDK writer's own mark
+        + pb.TracePacket(for_testing=pb.TestEvent(str=body)).SerializeToString()
+        + readback.trusted_trailer(uid, seq, pid)
+        + readback.loss_trailer(loss)
+    ),
+    st.text(max_size=40),
+    st.booleans(),
+    st.sampled_from([0, 1000, 2**31 - 1, -1]),
+    st.sampled_from([1, 2, 3, 300, 70000]),
+    st.sampled_from([1, 77, 4242, 2**22 + 5]),
+    st.sampled_from([0, 0, 0, 1, 257]),
+)
+
+
+@given(st.lists(service_packet | st.binary(max_size=30), max_size=40))
+def test_summary_of_a_stream_equals_a_full_scan_of_each_packet(packets):
+    """The tail cache (TraceSummary's docstring) never changes what the summary says."""
+    whole = TraceSummary()
+    whole.add_all(packets[: len(packets) // 2])
+    whole.add_all(packets[len(packets) // 2 :])
+    singles = []
+    for packet in packets:
+        single = TraceSummary()
+        single.add(packet)
+        singles.append(single)
+    assert _groups(whole) == _merged(singles)
+    assert whole.malformed == sum(s.malformed for s in singles)
+    assert (whole.packets, whole.bytes) == (len(packets), sum(map(len, packets)))
+
+
+def test_trailer_start_reads_the_service_trailer_backwards():
+    body = pb.TracePacket(timestamp=5).SerializeToString()
+    for uid, seq, pid in [(0, 1, 1), (1000, 300, 4242), (-1, 2, 2**22)]:
+        packet = body + readback.trusted_trailer(uid, seq, pid)
+        assert trailer_start(packet) == len(body)
+    assert trailer_start(body) == -1
+    assert trailer_start(body + readback.trusted_trailer(1, 2, 3) + b"\xd0\x02\x01") == -1
