@@ -18,7 +18,7 @@ from pathlib import Path
 
 import zmq
 
-from actors.core.service_core import Clocks, Peer, ServiceCore, ToProducer
+from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget, ToProducer
 from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
@@ -36,6 +36,9 @@ CLOCKS = (
     (3, time.CLOCK_MONOTONIC),
     (5, time.CLOCK_MONOTONIC_RAW),
 )
+
+
+READ_SLICE_NS = 20_000_000  # one read-back slice's time budget; other peers are served between
 
 
 def log(text: str) -> None:
@@ -91,6 +94,7 @@ class ServiceShell:
         self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid(), limits)
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.timer: Timer | None = None
+        self.read_timer: Timer | None = None
         self.dropped_frames = 0
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
@@ -180,6 +184,7 @@ class ServiceShell:
             except zmq.ZMQError:  # EHOSTUNREACH: the peer is gone
                 self._peer_gone("p" if to_producer else "c", out.identity)
         self._arm_timer()
+        self._schedule_reads()
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()
@@ -194,6 +199,18 @@ class ServiceShell:
     def _on_timer(self) -> None:
         self.timer = None
         self._send_all(self.core.on_timer(time.monotonic_ns()))
+
+    def _schedule_reads(self) -> None:
+        """While a read is pending, one slice per loop turn: a timer due at once,
+        so the loop polls its sockets (without waiting) between two slices."""
+        if self.read_timer is None and self.core.pending_work():
+            self.read_timer = self.loop.call_at(self.loop.now() + 1, self._continue_reads)
+
+    def _continue_reads(self) -> None:
+        self.read_timer = None
+        end = time.monotonic_ns() + READ_SLICE_NS
+        budget = SliceBudget(time_up=lambda: time.monotonic_ns() >= end)
+        self._send_all(self.core.continue_reads(time.monotonic_ns(), budget))
 
     # -- lifecycle ------------------------------------------------------------------------------
 

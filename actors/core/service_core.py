@@ -26,13 +26,14 @@ from actors.core.outbox import Output, Peer, ToConsumer, ToProducer
 from actors.core.producer_port import ProducerPort
 from actors.core.producer_table import ProducerTable
 from actors.core.producers import ProducerEntry, ServiceCounters, SmbFactory
+from actors.core.readback import SliceBudget
 from actors.core.service_context import Clocks, ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import DEFAULT_LIMITS, Limits, Session, StopSession
 from protos import tracebus_ipc_pb2 as ipc
 from shm.trace_buffer import TraceBuffer
 
-__all__ = ["Clocks", "Peer", "ServiceCore", "ToConsumer", "ToProducer"]
+__all__ = ["Clocks", "Peer", "ServiceCore", "SliceBudget", "ToConsumer", "ToProducer"]
 
 ProducerHandler = Callable[[ProducerEntry, int, Any, int], None]
 ConsumerHandler = Callable[[Peer, int, Any, int], None]
@@ -41,6 +42,8 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 NOT_SUPPORTED = {
     "activate_triggers": "triggers are not supported by this service",
 }
+
+UNTIMED_SLICE = SliceBudget()  # a slice bounded by size alone (tests, a fake clock)
 
 
 class ServiceCore:
@@ -156,6 +159,19 @@ class ServiceCore:
             self._consumer_port.free(session, now)
         for producer in self._ctx.producers.values():
             producer.release_smb()
+        return self._ctx.out.drain()
+
+    # -- work between messages -------------------------------------------------------------
+
+    def pending_work(self) -> bool:
+        """True while a read waits for its next slice: the shell then calls
+        continue_reads once per loop turn, between the messages it receives."""
+        return self._consumer_port.reads_pending()
+
+    def continue_reads(self, now: int, budget: SliceBudget = UNTIMED_SLICE) -> list[Output]:
+        """The next slice of each pending read, within `budget` (its time_up is
+        the shell's clock)."""
+        self._consumer_port.continue_reads(budget)
         return self._ctx.out.drain()
 
     # -- timers -----------------------------------------------------------------------
