@@ -123,9 +123,10 @@ class PendingRead:
     request_id: int
     session_id: int
     buffer_index: int = -1  # into the session's buffer_ids; -1: service packets not out yet
-    # Whether the buffer being read may have taken a copy since its read generation
-    # began (a copy ends it): then it is begun once more before it counts as read.
-    interrupted: bool = False
+    # Bytes read from that buffer: a copy between slices ends its read generation,
+    # and another begins, as long as this stays below the buffer's size (so a
+    # read of a buffer that producers keep filling ends).
+    buffer_bytes: int = 0
     trailers: Trailers = field(default_factory=dict)
 
 
@@ -149,32 +150,35 @@ def read_slice(
     size = 0
     while read.buffer_index < len(session.buffer_ids):
         buffer = buffers.get(session.buffer_ids[read.buffer_index])
-        packets = buffer.read_packets(READ_BATCH_BYTES) if buffer is not None else []
+        batch = min(READ_BATCH_BYTES, budget.max_bytes - size)
+        packets = buffer.read_packets(batch) if buffer is not None else []
         if not packets:
-            if buffer is not None and read.interrupted:
-                _begin_again(read, buffer)
+            if buffer is not None and _more_after_a_copy(read, buffer):
+                buffer.begin_read()
             else:
                 read.buffer_index += 1
                 _begin(read, session, buffers)
             continue
-        size += _stamp(packets, session, read.trailers, out)
+        stamped = _stamp(packets, session, read.trailers, out)
+        size += stamped
+        read.buffer_bytes += stamped
         if size >= budget.max_bytes or budget.time_up():
-            read.interrupted = True  # producers may commit before the next slice
             return out, False
     return out, True
 
 
 def _begin(read: PendingRead, session: Session, buffers: dict[int, TraceBuffer]) -> None:
     """Start reading the buffer at read.buffer_index, if there is one."""
+    read.buffer_bytes = 0
     if read.buffer_index < len(session.buffer_ids):
         buffer = buffers.get(session.buffer_ids[read.buffer_index])
         if buffer is not None:
-            _begin_again(read, buffer)
+            buffer.begin_read()
 
 
-def _begin_again(read: PendingRead, buffer: TraceBuffer) -> None:
-    buffer.begin_read()
-    read.interrupted = False
+def _more_after_a_copy(read: PendingRead, buffer: TraceBuffer) -> bool:
+    """Whether a copy cut the buffer's read short, and the read may go on."""
+    return buffer.read_interrupted and read.buffer_bytes < buffer.stats.buffer_size
 
 
 def _service_packets(session: Session, uid: int, service_pid: int) -> list[bytes]:
@@ -218,7 +222,7 @@ def _stamp(
     packets: list[ReadPacket], session: Session, trailers: Trailers, out: list[bytes]
 ) -> int:
     """Append each valid packet, with its trailers, as a slice record to `out`;
-    count the invalid ones. Returns the bytes read. The hot loop of read-back:
+    count the invalid ones. Returns the bytes of the packets out. The hot loop of read-back:
     packets of a sequence come in runs, so the trailer is looked up once a run."""
     valid, join, heads = packet_is_valid_untrusted, b"".join, _HEADS
     append = out.append
@@ -226,8 +230,6 @@ def _stamp(
     last_key = None
     trailer = b""
     for data, producer_id, writer_id, uid, pid, loss_flags in packets:
-        n = len(data)
-        size += n
         if not valid(data):
             session.invalid_packets += 1
             continue
@@ -238,7 +240,8 @@ def _stamp(
                 seq = session.sequence_id(producer_id, writer_id)
                 trailer = trailers[key] = trusted_trailer(uid, seq, pid)
             last_key = key
-        n += len(trailer)
+        n = len(data) + len(trailer)
+        size += n
         if n < _SMALL and not loss_flags:
             append(join((heads[n], data, trailer, _LAST)))
         else:
