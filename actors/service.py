@@ -38,7 +38,7 @@ CLOCKS = (
 )
 
 
-READ_SLICE_NS = 20_000_000  # one read-back slice's time budget; other peers are served between
+READ_SLICE_NS = 10_000_000  # one read-back slice's time budget; other peers are served between
 
 
 def log(text: str) -> None:

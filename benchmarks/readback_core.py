@@ -5,7 +5,8 @@
 A session's buffer is filled (without wrapping) with ~100-byte TrackEvent
 packets in real 4 KiB chunks written by TraceWriters, then read back through
 ServiceCore exactly as the shell drives it: handle_consumer(read_buffers), then
-continue_reads() while pending_work() (one call per loop turn). Figures:
+continue_reads() while pending_work() (one call per loop turn, with the
+shell's slice budget: 1 MiB or READ_SLICE_NS, whichever comes first). Figures:
   core_readback_mb_s   MiB of packet data out (ReadBuffers slices) per second
   core_max_stall_ms    the longest single call into the core during the read
   calibration_ns       see benchmarks/calibration.py
@@ -18,8 +19,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
-from actors.core.service_core import Clocks, Peer, ServiceCore
+from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
+from actors.service import READ_SLICE_NS
 from benchmarks.calibration import calibration_ns
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, CHUNK_HEADER_SIZE, SharedMemoryABI, resolve_geometry
@@ -95,6 +98,10 @@ def filled_core(buffer_kib: int, fill_bytes: int) -> ServiceCore:
     return core
 
 
+def deadline(end_ns: int) -> Callable[[], bool]:
+    return lambda: time.monotonic_ns() >= end_ns
+
+
 def read_all(core: ServiceCore) -> tuple[int, int, float, float]:
     """(packets, packet bytes, seconds in the core, longest call in seconds) of
     one whole read; the replies are counted outside the timed calls."""
@@ -106,15 +113,18 @@ def read_all(core: ServiceCore) -> tuple[int, int, float, float]:
     while True:
         done = False
         for out in outputs:
+            assert isinstance(out.msg, ipc.ServiceToConsumer)
             reply = out.msg.read_buffers
             nbytes += sum(len(s.data) for s in reply.slices)
             packets += sum(s.last_slice_for_packet for s in reply.slices)
             done |= out.msg.HasField("read_buffers") and not reply.has_more
-        if done or not getattr(core, "pending_work", lambda: False)():
+        if done or not core.pending_work():
             break
         start = time.perf_counter()
-        outputs = core.continue_reads(time.monotonic_ns())  # type: ignore[attr-defined]
+        budget = SliceBudget(time_up=deadline(time.monotonic_ns() + READ_SLICE_NS))
+        outputs = core.continue_reads(time.monotonic_ns(), budget)
         calls.append(time.perf_counter() - start)
+    print("slowest calls (ms):", " ".join(f"{c * 1e3:.1f}" for c in sorted(calls)[-5:]))
     return packets, nbytes, sum(calls), max(calls)
 
 

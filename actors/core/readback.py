@@ -95,7 +95,7 @@ def trace_stats_packet(stats: pb.TraceStats, boottime_ns: int, uid: int, service
 # -- reading a session in slices -----------------------------------------------------------
 
 READ_SLICE_BYTES = 1 << 20  # packet bytes per slice, and per ReadBuffers reply
-READ_BATCH_BYTES = 64 << 10  # taken from a buffer between two looks at time_up()
+READ_BATCH_BYTES = 32 << 10  # taken from a buffer between two looks at time_up()
 
 
 def _never() -> bool:
