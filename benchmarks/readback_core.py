@@ -9,6 +9,8 @@ continue_reads() while pending_work() (one call per loop turn, with the
 shell's slice budget: 1 MiB or READ_SLICE_NS, whichever comes first). Figures:
   core_readback_mb_s   MiB of packet data out (ReadBuffers slices) per second
   core_max_stall_ms    the longest single call into the core during the read
+  core_peak_alloc_mib  peak Python allocations during a second, identical read
+                       (tracemalloc; the buffers themselves are allocated before)
   calibration_ns       see benchmarks/calibration.py
 The end-to-end figure with real processes is benchmarks/readback.py's.
 """
@@ -19,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
@@ -131,9 +134,15 @@ def read_all(core: ServiceCore) -> tuple[int, int, float, float]:
 def run(mib: int) -> dict[str, float]:
     core = filled_core(mib * 1024 + 1024, mib << 20)
     packets, nbytes, seconds, longest = read_all(core)
+    core = filled_core(mib * 1024 + 1024, mib << 20)
+    tracemalloc.start()
+    read_all(core)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     results = {
         "core_readback_mb_s": nbytes / seconds / (1 << 20),
         "core_max_stall_ms": longest * 1e3,
+        "core_peak_alloc_mib": peak / (1 << 20),
         "packets": packets,
         "calibration_ns": calibration_ns(),
     }
