@@ -4,8 +4,9 @@ The shell feeds it decoded envelopes with the sender's trusted identity (the
 ROUTER identity plus pid and uid from the kernel), tells it when a peer went
 away, calls on_timer() at next_deadline(), and, while pending_work() (a read
 being answered in slices), continue_reads() once per loop turn with a time
-budget. It answers with outputs: the envelopes to send, in order. The shell also passes in an SMB factory and the
-clocks (for clock snapshots and service packet timestamps).
+budget. It answers with outputs: the envelopes to send, in order. The shell
+also passes in an SMB factory and the clocks (for clock snapshots and service
+packet timestamps).
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
