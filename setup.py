@@ -1,5 +1,11 @@
-"""Build glue: the only compiled piece is shm/_atomics.c (metadata lives in pyproject.toml)."""
+"""Build glue: the compiled pieces are shm/_atomics.c and shm/_validate.c (metadata
+lives in pyproject.toml)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("shm._atomics", ["shm/_atomics.c"], extra_compile_args=["-O2"])])
+setup(
+    ext_modules=[
+        Extension("shm._atomics", ["shm/_atomics.c"], extra_compile_args=["-O2"]),
+        Extension("shm._validate", ["shm/_validate.c"], extra_compile_args=["-O2"]),
+    ]
+)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import zmq
 
-from actors.core.service_core import Clocks, Peer, ServiceCore, ToConsumer, ToProducer
+from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget, ToConsumer, ToProducer
 from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
@@ -59,6 +59,12 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 RETRY_NS = 5_000_000  # how often full pipes are retried while some peer has a queue
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
+
+
+READ_SLICE_NS = 10_000_000  # one read-back slice's time budget; other peers are served between
+# Replies (read-back slices of up to 1 MiB) ZeroMQ holds per consumer before a send
+# would block; past it they wait in our queue and the read waits for the consumer.
+READ_PIPE_HWM = 8
 
 
 def log(text: str) -> None:
@@ -116,7 +122,7 @@ class ServiceShell:
         self.peer_send_timeout_s = peer_send_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.producer_sock = self._bind(producer_endpoint, private=False)
-        self.consumer_sock = self._bind(consumer_endpoint, private=True)
+        self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid(), limits)
         self.pidfds: dict[tuple[str, bytes], int] = {}
@@ -130,6 +136,7 @@ class ServiceShell:
         self.given_up: OrderedDict[tuple[str, bytes], str] = OrderedDict()
         self.timer: Timer | None = None
         self.retry_timer: Timer | None = None
+        self.read_timer: Timer | None = None
         self.dropped_frames = 0
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
@@ -141,8 +148,9 @@ class ServiceShell:
             monitor.setsockopt(zmq.LINGER, 0)
             self.loop.add_socket(monitor, functools.partial(self._on_disconnect, side))
 
-    def _bind(self, endpoint: str, private: bool) -> zmq.Socket:
+    def _bind(self, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.SNDHWM, send_hwm)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
         # A stopped process answers no ping: ZeroMQ drops its connection after the
@@ -313,6 +321,7 @@ class ServiceShell:
                 self._give_up(side, out.identity, "its outgoing queue passed its bounds")
         self._arm_retry()
         self._arm_timer()
+        self._schedule_reads()
 
     def _arm_retry(self) -> None:
         if self.retry_timer is None and any(self.queues.values()):
@@ -329,6 +338,7 @@ class ServiceShell:
                     timeout = self.peer_send_timeout_s
                     self._give_up(side, identity, f"it took no message for {timeout:g} s")
         self._arm_retry()
+        self._schedule_reads()  # a consumer that took its queued slices may have the next
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline()
@@ -343,6 +353,23 @@ class ServiceShell:
     def _on_timer(self) -> None:
         self.timer = None
         self._send_all(self.core.on_timer(time.monotonic_ns()))
+
+    def _schedule_reads(self) -> None:
+        """While a read is pending, one slice per loop turn: a timer due at once,
+        so the loop polls its sockets (without waiting) between two slices."""
+        if self.read_timer is None and self.core.pending_work(self._may_send):
+            self.read_timer = self.loop.call_at(self.loop.now() + 1, self._continue_reads)
+
+    def _may_send(self, consumer: bytes) -> bool:
+        """A consumer gets its next read-back slice once it took the last ones
+        (nothing of it waits in our queue); ZeroMQ holds at most READ_PIPE_HWM."""
+        return self.queues["c"].backlog(consumer)[0] == 0
+
+    def _continue_reads(self) -> None:
+        self.read_timer = None
+        end = time.monotonic_ns() + READ_SLICE_NS
+        budget = SliceBudget(time_up=lambda: time.monotonic_ns() >= end, may_send=self._may_send)
+        self._send_all(self.core.continue_reads(time.monotonic_ns(), budget))
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class BufferReader:
         self._ring = ring
         self._generation = self._rd = self._budget = 0
         self._reading = self._wrapped = False
+        self._interrupted = False  # a copy ended the generation before its walk did
         self._inner: InnerWalk | None = None
         self._kept: KeptTokens | None = None
         # What a call collects: packet bytes, their (first index, sequence) runs and
@@ -116,8 +117,14 @@ class BufferReader:
     def generation(self) -> int:
         return self._generation
 
+    @property
+    def interrupted(self) -> bool:
+        """True when a copy ended this generation before everything readable was read."""
+        return self._interrupted
+
     def end_generation(self) -> None:
         """Records are about to move (a copy): nothing more is read until begin_read."""
+        self._interrupted |= self._reading
         self._reading, self._kept = False, None
 
     def forget_tokens(self) -> None:
@@ -133,6 +140,7 @@ class BufferReader:
         self._inner = None
         self._kept = None
         self._reading = True
+        self._interrupted = False
 
     def read_packets(self, max_bytes: int) -> list[ReadPacket]:
         """Packets until their data adds up to max_bytes (at least one if any is

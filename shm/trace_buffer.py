@@ -198,6 +198,12 @@ class TraceBuffer:
         """Start a read generation at the oldest data; stalls of the last one end."""
         self._reader.begin_read()
 
+    @property
+    def read_interrupted(self) -> bool:
+        """True when a copy ended the read generation before everything readable
+        was read (a read in slices then begins another to read the rest)."""
+        return self._reader.interrupted
+
     def read_packets(self, max_bytes: int) -> list[ReadPacket]:
         """Packets until their data adds up to max_bytes (at least one if any is
         readable); [] when nothing more is readable in this generation."""

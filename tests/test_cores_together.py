@@ -389,14 +389,18 @@ class Bus:
                 node.receive(rest)
 
     def pump(self) -> None:
-        """Deliver until nothing is in flight (what the poll loops would do)."""
+        """Deliver until nothing is in flight and the service has no pending
+        work (what the poll loops would do)."""
         for _ in range(100_000):
             for node in self.producers.values():
                 if node.woken.is_set() and not node.frozen:
                     node.woken.clear()
                     node.host.deliver()
             if not self.wire:
-                return
+                if not self.service.pending_work():
+                    return
+                self._route(self.service.continue_reads(self.now))  # the shell, when idle
+                continue
             self._deliver(*self.wire.popleft())
         raise AssertionError("messages never stopped flowing")
 

@@ -77,6 +77,11 @@ class Rig:
         self.now += ms * MS
         self.route(self.core.on_timer(self.now))
 
+    def idle(self):
+        """What the shell does when no message is waiting: continue pending reads."""
+        while self.core.pending_work():
+            self.route(self.core.continue_reads(self.now))
+
     def take(self, peer: Peer, consumer: bool = False):
         box = self.to_consumers if consumer else self.to_producers
         return box.pop(peer.identity, [])
@@ -161,6 +166,7 @@ class FakeConsumer:
 
     def read(self) -> list[pb.TracePacket]:
         self.send(read_buffers=ipc.ReadBuffersRequest())
+        self.rig.idle()
         packets = []
         replies = self.replies()
         assert replies[-1].read_buffers.has_more is False

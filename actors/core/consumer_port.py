@@ -3,15 +3,20 @@ and when a consumer goes away (its session is freed).
 
 A consumer is trusted (owner-only socket) but may still send nonsense: a config
 that does not parse, a request for a session it does not have. Each gets a
-reply saying so. The dispatch table that routes each ConsumerToService kind to
-a method here is in service_core.py.
+reply saying so. ReadBuffers is answered in slices: the request is kept as a
+PendingRead (readback.py), and continue_reads sends the next slice of each
+pending read in turn whenever the shell has nothing else to do. The dispatch
+table that routes each ConsumerToService kind to a method here is in
+service_core.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import reports
+from actors.core import readback, reports
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
 from actors.core.outbox import Peer, version_error
@@ -21,7 +26,6 @@ from actors.core.sessions import (
     ReplyToConsumer,
     Session,
     check_config,
-    read_session,
     unsupported_fields,
 )
 from protos import tracebus_ipc_pb2 as ipc
@@ -32,6 +36,8 @@ class ConsumerPort:
         self._ctx = ctx
         self._control = control
         self._flushes = flushes
+        # Reads answered in slices, by consumer; the next slice goes to the first.
+        self._reads: dict[bytes, readback.PendingRead] = {}
 
     def hello(self, peer: Peer, request_id: int, req: ipc.Hello, now: int) -> None:
         reply = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
@@ -107,14 +113,51 @@ class ConsumerPort:
     def read_buffers(
         self, peer: Peer, request_id: int, req: ipc.ReadBuffersRequest, now: int
     ) -> None:
+        """Answered in slices by continue_reads. A consumer that asks again while
+        its read goes on (its timeout passed) gets the rest under the new request."""
+        pending = self._reads.get(peer.identity)
+        if pending is not None:
+            pending.request_id = request_id
+            return
+        session = self._ctx.session_of(peer.identity)
+        if session is None:  # nothing to read: one last, empty reply
+            reply = ipc.ReadBuffersResponse(has_more=False)
+            self._ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
+            return
+        self._reads[peer.identity] = readback.PendingRead(peer.identity, request_id, session.id)
+
+    def reads_pending(self, may_send: Callable[[bytes], bool]) -> bool:
+        return any(may_send(consumer) for consumer in self._reads)
+
+    def continue_reads(self, budget: readback.SliceBudget) -> None:
+        """The next slice of each pending read whose consumer may take one, in
+        turn, until time_up(); a read not finished goes to the back of the line."""
+        for read in list(self._reads.values()):
+            if not budget.may_send(read.consumer):
+                continue
+            done = self._next_slice(read, budget)
+            del self._reads[read.consumer]
+            if not done:
+                self._reads[read.consumer] = read
+            if budget.time_up():
+                return
+
+    def _next_slice(self, read: readback.PendingRead, budget: readback.SliceBudget) -> bool:
+        """Send the next slice of `read`; True when it was the last."""
         ctx = self._ctx
-        session = ctx.session_of(peer.identity)
-        packets: list[bytes] = []
-        if session is not None:
-            packets = read_session(session, ctx.buffers, ctx.uid, ctx.service_pid)
-            packets.append(ctx.trace_stats_packet(session))
-        for reply in reports.read_replies(packets):
-            ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
+        session = ctx.sessions.get(read.session_id)
+        if session is None:  # freed meanwhile: end the read
+            packets: list[bytes] = []
+            done = True
+        else:
+            packets, done = readback.read_slice(
+                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget
+            )
+            if done:  # after the buffers, so that it counts what the read found
+                packets += readback.slice_records(ctx.trace_stats_packet(session))
+        for reply in readback.read_replies(packets, has_more=not done):
+            ctx.out.to_consumer(read.consumer, read.request_id, read_buffers=reply)
+        return done
 
     def free_buffers(
         self, peer: Peer, request_id: int, req: ipc.FreeBuffersRequest, now: int
@@ -154,6 +197,7 @@ class ConsumerPort:
 
     def gone(self, identity: bytes, now: int) -> None:
         """A consumer that disconnects without detaching frees its session."""
+        self._reads.pop(identity, None)
         for session in [s for s in self._ctx.sessions.values() if s.consumer == identity]:
             self.free(session, now)
 

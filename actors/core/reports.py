@@ -1,5 +1,5 @@
-"""What the service tells consumers about itself: TraceStats, the service
-state, and read-back packets cut into ReadBuffers replies.
+"""What the service tells consumers about itself: TraceStats and the service
+state (read-back replies are readback.py's).
 
 Each report takes the values it reports (counts, buffer statistics, the
 producer and session records) and returns the message; nothing here reaches
@@ -20,29 +20,6 @@ if TYPE_CHECKING:
     from actors.core.producers import ProducerEntry
     from actors.core.sessions import Session
     from shm.trace_buffer import BufferStats
-
-READ_SLICE_BUDGET = 1 << 20  # bytes of packets per ReadBuffers reply, and per slice
-
-
-def read_replies(packets: list[bytes]) -> list[ipc.ReadBuffersResponse]:
-    """Packets in replies of about READ_SLICE_BUDGET bytes; a packet larger than
-    that is cut into slices (a frame must stay small); the last reply has
-    has_more = false."""
-    replies = []
-    reply = ipc.ReadBuffersResponse(has_more=True)
-    size = 0
-    for packet in packets:
-        for start in range(0, len(packet), READ_SLICE_BUDGET) or (0,):
-            piece = packet[start : start + READ_SLICE_BUDGET]
-            last = start + READ_SLICE_BUDGET >= len(packet)
-            reply.slices.add(data=piece, last_slice_for_packet=last)
-            size += len(piece)
-            if size >= READ_SLICE_BUDGET:
-                replies.append(reply)
-                reply, size = ipc.ReadBuffersResponse(has_more=True), 0
-    reply.has_more = False
-    replies.append(reply)
-    return replies
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 The shell feeds it decoded envelopes with the sender's trusted identity (the
 ROUTER identity plus pid and uid from the kernel), tells it when a peer went
-away, and calls on_timer() at next_deadline(). It answers with outputs: the
-envelopes to send, in order. The shell also passes in an SMB factory and the
-clocks (for clock snapshots and service packet timestamps).
+away, calls on_timer() at next_deadline(), and, while pending_work() (a read
+being answered in slices), continue_reads() once per loop turn with a time
+budget. It answers with outputs: the envelopes to send, in order. The shell
+also passes in an SMB factory and the clocks (for clock snapshots and service
+packet timestamps).
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
@@ -26,13 +28,14 @@ from actors.core.outbox import Output, Peer, ToConsumer, ToProducer
 from actors.core.producer_port import ProducerPort
 from actors.core.producer_table import ProducerTable
 from actors.core.producers import ProducerEntry, ServiceCounters, SmbFactory
+from actors.core.readback import SliceBudget
 from actors.core.service_context import Clocks, ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import DEFAULT_LIMITS, Limits, Session, StopSession
 from protos import tracebus_ipc_pb2 as ipc
 from shm.trace_buffer import TraceBuffer
 
-__all__ = ["Clocks", "Peer", "ServiceCore", "ToConsumer", "ToProducer"]
+__all__ = ["Clocks", "Peer", "ServiceCore", "SliceBudget", "ToConsumer", "ToProducer"]
 
 ProducerHandler = Callable[[ProducerEntry, int, Any, int], None]
 ConsumerHandler = Callable[[Peer, int, Any, int], None]
@@ -41,6 +44,8 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 NOT_SUPPORTED = {
     "activate_triggers": "triggers are not supported by this service",
 }
+
+UNTIMED_SLICE = SliceBudget()  # a slice bounded by size alone (tests, a fake clock)
 
 
 class ServiceCore:
@@ -156,6 +161,20 @@ class ServiceCore:
             self._consumer_port.free(session, now)
         for producer in self._ctx.producers.values():
             producer.release_smb()
+        return self._ctx.out.drain()
+
+    # -- work between messages -------------------------------------------------------------
+
+    def pending_work(self, may_send: Callable[[bytes], bool] = lambda _consumer: True) -> bool:
+        """True while a read waits for its next slice and its consumer may take
+        one: the shell then calls continue_reads once per loop turn, between the
+        messages it receives."""
+        return self._consumer_port.reads_pending(may_send)
+
+    def continue_reads(self, now: int, budget: SliceBudget = UNTIMED_SLICE) -> list[Output]:
+        """The next slice of each pending read, within `budget` (its time_up is
+        the shell's clock)."""
+        self._consumer_port.continue_reads(budget)
         return self._ctx.out.drain()
 
     # -- timers -----------------------------------------------------------------------

@@ -1,11 +1,6 @@
 """Tracing sessions: what a TraceConfig asks for, checked against the limits,
-and how a session's trace is read back.
-
-Read-back order (Perfetto's): the service's packets on sequence 1 first —
-clock snapshots, the trace_config on the first read, service events — then
-each buffer's packets (buffer 0, 1, ...), each producer packet validated and
-stamped (see readback.py), and trace_stats last (the caller adds it, after the
-read, so that it counts what the read found).
+and what a session holds (its instances, flushes, sequence ids, and the
+service's packets queued for its next read; readback.py reads it back).
 """
 
 from __future__ import annotations
@@ -15,7 +10,6 @@ from dataclasses import dataclass
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback
 from actors.core.lifecycle import HasInstanceState, HasSessionState
 from shm.trace_buffer import FillPolicy, TraceBuffer
 
@@ -210,43 +204,3 @@ def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:
 def new_buffer(config: pb.TraceConfig.BufferConfig) -> TraceBuffer:
     policy = FillPolicy.DISCARD if config.fill_policy == 2 else FillPolicy.RING_BUFFER
     return TraceBuffer(config.size_kb * 1024, policy)
-
-
-def read_session(
-    session: Session, buffers: dict[int, TraceBuffer], uid: int, service_pid: int
-) -> list[bytes]:
-    """Every packet readable now, in read-back order (destructive), but the
-    trace_stats packet, which the caller appends once the buffers are read."""
-    out: list[bytes] = []
-    out.extend(session.clock_snapshots)
-    session.clock_snapshots.clear()
-    if not session.config_emitted:
-        config = session.config.SerializeToString()
-        out.append(readback.trace_config_packet(config, uid, service_pid))
-        session.config_emitted = True
-    out.extend(session.service_events)
-    session.service_events.clear()
-    trailers: dict[tuple[int, int, int], bytes] = {}
-    for buffer_id in session.buffer_ids:
-        _read_buffer(session, buffers[buffer_id], trailers, out)
-    return out
-
-
-def _read_buffer(
-    session: Session,
-    buffer: TraceBuffer,
-    trailers: dict[tuple[int, int, int], bytes],
-    out: list[bytes],
-) -> None:
-    buffer.begin_read()
-    valid = readback.packet_is_valid_untrusted
-    while (packet := buffer.read_next_packet()) is not None:
-        if not valid(packet.data):
-            session.invalid_packets += 1
-            continue
-        seq = session.sequence_id(packet.producer_id, packet.writer_id)
-        key = (packet.uid, seq, packet.pid)  # pid: the producer's process id
-        trailer = trailers.get(key)
-        if trailer is None:
-            trailer = trailers[key] = readback.trusted_trailer(*key)
-        out.append(packet.data + trailer + readback.loss_trailer(packet.loss_flags))

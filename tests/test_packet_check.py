@@ -1,0 +1,130 @@
+"""The read-back validator's C twin (shm/_validate.c) answers exactly as its
+pure-Python reference (shm/packet_check.py) on valid packets, on every
+reserved and unreserved field number, and on mutated and random bytes; and
+the reference keeps what the service must keep and drops what it must drop."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+from shm import packet_check
+from shm._validate import packet_is_valid_untrusted as c_valid
+from shm.packet_check import RESERVED_FIELDS
+from shm.packet_check import packet_is_valid_untrusted as py_valid
+from shm.protozero import varint
+
+
+def same(data: bytes) -> bool:
+    expected = py_valid(data)
+    assert c_valid(data) is expected, data.hex()
+    assert c_valid(memoryview(data)) is expected  # any contiguous buffer, as the Python
+    return expected
+
+
+def field(number: int, wire: int, body: bytes = b"") -> bytes:
+    return varint(number << 3 | wire) + body
+
+
+def test_the_twins_share_a_name_and_the_reference_names_its_twin():
+    assert c_valid.__name__ == py_valid.__name__ == "packet_is_valid_untrusted"
+    assert "_validate.packet_is_valid_untrusted" in (packet_check.__doc__ or "")
+
+
+def test_real_trace_packets_are_kept():
+    packet = pb.TracePacket(timestamp=123)
+    packet.track_event.name = "slice"
+    packet.track_event.type = pb.TrackEvent.TYPE_SLICE_BEGIN
+    packet.for_testing.str = "x" * 300
+    packet.sequence_flags = 2
+    assert same(packet.SerializeToString())
+    assert same(b"")  # an empty packet is well-formed
+
+
+def test_every_field_number_is_judged_alike_and_only_reserved_ones_are_dropped():
+    for number in range(1, 300):
+        for wire, body in ((0, b"\x01"), (2, b"\x02ab"), (1, bytes(8)), (5, bytes(4))):
+            data = field(number, wire, body)
+            assert same(data) is (number not in RESERVED_FIELDS), (number, wire)
+    for number in RESERVED_FIELDS:  # wherever it appears in the packet
+        assert not same(b"\x08\x01" + field(number, 0, b"\x00") + b"\x0a\x00")
+
+
+def test_malformed_tops_are_dropped():
+    cases = [
+        b"\x00",  # field number 0
+        b"\x08",  # varint missing
+        b"\x08\x80",  # varint unterminated
+        b"\x0a\x05abc",  # length past the end
+        b"\x09" + bytes(7),  # 64-bit field cut short
+        b"\x0d" + bytes(3),  # 32-bit field cut short
+        b"\x0b\x0c",  # a group
+        b"\x0e\x00",  # wire type 6
+        b"\x0f\x00",  # wire type 7
+        b"\x08" + b"\xff" * 10 + b"\x01",  # an 11-byte varint
+        b"\x0a" + b"\xff" * 9 + b"\x01",  # a length of 2**63 and more
+    ]
+    for data in cases:
+        assert not same(data), data.hex()
+
+
+def test_varints_beyond_64_bits_are_read_as_python_reads_them():
+    # A 10-byte tag with bits above 63 is a huge field number to Python, never 0
+    # nor reserved: truncating it to 64 bits would make it look like field 3 or 0.
+    low3 = (3 << 3).to_bytes(1, "little")  # bits of tag 3, varint wire type
+    big_tag = bytes([low3[0] | 0x80]) + b"\x80" * 8 + b"\x02"  # 2**64 + 24
+    assert same(big_tag + b"\x01")
+    zero_tag = b"\x80" * 9 + b"\x7e"  # only bits 64..69 set: field number != 0 in Python
+    assert same(zero_tag + b"\x01")
+    length_9_bytes = b"\x0a" + b"\xff" * 8 + b"\x7f"  # 2**63 - 1: past any end
+    assert not same(length_9_bytes)
+
+
+packets = st.builds(
+    lambda ts, name, payload, flags: pb.TracePacket(
+        timestamp=ts,
+        sequence_flags=flags,
+        track_event=pb.TrackEvent(name=name),
+        for_testing=pb.TestEvent(str=payload),
+    ).SerializeToString(),
+    st.integers(0, 2**64 - 1),
+    st.text(max_size=40),
+    st.text(max_size=200),
+    st.integers(0, 3),
+)
+
+
+@settings(max_examples=400)
+@given(packets)
+def test_property_valid_packets_agree(data):
+    assert same(data)
+
+
+@settings(max_examples=1500)
+@given(packets, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       st.integers(0, 10**6))  # fmt: skip
+def test_property_mutated_packets_agree(data, flips, cut):
+    mutated = bytearray(data)
+    for where, value in flips:
+        if mutated:
+            mutated[where % len(mutated)] = value
+    same(bytes(mutated[: cut % (len(mutated) + 1)]))
+
+
+@settings(max_examples=1500)
+@given(st.binary(max_size=64))
+def test_property_random_bytes_agree(data):
+    same(data)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.tuples(st.integers(1, 140), st.sampled_from([0, 1, 2, 5])), max_size=8),
+       st.binary(max_size=12))  # fmt: skip
+def test_property_field_sequences_agree(fields, tail):
+    data = b""
+    for number, wire in fields:
+        body = {0: b"\x96\x01", 1: bytes(8), 2: b"\x03abc", 5: bytes(4)}[wire]
+        data += field(number, wire, body)
+    same(data)
+    same(data + tail)
