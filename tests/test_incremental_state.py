@@ -8,6 +8,7 @@ re-emission of each sequence on."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.sessions import unsupported_fields
@@ -21,6 +22,7 @@ from tests.test_service_core import FakeConsumer, Peer
 from tests.test_service_core import Rig as ServiceRig
 from tests.test_writer import Rig as WriterRig
 from tests.track_event_import import Outcome, import_track_events
+from tests.waiting import wait_for
 
 PERIOD_MS = 200
 
@@ -204,33 +206,43 @@ data_sources {{
   config {{ name: "track_event" for_testing {{ max_messages_per_second: 100 }} }}
 }}
 incremental_state_config {{ clear_period_ms: {PERIOD_MS} }}
-duration_ms: 6000
 """
-MIN_WRAPS = 5
+WRAPS = 6
 
 
 @pytest.mark.timeout(120)
 def test_a_wrapped_ring_buffer_imports_from_the_first_re_emission_on(rt):
-    """3 producers x 100 frames/s of ~9 events each write ~0.6 MB into a 64 KiB
-    ring buffer (about 9 wraps). Each sequence's first descriptors are long
-    overwritten: trace_processor skips its events up to the first re-emission
-    that a clear caused, and resolves every event after it."""
+    """3 producers x 100 frames/s of 9 events each (~100 KB/s) into a 64 KiB ring
+    buffer, recorded until it wrapped 6 times (the buffer's own stats say when).
+    Each sequence's first descriptors are long overwritten: trace_processor
+    skips its events up to the first re-emission that a clear caused, and
+    resolves every event after it."""
     rt.start_service()
     procs = [rt.start_producer(f"te{i}", wait=False) for i in range(WRAP_PRODUCERS)]
     for i, proc in enumerate(procs):
         rt.wait_registered(proc, "track_event", name=f"te{i}")
-    result, out = rt.record(WRAP_CONFIG, "wrap", timeout=90)
-    assert result.returncode == 0, f"{result.stderr}\n{rt.logs()}"
+    consumer = rt.consumer()
+    enabled = consumer.enable(text_format.Parse(WRAP_CONFIG, pb.TraceConfig()))
+    assert enabled.unsupported_fields == ()
+
+    def wrapped() -> bool:
+        (buffer,) = consumer.stats(timeout=5).buffer_stats
+        return buffer.bytes_written >= WRAPS * buffer.buffer_size
+
+    wait_for(wrapped, 60, f"the ring buffer to wrap {WRAPS} times")
+    assert consumer.flush()
+    consumer.disable()
+    out = rt.dir / "wrap.pftrace"
+    consumer.save(out)
     trace = Trace.load(out)
     (buffer,) = trace.stats().buffer_stats
-    wraps = buffer.bytes_written / buffer.buffer_size
-    assert wraps >= MIN_WRAPS and buffer.chunks_overwritten, f"wrapped {wraps:.1f} times"
+    assert buffer.bytes_written >= WRAPS * buffer.buffer_size and buffer.chunks_overwritten
 
     imported = import_track_events(trace.packets)
     sequences = set(trace.producer_sequences())
     assert set(imported.events) == sequences and len(sequences) == WRAP_PRODUCERS
     for seq, events in imported.events.items():
-        # The ring keeps ~0.7 s of each sequence: a clear's re-emission survives.
+        # The ring keeps ~0.6 s of each sequence: a clear's re-emission survives.
         assert imported.sequences[seq].clears >= 1, f"sequence {seq}"
         before = [e for e in events if not e.after_clear]
         after = [e for e in events if e.after_clear]
