@@ -18,7 +18,7 @@ from shm.writer import BufferExhaustedPolicy
 from tests.test_integration_sessions import Trace
 from tests.test_producer_core import LoopWriter, ds_config
 from tests.test_producer_core import Rig as HostRig
-from tests.test_service_core import FakeConsumer, Peer
+from tests.test_service_core import MS, FakeConsumer, Peer
 from tests.test_service_core import Rig as ServiceRig
 from tests.test_writer import Rig as WriterRig
 from tests.track_event_import import Outcome, import_track_events
@@ -82,6 +82,7 @@ def test_clears_go_every_period_to_started_instances_that_take_them_until_the_st
     assert enabled.enable_tracing.started
     assert "incremental_state_config" not in enabled.enable_tracing.unsupported_fields
     ids_a, ids_b = started_instances(rig, a), started_instances(rig, b)
+    assert rig.core.next_deadline() == rig.now + PERIOD_MS * MS  # the shell wakes for it
     rig.advance(PERIOD_MS - 1)
     assert clears(rig, a) == clears(rig, b) == []  # the first is one period after the start
     rig.advance(1)

@@ -11,8 +11,8 @@ incremental state (descriptors, interned data) on their next packet, so that a
 ring buffer that overwrote the first emission still imports from the next one.
 
 The deadline is `Session.next_incremental_clear`: set by `first_clear` at the
-start, cleared when the session stops (session_control.py), advanced by `due`
-(the service core's timer).
+start, cleared when the session stops (session_control.py), advanced by
+`clear_if_due` (the service core's timer).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def first_clear(session: Session, now: int) -> int | None:
     return now + period_ms * NS_PER_MS if period_ms else None
 
 
-def due(ctx: ServiceContext, session: Session, now: int) -> None:
+def clear_if_due(ctx: ServiceContext, session: Session, now: int) -> None:
     """At the deadline: send the clears and set the next deadline."""
     deadline = session.next_incremental_clear
     if deadline is None or deadline > now:

@@ -193,4 +193,4 @@ class ServiceCore:
         if session.next_periodic_flush is not None and session.next_periodic_flush <= now:
             session.next_periodic_flush = now + period
             self._flushes.request(session, now, timeout, 0, None)
-        incremental_state.due(self._ctx, session, now)
+        incremental_state.clear_if_due(self._ctx, session, now)
