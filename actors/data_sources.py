@@ -23,11 +23,14 @@ slices (frame > update > physics, frame > render) and a counter track,
 timestamped with CLOCK_BOOTTIME in ns (Perfetto's default trace clock, so
 TracePacket.timestamp needs no clock id). for_testing.message_count bounds the
 number of frames (0: until stopped), max_messages_per_second sets the frame rate
-(0: 100 per second). Names are plain strings (no interning); the first packet
-of the sequence sets SEQ_INCREMENTAL_STATE_CLEARED, and the descriptors are
-emitted again after a clear_incremental_state. It is written with
-actors.track_event.TrackEvents, which custom data sources can use too (track
-uuids are described there).
+(0: 100 per second). Names are plain strings (no interning). Every event sets
+SEQ_NEEDS_INCREMENTAL_STATE; the descriptors (the first with
+SEQ_INCREMENTAL_STATE_CLEARED) go out before the first event, again after each
+ClearIncrementalState the service sends (the source declares
+handles_incremental_state_clear, so TraceConfig's
+incremental_state_config.clear_period_ms reaches it) and after a loss its writer
+saw. It is written with actors.track_event.TrackEvents, which custom data
+sources can use too (track uuids and the incremental state are described there).
 
 Packets are concatenated from precomputed tags (shm.protozero), never built
 with the generated protobuf classes.
@@ -175,10 +178,8 @@ class TrackEventDataSource(_Threaded):
     """Nested slices and a counter on the instance's thread (see the module docstring)."""
 
     name = "track_event"
+    # The SDK marks the instance's writers on a clear; TrackEvents re-emits.
     handles_incremental_state_clear = True
-
-    def on_clear_incremental_state(self) -> None:
-        self._cleared = True  # the writer thread describes its tracks again
 
     def _run(self) -> None:
         cfg = self.config.for_testing
@@ -186,13 +187,9 @@ class TrackEventDataSource(_Threaded):
         period = 1.0 / (cfg.max_messages_per_second or 100)
         w = self.writer()
         events = TrackEvents(w, self.producer_name or "tracebus", counters=("queue_depth",))
-        self._cleared = False
         n = 0
         while not self._stopping and (frames == 0 or n < frames):
             n += 1
-            if self._cleared:
-                self._cleared = False
-                events.reset()
             events.begin("frame")
             events.begin("update")
             events.begin("physics")

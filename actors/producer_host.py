@@ -149,7 +149,7 @@ class ProducerHost:
                     self.perform(self.core.flush_done(out.flush_request_id))
                 case core.ClearIncrementalState(instance_ids=ids):
                     for iid in ids:
-                        self._call(self._instances.get(iid), "on_clear_incremental_state")
+                        self._clear_incremental_state(self._instances.get(iid))
                 case core.Connected(producer_id=pid):
                     self._log.info("connected to the service as producer %d", pid)
                     self._on_connection_event(out)
@@ -188,6 +188,16 @@ class ProducerHost:
             getattr(ds, callback)(*args)
         except Exception:
             self._log.exception("%s.%s of instance %d failed", ds.name, callback, ds.instance_id)
+
+    def _clear_incremental_state(self, ds: DataSource | None) -> None:
+        """Every writer of the instance re-emits its incremental state before its
+        next packet (shm/writer.py: a flag its owner checks), then the callback."""
+        if ds is None:
+            return
+        with ds._tb_lock:
+            for _, w in ds._tb_writers:
+                w.incremental_state_invalid = True
+        self._call(ds, "on_clear_incremental_state")
 
     def _setup(self, cmd: core.SetupInstance) -> None:
         ds = self.data_sources[cmd.name]()

@@ -79,7 +79,9 @@ class DataSource:
         """The service wants what was written so far; ask your threads to flush."""
 
     def on_clear_incremental_state(self) -> None:
-        """Re-emit interned data and descriptors before relying on them again."""
+        """Re-emit interned data and descriptors before relying on them again. The
+        SDK has already set `incremental_state_invalid` on the instance's writers
+        (actors/track_event.py's TrackEvents re-emits on it by itself)."""
 
     def writer(self) -> TraceWriter:
         """The calling thread's TraceWriter into this instance's target buffer."""

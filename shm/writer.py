@@ -23,6 +23,14 @@ abandoned fragment's length becomes PACKET_DROPPED_SIZE, the next packet that
 lands carries previous_packet_dropped); STALL retries with a bounded backoff
 and raises SMBExhaustedError when it runs out; STALL_THEN_DROP drops instead.
 Each writer counts what it dropped (`dropped_packets`, `dropped_bytes`).
+
+Incremental state (interned data, track descriptors) lives in whoever writes
+the sequence (actors/track_event.py); the writer only keeps the flag that says
+it must be emitted again: `incremental_state_invalid` is true on a new writer,
+set again whenever a gap is marked (an importer drops a sequence's state at
+previous_packet_dropped) and by the SDK when the service asks for a clear; the
+owner of the state clears it when it re-emits. Setting it is off the
+per-packet path.
 """
 
 from __future__ import annotations
@@ -153,6 +161,8 @@ class TraceWriter:
         self._patches: list[_Patch] = []
         self._extra = _FIRST_PACKET_ON_SEQUENCE
         self._exhausted = False
+        # Re-emit incremental state before relying on it (see the module docstring).
+        self.incremental_state_invalid = True
 
     # -- the fast path: one pre-encoded TracePacket --------------------------------
 
@@ -302,7 +312,9 @@ class TraceWriter:
         self._frag_start = self._wptr
 
     def _mark_dropped(self) -> None:
-        """The next packet that lands says that packets were lost before it."""
+        """The next packet that lands says that packets were lost before it, so
+        the sequence's incremental state must be emitted again."""
+        self.incremental_state_invalid = True
         if not self._extra.endswith(_PREVIOUS_PACKET_DROPPED):
             self._extra += _PREVIOUS_PACKET_DROPPED
 

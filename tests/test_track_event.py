@@ -29,6 +29,10 @@ def test_slices_instants_and_counters_on_described_tracks():
     packets = written(rig, w)
     proc, thread, depth = (p.track_descriptor for p in packets[:3])
     assert packets[0].sequence_flags == pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+    assert [p.sequence_flags for p in packets[1:3]] == [0, 0]
+    # Every event refers to tracks described before it on its sequence.
+    needs = pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
+    assert all(p.sequence_flags == needs for p in packets if p.HasField("track_event"))
     assert (proc.process.pid, proc.process.process_name) == (os.getpid(), "ingest")
     assert thread.parent_uuid == proc.uuid and thread.thread.thread_name == "worker"
     assert depth.HasField("counter") and depth.name == "depth"
@@ -60,6 +64,9 @@ def test_reset_describes_the_tracks_again():
     events.reset()
     events.instant("b")
     packets = written(rig, w)
-    flagged = [i for i, p in enumerate(packets) if p.sequence_flags]
+    cleared = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+    flagged = [i for i, p in enumerate(packets) if p.sequence_flags == cleared]
     assert flagged == [0, 3]  # descriptors, "a", descriptors again, "b"
     assert [p.HasField("track_descriptor") for p in packets] == [True, True, False] * 2
+    # The same tracks, described again.
+    assert [p.track_descriptor for p in packets[3:5]] == [p.track_descriptor for p in packets[:2]]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from actors.core import incremental_state
 from actors.core.consumer_port import ConsumerPort
 from actors.core.flushes import Flushes
 from actors.core.outbox import Output, Peer, ToConsumer, ToProducer
@@ -187,14 +188,19 @@ class ServiceCore:
     def next_deadline(self) -> int | None:
         deadlines: list[int] = []
         for s in self._ctx.sessions.values():
-            timers = (s.duration_deadline, s.stop_deadline, s.next_periodic_flush)
+            timers = (
+                s.duration_deadline,
+                s.stop_deadline,
+                s.next_periodic_flush,
+                s.next_incremental_clear,
+            )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
         return min(deadlines) if deadlines else None
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
-        stop), and the periodic flush."""
+        stop), the periodic flush and the periodic incremental state clear."""
         self._flushes.expire(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:
             self._control.finish_disable(session, now, force=True)
@@ -206,3 +212,4 @@ class ServiceCore:
         if session.next_periodic_flush is not None and session.next_periodic_flush <= now:
             session.next_periodic_flush = now + period
             self._flushes.request(session, now, timeout, 0, None)
+        incremental_state.clear_if_due(self._ctx, session, now)

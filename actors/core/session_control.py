@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import incremental_state
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -147,6 +148,7 @@ class SessionControl:
             session.duration_deadline = now + session.config.duration_ms * NS_PER_MS
         if session.config.flush_period_ms:
             session.next_periodic_flush = now + session.config.flush_period_ms * NS_PER_MS
+        session.next_incremental_clear = incremental_state.first_clear(session, now)
         for instance in session.instances.values():
             producer = self._ctx.producers.by_id(instance.producer_id)
             if producer is not None:
@@ -208,6 +210,7 @@ class SessionControl:
             return
         apply(session, SessionEvent.DISABLE)
         session.duration_deadline = session.next_periodic_flush = None
+        session.next_incremental_clear = None
         session.stop_deadline = now + session.stop_timeout_ns
         for instance in session.instances.values():
             apply(instance, InstanceEvent.STOP)

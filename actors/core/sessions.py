@@ -45,6 +45,7 @@ IMPLEMENTED_FIELDS = frozenset(
         "flush_period_ms",
         "flush_timeout_ms",
         "data_source_stop_timeout_ms",
+        "incremental_state_config",
         "unique_session_name",
     }
 )
@@ -116,6 +117,7 @@ class Session(HasSessionState):
         self.duration_deadline: int | None = None
         self.stop_deadline: int | None = None
         self.next_periodic_flush: int | None = None
+        self.next_incremental_clear: int | None = None  # actors/core/incremental_state.py
         self.all_started_reported = False
         self.observer_request_id = 0  # ObserveEvents subscription, 0 = none
         self.observe_types: set[int] = set()

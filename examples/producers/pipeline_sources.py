@@ -16,6 +16,7 @@ from actors.track_event import TrackEvents
 
 class PipelineStages(DataSource):
     name = "pipeline.stages"
+    handles_incremental_state_clear = True  # TrackEvents re-emits its tracks
 
     def on_start(self, config) -> None:
         self._stop = threading.Event()

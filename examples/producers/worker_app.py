@@ -19,6 +19,7 @@ from actors.track_event import TrackEvents
 
 class Requests(DataSource):
     name = "worker.requests"
+    handles_incremental_state_clear = True  # TrackEvents re-emits its tracks
 
     def on_start(self, config) -> None:
         self._stop = threading.Event()
