@@ -267,7 +267,12 @@ class ProducerHost:
         self.deliver()  # what its threads committed, before any stop ack
         self._ack_flushes(None)
         del self._instances[instance_id]
-        self._log.info("stopped %s (instance %d)", ds.name, instance_id)
+        dropped = sum(w.dropped_packets for _, w in writers)
+        dropped_bytes = sum(w.dropped_bytes for _, w in writers)
+        self._log.info(
+            "stopped %s (instance %d): %d writers, %d packets (%d bytes) dropped",
+            ds.name, instance_id, len(writers), dropped, dropped_bytes,
+        )  # fmt: skip
 
     def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...]) -> None:
         """Flush the writers no other thread can be using (the loop thread's, and

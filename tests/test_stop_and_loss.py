@@ -5,14 +5,23 @@ whose losses are counted exactly."""
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from collections.abc import Callable
+
+from google.protobuf import text_format
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors import producer_host
 from actors.producer import DataSource
 from protos import tracebus_ipc_pb2 as ipc
+from tests.processes import Runtime
+from tests.test_integration_sessions import Trace
 from tests.test_producer_core import Rig as ProducerRig
 from tests.test_producer_core import ds_config
 from tests.test_writer import Rig, test_packet
+from tests.waiting import wait_for
 
 
 def test_a_flush_requested_from_another_thread_is_served_at_the_next_write():
@@ -116,3 +125,147 @@ def test_a_flush_ack_waits_for_an_idle_threads_writer_then_the_grace():
         if k == "commit_data" and rig.sent[i].commit_data.chunks_to_move
     ]
     assert commits and commits[-1] < stopped  # its chunk went before the stop ack
+
+
+# -- real processes: the end of a trace, and every loss counted --------------------------------
+
+FLAT_MODULE = '''
+"""test.flat: one thread writing TracePacket {timestamp, for_testing {counter}} flat out."""
+import threading
+import time
+
+from actors.producer import DataSource
+from shm.protozero import LEN, VARINT, tag, varint
+
+_TIMESTAMP = tag(8, VARINT)
+_FOR_TESTING = tag(900, LEN)
+_COUNTER = tag(3, VARINT)
+
+
+class Flat(DataSource):
+    name = "test.flat"
+
+    def on_start(self, config):
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        w = self.writer()
+        clock, boottime = time.clock_gettime_ns, time.CLOCK_BOOTTIME
+        i = 0
+        while not self.stopping:
+            i += 1
+            body = _COUNTER + varint(i)
+            head = _TIMESTAMP + varint(clock(boottime)) + _FOR_TESTING
+            w.write_packet(head + bytes([len(body)]) + body)
+
+    def on_stop(self):
+        self.stopping = True
+        self.thread.join()
+'''
+
+MS = 1_000_000
+BIG_BUFFER_KB = 65536  # never wraps in these tests (asserted)
+
+
+def start_producers(rt: Runtime, names: list[str], *args: str, sources: tuple[str, ...]) -> list:
+    """Start them all, then wait for each: the cold starts overlap."""
+    procs = [rt.start_producer(n, *args, data_sources=sources, wait=False) for n in names]
+    for proc, name in zip(procs, names, strict=True):
+        rt.wait_registered(proc, *sources, name=name)
+    return procs
+
+
+def written_enough(consumer, nbytes: int) -> Callable[[], bool]:
+    return lambda: sum(b.bytes_written for b in consumer.stats().buffer_stats) >= nbytes
+
+
+def check_every_chunk_read(stats: pb.TraceStats) -> None:
+    for b in stats.buffer_stats:
+        assert b.chunks_overwritten == 0 and b.write_wrap_count == 0, "the buffer wrapped"
+        assert b.chunks_written == b.chunks_read, (b.chunks_written, b.chunks_read)
+
+
+def test_producers_writing_flat_out_until_stop_lose_no_end_and_mark_every_gap(rt):
+    rt.start_service()
+    rt.write_module("flatmod", FLAT_MODULE)
+    names = [f"flat{i}" for i in range(4)]
+    procs = start_producers(rt, names, "--module", "flatmod", sources=("test.flat",))
+    consumer = rt.consumer()
+    config = f"""
+        buffers {{ size_kb: {BIG_BUFFER_KB} fill_policy: RING_BUFFER }}
+        data_sources {{ config {{ name: "test.flat" }} }}
+    """
+    consumer.enable(text_format.Parse(config, pb.TraceConfig()))
+    wait_for(written_enough(consumer, 1 << 20), 30, "1 MiB written")
+    stop_requested = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    consumer.disable(timeout=30)
+    consumer.wait_disabled(30)
+    path = rt.dir / "flat.pftrace"
+    consumer.save(path, timeout=30)
+    check_every_chunk_read(consumer.stats())
+    trace = Trace.load(path)
+    check_every_chunk_read(trace.stats())
+    sequences = trace.producer_sequences()
+    assert {trace.pid_of(seq) for seq in sequences} == {p.pid for p in procs}
+    for seq, idx in sequences.items():
+        packets = [trace.packets[i] for i in idx]
+        counters = [p.for_testing.counter for p in packets]
+        assert counters == sorted(set(counters)), f"sequence {seq}: out of order or repeated"
+        age_ms = (stop_requested - packets[-1].timestamp) / MS
+        assert age_ms <= 100, (
+            f"sequence {seq}: the last packet is {age_ms:.0f} ms older than the stop"
+        )
+        for before, p in zip(packets, packets[1:], strict=False):
+            if p.for_testing.counter > before.for_testing.counter + 1:
+                assert p.previous_packet_dropped, (
+                    seq,
+                    before.for_testing.counter,
+                    p.for_testing.counter,
+                )
+
+
+LOG_STOPPED = re.compile(
+    r"stopped tracebus\.synthetic \(instance \d+\): \d+ writers, (\d+) packets"
+)
+LOG_WROTE = re.compile(r"tracebus\.synthetic instance \d+: wrote (\d+) packets")
+
+
+def producer_counts(rt: Runtime, name: str) -> tuple[int, int]:
+    """(packets written, packets dropped), from the producer's own log."""
+    log = (rt.dir / f"{name}.log").read_text()
+    (wrote,) = LOG_WROTE.findall(log)
+    (dropped,) = LOG_STOPPED.findall(log)
+    return int(wrote), int(dropped)
+
+
+def test_sixteen_producers_dropping_are_counted_exactly(rt):
+    rt.start_service()
+    names = [f"drop{i:02d}" for i in range(16)]
+    procs = start_producers(rt, names, "--policy", "drop", sources=("tracebus.synthetic",))
+    consumer = rt.consumer()
+    config = f"""
+        buffers {{ size_kb: {BIG_BUFFER_KB} fill_policy: RING_BUFFER }}
+        data_sources {{ config {{ name: "tracebus.synthetic"
+            for_testing {{ message_count: 1000000000 message_size: 24 seed: 7 }} }} }}
+    """
+    consumer.enable(text_format.Parse(config, pb.TraceConfig()))
+    wait_for(written_enough(consumer, 4 << 20), 30, "4 MiB written")
+    consumer.flush(10)
+    consumer.disable(timeout=30)
+    consumer.wait_disabled(30)
+    path = rt.dir / "drop.pftrace"
+    consumer.save(path, timeout=30)
+    trace = Trace.load(path)
+    stats = trace.stats()
+    check_every_chunk_read(stats)
+    by_pid = {trace.pid_of(seq): idx for seq, idx in trace.producer_sequences().items()}
+    total_dropped = 0
+    for proc, name in zip(procs, names, strict=True):
+        wrote, dropped = producer_counts(rt, name)
+        present = len(by_pid.get(proc.pid, []))
+        assert wrote == present + dropped, (name, wrote, present, dropped)
+        total_dropped += dropped
+    assert total_dropped > 0, "the producers never dropped: the test tests nothing"
+    assert sum(b.trace_writer_packet_loss for b in stats.buffer_stats) == total_dropped
