@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors import producer_host
+from actors.core.consumer_summary import SummaryInput, TraceSummary, format_summary
 from actors.producer import DataSource
 from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import Runtime
@@ -73,6 +74,28 @@ def test_a_request_racing_with_the_fast_path_is_never_lost():
     t.join()
     w.write_packet(packet)  # serves whatever was asked last
     assert tickets and served[-1][1] == tickets[-1]
+
+
+# -- the consumer's summary ----------------------------------------------------------------------
+
+
+def summary_of(stats: pb.TraceStats) -> str:
+    return format_summary(SummaryInput("t.pftrace", TraceSummary(), stats=stats))
+
+
+def test_the_summary_never_says_no_losses_while_chunks_went_unread():
+    stats = pb.TraceStats()
+    stats.buffer_stats.add(buffer_size=65536, chunks_written=80, chunks_read=74)
+    text = summary_of(stats)
+    assert "losses: none" not in text
+    assert "buffer 0: chunks not read 6" in text
+    stats.buffer_stats[0].chunks_read = 70
+    stats.buffer_stats[0].chunks_overwritten = 10
+    assert "buffer 0: chunks_overwritten 10" in summary_of(stats)
+    assert "not read" not in summary_of(stats)  # every chunk is accounted for
+    stats.buffer_stats[0].chunks_overwritten = 0
+    stats.buffer_stats[0].chunks_read = 80
+    assert "losses: none" in summary_of(stats)
 
 
 # -- the producer host: flush acks wait for every writer --------------------------------------
