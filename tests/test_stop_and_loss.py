@@ -21,6 +21,9 @@ from tests.processes import Runtime
 from tests.test_integration_sessions import Trace
 from tests.test_producer_core import Rig as ProducerRig
 from tests.test_producer_core import ds_config
+from tests.test_service_core import FakeConsumer, FakeProducer
+from tests.test_service_core import Rig as ServiceRig
+from tests.test_service_core import config as service_config
 from tests.test_writer import Rig, test_packet
 from tests.waiting import wait_for
 
@@ -292,3 +295,28 @@ def test_sixteen_producers_dropping_are_counted_exactly(rt):
         total_dropped += dropped
     assert total_dropped > 0, "the producers never dropped: the test tests nothing"
     assert sum(b.trace_writer_packet_loss for b in stats.buffer_stats) == total_dropped
+
+
+# -- the service: writer drops outlive their producer -------------------------------------------
+
+
+def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
+    rig = ServiceRig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
+    consumer.replies()
+    producer.process()
+    (writer,) = producer.writers.values()
+    writer.write_packet(b"\x40\x01")  # timestamp 1
+    writer.dropped_packets, writer.dropped_bytes = 7, 700  # as after SMB-full drops
+    writer.flush()  # the commit carries the writer's stats
+    grown = ipc.CommitDataRequest()
+    grown.writer_stats.add(writer_id=writer.writer_id, dropped_packets=9, dropped_bytes=900)
+    shrunk = ipc.CommitDataRequest()
+    shrunk.writer_stats.add(writer_id=writer.writer_id, dropped_packets=2, dropped_bytes=1)
+    rig.producer(producer.peer, commit_data=grown)
+    rig.producer(producer.peer, commit_data=shrunk)  # cumulative: never shrinks
+    rig.route(rig.core.producer_gone(producer.peer.identity, rig.now))
+    stats = consumer.read()[-1].trace_stats
+    assert [b.trace_writer_packet_loss for b in stats.buffer_stats] == [9]
