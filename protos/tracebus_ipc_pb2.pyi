@@ -307,18 +307,20 @@ class EnableTracingRequest(_message.Message):
     def __init__(self, trace_config: _Optional[bytes] = ...) -> None: ...
 
 class EnableTracingResponse(_message.Message):
-    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started")
+    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out")
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    STOP_TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     disabled: bool
     error: str
     session_id: int
     unsupported_fields: _containers.RepeatedScalarFieldContainer[str]
     started: bool
-    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ...) -> None: ...
+    stop_timed_out: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ..., stop_timed_out: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartTracingRequest(_message.Message):
     __slots__ = ()

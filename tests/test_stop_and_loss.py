@@ -320,3 +320,26 @@ def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
     rig.route(rig.core.producer_gone(producer.peer.identity, rig.now))
     stats = consumer.read()[-1].trace_stats
     assert [b.trace_writer_packet_loss for b in stats.buffer_stats] == [9]
+
+
+def test_a_stop_ack_that_never_comes_is_named_when_the_session_ends():
+    rig = ServiceRig()
+    producer = FakeProducer(rig, "prod", pid=555, ds="test.notify")
+    desc = ipc.DataSourceDescriptor(name="test.acks", will_notify_on_stop=True)
+    rig.producer(
+        producer.peer, 3, register_data_source=ipc.RegisterDataSourceRequest(descriptor=desc)
+    )
+    rig.take(producer.peer)
+    consumer = FakeConsumer(rig, "c")
+    cfg = pb.TraceConfig(data_source_stop_timeout_ms=300)
+    cfg.buffers.add(size_kb=64)
+    for name in ("test.notify", "test.acks"):
+        cfg.data_sources.add().config.name = name
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg.SerializeToString()))
+    consumer.replies()
+    consumer.send(disable_tracing=ipc.DisableTracingRequest())
+    rig.advance(299)
+    assert consumer.replies() == []  # waiting for test.acks' stop ack
+    rig.advance(1)
+    ended = [r.enable_tracing for r in consumer.replies() if r.HasField("enable_tracing")]
+    assert [(e.disabled, list(e.stop_timed_out)) for e in ended] == [(True, ["prod/test.acks"])]
