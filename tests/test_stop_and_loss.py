@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -213,11 +214,13 @@ def check_every_chunk_read(stats: pb.TraceStats) -> None:
         assert b.chunks_written == b.chunks_read, (b.chunks_written, b.chunks_read)
 
 
-def test_producers_writing_flat_out_until_stop_lose_no_end_and_mark_every_gap(rt):
+@pytest.mark.parametrize("smb_kb", [0, 16], ids=["default-smb", "16k-smb-dropping"])
+def test_producers_writing_flat_out_until_stop_lose_no_end_and_mark_every_gap(rt, smb_kb):
     rt.start_service()
     rt.write_module("flatmod", FLAT_MODULE)
     names = [f"flat{i}" for i in range(4)]
-    procs = start_producers(rt, names, "--module", "flatmod", sources=("test.flat",))
+    smb = ["--smb-size-kb", str(smb_kb)] if smb_kb else []
+    procs = start_producers(rt, names, "--module", "flatmod", *smb, sources=("test.flat",))
     consumer = rt.consumer()
     config = f"""
         buffers {{ size_kb: {BIG_BUFFER_KB} fill_policy: RING_BUFFER }}
@@ -235,6 +238,7 @@ def test_producers_writing_flat_out_until_stop_lose_no_end_and_mark_every_gap(rt
     check_every_chunk_read(trace.stats())
     sequences = trace.producer_sequences()
     assert {trace.pid_of(seq) for seq in sequences} == {p.pid for p in procs}
+    gaps = 0
     for seq, idx in sequences.items():
         packets = [trace.packets[i] for i in idx]
         counters = [p.for_testing.counter for p in packets]
@@ -245,11 +249,14 @@ def test_producers_writing_flat_out_until_stop_lose_no_end_and_mark_every_gap(rt
         )
         for before, p in zip(packets, packets[1:], strict=False):
             if p.for_testing.counter > before.for_testing.counter + 1:
+                gaps += 1
                 assert p.previous_packet_dropped, (
                     seq,
                     before.for_testing.counter,
                     p.for_testing.counter,
                 )
+    if smb_kb:  # a 16 KiB SMB cannot hold what 4 flat-out writers write meanwhile
+        assert gaps > 0, "no writer dropped: the gap check checked nothing"
 
 
 LOG_STOPPED = re.compile(
