@@ -15,7 +15,9 @@ by DataSourceConfig.for_testing (TestConfig), like Perfetto's fake producer:
 - max_messages_per_second 0 writes as fast as possible; otherwise packet i is
   not written before (i - 1) / rate seconds after the start.
 The writer is flushed after the last packet, when a flush is requested, and at
-stop; a stop before message_count packets ends the sequence early.
+stop; a stop before message_count packets ends the sequence early. At its end
+the source logs "NAME instance N: wrote K packets": every one of them is in the
+trace or among the losses trace_stats counts.
 
 `track_event` (TrackEventDataSource) writes a small timeline for
 ui.perfetto.dev: a process and a thread TrackDescriptor, then frames of nested
