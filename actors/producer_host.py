@@ -275,16 +275,18 @@ class ProducerHost:
         )  # fmt: skip
 
     def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...]) -> None:
-        """Flush the writers no other thread can be using (the loop thread's, and
-        those of ended threads), ask the others to flush, then on_flush; the ack
-        waits for the others (see the module docstring)."""
+        """Ask the writers of running threads to flush, run on_flush, then flush the
+        writers no other thread can be using (the loop thread's, so what on_flush
+        wrote is in, and those of ended threads); the ack waits for the others (see
+        the module docstring)."""
         waiting: dict[int, int] = {}
         for iid in instance_ids:
             ds = self._instances.get(iid)
             if ds is not None:
-                waiting.update(self._flush_writers(ds))
+                waiting.update(self._ask_thread_writers(ds))
                 if not ds.no_flush:
                     self._call(ds, "on_flush")
+                self._flush_own_writers(ds)
         deadline = self.clock() + int(WRITER_FLUSH_GRACE_S * 1e9)
         self._flushes.append(PendingFlush(flush_request_id, waiting, deadline))
         if self.arbiter is not None:
@@ -292,18 +294,27 @@ class ProducerHost:
         self.deliver()
         self._ack_flushes(None)
 
-    def _flush_writers(self, ds: DataSource) -> dict[int, int]:
-        """Flush what this thread may; {writer id: ticket} of the writers asked to."""
-        me = threading.current_thread()
+    @staticmethod
+    def _writers_of(ds: DataSource) -> list[tuple[threading.Thread, TraceWriter]]:
         with ds._tb_lock:
-            writers = list(ds._tb_writers)
-        asked = {}
-        for owner, w in writers:
+            return list(ds._tb_writers)
+
+    def _ask_thread_writers(self, ds: DataSource) -> dict[int, int]:
+        """request_flush on the writers of other running threads: {writer id: ticket}."""
+        me = threading.current_thread()
+        return {
+            w.writer_id: w.request_flush()
+            for owner, w in self._writers_of(ds)
+            if owner is not me and owner.is_alive()
+        }
+
+    def _flush_own_writers(self, ds: DataSource) -> None:
+        """Flush the loop thread's writers and those of threads that have ended (a
+        writer asked before its thread ended serves its ticket here)."""
+        me = threading.current_thread()
+        for owner, w in self._writers_of(ds):
             if owner is me or not owner.is_alive():
                 w.flush()
-            else:
-                asked[w.writer_id] = w.request_flush()
-        return asked
 
     # -- ending ----------------------------------------------------------------------------
 

@@ -349,3 +349,23 @@ def test_a_stop_ack_that_never_comes_is_named_when_the_session_ends():
     rig.advance(1)
     ended = [r.enable_tracing for r in consumer.replies() if r.HasField("enable_tracing")]
     assert [(e.disabled, list(e.stop_timed_out)) for e in ended] == [(True, ["prod/test.acks"])]
+
+
+class FlushWriter(DataSource):
+    """Writes one packet from on_flush, on the loop thread."""
+
+    name = "test.flush_writer"
+
+    def on_flush(self):
+        self.writer().write_packet(b"\xc8\x01\x02")
+
+
+def test_what_on_flush_writes_on_the_loop_thread_is_committed_before_the_ack():
+    rig = ProducerRig([FlushWriter])
+    rig.connect()
+    rig.setup_tracing()
+    rig.start(1, ds_config(FlushWriter.name))
+    rig.push(flush=ipc.FlushRequest(flush_request_id=4, instance_ids=[1]))
+    commits = rig.of("commit_data")
+    assert commits[-1].flush_request_id == 4  # no thread to wait for: acked at once
+    assert any(c.chunks_to_move for c in commits[:-1])
