@@ -12,7 +12,8 @@ Flush acks. A flush is acknowledged once every writer of the flushed instances
 has flushed: the host flushes the writers of its own thread and of ended
 threads itself, asks the others (TraceWriter.request_flush) and keeps a
 `PendingFlush` until each has reported its ticket back through a commit batch
-(`writers_flushed`), or until WRITER_FLUSH_GRACE_S passed: a thread that does
+(`writers_flushed`), or until a grace passed (WRITER_FLUSH_GRACE_S, at most half
+the flush's timeout_ms): a thread that does
 not write again never serves its ticket, and the service scrapes the chunk its
 writer holds after the ack. The ack follows the commits of those chunks on the
 same socket. Stop: on_stop returns once the instance's threads stopped writing;
@@ -40,6 +41,14 @@ from shm.region import Region, RegionError
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 
 WRITER_FLUSH_GRACE_S = 0.5  # how long a flush ack waits for writers of running threads
+
+
+def flush_grace_ns(timeout_ms: int) -> int:
+    """The wait for writers of running threads: WRITER_FLUSH_GRACE_S, but at most
+    half the service's timeout, so that the ack (and the scrape it lets the service
+    do) still comes in time."""
+    grace = int(WRITER_FLUSH_GRACE_S * 1e9)
+    return min(grace, timeout_ms * 500_000) if timeout_ms else grace
 
 
 @dataclass(slots=True)
@@ -136,8 +145,8 @@ class ProducerHost:
                 return
             if flush.waiting:
                 self._log.debug(
-                    "flush %d: writers %s did not flush within %g s; the service scrapes them",
-                    flush.flush_request_id, sorted(flush.waiting), WRITER_FLUSH_GRACE_S,
+                    "flush %d: writers %s did not flush in time; the service scrapes them",
+                    flush.flush_request_id, sorted(flush.waiting),
                 )  # fmt: skip
             self._flushes.pop(0)
             self.perform(self.core.flush_done(flush.flush_request_id))
@@ -198,7 +207,7 @@ class ProducerHost:
                     self._stop(iid)
                     self.perform(self.core.instance_stopped(iid))
                 case core.FlushInstances():
-                    self._flush(out.flush_request_id, out.instance_ids)
+                    self._flush(out.flush_request_id, out.instance_ids, out.timeout_ms)
                 case core.ClearIncrementalState(instance_ids=ids):
                     for iid in ids:
                         self._call(self._instances.get(iid), "on_clear_incremental_state")
@@ -274,7 +283,7 @@ class ProducerHost:
             ds.name, instance_id, len(writers), dropped, dropped_bytes,
         )  # fmt: skip
 
-    def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...]) -> None:
+    def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...], timeout_ms: int) -> None:
         """Ask the writers of running threads to flush, run on_flush, then flush the
         writers no other thread can be using (the loop thread's, so what on_flush
         wrote is in, and those of ended threads); the ack waits for the others (see
@@ -287,7 +296,7 @@ class ProducerHost:
                 if not ds.no_flush:
                     self._call(ds, "on_flush")
                 self._flush_own_writers(ds)
-        deadline = self.clock() + int(WRITER_FLUSH_GRACE_S * 1e9)
+        deadline = self.clock() + flush_grace_ns(timeout_ms)
         self._flushes.append(PendingFlush(flush_request_id, waiting, deadline))
         if self.arbiter is not None:
             self.arbiter.commit()

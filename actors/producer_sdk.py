@@ -37,7 +37,8 @@ that have ended itself; a writer of a running thread belongs to that thread (a
 TraceWriter is not thread-safe), so the SDK asks it to flush at its next write
 (TraceWriter.request_flush: a flag the writer's slow path checks, free on the
 fast path) and acknowledges the flush once every such writer has flushed, or
-after WRITER_FLUSH_GRACE_S for threads that do not write again (the service
+after a grace (producer_host.WRITER_FLUSH_GRACE_S, at most half the flush's
+timeout) for threads that do not write again (the service
 scrapes their chunks after the ack). on_flush runs after the writers were
 asked: a thread that waits for work should wake up and call its writer's
 flush() (or write).

@@ -259,14 +259,16 @@ class StopDataSource(_message.Message):
     def __init__(self, instance_id: _Optional[int] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
-    __slots__ = ("flush_request_id", "instance_ids", "flags")
+    __slots__ = ("flush_request_id", "instance_ids", "flags", "timeout_ms")
     FLUSH_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     flush_request_id: int
     instance_ids: _containers.RepeatedScalarFieldContainer[int]
     flags: int
-    def __init__(self, flush_request_id: _Optional[int] = ..., instance_ids: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, flush_request_id: _Optional[int] = ..., instance_ids: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ClearIncrementalState(_message.Message):
     __slots__ = ("instance_ids",)

@@ -370,3 +370,19 @@ def test_what_on_flush_writes_on_the_loop_thread_is_committed_before_the_ack():
     commits = rig.of("commit_data")
     assert commits[-1].flush_request_id == 4  # no thread to wait for: acked at once
     assert any(c.chunks_to_move for c in commits[:-1])
+
+
+def test_the_grace_for_running_threads_fits_in_the_services_flush_timeout():
+    default = int(producer_host.WRITER_FLUSH_GRACE_S * 1e9)
+    assert producer_host.flush_grace_ns(0) == default  # the service did not say
+    assert producer_host.flush_grace_ns(60_000) == default
+    assert producer_host.flush_grace_ns(200) == 100_000_000  # half of it
+    rig = ServiceRig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
+    consumer.replies()
+    producer.process()
+    consumer.send(flush=ipc.FlushConsumerRequest(timeout_ms=250))
+    (flush,) = [m.flush for m in rig.take(producer.peer) if m.HasField("flush")]
+    assert flush.timeout_ms == 250
