@@ -15,7 +15,9 @@ by DataSourceConfig.for_testing (TestConfig), like Perfetto's fake producer:
 - max_messages_per_second 0 writes as fast as possible; otherwise packet i is
   not written before (i - 1) / rate seconds after the start.
 The writer is flushed after the last packet, when a flush is requested, and at
-stop; a stop before message_count packets ends the sequence early.
+stop; a stop before message_count packets ends the sequence early. At its end
+the source logs "NAME instance N: wrote K packets": every one of them is in the
+trace or among the losses trace_stats counts.
 
 `track_event` (TrackEventDataSource) writes a small timeline for
 ui.perfetto.dev: a process and a thread TrackDescriptor, then frames of nested
@@ -38,6 +40,7 @@ with the generated protobuf classes.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -46,6 +49,8 @@ from actors.producer_sdk import DataSource
 from actors.track_event import TrackEvents
 from shm.protozero import LEN, VARINT, tag, varint
 from shm.writer import SMBExhaustedError, TraceWriter
+
+_log = logging.getLogger("tracebus.producer")
 
 MINSTD_MODULUS = 2147483647
 MINSTD0_MULTIPLIER = 16807
@@ -147,12 +152,14 @@ class SyntheticDataSource(_Threaded):
         w = self.writer()
         x = seed % MINSTD_MODULUS or 1
         start = time.monotonic()
+        written = 0
         for i in range(1, count + 1):
             if rate:
                 if self._pause(start + (i - 1) / rate - time.monotonic(), w):
                     break
             elif self._stopping:
                 break
+            written = i
             x = x * MINSTD0_MULTIPLIER % MINSTD_MODULUS
             try:
                 w.write_packet(synthetic_packet(seed, i, x, size, i == count))
@@ -160,6 +167,8 @@ class SyntheticDataSource(_Threaded):
                 pass  # STALL policy gave up on this packet; the writer counted it
             self._serve_flush(w)
         w.flush()
+        # What a test compares with the trace: every packet written is in it or counted lost.
+        _log.info("%s instance %d: wrote %d packets", self.name, self.instance_id, written)
 
 
 def synthetic_named(name: str) -> type[DataSource]:

@@ -7,14 +7,28 @@ messages through a `send` callable the shell provides. Commits may come from any
 thread; they are queued and sent from the loop thread (the one that created the
 host; `wake` asks it to call `deliver()`), merged into one CommitDataRequest per
 wake-up. The shell (actors/producer_shell.py) owns the socket and the timers.
+
+Flush acks. A flush is acknowledged once every writer of the flushed instances
+has flushed: the host flushes the writers of its own thread and of ended
+threads itself, asks the others (TraceWriter.request_flush) and keeps a
+`PendingFlush` until each has reported its ticket back through a commit batch
+(`writers_flushed`), or until a grace passed (WRITER_FLUSH_GRACE_S, at most half
+the flush's timeout_ms): a thread that does
+not write again never serves its ticket, and the service scrapes the chunk its
+writer holds after the ack. The ack follows the commits of those chunks on the
+same socket. Stop: on_stop returns once the instance's threads stopped writing;
+its writers are flushed and closed, their chunks and drop counts committed, and
+only then is the stop acknowledged.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from actors.core import producer_core as core
@@ -25,6 +39,25 @@ from shm.arbiter import SharedMemoryArbiter
 from shm.commits import CommitBatch
 from shm.region import Region, RegionError
 from shm.writer import BufferExhaustedPolicy, TraceWriter
+
+WRITER_FLUSH_GRACE_S = 0.5  # how long a flush ack waits for writers of running threads
+
+
+def flush_grace_ns(timeout_ms: int) -> int:
+    """The wait for writers of running threads: WRITER_FLUSH_GRACE_S, but at most
+    half the service's timeout, so that the ack (and the scrape it lets the service
+    do) still comes in time."""
+    grace = int(WRITER_FLUSH_GRACE_S * 1e9)
+    return min(grace, timeout_ms * 500_000) if timeout_ms else grace
+
+
+@dataclass(slots=True)
+class PendingFlush:
+    """A flush request waiting for writers of running threads."""
+
+    flush_request_id: int
+    waiting: dict[int, int]  # writer id -> the ticket it must serve
+    deadline_ns: int  # on ProducerHost.clock: ack anyway after it
 
 
 class ProducerHost:
@@ -42,8 +75,10 @@ class ProducerHost:
         attach_region: Callable[[str, int], Region],
         log: logging.LoggerAdapter | logging.Logger,
         on_connection_event: Callable[[core.Output], None] = lambda _out: None,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.core = producer_core
+        self.clock = clock  # ns, for the flush acks' grace
         self.data_sources = data_sources
         self.policy = BufferExhaustedPolicy(producer_core.policy)
         self._send = send
@@ -56,6 +91,7 @@ class ProducerHost:
         self._inbox: deque[TraceWriter | CommitBatch] = deque()
         self._instances: dict[int, DataSource] = {}
         self._retired: list[TraceWriter] = []  # closed writers whose drops are not reported yet
+        self._flushes: list[PendingFlush] = []  # in request order
         self.region: Region | None = None
         self.arbiter: SharedMemoryArbiter | None = None
 
@@ -68,14 +104,17 @@ class ProducerHost:
         self.perform(self.core.handle(msg, now))
 
     def tick(self, now: int) -> None:
-        """Periodic: commit what writers returned, report drops, the core's deadlines."""
+        """Periodic: commit what writers returned, report drops, overdue flush acks,
+        the core's deadlines."""
         if self.arbiter is not None:
             self.arbiter.commit()
         self.deliver()
+        self._ack_flushes(self.clock())
         self.perform(self.core.tick(now))
 
     def deliver(self) -> None:
-        """Send what other threads queued: writer registrations, then one commit."""
+        """Send what other threads queued: writer registrations, then one commit,
+        then the flush acks it completes."""
         writers: list[TraceWriter] = []
         batches: list[CommitBatch] = []
         while self._inbox:
@@ -88,6 +127,29 @@ class ProducerHost:
             self.perform(self.core.writer_created(w.writer_id, w.target_buffer))
         self.perform(self.core.commit(batches, self._writer_stats()))
         self._retired.clear()
+        served = [done for batch in batches for done in batch.writers_flushed]
+        if served and self._flushes:
+            for flush in self._flushes:
+                for writer_id, ticket in served:
+                    if flush.waiting.get(writer_id, ticket + 1) <= ticket:
+                        del flush.waiting[writer_id]
+            self._ack_flushes(None)
+
+    def _ack_flushes(self, now_ns: int | None) -> None:
+        """Acknowledge, in order, the flushes no writer is awaited for (or, given
+        `now_ns`, whose grace has passed)."""
+        while self._flushes:
+            flush = self._flushes[0]
+            overdue = now_ns is not None and now_ns >= flush.deadline_ns
+            if flush.waiting and not overdue:
+                return
+            if flush.waiting:
+                self._log.debug(
+                    "flush %d: writers %s did not flush in time; the service scrapes them",
+                    flush.flush_request_id, sorted(flush.waiting),
+                )  # fmt: skip
+            self._flushes.pop(0)
+            self.perform(self.core.flush_done(flush.flush_request_id))
 
     def _writer_stats(self) -> list[core.WriterStats]:
         writers = [w for ds in self._instances.values() for _, w in ds._tb_writers]
@@ -145,8 +207,7 @@ class ProducerHost:
                     self._stop(iid)
                     self.perform(self.core.instance_stopped(iid))
                 case core.FlushInstances():
-                    self._flush(out.instance_ids)
-                    self.perform(self.core.flush_done(out.flush_request_id))
+                    self._flush(out.flush_request_id, out.instance_ids, out.timeout_ms)
                 case core.ClearIncrementalState(instance_ids=ids):
                     for iid in ids:
                         self._clear_incremental_state(self._instances.get(iid))
@@ -219,26 +280,60 @@ class ProducerHost:
             except Exception:
                 self._log.exception("closing writer %d failed", w.writer_id)
         self._retired += [w for _, w in writers]
+        for flush in self._flushes:  # closing flushed them
+            for _, w in writers:
+                flush.waiting.pop(w.writer_id, None)
         self.deliver()  # what its threads committed, before any stop ack
+        self._ack_flushes(None)
         del self._instances[instance_id]
-        self._log.info("stopped %s (instance %d)", ds.name, instance_id)
+        dropped = sum(w.dropped_packets for _, w in writers)
+        dropped_bytes = sum(w.dropped_bytes for _, w in writers)
+        self._log.info(
+            "stopped %s (instance %d): %d writers, %d packets (%d bytes) dropped",
+            ds.name, instance_id, len(writers), dropped, dropped_bytes,
+        )  # fmt: skip
 
-    def _flush(self, instance_ids: tuple[int, ...]) -> None:
-        """on_flush, then flush the writers no other thread can be using: the loop
-        thread's, and those of threads that have ended."""
-        me = threading.current_thread()
+    def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...], timeout_ms: int) -> None:
+        """Ask the writers of running threads to flush, run on_flush, then flush the
+        writers no other thread can be using (the loop thread's, so what on_flush
+        wrote is in, and those of ended threads); the ack waits for the others (see
+        the module docstring)."""
+        waiting: dict[int, int] = {}
         for iid in instance_ids:
             ds = self._instances.get(iid)
-            if ds is None:
-                continue
-            if not ds.no_flush:
-                self._call(ds, "on_flush")
-            for owner, w in list(ds._tb_writers):
-                if owner is me or not owner.is_alive():
-                    w.flush()
+            if ds is not None:
+                waiting.update(self._ask_thread_writers(ds))
+                if not ds.no_flush:
+                    self._call(ds, "on_flush")
+                self._flush_own_writers(ds)
+        deadline = self.clock() + flush_grace_ns(timeout_ms)
+        self._flushes.append(PendingFlush(flush_request_id, waiting, deadline))
         if self.arbiter is not None:
             self.arbiter.commit()
         self.deliver()
+        self._ack_flushes(None)
+
+    @staticmethod
+    def _writers_of(ds: DataSource) -> list[tuple[threading.Thread, TraceWriter]]:
+        with ds._tb_lock:
+            return list(ds._tb_writers)
+
+    def _ask_thread_writers(self, ds: DataSource) -> dict[int, int]:
+        """request_flush on the writers of other running threads: {writer id: ticket}."""
+        me = threading.current_thread()
+        return {
+            w.writer_id: w.request_flush()
+            for owner, w in self._writers_of(ds)
+            if owner is not me and owner.is_alive()
+        }
+
+    def _flush_own_writers(self, ds: DataSource) -> None:
+        """Flush the loop thread's writers and those of threads that have ended (a
+        writer asked before its thread ended serves its ticket here)."""
+        me = threading.current_thread()
+        for owner, w in self._writers_of(ds):
+            if owner is me or not owner.is_alive():
+                w.flush()
 
     # -- ending ----------------------------------------------------------------------------
 
@@ -257,6 +352,7 @@ class ProducerHost:
         for iid in list(self._instances):
             self._stop(iid)
         self._inbox.clear()
+        self._flushes.clear()
         self.arbiter = None
         if self.region is not None:
             try:

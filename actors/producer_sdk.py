@@ -7,7 +7,7 @@ Writing a data source (the contract `--module pkg.mod` relies on)::
 
     class Counter(DataSource):
         name = "my.counter"               # what TraceConfig data_sources name
-        will_notify_on_stop = True        # optional descriptor flags
+        will_notify_on_start = True       # optional descriptor flags
 
         def on_start(self, config):       # config: perfetto DataSourceConfig
             self.thread = threading.Thread(target=self.run); self.thread.start()
@@ -30,10 +30,18 @@ Callbacks run on the producer's loop thread, one at a time, and should return
 quickly: on_setup(config), on_start(config), on_stop(), on_flush(),
 on_clear_incremental_state(). After on_stop returns the SDK owns the instance's
 writers: it flushes and closes them, commits, and only then acknowledges the
-stop. On a flush, the SDK flushes the writers used on the loop thread or by
-threads that have ended; writers of the data source's running threads belong to
-those threads (a TraceWriter is not thread-safe), so on_flush should ask them to
-flush; the service scrapes the rest of the SMB after the flush anyway.
+stop (`will_notify_on_stop` is True unless a data source says otherwise).
+
+On a flush, the SDK flushes the writers used on the loop thread or by threads
+that have ended itself; a writer of a running thread belongs to that thread (a
+TraceWriter is not thread-safe), so the SDK asks it to flush at its next write
+(TraceWriter.request_flush: a flag the writer's slow path checks, free on the
+fast path) and acknowledges the flush once every such writer has flushed, or
+after a grace (producer_host.WRITER_FLUSH_GRACE_S, at most half the flush's
+timeout) for threads that do not write again (the service
+scrapes their chunks after the ack). on_flush runs after the writers were
+asked: a thread that waits for work should wake up and call its writer's
+flush() (or write).
 """
 
 from __future__ import annotations
@@ -57,7 +65,10 @@ class DataSource:
 
     name: ClassVar[str] = ""
     will_notify_on_start: ClassVar[bool] = False
-    will_notify_on_stop: ClassVar[bool] = False
+    # True as in Perfetto's SDK: the service waits for the stop ack, which the SDK
+    # sends only once the instance's writers are flushed and committed, so that
+    # the session's final scrape and read see every chunk.
+    will_notify_on_stop: ClassVar[bool] = True
     handles_incremental_state_clear: ClassVar[bool] = False
     no_flush: ClassVar[bool] = False
 

@@ -21,10 +21,12 @@ Producer port (ROUTER, anyone local may connect; producers are untrusted)::
     P: commit_data(chunks_to_move, chunks_to_patch, flush_request_id, writer_stats)
        ... batched: one message per batch of chunks, never one per packet
     S: flush(flush_request_id, instance_ids)
-    P: commit_data(..., flush_request_id)          after flushing those writers
+    P: commit_data(..., flush_request_id)          after every writer of those instances
+                                                   flushed (or a grace: the service scrapes)
     S: clear_incremental_state(instance_ids)
     S: stop_data_source(instance_id)
-    P: commit_data(...) then data_source_stopped(instance_id) (if will_notify_on_stop)
+    P: commit_data(..., writer_stats) then data_source_stopped(instance_id)
+                                                   (will_notify_on_stop: the SDK's default)
 
   DataSourceConfig.target_buffer is the service's global buffer id: a writer
   for an instance writes into that buffer and nowhere else. The producer's pid

@@ -259,14 +259,16 @@ class StopDataSource(_message.Message):
     def __init__(self, instance_id: _Optional[int] = ...) -> None: ...
 
 class FlushRequest(_message.Message):
-    __slots__ = ("flush_request_id", "instance_ids", "flags")
+    __slots__ = ("flush_request_id", "instance_ids", "flags", "timeout_ms")
     FLUSH_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     flush_request_id: int
     instance_ids: _containers.RepeatedScalarFieldContainer[int]
     flags: int
-    def __init__(self, flush_request_id: _Optional[int] = ..., instance_ids: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, flush_request_id: _Optional[int] = ..., instance_ids: _Optional[_Iterable[int]] = ..., flags: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ClearIncrementalState(_message.Message):
     __slots__ = ("instance_ids",)
@@ -307,18 +309,20 @@ class EnableTracingRequest(_message.Message):
     def __init__(self, trace_config: _Optional[bytes] = ...) -> None: ...
 
 class EnableTracingResponse(_message.Message):
-    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started")
+    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out")
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    STOP_TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
     disabled: bool
     error: str
     session_id: int
     unsupported_fields: _containers.RepeatedScalarFieldContainer[str]
     started: bool
-    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ...) -> None: ...
+    stop_timed_out: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ..., stop_timed_out: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartTracingRequest(_message.Message):
     __slots__ = ()

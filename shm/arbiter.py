@@ -9,7 +9,9 @@ never reads a clock: the shell passes in `sleep` for the stall policy.
 
 A batch is handed over when the chunks in it reach `commit_threshold` bytes
 (half the SMB, as Perfetto does), whenever a writer stalls, and whenever the
-shell calls `commit()` (its batching timer, or a flush).
+shell calls `commit()` (its batching timer, or a flush). A writer's flush
+goes through `commit_flush`, which adds the writer to the batch's
+`writers_flushed` so the shell knows which flush requests are served.
 """
 
 from __future__ import annotations
@@ -118,6 +120,12 @@ class SharedMemoryArbiter:
             self._pending.chunks_to_patch.extend(patches)
 
     # -- commits ------------------------------------------------------------------
+
+    def commit_flush(self, writer_id: int, ticket: int) -> None:
+        """A writer flushed (serving flush request `ticket`): commit, saying so."""
+        with self._lock:
+            self._pending.writers_flushed.append((writer_id, ticket))
+        self.commit()
 
     def commit(self) -> None:
         """Hand the pending batch (if any) to on_commit, in order across threads."""

@@ -29,6 +29,14 @@ class CommitBatch:
     chunks_to_move: list[ChunkToMove] = field(default_factory=list)
     chunks_to_patch: list[ChunkToPatch] = field(default_factory=list)
     flush_request_id: int = 0
+    # (writer id, ticket): writers whose flush() ended with this batch; their
+    # chunks are in it or in an earlier one (shm/writer.py, request_flush).
+    writers_flushed: list[tuple[int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.chunks_to_move or self.chunks_to_patch or self.flush_request_id)
+        return bool(
+            self.chunks_to_move
+            or self.chunks_to_patch
+            or self.flush_request_id
+            or self.writers_flushed
+        )

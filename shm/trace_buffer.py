@@ -186,6 +186,10 @@ class TraceBuffer:
         self._stats = BufferStats(buffer_size=size)
         self._ring = RecordRing(size, self._stats)
         self._reader = BufferReader(self._ring)
+        # Packets this buffer's writers say they dropped before a chunk (SMB full),
+        # from the writer stats of commits and acks (actors/core/producers.py): kept
+        # here so that they outlive the producer that reported them.
+        self.writer_packets_dropped = 0
 
     @property
     def stats(self) -> BufferStats:

@@ -31,6 +31,15 @@ set again whenever a gap is marked (an importer drops a sequence's state at
 previous_packet_dropped) and by the SDK when the service asks for a clear; the
 owner of the state clears it when it re-emits. Setting it is off the
 per-packet path.
+
+Flushes asked from another thread: a writer belongs to one thread, so another
+thread cannot return its chunk. `request_flush()` (any thread) hands out a
+ticket and forces the next write onto the slow path (`_fast_limit = -1`), which
+calls `flush()` first; `flush()` serves every ticket handed out before it
+started and tells the arbiter (`commit_flush(writer_id, ticket)`), whose batch
+carries that news behind the writer's chunks. The fast path pays nothing for
+it. A thread that never writes again never serves its ticket: its owner waits
+a bounded time, and the service scrapes the chunk the writer still holds.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ class ChunkSource(Protocol):
     def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
     def add_patches(self, patches: list[ChunkToPatch]) -> None: ...
     def commit(self) -> None: ...
+    def commit_flush(self, writer_id: int, ticket: int) -> None: ...
     def release_writer_id(self, writer_id: int) -> None: ...
 
 
@@ -163,6 +173,8 @@ class TraceWriter:
         self._exhausted = False
         # Re-emit incremental state before relying on it (see the module docstring).
         self.incremental_state_invalid = True
+        self._flushes_asked = 0  # tickets handed out by request_flush (any thread)
+        self._flushes_served = 0  # the newest ticket a flush() covered
 
     # -- the fast path: one pre-encoded TracePacket --------------------------------
 
@@ -191,10 +203,21 @@ class TraceWriter:
         return TracePacket(self)
 
     def flush(self) -> None:
-        """Return the current chunk (if no packet is open) and commit everything."""
+        """Return the current chunk (if no packet is open) and commit everything,
+        saying which flush requests this covers. Owning thread only."""
+        ticket = self._flushes_served = self._flushes_asked  # read before the chunk goes
         if not self._in_packet and self._chunk is not None:
             self._return_chunk(last_continues=False)
-        self._arbiter.commit()
+        self._arbiter.commit_flush(self.writer_id, ticket)
+
+    def request_flush(self) -> int:
+        """Any thread: ask the owning thread to flush at its next write. Returns
+        the ticket the arbiter's commit_flush will report once served. Only one
+        thread may ask (the producer's loop thread)."""
+        ticket = self._flushes_asked + 1
+        self._flushes_asked = ticket
+        self._fast_limit = -1  # after the ticket: the slow path will see it
+        return ticket
 
     def close(self) -> None:
         self.flush()
@@ -258,6 +281,8 @@ class TraceWriter:
     def _begin_packet(self) -> None:
         if self._in_packet:
             raise RuntimeError("a packet is already open on this writer")
+        if self._flushes_asked != self._flushes_served:
+            self.flush()
         self._fast_limit = -1
         self._pos = 0
         if self._dropping and self._scratch_wrapped:
@@ -322,6 +347,10 @@ class TraceWriter:
         usable = not (self._in_packet or self._extra or self._dropping or self._chunk is None)
         if usable and self._finished < MAX_PACKETS_PER_CHUNK:
             self._fast_limit = self._end - 1
+            # After the store: a request_flush racing with it either is seen here
+            # or stores its -1 after ours (one GIL-ordered history either way).
+            if self._flushes_asked != self._flushes_served:
+                self._fast_limit = -1
         else:
             self._fast_limit = -1
 

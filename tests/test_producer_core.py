@@ -661,8 +661,11 @@ def test_a_flush_reaches_the_writing_thread_while_it_waits():
     )
     rig.pump(lambda: rig.registered)  # the first packet is written at once, the next in 200 ms
     rig.push(flush=ipc.FlushRequest(flush_request_id=3, instance_ids=[1]))
-    assert rig.of("commit_data")[-1].flush_request_id == 3
-    rig.pump(lambda: any(c.chunks_to_move for c in rig.of("commit_data")), timeout=5)
+    # The ack waits for the writing thread's flush, and follows its chunk.
+    rig.pump(lambda: any(c.flush_request_id == 3 for c in rig.of("commit_data")), timeout=5)
+    commits = rig.of("commit_data")
+    acked = next(i for i, c in enumerate(commits) if c.flush_request_id == 3)
+    assert any(c.chunks_to_move for c in commits[:acked])
     (wid,) = rig.registered
     assert [p.for_testing.counter for p in parse(rig.oracle.packets(wid)[0])] == [1]
     rig.push(stop_data_source=ipc.StopDataSource(instance_id=1))

@@ -246,7 +246,10 @@ def _loss_lines(info: SummaryInput) -> list[str]:
     stats = info.stats
     if stats is not None:
         for index, buf in enumerate(stats.buffer_stats):
-            if causes := _nonzero(buf, BUFFER_LOSSES):
+            causes = _nonzero(buf, BUFFER_LOSSES)
+            if unread := unread_chunks(buf):
+                causes = ", ".join(c for c in (causes, f"chunks not read {unread}") if c)
+            if causes:
                 lines.append(f"  buffer {index}: {causes}")
         if causes := _nonzero(stats, SERVICE_LOSSES):
             lines.append(f"  service: {causes}")
@@ -258,6 +261,14 @@ def _loss_lines(info: SummaryInput) -> list[str]:
     if not lines:
         return ["losses: none" if stats is not None else "losses: unknown (no trace stats)"]
     return ["losses:"] + lines
+
+
+def unread_chunks(buf: pb.TraceStats.BufferStats) -> int:
+    """Chunks a buffer took in that neither reached the trace nor were overwritten
+    (a chunk discarded was never written, so it is not among them): nonzero means
+    the trace lacks data no other counter covers, e.g. a chunk committed after
+    the last read."""
+    return buf.chunks_written - buf.chunks_read - buf.chunks_overwritten
 
 
 def _buffer_lines(info: SummaryInput) -> list[str]:

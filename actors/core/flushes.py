@@ -37,7 +37,10 @@ class Flushes:
                 continue
             flush.producers.add(producer_id)
             req = ipc.FlushRequest(
-                flush_request_id=flush.id, instance_ids=instance_ids, flags=flags
+                flush_request_id=flush.id,
+                instance_ids=instance_ids,
+                flags=flags,
+                timeout_ms=timeout_ns // 1_000_000,
             )
             self._ctx.out.to_producer(producer.peer, flush=req)
         session.flushes[flush.id] = flush

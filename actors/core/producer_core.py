@@ -109,6 +109,7 @@ class StopInstance:
 class FlushInstances:
     flush_request_id: int
     instance_ids: tuple[int, ...]
+    timeout_ms: int = 0  # the service's wait for the ack; 0 if it did not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +421,7 @@ class ProducerCore:
     def _on_flush(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         cmd = msg.flush
         ids = tuple(i for i in cmd.instance_ids if i in self.instances)
-        return [FlushInstances(cmd.flush_request_id, ids)]
+        return [FlushInstances(cmd.flush_request_id, ids, cmd.timeout_ms)]
 
     def flush_done(self, flush_request_id: int) -> list[Output]:
         """The shell flushed and committed: ack, even if nothing was pending."""

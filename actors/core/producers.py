@@ -224,8 +224,12 @@ class CommitPath:
             return
         drops = producer.drops.setdefault(stats_untrusted.writer_id, WriterDrops(target))
         # Cumulative counters: a producer may only make its own numbers grow.
-        drops.packets = max(drops.packets, stats_untrusted.dropped_packets)
+        grown = max(0, stats_untrusted.dropped_packets - drops.packets)
+        drops.packets += grown
         drops.bytes = max(drops.bytes, stats_untrusted.dropped_bytes)
+        buffer = self._buffers.get(drops.target_buffer)
+        if buffer is not None:  # the buffer's total outlives the producer
+            buffer.writer_packets_dropped += grown
 
     def scrape(self, producer: ProducerEntry, buffer_ids: set[int]) -> int:
         """Copy chunks still in the SMB (complete or being written) of writers

@@ -125,10 +125,5 @@ class ServiceContext:
         )
 
     def _buffer_report(self, buffer_id: int) -> reports.BufferReport:
-        dropped = sum(
-            d.packets
-            for p in self.producers.values()
-            for d in p.drops.values()
-            if d.target_buffer == buffer_id
-        )
-        return reports.BufferReport(self.buffers[buffer_id].stats, dropped)
+        buffer = self.buffers[buffer_id]
+        return reports.BufferReport(buffer.stats, buffer.writer_packets_dropped)

@@ -232,17 +232,25 @@ class SessionControl:
         stopping = [i for i in session.instances.values() if i.state in AWAITING_STOP_ACK]
         if stopping and not force:
             return
+        overdue = session.stop_deadline is not None and now >= session.stop_deadline
+        timed_out = []
         for instance in stopping:  # its stop ack never came
             apply(instance, InstanceEvent.STOPPED)
             producer = self._ctx.producers.by_id(instance.producer_id)
             if producer is not None:
                 self._notify_instance(session, instance, producer)
+                if overdue:  # (not when freed at once: nobody waited)
+                    timed_out.append(f"{producer.name}/{instance.name}")
         apply(session, SessionEvent.STOPPED)
         session.stop_deadline = None
+        # After every stop ack (or the timeout): the last scrape, so that nothing a
+        # stopped writer committed reaches a buffer after the consumer's final read.
         self._ctx.scrape_session(session)
         self._ctx.service_event(session, "tracing_disabled")
         out = self._ctx.out
-        reply = ipc.EnableTracingResponse(disabled=True, session_id=session.id)
+        reply = ipc.EnableTracingResponse(
+            disabled=True, session_id=session.id, stop_timed_out=timed_out
+        )
         out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
