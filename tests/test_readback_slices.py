@@ -119,6 +119,26 @@ def test_the_time_budget_ends_a_slice_after_one_batch(chunks_16mib):
     assert max(calls[:-1]) <= readback.READ_BATCH_BYTES * 5 // 4  # one batch, with trailers
 
 
+def test_a_read_waits_while_its_consumer_has_not_taken_its_slices(chunks_16mib):
+    """Flow control: while the shell says a consumer may not be sent more (its
+    earlier slices still wait), its read gets no slice and is not pending work;
+    once it may, the read resumes where it stood, so the service holds a few
+    slices for a slow reader, never its whole trace."""
+    core = filled_core(chunks_16mib[:1000])
+    send(core, READER, 2, read_buffers=ipc.ReadBuffersRequest())
+    first = messages(core.continue_reads(NOW), READER)
+    assert first and first[-1].read_buffers.has_more
+    backed_up = SliceBudget(may_send=lambda consumer: consumer != READER.identity)
+    for _ in range(3):
+        assert messages(core.continue_reads(NOW, backed_up), READER) == []
+    assert not core.pending_work(backed_up.may_send) and core.pending_work()
+    rest: list[ipc.ServiceToConsumer] = []
+    while core.pending_work():
+        rest += messages(core.continue_reads(NOW), READER)
+    one_step = read_in_one_step(filled_core(chunks_16mib[:1000]))
+    assert packets_of(first + rest) == packets_of(one_step)
+
+
 def test_the_sliced_read_stamps_every_packet_exactly_as_written(chunks_16mib):
     chunks = chunks_16mib[:400]
     core = filled_core(chunks)

@@ -18,7 +18,7 @@ class SlicedCore:
         self.events = events
         self.budgets: list[SliceBudget] = []
 
-    def pending_work(self) -> bool:
+    def pending_work(self, may_send=lambda _consumer: True) -> bool:
         return self.left > 0
 
     def continue_reads(self, now: int, budget: SliceBudget) -> list:
