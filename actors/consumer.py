@@ -291,6 +291,11 @@ class Consumer:
     def session_error(self) -> str:
         return self._ended.error if self._ended else ""
 
+    @property
+    def stop_timed_out(self) -> tuple[str, ...]:
+        """The data sources whose stop ack did not come in time (see SessionEnded)."""
+        return self._ended.stop_timed_out if self._ended else ()
+
     def enable(self, config: ConfigLike, *, timeout: float = DEFAULT_TIMEOUT) -> EnableResult:
         """Set up a session (and start it unless deferred_start). The result names the
         config fields the service does not implement."""

@@ -121,6 +121,9 @@ class Recording:
             consumer.start()
         started = self.started = time.monotonic()
         self._wait_for_end(consumer)
+        if consumer.stop_timed_out:
+            late = ", ".join(consumer.stop_timed_out)
+            self.notes.append(f"no stop ack in time from {late}: what they wrote later is not read")
         read_started = time.monotonic()
         self._read_back(consumer, file)
         self.read_complete = True

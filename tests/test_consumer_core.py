@@ -147,6 +147,16 @@ def test_two_phase_enable():
     assert core.session is SessionView.ENDED
 
 
+def test_the_end_of_a_session_names_data_sources_whose_stop_ack_was_late():
+    core = connected()
+    request = core.enable_tracing(pb.TraceConfig().SerializeToString(), now=0, timeout_ns=S)
+    first = ipc.EnableTracingResponse(started=True, session_id=7)
+    core.handle(PEER, reply(request.request_id, enable_tracing=first), 0)
+    second = ipc.EnableTracingResponse(disabled=True, stop_timed_out=["p/ds", "q/ds"])
+    events = core.handle(PEER, reply(request.request_id, enable_tracing=second), S)
+    assert events == [SessionEnded(request.request_id, "", ("p/ds", "q/ds"))]
+
+
 def test_session_ending_with_an_error():
     core = connected()
     request = core.enable_tracing(b"", now=0, timeout_ns=S)

@@ -157,6 +157,9 @@ class SessionEnded:
 
     request_id: int
     error: str
+    # Data sources ("producer/data source") whose stop ack did not come in time:
+    # the session was read without them, what they commit later is not in it.
+    stop_timed_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,7 @@ class ConsumerCore:
             return [Notice("ignored a second enable_tracing reply that does not say 'disabled'")]
         del self._pending[request_id]
         self.session, self.session_error = SessionView.ENDED, reply.error
-        return [SessionEnded(request_id, reply.error)]
+        return [SessionEnded(request_id, reply.error, tuple(reply.stop_timed_out))]
 
     def _on_flush(
         self, request_id: int, pending: _Pending, reply: ipc.FlushConsumerResponse, now: int
