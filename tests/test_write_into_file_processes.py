@@ -116,7 +116,7 @@ from pathlib import Path
 
 
 def main(tracing):
-    result = tracing.record(Path({str(rt.dir / 'script.pbtxt')!r}), {str(out)!r})
+    result = tracing.record(Path({str(rt.dir / "script.pbtxt")!r}), {str(out)!r})
     print("packets", result.packets, "bytes", result.bytes)
 """,
     )
