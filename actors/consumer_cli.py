@@ -195,8 +195,12 @@ class Recording:
             return
         except Interrupted:
             name = signal.Signals(self.signals.signum).name
-            then = "the service writes the rest" if self.config.write_into_file else "reading back"
-            _say(f"{name}: flushing, stopping, {then} (again to abort)")
+            then = (
+                "letting the service write the rest"
+                if self.config.write_into_file
+                else "reading back"
+            )
+            _say(f"{name}: flushing, stopping and {then} (again to abort)")
         except RequestTimeout:
             _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
         flush_timeout = self._timeout("flush_timeout_ms", 5000)
