@@ -15,6 +15,7 @@ from actors.core.outbox import AppendToFile, CloseFile, ToConsumer
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
 from benchmarks.readback_core import chunks_of
 from protos import tracebus_ipc_pb2 as ipc
+from shm.protozero import varint
 
 CONSUMER = Peer(b"consumer", 77, 1000)
 PRODUCER_ID, UID, PID = 3, 1000, 4242
@@ -262,3 +263,47 @@ def test_a_stop_during_a_drain_is_followed_by_one_more_drain(chunks_256kib):
     stats = trace.packet[-1].trace_stats.buffer_stats[0]
     assert stats.chunks_read == stats.chunks_written == len(chunks_256kib)
     assert len(producer_timestamps(trace)) == len(set(producer_timestamps(trace))) > 3000
+
+
+def test_drains_and_a_consumers_read_take_turns_when_time_runs_out(chunks_256kib):
+    """A read that fills every turn does not starve a file's drain, nor the reverse."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib)
+    reader = Peer(b"reader", 78, 1000)
+    cfg = pb.TraceConfig()
+    cfg.buffers.add(size_kb=512)
+    enable_reader = ipc.EnableTracingRequest(trace_config=cfg.SerializeToString())
+    core.handle_consumer(
+        reader, ipc.ConsumerToService(request_id=1, enable_tracing=enable_reader), NOW
+    )
+    reader_buffer = core.buffers[core.sessions[2].buffer_ids[0]]
+    for writer_id, chunk_id, count, flags, payload in chunks_256kib:
+        reader_buffer.copy_chunk_untrusted(
+            PRODUCER_ID, UID, PID, writer_id, chunk_id, count, flags, True, payload
+        )
+    read = ipc.ConsumerToService(request_id=2, read_buffers=ipc.ReadBuffersRequest())
+    core.handle_consumer(reader, read, NOW)
+    files.take(core.on_timer(NOW + 100 * MS))
+    always_up = SliceBudget(time_up=lambda: True)
+    turns = []
+    for _ in range(4):
+        outputs = core.continue_reads(NOW + 100 * MS, always_up)
+        turns.append({type(o).__name__ for o in outputs})
+    assert {"AppendToFile"} in turns and {"ToConsumer"} in turns
+
+
+def test_the_packets_of_a_trace_file_are_read_back_in_batches_without_a_torn_end(tmp_path):
+    from actors.consumer import split_trace, trace_file_batches
+
+    packets = [bytes([i % 251]) * (i * 37 % 3000) for i in range(400)]
+    data = b"".join(b"\x0a" + varint(len(p)) + p for p in packets)
+    assert split_trace(data) == (packets, len(data))
+    assert split_trace(data[:-1]) == (
+        packets[:-1],
+        len(data) - len(b"\x0a" + varint(len(packets[-1])) + packets[-1]),
+    )
+    path = tmp_path / "t.pftrace"
+    path.write_bytes(data + b"\x0a\x85")  # a torn last packet: left out
+    batches = list(trace_file_batches(path, read_bytes=1000))
+    assert len(batches) > 100 and [p for b in batches for p in b] == packets

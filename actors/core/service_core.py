@@ -75,6 +75,7 @@ class ServiceCore:
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
         self._files = FileWrites(ctx, self._control)
+        self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
         c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)
         # initialize_connection is handled before the table: it has no producer yet.
@@ -189,9 +190,17 @@ class ServiceCore:
     def continue_reads(self, now: int, budget: SliceBudget = UNTIMED_SLICE) -> list[Output]:
         """The next slice of each pending read and of each drain into a file
         (write_into_file), within `budget` (its time_up is the shell's clock)."""
-        self._consumer_port.continue_reads(budget)
-        if not budget.time_up():
+        # Consumers' reads and file drains go first in turn, so that neither starves
+        # the other when a turn's time runs out.
+        self._drains_first = not self._drains_first
+        if self._drains_first:
             self._files.continue_drains(budget, now)
+            if not budget.time_up():
+                self._consumer_port.continue_reads(budget)
+        else:
+            self._consumer_port.continue_reads(budget)
+            if not budget.time_up():
+                self._files.continue_drains(budget, now)
         return self._ctx.out.drain()
 
     # -- timers -----------------------------------------------------------------------
