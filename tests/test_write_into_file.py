@@ -13,9 +13,11 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.outbox import AppendToFile, CloseFile, ToConsumer
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
+from actors.data_sources import synthetic_packet
 from benchmarks.readback_core import chunks_of
 from protos import tracebus_ipc_pb2 as ipc
 from shm.protozero import varint
+from tests.test_service_core import FakeConsumer, FakeProducer, Rig
 
 CONSUMER = Peer(b"consumer", 77, 1000)
 PRODUCER_ID, UID, PID = 3, 1000, 4242
@@ -307,3 +309,70 @@ def test_the_packets_of_a_trace_file_are_read_back_in_batches_without_a_torn_end
     path.write_bytes(data + b"\x0a\x85")  # a torn last packet: left out
     batches = list(trace_file_batches(path, read_bytes=1000))
     assert len(batches) > 100 and [p for b in batches for p in b] == packets
+
+
+class FileRig(Rig):
+    """test_service_core's Rig (real TraceWriters through FakeProducer) with a file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files = FakeFiles()
+        clocks = Clocks(lambda: [(6, self.now), (3, self.now)], lambda: self.now)
+        self.core = ServiceCore(self._factory, clocks, 0, 100, open_file=self.files.open)
+
+    def route(self, outputs):
+        for out in outputs:
+            if isinstance(out, AppendToFile | CloseFile):
+                self.files.take([out])
+            else:
+                super().route([out])
+
+
+def test_drains_go_on_while_the_stop_acks_are_awaited_and_the_end_waits_for_both():
+    rig = FileRig()
+    producer = FakeProducer(rig, "p", pid=555)  # and a data source that acks its stop:
+    desc = ipc.DataSourceDescriptor(name="slow_stop", will_notify_on_stop=True)
+    rig.producer(
+        producer.peer, 3, register_data_source=ipc.RegisterDataSourceRequest(descriptor=desc)
+    )
+    rig.take(producer.peer)
+    cfg = config(buffer_kib=256, file_write_period_ms=100)
+    cfg.data_sources.add().config.name = "slow_stop"
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(
+        enable_tracing=ipc.EnableTracingRequest(
+            trace_config=cfg.SerializeToString(), output_path=PATH
+        )
+    )
+    producer.process()
+    (writer,) = producer.writers.values()
+    for i in range(200):
+        writer.write_packet(synthetic_packet(1, i + 1, i, 100, False))
+    writer.flush()
+    rig.advance(100)
+    rig.idle()
+    assert len(counters(rig.files.trace())) == 200
+
+    consumer.send(disable_tracing=ipc.DisableTracingRequest())
+    (instance_id,) = producer.writers
+    for i in range(200, 300):  # written while the service waits for the stop ack
+        writer.write_packet(synthetic_packet(1, i + 1, i, 100, False))
+    writer.flush()
+    rig.advance(100)
+    rig.idle()
+    assert len(counters(rig.files.trace())) == 300 and not rig.files.closed
+    assert not [m for m in consumer.replies() if m.enable_tracing.disabled]
+
+    stopped = ipc.NotifyDataSourceStopped(instance_id=instance_id)
+    rig.producer(producer.peer, data_source_stopped=stopped)
+    rig.idle()
+    assert rig.files.closed
+    assert [
+        m.enable_tracing.disabled for m in consumer.replies() if m.HasField("enable_tracing")
+    ] == [True]
+    trace = rig.files.trace()
+    assert counters(trace) == list(range(1, 301)) and trace.packet[-1].HasField("trace_stats")
+
+
+def counters(trace: pb.Trace) -> list[int]:
+    return [p.for_testing.counter for p in trace.packet if p.HasField("for_testing")]

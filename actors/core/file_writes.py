@@ -3,10 +3,8 @@ every file_write_period_ms, in bounded slices between other work, and writes
 the last drain and trace_stats when the session ends (file_sink.py holds the
 records and the bytes; the shell does the file I/O).
 
-    enable ──open──► drain every period (while STARTED) ──stop──► last drain
-                                                                   + trace_stats
-                                                                   CloseFile
-                                                                   end reply
+    enable ──open──► drain every period ──────────────────► last drain, trace_stats,
+                     (from the start until the stop acks)       CloseFile, end reply
 
 A drain is a readback.PendingRead whose sink is the file: continue_reads
 takes one slice of each drain under way per loop turn, as for a consumer's
@@ -24,7 +22,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback
 from actors.core.file_sink import SessionFile, output_path, trace_bytes, write_period_ns
-from actors.core.lifecycle import RECORDING_SESSION, SessionEvent, can_apply
+from actors.core.lifecycle import TAKING_DATA_SESSION, SessionEvent, can_apply
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import Session
@@ -60,7 +58,7 @@ class FileWrites:
         if file is None or file.next_drain is None or file.next_drain > now:
             return
         file.next_drain = now + file.period_ns  # from now: a late timer must not burst
-        if file.read is None and session.state in RECORDING_SESSION:
+        if file.read is None and session.state in TAKING_DATA_SESSION:
             file.start_read(session.id)
 
     def deadlines(self) -> list[int]:
