@@ -10,7 +10,10 @@ renames it into place, prints a summary on stderr and frees the session. Exit
 codes: 0 done, 1 session or service error, 2 bad config or usage, 130
 interrupted (after writing what was read). Nothing read is thrown away: if the
 service dies or stops answering mid-read, every complete packet received is
-written to OUT (a valid, incomplete trace) and the exit code is 1.
+written to OUT (a valid, incomplete trace) and the exit code is 1. With
+write_into_file in the config, the service writes OUT itself as the session
+runs (enable(..., output_path=OUT)); the CLI then only waits for the end and
+summarizes the file (trace_file_batches reads its packets back).
 
 Scripts use the same pieces::
 
