@@ -6,6 +6,7 @@ at the limit; a script's tracing.record() does the same."""
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -132,3 +133,22 @@ def main(tracing):
     assert written and written == list(range(1, len(written) + 1))
     assert trace.packet[-1].HasField("trace_stats")
     assert f"packets {len(trace.packet)} bytes {out.stat().st_size}" in rt.logs() + (stdout or "")
+
+
+def test_ctrl_c_ends_the_session_and_the_service_finishes_the_file(rt: Runtime):
+    rt.start_service()
+    rt.start_producer("writer")
+    config = synthetic_config(
+        duration_ms=60_000, count=0x7FFFFFFF, rate=1000, size=200,
+        file_fields="file_write_period_ms: 100",
+    )  # fmt: skip
+    proc, out = rt.start_record(config, "interrupted")
+    wait_for(lambda: out.exists() and out.stat().st_size > 10_000, 30.0, "the first drains")
+    proc.send_signal(signal.SIGINT)
+    _, err = rt.communicate(proc, timeout=30.0)
+    assert proc.returncode == 130, err
+    trace = load(out)
+    written = counters(trace)
+    assert written == list(range(1, len(written) + 1))
+    assert trace.packet[-1].HasField("trace_stats")
+    assert "losses: none" in err
