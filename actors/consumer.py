@@ -10,7 +10,10 @@ renames it into place, prints a summary on stderr and frees the session. Exit
 codes: 0 done, 1 session or service error, 2 bad config or usage, 130
 interrupted (after writing what was read). Nothing read is thrown away: if the
 service dies or stops answering mid-read, every complete packet received is
-written to OUT (a valid, incomplete trace) and the exit code is 1.
+written to OUT (a valid, incomplete trace) and the exit code is 1. With
+write_into_file in the config, the service writes OUT itself as the session
+runs (enable(..., output_path=OUT)); the CLI then only waits for the end and
+summarizes the file (trace_file_batches reads its packets back).
 
 Scripts use the same pieces::
 
@@ -76,6 +79,7 @@ from actors.endpoints import default_consumer_endpoint
 from actors.loop import Loop
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
+from shm.protozero import read_varint
 
 log = logging.getLogger("tracebus.consumer")
 
@@ -197,6 +201,32 @@ class TraceFile:
         self.discard()
 
 
+def trace_file_batches(path: str | os.PathLike, read_bytes: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The packets of a Perfetto trace file, a batch per read of about
+    read_bytes; a torn end (a packet cut short) is left out."""
+    with open(path, "rb") as f:
+        pending = b""
+        while data := f.read(read_bytes):
+            buffered = pending + data
+            batch, used = split_trace(buffered)
+            pending = buffered[used:]
+            if batch:
+                yield batch
+
+
+def split_trace(data: bytes) -> tuple[list[bytes], int]:
+    """(the whole Trace.packet fields at the start of `data`, bytes they take)."""
+    packets: list[bytes] = []
+    i, end = 0, len(data)
+    while i < end and data[i] == 0x0A:  # Trace.packet (1), length-delimited
+        size, start = read_varint(data, i + 1, end)
+        if start < 0 or start + size > end:
+            break
+        packets.append(data[start : start + size])
+        i = start + size
+    return packets, i
+
+
 # -- the blocking API ------------------------------------------------------------------------
 
 
@@ -296,13 +326,24 @@ class Consumer:
         """The data sources whose stop ack did not come in time (see SessionEnded)."""
         return self._ended.stop_timed_out if self._ended else ()
 
-    def enable(self, config: ConfigLike, *, timeout: float = DEFAULT_TIMEOUT) -> EnableResult:
+    def enable(
+        self,
+        config: ConfigLike,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        output_path: str | os.PathLike | None = None,
+    ) -> EnableResult:
         """Set up a session (and start it unless deferred_start). The result names the
-        config fields the service does not implement."""
+        config fields the service does not implement. With write_into_file in the
+        config, the service writes the trace to `output_path` (made absolute here;
+        None: the config's output_path) and the session cannot be read back."""
         self.config = load_config(config)
         self._ended = None
         data = self.config.SerializeToString()
-        result = self._call(self._core.enable_tracing(data, **self._t(timeout)))
+        request = self._core.enable_tracing(data, **self._t(timeout))
+        if output_path is not None:
+            request.enable_tracing.output_path = os.path.abspath(output_path)
+        result = self._call(request)
         if result.unsupported_fields:
             fields = ", ".join(result.unsupported_fields)
             log.warning("warning: the service does not implement these config fields: %s", fields)

@@ -3,9 +3,12 @@
 Argument parsing and one Recording: connect, enable the session, wait for its
 end (duration_ms, or Ctrl-C: then flush and disable), read the trace back into
 a TraceFile as it arrives, print the summary (actors/core/consumer_summary.py)
-on stderr and free the session. When the service dies or stops answering, or a
-second Ctrl-C aborts, the complete packets read so far are still written (the
-summary says the trace is incomplete) and the exit code says it failed.
+on stderr and free the session. With write_into_file in the config, the
+service writes OUT itself (the CLI passes it the absolute path) and the CLI
+reads nothing back: it waits for the end and summarizes the file. When the
+service dies or stops answering, or a second Ctrl-C aborts, the complete
+packets read so far are still written (the summary says the trace is
+incomplete) and the exit code says it failed.
 actors/consumer.py runs main() when executed as a module; the blocking Consumer
 API it uses is there.
 """
@@ -32,6 +35,7 @@ from actors.consumer import (
     TraceFile,
     load_config,
     parse_config,
+    trace_file_batches,
 )
 from actors.core.consumer_core import (
     ConfigError,
@@ -106,24 +110,16 @@ class Recording:
                 self.consumer.close()
 
     def _record(self) -> int:
+        if self.config.write_into_file:
+            return self._record_by_the_service()
         # run() owns both (it discards and closes them); the steps get them as values.
         try:
             file = self.file = TraceFile(self.out)
         except OSError as e:
             raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
-        consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
-        self.consumer = consumer
-        enabled = consumer.enable(self.config)
-        self.session_id = enabled.session_id
-        self.signals.target = consumer  # from now on Ctrl-C stops and reads back
-        self._learn_producers(consumer)
-        if self.config.deferred_start and not enabled.started:
-            consumer.start()
-        started = self.started = time.monotonic()
-        self._wait_for_end(consumer)
-        if consumer.stop_timed_out:
-            late = ", ".join(consumer.stop_timed_out)
-            self.notes.append(f"no stop ack in time from {late}: what they wrote later is not read")
+        consumer = self._run_session()
+        assert self.started is not None  # set by _run_session
+        started = self.started
         read_started = time.monotonic()
         self._read_back(consumer, file)
         self.read_complete = True
@@ -134,6 +130,41 @@ class Recording:
         info.readback_seconds, info.file_bytes = time.monotonic() - read_started, file.bytes
         summary = format_summary(info)
         print(summary, file=sys.stderr, flush=True)
+        return self.signals.exit_code if self.signals.signum else EXIT_OK
+
+    def _run_session(self, output_path: Path | None = None) -> Consumer:
+        """Connect, enable (and start), and wait for the session's end."""
+        consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
+        self.consumer = consumer
+        enabled = consumer.enable(self.config, output_path=output_path)
+        self.session_id = enabled.session_id
+        self.signals.target = consumer  # from now on Ctrl-C stops the session
+        self._learn_producers(consumer)
+        if self.config.deferred_start and not enabled.started:
+            consumer.start()
+        self.started = time.monotonic()
+        self._wait_for_end(consumer)
+        if consumer.stop_timed_out:
+            late = ", ".join(consumer.stop_timed_out)
+            self.notes.append(f"no stop ack in time from {late}: what they wrote later is not read")
+        return consumer
+
+    def _record_by_the_service(self) -> int:
+        """write_into_file: the service writes OUT as the session runs and closes it
+        before it says the session ended; nothing is read back here. The summary
+        counts the packets in the file, with the session's trace_stats."""
+        consumer = self._run_session(output_path=self.out.absolute())
+        assert self.started is not None  # set by _run_session
+        seconds = time.monotonic() - self.started
+        stats = self._finish(consumer)
+        info = self._summary_input(self.session_id, seconds, stats)
+        try:
+            for batch in trace_file_batches(self.out):
+                self.summary.add_all(batch)
+            info.file_bytes = self.out.stat().st_size
+        except OSError as e:
+            self.notes.append(f"cannot read the trace the service wrote: {e.strerror}")
+        print(format_summary(info), file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
 
     def _keep_what_was_read(self, failure: str) -> None:
@@ -167,7 +198,12 @@ class Recording:
             return
         except Interrupted:
             name = signal.Signals(self.signals.signum).name
-            _say(f"{name}: flushing, stopping and reading back (again to abort)")
+            then = (
+                "letting the service write the rest"
+                if self.config.write_into_file
+                else "reading back"
+            )
+            _say(f"{name}: flushing, stopping and {then} (again to abort)")
         except RequestTimeout:
             _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
         flush_timeout = self._timeout("flush_timeout_ms", 5000)

@@ -7,6 +7,8 @@ uid come from the kernel (libzmq's Peer-Address property of an ipc:// peer);
 a pidfd per peer tells the service within a poll round that the process died.
 SIGINT/SIGTERM stop every session, release every SMB and exit 0, within the
 shutdown timeout whatever the peers do (past it the process exits 1 at once).
+A write_into_file session's trace file is opened, appended to and closed here
+(TraceFiles), as the core says (actors/core/file_sink.py).
 
 The service never waits on a peer. Sends are NOBLOCK; a peer whose pipe is
 full gets a bounded queue (actors/peer_queues.py), retried on a short timer.
@@ -34,7 +36,16 @@ from pathlib import Path
 
 import zmq
 
-from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget, ToConsumer, ToProducer
+from actors.core.service_core import (
+    AppendToFile,
+    Clocks,
+    CloseFile,
+    Peer,
+    ServiceCore,
+    SliceBudget,
+    ToConsumer,
+    ToProducer,
+)
 from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
@@ -87,6 +98,46 @@ class ServedSmb:
         self.region.close()
 
 
+class TraceFiles:
+    """The trace files of write_into_file sessions: the service opens the path a
+    consumer names (consumers run as the service's user), and appends and closes
+    as the core says (actors/core/file_sink.py). An error writing one is logged
+    and ends the writes to that file, never the service."""
+
+    def __init__(self) -> None:
+        self.fds: dict[int, int] = {}  # file id (the fd) -> fd
+        self.paths: dict[int, str] = {}
+
+    def open(self, path: str) -> int:
+        """Raises OSError (the core refuses the session with it)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.fds[fd] = fd
+        self.paths[fd] = path
+        return fd
+
+    def append(self, file_id: int, data: bytes) -> None:
+        fd = self.fds.get(file_id)
+        if fd is None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            log(f"writing {self.paths[file_id]} failed: {e.strerror}; no more is written to it")
+            self.close(file_id)
+
+    def close(self, file_id: int) -> None:
+        fd = self.fds.pop(file_id, None)
+        self.paths.pop(file_id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_all(self) -> None:
+        for file_id in list(self.fds):
+            self.close(file_id)
+
+
 def snapshot_clocks() -> list[tuple[int, int]]:
     return [(clock_id, time.clock_gettime_ns(clk)) for clock_id, clk in CLOCKS]
 
@@ -127,7 +178,10 @@ class ServiceShell:
         self.producer_sock = self._bind(producer_endpoint, private=False)
         self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
-        self.core = ServiceCore(ServedSmb, clocks, os.getuid(), os.getpid(), limits)
+        self.files = TraceFiles()
+        self.core = ServiceCore(
+            ServedSmb, clocks, os.getuid(), os.getpid(), limits, open_file=self.files.open
+        )
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.pids: dict[tuple[str, bytes], int] = {}
         timeout_ns = int(peer_send_timeout_s * 1e9)
@@ -312,6 +366,12 @@ class ServiceShell:
     def _send_all(self, outputs: list) -> None:
         now = time.monotonic_ns()
         for out in outputs:
+            if isinstance(out, AppendToFile):
+                self.files.append(out.file_id, out.data)
+                continue
+            if isinstance(out, CloseFile):
+                self.files.close(out.file_id)
+                continue
             side = "p" if isinstance(out, ToProducer) else "c"
             if (side, out.identity) in self.given_up:
                 self.core.counters.given_up_messages_dropped += 1
@@ -405,6 +465,7 @@ class ServiceShell:
         os._exit(1)  # the kernel releases every SMB and socket with the process
 
     def close(self) -> None:
+        self.files.close_all()
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()

@@ -15,7 +15,8 @@ next_event), plus
 - `tracing.record(config, output=None, duration_s=None, during=None)`: a whole
   session, as the record CLI runs it, written to `output` even when
   interrupted or when the service goes away mid-read (`during(tracing)` runs
-  once it started);
+  once it started); with write_into_file in the config, the service writes
+  `output` itself as the session runs;
 - `tracing.save(path=None)`: Consumer.save (it streams into the file, and keeps
   what it read if the service dies mid-read); without a path, the consumer's
   `output:` from the topology (--output);
@@ -51,6 +52,7 @@ from actors.consumer import (
     ConfigLike,
     Consumer,
     load_config,
+    trace_file_batches,
 )
 from actors.core.consumer_core import (
     ConsumerError,
@@ -130,7 +132,8 @@ class Tracing(Consumer):
         (else the config's duration_ms), stop, save, free. Interrupted: the trace is
         still written, then Interrupted is raised again."""
         trace_config = load_config(config)
-        self.enable(trace_config)
+        path = self._output_path(output) if trace_config.write_into_file else None
+        self.enable(trace_config, output_path=path)
         interrupted = None
         try:
             if during is not None:
@@ -140,11 +143,27 @@ class Tracing(Consumer):
             interrupted = e
         if not self.session_ended:
             self.stop()
-        result = self.save(output)
+        result = self.save(output) if path is None else self._written_by_the_service(path)
         self.free()
         if interrupted is not None:
             raise interrupted
         return result
+
+    def _output_path(self, output: str | os.PathLike | None) -> Path:
+        """Where a write_into_file session goes: `output`, else the topology's."""
+        path = Path(output) if output is not None else self.output
+        if path is None:
+            raise UsageError("record: no output given and no output: in the topology")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.absolute()
+
+    def _written_by_the_service(self, path: Path) -> ReadResult:
+        """write_into_file: the service wrote and closed `path` before the session's end;
+        what it holds, counted as a read would be."""
+        packets = sum(len(batch) for batch in trace_file_batches(path))
+        size = path.stat().st_size
+        self.saved.append(str(path.resolve()))
+        return ReadResult(packets=packets, bytes=size, replies=0, incomplete_bytes=0)
 
     def _run_for(self, duration_s: float | None, duration_ms: int) -> None:
         if duration_s is None:

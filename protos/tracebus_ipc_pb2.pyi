@@ -303,10 +303,12 @@ class ServiceToProducer(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., initialize_connection: _Optional[_Union[InitializeConnectionResponse, _Mapping]] = ..., register_data_source: _Optional[_Union[RegisterDataSourceResponse, _Mapping]] = ..., setup_tracing: _Optional[_Union[SetupTracing, _Mapping]] = ..., setup_data_source: _Optional[_Union[SetupDataSource, _Mapping]] = ..., start_data_source: _Optional[_Union[StartDataSource, _Mapping]] = ..., stop_data_source: _Optional[_Union[StopDataSource, _Mapping]] = ..., flush: _Optional[_Union[FlushRequest, _Mapping]] = ..., clear_incremental_state: _Optional[_Union[ClearIncrementalState, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class EnableTracingRequest(_message.Message):
-    __slots__ = ("trace_config",)
+    __slots__ = ("trace_config", "output_path")
     TRACE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
     trace_config: bytes
-    def __init__(self, trace_config: _Optional[bytes] = ...) -> None: ...
+    output_path: str
+    def __init__(self, trace_config: _Optional[bytes] = ..., output_path: _Optional[str] = ...) -> None: ...
 
 class EnableTracingResponse(_message.Message):
     __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out")

@@ -275,7 +275,7 @@ def test_version_mismatch_and_limits_are_clear_errors():
 
 @pytest.mark.parametrize(
     "field, expected",
-    [("lockdown_mode", "lockdown_mode"), ("write_into_file", "write_into_file")],
+    [("lockdown_mode", "lockdown_mode"), ("bugreport_score", "bugreport_score")],
 )
 def test_unsupported_fields_are_named(field, expected):
     rig = Rig()

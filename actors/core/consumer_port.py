@@ -17,6 +17,7 @@ from collections.abc import Callable
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback, reports
+from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
 from actors.core.outbox import Peer, version_error
@@ -32,10 +33,13 @@ from protos import tracebus_ipc_pb2 as ipc
 
 
 class ConsumerPort:
-    def __init__(self, ctx: ServiceContext, control: SessionControl, flushes: Flushes) -> None:
+    def __init__(
+        self, ctx: ServiceContext, control: SessionControl, flushes: Flushes, files: FileWrites
+    ) -> None:
         self._ctx = ctx
         self._control = control
         self._flushes = flushes
+        self._files = files
         # Reads answered in slices, by consumer; the next slice goes to the first.
         self._reads: dict[bytes, readback.PendingRead] = {}
 
@@ -50,11 +54,16 @@ class ConsumerPort:
     ) -> None:
         config = pb.TraceConfig()
         error = self._refusal(peer, req, config)
+        file_id = None
+        if not error and config.write_into_file:  # opened last: a refusal leaves no file
+            file_id, error = self._files.open(req.output_path, config)
         if error:
             reply = ipc.EnableTracingResponse(disabled=True, error=error)
             self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
             return
         session = self._control.create(peer, request_id, config)
+        if file_id is not None:
+            self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
         reply.unsupported_fields.extend(unsupported_fields(config))
         if not config.deferred_start:
@@ -123,6 +132,10 @@ class ConsumerPort:
         if session is None:  # nothing to read: one last, empty reply
             reply = ipc.ReadBuffersResponse(has_more=False)
             self._ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
+            return
+        if session.id in self._ctx.files:  # a read would steal packets from the file
+            error = "this session writes into a file (write_into_file): it cannot be read back"
+            self._ctx.out.consumer_error(peer.identity, request_id, error)
             return
         self._reads[peer.identity] = readback.PendingRead(peer.identity, request_id, session.id)
 
@@ -205,3 +218,4 @@ class ConsumerPort:
         """Fail the session's pending flushes, stop it at once, drop its buffers."""
         self._flushes.fail_all(session, now)
         self._control.free(session, now)
+        self._files.forget(session)

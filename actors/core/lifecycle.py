@@ -92,6 +92,9 @@ LIVE_SESSION = frozenset({SessionState.CONFIGURED, SessionState.STARTED})
 # A session in these states records: a data source that joins it starts at once,
 # a flush reaches its producers, and it reports itself started.
 RECORDING_SESSION = frozenset({SessionState.STARTED})
+# A session in these states may still take data: a write_into_file session's
+# periodic drains go on while it waits for stop acks (file_writes.py).
+TAKING_DATA_SESSION = frozenset({SessionState.STARTED, SessionState.DISABLING_WAITING_STOP_ACKS})
 # A session in these states has nothing left to stop: disable is answered at once.
 ENDED_SESSION = frozenset({SessionState.DISABLED})
 # Instance states that are writing (a session reports all_data_sources_started

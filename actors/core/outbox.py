@@ -32,7 +32,20 @@ class ToConsumer:
     msg: ipc.ServiceToConsumer
 
 
-Output = ToProducer | ToConsumer
+@dataclass(frozen=True)
+class AppendToFile:
+    """Append `data` to the trace file the shell opened as `file_id` (file_sink.py)."""
+
+    file_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CloseFile:
+    file_id: int
+
+
+Output = ToProducer | ToConsumer | AppendToFile | CloseFile
 
 
 def version_error(version: int) -> str:
@@ -65,6 +78,13 @@ class Outbox:
         for name, value in fields.items():
             getattr(msg, name).CopyFrom(value)
         self._out.append(ToConsumer(identity, msg))
+
+    def append_to_file(self, file_id: int, data: bytes) -> None:
+        if data:
+            self._out.append(AppendToFile(file_id, data))
+
+    def close_file(self, file_id: int) -> None:
+        self._out.append(CloseFile(file_id))
 
     def consumer_error(self, identity: bytes, request_id: int, error: str) -> None:
         msg = ipc.ServiceToConsumer(request_id=request_id)

@@ -8,8 +8,9 @@
     each over one ServiceContext: producers, sessions, buffers, ids, counters,
     the commit path, the outbox, the shell's clocks.
 
-The shell passes in an SMB factory and the clocks (for clock snapshots and
-service packet timestamps); the core never reads a clock itself.
+The shell passes in an SMB factory, a file opener (write_into_file) and the
+clocks (for clock snapshots and service packet timestamps); the core never
+reads a clock itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback, reports
+from actors.core.file_sink import FileOpener, SessionFile, no_files
 from actors.core.ids import Counter, IdPool
 from actors.core.outbox import Outbox
 from actors.core.producer_table import ProducerTable
@@ -39,9 +41,16 @@ class Clocks:
 
 class ServiceContext:
     def __init__(
-        self, smb_factory: SmbFactory, clocks: Clocks, uid: int, service_pid: int, limits: Limits
+        self,
+        smb_factory: SmbFactory,
+        clocks: Clocks,
+        uid: int,
+        service_pid: int,
+        limits: Limits,
+        open_file: FileOpener = no_files,
     ) -> None:
         self.smb_factory = smb_factory
+        self.open_file = open_file  # the shell's, for write_into_file (file_sink.py)
         self.clocks = clocks
         self.uid = uid
         self.service_pid = service_pid  # the service's own process id, on its packets
@@ -49,6 +58,7 @@ class ServiceContext:
         self.producers = ProducerTable()
         self.sessions: dict[int, Session] = {}
         self.buffers: dict[int, TraceBuffer] = {}  # by global buffer id
+        self.files: dict[int, SessionFile] = {}  # write_into_file sessions, by session id
         self.counters = ServiceCounters()
         self.commit = CommitPath(self.buffers, self.counters)
         self.out = Outbox()

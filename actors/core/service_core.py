@@ -4,9 +4,10 @@ The shell feeds it decoded envelopes with the sender's trusted identity (the
 ROUTER identity plus pid and uid from the kernel), tells it when a peer went
 away, calls on_timer() at next_deadline(), and, while pending_work() (a read
 being answered in slices), continue_reads() once per loop turn with a time
-budget. It answers with outputs: the envelopes to send, in order. The shell
-also passes in an SMB factory and the clocks (for clock snapshots and service
-packet timestamps).
+budget (drains into write_into_file sessions' files run the same way: see
+file_writes.py). It answers with outputs: the envelopes to send and the file
+writes to do, in order. The shell also passes in an SMB factory, a file opener
+and the clocks (for clock snapshots and service packet timestamps).
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
@@ -24,8 +25,10 @@ from typing import Any
 
 from actors.core import incremental_state
 from actors.core.consumer_port import ConsumerPort
+from actors.core.file_sink import FileOpener, no_files
+from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
-from actors.core.outbox import Output, Peer, ToConsumer, ToProducer
+from actors.core.outbox import AppendToFile, CloseFile, Output, Peer, ToConsumer, ToProducer
 from actors.core.producer_port import ProducerPort
 from actors.core.producer_table import ProducerTable
 from actors.core.producers import ProducerEntry, ServiceCounters, SmbFactory
@@ -36,7 +39,16 @@ from actors.core.sessions import DEFAULT_LIMITS, Limits, Session, StopSession
 from protos import tracebus_ipc_pb2 as ipc
 from shm.trace_buffer import TraceBuffer
 
-__all__ = ["Clocks", "Peer", "ServiceCore", "SliceBudget", "ToConsumer", "ToProducer"]
+__all__ = [
+    "AppendToFile",
+    "Clocks",
+    "CloseFile",
+    "Peer",
+    "ServiceCore",
+    "SliceBudget",
+    "ToConsumer",
+    "ToProducer",
+]
 
 ProducerHandler = Callable[[ProducerEntry, int, Any, int], None]
 ConsumerHandler = Callable[[Peer, int, Any, int], None]
@@ -57,12 +69,15 @@ class ServiceCore:
         uid: int,
         service_pid: int,
         limits: Limits = DEFAULT_LIMITS,
+        open_file: FileOpener = no_files,
     ) -> None:
-        ctx = self._ctx = ServiceContext(smb_factory, clocks, uid, service_pid, limits)
+        ctx = self._ctx = ServiceContext(smb_factory, clocks, uid, service_pid, limits, open_file)
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
+        self._files = FileWrites(ctx, self._control)
+        self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
-        c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes)
+        c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)
         # initialize_connection is handled before the table: it has no producer yet.
         self.producer_handlers: dict[str, ProducerHandler] = {
             "register_data_source": p.register_data_source,
@@ -170,12 +185,22 @@ class ServiceCore:
         """True while a read waits for its next slice and its consumer may take
         one: the shell then calls continue_reads once per loop turn, between the
         messages it receives."""
-        return self._consumer_port.reads_pending(may_send)
+        return self._consumer_port.reads_pending(may_send) or self._files.pending()
 
     def continue_reads(self, now: int, budget: SliceBudget = UNTIMED_SLICE) -> list[Output]:
-        """The next slice of each pending read, within `budget` (its time_up is
-        the shell's clock)."""
-        self._consumer_port.continue_reads(budget)
+        """The next slice of each pending read and of each drain into a file
+        (write_into_file), within `budget` (its time_up is the shell's clock)."""
+        # Consumers' reads and file drains go first in turn, so that neither starves
+        # the other when a turn's time runs out.
+        self._drains_first = not self._drains_first
+        if self._drains_first:
+            self._files.continue_drains(budget, now)
+            if not budget.time_up():
+                self._consumer_port.continue_reads(budget)
+        else:
+            self._consumer_port.continue_reads(budget)
+            if not budget.time_up():
+                self._files.continue_drains(budget, now)
         return self._ctx.out.drain()
 
     # -- timers -----------------------------------------------------------------------
@@ -196,11 +221,13 @@ class ServiceCore:
             )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
+        deadlines += self._files.deadlines()
         return min(deadlines) if deadlines else None
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
-        stop), the periodic flush and the periodic incremental state clear."""
+        stop), the periodic flush, the periodic incremental state clear and the
+        periodic drain into the session's file."""
         self._flushes.expire(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:
             self._control.finish_disable(session, now, force=True)
@@ -213,3 +240,4 @@ class ServiceCore:
             session.next_periodic_flush = now + period
             self._flushes.request(session, now, timeout, 0, None)
         incremental_state.clear_if_due(self._ctx, session, now)
+        self._files.on_timer(session, now)

@@ -247,6 +247,14 @@ class SessionControl:
         # stopped writer committed reaches a buffer after the consumer's final read.
         self._ctx.scrape_session(session)
         self._ctx.service_event(session, "tracing_disabled")
+        file = self._ctx.files.get(session.id)
+        if file is not None and not file.closed:
+            file.end(session.id, timed_out)  # file_writes.py tells the consumer after it
+            return
+        self.tell_ended(session, timed_out)
+
+    def tell_ended(self, session: Session, timed_out: list[str]) -> None:
+        """The session's end reply, and the answers to disable requests."""
         out = self._ctx.out
         reply = ipc.EnableTracingResponse(
             disabled=True, session_id=session.id, stop_timed_out=timed_out

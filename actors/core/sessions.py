@@ -47,6 +47,10 @@ IMPLEMENTED_FIELDS = frozenset(
         "data_source_stop_timeout_ms",
         "incremental_state_config",
         "unique_session_name",
+        "write_into_file",
+        "file_write_period_ms",
+        "max_file_size_bytes",
+        "output_path",
     }
 )
 IMPLEMENTED_DATA_SOURCE_FIELDS = frozenset(
