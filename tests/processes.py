@@ -476,8 +476,9 @@ class Runtime:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if stray:  # not our children: wait for the kernel, not on a pid
-            wait_for(lambda: not marked_pids(str(self.dir)), STOP_GRACE, "strays to die")
+        if stray:  # not our children: wait for the kernel, not on a pid. By their state:
+            # a dying process stops showing its environment before it is dead.
+            wait_for(lambda: not any(map(_running, stray)), STOP_GRACE, "strays to die")
         for _label, proc in self.procs:
             if proc.poll() is None:  # only if the SIGKILL above raced with a fork
                 proc.kill()
@@ -536,6 +537,14 @@ def marked_pids(runtime_dir: str) -> list[int]:
         except OSError:
             pass  # gone meanwhile, or not ours to read
     return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        return not _is_zombie(Path(f"/proc/{pid}"))
+    except OSError:
+        return False
 
 
 def _is_zombie(proc_dir: Path) -> bool:
