@@ -87,6 +87,7 @@ def test_peers_given_up_in_the_service_state_report():
     assert reply.peers_given_up.messages_refused == 0
 
 
+@pytest.mark.slow  # about 10 s: kept out of the edit loop, CI runs it
 def test_stopped_producer_is_given_up_and_reconnects(rt: Runtime):
     service = rt.start_service("--peer-send-timeout-s", str(SEND_TIMEOUT_S))
     steady = rt.start_producer("steady", "--page-size-kb", "4", wait=False)

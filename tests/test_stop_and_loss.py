@@ -274,6 +274,7 @@ def producer_counts(rt: Runtime, name: str) -> tuple[int, int]:
     return int(wrote), int(dropped)
 
 
+@pytest.mark.slow  # 8-25 s: kept out of the edit loop, CI runs it
 def test_sixteen_producers_dropping_are_counted_exactly(rt):
     rt.start_service()
     names = [f"drop{i:02d}" for i in range(16)]
