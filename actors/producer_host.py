@@ -152,7 +152,10 @@ class ProducerHost:
             self.perform(self.core.flush_done(flush.flush_request_id))
 
     def _writer_stats(self) -> list[core.WriterStats]:
-        writers = [w for ds in self._instances.values() for _, w in ds._tb_writers]
+        writers: list[TraceWriter] = []
+        for ds in self._instances.values():
+            with ds._tb_lock:  # threads append to it (create_writer)
+                writers += [w for _, w in ds._tb_writers]
         return [
             core.WriterStats(w.writer_id, w.target_buffer, w.dropped_packets, w.dropped_bytes)
             for w in writers + self._retired

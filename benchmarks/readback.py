@@ -13,8 +13,10 @@ this process) asks query_service_state every 10 ms, and the service's RSS is
 sampled from /proc every 10 ms.
 
 Loss scenario: LOSS_PRODUCERS producers of the built-in synthetic source write
-flat out (DROP policy, default SMB) into a DISCARD buffer large enough not to
-fill; this process holds the session through the Consumer API and reads it.
+flat out (DROP policy, default SMB) into a DISCARD buffer of LOSS_BUFFER_KB; this
+process holds the session through the Consumer API, stops it once 16 MiB (4 MiB
+with --quick) reached the buffer, far from full, and reads it. Sixteen writers
+flat out on a small machine fill their SMBs, so producers drop.
 
 Figures (one table; --json writes exactly these keys):
   e2e_readback_mb_s        MiB in the output file / seconds from the CLI's first read
@@ -27,11 +29,13 @@ Figures (one table; --json writes exactly these keys):
                            (SIGINT) to the CLI's exit, a superset of the read
   readback_rss_growth_mib  service RSS: peak over that window minus the sample just
                            before it
-  loss_exact               for every sequence of the loss scenario, every gap in its
-                           counters is marked previous_packet_dropped, and the counters
-                           missing from the trace add up to the lost packets trace_stats
-                           reports (trace_writer_packet_loss; per sequence, the trace
-                           reports only the marks)
+  loss_exact               for every producer of the loss scenario (one sequence each):
+                           every gap in its counters is marked previous_packet_dropped
+                           and the counters missing from the trace, its tail included,
+                           are as many as the producer logged dropping; trace_stats'
+                           lost packets (trace_writer_packet_loss; per sequence the trace
+                           has only the marks) are their sum; and some were dropped
+                           (false if none: nothing would have been checked)
   calibration_ns           benchmarks/calibration.py, measured in this run; the
                            rate and stall targets are stated for 55 ns and scale
                            with it (the RSS target does not)
@@ -346,42 +350,85 @@ def _complete(data: bytes, per_producer: int) -> bool:
 # -- the loss scenario ---------------------------------------------------------------------------
 
 
-def loss_exact(rt: Runtime, control: Consumer, messages: int, duration_ms: int) -> bool:
-    rt.start_producers(control, "loss", LOSS_PRODUCERS, "tracebus.synthetic")
-    buffer_kb = max(4096, LOSS_PRODUCERS * messages * 2 * PACKET_BYTES // 1024)
+LOSS_BUFFER_KB = 65536
+LOG_WROTE = re.compile(r"tracebus\.synthetic instance \d+: wrote (\d+) packets")
+LOG_DROPPED = re.compile(
+    r"stopped tracebus\.synthetic \(instance \d+\): \d+ writers, (\d+) packets"
+)
+
+
+@dataclass(frozen=True)
+class LossFigures:
+    exact: bool
+    dropped: int  # packets the producers say they dropped: 0 would make `exact` vacuous
+    why: str  # the first mismatch found, or ""
+
+
+def loss_exact(rt: Runtime, control: Consumer, written_mib: int) -> LossFigures:
+    """LOSS_PRODUCERS synthetic producers write flat out (until stopped) into a
+    DISCARD buffer; the session stops once `written_mib` reached it, well before it
+    fills. Compared per producer: its own log (wrote, dropped) with its sequence."""
+    procs = rt.start_producers(control, "loss", LOSS_PRODUCERS, "tracebus.synthetic")
     config = (
-        f"buffers {{ size_kb: {buffer_kb} fill_policy: DISCARD }}\n"
+        f"buffers {{ size_kb: {LOSS_BUFFER_KB} fill_policy: DISCARD }}\n"
         'data_sources { config { name: "tracebus.synthetic" '
-        f"for_testing {{ message_count: {messages} message_size: 40 }} }} }}\n"
-        f"duration_ms: {duration_ms}\n"
+        "for_testing { message_count: 1000000000 message_size: 40 } } }\n"
     )
     with Consumer.connect(rt.consumer_endpoint, 5, name="bench-loss") as c:
         c.enable(config)
-        c.wait_disabled(duration_ms / 1000 + 60)
+        deadline = time.monotonic() + READY_TIMEOUT_S * 4
+        while sum(b.bytes_written for b in c.stats().buffer_stats) < written_mib << 20:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{written_mib} MiB not written in time:\n{rt.logs()}")
+            time.sleep(0.05)  # polling a condition, not synchronizing
+        c.disable(timeout=60)  # the stop acks carry the writers' last drop counts
+        c.wait_disabled(60)
         packets = [pb.TracePacket.FromString(p) for p in c.read_buffers(timeout=120)]
         c.free()
-    return _losses_match(packets, messages)
+    logged = {p.pid: _logged_counts(rt, f"loss{i}") for i, p in enumerate(procs)}
+    return _losses_match(packets, logged)
 
 
-def _losses_match(packets: list[pb.TracePacket], messages: int) -> bool:
+def _logged_counts(rt: Runtime, label: str) -> tuple[int, int]:
+    """(packets written, packets dropped), from the producer's own log: both lines are
+    logged before its stop ack, so before the session ends."""
+    log = (rt.dir / f"{label}.log").read_text(errors="replace")
+    (wrote,), (dropped,) = LOG_WROTE.findall(log), LOG_DROPPED.findall(log)
+    return int(wrote), int(dropped)
+
+
+def _losses_match(packets: list[pb.TracePacket], logged: dict[int, tuple[int, int]]) -> LossFigures:
+    """For each producer (pid -> its logged (wrote, dropped)): one sequence, every gap
+    in its counters marked on the packet after it, and the counters missing from it
+    (its tail included) as many as it dropped; trace_stats' lost packets their sum."""
+    dropped = sum(d for _, d in logged.values())
     counters: dict[int, list[int]] = defaultdict(list)
-    reported = 0
+    pid_of: dict[int, int] = {}
+    stats = [p.trace_stats for p in packets if p.HasField("trace_stats")]
     for p in packets:
-        if p.HasField("trace_stats"):
-            reported = sum(b.trace_writer_packet_loss for b in p.trace_stats.buffer_stats)
         if not p.HasField("for_testing"):
             continue
         seq, counter = p.trusted_packet_sequence_id, p.for_testing.counter
+        pid_of[seq] = p.trusted_pid
         previous = counters[seq][-1] if counters[seq] else 0
-        if counter != previous + 1 and not p.previous_packet_dropped:
-            return False  # a gap nobody reported
+        if counter <= previous or (counter != previous + 1 and not p.previous_packet_dropped):
+            return LossFigures(False, dropped, f"sequence {seq}: {previous} then {counter}")
         counters[seq].append(counter)
-    if len(counters) != LOSS_PRODUCERS:
-        return False
-    # Each writer wrote all its messages well before the stop (DROP never waits), so
-    # what is not in the trace, its tail included, was lost.
-    missing = sum(messages - len(c) for c in counters.values())
-    return missing == reported
+    if sorted(pid_of.values()) != sorted(logged):
+        return LossFigures(False, dropped, "not one sequence per producer")
+    for seq, pid in pid_of.items():
+        wrote, lost = logged[pid]
+        if wrote - len(counters[seq]) != lost or counters[seq][-1] > wrote:
+            why = f"pid {pid}: wrote {wrote}, {len(counters[seq])} in the trace, dropped {lost}"
+            return LossFigures(False, dropped, why)
+    if not stats or any(b.chunks_discarded or b.chunks_overwritten for b in stats[-1].buffer_stats):
+        return LossFigures(False, dropped, "no trace_stats, or the buffer lost chunks")
+    reported = sum(b.trace_writer_packet_loss for b in stats[-1].buffer_stats)
+    if reported != dropped:
+        return LossFigures(False, dropped, f"trace_stats: {reported} lost, producers: {dropped}")
+    if not dropped:  # no loss to account for: the check checked nothing
+        return LossFigures(False, dropped, "no producer dropped")
+    return LossFigures(True, dropped, "")
 
 
 # -- running it ----------------------------------------------------------------------------------
@@ -394,7 +441,7 @@ def run(quick: bool) -> dict[str, float | bool]:
         service, control = rt.start_service()
         try:
             figures = readback(rt, control, service.pid, 8 if quick else 64)
-            exact = loss_exact(rt, control, 2000 if quick else 20000, 3000 if quick else 6000)
+            loss = loss_exact(rt, control, 4 if quick else 16)
         finally:
             control.close()
     finally:
@@ -404,10 +451,11 @@ def run(quick: bool) -> dict[str, float | bool]:
         "readback_complete": figures.complete,
         "readback_max_stall_ms": round(figures.max_stall_ms, 1),
         "readback_rss_growth_mib": round(figures.rss_growth_mib, 1),
-        "loss_exact": exact,
+        "loss_exact": loss.exact,
         "calibration_ns": round(calibration, 1),
     }
     print_table(results, figures, quick)
+    print(f"loss scenario: the producers dropped {loss.dropped} packets {loss.why}".rstrip())
     return results
 
 

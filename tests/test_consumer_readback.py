@@ -3,7 +3,8 @@
 - test_service_sigkilled_mid_read_leaves_a_valid_trace_of_what_was_received:
   the service is killed while the CLI streams its read-back into the output;
   the CLI writes every whole packet it received (a trace the official schema
-  parses), says so, and exits 1.
+  parses), says so, and exits 1. The producer never drops (STALL) into a
+  buffer that never fills, so the file must hold packets 1..n of its sequence.
 
 The kill lands mid-read without any sleep: the CLI's temp file grows only
 while replies arrive; then the CLI is held (SIGSTOP) while the service is
@@ -49,7 +50,9 @@ def wait_for_read_to_start(proc: Proc, directory: Path, name: str, timeout: floa
 
 def test_service_sigkilled_mid_read_leaves_a_valid_trace_of_what_was_received(rt: Runtime):
     service = rt.start_service()
-    rt.start_producer("alpha", data_sources=("tracebus.synthetic",))
+    # STALL: the producer waits for chunks instead of dropping, so its sequence has no
+    # gap and the file must hold exactly its first n packets.
+    rt.start_producer("alpha", "--policy", "stall", data_sources=("tracebus.synthetic",))
     proc, out = rt.start_record(BIG_SESSION, "big")
     wait_for_read_to_start(proc, rt.dir, out.name, 60)
     proc.send_signal(signal.SIGSTOP)  # hold the CLI where it is: the rest stays in the service
@@ -65,10 +68,15 @@ def test_service_sigkilled_mid_read_leaves_a_valid_trace_of_what_was_received(rt
     trace = pb.Trace.FromString(out.read_bytes())  # whole packets only, or this fails
     wrote = re.search(r"wrote (\d+) packets", err)
     assert wrote is not None, err
-    assert int(wrote.group(1)) == len(trace.packet), "every packet received is in the file"
-    counters = [p.for_testing.counter for p in trace.packet if p.HasField("for_testing")]
-    assert counters, "some of the producer's packets arrived before the kill"
-    assert counters == sorted(set(counters)), "in order, none twice"
+    assert int(wrote.group(1)) == len(trace.packet), "the summary counts what the file holds"
+    ours = [p for p in trace.packet if p.HasField("for_testing")]
+    assert ours, "some of the producer's packets arrived before the kill"
+    assert len({p.trusted_packet_sequence_id for p in ours}) == 1, "one writer, one sequence"
+    assert not any(p.previous_packet_dropped for p in ours), "nothing dropped: no gap to mark"
+    counters = [p.for_testing.counter for p in ours]
+    # A DISCARD buffer that never fills and a writer that never drops: the file is a
+    # gap-free prefix of what was written, in order, none twice, none missing.
+    assert counters == list(range(1, len(counters) + 1)), "packets 1..n, without a hole"
     assert counters[-1] < MESSAGES, "the read was cut: not every packet arrived"
     assert all(len(p.for_testing.str) == SIZE for p in trace.packet if p.HasField("for_testing"))
     assert not trace.packet[-1].HasField("trace_stats"), "a whole read ends with trace_stats"

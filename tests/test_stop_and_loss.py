@@ -330,6 +330,36 @@ def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
     assert [b.trace_writer_packet_loss for b in stats.buffer_stats] == [9]
 
 
+@pytest.mark.parametrize("released_by", ["reregistering", "unregistering"])
+def test_a_reused_writer_ids_drops_count_from_zero(released_by):
+    """A writer id released and given to a new writer: the new writer's cumulative
+    count adds to the total instead of hiding under the old writer's."""
+    rig = ServiceRig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
+    consumer.replies()
+    producer.process()
+    (writer,) = producer.writers.values()
+    wid, buffer = writer.writer_id, writer.target_buffer
+
+    def report(dropped: int) -> None:
+        commit = ipc.CommitDataRequest()
+        commit.writer_stats.add(writer_id=wid, target_buffer=buffer, dropped_packets=dropped)
+        rig.producer(producer.peer, commit_data=commit)
+
+    report(7)
+    if released_by == "unregistering":
+        unregister = ipc.UnregisterTraceWriterRequest(writer_id=wid)
+        rig.producer(producer.peer, unregister_trace_writer=unregister)
+    register = ipc.RegisterTraceWriterRequest(writer_id=wid, target_buffer=buffer)
+    rig.producer(producer.peer, register_trace_writer=register)
+    report(3)  # the new writer's own count, from zero
+    report(3)  # repeated: cumulative, counted once
+    stats = consumer.read()[-1].trace_stats
+    assert [b.trace_writer_packet_loss for b in stats.buffer_stats] == [10]
+
+
 def test_a_stop_ack_that_never_comes_is_named_when_the_session_ends():
     rig = ServiceRig()
     producer = FakeProducer(rig, "prod", pid=555, ds="test.notify")

@@ -122,11 +122,12 @@ class ConsumerPort:
     def read_buffers(
         self, peer: Peer, request_id: int, req: ipc.ReadBuffersRequest, now: int
     ) -> None:
-        """Answered in slices by continue_reads. A consumer that asks again while
-        its read goes on (its timeout passed) gets the rest under the new request."""
-        pending = self._reads.get(peer.identity)
-        if pending is not None:
-            pending.request_id = request_id
+        """Answered in slices by continue_reads. A second request while a read is
+        pending is refused: the consumer ignores slices sent under the first id, so
+        moving the read to the new one would leave an unmarked hole in its trace."""
+        if peer.identity in self._reads:
+            error = "a read_buffers of this consumer is still being answered"
+            self._ctx.out.consumer_error(peer.identity, request_id, error)
             return
         session = self._ctx.session_of(peer.identity)
         if session is None:  # nothing to read: one last, empty reply

@@ -92,7 +92,7 @@ class ProducerPort:
         now: int,
     ) -> None:
         if is_valid_writer_id(req_untrusted.writer_id):
-            producer.writers[req_untrusted.writer_id] = req_untrusted.target_buffer
+            producer.register_writer(req_untrusted.writer_id, req_untrusted.target_buffer)
 
     def unregister_trace_writer(
         self,
@@ -101,7 +101,7 @@ class ProducerPort:
         req_untrusted: ipc.UnregisterTraceWriterRequest,
         now: int,
     ) -> None:
-        producer.writers.pop(req_untrusted.writer_id, None)
+        producer.unregister_writer(req_untrusted.writer_id)
 
     def smb_mapped(
         self, producer: ProducerEntry, request_id: int, req_untrusted: ipc.SmbMapped, now: int

@@ -92,6 +92,16 @@ class ProducerEntry:
     allowed_buffers: dict[int, int] = field(default_factory=dict)  # buffer id -> instances
     drops: dict[int, WriterDrops] = field(default_factory=dict)  # writer id -> drops
 
+    def register_writer(self, writer_id: int, buffer_id: int) -> None:
+        """A writer id (re)registered: a new writer, whose cumulative drop count
+        starts at zero (the old writer's drops stay in its buffer's total)."""
+        self.writers[writer_id] = buffer_id
+        self.drops.pop(writer_id, None)
+
+    def unregister_writer(self, writer_id: int) -> None:
+        self.writers.pop(writer_id, None)
+        self.drops.pop(writer_id, None)
+
     def allow(self, buffer_id: int) -> None:
         self.allowed_buffers[buffer_id] = self.allowed_buffers.get(buffer_id, 0) + 1
 
