@@ -123,6 +123,11 @@ class ProducerHost:
                 writers.append(item)
             else:
                 batches.append(item)
+        if writers and self._retired:
+            # A new writer may reuse a closed one's id: the closed one's last drop
+            # count must reach the service before the id is registered again.
+            self.perform(self.core.commit([], _stats_of(self._retired)))
+            self._retired.clear()
         for w in writers:
             self.perform(self.core.writer_created(w.writer_id, w.target_buffer))
         self.perform(self.core.commit(batches, self._writer_stats()))
@@ -156,11 +161,7 @@ class ProducerHost:
         for ds in self._instances.values():
             with ds._tb_lock:  # threads append to it (create_writer)
                 writers += [w for _, w in ds._tb_writers]
-        return [
-            core.WriterStats(w.writer_id, w.target_buffer, w.dropped_packets, w.dropped_bytes)
-            for w in writers + self._retired
-            if w.dropped_packets
-        ]
+        return _stats_of(writers + self._retired)
 
     def _post(self, item: TraceWriter | CommitBatch) -> None:
         """Queue for the loop thread, in order; deliver at once if we are on it."""
@@ -363,3 +364,12 @@ class ProducerHost:
             except BufferError:  # a view is still alive somewhere; the mapping goes at exit
                 self._log.warning("the SMB is still in use; leaving it mapped")
             self.region = None
+
+
+def _stats_of(writers: list[TraceWriter]) -> list[core.WriterStats]:
+    """The drop counts of the writers that dropped anything."""
+    return [
+        core.WriterStats(w.writer_id, w.target_buffer, w.dropped_packets, w.dropped_bytes)
+        for w in writers
+        if w.dropped_packets
+    ]

@@ -32,7 +32,7 @@ from actors.producer import DataSource, Producer, ProducerHost, data_sources_in
 from protos import tracebus_ipc_pb2 as ipc
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.region import InProcessRegion
-from shm.writer import BufferExhaustedPolicy
+from shm.writer import BufferExhaustedPolicy, TraceWriter
 from tests.smb_oracle import Oracle
 
 LOG = logging.getLogger("test.producer")
@@ -546,6 +546,31 @@ def test_stop_ends_the_synthetic_sequence_early():
     packets, _ = rig.oracle.packets(wid)
     counters = [p.for_testing.counter for p in parse(packets)]
     assert counters == list(range(1, len(counters) + 1)) and len(counters) < 10**6
+
+
+def test_a_closed_writers_drops_reach_the_service_before_its_id_is_registered_again():
+    """Writer ids are reused: the service restarts a writer's drop count when the
+    id is registered, so a closed writer's last count must arrive first."""
+    rig = Rig([SyntheticDataSource])
+    rig.connect()
+    rig.setup_tracing()
+    arbiter = rig.host.arbiter
+    assert arbiter is not None
+    old = arbiter.create_trace_writer(1, BufferExhaustedPolicy.DROP)
+    old.dropped_packets = 5  # what it dropped before it was closed, not yet reported
+    rig.host._retired.append(old)
+    reuse = TraceWriter(arbiter, old.writer_id, 1, BufferExhaustedPolicy.DROP)
+    start = len(rig.sent)
+    rig.host._post(reuse)  # on the loop thread: delivered at once
+    kinds = rig.kinds(start)
+    stats_at = next(
+        i
+        for i, m in enumerate(rig.sent[start:])
+        if m.WhichOneof("msg") == "commit_data"
+        and [(s.writer_id, s.dropped_packets) for s in m.commit_data.writer_stats]
+        == [(old.writer_id, 5)]
+    )
+    assert stats_at < kinds.index("register_trace_writer")
 
 
 def test_writer_stats_report_the_drops_of_a_tiny_smb():
