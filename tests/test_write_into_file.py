@@ -209,15 +209,51 @@ def test_max_file_size_bytes_stops_the_session_with_whole_packets(chunks_256kib)
     assert core.next_deadline() is None and not core.pending_work()
 
 
-def test_a_session_freed_closes_its_file(chunks_256kib):
+def assert_complete_with_stats(trace: pb.Trace, chunks: int) -> None:
+    """Every committed chunk was read into the file, which ends with trace_stats."""
+    kinds = [p.WhichOneof("data") for p in trace.packet]
+    assert kinds[-1] == "trace_stats" and kinds.count("trace_stats") == 1
+    assert trace.packet[-2].service_event.tracing_disabled or kinds[-2] == "track_event"
+    stats = trace.packet[-1].trace_stats.buffer_stats[0]
+    assert stats.chunks_written == stats.chunks_read == chunks
+    timestamps = producer_timestamps(trace)
+    assert len(timestamps) == len(set(timestamps))
+
+
+@pytest.mark.parametrize("how", ["consumer_gone", "shutdown"])
+def test_a_freed_session_writes_its_last_period_and_trace_stats(chunks_256kib, how):
+    """Freed (the consumer gone or given up on, SIGTERM of the service) during a
+    drain and with data committed after it: nothing committed is lost."""
     files = FakeFiles()
-    core, _ = enable(config(file_write_period_ms=100), files)
-    commit(core, chunks_256kib[:4])
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:40])
     files.take(core.on_timer(NOW + 100 * MS))
-    files.take(core.continue_reads(NOW + 100 * MS))
-    files.take(core.consumer_gone(CONSUMER.identity, NOW + 101 * MS))
+    files.take(core.continue_reads(NOW + 100 * MS, SliceBudget(max_bytes=32 << 10)))
+    assert core.pending_work()  # a periodic drain is under way
+    commit(core, chunks_256kib[40:])  # the last period: after the drain began
+    later = NOW + 150 * MS  # before the next period: only the freeing writes it
+    if how == "consumer_gone":
+        replies = files.take(core.consumer_gone(CONSUMER.identity, later))
+    else:
+        replies = files.take(core.shutdown(later))
+    assert files.closed and not core.sessions and not core.buffers and not core.pending_work()
+    assert [m.enable_tracing.disabled for m in replies] == [True]  # (dropped if it is gone)
+    close_at = next(i for i, o in enumerate(files.outputs) if isinstance(o, CloseFile))
+    assert close_at == len(files.outputs) - 2  # then only the end reply
+    trace = files.trace()
+    assert_complete_with_stats(trace, len(chunks_256kib))
+    assert any(p.service_event.tracing_disabled for p in trace.packet)
+
+
+def test_a_session_freed_before_any_drain_writes_everything(chunks_256kib):
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib)
+    files.take(core.consumer_gone(CONSUMER.identity, NOW + 1 * MS))
     assert files.closed and not core.sessions and not core.pending_work()
-    files.trace()
+    trace = files.trace()
+    assert trace.packet[0].HasField("clock_snapshot")
+    assert_complete_with_stats(trace, len(chunks_256kib))
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,9 @@ read. The session's end reply (the second EnableTracingResponse) waits for
 the file to be closed, so a consumer that hears "disabled" finds the file
 complete. max_file_size_bytes: the drain that reaches it writes the whole
 packets that fit, closes the file and disables the session. A session freed
-(its consumer gone, the service shutting down) has its file closed at once
-with what the drains so far wrote.
+(its consumer gone or given up on, the service shutting down) is stopped at
+once and its last drain and trace_stats are written in full (finish_now)
+before its buffers are dropped and its file closed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from actors.core.lifecycle import TAKING_DATA_SESSION, SessionEvent, can_apply
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import Session
+
+_TO_THE_END = readback.SliceBudget()  # finish_now's slices: no time limit
 
 
 class FileWrites:
@@ -125,9 +128,18 @@ class FileWrites:
         file.closed = True
         self._ctx.out.close_file(file.file_id)
 
+    def finish_now(self, session: Session, now: int) -> None:
+        """The session is being freed (its consumer gone or given up on, the service
+        shutting down) and is stopped: its last drain and trace_stats go into the
+        file now, in full, before its buffers are dropped. Unbounded in time, but
+        bounded by the size of the session's buffers: nothing else can add to them."""
+        file = self._ctx.files.get(session.id)
+        while file is not None and file.read is not None and not file.closed:
+            self._next_slice(session.id, file, _TO_THE_END, now)
+
     def forget(self, session: Session) -> None:
-        """The session is freed: close its file (if still open) with what it holds,
-        and answer a consumer that waits for the end."""
+        """The session is freed: close its file (if still open: finish_now wrote
+        its last drain) and answer a consumer that waits for the end."""
         file = self._ctx.files.pop(session.id, None)
         if file is None or file.closed:
             return

@@ -264,11 +264,16 @@ class SessionControl:
             out.ack(session.consumer, request_id)
         session.disable_waiters.clear()
 
+    def stop_now(self, session: Session, now: int) -> None:
+        """Stop the session at once, without waiting for stop acks (before `free`:
+        a write_into_file session's last drain runs between the two)."""
+        self.disable(session, now)
+        self.finish_disable(session, now, force=True)
+
     def free(self, session: Session, now: int) -> None:
         """Stop the session at once (no waiting for acks) and drop its buffers."""
         ctx = self._ctx
-        self.disable(session, now)
-        self.finish_disable(session, now, force=True)
+        self.stop_now(session, now)
         for instance in session.instances.values():
             producer = ctx.producers.by_id(instance.producer_id)
             if producer is not None:
