@@ -256,6 +256,52 @@ def test_a_session_freed_before_any_drain_writes_everything(chunks_256kib):
     assert_complete_with_stats(trace, len(chunks_256kib))
 
 
+def test_a_failed_write_ends_the_session_with_the_error(chunks_256kib):
+    """ENOSPC mid-session: no more drains into nothing; the consumer's end reply
+    says why (so the CLI fails), and the session is stopped."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:20])
+    files.take(core.on_timer(NOW + 100 * MS))
+    run_drains(core, files, NOW + 100 * MS)
+    written = len(files.data)
+    replies = files.take(core.file_failed(FILE_ID, "No space left on device", NOW + 150 * MS))
+    replies += run_drains(core, files, NOW + 150 * MS)
+    (reply,) = [m.enable_tracing for m in replies]
+    assert reply.disabled and "No space left on device" in reply.error
+    (session,) = core.sessions.values()
+    assert session.state.value == "DISABLED"
+    commit(core, chunks_256kib[20:])
+    files.take(core.on_timer(NOW + 1000 * MS))
+    assert not core.pending_work() and core.next_deadline() is None
+    assert len(files.data) == written and not files.closed  # the shell closed it itself
+    assert files.take(core.file_failed(FILE_ID, "again", NOW + 2000 * MS)) == []
+
+
+def test_a_failure_of_the_last_writes_reaches_the_end_reply(chunks_256kib):
+    """The end reply comes on the turn after the close: a write or close that
+    fails in the shell before it is reported in it."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:20])
+    send(core, files, 2, NOW + 10 * MS, disable_tracing=ipc.DisableTracingRequest())
+    while not files.closed:
+        assert files.take(core.continue_reads(NOW + 10 * MS)) == []  # no reply before
+    replies = files.take(core.file_failed(FILE_ID, "Input/output error", NOW + 10 * MS))
+    replies += run_drains(core, files, NOW + 10 * MS)
+    assert [m.WhichOneof("msg") for m in replies] == ["enable_tracing", "ack"]
+    assert "Input/output error" in replies[0].enable_tracing.error
+
+
+def test_a_failure_after_the_end_was_told_changes_nothing(chunks_256kib):
+    files = FakeFiles()
+    core, _ = enable(config(file_write_period_ms=100), files)
+    send(core, files, 2, NOW, disable_tracing=ipc.DisableTracingRequest())
+    assert [m.WhichOneof("msg") for m in run_drains(core, files, NOW)] == ["enable_tracing", "ack"]
+    assert files.take(core.file_failed(FILE_ID, "Input/output error", NOW)) == []
+    assert files.take(core.file_failed(FILE_ID + 1, "not ours", NOW)) == []
+
+
 @pytest.mark.parametrize(
     ("cfg_path", "path", "error", "expected"),
     [

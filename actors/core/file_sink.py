@@ -6,6 +6,10 @@ enabled (a FileOpener the shell passes in: the path the consumer named, or the
 config's output_path; O_CREAT|O_TRUNC, mode 0600; OSError refuses the enable)
 and gets back a file id; from then on the core says what to do with it by
 outputs (outbox.py): AppendToFile(file id, bytes) and CloseFile(file id).
+File ids are the shell's own (never reused, so never an fd number): a write
+that fails closes the file in the shell, which tells the core
+(ServiceCore.file_failed); the session then ends with that error in its end
+reply, and nothing more is drained from it.
 
 What goes into the file is a perfetto.protos.Trace, in the order of a
 consumer's read (readback.py): every drain is one read of the session (the
@@ -86,6 +90,10 @@ class SessionFile:
     ending: EndOfSession | None = None  # set when the session stopped
     final_read: bool = False  # the drain under way started after `ending`
     closed: bool = False
+    error: str = ""  # why writing it failed: the session's end reply says it
+    # The end reply waits for the next turn, after the shell has done the writes
+    # and the close before it: a failure of those reaches the reply (as `error`).
+    end_due: bool = False
 
     def start_read(self, session_id: int) -> None:
         """Begin a drain (a read whose sink is this file, so no consumer or request)."""
@@ -97,7 +105,9 @@ class SessionFile:
         then trace_stats, the file closed, and the consumer told."""
         self.ending = EndOfSession(stop_timed_out)
         self.next_drain = None
-        if self.read is None:
+        if self.closed:  # (max_file_size_bytes, a failed write): nothing to drain
+            self.end_due = True
+        elif self.read is None:
             self.start_read(session_id)
 
 
