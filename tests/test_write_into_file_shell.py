@@ -1,7 +1,8 @@
 """The service shell's trace files (actors/trace_files.py): only regular files
 are opened, without ever blocking; file ids are not fds (a late append of a
 dead session cannot land in another session's file); a failed write or close
-returns its error (the shell hands it to ServiceCore.file_failed)."""
+returns its error (the shell hands it to ServiceCore.file_failed), and the
+record CLI fails with it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.outbox import AppendToFile, CloseFile
 from actors.service import ServiceShell
 from actors.trace_files import NOT_REGULAR, TraceFiles
+from tests.processes import Runtime
+from tests.test_consumer_cli import CONFIG_TEXT, FakeService, run_cli, write_config
 
 
 def test_a_fifo_without_a_reader_is_refused_without_blocking(tmp_path: Path):
@@ -113,3 +117,24 @@ def test_the_shell_hands_a_failed_write_to_the_core_once(tmp_path: Path):
     finally:
         shell.close()
     assert core.failed == [(file_id, "No space left on device")]
+
+
+class FileFailingService(FakeService):
+    """A service whose write of the consumer's file failed mid-session."""
+
+    def _enable(self, identity: bytes, rid: int, config: bytes) -> None:
+        self.config = pb.TraceConfig.FromString(config)
+        self._send(identity, rid, enable_tracing={"started": True, "session_id": 7})
+        error = "writing the trace file failed: No space left on device"
+        self._send(identity, rid, enable_tracing={"disabled": True, "error": error})
+
+
+def test_the_cli_fails_saying_why_when_the_service_could_not_write_the_file(rt: Runtime):
+    out = rt.dir / "t.pftrace"
+    cfg = write_config(rt.dir, CONFIG_TEXT + "write_into_file: true\n")
+    with FileFailingService(rt.consumer_endpoint) as fake:
+        args = ["-c", str(cfg), "--txt", "-o", str(out)]
+        code, err = run_cli(rt, *args, "--consumer-endpoint", rt.consumer_endpoint)
+    assert fake.config is not None and fake.config.write_into_file
+    assert code == 1, err
+    assert "No space left on device" in err and "losses: none" not in err
