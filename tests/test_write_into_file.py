@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import readback
 from actors.core.outbox import AppendToFile, CloseFile, ToConsumer
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
 from actors.data_sources import synthetic_packet
@@ -458,3 +459,25 @@ def test_drains_go_on_while_the_stop_acks_are_awaited_and_the_end_waits_for_both
 
 def counters(trace: pb.Trace) -> list[int]:
     return [p.for_testing.counter for p in trace.packet if p.HasField("for_testing")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, (1 << 14) - 1, 1 << 14, (1 << 20) + 5])
+def test_a_drain_frames_packets_as_a_consumers_read_carries_them(size):
+    """The file's framing (readback.TRACE_FILE) holds the same packet bytes as the
+    consumer's (SLICES), on the hot path (heads/tail) and the general one."""
+    data = bytes(i % 251 for i in range(size))
+    expected = b"\x0a" + varint(size) + data  # Trace.packet (1), length-delimited
+    assert b"".join(readback.TRACE_FILE.frame(data)) == expected
+    if size < len(readback.TRACE_FILE.heads):
+        assert readback.TRACE_FILE.heads[size] + data + readback.TRACE_FILE.tail == expected
+        slices_hot = readback.SLICES.heads[size] + data + readback.SLICES.tail
+        assert readback.SLICES.frame(data) == [slices_hot]
+    (reply,) = readback.read_replies(readback.SLICES.frame(data), False)
+    assert b"".join(s.data for s in reply.slices) == data
+
+
+def test_a_framed_packet_parses_as_a_trace():
+    packet = pb.TracePacket(timestamp=5, trusted_uid=3)
+    data = packet.SerializeToString()
+    framed = readback.TRACE_FILE.heads[len(data)] + data + readback.TRACE_FILE.tail
+    assert list(pb.Trace.FromString(framed).packet) == [packet]

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.readback import PendingRead
-from protos import tracebus_ipc_pb2 as ipc
-from shm.protozero import varint
 
 NS_PER_MS = 1_000_000
 DEFAULT_WRITE_PERIOD_MS = 5000
@@ -43,8 +41,6 @@ MIN_WRITE_PERIOD_MS = 100  # a smaller period is raised to this (as Perfetto doe
 # The shell's: opens `path` for a session's trace, returns the id outputs name
 # it by; raises OSError when it cannot.
 FileOpener = Callable[[str], int]
-
-_PACKET_TAG = b"\x0a"  # Trace.packet (1), length-delimited
 
 
 def no_files(path: str) -> int:
@@ -112,26 +108,15 @@ class SessionFile:
 
 
 def trace_bytes(records: list[bytes], room: int | None) -> tuple[bytes, bool]:
-    """Read-back slice records (readback.slice_records) as Trace file bytes:
-    each packet as Trace.packet; packets cut into pieces are joined. With `room`
-    (bytes left under max_file_size_bytes), only the whole packets that fit:
-    the second value is False when one did not fit (it and what follows are
-    left out)."""
-    if not records:
-        return b"", True
-    reply = ipc.ReadBuffersResponse.FromString(b"".join(records))
-    out: list[bytes] = []
+    """Framed packets (readback.TRACE_FILE: one record per packet) as the bytes
+    to append. With `room` (bytes left under max_file_size_bytes), only the whole
+    packets that fit: the second value is False when one did not fit (it and
+    what follows are left out)."""
+    if room is None:
+        return b"".join(records), True
     size = 0
-    pieces: list[bytes] = []
-    for piece in reply.slices:
-        pieces.append(piece.data)
-        if not piece.last_slice_for_packet:
-            continue
-        packet = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        pieces = []
-        framed = _PACKET_TAG + varint(len(packet)) + packet
-        if room is not None and size + len(framed) > room:
-            return b"".join(out), False
-        out.append(framed)
-        size += len(framed)
-    return b"".join(out), True
+    for i, record in enumerate(records):
+        if size + len(record) > room:
+            return b"".join(records[:i]), False
+        size += len(record)
+    return b"".join(records), True

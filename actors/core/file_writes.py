@@ -89,11 +89,12 @@ class FileWrites:
         session = ctx.sessions[session_id]  # a freed session's file is forgotten (forget)
         read = file.read
         assert read is not None  # continue_drains passes files with a drain under way
+        framing = readback.TRACE_FILE
         records, done = readback.read_slice(
-            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget
+            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
         )
         if done and file.final_read:  # after the buffers, so that it counts what was read
-            records += readback.slice_records(ctx.trace_stats_packet(session))
+            records += framing.frame(ctx.trace_stats_packet(session))
         if not self._write(file, records):
             self._file_full(session, file, now)
         elif done:
