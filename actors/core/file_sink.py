@@ -4,9 +4,9 @@ service keeps about the file, and the bytes that go into it, as values.
 The core never touches the file. The shell opens it when the session is
 enabled (a FileOpener the shell passes in: the path the consumer named, or the
 config's output_path; O_CREAT|O_TRUNC, mode 0600, only a regular file;
-OSError refuses the enable)
-and gets back a file id; from then on the core says what to do with it by
-outputs (outbox.py): AppendToFile(file id, bytes) and CloseFile(file id).
+OSError refuses the enable) and gets back a file id; from then on the core
+says what to do with it by outputs (outbox.py): AppendToFile(file id, bytes)
+and CloseFile(file id).
 File ids are the shell's own (never reused, so never an fd number): a write
 that fails closes the file in the shell, which tells the core
 (ServiceCore.file_failed); the session then ends with that error in its end
