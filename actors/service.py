@@ -7,8 +7,9 @@ uid come from the kernel (libzmq's Peer-Address property of an ipc:// peer);
 a pidfd per peer tells the service within a poll round that the process died.
 SIGINT/SIGTERM stop every session, release every SMB and exit 0, within the
 shutdown timeout whatever the peers do (past it the process exits 1 at once).
-A write_into_file session's trace file is opened, appended to and closed here
-(TraceFiles), as the core says (actors/core/file_sink.py).
+A write_into_file session's trace file is opened, appended to and closed by
+the shell (actors/trace_files.py), as the core says (actors/core/file_sink.py);
+a write that fails is handed back to the core (file_failed).
 
 The service never waits on a peer. Sends are NOBLOCK; a peer whose pipe is
 full gets a bounded queue (actors/peer_queues.py), retried on a short timer.
@@ -54,6 +55,7 @@ from actors.endpoints import (
 )
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
+from actors.trace_files import TraceFiles
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry
@@ -96,46 +98,6 @@ class ServedSmb:
 
     def close(self) -> None:
         self.region.close()
-
-
-class TraceFiles:
-    """The trace files of write_into_file sessions: the service opens the path a
-    consumer names (consumers run as the service's user), and appends and closes
-    as the core says (actors/core/file_sink.py). An error writing one is logged
-    and ends the writes to that file, never the service."""
-
-    def __init__(self) -> None:
-        self.fds: dict[int, int] = {}  # file id (the fd) -> fd
-        self.paths: dict[int, str] = {}
-
-    def open(self, path: str) -> int:
-        """Raises OSError (the core refuses the session with it)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self.fds[fd] = fd
-        self.paths[fd] = path
-        return fd
-
-    def append(self, file_id: int, data: bytes) -> None:
-        fd = self.fds.get(file_id)
-        if fd is None:
-            return
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as e:
-            log(f"writing {self.paths[file_id]} failed: {e.strerror}; no more is written to it")
-            self.close(file_id)
-
-    def close(self, file_id: int) -> None:
-        fd = self.fds.pop(file_id, None)
-        self.paths.pop(file_id, None)
-        if fd is not None:
-            os.close(fd)
-
-    def close_all(self) -> None:
-        for file_id in list(self.fds):
-            self.close(file_id)
 
 
 def snapshot_clocks() -> list[tuple[int, int]]:
@@ -365,12 +327,15 @@ class ServiceShell:
 
     def _send_all(self, outputs: list) -> None:
         now = time.monotonic_ns()
+        failed: list[tuple[int, str]] = []
         for out in outputs:
-            if isinstance(out, AppendToFile):
-                self.files.append(out.file_id, out.data)
-                continue
-            if isinstance(out, CloseFile):
-                self.files.close(out.file_id)
+            if isinstance(out, AppendToFile | CloseFile):
+                if isinstance(out, AppendToFile):
+                    error = self.files.append(out.file_id, out.data)
+                else:
+                    error = self.files.close(out.file_id)
+                if error:
+                    failed.append((out.file_id, error))
                 continue
             side = "p" if isinstance(out, ToProducer) else "c"
             if (side, out.identity) in self.given_up:
@@ -382,6 +347,8 @@ class ServiceShell:
                 self._unreachable(side, out.identity)
             elif outcome is Outcome.OVERFLOW:
                 self._give_up(side, out.identity, "its outgoing queue passed its bounds")
+        for file_id, error in failed:  # the core ends the session, its consumer told why
+            self._send_all(self.core.file_failed(file_id, error, now))
         self._arm_retry()
         self._arm_timer()
         self._schedule_reads()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import readback
 from actors.core.outbox import AppendToFile, CloseFile, ToConsumer
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
 from actors.data_sources import synthetic_packet
@@ -209,15 +210,97 @@ def test_max_file_size_bytes_stops_the_session_with_whole_packets(chunks_256kib)
     assert core.next_deadline() is None and not core.pending_work()
 
 
-def test_a_session_freed_closes_its_file(chunks_256kib):
+def assert_complete_with_stats(trace: pb.Trace, chunks: int) -> None:
+    """Every committed chunk was read into the file, which ends with trace_stats."""
+    kinds = [p.WhichOneof("data") for p in trace.packet]
+    assert kinds[-1] == "trace_stats" and kinds.count("trace_stats") == 1
+    assert trace.packet[-2].service_event.tracing_disabled or kinds[-2] == "track_event"
+    stats = trace.packet[-1].trace_stats.buffer_stats[0]
+    assert stats.chunks_written == stats.chunks_read == chunks
+    timestamps = producer_timestamps(trace)
+    assert len(timestamps) == len(set(timestamps))
+
+
+@pytest.mark.parametrize("how", ["consumer_gone", "shutdown"])
+def test_a_freed_session_writes_its_last_period_and_trace_stats(chunks_256kib, how):
+    """Freed (the consumer gone or given up on, SIGTERM of the service) during a
+    drain and with data committed after it: nothing committed is lost."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:40])
+    files.take(core.on_timer(NOW + 100 * MS))
+    files.take(core.continue_reads(NOW + 100 * MS, SliceBudget(max_bytes=32 << 10)))
+    assert core.pending_work()  # a periodic drain is under way
+    commit(core, chunks_256kib[40:])  # the last period: after the drain began
+    later = NOW + 150 * MS  # before the next period: only the freeing writes it
+    if how == "consumer_gone":
+        replies = files.take(core.consumer_gone(CONSUMER.identity, later))
+    else:
+        replies = files.take(core.shutdown(later))
+    assert files.closed and not core.sessions and not core.buffers and not core.pending_work()
+    assert [m.enable_tracing.disabled for m in replies] == [True]  # (dropped if it is gone)
+    close_at = next(i for i, o in enumerate(files.outputs) if isinstance(o, CloseFile))
+    assert close_at == len(files.outputs) - 2  # then only the end reply
+    trace = files.trace()
+    assert_complete_with_stats(trace, len(chunks_256kib))
+    assert any(p.service_event.tracing_disabled for p in trace.packet)
+
+
+def test_a_session_freed_before_any_drain_writes_everything(chunks_256kib):
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib)
+    files.take(core.consumer_gone(CONSUMER.identity, NOW + 1 * MS))
+    assert files.closed and not core.sessions and not core.pending_work()
+    trace = files.trace()
+    assert trace.packet[0].HasField("clock_snapshot")
+    assert_complete_with_stats(trace, len(chunks_256kib))
+
+
+def test_a_failed_write_ends_the_session_with_the_error(chunks_256kib):
+    """ENOSPC mid-session: no more drains into nothing; the consumer's end reply
+    says why (so the CLI fails), and the session is stopped."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:20])
+    files.take(core.on_timer(NOW + 100 * MS))
+    run_drains(core, files, NOW + 100 * MS)
+    written = len(files.data)
+    replies = files.take(core.file_failed(FILE_ID, "No space left on device", NOW + 150 * MS))
+    replies += run_drains(core, files, NOW + 150 * MS)
+    (reply,) = [m.enable_tracing for m in replies]
+    assert reply.disabled and "No space left on device" in reply.error
+    (session,) = core.sessions.values()
+    assert session.state.value == "DISABLED"
+    commit(core, chunks_256kib[20:])
+    files.take(core.on_timer(NOW + 1000 * MS))
+    assert not core.pending_work() and core.next_deadline() is None
+    assert len(files.data) == written and not files.closed  # the shell closed it itself
+    assert files.take(core.file_failed(FILE_ID, "again", NOW + 2000 * MS)) == []
+
+
+def test_a_failure_of_the_last_writes_reaches_the_end_reply(chunks_256kib):
+    """The end reply comes on the turn after the close: a write or close that
+    fails in the shell before it is reported in it."""
+    files = FakeFiles()
+    core, _ = enable(config(buffer_kib=512, file_write_period_ms=100), files)
+    commit(core, chunks_256kib[:20])
+    send(core, files, 2, NOW + 10 * MS, disable_tracing=ipc.DisableTracingRequest())
+    while not files.closed:
+        assert files.take(core.continue_reads(NOW + 10 * MS)) == []  # no reply before
+    replies = files.take(core.file_failed(FILE_ID, "Input/output error", NOW + 10 * MS))
+    replies += run_drains(core, files, NOW + 10 * MS)
+    assert [m.WhichOneof("msg") for m in replies] == ["enable_tracing", "ack"]
+    assert "Input/output error" in replies[0].enable_tracing.error
+
+
+def test_a_failure_after_the_end_was_told_changes_nothing(chunks_256kib):
     files = FakeFiles()
     core, _ = enable(config(file_write_period_ms=100), files)
-    commit(core, chunks_256kib[:4])
-    files.take(core.on_timer(NOW + 100 * MS))
-    files.take(core.continue_reads(NOW + 100 * MS))
-    files.take(core.consumer_gone(CONSUMER.identity, NOW + 101 * MS))
-    assert files.closed and not core.sessions and not core.pending_work()
-    files.trace()
+    send(core, files, 2, NOW, disable_tracing=ipc.DisableTracingRequest())
+    assert [m.WhichOneof("msg") for m in run_drains(core, files, NOW)] == ["enable_tracing", "ack"]
+    assert files.take(core.file_failed(FILE_ID, "Input/output error", NOW)) == []
+    assert files.take(core.file_failed(FILE_ID + 1, "not ours", NOW)) == []
 
 
 @pytest.mark.parametrize(
@@ -376,3 +459,25 @@ def test_drains_go_on_while_the_stop_acks_are_awaited_and_the_end_waits_for_both
 
 def counters(trace: pb.Trace) -> list[int]:
     return [p.for_testing.counter for p in trace.packet if p.HasField("for_testing")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, (1 << 14) - 1, 1 << 14, (1 << 20) + 5])
+def test_a_drain_frames_packets_as_a_consumers_read_carries_them(size):
+    """The file's framing (readback.TRACE_FILE) holds the same packet bytes as the
+    consumer's (SLICES), on the hot path (heads/tail) and the general one."""
+    data = bytes(i % 251 for i in range(size))
+    expected = b"\x0a" + varint(size) + data  # Trace.packet (1), length-delimited
+    assert b"".join(readback.TRACE_FILE.frame(data)) == expected
+    if size < len(readback.TRACE_FILE.heads):
+        assert readback.TRACE_FILE.heads[size] + data + readback.TRACE_FILE.tail == expected
+        slices_hot = readback.SLICES.heads[size] + data + readback.SLICES.tail
+        assert readback.SLICES.frame(data) == [slices_hot]
+    (reply,) = readback.read_replies(readback.SLICES.frame(data), False)
+    assert b"".join(s.data for s in reply.slices) == data
+
+
+def test_a_framed_packet_parses_as_a_trace():
+    packet = pb.TracePacket(timestamp=5, trusted_uid=3)
+    data = packet.SerializeToString()
+    framed = readback.TRACE_FILE.heads[len(data)] + data + readback.TRACE_FILE.tail
+    assert list(pb.Trace.FromString(framed).packet) == [packet]

@@ -5,6 +5,7 @@ at the limit; a script's tracing.record() does the same."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -152,3 +153,19 @@ def test_ctrl_c_ends_the_session_and_the_service_finishes_the_file(rt: Runtime):
     assert written == list(range(1, len(written) + 1))
     assert trace.packet[-1].HasField("trace_stats")
     assert "losses: none" in err
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_and_blocks_nothing(rt: Runtime):
+    """A FIFO as the output: the service must not block opening it (no reader)."""
+    rt.start_service()
+    os.mkfifo(rt.dir / "fifo.pftrace")  # the CLI's -o
+    config = synthetic_config(duration_ms=1000, count=10, rate=100, size=100, file_fields="")
+    proc, _ = rt.start_record(config, "fifo")
+    _, err = rt.communicate(proc, timeout=30.0)
+    assert proc.returncode == 1, err
+    assert "not a regular file" in err
+    result, out = rt.record(  # and the service goes on serving
+        synthetic_config(duration_ms=200, count=10, rate=100, size=100, file_fields=""), "after"
+    )
+    assert result.returncode == 0, result.stderr
+    assert load(out).packet[-1].HasField("trace_stats")

@@ -216,7 +216,10 @@ class ConsumerPort:
             self.free(session, now)
 
     def free(self, session: Session, now: int) -> None:
-        """Fail the session's pending flushes, stop it at once, drop its buffers."""
+        """Fail the session's pending flushes, stop it at once, write the rest of a
+        write_into_file session into its file, drop its buffers."""
         self._flushes.fail_all(session, now)
+        self._control.stop_now(session, now)
+        self._files.finish_now(session, now)  # while the buffers are there to drain
         self._control.free(session, now)
         self._files.forget(session)

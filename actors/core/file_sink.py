@@ -3,9 +3,14 @@ service keeps about the file, and the bytes that go into it, as values.
 
 The core never touches the file. The shell opens it when the session is
 enabled (a FileOpener the shell passes in: the path the consumer named, or the
-config's output_path; O_CREAT|O_TRUNC, mode 0600; OSError refuses the enable)
-and gets back a file id; from then on the core says what to do with it by
-outputs (outbox.py): AppendToFile(file id, bytes) and CloseFile(file id).
+config's output_path; O_CREAT|O_TRUNC, mode 0600, only a regular file;
+OSError refuses the enable) and gets back a file id; from then on the core
+says what to do with it by outputs (outbox.py): AppendToFile(file id, bytes)
+and CloseFile(file id).
+File ids are the shell's own (never reused, so never an fd number): a write
+that fails closes the file in the shell, which tells the core
+(ServiceCore.file_failed); the session then ends with that error in its end
+reply, and nothing more is drained from it.
 
 What goes into the file is a perfetto.protos.Trace, in the order of a
 consumer's read (readback.py): every drain is one read of the session (the
@@ -29,8 +34,6 @@ from dataclasses import dataclass
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.readback import PendingRead
-from protos import tracebus_ipc_pb2 as ipc
-from shm.protozero import varint
 
 NS_PER_MS = 1_000_000
 DEFAULT_WRITE_PERIOD_MS = 5000
@@ -39,8 +42,6 @@ MIN_WRITE_PERIOD_MS = 100  # a smaller period is raised to this (as Perfetto doe
 # The shell's: opens `path` for a session's trace, returns the id outputs name
 # it by; raises OSError when it cannot.
 FileOpener = Callable[[str], int]
-
-_PACKET_TAG = b"\x0a"  # Trace.packet (1), length-delimited
 
 
 def no_files(path: str) -> int:
@@ -86,6 +87,10 @@ class SessionFile:
     ending: EndOfSession | None = None  # set when the session stopped
     final_read: bool = False  # the drain under way started after `ending`
     closed: bool = False
+    error: str = ""  # why writing it failed: the session's end reply says it
+    # The end reply waits for the next turn, after the shell has done the writes
+    # and the close before it: a failure of those reaches the reply (as `error`).
+    end_due: bool = False
 
     def start_read(self, session_id: int) -> None:
         """Begin a drain (a read whose sink is this file, so no consumer or request)."""
@@ -97,31 +102,22 @@ class SessionFile:
         then trace_stats, the file closed, and the consumer told."""
         self.ending = EndOfSession(stop_timed_out)
         self.next_drain = None
-        if self.read is None:
+        if self.closed:  # (max_file_size_bytes, a failed write): nothing to drain
+            self.end_due = True
+        elif self.read is None:
             self.start_read(session_id)
 
 
 def trace_bytes(records: list[bytes], room: int | None) -> tuple[bytes, bool]:
-    """Read-back slice records (readback.slice_records) as Trace file bytes:
-    each packet as Trace.packet; packets cut into pieces are joined. With `room`
-    (bytes left under max_file_size_bytes), only the whole packets that fit:
-    the second value is False when one did not fit (it and what follows are
-    left out)."""
-    if not records:
-        return b"", True
-    reply = ipc.ReadBuffersResponse.FromString(b"".join(records))
-    out: list[bytes] = []
+    """Framed packets (readback.TRACE_FILE: one record per packet) as the bytes
+    to append. With `room` (bytes left under max_file_size_bytes), only the whole
+    packets that fit: the second value is False when one did not fit (it and
+    what follows are left out)."""
+    if room is None:
+        return b"".join(records), True
     size = 0
-    pieces: list[bytes] = []
-    for piece in reply.slices:
-        pieces.append(piece.data)
-        if not piece.last_slice_for_packet:
-            continue
-        packet = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        pieces = []
-        framed = _PACKET_TAG + varint(len(packet)) + packet
-        if room is not None and size + len(framed) > room:
-            return b"".join(out), False
-        out.append(framed)
-        size += len(framed)
-    return b"".join(out), True
+    for i, record in enumerate(records):
+        if size + len(record) > room:
+            return b"".join(records[:i]), False
+        size += len(record)
+    return b"".join(records), True

@@ -11,7 +11,10 @@ buffer reader as it goes (never the whole buffer at once) until SliceBudget's
 bytes are out or its time_up() says so (the shell's clock; the core reads
 none), and the caller sends them in ReadBuffers replies with has_more; the
 last reply (has_more false) carries trace_stats. Where a read stands between
-slices is data (PendingRead), so other peers are served in between.
+slices is data (PendingRead), so other peers are served in between. Packets
+come out framed, never as protobuf objects: as ReadBuffersResponse slice
+records for a consumer (SLICES), as Trace file bytes for a write_into_file
+drain (TRACE_FILE).
 
 Producer packets are validated (shm.packet_check: a top level that is not
 well-formed protobuf, or a field only the service may write, drops the packet
@@ -145,14 +148,17 @@ def read_slice(
     uid: int,
     service_pid: int,
     budget: SliceBudget,
+    framing: Framing | None = None,
 ) -> tuple[list[bytes], bool]:
-    """The next packets of `read`, stamped and framed (see slice_records),
-    within `budget` (at least one batch), and whether every buffer of the
-    session is read (trace_stats comes next)."""
+    """The next packets of `read`, stamped and framed (by `framing`: SLICES,
+    ReadBuffersResponse slice records, unless told), within `budget` (at least
+    one batch), and whether every buffer of the session is read (trace_stats
+    comes next)."""
+    framing = framing or SLICES
     out: list[bytes] = []
     if read.buffer_index < 0:
         for packet in _service_packets(session, uid, service_pid):
-            out += slice_records(packet)
+            out += framing.frame(packet)
         read.buffer_index = 0
         _begin(read, session, buffers)
     size = 0
@@ -167,7 +173,7 @@ def read_slice(
                 read.buffer_index += 1
                 _begin(read, session, buffers)
             continue
-        stamped = _stamp(packets, session, read.trailers, out)
+        stamped = _stamp(packets, session, read.trailers, out, framing)
         size += stamped
         read.buffer_bytes += stamped
         if size >= budget.max_bytes or budget.time_up():
@@ -226,13 +232,38 @@ def slice_records(packet: bytes) -> list[bytes]:
     return [_record(piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
 
 
+@dataclass(frozen=True)
+class Framing:
+    """How a read frames each stamped packet: a packet of n < _SMALL bytes (no
+    loss trailer) as heads[n] + packet + tail (the hot path); any as frame(packet)."""
+
+    heads: list[bytes]
+    tail: bytes
+    frame: Callable[[bytes], list[bytes]]
+
+
+def trace_file_records(packet: bytes) -> list[bytes]:
+    """A packet as Trace.packet (1), length-delimited: what a trace file holds."""
+    return [_TAG + varint(len(packet)) + packet]
+
+
+# A consumer's read: ReadBuffersResponse slice records (read_replies parses them).
+SLICES = Framing(_HEADS, _LAST, slice_records)
+# A drain into a write_into_file session's file: Trace file bytes, one per packet.
+TRACE_FILE = Framing([_TAG + varint(n) for n in range(_SMALL)], b"", trace_file_records)
+
+
 def _stamp(
-    packets: list[ReadPacket], session: Session, trailers: Trailers, out: list[bytes]
+    packets: list[ReadPacket],
+    session: Session,
+    trailers: Trailers,
+    out: list[bytes],
+    framing: Framing,
 ) -> int:
-    """Append each valid packet, with its trailers, as a slice record to `out`;
-    count the invalid ones. Returns the bytes of the packets out. The hot loop of read-back:
+    """Append each valid packet, with its trailers, framed, to `out`; count the
+    invalid ones. Returns the bytes of the packets out. The hot loop of read-back:
     packets of a sequence come in runs, so the trailer is looked up once a run."""
-    valid, join, heads = packet_is_valid_untrusted, b"".join, _HEADS
+    valid, join, heads, tail = packet_is_valid_untrusted, b"".join, framing.heads, framing.tail
     append = out.append
     size = 0
     last_key = None
@@ -251,9 +282,9 @@ def _stamp(
         n = len(data) + len(trailer)
         size += n
         if n < _SMALL and not loss_flags:
-            append(join((heads[n], data, trailer, _LAST)))
+            append(join((heads[n], data, trailer, tail)))
         else:
-            out += slice_records(data + trailer + loss_trailer(loss_flags))
+            out += framing.frame(data + trailer + loss_trailer(loss_flags))
     return size
 
 

@@ -6,8 +6,9 @@ away, calls on_timer() at next_deadline(), and, while pending_work() (a read
 being answered in slices), continue_reads() once per loop turn with a time
 budget (drains into write_into_file sessions' files run the same way: see
 file_writes.py). It answers with outputs: the envelopes to send and the file
-writes to do, in order. The shell also passes in an SMB factory, a file opener
-and the clocks (for clock snapshots and service packet timestamps).
+writes to do, in order (a write that fails comes back as file_failed). The
+shell also passes in an SMB factory, a file opener and the clocks (for clock
+snapshots and service packet timestamps).
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
@@ -169,6 +170,12 @@ class ServiceCore:
 
     def consumer_gone(self, identity: bytes, now: int) -> list[Output]:
         self._consumer_port.gone(identity, now)
+        return self._ctx.out.drain()
+
+    def file_failed(self, file_id: int, error: str, now: int) -> list[Output]:
+        """The shell could not write a write_into_file session's file (ENOSPC, EIO...)
+        and closed it: the session ends, its consumer told why."""
+        self._files.failed(file_id, error, now)
         return self._ctx.out.drain()
 
     def shutdown(self, now: int) -> list[Output]:

@@ -248,27 +248,37 @@ class SessionControl:
         self._ctx.scrape_session(session)
         self._ctx.service_event(session, "tracing_disabled")
         file = self._ctx.files.get(session.id)
-        if file is not None and not file.closed:
+        if file is not None:
             file.end(session.id, timed_out)  # file_writes.py tells the consumer after it
             return
         self.tell_ended(session, timed_out)
 
     def tell_ended(self, session: Session, timed_out: list[str]) -> None:
-        """The session's end reply, and the answers to disable requests."""
+        """The session's end reply (with the error of its trace file, if writing it
+        failed), and the answers to disable requests."""
         out = self._ctx.out
+        file = self._ctx.files.get(session.id)
         reply = ipc.EnableTracingResponse(
-            disabled=True, session_id=session.id, stop_timed_out=timed_out
+            disabled=True,
+            session_id=session.id,
+            stop_timed_out=timed_out,
+            error=file.error if file is not None else "",
         )
         out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
         session.disable_waiters.clear()
 
+    def stop_now(self, session: Session, now: int) -> None:
+        """Stop the session at once, without waiting for stop acks (before `free`:
+        a write_into_file session's last drain runs between the two)."""
+        self.disable(session, now)
+        self.finish_disable(session, now, force=True)
+
     def free(self, session: Session, now: int) -> None:
         """Stop the session at once (no waiting for acks) and drop its buffers."""
         ctx = self._ctx
-        self.disable(session, now)
-        self.finish_disable(session, now, force=True)
+        self.stop_now(session, now)
         for instance in session.instances.values():
             producer = ctx.producers.by_id(instance.producer_id)
             if producer is not None:
