@@ -5,7 +5,8 @@ A consumer is trusted (owner-only socket) but may still send nonsense: a config
 that does not parse, a request for a session it does not have. Each gets a
 reply saying so. ReadBuffers is answered in slices: the request is kept as a
 PendingRead (readback.py), and continue_reads sends the next slice of each
-pending read in turn whenever the shell has nothing else to do. The dispatch
+pending read in turn, one call per loop turn of the shell, between the messages
+it receives. The dispatch
 table that routes each ConsumerToService kind to a method here is in
 service_core.py.
 """

@@ -190,8 +190,8 @@ class ServiceCore:
 
     def pending_work(self, may_send: Callable[[bytes], bool] = lambda _consumer: True) -> bool:
         """True while a read waits for its next slice and its consumer may take
-        one: the shell then calls continue_reads once per loop turn, between the
-        messages it receives."""
+        one, or a write_into_file drain has more to write: the shell then calls
+        continue_reads once per loop turn, between the messages it receives."""
         return self._consumer_port.reads_pending(may_send) or self._files.pending()
 
     def continue_reads(self, now: int, budget: SliceBudget = UNTIMED_SLICE) -> list[Output]:
