@@ -12,6 +12,7 @@ calibration_ns / 55, a throughput target divided by it.
 
 from __future__ import annotations
 
+import json
 import time
 
 REFERENCE_NS = 55.0
@@ -32,3 +33,10 @@ def scaled_target(op: str, bound: float, calibration: float) -> float:
     """`bound` (stated for REFERENCE_NS) on a machine that measures `calibration`."""
     factor = calibration / REFERENCE_NS
     return bound * factor if op == "<=" else bound / factor
+
+
+def save_json(path: str | None, results: dict) -> None:
+    """Write a benchmark's figures (calibration_ns among them) as JSON, if asked."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)

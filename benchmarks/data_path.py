@@ -22,7 +22,6 @@ Figures (one table; --json writes exactly these keys):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -30,7 +29,7 @@ import sys
 import time
 
 from benchmarks import baselines
-from benchmarks.calibration import calibration_ns, scaled_target
+from benchmarks.calibration import calibration_ns, save_json, scaled_target
 from benchmarks.smb_mover import Mover
 from shm.abi import CHUNK_HEADER, CHUNK_HEADER_SIZE, SharedMemoryABI, resolve_geometry
 from shm.arbiter import SharedMemoryArbiter
@@ -245,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save_json(args.json, results)
     return 0
 
 

@@ -44,7 +44,6 @@ Figures (one table; --json writes exactly these keys):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -67,7 +66,7 @@ from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
 from actors.producer_sdk import DataSource
 from actors.track_event import TrackEvents
-from benchmarks.calibration import calibration_ns, scaled_target
+from benchmarks.calibration import calibration_ns, save_json, scaled_target
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD_SOURCE = "bench.readback"
@@ -489,9 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     results = run(args.quick)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save_json(args.json, results)
     return 0
 
 

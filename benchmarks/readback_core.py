@@ -18,7 +18,6 @@ The end-to-end figure with real processes is benchmarks/readback.py's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import tracemalloc
@@ -26,7 +25,7 @@ from collections.abc import Callable
 
 from actors.core.service_core import Clocks, Peer, ServiceCore, SliceBudget
 from actors.service import READ_SLICE_NS
-from benchmarks.calibration import calibration_ns
+from benchmarks.calibration import calibration_ns, save_json
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, CHUNK_HEADER_SIZE, SharedMemoryABI, resolve_geometry
 from shm.arbiter import SharedMemoryArbiter
@@ -158,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     results = run(args.mib)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    save_json(args.json, results)
     return 0
 
 
