@@ -308,13 +308,19 @@ def test_sixteen_producers_dropping_are_counted_exactly(rt):
 # -- the service: writer drops outlive their producer -------------------------------------------
 
 
-def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
+def started_session() -> tuple[ServiceRig, FakeProducer, FakeConsumer]:
+    """A service core with one producer ("prod", pid 555) in a started session."""
     rig = ServiceRig()
     producer = FakeProducer(rig, "prod", pid=555)
     consumer = FakeConsumer(rig, "c")
     consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
     consumer.replies()
     producer.process()
+    return rig, producer, consumer
+
+
+def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
+    rig, producer, consumer = started_session()
     (writer,) = producer.writers.values()
     writer.write_packet(b"\x40\x01")  # timestamp 1
     writer.dropped_packets, writer.dropped_bytes = 7, 700  # as after SMB-full drops
@@ -334,12 +340,7 @@ def test_writer_drops_reported_before_a_producer_dies_stay_in_trace_stats():
 def test_a_reused_writer_ids_drops_count_from_zero(released_by):
     """A writer id released and given to a new writer: the new writer's cumulative
     count adds to the total instead of hiding under the old writer's."""
-    rig = ServiceRig()
-    producer = FakeProducer(rig, "prod", pid=555)
-    consumer = FakeConsumer(rig, "c")
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
-    consumer.replies()
-    producer.process()
+    rig, producer, consumer = started_session()
     (writer,) = producer.writers.values()
     wid, buffer = writer.writer_id, writer.target_buffer
 
@@ -408,12 +409,7 @@ def test_the_grace_for_running_threads_fits_in_the_services_flush_timeout():
     assert producer_host.flush_grace_ns(0) == default  # the service did not say
     assert producer_host.flush_grace_ns(60_000) == default
     assert producer_host.flush_grace_ns(200) == 100_000_000  # half of it
-    rig = ServiceRig()
-    producer = FakeProducer(rig, "prod", pid=555)
-    consumer = FakeConsumer(rig, "c")
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=service_config()))
-    consumer.replies()
-    producer.process()
+    rig, producer, consumer = started_session()
     consumer.send(flush=ipc.FlushConsumerRequest(timeout_ms=250))
     (flush,) = [m.flush for m in rig.take(producer.peer) if m.HasField("flush")]
     assert flush.timeout_ms == 250
