@@ -19,7 +19,7 @@ stop; a stop before message_count packets ends the sequence early. At its end
 the source logs "NAME instance N: wrote K packets": every one of them is in the
 trace or among the losses trace_stats counts.
 
-`track_event` (TrackEventDataSource) writes a small timeline for
+`tracebus.demo_timeline` (DemoTimelineDataSource) writes a small timeline for
 ui.perfetto.dev: a process and a thread TrackDescriptor, then frames of nested
 slices (frame > update > physics, frame > render) and a counter track,
 timestamped with CLOCK_BOOTTIME in ns (Perfetto's default trace clock, so
@@ -178,15 +178,15 @@ def synthetic_named(name: str) -> type[DataSource]:
     return type(f"Synthetic[{name}]", (SyntheticDataSource,), {"name": name})
 
 
-# -- track_event ---------------------------------------------------------------------------
+# -- tracebus.demo_timeline -------------------------------------------------------------
 
 SLICES = ("frame", "update", "physics", "render")
 
 
-class TrackEventDataSource(_Threaded):
+class DemoTimelineDataSource(_Threaded):
     """Nested slices and a counter on the instance's thread (see the module docstring)."""
 
-    name = "track_event"
+    name = "tracebus.demo_timeline"
     # The SDK marks the instance's writers on a clear; TrackEvents re-emits.
     handles_incremental_state_clear = True
 

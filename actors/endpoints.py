@@ -19,6 +19,10 @@ from pathlib import Path
 
 PRODUCER_ENV = "TRACEBUS_PRODUCER_SOCK"
 CONSUMER_ENV = "TRACEBUS_CONSUMER_SOCK"
+# Seconds the application SDK's first call may wait for its track_event instance
+# to start (set by `tracebus run` and by topologies that record from the start).
+STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"
+PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"  # the name a producer registers (the SDK's default)
 PRODUCER_SOCKET = "producer.sock"
 CONSUMER_SOCKET = "consumer.sock"
 

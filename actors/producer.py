@@ -147,9 +147,9 @@ def _parser() -> argparse.ArgumentParser:
 def _register_all(producer: Producer, synthetic_names: list[str], modules: list[str]) -> None:
     """The built-in data sources, synthetic ones under more names, and each module's;
     ImportError or ValueError if a module or a name does not work."""
-    from actors.data_sources import SyntheticDataSource, TrackEventDataSource, synthetic_named
+    from actors.data_sources import DemoTimelineDataSource, SyntheticDataSource, synthetic_named
 
-    builtins: tuple[type[DataSource], ...] = (SyntheticDataSource, TrackEventDataSource)
+    builtins: tuple[type[DataSource], ...] = (SyntheticDataSource, DemoTimelineDataSource)
     for cls in builtins:
         producer.register(cls)
     for name in synthetic_names:

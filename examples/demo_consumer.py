@@ -11,7 +11,7 @@ CONFIG = Path(__file__).parent / "configs" / "demo.pbtxt"
 
 def attach_late_producer(tracing):
     tracing.wait(1.0)
-    tracing.supervisor.attach("late", builtin=["tracebus.synthetic", "track_event"])
+    tracing.supervisor.attach("late", builtin=["tracebus.synthetic", "tracebus.demo_timeline"])
     print("attached producer 'late' while the session runs")
 
 

@@ -7,7 +7,7 @@ at the service's state and stats, then saves the trace.
 
 from pathlib import Path
 
-CONFIG = Path(__file__).parent / "configs" / "track_event.pbtxt"
+CONFIG = Path(__file__).parent / "configs" / "demo_timeline.pbtxt"
 
 
 def main(tracing):

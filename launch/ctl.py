@@ -56,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         "--builtin",
         nargs="*",
         metavar="DS",
-        help="the built-in producer (tracebus.synthetic, track_event), optionally hosting "
-        "these data source names too",
+        help="the built-in producer (tracebus.synthetic, tracebus.demo_timeline), optionally "
+        "hosting these data source names too",
     )
     kind.add_argument("--module", metavar="PKG.MOD", help="host this module's DataSources")
     kind.add_argument("--command", metavar="CMD", help="a command line that runs a producer")

@@ -25,7 +25,7 @@ ProducerKind = Literal["builtin", "module", "command"]
 ConsumerKind = Literal["script", "config"]
 RestartKind = Literal["never", "on-failure", "always"]
 
-BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "track_event")  # actors.data_sources
+BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "tracebus.demo_timeline")  # actors.data_sources
 PRODUCER_SOCK_ENV = "TRACEBUS_PRODUCER_SOCK"  # actors.endpoints.PRODUCER_ENV
 CONSUMER_SOCK_ENV = "TRACEBUS_CONSUMER_SOCK"  # actors.endpoints.CONSUMER_ENV
 PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"

@@ -73,7 +73,7 @@ SMB_MEMFD = "/memfd:tracebus-smb"
 SUN_PATH_MAX = 107
 READY_TIMEOUT = 15.0  # a cold interpreter on a loaded 2-core machine
 STOP_GRACE = 5.0  # SIGTERM to SIGKILL at cleanup
-BUILTIN_SOURCES = ("tracebus.synthetic", "track_event")
+BUILTIN_SOURCES = ("tracebus.synthetic", "tracebus.demo_timeline")
 
 SUPERVISOR = ("-m", "launch.supervisor")
 SUPERVISOR_RUNTIME_DIR = re.compile(r"^supervisor \| runtime dir (.+)$", re.MULTILINE)

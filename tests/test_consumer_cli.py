@@ -374,7 +374,7 @@ def test_sigint_flushes_disables_and_writes_what_was_read(rt: Runtime):
 
 def test_example_configs_parse_with_the_official_schema():
     found = sorted(CONFIGS.glob("*.pbtxt"))
-    assert {p.name for p in found} >= {"synthetic.pbtxt", "track_event.pbtxt"}
+    assert {p.name for p in found} >= {"synthetic.pbtxt", "demo_timeline.pbtxt"}
     for path in found:
         config = text_format.Parse(path.read_text(), pb.TraceConfig())
         assert config.buffers and config.data_sources and config.duration_ms, path
@@ -389,7 +389,7 @@ def test_synthetic_example_has_two_buffers_and_two_sources():
     testing = synthetic.for_testing
     assert testing.message_count and testing.message_size and testing.seed
     assert testing.max_messages_per_second
-    assert (track_event.name, track_event.target_buffer) == ("track_event", 1)
+    assert (track_event.name, track_event.target_buffer) == ("tracebus.demo_timeline", 1)
     assert 1000 <= config.duration_ms <= 5000
 
 

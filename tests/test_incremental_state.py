@@ -204,7 +204,7 @@ WRAP_PRODUCERS = 3
 WRAP_CONFIG = f"""
 buffers {{ size_kb: 64 fill_policy: RING_BUFFER }}
 data_sources {{
-  config {{ name: "track_event" for_testing {{ max_messages_per_second: 100 }} }}
+  config {{ name: "tracebus.demo_timeline" for_testing {{ max_messages_per_second: 100 }} }}
 }}
 incremental_state_config {{ clear_period_ms: {PERIOD_MS} }}
 """
@@ -221,7 +221,7 @@ def test_a_wrapped_ring_buffer_imports_from_the_first_re_emission_on(rt):
     rt.start_service()
     procs = [rt.start_producer(f"te{i}", wait=False) for i in range(WRAP_PRODUCERS)]
     for i, proc in enumerate(procs):
-        rt.wait_registered(proc, "track_event", name=f"te{i}")
+        rt.wait_registered(proc, "tracebus.demo_timeline", name=f"te{i}")
     consumer = rt.consumer()
     enabled = consumer.enable(text_format.Parse(WRAP_CONFIG, pb.TraceConfig()))
     assert enabled.unsupported_fields == ()

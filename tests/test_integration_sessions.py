@@ -254,7 +254,7 @@ data_sources {{
 # beta only: a track_event timeline, into the DISCARD buffer.
 data_sources {{
   config {{
-    name: "track_event" target_buffer: 1
+    name: "tracebus.demo_timeline" target_buffer: 1
     for_testing {{ message_count: {FRAMES} max_messages_per_second: 250 }}
   }}
   producer_name_filter: "beta"
@@ -330,7 +330,7 @@ def test_three_producers_two_buffer_kinds_filters_and_drops(topo):
         "gamma", "--smb-size-kb", "8", "--page-size-kb", "4", "--policy", "drop",
         "--data-source", "synth.b", "--data-source", "gamma.b", wait=False,
     )  # fmt: skip
-    builtin = ("tracebus.synthetic", "track_event")
+    builtin = ("tracebus.synthetic", "tracebus.demo_timeline")
     topo.wait_registered(alpha, *builtin, "synth.b", name="alpha")
     topo.wait_registered(beta, *builtin, "synth.b", name="beta")
     topo.wait_registered(gamma, *builtin, "synth.b", "gamma.b", name="gamma")
@@ -529,7 +529,7 @@ def test_two_sessions_from_two_consumers_each_get_exactly_their_own_packets(topo
     p1 = topo.start_producer("p1", "--policy", "stall", wait=False)
     p2 = topo.start_producer("p2", "--policy", "stall", wait=False)
     for proc, name in ((p1, "p1"), (p2, "p2")):
-        topo.wait_registered(proc, "tracebus.synthetic", "track_event", name=name)
+        topo.wait_registered(proc, "tracebus.synthetic", "tracebus.demo_timeline", name=name)
     # Session B through the script API in this process, session A through the CLI.
     with Consumer.connect(topo.consumer_endpoint, timeout=5, name="b") as b:
         b.enable(session_config(**SESSION_B))

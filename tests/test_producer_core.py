@@ -22,8 +22,8 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors import endpoints
 from actors.core import producer_core as core
 from actors.data_sources import (
+    DemoTimelineDataSource,
     SyntheticDataSource,
-    TrackEventDataSource,
     seq_values,
     synthetic_named,
     synthetic_str,
@@ -601,10 +601,11 @@ def test_writer_stats_report_the_drops_of_a_tiny_smb():
 
 
 def test_track_event_timeline_parses_with_the_official_schema():
-    rig = Rig([TrackEventDataSource])
+    rig = Rig([DemoTimelineDataSource])
     rig.connect()
     rig.setup_tracing()
-    ds = rig.start(1, ds_config("track_event", message_count=5, max_messages_per_second=1000))
+    config = ds_config("tracebus.demo_timeline", message_count=5, max_messages_per_second=1000)
+    ds = rig.start(1, config)
     rig.finish(ds)
     (wid,) = rig.registered
     packets = parse(rig.oracle.packets(wid)[0])

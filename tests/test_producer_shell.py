@@ -87,7 +87,7 @@ class FakeService:
             reg = self.recv_kind("register_data_source")
             names.append(reg.register_data_source.descriptor.name)
             self.send(reg.request_id, register_data_source={})
-        assert names == ["tracebus.synthetic", "track_event"]
+        assert names == ["tracebus.synthetic", "tracebus.demo_timeline"]
         return init.initialize_connection
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
@@ -182,7 +182,7 @@ def test_producer_retries_until_the_service_appears(rt: Runtime) -> None:
         service.send(init.request_id, initialize_connection={"producer_id": 3})
         names = [service.recv_kind("register_data_source") for _ in range(3)]
         descriptors = [m.register_data_source.descriptor.name for m in names]
-        assert descriptors == ["tracebus.synthetic", "track_event", "extra.synth"]
+        assert descriptors == ["tracebus.synthetic", "tracebus.demo_timeline", "extra.synth"]
         assert service.stop(signal.SIGINT) == 0
     finally:
         service.close()
@@ -222,6 +222,7 @@ def test_module_data_sources_are_hosted(rt: Runtime, service: FakeService) -> No
     init = service.recv_kind("initialize_connection")
     service.send(init.request_id, initialize_connection={"producer_id": 2})
     regs = [service.recv_kind("register_data_source").register_data_source for _ in range(3)]
-    assert [r.descriptor.name for r in regs] == ["tracebus.synthetic", "track_event", "user.mine"]
+    names = [r.descriptor.name for r in regs]
+    assert names == ["tracebus.synthetic", "tracebus.demo_timeline", "user.mine"]
     assert regs[2].descriptor.will_notify_on_start
     assert service.stop(signal.SIGTERM) == 0

@@ -42,17 +42,17 @@ pytestmark = pytest.mark.timeout(90)
 PYTHON = sys.executable
 TICK_NS = 10**9 // os.sysconf("SC_CLK_TCK")
 
-TRACK_EVENT = 'buffers { size_kb: 4096 } data_sources { config { name: "track_event" } }'
+TRACK_EVENT = 'buffers { size_kb: 4096 } data_sources { config { name: "tracebus.demo_timeline" } }'
 
 # A command-line producer: any program that registers through TRACEBUS_PRODUCER_SOCK.
 WORKER = """
 import os
-from actors.data_sources import TrackEventDataSource
+from actors.data_sources import DemoTimelineDataSource
 from actors.producer import Producer
 
 producer = Producer(os.environ["TRACEBUS_PRODUCER_NAME"],
                     endpoint=os.environ["TRACEBUS_PRODUCER_SOCK"])
-producer.register(TrackEventDataSource)
+producer.register(DemoTimelineDataSource)
 raise SystemExit(producer.run())
 """
 
@@ -466,7 +466,7 @@ def test_ctrl_c_leaves_nothing_behind(rt: Runtime, signals: int) -> None:
           - name: cli
             config_text: |
               buffers { size_kb: 1024 }
-              data_sources { config { name: "track_event" } }
+              data_sources { config { name: "tracebus.demo_timeline" } }
               duration_ms: 60000
             output: out/cli.pftrace
           - name: rec

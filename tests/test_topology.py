@@ -35,7 +35,9 @@ from launch.topology_parser import load_topology, parse_producer_group, parse_to
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "topology.md"
-OK_CONFIG = 'buffers { size_kb: 1024 }\ndata_sources { config { name: "track_event" } }\n'
+OK_CONFIG = (
+    'buffers { size_kb: 1024 }\ndata_sources { config { name: "tracebus.demo_timeline" } }\n'
+)
 BAD_CONFIG = "buffers {\n  size_kb: 1024\n}\nbufers { size_kb: 4 }\n"  # line 4: no such field
 
 
@@ -83,7 +85,7 @@ service:
   stop_timeout_s: 2.5
 producers:
   - name: sensors
-    builtin: [tracebus.synthetic, track_event, sensors.extra]
+    builtin: [tracebus.synthetic, tracebus.demo_timeline, sensors.extra]
     count: 2
     smb_size_kb: 512
     page_size_kb: 8
@@ -140,7 +142,7 @@ def test_full_topology_parses_into_the_dataclasses(base: Path) -> None:
             ProducerGroup(
                 name="sensors",
                 kind="builtin",
-                data_sources=("tracebus.synthetic", "track_event", "sensors.extra"),
+                data_sources=("tracebus.synthetic", "tracebus.demo_timeline", "sensors.extra"),
                 count=2,
                 smb_size_kb=512,
                 page_size_kb=8,
@@ -831,7 +833,7 @@ def test_valid_smb_hints_are_what_the_service_uses(base: Path, smb, page) -> Non
 
 def test_constants_match_the_actors() -> None:
     from actors import consumer, endpoints, producer
-    from actors.data_sources import SyntheticDataSource, TrackEventDataSource
+    from actors.data_sources import DemoTimelineDataSource, SyntheticDataSource
     from shm import abi
 
     assert tp.PAGE_SIZES_KB == tuple(p // 1024 for p in abi.PAGE_SIZES)
@@ -839,7 +841,7 @@ def test_constants_match_the_actors() -> None:
     assert tp.MAX_SMB_SIZE_KB * 1024 == abi.MAX_SMB_SIZE
     assert set(tp.POLICIES) == set(producer.POLICIES)
     assert tp.TEXT_SUFFIXES == consumer.TEXT_SUFFIXES
-    assert t.BUILTIN_DATA_SOURCES == (SyntheticDataSource.name, TrackEventDataSource.name)
+    assert t.BUILTIN_DATA_SOURCES == (SyntheticDataSource.name, DemoTimelineDataSource.name)
     assert t.PRODUCER_SOCK_ENV == endpoints.PRODUCER_ENV
     assert t.CONSUMER_SOCK_ENV == endpoints.CONSUMER_ENV
 

@@ -1,0 +1,1 @@
+"""tracebus: the application SDK (issue 9 builds it here)."""
