@@ -227,12 +227,14 @@ class Recording:
             self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
 
     def _learn_producers(self, consumer: Consumer) -> None:
-        """pid -> producer name, asked at the start and the end (producers may leave)."""
+        """pid -> producer name, asked at the start and the end: the service also
+        lists the producers that left, oldest first; a live one wins on a pid reuse."""
         try:
             state = consumer.query_state()
         except ConsumerError as e:
             self.notes.append(f"could not name producers: {e}")
             return
+        self.names.update((p.pid, p.name) for p in state.departed_producers)
         self.names.update((p.pid, p.name) for p in state.producers)
 
     def _finish(self, consumer: Consumer) -> pb.TraceStats | None:

@@ -386,7 +386,7 @@ class QueryServiceStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryServiceStateResponse(_message.Message):
-    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up")
+    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers")
     class Producer(_message.Message):
         __slots__ = ("id", "name", "uid", "pid")
         ID_FIELD_NUMBER: _ClassVar[int]
@@ -433,11 +433,13 @@ class QueryServiceStateResponse(_message.Message):
     DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PEERS_GIVEN_UP_FIELD_NUMBER: _ClassVar[int]
+    DEPARTED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
     sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
     peers_given_up: QueryServiceStateResponse.PeersGivenUp
-    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ...) -> None: ...
+    departed_producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ...) -> None: ...
 
 class ObserveEventsRequest(_message.Message):
     __slots__ = ("types",)
