@@ -406,18 +406,20 @@ class QueryServiceStateResponse(_message.Message):
         descriptor: DataSourceDescriptor
         def __init__(self, producer_id: _Optional[int] = ..., descriptor: _Optional[_Union[DataSourceDescriptor, _Mapping]] = ...) -> None: ...
     class Session(_message.Message):
-        __slots__ = ("id", "consumer_uid", "state", "buffer_size_kb", "unique_session_name")
+        __slots__ = ("id", "consumer_uid", "state", "buffer_size_kb", "unique_session_name", "consumer_pid")
         ID_FIELD_NUMBER: _ClassVar[int]
         CONSUMER_UID_FIELD_NUMBER: _ClassVar[int]
         STATE_FIELD_NUMBER: _ClassVar[int]
         BUFFER_SIZE_KB_FIELD_NUMBER: _ClassVar[int]
         UNIQUE_SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+        CONSUMER_PID_FIELD_NUMBER: _ClassVar[int]
         id: int
         consumer_uid: int
         state: str
         buffer_size_kb: _containers.RepeatedScalarFieldContainer[int]
         unique_session_name: str
-        def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ...) -> None: ...
+        consumer_pid: int
+        def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ..., consumer_pid: _Optional[int] = ...) -> None: ...
     class PeersGivenUp(_message.Message):
         __slots__ = ("producers", "consumers", "messages_dropped", "messages_refused")
         PRODUCERS_FIELD_NUMBER: _ClassVar[int]

@@ -390,3 +390,21 @@ def test_producers_that_left_stay_named_in_the_service_state(monkeypatch):
         (p.producer_id, p.peer.identity.decode()[2:], 1000, p.peer.pid) for p in producers[1:]
     ]
     assert stays.producer_id not in [p.id for p in state.departed_producers]
+
+
+def test_the_service_state_names_each_sessions_consumer_process():
+    """What a supervisor waits on before it starts the producers a session records."""
+    rig = Rig()
+    consumer = FakeConsumer(rig, "c")
+    cfg = pb.TraceConfig.FromString(config())
+    cfg.deferred_start = True
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg.SerializeToString()))
+    consumer.replies()
+    consumer.send(query_service_state=ipc.QueryServiceStateRequest())
+    (session,) = consumer.replies()[0].service_state.sessions
+    assert (session.consumer_pid, session.state) == (consumer.peer.pid, "CONFIGURED")
+    consumer.send(start_tracing=ipc.StartTracingRequest())
+    consumer.replies()
+    consumer.send(query_service_state=ipc.QueryServiceStateRequest())
+    (session,) = consumer.replies()[0].service_state.sessions
+    assert (session.consumer_pid, session.state) == (consumer.peer.pid, "STARTED")

@@ -108,5 +108,6 @@ def service_state(
                 state=s.state.value,
                 buffer_size_kb=[b.size_kb for b in s.config.buffers],
                 unique_session_name=s.config.unique_session_name,
+                consumer_pid=s.consumer_pid,
             )
     return reply
