@@ -45,7 +45,12 @@ from actors.core.consumer_core import (
     SessionError,
     UsageError,
 )
-from actors.core.consumer_summary import SummaryInput, TraceSummary, format_summary
+from actors.core.consumer_summary import (
+    SummaryInput,
+    TraceSummary,
+    format_summary,
+    producer_names,
+)
 from actors.endpoints import default_consumer_endpoint
 from actors.interrupts import Interrupts
 
@@ -227,13 +232,14 @@ class Recording:
             self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
 
     def _learn_producers(self, consumer: Consumer) -> None:
-        """pid -> producer name, asked at the start and the end (producers may leave)."""
+        """pid -> producer name, asked at the start and the end (the service also
+        names the producers that left in between)."""
         try:
             state = consumer.query_state()
         except ConsumerError as e:
             self.notes.append(f"could not name producers: {e}")
             return
-        self.names.update((p.pid, p.name) for p in state.producers)
+        self.names.update(producer_names(state))
 
     def _finish(self, consumer: Consumer) -> pb.TraceStats | None:
         """Stats, producer names, free: each best effort, the trace is already read."""

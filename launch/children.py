@@ -151,12 +151,17 @@ def service_actor(
 
 
 def producer_actors(
-    group: ProducerGroup, endpoints: Mapping[str, str], base: Mapping[str, str], cwd: str
+    group: ProducerGroup,
+    endpoints: Mapping[str, str],
+    base: Mapping[str, str],
+    cwd: str,
+    startup_wait_s: float | None = None,
 ) -> list[Actor]:
-    """NAME#1..NAME#count, each with the group's restart policy and log."""
+    """NAME#1..NAME#count, each with the group's restart policy and log (and the SDK's
+    first-call wait, when a session runs before they start)."""
     endpoint = endpoints[PRODUCER_ENV]
     argv = group.argv(sys.executable, endpoint)
-    env = group.environment(base, endpoint)
+    env = group.environment(base, endpoint, startup_wait_s)
     actors = []
     for name in group.instance_names():
         actor = Actor(name, "producer", list(argv), env, cwd)

@@ -3,9 +3,13 @@
 Runs a topology (the file: docs/topology.md; the model: launch/topology.py)
 as one OS process per actor, each step gated on readiness, not on time: the
 service, until a consumer handshake on its consumer port succeeds; the
+consumers with `start: before_producers`, one by one, each until the service
+lists a started session of its process (or of its process group; 15 s at
+most, or until it exits: either is reported and the start goes on); the
 producers, until the service lists each instance's pid (or its process
 group's, for a command line that forks; one that has not registered within
-15 s is reported and the start goes on); then the consumers (scripts through
+15 s is reported and the start goes on), with TRACEBUS_STARTUP_WAIT_S set
+when a session runs already; then the other consumers (scripts through
 launch/script_runner.py, configs through the record CLI). Every actor runs in
 a session of its own, so that a Ctrl-C in the terminal reaches the supervisor
 only: the shutdown order is ours to keep (consumers read back while the
@@ -89,11 +93,15 @@ from launch.control_server import Commands, ControlServer
 from launch.runtime import Runtime, SetupError
 from launch.shutdown import CONSUMER_STOP_TIMEOUT, STOP_TIMEOUT, Stopper
 from launch.summary import collect_traces, run_summary
-from launch.topology import ProducerGroup, Topology, TopologyError
+from launch.topology import ConsumerSpec, ProducerGroup, Topology, TopologyError
 from launch.topology_parser import load_topology
+from protos import tracebus_ipc_pb2 as ipc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-READY_TIMEOUT = 15.0  # for the service's port, and for each producer to register
+READY_TIMEOUT = 15.0  # for the service's port, each producer to register, each early session
+# Seconds an SDK producer's first call may wait for its instance of a session that
+# runs before it starts (TRACEBUS_STARTUP_WAIT_S; `tracebus run` uses the same).
+STARTUP_WAIT_S = 5.0
 POLL_PERIOD = 0.05  # between readiness checks (the loop serves everything meanwhile)
 BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_RUN = 0.5, 8.0, 10.0
 
@@ -203,15 +211,47 @@ class Supervisor:
                 self.failed = True
                 self.request_stop(f"the service did not answer within {ready_timeout:g} s")
             return False
+        early = [s for s in self.topology.consumers if s.start == "before_producers"]
+        for spec in early:
+            self._start_consumer_first(spec, cwd)
+            if self.stopping():
+                return False
+        wait = STARTUP_WAIT_S if early else None
         for group in self.topology.producers:
-            self.start_producers(group, cwd)
+            self.start_producers(group, cwd, startup_wait_s=wait)
         self._wait_until(self._producers_settled, READY_TIMEOUT + 1)  # the tick's deadline
         if self.stopping():
             return False
         for spec in self.topology.consumers:
-            result = self.runtime.result_file(spec.name)
-            self._spawn(consumer_actor(spec, endpoints, self._base_env(), cwd, result))
+            if spec not in early:
+                self._start_consumer(spec, cwd)
         return True
+
+    def _start_consumer(self, spec: ConsumerSpec, cwd: str) -> Actor:
+        result = self.runtime.result_file(spec.name)
+        actor = consumer_actor(spec, self.runtime.endpoints, self._base_env(), cwd, result)
+        self._spawn(actor)
+        return actor
+
+    def _start_consumer_first(self, spec: ConsumerSpec, cwd: str) -> None:
+        """A consumer whose session must run before the producers start; if it does not
+        within READY_TIMEOUT, or the consumer exits first, say so and go on."""
+        actor = self._start_consumer(spec, cwd)
+        runs = self._wait_until(lambda: not actor.alive or self._session_runs(actor), READY_TIMEOUT)
+        if not actor.alive:
+            self.say(f"{actor.name} exited before the producers started")
+        elif runs:
+            self.say(f"{actor.name}'s session started")
+        elif not self.stopping():
+            self.say(f"warning: {actor.name}'s session did not start within {READY_TIMEOUT:g} s")
+
+    def _session_runs(self, actor: Actor) -> bool:
+        """Whether the service lists a started session of the actor's process (group)."""
+        state = self._service_state()
+        if state is None:
+            return False
+        started = [s.consumer_pid for s in state.sessions if s.state == "STARTED"]
+        return any(pid and actor.pid in (pid, group_of(pid)) for pid in started)
 
     def _service_answers(self) -> bool:
         if self.service is None or not self.service.alive:
@@ -224,9 +264,12 @@ class Supervisor:
         self.say(f"service ready on {endpoint}")
         return True
 
-    def start_producers(self, group: ProducerGroup, cwd: str) -> list[Actor]:
+    def start_producers(
+        self, group: ProducerGroup, cwd: str, *, startup_wait_s: float | None = None
+    ) -> list[Actor]:
         """Spawn the group's instances (registration is checked on the tick)."""
-        actors = producer_actors(group, self.runtime.endpoints, self._base_env(), cwd)
+        endpoints, env = self.runtime.endpoints, self._base_env()
+        actors = producer_actors(group, endpoints, env, cwd, startup_wait_s)
         for actor in actors:
             self._spawn(actor)
         return actors
@@ -268,8 +311,9 @@ class Supervisor:
         process group for a command line that forked); then the pending replies."""
         self.tick = None
         starting = [a for a in self.actors if a.state == "starting" and a.alive]
-        if starting and self.probe is not None:
-            pids = self._registered_pids(self.probe)
+        if starting:
+            state = self._service_state()
+            pids = [p.pid for p in state.producers] if state is not None else []
             for actor in starting:
                 if any(pid == actor.pid or group_of(pid) == actor.pid for pid in pids):
                     actor.state = "running"
@@ -281,13 +325,15 @@ class Supervisor:
         if any(a.state == "starting" for a in self.actors) or self.control.pending:
             self._arm_tick()
 
-    def _registered_pids(self, probe: Consumer) -> list[int]:
-        """The pids of the producers the service lists (none if it cannot say)."""
+    def _service_state(self) -> ipc.QueryServiceStateResponse | None:
+        """The service's producers and sessions (None if it cannot say)."""
+        if self.probe is None:
+            return None
         try:
-            return [p.pid for p in probe.query_state(timeout=2.0).producers]
+            return self.probe.query_state(timeout=2.0)
         except ConsumerError as e:
-            self.say(f"cannot ask the service for its producers: {e}")
-            return []
+            self.say(f"cannot ask the service for its state: {e}")
+            return None
 
     # -- exits and restarts ------------------------------------------------------------------
 

@@ -23,12 +23,14 @@ from typing import Literal
 StopWhen = Literal["consumers_done", "never"]
 ProducerKind = Literal["builtin", "module", "command"]
 ConsumerKind = Literal["script", "config"]
+ConsumerStart = Literal["after_producers", "before_producers"]
 RestartKind = Literal["never", "on-failure", "always"]
 
 BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "tracebus.demo_timeline")  # actors.data_sources
 PRODUCER_SOCK_ENV = "TRACEBUS_PRODUCER_SOCK"  # actors.endpoints.PRODUCER_ENV
 CONSUMER_SOCK_ENV = "TRACEBUS_CONSUMER_SOCK"  # actors.endpoints.CONSUMER_ENV
-PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"
+PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"  # actors.endpoints.PRODUCER_NAME_ENV
+STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"  # actors.endpoints.STARTUP_WAIT_ENV
 # What str.splitlines() splits on, shown escaped so that a message stays one line.
 _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}
 
@@ -147,13 +149,18 @@ class ProducerGroup:
         first, *rest = self.command
         return [python if first in ("python", "python3") else first, *rest]
 
-    def environment(self, base: Mapping[str, str], endpoint: str) -> dict[str, str]:
+    def environment(
+        self, base: Mapping[str, str], endpoint: str, startup_wait_s: float | None = None
+    ) -> dict[str, str]:
         """An instance's environment: `base` (usually os.environ), then `env`, with
         `pythonpath` prepended to PYTHONPATH, TRACEBUS_PRODUCER_SOCK and
-        TRACEBUS_PRODUCER_NAME."""
+        TRACEBUS_PRODUCER_NAME; and TRACEBUS_STARTUP_WAIT_S if `startup_wait_s` is
+        given (a session runs already: the SDK's first call may wait for it)."""
         env = _environment(base, self.env, self.pythonpath)
         env[PRODUCER_SOCK_ENV] = endpoint
         env[PRODUCER_NAME_ENV] = self.name
+        if startup_wait_s is not None:
+            env[STARTUP_WAIT_ENV] = f"{startup_wait_s:g}"
         return env
 
 
@@ -161,7 +168,9 @@ class ProducerGroup:
 class ConsumerSpec:
     """A consumer process. kind script: `script` is set and `output` is optional; kind
     config: exactly one of `config` (a file; `config_is_text` says whether it is a
-    textproto) and `config_text` (an inline textproto) is set, and `output` is."""
+    textproto) and `config_text` (an inline textproto) is set, and `output` is.
+    `start` before_producers: the supervisor starts it, and waits until its session
+    runs, before the producer groups (to record them from their first event)."""
 
     name: str
     kind: ConsumerKind
@@ -170,6 +179,7 @@ class ConsumerSpec:
     config_text: str | None = None
     config_is_text: bool = True
     output: Path | None = None
+    start: ConsumerStart = "after_producers"
     env: tuple[tuple[str, str], ...] = ()
     pythonpath: tuple[Path, ...] = ()
     log: Path | None = None

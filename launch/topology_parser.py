@@ -29,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_error
 from launch.topology import (
     ConsumerSpec,
+    ConsumerStart,
     ProducerGroup,
     RestartKind,
     RestartPolicy,
@@ -46,6 +47,7 @@ from launch.yaml_reader import (
 )
 
 STOP_WHEN = ("consumers_done", "never")
+CONSUMER_STARTS: tuple[ConsumerStart, ...] = ("after_producers", "before_producers")
 POLICIES = ("drop", "stall", "stall_then_drop")  # actors.producer.POLICIES
 RESTART_POLICIES: tuple[RestartKind, ...] = ("never", "on-failure", "always")
 DEFAULT_MAX_RESTARTS = 5
@@ -94,7 +96,7 @@ PRODUCER_KEYS = (
 PRODUCER_ONLY_KEYS = ("smb_size_kb", "page_size_kb", "policy")  # not for command groups
 RESTART_KEYS = ("policy", "max_restarts")
 CONSUMER_KINDS = ("script", "config", "config_text")
-CONSUMER_KEYS = ("name", *CONSUMER_KINDS, "output", "env", "pythonpath", "log")
+CONSUMER_KEYS = ("name", *CONSUMER_KINDS, "output", "start", "env", "pythonpath", "log")
 
 # The keys each section accepts, by the name docs/topology.md gives the section
 # (the parser checks each mapping against its tuple; the doc's tables must match).
@@ -490,6 +492,8 @@ class TopologyParser(YamlReader):
                 spec[name] = self.config_text(vnode, child)
             elif name == "output":
                 spec[name] = self.output(vnode, child)
+            elif name == "start":
+                spec[name] = self.choice(vnode, child, CONSUMER_STARTS)
             elif name == "env":
                 spec[name] = self.env(vnode, child)
             elif name == "pythonpath":

@@ -386,7 +386,7 @@ class QueryServiceStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryServiceStateResponse(_message.Message):
-    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up")
+    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers")
     class Producer(_message.Message):
         __slots__ = ("id", "name", "uid", "pid")
         ID_FIELD_NUMBER: _ClassVar[int]
@@ -406,18 +406,20 @@ class QueryServiceStateResponse(_message.Message):
         descriptor: DataSourceDescriptor
         def __init__(self, producer_id: _Optional[int] = ..., descriptor: _Optional[_Union[DataSourceDescriptor, _Mapping]] = ...) -> None: ...
     class Session(_message.Message):
-        __slots__ = ("id", "consumer_uid", "state", "buffer_size_kb", "unique_session_name")
+        __slots__ = ("id", "consumer_uid", "state", "buffer_size_kb", "unique_session_name", "consumer_pid")
         ID_FIELD_NUMBER: _ClassVar[int]
         CONSUMER_UID_FIELD_NUMBER: _ClassVar[int]
         STATE_FIELD_NUMBER: _ClassVar[int]
         BUFFER_SIZE_KB_FIELD_NUMBER: _ClassVar[int]
         UNIQUE_SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+        CONSUMER_PID_FIELD_NUMBER: _ClassVar[int]
         id: int
         consumer_uid: int
         state: str
         buffer_size_kb: _containers.RepeatedScalarFieldContainer[int]
         unique_session_name: str
-        def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ...) -> None: ...
+        consumer_pid: int
+        def __init__(self, id: _Optional[int] = ..., consumer_uid: _Optional[int] = ..., state: _Optional[str] = ..., buffer_size_kb: _Optional[_Iterable[int]] = ..., unique_session_name: _Optional[str] = ..., consumer_pid: _Optional[int] = ...) -> None: ...
     class PeersGivenUp(_message.Message):
         __slots__ = ("producers", "consumers", "messages_dropped", "messages_refused")
         PRODUCERS_FIELD_NUMBER: _ClassVar[int]
@@ -433,11 +435,13 @@ class QueryServiceStateResponse(_message.Message):
     DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PEERS_GIVEN_UP_FIELD_NUMBER: _ClassVar[int]
+    DEPARTED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
     sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
     peers_given_up: QueryServiceStateResponse.PeersGivenUp
-    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ...) -> None: ...
+    departed_producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ...) -> None: ...
 
 class ObserveEventsRequest(_message.Message):
     __slots__ = ("types",)

@@ -39,6 +39,7 @@ from actors.core.consumer_summary import (
     TraceSummary,
     format_summary,
     packet_identity,
+    producer_names,
     trailer_start,
 )
 from protos import tracebus_ipc_pb2 as ipc
@@ -492,6 +493,16 @@ def test_summary_without_losses_or_stats():
     text = format_summary(SummaryInput("o", summary, stats=pb.TraceStats()))
     assert "losses: none" in text and "(producer gone)" in text
     assert "losses: unknown" in format_summary(SummaryInput("o", summary))
+
+
+def test_producers_that_left_are_named_and_a_live_one_wins_a_reused_pid():
+    state = ipc.QueryServiceStateResponse()
+    state.departed_producers.add(id=1, name="first", pid=10)
+    state.departed_producers.add(id=2, name="gone", pid=20)
+    state.departed_producers.add(id=3, name="second", pid=10)  # the pid's last user
+    state.departed_producers.add(id=4, name="old", pid=30)
+    state.producers.add(id=5, name="live", pid=30)  # the pid reused
+    assert producer_names(state) == {10: "second", 20: "gone", 30: "live"}
 
 
 def test_summary_states_the_readback_rate_when_known():

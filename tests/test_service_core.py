@@ -368,3 +368,43 @@ def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
     first.send(free_buffers=ipc.FreeBuffersRequest())
     second.send(enable_tracing=request)
     assert second.replies()[0].enable_tracing.error == ""
+
+
+def test_producers_that_left_stay_named_in_the_service_state(monkeypatch):
+    from actors.core import producer_table
+
+    monkeypatch.setattr(producer_table, "MAX_DEPARTED", 2)  # remember the last two
+    rig = Rig()
+    producers = [FakeProducer(rig, f"gone{i}", pid=600 + i) for i in range(3)]
+    stays = FakeProducer(rig, "stays", pid=700)
+    for p in producers:
+        rig.route(rig.core.producer_gone(p.peer.identity, rig.now))
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(query_service_state=ipc.QueryServiceStateRequest())
+    (reply,) = consumer.replies()
+    state = reply.service_state
+    assert [(p.name, p.pid) for p in state.producers] == [("stays", 700)]
+    departed = [(p.id, p.name, p.uid, p.pid) for p in state.departed_producers]
+    # Oldest first, and the first one to leave no longer fits.
+    assert departed == [
+        (p.producer_id, p.peer.identity.decode()[2:], 1000, p.peer.pid) for p in producers[1:]
+    ]
+    assert stays.producer_id not in [p.id for p in state.departed_producers]
+
+
+def test_the_service_state_names_each_sessions_consumer_process():
+    """What a supervisor waits on before it starts the producers a session records."""
+    rig = Rig()
+    consumer = FakeConsumer(rig, "c")
+    cfg = pb.TraceConfig.FromString(config())
+    cfg.deferred_start = True
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg.SerializeToString()))
+    consumer.replies()
+    consumer.send(query_service_state=ipc.QueryServiceStateRequest())
+    (session,) = consumer.replies()[0].service_state.sessions
+    assert (session.consumer_pid, session.state) == (consumer.peer.pid, "CONFIGURED")
+    consumer.send(start_tracing=ipc.StartTracingRequest())
+    consumer.replies()
+    consumer.send(query_service_state=ipc.QueryServiceStateRequest())
+    (session,) = consumer.replies()[0].service_state.sessions
+    assert (session.consumer_pid, session.state) == (consumer.peer.pid, "STARTED")

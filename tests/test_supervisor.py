@@ -513,3 +513,129 @@ def test_ctrl_c_leaves_nothing_behind(rt: Runtime, signals: int) -> None:
         assert "supervisor | signalled again: killing everything" in out
         assert re.search(r"^\s+stubborn\s+consumer\s+\d+\s+stopped\s+SIGKILL\s", out, re.M)
         assert "did not stop within" not in out  # no step waited for its timeout
+
+
+# -- a consumer before the producers it records (issue 9, item 3) ---------------------------------
+
+FRAMES = 5
+# A batch program: it embeds a producer, and (as the application SDK does when
+# TRACEBUS_STARTUP_WAIT_S is set) waits at most that long for its data source to
+# start; then it writes its frames at once, stops and exits. Without the wait it
+# would have nothing to record into and exit at once.
+BATCH = """
+import os
+import threading
+
+from actors.data_sources import DemoTimelineDataSource
+from actors.producer import Producer
+
+started, done = threading.Event(), threading.Event()
+
+
+class Batch(DemoTimelineDataSource):
+    def _run(self):
+        started.set()
+        super()._run()  # message_count frames, then a flush
+        done.set()
+
+
+producer = Producer(os.environ["TRACEBUS_PRODUCER_NAME"],
+                    endpoint=os.environ["TRACEBUS_PRODUCER_SOCK"])
+producer.register(Batch)
+runner = threading.Thread(target=producer.run)
+runner.start()
+wait_s = float(os.environ.get("TRACEBUS_STARTUP_WAIT_S", "0"))
+print(f"batch pid {os.getpid()} waits {wait_s:g} s", flush=True)
+if started.wait(wait_s):
+    done.wait(30)
+print("batch recorded" if done.is_set() else "batch: no session", flush=True)
+producer.stop()
+runner.join()
+"""
+
+EARLY_RECORDER = f"""
+import time
+
+CONFIG = '''
+buffers {{ size_kb: 4096 }}
+data_sources {{ config {{
+  name: "tracebus.demo_timeline"
+  for_testing {{ message_count: {FRAMES} max_messages_per_second: 1000 }}
+}} }}
+'''
+
+
+def batch_exited(tracing):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(a["name"] == "batch#1" and a["state"] in ("exited", "failed")
+               for a in tracing.supervisor.list()):
+            return
+        tracing.wait(0.05)
+    raise RuntimeError("batch#1 did not exit")
+
+
+def main(tracing):
+    tracing.record(CONFIG, duration_s=0, during=batch_exited)
+"""
+
+
+def test_a_consumer_started_first_records_a_batch_producer_from_its_first_event(
+    rt: Runtime,
+) -> None:
+    write(rt, "batch.py", BATCH)
+    write(rt, "rec.py", EARLY_RECORDER)
+    supervisor = start(
+        rt,
+        """
+        runtime_dir: run
+        producers:
+          - name: batch
+            command: [python, batch.py]
+        consumers:
+          - name: rec
+            script: rec.py
+            output: out/rec.pftrace
+            start: before_producers
+        """,
+    )
+    assert rt.finish(supervisor) == 0, rt.output(supervisor)
+    out = rt.output(supervisor)
+    steps = ["started rec", "rec's session started", "started batch#1"]
+    positions = [out.index(f"supervisor | {s}") for s in steps]
+    assert positions == sorted(positions), out
+    found = re.search(r"^batch#1 +\| batch pid (\d+) waits 5 s$", out, re.M)
+    assert found is not None, out
+    assert re.search(r"^batch#1 +\| batch recorded$", out, re.M), out
+
+    # Its whole timeline is in the trace, from the first packet of its sequence on.
+    trace = read_trace(rt.dir / "out" / "rec.pftrace")
+    batch = [p for p in trace.packet if p.trusted_pid == int(found.group(1))]
+    assert batch, out
+    assert batch[0].sequence_flags & pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+    assert not any(p.previous_packet_dropped for p in batch)
+    begins = [p for p in batch if p.track_event.type == pb.TrackEvent.TYPE_SLICE_BEGIN]
+    assert len(begins) == 4 * FRAMES  # frame > update > physics, frame > render
+
+
+def test_a_consumer_that_fails_before_its_session_runs_does_not_hang_the_start(
+    rt: Runtime,
+) -> None:
+    write(rt, "broken.py", "def main(tracing):\n    raise RuntimeError('no session today')\n")
+    supervisor = start(
+        rt,
+        """
+        runtime_dir: run
+        producers:
+          - name: batch
+            command: [python, -c, "print('never started')"]
+        consumers:
+          - name: broken
+            script: broken.py
+            start: before_producers
+        """,
+    )
+    assert rt.finish(supervisor) == 1, rt.output(supervisor)
+    out = rt.output(supervisor)
+    assert "supervisor | broken exited before the producers started" in out
+    assert "started batch#1" not in out  # the topology ended with its only consumer

@@ -215,10 +215,10 @@ def test_the_reference_example_parses(base: Path) -> None:
     (base / "configs" / "synthetic.pbtxt").write_text(OK_CONFIG)
     topo = load_topology(write(base, example))
     assert [g.name for g in topo.producers] == ["sensors", "app", "legacy"]
-    assert [(c.name, c.kind) for c in topo.consumers] == [
-        ("recorder", "script"),
-        ("cli", "config"),
-        ("inline", "config"),
+    assert [(c.name, c.kind, c.start) for c in topo.consumers] == [
+        ("recorder", "script", "after_producers"),
+        ("cli", "config", "before_producers"),
+        ("inline", "config", "after_producers"),
     ]
 
 
@@ -233,6 +233,24 @@ def test_defaults_of_a_minimal_topology(base: Path) -> None:
     assert topo.runtime_dir is None
     assert topo.stop_when == "consumers_done"
     assert topo.service == ServiceSpec(None, None, None, None, None)
+
+
+def test_a_consumer_may_start_before_the_producers(base: Path) -> None:
+    text = """\
+        producers:
+          - {name: batch, command: "python batch.py"}
+        consumers:
+          - {name: early, script: record.py, start: before_producers}
+          - {name: late, script: record.py, start: after_producers}
+          - {name: default, script: record.py}
+        """
+    topo = load_topology(write(base, text))
+    starts = [(c.name, c.start) for c in topo.consumers]
+    assert starts == [
+        ("early", "before_producers"),
+        ("late", "after_producers"),
+        ("default", "after_producers"),
+    ]
 
 
 def test_minimal_producer_group_defaults(base: Path) -> None:
@@ -391,6 +409,9 @@ def test_environments(base: Path) -> None:
         "TRACEBUS_PRODUCER_SOCK": "ipc:///p",
         "TRACEBUS_PRODUCER_NAME": "sensors",
     }
+    assert "TRACEBUS_STARTUP_WAIT_S" not in env
+    waiting = sensors.environment({"TRACEBUS_STARTUP_WAIT_S": "1"}, "ipc:///p", 5.0)
+    assert waiting["TRACEBUS_STARTUP_WAIT_S"] == "5"  # the supervisor's value wins
     assert app.environment({}, "E")["PYTHONPATH"] == f"{base}/lib"
     assert app.environment({"PYTHONPATH": "/x"}, "E")["PYTHONPATH"] == f"{base}/lib:/x"
     inline = topo.consumer("inline")
@@ -795,6 +816,11 @@ CASES = [
      "{d}/out/t.pftrace"),
     ("consumer-env-reserved", C + "    script: record.py\n    env: {TRACEBUS_CONTROL: x}\n",
      "4: consumers[0].env.TRACEBUS_CONTROL: reserved: TRACEBUS_* variables are ours"),
+    ("consumer-start-typo", C + "    script: record.py\n    start: before_producer\n",
+     "4: consumers[0].start: expected after_producers or before_producers, got "
+     "'before_producer'; did you mean 'before_producers'?"),
+    ("consumer-start-bool", C + "    script: record.py\n    start: yes\n",
+     "4: consumers[0].start: expected after_producers or before_producers, got true"),
 ]  # fmt: skip
 
 
@@ -844,6 +870,8 @@ def test_constants_match_the_actors() -> None:
     assert t.BUILTIN_DATA_SOURCES == (SyntheticDataSource.name, DemoTimelineDataSource.name)
     assert t.PRODUCER_SOCK_ENV == endpoints.PRODUCER_ENV
     assert t.CONSUMER_SOCK_ENV == endpoints.CONSUMER_ENV
+    assert t.PRODUCER_NAME_ENV == endpoints.PRODUCER_NAME_ENV
+    assert t.STARTUP_WAIT_ENV == endpoints.STARTUP_WAIT_ENV
 
 
 def test_the_modules_are_pure() -> None:

@@ -194,7 +194,11 @@ class ConsumerPort:
     ) -> None:
         ctx = self._ctx
         reply = reports.service_state(
-            ctx.producers.values(), ctx.sessions.values(), peer.uid, ctx.peers_given_up()
+            ctx.producers.values(),
+            ctx.sessions.values(),
+            peer.uid,
+            ctx.peers_given_up(),
+            ctx.producers.departed(),
         )
         ctx.out.to_consumer(peer.identity, request_id, service_state=reply)
 

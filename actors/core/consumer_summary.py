@@ -3,8 +3,9 @@
 TraceSummary counts the packets read back per writer, grouped by the trusted
 fields the service appended (packet_identity scans them from the top level of a
 TracePacket; the service's trailer spares most scans, see TraceSummary);
-format_summary turns that, the producers' names, the session's TraceStats and
-the read-back's time into one screen: totals, a row per producer, losses by
+format_summary turns that, the producers' names (producer_names reads them
+from the service state, also of producers that left), the session's TraceStats
+and the read-back's time into one screen: totals, a row per producer, losses by
 cause and buffer stats.
 """
 
@@ -170,6 +171,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def producer_names(state: Any) -> dict[int, str]:
+    """pid -> registered name from a QueryServiceStateResponse: the producers that left
+    (oldest first, so the last to use a pid wins), then the connected ones, which win
+    on a pid reused by a live producer."""
+    names = {p.pid: p.name for p in state.departed_producers}
+    names.update((p.pid, p.name) for p in state.producers)
+    return names
 
 
 @dataclass

@@ -5,16 +5,33 @@ by the producer id the service gave it (what instances, flushes and buffer
 records name). Both indexes live here and change together in `add` and
 `remove`, the only places a producer enters or leaves. Producer ids come from
 a u16 pool (actors/core/ids.py); they are not process ids.
+
+The table also remembers the last MAX_DEPARTED producers that left (id, name,
+uid, pid), so that a consumer can still name the producer of data it reads
+after that producer exited.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from actors.core.ids import IdPool
 from actors.core.producers import ProducerEntry
 
 MAX_PRODUCER_ID = 0xFFFF
+MAX_DEPARTED = 1024
+
+
+@dataclass(frozen=True)
+class DepartedProducer:
+    """A producer that left: who it was, for consumers naming its data."""
+
+    id: int  # its producer id then; the pool may have given it to another since
+    name: str
+    uid: int
+    pid: int  # from the kernel
 
 
 class ProducerTable:
@@ -22,6 +39,7 @@ class ProducerTable:
         self._by_identity: dict[bytes, ProducerEntry] = {}
         self._by_id: dict[int, ProducerEntry] = {}
         self._ids = IdPool(MAX_PRODUCER_ID)
+        self._departed: deque[DepartedProducer] = deque(maxlen=MAX_DEPARTED)
 
     def add(
         self, identity: bytes, name: str, pid: int, uid: int, shm_size_hint: int, shm_page_hint: int
@@ -43,7 +61,14 @@ class ProducerTable:
         if producer is not None:
             del self._by_id[producer.id]
             self._ids.release(producer.id)
+            self._departed.append(
+                DepartedProducer(producer.id, producer.name, producer.uid, producer.pid)
+            )
         return producer
+
+    def departed(self) -> list[DepartedProducer]:
+        """The producers that left, oldest first (the last MAX_DEPARTED)."""
+        return list(self._departed)
 
     def by_id(self, producer_id: int) -> ProducerEntry | None:
         return self._by_id.get(producer_id)

@@ -17,6 +17,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from protos import tracebus_ipc_pb2 as ipc
 
 if TYPE_CHECKING:
+    from actors.core.producer_table import DepartedProducer
     from actors.core.producers import ProducerEntry
     from actors.core.sessions import Session
     from shm.trace_buffer import BufferStats
@@ -86,9 +87,10 @@ def service_state(
     sessions: Iterable[Session],
     uid: int,
     given_up: PeersGivenUp = PeersGivenUp(),
+    departed: Iterable[DepartedProducer] = (),
 ) -> ipc.QueryServiceStateResponse:
-    """Producers and data sources, the sessions `uid` may see (root sees all), and
-    the peers given up on."""
+    """Producers and data sources, the sessions `uid` may see (root sees all), the
+    peers given up on, and the producers that left (oldest first)."""
     reply = ipc.QueryServiceStateResponse()
     for f in fields(given_up):
         setattr(reply.peers_given_up, f.name, getattr(given_up, f.name))
@@ -96,6 +98,8 @@ def service_state(
         reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
         for desc in p.data_sources.values():
             reply.data_sources.add(producer_id=p.id, descriptor=desc)
+    for d in departed:
+        reply.departed_producers.add(id=d.id, name=d.name, uid=d.uid, pid=d.pid)
     for s in sessions:
         if s.uid == uid or uid == 0:
             reply.sessions.add(
@@ -104,5 +108,6 @@ def service_state(
                 state=s.state.value,
                 buffer_size_kb=[b.size_kb for b in s.config.buffers],
                 unique_session_name=s.config.unique_session_name,
+                consumer_pid=s.consumer_pid,
             )
     return reply

@@ -53,7 +53,9 @@ class SessionControl:
         """A CONFIGURED session with its buffers, and instances on every matching
         producer (the config was checked against the limits already)."""
         ctx = self._ctx
-        session = Session(ctx.session_ids.next(), peer.identity, peer.uid, config, request_id)
+        session = Session(
+            ctx.session_ids.next(), peer.identity, peer.uid, config, request_id, peer.pid
+        )
         for buf_config in config.buffers:
             buffer_id = ctx.buffer_ids.allocate()
             # The consumer port refuses a session with more buffers than free ids.

@@ -100,11 +100,18 @@ class PendingFlush:
 
 class Session(HasSessionState):
     def __init__(
-        self, sid: int, consumer: bytes, uid: int, config: pb.TraceConfig, request_id: int
+        self,
+        sid: int,
+        consumer: bytes,
+        uid: int,
+        config: pb.TraceConfig,
+        request_id: int,
+        consumer_pid: int = 0,
     ) -> None:
         self.id = sid
         self.consumer = consumer
         self.uid = uid
+        self.consumer_pid = consumer_pid  # from the kernel; 0 when unknown
         self.config = config
         self.enable_request_id = request_id
         self.buffer_ids: list[int] = []
