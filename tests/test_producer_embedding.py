@@ -20,7 +20,9 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import producer_core as core
 from actors.producer import THREAD_NAME, Producer
+from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import Runtime
+from tests.test_producer_core import LoopWriter, Rig, ds_config
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,6 +71,46 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
     errors: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
     return errors
+
+
+def test_the_host_keeps_instance_state_in_a_record_of_its_own() -> None:
+    """The user's object gets the documented attributes and one link; the writers
+    (one per thread) live in the host's InstanceRecord."""
+    rig = Rig([LoopWriter])
+    rig.connect()
+    rig.setup_tracing()
+    ds = rig.start(1, ds_config(LoopWriter.name, message_count=3))
+    public = {"instance_id", "config", "target_buffer", "producer_name"}
+    assert set(vars(ds)) == public | {"_tb_record"}
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(ds.writer()))
+    thread.start()
+    thread.join()
+    rec = rig.host._instances[1]
+    assert ds.writer() is ds.writer() is not other[0]
+    assert [(t.ident, w) for t, w in rec.writers()] == [
+        (threading.get_ident(), ds.writer()),
+        (thread.ident, other[0]),
+    ]
+    rig.push(stop_data_source=ipc.StopDataSource(instance_id=1))
+    assert rec.writers() == []  # closed and retired by the host
+    late: list[BaseException] = []
+
+    def write_late() -> None:
+        try:
+            ds.writer()
+        except RuntimeError as e:
+            late.append(e)
+
+    thread = threading.Thread(target=write_late)
+    thread.start()
+    thread.join()
+    assert "stopped" in str(late[0])
+
+
+def test_writer_of_an_object_no_producer_hosts_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not an instance a producer hosts"):
+        LoopWriter().writer()
 
 
 def nowhere(tmp_path: Path) -> str:
