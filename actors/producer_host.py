@@ -138,6 +138,10 @@ class ProducerHost:
         self._flushes: list[PendingFlush] = []  # in request order
         self.region: Region | None = None
         self.arbiter: SharedMemoryArbiter | None = None
+        # Bumped when an SMB is mapped and when it is let go: a commit of an
+        # arbiter that is gone (a thread that kept writing past its instance's
+        # stop) is dropped instead of piling up or reaching the next connection.
+        self._smb_generation = 0
 
     # -- the core's inputs --------------------------------------------------------------
 
@@ -276,7 +280,11 @@ class ProducerHost:
         self.region = region
         abi = SharedMemoryABI(region.buf, Geometry(size, page))
         self._halt.clear()
-        self.arbiter = SharedMemoryArbiter(abi, self._on_commit, sleep=self._stall)
+        self._smb_generation += 1
+        generation = self._smb_generation
+        self.arbiter = SharedMemoryArbiter(
+            abi, lambda batch: self._on_commit(generation, batch), sleep=self._stall
+        )
         self._log.info("mapped the SMB: %d KiB in %d KiB pages", size // 1024, page // 1024)
         return ""
 
@@ -284,8 +292,9 @@ class ProducerHost:
         """The arbiter's sleep for stalling writers: cut short by teardown."""
         self._halt.wait(seconds)
 
-    def _on_commit(self, batch: CommitBatch) -> None:
-        self._post(batch)
+    def _on_commit(self, generation: int, batch: CommitBatch) -> None:
+        if generation == self._smb_generation:
+            self._post(batch)
 
     def _call(self, rec: InstanceRecord | None, callback: str, *args: Any) -> None:
         """Run a data source callback; a failing data source must not take the producer down."""
@@ -395,6 +404,7 @@ class ProducerHost:
         self._inbox.clear()
         self._flushes.clear()
         self.arbiter = None
+        self._smb_generation += 1
         if self.region is not None:
             try:
                 self.region.close()

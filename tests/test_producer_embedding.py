@@ -21,6 +21,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.core import producer_core as core
 from actors.producer import THREAD_NAME, Producer
 from protos import tracebus_ipc_pb2 as ipc
+from shm.commits import ChunkToPatch
 from tests.processes import Runtime
 from tests.test_producer_core import LoopWriter, Rig, ds_config
 from tests.waiting import wait_for
@@ -106,6 +107,23 @@ def test_the_host_keeps_instance_state_in_a_record_of_its_own() -> None:
     thread.start()
     thread.join()
     assert "stopped" in str(late[0])
+
+
+def test_commits_of_an_smb_let_go_are_dropped_not_queued() -> None:
+    """A thread that writes past its instance's stop (or a reconnect) must not pile
+    commits up in the host, nor send chunks of an old SMB on a new connection."""
+    rig = Rig([LoopWriter])
+    rig.connect()
+    rig.setup_tracing()
+    old = rig.host.arbiter
+    assert old is not None
+    rig.host.teardown()
+    n = len(rig.sent)
+    old.add_patches([ChunkToPatch(1, 1, 0, [(0, b"\0\0\0\0")], False)])
+    old.commit()  # a commit through the arbiter the host let go
+    assert len(rig.host._inbox) == 0
+    rig.host.deliver()
+    assert len(rig.sent) == n
 
 
 def test_writer_of_an_object_no_producer_hosts_says_so() -> None:
