@@ -9,6 +9,7 @@ real process against a real service (tests/processes.py, fixture `rt`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +217,25 @@ def test_stop_from_inside_the_producer_thread_returns(tmp_path: Path) -> None:
     assert returned.wait(10)
     producer.stop(timeout=10)  # and from here: joins the thread
     assert [t for t in threading.enumerate() if t.name == THREAD_NAME] == []
+
+
+def test_a_forked_child_leaves_the_parents_producer_alone(tmp_path: Path) -> None:
+    producer = Producer("parent", endpoint=nowhere(tmp_path))
+    producer.start_thread()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: nothing of this may reach the parent's loop
+            try:
+                producer.stop()
+                os._exit(0 if producer.call_soon(lambda: None) is False else 1)
+            finally:
+                os._exit(2)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        ran = threading.Event()
+        assert producer.call_soon(ran.set)
+        assert ran.wait(10)
+    finally:
+        producer.stop(timeout=10)
 
 
 def test_without_a_service_it_idles_logs_once_then_connects_when_one_appears(
