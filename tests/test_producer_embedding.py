@@ -264,6 +264,24 @@ def test_without_a_service_it_idles_logs_once_then_connects_when_one_appears(
         producer.stop(timeout=10)
 
 
+def test_a_lost_service_is_logged_once_and_the_producer_reconnects(
+    rt: Runtime, records: tuple[logging.Logger, Records]
+) -> None:
+    logger, log = records
+    rt.start_service()
+    producer = Producer("loyal", endpoint=rt.producer_endpoint, log=logger)
+    producer.start_thread()
+    try:
+        log.wait(lambda _: len(log.at(logging.INFO, "connected to the service")) == 1, 30)
+        assert rt.stop(rt.service) == 0
+        rt.start_service()  # the first heartbeat it gets tells the producer to reconnect
+        log.wait(lambda _: len(log.at(logging.INFO, "connected to the service")) == 2, 30)
+        (warning,) = log.at(logging.WARNING)  # and no failed heartbeats in between
+        assert "lost the tracing service" in warning
+    finally:
+        producer.stop(timeout=10)
+
+
 APP = """\
 import os, sys, threading
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
