@@ -15,6 +15,9 @@ application that hosts a producer beside its own work (tracebus/, the SDK) calls
   producer stays stopped.
 - `call_soon(fn)`: run fn on the producer's loop thread (where the data
   sources' callbacks run); False once the producer is stopped.
+- No service yet, or a service gone: one WARNING, quiet retries with the
+  core's backoff (a tick every producer_shell.IDLE_TICK_S, no busy loop), and
+  an INFO line once connected.
 - In a child forked after the start, the producer is the parent's: there
   stop() and call_soon() touch nothing (its loop's pipe is shared with the
   parent) and the child hosts a Producer of its own.
@@ -25,9 +28,11 @@ The pieces, each in its own module:
   follows) and data_sources_in(), which finds a module's data sources;
 - actors/producer_host.py: ProducerHost, which wires a ProducerCore (the
   protocol, actors/core/producer_core.py) to the SMB arbiter and the data source
-  objects, with no socket of its own;
+  objects, with no socket of its own, and keeps what it knows of each instance
+  (writers, stopped) in an InstanceRecord rather than on the user's object;
 - actors/producer_shell.py: ProducerShell, which runs the host over a ZeroMQ
-  DEALER on the shared poll loop;
+  DEALER on the shared poll loop (actors/loop.py; other threads reach it with
+  Loop.call_soon);
 - this module: Producer (a name, hints and data sources; run() and stop()) and
   main(). It re-exports the SDK names, the import path data source modules use.
 """
