@@ -94,7 +94,11 @@ class ProducerShell:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a service that is not there
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)  # an open socket would hang ctx.term() in run()
+            raise
         self.sock = sock
         self.loop.add_socket(sock, self._on_readable)
         self.host.connect(self.loop.now())

@@ -165,6 +165,18 @@ def test_a_failing_call_is_logged_and_the_producer_keeps_serving(
     assert log.at(logging.ERROR, "a call on the producer's thread failed")
 
 
+def test_an_error_on_the_producer_thread_is_logged_not_raised(
+    records: tuple[logging.Logger, Records], thread_errors: list[BaseException]
+) -> None:
+    logger, log = records
+    producer = Producer("embedded", endpoint="nonsense://here", log=logger)
+    producer.start_thread()
+    log.wait(lambda _: bool(log.at(logging.ERROR, "the producer stopped on an error")), 10)
+    producer.stop(timeout=10)
+    assert producer.call_soon(lambda: None) is False
+    assert thread_errors == []
+
+
 def test_stop_before_start_makes_the_producer_stay_stopped(tmp_path: Path) -> None:
     producer = Producer("embedded", endpoint=nowhere(tmp_path))
     producer.stop()
