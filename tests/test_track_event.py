@@ -82,13 +82,25 @@ def test_names_categories_args_and_flows_come_back_resolved():
     assert len(with_names) == 2  # "decode" and "tick"
 
 
+class Index:
+    """An integer type that is no int (numpy's integers are)."""
+
+    def __index__(self) -> int:
+        return 5
+
+
 def test_arg_types_survive_as_the_schema_types():
     rig = Rig()
     seq, w = sequence(rig)
     seq.instant("e", "c", args={"i": -1, "u": 2**64 - 1, "d": math.inf, "b": False})
-    (packet,) = [p for p in written(rig, w) if p.HasField("track_event")]
-    kinds = {a.WhichOneof("value") for a in packet.track_event.debug_annotations}
+    seq.instant("e", "c", args={"x": Index()})
+    seq.counter("n", Index())
+    seq.counter("n", True)  # not an integer type: a bool is a double here, as float() says
+    first, second, count, flag = [p for p in written(rig, w) if p.HasField("track_event")]
+    kinds = {a.WhichOneof("value") for a in first.track_event.debug_annotations}
     assert kinds == {"int_value", "uint_value", "double_value", "bool_value"}
+    assert second.track_event.debug_annotations[0].int_value == 5
+    assert count.track_event.counter_value == 5 and flag.track_event.double_counter_value == 1.0
 
 
 def test_process_and_thread_tracks_are_described_first():
