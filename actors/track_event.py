@@ -138,10 +138,12 @@ def async_uuid(pid: int, number: int) -> int:
 def flow_id(value: object) -> int:
     """A user's flow key (int or str, the same in every process) as a non-zero
     64-bit flow id, the same in every process and run (not Python's hash())."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        key = b"o" + utf8(safe_str(value))
+    if isinstance(value, str):
+        key = b"s" + utf8(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        key = b"i" + str(int(value)).encode()  # an IntEnum member as its value
     else:
-        key = (b"i" if isinstance(value, int) else b"s") + utf8(str(value))
+        key = b"o" + utf8(safe_str(value))
     return _hash64(key) or 1
 
 

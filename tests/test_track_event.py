@@ -4,6 +4,7 @@ interning (tests/track_event_import.py)."""
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 import os
@@ -261,8 +262,9 @@ def test_odd_input_never_raises():
 
 def test_flow_ids_are_stable_and_non_zero():
     assert flow_id("job-1") == flow_id("job-1") != flow_id("job-2")
-    assert flow_id(1) != flow_id("1")
-    assert flow_id(7) == 0x0000000000000000 + flow_id(7) and flow_id(7) != 0
+    assert flow_id(1) != flow_id("1") and flow_id(True) != flow_id(1)
+    assert flow_id(enum.IntEnum("Job", "A")(1)) == flow_id(1)
+    assert all(0 < flow_id(k) < 2**64 for k in (0, 7, -1, "", "job", 2**70))
     # Fixed across runs and processes (not Python's salted hash()).
     assert flow_id("job-1") == int.from_bytes(
         __import__("hashlib").blake2b(b"sjob-1", digest_size=8).digest(), "little")  # fmt: skip
