@@ -354,6 +354,28 @@ def test_any_names_categories_and_args_never_raise_and_always_decode(name, categ
     assert begin.flows == tuple(v for v in ids if v)
 
 
+@given(
+    st.lists(
+        st.integers(0, 2**64 - 1)
+        | st.integers(2**28 - 2, 2**28 + 2)
+        | st.integers(9 * 2**40, 9 * 2**40 + 2**29),  # a boot time: the high bits repeat
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_timestamps_are_the_clocks(stamps):
+    rig = Rig()
+    w = rig.arbiter.create_trace_writer(1)
+    clock = iter([0, *stamps])  # 0: the descriptors'
+    seq = TrackEventSequence(
+        w, lambda: next(clock), pid=1, tid=2, process_name="p", thread_name="t"
+    )
+    for i, _ in enumerate(stamps):
+        seq.begin("e", "c") if i % 2 else seq.end()
+    packets = written(rig, w)
+    assert [p.timestamp for p in packets[2:]] == stamps
+
+
 # -- TrackEvents ----------------------------------------------------------------------------
 
 
