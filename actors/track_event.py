@@ -215,8 +215,12 @@ class TrackEventSequence:
             self._emit_state()
         fields = self._ends.get(track)
         if fields is None:
-            body = TYPE + varint(SLICE_END) + TRACK_UUID + varint(track or self.thread_track)
-            fields = self._ends[track] = event_fields(body)
+            uuid = track if type(track) is int and 0 < track <= _U64 else self.thread_track
+            if len(self._ends) >= MAX_CACHED:
+                self._ends.clear()
+            fields = self._ends[track] = event_fields(
+                TYPE + varint(SLICE_END) + TRACK_UUID + varint(uuid)
+            )
         w.write_packet(self._now() + fields)
 
     def instant(

@@ -251,6 +251,7 @@ def test_odd_input_never_raises():
     seq.instant("e", "c", flows=["job", 3.5, 0])  # type: ignore[list-item]
     seq.counter("c", "not a number")  # type: ignore[arg-type]
     seq.begin(["unhashable"], "c")  # type: ignore[arg-type]
+    seq.end(track=-5)  # no track uuid: the thread's
     events = events_of(written(rig, w))
     first = events[0]
     assert first.name == "? odd" and first.categories == ("a", "?")
@@ -258,6 +259,7 @@ def test_odd_input_never_raises():
     assert events[1].args == {"args": "<args: AttributeError>"}
     assert events[2].flows == (flow_id("job"), flow_id(3.5))
     assert events[3].name == "['unhashable']"
+    assert events[4].track_uuid == seq.thread_track
 
 
 def test_flow_ids_are_stable_and_non_zero():
