@@ -175,6 +175,9 @@ class TraceWriter:
         self.incremental_state_invalid = True
         self._flushes_asked = 0  # tickets handed out by request_flush (any thread)
         self._flushes_served = 0  # the newest ticket a flush() covered
+        # After close() the writer id may belong to a new writer: a late write must
+        # never take a chunk under it (it is dropped and counted instead).
+        self._closed = False
 
     # -- the fast path: one pre-encoded TracePacket --------------------------------
 
@@ -205,6 +208,8 @@ class TraceWriter:
     def flush(self) -> None:
         """Return the current chunk (if no packet is open) and commit everything,
         saying which flush requests this covers. Owning thread only."""
+        if self._closed:
+            return
         ticket = self._flushes_served = self._flushes_asked  # read before the chunk goes
         if not self._in_packet and self._chunk is not None:
             self._return_chunk(last_continues=False)
@@ -220,7 +225,11 @@ class TraceWriter:
         return ticket
 
     def close(self) -> None:
+        """Flush and give the writer id back; later writes are dropped (counted)."""
+        if self._closed:
+            return
         self.flush()
+        self._closed = True
         self._arbiter.release_writer_id(self.writer_id)
 
     # -- the Stream protocol used by protozero Messages -------------------------------
@@ -361,6 +370,8 @@ class TraceWriter:
 
     def _next_chunk(self, may_stall: bool) -> ChunkRef | None:
         """A fresh chunk for this writer, stalling if the policy says so; None = drop."""
+        if self._closed:
+            return None
         ref = self._arbiter.acquire_chunk(self.writer_id, self._next_chunk_id)
         if ref is None and may_stall and self.policy != BufferExhaustedPolicy.DROP:
             ref = self._stall()

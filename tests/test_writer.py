@@ -388,3 +388,22 @@ def test_any_packet_sizes_round_trip(sizes, page_size, flush_every):
     w.flush()
     assert strip_first(rig.packets(w)[0]) == sent
     assert rig.all_free()
+
+
+def test_a_write_after_close_never_takes_a_chunk_under_the_released_id():
+    """A thread that writes past its instance's stop must not write under a writer id
+    that a new writer may hold by then: its packets are dropped and counted."""
+    rig = Rig()
+    old = rig.arbiter.create_trace_writer(1)
+    old.write_packet(test_packet(0, 10))
+    old.close()
+    chunks = len(rig.oracle.chunks)
+    for i in range(50):
+        old.write_packet(test_packet(i, 300))  # big enough to need chunks
+    old.flush()
+    old.close()  # twice: harmless
+    assert len(rig.oracle.chunks) == chunks  # no chunk taken, none committed
+    got, aborted = rig.packets(old)
+    assert (strip_first(got), aborted) == ([test_packet(0, 10)], 0)
+    assert old.dropped_packets == 50
+    assert rig.all_free()
