@@ -320,7 +320,8 @@ def _read_config(source: str, text: bool) -> pb.TraceConfig:
     return load_config(Path(source), text=text)
 
 
-def _connect_timeout(flag: float | None) -> float:
+def connect_timeout(flag: float | None) -> float:
+    """--connect-timeout, else $TRACEBUS_CONNECT_TIMEOUT, else the default."""
     if flag is not None:
         return flag
     value = os.environ.get(CONNECT_TIMEOUT_ENV)
@@ -335,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _read_config(args.config, args.txt)
-        timeout = _connect_timeout(args.connect_timeout)
+        timeout = connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
         if not args.read_timeout > 0:
             raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")

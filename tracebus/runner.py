@@ -61,7 +61,6 @@ DEFAULT_BUFFER_KB = 32 * 1024
 STARTUP_WAIT_S = "5"
 SERVICE_READY_TIMEOUT = 15.0  # a cold interpreter on a loaded machine
 SERVICE_STOP_TIMEOUT = 10.0  # its own shutdown timeout is 3 s
-CONNECT_TIMEOUT = 5.0
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 SI_KERNEL = 0x80  # siginfo si_code of a signal the kernel raised (the terminal's Ctrl-C)
 
@@ -261,7 +260,8 @@ def _load_config(path: str | None, text: bool) -> TraceConfig:
 
 def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
     """Run `argv` under a session of `config` on a running service or our own."""
-    from actors.consumer_cli import EXIT_OK, Recording
+    from actors.consumer_cli import EXIT_OK, Recording, connect_timeout
+    from actors.core.consumer_core import ConsumerError
 
     own: OwnService | None = None
     running = _running_service()
@@ -276,8 +276,12 @@ def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
         producer, consumer = running
         env = {**os.environ, PRODUCER_ENV: producer, CONSUMER_ENV: consumer}
         env[STARTUP_WAIT_ENV] = STARTUP_WAIT_S
+        try:
+            timeout = connect_timeout(None)
+        except ConsumerError as e:
+            raise RunError(f"error: {e}", EXIT_USAGE) from None
         command = Command(argv, env)
-        recording = Recording(config, out, consumer, CONNECT_TIMEOUT, until=command.run)
+        recording = Recording(config, out, consumer, timeout, until=command.run)
         result = recording.run()
         if command.code is None:  # never ran: the session could not start
             raise RunError("the command was not run", result or EXIT_FAILED)

@@ -1,0 +1,157 @@
+"""`tracebus run` end to end with real processes: the runner's own service (started,
+then stopped and removed) or the harness's running service (reused), a recorded app
+that embeds a producer hosting the demo timeline, the exit code passed through,
+SIGINT/SIGTERM forwarded to the app, and a command that cannot run (or a service
+that cannot be reached) costing nothing. The harness's cleanup (tests/processes.py)
+fails a test that leaves a process behind: the runner's service carries its marker."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.processes import PYTHON, Proc, Runtime
+from tracebus.trace_summary import read_trace
+
+pytestmark = pytest.mark.timeout(90)
+
+FRAMES = 20
+APP = """
+import os, signal, sys, threading
+from actors.producer import Producer
+from actors.data_sources import DemoTimelineDataSource
+
+got = []
+
+def on_signal(signum, frame):
+    got.append(signum)
+    producer.stop()
+
+class Demo(DemoTimelineDataSource):
+    def _run(self):
+        print("demo started", flush=True)
+        super()._run()
+        producer.stop()
+
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, on_signal)
+print("env", os.environ["TRACEBUS_STARTUP_WAIT_S"], os.environ["TRACEBUS_PRODUCER_SOCK"],
+      flush=True)
+producer = Producer("demo-app")
+producer.register(Demo)
+thread = threading.Thread(target=producer.run)
+thread.start()
+thread.join()
+sys.exit(100 + got[0] if got else int(sys.argv[1]))
+"""
+OWN_SERVICE = re.compile(r"starting one in (/tmp/tb-run-\S+)")
+
+
+def demo_config(frames: int) -> str:
+    return (
+        "buffers { size_kb: 1024 }\n"
+        'data_sources { config { name: "tracebus.demo_timeline" '
+        f"for_testing {{ message_count: {frames} max_messages_per_second: 200 }} }} }}\n"
+    )
+
+
+def start_run(
+    rt: Runtime, *args: str, env: dict[str, str] | None = None, frames: int = FRAMES
+) -> Proc:
+    """`python -m tracebus run -c demo.pbtxt ARGS` in the runtime dir; stdout and
+    stderr (the app's and the runner's) read as lines. With no `env`, nothing but
+    the runner's own service is reachable (the per-user runtime dir is the test's)."""
+    rt.write_file("demo.pbtxt", demo_config(frames))
+    env = env if env is not None else {"XDG_RUNTIME_DIR": str(rt.dir / "xdg")}
+    (rt.dir / "xdg").mkdir(mode=0o700, exist_ok=True)
+    argv = ["-m", "tracebus", "run", "-c", "demo.pbtxt", *args]
+    return rt.spawn("run", argv, env, lines=True, stderr="stdout", cwd=rt.dir)
+
+
+def frames_in(path: Path) -> int:
+    return read_trace(path).events["tracebus", "frame"]
+
+
+def test_own_service_records_the_app_and_is_removed_after(rt: Runtime) -> None:
+    run = start_run(rt, "-o", "out.pftrace", "--", PYTHON, rt.write_file("app.py", APP), "3")
+    assert rt.finish(run) == 3  # the app's exit code
+    output = rt.output(run)
+    own = Path(OWN_SERVICE.search(output).group(1))  # type: ignore[union-attr]
+    assert not own.exists()  # its sockets and directory removed
+    assert f"env 5 ipc://{own}/p" in output  # the app was pointed at it
+    assert frames_in(rt.dir / "out.pftrace") == FRAMES
+    names = [p.name for p in read_trace(rt.dir / "out.pftrace").processes.values()]
+    assert "demo-app" in names  # its process descriptor
+    assert "tracebus: wrote" in output and "losses: none" in output  # the record summary
+
+
+def test_a_running_service_is_reused(rt: Runtime) -> None:
+    service = rt.start_service()
+    env = {"TRACEBUS_CONSUMER_SOCK": rt.consumer_endpoint}
+    env["TRACEBUS_PRODUCER_SOCK"] = rt.producer_endpoint
+    run = start_run(rt, "--", PYTHON, rt.write_file("app.py", APP), "0", env=env)
+    assert rt.finish(run) == 0
+    assert "starting one" not in rt.output(run)
+    trace = read_trace(rt.dir / "tracebus.pftrace")  # the default OUT, in the cwd
+    assert [p.pid for p in trace.processes.values() if p.service] == [service.pid]
+    assert trace.events["tracebus", "frame"] == FRAMES
+    rt.assert_running(service, "the reused service")  # not stopped by the runner
+    assert not rt.control.query_state().sessions  # the session was freed
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_is_forwarded_and_what_was_recorded_is_written(
+    rt: Runtime, signum: int
+) -> None:
+    app = rt.write_file("app.py", APP)
+    run = start_run(rt, "-o", "out.pftrace", "--", PYTHON, app, "0", frames=0)  # endless
+    rt.wait_output(run, "^demo started$")
+    run.send_signal(signum)
+    assert rt.finish(run) == 100 + signum  # the app got it, and its exit code came back
+    assert frames_in(rt.dir / "out.pftrace") > 0
+    own = Path(OWN_SERVICE.search(rt.output(run)).group(1))  # type: ignore[union-attr]
+    assert not own.exists()
+
+
+def test_killed_by_a_signal_exits_128_plus_n(rt: Runtime) -> None:
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    run = start_run(rt, "-o", "out.pftrace", "--", PYTHON, "-c", kill)
+    assert rt.finish(run) == 128 + signal.SIGKILL
+    assert (rt.dir / "out.pftrace").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "message"),
+    [("no-such-command-xyz", 127, "command not found"), ("./notes.txt", 126, "not executable")],
+)
+def test_a_command_that_cannot_start_starts_nothing(
+    rt: Runtime, command: str, code: int, message: str
+) -> None:
+    rt.write_file("notes.txt", "not a program")
+    run = start_run(rt, "-o", "out.pftrace", "--", command)
+    assert rt.finish(run) == code
+    assert message in rt.output(run) and "starting one" not in rt.output(run)
+    assert not (rt.dir / "out.pftrace").exists()
+
+
+def test_an_unreachable_service_runs_nothing(rt: Runtime) -> None:
+    marker = rt.dir / "ran"
+    env = {"TRACEBUS_CONSUMER_SOCK": f"ipc://{rt.dir}/nobody", "TRACEBUS_CONNECT_TIMEOUT": "1"}
+    touch = f"open({str(marker)!r}, 'w')"
+    run = start_run(rt, "-o", "out.pftrace", "--", PYTHON, "-c", touch, env=env)
+    assert rt.finish(run) == 1
+    assert "no tracing service answered" in rt.output(run)
+    assert not marker.exists() and not (rt.dir / "out.pftrace").exists()
+
+
+def test_usage_errors(rt: Runtime) -> None:
+    result = rt.run([PYTHON, "-m", "tracebus", "run", "-c", "x.pbtxt"], cwd=rt.dir)
+    assert result.returncode == 2 and "no command to run" in result.stderr
+    (rt.dir / "bad.pbtxt").write_text("buffers { size_kb: }")
+    argv = [PYTHON, "-m", "tracebus", "run", "-c", "bad.pbtxt", "--", PYTHON, "-c", "0"]
+    result = rt.run(argv, cwd=rt.dir)
+    assert result.returncode == 2 and "bad.pbtxt" in result.stderr
+
