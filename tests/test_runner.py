@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import PYTHON, Proc, Runtime
+from tracebus import runner
 from tracebus.trace_summary import read_trace
 
 pytestmark = pytest.mark.timeout(90)
@@ -145,6 +146,21 @@ def test_an_unreachable_service_runs_nothing(rt: Runtime) -> None:
     assert rt.finish(run) == 1
     assert "no tracing service answered" in rt.output(run)
     assert not marker.exists() and not (rt.dir / "out.pftrace").exists()
+
+
+def test_a_service_that_cannot_start_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(runner, "SERVICE_MODULE", "no_such_service_module")
+    monkeypatch.delenv("TRACEBUS_CONSUMER_SOCK", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no service running there
+    marker = tmp_path / "ran"
+    touch = f"open({str(marker)!r}, 'w')"
+    assert runner.main(["-o", str(tmp_path / "out"), "--", PYTHON, "-c", touch]) == 1
+    err = capsys.readouterr().err
+    assert "could not start a tracing service" in err and "no_such_service_module" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert not Path(OWN_SERVICE.search(err).group(1)).exists()  # type: ignore[union-attr]
 
 
 def test_usage_errors(rt: Runtime) -> None:

@@ -59,6 +59,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 1, 2, 126, 127
 DEFAULT_OUT = "tracebus.pftrace"
 DEFAULT_BUFFER_KB = 32 * 1024
 STARTUP_WAIT_S = "5"
+SERVICE_MODULE = "actors.service"
 SERVICE_READY_TIMEOUT = 15.0  # a cold interpreter on a loaded machine
 SERVICE_STOP_TIMEOUT = 10.0  # its own shutdown timeout is 3 s
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -104,7 +105,7 @@ class OwnService:
 
     def start(self) -> None:
         """Start it and return once its consumer port answers; RunError if it does not."""
-        argv = [sys.executable, "-m", "actors.service"]
+        argv = [sys.executable, "-m", SERVICE_MODULE]
         argv += ["--producer-endpoint", self.producer_endpoint]
         argv += ["--consumer-endpoint", self.consumer_endpoint]
         with open(self.log, "wb") as log:
@@ -115,6 +116,9 @@ class OwnService:
         deadline = time.monotonic() + SERVICE_READY_TIMEOUT
         while not socket_answers(socket_path):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None  # reported here; stop() only removes the directory
                 raise RunError(f"could not start a tracing service:\n{self._log_tail()}")
             time.sleep(0.02)  # polling a socket file: nothing to wait on
 
@@ -136,6 +140,8 @@ class OwnService:
                 _say("the tracing service did not stop in time: killing it")
                 proc.kill()
                 proc.wait()
+        elif proc is not None and proc.returncode:  # it died on its own: say how
+            _say(f"the tracing service exited with {proc.returncode}:\n{self._log_tail()}")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -281,7 +287,12 @@ def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
         except ConsumerError as e:
             raise RunError(f"error: {e}", EXIT_USAGE) from None
         command = Command(argv, env)
-        recording = Recording(config, out, consumer, timeout, until=command.run)
+
+        def until_the_command_exits() -> None:
+            command.run()
+            recording.signals.target = None  # from now on a signal aborts the read-back
+
+        recording = Recording(config, out, consumer, timeout, until=until_the_command_exits)
         result = recording.run()
         if command.code is None:  # never ran: the session could not start
             raise RunError("the command was not run", result or EXIT_FAILED)
