@@ -7,8 +7,14 @@ fails a test that leaves a process behind: the runner's service carries its mark
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import select
 import signal
+import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -115,6 +121,54 @@ def test_a_signal_is_forwarded_and_what_was_recorded_is_written(
     assert frames_in(rt.dir / "out.pftrace") > 0
     own = Path(OWN_SERVICE.search(rt.output(run)).group(1))  # type: ignore[union-attr]
     assert not own.exists()
+
+
+def test_ctrl_c_in_a_terminal_reaches_the_app_once(rt: Runtime) -> None:
+    """The terminal sends SIGINT to the whole foreground group, the app included: the
+    runner must not send it a second one (the app reports each one it gets, and
+    its shutdown would see a duplicate), and its own service must survive it."""
+    app = rt.write_file("app.py", APP.replace("got.append(signum)", "got.append(signum); "
+                                              "print('got', signum, flush=True)"))  # fmt: skip
+    rt.write_file("demo.pbtxt", demo_config(0))
+    (rt.dir / "xdg").mkdir(mode=0o700)
+    argv = [PYTHON, "-m", "tracebus", "run", "-c", "demo.pbtxt", "-o", "out.pftrace", "--"]
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # the runner leads a session on the pty
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    run = subprocess.Popen(
+        [*argv, PYTHON, str(app), "0"], cwd=rt.dir, env=rt.env({"XDG_RUNTIME_DIR":
+        str(rt.dir / "xdg")}), stdin=slave, stdout=slave, stderr=slave,
+        preexec_fn=controlling_terminal,
+    )  # fmt: skip
+    rt.procs.append(("run", run))
+    os.close(slave)
+    output = read_pty(master, until=b"demo started")
+    os.write(master, b"\x03")  # Ctrl-C
+    output += read_pty(master)
+    assert run.wait(30) == 100 + signal.SIGINT, output
+    assert output.count("got 2") == 1, output
+    assert frames_in(rt.dir / "out.pftrace") > 0
+
+
+def read_pty(master: int, until: bytes | None = None, timeout: float = 30.0) -> str:
+    """What the pty shows until `until` appears, or until it closes (the runner exited)."""
+    data, deadline = b"", time.monotonic() + timeout
+    while until is None or until not in data:
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"nothing more from the terminal: {data!r}"
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every process holding the terminal closed it
+            chunk = b""
+        if not chunk:
+            assert until is None, f"the terminal closed before {until!r}: {data!r}"
+            os.close(master)
+            break
+        data += chunk
+    return data.decode(errors="replace")
 
 
 def test_killed_by_a_signal_exits_128_plus_n(rt: Runtime) -> None:
