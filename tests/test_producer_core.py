@@ -22,6 +22,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors import endpoints
 from actors.core import producer_core as core
 from actors.data_sources import (
+    SLICES,
     DemoTimelineDataSource,
     SyntheticDataSource,
     seq_values,
@@ -34,6 +35,7 @@ from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.region import InProcessRegion
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 from tests.smb_oracle import Oracle
+from tests.track_event_import import Outcome, import_track_events
 
 LOG = logging.getLogger("test.producer")
 SEC = 1_000_000_000
@@ -618,14 +620,15 @@ def test_track_event_timeline_parses_with_the_official_schema():
         thread.thread.pid == os.getpid() and thread.thread.tid and thread.parent_uuid == proc.uuid
     )
     assert counter.HasField("counter") and counter.parent_uuid == proc.uuid
-    events = [p for p in packets if p.HasField("track_event")]
     stamps = [p.timestamp for p in packets]
     assert stamps == sorted(stamps) and stamps[0] > 0
+    imported = import_track_events(packets)  # interned names resolved
+    (events,) = imported.events.values()
+    assert all(e.outcome is Outcome.RESOLVED for e in events)
     depth, deepest, counters = 0, 0, 0
-    for p in events:
-        e = p.track_event
+    for e in events:
         if e.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
-            assert e.track_uuid == thread.uuid and e.name
+            assert e.track_uuid == thread.uuid and e.name in SLICES
             depth += 1
             deepest = max(deepest, depth)
         elif e.type == pb.TrackEvent.TYPE_SLICE_END:
