@@ -91,12 +91,19 @@ class Rig:
         self.instances: list[FakeInstance] = [FakeInstance()]
         self.producers: list[FakeProducer] = []
         self.names: list[str] = []
+        self.endpoints: list[str | None] = []
         self.auto_start = True
-        self.runtime = _runtime.Runtime(_runtime.WANTED, factory=self._factory, environ=environ)
+        self.service_there = threading.Event()
+        self.service_there.set()
+        self.runtime = _runtime.Runtime(
+            _runtime.WANTED, factory=self._factory, environ=environ,
+            service_appeared=lambda endpoint: self.service_there.is_set(),
+        )  # fmt: skip
         monkeypatch.setattr(_runtime, "current", self.runtime)
 
     def _factory(self, name: str, endpoint: str | None, rt: _runtime.Runtime) -> FakeProducer:
         self.names.append(name)
+        self.endpoints.append(endpoint)
         producer = FakeProducer(rt, self.instances)
         if self.auto_start:
             producer.go.set()
@@ -414,3 +421,48 @@ def test_the_api_is_the_documented_one():
         "shutdown", "slice", "stats", "trace",
     }  # fmt: skip
     assert _api.slice is tracebus.slice
+
+
+def test_without_a_service_socket_nothing_heavy_starts_until_it_appears(monkeypatch, caplog):
+    _runtime.WANTED.clear()
+    monkeypatch.setattr(_runtime, "SERVICE_POLL_S", 0.01)
+    rig = Rig(monkeypatch, {})
+    rig.service_there.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="tracebus"):
+            tracebus.init(endpoint="ipc:///nowhere/p")
+            wait_for_condition(lambda: caplog.records, "the log line")
+            assert rig.producers == []
+            rig.service_there.set()
+            wait_for_condition(lambda: rig.producers, "the producer")
+        assert rig.endpoints == ["ipc:///nowhere/p"]
+        (record,) = caplog.records
+        assert "no tracing service at ipc:///nowhere/p yet" in record.getMessage()
+    finally:
+        rig.runtime.shutdown(timeout=1)
+        _runtime.WANTED.clear()
+
+
+def test_shutdown_while_waiting_for_the_service_returns_at_once(monkeypatch):
+    _runtime.WANTED.clear()
+    rig = Rig(monkeypatch, {})
+    rig.service_there.clear()
+    tracebus.init()
+    t0 = time.monotonic()
+    tracebus.shutdown()
+    rig.service_there.set()
+    assert time.monotonic() - t0 < 1 and rig.producers == []
+    _runtime.WANTED.clear()
+
+
+def wait_for_condition(condition: Any, what: str) -> Any:
+    from tests.waiting import wait_for
+
+    return wait_for(condition, 10, what)
+
+
+def test_service_socket_exists(tmp_path):
+    assert _runtime.service_socket_exists("tcp://127.0.0.1:1")
+    assert not _runtime.service_socket_exists(f"ipc://{tmp_path}/p")
+    (tmp_path / "p").touch()
+    assert _runtime.service_socket_exists(f"ipc://{tmp_path}/p")

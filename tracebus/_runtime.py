@@ -13,7 +13,10 @@ The contract the API (tracebus/_api.py) relies on:
   stopped instance refuses the write by itself) or the new one.
 - The first use starts the producer in the background ("tracebus-start" imports
   actors.producer, the heavy part, and starts its thread); the caller never waits
-  for it, unless a startup wait was asked for (TRACEBUS_STARTUP_WAIT_S or
+  for it. While the service's ipc:// socket does not exist, that thread only
+  looks for it now and then (one log line says so): an app run without a
+  service pays for no import and no connection attempts. The caller never
+  waits, unless a startup wait was asked for (TRACEBUS_STARTUP_WAIT_S or
   init(wait_for_start=)): then that first call waits up to the bound for a
   track_event instance to start.
 - No method raises into the application: internal errors are counted per kind
@@ -41,6 +44,7 @@ log = logging.getLogger("tracebus")
 
 DISABLE_ENV = "TRACEBUS_DISABLE"
 SHUTDOWN_TIMEOUT_S = 5.0  # flush and detach at exit: bounded, the app is leaving
+SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's socket
 MAX_CATEGORIES = 4096  # WANTED entries before it is rebuilt (apps that make up categories)
 
 IDLE, STARTING, RUNNING, STOPPED, DISABLED = "idle", "starting", "running", "stopped", "disabled"
@@ -72,6 +76,14 @@ def _default_factory(name: str, endpoint: str | None, runtime: Runtime) -> Produ
     return _data_source.make_producer(name, endpoint, runtime)
 
 
+def service_socket_exists(endpoint: str) -> bool:
+    """Whether the service may be there: the ipc:// socket file exists (any other
+    transport: assume so and let the producer find out)."""
+    if not endpoint.startswith("ipc://"):
+        return True
+    return os.path.exists(endpoint[len("ipc://") :])
+
+
 class Runtime:
     """One process's SDK state; see the module docstring."""
 
@@ -81,9 +93,11 @@ class Runtime:
         *,
         factory: ProducerFactory = _default_factory,
         environ: dict[str, str] | os._Environ[str] = os.environ,
+        service_appeared: Callable[[str], bool] = service_socket_exists,
     ) -> None:
         self.wanted: dict[str, tuple[Any, ...]] = {} if wanted is None else wanted
         self.factory = factory
+        self.service_appeared = service_appeared
         self.environ = environ
         self.lock = threading.Lock()
         self.state = IDLE
@@ -142,7 +156,10 @@ class Runtime:
         """On the start thread: build the producer (imports the heavy modules) and
         start its thread, unless shutdown() came first."""
         try:
-            producer = self.factory(self.producer_name, self.endpoint, self)
+            endpoint = self._wait_for_service()
+            if endpoint is None:
+                return  # shut down meanwhile
+            producer = self.factory(self.producer_name, endpoint, self)
             with self.lock:
                 if self.state != STARTING:
                     return  # shut down meanwhile
@@ -155,6 +172,22 @@ class Runtime:
                     self.state = STOPPED
                     self.stopped.set()
             self.count_error("start", e)
+
+    def _wait_for_service(self) -> str | None:
+        """The endpoint, once its socket exists; None if shut down before."""
+        from actors.endpoints import default_producer_endpoint
+
+        endpoint = self.endpoint or default_producer_endpoint()
+        logged = False
+        while not self.service_appeared(endpoint):
+            if not logged:
+                log.warning("tracebus: no tracing service at %s yet; connecting when one appears",
+                            endpoint)  # fmt: skip
+                logged = True
+            self.stopped.wait(SERVICE_POLL_S)
+            if self.state != STARTING:
+                return None
+        return endpoint
 
     # -- instances (the producer's thread) ---------------------------------------------------
 
@@ -256,7 +289,10 @@ class Runtime:
         for instance in list(self.instances):
             instance.live = False
         self.wanted.clear()
-        child = Runtime(self.wanted, factory=self.factory, environ=self.environ)
+        child = Runtime(
+            self.wanted, factory=self.factory, environ=self.environ,
+            service_appeared=self.service_appeared,
+        )  # fmt: skip
         child.name, child.endpoint, child.wait_s = self.name, self.endpoint, self.wait_s
         child.categories = dict(self.categories)
         return child
