@@ -40,18 +40,17 @@ from actors.track_event import TrackEventSequence, flow_id
 from actors.track_event_config import CategoryFilter
 from shm.writer import TraceWriter
 
+_modules = sys.modules  # asyncio is looked up, never imported: no loop runs without it
 STOP_WAIT_S = 1.0  # how long on_stop waits for a write in progress (microseconds, normally)
 
 
-def boottime_ns() -> int:
-    """Perfetto's default trace clock."""
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+# Perfetto's default trace clock (a partial: no Python frame per event).
+boottime_ns: Callable[[], int] = partial(time.clock_gettime_ns, time.CLOCK_BOOTTIME)
 
 
 def flow_ids(flow: Any) -> Sequence[int]:
-    """flow= / terminate_flow=: None, one key, or a list/tuple/set of keys."""
-    if flow is None:
-        return ()
+    """flow= / terminate_flow=: one key, or a list/tuple/set of keys (callers
+    pass () themselves for None, the common case)."""
     if isinstance(flow, list | tuple | set | frozenset):
         return tuple(flow_id(f) for f in flow)
     return (flow_id(flow),)
@@ -70,7 +69,7 @@ class ThreadSequence:
 
     def current_track(self) -> int:
         """The current asyncio task's track, or 0 (the thread track)."""
-        aio = sys.modules.get("asyncio")
+        aio = _modules.get("asyncio")
         if aio is None:
             return 0
         loop = aio.events._get_running_loop()
@@ -124,7 +123,7 @@ class TrackEventInstance:
 
     def begin(self, name: str, category: str, args: Any, flow: Any, terminate_flow: Any) -> Any:
         """A slice begins: returns what end() needs, or None if nothing was written."""
-        seq = self._sequence()
+        seq = getattr(self._local, "seq", None) or self._sequence()
         if seq is None or seq.busy:
             return None
         seq.busy = True
@@ -132,7 +131,9 @@ class TrackEventInstance:
             if not self.live:
                 return None
             track = seq.current_track()
-            seq.events.begin(name, category, args, flow_ids(flow), flow_ids(terminate_flow), track)
+            flows = () if flow is None else flow_ids(flow)
+            ends = () if terminate_flow is None else flow_ids(terminate_flow)
+            seq.events.begin(name, category, args, flows, ends, track)
             return (seq, track)
         finally:
             seq.busy = False
@@ -156,7 +157,8 @@ class TrackEventInstance:
         try:
             if self.live:
                 track = seq.current_track()
-                flows, ends = flow_ids(flow), flow_ids(terminate_flow)
+                flows = () if flow is None else flow_ids(flow)
+                ends = () if terminate_flow is None else flow_ids(terminate_flow)
                 seq.events.instant(name, category, args, flows, ends, track)
         finally:
             seq.busy = False
