@@ -15,6 +15,12 @@ application that hosts a producer beside its own work (tracebus/, the SDK) calls
   producer stays stopped.
 - `call_soon(fn)`: run fn on the producer's loop thread (where the data
   sources' callbacks run); False once the producer is stopped.
+- No service yet, or a service gone: one WARNING, quiet retries with the
+  core's backoff (a tick every producer_shell.IDLE_TICK_S, no busy loop), and
+  an INFO line once connected.
+- In a child forked after the start, the producer is the parent's: there
+  stop() and call_soon() touch nothing (its loop's pipe is shared with the
+  parent) and the child hosts a Producer of its own.
 
 The pieces, each in its own module:
 
@@ -22,9 +28,11 @@ The pieces, each in its own module:
   follows) and data_sources_in(), which finds a module's data sources;
 - actors/producer_host.py: ProducerHost, which wires a ProducerCore (the
   protocol, actors/core/producer_core.py) to the SMB arbiter and the data source
-  objects, with no socket of its own;
+  objects, with no socket of its own, and keeps what it knows of each instance
+  (writers, stopped) in an InstanceRecord rather than on the user's object;
 - actors/producer_shell.py: ProducerShell, which runs the host over a ZeroMQ
-  DEALER on the shared poll loop;
+  DEALER on the shared poll loop (actors/loop.py; other threads reach it with
+  Loop.call_soon);
 - this module: Producer (a name, hints and data sources; run() and stop()) and
   main(). It re-exports the SDK names, the import path data source modules use.
 """
@@ -106,6 +114,7 @@ class Producer:
         self._lock = threading.RLock()
         self._stopped = False
         self._loop: Loop | None = None  # created by the first run or start_thread()
+        self._pid = 0  # the process that created _loop
         self._thread: threading.Thread | None = None
         self._shell: ProducerShell | None = None
 
@@ -127,7 +136,7 @@ class Producer:
                 return 0
             if self._loop is not None:
                 raise RuntimeError(f"producer {self.name!r} already started")
-            self._loop = Loop()
+            self._loop, self._pid = Loop(), os.getpid()
         return self._serve(self._loop)
 
     def start_thread(self) -> None:
@@ -137,6 +146,7 @@ class Producer:
             if self._stopped or self._loop is not None:
                 return
             self._loop = loop = Loop()  # now, so that call_soon() works at once
+            self._pid = os.getpid()
             self._thread = threading.Thread(
                 target=self._serve, args=(loop,), name=THREAD_NAME, daemon=True
             )
@@ -173,6 +183,8 @@ class Producer:
         the thread start_thread() started for up to `timeout` seconds
         (STOP_TIMEOUT_S by default). Never raises."""
         try:
+            if self._inherited():
+                return
             with self._lock:
                 self._stopped = True
                 loop, thread = self._loop, self._thread
@@ -188,9 +200,15 @@ class Producer:
     def call_soon(self, fn: Callable[[], object]) -> bool:
         """Run fn on the producer's loop thread (an exception it raises is logged);
         False, and fn dropped, if the producer is not started or is stopped."""
+        if self._inherited():  # before the lock: a forked child may find it held
+            return False
         with self._lock:
             loop = None if self._stopped else self._loop
         return loop is not None and loop.call_soon(lambda: self._call_logged(fn))
+
+    def _inherited(self) -> bool:
+        """Started by the parent of this (forked) process."""
+        return self._loop is not None and self._pid != os.getpid()
 
     def _call_logged(self, fn: Callable[[], object]) -> None:
         try:

@@ -112,9 +112,12 @@ class ProducerShell:
         try:
             self.sock.send_multipart(framing.encode(msg), zmq.NOBLOCK)
         except zmq.Again:
-            if msg.WhichOneof("msg") == "initialize_connection":
+            kind = msg.WhichOneof("msg")
+            if kind == "initialize_connection":
                 self._unsent_init = msg  # not connected yet: retried on the next tick
                 return
+            if kind == "heartbeat":
+                return  # a probe, not data: the service is away (the core's liveness rule)
             self.send_failures += 1
             if self.send_failures in (1, 10, 100) or self.send_failures % 1000 == 0:
                 self.log.warning("%d messages to the service could not be sent", self.send_failures)

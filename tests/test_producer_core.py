@@ -30,6 +30,7 @@ from actors.data_sources import (
     synthetic_str,
 )
 from actors.producer import DataSource, Producer, ProducerHost, data_sources_in
+from actors.producer_host import InstanceRecord
 from protos import tracebus_ipc_pb2 as ipc
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.region import InProcessRegion
@@ -165,7 +166,7 @@ class Rig:
                 instance_id=instance_id, data_source_config=config
             )
         )
-        return self.host._instances[instance_id]
+        return self.host._instances[instance_id].ds
 
     def process(self) -> None:
         """Play the service for what the producer sent since the last call."""
@@ -395,7 +396,7 @@ def test_start_without_setup_sets_up_first():
     rig.setup_tracing()
     cfg = ds_config(LoopWriter.name, message_count=3)
     rig.push(start_data_source=ipc.StartDataSource(instance_id=4, data_source_config=cfg))
-    ds = rig.host._instances[4]
+    ds = rig.host._instances[4].ds
     assert isinstance(ds, LoopWriter) and ds.config.for_testing.message_count == 3
     assert rig.kinds(2)[:2] == ["smb_mapped", "register_trace_writer"]
     assert rig.kinds()[-1] == "data_source_started"
@@ -422,11 +423,11 @@ def test_writers_registered_before_commits_and_stop_acks_after_them():
         rig.host.create_writer(_stopped_instance(rig))
 
 
-def _stopped_instance(rig: Rig) -> DataSource:
-    ds = LoopWriter()
-    ds._tb_bind(rig.host, rig.host.core.name, 99, pb.DataSourceConfig(name=LoopWriter.name))
-    ds._tb_stopped = True
-    return ds
+def _stopped_instance(rig: Rig) -> InstanceRecord:
+    cfg = pb.DataSourceConfig(name=LoopWriter.name)
+    rec = InstanceRecord(rig.host, LoopWriter(), 99, cfg)
+    rec.stopped = True
+    return rec
 
 
 def test_flush_ack_carries_the_id_even_with_nothing_pending():
@@ -583,7 +584,7 @@ def test_writer_stats_report_the_drops_of_a_tiny_smb():
     n = 2000
     ds = rig.start(1, ds_config("tracebus.synthetic", message_count=n, message_size=20))
     rig.finish(ds)
-    (w,) = [w for _, w in ds._tb_writers]
+    (w,) = [w for _, w in rig.host._instances[1].writers()]
     stats = [s for c in rig.of("commit_data") for s in c.writer_stats]
     assert stats, "drops must be reported"
     assert all(s.writer_id == w.writer_id and s.target_buffer == 1 for s in stats)

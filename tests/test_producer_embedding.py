@@ -9,6 +9,7 @@ real process against a real service (tests/processes.py, fixture `rt`)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,10 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import producer_core as core
 from actors.producer import THREAD_NAME, Producer
+from protos import tracebus_ipc_pb2 as ipc
+from shm.commits import ChunkToPatch
 from tests.processes import Runtime
+from tests.test_producer_core import LoopWriter, Rig, ds_config
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,6 +73,63 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
     errors: list[BaseException] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
     return errors
+
+
+def test_the_host_keeps_instance_state_in_a_record_of_its_own() -> None:
+    """The user's object gets the documented attributes and one link; the writers
+    (one per thread) live in the host's InstanceRecord."""
+    rig = Rig([LoopWriter])
+    rig.connect()
+    rig.setup_tracing()
+    ds = rig.start(1, ds_config(LoopWriter.name, message_count=3))
+    public = {"instance_id", "config", "target_buffer", "producer_name"}
+    assert set(vars(ds)) == public | {"_tb_record"}
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(ds.writer()))
+    thread.start()
+    thread.join()
+    rec = rig.host._instances[1]
+    assert ds.writer() is ds.writer() is not other[0]
+    assert [(t.ident, w) for t, w in rec.writers()] == [
+        (threading.get_ident(), ds.writer()),
+        (thread.ident, other[0]),
+    ]
+    rig.push(stop_data_source=ipc.StopDataSource(instance_id=1))
+    assert rec.writers() == []  # closed and retired by the host
+    late: list[BaseException] = []
+
+    def write_late() -> None:
+        try:
+            ds.writer()
+        except RuntimeError as e:
+            late.append(e)
+
+    thread = threading.Thread(target=write_late)
+    thread.start()
+    thread.join()
+    assert "stopped" in str(late[0])
+
+
+def test_commits_of_an_smb_let_go_are_dropped_not_queued() -> None:
+    """A thread that writes past its instance's stop (or a reconnect) must not pile
+    commits up in the host, nor send chunks of an old SMB on a new connection."""
+    rig = Rig([LoopWriter])
+    rig.connect()
+    rig.setup_tracing()
+    old = rig.host.arbiter
+    assert old is not None
+    rig.host.teardown()
+    n = len(rig.sent)
+    old.add_patches([ChunkToPatch(1, 1, 0, [(0, b"\0\0\0\0")], False)])
+    old.commit()  # a commit through the arbiter the host let go
+    assert len(rig.host._inbox) == 0
+    rig.host.deliver()
+    assert len(rig.sent) == n
+
+
+def test_writer_of_an_object_no_producer_hosts_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not an instance a producer hosts"):
+        LoopWriter().writer()
 
 
 def nowhere(tmp_path: Path) -> str:
@@ -158,6 +219,25 @@ def test_stop_from_inside_the_producer_thread_returns(tmp_path: Path) -> None:
     assert [t for t in threading.enumerate() if t.name == THREAD_NAME] == []
 
 
+def test_a_forked_child_leaves_the_parents_producer_alone(tmp_path: Path) -> None:
+    producer = Producer("parent", endpoint=nowhere(tmp_path))
+    producer.start_thread()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: nothing of this may reach the parent's loop
+            try:
+                producer.stop()
+                os._exit(0 if producer.call_soon(lambda: None) is False else 1)
+            finally:
+                os._exit(2)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        ran = threading.Event()
+        assert producer.call_soon(ran.set)
+        assert ran.wait(10)
+    finally:
+        producer.stop(timeout=10)
+
+
 def test_without_a_service_it_idles_logs_once_then_connects_when_one_appears(
     rt: Runtime, records: tuple[logging.Logger, Records], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -180,6 +260,24 @@ def test_without_a_service_it_idles_logs_once_then_connects_when_one_appears(
         rt.start_service()
         log.wait(lambda _: bool(log.at(logging.INFO, "connected to the service")), 30)
         assert len(log.at(logging.WARNING)) == 1
+    finally:
+        producer.stop(timeout=10)
+
+
+def test_a_lost_service_is_logged_once_and_the_producer_reconnects(
+    rt: Runtime, records: tuple[logging.Logger, Records]
+) -> None:
+    logger, log = records
+    rt.start_service()
+    producer = Producer("loyal", endpoint=rt.producer_endpoint, log=logger)
+    producer.start_thread()
+    try:
+        log.wait(lambda _: len(log.at(logging.INFO, "connected to the service")) == 1, 30)
+        assert rt.stop(rt.service) == 0
+        rt.start_service()  # the first heartbeat it gets tells the producer to reconnect
+        log.wait(lambda _: len(log.at(logging.INFO, "connected to the service")) == 2, 30)
+        (warning,) = log.at(logging.WARNING)  # and no failed heartbeats in between
+        assert "lost the tracing service" in warning
     finally:
         producer.stop(timeout=10)
 
