@@ -54,6 +54,7 @@ pid and tid taken modulo 2**24.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import threading
 import time
@@ -193,7 +194,10 @@ class TrackEventSequence:
         if args is None and not flows and not terminating_flows:
             w = self._writer
             if not w.incremental_state_invalid:
-                fields = self._cached(SLICE_BEGIN, name, category, track)
+                try:
+                    fields = self._cache.get((SLICE_BEGIN, name, category, track))
+                except TypeError:  # an unhashable name: the slow path copes
+                    fields = None
                 if fields is not None:
                     w.write_packet(TIMESTAMP + varint(self._clock()) + fields)
                     return
@@ -223,7 +227,10 @@ class TrackEventSequence:
         if args is None and not flows and not terminating_flows:
             w = self._writer
             if not w.incremental_state_invalid:
-                fields = self._cached(INSTANT, name, category, track)
+                try:
+                    fields = self._cache.get((INSTANT, name, category, track))
+                except TypeError:  # an unhashable name: the slow path copes
+                    fields = None
                 if fields is not None:
                     w.write_packet(TIMESTAMP + varint(self._clock()) + fields)
                     return
@@ -294,12 +301,6 @@ class TrackEventSequence:
         self._ends.pop(uuid, None)
 
     # -- the slow path --------------------------------------------------------------------
-
-    def _cached(self, type_: int, name: str, category: str, track: int) -> bytes | None:
-        try:
-            return self._cache.get((type_, name, category, track))
-        except TypeError:  # an unhashable name: the slow path copes
-            return None
 
     def _event(
         self,
@@ -413,13 +414,15 @@ def _as_str(value: Any) -> str:
 
 
 def _counter_value(value: Any) -> bytes | None:
-    """counter_value for an int64, double_counter_value for anything float()
-    takes; None for anything else."""
+    """counter_value for an int64 (or an integer type's value), else
+    double_counter_value for anything float() takes; None for anything else."""
     if type(value) is int and _INT64_MIN <= value < _INT64_END:
         return COUNTER_VALUE + varint(value)
-    if isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value < _INT64_END:
-        return COUNTER_VALUE + varint(int(value))
     try:
+        if not isinstance(value, (bool, float)) and hasattr(value, "__index__"):
+            number = operator.index(value)  # IntEnum, numpy integers
+            if _INT64_MIN <= number < _INT64_END:
+                return COUNTER_VALUE + varint(number)
         return double(DOUBLE_COUNTER_VALUE, float(value))
     except Exception:
         return None

@@ -7,17 +7,18 @@ Pure functions, values in and bytes out. The field numbers are Perfetto's
 every output with the official schema.
 
 Debug annotations (`annotation`, for a TrackEvent's args) never raise for odd
-values: bool -> bool_value; int -> int_value, uint_value beyond int64, its
-decimal string beyond uint64; float -> double_value (NaN and infinities too);
-str -> string_value; None -> "None"; dict -> dict_entries (keys as str, in
-`name`), list/tuple -> array_values, both at most MAX_DEPTH deep and MAX_ITEMS
-wide; anything else -> str(value), or a placeholder when str() raises.
-Strings are UTF-8; a lone surrogate becomes "?" (protobuf strings must be valid
-UTF-8).
+values: bool -> bool_value; int (or an integer type's value: numpy's) ->
+int_value, uint_value beyond int64, its decimal string beyond uint64; float ->
+double_value (NaN and infinities too); str -> string_value; None -> "None";
+dict -> dict_entries (keys as str, in `name`), list/tuple -> array_values, both
+at most MAX_DEPTH deep and MAX_ITEMS wide; anything else -> str(value), or a
+placeholder when str() raises. Strings are UTF-8; a lone surrogate becomes "?"
+(protobuf strings must be valid UTF-8).
 """
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -205,6 +206,11 @@ def annotation_value(value: Any, depth: int) -> bytes:
             return _dict_entries(value, depth + 1)
         if isinstance(value, (list, tuple)):
             return _array_values(value, depth + 1)
+    if hasattr(type(value), "__index__"):  # numpy integers and the like
+        try:
+            return _int_value(operator.index(value))
+        except Exception:
+            pass
     return field(_STRING, utf8(safe_str(value)))
 
 

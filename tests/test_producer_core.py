@@ -639,6 +639,10 @@ def test_track_event_timeline_parses_with_the_official_schema():
             assert e.type == pb.TrackEvent.TYPE_COUNTER and e.track_uuid == counter.uuid
             counters += 1
     assert depth == 0 and deepest == 3 and counters == 5
+    frames = [e for e in events if e.name == "frame"]
+    assert [(f.categories, f.args) for f in frames] == [
+        (("demo",), {"frame": n}) for n in range(1, 6)
+    ]
 
 
 # -- the SDK ------------------------------------------------------------------------------------

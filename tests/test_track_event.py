@@ -8,9 +8,12 @@ import itertools
 import math
 import os
 
+from hypothesis import given
+from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.track_event import TrackEvents, TrackEventSequence, flow_id
+from actors.track_event_encoding import MAX_DEPTH
 from shm.writer import BufferExhaustedPolicy
 from tests.test_writer import Rig
 from tests.track_event_import import Event, LogRecord, Outcome, import_track_events
@@ -79,13 +82,25 @@ def test_names_categories_args_and_flows_come_back_resolved():
     assert len(with_names) == 2  # "decode" and "tick"
 
 
+class Index:
+    """An integer type that is no int (numpy's integers are)."""
+
+    def __index__(self) -> int:
+        return 5
+
+
 def test_arg_types_survive_as_the_schema_types():
     rig = Rig()
     seq, w = sequence(rig)
     seq.instant("e", "c", args={"i": -1, "u": 2**64 - 1, "d": math.inf, "b": False})
-    (packet,) = [p for p in written(rig, w) if p.HasField("track_event")]
-    kinds = {a.WhichOneof("value") for a in packet.track_event.debug_annotations}
+    seq.instant("e", "c", args={"x": Index()})
+    seq.counter("n", Index())
+    seq.counter("n", True)  # not an integer type: a bool is a double here, as float() says
+    first, second, count, flag = [p for p in written(rig, w) if p.HasField("track_event")]
+    kinds = {a.WhichOneof("value") for a in first.track_event.debug_annotations}
     assert kinds == {"int_value", "uint_value", "double_value", "bool_value"}
+    assert second.track_event.debug_annotations[0].int_value == 5
+    assert count.track_event.counter_value == 5 and flag.track_event.double_counter_value == 1.0
 
 
 def test_process_and_thread_tracks_are_described_first():
@@ -251,6 +266,90 @@ def test_flow_ids_are_stable_and_non_zero():
     # Fixed across runs and processes (not Python's salted hash()).
     assert flow_id("job-1") == int.from_bytes(
         __import__("hashlib").blake2b(b"sjob-1", digest_size=8).digest(), "little")  # fmt: skip
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+
+class Printable:
+    def __str__(self) -> str:
+        return "printable \udc80"
+
+
+def _text(s: str) -> str:
+    """A str as it comes back: UTF-8, lone surrogates as "?"."""
+    return s.encode("utf-8", "replace").decode()
+
+
+def expected(value, depth: int = 0):
+    """What a reader gets back for an arg (actors/track_event_encoding.py's rules),
+    NaN as a comparable marker."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else value
+    if value is None:
+        return "None"
+    if depth < MAX_DEPTH and isinstance(value, (dict, list, tuple)):
+        if not value:
+            return None  # no entries: an annotation without a value
+        if isinstance(value, dict):
+            return {_text(str(k)): expected(v, depth + 1) for k, v in value.items()}
+        return [expected(v, depth + 1) for v in value]
+    return "<unprintable Unprintable>" if isinstance(value, Unprintable) else _text(str(value))
+
+
+def comparable(decoded):
+    if isinstance(decoded, float) and math.isnan(decoded):
+        return "NaN"
+    if isinstance(decoded, dict):
+        return {k: comparable(v) for k, v in decoded.items()}
+    if isinstance(decoded, list):
+        return [comparable(v) for v in decoded]
+    return decoded
+
+
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
+    | st.builds(Unprintable) | st.builds(Printable) | st.sets(st.integers(), max_size=2)
+)  # fmt: skip
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    name=st.text(),
+    category=st.text(),
+    args=st.dictionaries(st.text(max_size=8), values, max_size=4),
+    flows=st.lists(st.integers(0, 2**64 - 1) | st.text(max_size=5), max_size=3),
+)
+def test_any_names_categories_and_args_never_raise_and_always_decode(name, category, args, flows):
+    rig = Rig()
+    seq, w = sequence(rig)
+    seq.begin(name, category, args=args, flows=flows)
+    seq.instant(name, category)  # the cached path
+    seq.end()
+    begin, instant, _ = events_of(written(rig, w))
+    parts = tuple(_text(category).split(",")) if category else ()
+    assert (
+        (begin.name, begin.categories) == (instant.name, instant.categories) == (_text(name), parts)
+    )
+    assert comparable(begin.args) == {_text(k): expected(v) for k, v in args.items()}
+    ids = [v if isinstance(v, int) else flow_id(v) for v in flows]
+    assert begin.flows == tuple(v for v in ids if v)
 
 
 # -- TrackEvents ----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ order of TrackEventInternal::IsCategoryEnabled, pinned case by case)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.track_event_config import CategoryFilter
@@ -69,3 +71,30 @@ def test_from_a_data_source_config_in_text_format():
     )
     f = CategoryFilter.from_config(ds.track_event_config)
     assert [f.enabled(c) for c in ("io", "db.read", "net", "ionet")] == [True, True, False, False]
+
+
+names = st.sampled_from(["io", "io.disk", "net", "disabled-by-default-gpu", "x"])
+tags = st.lists(st.sampled_from(["slow", "debug", "hot", "net"]), max_size=2)
+patterns = st.lists(
+    st.sampled_from(["*", "io*", "io.disk", "net", "slow", "h*", "hot"]), max_size=2
+)
+
+
+@given(name=names, tags=tags)
+def test_by_default_everything_but_slow_and_debug(name, tags):
+    slow = {"slow", "debug"} & set(tags) or name.startswith("disabled-by-default-")
+    assert CategoryFilter.from_config(None).enabled(name, tags) is (not slow)
+
+
+@given(
+    config=st.fixed_dictionaries(
+        {k: patterns for k in
+         ("enabled_categories", "disabled_categories", "enabled_tags", "disabled_tags")}
+    ),
+    a=names,
+    b=names,
+    tags=tags,
+)  # fmt: skip
+def test_a_group_is_enabled_when_any_part_is(config, a, b, tags):
+    f = CategoryFilter.from_config(pb.TrackEventConfig(**config))
+    assert f.enabled(f"{a},{b}", tags) == (f.enabled(a, tags) or f.enabled(b, tags))
