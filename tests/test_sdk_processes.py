@@ -494,3 +494,26 @@ def test_shutdown_from_many_threads_at_once_and_repeatedly(rt):
     trace = read_trace(rt, consumer, app.pid)
     assert len(trace.named("before")) == 1 and trace.named("after") == []
     assert_own_tracks(trace)
+
+
+POLICY_APP = """
+import tracebus
+from tracebus import _runtime
+
+for i in range(50_000):
+    tracebus.instant("burst", args={"i": i})
+(instance,) = _runtime.current.instances
+print("policy", instance._local.seq.writer.policy.name, flush=True)
+print("errors", tracebus.stats()["errors"], flush=True)
+"""
+
+
+def test_writers_drop_whatever_policy_the_config_asks_for(rt):
+    """The API never blocks: a session asking its writers to stall when the SMB is
+    full still gets writers that drop."""
+    consumer = start_session(rt, "buffer_exhausted_policy: BUFFER_EXHAUSTED_STALL_THEN_ABORT")
+    app = run_app(rt, "policy", POLICY_APP)
+    out = (rt.dir / "policy.log").read_text()
+    assert "policy DROP" in out and "errors 0" in out, out
+    trace = read_trace(rt, consumer, app.pid)
+    assert trace.named("burst")
