@@ -20,19 +20,22 @@ the source logs "NAME instance N: wrote K packets": every one of them is in the
 trace or among the losses trace_stats counts.
 
 `tracebus.demo_timeline` (DemoTimelineDataSource) writes a small timeline for
-ui.perfetto.dev: a process and a thread TrackDescriptor, then frames of nested
-slices (frame > update > physics, frame > render) and a counter track,
-timestamped with CLOCK_BOOTTIME in ns (Perfetto's default trace clock, so
-TracePacket.timestamp needs no clock id). for_testing.message_count bounds the
-number of frames (0: until stopped), max_messages_per_second sets the frame rate
-(0: 100 per second). Names are plain strings (no interning). Every event sets
+ui.perfetto.dev: a process and a thread TrackDescriptor, then the descriptor of
+its counter track, then frames of nested slices (frame > update > physics,
+frame > render; category "demo", the frame number as the arg "frame" of each
+frame slice) and a value on the counter track "queue_depth", timestamped with
+CLOCK_BOOTTIME in ns (Perfetto's default trace clock, so TracePacket.timestamp
+needs no clock id). for_testing.message_count bounds the number of frames (0:
+until stopped), max_messages_per_second sets the frame rate (0: 100 per
+second). Names, categories and arg names are interned. Every event sets
 SEQ_NEEDS_INCREMENTAL_STATE; the descriptors (the first with
-SEQ_INCREMENTAL_STATE_CLEARED) go out before the first event, again after each
-ClearIncrementalState the service sends (the source declares
-handles_incremental_state_clear, so TraceConfig's
+SEQ_INCREMENTAL_STATE_CLEARED) go out before the first event, and interning
+restarts, again after each ClearIncrementalState the service sends (the source
+declares handles_incremental_state_clear, so TraceConfig's
 incremental_state_config.clear_period_ms reaches it) and after a loss its writer
-saw. It is written with actors.track_event.TrackEvents, which custom data
-sources can use too (track uuids and the incremental state are described there).
+saw. It is written with actors.track_event.TrackEventSequence, the SDK's event
+path (track uuids and the incremental state are described there); custom data
+sources can use TrackEvents, the same over the calling thread.
 
 Packets are concatenated from precomputed tags (shm.protozero), never built
 with the generated protobuf classes.
@@ -41,12 +44,13 @@ with the generated protobuf classes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
 
 from actors.producer_sdk import DataSource
-from actors.track_event import TrackEvents
+from actors.track_event import TrackEventSequence, boottime_ns
 from shm.protozero import LEN, VARINT, tag, varint
 from shm.writer import SMBExhaustedError, TraceWriter
 
@@ -187,7 +191,7 @@ class DemoTimelineDataSource(_Threaded):
     """Nested slices and a counter on the instance's thread (see the module docstring)."""
 
     name = "tracebus.demo_timeline"
-    # The SDK marks the instance's writers on a clear; TrackEvents re-emits.
+    # The SDK marks the instance's writers on a clear; TrackEventSequence re-emits.
     handles_incremental_state_clear = True
 
     def _run(self) -> None:
@@ -195,17 +199,22 @@ class DemoTimelineDataSource(_Threaded):
         frames = cfg.message_count
         period = 1.0 / (cfg.max_messages_per_second or 100)
         w = self.writer()
-        events = TrackEvents(w, self.producer_name or "tracebus", counters=("queue_depth",))
+        events = TrackEventSequence(
+            w, boottime_ns, pid=os.getpid(), tid=threading.get_native_id(),
+            process_name=self.producer_name or "tracebus",
+            thread_name=threading.current_thread().name,
+        )  # fmt: skip
+        events.counter_track("queue_depth", unit="count")
         n = 0
         while not self._stopping and (frames == 0 or n < frames):
             n += 1
-            events.begin("frame")
-            events.begin("update")
-            events.begin("physics")
+            events.begin("frame", "demo", args={"frame": n})
+            events.begin("update", "demo")
+            events.begin("physics", "demo")
             self._pause(period * 0.2, w)
             events.end()
             events.end()
-            events.begin("render")
+            events.begin("render", "demo")
             self._pause(period * 0.3, w)
             events.end()
             events.end()

@@ -1,8 +1,16 @@
 """The one poll loop every shell runs: ZeroMQ sockets, plain file descriptors
-(pidfds of watched processes, a signal wake-up pipe), deadlines, and a stop.
+(pidfds of watched processes), deadlines, calls handed over by other threads,
+and a stop.
 
 Cores never see this: a shell registers its sockets and timers here and feeds
 what arrives to its core as (peer, message, now).
+
+Threads. Everything runs on the thread calling run(), one callback at a time.
+Two entry points are safe from any thread (and from a signal handler): stop()
+and call_soon(fn), which queues fn for the loop thread and wakes it through the
+loop's self-pipe. After close() both are no-ops (call_soon returns False): the
+pipe is closed under the same lock they write under, so a late caller never
+writes to a closed (or, worse, reused) descriptor.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ import heapq
 import itertools
 import os
 import signal
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import zmq
@@ -32,7 +42,8 @@ class Timer:
 
 
 class Loop:
-    """Single-threaded: callbacks run one at a time, in the thread calling run()."""
+    """Callbacks run one at a time, in the thread calling run(); stop() and
+    call_soon() may come from any thread."""
 
     def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.now = clock
@@ -41,8 +52,14 @@ class Loop:
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
         self._stopping = False
+        self._calls: deque[Callback] = deque()  # from call_soon, in order
+        # Guards the wake pipe against close(). Reentrant: a signal handler that
+        # calls stop() may interrupt this thread inside call_soon().
+        self._wake_lock = threading.RLock()
+        self._wake_pending = False  # a byte is in the pipe; no need for another
+        self._closed = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.add_fd(self._wake_r, self._drain_wake)
+        self.add_fd(self._wake_r, self._on_wake)
 
     # -- registration -------------------------------------------------------------
 
@@ -69,13 +86,31 @@ class Loop:
 
     # -- running --------------------------------------------------------------------
 
+    def call_soon(self, fn: Callback) -> bool:
+        """Run fn on the loop thread, after the callbacks already queued; safe from
+        any thread. False (and fn dropped) once the loop is closed."""
+        with self._wake_lock:
+            if self._closed:
+                return False
+            self._calls.append(fn)
+            self._wake_locked()
+        return True
+
     def stop(self) -> None:
-        """Ask run() to return; safe from a signal handler or another thread."""
-        self._stopping = True
+        """Ask run() to return; safe from a signal handler or another thread, and
+        a no-op once the loop is closed."""
+        with self._wake_lock:
+            self._stopping = True
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._closed or self._wake_pending:
+            return
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"x")
         except BlockingIOError:
-            pass  # already woken
+            pass  # the pipe is full: the loop is woken anyway
 
     def stop_on_signals(self, *signums: int, on_signal: Callable[[int], None] | None = None):
         """Install handlers for SIGINT/SIGTERM (by default) that stop the loop."""
@@ -123,16 +158,30 @@ class Loop:
             return 1000  # wake up now and then even when idle
         return max(0, min(1000, -(-(min(deadlines) - now) // 1_000_000)))
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
+    def _on_wake(self) -> None:
+        with self._wake_lock:
+            # Cleared before draining: a call queued from now on writes again.
+            self._wake_pending = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
+        # Only the calls queued so far: one that queues itself again runs on the
+        # next turn, after the sockets and timers had theirs.
+        for _ in range(len(self._calls)):
+            self._calls.popleft()()
 
     def close(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """Release the wake pipe; stop() and call_soon() do nothing afterwards, and
+        calls still queued are dropped. Idempotent."""
+        with self._wake_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._calls.clear()
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass

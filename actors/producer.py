@@ -2,16 +2,37 @@
 
     python -m actors.producer --name X [--module pkg.mod] [--data-source DSNAME] ...
 
-Embedding instead of the CLI: `Producer(name).register(Counter).run()`. The
-pieces, each in its own module:
+Embedding instead of the CLI: `Producer(name).register(Counter).run()` serves
+on the calling thread until SIGINT/SIGTERM (on the main thread) or stop(). An
+application that hosts a producer beside its own work (tracebus/, the SDK) calls
+`start_thread()` instead: the same run() on a daemon thread. Either way:
+
+- `stop(timeout)` from any thread, any number of times, before, during or after
+  the run: the loop stops, the data sources' instances are stopped (on_stop,
+  writers closed, commits sent), the socket lingers at most
+  producer_shell.LINGER_MS, and the thread is joined (up to the timeout). It
+  never raises; a stop before the run makes the run return at once. A stopped
+  producer stays stopped.
+- `call_soon(fn)`: run fn on the producer's loop thread (where the data
+  sources' callbacks run); False once the producer is stopped.
+- No service yet, or a service gone: one WARNING, quiet retries with the
+  core's backoff (a tick every producer_shell.IDLE_TICK_S, no busy loop), and
+  an INFO line once connected.
+- In a child forked after the start, the producer is the parent's: there
+  stop() and call_soon() touch nothing (its loop's pipe is shared with the
+  parent) and the child hosts a Producer of its own.
+
+The pieces, each in its own module:
 
 - actors/producer_sdk.py: the DataSource base class (the contract a data source
   follows) and data_sources_in(), which finds a module's data sources;
 - actors/producer_host.py: ProducerHost, which wires a ProducerCore (the
   protocol, actors/core/producer_core.py) to the SMB arbiter and the data source
-  objects, with no socket of its own;
+  objects, with no socket of its own, and keeps what it knows of each instance
+  (writers, stopped) in an InstanceRecord rather than on the user's object;
 - actors/producer_shell.py: ProducerShell, which runs the host over a ZeroMQ
-  DEALER on the shared poll loop;
+  DEALER on the shared poll loop (actors/loop.py; other threads reach it with
+  Loop.call_soon);
 - this module: Producer (a name, hints and data sources; run() and stop()) and
   main(). It re-exports the SDK names, the import path data source modules use.
 """
@@ -22,11 +43,14 @@ import argparse
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from actors import producer_sdk
 from actors.core import producer_core as core
 from actors.endpoints import default_producer_endpoint
+from actors.loop import Loop
 from actors.producer_host import ProducerHost
 from actors.producer_sdk import DataSource, data_sources_in
 from actors.producer_shell import COMMIT_PERIOD_S, ProducerShell
@@ -41,6 +65,9 @@ __all__ = [
     "data_sources_in",
     "main",
 ]
+
+STOP_TIMEOUT_S = 5.0  # stop()'s default bound on joining the producer's thread
+THREAD_NAME = "tracebus-producer"
 
 POLICIES = {
     "drop": BufferExhaustedPolicy.DROP,
@@ -61,13 +88,15 @@ class _Prefix(logging.LoggerAdapter):
 
 
 class Producer:
-    """A producer process: its data sources, its SMB hints, its connection."""
+    """A producer: its data sources, its SMB hints, its connection (see the module
+    docstring for run(), start_thread(), stop() and call_soon())."""
 
     def __init__(
         self,
         name: str,
         *,
         endpoint: str | None = None,
+        log: logging.Logger | None = None,
         smb_size_kb: int = 0,
         page_size_kb: int = 0,
         policy: BufferExhaustedPolicy = BufferExhaustedPolicy.DROP,
@@ -78,7 +107,15 @@ class Producer:
         self.page_size_hint = page_size_kb * 1024
         self.policy = BufferExhaustedPolicy(policy)
         self.data_sources: dict[str, type[DataSource]] = {}
-        self.log = _Prefix(logging.getLogger("tracebus.producer"), name)
+        self.log = _Prefix(log or logging.getLogger("tracebus.producer"), name)
+        # _lock orders a run's start against stop(): either stop() sees the loop
+        # (and stops it) or the run sees _stopped (and returns). Reentrant for a
+        # signal handler that calls stop() on a thread inside run().
+        self._lock = threading.RLock()
+        self._stopped = False
+        self._loop: Loop | None = None  # created by the first run or start_thread()
+        self._pid = 0  # the process that created _loop
+        self._thread: threading.Thread | None = None
         self._shell: ProducerShell | None = None
 
     def register(self, cls: type[DataSource]) -> type[DataSource]:
@@ -91,9 +128,44 @@ class Producer:
         return cls
 
     def run(self) -> int:
-        """Connect and serve until SIGINT/SIGTERM or stop(); returns an exit code
-        (0, or 1 if the service refused the connection)."""
-        producer_core = core.ProducerCore(
+        """Connect and serve on this thread until SIGINT/SIGTERM (on the main thread)
+        or stop(); returns an exit code (0, or 1 if the service refused the
+        connection). RuntimeError if this producer already runs or ran."""
+        with self._lock:
+            if self._stopped:
+                return 0
+            if self._loop is not None:
+                raise RuntimeError(f"producer {self.name!r} already started")
+            self._loop, self._pid = Loop(), os.getpid()
+        return self._serve(self._loop)
+
+    def start_thread(self) -> None:
+        """run() on a daemon thread named THREAD_NAME; returns at once. A second
+        call, or one after stop(), does nothing."""
+        with self._lock:
+            if self._stopped or self._loop is not None:
+                return
+            self._loop = loop = Loop()  # now, so that call_soon() works at once
+            self._pid = os.getpid()
+            self._thread = threading.Thread(
+                target=self._serve, args=(loop,), name=THREAD_NAME, daemon=True
+            )
+            self._thread.start()
+
+    def _serve(self, loop: Loop) -> int:
+        try:
+            # The shell (and its host) are made here: this is their loop thread.
+            self._shell = ProducerShell(
+                self._core(), self.data_sources, self.endpoint or default_producer_endpoint(),
+                self.log, loop=loop,
+            )  # fmt: skip
+        except BaseException:
+            loop.close()
+            raise
+        return self._shell.run(until=self._stop_requested)
+
+    def _core(self) -> core.ProducerCore:
+        return core.ProducerCore(
             self.name,
             [cls.descriptor() for cls in self.data_sources.values()],
             smb_size_hint=self.smb_size_hint,
@@ -102,14 +174,47 @@ class Producer:
             pid=os.getpid(),
             uid=os.getuid(),
         )
-        endpoint = self.endpoint or default_producer_endpoint()
-        self._shell = ProducerShell(producer_core, self.data_sources, endpoint, self.log)
-        return self._shell.run()
 
-    def stop(self) -> None:
-        """Make run() return after stopping the data sources; safe from any thread."""
-        if self._shell is not None:
-            self._shell.loop.stop()
+    def _stop_requested(self) -> bool:
+        return self._stopped
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop serving, from any thread, any number of times, at any point; join
+        the thread start_thread() started for up to `timeout` seconds
+        (STOP_TIMEOUT_S by default). Never raises."""
+        try:
+            if self._inherited():
+                return
+            with self._lock:
+                self._stopped = True
+                loop, thread = self._loop, self._thread
+            if loop is not None:
+                loop.stop()  # a no-op once the run closed it
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(STOP_TIMEOUT_S if timeout is None else timeout)
+                if thread.is_alive():
+                    self.log.warning("the producer thread did not end within its bound")
+        except Exception:
+            self.log.exception("stopping the producer failed")
+
+    def call_soon(self, fn: Callable[[], object]) -> bool:
+        """Run fn on the producer's loop thread (an exception it raises is logged);
+        False, and fn dropped, if the producer is not started or is stopped."""
+        if self._inherited():  # before the lock: a forked child may find it held
+            return False
+        with self._lock:
+            loop = None if self._stopped else self._loop
+        return loop is not None and loop.call_soon(lambda: self._call_logged(fn))
+
+    def _inherited(self) -> bool:
+        """Started by the parent of this (forked) process."""
+        return self._loop is not None and self._pid != os.getpid()
+
+    def _call_logged(self, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except Exception:
+            self.log.exception("a call on the producer's thread failed")
 
 
 def _parser() -> argparse.ArgumentParser:

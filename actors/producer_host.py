@@ -3,7 +3,11 @@
 It performs the core's outputs (actors/core/producer_core.py): maps the SMB the
 service created and runs the SMB arbiter over it, creates one DataSource object
 per instance and calls its callbacks, creates TraceWriters for it, and sends
-messages through a `send` callable the shell provides. Commits may come from any
+messages through a `send` callable the shell provides. What the host knows of an
+instance (its writers and their threads, the lock around them, whether it is
+stopped) is an InstanceRecord of its own; the user's DataSource object carries
+only the public attributes the SDK documents and a link to its record, through
+which writer() asks for the calling thread's writer. Commits may come from any
 thread; they are queued and sent from the loop thread (the one that created the
 host; `wake` asks it to call `deliver()`), merged into one CommitDataRequest per
 wake-up. The shell (actors/producer_shell.py) owns the socket and the timers.
@@ -51,6 +55,46 @@ def flush_grace_ns(timeout_ms: int) -> int:
     return min(grace, timeout_ms * 500_000) if timeout_ms else grace
 
 
+class InstanceRecord:
+    """The host's state of one data source instance. Threads of the data source
+    create writers through it (writer()); the loop thread reads and retires them."""
+
+    __slots__ = ("ds", "instance_id", "config", "stopped", "_host", "_lock", "_local", "_writers")
+
+    def __init__(self, host: ProducerHost, ds: DataSource, instance_id: int, config: Any) -> None:
+        self.ds = ds
+        self.instance_id = instance_id
+        self.config = config  # perfetto.protos.DataSourceConfig
+        self.stopped = False  # set once on_stop returned: no new writers
+        self._host = host
+        self._lock = threading.Lock()  # guards _writers: any thread may add one
+        self._local = threading.local()  # the calling thread's writer
+        self._writers: list[tuple[threading.Thread, TraceWriter]] = []  # (owner, writer)
+
+    def writer(self) -> TraceWriter:
+        """The calling thread's TraceWriter into the instance's target buffer."""
+        w: TraceWriter | None = getattr(self._local, "writer", None)
+        if w is None:
+            w = self._host.create_writer(self)
+            self._local.writer = w
+        return w
+
+    def add_writer(self, w: TraceWriter) -> None:
+        with self._lock:
+            self._writers.append((threading.current_thread(), w))
+
+    def writers(self) -> list[tuple[threading.Thread, TraceWriter]]:
+        """(owner thread, writer) of each writer created so far."""
+        with self._lock:
+            return list(self._writers)
+
+    def take_writers(self) -> list[tuple[threading.Thread, TraceWriter]]:
+        """The writers, forgotten by the record (the host retires them)."""
+        with self._lock:
+            writers, self._writers = self._writers, []
+        return writers
+
+
 @dataclass(slots=True)
 class PendingFlush:
     """A flush request waiting for writers of running threads."""
@@ -89,11 +133,15 @@ class ProducerHost:
         self._on_connection_event = on_connection_event
         self._loop_thread = threading.get_ident()
         self._inbox: deque[TraceWriter | CommitBatch] = deque()
-        self._instances: dict[int, DataSource] = {}
+        self._instances: dict[int, InstanceRecord] = {}
         self._retired: list[TraceWriter] = []  # closed writers whose drops are not reported yet
         self._flushes: list[PendingFlush] = []  # in request order
         self.region: Region | None = None
         self.arbiter: SharedMemoryArbiter | None = None
+        # Bumped when an SMB is mapped and when it is let go: a commit of an
+        # arbiter that is gone (a thread that kept writing past its instance's
+        # stop) is dropped instead of piling up or reaching the next connection.
+        self._smb_generation = 0
 
     # -- the core's inputs --------------------------------------------------------------
 
@@ -157,10 +205,7 @@ class ProducerHost:
             self.perform(self.core.flush_done(flush.flush_request_id))
 
     def _writer_stats(self) -> list[core.WriterStats]:
-        writers: list[TraceWriter] = []
-        for ds in self._instances.values():
-            with ds._tb_lock:  # threads append to it (create_writer)
-                writers += [w for _, w in ds._tb_writers]
+        writers = [w for rec in self._instances.values() for _, w in rec.writers()]
         return _stats_of(writers + self._retired)
 
     def _post(self, item: TraceWriter | CommitBatch) -> None:
@@ -173,15 +218,16 @@ class ProducerHost:
 
     # -- writers (any thread) -------------------------------------------------------------
 
-    def create_writer(self, ds: DataSource) -> TraceWriter:
-        if ds._tb_stopped:
-            raise RuntimeError(f"data source {ds.name!r} instance {ds.instance_id} is stopped")
+    def create_writer(self, rec: InstanceRecord) -> TraceWriter:
+        """A new writer for the calling thread (InstanceRecord.writer() keeps it)."""
+        if rec.stopped:
+            name = rec.ds.name
+            raise RuntimeError(f"data source {name!r} instance {rec.instance_id} is stopped")
         if self.arbiter is None:
             raise RuntimeError("no SMB is mapped")
-        policy = ds.config.buffer_exhausted_policy or self.policy
-        w = self.arbiter.create_trace_writer(ds.target_buffer, BufferExhaustedPolicy(policy))
-        with ds._tb_lock:
-            ds._tb_writers.append((threading.current_thread(), w))
+        policy = BufferExhaustedPolicy(rec.config.buffer_exhausted_policy or self.policy)
+        w = self.arbiter.create_trace_writer(rec.config.target_buffer, policy)
+        rec.add_writer(w)
         self._post(w)
         return w
 
@@ -234,7 +280,11 @@ class ProducerHost:
         self.region = region
         abi = SharedMemoryABI(region.buf, Geometry(size, page))
         self._halt.clear()
-        self.arbiter = SharedMemoryArbiter(abi, self._on_commit, sleep=self._stall)
+        self._smb_generation += 1
+        generation = self._smb_generation
+        self.arbiter = SharedMemoryArbiter(
+            abi, lambda batch: self._on_commit(generation, batch), sleep=self._stall
+        )
         self._log.info("mapped the SMB: %d KiB in %d KiB pages", size // 1024, page // 1024)
         return ""
 
@@ -242,42 +292,43 @@ class ProducerHost:
         """The arbiter's sleep for stalling writers: cut short by teardown."""
         self._halt.wait(seconds)
 
-    def _on_commit(self, batch: CommitBatch) -> None:
-        self._post(batch)
+    def _on_commit(self, generation: int, batch: CommitBatch) -> None:
+        if generation == self._smb_generation:
+            self._post(batch)
 
-    def _call(self, ds: DataSource | None, callback: str, *args: Any) -> None:
+    def _call(self, rec: InstanceRecord | None, callback: str, *args: Any) -> None:
         """Run a data source callback; a failing data source must not take the producer down."""
-        if ds is None:
+        if rec is None:
             return
         try:
-            getattr(ds, callback)(*args)
+            getattr(rec.ds, callback)(*args)
         except Exception:
-            self._log.exception("%s.%s of instance %d failed", ds.name, callback, ds.instance_id)
+            name, iid = rec.ds.name, rec.instance_id
+            self._log.exception("%s.%s of instance %d failed", name, callback, iid)
 
-    def _clear_incremental_state(self, ds: DataSource | None) -> None:
+    def _clear_incremental_state(self, rec: InstanceRecord | None) -> None:
         """Every writer of the instance re-emits its incremental state before its
         next packet (shm/writer.py: a flag its owner checks), then the callback."""
-        if ds is None:
+        if rec is None:
             return
-        with ds._tb_lock:
-            for _, w in ds._tb_writers:
-                w.incremental_state_invalid = True
-        self._call(ds, "on_clear_incremental_state")
+        for _, w in rec.writers():
+            w.incremental_state_invalid = True
+        self._call(rec, "on_clear_incremental_state")
 
     def _setup(self, cmd: core.SetupInstance) -> None:
         ds = self.data_sources[cmd.name]()
-        ds._tb_bind(self, self.core.name, cmd.instance_id, cmd.config)
-        self._instances[cmd.instance_id] = ds
-        self._call(ds, "on_setup", cmd.config)
+        rec = InstanceRecord(self, ds, cmd.instance_id, cmd.config)
+        ds._tb_attach(rec, self.core.name, cmd.instance_id, cmd.config)
+        self._instances[cmd.instance_id] = rec
+        self._call(rec, "on_setup", cmd.config)
 
     def _stop(self, instance_id: int) -> None:
-        ds = self._instances.get(instance_id)
-        if ds is None:
+        rec = self._instances.get(instance_id)
+        if rec is None:
             return
-        self._call(ds, "on_stop")
-        ds._tb_stopped = True
-        with ds._tb_lock:
-            writers, ds._tb_writers = ds._tb_writers, []
+        self._call(rec, "on_stop")
+        rec.stopped = True
+        writers = rec.take_writers()
         for _, w in writers:
             try:
                 w.close()  # flush + commit; its thread is done with it (the on_stop contract)
@@ -294,7 +345,7 @@ class ProducerHost:
         dropped_bytes = sum(w.dropped_bytes for _, w in writers)
         self._log.info(
             "stopped %s (instance %d): %d writers, %d packets (%d bytes) dropped",
-            ds.name, instance_id, len(writers), dropped, dropped_bytes,
+            rec.ds.name, instance_id, len(writers), dropped, dropped_bytes,
         )  # fmt: skip
 
     def _flush(self, flush_request_id: int, instance_ids: tuple[int, ...], timeout_ms: int) -> None:
@@ -304,12 +355,12 @@ class ProducerHost:
         the module docstring)."""
         waiting: dict[int, int] = {}
         for iid in instance_ids:
-            ds = self._instances.get(iid)
-            if ds is not None:
-                waiting.update(self._ask_thread_writers(ds))
-                if not ds.no_flush:
-                    self._call(ds, "on_flush")
-                self._flush_own_writers(ds)
+            rec = self._instances.get(iid)
+            if rec is not None:
+                waiting.update(self._ask_thread_writers(rec))
+                if not rec.ds.no_flush:
+                    self._call(rec, "on_flush")
+                self._flush_own_writers(rec)
         deadline = self.clock() + flush_grace_ns(timeout_ms)
         self._flushes.append(PendingFlush(flush_request_id, waiting, deadline))
         if self.arbiter is not None:
@@ -317,25 +368,20 @@ class ProducerHost:
         self.deliver()
         self._ack_flushes(None)
 
-    @staticmethod
-    def _writers_of(ds: DataSource) -> list[tuple[threading.Thread, TraceWriter]]:
-        with ds._tb_lock:
-            return list(ds._tb_writers)
-
-    def _ask_thread_writers(self, ds: DataSource) -> dict[int, int]:
+    def _ask_thread_writers(self, rec: InstanceRecord) -> dict[int, int]:
         """request_flush on the writers of other running threads: {writer id: ticket}."""
         me = threading.current_thread()
         return {
             w.writer_id: w.request_flush()
-            for owner, w in self._writers_of(ds)
+            for owner, w in rec.writers()
             if owner is not me and owner.is_alive()
         }
 
-    def _flush_own_writers(self, ds: DataSource) -> None:
+    def _flush_own_writers(self, rec: InstanceRecord) -> None:
         """Flush the loop thread's writers and those of threads that have ended (a
         writer asked before its thread ended serves its ticket here)."""
         me = threading.current_thread()
-        for owner, w in self._writers_of(ds):
+        for owner, w in rec.writers():
             if owner is me or not owner.is_alive():
                 w.flush()
 
@@ -358,6 +404,7 @@ class ProducerHost:
         self._inbox.clear()
         self._flushes.clear()
         self.arbiter = None
+        self._smb_generation += 1
         if self.region is not None:
             try:
                 self.region.close()

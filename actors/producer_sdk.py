@@ -47,17 +47,17 @@ flush() (or write).
 from __future__ import annotations
 
 import importlib
-import threading
 from typing import Any, ClassVar, Protocol
 
 from protos import tracebus_ipc_pb2 as ipc
 from shm.writer import TraceWriter
 
 
-class WriterFactory(Protocol):
-    """What a data source needs of its host (actors/producer_host.py's ProducerHost)."""
+class InstanceLink(Protocol):
+    """What a data source object needs of the host's record of its instance
+    (actors/producer_host.py's InstanceRecord)."""
 
-    def create_writer(self, ds: DataSource) -> TraceWriter: ...
+    def writer(self) -> TraceWriter: ...
 
 
 class DataSource:
@@ -76,6 +76,8 @@ class DataSource:
     config: Any = None  # perfetto.protos.DataSourceConfig
     target_buffer: int = 0
     producer_name: str = ""
+    # The one private attribute the host sets: the link to its record of the instance.
+    _tb_record: InstanceLink | None = None
 
     def on_setup(self, config: Any) -> None:
         """The instance is created and configured; nothing is written yet."""
@@ -95,12 +97,12 @@ class DataSource:
         (actors/track_event.py's TrackEvents re-emits on it by itself)."""
 
     def writer(self) -> TraceWriter:
-        """The calling thread's TraceWriter into this instance's target buffer."""
-        w = getattr(self._tb_local, "writer", None)
-        if w is None:
-            w = self._tb_host.create_writer(self)
-            self._tb_local.writer = w
-        return w
+        """The calling thread's TraceWriter into this instance's target buffer.
+        RuntimeError once the instance is stopped, or for an object the host did
+        not create."""
+        if self._tb_record is None:
+            raise RuntimeError(f"{type(self).__qualname__} is not an instance a producer hosts")
+        return self._tb_record.writer()
 
     @classmethod
     def descriptor(cls) -> ipc.DataSourceDescriptor:
@@ -112,20 +114,15 @@ class DataSource:
             no_flush=cls.no_flush,
         )
 
-    # The _tb_* attributes belong to the host (actors/producer_host.py), which binds
-    # each instance to itself before on_setup.
-    def _tb_bind(
-        self, host: WriterFactory, producer_name: str, instance_id: int, config: Any
+    def _tb_attach(
+        self, record: InstanceLink, producer_name: str, instance_id: int, config: Any
     ) -> None:
+        """Called by the host before on_setup: the public attributes, and the link."""
         self.instance_id = instance_id
         self.config = config
         self.target_buffer = config.target_buffer
         self.producer_name = producer_name
-        self._tb_host = host
-        self._tb_local = threading.local()
-        self._tb_lock = threading.Lock()
-        self._tb_writers: list[tuple[threading.Thread, TraceWriter]] = []  # (owner, writer)
-        self._tb_stopped = False
+        self._tb_record = record
 
 
 def data_sources_in(module_name: str) -> list[type[DataSource]]:

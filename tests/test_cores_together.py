@@ -213,7 +213,7 @@ class ProducerNode:
     def join_writer_threads(self, timeout_s: float = 10.0) -> None:
         """Wait (bounded) for threaded data sources to finish writing, then deliver
         what their threads queued, as the loop thread does when woken."""
-        for ds in list(self.host._instances.values()):
+        for ds in [rec.ds for rec in self.host._instances.values()]:
             thread = getattr(ds, "_thread", None)
             if thread is not None:
                 thread.join(timeout_s)

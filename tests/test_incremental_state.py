@@ -121,8 +121,8 @@ def test_a_clear_marks_the_instances_writers_then_calls_back():
     rig = HostRig([LoopWriter])
     rig.connect()
     rig.setup_tracing()
-    ds = rig.start(1, ds_config(LoopWriter.name, message_count=3))
-    ((_, writer),) = ds._tb_writers
+    rig.start(1, ds_config(LoopWriter.name, message_count=3))
+    ((_, writer),) = rig.host._instances[1].writers()
     writer.incremental_state_invalid = False  # as after TrackEvents described its tracks
     rig.push(clear_incremental_state=ipc.ClearIncrementalState(instance_ids=[1]))
     assert writer.incremental_state_invalid

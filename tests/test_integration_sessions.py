@@ -35,6 +35,7 @@ from actors.consumer import Consumer
 from actors.data_sources import seq_values, synthetic_packet, synthetic_str
 from shm.protozero import LEN, tag, varint
 from tests.processes import REPO, Runtime
+from tests.track_event_import import Outcome, import_track_events
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -294,13 +295,15 @@ def check_track_event(trace: Trace, seq: int, pid: int, frames: int) -> None:
     counter = packets[2].track_descriptor
     assert counter.HasField("counter") and counter.parent_uuid == process_uuid
     TE = pb.TrackEvent
+    imported = import_track_events(packets)  # interned names resolved
+    (events,) = imported.events.values()
+    assert all(e.outcome is Outcome.RESOLVED for e in events)
     depth, counters, last_ts = 0, 0, 0
-    begins: defaultdict[str, int] = defaultdict(int)
-    for p in packets[3:]:
+    begins: defaultdict[str | None, int] = defaultdict(int)
+    for p, ev in zip(packets[3:], events, strict=True):
         assert p.HasField("track_event"), p
         assert p.timestamp >= last_ts
         last_ts = p.timestamp
-        ev = p.track_event
         if ev.type == TE.TYPE_SLICE_BEGIN:
             assert ev.track_uuid == thread.uuid
             depth += 1

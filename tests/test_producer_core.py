@@ -22,6 +22,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors import endpoints
 from actors.core import producer_core as core
 from actors.data_sources import (
+    SLICES,
     DemoTimelineDataSource,
     SyntheticDataSource,
     seq_values,
@@ -29,11 +30,13 @@ from actors.data_sources import (
     synthetic_str,
 )
 from actors.producer import DataSource, Producer, ProducerHost, data_sources_in
+from actors.producer_host import InstanceRecord
 from protos import tracebus_ipc_pb2 as ipc
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.region import InProcessRegion
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 from tests.smb_oracle import Oracle
+from tests.track_event_import import Outcome, import_track_events
 
 LOG = logging.getLogger("test.producer")
 SEC = 1_000_000_000
@@ -163,7 +166,7 @@ class Rig:
                 instance_id=instance_id, data_source_config=config
             )
         )
-        return self.host._instances[instance_id]
+        return self.host._instances[instance_id].ds
 
     def process(self) -> None:
         """Play the service for what the producer sent since the last call."""
@@ -393,7 +396,7 @@ def test_start_without_setup_sets_up_first():
     rig.setup_tracing()
     cfg = ds_config(LoopWriter.name, message_count=3)
     rig.push(start_data_source=ipc.StartDataSource(instance_id=4, data_source_config=cfg))
-    ds = rig.host._instances[4]
+    ds = rig.host._instances[4].ds
     assert isinstance(ds, LoopWriter) and ds.config.for_testing.message_count == 3
     assert rig.kinds(2)[:2] == ["smb_mapped", "register_trace_writer"]
     assert rig.kinds()[-1] == "data_source_started"
@@ -420,11 +423,11 @@ def test_writers_registered_before_commits_and_stop_acks_after_them():
         rig.host.create_writer(_stopped_instance(rig))
 
 
-def _stopped_instance(rig: Rig) -> DataSource:
-    ds = LoopWriter()
-    ds._tb_bind(rig.host, rig.host.core.name, 99, pb.DataSourceConfig(name=LoopWriter.name))
-    ds._tb_stopped = True
-    return ds
+def _stopped_instance(rig: Rig) -> InstanceRecord:
+    cfg = pb.DataSourceConfig(name=LoopWriter.name)
+    rec = InstanceRecord(rig.host, LoopWriter(), 99, cfg)
+    rec.stopped = True
+    return rec
 
 
 def test_flush_ack_carries_the_id_even_with_nothing_pending():
@@ -581,7 +584,7 @@ def test_writer_stats_report_the_drops_of_a_tiny_smb():
     n = 2000
     ds = rig.start(1, ds_config("tracebus.synthetic", message_count=n, message_size=20))
     rig.finish(ds)
-    (w,) = [w for _, w in ds._tb_writers]
+    (w,) = [w for _, w in rig.host._instances[1].writers()]
     stats = [s for c in rig.of("commit_data") for s in c.writer_stats]
     assert stats, "drops must be reported"
     assert all(s.writer_id == w.writer_id and s.target_buffer == 1 for s in stats)
@@ -618,14 +621,15 @@ def test_track_event_timeline_parses_with_the_official_schema():
         thread.thread.pid == os.getpid() and thread.thread.tid and thread.parent_uuid == proc.uuid
     )
     assert counter.HasField("counter") and counter.parent_uuid == proc.uuid
-    events = [p for p in packets if p.HasField("track_event")]
     stamps = [p.timestamp for p in packets]
     assert stamps == sorted(stamps) and stamps[0] > 0
+    imported = import_track_events(packets)  # interned names resolved
+    (events,) = imported.events.values()
+    assert all(e.outcome is Outcome.RESOLVED for e in events)
     depth, deepest, counters = 0, 0, 0
-    for p in events:
-        e = p.track_event
+    for e in events:
         if e.type == pb.TrackEvent.TYPE_SLICE_BEGIN:
-            assert e.track_uuid == thread.uuid and e.name
+            assert e.track_uuid == thread.uuid and e.name in SLICES
             depth += 1
             deepest = max(deepest, depth)
         elif e.type == pb.TrackEvent.TYPE_SLICE_END:
@@ -635,6 +639,10 @@ def test_track_event_timeline_parses_with_the_official_schema():
             assert e.type == pb.TrackEvent.TYPE_COUNTER and e.track_uuid == counter.uuid
             counters += 1
     assert depth == 0 and deepest == 3 and counters == 5
+    frames = [e for e in events if e.name == "frame"]
+    assert [(f.categories, f.args) for f in frames] == [
+        (("demo",), {"frame": n}) for n in range(1, 6)
+    ]
 
 
 # -- the SDK ------------------------------------------------------------------------------------
