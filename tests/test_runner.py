@@ -61,6 +61,14 @@ thread.start()
 thread.join()
 sys.exit(100 + got[0] if got else int(sys.argv[1]))
 """
+SDK_APP = """
+import sys, tracebus
+tracebus.instant("first line", category="app")
+for i in range(10):
+    with tracebus.slice("work", category="app", args={"i": i}):
+        tracebus.counter("progress", i)
+sys.exit(4)
+"""
 OWN_SERVICE = re.compile(r"starting one in (/tmp/tb-run-\S+)")
 
 
@@ -100,6 +108,19 @@ def test_own_service_records_the_app_and_is_removed_after(rt: Runtime) -> None:
     names = [p.name for p in read_trace(rt.dir / "out.pftrace").processes.values()]
     assert "demo-app" in names  # its process descriptor
     assert "tracebus: wrote" in output and "losses: none" in output  # the record summary
+
+
+def test_the_default_config_records_an_sdk_app_from_its_first_line(rt: Runtime) -> None:
+    app = rt.write_file("app.py", SDK_APP)
+    (rt.dir / "xdg").mkdir(mode=0o700)
+    argv = ["-m", "tracebus", "run", "--", PYTHON, str(app)]
+    run = rt.spawn("run", argv, {"XDG_RUNTIME_DIR": str(rt.dir / "xdg")}, cwd=rt.dir)
+    assert rt.finish(run) == 4
+    trace = read_trace(rt.dir / "tracebus.pftrace")
+    assert trace.events["app", "first line"] == 1  # the startup wait let it in
+    assert trace.events["app", "work"] == 10
+    assert trace.counters["progress"].samples == 10
+    assert "app" in [p.name for p in trace.processes.values()]
 
 
 def test_a_running_service_is_reused(rt: Runtime) -> None:
