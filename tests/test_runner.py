@@ -219,6 +219,19 @@ def test_a_command_that_cannot_start_starts_nothing(
     assert not (rt.dir / "out.pftrace").exists()
 
 
+def test_an_executable_the_kernel_refuses_leaves_nothing_behind(rt: Runtime) -> None:
+    """It passes the check before the service starts, and fails only at the spawn."""
+    bad = rt.write_file("bad.bin", "\x7fELF, but not a program")
+    bad.chmod(0o755)
+    run = start_run(rt, "-o", "out.pftrace", "--", "./bad.bin")
+    assert rt.finish(run) == 126
+    output = rt.output(run)
+    assert "Exec format error" in output
+    assert not Path(OWN_SERVICE.search(output).group(1)).exists()  # type: ignore[union-attr]
+    assert not (rt.dir / "out.pftrace").exists()
+    assert not list(rt.dir.glob(".out.pftrace.*"))  # nor the temporary trace file
+
+
 def test_an_unreachable_service_runs_nothing(rt: Runtime) -> None:
     marker = rt.dir / "ran"
     env = {"TRACEBUS_CONSUMER_SOCK": f"ipc://{rt.dir}/nobody", "TRACEBUS_CONNECT_TIMEOUT": "1"}
