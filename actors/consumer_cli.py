@@ -52,6 +52,7 @@ from actors.interrupts import Interrupts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
+CATCH_UP = 0.05  # after `until`: long enough to read the messages already queued
 
 
 def _say(message: str) -> None:
@@ -196,7 +197,10 @@ class Recording:
         With `until`, its return ends the session (unless the service ended it first)."""
         if self.until is not None:
             self.until()
-            self._stop_session(consumer)
+            try:  # take in what the service said meanwhile: it may have ended the session
+                consumer.wait_disabled(CATCH_UP)
+            except RequestTimeout:
+                self._stop_session(consumer)
             return
         limit = None
         if self.config.duration_ms:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.processes import PYTHON, Proc, Runtime
+from tests.waiting import wait_for
 from tracebus import runner
 from tracebus.trace_summary import read_trace
 
@@ -136,6 +137,31 @@ def test_a_running_service_is_reused(rt: Runtime) -> None:
     assert frames_in(rt.dir / "tracebus.pftrace") == FRAMES
     rt.assert_running(service, "the reused service")  # not stopped by the runner
     assert not rt.control.query_state().sessions  # the session was freed
+
+
+def test_a_session_the_service_ended_before_the_command_is_read_back_as_is(
+    rt: Runtime,
+) -> None:
+    """duration_ms ends the session while the command still runs (the runner reuses
+    the harness's service, which shows the session's state): no final flush then."""
+    rt.start_service()
+    rt.write_file("short.pbtxt", "duration_ms: 200\n" + demo_config(3))
+    env = {"TRACEBUS_CONSUMER_SOCK": rt.consumer_endpoint}
+    env["TRACEBUS_PRODUCER_SOCK"] = rt.producer_endpoint
+    app = [PYTHON, "-c", "import sys; sys.stdin.read()"]  # runs until its stdin closes
+    argv = ["-m", "tracebus", "run", "-c", "short.pbtxt", "--", *app]
+    run = rt.spawn("run", argv, env, lines=True, stderr="stdout", cwd=rt.dir)
+
+    def ended() -> bool:
+        sessions = rt.control.query_state().sessions
+        return bool(sessions) and sessions[0].state == "DISABLED"
+
+    wait_for(ended, 30, "the service to end the session at its duration")
+    assert run.stdin is not None
+    run.stdin.close()  # now the app exits
+    assert rt.finish(run) == 0
+    assert "flush did not complete" not in rt.output(run)
+    assert read_trace(rt.dir / "tracebus.pftrace").has_stats  # read back whole
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -264,12 +264,18 @@ def _load_config(path: str | None, text: bool) -> TraceConfig:
         raise RunError(f"error: {e}", EXIT_USAGE) from None
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
     """Run `argv` under a session of `config` on a running service or our own."""
     from actors.consumer_cli import EXIT_OK, Recording, connect_timeout
     from actors.core.consumer_core import ConsumerError
 
     own: OwnService | None = None
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # until Recording takes them over:
+        signal.signal(signum, _interrupt)  # our service is stopped on the way out
     running = _running_service()
     if running is None:
         own = OwnService()
