@@ -270,42 +270,49 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
     """Run `argv` under a session of `config` on a running service or our own."""
-    from actors.consumer_cli import EXIT_OK, Recording, connect_timeout
-    from actors.core.consumer_core import ConsumerError
-
+    # SIGTERM/SIGHUP outside the command's run (Recording takes SIGINT/SIGTERM over
+    # meanwhile) end this function by its finally: our service stops on the way out.
+    saved = {signum: signal.signal(signum, _interrupt) for signum in FORWARDED[1:]}
     own: OwnService | None = None
-    for signum in (signal.SIGTERM, signal.SIGHUP):  # until Recording takes them over:
-        signal.signal(signum, _interrupt)  # our service is stopped on the way out
-    running = _running_service()
-    if running is None:
-        own = OwnService()
-        _say(f"no tracing service running: starting one in {own.dir}")
     try:
-        if own is not None:
+        running = _running_service()
+        if running is None:
+            own = OwnService()
+            _say(f"no tracing service running: starting one in {own.dir}")
             own.start()
             running = own.producer_endpoint, own.consumer_endpoint
-        assert running is not None
-        producer, consumer = running
-        env = {**os.environ, PRODUCER_ENV: producer, CONSUMER_ENV: consumer}
-        env[STARTUP_WAIT_ENV] = STARTUP_WAIT_S
-        try:
-            timeout = connect_timeout(None)
-        except ConsumerError as e:
-            raise RunError(f"error: {e}", EXIT_USAGE) from None
-        command = Command(argv, env)
-
-        def until_the_command_exits() -> None:
-            command.run()
-            recording.signals.target = None  # from now on a signal aborts the read-back
-
-        recording = Recording(config, out, consumer, timeout, until=until_the_command_exits)
-        result = recording.run()
-        if command.code is None:  # never ran: the session could not start
-            raise RunError("the command was not run", result or EXIT_FAILED)
-        return command.code or (EXIT_FAILED if result != EXIT_OK else 0)
+        return _record_command(config, out, argv, *running)
     finally:
         if own is not None:
             own.stop()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _record_command(
+    config: TraceConfig, out: Path, argv: Sequence[str], producer: str, consumer: str
+) -> int:
+    """The session around the command, on the service at these endpoints."""
+    from actors.consumer_cli import EXIT_OK, Recording, connect_timeout
+    from actors.core.consumer_core import ConsumerError
+
+    try:
+        timeout = connect_timeout(None)
+    except ConsumerError as e:
+        raise RunError(f"error: {e}", EXIT_USAGE) from None
+    env = {**os.environ, PRODUCER_ENV: producer, CONSUMER_ENV: consumer}
+    env[STARTUP_WAIT_ENV] = STARTUP_WAIT_S
+    command = Command(argv, env)
+
+    def until_the_command_exits() -> None:
+        command.run()
+        recording.signals.target = None  # from now on a signal aborts the read-back
+
+    recording = Recording(config, out, consumer, timeout, until=until_the_command_exits)
+    result = recording.run()
+    if command.code is None:  # never ran: the session could not start
+        raise RunError("the command was not run", result or EXIT_FAILED)
+    return command.code or (EXIT_FAILED if result != EXIT_OK else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
