@@ -1,7 +1,8 @@
 """The record command line: `python -m actors.consumer -c CONFIG [--txt] -o OUT`.
 
 Argument parsing and one Recording: connect, enable the session, wait for its
-end (duration_ms, or Ctrl-C: then flush and disable), read the trace back into
+end (duration_ms, or Ctrl-C: then flush and disable; or, when the Recording is
+given `until`, that call's return: then flush and disable), read the trace back into
 a TraceFile as it arrives, print the summary (actors/core/consumer_summary.py)
 on stderr and free the session. With write_into_file in the config, the
 service writes OUT itself (the CLI passes it the absolute path) and the CLI
@@ -21,7 +22,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -56,6 +57,7 @@ from actors.interrupts import Interrupts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
+CATCH_UP = 0.05  # after `until`: long enough to read the messages already queued
 
 
 def _say(message: str) -> None:
@@ -72,8 +74,12 @@ class Recording:
         endpoint: str,
         connect_timeout: float,
         read_timeout: float = READ_IDLE_TIMEOUT,
+        until: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
+        # Blocks until the session should end (`tracebus run`: the command's exit);
+        # None: the session's own end (duration_ms) or Ctrl-C.
+        self.until = until
         self.out = out
         self.endpoint = endpoint
         self.connect_timeout = connect_timeout
@@ -192,7 +198,15 @@ class Recording:
         return (getattr(self.config, field) or default_ms) / 1000
 
     def _wait_for_end(self, consumer: Consumer) -> None:
-        """The service ends the session at duration_ms; Ctrl-C or an overdue end stops it."""
+        """The service ends the session at duration_ms; Ctrl-C or an overdue end stops it.
+        With `until`, its return ends the session (unless the service ended it first)."""
+        if self.until is not None:
+            self.until()
+            try:  # take in what the service said meanwhile: it may have ended the session
+                consumer.wait_disabled(CATCH_UP)
+            except RequestTimeout:
+                self._stop_session(consumer)
+            return
         limit = None
         if self.config.duration_ms:
             limit = self.config.duration_ms / 1000 + END_GRACE
@@ -211,6 +225,13 @@ class Recording:
             _say(f"{name}: flushing, stopping and {then} (again to abort)")
         except RequestTimeout:
             _say(f"warning: the service did not end the session within {limit:g} s; stopping it")
+        self._stop_session(consumer)
+
+    def _stop_session(self, consumer: Consumer) -> None:
+        """Flush, then stop the data sources and wait for the service to say it ended."""
+        if consumer.session_ended:  # the service ended it already (duration_ms)
+            consumer.wait_disabled(0)  # raises SessionError if it ended in an error
+            return
         flush_timeout = self._timeout("flush_timeout_ms", 5000)
         if not consumer.flush(flush_timeout):
             self.notes.append(f"the final flush did not complete within {flush_timeout:g} s")
@@ -309,7 +330,8 @@ def _read_config(source: str, text: bool) -> pb.TraceConfig:
     return load_config(Path(source), text=text)
 
 
-def _connect_timeout(flag: float | None) -> float:
+def connect_timeout(flag: float | None) -> float:
+    """--connect-timeout, else $TRACEBUS_CONNECT_TIMEOUT, else the default."""
     if flag is not None:
         return flag
     value = os.environ.get(CONNECT_TIMEOUT_ENV)
@@ -324,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _read_config(args.config, args.txt)
-        timeout = _connect_timeout(args.connect_timeout)
+        timeout = connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
         if not args.read_timeout > 0:
             raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")

@@ -1,0 +1,157 @@
+"""tracebus/_instance.py with a fake TrackEventSequence: one sequence per thread,
+stop() waits for writes in progress (and only so long), re-entered writes are
+dropped, asyncio tasks get tracks of their own that are forgotten when done."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+from actors.track_event_config import CategoryFilter
+from tests.waiting import wait_for
+from tracebus import _instance
+from tracebus._instance import TrackEventInstance
+
+
+class FakeSequence:
+    """Records events; `hold` makes begin() wait inside the write until released."""
+
+    hold: threading.Event | None = None
+    entered = threading.Event()
+    made: list[FakeSequence] = []
+
+    def __init__(self, writer: Any, clock: Any, **kw: Any) -> None:
+        self.writer, self.kw = writer, kw
+        self.events: list[tuple[Any, ...]] = []
+        self.tracks: list[str] = []
+        self.forgotten: list[int] = []
+        self.on_begin: Any = None
+        FakeSequence.made.append(self)
+
+    def begin(self, name: str, category: str, args: Any, flows: Any, ends: Any, track: int) -> None:
+        if self.on_begin is not None:
+            self.on_begin()
+        if FakeSequence.hold is not None:
+            FakeSequence.entered.set()
+            FakeSequence.hold.wait(30)
+        self.events.append(("begin", name, tuple(flows), tuple(ends), track))
+
+    def end(self, track: int = 0) -> None:
+        self.events.append(("end", track))
+
+    def instant(self, name: str, category: str, args: Any, flows: Any, ends: Any, track: int):
+        self.events.append(("instant", name, track))
+
+    def async_track(self, name: str) -> int:
+        self.tracks.append(name)
+        return 1000 + len(self.tracks)
+
+    def forget_track(self, uuid: int) -> None:
+        self.forgotten.append(uuid)
+
+
+class FakeWriter:
+    dropped_packets = 0
+
+
+@pytest.fixture
+def instance(monkeypatch):
+    FakeSequence.made = []
+    FakeSequence.hold = None
+    FakeSequence.entered = threading.Event()
+    monkeypatch.setattr(_instance, "TrackEventSequence", FakeSequence)
+    inst = TrackEventInstance(FakeWriter, CategoryFilter.from_config(None), "app", 4242)
+    inst.live = True
+    return inst
+
+
+def test_each_thread_writes_its_own_sequence(instance):
+    def write() -> None:
+        instance.instant("x", "c", None, None, None)
+
+    threads = [threading.Thread(target=write, name=f"w{i}") for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    write()
+    assert len(FakeSequence.made) == 4
+    assert sorted(s.kw["thread_name"] for s in FakeSequence.made) == sorted(
+        ["w0", "w1", "w2", threading.current_thread().name]
+    )
+    assert all(s.kw["pid"] == 4242 and s.kw["process_name"] == "app" for s in FakeSequence.made)
+
+
+def test_flows_map_keys_to_ids(instance):
+    token = instance.begin("s", "c", None, ["job-1", 7], "job-2")
+    (seq,) = FakeSequence.made
+    _, _, flows, ends, _ = seq.events[0]
+    assert len(flows) == 2 and flows[1] == _instance.flow_id(7)
+    assert flows[0] == _instance.flow_id("job-1") and ends == (_instance.flow_id("job-2"),)
+    instance.end(token)
+    assert seq.events[-1] == ("end", 0)
+
+
+def test_stop_waits_for_a_write_in_progress(instance):
+    FakeSequence.hold = threading.Event()
+    writer = threading.Thread(target=lambda: instance.begin("slow", "c", None, None, None))
+    writer.start()
+    assert FakeSequence.entered.wait(10)
+    stopped: list[bool] = []
+    stopper = threading.Thread(target=lambda: stopped.append(instance.stop(wait_s=30)))
+    stopper.start()
+    wait_for(lambda: not instance.live, 10, "stop() to refuse new writes")
+    stopper.join(0.2)
+    assert stopper.is_alive(), "stop() returned while a thread was inside a write"
+    FakeSequence.hold.set()
+    stopper.join(10)
+    writer.join(10)
+    assert stopped == [True]
+    (seq,) = FakeSequence.made
+    assert [e[0] for e in seq.events] == ["begin"]
+    instance.instant("after", "c", None, None, None)  # refused: the instance stopped
+    assert len(seq.events) == 1 and len(FakeSequence.made) == 1
+
+
+def test_stop_gives_up_after_its_bound(instance):
+    FakeSequence.hold = threading.Event()
+    writer = threading.Thread(target=lambda: instance.begin("stuck", "c", None, None, None))
+    writer.start()
+    assert FakeSequence.entered.wait(10)
+    try:
+        assert instance.stop(wait_s=0.1) is False
+    finally:
+        FakeSequence.hold.set()
+        writer.join(10)
+
+
+def test_a_write_reentered_on_the_same_thread_is_dropped(instance):
+    instance.instant("first", "c", None, None, None)  # creates the sequence
+    (seq,) = FakeSequence.made
+    seq.on_begin = lambda: instance.instant("nested", "c", None, None, None)
+    instance.begin("outer", "c", None, None, None)
+    assert [e[:2] for e in seq.events] == [("instant", "first"), ("begin", "outer")]
+
+
+def test_asyncio_tasks_get_tracks_that_are_forgotten_when_done(instance):
+    async def job(i: int) -> None:
+        token = instance.begin(f"job{i}", "c", None, None, None)
+        await asyncio.sleep(0)
+        instance.end(token)
+
+    async def main() -> None:
+        await asyncio.gather(*(asyncio.create_task(job(i), name=f"t{i}") for i in range(200)))
+        await asyncio.sleep(0)  # done callbacks run on the loop's next turns
+
+    instance.begin("outside", "c", None, None, None)
+    asyncio.run(main())
+    (seq,) = FakeSequence.made
+    assert seq.events[0] == ("begin", "outside", (), (), 0)
+    assert sorted(seq.tracks) == sorted(f"t{i}" for i in range(200))
+    by_name = {e[1]: e[4] for e in seq.events if e[0] == "begin"}
+    assert len({by_name[f"job{i}"] for i in range(200)}) == 200  # one track each
+    assert sorted(seq.forgotten) == sorted(by_name[f"job{i}"] for i in range(200))
+    assert len(instance._local.seq.tasks) == 0  # nothing kept for tasks that are done

@@ -1,0 +1,519 @@
+"""Applications instrumented with `import tracebus`, run as real processes against
+a real service (the `rt` harness, tests/processes.py), their traces read back
+with Perfetto's schema: the first event of a short app under the startup wait,
+args/flows/counters/logs, asyncio tasks on their own tracks, a disabled
+category, multiprocessing children of every start method, fork after init,
+no service at all, a service that dies, shutdown from many threads."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from google.protobuf import text_format
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+import tracebus
+from tests.processes import Proc, Runtime
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+BEGIN, END = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
+INSTANT, COUNTER = pb.TrackEvent.TYPE_INSTANT, pb.TrackEvent.TYPE_COUNTER
+
+
+# -- reading what the apps wrote -------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    pid: int  # trusted_pid: the process that wrote it
+    ts: int
+    type: int
+    name: str
+    categories: tuple[str, ...]
+    track: int
+    flows: tuple[int, ...]
+    ends_flows: tuple[int, ...]
+    args: dict[str, Any]
+    log: tuple[str, int, str, str, int] | None  # body, prio, file, function, line
+    value: float | None  # counters
+
+
+@dataclass
+class Trace:
+    events: list[Event] = field(default_factory=list)
+    tracks: dict[int, pb.TrackDescriptor] = field(default_factory=dict)
+    track_pids: dict[int, int] = field(default_factory=dict)  # uuid -> trusted_pid of its writer
+
+    def named(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.name == name]
+
+    def process_names(self) -> dict[int, str]:
+        processes = [t.process for t in self.tracks.values() if t.process.pid]
+        return {p.pid: p.process_name for p in processes}
+
+    def slices(self) -> list[tuple[Event, int]]:
+        """Every begin with its duration, matched per track."""
+        open_: dict[int, list[Event]] = defaultdict(list)
+        out = []
+        for e in sorted(self.events, key=lambda e: e.ts):
+            if e.type == BEGIN:
+                open_[e.track].append(e)
+            elif e.type == END:
+                begin = open_[e.track].pop()
+                out.append((begin, e.ts - begin.ts))
+        return out
+
+
+def _annotation(a: pb.DebugAnnotation) -> Any:
+    kind = a.WhichOneof("value")
+    return getattr(a, kind) if kind else None
+
+
+def decode(packets: list[pb.TracePacket]) -> Trace:
+    """TrackEvents with their interned strings resolved (per sequence, reset at
+    each SEQ_INCREMENTAL_STATE_CLEARED)."""
+    trace = Trace()
+    interned: dict[int, dict[tuple[str, int], Any]] = defaultdict(dict)
+    for p in packets:
+        table = interned[p.trusted_packet_sequence_id]
+        if p.sequence_flags & CLEARED:
+            table.clear()
+        d = p.interned_data
+        for kind, entries in (("name", d.event_names), ("cat", d.event_categories)):
+            table.update({(kind, x.iid): x.name for x in entries})
+        table.update({("arg", x.iid): x.name for x in d.debug_annotation_names})
+        table.update({("body", x.iid): x.body for x in d.log_message_body})
+        for loc in d.source_locations:
+            table[("loc", loc.iid)] = (loc.file_name, loc.function_name, loc.line_number)
+        if p.HasField("track_descriptor"):
+            trace.tracks[p.track_descriptor.uuid] = p.track_descriptor
+            trace.track_pids[p.track_descriptor.uuid] = p.trusted_pid
+        if p.HasField("track_event"):
+            trace.events.append(_event(p, table))
+    return trace
+
+
+def _event(p: pb.TracePacket, table: dict[tuple[str, int], Any]) -> Event:
+    te = p.track_event
+    log = None
+    if te.HasField("log_message"):
+        m = te.log_message
+        log = (table[("body", m.body_iid)], m.prio, *table[("loc", m.source_location_iid)])
+    value = None
+    if te.HasField("counter_value") or te.HasField("double_counter_value"):
+        value = te.counter_value if te.HasField("counter_value") else te.double_counter_value
+    return Event(
+        pid=p.trusted_pid, ts=p.timestamp, type=te.type,
+        name=table.get(("name", te.name_iid), te.name),
+        categories=tuple(table[("cat", i)] for i in te.category_iids),
+        track=te.track_uuid, flows=tuple(te.flow_ids), ends_flows=tuple(te.terminating_flow_ids),
+        args={table[("arg", a.name_iid)]: _annotation(a) for a in te.debug_annotations},
+        log=log, value=value,
+    )  # fmt: skip
+
+
+# -- running apps ----------------------------------------------------------------------------
+
+CONFIG = """
+buffers {{ size_kb: 16384 fill_policy: DISCARD }}
+data_sources {{ config {{ name: "track_event" {extra} }} }}
+flush_timeout_ms: 5000
+data_source_stop_timeout_ms: 5000
+"""
+STARTUP_WAIT_S = "30"  # generous: a cold interpreter on a loaded machine; the wait ends early
+
+
+def start_session(rt: Runtime, extra: str = "") -> Any:
+    rt.start_service()
+    consumer = rt.consumer()
+    consumer.enable(text_format.Parse(CONFIG.format(extra=extra), pb.TraceConfig()))
+    return consumer
+
+
+def app_env(rt: Runtime, **extra: str) -> dict[str, str]:
+    env = {"TRACEBUS_PRODUCER_SOCK": rt.producer_endpoint}
+    return {**env, "TRACEBUS_STARTUP_WAIT_S": STARTUP_WAIT_S, **extra}
+
+
+def run_app(rt: Runtime, name: str, text: str, env: dict[str, str] | None = None) -> Proc:
+    """Run DIR/name.py to its end; it must exit 0 without a traceback."""
+    path = rt.write_file(f"{name}.py", text)
+    proc = rt.spawn(name, [str(path)], app_env(rt) if env is None else env)
+    code = rt.finish(proc, timeout=90)
+    log = (rt.dir / f"{name}.log").read_text()
+    assert code == 0 and "Traceback" not in log, log
+    return proc
+
+
+def read_trace(rt: Runtime, consumer: Any, *pids: int) -> Trace:
+    """Once the service no longer lists `pids` (gone: their chunks are in), flush,
+    stop the session and read it all."""
+
+    def gone() -> bool:
+        state = rt.control.query_state(timeout=5)
+        return not {p.pid for p in state.producers} & set(pids)
+
+    wait_for(gone, 30, f"producers {pids} to leave the service")
+    consumer.flush()
+    consumer.disable()
+    return decode(list(consumer.read_packets()))
+
+
+def assert_own_tracks(trace: Trace) -> None:
+    """Every event is on a track its own process described, under its own pid."""
+    for e in trace.events:
+        assert trace.track_pids.get(e.track) == e.pid, e
+        d = trace.tracks[e.track]
+        pid = d.thread.pid or d.process.pid or trace.tracks[d.parent_uuid].process.pid
+        assert pid == e.pid, (e, d)
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+SHORT_APP = """
+import tracebus
+tracebus.instant("first line")
+"""
+
+
+def test_a_short_app_is_recorded_from_its_first_event(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "short", SHORT_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    (first,) = trace.named("first line")
+    assert first.pid == app.pid and first.type == INSTANT and first.categories == ("default",)
+    assert trace.process_names()[app.pid] == "short"
+    assert trace.tracks[first.track].thread.thread_name == "MainThread"
+
+
+CONTENT_APP = """
+import logging, threading, tracebus
+
+tracebus.init(name="content")
+log = logging.getLogger("app")
+log.addHandler(tracebus.LoggingHandler())
+log.setLevel(logging.DEBUG)
+
+def work(i):
+    with tracebus.slice("job", category="io", args={"i": i, "tag": "x", "nested": {"k": [1, 2.5]}},
+                        flow=f"job-{i}"):
+        tracebus.counter("depth", i)
+        tracebus.counter("load", i / 4, unit="ratio")
+        log.warning("job %d done", i)
+    tracebus.instant("handed over", category="io", terminate_flow=f"job-{i}")
+
+for i in range(3):
+    work(i)
+t = threading.Thread(target=work, args=(3,), name="worker-thread")
+t.start(); t.join()
+"""
+
+
+def test_args_flows_counters_and_log_records_arrive(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "content_app", CONTENT_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert_own_tracks(trace)
+    jobs = sorted(trace.named("job"), key=lambda e: e.args["i"])
+    assert [e.args["i"] for e in jobs] == [0, 1, 2, 3]
+    assert jobs[0].args["tag"] == "x" and jobs[0].categories == ("io",)
+    for i, job in enumerate(jobs):
+        assert job.flows == (tracebus.flow_id(f"job-{i}"),)
+    handed = trace.named("handed over")
+    assert sorted(e.ends_flows for e in handed) == sorted(
+        (tracebus.flow_id(f"job-{i}"),) for i in range(4)
+    )
+    depth = [e for e in trace.events if e.type == COUNTER and trace.tracks[e.track].name == "depth"]
+    load = [e for e in trace.events if e.type == COUNTER and trace.tracks[e.track].name == "load"]
+    assert sorted(e.value for e in depth) == [0, 1, 2, 3]
+    assert sorted(e.value for e in load) == [0.0, 0.25, 0.5, 0.75]
+    logs = [e.log for e in trace.events if e.log is not None]
+    assert sorted(body for body, *_ in logs) == [f"job {i} done" for i in range(4)]
+    body, prio, file, function, line = logs[0]
+    assert prio == pb.LogMessage.PRIO_WARN and file.endswith("content_app.py")
+    assert function == "work" and line == 14
+    threads = {trace.tracks[e.track].thread.thread_name for e in jobs}
+    assert threads == {"MainThread", "worker-thread"}
+    assert trace.process_names()[app.pid] == "content"
+
+
+ASYNC_APP = """
+import asyncio, tracebus
+
+async def step(name, seconds):
+    with tracebus.slice(name):
+        await asyncio.sleep(seconds)
+
+@tracebus.trace
+async def traced():
+    await asyncio.sleep(0.05)
+
+async def main():
+    long = asyncio.create_task(step("long", 0.4), name="long-task")
+    await asyncio.sleep(0.05)
+    await asyncio.gather(step("short", 0.05), traced())
+    await long
+
+asyncio.run(main())
+"""
+
+
+def test_interleaved_asyncio_tasks_keep_their_own_slices(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "aio", ASYNC_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert_own_tracks(trace)
+    durations = {begin.name: ns / 1e9 for begin, ns in trace.slices()}
+    assert durations["long"] >= 0.4 and durations["short"] < 0.3
+    assert 0.05 <= durations["traced"] < 0.3
+    (long_begin,) = trace.named("long")
+    assert trace.tracks[long_begin.track].name == "long-task"
+    tracks = {e.track for e in trace.events}
+    assert len(tracks) == 3  # one per task
+
+
+FILTER_APP = """
+import tracebus
+tracebus.define_category("heavy", tags=["slow"])
+for i in range(5):
+    with tracebus.slice("kept", category="io"):
+        tracebus.instant("noise", category="noisy")
+        tracebus.instant("expensive", category="heavy")
+    tracebus.counter("noisy-counter", i, category="noisy")
+"""
+
+
+def test_a_category_disabled_in_the_config_is_absent(rt):
+    consumer = start_session(rt, 'track_event_config { disabled_categories: "noisy" }')
+    app = run_app(rt, "filtered", FILTER_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert len(trace.named("kept")) == 5
+    assert trace.named("noise") == [] and trace.named("expensive") == []
+    assert not [e for e in trace.events if e.type == COUNTER]
+
+
+MP_APP = """
+import multiprocessing as mp, sys, tracebus
+
+def child(method):
+    with tracebus.slice("child work", args={"method": method}):
+        tracebus.instant("child instant")
+
+if __name__ == "__main__":
+    tracebus.instant("parent before")
+    for method in ("fork", "spawn", "forkserver"):
+        p = mp.get_context(method).Process(target=child, args=(method,), name=f"W-{method}")
+        p.start()
+        p.join()
+        assert p.exitcode == 0, (method, p.exitcode)
+        print(method, p.pid, flush=True)
+    tracebus.instant("parent after")
+"""
+
+
+def test_multiprocessing_children_of_every_start_method_are_recorded(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "mpapp", MP_APP)
+    pids = {m: int(p) for m, p in re.findall(r"^(\w+) (\d+)$", rt.logs(), re.MULTILINE)}
+    assert set(pids) == {"fork", "spawn", "forkserver"}
+    trace = read_trace(rt, consumer, app.pid, *pids.values())
+    assert_own_tracks(trace)
+    work = {e.args["method"]: e.pid for e in trace.named("child work")}
+    assert work == pids
+    assert {e.pid for e in trace.named("child instant")} == set(pids.values())
+    names = trace.process_names()
+    for method, pid in pids.items():
+        assert names[pid] == f"mpapp (W-{method})"
+    assert [e.pid for e in trace.named("parent after")] == [app.pid]
+
+
+FORK_APP = """
+import os, sys, threading, tracebus
+
+N = int(sys.argv[1])
+tracebus.init()
+stop = threading.Event()
+
+def busy():  # the parent keeps writing while it forks
+    while not stop.is_set():
+        with tracebus.slice("parent busy"):
+            tracebus.counter("n", 1)
+
+t = threading.Thread(target=busy, name="busy")
+t.start()
+children = []
+for i in range(N):
+    with tracebus.slice("forking"):
+        pid = os.fork()
+    if pid == 0:
+        tracebus.instant("child", args={"i": i})
+        sys.exit(0)  # atexit flushes, in the child too
+    children.append(pid)
+    if len(children) == 10:
+        for c in children:
+            _, status = os.waitpid(c, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        children.clear()
+for c in children:
+    _, status = os.waitpid(c, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+stop.set()
+t.join()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fork_after_init_100_times(rt):
+    """The parent writes on another thread while it forks; every child exits 0 and
+    its event is under its own pid, on tracks it described itself."""
+    consumer = start_session(rt)
+    path = rt.write_file("forker.py", FORK_APP)
+    app = rt.spawn("forker", [str(path), "100"], app_env(rt))
+    assert rt.finish(app, timeout=500) == 0, rt.logs()
+    assert "Traceback" not in rt.logs()
+    children = read_trace(rt, consumer, app.pid)
+    assert_own_tracks(children)
+    child_events = children.named("child")
+    assert sorted(e.args["i"] for e in child_events) == list(range(100))
+    pids = {e.pid for e in child_events}
+    assert len(pids) == 100 and app.pid not in pids
+    assert {e.pid for e in children.named("parent busy")} == {app.pid}
+    assert {e.pid for e in children.named("forking")} == {app.pid}
+
+
+SPEED_APP = """
+import sys, time, tracebus
+t0 = time.perf_counter()
+for i in range(200_000):
+    with tracebus.slice("item", category="work", args={"i": i}):
+        tracebus.counter("i", i)
+print(f"elapsed {time.perf_counter() - t0:.4f}", flush=True)
+# Live a little after the loop, as apps do (the log line is written meanwhile).
+deadline = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_an_app_without_a_service_runs_at_full_speed_and_exits_0_with_one_line(rt):
+    path = rt.write_file("speed.py", SPEED_APP)
+    times, stderr = {}, {}
+    for mode, extra in (("off", {"TRACEBUS_DISABLE": "1"}), ("no service", {})):
+        env = {"TRACEBUS_PRODUCER_SOCK": rt.producer_endpoint, **extra}
+        result = rt.run([sys.executable, str(path), "1"], env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        times[mode] = float(re.search(r"elapsed (\S+)", result.stdout).group(1))
+        stderr[mode] = result.stderr.strip().splitlines()
+    assert times["no service"] < 3 * times["off"] + 0.05, times
+    assert stderr["off"] == []
+    (line,) = stderr["no service"]
+    assert "no tracing service" in line
+
+
+DYING_APP = """
+import sys, threading, tracebus
+stop = threading.Event()
+count = 0
+
+def reader():
+    sys.stdin.read()
+    stop.set()
+
+threading.Thread(target=reader, daemon=True).start()
+announced = False
+while not stop.is_set():
+    with tracebus.slice("loop", args={"n": count}):
+        tracebus.counter("count", count)
+    count += 1
+    if not announced and tracebus.stats()["instances"] and count > 1000:
+        print("writing", flush=True)
+        announced = True
+    if count % 20000 == 0:
+        print("alive", count, flush=True)
+print("done", count, tracebus.stats()["errors"], flush=True)
+"""
+
+
+def test_a_service_that_dies_does_not_hurt_the_app(rt):
+    start_session(rt)
+    path = rt.write_file("dying.py", DYING_APP)
+    app = rt.spawn("dying", [str(path)], app_env(rt), lines=True)
+    rt.wait_line(app, "writing", timeout=60)
+    os.kill(rt.service.pid, signal.SIGKILL)
+    rt.service.wait(10)
+    rt.wait_line(app, "alive", timeout=60)  # still writing after the service died
+    rt.wait_line(app, "alive", timeout=60)
+    app.stdin.close()
+    assert rt.finish(app, timeout=30) == 0, rt.logs()
+    assert re.search(r"^done \d+ 0$", rt.output(app), re.MULTILINE), rt.output(app)
+    assert "Traceback" not in rt.logs()
+
+
+SHUTDOWN_APP = """
+import threading, tracebus
+barrier = threading.Barrier(9)
+
+def worker(k):
+    barrier.wait()
+    for i in range(50):
+        with tracebus.slice("w", args={"k": k}):
+            pass
+        tracebus.shutdown()
+
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+for t in threads:
+    t.start()
+tracebus.instant("before")
+barrier.wait()
+tracebus.shutdown()
+for t in threads:
+    t.join()
+tracebus.shutdown()
+tracebus.instant("after")
+print("stats", tracebus.stats()["errors"], flush=True)
+"""
+
+
+def test_shutdown_from_many_threads_at_once_and_repeatedly(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "shutter", SHUTDOWN_APP)
+    assert "stats 0" in rt.logs()
+    trace = read_trace(rt, consumer, app.pid)
+    assert len(trace.named("before")) == 1 and trace.named("after") == []
+    assert_own_tracks(trace)
+
+
+POLICY_APP = """
+import tracebus
+from tracebus import _runtime
+
+for i in range(50_000):
+    tracebus.instant("burst", args={"i": i})
+(instance,) = _runtime.current.instances
+print("policy", instance._local.seq.writer.policy.name, flush=True)
+print("errors", tracebus.stats()["errors"], flush=True)
+"""
+
+
+def test_writers_drop_whatever_policy_the_config_asks_for(rt):
+    """The API never blocks: a session asking its writers to stall when the SMB is
+    full still gets writers that drop."""
+    consumer = start_session(rt, "buffer_exhausted_policy: BUFFER_EXHAUSTED_STALL_THEN_ABORT")
+    app = run_app(rt, "policy", POLICY_APP)
+    out = (rt.dir / "policy.log").read_text()
+    assert "policy DROP" in out and "errors 0" in out, out
+    trace = read_trace(rt, consumer, app.pid)
+    assert trace.named("burst")

@@ -1,0 +1,239 @@
+"""The public calls of `import tracebus` (re-exported by tracebus/__init__.py).
+
+Every call is safe to make anywhere: it never raises into the application
+(errors are counted in stats() and logged once per kind) and never blocks, but
+for the bounded startup wait asked for with init(wait_for_start=) or
+TRACEBUS_STARTUP_WAIT_S. When no session wants an event's category, the call
+costs one dict lookup (tracebus/_runtime.py's WANTED) and slice() returns a
+shared no-op context manager. The first call starts the producer in the
+background; nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, overload
+
+from tracebus import _runtime
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_wanted = _runtime.WANTED  # the same dict for the life of the process (forks clear it)
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+
+
+def _error(kind: str, error: BaseException) -> None:
+    _runtime.current.count_error(kind, error)
+
+
+def _text(value: object) -> str:
+    """A name or category as text, whatever the caller passed."""
+    if type(value) is str:
+        return value
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        return "<unprintable>"
+
+
+class _NoSlice:
+    """What slice() returns when nobody wants the event: one shared object."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> _NoSlice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SLICE = _NoSlice()
+
+
+class _Slice:
+    """A slice on every instance that wanted its category when it was created."""
+
+    __slots__ = ("_wanted", "_name", "_category", "_args", "_flow", "_end_flow", "_opened")
+
+    def __init__(
+        self, wanted: tuple[Any, ...], name: str, category: str, args: Any, flow: Any,
+        end_flow: Any,
+    ) -> None:  # fmt: skip
+        self._wanted = wanted
+        self._name = name
+        self._category = category
+        self._args = args
+        self._flow = flow
+        self._end_flow = end_flow
+        self._opened: list[tuple[Any, Any]] = []
+
+    def __enter__(self) -> _Slice:
+        opened = []
+        for instance in self._wanted:
+            try:
+                token = instance.begin(
+                    self._name, self._category, self._args, self._flow, self._end_flow
+                )
+                if token is not None:
+                    opened.append((instance, token))
+            except Exception as e:
+                _error("slice", e)
+        self._opened = opened
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for instance, token in self._opened:
+            try:
+                instance.end(token)
+            except Exception as e:
+                _error("slice end", e)
+        self._opened = []
+
+
+def slice(
+    name: str, category: str = "default", args: Mapping[str, Any] | None = None,
+    flow: Any = None, terminate_flow: Any = None,
+) -> _Slice | _NoSlice:  # fmt: skip
+    """A context manager: a slice on this thread's track (the current asyncio task's
+    track inside a task). `args` become debug annotations; `flow` (a key, or a list
+    of keys: ints or strings, the same in every process) connects this slice to the
+    other slices of those keys, `terminate_flow` ends such a flow here."""
+    try:
+        wanted = _wanted.get(category)
+        if wanted is None:
+            wanted = _runtime.current.resolve(_text(category))
+        if wanted:
+            return _Slice(wanted, _text(name), _text(category), args, flow, terminate_flow)
+    except Exception as e:
+        _error("slice", e)
+    return _NO_SLICE
+
+
+def instant(
+    name: str, category: str = "default", args: Mapping[str, Any] | None = None,
+    flow: Any = None, terminate_flow: Any = None,
+) -> None:  # fmt: skip
+    """An instant event on this thread's (or the current asyncio task's) track."""
+    try:
+        wanted = _wanted.get(category)
+        if wanted is None:
+            wanted = _runtime.current.resolve(_text(category))
+        for instance in wanted:
+            instance.instant(_text(name), _text(category), args, flow, terminate_flow)
+    except Exception as e:
+        _error("instant", e)
+
+
+def counter(name: str, value: float, category: str = "default", unit: str = "") -> None:
+    """A counter track per name under the process: int or float values. `unit`:
+    "ns", "count", "bytes", or any name of your own."""
+    try:
+        wanted = _wanted.get(category)
+        if wanted is None:
+            wanted = _runtime.current.resolve(_text(category))
+        if wanted:
+            number = _number(value)
+            for instance in wanted:
+                instance.counter(_text(name), number, _text(category), _text(unit))
+    except Exception as e:
+        _error("counter", e)
+
+
+def _number(value: object) -> int | float:
+    if type(value) is int or type(value) is float:
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return int(value)
+    return float(value)  # type: ignore[arg-type]  # ValueError/TypeError: counted
+
+
+@overload
+def trace(fn: F, *, name: str | None = None, category: str = "default") -> F: ...
+@overload
+def trace(
+    fn: None = None, *, name: str | None = None, category: str = "default"
+) -> Callable[[F], F]: ...
+def trace(
+    fn: F | None = None, *, name: str | None = None, category: str = "default"
+) -> F | Callable[[F], F]:
+    """Decorate a function (or an async def) so that each call is a slice named
+    after it (or `name`). An async def's slice lives on its task's track."""
+
+    def decorate(f: F) -> F:
+        if not callable(f):
+            return f  # not ours to judge: the call fails where the app makes it
+        try:
+            return _traced(f, _text(name or getattr(f, "__qualname__", None) or f), category)
+        except Exception as e:
+            _error("trace", e)
+            return f
+
+    return decorate if fn is None else decorate(fn)
+
+
+def _traced(f: F, name: str, category: str) -> F:
+    code = getattr(f, "__code__", None)
+    if code is not None and code.co_flags & _CO_COROUTINE:
+
+        @functools.wraps(f)
+        async def traced_async(*args: Any, **kwargs: Any) -> Any:
+            with slice(name, category):
+                return await f(*args, **kwargs)
+
+        return traced_async  # type: ignore[return-value]
+
+    @functools.wraps(f)
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        with slice(name, category):
+            return f(*args, **kwargs)
+
+    return traced  # type: ignore[return-value]
+
+
+def init(
+    name: str | None = None, *, endpoint: str | None = None, wait_for_start: float | None = None
+) -> None:
+    """Optional: start tracing now, as `name` (default: $TRACEBUS_PRODUCER_NAME, else
+    the script's name), at `endpoint` (default: $TRACEBUS_PRODUCER_SOCK, else the
+    default service). With `wait_for_start`, this call waits up to that many seconds
+    for a session to start recording this process. Settings given after the first
+    event are ignored. Never raises."""
+    try:
+        _runtime.current.configure(name, endpoint, wait_for_start)
+        _runtime.current.ensure_started()
+    except Exception as e:
+        _error("init", e)
+
+
+def shutdown() -> None:
+    """Flush what was written and detach from the service; later calls record
+    nothing. Also runs at exit. Safe from any thread, any number of times."""
+    _runtime.shutdown()
+
+
+def define_category(name: str, tags: Iterable[str] = (), description: str = "") -> None:
+    """Declare a category's tags ("slow" and "debug" ones are off unless a session
+    enables them), which the sessions' category filters match."""
+    try:
+        _runtime.current.define_category(_text(name), tuple(_text(t) for t in tags))
+    except Exception as e:
+        _error("define_category", e)
+
+
+def flow_id(key: object) -> int:
+    """The 64-bit flow id that `flow=key` uses (the same in every process)."""
+    from actors.track_event import flow_id as encode
+
+    return encode(key)
+
+
+def stats() -> dict[str, Any]:
+    """The SDK's own counters: state, instances, packets dropped, internal errors."""
+    try:
+        return _runtime.current.stats()
+    except Exception as e:  # noqa: BLE001
+        return {"error": repr(e)}

@@ -1,0 +1,68 @@
+"""The "track_event" data source every process using the API hosts, and the
+producer that hosts it. Imported on the runtime's start thread only: this is
+where the heavy modules (actors.producer: zmq, protobuf) come in.
+
+Each instance (one per session whose config names "track_event") gets a
+TrackEventInstance with the CategoryFilter of its config's track_event_config
+(Perfetto's defaults without one). It joins the runtime's instances when it
+starts and leaves them when it stops; on_stop returns only once no application
+thread is still writing into it (tracebus/_instance.py), so that the host may
+close its writers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Protocol
+
+from actors.producer import DataSource, Producer
+from actors.track_event_config import CategoryFilter
+from shm.writer import BufferExhaustedPolicy
+from tracebus._instance import TrackEventInstance
+
+
+class Runtime(Protocol):
+    """What the data source needs of tracebus/_runtime.py's Runtime (no import of it:
+    the runtime imports this module)."""
+
+    producer_name: str
+
+    def add_instance(self, instance: Any) -> None: ...
+    def remove_instance(self, instance: Any) -> None: ...
+    def count_error(self, kind: str, error: BaseException | None = None) -> None: ...
+
+
+class TrackEventDataSource(DataSource):
+    """Perfetto's TrackEvent, fed by the tracebus API (see the module docstring)."""
+
+    name = "track_event"
+    handles_incremental_state_clear = True  # the writers' flag is all our sequences need
+    runtime: ClassVar[Runtime]  # set on the subclass make_producer registers
+
+    def on_setup(self, config: Any) -> None:
+        # The API never blocks: whatever the config asks, our writers drop when the
+        # SMB is full (the host reads the policy from this config for each writer).
+        config.buffer_exhausted_policy = int(BufferExhaustedPolicy.DROP)
+        te_config = config.track_event_config if config.HasField("track_event_config") else None
+        self.instance = TrackEventInstance(
+            self.writer,
+            CategoryFilter.from_config(te_config),
+            self.runtime.producer_name,
+            os.getpid(),
+        )
+
+    def on_start(self, config: Any) -> None:
+        self.runtime.add_instance(self.instance)
+
+    def on_stop(self) -> None:
+        self.runtime.remove_instance(self.instance)
+        if not self.instance.stop():
+            self.runtime.count_error("stop (a write still in progress)")
+
+
+def make_producer(name: str, endpoint: str | None, runtime: Runtime) -> Producer:
+    """A producer named `name` hosting track_event for `runtime`, not started."""
+    cls = type(TrackEventDataSource.__name__, (TrackEventDataSource,), {"runtime": runtime})
+    producer = Producer(name, endpoint=endpoint)
+    producer.register(cls)
+    return producer

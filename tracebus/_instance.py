@@ -1,0 +1,232 @@
+"""One track_event data source instance (one per session that asks for it), as
+the API writes into it: its category filter, and one sequence per thread.
+
+Each application thread gets, on its first event for the instance, its own
+TraceWriter (from the host; policy DROP, so a write never waits) and a
+TrackEventSequence over it (actors/track_event.py: the encoding, the interning,
+the track descriptors). The sequence belongs to that thread alone.
+
+Stopping while threads write. The host closes the instance's writers once
+on_stop returns, so on_stop must return only when no thread is inside a write:
+
+    writer thread                         stopping thread (the producer's)
+    seq.busy = True                       instance.live = False
+    if instance.live: write               wait until no seq.busy (bounded)
+    seq.busy = False                      return -> the host closes the writers
+
+Either the writer sees live False and writes nothing, or the stopper sees busy
+and waits for the write to end. A busy flag found set on entry means the same
+thread re-entered (a signal handler or a log record emitted mid-write): that
+event is dropped rather than interleaved into a half-written packet.
+
+asyncio: while a task is current on the thread's running loop, slices and
+instants go to the task's own track (TrackEventSequence.async_track, named
+after the task), so interleaved tasks never close each other's slices; the
+track is forgotten when the task is done (a done callback, which runs on the
+loop's thread, the sequence's owner).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from actors.track_event import TrackEventSequence, flow_id
+from actors.track_event_config import CategoryFilter
+from shm.writer import TraceWriter
+
+_modules = sys.modules  # asyncio is looked up, never imported: no loop runs without it
+STOP_WAIT_S = 1.0  # how long on_stop waits for a write in progress (microseconds, normally)
+
+
+# Perfetto's default trace clock (a partial: no Python frame per event).
+boottime_ns: Callable[[], int] = partial(time.clock_gettime_ns, time.CLOCK_BOOTTIME)
+
+
+def flow_ids(flow: Any) -> Sequence[int]:
+    """flow= / terminate_flow=: one key, or a list/tuple/set of keys (callers
+    pass () themselves for None, the common case)."""
+    if isinstance(flow, list | tuple | set | frozenset):
+        return tuple(flow_id(f) for f in flow)
+    return (flow_id(flow),)
+
+
+class ThreadSequence:
+    """One thread's sequence into one instance."""
+
+    __slots__ = ("busy", "events", "writer", "tasks", "__weakref__")
+
+    def __init__(self, events: TrackEventSequence, writer: TraceWriter) -> None:
+        self.busy = False  # set by its thread around each write (see the module docstring)
+        self.events = events
+        self.writer = writer
+        self.tasks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+    def current_track(self) -> int:
+        """The current asyncio task's track, or 0 (the thread track)."""
+        aio = _modules.get("asyncio")
+        if aio is None:
+            return 0
+        loop = aio.events._get_running_loop()
+        if loop is None:
+            return 0
+        task = aio.current_task(loop)
+        if task is None:
+            return 0
+        track = self.tasks.get(task)
+        if track is None:
+            track = self.events.async_track(task.get_name())
+            self.tasks[task] = track
+            task.add_done_callback(partial(_forget_task_track, weakref.ref(self), track))
+        return track
+
+
+def _forget_task_track(seq_ref: weakref.ref[ThreadSequence], track: int, task: Any) -> None:
+    seq = seq_ref()
+    if seq is not None:
+        seq.tasks.pop(task, None)
+        seq.events.forget_track(track)
+
+
+class TrackEventInstance:
+    """See the module docstring. `new_writer` is the host's DataSource.writer of
+    this instance (the calling thread's writer)."""
+
+    def __init__(
+        self,
+        new_writer: Callable[[], TraceWriter],
+        category_filter: CategoryFilter,
+        process_name: str,
+        pid: int,
+        clock: Callable[[], int] = boottime_ns,
+    ) -> None:
+        self.live = False  # set by the runtime when the instance starts
+        self.filter = category_filter
+        self.process_name = process_name
+        self.pid = pid
+        self.clock = clock
+        self._new_writer = new_writer
+        self._local = threading.local()
+        # Guards _sequences (threads add theirs); reentrant: creating a writer may log.
+        self._lock = threading.RLock()
+        self._sequences: list[ThreadSequence] = []
+
+    def wants(self, category: str, tags: tuple[str, ...]) -> bool:
+        return self.filter.enabled(category, tags)
+
+    # -- writing (application threads) ----------------------------------------------------------
+
+    def begin(self, name: str, category: str, args: Any, flow: Any, terminate_flow: Any) -> Any:
+        """A slice begins: returns what end() needs, or None if nothing was written."""
+        seq = getattr(self._local, "seq", None) or self._sequence()
+        if seq is None or seq.busy:
+            return None
+        seq.busy = True
+        try:
+            if not self.live:
+                return None
+            track = seq.current_track()
+            flows = () if flow is None else flow_ids(flow)
+            ends = () if terminate_flow is None else flow_ids(terminate_flow)
+            seq.events.begin(name, category, args, flows, ends, track)
+            return (seq, track)
+        finally:
+            seq.busy = False
+
+    def end(self, opened: tuple[ThreadSequence, int]) -> None:
+        seq, track = opened
+        if seq.busy:
+            return
+        seq.busy = True
+        try:
+            if self.live:
+                seq.events.end(track)
+        finally:
+            seq.busy = False
+
+    def instant(self, name: str, category: str, args: Any, flow: Any, terminate_flow: Any) -> None:
+        seq = self._sequence()
+        if seq is None or seq.busy:
+            return
+        seq.busy = True
+        try:
+            if self.live:
+                track = seq.current_track()
+                flows = () if flow is None else flow_ids(flow)
+                ends = () if terminate_flow is None else flow_ids(terminate_flow)
+                seq.events.instant(name, category, args, flows, ends, track)
+        finally:
+            seq.busy = False
+
+    def counter(self, name: str, value: int | float, category: str, unit: str) -> None:
+        seq = self._sequence()
+        if seq is None or seq.busy:
+            return
+        seq.busy = True
+        try:
+            if self.live:
+                seq.events.counter(name, value, category, unit)
+        finally:
+            seq.busy = False
+
+    def log(self, body: str, prio: int, file: str, function: str, line: int, category: str) -> None:
+        seq = self._sequence()
+        if seq is None or seq.busy:
+            return
+        seq.busy = True
+        try:
+            if self.live:
+                seq.events.log(body, prio, file, function, line, category)
+        finally:
+            seq.busy = False
+
+    def _sequence(self) -> ThreadSequence | None:
+        seq: ThreadSequence | None = getattr(self._local, "seq", None)
+        if seq is None and self.live:
+            seq = self._new_sequence()
+        return seq
+
+    def _new_sequence(self) -> ThreadSequence | None:
+        with self._lock:
+            if not self.live:
+                return None
+            writer = self._new_writer()
+            events = TrackEventSequence(
+                writer, self.clock, pid=self.pid, tid=threading.get_native_id(),
+                process_name=self.process_name, thread_name=threading.current_thread().name,
+            )  # fmt: skip
+            seq = ThreadSequence(events, writer)
+            self._sequences.append(seq)
+            self._local.seq = seq
+        return seq
+
+    # -- stopping (the producer's thread) -------------------------------------------------------
+
+    def stop(self, wait_s: float = STOP_WAIT_S) -> bool:
+        """Refuse new writes and wait for those in progress; False if one was still
+        going after `wait_s`. Drops this instance's sequences (the host closes their
+        writers next)."""
+        self.live = False
+        deadline = time.monotonic() + wait_s
+        if not self._lock.acquire(timeout=wait_s):  # a thread still creating its sequence
+            return False
+        try:
+            sequences, self._sequences = self._sequences, []
+        finally:
+            self._lock.release()
+        for seq in sequences:
+            while seq.busy:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.0001)  # a write takes microseconds; this is the stopping thread
+        self._local = threading.local()  # threads' references go with their next event
+        return True
+
+    def dropped_packets(self) -> int:
+        with self._lock:
+            return sum(seq.writer.dropped_packets for seq in self._sequences)

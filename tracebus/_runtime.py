@@ -1,0 +1,361 @@
+"""The process-wide state behind `import tracebus`: one Runtime per process.
+
+    idle --first use--> starting --producer thread up--> running --shutdown()--> stopped
+      \\--TRACEBUS_DISABLE=1--> disabled        (a start that failed --> stopped, counted)
+
+The contract the API (tracebus/_api.py) relies on:
+
+- `WANTED` maps a category to the track_event instances that want it (a tuple,
+  empty when nobody does). An event costs one lookup there; a miss calls
+  `current.resolve(category)`, which fills the entry from the live instances
+  under the lock. Instances starting or stopping clear the dict (one consistent
+  rebuild per category, lazily), so a reader sees either the old entry (a
+  stopped instance refuses the write by itself) or the new one.
+- The first use starts the producer in the background ("tracebus-start" imports
+  actors.producer, the heavy part, and starts its thread); the caller never waits
+  for it. While the service's ipc:// socket does not exist, that thread only
+  looks for it now and then (one log line says so): an app run without a
+  service pays for no import and no connection attempts. The caller never
+  waits, unless a startup wait was asked for (TRACEBUS_STARTUP_WAIT_S or
+  init(wait_for_start=)): then that first call waits up to the bound for a
+  track_event instance to start.
+- No method raises into the application: internal errors are counted per kind
+  (`stats()`) and each kind is logged once, on the "tracebus" logger.
+- Fork: the child replaces `current` with a fresh Runtime (same init() settings)
+  and keeps the inherited one referenced forever without touching it (its
+  sockets, mapping, writers and threads belong to the parent: no destructor may
+  run on them); the child starts a producer of its own on first use.
+  multiprocessing children also flush from multiprocessing's finalizers, since
+  fork and forkserver children end in os._exit without running atexit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger("tracebus")
+
+DISABLE_ENV = "TRACEBUS_DISABLE"
+SHUTDOWN_TIMEOUT_S = 5.0  # flush and detach at exit: bounded, the app is leaving
+SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's socket
+MAX_CATEGORIES = 4096  # WANTED entries before it is rebuilt (apps that make up categories)
+
+IDLE, STARTING, RUNNING, STOPPED, DISABLED = "idle", "starting", "running", "stopped", "disabled"
+
+
+class Instance(Protocol):
+    """What the runtime needs of a track_event instance (tracebus/_instance.py)."""
+
+    live: bool
+
+    def wants(self, category: str, tags: tuple[str, ...]) -> bool: ...
+    def dropped_packets(self) -> int: ...
+
+
+class Producer(Protocol):
+    """What the runtime needs of its producer (actors.producer.Producer)."""
+
+    def start_thread(self) -> None: ...
+    def stop(self, timeout: float | None = None) -> None: ...
+
+
+# name, runtime -> a producer hosting track_event for that runtime (tracebus/_data_source.py)
+ProducerFactory = Callable[[str, str | None, "Runtime"], Producer]
+
+
+def _default_factory(name: str, endpoint: str | None, runtime: Runtime) -> Producer:
+    from tracebus import _data_source  # the heavy import, on the start thread
+
+    return _data_source.make_producer(name, endpoint, runtime)
+
+
+def service_socket_exists(endpoint: str) -> bool:
+    """Whether the service may be there: the ipc:// socket file exists (any other
+    transport: assume so and let the producer find out)."""
+    if not endpoint.startswith("ipc://"):
+        return True
+    return os.path.exists(endpoint[len("ipc://") :])
+
+
+class Runtime:
+    """One process's SDK state; see the module docstring."""
+
+    def __init__(
+        self,
+        wanted: dict[str, tuple[Any, ...]] | None = None,
+        *,
+        factory: ProducerFactory = _default_factory,
+        environ: dict[str, str] | os._Environ[str] = os.environ,
+        service_appeared: Callable[[str], bool] = service_socket_exists,
+    ) -> None:
+        self.wanted: dict[str, tuple[Any, ...]] = {} if wanted is None else wanted
+        self.factory = factory
+        self.service_appeared = service_appeared
+        self.environ = environ
+        self.lock = threading.Lock()
+        self.state = IDLE
+        self.name: str | None = None  # init(name=)
+        self.endpoint: str | None = None  # init(endpoint=)
+        self.wait_s: float | None = None  # init(wait_for_start=)
+        self.producer_name = ""
+        self.producer: Producer | None = None
+        self.instances: list[Instance] = []
+        self.categories: dict[str, tuple[str, ...]] = {}  # define_category(): name -> tags
+        self.instance_started = threading.Event()
+        self.stopped = threading.Event()  # shutdown() finished
+        self.errors: Counter[str] = Counter()
+
+    # -- first use ---------------------------------------------------------------------------
+
+    def configure(self, name: str | None, endpoint: str | None, wait_s: float | None) -> None:
+        """init()'s settings; they count only before the producer starts."""
+        with self.lock:
+            if self.state == IDLE:
+                self.name = name if name is None else str(name)
+                self.endpoint = endpoint if endpoint is None else str(endpoint)
+                self.wait_s = wait_s if wait_s is None else float(wait_s)
+
+    def ensure_started(self) -> None:
+        """Start the producer in the background on first use; the first call waits
+        for a track_event instance if a startup wait was asked for."""
+        if self.state != IDLE:
+            return
+        with self.lock:
+            if self.state != IDLE:
+                return
+            if self.environ.get(DISABLE_ENV, "") not in ("", "0"):
+                self.state = DISABLED
+                return
+            self.state = STARTING
+            wait_s = self._startup_wait()
+            self.producer_name = producer_name(self.name, self.environ)
+            threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
+        _register_exit_flush()
+        if wait_s > 0:
+            self.instance_started.wait(wait_s)
+
+    def _startup_wait(self) -> float:
+        if self.wait_s is not None:
+            return max(0.0, self.wait_s)
+        from actors.endpoints import STARTUP_WAIT_ENV  # light; only on first use
+
+        try:
+            return max(0.0, float(self.environ.get(STARTUP_WAIT_ENV) or 0))
+        except ValueError:
+            self.count_error("bad " + STARTUP_WAIT_ENV)
+            return 0.0
+
+    def _start(self) -> None:
+        """On the start thread: build the producer (imports the heavy modules) and
+        start its thread, unless shutdown() came first."""
+        try:
+            endpoint = self._wait_for_service()
+            if endpoint is None:
+                return  # shut down meanwhile
+            producer = self.factory(self.producer_name, endpoint, self)
+            with self.lock:
+                if self.state != STARTING:
+                    return  # shut down meanwhile
+                producer.start_thread()
+                self.producer = producer
+                self.state = RUNNING
+        except Exception as e:
+            with self.lock:
+                if self.state == STARTING:
+                    self.state = STOPPED
+                    self.stopped.set()
+            self.count_error("start", e)
+
+    def _wait_for_service(self) -> str | None:
+        """The endpoint, once its socket exists; None if shut down before."""
+        from actors.endpoints import default_producer_endpoint
+
+        endpoint = self.endpoint or default_producer_endpoint()
+        logged = False
+        while not self.service_appeared(endpoint):
+            if not logged:
+                log.warning("tracebus: no tracing service at %s yet; connecting when one appears",
+                            endpoint)  # fmt: skip
+                logged = True
+            self.stopped.wait(SERVICE_POLL_S)
+            if self.state != STARTING:
+                return None
+        return endpoint
+
+    # -- instances (the producer's thread) ---------------------------------------------------
+
+    def add_instance(self, instance: Instance) -> None:
+        with self.lock:
+            if self.state in (STOPPED, DISABLED):
+                return
+            instance.live = True
+            self.instances.append(instance)
+            self.wanted.clear()
+        self.instance_started.set()
+
+    def remove_instance(self, instance: Instance) -> None:
+        instance.live = False
+        with self.lock:
+            if instance in self.instances:
+                self.instances.remove(instance)
+            self.wanted.clear()
+
+    # -- categories ----------------------------------------------------------------------------
+
+    def resolve(self, category: str) -> tuple[Any, ...]:
+        """The instances that want `category`, remembered in WANTED."""
+        if self.state == IDLE:
+            self.ensure_started()
+        with self.lock:
+            tags = self.categories.get(category, ())
+            wanted = tuple(i for i in self.instances if i.live and i.wants(category, tags))
+            if len(self.wanted) >= MAX_CATEGORIES:
+                self.wanted.clear()
+            self.wanted[category] = wanted
+        return wanted
+
+    def define_category(self, name: str, tags: tuple[str, ...]) -> None:
+        with self.lock:
+            self.categories[name] = tags
+            self.wanted.clear()
+
+    # -- errors and stats ------------------------------------------------------------------------
+
+    def count_error(self, kind: str, error: BaseException | None = None) -> None:
+        """Count an internal error; log the first of each kind (never raises)."""
+        try:
+            self.errors[kind] += 1
+            if self.errors[kind] == 1:
+                detail = f": {type(error).__name__}: {error}" if error is not None else ""
+                log.warning("tracebus: %s failed%s (counted in tracebus.stats())", kind, detail)
+        except Exception:  # noqa: BLE001 - a broken logging setup must not reach the app
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            instances = list(self.instances)
+        dropped = 0
+        for instance in instances:
+            try:
+                dropped += instance.dropped_packets()
+            except Exception:  # noqa: BLE001 - a stats call must not raise either
+                pass
+        return {
+            "state": self.state,
+            "pid": os.getpid(),
+            "producer_name": self.producer_name,
+            "instances": len(instances),
+            "dropped_packets": dropped,
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+        }
+
+    # -- the end -----------------------------------------------------------------------------------
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Stop the producer (its instances flush and commit) and stay stopped. Callers
+        after the first wait for it to finish, up to `timeout`."""
+        with self.lock:
+            first = self.state != STOPPED
+            self.state = STOPPED
+            producer, self.producer = self.producer, None
+        if not first:
+            self.stopped.wait(timeout)
+            return
+        try:
+            if producer is not None:
+                producer.stop(timeout)
+        except Exception as e:
+            self.count_error("shutdown", e)
+        finally:
+            with self.lock:
+                for instance in self.instances:
+                    instance.live = False
+                self.instances.clear()
+                self.wanted.clear()
+            self.stopped.set()
+
+    def forget_inherited(self) -> Runtime:
+        """In a forked child: a fresh Runtime with this one's init() settings and
+        categories. Only plain Python attributes of this one are read or set (in the
+        child's copy of memory): its instances refuse further writes."""
+        for instance in list(self.instances):
+            instance.live = False
+        self.wanted.clear()
+        child = Runtime(
+            self.wanted, factory=self.factory, environ=self.environ,
+            service_appeared=self.service_appeared,
+        )  # fmt: skip
+        child.name, child.endpoint, child.wait_s = self.name, self.endpoint, self.wait_s
+        child.categories = dict(self.categories)
+        return child
+
+
+def producer_name(explicit: str | None, environ: Any) -> str:
+    """init(name=), else $TRACEBUS_PRODUCER_NAME, else the script's name; a
+    multiprocessing child adds its process name: "app (Worker-2)"."""
+    from actors.endpoints import PRODUCER_NAME_ENV
+
+    name = explicit or environ.get(PRODUCER_NAME_ENV) or script_name()
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        name = f"{name} ({mp.current_process().name})"
+    return name
+
+
+def script_name() -> str:
+    """The running script's name without .py (a package's name for `python -m pkg`);
+    "python" when there is none (an interactive session, -c)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv else "")
+    stem = os.path.splitext(os.path.basename(path or ""))[0]
+    if stem == "__main__":
+        spec = getattr(main, "__spec__", None)
+        stem = spec.name.rsplit(".", 1)[0] if spec is not None else ""
+    return stem if stem and stem != "-c" else "python"
+
+
+# -- the process's runtime, fork and exit -------------------------------------------------------
+
+WANTED: dict[str, tuple[Any, ...]] = {}
+current = Runtime(WANTED)
+_inherited: list[Runtime] = []  # forked children keep their parent's state alive, untouched
+_exit_flush_registered = False
+
+
+def shutdown() -> None:
+    """The current runtime's shutdown (never raises)."""
+    try:
+        current.shutdown()
+    except Exception as e:  # noqa: BLE001
+        current.count_error("shutdown", e)
+
+
+def _register_exit_flush() -> None:
+    """atexit once per process; in a multiprocessing child also a finalizer, which
+    fork and forkserver children run before os._exit (atexit they skip)."""
+    global _exit_flush_registered
+    if not _exit_flush_registered:
+        _exit_flush_registered = True
+        atexit.register(shutdown)
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
+        from multiprocessing import util
+
+        util.Finalize(None, shutdown, exitpriority=-100)  # after the app's own finalizers
+
+
+def _after_fork_in_child() -> None:
+    global current
+    _inherited.append(current)
+    current = current.forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
