@@ -23,5 +23,6 @@ def until_the_pipeline_exits(tracing):
 
 
 def main(tracing):
-    result = tracing.record(CONFIG, during=until_the_pipeline_exits)
+    # duration_s=0: the session ends when `during` returns, with the pipeline.
+    result = tracing.record(CONFIG, duration_s=0, during=until_the_pipeline_exits)
     print(f"recorded {result.packets} packets ({result.bytes} bytes)")

@@ -25,16 +25,16 @@ CONFIG = REPO / "examples" / "configs" / "job_pipeline.pbtxt"
 ROLES = ("source", "worker-0", "worker-1", "worker-2", "worker-3", "writer")
 
 
-def check_pipeline_trace(t: Timeline, jobs: int = JOBS) -> None:
+def check_pipeline_trace(t: Timeline, app: str, jobs: int = JOBS) -> None:
     assert t.unresolved == 0 and t.unclosed == 0 and t.unmatched_ends == 0
 
     # Every process on its own track, named: the app, and each child by its role.
     names = t.process_names()
     pids = {e.pid for e in t.events}
     assert pids <= set(names), "an event from a process with no process track"
-    by_role = {role: [pid for pid, n in names.items() if n.endswith(f"({role})")] for role in ROLES}
+    by_role = {role: [pid for pid, n in names.items() if n == f"{app} ({role})"] for role in ROLES}
     assert all(len(found) == 1 for found in by_role.values()), names
-    assert "job_pipeline" in names.values(), names
+    assert app in names.values(), names
     assert len(pids) == len(ROLES) + 1
 
     # Events on the tracks of the processes that wrote them.
@@ -98,11 +98,12 @@ def test_tracebus_run_records_the_pipeline(rt: Runtime, start_method: str) -> No
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    check_pipeline_trace(load(out))
+    check_pipeline_trace(load(out), app="job_pipeline")  # the script's name
 
 
 def test_topology_records_the_pipeline(rt: Runtime) -> None:
     shutil.copytree(REPO / "examples", rt.dir / "examples")
     proc = rt.run_supervisor("examples/job_pipeline.yaml", cwd=rt.dir, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    check_pipeline_trace(load(rt.dir / "out" / "job_pipeline.pftrace"), jobs=40)
+    # The producer group's name (the supervisor sets TRACEBUS_PRODUCER_NAME).
+    check_pipeline_trace(load(rt.dir / "out" / "job_pipeline.pftrace"), app="pipeline", jobs=40)

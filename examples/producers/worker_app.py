@@ -1,59 +1,49 @@
-"""An application that embeds a producer: run it as any command line,
-`python worker_app.py [--name worker]`. It finds the service through
-TRACEBUS_PRODUCER_SOCK and its name in TRACEBUS_PRODUCER_NAME (the supervisor
-sets both) and records its request
-handling as slices while a session asks for "worker.requests".
+"""An application instrumented with the tracebus API: run it as any command
+line, `python worker_app.py`. Two handler threads serve made-up requests; each
+request is a slice with its auth and query steps nested in it, and a counter
+tracks the requests served. The API finds the service through
+TRACEBUS_PRODUCER_SOCK and takes its name from TRACEBUS_PRODUCER_NAME (the
+supervisor sets both); the events are recorded while a session asks for the
+`track_event` data source, and cost one check each otherwise.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
+import signal
 import sys
 import threading
 
-from actors.producer import DataSource, Producer
-from actors.track_event import TrackEvents
+import tracebus
 
 
-class Requests(DataSource):
-    name = "worker.requests"
-    handles_incremental_state_clear = True  # TrackEvents re-emits its tracks
-
-    def on_start(self, config) -> None:
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._serve, args=(i,), name=f"handler-{i}") for i in range(2)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def on_stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def _serve(self, index: int) -> None:
-        events = TrackEvents(self.writer(), process_name=self.producer_name)
-        rnd = random.Random(index)
-        while not self._stop.is_set():
-            with events.slice("request"):
-                with events.slice("auth"):
-                    self._stop.wait(rnd.uniform(0.0005, 0.002))
-                with events.slice("query"):
-                    self._stop.wait(rnd.uniform(0.002, 0.01))
-            self._stop.wait(rnd.uniform(0.001, 0.005))
-        self.writer().flush()
+def serve(index: int, stop: threading.Event) -> None:
+    rnd = random.Random(index)
+    served = 0
+    while not stop.is_set():
+        with tracebus.slice("request", category="worker", args={"handler": index}):
+            with tracebus.slice("auth", category="worker"):
+                stop.wait(rnd.uniform(0.0005, 0.002))
+            with tracebus.slice("query", category="db"):
+                stop.wait(rnd.uniform(0.002, 0.01))
+        served += 1
+        tracebus.counter(f"served by handler-{index}", served, category="worker")
+        stop.wait(rnd.uniform(0.001, 0.005))
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", default=os.environ.get("TRACEBUS_PRODUCER_NAME", "worker"))
-    args = parser.parse_args()
-    producer = Producer(args.name)
-    producer.register(Requests)
-    return producer.run()
+    stop = threading.Event()
+    # SIGTERM (the supervisor stopping us) ends the handlers; the exit flushes.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    handlers = [
+        threading.Thread(target=serve, args=(i, stop), name=f"handler-{i}") for i in range(2)
+    ]
+    for t in handlers:
+        t.start()
+    for t in handlers:
+        t.join()
+    return 0
 
 
 if __name__ == "__main__":
