@@ -111,6 +111,7 @@ class Runtime:
         self.instance_started = threading.Event()
         self.stopped = threading.Event()  # shutdown() finished
         self.errors: Counter[str] = Counter()
+        self._errors_lock = threading.Lock()  # not self.lock: errors are counted under it too
 
     # -- first use ---------------------------------------------------------------------------
 
@@ -231,8 +232,10 @@ class Runtime:
     def count_error(self, kind: str, error: BaseException | None = None) -> None:
         """Count an internal error; log the first of each kind (never raises)."""
         try:
-            self.errors[kind] += 1
-            if self.errors[kind] == 1:
+            with self._errors_lock:
+                self.errors[kind] += 1
+                first = self.errors[kind] == 1
+            if first:
                 detail = f": {type(error).__name__}: {error}" if error is not None else ""
                 log.warning("tracebus: %s failed%s (counted in tracebus.stats())", kind, detail)
         except Exception:  # noqa: BLE001 - a broken logging setup must not reach the app
