@@ -155,3 +155,52 @@ def test_asyncio_tasks_get_tracks_that_are_forgotten_when_done(instance):
     assert len({by_name[f"job{i}"] for i in range(200)}) == 200  # one track each
     assert sorted(seq.forgotten) == sorted(by_name[f"job{i}"] for i in range(200))
     assert len(instance._local.seq.tasks) == 0  # nothing kept for tasks that are done
+
+
+class BrokenWriter:
+    """A writer that fails every write until mended."""
+
+    incremental_state_invalid = True
+    dropped_packets = 0
+    broken = True
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def write_packet(self, data: bytes) -> None:
+        if BrokenWriter.broken:
+            raise OSError("the SMB went away")
+        self.packets.append(data)
+
+
+def test_a_broken_writer_costs_events_never_the_app(monkeypatch):
+    """The real TrackEventSequence over a writer that raises: the API counts the
+    errors, and the thread's sequence is not wedged once the writer works again."""
+    import tracebus
+    from tracebus import _runtime
+
+    writers: list[BrokenWriter] = []
+
+    def new_writer() -> BrokenWriter:
+        writers.append(BrokenWriter())
+        return writers[-1]
+
+    _runtime.WANTED.clear()
+    runtime = _runtime.Runtime(_runtime.WANTED, service_appeared=lambda endpoint: False)
+    runtime.state = _runtime.RUNNING  # no producer: the instance is added by hand
+    monkeypatch.setattr(_runtime, "current", runtime)
+    monkeypatch.setattr(BrokenWriter, "broken", True)
+    inst = TrackEventInstance(new_writer, CategoryFilter.from_config(None), "app", 4242)
+    runtime.add_instance(inst)
+    try:
+        for _ in range(3):
+            with tracebus.slice("s", args={"a": 1}):
+                tracebus.instant("i")
+            tracebus.counter("c", 1.5)
+        errors = tracebus.stats()["errors_by_kind"]
+        assert errors == {"slice": 3, "instant": 3, "counter": 3}
+        BrokenWriter.broken = False
+        tracebus.instant("after")
+        assert len(writers) == 1 and writers[0].packets  # the same sequence, writing again
+    finally:
+        _runtime.WANTED.clear()
