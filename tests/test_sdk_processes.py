@@ -517,3 +517,30 @@ def test_writers_drop_whatever_policy_the_config_asks_for(rt):
     assert "policy DROP" in out and "errors 0" in out, out
     trace = read_trace(rt, consumer, app.pid)
     assert trace.named("burst")
+
+
+EARLY_FORK_APP = """
+import os, sys, tracebus
+tracebus.instant("parent first")  # starts the producer; no wait: its imports are under way
+pids = []
+for i in range(5):
+    pid = os.fork()
+    if pid == 0:
+        tracebus.init(wait_for_start=30)
+        tracebus.instant("early child", args={"i": i})
+        sys.exit(0)
+    pids.append(pid)
+for pid in pids:
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+"""
+
+
+def test_forks_right_after_the_first_call_make_working_children(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "early", EARLY_FORK_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
+    trace = read_trace(rt, consumer, app.pid)
+    assert_own_tracks(trace)
+    children = trace.named("early child")
+    assert sorted(e.args["i"] for e in children) == list(range(5))
+    assert len({e.pid for e in children}) == 5 and app.pid not in {e.pid for e in children}
