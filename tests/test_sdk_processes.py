@@ -544,3 +544,39 @@ def test_forks_right_after_the_first_call_make_working_children(rt):
     children = trace.named("early child")
     assert sorted(e.args["i"] for e in children) == list(range(5))
     assert len({e.pid for e in children}) == 5 and app.pid not in {e.pid for e in children}
+
+
+RESTART_APP = """
+import sys, threading, tracebus
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+seen = None
+while not stop.is_set():
+    with tracebus.slice("loop"):
+        pass
+    instances = tracebus.stats()["instances"]
+    if instances != seen:
+        print("instances", instances, flush=True)
+        seen = instances
+    stop.wait(0.001)
+"""
+
+
+def test_the_app_follows_the_service_through_a_restart(rt):
+    start_session(rt)
+    path = rt.write_file("restart.py", RESTART_APP)
+    app = rt.spawn("restart", [str(path)], app_env(rt), lines=True)
+    rt.wait_line(app, "instances 1", timeout=60)
+    assert rt.stop(rt.service) == 0  # SIGTERM: a restart, as an operator does it
+    rt.start_service()
+    consumer = rt.consumer()
+    consumer.enable(text_format.Parse(CONFIG.format(extra=""), pb.TraceConfig()))
+    # The new service's answer tells the producer to reconnect: the old instance
+    # stops with the old connection, the new session's starts.
+    rt.wait_line(app, "instances 0", timeout=60)
+    rt.wait_line(app, "instances 1", timeout=60)
+    app.stdin.close()
+    assert rt.finish(app, timeout=30) == 0, rt.logs()
+    trace = read_trace(rt, consumer, app.pid)
+    assert {e.pid for e in trace.named("loop")} == {app.pid}
+    assert_own_tracks(trace)
