@@ -37,10 +37,12 @@ tracks before its first event).
 
 The fast path: a begin or instant of an already-seen (name, category, track)
 without args or flows, and an end, is one clock call, cached bytes and one
-write_packet. Bytes come from actors/track_event_encoding.py (precomputed
-tags), never from the generated protobuf classes; nothing here imports the
-Perfetto schema. Odd input never raises here (names of any str, args of any
-value); the writer's own errors (SMBExhaustedError) propagate.
+write_packet (about 1.5 us an event here, most of it in write_packet; the
+timestamp's varint reuses its high bytes). Bytes come from
+actors/track_event_encoding.py (precomputed tags), never from the generated
+protobuf classes; nothing here imports the Perfetto schema. Odd input never
+raises here (names of any str, args of any value); the writer's own errors
+(SMBExhaustedError) propagate.
 
 Timestamps are the clock's (CLOCK_BOOTTIME in ns, Perfetto's default trace
 clock). Track uuids, so that producers and threads never collide:
@@ -102,7 +104,7 @@ from actors.track_event_encoding import (
     thread_descriptor,
     utf8,
 )
-from shm.protozero import varint
+from shm.protozero import _V14C, varint  # _V14C: 14 bits, continuation bits set
 from shm.writer import TraceWriter
 
 MAX_INTERNED = 4096  # interned strings per sequence before interning restarts
@@ -138,10 +140,12 @@ def async_uuid(pid: int, number: int) -> int:
 def flow_id(value: object) -> int:
     """A user's flow key (int or str, the same in every process) as a non-zero
     64-bit flow id, the same in every process and run (not Python's hash())."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        key = b"o" + utf8(safe_str(value))
+    if isinstance(value, str):
+        key = b"s" + utf8(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        key = b"i" + str(int(value)).encode()  # an IntEnum member as its value
     else:
-        key = (b"i" if isinstance(value, int) else b"s") + utf8(str(value))
+        key = b"o" + utf8(safe_str(value))
     return _hash64(key) or 1
 
 
@@ -176,6 +180,7 @@ class TrackEventSequence:
         self._next_iid = 1
         self._cache: dict[tuple, bytes] = {}  # (type, name, category, track) -> event fields
         self._ends: dict[int, bytes] = {}  # track -> SLICE_END event fields
+        self._high, self._tail = -1, b""  # _now(): the clock's bits above 28, encoded
         self.refused = 0  # counters and async tracks refused beyond MAX_TRACKS
         writer.incremental_state_invalid = True  # new tracks: describe them first
 
@@ -199,7 +204,7 @@ class TrackEventSequence:
                 except TypeError:  # an unhashable name: the slow path copes
                     fields = None
                 if fields is not None:
-                    w.write_packet(TIMESTAMP + varint(self._clock()) + fields)
+                    w.write_packet(self._now() + fields)
                     return
         self._event(SLICE_BEGIN, name, category, args, flows, terminating_flows, track)
 
@@ -210,9 +215,13 @@ class TrackEventSequence:
             self._emit_state()
         fields = self._ends.get(track)
         if fields is None:
-            body = TYPE + varint(SLICE_END) + TRACK_UUID + varint(track or self.thread_track)
-            fields = self._ends[track] = event_fields(body)
-        w.write_packet(TIMESTAMP + varint(self._clock()) + fields)
+            uuid = track if type(track) is int and 0 < track <= _U64 else self.thread_track
+            if len(self._ends) >= MAX_CACHED:
+                self._ends.clear()
+            fields = self._ends[track] = event_fields(
+                TYPE + varint(SLICE_END) + TRACK_UUID + varint(uuid)
+            )
+        w.write_packet(self._now() + fields)
 
     def instant(
         self,
@@ -232,7 +241,7 @@ class TrackEventSequence:
                 except TypeError:  # an unhashable name: the slow path copes
                     fields = None
                 if fields is not None:
-                    w.write_packet(TIMESTAMP + varint(self._clock()) + fields)
+                    w.write_packet(self._now() + fields)
                     return
         self._event(INSTANT, name, category, args, flows, terminating_flows, track)
 
@@ -252,7 +261,7 @@ class TrackEventSequence:
         if encoded is None:
             return
         body = prefix + encoded
-        w.write_packet(TIMESTAMP + varint(self._clock()) + field(TRACK_EVENT, body) + NEEDS_STATE)
+        w.write_packet(self._now() + field(TRACK_EVENT, body) + NEEDS_STATE)
 
     def log(
         self,
@@ -301,6 +310,18 @@ class TrackEventSequence:
         self._ends.pop(uuid, None)
 
     # -- the slow path --------------------------------------------------------------------
+
+    def _now(self) -> bytes:
+        """TracePacket.timestamp from the clock. A varint of v >= 2**28 is its
+        low 28 bits (4 bytes, continuation bits set) then varint(v >> 28); that
+        tail changes every 268 ms, so it is kept (a sixth of a begin+end pair)."""
+        v = self._clock()
+        if v >> 28 == self._high:
+            return TIMESTAMP + _V14C[v & 0x3FFF] + _V14C[v >> 14 & 0x3FFF] + self._tail
+        high = v >> 28
+        if 0 < high < 1 << 36:  # a uint64 in range: the split above holds
+            self._high, self._tail = high, varint(high)
+        return TIMESTAMP + varint(v)
 
     def _event(
         self,
@@ -361,7 +382,7 @@ class TrackEventSequence:
 
     def _write(self, fields: bytes, interned: list) -> None:
         try:
-            self._writer.write_packet(TIMESTAMP + varint(self._clock()) + fields)
+            self._writer.write_packet(self._now() + fields)
         except BaseException:
             if interned:  # iids the reader never got: start over before the next event
                 self._writer.incremental_state_invalid = True
@@ -380,7 +401,7 @@ class TrackEventSequence:
         self._interned.clear()
         self._next_iid = 1
         self._cache.clear()
-        ts = TIMESTAMP + varint(self._clock())
+        ts = self._now()
         for descriptor in self._base:
             w.write_packet(ts + descriptor)
         for descriptor in list(self._tracks.values()):
@@ -394,7 +415,7 @@ class TrackEventSequence:
             return False
         packet = self._tracks[uuid] = field(TRACK_DESCRIPTOR, descriptor)
         if not self._writer.incremental_state_invalid:
-            self._writer.write_packet(TIMESTAMP + varint(self._clock()) + packet)
+            self._writer.write_packet(self._now() + packet)
         return True
 
     def _new_counter(self, name: Any, unit: Any) -> bytes | None:

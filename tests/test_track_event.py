@@ -4,6 +4,7 @@ interning (tests/track_event_import.py)."""
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 import os
@@ -250,6 +251,7 @@ def test_odd_input_never_raises():
     seq.instant("e", "c", flows=["job", 3.5, 0])  # type: ignore[list-item]
     seq.counter("c", "not a number")  # type: ignore[arg-type]
     seq.begin(["unhashable"], "c")  # type: ignore[arg-type]
+    seq.end(track=-5)  # no track uuid: the thread's
     events = events_of(written(rig, w))
     first = events[0]
     assert first.name == "? odd" and first.categories == ("a", "?")
@@ -257,12 +259,14 @@ def test_odd_input_never_raises():
     assert events[1].args == {"args": "<args: AttributeError>"}
     assert events[2].flows == (flow_id("job"), flow_id(3.5))
     assert events[3].name == "['unhashable']"
+    assert events[4].track_uuid == seq.thread_track
 
 
 def test_flow_ids_are_stable_and_non_zero():
     assert flow_id("job-1") == flow_id("job-1") != flow_id("job-2")
-    assert flow_id(1) != flow_id("1")
-    assert flow_id(7) == 0x0000000000000000 + flow_id(7) and flow_id(7) != 0
+    assert flow_id(1) != flow_id("1") and flow_id(True) != flow_id(1)
+    assert flow_id(enum.IntEnum("Job", "A")(1)) == flow_id(1)
+    assert all(0 < flow_id(k) < 2**64 for k in (0, 7, -1, "", "job", 2**70))
     # Fixed across runs and processes (not Python's salted hash()).
     assert flow_id("job-1") == int.from_bytes(
         __import__("hashlib").blake2b(b"sjob-1", digest_size=8).digest(), "little")  # fmt: skip
@@ -350,6 +354,28 @@ def test_any_names_categories_and_args_never_raise_and_always_decode(name, categ
     assert comparable(begin.args) == {_text(k): expected(v) for k, v in args.items()}
     ids = [v if isinstance(v, int) else flow_id(v) for v in flows]
     assert begin.flows == tuple(v for v in ids if v)
+
+
+@given(
+    st.lists(
+        st.integers(0, 2**64 - 1)
+        | st.integers(2**28 - 2, 2**28 + 2)
+        | st.integers(9 * 2**40, 9 * 2**40 + 2**29),  # a boot time: the high bits repeat
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_timestamps_are_the_clocks(stamps):
+    rig = Rig()
+    w = rig.arbiter.create_trace_writer(1)
+    clock = iter([0, *stamps])  # 0: the descriptors'
+    seq = TrackEventSequence(
+        w, lambda: next(clock), pid=1, tid=2, process_name="p", thread_name="t"
+    )
+    for i, _ in enumerate(stamps):
+        seq.begin("e", "c") if i % 2 else seq.end()
+    packets = written(rig, w)
+    assert [p.timestamp for p in packets[2:]] == stamps
 
 
 # -- TrackEvents ----------------------------------------------------------------------------
