@@ -148,9 +148,17 @@ class Producer:
             self._loop = loop = Loop()  # now, so that call_soon() works at once
             self._pid = os.getpid()
             self._thread = threading.Thread(
-                target=self._serve, args=(loop,), name=THREAD_NAME, daemon=True
+                target=self._serve_logged, args=(loop,), name=THREAD_NAME, daemon=True
             )
             self._thread.start()
+
+    def _serve_logged(self, loop: Loop) -> None:
+        """The thread's run(): an error ends it with a log line, not a traceback in
+        the application's stderr."""
+        try:
+            self._serve(loop)
+        except Exception:
+            self.log.exception("the producer stopped on an error")
 
     def _serve(self, loop: Loop) -> int:
         try:

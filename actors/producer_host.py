@@ -160,6 +160,10 @@ class ProducerHost:
         self._ack_flushes(self.clock())
         self.perform(self.core.tick(now))
 
+    def serving(self) -> bool:
+        """True while instances exist (or flushes wait): writers may be committing."""
+        return bool(self._instances or self._flushes)
+
     def deliver(self) -> None:
         """Send what other threads queued: writer registrations, then one commit,
         then the flush acks it completes."""

@@ -3,8 +3,8 @@
 A ZeroMQ DEALER to the service's producer port on the shared poll loop
 (actors/loop.py; other threads hand the host's deliveries over with
 Loop.call_soon), the commit timer (pending chunks are committed every
-COMMIT_PERIOD_S while an SMB is mapped; IDLE_TICK_S otherwise, so that a
-producer waiting for its service costs next to nothing), signals (only when run
+COMMIT_PERIOD_S while data source instances exist; IDLE_TICK_S otherwise, so
+that a producer waiting for its service or a session costs next to nothing), signals (only when run
 on the main thread), and the reconnects the core asks for. Sends never block: a
 full queue counts the message as lost (a handshake is retried on the next tick
 instead).
@@ -31,7 +31,7 @@ from protos import tracebus_ipc_pb2 as ipc
 from shm.region import MemfdRegion
 
 COMMIT_PERIOD_S = 0.02
-IDLE_TICK_S = 0.1  # the tick without an SMB: handshake retries and heartbeats only
+IDLE_TICK_S = 0.1  # the tick without instances: handshake retries and heartbeats only
 LINGER_MS = 1000  # how long the last messages may take to leave once run() ends
 SEND_HWM = 100_000  # control messages queued for the service before sends fail (and are counted)
 
@@ -94,7 +94,11 @@ class ProducerShell:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a service that is not there
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        sock.connect(self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)  # an open socket would hang ctx.term() in run()
+            raise
         self.sock = sock
         self.loop.add_socket(sock, self._on_readable)
         self.host.connect(self.loop.now())
@@ -153,7 +157,7 @@ class ProducerShell:
             msg, self._unsent_init = self._unsent_init, None
             self._send(msg)
         self.host.tick(self.loop.now())
-        period = COMMIT_PERIOD_S if self.host.arbiter is not None else IDLE_TICK_S
+        period = COMMIT_PERIOD_S if self.host.serving() else IDLE_TICK_S
         self.loop.call_later(period, self._tick)
 
     def _on_connection_event(self, out: core.Output) -> None:

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import producer_core as core
-from actors.producer import THREAD_NAME, Producer
+from actors.producer import THREAD_NAME, DataSource, Producer
 from protos import tracebus_ipc_pb2 as ipc
 from shm.commits import ChunkToPatch
 from tests.processes import Runtime
@@ -165,6 +165,18 @@ def test_a_failing_call_is_logged_and_the_producer_keeps_serving(
     assert log.at(logging.ERROR, "a call on the producer's thread failed")
 
 
+def test_an_error_on_the_producer_thread_is_logged_not_raised(
+    records: tuple[logging.Logger, Records], thread_errors: list[BaseException]
+) -> None:
+    logger, log = records
+    producer = Producer("embedded", endpoint="nonsense://here", log=logger)
+    producer.start_thread()
+    log.wait(lambda _: bool(log.at(logging.ERROR, "the producer stopped on an error")), 10)
+    producer.stop(timeout=10)
+    assert producer.call_soon(lambda: None) is False
+    assert thread_errors == []
+
+
 def test_stop_before_start_makes_the_producer_stay_stopped(tmp_path: Path) -> None:
     producer = Producer("embedded", endpoint=nowhere(tmp_path))
     producer.stop()
@@ -280,6 +292,52 @@ def test_a_lost_service_is_logged_once_and_the_producer_reconnects(
         assert "lost the tracing service" in warning
     finally:
         producer.stop(timeout=10)
+
+
+class Busy(DataSource):
+    """Writes on a thread of its own until on_stop, which joins it."""
+
+    name = "test.busy"
+    started = threading.Event()
+
+    def on_start(self, config: object) -> None:
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._write)
+        self._thread.start()
+
+    def _write(self) -> None:
+        w = self.writer()
+        Busy.started.set()
+        while not self._halt.is_set():
+            w.write_packet(b"\xc8\x01\x01")
+
+    def on_stop(self) -> None:
+        self._halt.set()
+        self._thread.join()
+
+
+def test_stopping_from_another_thread_while_writers_commit_is_clean(
+    rt: Runtime, records: tuple[logging.Logger, Records], thread_errors: list[BaseException]
+) -> None:
+    logger, log = records
+    rt.start_service()
+    consumer = rt.consumer()
+    config = 'buffers { size_kb: 256 } data_sources { config { name: "test.busy" } }'
+    consumer.enable(text_format.Parse(config, pb.TraceConfig()))
+    for _ in range(8):
+        Busy.started.clear()
+        producer = Producer("busy", endpoint=rt.producer_endpoint, log=logger)
+        producer.register(Busy)
+        producer.start_thread()
+        assert Busy.started.wait(30)
+        stopper = threading.Thread(target=producer.stop, kwargs={"timeout": 20})
+        stopper.start()
+        stopper.join(30)
+        assert not stopper.is_alive()
+        assert [t for t in threading.enumerate() if t.name == THREAD_NAME] == []
+    assert thread_errors == []
+    assert log.at(logging.ERROR) == []
+    assert len(log.at(logging.INFO, "stopped test.busy")) == 8
 
 
 APP = """\
