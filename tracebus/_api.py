@@ -159,7 +159,8 @@ def trace(
     fn: F | None = None, *, name: str | None = None, category: str = "default"
 ) -> F | Callable[[F], F]:
     """Decorate a function (or an async def) so that each call is a slice named
-    after it (or `name`). An async def's slice lives on its task's track."""
+    after it (its __qualname__, or `name`). An async def's slice spans its awaits
+    and lives on its task's track. A generator's slice covers only its creation."""
 
     def decorate(f: F) -> F:
         if not callable(f):
