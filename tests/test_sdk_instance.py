@@ -204,3 +204,14 @@ def test_a_broken_writer_costs_events_never_the_app(monkeypatch):
         assert len(writers) == 1 and writers[0].packets  # the same sequence, writing again
     finally:
         _runtime.WANTED.clear()
+
+
+def test_a_slice_ended_on_another_thread_does_not_touch_the_first_threads_sequence(instance):
+    token = instance.begin("s", "c", None, None, None)
+    other = threading.Thread(target=instance.end, args=(token,))
+    other.start()
+    other.join(10)
+    (seq,) = FakeSequence.made
+    assert [e[0] for e in seq.events] == ["begin"]
+    instance.end(token)
+    assert [e[0] for e in seq.events] == ["begin", "end"]
