@@ -215,3 +215,44 @@ def test_a_slice_ended_on_another_thread_does_not_touch_the_first_threads_sequen
     assert [e[0] for e in seq.events] == ["begin"]
     instance.end(token)
     assert [e[0] for e in seq.events] == ["begin", "end"]
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+    __repr__ = __str__
+
+
+def test_hostile_arguments_through_the_real_encoding_still_make_valid_packets(monkeypatch):
+    """The whole API over the real TrackEventSequence: odd names, args, flows and
+    counter values neither raise nor count errors, and every packet parses."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    import tracebus
+    from tracebus import _runtime
+
+    writer = BrokenWriter()
+    monkeypatch.setattr(BrokenWriter, "broken", False)
+    _runtime.WANTED.clear()
+    runtime = _runtime.Runtime(_runtime.WANTED, service_appeared=lambda endpoint: False)
+    runtime.state = _runtime.RUNNING
+    monkeypatch.setattr(_runtime, "current", runtime)
+    everything = CategoryFilter.from_config(None)
+    runtime.add_instance(TrackEventInstance(lambda: writer, everything, "app", 1))
+    hostile_args = {
+        "unprintable": Unprintable(), "huge": 1 << 70, "negative": -(1 << 63), "nan": float("nan"),
+        "deep": [[[[[[[[[[{"k": ()}]]]]]]]]]], 7: "int key", "bytes": b"\xff", None: None,
+    }  # fmt: skip
+    try:
+        name = "\udcff surrogate"
+        with tracebus.slice(name, category="a,b", args=hostile_args, flow=[Unprintable()]):
+            tracebus.instant("", category="", args={"x": object()}, terminate_flow=1 << 80)
+        tracebus.counter("inf", float("inf"), unit="bytes")
+        tracebus.counter("huge", 1 << 70)
+        assert tracebus.stats()["errors"] == 0, tracebus.stats()
+    finally:
+        _runtime.WANTED.clear()
+    assert len(writer.packets) >= 5
+    for data in writer.packets:
+        pb.TracePacket.FromString(data)
