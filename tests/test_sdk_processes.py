@@ -580,3 +580,55 @@ def test_the_app_follows_the_service_through_a_restart(rt):
     trace = read_trace(rt, consumer, app.pid)
     assert {e.pid for e in trace.named("loop")} == {app.pid}
     assert_own_tracks(trace)
+
+
+CHURN_APP = """
+import sys, threading, tracebus
+stop = threading.Event()
+
+def write(k):
+    n = 0
+    while not stop.is_set():
+        with tracebus.slice("w", args={"k": k, "n": n}):
+            tracebus.counter(f"c{k}", n)
+        n += 1
+
+threads = [threading.Thread(target=write, args=(k,), name=f"writer-{k}") for k in range(4)]
+for t in threads:
+    t.start()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+seen = None
+while not stop.is_set():
+    instances = tracebus.stats()["instances"]
+    if instances != seen:
+        print("instances", instances, flush=True)
+        seen = instances
+    stop.wait(0.01)
+for t in threads:
+    t.join()
+print("errors", tracebus.stats()["errors"], flush=True)
+"""
+SESSIONS = 5
+
+
+def test_sessions_start_and_stop_while_threads_write(rt):
+    """Each stop closes the instance's writers while four threads write into it:
+    no error in the app, and every session's trace reads back whole."""
+    rt.start_service()
+    path = rt.write_file("churn.py", CHURN_APP)
+    app = rt.spawn("churn", [str(path)], app_env(rt, TRACEBUS_STARTUP_WAIT_S=""), lines=True)
+    rt.wait_line(app, "instances 0", timeout=60)
+    for _ in range(SESSIONS):
+        consumer = rt.consumer()
+        consumer.enable(text_format.Parse(CONFIG.format(extra=""), pb.TraceConfig()))
+        rt.wait_line(app, "instances 1", timeout=60)
+        assert consumer.flush()
+        consumer.disable()
+        trace = decode(list(consumer.read_packets()))
+        consumer.close()
+        assert_own_tracks(trace)
+        assert {e.args["k"] for e in trace.named("w")} == {0, 1, 2, 3}
+        rt.wait_line(app, "instances 0", timeout=60)
+    app.stdin.close()
+    assert rt.finish(app, timeout=30) == 0, rt.logs()
+    assert "errors 0" in rt.output(app)
