@@ -378,6 +378,12 @@ def test_logging_handler_puts_records_on_the_timeline_but_not_its_own(rig):
         logger.warning("disk %d%% full", 93)
         line = sys._getframe().f_lineno - 1
         logging.getLogger("tracebus.producer").warning("ours: skipped")
+        on_our_thread = threading.Thread(
+            target=lambda: logger.warning("on the producer's thread: skipped"),
+            name="tracebus-producer",
+        )
+        on_our_thread.start()
+        on_our_thread.join(10)
     finally:
         logger.removeHandler(handler)
         logging.getLogger("tracebus.producer").removeHandler(handler)
@@ -466,3 +472,9 @@ def test_service_socket_exists(tmp_path):
     assert not _runtime.service_socket_exists(f"ipc://{tmp_path}/p")
     (tmp_path / "p").touch()
     assert _runtime.service_socket_exists(f"ipc://{tmp_path}/p")
+
+
+def test_the_sdk_threads_are_named_as_the_logging_handler_expects():
+    from actors.producer import THREAD_NAME
+
+    assert THREAD_NAME.startswith("tracebus-")

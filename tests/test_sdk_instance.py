@@ -155,3 +155,104 @@ def test_asyncio_tasks_get_tracks_that_are_forgotten_when_done(instance):
     assert len({by_name[f"job{i}"] for i in range(200)}) == 200  # one track each
     assert sorted(seq.forgotten) == sorted(by_name[f"job{i}"] for i in range(200))
     assert len(instance._local.seq.tasks) == 0  # nothing kept for tasks that are done
+
+
+class BrokenWriter:
+    """A writer that fails every write until mended."""
+
+    incremental_state_invalid = True
+    dropped_packets = 0
+    broken = True
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def write_packet(self, data: bytes) -> None:
+        if BrokenWriter.broken:
+            raise OSError("the SMB went away")
+        self.packets.append(data)
+
+
+def test_a_broken_writer_costs_events_never_the_app(monkeypatch):
+    """The real TrackEventSequence over a writer that raises: the API counts the
+    errors, and the thread's sequence is not wedged once the writer works again."""
+    import tracebus
+    from tracebus import _runtime
+
+    writers: list[BrokenWriter] = []
+
+    def new_writer() -> BrokenWriter:
+        writers.append(BrokenWriter())
+        return writers[-1]
+
+    _runtime.WANTED.clear()
+    runtime = _runtime.Runtime(_runtime.WANTED, service_appeared=lambda endpoint: False)
+    runtime.state = _runtime.RUNNING  # no producer: the instance is added by hand
+    monkeypatch.setattr(_runtime, "current", runtime)
+    monkeypatch.setattr(BrokenWriter, "broken", True)
+    inst = TrackEventInstance(new_writer, CategoryFilter.from_config(None), "app", 4242)
+    runtime.add_instance(inst)
+    try:
+        for _ in range(3):
+            with tracebus.slice("s", args={"a": 1}):
+                tracebus.instant("i")
+            tracebus.counter("c", 1.5)
+        errors = tracebus.stats()["errors_by_kind"]
+        assert errors == {"slice": 3, "instant": 3, "counter": 3}
+        BrokenWriter.broken = False
+        tracebus.instant("after")
+        assert len(writers) == 1 and writers[0].packets  # the same sequence, writing again
+    finally:
+        _runtime.WANTED.clear()
+
+
+def test_a_slice_ended_on_another_thread_does_not_touch_the_first_threads_sequence(instance):
+    token = instance.begin("s", "c", None, None, None)
+    other = threading.Thread(target=instance.end, args=(token,))
+    other.start()
+    other.join(10)
+    (seq,) = FakeSequence.made
+    assert [e[0] for e in seq.events] == ["begin"]
+    instance.end(token)
+    assert [e[0] for e in seq.events] == ["begin", "end"]
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("no")
+
+    __repr__ = __str__
+
+
+def test_hostile_arguments_through_the_real_encoding_still_make_valid_packets(monkeypatch):
+    """The whole API over the real TrackEventSequence: odd names, args, flows and
+    counter values neither raise nor count errors, and every packet parses."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    import tracebus
+    from tracebus import _runtime
+
+    writer = BrokenWriter()
+    monkeypatch.setattr(BrokenWriter, "broken", False)
+    _runtime.WANTED.clear()
+    runtime = _runtime.Runtime(_runtime.WANTED, service_appeared=lambda endpoint: False)
+    runtime.state = _runtime.RUNNING
+    monkeypatch.setattr(_runtime, "current", runtime)
+    everything = CategoryFilter.from_config(None)
+    runtime.add_instance(TrackEventInstance(lambda: writer, everything, "app", 1))
+    hostile_args = {
+        "unprintable": Unprintable(), "huge": 1 << 70, "negative": -(1 << 63), "nan": float("nan"),
+        "deep": [[[[[[[[[[{"k": ()}]]]]]]]]]], 7: "int key", "bytes": b"\xff", None: None,
+    }  # fmt: skip
+    try:
+        name = "\udcff surrogate"
+        with tracebus.slice(name, category="a,b", args=hostile_args, flow=[Unprintable()]):
+            tracebus.instant("", category="", args={"x": object()}, terminate_flow=1 << 80)
+        tracebus.counter("inf", float("inf"), unit="bytes")
+        tracebus.counter("huge", 1 << 70)
+        assert tracebus.stats()["errors"] == 0, tracebus.stats()
+    finally:
+        _runtime.WANTED.clear()
+    assert len(writer.packets) >= 5
+    for data in writer.packets:
+        pb.TracePacket.FromString(data)

@@ -26,6 +26,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 CLEARED = pb.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+NEEDS = pb.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 BEGIN, END = pb.TrackEvent.TYPE_SLICE_BEGIN, pb.TrackEvent.TYPE_SLICE_END
 INSTANT, COUNTER = pb.TrackEvent.TYPE_INSTANT, pb.TrackEvent.TYPE_COUNTER
 
@@ -53,6 +54,7 @@ class Trace:
     events: list[Event] = field(default_factory=list)
     tracks: dict[int, pb.TrackDescriptor] = field(default_factory=dict)
     track_pids: dict[int, int] = field(default_factory=dict)  # uuid -> trusted_pid of its writer
+    skipped: int = 0  # events after a loss, before the state was written again
 
     def named(self, name: str) -> list[Event]:
         return [e for e in self.events if e.name == name]
@@ -80,14 +82,26 @@ def _annotation(a: pb.DebugAnnotation) -> Any:
 
 
 def decode(packets: list[pb.TracePacket]) -> Trace:
-    """TrackEvents with their interned strings resolved (per sequence, reset at
-    each SEQ_INCREMENTAL_STATE_CLEARED)."""
+    """TrackEvents with their interned strings resolved, by trace_processor's rules:
+    a sequence's state is valid from a SEQ_INCREMENTAL_STATE_CLEARED packet on
+    (interning restarts there) until a packet marks a loss (previous_packet_dropped,
+    as after the SMB was full); events that need the state while it is not valid
+    are skipped (counted in `skipped`)."""
     trace = Trace()
     interned: dict[int, dict[tuple[str, int], Any]] = defaultdict(dict)
+    valid: dict[int, bool] = defaultdict(bool)
     for p in packets:
-        table = interned[p.trusted_packet_sequence_id]
+        seq = p.trusted_packet_sequence_id
+        table = interned[seq]
         if p.sequence_flags & CLEARED:
             table.clear()
+            valid[seq] = True
+        elif p.previous_packet_dropped:
+            table.clear()
+            valid[seq] = False
+        if p.sequence_flags & NEEDS and not valid[seq]:
+            trace.skipped += 1
+            continue
         d = p.interned_data
         for kind, entries in (("name", d.event_names), ("cat", d.event_categories)):
             table.update({(kind, x.iid): x.name for x in entries})
@@ -517,3 +531,127 @@ def test_writers_drop_whatever_policy_the_config_asks_for(rt):
     assert "policy DROP" in out and "errors 0" in out, out
     trace = read_trace(rt, consumer, app.pid)
     assert trace.named("burst")
+
+
+EARLY_FORK_APP = """
+import os, sys, tracebus
+tracebus.instant("parent first")  # starts the producer; no wait: its imports are under way
+pids = []
+for i in range(5):
+    pid = os.fork()
+    if pid == 0:
+        tracebus.init(wait_for_start=30)
+        tracebus.instant("early child", args={"i": i})
+        sys.exit(0)
+    pids.append(pid)
+for pid in pids:
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
+"""
+
+
+def test_forks_right_after_the_first_call_make_working_children(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "early", EARLY_FORK_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
+    trace = read_trace(rt, consumer, app.pid)
+    assert_own_tracks(trace)
+    children = trace.named("early child")
+    assert sorted(e.args["i"] for e in children) == list(range(5))
+    assert len({e.pid for e in children}) == 5 and app.pid not in {e.pid for e in children}
+
+
+RESTART_APP = """
+import sys, threading, tracebus
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+seen = None
+while not stop.is_set():
+    with tracebus.slice("loop"):
+        pass
+    instances = tracebus.stats()["instances"]
+    if instances != seen:
+        print("instances", instances, flush=True)
+        seen = instances
+    stop.wait(0.001)
+"""
+
+
+def test_the_app_follows_the_service_through_a_restart(rt):
+    start_session(rt)
+    path = rt.write_file("restart.py", RESTART_APP)
+    app = rt.spawn("restart", [str(path)], app_env(rt), lines=True)
+    rt.wait_line(app, "instances 1", timeout=60)
+    assert rt.stop(rt.service) == 0  # SIGTERM: a restart, as an operator does it
+    rt.start_service()
+    consumer = rt.consumer()
+    consumer.enable(text_format.Parse(CONFIG.format(extra=""), pb.TraceConfig()))
+    # The new service's answer tells the producer to reconnect: the old instance
+    # stops with the old connection, the new session's starts.
+    rt.wait_line(app, "instances 0", timeout=60)
+    rt.wait_line(app, "instances 1", timeout=60)
+    app.stdin.close()
+    assert rt.finish(app, timeout=30) == 0, rt.logs()
+    trace = read_trace(rt, consumer, app.pid)
+    assert {e.pid for e in trace.named("loop")} == {app.pid}
+    assert_own_tracks(trace)
+
+
+CHURN_APP = """
+import sys, threading, tracebus
+tracebus.init()
+stop = threading.Event()
+
+counts = [0] * 4
+
+def write(k):
+    while not stop.is_set():
+        with tracebus.slice("w", args={"k": k, "n": counts[k]}):
+            tracebus.counter(f"c{k}", counts[k])
+        counts[k] += 1
+
+# The writers start with the first session: a start under four spinning threads
+# is slow (the producer's imports queue for the GIL), and not what this tests.
+threads = [threading.Thread(target=write, args=(k,), name=f"writer-{k}") for k in range(4)]
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+seen, since = None, None
+while not stop.is_set():
+    instances = tracebus.stats()["instances"]
+    if instances != seen:
+        if instances and not threads[0].is_alive():
+            for t in threads:
+                t.start()
+        print("instances", instances, flush=True)
+        seen, since = instances, list(counts)
+    if since is not None and seen and all(c > s + 100 for c, s in zip(counts, since)):
+        print("all writing", flush=True)  # into this instance: each thread wrote since it began
+        since = None
+    stop.wait(0.01)
+for t in threads:
+    t.join()
+print("errors", tracebus.stats()["errors"], flush=True)
+"""
+SESSIONS = 5
+
+
+def test_sessions_start_and_stop_while_threads_write(rt):
+    """Each stop closes the instance's writers while four threads write into it:
+    no error in the app, and every session's trace reads back whole."""
+    rt.start_service()
+    path = rt.write_file("churn.py", CHURN_APP)
+    app = rt.spawn("churn", [str(path)], app_env(rt, TRACEBUS_STARTUP_WAIT_S=""), lines=True)
+    rt.wait_line(app, "instances 0", timeout=60)
+    for _ in range(SESSIONS):
+        consumer = rt.consumer()
+        consumer.enable(text_format.Parse(CONFIG.format(extra=""), pb.TraceConfig()))
+        rt.wait_line(app, "instances 1", timeout=60)
+        rt.wait_line(app, "all writing", timeout=60)
+        assert consumer.flush()
+        consumer.disable()
+        trace = decode(list(consumer.read_packets()))
+        consumer.close()
+        assert_own_tracks(trace)
+        assert {e.args["k"] for e in trace.named("w")} == {0, 1, 2, 3}
+        rt.wait_line(app, "instances 0", timeout=60)
+    app.stdin.close()
+    assert rt.finish(app, timeout=30) == 0, rt.logs()
+    assert "errors 0" in rt.output(app)

@@ -17,7 +17,9 @@ default service), reconnecting whenever a service appears. Events are written
 only while a session wants their category; otherwise a call costs one lookup.
 No call raises or blocks (errors are counted: stats()), except the bounded
 startup wait asked for with init(wait_for_start=S) or TRACEBUS_STARTUP_WAIT_S.
-Forked and multiprocessing children become producers of their own.
+Forked and multiprocessing children become producers of their own (they flush
+at exit, multiprocessing's children too; a process that leaves through
+os._exit() should call shutdown() first).
 TRACEBUS_DISABLE=1 turns everything off.
 
 Importing this package loads no ZeroMQ, protobuf or Perfetto schema: those load

@@ -53,34 +53,26 @@ _NO_SLICE = _NoSlice()
 
 
 class _Slice:
-    """A slice on every instance that wanted its category when it was created."""
+    """A slice on every instance that wanted its category when it was created.
+    Built by slice() without an __init__ frame (the enabled path's cost)."""
 
-    __slots__ = ("_wanted", "_name", "_category", "_args", "_flow", "_end_flow", "_opened")
+    __slots__ = ("_wanted", "_event", "_opened")
 
-    def __init__(
-        self, wanted: tuple[Any, ...], name: str, category: str, args: Any, flow: Any,
-        end_flow: Any,
-    ) -> None:  # fmt: skip
-        self._wanted = wanted
-        self._name = name
-        self._category = category
-        self._args = args
-        self._flow = flow
-        self._end_flow = end_flow
-        self._opened: list[tuple[Any, Any]] = []
+    _wanted: tuple[Any, ...]
+    _event: tuple[str, str, Any, Any, Any]  # name, category, args, flow, terminate_flow
+    _opened: tuple[tuple[Any, Any], ...]  # (instance, what its end() needs)
 
     def __enter__(self) -> _Slice:
         opened = []
         for instance in self._wanted:
             try:
-                token = instance.begin(
-                    self._name, self._category, self._args, self._flow, self._end_flow
-                )
-                if token is not None:
-                    opened.append((instance, token))
+                token = instance.begin(*self._event)
             except Exception as e:
                 _error("slice", e)
-        self._opened = opened
+                continue
+            if token is not None:
+                opened.append((instance, token))
+        self._opened = tuple(opened)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -89,7 +81,10 @@ class _Slice:
                 instance.end(token)
             except Exception as e:
                 _error("slice end", e)
-        self._opened = []
+        self._opened = ()
+
+
+_new_slice = object.__new__
 
 
 def slice(
@@ -105,7 +100,10 @@ def slice(
         if wanted is None:
             wanted = _runtime.current.resolve(_text(category))
         if wanted:
-            return _Slice(wanted, _text(name), _text(category), args, flow, terminate_flow)
+            new = _new_slice(_Slice)
+            new._wanted = wanted
+            new._event = (_text(name), _text(category), args, flow, terminate_flow)
+            return new
     except Exception as e:
         _error("slice", e)
     return _NO_SLICE
@@ -161,7 +159,8 @@ def trace(
     fn: F | None = None, *, name: str | None = None, category: str = "default"
 ) -> F | Callable[[F], F]:
     """Decorate a function (or an async def) so that each call is a slice named
-    after it (or `name`). An async def's slice lives on its task's track."""
+    after it (its __qualname__, or `name`). An async def's slice spans its awaits
+    and lives on its task's track. A generator's slice covers only its creation."""
 
     def decorate(f: F) -> F:
         if not callable(f):

@@ -140,8 +140,8 @@ class TrackEventInstance:
 
     def end(self, opened: tuple[ThreadSequence, int]) -> None:
         seq, track = opened
-        if seq.busy:
-            return
+        if seq.busy or getattr(self._local, "seq", None) is not seq:
+            return  # re-entered, or a slice object ended on another thread than it began
         seq.busy = True
         try:
             if self.live:

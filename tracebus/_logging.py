@@ -8,8 +8,9 @@ its body, the level as an Android log priority (DEBUG 3 ... CRITICAL 7) and the
 record's file, function and line as its source location. The cost is close to
 a slice's: no handler lock (the per-thread sequences need none), no formatting
 unless a formatter was set. Records of the "tracebus" loggers (the SDK's and
-the producer's own) are skipped, so the handler never feeds on itself, and an
-error in it is counted (tracebus.stats()) instead of printed.
+the producer's own) and records emitted on the SDK's threads are skipped, so
+the handler never feeds on itself, and an error in it is counted
+(tracebus.stats()) instead of printed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,16 @@ def log_priority(levelno: int) -> int:
     return PRIO_FATAL
 
 
-def _ours(logger_name: str) -> bool:
-    return logger_name == "tracebus" or logger_name.startswith("tracebus.")
+def _ours(record: logging.LogRecord) -> bool:
+    """A record of the SDK's loggers, or one emitted on the SDK's own threads
+    ("tracebus-producer", "tracebus-start"), where writing an event could re-enter
+    the producer."""
+    name = record.name
+    return (
+        name == "tracebus"
+        or name.startswith("tracebus.")
+        or (record.threadName or "").startswith("tracebus-")
+    )
 
 
 class LoggingHandler(logging.Handler):
@@ -61,7 +70,7 @@ class LoggingHandler(logging.Handler):
             wanted = _wanted.get(self.category)
             if wanted is None:
                 wanted = _runtime.current.resolve(self.category)
-            if not wanted or _ours(record.name):
+            if not wanted or _ours(record):
                 return
             body = self.format(record) if self.formatter is not None else record.getMessage()
             prio = log_priority(record.levelno)

@@ -24,7 +24,9 @@ The contract the API (tracebus/_api.py) relies on:
 - Fork: the child replaces `current` with a fresh Runtime (same init() settings)
   and keeps the inherited one referenced forever without touching it (its
   sockets, mapping, writers and threads belong to the parent: no destructor may
-  run on them); the child starts a producer of its own on first use.
+  run on them); the child starts a producer of its own on first use. A fork
+  waits for the start thread's imports in progress (bounded): a child must not
+  inherit an import lock held by a thread it does not have.
   multiprocessing children also flush from multiprocessing's finalizers, since
   fork and forkserver children end in os._exit without running atexit.
 """
@@ -44,6 +46,7 @@ log = logging.getLogger("tracebus")
 
 DISABLE_ENV = "TRACEBUS_DISABLE"
 SHUTDOWN_TIMEOUT_S = 5.0  # flush and detach at exit: bounded, the app is leaving
+FORK_IMPORT_WAIT_S = 10.0  # a fork waits at most this for the start thread's imports
 SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's socket
 MAX_CATEGORIES = 4096  # WANTED entries before it is rebuilt (apps that make up categories)
 
@@ -100,6 +103,9 @@ class Runtime:
         self.service_appeared = service_appeared
         self.environ = environ
         self.lock = threading.Lock()
+        # Held by the start thread while it imports; a fork waits for it, or the
+        # child would inherit module import locks held by a thread it does not have.
+        self.importing = threading.Lock()
         self.state = IDLE
         self.name: str | None = None  # init(name=)
         self.endpoint: str | None = None  # init(endpoint=)
@@ -111,6 +117,7 @@ class Runtime:
         self.instance_started = threading.Event()
         self.stopped = threading.Event()  # shutdown() finished
         self.errors: Counter[str] = Counter()
+        self._errors_lock = threading.Lock()  # not self.lock: errors are counted under it too
 
     # -- first use ---------------------------------------------------------------------------
 
@@ -156,10 +163,14 @@ class Runtime:
         """On the start thread: build the producer (imports the heavy modules) and
         start its thread, unless shutdown() came first."""
         try:
-            endpoint = self._wait_for_service()
-            if endpoint is None:
+            with self.importing:
+                from actors.endpoints import default_producer_endpoint
+
+                endpoint = self.endpoint or default_producer_endpoint()
+            if not self._wait_for_service(endpoint):
                 return  # shut down meanwhile
-            producer = self.factory(self.producer_name, endpoint, self)
+            with self.importing:
+                producer = self.factory(self.producer_name, endpoint, self)
             with self.lock:
                 if self.state != STARTING:
                     return  # shut down meanwhile
@@ -173,11 +184,8 @@ class Runtime:
                     self.stopped.set()
             self.count_error("start", e)
 
-    def _wait_for_service(self) -> str | None:
-        """The endpoint, once its socket exists; None if shut down before."""
-        from actors.endpoints import default_producer_endpoint
-
-        endpoint = self.endpoint or default_producer_endpoint()
+    def _wait_for_service(self, endpoint: str) -> bool:
+        """Wait until the endpoint's socket exists; False if shut down before."""
         logged = False
         while not self.service_appeared(endpoint):
             if not logged:
@@ -186,8 +194,8 @@ class Runtime:
                 logged = True
             self.stopped.wait(SERVICE_POLL_S)
             if self.state != STARTING:
-                return None
-        return endpoint
+                return False
+        return True
 
     # -- instances (the producer's thread) ---------------------------------------------------
 
@@ -231,8 +239,10 @@ class Runtime:
     def count_error(self, kind: str, error: BaseException | None = None) -> None:
         """Count an internal error; log the first of each kind (never raises)."""
         try:
-            self.errors[kind] += 1
-            if self.errors[kind] == 1:
+            with self._errors_lock:
+                self.errors[kind] += 1
+                first = self.errors[kind] == 1
+            if first:
                 detail = f": {type(error).__name__}: {error}" if error is not None else ""
                 log.warning("tracebus: %s failed%s (counted in tracebus.stats())", kind, detail)
         except Exception:  # noqa: BLE001 - a broken logging setup must not reach the app
@@ -352,10 +362,29 @@ def _register_exit_flush() -> None:
         util.Finalize(None, shutdown, exitpriority=-100)  # after the app's own finalizers
 
 
+def _before_fork() -> None:
+    """Let the start thread finish an import in progress (bounded) and hold it off
+    until the fork is done."""
+    runtime = current
+    _forking.append(runtime if runtime.importing.acquire(timeout=FORK_IMPORT_WAIT_S) else None)
+
+
+def _after_fork_in_parent() -> None:
+    runtime = _forking.pop() if _forking else None
+    if runtime is not None:
+        runtime.importing.release()
+
+
 def _after_fork_in_child() -> None:
     global current
+    _forking.clear()  # the locks stay with the inherited runtime, which is never used again
     _inherited.append(current)
     current = current.forget_inherited()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_forking: list[Runtime | None] = []
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
