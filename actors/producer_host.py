@@ -88,11 +88,33 @@ class InstanceRecord:
         with self._lock:
             return list(self._writers)
 
+    def release_writer(self, w: TraceWriter) -> None:
+        """DataSource.release_writer, on the thread that owns `w`. The host hears of
+        the retirement before the writer id is free again, so that the old writer's
+        last drop count reaches the service before a new writer registers the id."""
+        with self._lock:
+            mine = [(t, x) for t, x in self._writers if x is w]
+            if not mine:
+                return  # not ours, or taken by the host's stop already
+            self._writers.remove(mine[0])
+        if getattr(self._local, "writer", None) is w:
+            del self._local.writer
+        w.flush()
+        self._host.retire_writer(w)
+        w.close()
+
     def take_writers(self) -> list[tuple[threading.Thread, TraceWriter]]:
         """The writers, forgotten by the record (the host retires them)."""
         with self._lock:
             writers, self._writers = self._writers, []
         return writers
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredWriter:
+    """Posted by a thread that released its writer (InstanceRecord.release_writer)."""
+
+    writer: TraceWriter
 
 
 @dataclass(slots=True)
@@ -132,7 +154,7 @@ class ProducerHost:
         self._halt = threading.Event()  # set while tearing down: stalling writers stop waiting
         self._on_connection_event = on_connection_event
         self._loop_thread = threading.get_ident()
-        self._inbox: deque[TraceWriter | CommitBatch] = deque()
+        self._inbox: deque[TraceWriter | CommitBatch | RetiredWriter] = deque()
         self._instances: dict[int, InstanceRecord] = {}
         self._retired: list[TraceWriter] = []  # closed writers whose drops are not reported yet
         self._flushes: list[PendingFlush] = []  # in request order
@@ -173,6 +195,8 @@ class ProducerHost:
             item = self._inbox.popleft()
             if isinstance(item, TraceWriter):
                 writers.append(item)
+            elif isinstance(item, RetiredWriter):
+                self._retired.append(item.writer)
             else:
                 batches.append(item)
         if writers and self._retired:
@@ -212,7 +236,12 @@ class ProducerHost:
         writers = [w for rec in self._instances.values() for _, w in rec.writers()]
         return _stats_of(writers + self._retired)
 
-    def _post(self, item: TraceWriter | CommitBatch) -> None:
+    def retire_writer(self, w: TraceWriter) -> None:
+        """Any thread: `w` was released (flushed, about to be closed); its last drop
+        count is reported with the next commit."""
+        self._post(RetiredWriter(w))
+
+    def _post(self, item: TraceWriter | CommitBatch | RetiredWriter) -> None:
         """Queue for the loop thread, in order; deliver at once if we are on it."""
         self._inbox.append(item)
         if threading.get_ident() == self._loop_thread:

@@ -58,6 +58,7 @@ class InstanceLink(Protocol):
     (actors/producer_host.py's InstanceRecord)."""
 
     def writer(self) -> TraceWriter: ...
+    def release_writer(self, w: TraceWriter) -> None: ...
 
 
 class DataSource:
@@ -103,6 +104,15 @@ class DataSource:
         if self._tb_record is None:
             raise RuntimeError(f"{type(self).__qualname__} is not an instance a producer hosts")
         return self._tb_record.writer()
+
+    def release_writer(self, w: TraceWriter) -> None:
+        """The calling thread, which owns `w` (from writer()), is done with it, for
+        instance because it is about to end: `w` is flushed, committed and closed and
+        the host forgets it, so that its writer id serves another thread and its
+        memory goes. A later writer() on this thread makes a new writer. Without
+        this, a thread's writer lives as long as the instance."""
+        if self._tb_record is not None:
+            self._tb_record.release_writer(w)
 
     @classmethod
     def descriptor(cls) -> ipc.DataSourceDescriptor:

@@ -5,6 +5,7 @@ dropped, asyncio tasks get tracks of their own that are forgotten when done."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from typing import Any
 
@@ -256,3 +257,54 @@ def test_hostile_arguments_through_the_real_encoding_still_make_valid_packets(mo
     assert len(writer.packets) >= 5
     for data in writer.packets:
         pb.TracePacket.FromString(data)
+
+
+def test_a_thread_that_ends_hands_its_writer_back_on_its_own_thread(monkeypatch):
+    """An app that starts a thread per request must not keep a writer (an id, a
+    chunk) per dead thread: the writer is released when its thread ends, by that
+    thread, and a stop afterwards finds nothing of it."""
+    monkeypatch.setattr(_instance, "TrackEventSequence", FakeSequence)
+    released: list[tuple[Any, int]] = []
+    inst = TrackEventInstance(
+        FakeWriter, CategoryFilter.from_config(None), "app", os.getpid(),
+        release_writer=lambda w: released.append((w, threading.get_ident())),
+    )  # fmt: skip
+    inst.live = True
+    idents = []
+
+    def request() -> None:
+        idents.append(threading.get_ident())
+        inst.instant("x", "c", None, None, None)
+
+    for _ in range(5):
+        t = threading.Thread(target=request)
+        t.start()
+        t.join(10)
+    # Python drops the thread's locals before join() returns.
+    assert [ident for _, ident in released] == idents  # each on its own thread
+    assert inst._sequences == []
+    assert inst.stop()
+
+
+def test_a_stop_and_a_thread_end_never_both_release_a_writer(monkeypatch):
+    monkeypatch.setattr(_instance, "TrackEventSequence", FakeSequence)
+    released: list[Any] = []
+    inst = TrackEventInstance(
+        FakeWriter, CategoryFilter.from_config(None), "app", os.getpid(),
+        release_writer=released.append,
+    )  # fmt: skip
+    inst.live = True
+    wrote, go = threading.Event(), threading.Event()
+
+    def request() -> None:
+        inst.instant("x", "c", None, None, None)
+        wrote.set()
+        go.wait(10)
+
+    t = threading.Thread(target=request)
+    t.start()
+    wrote.wait(10)
+    assert inst.stop()  # the instance stops first: the host closes the writer
+    go.set()
+    t.join(10)
+    assert released == []  # so the ending thread leaves it alone

@@ -325,6 +325,7 @@ def child(method):
         tracebus.instant("child instant")
 
 if __name__ == "__main__":
+    tracebus.init(name="jobs")  # the children carry it, whatever their start method
     tracebus.instant("parent before")
     for method in ("fork", "spawn", "forkserver"):
         p = mp.get_context(method).Process(target=child, args=(method,), name=f"W-{method}")
@@ -347,8 +348,9 @@ def test_multiprocessing_children_of_every_start_method_are_recorded(rt):
     assert work == pids
     assert {e.pid for e in trace.named("child instant")} == set(pids.values())
     names = trace.process_names()
+    assert names[app.pid] == "jobs"
     for method, pid in pids.items():
-        assert names[pid] == f"mpapp (W-{method})"
+        assert names[pid] == f"jobs (W-{method})"
     assert [e.pid for e in trace.named("parent after")] == [app.pid]
 
 
@@ -655,3 +657,29 @@ def test_sessions_start_and_stop_while_threads_write(rt):
     app.stdin.close()
     assert rt.finish(app, timeout=30) == 0, rt.logs()
     assert "errors 0" in rt.output(app)
+
+
+THREAD_PER_REQUEST_APP = """
+import threading, tracebus
+
+def request(i):
+    with tracebus.slice("request", args={"i": i}):
+        tracebus.instant("step")
+
+for i in range(N):
+    t = threading.Thread(target=request, args=(i,))
+    t.start()
+    t.join()
+print("stats", tracebus.stats()["dropped_packets"], tracebus.stats()["errors"], flush=True)
+"""
+
+
+def test_an_app_with_a_thread_per_request_loses_nothing(rt):
+    """Each thread takes a writer (and a chunk of the SMB): an ended thread must
+    hand them back, or a few dozen dead threads fill the SMB and later events drop."""
+    consumer = start_session(rt)
+    app = run_app(rt, "perrequest", THREAD_PER_REQUEST_APP.replace("N", "400"))
+    trace = read_trace(rt, consumer, app.pid)
+    assert sorted(e.args["i"] for e in trace.named("request") if e.type == 1) == list(range(400))
+    assert len(trace.named("step")) == 400
+    assert "stats 0 0" in (rt.dir / "perrequest.log").read_text()

@@ -200,7 +200,9 @@ def init(
     the script's name), at `endpoint` (default: $TRACEBUS_PRODUCER_SOCK, else the
     default service). With `wait_for_start`, this call waits up to that many seconds
     for a session to start recording this process. Settings given after the first
-    event are ignored. Never raises."""
+    event are ignored; a `name` is also exported as $TRACEBUS_PRODUCER_NAME, so the
+    processes this one starts (multiprocessing children included) carry it. Never
+    raises."""
     try:
         _runtime.current.configure(name, endpoint, wait_for_start)
         _runtime.current.ensure_started()

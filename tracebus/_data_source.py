@@ -49,6 +49,7 @@ class TrackEventDataSource(DataSource):
             CategoryFilter.from_config(te_config),
             self.runtime.producer_name,
             os.getpid(),
+            release_writer=self.release_writer,
         )
 
     def on_start(self, config: Any) -> None:

@@ -19,6 +19,14 @@ and waits for the write to end. A busy flag found set on entry means the same
 thread re-entered (a signal handler or a log record emitted mid-write): that
 event is dropped rather than interleaved into a half-written packet.
 
+Threads that end. A thread's sequence, writer and writer id would otherwise
+live as long as the instance (an app that starts a thread per request would
+run out of writer ids, and hold a chunk per dead thread). Beside its sequence
+the thread keeps a `_ThreadEnd` in its thread-local storage; Python drops it
+on that very thread when the thread ends, and it hands the writer back there,
+by its owner (flushed, committed, closed, forgotten by the host), under the
+same busy flag as a write.
+
 asyncio: while a task is current on the thread's running loop, slices and
 instants go to the task's own track (TrackEventSequence.async_track, named
 after the task), so interleaved tasks never close each other's slices; the
@@ -28,6 +36,7 @@ loop's thread, the sequence's owner).
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -59,12 +68,13 @@ def flow_ids(flow: Any) -> Sequence[int]:
 class ThreadSequence:
     """One thread's sequence into one instance."""
 
-    __slots__ = ("busy", "events", "writer", "tasks", "__weakref__")
+    __slots__ = ("busy", "events", "writer", "tasks", "owner", "__weakref__")
 
     def __init__(self, events: TrackEventSequence, writer: TraceWriter) -> None:
         self.busy = False  # set by its thread around each write (see the module docstring)
         self.events = events
         self.writer = writer
+        self.owner = threading.get_ident()
         self.tasks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def current_track(self) -> int:
@@ -93,6 +103,22 @@ def _forget_task_track(seq_ref: weakref.ref[ThreadSequence], track: int, task: A
         seq.events.forget_track(track)
 
 
+class _ThreadEnd:
+    """Dropped by Python when its thread ends (see the module docstring)."""
+
+    __slots__ = ("instance", "seq")
+
+    def __init__(self, instance: TrackEventInstance, seq: ThreadSequence) -> None:
+        self.instance = instance
+        self.seq = seq
+
+    def __del__(self) -> None:
+        try:
+            self.instance.thread_ended(self.seq)
+        except Exception:  # noqa: BLE001 - a destructor must not raise
+            pass
+
+
 class TrackEventInstance:
     """See the module docstring. `new_writer` is the host's DataSource.writer of
     this instance (the calling thread's writer)."""
@@ -104,6 +130,7 @@ class TrackEventInstance:
         process_name: str,
         pid: int,
         clock: Callable[[], int] = boottime_ns,
+        release_writer: Callable[[TraceWriter], None] = lambda _w: None,
     ) -> None:
         self.live = False  # set by the runtime when the instance starts
         self.filter = category_filter
@@ -111,6 +138,7 @@ class TrackEventInstance:
         self.pid = pid
         self.clock = clock
         self._new_writer = new_writer
+        self._release_writer = release_writer
         self._local = threading.local()
         # Guards _sequences (threads add theirs); reentrant: creating a writer may log.
         self._lock = threading.RLock()
@@ -203,7 +231,24 @@ class TrackEventInstance:
             seq = ThreadSequence(events, writer)
             self._sequences.append(seq)
             self._local.seq = seq
+            self._local.end = _ThreadEnd(self, seq)
         return seq
+
+    def thread_ended(self, seq: ThreadSequence) -> None:
+        """The thread of `seq` ends (its _ThreadEnd is being dropped): on that thread,
+        hand its writer back. Anywhere else (the thread-locals replaced by stop(),
+        or a forked child clearing its parent's threads) nothing is touched."""
+        if threading.get_ident() != seq.owner or os.getpid() != self.pid or seq.busy:
+            return
+        seq.busy = True
+        try:
+            with self._lock:  # stop() takes the sequences under it: one of us has seq
+                if not self.live or seq not in self._sequences:
+                    return
+                self._sequences.remove(seq)
+                self._release_writer(seq.writer)
+        finally:
+            seq.busy = False
 
     # -- stopping (the producer's thread) -------------------------------------------------------
 

@@ -143,6 +143,12 @@ class Runtime:
             self.state = STARTING
             wait_s = self._startup_wait()
             self.producer_name = producer_name(self.name, self.environ)
+            if self.name:
+                # Children started with spawn or forkserver (and subprocesses) read the
+                # name from the environment: they carry the app's chosen name too.
+                from actors.endpoints import PRODUCER_NAME_ENV
+
+                self.environ[PRODUCER_NAME_ENV] = self.name
             threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
         _register_exit_flush()
         if wait_s > 0:
