@@ -74,7 +74,7 @@ class InstanceRecord:
     def writer(self) -> TraceWriter:
         """The calling thread's TraceWriter into the instance's target buffer."""
         w: TraceWriter | None = getattr(self._local, "writer", None)
-        if w is None:
+        if w is None or w.closed:
             w = self._host.create_writer(self)
             self._local.writer = w
         return w
@@ -97,8 +97,8 @@ class InstanceRecord:
             if not mine:
                 return  # not ours, or taken by the host's stop already
             self._writers.remove(mine[0])
-        if getattr(self._local, "writer", None) is w:
-            del self._local.writer
+        # No touching self._local here: this may run while Python tears the ending
+        # thread's locals down. writer() replaces a closed writer instead.
         w.flush()
         self._host.retire_writer(w)
         w.close()

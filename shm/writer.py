@@ -224,6 +224,10 @@ class TraceWriter:
         self._fast_limit = -1  # after the ticket: the slow path will see it
         return ticket
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Flush and give the writer id back; later writes are dropped (counted)."""
         if self._closed:
