@@ -97,6 +97,7 @@ from actors.track_event_encoding import (
     fixed64,
     interned_entry,
     log_message,
+    log_message_prefix,
     named_descriptor,
     process_descriptor,
     safe_str,
@@ -179,6 +180,7 @@ class TrackEventSequence:
         self._interned: dict[tuple[int, Any], int] = {}  # (InternedData field, key) -> iid
         self._next_iid = 1
         self._cache: dict[tuple, bytes] = {}  # (type, name, category, track) -> event fields
+        self._logs: dict[tuple, tuple[bytes, bytes]] = {}  # log(): head and LogMessage prefix
         self._ends: dict[int, bytes] = {}  # track -> SLICE_END event fields
         self._high, self._tail = -1, b""  # _now(): the clock's bits above 28, encoded
         self.refused = 0  # counters and async tracks refused beyond MAX_TRACKS
@@ -274,17 +276,41 @@ class TrackEventSequence:
         name: str = "log",
     ) -> None:
         """A log message: an instant on the thread's track with Perfetto's
-        LogMessage (prio: android LogPriority, 2 verbose .. 7 fatal)."""
+        LogMessage (prio: android LogPriority, 2 verbose .. 7 fatal). What one
+        source line at one level always writes (the event's head, the location's
+        and the level's fields) is encoded once; a record costs its body's iid."""
         self._ready()
         interned: list[bytes] = []
-        location = (_as_str(file), _as_str(function), line if type(line) is int else 0)
-        message = log_message(
-            self._intern(SOURCE_LOCATIONS, location, interned),
-            self._intern(LOG_MESSAGE_BODY, _as_str(body), interned),
-            prio if type(prio) is int and 0 <= prio <= 7 else 0,
-        )
-        event = self._head(INSTANT, _as_str(name), _as_str(category), 0, interned) + message
+        try:
+            fixed = self._logs.get((name, category, file, function, line, prio))
+        except TypeError:  # unhashable arguments: the slow path copes
+            fixed = None
+        if fixed is None:
+            fixed = self._log_fixed(name, category, file, function, line, prio, interned)
+        head, prefix = fixed
+        body = body if type(body) is str else _as_str(body)
+        iid = self._interned.get((LOG_MESSAGE_BODY, body))
+        if iid is None:
+            iid = self._intern(LOG_MESSAGE_BODY, body, interned)
+        event = head + log_message(prefix, iid)
         self._write(event_fields(event, b"".join(interned)), interned)
+
+    def _log_fixed(
+        self, name: Any, category: Any, file: Any, function: Any, line: Any, prio: Any,
+        interned: list,
+    ) -> tuple[bytes, bytes]:  # fmt: skip
+        """A log record's event head and LogMessage prefix, kept in _logs (until the
+        state is emitted again) when its arguments are plain."""
+        location = (_as_str(file), _as_str(function), line if type(line) is int else 0)
+        level = prio if type(prio) is int and 0 <= prio <= 7 else 0
+        prefix = log_message_prefix(self._intern(SOURCE_LOCATIONS, location, interned), level)
+        fixed = (self._head(INSTANT, _as_str(name), _as_str(category), 0, interned), prefix)
+        plain = (name, category, file, function)
+        if all(type(x) is str for x in plain) and type(line) is int and type(prio) is int:
+            if len(self._logs) >= MAX_CACHED:
+                self._logs.clear()
+            self._logs[name, category, file, function, line, prio] = fixed
+        return fixed
 
     # -- tracks ---------------------------------------------------------------------------
 
@@ -401,6 +427,7 @@ class TrackEventSequence:
         self._interned.clear()
         self._next_iid = 1
         self._cache.clear()
+        self._logs.clear()
         ts = self._now()
         for descriptor in self._base:
             w.write_packet(ts + descriptor)

@@ -147,9 +147,15 @@ def source_location_entry(iid: int, file: str, function: str, line: int) -> byte
     return field(tag(SOURCE_LOCATIONS, LEN), body)
 
 
-def log_message(location_iid: int, body_iid: int, prio: int) -> bytes:
-    message = _SOURCE_LOCATION_IID + varint(location_iid) + _BODY_IID + varint(body_iid)
-    return field(LOG_MESSAGE, message + _PRIO + varint(prio))
+def log_message_prefix(location_iid: int, prio: int) -> bytes:
+    """A LogMessage's fields but its body_iid (protobuf takes fields in any order):
+    the part that stays the same for every record of one source line and level."""
+    return _SOURCE_LOCATION_IID + varint(location_iid) + _PRIO + varint(prio)
+
+
+def log_message(prefix: bytes, body_iid: int) -> bytes:
+    """TrackEvent.log_message from log_message_prefix() and the body's iid."""
+    return field(LOG_MESSAGE, prefix + _BODY_IID + varint(body_iid))
 
 
 # -- track descriptors -----------------------------------------------------------------
