@@ -198,17 +198,7 @@ class TrackEventSequence:
         track: int = 0,
     ) -> None:
         """A slice begins on `track` (0: the thread's)."""
-        if args is None and not flows and not terminating_flows:
-            w = self._writer
-            if not w.incremental_state_invalid:
-                try:
-                    fields = self._cache.get((SLICE_BEGIN, name, category, track))
-                except TypeError:  # an unhashable name: the slow path copes
-                    fields = None
-                if fields is not None:
-                    w.write_packet(self._now() + fields)
-                    return
-        self._event(SLICE_BEGIN, name, category, args, flows, terminating_flows, track)
+        self._point(SLICE_BEGIN, name, category, args, flows, terminating_flows, track)
 
     def end(self, track: int = 0) -> None:
         """The innermost open slice of `track` (0: the thread's) ends."""
@@ -235,17 +225,26 @@ class TrackEventSequence:
         track: int = 0,
     ) -> None:
         """A zero-length event on `track` (0: the thread's)."""
+        self._point(INSTANT, name, category, args, flows, terminating_flows, track)
+
+    def _point(
+        self, type_: int, name: Any, category: Any, args: Any, flows: Any,
+        terminating_flows: Any, track: int,
+    ) -> None:  # fmt: skip
+        """A slice begin or an instant: the fast path (an event seen since the last
+        clear, without args or flows: cached bytes after a fresh timestamp), else
+        the slow one."""
         if args is None and not flows and not terminating_flows:
             w = self._writer
             if not w.incremental_state_invalid:
                 try:
-                    fields = self._cache.get((INSTANT, name, category, track))
+                    fields = self._cache.get((type_, name, category, track))
                 except TypeError:  # an unhashable name: the slow path copes
                     fields = None
                 if fields is not None:
                     w.write_packet(self._now() + fields)
                     return
-        self._event(INSTANT, name, category, args, flows, terminating_flows, track)
+        self._event(type_, name, category, args, flows, terminating_flows, track)
 
     def counter(self, name: str, value: int | float, category: str = "", unit: str = "") -> None:
         """A value on the counter track `name` of the process (described on first

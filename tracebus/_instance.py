@@ -192,24 +192,20 @@ class TrackEventInstance:
             seq.busy = False
 
     def counter(self, name: str, value: int | float, category: str, unit: str) -> None:
-        seq = self._sequence()
-        if seq is None or seq.busy:
-            return
-        seq.busy = True
-        try:
-            if self.live:
-                seq.events.counter(name, value, category, unit)
-        finally:
-            seq.busy = False
+        self._guarded(TrackEventSequence.counter, name, value, category, unit)
 
     def log(self, body: str, prio: int, file: str, function: str, line: int, category: str) -> None:
+        self._guarded(TrackEventSequence.log, body, prio, file, function, line, category)
+
+    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
+        """write(the thread's sequence, *args) under its busy flag, while live."""
         seq = self._sequence()
         if seq is None or seq.busy:
             return
         seq.busy = True
         try:
             if self.live:
-                seq.events.log(body, prio, file, function, line, category)
+                write(seq.events, *args)
         finally:
             seq.busy = False
 
