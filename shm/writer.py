@@ -196,9 +196,17 @@ class TraceWriter:
             if c >= MAX_PACKETS_PER_CHUNK:
                 self._fast_limit = -1
             return
-        self._begin_packet()
-        self.write(data)
-        self._end_packet()
+        try:
+            self._begin_packet()
+            self.write(data)
+            self._end_packet()
+        except BaseException:
+            # An exception inside a packet (KeyboardInterrupt from a signal handler,
+            # SMBExhaustedError aside) leaves the chunk in a state no later write
+            # can continue: the writer gives up on it (see abandon()).
+            if self._in_packet:
+                self.abandon()
+            raise
 
     def new_packet(self) -> TracePacket:
         """Start a packet to fill with protozero calls; end it with end() or `with`."""
@@ -227,6 +235,23 @@ class TraceWriter:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def abandon(self) -> None:
+        """Any thread: stop using this writer without touching its chunk, whose
+        owner may be in the middle of a packet (an interrupted write, a signal
+        handler that shuts tracing down). Later writes are dropped and counted;
+        the chunk is never returned (the service scrapes its complete packets);
+        the writer id stays taken, so that nobody reuses it under the chunk."""
+        self._closed = True
+        self._fast_limit = -1
+        self._in_packet = False
+        self._lost = False
+        self._dropping = True
+        self._buf = self._scratch
+        self._wptr, self._end = 0, SCRATCH_CHUNK_SIZE
+        self._chunk = None
+        self._open_sizes.clear()
+        self._patches.clear()
 
     def close(self) -> None:
         """Flush and give the writer id back; later writes are dropped (counted)."""

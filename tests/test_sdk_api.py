@@ -58,6 +58,9 @@ class FakeInstance:
     def dropped_packets(self) -> int:
         return 0
 
+    def abandon_own_write(self) -> None:
+        self.calls.append(("abandon_own_write",))
+
 
 class FakeProducer:
     """start_thread() and stop() as the runtime uses them; `starts` are the

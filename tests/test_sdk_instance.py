@@ -164,6 +164,7 @@ class BrokenWriter:
     incremental_state_invalid = True
     dropped_packets = 0
     broken = True
+    closed = False
 
     def __init__(self) -> None:
         self.packets: list[bytes] = []
@@ -308,3 +309,48 @@ def test_a_stop_and_a_thread_end_never_both_release_a_writer(monkeypatch):
     go.set()
     t.join(10)
     assert released == []  # so the ending thread leaves it alone
+
+
+class InterruptedWriter(BrokenWriter):
+    """A writer whose first write is interrupted mid-packet (a Ctrl-C): it gives
+    up its chunk, as TraceWriter.abandon does."""
+
+    interrupts = 1
+
+    def write_packet(self, data: bytes) -> None:
+        if InterruptedWriter.interrupts and not self.closed:
+            InterruptedWriter.interrupts -= 1
+            self.closed = True
+            raise KeyboardInterrupt
+        if self.closed:
+            self.dropped_packets += 1
+            return
+        self.packets.append(data)
+
+
+def test_a_ctrl_c_inside_a_write_reaches_the_app_and_the_next_event_writes_again(monkeypatch):
+    import tracebus
+    from tracebus import _runtime
+
+    writers: list[InterruptedWriter] = []
+
+    def new_writer() -> InterruptedWriter:
+        writers.append(InterruptedWriter())
+        return writers[-1]
+
+    monkeypatch.setattr(BrokenWriter, "broken", False)
+    _runtime.WANTED.clear()
+    runtime = _runtime.Runtime(_runtime.WANTED, service_appeared=lambda endpoint: False)
+    runtime.state = _runtime.RUNNING
+    monkeypatch.setattr(_runtime, "current", runtime)
+    runtime.add_instance(TrackEventInstance(new_writer, CategoryFilter.from_config(None), "a", 1))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tracebus.instant("interrupted")
+        for _ in range(3):
+            tracebus.instant("after")
+        assert len(writers) == 2  # a new sequence on a new writer
+        assert len(writers[1].packets) >= 3 and writers[0].packets == []
+        assert tracebus.stats()["errors"] == 0
+    finally:
+        _runtime.WANTED.clear()

@@ -683,3 +683,39 @@ def test_an_app_with_a_thread_per_request_loses_nothing(rt):
     assert sorted(e.args["i"] for e in trace.named("request") if e.type == 1) == list(range(400))
     assert len(trace.named("step")) == 400
     assert "stats 0 0" in (rt.dir / "perrequest.log").read_text()
+
+
+SIGNAL_SHUTDOWN_APP = """
+import os, signal, sys, threading, time, tracebus
+
+def on_term(signum, frame):  # the usual graceful exit, run between two bytecodes of an event
+    t = time.monotonic()
+    tracebus.shutdown()
+    print(f"shutdown took {time.monotonic() - t:.3f}", flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+tracebus.instant("ready")
+print("ready", flush=True)
+i = 0
+while True:
+    with tracebus.slice("work", args={"i": i, "pad": "x" * 200}):  # long: the slow path
+        i += 1
+"""
+
+
+def test_shutdown_in_a_signal_handler_that_interrupted_a_write(rt):
+    """The handler's own thread is inside a write: shutdown does not wait for it
+    (it cannot end first) nor close its writer under it, and returns at once."""
+    consumer = start_session(rt)
+    path = rt.write_file("sigshut.py", SIGNAL_SHUTDOWN_APP)
+    proc = rt.spawn("sigshut", [str(path)], app_env(rt), lines=True)
+    rt.wait_output(proc, r"^ready$", timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert rt.finish(proc, timeout=30) == 0
+    log = (rt.dir / "sigshut.log").read_text()  # stderr
+    took = float(rt.wait_output(proc, r"shutdown took ([\d.]+)").group(1))
+    assert took < 0.5, (took, log)
+    assert "Traceback" not in log and "failed" not in log, log
+    trace = read_trace(rt, consumer, proc.pid)
+    assert trace.named("ready") and trace.named("work")

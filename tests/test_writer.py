@@ -407,3 +407,35 @@ def test_a_write_after_close_never_takes_a_chunk_under_the_released_id():
     assert (strip_first(got), aborted) == ([test_packet(0, 10)], 0)
     assert old.dropped_packets == 50
     assert rig.all_free()
+
+
+def test_a_packet_interrupted_by_an_exception_gives_the_writer_up_but_not_the_smb():
+    """KeyboardInterrupt inside a packet: the writer abandons its chunk (no later
+    write can continue it) and drops from then on; what it completed before and
+    other writers' packets are intact, and the exception reaches the caller."""
+    rig = Rig()
+    w, other = rig.arbiter.create_trace_writer(1), rig.arbiter.create_trace_writer(1)
+    w.write_packet(test_packet(0, 10))
+    w.flush()
+    real_write = w.write
+    calls = []
+
+    def interrupted(data):
+        calls.append(len(data))
+        raise KeyboardInterrupt
+
+    w.write = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        w.write_packet(test_packet(1, 500))  # the slow path
+    w.write = real_write
+    assert calls and w.closed
+    for i in range(20):
+        w.write_packet(test_packet(i, 300))
+        other.write_packet(test_packet(i, 300))
+    w.flush()
+    other.flush()
+    assert w.dropped_packets == 20
+    got, aborted = rig.packets(w)
+    assert (strip_first(got), aborted) == ([test_packet(0, 10)], 0)
+    got, aborted = rig.packets(other)
+    assert (strip_first(got), aborted) == ([test_packet(i, 300) for i in range(20)], 0)

@@ -68,10 +68,11 @@ def flow_ids(flow: Any) -> Sequence[int]:
 class ThreadSequence:
     """One thread's sequence into one instance."""
 
-    __slots__ = ("busy", "events", "writer", "tasks", "owner", "__weakref__")
+    __slots__ = ("busy", "abandoned", "events", "writer", "tasks", "owner", "__weakref__")
 
     def __init__(self, events: TrackEventSequence, writer: TraceWriter) -> None:
         self.busy = False  # set by its thread around each write (see the module docstring)
+        self.abandoned = False  # its write cannot end before the instance stops
         self.events = events
         self.writer = writer
         self.owner = threading.get_ident()
@@ -163,6 +164,9 @@ class TrackEventInstance:
             ends = () if terminate_flow is None else flow_ids(terminate_flow)
             seq.events.begin(name, category, args, flows, ends, track)
             return (seq, track)
+        except BaseException:
+            self._interrupted(seq)
+            raise
         finally:
             seq.busy = False
 
@@ -174,6 +178,9 @@ class TrackEventInstance:
         try:
             if self.live:
                 seq.events.end(track)
+        except BaseException:
+            self._interrupted(seq)
+            raise
         finally:
             seq.busy = False
 
@@ -188,6 +195,9 @@ class TrackEventInstance:
                 flows = () if flow is None else flow_ids(flow)
                 ends = () if terminate_flow is None else flow_ids(terminate_flow)
                 seq.events.instant(name, category, args, flows, ends, track)
+        except BaseException:
+            self._interrupted(seq)
+            raise
         finally:
             seq.busy = False
 
@@ -206,8 +216,29 @@ class TrackEventInstance:
         try:
             if self.live:
                 write(seq.events, *args)
+        except BaseException:
+            self._interrupted(seq)
+            raise
         finally:
             seq.busy = False
+
+    def _interrupted(self, seq: ThreadSequence) -> None:
+        """An exception left a write half done (a KeyboardInterrupt from a signal
+        handler, an error of ours): describe everything again before the next
+        event, and if the writer gave up its chunk (TraceWriter.abandon), the
+        thread's next event starts a new sequence on a new writer."""
+        try:
+            seq.writer.incremental_state_invalid = True
+            if not seq.writer.closed:
+                return
+            with self._lock:
+                if seq in self._sequences:
+                    self._sequences.remove(seq)
+            if getattr(self._local, "seq", None) is seq:
+                del self._local.seq
+                del self._local.end  # its thread_ended() sees seq busy and leaves it
+        except Exception:  # noqa: BLE001 - the exception in flight is the one to report
+            pass
 
     def _sequence(self) -> ThreadSequence | None:
         seq: ThreadSequence | None = getattr(self._local, "seq", None)
@@ -261,12 +292,22 @@ class TrackEventInstance:
         finally:
             self._lock.release()
         for seq in sequences:
-            while seq.busy:
+            while seq.busy and not seq.abandoned:
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.0001)  # a write takes microseconds; this is the stopping thread
         self._local = threading.local()  # threads' references go with their next event
         return True
+
+    def abandon_own_write(self) -> None:
+        """shutdown() on a thread inside a write of its own (a signal handler that ran
+        mid-event): that write cannot end before shutdown returns, so stop() must
+        not wait for it, nor may its writer be closed under it: it is given up
+        (TraceWriter.abandon) and the service scrapes what it completed."""
+        seq: ThreadSequence | None = getattr(self._local, "seq", None)
+        if seq is not None and seq.busy:
+            seq.abandoned = True
+            seq.writer.abandon()
 
     def dropped_packets(self) -> int:
         with self._lock:

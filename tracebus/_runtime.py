@@ -60,6 +60,7 @@ class Instance(Protocol):
 
     def wants(self, category: str, tags: tuple[str, ...]) -> bool: ...
     def dropped_packets(self) -> int: ...
+    def abandon_own_write(self) -> None: ...
 
 
 class Producer(Protocol):
@@ -102,7 +103,8 @@ class Runtime:
         self.factory = factory
         self.service_appeared = service_appeared
         self.environ = environ
-        self.lock = threading.Lock()
+        # Reentrant: a signal handler may call shutdown() while its thread holds it.
+        self.lock = threading.RLock()
         # Held by the start thread while it imports; a fork waits for it, or the
         # child would inherit module import locks held by a thread it does not have.
         self.importing = threading.Lock()
@@ -282,6 +284,12 @@ class Runtime:
             first = self.state != STOPPED
             self.state = STOPPED
             producer, self.producer = self.producer, None
+            instances = list(self.instances)
+        for instance in instances:
+            try:
+                instance.abandon_own_write()
+            except Exception as e:  # noqa: BLE001
+                self.count_error("shutdown", e)
         if not first:
             self.stopped.wait(timeout)
             return
