@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import tracebus
+from tests.waiting import wait_for
 from tracebus import _api, _runtime
 from tracebus._logging import log_priority
 
@@ -267,6 +268,29 @@ def test_the_first_call_waits_for_an_instance_when_asked(monkeypatch):
         threading.Thread(target=lambda: _go_when_made(rig), daemon=True).start()
         tracebus.instant("first")  # blocks until the fake producer starts its instance
         assert rig.instances[0].calls == [("instant", "first", "default", None, None, None)]
+    finally:
+        rig.runtime.shutdown(timeout=1)
+        _runtime.WANTED.clear()
+
+
+def test_other_threads_first_events_wait_to_the_same_deadline(monkeypatch):
+    """A pool whose threads all start tracing at once: each one's first event waits
+    for the instance too, not only the thread that made the first call."""
+    _runtime.WANTED.clear()
+    rig = Rig(monkeypatch, {"TRACEBUS_STARTUP_WAIT_S": "30"})
+    rig.auto_start = False
+    try:
+        first = threading.Thread(target=tracebus.instant, args=("first",))
+        first.start()
+        wait_for(lambda: rig.producers, 10, "the first call's producer")
+        others = [threading.Thread(target=tracebus.instant, args=(f"t{i}",)) for i in range(4)]
+        for t in others:
+            t.start()
+        rig.producers[0].go.set()
+        for t in [first, *others]:
+            t.join(10)
+        names = sorted(call[1] for call in rig.instances[0].calls)
+        assert names == ["first", "t0", "t1", "t2", "t3"]
     finally:
         rig.runtime.shutdown(timeout=1)
         _runtime.WANTED.clear()

@@ -38,6 +38,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -112,6 +113,7 @@ class Runtime:
         self.name: str | None = None  # init(name=)
         self.endpoint: str | None = None  # init(endpoint=)
         self.wait_s: float | None = None  # init(wait_for_start=)
+        self.wait_until = 0.0  # time.monotonic() when the startup wait ends (0: none)
         self.producer_name = ""
         self.producer: Producer | None = None
         self.instances: list[Instance] = []
@@ -144,6 +146,8 @@ class Runtime:
                 return
             self.state = STARTING
             wait_s = self._startup_wait()
+            if wait_s > 0:
+                self.wait_until = time.monotonic() + wait_s
             self.producer_name = producer_name(self.name, self.environ)
             if self.name:
                 # Children started with spawn or forkserver (and subprocesses) read the
@@ -229,6 +233,12 @@ class Runtime:
         """The instances that want `category`, remembered in WANTED."""
         if self.state == IDLE:
             self.ensure_started()
+        elif self.wait_until and not self.instance_started.is_set() and self.state != STOPPED:
+            # Other threads' first events during the startup wait wait too (to the
+            # same deadline): "from the first line" holds for every thread.
+            remaining = self.wait_until - time.monotonic()
+            if remaining > 0:
+                self.instance_started.wait(remaining)
         with self.lock:
             tags = self.categories.get(category, ())
             wanted = tuple(i for i in self.instances if i.live and i.wants(category, tags))
