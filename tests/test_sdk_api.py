@@ -234,15 +234,22 @@ def test_trace_decorates_functions_and_keeps_their_behaviour(rig):
     def fail() -> None:
         raise KeyError("x")
 
+    @tracebus.trace("positional")
+    def named() -> str:
+        return "ok"
+
     assert add(2, 3) == 5 and add.__doc__ == "adds" and add.__name__ == "add"
     with pytest.raises(KeyError):
         fail()
+    assert named() == "ok"
     calls = [c[:3] for c in rig.instances[0].calls]
     assert calls == [
         ("begin", f"{add.__qualname__}", "default"),
         ("end", add.__qualname__),
         ("begin", "custom", "io"),
         ("end", "custom"),
+        ("begin", "positional", "default"),
+        ("end", "positional"),
     ]
 
 

@@ -153,14 +153,17 @@ def _number(value: object) -> int | float:
 def trace(fn: F, *, name: str | None = None, category: str = "default") -> F: ...
 @overload
 def trace(
-    fn: None = None, *, name: str | None = None, category: str = "default"
+    fn: str | None = None, *, name: str | None = None, category: str = "default"
 ) -> Callable[[F], F]: ...
 def trace(
-    fn: F | None = None, *, name: str | None = None, category: str = "default"
+    fn: F | str | None = None, *, name: str | None = None, category: str = "default"
 ) -> F | Callable[[F], F]:
     """Decorate a function (or an async def) so that each call is a slice named
-    after it (its __qualname__, or `name`). An async def's slice spans its awaits
-    and lives on its task's track. A generator's slice covers only its creation."""
+    after it (its __qualname__, or `name`; `@trace("name")` works too). An async
+    def's slice spans its awaits and lives on its task's track. A generator's (or
+    an async generator's) slice covers only its creation."""
+    if isinstance(fn, str):
+        name, fn = fn, None
 
     def decorate(f: F) -> F:
         if not callable(f):
