@@ -290,3 +290,14 @@ def test_usage_errors(rt: Runtime) -> None:
     argv = [PYTHON, "-m", "tracebus", "run", "-c", "bad.pbtxt", "--", PYTHON, "-c", "0"]
     result = rt.run(argv, cwd=rt.dir)
     assert result.returncode == 2 and "bad.pbtxt" in result.stderr
+
+
+def test_the_startup_wait_is_asked_for_only_when_the_session_records_track_events() -> None:
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    from tracebus.runner import default_config, records_track_events
+
+    assert records_track_events(default_config())
+    other = pb.TraceConfig()
+    other.data_sources.add().config.name = "tracebus.demo_timeline"
+    assert not records_track_events(other)  # no instance would come: no 5 s wait per process

@@ -7,10 +7,11 @@
        still has to read the trace back);
     2. a session, started before the command: CONFIG, else default_config() (one
        32 MiB ring buffer, the SDK's "track_event" with Perfetto's defaults);
-    3. the command, with TRACEBUS_PRODUCER_SOCK, TRACEBUS_CONSUMER_SOCK and
-       TRACEBUS_STARTUP_WAIT_S=5 in its environment (every process it starts
-       inherits them): the SDK's first call waits, up to that bound, for its
-       instance to start, so the trace holds the app's first events;
+    3. the command, with TRACEBUS_PRODUCER_SOCK, TRACEBUS_CONSUMER_SOCK and, if
+       the config asks for "track_event", TRACEBUS_STARTUP_WAIT_S=5 in its
+       environment (every process it starts inherits them): the SDK's first call
+       waits, up to that bound, for its instance to start, so the trace holds the
+       app's first events;
     4. when the command exits: flush, stop, read back into OUT (tracebus.pftrace),
        print the record CLI's summary (actors/consumer_cli.py's Recording), and
        stop and remove our own service, whatever happened (failure, Ctrl-C).
@@ -301,7 +302,8 @@ def _record_command(
     except ConsumerError as e:
         raise RunError(f"error: {e}", EXIT_USAGE) from None
     env = {**os.environ, PRODUCER_ENV: producer, CONSUMER_ENV: consumer}
-    env[STARTUP_WAIT_ENV] = STARTUP_WAIT_S
+    if records_track_events(config):
+        env[STARTUP_WAIT_ENV] = STARTUP_WAIT_S
     command = Command(argv, env)
 
     def until_the_command_exits() -> None:
@@ -313,6 +315,13 @@ def _record_command(
     if command.code is None:  # never ran: the session could not start
         raise RunError("the command was not run", result or EXIT_FAILED)
     return command.code or (EXIT_FAILED if result != EXIT_OK else 0)
+
+
+def records_track_events(config: TraceConfig) -> bool:
+    """Whether the session asks for the API's data source: only then is a first
+    call's wait worth it (with no track_event instance coming it would wait the
+    whole bound, in every process)."""
+    return any(ds.config.name == "track_event" for ds in config.data_sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
