@@ -200,12 +200,13 @@ class TraceWriter:
             self._begin_packet()
             self.write(data)
             self._end_packet()
+        except SMBExhaustedError:
+            raise  # the STALL policy gave up on this packet; the writer is consistent
         except BaseException:
-            # An exception inside a packet (KeyboardInterrupt from a signal handler,
-            # SMBExhaustedError aside) leaves the chunk in a state no later write
-            # can continue: the writer gives up on it (see abandon()).
-            if self._in_packet:
-                self.abandon()
+            # Anything else (a KeyboardInterrupt from a signal handler) may have
+            # stopped the slow path between two steps of a chunk change: no later
+            # write could trust the writer's state, so it gives up (abandon()).
+            self.abandon()
             raise
 
     def new_packet(self) -> TracePacket:

@@ -59,8 +59,9 @@ class FakeInstance:
     def dropped_packets(self) -> int:
         return 0
 
-    def abandon_own_write(self) -> None:
+    def abandon_own_write(self) -> bool:
         self.calls.append(("abandon_own_write",))
+        return False
 
 
 class FakeProducer:

@@ -719,3 +719,55 @@ def test_shutdown_in_a_signal_handler_that_interrupted_a_write(rt):
     assert "Traceback" not in log and "failed" not in log, log
     trace = read_trace(rt, consumer, proc.pid)
     assert trace.named("ready") and trace.named("work")
+
+
+BARRIER_APP = """
+import threading, tracebus
+start = threading.Barrier(8)
+
+def work(i):
+    start.wait()  # all eight make their first call at once
+    with tracebus.slice("s", args={"i": i}):
+        pass
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_threads_that_start_tracing_together_all_wait_for_the_start(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "together", BARRIER_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert sorted(e.args["i"] for e in trace.named("s") if e.type == 1) == list(range(8))
+
+
+POOL_APP = """
+import threading, tracebus
+from concurrent.futures import ThreadPoolExecutor
+
+busy = threading.Barrier(100)
+
+def task(i):
+    if i < 100:
+        busy.wait(30)  # all 100 threads hold a writer at once
+    with tracebus.slice("task", args={"i": i}):
+        pass
+
+with ThreadPoolExecutor(100) as pool:
+    list(pool.map(task, range(1000)))
+print("dropped", tracebus.stats()["dropped_packets"], flush=True)
+"""
+
+
+def test_a_pool_of_a_hundred_threads_loses_nothing(rt):
+    """Each writing thread holds a chunk of the SMB: the SDK's SMB has room for
+    hundreds (Perfetto's default 256 KiB, 64 chunks, dropped from the 65th)."""
+    consumer = start_session(rt)
+    app = run_app(rt, "pool", POOL_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert sorted(e.args["i"] for e in trace.named("task") if e.type == 1) == list(range(1000))
+    assert "dropped 0" in (rt.dir / "pool.log").read_text()

@@ -439,3 +439,28 @@ def test_a_packet_interrupted_by_an_exception_gives_the_writer_up_but_not_the_sm
     assert (strip_first(got), aborted) == ([test_packet(0, 10)], 0)
     got, aborted = rig.packets(other)
     assert (strip_first(got), aborted) == ([test_packet(i, 300) for i in range(20)], 0)
+
+
+def test_an_interrupt_between_two_steps_of_a_chunk_change_gives_the_writer_up():
+    """KeyboardInterrupt right after the chunk was returned, before the writer
+    forgot it (no packet open): later writes must not return it again."""
+    rig = Rig()
+    w = rig.arbiter.create_trace_writer(1)
+    w.write_packet(test_packet(0, 10))
+    real = rig.arbiter.return_chunk
+
+    def returned_then_interrupted(ref, target_buffer):
+        real(ref, target_buffer)
+        raise KeyboardInterrupt
+
+    rig.arbiter.return_chunk = returned_then_interrupted
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(100):  # until the chunk is full and goes back
+            w.write_packet(test_packet(i, 300))
+    rig.arbiter.return_chunk = real
+    assert w.closed
+    dropped = w.dropped_packets
+    for i in range(20):
+        w.write_packet(test_packet(i, 300))  # no "was not BEING_WRITTEN"
+    w.flush()
+    assert w.dropped_packets == dropped + 20

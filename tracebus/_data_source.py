@@ -20,6 +20,11 @@ from actors.track_event_config import CategoryFilter
 from shm.writer import BufferExhaustedPolicy
 from tracebus._instance import TrackEventInstance
 
+# Every thread that writes holds a chunk of the SMB: Perfetto's default 256 KiB (64
+# chunks of 4 KiB) would make the 65th thread of a pool drop. 2 MiB (512 chunks;
+# the service maps it, pages are touched only as used) serves pools of hundreds.
+SMB_SIZE_KB = 2048
+
 
 class Runtime(Protocol):
     """What the data source needs of tracebus/_runtime.py's Runtime (no import of it:
@@ -64,6 +69,6 @@ class TrackEventDataSource(DataSource):
 def make_producer(name: str, endpoint: str | None, runtime: Runtime) -> Producer:
     """A producer named `name` hosting track_event for `runtime`, not started."""
     cls = type(TrackEventDataSource.__name__, (TrackEventDataSource,), {"runtime": runtime})
-    producer = Producer(name, endpoint=endpoint)
+    producer = Producer(name, endpoint=endpoint, smb_size_kb=SMB_SIZE_KB)
     producer.register(cls)
     return producer

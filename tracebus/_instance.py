@@ -144,6 +144,7 @@ class TrackEventInstance:
         # Guards _sequences (threads add theirs); reentrant: creating a writer may log.
         self._lock = threading.RLock()
         self._sequences: list[ThreadSequence] = []
+        self._retired_drops = 0  # packets dropped by sequences of ended threads
 
     def wants(self, category: str, tags: tuple[str, ...]) -> bool:
         return self.filter.enabled(category, tags)
@@ -234,6 +235,7 @@ class TrackEventInstance:
             with self._lock:
                 if seq in self._sequences:
                     self._sequences.remove(seq)
+                    self._retired_drops += seq.writer.dropped_packets
             if getattr(self._local, "seq", None) is seq:
                 del self._local.seq
                 del self._local.end  # its thread_ended() sees seq busy and leaves it
@@ -274,6 +276,7 @@ class TrackEventInstance:
                     return
                 self._sequences.remove(seq)
                 self._release_writer(seq.writer)
+                self._retired_drops += seq.writer.dropped_packets
         finally:
             seq.busy = False
 
@@ -299,16 +302,19 @@ class TrackEventInstance:
         self._local = threading.local()  # threads' references go with their next event
         return True
 
-    def abandon_own_write(self) -> None:
+    def abandon_own_write(self) -> bool:
         """shutdown() on a thread inside a write of its own (a signal handler that ran
         mid-event): that write cannot end before shutdown returns, so stop() must
         not wait for it, nor may its writer be closed under it: it is given up
         (TraceWriter.abandon) and the service scrapes what it completed."""
         seq: ThreadSequence | None = getattr(self._local, "seq", None)
-        if seq is not None and seq.busy:
-            seq.abandoned = True
-            seq.writer.abandon()
+        if seq is None or not seq.busy:
+            return False
+        seq.abandoned = True
+        seq.writer.abandon()
+        return True
 
     def dropped_packets(self) -> int:
         with self._lock:
-            return sum(seq.writer.dropped_packets for seq in self._sequences)
+            live = sum(seq.writer.dropped_packets for seq in self._sequences)
+            return self._retired_drops + live

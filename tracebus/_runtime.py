@@ -61,7 +61,7 @@ class Instance(Protocol):
 
     def wants(self, category: str, tags: tuple[str, ...]) -> bool: ...
     def dropped_packets(self) -> int: ...
-    def abandon_own_write(self) -> None: ...
+    def abandon_own_write(self) -> bool: ...
 
 
 class Producer(Protocol):
@@ -144,10 +144,10 @@ class Runtime:
             if self.environ.get(DISABLE_ENV, "") not in ("", "0"):
                 self.state = DISABLED
                 return
-            self.state = STARTING
             wait_s = self._startup_wait()
-            if wait_s > 0:
+            if wait_s > 0:  # before the state: a thread that sees STARTING sees the deadline
                 self.wait_until = time.monotonic() + wait_s
+            self.state = STARTING
             self.producer_name = producer_name(self.name, self.environ)
             if self.name:
                 # Children started with spawn or forkserver (and subprocesses) read the
@@ -233,7 +233,7 @@ class Runtime:
         """The instances that want `category`, remembered in WANTED."""
         if self.state == IDLE:
             self.ensure_started()
-        elif self.wait_until and not self.instance_started.is_set() and self.state != STOPPED:
+        if self.wait_until and not self.instance_started.is_set() and self.state != STOPPED:
             # Other threads' first events during the startup wait wait too (to the
             # same deadline): "from the first line" holds for every thread.
             remaining = self.wait_until - time.monotonic()
@@ -289,20 +289,34 @@ class Runtime:
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
         """Stop the producer (its instances flush and commit) and stay stopped. Callers
-        after the first wait for it to finish, up to `timeout`."""
+        after the first wait for it to finish, up to `timeout`. Called by a signal
+        handler that interrupted a write of its own thread, it does not wait: that
+        write may hold a lock the stop needs, so the stop goes on in the background
+        (and the exit flush waits for it, after the handler)."""
         with self.lock:
             first = self.state != STOPPED
             self.state = STOPPED
             producer, self.producer = self.producer, None
             instances = list(self.instances)
+        mid_write = False
         for instance in instances:
             try:
-                instance.abandon_own_write()
+                mid_write = bool(instance.abandon_own_write()) or mid_write
             except Exception as e:  # noqa: BLE001
                 self.count_error("shutdown", e)
         if not first:
-            self.stopped.wait(timeout)
+            if not mid_write:
+                self.stopped.wait(timeout)
             return
+        if mid_write:
+            threading.Thread(
+                target=self._stop_producer, args=(producer, timeout),
+                name="tracebus-stop", daemon=True,
+            ).start()  # fmt: skip
+            return
+        self._stop_producer(producer, timeout)
+
+    def _stop_producer(self, producer: Producer | None, timeout: float) -> None:
         try:
             if producer is not None:
                 producer.stop(timeout)
