@@ -64,6 +64,15 @@ def _say(message: str) -> None:
     print(f"tracebus: {message}", file=sys.stderr, flush=True)
 
 
+class _PendingInterrupt:
+    """The interrupt target while the session is being enabled: remembers a Ctrl-C."""
+
+    asked = False
+
+    def interrupt(self) -> None:
+        self.asked = True
+
+
 class Recording:
     """One run of the record CLI: config in, trace file and summary out, an exit code."""
 
@@ -147,9 +156,15 @@ class Recording:
         """Connect, enable (and start), and wait for the session's end."""
         consumer = Consumer.connect(self.endpoint, self.connect_timeout, name="tracebus-cli")
         self.consumer = consumer
+        # The service may say the session started before enable() returns here: a
+        # Ctrl-C in between is kept, and stops the session once it is ours.
+        pending = _PendingInterrupt()
+        self.signals.target = pending
         enabled = consumer.enable(self.config, output_path=output_path)
         self.session_id = enabled.session_id
         self.signals.target = consumer  # from now on Ctrl-C stops the session
+        if pending.asked:
+            consumer.interrupt()
         self._learn_producers(consumer)
         if self.config.deferred_start and not enabled.started:
             consumer.start()
