@@ -120,6 +120,20 @@ class _ThreadEnd:
             pass
 
 
+def _instant(seq: ThreadSequence, name: str, category: str, args: Any, flow: Any, end: Any) -> None:
+    flows = () if flow is None else flow_ids(flow)
+    ends = () if end is None else flow_ids(end)
+    seq.events.instant(name, category, args, flows, ends, seq.current_track())
+
+
+def _counter(seq: ThreadSequence, *args: Any) -> None:
+    seq.events.counter(*args)
+
+
+def _log(seq: ThreadSequence, *args: Any) -> None:
+    seq.events.log(*args)
+
+
 class TrackEventInstance:
     """See the module docstring. `new_writer` is the host's DataSource.writer of
     this instance (the calling thread's writer)."""
@@ -186,27 +200,13 @@ class TrackEventInstance:
             seq.busy = False
 
     def instant(self, name: str, category: str, args: Any, flow: Any, terminate_flow: Any) -> None:
-        seq = self._sequence()
-        if seq is None or seq.busy:
-            return
-        seq.busy = True
-        try:
-            if self.live:
-                track = seq.current_track()
-                flows = () if flow is None else flow_ids(flow)
-                ends = () if terminate_flow is None else flow_ids(terminate_flow)
-                seq.events.instant(name, category, args, flows, ends, track)
-        except BaseException:
-            self._interrupted(seq)
-            raise
-        finally:
-            seq.busy = False
+        self._guarded(_instant, name, category, args, flow, terminate_flow)
 
     def counter(self, name: str, value: int | float, category: str, unit: str) -> None:
-        self._guarded(TrackEventSequence.counter, name, value, category, unit)
+        self._guarded(_counter, name, value, category, unit)
 
     def log(self, body: str, prio: int, file: str, function: str, line: int, category: str) -> None:
-        self._guarded(TrackEventSequence.log, body, prio, file, function, line, category)
+        self._guarded(_log, body, prio, file, function, line, category)
 
     def _guarded(self, write: Callable[..., None], *args: Any) -> None:
         """write(the thread's sequence, *args) under its busy flag, while live."""
@@ -216,7 +216,7 @@ class TrackEventInstance:
         seq.busy = True
         try:
             if self.live:
-                write(seq.events, *args)
+                write(seq, *args)
         except BaseException:
             self._interrupted(seq)
             raise
