@@ -513,3 +513,35 @@ def test_the_sdk_threads_are_named_as_the_logging_handler_expects():
     from actors.producer import THREAD_NAME
 
     assert THREAD_NAME.startswith("tracebus-")
+
+
+def test_the_first_call_re_entered_by_a_signal_handler_starts_once(monkeypatch):
+    """A signal handler that traces, run in the middle of the first call's start:
+    no import happens there (a module half loaded would fail), and one producer
+    starts, not two."""
+    _runtime.WANTED.clear()
+    rig = Rig(monkeypatch, {})
+    real = rig.runtime._startup_wait
+    inner: list[Any] = []
+
+    def interrupted_here() -> float:  # as if a handler ran at this point of the start
+        tracebus.instant("from the handler")
+        inner.append(rig.runtime.state)
+        return real()
+
+    monkeypatch.setattr(rig.runtime, "_startup_wait", interrupted_here)
+    try:
+        tracebus.instant("first")
+        wait_for(lambda: rig.producers, 10, "the producer")
+        assert inner == [_runtime.IDLE] and len(rig.producers) == 1
+        assert tracebus.stats()["errors"] == 0
+    finally:
+        rig.runtime.shutdown(timeout=1)
+        _runtime.WANTED.clear()
+
+
+def test_the_sdk_uses_the_environment_names_of_actors_endpoints():
+    from actors import endpoints
+
+    assert _runtime.STARTUP_WAIT_ENV == endpoints.STARTUP_WAIT_ENV
+    assert _runtime.PRODUCER_NAME_ENV == endpoints.PRODUCER_NAME_ENV

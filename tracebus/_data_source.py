@@ -20,10 +20,11 @@ from actors.track_event_config import CategoryFilter
 from shm.writer import BufferExhaustedPolicy
 from tracebus._instance import TrackEventInstance
 
-# Every thread that writes holds a chunk of the SMB: Perfetto's default 256 KiB (64
-# chunks of 4 KiB) would make the 65th thread of a pool drop. 2 MiB (512 chunks;
-# the service maps it, pages are touched only as used) serves pools of hundreds.
-SMB_SIZE_KB = 2048
+# Every thread that writes holds a chunk of the SMB, and a busy one a second that the
+# service has yet to copy: Perfetto's default 256 KiB (64 chunks of 4 KiB) makes a
+# pool of 40 threads drop. 8 MiB (2048 chunks; pages are touched only as used)
+# serves several hundred writing threads.
+SMB_SIZE_KB = 8192
 
 
 class Runtime(Protocol):

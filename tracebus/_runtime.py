@@ -46,6 +46,10 @@ from typing import Any, Protocol
 log = logging.getLogger("tracebus")
 
 DISABLE_ENV = "TRACEBUS_DISABLE"
+# actors.endpoints' names, copied: the first call imports nothing (a signal handler
+# that calls the API mid-import would find a module half loaded).
+STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"
+PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"
 SHUTDOWN_TIMEOUT_S = 5.0  # flush and detach at exit: bounded, the app is leaving
 FORK_IMPORT_WAIT_S = 10.0  # a fork waits at most this for the start thread's imports
 SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's socket
@@ -110,6 +114,7 @@ class Runtime:
         # child would inherit module import locks held by a thread it does not have.
         self.importing = threading.Lock()
         self.state = IDLE
+        self._entered = False  # ensure_started() is under way (a re-entry returns)
         self.name: str | None = None  # init(name=)
         self.endpoint: str | None = None  # init(endpoint=)
         self.wait_s: float | None = None  # init(wait_for_start=)
@@ -117,6 +122,7 @@ class Runtime:
         self.producer_name = ""
         self.producer: Producer | None = None
         self.instances: list[Instance] = []
+        self.ended: list[Instance] = []  # stopped instances: their drops still count in stats()
         self.categories: dict[str, tuple[str, ...]] = {}  # define_category(): name -> tags
         self.instance_started = threading.Event()
         self.stopped = threading.Event()  # shutdown() finished
@@ -138,9 +144,10 @@ class Runtime:
         for a track_event instance if a startup wait was asked for."""
         if self.state != IDLE:
             return
-        with self.lock:
-            if self.state != IDLE:
-                return
+        with self.lock:  # reentrant: other threads wait here, this one may re-enter
+            if self.state != IDLE or self._entered:
+                return  # started, or re-entered by a signal handler on this thread
+            self._entered = True
             if self.environ.get(DISABLE_ENV, "") not in ("", "0"):
                 self.state = DISABLED
                 return
@@ -152,8 +159,6 @@ class Runtime:
             if self.name:
                 # Children started with spawn or forkserver (and subprocesses) read the
                 # name from the environment: they carry the app's chosen name too.
-                from actors.endpoints import PRODUCER_NAME_ENV
-
                 self.environ[PRODUCER_NAME_ENV] = self.name
             threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
         _register_exit_flush()
@@ -163,8 +168,6 @@ class Runtime:
     def _startup_wait(self) -> float:
         if self.wait_s is not None:
             return max(0.0, self.wait_s)
-        from actors.endpoints import STARTUP_WAIT_ENV  # light; only on first use
-
         try:
             return max(0.0, float(self.environ.get(STARTUP_WAIT_ENV) or 0))
         except ValueError:
@@ -225,6 +228,7 @@ class Runtime:
         with self.lock:
             if instance in self.instances:
                 self.instances.remove(instance)
+                self.ended.append(instance)
             self.wanted.clear()
 
     # -- categories ----------------------------------------------------------------------------
@@ -269,8 +273,9 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             instances = list(self.instances)
+            every = instances + self.ended
         dropped = 0
-        for instance in instances:
+        for instance in every:
             try:
                 dropped += instance.dropped_packets()
             except Exception:  # noqa: BLE001 - a stats call must not raise either
@@ -326,6 +331,7 @@ class Runtime:
             with self.lock:
                 for instance in self.instances:
                     instance.live = False
+                self.ended += self.instances
                 self.instances.clear()
                 self.wanted.clear()
             self.stopped.set()
@@ -349,8 +355,6 @@ class Runtime:
 def producer_name(explicit: str | None, environ: Any) -> str:
     """init(name=), else $TRACEBUS_PRODUCER_NAME, else the script's name; a
     multiprocessing child adds its process name: "app (Worker-2)"."""
-    from actors.endpoints import PRODUCER_NAME_ENV
-
     name = explicit or environ.get(PRODUCER_NAME_ENV) or script_name()
     mp = sys.modules.get("multiprocessing")
     if mp is not None and mp.parent_process() is not None:
