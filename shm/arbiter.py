@@ -19,7 +19,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from shm.abi import LAYOUT_CHUNKS, MAX_WRITER_ID, ChunkRef, SharedMemoryABI, layout_of
+from shm.abi import (
+    BEING_WRITTEN,
+    CHUNK_HEADER,
+    LAYOUT_CHUNKS,
+    MAX_WRITER_ID,
+    ChunkRef,
+    SharedMemoryABI,
+    chunk_state,
+    layout_of,
+)
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.ids import IdPool
 from shm.writer import BufferExhaustedPolicy, TraceWriter
@@ -114,6 +123,26 @@ class SharedMemoryArbiter:
             full = self._pending_bytes >= self._threshold
         if full:
             self.commit()
+
+    def reclaim_chunk(
+        self, ref: ChunkRef, writer_id: int, chunk_id: int, target_buffer: int
+    ) -> bool:
+        """A writer gave `ref` up mid-change (TraceWriter.abandon), so it may or may
+        not have been returned already: return it now only if it is still this
+        writer's (BEING_WRITTEN with its writer and chunk id: under the lock,
+        which acquire_chunk holds while it writes a fresh header, and the writer
+        id is not reused before this). Its packets are validated by the service
+        like any others. True if it went back."""
+        with self._lock:
+            if chunk_state(self.abi.bitmap(ref.page), ref.chunk) != BEING_WRITTEN:
+                return False
+            header_chunk_id, header_writer_id, _ = CHUNK_HEADER.unpack_from(
+                self.abi.buf, ref.offset
+            )
+            if (header_writer_id, header_chunk_id) != (writer_id, chunk_id):
+                return False
+        self.return_chunk(ref, target_buffer)
+        return True
 
     def add_patches(self, patches: list[ChunkToPatch]) -> None:
         with self._lock:

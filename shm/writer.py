@@ -75,6 +75,9 @@ class ChunkSource(Protocol):
 
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None: ...
     def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
+    def reclaim_chunk(
+        self, ref: ChunkRef, writer_id: int, chunk_id: int, target_buffer: int
+    ) -> bool: ...
     def add_patches(self, patches: list[ChunkToPatch]) -> None: ...
     def commit(self) -> None: ...
     def commit_flush(self, writer_id: int, ticket: int) -> None: ...
@@ -178,6 +181,8 @@ class TraceWriter:
         # After close() the writer id may belong to a new writer: a late write must
         # never take a chunk under it (it is dropped and counted instead).
         self._closed = False
+        self._abandoned: tuple[ChunkRef, int] | None = None  # (chunk, its id), see abandon()
+        self._id_held_by_abandon = False  # abandon() kept the id; salvage() frees it
 
     # -- the fast path: one pre-encoded TracePacket --------------------------------
 
@@ -243,7 +248,11 @@ class TraceWriter:
         handler that shuts tracing down). Later writes are dropped and counted;
         the chunk is never returned (the service scrapes its complete packets);
         the writer id stays taken, so that nobody reuses it under the chunk."""
+        if not self._closed:
+            self._id_held_by_abandon = True
         self._closed = True
+        if self._chunk is not None:  # salvage() may give it back, on the owner's thread
+            self._abandoned = (self._chunk, self._chunk_id)
         self._fast_limit = -1
         self._in_packet = False
         self._lost = False
@@ -253,6 +262,20 @@ class TraceWriter:
         self._chunk = None
         self._open_sizes.clear()
         self._patches.clear()
+
+    def salvage(self) -> None:
+        """Owner thread, once the write abandon() interrupted has unwound: give the
+        abandoned chunk back if it is still this writer's (its packets go to the
+        service, which validates them; a torn one is counted there), then the
+        writer id. Without this an abandoned writer keeps its chunk and its id."""
+        if not self._id_held_by_abandon:
+            return
+        self._id_held_by_abandon = False
+        if self._abandoned is not None:
+            (ref, chunk_id), self._abandoned = self._abandoned, None
+            if self._arbiter.reclaim_chunk(ref, self.writer_id, chunk_id, self.target_buffer):
+                self._arbiter.commit()
+        self._arbiter.release_writer_id(self.writer_id)
 
     def close(self) -> None:
         """Flush and give the writer id back; later writes are dropped (counted)."""

@@ -464,3 +464,27 @@ def test_an_interrupt_between_two_steps_of_a_chunk_change_gives_the_writer_up():
         w.write_packet(test_packet(i, 300))  # no "was not BEING_WRITTEN"
     w.flush()
     assert w.dropped_packets == dropped + 20
+
+
+def test_salvage_gives_an_abandoned_writers_chunk_and_id_back():
+    """Many interrupted writes (a Ctrl-C now and then in a long-lived app): each
+    abandoned writer's chunk and id go back once its thread left the write, so the
+    SMB never fills with them; the packets it completed reach the service."""
+    rig = Rig(pages=4)
+    for round_ in range(50):  # far more than the SMB's chunks
+        w = rig.arbiter.create_trace_writer(1)
+        w.write_packet(test_packet(round_, 10))
+        real = w.write
+
+        def interrupted(data):
+            raise KeyboardInterrupt
+
+        w.write = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            w.write_packet(test_packet(1, 500))
+        w.write = real
+        w.salvage()
+        w.salvage()  # once is enough
+        got, _ = rig.packets(w)
+        assert strip_first(got) == [test_packet(round_, 10)]
+    assert rig.all_free()

@@ -227,18 +227,23 @@ class TrackEventInstance:
         """An exception left a write half done (a KeyboardInterrupt from a signal
         handler, an error of ours): describe everything again before the next
         event, and if the writer gave up its chunk (TraceWriter.abandon), the
-        thread's next event starts a new sequence on a new writer."""
+        thread's next event starts a new sequence on a new writer, and the old
+        writer's chunk and id go back (TraceWriter.salvage: this thread has left
+        the write), once the host has forgotten it."""
         try:
             seq.writer.incremental_state_invalid = True
             if not seq.writer.closed:
                 return
-            with self._lock:
-                if seq in self._sequences:
-                    self._sequences.remove(seq)
-                    self._retired_drops += seq.writer.dropped_packets
             if getattr(self._local, "seq", None) is seq:
                 del self._local.seq
                 del self._local.end  # its thread_ended() sees seq busy and leaves it
+            with self._lock:
+                if seq not in self._sequences:
+                    return  # stop() took it: the host closes what is left
+                self._sequences.remove(seq)
+                self._retired_drops += seq.writer.dropped_packets
+                self._release_writer(seq.writer)
+                seq.writer.salvage()
         except Exception:  # noqa: BLE001 - the exception in flight is the one to report
             pass
 
