@@ -41,6 +41,8 @@ def source(jobs: Any, count: int) -> None:
 
 
 def worker(jobs: Any, results: Any) -> None:
+    # On the timeline from its start, even if the other workers take every job.
+    tracebus.instant("worker_ready", category="work")
     seen: set[bytes] = set()
     while (item := jobs.get()) is not DONE:
         job, payload = item
