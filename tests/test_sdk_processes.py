@@ -771,3 +771,30 @@ def test_a_pool_of_a_hundred_threads_loses_nothing(rt):
     trace = read_trace(rt, consumer, app.pid)
     assert sorted(e.args["i"] for e in trace.named("task") if e.type == 1) == list(range(1000))
     assert "dropped 0" in (rt.dir / "pool.log").read_text()
+
+
+LOGGING_APP = """
+import logging, time, tracebus
+logging.basicConfig(level=logging.INFO)  # the SDK's own INFO lines reach the handler too
+logging.getLogger().addHandler(tracebus.LoggingHandler())
+start = time.monotonic()
+logging.getLogger("app").warning("first record")
+with tracebus.slice("work"):
+    pass
+print("first calls took", round(time.monotonic() - start, 3), flush=True)
+"""
+
+
+def test_a_logging_handler_on_an_info_root_logger_neither_stalls_nor_loses(rt):
+    """The producer's own INFO records reach the root logger's LoggingHandler on
+    the producer's thread: they are skipped before anything could wait there (a
+    stall until the startup wait's end, and every event lost, before)."""
+    consumer = start_session(rt)
+    path = rt.write_file("loginfo.py", LOGGING_APP)
+    proc = rt.spawn("loginfo", [str(path)], app_env(rt), lines=True)
+    assert rt.finish(proc, timeout=90) == 0
+    took = float(rt.wait_output(proc, r"first calls took ([\d.]+)").group(1))
+    assert took < 10, took  # the startup wait is 30 s here: it ended with the start
+    trace = read_trace(rt, consumer, proc.pid)
+    assert [e.log[0] for e in trace.events if e.log] == ["first record"]
+    assert trace.named("work")

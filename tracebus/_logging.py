@@ -47,7 +47,7 @@ def _ours(record: logging.LogRecord) -> bool:
     return (
         name == "tracebus"
         or name.startswith("tracebus.")
-        or (record.threadName or "").startswith("tracebus-")
+        or (record.threadName or "").startswith(_runtime.SDK_THREAD_PREFIX)
     )
 
 
@@ -67,10 +67,12 @@ class LoggingHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if _ours(record):  # first: the SDK's threads must not even resolve (or wait)
+                return
             wanted = _wanted.get(self.category)
             if wanted is None:
                 wanted = _runtime.current.resolve(self.category)
-            if not wanted or _ours(record):
+            if not wanted:
                 return
             body = self.format(record) if self.formatter is not None else record.getMessage()
             prio = log_priority(record.levelno)

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 log = logging.getLogger("tracebus")
 
 DISABLE_ENV = "TRACEBUS_DISABLE"
+SDK_THREAD_PREFIX = "tracebus-"  # the producer's and the start's threads
 # actors.endpoints' names, copied: the first call imports nothing (a signal handler
 # that calls the API mid-import would find a module half loaded).
 STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"
@@ -237,7 +238,12 @@ class Runtime:
         """The instances that want `category`, remembered in WANTED."""
         if self.state == IDLE:
             self.ensure_started()
-        if self.wait_until and not self.instance_started.is_set() and self.state != STOPPED:
+        if (
+            self.wait_until
+            and not self.instance_started.is_set()
+            and self.state != STOPPED
+            and not threading.current_thread().name.startswith(SDK_THREAD_PREFIX)
+        ):  # (the SDK's own threads start the instance: they must never wait for it)
             # Other threads' first events during the startup wait wait too (to the
             # same deadline): "from the first line" holds for every thread.
             remaining = self.wait_until - time.monotonic()
