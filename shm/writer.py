@@ -245,9 +245,10 @@ class TraceWriter:
     def abandon(self) -> None:
         """Any thread: stop using this writer without touching its chunk, whose
         owner may be in the middle of a packet (an interrupted write, a signal
-        handler that shuts tracing down). Later writes are dropped and counted;
-        the chunk is never returned (the service scrapes its complete packets);
-        the writer id stays taken, so that nobody reuses it under the chunk."""
+        handler that shuts tracing down). Later writes are dropped and counted.
+        The chunk and the writer id stay taken, so that nobody reuses them under
+        the owner, until the owner calls salvage() once it has left the write;
+        without that the service scrapes the chunk's complete packets."""
         if not self._closed:
             self._id_held_by_abandon = True
         self._closed = True
