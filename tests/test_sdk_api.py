@@ -305,11 +305,9 @@ def test_other_threads_first_events_wait_to_the_same_deadline(monkeypatch):
 
 
 def _go_when_made(rig: Rig) -> None:
-    deadline = time.monotonic() + 10
-    while not rig.producers and time.monotonic() < deadline:
-        time.sleep(0.001)  # polling for the producer object the first call creates
-    if rig.producers:
-        rig.producers[0].go.set()
+    """Let the fake producer start its instance once the first call has made it."""
+    wait_for(lambda: rig.producers, 10, "the producer the first call creates")
+    rig.producers[0].go.set()
 
 
 def test_the_startup_wait_is_bounded_and_happens_once(monkeypatch):
