@@ -1,5 +1,6 @@
-"""Build glue: the compiled pieces are shm/_atomics.c and shm/_validate.c (metadata
-lives in pyproject.toml)."""
+"""Build glue: the compiled pieces are shm/_atomics.c and shm/_validate.c, and the
+optional C twins of the hot paths (shm/native.py: a machine without a compiler
+installs and runs on the pure-Python twins). Metadata lives in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -7,5 +8,13 @@ setup(
     ext_modules=[
         Extension("shm._atomics", ["shm/_atomics.c"], extra_compile_args=["-O2"]),
         Extension("shm._validate", ["shm/_validate.c"], extra_compile_args=["-O2"]),
+        Extension(
+            "tracebus._speedups",
+            ["tracebus/_speedups.c"],
+            include_dirs=["shm"],
+            depends=["shm/_writer_api.h"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

@@ -186,6 +186,13 @@ class TrackEventSequence:
         self.refused = 0  # counters and async tracks refused beyond MAX_TRACKS
         writer.incremental_state_invalid = True  # new tracks: describe them first
 
+    def tables(self) -> tuple[dict, dict, dict]:
+        """The fast path's caches, which the compiled twin (tracebus/_speedups.c)
+        reads directly: (type, name, category, track) -> event fields; track ->
+        SLICE_END fields; counter name -> body up to the value. Cleared in place,
+        never replaced."""
+        return self._cache, self._ends, self._counters
+
     # -- events ---------------------------------------------------------------------------
 
     def begin(

@@ -7,6 +7,12 @@ TRACEBUS_STARTUP_WAIT_S. When no session wants an event's category, the call
 costs one dict lookup (tracebus/_runtime.py's WANTED) and slice() returns a
 shared no-op context manager. The first call starts the producer in the
 background; nothing heavy is imported here.
+
+slice(), instant() and counter() below are the readable reference. When the
+compiled twin was built (tracebus/_speedups.c; shm/native.py), the module's
+public names are its functions instead: they do the common case (str name and
+category, no args or flows, an event seen before on this thread) in C and hand
+everything else to the functions below, which they were built over.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
+from shm.native import compiled
 from tracebus import _runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -137,6 +144,14 @@ def counter(name: str, value: float, category: str = "default", unit: str = "") 
                 instance.counter(_text(name), number, _text(category), _text(unit))
     except Exception as e:
         _error("counter", e)
+
+
+py_slice, py_instant, py_counter = slice, instant, counter  # the pure-Python twins
+_speedups = compiled("tracebus._speedups")
+if _speedups is not None:
+    _compiled = _speedups.Api(_wanted, py_slice, py_instant, py_counter, _error)
+    _NO_SLICE = _speedups.NO_SLICE  # one shared no-op, whichever twin returns it
+    slice, instant, counter = _compiled.slice, _compiled.instant, _compiled.counter
 
 
 def _number(value: object) -> int | float:

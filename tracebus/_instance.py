@@ -32,6 +32,12 @@ instants go to the task's own track (TrackEventSequence.async_track, named
 after the task), so interleaved tasks never close each other's slices; the
 track is forgotten when the task is done (a done callback, which runs on the
 loop's thread, the sequence's owner).
+
+The compiled twin. ThreadSequence and TrackEventInstance build on
+SequenceCore and InstanceCore: from tracebus/_speedups.c when it was built
+(shm/native.py), whose slice()/instant()/counter() then read the busy and live
+flags, the writer and the sequence's caches as C members; else on the pure
+classes below, which hold the same attributes.
 """
 
 from __future__ import annotations
@@ -43,10 +49,11 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.track_event import TrackEventSequence, flow_id
 from actors.track_event_config import CategoryFilter
+from shm.native import compiled
 from shm.writer import TraceWriter
 
 _modules = sys.modules  # asyncio is looked up, never imported: no loop runs without it
@@ -57,6 +64,30 @@ STOP_WAIT_S = 1.0  # how long on_stop waits for a write in progress (microsecond
 boottime_ns: Callable[[], int] = partial(time.clock_gettime_ns, time.CLOCK_BOOTTIME)
 
 
+class _PySequenceCore:
+    """The pure twin of _speedups.SequenceCore: what the compiled path reads of
+    a ThreadSequence (unused by the pure-Python path, but for busy and writer)."""
+
+    __slots__ = ("busy", "abandoned", "writer", "cache", "ends", "counters", "clock")
+
+
+class _PyInstanceCore:
+    """The pure twin of _speedups.InstanceCore: an instance's live flag and the
+    threading.local holding each thread's sequence."""
+
+    live: bool
+    _local: threading.local
+
+
+_speedups = compiled("tracebus._speedups")
+if TYPE_CHECKING:
+    from tracebus._speedups import InstanceCore, SequenceCore
+elif _speedups is not None:
+    SequenceCore, InstanceCore = _speedups.SequenceCore, _speedups.InstanceCore
+else:
+    SequenceCore, InstanceCore = _PySequenceCore, _PyInstanceCore
+
+
 def flow_ids(flow: Any) -> Sequence[int]:
     """flow= / terminate_flow=: one key, or a list/tuple/set of keys (callers
     pass () themselves for None, the common case)."""
@@ -65,16 +96,26 @@ def flow_ids(flow: Any) -> Sequence[int]:
     return (flow_id(flow),)
 
 
-class ThreadSequence:
+class ThreadSequence(SequenceCore):
     """One thread's sequence into one instance."""
 
-    __slots__ = ("busy", "abandoned", "events", "writer", "tasks", "owner", "__weakref__")
+    __slots__ = ("events", "tasks", "owner", "__weakref__")
 
-    def __init__(self, events: TrackEventSequence, writer: TraceWriter) -> None:
+    writer: TraceWriter
+
+    def __init__(
+        self, events: TrackEventSequence, writer: TraceWriter, clock: Callable[[], int] | None
+    ) -> None:
         self.busy = False  # set by its thread around each write (see the module docstring)
         self.abandoned = False  # its write cannot end before the instance stops
         self.events = events
         self.writer = writer
+        # What the compiled path reads: the caches of a real sequence only (a test's
+        # fake has none, and then every event takes the Python path); clock None
+        # means CLOCK_BOOTTIME, read in C.
+        tables = events.tables() if hasattr(events, "tables") else (None, None, None)
+        self.cache, self.ends, self.counters = tables
+        self.clock = clock
         self.owner = threading.get_ident()
         self.tasks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
@@ -134,7 +175,7 @@ def _log(seq: ThreadSequence, *args: Any) -> None:
     seq.events.log(*args)
 
 
-class TrackEventInstance:
+class TrackEventInstance(InstanceCore):
     """See the module docstring. `new_writer` is the host's DataSource.writer of
     this instance (the calling thread's writer)."""
 
@@ -262,7 +303,7 @@ class TrackEventInstance:
                 writer, self.clock, pid=self.pid, tid=threading.get_native_id(),
                 process_name=self.process_name, thread_name=threading.current_thread().name,
             )  # fmt: skip
-            seq = ThreadSequence(events, writer)
+            seq = ThreadSequence(events, writer, None if self.clock is boottime_ns else self.clock)
             self._sequences.append(seq)
             self._local.seq = seq
             self._local.end = _ThreadEnd(self, seq)
