@@ -1,4 +1,5 @@
-"""Build glue: the compiled pieces are shm/_atomics.c and shm/_validate.c (metadata
+"""Build glue: the compiled pieces are shm/_atomics.c, shm/_validate.c and
+shm/_writer.c (optional: the pure-Python twin stands in without a compiler; metadata
 lives in pyproject.toml)."""
 
 from setuptools import Extension, setup
@@ -7,5 +8,12 @@ setup(
     ext_modules=[
         Extension("shm._atomics", ["shm/_atomics.c"], extra_compile_args=["-O2"]),
         Extension("shm._validate", ["shm/_validate.c"], extra_compile_args=["-O2"]),
+        Extension(
+            "shm._writer",
+            ["shm/_writer.c"],
+            depends=["shm/_writer_api.h"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )
