@@ -31,7 +31,7 @@ from shm.abi import (
 )
 from shm.commits import ChunkToMove, ChunkToPatch, CommitBatch
 from shm.ids import IdPool
-from shm.writer import BufferExhaustedPolicy, TraceWriter
+from shm.writer import BufferExhaustedPolicy, TraceWriter, TraceWriterMethods
 
 _new_tuple = tuple.__new__
 
@@ -65,9 +65,13 @@ class SharedMemoryArbiter:
     # -- writers ------------------------------------------------------------------
 
     def create_trace_writer(
-        self, target_buffer: int, policy: BufferExhaustedPolicy = BufferExhaustedPolicy.DROP
+        self,
+        target_buffer: int,
+        policy: BufferExhaustedPolicy = BufferExhaustedPolicy.DROP,
+        writer_type: type[TraceWriterMethods] = TraceWriter,
     ) -> TraceWriter:
-        return TraceWriter(self, self._allocate_writer_id(), target_buffer, policy)
+        """A writer with a fresh id; `writer_type` PyTraceWriter gives the pure twin."""
+        return writer_type(self, self._allocate_writer_id(), target_buffer, policy)  # type: ignore[return-value]
 
     def _allocate_writer_id(self) -> int:
         with self._lock:

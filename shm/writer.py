@@ -32,6 +32,11 @@ previous_packet_dropped) and by the SDK when the service asks for a clear; the
 owner of the state clears it when it re-emits. Setting it is off the
 per-packet path.
 
+write_packet's fast path (a whole packet appended to the current chunk) is
+`WriterCore.write_packet`: compiled in shm/_writer.c when it was built, else
+its pure-Python twin in shm/writer_core.py (`PyTraceWriter` always uses the
+twin); the rest (`_write_packet_slow` and everything else) is Python here.
+
 Flushes asked from another thread: a writer belongs to one thread, so another
 thread cannot return its chunk. `request_flush()` (any thread) hands out a
 ticket and forces the next write onto the slow path (`_fast_limit = -1`), which
@@ -46,8 +51,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from shm import native
 from shm._atomics import store32
 from shm.abi import (
     CHUNK_HEADER_SIZE,
@@ -64,6 +70,15 @@ from shm.abi import (
 from shm.commits import ChunkToPatch
 from shm.packets import encode_size4, write_size4
 from shm.protozero import Message
+from shm.writer_core import WriterCore as PyWriterCore
+
+_compiled = native.compiled("shm._writer")
+if TYPE_CHECKING:
+    _MethodsBase = PyWriterCore  # the attributes the methods share with the core
+    _Core = PyWriterCore
+else:
+    _MethodsBase = object
+    _Core = PyWriterCore if _compiled is None else _compiled.WriterCore
 
 
 class ChunkSource(Protocol):
@@ -122,7 +137,7 @@ class TracePacket(Message):
 
     __slots__ = ("_writer",)
 
-    def __init__(self, writer: TraceWriter) -> None:
+    def __init__(self, writer: TraceWriterMethods) -> None:
         super().__init__(writer)
         self._writer = writer
 
@@ -134,8 +149,9 @@ class TracePacket(Message):
         return size
 
 
-class TraceWriter:
-    """Writes TracePackets of one sequence into chunks of the SMB. One thread only."""
+class TraceWriterMethods(_MethodsBase):
+    """Everything of a TraceWriter but write_packet's fast path, which comes from
+    its WriterCore (see TraceWriter and PyTraceWriter at the end)."""
 
     def __init__(
         self,
@@ -158,7 +174,7 @@ class TraceWriter:
         self._next_chunk_id = 0
         self._wptr = 0
         self._end = 0
-        self._fast_limit = -1  # write_packet's fast path needs wptr + n < this
+        self._fast_limit = -1  # see shm/writer_core.py
         self._finished = 0  # complete packets in the current chunk
         self._flags = 0
         self._hdr_word = 0
@@ -184,23 +200,10 @@ class TraceWriter:
         self._abandoned: tuple[ChunkRef, int] | None = None  # (chunk, its id), see abandon()
         self._id_held_by_abandon = False  # abandon() kept the id; salvage() frees it
 
-    # -- the fast path: one pre-encoded TracePacket --------------------------------
+    # -- write_packet: the fast path is WriterCore's (shm/writer_core.py, shm/_writer.c) --
 
-    def write_packet(self, data: bytes) -> None:
-        """Append one serialized TracePacket."""
-        n = len(data)
-        w = self._wptr
-        if n < 128 and w + n < self._fast_limit:
-            buf = self._buf
-            buf[w] = n
-            buf[w + 1 : w + 1 + n] = data
-            self._wptr = w + 1 + n
-            c = self._finished + 1
-            self._finished = c
-            store32(buf, self._hdr_word, self._hdr_hi | ((c + 1) << 16))  # inflated
-            if c >= MAX_PACKETS_PER_CHUNK:
-                self._fast_limit = -1
-            return
+    def _write_packet_slow(self, data: bytes) -> None:
+        """write_packet when the fast path cannot take the packet."""
         try:
             self._begin_packet()
             self.write(data)
@@ -284,6 +287,10 @@ class TraceWriter:
             return
         self.flush()
         self._closed = True
+        if not self._in_packet:
+            # Off the SMB: a compiled core holds the buffer it writes into, which
+            # would keep the region from closing while this object lives on.
+            self._enter_drop_mode()
         self._arbiter.release_writer_id(self.writer_id)
 
     # -- the Stream protocol used by protozero Messages -------------------------------
@@ -579,3 +586,13 @@ class TraceWriter:
                 for cid, items in groups.items()
             ]
         )
+
+
+class TraceWriter(TraceWriterMethods, _Core):
+    """Writes TracePackets of one sequence into chunks of the SMB. One thread only.
+    write_packet's fast path is compiled (shm/_writer.c) when it was built."""
+
+
+class PyTraceWriter(TraceWriterMethods, PyWriterCore):
+    """The same writer on the pure-Python fast path (shm/writer_core.py): the
+    reference the compiled one is tested against."""

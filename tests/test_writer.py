@@ -481,7 +481,7 @@ def test_salvage_gives_an_abandoned_writers_chunk_and_id_back():
 
         w.write = interrupted
         with pytest.raises(KeyboardInterrupt):
-            w.write_packet(test_packet(1, 500))
+            w.write_packet(test_packet(1, 5000))  # larger than a chunk: the slow path
         w.write = real
         w.salvage()
         w.salvage()  # once is enough
