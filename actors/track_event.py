@@ -179,19 +179,23 @@ class TrackEventSequence:
         self._counters: dict[str, bytes] = {}  # name -> TrackEvent body up to the value
         self._interned: dict[tuple[int, Any], int] = {}  # (InternedData field, key) -> iid
         self._next_iid = 1
-        self._cache: dict[tuple, bytes] = {}  # (type, name, category, track) -> event fields
+        # The fast path's event fields, for a begin and for an instant: track ->
+        # category -> name -> fields (nested, so a lookup builds no key tuple).
+        self._begins: dict[int, dict[str, dict[str, bytes]]] = {}
+        self._instants: dict[int, dict[str, dict[str, bytes]]] = {}
+        self._cached = 0  # entries in both
         self._logs: dict[tuple, tuple[bytes, bytes]] = {}  # log(): head and LogMessage prefix
         self._ends: dict[int, bytes] = {}  # track -> SLICE_END event fields
         self._high, self._tail = -1, b""  # _now(): the clock's bits above 28, encoded
         self.refused = 0  # counters and async tracks refused beyond MAX_TRACKS
         writer.incremental_state_invalid = True  # new tracks: describe them first
 
-    def tables(self) -> tuple[dict, dict, dict]:
+    def tables(self) -> tuple[dict, dict, dict, dict]:
         """The fast path's caches, which the compiled twin (tracebus/_speedups.c)
-        reads directly: (type, name, category, track) -> event fields; track ->
-        SLICE_END fields; counter name -> body up to the value. Cleared in place,
-        never replaced."""
-        return self._cache, self._ends, self._counters
+        reads directly: begins and instants (track -> category -> name -> event
+        fields), ends (track -> SLICE_END fields), counters (name -> body up to
+        the value). Cleared in place, never replaced."""
+        return self._begins, self._instants, self._ends, self._counters
 
     # -- events ---------------------------------------------------------------------------
 
@@ -244,9 +248,10 @@ class TrackEventSequence:
         if args is None and not flows and not terminating_flows:
             w = self._writer
             if not w.incremental_state_invalid:
+                table = self._begins if type_ == SLICE_BEGIN else self._instants
                 try:
-                    fields = self._cache.get((type_, name, category, track))
-                except TypeError:  # an unhashable name: the slow path copes
+                    fields = table[track][category][name]
+                except (KeyError, TypeError):  # not seen yet, or unhashable: the slow path
                     fields = None
                 if fields is not None:
                     w.write_packet(self._now() + fields)
@@ -372,9 +377,11 @@ class TrackEventSequence:
         head = self._head(type_, _as_str(name), _as_str(category), track, interned)
         plain = args is None and not flows and not terminating_flows
         if plain and type(name) is str and type(category) is str and type(track) is int:
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()
-            self._cache[type_, name, category, track] = event_fields(head)
+            if self._cached >= MAX_CACHED:
+                self._clear_cache()
+            table = self._begins if type_ == SLICE_BEGIN else self._instants
+            table.setdefault(track, {}).setdefault(category, {})[name] = event_fields(head)
+            self._cached += 1
         if args is not None:
             head += self._annotations(args, interned)
         head += _flows(FLOW_IDS, flows) + _flows(TERMINATING_FLOW_IDS, terminating_flows)
@@ -432,13 +439,18 @@ class TrackEventSequence:
         w.incremental_state_invalid = False
         self._interned.clear()
         self._next_iid = 1
-        self._cache.clear()
+        self._clear_cache()
         self._logs.clear()
         ts = self._now()
         for descriptor in self._base:
             w.write_packet(ts + descriptor)
         for descriptor in list(self._tracks.values()):
             w.write_packet(ts + descriptor)
+
+    def _clear_cache(self) -> None:
+        self._begins.clear()
+        self._instants.clear()
+        self._cached = 0
 
     def _add_track(self, uuid: int, descriptor: bytes) -> bool:
         """Keep a track for re-emission, and describe it now unless the next

@@ -68,15 +68,19 @@ class _PySequenceCore:
     """The pure twin of _speedups.SequenceCore: what the compiled path reads of
     a ThreadSequence (unused by the pure-Python path, but for busy and writer)."""
 
-    __slots__ = ("busy", "abandoned", "writer", "cache", "ends", "counters", "clock")
+    __slots__ = ("busy", "abandoned", "writer", "begins", "instants", "ends", "counters", "clock")
 
 
 class _PyInstanceCore:
     """The pure twin of _speedups.InstanceCore: an instance's live flag and the
-    threading.local holding each thread's sequence."""
+    threading.local holding each thread's sequence (the compiled one also keeps
+    the last writing thread's, which forget_thread() drops)."""
 
     live: bool
     _local: threading.local
+
+    def forget_thread(self) -> None:
+        pass
 
 
 _speedups = compiled("tracebus._speedups")
@@ -113,8 +117,8 @@ class ThreadSequence(SequenceCore):
         # What the compiled path reads: the caches of a real sequence only (a test's
         # fake has none, and then every event takes the Python path); clock None
         # means CLOCK_BOOTTIME, read in C.
-        tables = events.tables() if hasattr(events, "tables") else (None, None, None)
-        self.cache, self.ends, self.counters = tables
+        tables = events.tables() if hasattr(events, "tables") else (None,) * 4
+        self.begins, self.instants, self.ends, self.counters = tables
         self.clock = clock
         self.owner = threading.get_ident()
         self.tasks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
@@ -278,6 +282,7 @@ class TrackEventInstance(InstanceCore):
             if getattr(self._local, "seq", None) is seq:
                 del self._local.seq
                 del self._local.end  # its thread_ended() sees seq busy and leaves it
+                self.forget_thread()
             with self._lock:
                 if seq not in self._sequences:
                     return  # stop() took it: the host closes what is left
@@ -307,12 +312,14 @@ class TrackEventInstance(InstanceCore):
             self._sequences.append(seq)
             self._local.seq = seq
             self._local.end = _ThreadEnd(self, seq)
+            self.forget_thread()
         return seq
 
     def thread_ended(self, seq: ThreadSequence) -> None:
         """The thread of `seq` ends (its _ThreadEnd is being dropped): on that thread,
         hand its writer back. Anywhere else (the thread-locals replaced by stop(),
         or a forked child clearing its parent's threads) nothing is touched."""
+        self.forget_thread()  # its thread id may come back with a new thread
         if threading.get_ident() != seq.owner or os.getpid() != self.pid or seq.busy:
             return
         seq.busy = True
@@ -346,6 +353,7 @@ class TrackEventInstance(InstanceCore):
                     return False
                 time.sleep(0.0001)  # a write takes microseconds; this is the stopping thread
         self._local = threading.local()  # threads' references go with their next event
+        self.forget_thread()
         return True
 
     def abandon_own_write(self) -> bool:

@@ -3,7 +3,7 @@
  *
  * Only the common case is done here: a name and category given as str, no
  * args and no flows, one thread's sequence already made, its incremental state
- * valid, the event already in the sequence's cache (TrackEventSequence.tables():
+ * valid, the event already in the sequence's caches (TrackEventSequence.tables():
  * the very dicts the Python path fills), no asyncio task running on the thread.
  * Then an event is one clock read, TIMESTAMP + varint(ts) + the cached fields
  * composed on the stack, and one try_write into the chunk (shm/_writer_api.h).
@@ -45,7 +45,7 @@ static const unsigned char DOUBLE_COUNTER_VALUE[2] = {0xe1, 0x02};  /* field 44,
 static TracebusWriterAPI *writer_api;  /* NULL: no compiled writer, all goes to Python */
 static PyObject *str_seq, *str_begin, *str_end, *str_instant, *str_counter;
 static PyObject *str_write_packet, *str_interrupted, *str_asyncio, *str_default, *str_empty;
-static PyObject *zero, *begin_type, *instant_type;
+static PyObject *zero;
 static PyObject *get_running_loop;  /* _asyncio._get_running_loop, once asyncio is in use */
 
 /* -- the two bases ------------------------------------------------------------------ */
@@ -55,7 +55,8 @@ typedef struct {
     char busy;
     char abandoned;
     PyObject *writer;
-    PyObject *cache;     /* (type, name, category, track) -> fields after the timestamp */
+    PyObject *begins;    /* track -> category -> name -> fields after the timestamp */
+    PyObject *instants;  /* the same for instants */
     PyObject *ends;      /* track -> SLICE_END fields */
     PyObject *counters;  /* name -> TrackEvent body up to the value */
     PyObject *clock;     /* None: CLOCK_BOOTTIME read here */
@@ -65,7 +66,8 @@ static PyMemberDef sequence_members[] = {
     {"busy", T_BOOL, offsetof(SequenceCore, busy), 0, "its thread is inside a write"},
     {"abandoned", T_BOOL, offsetof(SequenceCore, abandoned), 0, "its write cannot end"},
     {"writer", T_OBJECT, offsetof(SequenceCore, writer), 0, NULL},
-    {"cache", T_OBJECT, offsetof(SequenceCore, cache), 0, NULL},
+    {"begins", T_OBJECT, offsetof(SequenceCore, begins), 0, NULL},
+    {"instants", T_OBJECT, offsetof(SequenceCore, instants), 0, NULL},
     {"ends", T_OBJECT, offsetof(SequenceCore, ends), 0, NULL},
     {"counters", T_OBJECT, offsetof(SequenceCore, counters), 0, NULL},
     {"clock", T_OBJECT, offsetof(SequenceCore, clock), 0, NULL},
@@ -74,7 +76,8 @@ static PyMemberDef sequence_members[] = {
 
 static int sequence_traverse(SequenceCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->writer);
-    Py_VISIT(self->cache);
+    Py_VISIT(self->begins);
+    Py_VISIT(self->instants);
     Py_VISIT(self->ends);
     Py_VISIT(self->counters);
     Py_VISIT(self->clock);
@@ -83,7 +86,8 @@ static int sequence_traverse(SequenceCore *self, visitproc visit, void *arg) {
 
 static int sequence_clear(SequenceCore *self) {
     Py_CLEAR(self->writer);
-    Py_CLEAR(self->cache);
+    Py_CLEAR(self->begins);
+    Py_CLEAR(self->instants);
     Py_CLEAR(self->ends);
     Py_CLEAR(self->counters);
     Py_CLEAR(self->clock);
@@ -113,6 +117,11 @@ typedef struct {
     PyObject_HEAD
     char live;
     PyObject *local;  /* threading.local: .seq is the calling thread's ThreadSequence */
+    /* The last thread's local.seq, so that a thread writing in a row skips the
+     * threading.local lookup. Python calls forget_thread() whenever a thread's
+     * seq changes (made, given up, thread ended, instance stopped). */
+    unsigned long cached_ident;
+    PyObject *cached_seq;
 } InstanceCore;
 
 static PyMemberDef instance_members[] = {
@@ -123,13 +132,26 @@ static PyMemberDef instance_members[] = {
 
 static int instance_traverse(InstanceCore *self, visitproc visit, void *arg) {
     Py_VISIT(self->local);
+    Py_VISIT(self->cached_seq);
     return 0;
 }
 
 static int instance_clear(InstanceCore *self) {
     Py_CLEAR(self->local);
+    Py_CLEAR(self->cached_seq);
     return 0;
 }
+
+static PyObject *instance_forget_thread(InstanceCore *self, PyObject *unused) {
+    Py_CLEAR(self->cached_seq);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef instance_methods[] = {
+    {"forget_thread", (PyCFunction)instance_forget_thread, METH_NOARGS,
+     "A thread's sequence changed: look it up in _local again."},
+    {NULL},
+};
 
 static void instance_dealloc(InstanceCore *self) {
     PyObject_GC_UnTrack(self);
@@ -144,6 +166,7 @@ static PyTypeObject InstanceCoreType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "What the compiled event path reads of a TrackEventInstance.",
     .tp_members = instance_members,
+    .tp_methods = instance_methods,
     .tp_traverse = (traverseproc)instance_traverse,
     .tp_clear = (inquiry)instance_clear,
     .tp_dealloc = (destructor)instance_dealloc,
@@ -215,18 +238,26 @@ static SequenceCore *usable_sequence(PyObject *inst_obj) {
     if (writer_api == NULL || !PyObject_TypeCheck(inst_obj, &InstanceCoreType)) return NULL;
     InstanceCore *inst = (InstanceCore *)inst_obj;
     if (!inst->live || inst->local == NULL) return NULL;
-    PyObject *seq = PyObject_GetAttr(inst->local, str_seq);
-    if (seq == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(seq, &SequenceCoreType)) {
-        Py_DECREF(seq);
-        return NULL;
+    unsigned long me = PyThread_get_thread_ident();
+    PyObject *seq;
+    if (inst->cached_seq != NULL && inst->cached_ident == me) {
+        seq = Py_NewRef(inst->cached_seq);
+    } else {
+        seq = PyObject_GetAttr(inst->local, str_seq);
+        if (seq == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        if (!PyObject_TypeCheck(seq, &SequenceCoreType)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        Py_XSETREF(inst->cached_seq, Py_NewRef(seq));
+        inst->cached_ident = me;
     }
     SequenceCore *s = (SequenceCore *)seq;
-    if (s->busy || s->writer == NULL || s->cache == NULL || !PyDict_Check(s->cache)
-        || s->ends == NULL || !PyDict_Check(s->ends) || s->counters == NULL
+    if (s->busy || s->writer == NULL || s->begins == NULL || !PyDict_Check(s->begins)
+        || s->instants == NULL || !PyDict_Check(s->instants) || s->ends == NULL || !PyDict_Check(s->ends) || s->counters == NULL
         || !PyDict_Check(s->counters) || writer_api->state_invalid(s->writer) != 0) {
         Py_DECREF(seq);
         return NULL;
@@ -281,14 +312,11 @@ static int fast_point(PyObject *inst, int type, PyObject *name, PyObject *catego
     if (running) return running < 0 ? -1 : 0;
     SequenceCore *seq = usable_sequence(inst);
     if (seq == NULL) return 0;
-    PyObject *key = PyTuple_Pack(4, type == SLICE_BEGIN ? begin_type : instant_type,
-                                 name, category, zero);
-    if (key == NULL) {
-        Py_DECREF(seq);
-        return -1;
-    }
-    PyObject *fields = PyDict_GetItemWithError(seq->cache, key);  /* borrowed */
-    Py_DECREF(key);
+    /* table[0][category][name]: borrowed references, nothing allocated */
+    PyObject *fields = PyDict_GetItemWithError(type == SLICE_BEGIN ? seq->begins : seq->instants,
+                                               zero);
+    if (fields != NULL) fields = PyDict_Check(fields) ? PyDict_GetItemWithError(fields, category) : NULL;
+    if (fields != NULL) fields = PyDict_Check(fields) ? PyDict_GetItemWithError(fields, name) : NULL;
     if (fields == NULL && PyErr_Occurred()) {
         Py_DECREF(seq);
         return -1;
@@ -452,6 +480,9 @@ typedef struct {
 } Slice;
 
 static PyTypeObject SliceType, NoSliceType;
+#define SLICE_FREELIST 32
+static Slice *slice_freelist[SLICE_FREELIST];
+static int slice_free_count;
 static PyObject *no_slice;
 
 static PyObject *POINT_ARGS[5];  /* name, category, args, flow, terminate_flow */
@@ -477,7 +508,13 @@ static PyObject *api_slice(Api *api, PyObject *const *args, Py_ssize_t nargsf,
     }
     if (PyTuple_GET_SIZE(wanted) == 0) return Py_NewRef(no_slice);
     if (PyTuple_GET_SIZE(wanted) > 1) return forward(api->py_slice, args, nargsf, kwnames);
-    Slice *s = PyObject_New(Slice, &SliceType);
+    Slice *s;
+    if (slice_free_count > 0) {  /* a freelist: a slice is made and dropped per `with` */
+        s = slice_freelist[--slice_free_count];
+        _Py_NewReference((PyObject *)s);
+    } else {
+        s = PyObject_New(Slice, &SliceType);
+    }
     if (s == NULL) {
         if (report(api, "slice") < 0) return NULL;
         return Py_NewRef(no_slice);
@@ -540,7 +577,11 @@ static void slice_dealloc(Slice *self) {
     Py_XDECREF(self->category);
     Py_XDECREF(self->inst);
     Py_XDECREF(self->token);
-    PyObject_Free(self);
+    if (slice_free_count < SLICE_FREELIST) {
+        slice_freelist[slice_free_count++] = self;
+    } else {
+        PyObject_Free(self);
+    }
 }
 
 static PyMethodDef slice_methods[] = {
@@ -756,15 +797,17 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     COUNTER_ARGS[0] = POINT_ARGS[0];
     COUNTER_ARGS[2] = POINT_ARGS[1];
     zero = PyLong_FromLong(0);
-    begin_type = PyLong_FromLong(SLICE_BEGIN);
-    instant_type = PyLong_FromLong(INSTANT);
-    if (zero == NULL || begin_type == NULL || instant_type == NULL) return NULL;
+    if (zero == NULL) return NULL;
     if (PyType_Ready(&SequenceCoreType) < 0 || PyType_Ready(&InstanceCoreType) < 0
         || PyType_Ready(&SliceType) < 0 || PyType_Ready(&NoSliceType) < 0
         || PyType_Ready(&ApiType) < 0) {
         return NULL;
     }
-    writer_api = (TracebusWriterAPI *)PyCapsule_Import(TRACEBUS_WRITER_CAPSULE, 0);
+    /* PyCapsule_Import imports only the package: the module first. */
+    PyObject *writer_module = PyImport_ImportModule("shm._writer");
+    Py_XDECREF(writer_module);
+    writer_api = writer_module == NULL ? NULL
+        : (TracebusWriterAPI *)PyCapsule_Import(TRACEBUS_WRITER_CAPSULE, 0);
     if (writer_api == NULL) PyErr_Clear();  /* no compiled writer: Python does every event */
     no_slice = PyObject_New(PyObject, &NoSliceType);
     if (no_slice == NULL) return NULL;

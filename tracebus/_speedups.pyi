@@ -8,7 +8,8 @@ class SequenceCore:
     busy: bool
     abandoned: bool
     writer: Any
-    cache: dict[Any, bytes] | None
+    begins: dict[int, dict[str, dict[str, bytes]]] | None
+    instants: dict[int, dict[str, dict[str, bytes]]] | None
     ends: dict[Any, bytes] | None
     counters: dict[str, bytes] | None
     clock: Callable[[], int] | None
@@ -16,6 +17,7 @@ class SequenceCore:
 class InstanceCore:
     live: bool
     _local: threading.local
+    def forget_thread(self) -> None: ...
 
 class Api:
     def __init__(
