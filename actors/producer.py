@@ -52,7 +52,7 @@ from actors.core import producer_core as core
 from actors.endpoints import default_producer_endpoint
 from actors.loop import Loop
 from actors.producer_host import ProducerHost
-from actors.producer_sdk import DataSource, data_sources_in
+from actors.producer_sdk import DataSource, data_sources_in, perfetto_config
 from actors.producer_shell import COMMIT_PERIOD_S, ProducerShell
 from shm.writer import BufferExhaustedPolicy
 
@@ -64,6 +64,7 @@ __all__ = [
     "ProducerHost",
     "data_sources_in",
     "main",
+    "perfetto_config",
 ]
 
 STOP_TIMEOUT_S = 5.0  # stop()'s default bound on joining the producer's thread

@@ -64,7 +64,7 @@ class InstanceRecord:
     def __init__(self, host: ProducerHost, ds: DataSource, instance_id: int, config: Any) -> None:
         self.ds = ds
         self.instance_id = instance_id
-        self.config = config  # perfetto.protos.DataSourceConfig
+        self.config = config  # protos.data_source_config_pb2.DataSourceConfig
         self.stopped = False  # set once on_stop returned: no new writers
         self._host = host
         self._lock = threading.Lock()  # guards _writers: any thread may add one

@@ -9,7 +9,7 @@ Writing a data source (the contract `--module pkg.mod` relies on)::
         name = "my.counter"               # what TraceConfig data_sources name
         will_notify_on_start = True       # optional descriptor flags
 
-        def on_start(self, config):       # config: perfetto DataSourceConfig
+        def on_start(self, config):       # config: DataSourceConfig (see below)
             self.thread = threading.Thread(target=self.run); self.thread.start()
 
         def run(self):
@@ -25,6 +25,14 @@ not empty (data_sources_in), besides the built-in ones (actors/data_sources.py).
 One object is created per data source instance (one per session that asks for
 it), with no arguments; before `on_setup` it has `instance_id`, `config`,
 `target_buffer` (the service's buffer id) and `producer_name`.
+
+The config is decoded with the producer's own small schema
+(protos/data_source_config.proto: Perfetto's field numbers for the fields
+producers read: name, target_buffer, buffer_exhausted_policy, stop_timeout_ms,
+track_event_config, for_testing, ...), so that an application's process never
+loads Perfetto's whole schema. A data source that needs another field calls
+`perfetto_config(config)`: Perfetto's DataSourceConfig from the same bytes
+(unknown fields are kept), at the cost of that import.
 
 Callbacks run on the producer's loop thread, one at a time, and should return
 quickly: on_setup(config), on_start(config), on_stop(), on_flush(),
@@ -74,7 +82,7 @@ class DataSource:
     no_flush: ClassVar[bool] = False
 
     instance_id: int = 0
-    config: Any = None  # perfetto.protos.DataSourceConfig
+    config: Any = None  # protos.data_source_config_pb2.DataSourceConfig
     target_buffer: int = 0
     producer_name: str = ""
     # The one private attribute the host sets: the link to its record of the instance.
@@ -133,6 +141,15 @@ class DataSource:
         self.target_buffer = config.target_buffer
         self.producer_name = producer_name
         self._tb_record = record
+
+
+def perfetto_config(config: Any) -> Any:
+    """Perfetto's DataSourceConfig (perfetto_trace_pb2) with every field of `config`
+    (a DataSourceConfig the host passed), including those the producer's own schema
+    does not name. Imports Perfetto's schema: call it only when you need it."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    return pb.DataSourceConfig.FromString(config.SerializeToString())
 
 
 def data_sources_in(module_name: str) -> list[type[DataSource]]:

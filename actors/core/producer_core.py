@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
-from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from protos import data_source_config_pb2 as dsc
 from protos import tracebus_ipc_pb2 as ipc
 
 # Log levels, equal to logging's (which this module may not import: it loads threading).
@@ -90,14 +90,14 @@ class MapSmb:
 class SetupInstance:
     instance_id: int
     name: str
-    config: pb.DataSourceConfig
+    config: dsc.DataSourceConfig
 
 
 @dataclass(frozen=True, slots=True)
 class StartInstance:
     instance_id: int
     name: str
-    config: pb.DataSourceConfig
+    config: dsc.DataSourceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +359,7 @@ class ProducerCore:
         return out
 
     def _parse_config(self, instance_id: int, data: bytes) -> tuple[Any, list[Output]]:
-        config = pb.DataSourceConfig()
+        config = dsc.DataSourceConfig()
         try:
             config.ParseFromString(data)
         except DecodeError as e:  # the service is trusted, but say so if it slips
