@@ -35,7 +35,7 @@ loads Perfetto's whole schema. A data source that needs another field calls
 (unknown fields are kept), at the cost of that import.
 
 Callbacks run on the producer's loop thread, one at a time, and should return
-quickly: on_setup(config), on_start(config), on_stop(), on_flush(),
+quickly: the classmethod on_registered(), on_setup(config), on_start(config), on_stop(), on_flush(),
 on_clear_incremental_state(). After on_stop returns the SDK owns the instance's
 writers: it flushes and closes them, commits, and only then acknowledges the
 stop (`will_notify_on_stop` is True unless a data source says otherwise).
@@ -87,6 +87,12 @@ class DataSource:
     producer_name: str = ""
     # The one private attribute the host sets: the link to its record of the instance.
     _tb_record: InstanceLink | None = None
+
+    @classmethod
+    def on_registered(cls) -> None:
+        """The service accepted this data source (once per connection), on the loop
+        thread: the instances of sessions already recording that want it arrive
+        right after. Return quickly."""
 
     def on_setup(self, config: Any) -> None:
         """The instance is created and configured; nothing is written yet."""

@@ -87,6 +87,14 @@ class MapSmb:
 
 
 @dataclass(frozen=True, slots=True)
+class Registered:
+    """The service accepted data source `name`: the instances of the sessions already
+    recording that want it follow right after, in the same turn of the service."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetupInstance:
     instance_id: int
     name: str
@@ -137,6 +145,7 @@ Output = (
     Send
     | Log
     | MapSmb
+    | Registered
     | SetupInstance
     | StartInstance
     | StopInstance
@@ -315,7 +324,7 @@ class ProducerCore:
         error = msg.register_data_source.error
         if error:
             return [Log(ERROR, f"the service refused data source {name!r}: {error}")]
-        return []
+        return [Registered(name)]
 
     # -- service commands ----------------------------------------------------------------
 
