@@ -68,6 +68,6 @@ def test_without_a_session_the_first_event_waits_only_for_the_registration(rt):
     from tracebus import _runtime
 
     rt.start_service()
-    app = run_app(rt, "idle", IDLE_SERVICE_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
+    run_app(rt, "idle", IDLE_SERVICE_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
     line = (rt.dir / "idle.log").read_text().split("first event took ")[1].split()
     assert float(line[0]) < _runtime.DEFAULT_STARTUP_WAIT_S / 2 and line[1] == "running", line
