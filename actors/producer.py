@@ -39,13 +39,12 @@ The pieces, each in its own module:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors import producer_sdk
 from actors.core import producer_core as core
@@ -55,6 +54,9 @@ from actors.producer_host import ProducerHost
 from actors.producer_sdk import DataSource, data_sources_in, perfetto_config
 from actors.producer_shell import COMMIT_PERIOD_S, ProducerShell
 from shm.writer import BufferExhaustedPolicy
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "COMMIT_PERIOD_S",
@@ -227,6 +229,8 @@ class Producer:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # the command line only: an SDK process never parses one
+
     parser = argparse.ArgumentParser(
         prog="python -m actors.producer",
         description=producer_sdk.__doc__,
