@@ -11,6 +11,10 @@ import time
 import pytest
 
 import tracebus
+from actors.core import producer_core as core
+from actors.producer import DataSource
+from protos import tracebus_ipc_pb2 as ipc
+from tests.test_producer_core import Rig as ProducerRig
 from tests.test_sdk_api import Rig
 from tests.waiting import wait_for
 from tracebus import _runtime
@@ -93,3 +97,38 @@ def test_shutdown_ends_the_wait(rig):
     rig.runtime.shutdown(timeout=1)
     t.join(_runtime.DEFAULT_STARTUP_WAIT_S / 2)
     assert not t.is_alive()
+
+
+# -- the producer's side: the registration's reply reaches the data source ----------------
+
+
+class _Source(DataSource):
+    name = "startup.source"
+    replies = 0
+
+    @classmethod
+    def on_registered(cls) -> None:
+        cls.replies += 1
+
+
+def test_the_registration_reply_reaches_the_data_source_class():
+    producer_rig = ProducerRig([_Source])
+    producer_rig.host.connect(0)
+    reply = ipc.InitializeConnectionResponse(
+        hello=ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION), producer_id=7
+    )
+    producer_rig.push(producer_rig.sent[0].request_id, initialize_connection=reply)
+    (register,) = producer_rig.sent[1:]
+    assert _Source.replies == 0
+    out = producer_rig.core.handle(
+        ipc.ServiceToProducer(
+            request_id=register.request_id, register_data_source=ipc.RegisterDataSourceResponse()
+        ),
+        0,
+    )
+    assert out == [core.Registered("startup.source")]
+    producer_rig.host.perform(out)
+    assert _Source.replies == 1
+    refused = ipc.RegisterDataSourceResponse(error="no")
+    producer_rig.push(register.request_id, register_data_source=refused)
+    assert _Source.replies == 1  # a refusal is no registration
