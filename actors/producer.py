@@ -39,22 +39,24 @@ The pieces, each in its own module:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors import producer_sdk
 from actors.core import producer_core as core
 from actors.endpoints import default_producer_endpoint
 from actors.loop import Loop
 from actors.producer_host import ProducerHost
-from actors.producer_sdk import DataSource, data_sources_in
+from actors.producer_sdk import DataSource, data_sources_in, perfetto_config
 from actors.producer_shell import COMMIT_PERIOD_S, ProducerShell
 from shm.writer import BufferExhaustedPolicy
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "COMMIT_PERIOD_S",
@@ -64,6 +66,7 @@ __all__ = [
     "ProducerHost",
     "data_sources_in",
     "main",
+    "perfetto_config",
 ]
 
 STOP_TIMEOUT_S = 5.0  # stop()'s default bound on joining the producer's thread
@@ -226,6 +229,8 @@ class Producer:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # the command line only: an SDK process never parses one
+
     parser = argparse.ArgumentParser(
         prog="python -m actors.producer",
         description=producer_sdk.__doc__,

@@ -64,7 +64,7 @@ class InstanceRecord:
     def __init__(self, host: ProducerHost, ds: DataSource, instance_id: int, config: Any) -> None:
         self.ds = ds
         self.instance_id = instance_id
-        self.config = config  # perfetto.protos.DataSourceConfig
+        self.config = config  # protos.data_source_config_pb2.DataSourceConfig
         self.stopped = False  # set once on_stop returned: no new writers
         self._host = host
         self._lock = threading.Lock()  # guards _writers: any thread may add one
@@ -275,6 +275,8 @@ class ProducerHost:
                     self._log.log(level, text)
                 case core.MapSmb():
                     self.perform(self.core.smb_mapped(out.path, self._map(out)))
+                case core.Registered(name=name):
+                    self._registered(name)
                 case core.SetupInstance():
                     self._setup(out)
                 case core.StartInstance(instance_id=iid):
@@ -347,6 +349,14 @@ class ProducerHost:
         for _, w in rec.writers():
             w.incremental_state_invalid = True
         self._call(rec, "on_clear_incremental_state")
+
+    def _registered(self, name: str) -> None:
+        cls = self.data_sources.get(name)
+        try:
+            if cls is not None:
+                cls.on_registered()
+        except Exception:
+            self._log.exception("%s.on_registered failed", name)
 
     def _setup(self, cmd: core.SetupInstance) -> None:
         ds = self.data_sources[cmd.name]()

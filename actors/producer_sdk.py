@@ -9,7 +9,7 @@ Writing a data source (the contract `--module pkg.mod` relies on)::
         name = "my.counter"               # what TraceConfig data_sources name
         will_notify_on_start = True       # optional descriptor flags
 
-        def on_start(self, config):       # config: perfetto DataSourceConfig
+        def on_start(self, config):       # config: DataSourceConfig (see below)
             self.thread = threading.Thread(target=self.run); self.thread.start()
 
         def run(self):
@@ -26,8 +26,16 @@ One object is created per data source instance (one per session that asks for
 it), with no arguments; before `on_setup` it has `instance_id`, `config`,
 `target_buffer` (the service's buffer id) and `producer_name`.
 
+The config is decoded with the producer's own small schema
+(protos/data_source_config.proto: Perfetto's field numbers for the fields
+producers read: name, target_buffer, buffer_exhausted_policy, stop_timeout_ms,
+track_event_config, for_testing, ...), so that an application's process never
+loads Perfetto's whole schema. A data source that needs another field calls
+`perfetto_config(config)`: Perfetto's DataSourceConfig from the same bytes
+(unknown fields are kept), at the cost of that import.
+
 Callbacks run on the producer's loop thread, one at a time, and should return
-quickly: on_setup(config), on_start(config), on_stop(), on_flush(),
+quickly: the classmethod on_registered(), on_setup(config), on_start(config), on_stop(), on_flush(),
 on_clear_incremental_state(). After on_stop returns the SDK owns the instance's
 writers: it flushes and closes them, commits, and only then acknowledges the
 stop (`will_notify_on_stop` is True unless a data source says otherwise).
@@ -74,11 +82,17 @@ class DataSource:
     no_flush: ClassVar[bool] = False
 
     instance_id: int = 0
-    config: Any = None  # perfetto.protos.DataSourceConfig
+    config: Any = None  # protos.data_source_config_pb2.DataSourceConfig
     target_buffer: int = 0
     producer_name: str = ""
     # The one private attribute the host sets: the link to its record of the instance.
     _tb_record: InstanceLink | None = None
+
+    @classmethod
+    def on_registered(cls) -> None:
+        """The service accepted this data source (once per connection), on the loop
+        thread: the instances of sessions already recording that want it arrive
+        right after. Return quickly."""
 
     def on_setup(self, config: Any) -> None:
         """The instance is created and configured; nothing is written yet."""
@@ -133,6 +147,15 @@ class DataSource:
         self.target_buffer = config.target_buffer
         self.producer_name = producer_name
         self._tb_record = record
+
+
+def perfetto_config(config: Any) -> Any:
+    """Perfetto's DataSourceConfig (perfetto_trace_pb2) with every field of `config`
+    (a DataSourceConfig the host passed), including those the producer's own schema
+    does not name. Imports Perfetto's schema: call it only when you need it."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    return pb.DataSourceConfig.FromString(config.SerializeToString())
 
 
 def data_sources_in(module_name: str) -> list[type[DataSource]]:

@@ -37,9 +37,11 @@ _DOUBLE = struct.Struct("<d")
 _FLOAT = struct.Struct("<f")
 
 # varint() tables: every value below 2**14 pre-encoded, and the same 14 bits with
-# the continuation bit on both bytes, for the low groups of larger values.
-_V14 = [bytes((v,)) if v < 0x80 else bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(1 << 14)]
-_V14C = [bytes(((v & 0x7F) | 0x80, (v >> 7) | 0x80)) for v in range(1 << 14)]
+# the continuation bit on both bytes, for the low groups of larger values. Built by
+# joining one-byte pieces (a third of the import cost of encoding each value).
+_BYTE = [bytes((b,)) for b in range(0x100)]
+_V14 = _BYTE[:0x80] + [lo + hi for hi in _BYTE[1:0x80] for lo in _BYTE[0x80:]]
+_V14C = [lo + hi for hi in _BYTE[0x80:] for lo in _BYTE[0x80:]]
 
 
 def varint(v: int) -> bytes:

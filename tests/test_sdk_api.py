@@ -326,9 +326,10 @@ def test_the_startup_wait_is_bounded_and_happens_once(monkeypatch):
         _runtime.WANTED.clear()
 
 
-def test_without_a_wait_the_first_call_returns_at_once(monkeypatch):
+def test_with_the_wait_turned_off_the_first_call_returns_at_once(monkeypatch):
+    """(Without any setting, the default wait: tests/test_startup_wait.py.)"""
     _runtime.WANTED.clear()
-    rig = Rig(monkeypatch, {})
+    rig = Rig(monkeypatch, {"TRACEBUS_STARTUP_WAIT_S": "0"})
     rig.auto_start = False
     try:
         t0 = time.monotonic()

@@ -36,6 +36,7 @@ class Runtime(Protocol):
     def add_instance(self, instance: Any) -> None: ...
     def remove_instance(self, instance: Any) -> None: ...
     def count_error(self, kind: str, error: BaseException | None = None) -> None: ...
+    def data_source_registered(self) -> None: ...
 
 
 class TrackEventDataSource(DataSource):
@@ -44,6 +45,10 @@ class TrackEventDataSource(DataSource):
     name = "track_event"
     handles_incremental_state_clear = True  # the writers' flag is all our sequences need
     runtime: ClassVar[Runtime]  # set on the subclass make_producer registers
+
+    @classmethod
+    def on_registered(cls) -> None:
+        cls.runtime.data_source_registered()  # ends the default startup wait (_runtime.py)
 
     def on_setup(self, config: Any) -> None:
         # The API never blocks: whatever the config asks, our writers drop when the

@@ -15,10 +15,21 @@ The contract the API (tracebus/_api.py) relies on:
   actors.producer, the heavy part, and starts its thread); the caller never waits
   for it. While the service's ipc:// socket does not exist, that thread only
   looks for it now and then (one log line says so): an app run without a
-  service pays for no import and no connection attempts. The caller never
-  waits, unless a startup wait was asked for (TRACEBUS_STARTUP_WAIT_S or
-  init(wait_for_start=)): then that first call waits up to the bound for a
-  track_event instance to start.
+  service pays for no import and no connection attempts.
+- The startup wait: each thread's first event (not the SDK's own threads) waits,
+  until a deadline, for the session to record the process, so that a process
+  started under a running session is recorded from its first line. Asked for
+  (TRACEBUS_STARTUP_WAIT_S or init(wait_for_start=S), a positive S): it waits up
+  to S for a track_event instance to start, whatever the service says (a session
+  may be enabled after the process starts). By default (neither set), it waits
+  only while the producer is *starting* against a service that exists: until an
+  instance starts, or the service answered the data source's registration
+  without one (then REGISTERED_GRACE_S more: the instances of a running session
+  follow the reply in the same turn of the service), at most
+  DEFAULT_STARTUP_WAIT_S. No service socket: no wait. A wait of 0 turns it off.
+  Perfetto's SDK drops what a process emits before its producer is connected
+  and a session's instance started, unless the app sets up startup tracing;
+  this wait is tracebus's answer for the same first events.
 - No method raises into the application: internal errors are counted per kind
   (`stats()`) and each kind is logged once, on the "tracebus" logger.
 - Fork: the child replaces `current` with a fresh Runtime (same init() settings)
@@ -54,6 +65,10 @@ PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"
 SHUTDOWN_TIMEOUT_S = 5.0  # flush and detach at exit: bounded, the app is leaving
 FORK_IMPORT_WAIT_S = 10.0  # a fork waits at most this for the start thread's imports
 SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's socket
+# The default startup wait (see the module docstring): a bound that only a stuck
+# service reaches, and the grace after the registration's reply.
+DEFAULT_STARTUP_WAIT_S = 5.0
+REGISTERED_GRACE_S = 0.2
 MAX_CATEGORIES = 4096  # WANTED entries before it is rebuilt (apps that make up categories)
 
 IDLE, STARTING, RUNNING, STOPPED, DISABLED = "idle", "starting", "running", "stopped", "disabled"
@@ -120,6 +135,10 @@ class Runtime:
         self.endpoint: str | None = None  # init(endpoint=)
         self.wait_s: float | None = None  # init(wait_for_start=)
         self.wait_until = 0.0  # time.monotonic() when the startup wait ends (0: none)
+        self.wait_asked = False  # the wait is the one asked for, not the default one
+        # Notified when the startup wait may be over: an instance started, the
+        # deadline moved, the producer failed or shut down.
+        self.startup_changed = threading.Condition(threading.RLock())
         self.producer_name = ""
         self.producer: Producer | None = None
         self.instances: list[Instance] = []
@@ -152,7 +171,9 @@ class Runtime:
             if self.environ.get(DISABLE_ENV, "") not in ("", "0"):
                 self.state = DISABLED
                 return
-            wait_s = self._startup_wait()
+            asked = self._startup_wait()
+            wait_s = DEFAULT_STARTUP_WAIT_S if asked is None else asked
+            self.wait_asked = asked is not None
             if wait_s > 0:  # before the state: a thread that sees STARTING sees the deadline
                 self.wait_until = time.monotonic() + wait_s
             self.state = STARTING
@@ -164,16 +185,39 @@ class Runtime:
             threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
         _register_exit_flush()
         if wait_s > 0:
-            self.instance_started.wait(wait_s)
+            self._await_startup()
 
-    def _startup_wait(self) -> float:
+    def _startup_wait(self) -> float | None:
+        """The startup wait asked for, in seconds; None: none was (the default wait)."""
         if self.wait_s is not None:
             return max(0.0, self.wait_s)
+        text = self.environ.get(STARTUP_WAIT_ENV) or ""
         try:
-            return max(0.0, float(self.environ.get(STARTUP_WAIT_ENV) or 0))
+            return max(0.0, float(text)) if text else None
         except ValueError:
             self.count_error("bad " + STARTUP_WAIT_ENV)
             return 0.0
+
+    def _await_startup(self) -> None:
+        """On an application thread: the startup wait (see the module docstring)."""
+        with self.startup_changed:
+            while not self.instance_started.is_set() and self.state != STOPPED:
+                remaining = self.wait_until - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.startup_changed.wait(remaining)
+
+    def _end_default_wait(self, within_s: float) -> None:
+        """The default startup wait ends within `within_s` (the one asked for stays)."""
+        with self.startup_changed:
+            if not self.wait_asked:
+                self.wait_until = min(self.wait_until, time.monotonic() + within_s)
+            self.startup_changed.notify_all()
+
+    def data_source_registered(self) -> None:
+        """The producer's thread: the service accepted track_event; a running
+        session's instance, if any, follows at once."""
+        self._end_default_wait(REGISTERED_GRACE_S)
 
     def _start(self) -> None:
         """On the start thread: build the producer (imports the heavy modules) and
@@ -183,6 +227,8 @@ class Runtime:
                 from actors.endpoints import default_producer_endpoint
 
                 endpoint = self.endpoint or default_producer_endpoint()
+            if not self.service_appeared(endpoint):
+                self._end_default_wait(0.0)  # no service: nothing to wait for
             if not self._wait_for_service(endpoint):
                 return  # shut down meanwhile
             with self.importing:
@@ -198,6 +244,7 @@ class Runtime:
                 if self.state == STARTING:
                     self.state = STOPPED
                     self.stopped.set()
+            self._end_default_wait(0.0)
             self.count_error("start", e)
 
     def _wait_for_service(self, endpoint: str) -> bool:
@@ -222,7 +269,9 @@ class Runtime:
             instance.live = True
             self.instances.append(instance)
             self.wanted.clear()
-        self.instance_started.set()
+        with self.startup_changed:
+            self.instance_started.set()
+            self.startup_changed.notify_all()
 
     def remove_instance(self, instance: Instance) -> None:
         instance.live = False
@@ -246,9 +295,7 @@ class Runtime:
         ):  # (the SDK's own threads start the instance: they must never wait for it)
             # Other threads' first events during the startup wait wait too (to the
             # same deadline): "from the first line" holds for every thread.
-            remaining = self.wait_until - time.monotonic()
-            if remaining > 0:
-                self.instance_started.wait(remaining)
+            self._await_startup()
         with self.lock:
             tags = self.categories.get(category, ())
             wanted = tuple(i for i in self.instances if i.live and i.wants(category, tags))
@@ -309,6 +356,7 @@ class Runtime:
             self.state = STOPPED
             producer, self.producer = self.producer, None
             instances = list(self.instances)
+        self._end_default_wait(0.0)  # waiters see STOPPED
         mid_write = False
         for instance in instances:
             try:

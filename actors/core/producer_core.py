@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
-from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from protos import data_source_config_pb2 as dsc
 from protos import tracebus_ipc_pb2 as ipc
 
 # Log levels, equal to logging's (which this module may not import: it loads threading).
@@ -87,17 +87,25 @@ class MapSmb:
 
 
 @dataclass(frozen=True, slots=True)
+class Registered:
+    """The service accepted data source `name`: the instances of the sessions already
+    recording that want it follow right after, in the same turn of the service."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class SetupInstance:
     instance_id: int
     name: str
-    config: pb.DataSourceConfig
+    config: dsc.DataSourceConfig
 
 
 @dataclass(frozen=True, slots=True)
 class StartInstance:
     instance_id: int
     name: str
-    config: pb.DataSourceConfig
+    config: dsc.DataSourceConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +145,7 @@ Output = (
     Send
     | Log
     | MapSmb
+    | Registered
     | SetupInstance
     | StartInstance
     | StopInstance
@@ -315,7 +324,7 @@ class ProducerCore:
         error = msg.register_data_source.error
         if error:
             return [Log(ERROR, f"the service refused data source {name!r}: {error}")]
-        return []
+        return [Registered(name)]
 
     # -- service commands ----------------------------------------------------------------
 
@@ -359,7 +368,7 @@ class ProducerCore:
         return out
 
     def _parse_config(self, instance_id: int, data: bytes) -> tuple[Any, list[Output]]:
-        config = pb.DataSourceConfig()
+        config = dsc.DataSourceConfig()
         try:
             config.ParseFromString(data)
         except DecodeError as e:  # the service is trusted, but say so if it slips

@@ -1,0 +1,73 @@
+"""A freshly started process under a running session (issue 10, item 3): its first
+event is in the trace, with or without a startup wait, though it exits at once;
+and the application's process never loads Perfetto's schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_sdk_processes import INSTANT, app_env, read_trace, run_app, start_session
+
+pytestmark = pytest.mark.timeout(180)
+
+FIRST_APP = """
+import tracebus
+{init}
+tracebus.instant("first")
+"""
+
+
+@pytest.mark.parametrize(
+    "init, wait",
+    [
+        ("", ""),  # no wait asked for: the default
+        ("", "30"),  # TRACEBUS_STARTUP_WAIT_S, as `tracebus run` sets it
+        ("tracebus.init(wait_for_start=30)", ""),
+    ],
+    ids=["default", "env-wait", "init-wait"],
+)
+def test_the_first_event_of_a_new_process_is_in_the_trace(rt, init, wait):
+    consumer = start_session(rt)
+    env = app_env(rt, TRACEBUS_STARTUP_WAIT_S=wait)
+    app = run_app(rt, "first", FIRST_APP.format(init=init), env)
+    trace = read_trace(rt, consumer, app.pid)
+    (first,) = trace.named("first")
+    assert first.pid == app.pid and first.type == INSTANT
+
+
+NO_SCHEMA_APP = """
+import sys, tracebus
+tracebus.init(wait_for_start=30)
+with tracebus.slice("recorded"):
+    pass
+assert tracebus.stats()["instances"] == 1, tracebus.stats()
+loaded = sorted(m for m in sys.modules if m.startswith("perfetto"))
+print("perfetto modules:", loaded, flush=True)
+assert not loaded
+"""
+
+
+def test_an_sdk_process_that_records_never_imports_perfettos_schema(rt):
+    consumer = start_session(rt)
+    app = run_app(rt, "no_schema", NO_SCHEMA_APP)
+    trace = read_trace(rt, consumer, app.pid)
+    assert len(trace.named("recorded")) == 1
+
+
+IDLE_SERVICE_APP = """
+import time, tracebus
+t0 = time.monotonic()
+tracebus.instant("unrecorded")
+print("first event took", time.monotonic() - t0, tracebus.stats()["state"], flush=True)
+"""
+
+
+def test_without_a_session_the_first_event_waits_only_for_the_registration(rt):
+    """A service but no session: the service's reply to the registration ends the
+    default wait, long before its bound."""
+    from tracebus import _runtime
+
+    rt.start_service()
+    run_app(rt, "idle", IDLE_SERVICE_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
+    line = (rt.dir / "idle.log").read_text().split("first event took ")[1].split()
+    assert float(line[0]) < _runtime.DEFAULT_STARTUP_WAIT_S / 2 and line[1] == "running", line
