@@ -132,6 +132,7 @@ static PyObject *get_buf(WriterCore *self, void *closure) {
 }
 
 static int set_buf(WriterCore *self, PyObject *value, void *closure) {
+    if (value != NULL && value == self->buf) return 0; /* every chunk change sets it */
     drop_buf(self);
     if (value == NULL || value == Py_None) return 0;
     self->buf = Py_NewRef(value);
