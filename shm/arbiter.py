@@ -91,6 +91,12 @@ class SharedMemoryArbiter:
         with self._lock:
             n = self.abi.num_pages
             start = self._next_page
+            # The usual case first, in one call: the next page is free (a CAS that
+            # fails on a partitioned page changes nothing; the scan sees it again).
+            ref = self.abi.try_acquire_free_page(start, self._layout, writer_id, chunk_id)
+            if ref is not None:
+                self._next_page = start + 1 if start + 1 < n else 0
+                return ref
             for i in range(n):
                 page = start + i
                 if page >= n:

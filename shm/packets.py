@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 
+from shm import native
 from shm.abi import PACKET_DROPPED_SIZE
 
 MAX_FRAGMENT_SIZE = PACKET_DROPPED_SIZE - 1
@@ -156,30 +157,44 @@ def measure_fragments_untrusted(data: bytes | memoryview, count: int) -> tuple[i
     return (bounds[-1] if bounds else 0), status
 
 
+def slice_fragments_fast(data: bytes, start: int) -> tuple[list[bytes], int, int, int] | None:
+    """The common case of slice_fragments_untrusted: every fragment of
+    data[start:] well-formed and ending exactly at the end of `data`; None
+    otherwise (the caller then parses). The twin of shm/_fragments.c."""
+    end = len(data)
+    if not 0 <= start <= end < PACKET_DROPPED_SIZE:
+        return None
+    pieces: list[bytes] = []
+    push = pieces.append
+    low, high, u32 = _LOW, _HIGH, _READ_U32
+    off = hdr = start
+    try:
+        while off < end:
+            hdr = off
+            b = data[off]
+            if b < 0x80:
+                off += 1 + b
+                push(data[hdr + 1 : off])
+            else:
+                w = u32(data, off)[0]
+                off += 4 + low[w & 0xFFFF] + high[w >> 16]
+                push(data[hdr + 4 : off])
+    except (IndexError, struct.error):
+        return None
+    return (pieces, end, hdr, OK) if off == end else None
+
+
+_compiled = native.compiled("shm._fragments")
+_slice_fast = slice_fragments_fast if _compiled is None else _compiled.slice_fragments_fast
+
+
 def slice_fragments_untrusted(data: bytes, start: int) -> tuple[list[bytes], int, int, int]:
     """Every fragment of data[start:]: (their bytes, the offset parsing stopped
     at, the offset of the last fragment's length, status)."""
+    fast = _slice_fast(data, start)
+    if fast is not None:
+        return fast
     end = len(data)
-    if end < PACKET_DROPPED_SIZE:
-        pieces: list[bytes] = []
-        push = pieces.append
-        low, high, u32 = _LOW, _HIGH, _READ_U32
-        off = hdr = start
-        try:
-            while off < end:
-                hdr = off
-                b = data[off]
-                if b < 0x80:
-                    off += 1 + b
-                    push(data[hdr + 1 : off])
-                else:
-                    w = u32(data, off)[0]
-                    off += 4 + low[w & 0xFFFF] + high[w >> 16]
-                    push(data[hdr + 4 : off])
-        except (IndexError, struct.error):
-            off = end + 1
-        if off == end:
-            return pieces, end, hdr, OK
     bounds, status = parse_fragments_untrusted(data, start, end, end - start)
     stop = bounds[-1] if bounds else start
     if status == MALFORMED and stop == end:

@@ -109,6 +109,7 @@ MAX_STALLS = 300
 # TracePacket fields the writer itself adds (precomputed tag + value bytes).
 _FIRST_PACKET_ON_SEQUENCE = b"\xb8\x05\x01"  # field 87, bool true
 _PREVIOUS_PACKET_DROPPED = b"\xd0\x02\x81\x02"  # field 42 = 257: PRESENT | SMB_FULL
+_FIRST_CONTINUES_HI = FIRST_PACKET_CONTINUES << (16 + FLAGS_SHIFT)  # in the header's high half
 
 
 class BufferExhaustedPolicy(enum.IntEnum):
@@ -469,18 +470,25 @@ class TraceWriterMethods(_MethodsBase):
 
     def _install(self, ref: ChunkRef, first_continues: bool) -> None:
         self._chunk = ref
-        self._chunk_id = self._next_chunk_id
-        self._next_chunk_id = (self._next_chunk_id + 1) & 0xFFFFFFFF
-        self._buf = self._smb
-        self._wptr = ref.offset + CHUNK_HEADER_SIZE
-        self._end = ref.offset + ref.size
-        self._hdr_word = ref.offset + CHUNK_PACKETS_WORD
+        chunk_id = self._chunk_id = self._next_chunk_id
+        self._next_chunk_id = (chunk_id + 1) & 0xFFFFFFFF
+        smb = self._buf = self._smb
+        offset = ref.offset
+        self._end = offset + ref.size
+        self._hdr_word = offset + CHUNK_PACKETS_WORD
         self._finished = 0
-        self._flags = FIRST_PACKET_CONTINUES if first_continues else 0
-        self._hdr_hi = self.writer_id | (self._flags << (16 + FLAGS_SHIFT))
-        if first_continues:
-            self._publish(1)
-            self._start_fragment()
+        if first_continues:  # once per chunk of a large packet: no calls here
+            self._flags = FIRST_PACKET_CONTINUES
+            hdr_hi = self._hdr_hi = self.writer_id | _FIRST_CONTINUES_HI
+            store32(smb, offset + CHUNK_PACKETS_WORD, hdr_hi | 1 << 16)  # _publish(1)
+            w = offset + CHUNK_HEADER_SIZE  # _start_fragment()
+            smb[w : w + 4] = b"\0\0\0\0"
+            self._frag_size_off = w
+            self._wptr = self._frag_start = w + 4
+        else:
+            self._flags = 0
+            self._hdr_hi = self.writer_id
+            self._wptr = offset + CHUNK_HEADER_SIZE
 
     def _return_chunk(self, last_continues: bool) -> None:
         count = self._finished
@@ -518,7 +526,8 @@ class TraceWriterMethods(_MethodsBase):
             return
         write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
         self._return_chunk(last_continues=True)
-        self._hand_over_filled_patches()
+        if self._patches:
+            self._hand_over_filled_patches()
         self._install(ref, first_continues=True)
 
     # -- dropping ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from shm import native
 from shm.abi import MAX_PACKETS_PER_CHUNK, SharedMemoryABI, resolve_geometry
 from shm.arbiter import SharedMemoryArbiter
 from shm.commits import CommitBatch
-from shm.region import InProcessRegion
+from shm.region import InProcessRegion, MemfdRegion
 from shm.writer import BufferExhaustedPolicy, PyTraceWriter, TraceWriter, TraceWriterMethods
 
 PAGE = 4096
@@ -211,12 +211,22 @@ def test_a_closed_writer_lets_its_region_close_and_never_writes_into_the_smb():
 
 
 @needs_c
-def test_a_writer_holding_the_smb_keeps_the_region_mapped_until_it_goes():
-    twin = Twin(TraceWriter, 4, 1, BufferExhaustedPolicy.DROP)
-    w = twin.writer
+def test_a_writer_that_outlives_its_unmapped_region_never_touches_the_memory():
+    """A region closed (unmapped) under a writer nobody closed: the C fast path
+    declines, the slow path fails in Python (ValueError), nothing crashes."""
+    geometry = resolve_geometry(4 * PAGE, PAGE)
+    region = MemfdRegion.create(geometry.size)
+    abi = SharedMemoryABI(region.buf, geometry)
+    arbiter = SharedMemoryArbiter(abi, lambda batch: None, sleep=lambda s: None)
+    w = arbiter.create_trace_writer(1)
     w.write_packet(b"x" * 10)
-    with pytest.raises(BufferError):
-        twin.region.close()  # memory under a live writer is never unmapped
-    w.write_packet(b"y" * 10)  # and stays safe to write
-    del w, twin.writer
-    twin.region.close()
+    w.write_packet(b"y" * 10)  # on the fast path
+    region.close()  # no BufferError: the writer holds no export of the SMB
+    try_write, _ = _api()
+    assert try_write(w, b"z" * 10, 10) == 0
+    with pytest.raises(ValueError):
+        w.write_packet(b"z" * 10)
+    assert w.closed  # the slow path gave the writer up; later writes are dropped
+    dropped = w.dropped_packets
+    w.write_packet(b"z" * 10)
+    assert w.dropped_packets == dropped + 1
