@@ -69,8 +69,8 @@ class CategoryFilter:
 
     @classmethod
     def from_config(cls, config: Any) -> CategoryFilter:
-        """From a TrackEventConfig (a perfetto_trace_pb2 message, or anything with
-        its four repeated fields); None: Perfetto's defaults."""
+        """From a TrackEventConfig (protos/data_source_config.proto's, Perfetto's,
+        or anything with its four repeated fields); None: Perfetto's defaults."""
         if config is None:
             return cls()
         return cls(

@@ -133,7 +133,9 @@ def run(ops: list[tuple], api: Any, twin: Twin) -> list[Any]:
 
 
 def compiled_api() -> tuple:
-    fast = speedups.Api(_runtime.WANTED, _api.py_slice, _api.py_instant, _api.py_counter, _api._error)
+    fast = speedups.Api(
+        _runtime.WANTED, _api.py_slice, _api.py_instant, _api.py_counter, _api._error
+    )
     return fast.slice, fast.instant, fast.counter
 
 
@@ -167,7 +169,9 @@ def small_interning(monkeypatch: pytest.MonkeyPatch):
     _runtime.WANTED.clear()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     stream=ops,
     start=st.integers(min_value=0, max_value=2**62),

@@ -2,11 +2,12 @@
 
 Every call is safe to make anywhere: it never raises into the application
 (errors are counted in stats() and logged once per kind) and never blocks, but
-for the bounded startup wait asked for with init(wait_for_start=) or
-TRACEBUS_STARTUP_WAIT_S. When no session wants an event's category, the call
-costs one dict lookup (tracebus/_runtime.py's WANTED) and slice() returns a
-shared no-op context manager. The first call starts the producer in the
-background; nothing heavy is imported here.
+for each thread's bounded startup wait (tracebus/_runtime.py: by default only
+while the producer connects to a running service; up to the bound asked for
+with init(wait_for_start=) or TRACEBUS_STARTUP_WAIT_S). When no session wants
+an event's category, the call costs one dict lookup (tracebus/_runtime.py's
+WANTED) and slice() returns a shared no-op context manager. The first call
+starts the producer in the background; nothing heavy is imported here.
 
 slice(), instant() and counter() below are the readable reference. When the
 compiled twin was built (tracebus/_speedups.c; shm/native.py), the module's
