@@ -212,7 +212,8 @@ static int put_timestamp(SequenceCore *seq, unsigned char *p, size_t *n) {
 
 /* -- the thread's sequence -------------------------------------------------------------- */
 
-/* An asyncio task may be current: its events go to the task's track (Python). */
+/* An asyncio task may be current: its events go to the task's track (Python).
+ * 1 also when that cannot be told here; -1 only for an error of the lookup. */
 static int asyncio_running(void) {
     PyObject *modules = PyImport_GetModuleDict();
     if (PyDict_GetItemWithError(modules, str_asyncio) == NULL) {
@@ -220,13 +221,18 @@ static int asyncio_running(void) {
     }
     if (get_running_loop == NULL) {
         PyObject *mod = PyImport_ImportModule("_asyncio");
-        if (mod == NULL) return -1;
-        get_running_loop = PyObject_GetAttrString(mod, "_get_running_loop");
-        Py_DECREF(mod);
-        if (get_running_loop == NULL) return -1;
+        get_running_loop = mod == NULL ? NULL : PyObject_GetAttrString(mod, "_get_running_loop");
+        Py_XDECREF(mod);
+        if (get_running_loop == NULL) {  /* no C asyncio: the Python path asks asyncio */
+            PyErr_Clear();
+            return 1;
+        }
     }
     PyObject *loop = PyObject_CallNoArgs(get_running_loop);
-    if (loop == NULL) return -1;
+    if (loop == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
     int running = loop != Py_None;
     Py_DECREF(loop);
     return running;
