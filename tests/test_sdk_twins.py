@@ -214,3 +214,34 @@ def test_the_common_case_never_enters_python(monkeypatch: pytest.MonkeyPatch):
     packets, _ = twin.oracle.packets(twin.writer().writer_id)
     assert len(packets) - before >= 4 * 300 - 10  # begin, instant, counter, end each time
     _runtime.WANTED.clear()
+
+
+def test_events_inside_an_asyncio_task_go_to_the_tasks_track(monkeypatch: pytest.MonkeyPatch):
+    """The compiled path leaves a running loop's events to Python, which puts
+    them on the current task's track."""
+    import asyncio
+
+    twin = Twin(TraceWriter, itertools.count(10**12, 1000).__next__, 4096)
+    api = compiled_api()
+    run([("open", 0, 0), ("close",), ("instant", 1, 0)], api, twin)  # warm the caches
+    tracks: list[int] = []
+    original = track_event.TrackEventSequence._point
+
+    def spy(self: Any, type_: int, name: Any, category: Any, *rest: Any) -> None:
+        tracks.append(rest[-1])
+        original(self, type_, name, category, *rest)
+
+    monkeypatch.setattr(track_event.TrackEventSequence, "_point", spy)
+    slice_, instant, _ = api
+
+    async def job() -> None:
+        with slice_("a", category="c"):
+            instant("b", "c")
+
+    asyncio.run(job())
+    assert len(tracks) == 2 and all(t != 0 for t in tracks)
+    tracks.clear()
+    with slice_("a", category="c"):  # outside the loop again: the C path, no Python
+        pass
+    assert tracks == []
+    _runtime.WANTED.clear()
