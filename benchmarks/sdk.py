@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 CATEGORY, OFF = "c", "off"
-BUFFER_KB = 131072  # DISCARD: a full run's events take a fraction of it
+BUFFER_KB = 65536  # DISCARD, twice what a full run writes (~30 MiB): nothing may be lost
 CONFIG = f"""
 buffers {{ size_kb: {BUFFER_KB} fill_policy: DISCARD }}
 data_sources {{ config {{ name: "track_event"
@@ -218,20 +218,17 @@ def tracebus_figures(contents: Any, results: dict[str, Any], per_round: int) -> 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def record(quick: bool) -> tuple[dict[str, Any], Path, tempfile.TemporaryDirectory[str]]:
-    """Run the recorded processes under `tracebus run`; their results and the trace."""
-    tmp = tempfile.TemporaryDirectory(prefix="tb-sdk-")
-    config, figures_file = Path(tmp.name, "c.pbtxt"), Path(tmp.name, "f.json")
-    trace = Path(tmp.name, "t.pftrace")
+def record(quick: bool, tmp: Path) -> tuple[dict[str, Any], Path]:
+    """Run the recorded processes under `tracebus run`: their results, and the trace."""
+    config, figures_file, trace = tmp / "c.pbtxt", tmp / "f.json", tmp / "t.pftrace"
     config.write_text(CONFIG)
     inner = [sys.executable, "-m", "benchmarks.sdk", "--inner", str(figures_file)]
     run = [sys.executable, "-m", "tracebus", "run", "-c", str(config), "--txt", "-o", str(trace),
            "--", *inner, *(["--quick"] if quick else [])]  # fmt: skip
     done = subprocess.run(run, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     if done.returncode != 0 or not figures_file.exists():
-        tmp.cleanup()
         raise RuntimeError(f"tracebus run failed ({done.returncode}):\n{done.stderr}")
-    return json.loads(figures_file.read_text()), trace, tmp
+    return json.loads(figures_file.read_text()), trace
 
 
 def peer_figures(per_round: int, rounds: int) -> dict[str, Any]:
@@ -288,7 +285,8 @@ def table(figures: dict[str, Any]) -> str:
     timed, found = figures["events_timed"], figures["events_in_trace"]
     counts = ", ".join(f"{key} {found[key]}/{timed[key]}" for key in timed)
     counts = counts.replace("disabled_slice_ns 0/", "disabled_slice_ns (none wanted) 0/")
-    lines.append(f"all_events_read_back: {str(read_back).lower()} (in the trace / timed: {counts})")
+    lines.append(f"all_events_read_back: {str(read_back).lower()} (in the trace / timed: {counts};"
+                 f" trace {figures['trace_bytes'] / 2**20:.1f} MiB)")  # fmt: skip
     losses = {name: n for name, n in figures["trace_losses"].items() if n}
     if losses:
         lines.append(f"the trace reports losses: {losses}")
@@ -312,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.calibration import calibration_ns, save_json
 
     per_round, rounds = QUICK if args.quick else FULL
-    results, trace, tmp = record(args.quick)
     from tracebus.trace_summary import read_trace
 
-    with tmp:
+    with tempfile.TemporaryDirectory(prefix="tb-sdk-") as tmp:
+        results, trace = record(args.quick, Path(tmp))
         figures = tracebus_figures(read_trace(trace), results, per_round)
     figures.update(peer_figures(per_round, rounds))
     figures["calibration_ns"] = calibration_ns()

@@ -10,10 +10,15 @@ so that a peer that drops events under load is seen doing so:
   between rounds; the events of each round are counted in the parsed buffer.
 - otel_span_ns: `with tracer.start_as_current_span("otel"):` on an OpenTelemetry
   TracerProvider with a BatchSpanProcessor (its default queue and batch sizes)
-  and an exporter that only counts the spans it is handed.
+  and an exporter that only counts the spans it is handed; flushed between rounds.
 - queue_handler_ns: `log.info("job %d done", i)` on a logger whose only handler
   is a logging.handlers.QueueHandler onto a multiprocessing.Queue that another
-  process drains (a QueueListener's job, counted there).
+  process drains (a QueueListener's job, counted there); drained between rounds.
+
+What a peer's background thread does after a round (OpenTelemetry's exporter
+thread, the Queue's feeder thread pickling records) is settled before the next
+round starts, so that it falls on neither the next statement round nor an empty
+one: each figure is what the calling thread waits for, as tracebus's are.
 
 Each function returns (Timing, events the peer delivered).
 """
@@ -32,6 +37,7 @@ from typing import Any
 from benchmarks.statement_timer import Timing, statement_ns
 
 DRAIN_TIMEOUT_S = 60.0
+SYNC = "sync"  # a marker through the record queue: the drainer answers once it got there
 
 
 def viztracer_slice(per_round: int, rounds: int) -> tuple[Timing, int]:
@@ -81,10 +87,15 @@ def otel_span(per_round: int, rounds: int) -> tuple[Timing, int]:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     tracer = provider.get_tracer("benchmarks.sdk")
+
+    @contextlib.contextmanager
+    def exported() -> Iterator[None]:
+        yield
+        provider.force_flush()  # the round's spans out before the next round's clock
+
     try:
         statement = 'with tracer.start_as_current_span("otel"):\n    pass'
-        timing = statement_ns(statement, {"tracer": tracer}, per_round, rounds)
-        provider.force_flush()
+        timing = statement_ns(statement, {"tracer": tracer}, per_round, rounds, around=exported)
     finally:
         provider.shutdown()
     return timing, exporter.spans
@@ -100,9 +111,17 @@ def queue_handler(per_round: int, rounds: int) -> tuple[Timing, int]:
     log.propagate, log.level = False, logging.INFO
     handler = logging.handlers.QueueHandler(records)
     log.addHandler(handler)
+
+    @contextlib.contextmanager
+    def drained_round() -> Iterator[None]:
+        yield
+        records.put(SYNC)  # the round's records out before the next round's clock
+        _drained(counted, drainer)
+
     try:
-        timing = statement_ns('log.info("job %d done", i)', {"log": log}, per_round, rounds)
-        records.put(None)  # the end: the drainer answers with its count
+        statement = 'log.info("job %d done", i)'
+        timing = statement_ns(statement, {"log": log}, per_round, rounds, around=drained_round)
+        records.put(None)
         drained = _drained(counted, drainer)
     finally:
         log.removeHandler(handler)
@@ -116,7 +135,8 @@ def queue_handler(per_round: int, rounds: int) -> tuple[Timing, int]:
 
 
 def _drained(counted: Any, drainer: Any) -> int:
-    """The drainer's count; 0 if it died or did not finish in time."""
+    """The drainer's answer to a marker: its count; 0 if it died or did not answer
+    in time."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
@@ -128,8 +148,14 @@ def _drained(counted: Any, drainer: Any) -> int:
 
 
 def _drain(records: Any, counted: Any) -> None:
-    """The other process: take records until the end marker, then say how many."""
+    """The other process: take records until the end marker (None), answering each
+    marker with how many records it took."""
     n = 0
-    while records.get() is not None:
-        n += 1
-    counted.put(n)
+    while True:
+        record = records.get()
+        if record is None or record == SYNC:
+            counted.put(n)
+            if record is None:
+                return
+        else:
+            n += 1
