@@ -37,7 +37,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from tracebus.trace_summary import TraceContents
 
 CATEGORY, OFF = "c", "off"
 BUFFER_KB = 65536  # DISCARD, twice what a full run writes (~30 MiB): nothing may be lost
@@ -157,7 +160,7 @@ def pure_main(figures_file: str, quick: bool) -> int:
 # -- reading the trace back --------------------------------------------------------------------
 
 
-def found_in_trace(contents: Any, row: Row) -> int:
+def found_in_trace(contents: TraceContents, row: Row) -> int:
     """How many events of `row` the trace holds (counter samples, or slices and
     instants of that name in any category)."""
     if row.event in COUNTERS:
@@ -166,7 +169,7 @@ def found_in_trace(contents: Any, row: Row) -> int:
     return sum(n for (_category, name), n in contents.events.items() if name == row.event)
 
 
-def trace_losses(contents: Any) -> dict[str, int]:
+def trace_losses(contents: TraceContents) -> dict[str, int]:
     """Every loss the trace reports; a trace without stats or with a torn end counts
     as a loss too (nothing proves the events are all there)."""
     losses = dict(contents.losses.items())
@@ -175,7 +178,7 @@ def trace_losses(contents: Any) -> dict[str, int]:
     return losses
 
 
-def all_there(contents: Any, row: Row, executed: int, per_round: int) -> bool:
+def all_there(contents: TraceContents, row: Row, executed: int, per_round: int) -> bool:
     found = found_in_trace(contents, row)
     if row.expected == "none":
         return found == 0
@@ -192,7 +195,9 @@ def sdk_lost(process: dict[str, Any]) -> bool:
     return bool(stats.get("dropped_packets", 1) or stats.get("errors", 1))
 
 
-def tracebus_figures(contents: Any, results: dict[str, Any], per_round: int) -> dict[str, Any]:
+def tracebus_figures(
+    contents: TraceContents, results: dict[str, Any], per_round: int
+) -> dict[str, Any]:
     """The tracebus rows (`results` of the recorded processes, `contents` of their
     trace): ns, or None where the trace lacks what was timed."""
     losses = trace_losses(contents)

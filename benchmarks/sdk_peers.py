@@ -41,7 +41,7 @@ SYNC = "sync"  # a marker through the record queue: the drainer answers once it 
 
 
 def viztracer_slice(per_round: int, rounds: int) -> tuple[Timing, int]:
-    from viztracer import VizTracer
+    from viztracer import VizTracer  # type: ignore[import-untyped]
 
     tracer = VizTracer(tracer_entries=max(1_000_000, 4 * per_round), verbose=0)
     recorded = 0
