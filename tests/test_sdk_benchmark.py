@@ -44,7 +44,11 @@ def test_the_sdk_benchmark_reads_back_every_event_it_timed(rt: Runtime) -> None:
     timed, found = figures["events_timed"], figures["events_in_trace"]
     assert found == {**timed, "disabled_slice_ns": 0}  # and none of the unwanted category
     assert figures["pure_python_forced"] is True
-    assert all(recorded == ran for recorded, ran in figures["peer_events_recorded"].values())
+    recorded = figures["peer_events_recorded"]
+    for key in ("viztracer_slice_ns", "queue_handler_ns"):  # a ring far larger than a round,
+        # an unbounded queue: nothing dropped
+        assert recorded[key][0] == recorded[key][1], key
+    assert 0 < recorded["otel_span_ns"][0] <= recorded["otel_span_ns"][1]  # its queue may drop
     assert len(figures["targets"]) == len(TARGETS)
     for label in [row.label for row in RECORDED + PURE] + [label for _, label in PEERS]:
         assert label in proc.stdout
