@@ -319,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     from tracebus.trace_summary import read_trace
 
     with tempfile.TemporaryDirectory(prefix="tb-sdk-") as tmp:
-        results, trace = record(args.quick, Path(tmp))
+        try:
+            results, trace = record(args.quick, Path(tmp))
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
         figures = tracebus_figures(read_trace(trace), results, per_round)
     figures.update(peer_figures(per_round, rounds))
     figures["calibration_ns"] = calibration_ns()
