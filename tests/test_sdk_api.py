@@ -546,3 +546,25 @@ def test_the_sdk_uses_the_environment_names_of_actors_endpoints():
 
     assert _runtime.STARTUP_WAIT_ENV == endpoints.STARTUP_WAIT_ENV
     assert _runtime.PRODUCER_NAME_ENV == endpoints.PRODUCER_NAME_ENV
+
+
+def test_a_slice_is_a_plain_context_manager_for_every_caller(rig):
+    """Exceptions pass through unchanged, and the protocol works when called by
+    hand or through contextlib.ExitStack (the compiled slice binds __enter__ and
+    __exit__ to itself), whether the slice is wanted or not."""
+    import contextlib
+
+    rig.instances[0].categories = {"io"}
+    rig.started()
+    for category in ("io", "db"):
+        with pytest.raises(KeyError, match="boom"):
+            with tracebus.slice("a", category=category):
+                raise KeyError("boom")
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(tracebus.slice("b", category=category))
+        s = tracebus.slice("c", category=category)
+        assert s.__enter__() is s
+        assert s.__exit__(None, None, None) is None
+    calls = [c[:2] for c in rig.instances[0].calls]
+    assert calls == [("begin", "a"), ("end", "a"), ("begin", "b"), ("end", "b"),
+                     ("begin", "c"), ("end", "c")]  # fmt: skip

@@ -25,6 +25,7 @@ from tracebus._instance import TrackEventInstance
 # pool of 40 threads drop. 8 MiB (2048 chunks; pages are touched only as used)
 # serves several hundred writing threads.
 SMB_SIZE_KB = 8192
+PAGE_SIZE_KB = 16
 
 
 class Runtime(Protocol):
@@ -75,6 +76,6 @@ class TrackEventDataSource(DataSource):
 def make_producer(name: str, endpoint: str | None, runtime: Runtime) -> Producer:
     """A producer named `name` hosting track_event for `runtime`, not started."""
     cls = type(TrackEventDataSource.__name__, (TrackEventDataSource,), {"runtime": runtime})
-    producer = Producer(name, endpoint=endpoint, smb_size_kb=SMB_SIZE_KB)
+    producer = Producer(name, endpoint=endpoint, smb_size_kb=SMB_SIZE_KB, page_size_kb=PAGE_SIZE_KB)
     producer.register(cls)
     return producer

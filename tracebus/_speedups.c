@@ -214,11 +214,19 @@ static int put_timestamp(SequenceCore *seq, unsigned char *p, size_t *n) {
 
 /* An asyncio task may be current: its events go to the task's track (Python).
  * 1 also when that cannot be told here; -1 only for an error of the lookup. */
+/* len(sys.modules) when asyncio was last found missing: importing asyncio adds
+ * modules, so while the size stays the same the lookup is skipped. */
+static Py_ssize_t modules_without_asyncio = -1;
+
 static int asyncio_running(void) {
     PyObject *modules = PyImport_GetModuleDict();
+    if (PyDict_GET_SIZE(modules) == modules_without_asyncio) return 0;  /* nothing imported */
     if (PyDict_GetItemWithError(modules, str_asyncio) == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
+        if (PyErr_Occurred()) return -1;
+        modules_without_asyncio = PyDict_GET_SIZE(modules);
+        return 0;
     }
+    modules_without_asyncio = -1;
     if (get_running_loop == NULL) {
         PyObject *mod = PyImport_ImportModule("_asyncio");
         get_running_loop = mod == NULL ? NULL : PyObject_GetAttrString(mod, "_get_running_loop");
@@ -240,8 +248,14 @@ static int asyncio_running(void) {
 
 /* The calling thread's sequence of `inst`, if the fast path may use it: a new
  * reference, or NULL (no exception) for "take the Python path". */
+static PyTypeObject *instance_type;  /* the last subclass of InstanceCore seen */
+
 static SequenceCore *usable_sequence(PyObject *inst_obj) {
-    if (writer_api == NULL || !PyObject_TypeCheck(inst_obj, &InstanceCoreType)) return NULL;
+    if (writer_api == NULL) return NULL;
+    if (Py_TYPE(inst_obj) != instance_type) {
+        if (!PyObject_TypeCheck(inst_obj, &InstanceCoreType)) return NULL;
+        Py_XSETREF(instance_type, (PyTypeObject *)Py_NewRef(Py_TYPE(inst_obj)));
+    }
     InstanceCore *inst = (InstanceCore *)inst_obj;
     if (!inst->live || inst->local == NULL) return NULL;
     unsigned long me = PyThread_get_thread_ident();
@@ -479,6 +493,7 @@ static PyObject *wanted_for(Api *api, PyObject *category) {
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;  /* the object itself is __enter__ and __exit__ */
     Api *api;
     PyObject *name, *category, *inst;
     PyObject *token;  /* fast: the SequenceCore; else what inst.begin() returned */
@@ -486,6 +501,8 @@ typedef struct {
 } Slice;
 
 static PyTypeObject SliceType, NoSliceType;
+static PyObject *slice_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames);
 #define SLICE_FREELIST 32
 static Slice *slice_freelist[SLICE_FREELIST];
 static int slice_free_count;
@@ -525,6 +542,7 @@ static PyObject *api_slice(Api *api, PyObject *const *args, Py_ssize_t nargsf,
         if (report(api, "slice") < 0) return NULL;
         return Py_NewRef(no_slice);
     }
+    s->vectorcall = slice_call;
     s->api = (Api *)Py_NewRef(api);
     s->name = Py_NewRef(a[0]);
     s->category = Py_NewRef(a[1]);
@@ -590,42 +608,104 @@ static void slice_dealloc(Slice *self) {
     }
 }
 
-static PyMethodDef slice_methods[] = {
-    {"__enter__", (PyCFunction)slice_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))slice_exit, METH_FASTCALL, NULL},
-    {NULL},
-};
+/* `with` looks __enter__ and __exit__ up on the type and binds each to the
+ * object: for methods that makes two bound-method objects per `with` (a third
+ * of a disabled slice's cost, and food for the GC). Here both names hold a
+ * Bind descriptor, which binds to the object itself; a slice is callable: with
+ * no argument it enters, with __exit__'s three it exits. Looked up on the class
+ * (contextlib.ExitStack does), Bind is the unbound form: Bind(slice, *args). */
+static const char CALL_ERROR[] =
+    "a slice is entered with no argument and exited with three (`with` does both)";
+
+static PyObject *slice_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) {
+        if (nargs == 0) return slice_enter((Slice *)self, NULL);
+        if (nargs == 3) return slice_exit((Slice *)self, args, nargs);
+    }
+    PyErr_SetString(PyExc_TypeError, CALL_ERROR);
+    return NULL;
+}
 
 static PyTypeObject SliceType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tracebus._speedups.Slice",
     .tp_basicsize = sizeof(Slice),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "A slice on the instance that wanted its category (the twin of _api._Slice).",
-    .tp_methods = slice_methods,
+    .tp_vectorcall_offset = offsetof(Slice, vectorcall),
+    .tp_call = PyVectorcall_Call,
     .tp_dealloc = (destructor)slice_dealloc,
 };
 
-static PyObject *no_slice_enter(PyObject *self, PyObject *unused) { return Py_NewRef(self); }
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+} NoSlice;
 
-static PyObject *no_slice_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    Py_RETURN_NONE;
+static PyObject *no_slice_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                               PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) {
+        if (nargs == 0) return Py_NewRef(self);
+        if (nargs == 3) Py_RETURN_NONE;
+    }
+    PyErr_SetString(PyExc_TypeError, CALL_ERROR);
+    return NULL;
 }
-
-static PyMethodDef no_slice_methods[] = {
-    {"__enter__", no_slice_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))no_slice_exit, METH_FASTCALL, NULL},
-    {NULL},
-};
 
 static PyTypeObject NoSliceType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tracebus._speedups.NoSlice",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_basicsize = sizeof(NoSlice),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "What slice() returns when nobody wants the event: one shared object.",
-    .tp_methods = no_slice_methods,
+    .tp_vectorcall_offset = offsetof(NoSlice, vectorcall),
+    .tp_call = PyVectorcall_Call,
 };
+
+static PyObject *bind_get(PyObject *descr, PyObject *obj, PyObject *type) {
+    return Py_NewRef(obj == NULL || obj == Py_None ? descr : obj);
+}
+
+static PyObject *bind_call(PyObject *descr, PyObject *const *args, size_t nargsf,
+                           PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || (Py_TYPE(args[0]) != &SliceType && Py_TYPE(args[0]) != &NoSliceType)) {
+        PyErr_SetString(PyExc_TypeError, "__enter__/__exit__ of a slice need the slice");
+        return NULL;
+    }
+    return PyObject_Vectorcall(args[0], args + 1, nargs - 1, kwnames);
+}
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+} Bind;
+
+static PyTypeObject BindType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tracebus._speedups.Bind",
+    .tp_basicsize = sizeof(Bind),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "__enter__ and __exit__ of a slice: binds to the slice itself.",
+    .tp_vectorcall_offset = offsetof(Bind, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = bind_get,
+};
+
+/* Both names of `type` hold one Bind. */
+static int add_bind(PyTypeObject *type) {
+    Bind *bind = PyObject_New(Bind, &BindType);
+    if (bind == NULL) return -1;
+    bind->vectorcall = bind_call;
+    int r = PyDict_SetItemString(type->tp_dict, "__enter__", (PyObject *)bind) < 0
+            || PyDict_SetItemString(type->tp_dict, "__exit__", (PyObject *)bind) < 0;
+    Py_DECREF(bind);
+    PyType_Modified(type);
+    return r ? -1 : 0;
+}
 
 static PyObject *api_instant(Api *api, PyObject *const *args, Py_ssize_t nargsf,
                              PyObject *kwnames) {
@@ -806,7 +886,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (zero == NULL) return NULL;
     if (PyType_Ready(&SequenceCoreType) < 0 || PyType_Ready(&InstanceCoreType) < 0
         || PyType_Ready(&SliceType) < 0 || PyType_Ready(&NoSliceType) < 0
-        || PyType_Ready(&ApiType) < 0) {
+        || PyType_Ready(&BindType) < 0 || PyType_Ready(&ApiType) < 0
+        || add_bind(&SliceType) < 0 || add_bind(&NoSliceType) < 0) {
         return NULL;
     }
     /* PyCapsule_Import imports only the package: the module first. */
@@ -815,8 +896,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     writer_api = writer_module == NULL ? NULL
         : (TracebusWriterAPI *)PyCapsule_Import(TRACEBUS_WRITER_CAPSULE, 0);
     if (writer_api == NULL) PyErr_Clear();  /* no compiled writer: Python does every event */
-    no_slice = PyObject_New(PyObject, &NoSliceType);
-    if (no_slice == NULL) return NULL;
+    NoSlice *nothing = PyObject_New(NoSlice, &NoSliceType);
+    if (nothing == NULL) return NULL;
+    nothing->vectorcall = no_slice_call;
+    no_slice = (PyObject *)nothing;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "SequenceCore", (PyObject *)&SequenceCoreType) < 0
