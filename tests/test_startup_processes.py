@@ -71,3 +71,31 @@ def test_without_a_session_the_first_event_waits_only_for_the_registration(rt):
     run_app(rt, "idle", IDLE_SERVICE_APP, app_env(rt, TRACEBUS_STARTUP_WAIT_S=""))
     line = (rt.dir / "idle.log").read_text().split("first event took ")[1].split()
     assert float(line[0]) < _runtime.DEFAULT_STARTUP_WAIT_S / 2 and line[1] == "running", line
+
+
+SIGNAL_APP = """
+import signal, sys, time, tracebus
+
+def on_alarm(sig, frame):  # emits events while the first call starts the producer
+    tracebus.instant("alarm")
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, {period}, {period})
+t0 = time.monotonic()
+tracebus.instant("first")
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(f"{{time.monotonic() - t0:.3f}}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("period", [0.001, 0.0001])
+def test_a_signal_handler_emitting_events_does_not_stall_the_start(rt, period):
+    """A handler's event that lands inside the first call (which may hold a lock or
+    an import the start thread needs) never waits for the start: the first call
+    returns as soon as the session records the process, and its event is there."""
+    consumer = start_session(rt)
+    app = run_app(rt, "alarms", SIGNAL_APP.format(period=period), app_env(rt))
+    elapsed = float((rt.dir / "alarms.log").read_text().split()[0])
+    assert elapsed < 4, elapsed  # the wait asked for is 30 s; a stall took 5 to 120 s
+    trace = read_trace(rt, consumer, app.pid)
+    assert [e.pid for e in trace.named("first")] == [app.pid]

@@ -131,6 +131,7 @@ class Runtime:
         self.importing = threading.Lock()
         self.state = IDLE
         self._entered = False  # ensure_started() is under way (a re-entry returns)
+        self._calls = threading.local()  # .active: this thread is inside resolve()
         self.name: str | None = None  # init(name=)
         self.endpoint: str | None = None  # init(endpoint=)
         self.wait_s: float | None = None  # init(wait_for_start=)
@@ -164,6 +165,21 @@ class Runtime:
         for a track_event instance if a startup wait was asked for."""
         if self.state != IDLE:
             return
+        nested = self._enter_call()
+        try:
+            self._ensure_started(wait=not nested)
+        finally:
+            self._calls.active = nested
+
+    def _enter_call(self) -> bool:
+        """Mark this thread inside resolve()/ensure_started(); True if it already was:
+        a signal handler's event interrupted one, which may hold an import lock or
+        the runtime's lock that the start needs, so that event must never wait."""
+        nested = getattr(self._calls, "active", False)
+        self._calls.active = True
+        return nested
+
+    def _ensure_started(self, wait: bool) -> None:
         with self.lock:  # reentrant: other threads wait here, this one may re-enter
             if self.state != IDLE or self._entered:
                 return  # started, or re-entered by a signal handler on this thread
@@ -182,9 +198,12 @@ class Runtime:
                 # Children started with spawn or forkserver (and subprocesses) read the
                 # name from the environment: they carry the app's chosen name too.
                 self.environ[PRODUCER_NAME_ENV] = self.name
-            threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
+        # Started outside the lock, which the start thread takes: Thread.start()
+        # waits, and a signal handler that emits an event meanwhile takes the startup
+        # wait on this thread; under the lock, that wait would stall the start itself.
+        threading.Thread(target=self._start, name="tracebus-start", daemon=True).start()
         _register_exit_flush()
-        if wait_s > 0:
+        if wait_s > 0 and wait:
             self._await_startup()
 
     def _startup_wait(self) -> float | None:
@@ -285,10 +304,18 @@ class Runtime:
 
     def resolve(self, category: str) -> tuple[Any, ...]:
         """The instances that want `category`, remembered in WANTED."""
+        nested = self._enter_call()
+        try:
+            return self._resolve(category, wait=not nested)
+        finally:
+            self._calls.active = nested
+
+    def _resolve(self, category: str, wait: bool) -> tuple[Any, ...]:
         if self.state == IDLE:
-            self.ensure_started()
+            self._ensure_started(wait)
         if (
-            self.wait_until
+            wait
+            and self.wait_until
             and not self.instance_started.is_set()
             and self.state != STOPPED
             and not threading.current_thread().name.startswith(SDK_THREAD_PREFIX)
