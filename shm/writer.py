@@ -90,6 +90,9 @@ class ChunkSource(Protocol):
 
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None: ...
     def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
+    def turn_over(
+        self, ref: ChunkRef, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int
+    ) -> ChunkRef | None: ...
     def reclaim_chunk(
         self, ref: ChunkRef, writer_id: int, chunk_id: int, target_buffer: int
     ) -> bool: ...
@@ -519,6 +522,8 @@ class TraceWriterMethods(_MethodsBase):
             self._wptr = 0
             self._scratch_wrapped = True
             return
+        if not (self._open_sizes or self._patches or self._closed) and self._turn_over():
+            return
         ref = self._next_chunk(may_stall=True)  # before returning ours, as Perfetto does
         if ref is None:
             self._abandon_packet()
@@ -529,6 +534,23 @@ class TraceWriterMethods(_MethodsBase):
         if self._patches:
             self._hand_over_filled_patches()
         self._install(ref, first_continues=True)
+
+    def _turn_over(self) -> bool:
+        """_next_chunk_for_split's usual case (nothing to patch, a chunk free) in
+        one arbiter call: the per-chunk cost of a large packet. False, with
+        nothing changed but the fragment's backfilled size, if no chunk is free."""
+        write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
+        # _return_chunk's word for a chunk ending inside a packet (its fragment counts)
+        word = self._hdr_hi | ((self._finished + 1 | LAST_PACKET_CONTINUES << FLAGS_SHIFT) << 16)
+        chunk = self._chunk
+        assert chunk is not None, "only called while the writer holds a chunk"
+        ref = self._arbiter.turn_over(
+            chunk, word, self.target_buffer, self.writer_id, self._next_chunk_id
+        )
+        if ref is None:
+            return False
+        self._install(ref, first_continues=True)
+        return True
 
     # -- dropping ----------------------------------------------------------------------
 
