@@ -35,7 +35,10 @@ per-packet path.
 write_packet's fast path (a whole packet appended to the current chunk) is
 `WriterCore.write_packet`: compiled in shm/_writer.c when it was built, else
 its pure-Python twin in shm/writer_core.py (`PyTraceWriter` always uses the
-twin); the rest (`_write_packet_slow` and everything else) is Python here.
+twin); so is `_write_chunks`, write()'s loop for the bytes of a large packet
+that run past the current chunk (each turn-over one arbiter.turn_over call,
+the steps of `_turn_over`); the rest (`_write_packet_slow` and everything
+else) is Python here.
 
 Flushes asked from another thread: a writer belongs to one thread, so another
 thread cannot return its chunk. `request_flush()` (any thread) hands out a
@@ -311,8 +314,10 @@ class TraceWriterMethods(_MethodsBase):
             self._wptr = w + n
             self._pos += n
             return
+        off = self._write_chunks(data)  # the usual case of a large packet
+        if off == n:
+            return
         mv = memoryview(data)
-        off = 0
         while True:  # fill the chunk, move to the next, until the data is out
             w = self._wptr
             take = self._end - w
@@ -522,8 +527,6 @@ class TraceWriterMethods(_MethodsBase):
             self._wptr = 0
             self._scratch_wrapped = True
             return
-        if not (self._open_sizes or self._patches or self._closed) and self._turn_over():
-            return
         ref = self._next_chunk(may_stall=True)  # before returning ours, as Perfetto does
         if ref is None:
             self._abandon_packet()
@@ -537,7 +540,8 @@ class TraceWriterMethods(_MethodsBase):
 
     def _turn_over(self) -> bool:
         """_next_chunk_for_split's usual case (nothing to patch, a chunk free) in
-        one arbiter call: the per-chunk cost of a large packet. False, with
+        one arbiter call: the per-chunk cost of a large packet, in _write_chunks
+        (shm/writer_core.py; shm/_writer.c does the same steps). False, with
         nothing changed but the fragment's backfilled size, if no chunk is free."""
         write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
         # _return_chunk's word for a chunk ending inside a packet (its fragment counts)
