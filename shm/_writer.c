@@ -267,10 +267,21 @@ static int turn_over(WriterCore *self, Packet *p) {
         offset = PyLong_AsSsize_t(PyTuple_GET_ITEM(ref, 2));
         size = PyLong_AsSsize_t(PyTuple_GET_ITEM(ref, 3));
     }
-    if (PyErr_Occurred() || offset < 0 || size < CHUNK_HEADER_SIZE + 4 ||
+    /* The arbiter ran Python (a signal handler may have abandoned the writer and
+     * swapped _buf): like _install, write into the SMB, checked afresh. */
+    PyObject *smb = PyErr_Occurred() ? NULL : PyObject_GetAttr((PyObject *)self, s_smb);
+    if (smb != NULL) {
+        int rc = set_buf(self, smb, NULL);
+        Py_DECREF(smb);
+        if (rc < 0) offset = -1;
+    }
+    base = buffer_of(self);
+    len = self->len;
+    if (PyErr_Occurred() || base == NULL || offset < 0 || size < CHUNK_HEADER_SIZE + 4 ||
         offset > len - size || ((uintptr_t)(base + offset) & 3u) != 0 || wid < 0) {
         Py_DECREF(ref);
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "bad chunk from the arbiter");
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "bad chunk from the arbiter, or no SMB");
         return -1;
     }
     /* _install(ref, first_continues=True) */
@@ -283,11 +294,6 @@ static int turn_over(WriterCore *self, Packet *p) {
     self->finished = 0;
     p->flags = FIRST_PACKET_CONTINUES;
     self->hdr_hi = wid | ((Py_ssize_t)FIRST_PACKET_CONTINUES << (16 + FLAGS_SHIFT));
-    base = buffer_of(self); /* the arbiter ran Python: the buffer may be gone */
-    if (base == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the SMB was released");
-        return -1;
-    }
     __atomic_store_n((uint32_t *)(base + self->hdr_word),
                      (uint32_t)self->hdr_hi | (1u << 16), __ATOMIC_RELEASE); /* _publish(1) */
     Py_ssize_t w = offset + CHUNK_HEADER_SIZE; /* _start_fragment() */

@@ -268,3 +268,26 @@ def test_a_large_packet_turns_each_chunk_over_with_one_arbiter_call(writer_type)
     w.write_packet(b"z" * 10)
     w.flush()
     assert w.dropped_packets == 1 and w.incremental_state_invalid
+
+
+def test_a_writer_abandoned_during_a_turn_over_behaves_alike_in_c_and_pure():
+    """A signal handler that shuts tracing down runs inside arbiter.turn_over (it
+    is Python): the C turn-over, like _install, goes on in the SMB, never in the
+    scratch chunk abandon() switched to, and both twins end in the same state."""
+    states = []
+    for writer_type in (TraceWriter, PyTraceWriter):
+        twin = Twin(writer_type, 8, 1, BufferExhaustedPolicy.DROP)
+        w, real = twin.writer, twin.arbiter.turn_over
+
+        def abandoning(*args, _w=w, _real=real):
+            ref = _real(*args)
+            _w.abandon()
+            return ref
+
+        twin.arbiter.turn_over = abandoning
+        w.write_packet(b"x" * 10)
+        w.write_packet(b"y" * 3 * PAGE)
+        w.write_packet(b"z" * 10)  # closed: dropped
+        states.append(twin.state())
+    assert states[0] == states[1]
+    assert states[0][2] == 1  # the packet after the abandon was dropped
