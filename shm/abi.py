@@ -270,13 +270,15 @@ class SharedMemoryABI:
     def release_as_complete(self, ref: ChunkRef) -> bool:
         """BEING_WRITTEN -> COMPLETE. Retries while the service changes other chunks
         of the page; False if the chunk was not BEING_WRITTEN."""
+        buf = self.buf
         off = ref.page * self.page_size
-        bits = COMPLETE << (ref.chunk * 2)
+        shift = ref.chunk * 2
+        bits = COMPLETE << shift
         while True:
-            bitmap = load32(self.buf, off)
-            if (bitmap >> (ref.chunk * 2)) & CHUNK_STATE_MASK != BEING_WRITTEN:
+            bitmap = load32(buf, off)
+            if (bitmap >> shift) & CHUNK_STATE_MASK != BEING_WRITTEN:
                 return False
-            if cas32(self.buf, off, bitmap, bitmap | bits) == bitmap:
+            if cas32(buf, off, bitmap, bitmap | bits) == bitmap:
                 return True
 
     # -- service side ------------------------------------------------------------------

@@ -147,17 +147,18 @@ class SharedMemoryArbiter:
         (released after the payload) and goes back as return_chunk would. None,
         with nothing changed, if no chunk is free. One lock for both: this is
         the per-chunk cost of a large packet."""
+        page, chunk, offset, size = ref
+        abi = self.abi
         with self._lock:
             new = self._acquire_locked(writer_id, chunk_id)
             if new is None:
                 return None
-            store32(self.abi.buf, ref.offset + CHUNK_PACKETS_WORD, packets_word)
-            if not self.abi.release_as_complete(ref):
-                raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
-            self._pending.chunks_to_move.append(
-                _new_tuple(ChunkToMove, (ref.page, ref.chunk, target_buffer))
-            )
-            self._pending_bytes += ref.size
+            store32(abi.buf, offset + CHUNK_PACKETS_WORD, packets_word)
+            if not abi.release_as_complete(ref):
+                raise RuntimeError(f"chunk {page}/{chunk} was not BEING_WRITTEN")
+            move = _new_tuple(ChunkToMove, (page, chunk, target_buffer))
+            self._pending.chunks_to_move.append(move)
+            self._pending_bytes += size
             full = self._pending_bytes >= self._threshold
         if full:
             self.commit()
