@@ -11,5 +11,6 @@ class WriterCore:
     _hdr_hi: int
     incremental_state_invalid: bool
     def write_packet(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def _write_chunks(self, data: bytes | memoryview, /) -> int: ...
 
 _C_API: object

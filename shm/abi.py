@@ -96,6 +96,7 @@ PAGE_HEADER = struct.Struct("<II")  # bitmap, reserved
 CHUNK_HEADER = struct.Struct("<IHH")  # chunk_id, writer_id, packets (count:10 | flags:6)
 PAGE_HEADER_SIZE = PAGE_HEADER.size
 CHUNK_HEADER_SIZE = CHUNK_HEADER.size
+_ZERO_HEADER = bytes(CHUNK_HEADER_SIZE)
 CHUNK_PACKETS_WORD = 4  # offset in the chunk of the aligned u32 (writer_id | packets << 16)
 
 # --- page header bitmap -----------------------------------------------------------
@@ -269,13 +270,15 @@ class SharedMemoryABI:
     def release_as_complete(self, ref: ChunkRef) -> bool:
         """BEING_WRITTEN -> COMPLETE. Retries while the service changes other chunks
         of the page; False if the chunk was not BEING_WRITTEN."""
+        buf = self.buf
         off = ref.page * self.page_size
-        bits = COMPLETE << (ref.chunk * 2)
+        shift = ref.chunk * 2
+        bits = COMPLETE << shift
         while True:
-            bitmap = load32(self.buf, off)
-            if (bitmap >> (ref.chunk * 2)) & CHUNK_STATE_MASK != BEING_WRITTEN:
+            bitmap = load32(buf, off)
+            if (bitmap >> shift) & CHUNK_STATE_MASK != BEING_WRITTEN:
                 return False
-            if cas32(self.buf, off, bitmap, bitmap | bits) == bitmap:
+            if cas32(buf, off, bitmap, bitmap | bits) == bitmap:
                 return True
 
     # -- service side ------------------------------------------------------------------
@@ -285,32 +288,44 @@ class SharedMemoryABI:
         complete, the indices or layout are invalid, or the CAS keeps losing."""
         if not 0 <= page < self.num_pages:
             return None
+        buf = self.buf
+        page_off = page * self.page_size
+        shift = chunk * 2  # chunk is range-checked against the layout before any use
+        # Once per chunk the service moves: the helpers (chunk_ref, chunk_state,
+        # with_chunk_state) inlined, the same checks in the same order.
         for _ in range(SERVICE_CAS_ATTEMPTS):
-            bitmap = self.bitmap(page)
-            ref = self.chunk_ref(page, chunk, layout_of(bitmap))
-            if ref is None or bitmap & RESERVED_BIT or chunk_state(bitmap, chunk) != COMPLETE:
+            bitmap = load32(buf, page_off)
+            layout = (bitmap & LAYOUT_MASK) >> LAYOUT_SHIFT
+            if not 0 <= chunk < LAYOUT_CHUNKS[layout] or bitmap & RESERVED_BIT:
                 return None
-            new = with_chunk_state(bitmap, chunk, BEING_READ)
-            if cas32(self.buf, page * self.page_size, bitmap, new) == bitmap:
-                return ref
+            if (bitmap >> shift) & CHUNK_STATE_MASK != COMPLETE:
+                return None
+            new = bitmap ^ ((COMPLETE ^ BEING_READ) << shift)
+            if cas32(buf, page_off, bitmap, new) == bitmap:
+                size = self._chunk_sizes[layout]
+                offset = page_off + PAGE_HEADER_SIZE + chunk * size
+                return _new_tuple(ChunkRef, (page, chunk, offset, size))
         return None
 
     def release_as_free(self, ref: ChunkRef) -> bool:
         """BEING_READ -> FREE, zeroing the header first; the last chunk freed
         returns the page to the unpartitioned state (bitmap 0)."""
-        struct.pack_into("<II", self.buf, ref.offset, 0, 0)
-        page_off = ref.page * self.page_size
+        buf = self.buf
+        page, chunk, offset, size = ref
+        buf[offset : offset + CHUNK_HEADER_SIZE] = _ZERO_HEADER
+        page_off = page * self.page_size
+        shift = chunk * 2
+        chunk_sizes = self._chunk_sizes
         for _ in range(SERVICE_CAS_ATTEMPTS):
-            bitmap = self.bitmap(ref.page)
-            layout = layout_of(bitmap)
+            bitmap = load32(buf, page_off)
             if (
-                chunk_size_for(self.page_size, layout) != ref.size
-                or chunk_state(bitmap, ref.chunk) != BEING_READ
+                chunk_sizes[(bitmap & LAYOUT_MASK) >> LAYOUT_SHIFT] != size
+                or (bitmap >> shift) & CHUNK_STATE_MASK != BEING_READ
             ):
                 return False  # the producer changed the layout under us: give up
-            new = with_chunk_state(bitmap, ref.chunk, FREE)
+            new = bitmap & ~(CHUNK_STATE_MASK << shift)  # -> FREE
             if new & ALL_CHUNKS_MASK == 0:
                 new = 0
-            if cas32(self.buf, page_off, bitmap, new) == bitmap:
+            if cas32(buf, page_off, bitmap, new) == bitmap:
                 return True
         return False

@@ -19,9 +19,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from shm._atomics import store32
 from shm.abi import (
     BEING_WRITTEN,
     CHUNK_HEADER,
+    CHUNK_PACKETS_WORD,
     LAYOUT_CHUNKS,
     MAX_WRITER_ID,
     ChunkRef,
@@ -89,22 +91,25 @@ class SharedMemoryArbiter:
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None:
         """A free chunk, now BEING_WRITTEN with a fresh header; None if none is free."""
         with self._lock:
-            n = self.abi.num_pages
-            start = self._next_page
-            # The usual case first, in one call: the next page is free (a CAS that
-            # fails on a partitioned page changes nothing; the scan sees it again).
-            ref = self.abi.try_acquire_free_page(start, self._layout, writer_id, chunk_id)
+            return self._acquire_locked(writer_id, chunk_id)
+
+    def _acquire_locked(self, writer_id: int, chunk_id: int) -> ChunkRef | None:
+        n = self.abi.num_pages
+        start = self._next_page
+        # The usual case first, in one call: the next page is free (a CAS that
+        # fails on a partitioned page changes nothing; the scan sees it again).
+        ref = self.abi.try_acquire_free_page(start, self._layout, writer_id, chunk_id)
+        if ref is not None:
+            self._next_page = start + 1 if start + 1 < n else 0
+            return ref
+        for i in range(n):
+            page = start + i
+            if page >= n:
+                page -= n
+            ref = self._acquire_in_page(page, writer_id, chunk_id)
             if ref is not None:
-                self._next_page = start + 1 if start + 1 < n else 0
+                self._next_page = page + 1 if page + 1 < n else 0
                 return ref
-            for i in range(n):
-                page = start + i
-                if page >= n:
-                    page -= n
-                ref = self._acquire_in_page(page, writer_id, chunk_id)
-                if ref is not None:
-                    self._next_page = page + 1 if page + 1 < n else 0
-                    return ref
         return None
 
     def _acquire_in_page(self, page: int, writer_id: int, chunk_id: int) -> ChunkRef | None:
@@ -133,6 +138,31 @@ class SharedMemoryArbiter:
             full = self._pending_bytes >= self._threshold
         if full:
             self.commit()
+
+    def turn_over(
+        self, ref: ChunkRef, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int
+    ) -> ChunkRef | None:
+        """A packet continues past `ref`: a fresh chunk for (writer_id, chunk_id)
+        first, as Perfetto does; only then `ref` gets its final packets word
+        (released after the payload) and goes back as return_chunk would. None,
+        with nothing changed, if no chunk is free. One lock for both: this is
+        the per-chunk cost of a large packet."""
+        page, chunk, offset, size = ref
+        abi = self.abi
+        with self._lock:
+            new = self._acquire_locked(writer_id, chunk_id)
+            if new is None:
+                return None
+            store32(abi.buf, offset + CHUNK_PACKETS_WORD, packets_word)
+            if not abi.release_as_complete(ref):
+                raise RuntimeError(f"chunk {page}/{chunk} was not BEING_WRITTEN")
+            move = _new_tuple(ChunkToMove, (page, chunk, target_buffer))
+            self._pending.chunks_to_move.append(move)
+            self._pending_bytes += size
+            full = self._pending_bytes >= self._threshold
+        if full:
+            self.commit()
+        return new
 
     def reclaim_chunk(
         self, ref: ChunkRef, writer_id: int, chunk_id: int, target_buffer: int

@@ -35,7 +35,10 @@ per-packet path.
 write_packet's fast path (a whole packet appended to the current chunk) is
 `WriterCore.write_packet`: compiled in shm/_writer.c when it was built, else
 its pure-Python twin in shm/writer_core.py (`PyTraceWriter` always uses the
-twin); the rest (`_write_packet_slow` and everything else) is Python here.
+twin); so is `_write_chunks`, write()'s loop for the bytes of a large packet
+that run past the current chunk (each turn-over one arbiter.turn_over call,
+the steps of `_turn_over`); the rest (`_write_packet_slow` and everything
+else) is Python here.
 
 Flushes asked from another thread: a writer belongs to one thread, so another
 thread cannot return its chunk. `request_flush()` (any thread) hands out a
@@ -90,6 +93,9 @@ class ChunkSource(Protocol):
 
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None: ...
     def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
+    def turn_over(
+        self, ref: ChunkRef, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int
+    ) -> ChunkRef | None: ...
     def reclaim_chunk(
         self, ref: ChunkRef, writer_id: int, chunk_id: int, target_buffer: int
     ) -> bool: ...
@@ -308,8 +314,10 @@ class TraceWriterMethods(_MethodsBase):
             self._wptr = w + n
             self._pos += n
             return
+        off = self._write_chunks(data)  # the usual case of a large packet
+        if off == n:
+            return
         mv = memoryview(data)
-        off = 0
         while True:  # fill the chunk, move to the next, until the data is out
             w = self._wptr
             take = self._end - w
@@ -529,6 +537,24 @@ class TraceWriterMethods(_MethodsBase):
         if self._patches:
             self._hand_over_filled_patches()
         self._install(ref, first_continues=True)
+
+    def _turn_over(self) -> bool:
+        """_next_chunk_for_split's usual case (nothing to patch, a chunk free) in
+        one arbiter call: the per-chunk cost of a large packet, in _write_chunks
+        (shm/writer_core.py; shm/_writer.c does the same steps). False, with
+        nothing changed but the fragment's backfilled size, if no chunk is free."""
+        write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
+        # _return_chunk's word for a chunk ending inside a packet (its fragment counts)
+        word = self._hdr_hi | ((self._finished + 1 | LAST_PACKET_CONTINUES << FLAGS_SHIFT) << 16)
+        chunk = self._chunk
+        assert chunk is not None, "only called while the writer holds a chunk"
+        ref = self._arbiter.turn_over(
+            chunk, word, self.target_buffer, self.writer_id, self._next_chunk_id
+        )
+        if ref is None:
+            return False
+        self._install(ref, first_continues=True)
+        return True
 
     # -- dropping ----------------------------------------------------------------------
 

@@ -46,6 +46,13 @@ class WriterCore:
     _hdr_hi: int
     incremental_state_invalid: bool
     _write_packet_slow: Callable[[bytes], None]  # shm.writer.TraceWriter's, for the rest
+    # shm.writer.TraceWriter's, read by _write_chunks (see there)
+    _dropping: bool
+    _closed: bool
+    _open_sizes: list
+    _patches: list
+    _pos: int
+    _turn_over: Callable[[], bool]
 
     def write_packet(self, data: bytes) -> None:
         """Append one serialized TracePacket."""
@@ -68,3 +75,30 @@ class WriterCore:
         store32(buf, self._hdr_word, self._hdr_hi | ((c + 1) << 16))  # inflated
         if c >= MAX_PACKETS_PER_CHUNK:
             self._fast_limit = -1
+
+    def _write_chunks(self, data: bytes | memoryview) -> int:
+        """TraceWriter.write()'s loop for the bytes of a packet that run past the
+        current chunk, while its usual case holds (not dropping, not closed,
+        nothing to patch, a chunk free for each turn-over): fill the chunk, turn
+        it over (TraceWriter._turn_over: one arbiter call), go on. Returns how
+        many bytes of `data` it wrote; write() does the rest the general way.
+        The C twin does the turn-over itself, calling only the arbiter."""
+        mv = memoryview(data)
+        n = len(mv)
+        off = 0
+        while not (self._dropping or self._closed or self._open_sizes or self._patches):
+            w = self._wptr
+            take = self._end - w
+            if take >= n - off:
+                self._buf[w : w + n - off] = mv[off:]
+                self._wptr = w + n - off
+                self._pos += n - off
+                return n
+            if take > 0:
+                self._buf[w : self._end] = mv[off : off + take]
+                self._wptr = self._end
+                self._pos += take
+                off += take
+            if not self._turn_over():
+                break
+        return off

@@ -181,12 +181,22 @@ class _TrackingArbiter(SharedMemoryArbiter):
 
     def acquire_chunk(self, writer_id: int, chunk_id: int):
         ref = super().acquire_chunk(writer_id, chunk_id)
-        if ref is not None:  # only the writer's own thread touches its entry
-            n = self.chunks_of.get(writer_id, 0)
-            if chunk_id != n:
-                self.id_errors.append(f"writer {writer_id} asked for chunk id {chunk_id}, not {n}")
-            self.chunks_of[writer_id] = n + 1
+        if ref is not None:
+            self._count(writer_id, chunk_id)
         return ref
+
+    def turn_over(self, ref, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int):
+        new = super().turn_over(ref, packets_word, target_buffer, writer_id, chunk_id)
+        if new is not None:  # a split packet's next chunk
+            self._count(writer_id, chunk_id)
+        return new
+
+    def _count(self, writer_id: int, chunk_id: int) -> None:
+        # only the writer's own thread touches its entry
+        n = self.chunks_of.get(writer_id, 0)
+        if chunk_id != n:
+            self.id_errors.append(f"writer {writer_id} asked for chunk id {chunk_id}, not {n}")
+        self.chunks_of[writer_id] = n + 1
 
 
 def _writer_main(case: Case, commits, control) -> None:

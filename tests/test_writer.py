@@ -453,11 +453,20 @@ def test_an_interrupt_between_two_steps_of_a_chunk_change_gives_the_writer_up():
         real(ref, target_buffer)
         raise KeyboardInterrupt
 
+    real_turn_over = rig.arbiter.turn_over
+
+    def turned_over_then_interrupted(ref, *args):
+        real_turn_over(ref, *args)  # ref went back, the new chunk is taken
+        raise KeyboardInterrupt
+
+    # A chunk goes back between packets (return_chunk) or inside a split packet (turn_over).
     rig.arbiter.return_chunk = returned_then_interrupted
+    rig.arbiter.turn_over = turned_over_then_interrupted
     with pytest.raises(KeyboardInterrupt):
         for i in range(100):  # until the chunk is full and goes back
             w.write_packet(test_packet(i, 300))
     rig.arbiter.return_chunk = real
+    rig.arbiter.turn_over = real_turn_over
     assert w.closed
     dropped = w.dropped_packets
     for i in range(20):

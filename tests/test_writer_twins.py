@@ -70,6 +70,9 @@ class Twin:
             w.dropped_bytes,
             w.incremental_state_invalid,
             (w._wptr, w._end, w._fast_limit, w._finished, w._hdr_word, w._hdr_hi),
+            # what _write_chunks' turn-overs change on the Python side
+            (w._chunk, w._chunk_id, w._next_chunk_id, w._flags, w._pos, w._in_packet),
+            (w._frag_size_off, w._frag_start, w._dropping, w.closed),
         )
 
 
@@ -109,6 +112,7 @@ def ops(chunk: int):
     return st.lists(
         st.one_of(
             st.tuples(st.just("write"), st.integers(0, 3 * chunk), seed),
+            st.tuples(st.just("write"), st.integers(3 * chunk, 12 * chunk), seed),  # turn-overs
             st.tuples(st.just("write"), st.integers(0, 300), seed),
             st.tuples(st.just("fit"), st.integers(-6, 3), seed),
             st.tuples(st.just("many"), st.integers(1, 40), seed),
@@ -230,3 +234,60 @@ def test_a_writer_that_outlives_its_unmapped_region_never_touches_the_memory():
     dropped = w.dropped_packets
     w.write_packet(b"z" * 10)
     assert w.dropped_packets == dropped + 1
+
+
+@pytest.mark.parametrize("writer_type", [TraceWriter, PyTraceWriter])
+def test_a_large_packet_turns_each_chunk_over_with_one_arbiter_call(writer_type):
+    """The per-chunk cost of a large packet: one arbiter.turn_over per chunk it
+    runs past, no acquire_chunk/return_chunk, in the C twin as in the pure one;
+    and a turn-over the arbiter refuses (no free chunk) leaves the packet to
+    the general path, which drops it and marks the next."""
+    twin = Twin(writer_type, 8, 1, BufferExhaustedPolicy.DROP)
+    calls: list[str] = []
+    arbiter = twin.arbiter
+    for name in ("turn_over", "acquire_chunk", "return_chunk"):
+        real = getattr(arbiter, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls.append(_name)
+            return _real(*args)
+
+        setattr(arbiter, name, counted)
+    w = twin.writer
+    w.write_packet(b"x" * 10)  # takes the first chunk
+    calls.clear()
+    chunk_payload = PAGE - 8 - 8  # page and chunk headers
+    room = w._end - w._wptr - 4  # after the fragment's size field
+    w.write_packet(bytes(range(256)) * ((room + 4 * (chunk_payload - 4)) // 256 + 1))
+    assert calls == ["turn_over"] * 5  # it ends in the 5th chunk after the first
+    twin.free()
+    assert w.dropped_packets == 0
+    w.write_packet(b"y" * (20 * chunk_payload))  # more than the SMB holds: dropped
+    assert calls.count("turn_over") > 5 and w.dropped_packets == 1
+    twin.free()
+    w.write_packet(b"z" * 10)
+    w.flush()
+    assert w.dropped_packets == 1 and w.incremental_state_invalid
+
+
+def test_a_writer_abandoned_during_a_turn_over_behaves_alike_in_c_and_pure():
+    """A signal handler that shuts tracing down runs inside arbiter.turn_over (it
+    is Python): the C turn-over, like _install, goes on in the SMB, never in the
+    scratch chunk abandon() switched to, and both twins end in the same state."""
+    states = []
+    for writer_type in (TraceWriter, PyTraceWriter):
+        twin = Twin(writer_type, 8, 1, BufferExhaustedPolicy.DROP)
+        w, real = twin.writer, twin.arbiter.turn_over
+
+        def abandoning(*args, _w=w, _real=real):
+            ref = _real(*args)
+            _w.abandon()
+            return ref
+
+        twin.arbiter.turn_over = abandoning
+        w.write_packet(b"x" * 10)
+        w.write_packet(b"y" * 3 * PAGE)
+        w.write_packet(b"z" * 10)  # closed: dropped
+        states.append(twin.state())
+    assert states[0] == states[1]
+    assert states[0][2] == 1  # the packet after the abandon was dropped
