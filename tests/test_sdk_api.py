@@ -562,6 +562,7 @@ def test_a_slice_is_a_plain_context_manager_for_every_caller(rig):
                 raise KeyError("boom")
         with contextlib.ExitStack() as stack:
             stack.enter_context(tracebus.slice("b", category=category))
+        assert tracebus.slice("never entered", category=category).__exit__(None, None, None) is None
         s = tracebus.slice("c", category=category)
         assert s.__enter__() is s
         assert s.__exit__(None, None, None) is None

@@ -135,6 +135,7 @@ def test_a_write_reentered_on_the_same_thread_is_dropped(instance):
     seq.on_begin = lambda: instance.instant("nested", "c", None, None, None)
     instance.begin("outer", "c", None, None, None)
     assert [e[:2] for e in seq.events] == [("instant", "first"), ("begin", "outer")]
+    assert instance.dropped_packets() == 1  # the dropped event is counted, not silent
 
 
 def test_asyncio_tasks_get_tracks_that_are_forgotten_when_done(instance):

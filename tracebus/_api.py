@@ -111,6 +111,7 @@ def slice(
             new = _new_slice(_Slice)
             new._wanted = wanted
             new._event = (_text(name), _text(category), args, flow, terminate_flow)
+            new._opened = ()  # an __exit__ without __enter__ ends nothing
             return new
     except Exception as e:
         _error("slice", e)

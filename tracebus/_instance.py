@@ -204,6 +204,7 @@ class TrackEventInstance(InstanceCore):
         self._lock = threading.RLock()
         self._sequences: list[ThreadSequence] = []
         self._retired_drops = 0  # packets dropped by sequences of ended threads
+        self._reentered = 0  # events dropped because their thread was inside a write
 
     def wants(self, category: str, tags: tuple[str, ...]) -> bool:
         return self.filter.enabled(category, tags)
@@ -214,6 +215,7 @@ class TrackEventInstance(InstanceCore):
         """A slice begins: returns what end() needs, or None if nothing was written."""
         seq = getattr(self._local, "seq", None) or self._sequence()
         if seq is None or seq.busy:
+            self._count_reentered(seq)
             return None
         seq.busy = True
         try:
@@ -232,8 +234,11 @@ class TrackEventInstance(InstanceCore):
 
     def end(self, opened: tuple[ThreadSequence, int]) -> None:
         seq, track = opened
-        if seq.busy or getattr(self._local, "seq", None) is not seq:
-            return  # re-entered, or a slice object ended on another thread than it began
+        if seq.busy:
+            self._count_reentered(seq)
+            return
+        if getattr(self._local, "seq", None) is not seq:
+            return  # a slice object ended on another thread than it began
         seq.busy = True
         try:
             if self.live:
@@ -257,6 +262,7 @@ class TrackEventInstance(InstanceCore):
         """write(the thread's sequence, *args) under its busy flag, while live."""
         seq = self._sequence()
         if seq is None or seq.busy:
+            self._count_reentered(seq)
             return
         seq.busy = True
         try:
@@ -267,6 +273,12 @@ class TrackEventInstance(InstanceCore):
             raise
         finally:
             seq.busy = False
+
+    def _count_reentered(self, seq: ThreadSequence | None) -> None:
+        """An event dropped because its thread was inside a write already (a signal
+        handler, a log record emitted mid-write): counted with the dropped packets."""
+        if seq is not None:
+            self._reentered += 1  # a race between threads costs a count, never a crash
 
     def _interrupted(self, seq: ThreadSequence) -> None:
         """An exception left a write half done (a KeyboardInterrupt from a signal
@@ -371,4 +383,4 @@ class TrackEventInstance(InstanceCore):
     def dropped_packets(self) -> int:
         with self._lock:
             live = sum(seq.writer.dropped_packets for seq in self._sequences)
-            return self._retired_drops + live
+            return self._retired_drops + self._reentered + live
