@@ -452,13 +452,23 @@ static PyTypeObject WriterCoreType = {
 
 /* -- the C API ------------------------------------------------------------------- */
 
+static PyTypeObject *writer_type;  /* the last subclass of WriterCore seen (TraceWriter) */
+
+/* A WriterCore? The last subclass seen is remembered: the check runs per event. */
+static int is_writer(PyObject *obj) {
+    if (Py_TYPE(obj) == writer_type) return 1;
+    if (!PyObject_TypeCheck(obj, &WriterCoreType)) return 0;
+    Py_XSETREF(writer_type, (PyTypeObject *)Py_NewRef(Py_TYPE(obj)));
+    return 1;
+}
+
 static int api_try_write(PyObject *writer, const char *data, Py_ssize_t n) {
-    if (!PyObject_TypeCheck(writer, &WriterCoreType) || n < 0) return 0;
+    if (!is_writer(writer) || n < 0) return 0;
     return fast_write((WriterCore *)writer, data, n);
 }
 
 static int api_state_invalid(PyObject *writer) {
-    if (!PyObject_TypeCheck(writer, &WriterCoreType)) return -1;
+    if (!is_writer(writer)) return -1;
     return ((WriterCore *)writer)->state_invalid ? 1 : 0;
 }
 

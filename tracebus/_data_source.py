@@ -22,12 +22,13 @@ from tracebus._instance import TrackEventInstance
 
 # Every thread that writes holds a chunk of the SMB, and a busy one a second that the
 # service has yet to copy: Perfetto's default 256 KiB (64 chunks of 4 KiB) makes a
-# pool of 40 threads drop. 8 MiB in 16 KiB pages, one chunk each (512 chunks; pages
-# are touched only as used), serves a couple of hundred writing threads; a chunk of
-# 16 KiB holds ~500 small events, so a thread takes the Python path for a new chunk
-# once per ~250 slices (with 4 KiB chunks that turnover was a fifth of a slice's cost).
+# pool of 40 threads drop. 8 MiB in 32 KiB pages, one chunk each (256 chunks; pages
+# are touched only as used), serves over a hundred writing threads; a chunk of 32 KiB
+# holds the most packets a chunk may (1022 small events), so a thread takes the
+# Python path for a new chunk once per ~500 slices (with 4 KiB chunks, once per ~70:
+# that turnover was a fifth of a slice's cost).
 SMB_SIZE_KB = 8192
-PAGE_SIZE_KB = 16
+PAGE_SIZE_KB = 32
 
 
 class Runtime(Protocol):
