@@ -358,3 +358,23 @@ def test_a_ctrl_c_inside_a_write_reaches_the_app_and_the_next_event_writes_again
         assert tracebus.stats()["errors"] == 0
     finally:
         _runtime.WANTED.clear()
+
+
+def test_an_event_reentered_while_the_thread_makes_its_sequence_is_dropped(monkeypatch):
+    """A signal handler's event while this thread's first event makes its sequence
+    (the writer is being created) is dropped and counted: a second sequence would
+    replace the first under it."""
+    monkeypatch.setattr(_instance, "TrackEventSequence", FakeSequence)
+    FakeSequence.made = []
+    inst: TrackEventInstance
+
+    def new_writer() -> FakeWriter:
+        inst.instant("from a handler", "c", None, None, None)
+        return FakeWriter()
+
+    inst = TrackEventInstance(new_writer, CategoryFilter.from_config(None), "app", 4242)
+    inst.live = True
+    inst.instant("first", "c", None, None, None)
+    (seq,) = FakeSequence.made
+    assert [e[:2] for e in seq.events] == [("instant", "first")]
+    assert inst.dropped_packets() == 1

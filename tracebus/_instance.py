@@ -308,7 +308,17 @@ class TrackEventInstance(InstanceCore):
     def _sequence(self) -> ThreadSequence | None:
         seq: ThreadSequence | None = getattr(self._local, "seq", None)
         if seq is None and self.live:
-            seq = self._new_sequence()
+            local = self._local
+            if getattr(local, "creating", False):
+                # A signal handler's event while this thread makes its sequence: a
+                # second sequence (and writer) would replace the first under it.
+                self._reentered += 1
+                return None
+            local.creating = True
+            try:
+                seq = self._new_sequence()
+            finally:
+                local.creating = False
         return seq
 
     def _new_sequence(self) -> ThreadSequence | None:
