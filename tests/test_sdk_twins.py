@@ -97,10 +97,12 @@ def run(ops: list[tuple], api: Any, twin: Twin) -> list[Any]:
     slice_, instant, counter = api
     open_slices: list[Any] = []
     fresh = itertools.count()
+
+    def event_name(i: int) -> str:  # 20 and up: a new name (interning grows, then restarts)
+        return f"n{next(fresh)}" if i >= 20 else NAMES[i % len(NAMES)]
+
     for op, *a in ops:
-        name = NAMES[a[0] % len(NAMES)] if a and op in ("open", "instant", "args") else ""
-        if op in ("open", "instant", "args") and a[0] >= 20:
-            name = f"n{next(fresh)}"  # a new name: interning grows, then restarts
+        name = event_name(a[0]) if op in ("open", "instant", "args") else ""
         if op == "open":
             s = slice_(name, category=CATEGORIES[a[1] % 3])
             s.__enter__()
