@@ -37,6 +37,7 @@ from pathlib import Path
 
 import zmq
 
+from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
 from actors.core.service_core import (
     AppendToFile,
     Clocks,
@@ -47,7 +48,6 @@ from actors.core.service_core import (
     ToConsumer,
     ToProducer,
 )
-from actors.core.sessions import DEFAULT_LIMITS, Limits
 from actors.endpoints import (
     default_consumer_endpoint,
     default_producer_endpoint,
@@ -480,11 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.service", description=__doc__)
     parser.add_argument("--producer-endpoint", help="ZeroMQ endpoint of the producer port")
     parser.add_argument("--consumer-endpoint", help="ZeroMQ endpoint of the consumer port")
-    defaults = DEFAULT_LIMITS
-    for name in ("max_sessions", "max_sessions_per_uid", "max_buffers_per_session"):
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, type=_positive, default=getattr(defaults, name),
-                            help=f"default {getattr(defaults, name)}")  # fmt: skip
+    for name in limit_names():
+        default = getattr(DEFAULT_LIMITS, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=_positive, default=default,
+                            help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
     parser.add_argument(
         "--peer-send-timeout-s", type=_seconds, default=DEFAULT_PEER_SEND_TIMEOUT_S,
         help="give up on a peer that takes no message (or is stopped) this long; "
@@ -496,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         f"default {DEFAULT_SHUTDOWN_TIMEOUT_S:g}",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    limits = Limits(args.max_sessions, args.max_sessions_per_uid, args.max_buffers_per_session)
+    limits = Limits(**{name: getattr(args, name) for name in limit_names()})
     producer = args.producer_endpoint or default_producer_endpoint()
     consumer = args.consumer_endpoint or default_consumer_endpoint()
     try:

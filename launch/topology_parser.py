@@ -27,6 +27,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_error
+from actors.core.limits import limit_names
 from launch.topology import (
     ConsumerSpec,
     ConsumerStart,
@@ -74,12 +75,7 @@ SERVICE_KEYS = (
     "stop_timeout_s",
     "limits",
 )
-LIMIT_KEYS = (
-    "max_sessions",
-    "max_sessions_per_uid",
-    "max_buffers_per_session",
-    "peer_send_timeout_s",
-)
+LIMIT_KEYS = (*limit_names(), "peer_send_timeout_s")  # each a flag of actors.service
 PRODUCER_KINDS = ("builtin", "module", "command")
 PRODUCER_KEYS = (
     "name",

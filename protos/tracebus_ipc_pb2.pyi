@@ -227,14 +227,18 @@ class Heartbeat(_message.Message):
     def __init__(self) -> None: ...
 
 class SetupTracing(_message.Message):
-    __slots__ = ("shm_size_bytes", "shm_page_size_bytes", "shm_path")
+    __slots__ = ("shm_size_bytes", "shm_page_size_bytes", "shm_path", "shm_token", "shm_socket")
     SHM_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHM_PAGE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHM_PATH_FIELD_NUMBER: _ClassVar[int]
+    SHM_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SHM_SOCKET_FIELD_NUMBER: _ClassVar[int]
     shm_size_bytes: int
     shm_page_size_bytes: int
     shm_path: str
-    def __init__(self, shm_size_bytes: _Optional[int] = ..., shm_page_size_bytes: _Optional[int] = ..., shm_path: _Optional[str] = ...) -> None: ...
+    shm_token: bytes
+    shm_socket: str
+    def __init__(self, shm_size_bytes: _Optional[int] = ..., shm_page_size_bytes: _Optional[int] = ..., shm_path: _Optional[str] = ..., shm_token: _Optional[bytes] = ..., shm_socket: _Optional[str] = ...) -> None: ...
 
 class SetupDataSource(_message.Message):
     __slots__ = ("instance_id", "data_source_config")
@@ -311,20 +315,22 @@ class EnableTracingRequest(_message.Message):
     def __init__(self, trace_config: _Optional[bytes] = ..., output_path: _Optional[str] = ...) -> None: ...
 
 class EnableTracingResponse(_message.Message):
-    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out")
+    __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out", "unmatched_data_sources")
     DISABLED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UNSUPPORTED_FIELDS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     STOP_TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     disabled: bool
     error: str
     session_id: int
     unsupported_fields: _containers.RepeatedScalarFieldContainer[str]
     started: bool
     stop_timed_out: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ..., stop_timed_out: _Optional[_Iterable[str]] = ...) -> None: ...
+    unmatched_data_sources: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, disabled: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., unsupported_fields: _Optional[_Iterable[str]] = ..., started: _Optional[bool] = ..., stop_timed_out: _Optional[_Iterable[str]] = ..., unmatched_data_sources: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartTracingRequest(_message.Message):
     __slots__ = ()
@@ -386,7 +392,7 @@ class QueryServiceStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryServiceStateResponse(_message.Message):
-    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers")
+    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers", "refusals", "truncated")
     class Producer(_message.Message):
         __slots__ = ("id", "name", "uid", "pid")
         ID_FIELD_NUMBER: _ClassVar[int]
@@ -431,17 +437,28 @@ class QueryServiceStateResponse(_message.Message):
         messages_dropped: int
         messages_refused: int
         def __init__(self, producers: _Optional[int] = ..., consumers: _Optional[int] = ..., messages_dropped: _Optional[int] = ..., messages_refused: _Optional[int] = ...) -> None: ...
+    class RefusalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PEERS_GIVEN_UP_FIELD_NUMBER: _ClassVar[int]
     DEPARTED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
     sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
     peers_given_up: QueryServiceStateResponse.PeersGivenUp
     departed_producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
-    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ...) -> None: ...
+    refusals: _containers.ScalarMap[str, int]
+    truncated: bool
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., refusals: _Optional[_Mapping[str, int]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ObserveEventsRequest(_message.Message):
     __slots__ = ("types",)

@@ -199,6 +199,7 @@ class ConsumerPort:
             peer.uid,
             ctx.peers_given_up(),
             ctx.producers.departed(),
+            ctx.counters.refusals,
         )
         ctx.out.to_consumer(peer.identity, request_id, service_state=reply)
 

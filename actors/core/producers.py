@@ -64,6 +64,8 @@ class ServiceCounters:
     consumers_given_up: int = 0
     given_up_messages_dropped: int = 0
     given_up_messages_refused: int = 0
+    # Requests refused because of a limit, by the limit's name (actors/core/limits.py).
+    refusals: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

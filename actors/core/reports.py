@@ -8,7 +8,7 @@ into the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -88,12 +88,15 @@ def service_state(
     uid: int,
     given_up: PeersGivenUp = PeersGivenUp(),
     departed: Iterable[DepartedProducer] = (),
+    refusals: Mapping[str, int] | None = None,
 ) -> ipc.QueryServiceStateResponse:
     """Producers and data sources, the sessions `uid` may see (root sees all), the
     peers given up on, and the producers that left (oldest first)."""
     reply = ipc.QueryServiceStateResponse()
     for f in fields(given_up):
         setattr(reply.peers_given_up, f.name, getattr(given_up, f.name))
+    for name, count in (refusals or {}).items():
+        reply.refusals[name] = count
     for p in producers:
         reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
         for desc in p.data_sources.values():

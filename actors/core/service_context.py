@@ -69,6 +69,12 @@ class ServiceContext:
         self.producers_seen = 0
         self.data_sources_seen = 0
 
+    def refuse(self, limit: str) -> None:
+        """Count a request refused because of `limit` (a Limits field name); the
+        caller answers the peer with an error naming the limit."""
+        refusals = self.counters.refusals
+        refusals[limit] = refusals.get(limit, 0) + 1
+
     def free_buffer_ids(self) -> int:
         return MAX_BUFFER_ID - len(self.buffer_ids)
 

@@ -11,23 +11,8 @@ from dataclasses import dataclass
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.lifecycle import HasInstanceState, HasSessionState
+from actors.core.limits import DEFAULT_LIMITS, Limits
 from shm.trace_buffer import FillPolicy, TraceBuffer
-
-MAX_SESSIONS = 15
-MAX_SESSIONS_PER_UID = 5
-MAX_BUFFERS_PER_SESSION = 128
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one service allows (Perfetto's numbers by default)."""
-
-    max_sessions: int = MAX_SESSIONS
-    max_sessions_per_uid: int = MAX_SESSIONS_PER_UID
-    max_buffers_per_session: int = MAX_BUFFERS_PER_SESSION
-
-
-DEFAULT_LIMITS = Limits()
 
 MAX_BUFFER_BYTES = (4 << 30) - 4096
 DEFAULT_FLUSH_TIMEOUT_MS = 5000

@@ -1,0 +1,37 @@
+"""What one service allows: every bound on what its peers may ask for.
+
+Each field of Limits is a positive integer, a flag of `python -m actors.service`
+(`max_sessions` becomes `--max-sessions`) and a key of `service.limits` in a
+topology (launch/topology_parser.py takes the names from here; docs/topology.md
+lists them). A request refused because of a limit gets an error naming the
+limit, and is counted under the limit's name (ServiceContext.refuse): the
+service state's `refusals` reports the counts.
+
+The defaults are Perfetto's where Perfetto has the limit; the shell may size the
+memory ones from the machine (actors/service.py) before it builds the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_sessions: int = 15
+    max_sessions_per_uid: int = 5
+    max_buffers_per_session: int = 128
+
+
+DEFAULT_LIMITS = Limits()
+
+# One line per limit: the flag's help and the topology doc's description.
+LIMIT_HELP: dict[str, str] = {
+    "max_sessions": "tracing sessions at once",
+    "max_sessions_per_uid": "sessions one user may hold",
+    "max_buffers_per_session": "trace buffers in one session",
+}
+
+
+def limit_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(Limits))
