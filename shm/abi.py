@@ -132,6 +132,10 @@ FRAGMENT_HEADER_SIZE = 4  # reserved by writers, backfilled as a redundant varin
 
 # How many times the service retries a CAS it loses before giving up on the chunk.
 SERVICE_CAS_ATTEMPTS = 8
+# The producer's bound: the service legitimately changes other chunks of a page
+# between its load and its CAS, but a bitmap that keeps changing under it longer
+# is someone scribbling on the SMB, and the chunk is given up as lost.
+WRITER_CAS_ATTEMPTS = 1000
 
 
 def chunk_size_for(page_size: int, layout: int) -> int:
@@ -269,17 +273,39 @@ class SharedMemoryABI:
 
     def release_as_complete(self, ref: ChunkRef) -> bool:
         """BEING_WRITTEN -> COMPLETE. Retries while the service changes other chunks
-        of the page; False if the chunk was not BEING_WRITTEN."""
+        of the page; False if the chunk was not BEING_WRITTEN (or the bitmap kept
+        changing under it): its writer then counts it as lost."""
         buf = self.buf
         off = ref.page * self.page_size
         shift = ref.chunk * 2
         bits = COMPLETE << shift
-        while True:
+        for _ in range(WRITER_CAS_ATTEMPTS):
             bitmap = load32(buf, off)
             if (bitmap >> shift) & CHUNK_STATE_MASK != BEING_WRITTEN:
                 return False
             if cas32(buf, off, bitmap, bitmap | bits) == bitmap:
                 return True
+        return False
+
+    def release_unused(self, ref: ChunkRef) -> bool:
+        """BEING_WRITTEN -> FREE for a chunk its writer took but never used (the
+        chunk it was to follow was lost, see SharedMemoryArbiter.turn_over); the
+        page returns to unpartitioned when no chunk of it is left in use. False
+        if the chunk was not BEING_WRITTEN (someone else wrote the bitmap)."""
+        buf = self.buf
+        buf[ref.offset : ref.offset + CHUNK_HEADER_SIZE] = _ZERO_HEADER
+        off = ref.page * self.page_size
+        shift = ref.chunk * 2
+        for _ in range(WRITER_CAS_ATTEMPTS):
+            bitmap = load32(buf, off)
+            if (bitmap >> shift) & CHUNK_STATE_MASK != BEING_WRITTEN:
+                return False
+            new = bitmap & ~(CHUNK_STATE_MASK << shift)
+            if new & ALL_CHUNKS_MASK == 0:
+                new = 0
+            if cas32(buf, off, bitmap, new) == bitmap:
+                return True
+        return False
 
     # -- service side ------------------------------------------------------------------
 

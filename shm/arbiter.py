@@ -127,10 +127,14 @@ class SharedMemoryArbiter:
                     return ref
         return None
 
-    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None:
-        """A writer is done with `ref`: mark it COMPLETE and queue it for the service."""
+    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> bool:
+        """A writer is done with `ref`: mark it COMPLETE and queue it for the service.
+        False if `ref` was no longer BEING_WRITTEN: someone else wrote the bitmap
+        (the SMB is the producer's own memory, any of its code may scribble on
+        it), so the chunk is lost and its writer counts it (never an exception
+        on the app thread)."""
         if not self.abi.release_as_complete(ref):
-            raise RuntimeError(f"chunk {ref.page}/{ref.chunk} was not BEING_WRITTEN")
+            return False
         move = _new_tuple(ChunkToMove, (ref.page, ref.chunk, target_buffer))  # no __new__ call
         with self._lock:
             self._pending.chunks_to_move.append(move)
@@ -138,6 +142,7 @@ class SharedMemoryArbiter:
             full = self._pending_bytes >= self._threshold
         if full:
             self.commit()
+        return True
 
     def turn_over(
         self, ref: ChunkRef, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int
@@ -145,17 +150,22 @@ class SharedMemoryArbiter:
         """A packet continues past `ref`: a fresh chunk for (writer_id, chunk_id)
         first, as Perfetto does; only then `ref` gets its final packets word
         (released after the payload) and goes back as return_chunk would. None,
-        with nothing changed, if no chunk is free. One lock for both: this is
-        the per-chunk cost of a large packet."""
+        with nothing changed, if no chunk is free or `ref` is no longer
+        BEING_WRITTEN (lost, see return_chunk): the writer's general path then
+        finds out which. One lock for both: this is the per-chunk cost of a
+        large packet."""
         page, chunk, offset, size = ref
         abi = self.abi
         with self._lock:
+            if chunk_state(abi.bitmap(page), chunk) != BEING_WRITTEN:
+                return None
             new = self._acquire_locked(writer_id, chunk_id)
             if new is None:
                 return None
             store32(abi.buf, offset + CHUNK_PACKETS_WORD, packets_word)
             if not abi.release_as_complete(ref):
-                raise RuntimeError(f"chunk {page}/{chunk} was not BEING_WRITTEN")
+                abi.release_unused(new)  # lost between the check and here
+                return None
             move = _new_tuple(ChunkToMove, (page, chunk, target_buffer))
             self._pending.chunks_to_move.append(move)
             self._pending_bytes += size
@@ -181,8 +191,13 @@ class SharedMemoryArbiter:
             )
             if (header_writer_id, header_chunk_id) != (writer_id, chunk_id):
                 return False
-        self.return_chunk(ref, target_buffer)
-        return True
+        return self.return_chunk(ref, target_buffer)
+
+    def give_back_unused(self, ref: ChunkRef) -> None:
+        """A chunk a writer took but will not use (the one it was to follow was
+        lost): FREE again, under the lock that acquire_chunk holds."""
+        with self._lock:
+            self.abi.release_unused(ref)
 
     def add_patches(self, patches: list[ChunkToPatch]) -> None:
         with self._lock:

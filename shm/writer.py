@@ -92,7 +92,8 @@ class ChunkSource(Protocol):
     sleep: Callable[[float], None]
 
     def acquire_chunk(self, writer_id: int, chunk_id: int) -> ChunkRef | None: ...
-    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> None: ...
+    def return_chunk(self, ref: ChunkRef, target_buffer: int) -> bool: ...
+    def give_back_unused(self, ref: ChunkRef) -> None: ...
     def turn_over(
         self, ref: ChunkRef, packets_word: int, target_buffer: int, writer_id: int, chunk_id: int
     ) -> ChunkRef | None: ...
@@ -498,7 +499,7 @@ class TraceWriterMethods(_MethodsBase):
             self._hdr_hi = self.writer_id
             self._wptr = offset + CHUNK_HEADER_SIZE
 
-    def _return_chunk(self, last_continues: bool) -> None:
+    def _return_chunk(self, last_continues: bool) -> bool:
         count = self._finished
         if self._in_packet:
             count += 1  # the fragment in progress goes with the chunk
@@ -517,9 +518,26 @@ class TraceWriterMethods(_MethodsBase):
                 self._patches.append(handle[1])
             self._open_sizes.clear()
         store32(self._smb, self._hdr_word, self.writer_id | ((count | flags << FLAGS_SHIFT) << 16))
-        self._arbiter.return_chunk(chunk, self.target_buffer)
+        returned = self._arbiter.return_chunk(chunk, self.target_buffer)
+        if not returned:
+            self._lose_chunk(chunk)
         self._chunk = None
         self._fast_limit = -1
+        return returned
+
+    def _lose_chunk(self, chunk: ChunkRef) -> None:
+        """`chunk` was found in a state this writer did not leave it in (someone
+        else wrote the SMB): its finished packets are counted as dropped, a
+        packet in progress is dropped to its end (its start is gone), and the
+        next packet that lands says so. The app thread carries on."""
+        end = self._frag_size_off if self._in_packet else self._wptr
+        self.dropped_packets += self._finished
+        self.dropped_bytes += max(0, end - chunk.offset - CHUNK_HEADER_SIZE)
+        self._mark_dropped()
+        if self._in_packet:
+            self._void_open_packet()
+            self._enter_drop_mode()
+            self._lost = True
 
     def _next_chunk_for_split(self) -> None:
         """The packet in progress needs more room than the current chunk has."""
@@ -533,7 +551,9 @@ class TraceWriterMethods(_MethodsBase):
             self._raise_if_exhausted()
             return
         write_size4(self._smb, self._frag_size_off, self._wptr - self._frag_start)
-        self._return_chunk(last_continues=True)
+        if not self._return_chunk(last_continues=True):
+            self._arbiter.give_back_unused(ref)  # the packet is lost: drop its rest
+            return
         if self._patches:
             self._hand_over_filled_patches()
         self._install(ref, first_continues=True)
@@ -561,16 +581,22 @@ class TraceWriterMethods(_MethodsBase):
     def _abandon_packet(self) -> None:
         """No chunk for the rest of the packet: void its fragment here, drop the rest."""
         write_size4(self._smb, self._frag_size_off, PACKET_DROPPED_SIZE)
+        self._void_open_packet()
+        self._return_chunk(last_continues=False)
+        self._enter_drop_mode()
+        self._lost = True
+
+    def _void_open_packet(self) -> None:
+        """The packet in progress will not land: its open sizes need no filling,
+        its patches go to the service filled with zeros (they unblock the
+        chunks waiting for them; the packet is void anyway)."""
         for handle in self._open_sizes:
             handle[0] = -1  # its bytes are void now
         self._open_sizes.clear()
         for patch in self._patches:
             if patch.data is None:
-                patch.data = b"\0\0\0\0"  # unblock the service; the packet is void anyway
+                patch.data = b"\0\0\0\0"
         self._hand_over_patches()
-        self._return_chunk(last_continues=False)
-        self._enter_drop_mode()
-        self._lost = True
 
     def _enter_drop_mode(self) -> None:
         self._dropping = True
