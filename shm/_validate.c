@@ -6,8 +6,8 @@
  *   packet_is_valid_untrusted(data) -> bool
  *
  * True when the top level of `data` (any contiguous buffer) is well-formed
- * protobuf (varint, 64-bit, length-delimited and 32-bit fields; no groups, no
- * field number 0) and no field is one only the service may set (RESERVED in
+ * protobuf (varint, 64-bit, length-delimited and 32-bit fields; tags of at
+ * most 5 bytes and 32 bits, so field numbers 1..2^29-1; no groups) and no field is one only the service may set (RESERVED in
  * packet_check.py). The bytes come from a producer: every varint is read at
  * most 10 bytes and never past the end, every length and fixed field is checked
  * against the end before it is stepped over. Python's varints are unbounded
@@ -44,9 +44,11 @@ static int valid(const uint8_t *p, Py_ssize_t n) {
     while (i < n) {
         uint64_t tag, value;
         int big, value_big;
+        Py_ssize_t start = i;
         i = read_varint(p, i, n, &tag, &big);
-        if (i < 0 || (!big && (tag >> 3) == 0)) return 0;
-        if (!big && (tag >> 3) < 256 && is_reserved[tag >> 3]) return 0;
+        /* Tags of at most 5 bytes and 32 bits: field numbers 1..2^29-1. */
+        if (i < 0 || i - start > 5 || big || tag > 0xFFFFFFFFu || (tag >> 3) == 0) return 0;
+        if ((tag >> 3) < 256 && is_reserved[tag >> 3]) return 0;
         switch (tag & 7) {
         case 0:  /* varint */
             i = read_varint(p, i, n, &value, &value_big);

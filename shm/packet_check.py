@@ -3,7 +3,9 @@ reference of the validator.
 
 A TracePacket read back from a buffer is kept when its top level is
 well-formed protobuf (shm.protozero.scan_fields: no truncated varint or
-length, no group, no field number 0) and it sets none of the fields only the
+length, no group, every tag at most 5 bytes and 32 bits so that field numbers
+are 1..2**29-1, the wire format's rules as upb, the official parser, applies
+them) and it sets none of the fields only the
 service may write (RESERVED_FIELDS, Perfetto's list: the trusted uid, pid and
 sequence id, and the like). Nested messages are not looked into: they are the
 trace processor's business, and a producer can only hurt its own packets.

@@ -76,6 +76,9 @@ def zigzag(v: int) -> int:
     return ((v << 1) ^ (v >> 63)) & _U64
 
 
+MAX_TAG_BYTES = 5
+
+
 def read_varint(data, i: int, end: int) -> tuple[int, int]:
     """(value, index after it) of the varint at data[i]; index -1 if it does not
     end within 10 bytes or before `end`."""
@@ -92,13 +95,18 @@ def read_varint(data, i: int, end: int) -> tuple[int, int]:
 def scan_fields(data) -> list[tuple[int, int, int]] | None:
     """The top-level fields of an untrusted message as (field number, wire type,
     value): the value of a varint, or the offset where a fixed or length-delimited
-    payload starts. None if the bytes are not well-formed protobuf (groups
-    included: nothing we read uses them)."""
+    payload starts. None if the bytes are not well-formed protobuf (a tag
+    longer than 5 bytes or 32 bits, field number 0, a truncated varint or
+    field, a length past the end; groups included: nothing we read uses
+    them)."""
     fields: list[tuple[int, int, int]] = []
     i, n = 0, len(data)
     while i < n:
+        start = i
         tag, i = read_varint(data, i, n)
-        if i < 0 or tag >> 3 == 0:
+        # The wire format's tags: at most 5 bytes and 32 bits, so field numbers
+        # are 1..2**29-1 (upb, the official parser, rejects any other tag).
+        if i < 0 or i - start > MAX_TAG_BYTES or tag > 0xFFFFFFFF or tag >> 3 == 0:
             return None
         wire = tag & 7
         if wire == VARINT:
