@@ -5,13 +5,15 @@ the reference keeps what the service must keep and drops what it must drop."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from shm import packet_check
 from shm._validate import packet_is_valid_untrusted as c_valid
-from shm.packet_check import RESERVED_FIELDS
+from shm.packet_check import MAX_DEPTH, RESERVED_FIELDS
 from shm.packet_check import packet_is_valid_untrusted as py_valid
 from shm.protozero import varint
 
@@ -44,11 +46,53 @@ def test_real_trace_packets_are_kept():
 
 def test_every_field_number_is_judged_alike_and_only_reserved_ones_are_dropped():
     for number in range(1, 300):
-        for wire, body in ((0, b"\x01"), (2, b"\x02ab"), (1, bytes(8)), (5, bytes(4))):
+        # an empty length-delimited payload: well-formed whatever the parser reads it as
+        for wire, body in ((0, b"\x01"), (2, b"\x00"), (1, bytes(8)), (5, bytes(4))):
             data = field(number, wire, body)
             assert same(data) is (number not in RESERVED_FIELDS), (number, wire)
     for number in RESERVED_FIELDS:  # wherever it appears in the packet
         assert not same(b"\x08\x01" + field(number, 0, b"\x00") + b"\x0a\x00")
+
+
+def ld(number: int, body: bytes) -> bytes:
+    """A length-delimited field."""
+    return field(number, 2, varint(len(body)) + body)
+
+
+def test_nested_messages_and_packed_fields_are_checked_as_the_parser_reads_them():
+    """What the official parser reads into (messages, packed numbers) must be
+    well-formed; what it does not (strings, bytes, unknown fields) is not looked at."""
+    junk = b"\x00\x01"  # field number 0
+    cases = {
+        ld(11, junk): False,  # track_event
+        ld(11, ld(4, b"")): True,  # track_event.debug_annotations
+        ld(11, ld(4, junk)): False,  # ... broken inside
+        ld(11, ld(31, b"\x80")): False,  # extra_counter_track_uuids: packed varint cut short
+        ld(11, ld(31, b"\x80\x01\x05")): True,
+        ld(11, ld(47, bytes(12))): False,  # flow_ids (fixed64): not a whole number of them
+        ld(11, ld(47, bytes(16))): True,
+        ld(900, junk): False,  # for_testing
+        ld(1000, junk): True,  # unknown: bytes to the parser
+        ld(11, b"\x0a" + b"\xff"): False,  # a string field's length past its message
+        field(11, 1, bytes(8)): True,  # a message field with another wire type: unknown
+    }
+    for data, kept in cases.items():
+        assert same(data) is kept, data.hex()
+        assert _trace_parses(data) is kept, data.hex()
+
+
+def test_nesting_deeper_than_max_depth_is_dropped():
+    def annotation(depth: int) -> bytes:
+        inner = b""
+        for _ in range(depth):  # DebugAnnotation.dict_entries (11) in itself
+            inner = field(11, 2, varint(len(inner)) + inner)
+        body = field(4, 2, varint(len(inner)) + inner)  # TrackEvent.debug_annotations
+        return field(11, 2, varint(len(body)) + body)  # TracePacket.track_event
+
+    deepest = MAX_DEPTH - 2  # the packet is depth 0, track_event 1, the annotation 2
+    assert same(annotation(deepest)) and _trace_parses(annotation(deepest))
+    assert not same(annotation(deepest + 1))
+    assert not same(annotation(500))  # nothing recurses without a bound
 
 
 def test_malformed_tops_are_dropped():
@@ -173,3 +217,60 @@ def test_property_tags_are_judged_as_upb_judges_them(number, wire, padding):
         return
     if 1000 <= number or not number:
         assert same(data) is _trace_parses(data), data.hex()
+
+
+def test_the_committed_schema_table_is_what_the_installed_schema_gives():
+    from shm import trace_schema_gen
+
+    path = Path(trace_schema_gen.__file__).with_name("trace_schema.py")
+    assert path.read_text() == trace_schema_gen.render(), "run python -m shm.trace_schema_gen"
+
+
+def _rich_packet(ts: int, name: str, text: str, values: list[int], depth: int) -> bytes:
+    packet = pb.TracePacket(timestamp=ts)
+    event = packet.track_event
+    event.name = name
+    event.type = pb.TrackEvent.TYPE_SLICE_BEGIN
+    event.flow_ids.extend(values)
+    event.extra_counter_values.extend(values)
+    annotation = event.debug_annotations.add(name="a", string_value=text)
+    for v in values[:depth]:
+        annotation = annotation.dict_entries.add(name=str(v), int_value=v)
+    packet.interned_data.event_names.add(iid=1, name=name)
+    packet.for_testing.str = text
+    return packet.SerializeToString()
+
+
+rich_packets = st.builds(
+    _rich_packet,
+    st.integers(0, 2**64 - 1),
+    st.text(max_size=20),
+    st.text(max_size=60),
+    st.lists(st.integers(0, 2**63 - 1), max_size=6),
+    st.integers(0, 6),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(rich_packets, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       st.integers(0, 10**6), st.binary(max_size=8))  # fmt: skip
+def test_property_whatever_a_producer_writes_a_kept_packet_parses_with_the_official_schema(
+    data, flips, cut, tail
+):
+    """The read-back promise: a packet the validator keeps never breaks the
+    trace for the official parser, whatever bytes the producer mutated (and the
+    twins agree on every one)."""
+    mutated = bytearray(data)
+    for where, value in flips:
+        if mutated:
+            mutated[where % len(mutated)] = value
+    candidate = bytes(mutated[: cut % (len(mutated) + 1)]) + tail
+    if same(candidate):
+        assert _trace_parses(candidate), candidate.hex()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=80))
+def test_property_random_bytes_kept_parse_with_the_official_schema(data):
+    if same(data):
+        assert _trace_parses(data), data.hex()
