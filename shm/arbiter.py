@@ -157,14 +157,12 @@ class SharedMemoryArbiter:
         page, chunk, offset, size = ref
         abi = self.abi
         with self._lock:
-            if chunk_state(abi.bitmap(page), chunk) != BEING_WRITTEN:
-                return None
             new = self._acquire_locked(writer_id, chunk_id)
             if new is None:
                 return None
             store32(abi.buf, offset + CHUNK_PACKETS_WORD, packets_word)
             if not abi.release_as_complete(ref):
-                abi.release_unused(new)  # lost between the check and here
+                abi.release_unused(new)  # ref was lost: the new chunk goes back unused
                 return None
             move = _new_tuple(ChunkToMove, (page, chunk, target_buffer))
             self._pending.chunks_to_move.append(move)
