@@ -270,7 +270,8 @@ def test_version_mismatch_and_limits_are_clear_errors():
         c.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
     errors = [c.replies()[0].enable_tracing.error for c in consumers]
     assert errors[:5] == [""] * 5
-    assert errors[5] == "too many tracing sessions for uid 5 (limit 5)"
+    assert errors[5] == "too many tracing sessions for uid 5 (max_sessions_per_uid 5)"
+    assert rig.core.counters.refusals == {"max_sessions_per_uid": 1}
 
 
 @pytest.mark.parametrize(
@@ -340,14 +341,16 @@ def test_service_limits_are_configurable():
     for c in consumers:
         c.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
     errors = [c.replies()[0].enable_tracing.error for c in consumers]
-    assert errors == ["", "", "too many tracing sessions (limit 2)"]
+    assert errors == ["", "", "too many tracing sessions (max_sessions 2)"]
     two_buffers = pb.TraceConfig.FromString(config())
     two_buffers.buffers.add(size_kb=4)
     consumers[0].send(free_buffers=ipc.FreeBuffersRequest())
     consumers[2].send(
         enable_tracing=ipc.EnableTracingRequest(trace_config=two_buffers.SerializeToString())
     )
-    assert consumers[2].replies()[0].enable_tracing.error == "too many buffers: 2 (limit 1)"
+    error = consumers[2].replies()[0].enable_tracing.error
+    assert error == "too many buffers: 2 (max_buffers_per_session 1)"
+    assert rig.core.counters.refusals == {"max_sessions": 1, "max_buffers_per_session": 1}
 
 
 def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
