@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors import service
+from actors.core.buffer_budget import memory_defaults
 from actors.core.consumer_core import SessionError
+from actors.core.limits import DEFAULT_LIMITS
 from tests.processes import Runtime
 from tests.waiting import wait_for
 
@@ -140,3 +143,43 @@ def test_a_gigabyte_of_buffers_stalls_no_one_and_is_given_back(rt) -> None:
     assert vm_mapped - vm_before >= 4 * GIB // 1024  # mapped...
     assert rss_mapped - rss_before < 64 * 1024  # ...but not touched
     assert status_kib(service.pid, "VmSize") - vm_before < 64 * 1024  # and given back
+
+
+# -- the defaults, sized from the machine --------------------------------------------------------
+
+
+def test_the_static_defaults_are_those_of_an_8_gib_machine() -> None:
+    sized = memory_defaults(8 * GIB)
+    assert sized == {"max_buffer_bytes_total": 4 * GIB, "max_buffer_bytes_per_uid": 2 * GIB}
+    assert all(getattr(DEFAULT_LIMITS, name) == value for name, value in sized.items())
+    odd = memory_defaults(3 * GIB + 12345)
+    assert all(v % 4096 == 0 for v in odd.values())
+    assert memory_defaults(1000) == {"max_buffer_bytes_total": MIB, "max_buffer_bytes_per_uid": MIB}
+
+
+def test_a_cgroup_limit_below_the_physical_memory_sizes_the_budget(tmp_path, monkeypatch) -> None:
+    limit = tmp_path / "memory.max"
+    limit.write_text("1073741824\n")
+    monkeypatch.setattr(service, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "absent"), str(limit)))
+    assert service.machine_memory() == GIB
+    assert service.machine_limits().max_buffer_bytes_per_uid == GIB // 4
+    limit.write_text("max\n")  # cgroup v2's "no limit"
+    assert service.machine_memory() > GIB  # the physical memory of any machine this runs on
+
+
+def test_the_service_flags_default_to_the_machine_sized_budget(monkeypatch) -> None:
+    seen = {}
+
+    class FakeShell:
+        def __init__(self, producer, consumer, limits, *rest, **options) -> None:
+            seen["limits"] = limits
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(service, "ServiceShell", FakeShell)
+    monkeypatch.setattr(service, "machine_memory", lambda: 16 * GIB)
+    argv = ["--producer-endpoint", "ipc:///nowhere/p", "--consumer-endpoint", "ipc:///nowhere/c"]
+    assert service.main([*argv, "--max-buffer-bytes-per-uid", "12345"]) == 0
+    assert seen["limits"].max_buffer_bytes_total == 8 * GIB
+    assert seen["limits"].max_buffer_bytes_per_uid == 12345
