@@ -373,6 +373,52 @@ def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
     assert second.replies()[0].enable_tracing.error == ""
 
 
+def test_the_buffer_budget_is_checked_before_any_buffer_is_allocated(monkeypatch):
+    from actors.core import buffer_budget
+
+    made = []
+    real = buffer_budget.TraceBuffer
+    monkeypatch.setattr(buffer_budget, "TraceBuffer", lambda *a: made.append(a) or real(*a))
+    rig = Rig()
+    rig.core.limits = Limits(max_buffer_bytes_total=192 * 1024, max_buffer_bytes_per_uid=128 * 1024)
+    first, second, third = (FakeConsumer(rig, name, uid=7) for name in ("a", "b", "c"))
+    first.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=100)))
+    assert first.replies()[0].enable_tracing.error == ""
+    assert made == [(100 * 1024, 1)]
+    second.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=29)))
+    (refused,) = second.replies()  # 100 + 28 KiB fit the share, 100 + 32 do not
+    assert refused.enable_tracing.disabled and len(made) == 1
+    assert (
+        "uid 7 hold 0.1 MiB and max_buffer_bytes_per_uid is 131072" in refused.enable_tracing.error
+    )
+    other = FakeConsumer(rig, "other", uid=8)
+    other.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=96)))
+    assert "max_buffer_bytes_total is 196608" in other.replies()[0].enable_tracing.error
+    assert rig.core.counters.refusals == {
+        "max_buffer_bytes_per_uid": 1,
+        "max_buffer_bytes_total": 1,
+    }
+    first.send(free_buffers=ipc.FreeBuffersRequest())
+    third.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=128)))
+    assert third.replies()[0].enable_tracing.error == ""
+
+
+def test_memory_the_host_refuses_is_an_error_reply(monkeypatch):
+    from actors.core import buffer_budget
+
+    def refuse(size, policy):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(buffer_budget, "TraceBuffer", refuse)
+    rig = Rig()
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
+    (reply,) = consumer.replies()
+    assert reply.enable_tracing.disabled
+    assert "could not allocate buffers[0] (0.1 MiB)" in reply.enable_tracing.error
+    assert rig.core.sessions == {} and rig.core.counters.refusals == {}
+
+
 def test_producers_that_left_stay_named_in_the_service_state(monkeypatch):
     from actors.core import producer_table
 
