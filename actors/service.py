@@ -33,10 +33,12 @@ import signal
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import zmq
 
+from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
 from actors.core.service_core import (
     AppendToFile,
@@ -476,12 +478,40 @@ def _seconds(text: str) -> float:
     return value
 
 
+# Where a container's memory limit shows (cgroup v2, then v1), as its own root.
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def machine_memory() -> int:
+    """Bytes of memory this service may expect: the physical memory, or the
+    cgroup's limit if lower; 0 if unknown."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        physical = 0
+    sizes = [physical] if physical > 0 else []
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            sizes.append(int(Path(path).read_text()))
+        except (OSError, ValueError):  # absent, or "max": no limit there
+            pass
+    return min(sizes, default=0)
+
+
+def machine_limits() -> Limits:
+    """DEFAULT_LIMITS with the buffer memory budget sized from this machine
+    (the rule is actors/core/buffer_budget.py's memory_defaults)."""
+    memory = machine_memory()
+    return replace(DEFAULT_LIMITS, **memory_defaults(memory)) if memory else DEFAULT_LIMITS
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.service", description=__doc__)
     parser.add_argument("--producer-endpoint", help="ZeroMQ endpoint of the producer port")
     parser.add_argument("--consumer-endpoint", help="ZeroMQ endpoint of the consumer port")
+    defaults = machine_limits()
     for name in limit_names():
-        default = getattr(DEFAULT_LIMITS, name)
+        default = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=_positive, default=default,
                             help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
     parser.add_argument(

@@ -2,9 +2,13 @@
 them that reading (shm/buffer_reader.py) and eviction (shm/trace_buffer.py)
 share.
 
-Memory: one bytearray of the configured size rounded up to 4 KiB, a ring of
-records aligned to 16 bytes that tile [0, used); wr is where the next one goes,
-so the oldest data starts at wr (at 0 before the first wrap)::
+Memory: one private anonymous mapping (mmap) of the configured size
+rounded up to 4 KiB. The kernel hands out its pages zeroed on first touch, so
+allocating even a 4 GiB buffer costs the service's loop nothing and its memory
+grows only as far as records are written (a bytearray would be zero-filled on
+the spot: ~1 s per GiB, every client waiting). The ring is records aligned to
+16 bytes that tile [0, used); wr is where the next one goes, so the oldest data
+starts at wr (at 0 before the first wrap)::
 
     0                                  wr                           used   size
     +--------+--------+-- ... --+------+--------+---------+-- ... --+----+------+
@@ -32,6 +36,7 @@ pending loss mask.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections import deque
 from typing import NamedTuple
@@ -160,8 +165,11 @@ class RecordRing:
     written and evicted, BufferReader what is read."""
 
     def __init__(self, size: int, stats) -> None:
+        """Raises OSError (ENOMEM) when the memory cannot be mapped."""
         self.size = size
-        self.buf = bytearray(size)
+        # Unmapped when the ring is dropped (mmap's dealloc; closing it explicitly
+        # would fail while a memoryview of it is still alive).
+        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.mv = memoryview(self.buf)
         self.used = self.wr = 0  # records tile [0, used); the next one goes at wr
         self.seqs: dict[int, SequenceState] = {}

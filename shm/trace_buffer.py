@@ -115,6 +115,7 @@ __all__ = [
     "FillPolicy",
     "ReadPacket",
     "TraceBuffer",
+    "buffer_memory",
 ]
 
 BUFFER_GRANULE = 4096
@@ -166,6 +167,12 @@ class BufferStats:
     oversized_packets_dropped: int = 0
 
 
+def buffer_memory(size_bytes: int) -> int:
+    """The memory a TraceBuffer of `size_bytes` maps: the size rounded up to 4 KiB
+    (what a service's buffer memory budget counts)."""
+    return -(-size_bytes // BUFFER_GRANULE) * BUFFER_GRANULE
+
+
 def _check_producer_id(producer_id: int) -> None:
     if not 0 < producer_id <= 0xFFFF:
         raise ValueError(f"producer ids are 1..65535 (assigned by the service), got {producer_id}")
@@ -173,12 +180,15 @@ def _check_producer_id(producer_id: int) -> None:
 
 class TraceBuffer:
     """A ring of chunk records with per-sequence order, reassembly and loss
-    reporting; see the module docstring. Not thread-safe: the service owns it."""
+    reporting; see the module docstring. Not thread-safe: the service owns it.
+
+    Its memory is mapped, not filled (shm/buffer_records.py), and unmapped when
+    the buffer is dropped; a mapping the host refuses raises OSError."""
 
     def __init__(self, size_bytes: int, fill_policy: FillPolicy = FillPolicy.RING_BUFFER) -> None:
         if not isinstance(size_bytes, int):
             raise TypeError("size_bytes must be an int")
-        size = -(-size_bytes // BUFFER_GRANULE) * BUFFER_GRANULE
+        size = buffer_memory(size_bytes)
         if size_bytes <= 0 or size >= MAX_BUFFER_SIZE:
             raise ValueError(f"buffer size must be > 0 and < 4 GiB, got {size_bytes}")
         self._policy = FillPolicy(fill_policy)

@@ -270,7 +270,8 @@ def test_version_mismatch_and_limits_are_clear_errors():
         c.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
     errors = [c.replies()[0].enable_tracing.error for c in consumers]
     assert errors[:5] == [""] * 5
-    assert errors[5] == "too many tracing sessions for uid 5 (limit 5)"
+    assert errors[5] == "too many tracing sessions for uid 5 (max_sessions_per_uid 5)"
+    assert rig.core.counters.refusals == {"max_sessions_per_uid": 1}
 
 
 @pytest.mark.parametrize(
@@ -340,14 +341,16 @@ def test_service_limits_are_configurable():
     for c in consumers:
         c.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
     errors = [c.replies()[0].enable_tracing.error for c in consumers]
-    assert errors == ["", "", "too many tracing sessions (limit 2)"]
+    assert errors == ["", "", "too many tracing sessions (max_sessions 2)"]
     two_buffers = pb.TraceConfig.FromString(config())
     two_buffers.buffers.add(size_kb=4)
     consumers[0].send(free_buffers=ipc.FreeBuffersRequest())
     consumers[2].send(
         enable_tracing=ipc.EnableTracingRequest(trace_config=two_buffers.SerializeToString())
     )
-    assert consumers[2].replies()[0].enable_tracing.error == "too many buffers: 2 (limit 1)"
+    error = consumers[2].replies()[0].enable_tracing.error
+    assert error == "too many buffers: 2 (max_buffers_per_session 1)"
+    assert rig.core.counters.refusals == {"max_sessions": 1, "max_buffers_per_session": 1}
 
 
 def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
@@ -368,6 +371,52 @@ def test_a_session_that_would_exhaust_the_buffer_ids_is_refused(monkeypatch):
     first.send(free_buffers=ipc.FreeBuffersRequest())
     second.send(enable_tracing=request)
     assert second.replies()[0].enable_tracing.error == ""
+
+
+def test_the_buffer_budget_is_checked_before_any_buffer_is_allocated(monkeypatch):
+    from actors.core import buffer_budget
+
+    made = []
+    real = buffer_budget.TraceBuffer
+    monkeypatch.setattr(buffer_budget, "TraceBuffer", lambda *a: made.append(a) or real(*a))
+    rig = Rig()
+    rig.core.limits = Limits(max_buffer_bytes_total=192 * 1024, max_buffer_bytes_per_uid=128 * 1024)
+    first, second, third = (FakeConsumer(rig, name, uid=7) for name in ("a", "b", "c"))
+    first.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=100)))
+    assert first.replies()[0].enable_tracing.error == ""
+    assert made == [(100 * 1024, 1)]
+    second.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=29)))
+    (refused,) = second.replies()  # 100 + 28 KiB fit the share, 100 + 32 do not
+    assert refused.enable_tracing.disabled and len(made) == 1
+    assert (
+        "uid 7 hold 0.1 MiB and max_buffer_bytes_per_uid is 131072" in refused.enable_tracing.error
+    )
+    other = FakeConsumer(rig, "other", uid=8)
+    other.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=96)))
+    assert "max_buffer_bytes_total is 196608" in other.replies()[0].enable_tracing.error
+    assert rig.core.counters.refusals == {
+        "max_buffer_bytes_per_uid": 1,
+        "max_buffer_bytes_total": 1,
+    }
+    first.send(free_buffers=ipc.FreeBuffersRequest())
+    third.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config(size_kb=128)))
+    assert third.replies()[0].enable_tracing.error == ""
+
+
+def test_memory_the_host_refuses_is_an_error_reply(monkeypatch):
+    from actors.core import buffer_budget
+
+    def refuse(size, policy):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(buffer_budget, "TraceBuffer", refuse)
+    rig = Rig()
+    consumer = FakeConsumer(rig, "c")
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=config()))
+    (reply,) = consumer.replies()
+    assert reply.enable_tracing.disabled
+    assert "could not allocate buffers[0] (0.1 MiB)" in reply.enable_tracing.error
+    assert rig.core.sessions == {} and rig.core.counters.refusals == {}
 
 
 def test_producers_that_left_stay_named_in_the_service_state(monkeypatch):

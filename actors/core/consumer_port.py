@@ -18,6 +18,7 @@ from collections.abc import Callable
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback, reports
+from actors.core.buffer_budget import allocate_buffers, budget_refusal
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
@@ -31,6 +32,7 @@ from actors.core.sessions import (
     unsupported_fields,
 )
 from protos import tracebus_ipc_pb2 as ipc
+from shm.trace_buffer import TraceBuffer
 
 
 class ConsumerPort:
@@ -55,6 +57,9 @@ class ConsumerPort:
     ) -> None:
         config = pb.TraceConfig()
         error = self._refusal(peer, req, config)
+        buffers: list[TraceBuffer] = []
+        if not error:  # only once the budget allows them
+            buffers, error = allocate_buffers(config.buffers)
         file_id = None
         if not error and config.write_into_file:  # opened last: a refusal leaves no file
             file_id, error = self._files.open(req.output_path, config)
@@ -62,7 +67,7 @@ class ConsumerPort:
             reply = ipc.EnableTracingResponse(disabled=True, error=error)
             self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
             return
-        session = self._control.create(peer, request_id, config)
+        session = self._control.create(peer, request_id, config, buffers)
         if file_id is not None:
             self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
@@ -73,7 +78,8 @@ class ConsumerPort:
         self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
 
     def _refusal(self, peer: Peer, req: ipc.EnableTracingRequest, config: pb.TraceConfig) -> str:
-        """Why a session cannot be enabled ("" if it can); parses `config` in place."""
+        """Why a session cannot be enabled ("" if it can); parses `config` in place.
+        A refusal because of a limit is counted under the limit's name."""
         try:
             config.ParseFromString(req.trace_config)
         except Exception as e:  # noqa: BLE001 - a consumer's bad bytes must not end the service
@@ -81,10 +87,14 @@ class ConsumerPort:
         if self._ctx.session_of(peer.identity) is not None:
             return "this consumer already has a tracing session"
         sessions = list(self._ctx.sessions.values())
-        error = check_config(config, sessions, peer.uid, self._ctx.limits)
-        if not error and len(config.buffers) > self._ctx.free_buffer_ids():
-            error = "the service has no free buffer id left for this session's buffers"
-        return error or ""
+        limits = self._ctx.limits
+        refusal = check_config(config, sessions, peer.uid, limits)
+        refusal = refusal or budget_refusal(config, sessions, peer.uid, limits)
+        if refusal is None and len(config.buffers) > self._ctx.free_buffer_ids():
+            return "the service has no free buffer id left for this session's buffers"
+        if refusal is not None and refusal.limit:
+            self._ctx.refuse(refusal.limit)
+        return refusal.message if refusal is not None else ""
 
     def start_tracing(
         self, peer: Peer, request_id: int, req: ipc.StartTracingRequest, now: int

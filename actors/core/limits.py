@@ -21,6 +21,10 @@ class Limits:
     max_sessions: int = 15
     max_sessions_per_uid: int = 5
     max_buffers_per_session: int = 128
+    # Trace buffer memory (actors/core/buffer_budget.py): these are the shares of
+    # an 8 GiB machine; the service sizes them from its own (memory_defaults).
+    max_buffer_bytes_total: int = 4 << 30
+    max_buffer_bytes_per_uid: int = 2 << 30
 
 
 DEFAULT_LIMITS = Limits()
@@ -30,6 +34,8 @@ LIMIT_HELP: dict[str, str] = {
     "max_sessions": "tracing sessions at once",
     "max_sessions_per_uid": "sessions one user may hold",
     "max_buffers_per_session": "trace buffers in one session",
+    "max_buffer_bytes_total": "bytes of trace buffers of all sessions together",
+    "max_buffer_bytes_per_uid": "bytes of trace buffers of the sessions of one user",
 }
 
 

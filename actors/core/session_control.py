@@ -29,12 +29,12 @@ from actors.core.service_context import ServiceContext
 from actors.core.sessions import (
     Instance,
     Session,
-    new_buffer,
     producer_matches,
     target_buffer_index,
 )
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import SharedMemoryABI, resolve_geometry
+from shm.trace_buffer import TraceBuffer
 
 NS_PER_MS = 1_000_000
 # ObserveEventsRequest.Type values a consumer subscribes to.
@@ -49,18 +49,21 @@ class SessionControl:
 
     # -- enable: buffers and instances --------------------------------------------------
 
-    def create(self, peer: Peer, request_id: int, config: pb.TraceConfig) -> Session:
-        """A CONFIGURED session with its buffers, and instances on every matching
-        producer (the config was checked against the limits already)."""
+    def create(
+        self, peer: Peer, request_id: int, config: pb.TraceConfig, buffers: list[TraceBuffer]
+    ) -> Session:
+        """A CONFIGURED session with its buffers (one per config.buffers entry,
+        allocated by the caller), and instances on every matching producer (the
+        config was checked against the limits already)."""
         ctx = self._ctx
         session = Session(
             ctx.session_ids.next(), peer.identity, peer.uid, config, request_id, peer.pid
         )
-        for buf_config in config.buffers:
+        for buffer in buffers:
             buffer_id = ctx.buffer_ids.allocate()
             # The consumer port refuses a session with more buffers than free ids.
             assert buffer_id is not None, "a session was enabled without free buffer ids"
-            ctx.buffers[buffer_id] = new_buffer(buf_config)
+            ctx.buffers[buffer_id] = buffer
             session.buffer_ids.append(buffer_id)
         apply(session, SessionEvent.ENABLE)
         ctx.sessions[session.id] = session

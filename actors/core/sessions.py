@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.lifecycle import HasInstanceState, HasSessionState
 from actors.core.limits import DEFAULT_LIMITS, Limits
-from shm.trace_buffer import FillPolicy, TraceBuffer
 
 MAX_BUFFER_BYTES = (4 << 30) - 4096
 DEFAULT_FLUSH_TIMEOUT_MS = 5000
@@ -134,18 +134,37 @@ class Session(HasSessionState):
         return sid
 
 
+class Refusal(NamedTuple):
+    """Why a config is refused: the message for the consumer, and the Limits field
+    it ran into ("" when it breaks no limit but a rule)."""
+
+    message: str
+    limit: str = ""
+
+
 def check_config(
     config: pb.TraceConfig, sessions: list[Session], uid: int, limits: Limits = DEFAULT_LIMITS
-) -> str | None:
-    """The first reason to refuse `config`, or None."""
-    if len(sessions) >= limits.max_sessions:
-        return f"too many tracing sessions (limit {limits.max_sessions})"
-    if sum(1 for s in sessions if s.uid == uid) >= limits.max_sessions_per_uid:
-        return f"too many tracing sessions for uid {uid} (limit {limits.max_sessions_per_uid})"
+) -> Refusal | None:
+    """The first reason to refuse `config`, or None (the buffer memory budget is
+    buffer_budget.py's)."""
+    n = limits.max_sessions
+    if len(sessions) >= n:
+        return Refusal(f"too many tracing sessions (max_sessions {n})", "max_sessions")
+    n = limits.max_sessions_per_uid
+    if sum(1 for s in sessions if s.uid == uid) >= n:
+        message = f"too many tracing sessions for uid {uid} (max_sessions_per_uid {n})"
+        return Refusal(message, "max_sessions_per_uid")
+    n = limits.max_buffers_per_session
+    if len(config.buffers) > n:
+        message = f"too many buffers: {len(config.buffers)} (max_buffers_per_session {n})"
+        return Refusal(message, "max_buffers_per_session")
+    error = _config_error(config, sessions)
+    return Refusal(error) if error else None
+
+
+def _config_error(config: pb.TraceConfig, sessions: list[Session]) -> str:
     if not config.buffers:
         return "the config has no buffers"
-    if len(config.buffers) > limits.max_buffers_per_session:
-        return f"too many buffers: {len(config.buffers)} (limit {limits.max_buffers_per_session})"
     for i, buf in enumerate(config.buffers):
         if not 0 < buf.size_kb * 1024 <= MAX_BUFFER_BYTES:
             return f"buffers[{i}].size_kb must be > 0 and < 4 GiB, got {buf.size_kb}"
@@ -163,7 +182,7 @@ def check_config(
                 re.compile(regex)
             except re.error as e:
                 return f"data_sources[{i}].producer_name_regex_filter {regex!r}: {e}"
-    return None
+    return ""
 
 
 def target_buffer_index(config: pb.TraceConfig, ds: pb.DataSourceConfig) -> tuple[int, str]:
@@ -197,8 +216,3 @@ def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:
     if producer_name in ds.producer_name_filter:
         return True
     return any(re.fullmatch(r, producer_name) for r in ds.producer_name_regex_filter)
-
-
-def new_buffer(config: pb.TraceConfig.BufferConfig) -> TraceBuffer:
-    policy = FillPolicy.DISCARD if config.fill_policy == 2 else FillPolicy.RING_BUFFER
-    return TraceBuffer(config.size_kb * 1024, policy)
