@@ -21,6 +21,10 @@ class Limits:
     max_sessions: int = 15
     max_sessions_per_uid: int = 5
     max_buffers_per_session: int = 128
+    max_producers_per_uid: int = 1024
+    max_data_sources_per_producer: int = 256
+    max_smb_bytes_per_process: int = 64 << 20
+    max_smb_bytes_per_uid: int = 1 << 30
 
 
 DEFAULT_LIMITS = Limits()
@@ -30,6 +34,10 @@ LIMIT_HELP: dict[str, str] = {
     "max_sessions": "tracing sessions at once",
     "max_sessions_per_uid": "sessions one user may hold",
     "max_buffers_per_session": "trace buffers in one session",
+    "max_producers_per_uid": "producers one user may have connected at once",
+    "max_data_sources_per_producer": "data sources one producer may register",
+    "max_smb_bytes_per_process": "bytes of shared memory buffers (SMBs) for one producer process",
+    "max_smb_bytes_per_uid": "bytes of shared memory buffers (SMBs) for one user's producers",
 }
 
 

@@ -33,6 +33,13 @@ from shm.trace_buffer import TraceBuffer
 
 MAX_PATCHES_PER_CHUNK = 1024
 PATCH_SIZE = 4
+U64_MAX = (1 << 64) - 1  # what a TraceStats counter holds
+
+
+def saturating_add(total: int, grown: int) -> int:
+    """`total + grown`, stopping at U64_MAX: a counter fed by producers' numbers
+    stays what a uint64 field of TraceStats can hold, however many report."""
+    return min(total + grown, U64_MAX)
 
 
 class SmbHandle(Protocol):
@@ -235,13 +242,14 @@ class CommitPath:
         if target not in producer.allowed_buffers:
             return
         drops = producer.drops.setdefault(stats_untrusted.writer_id, WriterDrops(target))
-        # Cumulative counters: a producer may only make its own numbers grow.
+        # Cumulative counters: a producer may only make its own numbers grow. The
+        # wire gives at most U64_MAX each; the buffer's sum over writers saturates.
         grown = max(0, stats_untrusted.dropped_packets - drops.packets)
         drops.packets += grown
         drops.bytes = max(drops.bytes, stats_untrusted.dropped_bytes)
         buffer = self._buffers.get(drops.target_buffer)
         if buffer is not None:  # the buffer's total outlives the producer
-            buffer.writer_packets_dropped += grown
+            buffer.writer_packets_dropped = saturating_add(buffer.writer_packets_dropped, grown)
 
     def scrape(self, producer: ProducerEntry, buffer_ids: set[int]) -> int:
         """Copy chunks still in the SMB (complete or being written) of writers

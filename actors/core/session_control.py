@@ -88,7 +88,7 @@ class SessionControl:
             index = target_buffer_index(session.config, ds.config)[0]
             buffer_id = session.buffer_ids[index]
             if not self._ensure_smb(producer):
-                continue
+                break  # no SMB for this producer now: the next entry would not get one
             instance = self._new_instance(session, producer, ds.config, buffer_id)
             created.append(instance)
             setup = ipc.SetupDataSource(instance_id=instance.id, data_source_config=instance.config)
@@ -127,6 +127,8 @@ class SessionControl:
         if producer.smb is not None:
             return True
         geometry = resolve_geometry(producer.shm_size_hint, producer.shm_page_hint)
+        if self._smb_refused(producer, geometry.size):
+            return False
         try:
             smb = producer.smb = self._ctx.smb_factory(geometry)
         except OSError:
@@ -139,6 +141,24 @@ class SessionControl:
         )
         self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
         return True
+
+    def _smb_refused(self, producer: ProducerEntry, size: int) -> bool:
+        """Whether an SMB of `size` bytes would take the producer's process or user
+        past its limit; if so the producer is told (it gets no SMB, so no instance,
+        this time) and the refusal counted."""
+        ctx = self._ctx
+        held = (
+            ("max_smb_bytes_per_process", "process", ctx.producers.smb_bytes(pid=producer.pid)),
+            ("max_smb_bytes_per_uid", "user", ctx.producers.smb_bytes(uid=producer.uid)),
+        )
+        for name, whose, taken in held:
+            limit = getattr(ctx.limits, name)
+            if taken + size > limit:
+                ctx.refuse(name)
+                error = f"no SMB of {size} bytes: its {whose} would pass {name} ({limit} bytes)"
+                ctx.out.to_producer(producer.peer, error=error)
+                return True
+        return False
 
     # -- start ----------------------------------------------------------------------------
 
