@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -169,6 +170,11 @@ def _session_entry(s: Session) -> dict[str, Any]:
 
 
 def _data_source_entries(producers: Iterable[ProducerEntry]) -> Iterator[dict[str, Any]]:
-    for p in producers:
-        for desc in p.data_sources.values():
-            yield {"producer_id": p.id, "descriptor": desc}
+    """Every producer's first data source, then every producer's second...: a
+    reply cut short lists some of each producer's, so a producer that registered
+    thousands cannot hide the others'."""
+    per_producer = [[(p.id, d) for d in p.data_sources.values()] for p in producers]
+    for row in zip_longest(*per_producer):
+        for entry in row:
+            if entry is not None:
+                yield {"producer_id": entry[0], "descriptor": entry[1]}

@@ -1,0 +1,163 @@
+"""Hostile producers against the service's limits, with real processes: the
+service (`python -m actors.service`, or the supervisor's), raw ZeroMQ producers
+that speak the protocol themselves (`python -m tests.raw_producer`), and
+consumers here.
+
+- writer stats of 2^64-1 from two writers: the drop count saturates, and the
+  stats report and read-back still work (they raised "Value out of range");
+- 20,000 data sources with 256-character names: refused past
+  max_data_sources_per_producer, counted, and query_state answers every consumer;
+  with the limit raised past them, the reply is cut to the frame cap and says so,
+  and the supervisor's readiness probe still sees a producer attached after;
+- unprintable names, descriptors padded with unknown fields, SMB bytes per
+  process and producers per uid: refused or cleaned, counted, the service up.
+
+Every process runs through tests/processes.py (fixture `rt`): it is stopped and
+reaped, and its runtime directory removed, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from actors.core.limits import DEFAULT_LIMITS
+from actors.core.producer_port import MAX_NAME_LENGTH
+from protos.framing import MAX_FRAME_BYTES
+from tests.processes import Proc, Runtime
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+U64_MAX = (1 << 64) - 1
+RAW_DS = "raw.ds"
+SESSION = f'buffers {{ size_kb: 256 }} data_sources {{ config {{ name: "{RAW_DS}" }} }}'
+
+
+def start_raw(rt: Runtime, label: str, endpoint: str, *steps: str) -> Proc:
+    """A raw producer on `endpoint` doing `steps` (see tests/raw_producer.py); its
+    stdout is read as lines. It stays connected until its stdin closes."""
+    return rt.spawn(label, ["-m", "tests.raw_producer", endpoint, *steps], lines=True)
+
+
+def test_writer_stats_at_u64_max_saturate(rt: Runtime) -> None:
+    """Two writers each claiming 2^64-1 dropped packets: the buffer's loss count
+    stops at 2^64-1; GetTraceStats and ReadBuffers answer, the service stays up."""
+    rt.start_service()
+    raw = start_raw(rt, "raw", rt.producer_endpoint, f"register:{RAW_DS}", "start", "u64stats")
+    rt.wait_line(raw, "registered")
+    consumer = rt.consumer()
+    consumer.enable(SESSION)
+    rt.wait_line(raw, "sent u64stats", timeout=30)
+
+    def saturated() -> bool:
+        return consumer.stats().buffer_stats[0].trace_writer_packet_loss == U64_MAX
+
+    wait_for(saturated, 20, "the writers' drop count in the buffer's stats")
+    consumer.disable()
+    packets = list(consumer.read_packets(timeout=10))
+    stats = [p.trace_stats for p in packets if p.HasField("trace_stats")]
+    assert len(stats) == 1
+    assert stats[0].buffer_stats[0].trace_writer_packet_loss == U64_MAX
+    # The same report again: the sums did not overflow the first time either.
+    assert consumer.stats().buffer_stats[0].trace_writer_packet_loss == U64_MAX
+    assert rt.control.query_state(timeout=5).producers
+    rt.assert_running(rt.service, "the service")
+
+
+def test_twenty_thousand_data_sources_are_refused_past_the_limit(rt: Runtime) -> None:
+    rt.start_service()
+    raw = start_raw(rt, "hog", rt.producer_endpoint, "many:20000")
+    line = rt.wait_line(raw, "registered", timeout=90)
+    limit = DEFAULT_LIMITS.max_data_sources_per_producer
+    assert line == f"registered {limit} refused {20000 - limit}", line
+    for consumer in (rt.control, rt.consumer(), rt.consumer()):
+        state = consumer.query_state(timeout=5)
+        assert not state.truncated
+        assert len(state.data_sources) == limit
+        assert state.refusals["max_data_sources_per_producer"] == 20000 - limit
+        assert all(len(d.descriptor.name) == MAX_NAME_LENGTH for d in state.data_sources)
+    rt.assert_running(rt.service, "the service")
+
+
+def test_a_state_past_the_frame_cap_is_truncated_and_still_answered(rt: Runtime) -> None:
+    """With the limit raised, 20,000 names of 256 characters make a state of about
+    5.5 MB: the reply is cut below the frame cap, says so, and lists every producer."""
+    rt.start_service("--max-data-sources-per-producer", "30000")
+    hog = start_raw(rt, "hog", rt.producer_endpoint, "many:20000")
+    assert rt.wait_line(hog, "registered", timeout=90) == "registered 20000 refused 0"
+    late = rt.start_producer("late")
+    for consumer in (rt.control, rt.consumer()):
+        state = consumer.query_state(timeout=10)
+        assert state.truncated
+        assert state.ByteSize() < MAX_FRAME_BYTES
+        assert 10_000 < len(state.data_sources) < 20_000
+        assert {p.pid for p in state.producers} == {hog.pid, late.pid}
+    rt.assert_running(rt.service, "the service")
+
+
+SUPERVISED = """
+runtime_dir: run
+stop_when: never
+service:
+  limits:
+    max_data_sources_per_producer: 30000
+producers:
+  - name: base
+    builtin: []
+"""
+
+
+def test_supervisor_readiness_probe_past_the_frame_cap(rt: Runtime) -> None:
+    """The supervisor's readiness probe reads the service state: a producer attached
+    after a hog filled it past the frame cap still registers."""
+    topology = rt.write_file("topology.yaml", textwrap.dedent(SUPERVISED).lstrip())
+    supervisor = rt.start_supervisor(topology)
+    rt.wait_output(supervisor, r"base#1 registered")
+    hog = start_raw(rt, "hog", f"ipc://{rt.dir}/run/producer.sock", "many:20000")
+    assert rt.wait_line(hog, "registered", timeout=90) == "registered 20000 refused 0"
+    control = f"ipc://{rt.dir}/run/control.sock"
+    ctl = rt.run([sys.executable, "-m", "launch.ctl", "--control", control, "attach", "late"])
+    assert ctl.returncode == 0, ctl.stderr
+    rt.wait_output(supervisor, r"late#1 registered")
+    assert "cannot ask the service for its state" not in rt.output(supervisor)
+    assert "did not register" not in rt.output(supervisor)
+
+
+def test_names_are_cleaned_and_unknown_fields_dropped(rt: Runtime) -> None:
+    rt.start_service()
+    raw = start_raw(rt, "raw", rt.producer_endpoint, "badnames")
+    assert rt.wait_line(raw, "badnames") == "badnames refused 3 padded ok"
+    state = rt.control.query_state(timeout=5)
+    (producer,) = [p for p in state.producers if p.pid == raw.pid]
+    assert producer.name == "evil?[31m?" + "x" * (MAX_NAME_LENGTH - 10)
+    (source,) = [d for d in state.data_sources if d.producer_id == producer.id]
+    assert source.descriptor.name == "padded"
+    # The 1 MiB of unknown fields it sent with the descriptor was not kept.
+    assert state.ByteSize() < 64 << 10
+
+
+def test_smb_bytes_per_process_are_limited(rt: Runtime) -> None:
+    """Two connections of one process each ask for a 32 MiB SMB under a 48 MiB
+    limit: the second gets an error naming the limit and no SMB; the first records."""
+    rt.start_service("--max-smb-bytes-per-process", str(48 << 20))
+    raw = start_raw(rt, "raw", rt.producer_endpoint, "twosmbs")
+    rt.wait_line(raw, "registered")
+    consumer = rt.consumer()
+    consumer.enable(SESSION)
+    line = rt.wait_line(raw, "smbs", timeout=30)
+    assert line == "smbs 1 error max_smb_bytes_per_process", line
+    state = rt.control.query_state(timeout=5)
+    assert state.refusals["max_smb_bytes_per_process"] == 1
+    rt.assert_running(rt.service, "the service")
+
+
+def test_producers_per_uid_are_limited(rt: Runtime) -> None:
+    rt.start_service("--max-producers-per-uid", "3")
+    raw = start_raw(rt, "raw", rt.producer_endpoint, "connections:5")
+    line = rt.wait_line(raw, "connections", timeout=30)
+    assert line == "connections 3 refused 2 max_producers_per_uid", line
+    assert rt.control.query_state(timeout=5).refusals["max_producers_per_uid"] == 2
+    rt.assert_running(rt.service, "the service")
