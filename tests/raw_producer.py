@@ -8,6 +8,7 @@ Steps, in order, each printing one line when done (the test reads stdout):
   start          wait for a StartDataSource                     -> "started BUFFER"
   u64stats       two writers on that buffer report 2^64-1 dropped packets and
                  bytes                                          -> "sent u64stats"
+  flood:N        N commits naming 300,000 chunks each           -> "sent flood"
   many:N         connect, register N data sources of 256-character names
                                            -> "registered OK refused REFUSED"
   badnames       connect under an unprintable 1000-character name; register three
@@ -125,6 +126,18 @@ def u64stats(conn: Connection, buffer_id: int) -> str:
     return "sent u64stats"
 
 
+FLOOD_MOVES = 300_000  # about 2.5 MB a request, under the frame cap
+
+
+def flood(conn: Connection, buffer_id: int, commits: int) -> str:
+    req = ipc.CommitDataRequest()
+    for i in range(FLOOD_MOVES):
+        req.chunks_to_move.add(page=i % 7, chunk=i % 3, target_buffer=buffer_id)
+    for _ in range(commits):
+        conn.send(commit_data=req)
+    return "sent flood"
+
+
 def twosmbs(ctx: zmq.Context, endpoint: str) -> list[Connection]:
     conns = [connect(ctx, endpoint, f"smb{i}", shm_size=32 << 20) for i in (1, 2)]
     for conn in conns:
@@ -174,6 +187,9 @@ def main(argv: list[str]) -> None:
         elif kind == "u64stats":
             assert conn is not None, "register first"
             line = u64stats(conn, buffer_id)
+        elif kind == "flood":
+            assert conn is not None, "register first"
+            line = flood(conn, buffer_id, int(arg))
         elif kind == "many":
             line = many(ctx, endpoint, int(arg))
         elif kind == "badnames":

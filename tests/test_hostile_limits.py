@@ -5,6 +5,8 @@ consumers here.
 
 - writer stats of 2^64-1 from two writers: the drop count saturates, and the
   stats report and read-back still work (they raised "Value out of range");
+- commits naming 300,000 chunks each: the service looks at as many as the SMB
+  holds and counts the rest;
 - 20,000 data sources with 256-character names: refused past
   max_data_sources_per_producer, counted, and query_state answers every consumer;
   with the limit raised past them, the reply is cut to the frame cap and says so,
@@ -20,13 +22,16 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 
 import pytest
 
 from actors.core.limits import DEFAULT_LIMITS
 from actors.core.producer_port import MAX_NAME_LENGTH
 from protos.framing import MAX_FRAME_BYTES
+from shm.abi import DEFAULT_PAGE_SIZE, MAX_CHUNKS_PER_PAGE
 from tests.processes import Proc, Runtime
+from tests.raw_producer import FLOOD_MOVES
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -64,6 +69,23 @@ def test_writer_stats_at_u64_max_saturate(rt: Runtime) -> None:
     # The same report again: the sums did not overflow the first time either.
     assert consumer.stats().buffer_stats[0].trace_writer_packet_loss == U64_MAX
     assert rt.control.query_state(timeout=5).producers
+    rt.assert_running(rt.service, "the service")
+
+
+def test_a_commit_names_at_most_the_chunks_of_the_smb(rt: Runtime) -> None:
+    """Commits each naming 300,000 chunks of a 1 MiB SMB: the service looks at as
+    many as the SMB holds and counts the rest as discarded chunks, in bounded time."""
+    rt.start_service()
+    raw = start_raw(rt, "raw", rt.producer_endpoint, f"register:{RAW_DS}", "start", "flood:6")
+    consumer = rt.consumer()
+    consumer.enable(SESSION)
+    rt.wait_line(raw, "sent flood", timeout=60)
+    held = (1 << 20) // DEFAULT_PAGE_SIZE * MAX_CHUNKS_PER_PAGE
+    expected = 6 * (FLOOD_MOVES - held)
+    wait_for(lambda: consumer.stats().chunks_discarded == expected, 30, "the flood counted")
+    started = time.monotonic()
+    assert rt.control.query_state(timeout=5).producers
+    assert time.monotonic() - started < 1.0
     rt.assert_running(rt.service, "the service")
 
 

@@ -21,6 +21,8 @@ from shm.abi import (
     CHUNK_HEADER_SIZE,
     COMPLETE,
     LAYOUT_CHUNKS,
+    MAX_CHUNKS_PER_PAGE,
+    MAX_WRITER_ID,
     ChunkRef,
     Geometry,
     SharedMemoryABI,
@@ -135,13 +137,15 @@ class CommitPath:
     request: page and chunk indices and the chunk's state (SharedMemoryABI's
     CAS: only a COMPLETE chunk is moved, and it is freed whatever happens), the
     header read once, the target buffer (a u16 this producer may write to, and
-    the one its writer registered: else chunks_discarded); for patches, the
-    request entry (a buffer it may write to, a valid writer id, at most
-    MAX_PATCHES_PER_CHUNK patches of PATCH_SIZE bytes: else patches_discarded);
-    writer stats. The TraceBuffer owns the chunk itself: header fields, payload
-    size, fragments, chunk-id order, recommits, and whether a patch's chunk and
-    offsets exist (see shm/trace_buffer.py). It copies the payload once, from
-    the SMB straight into its ring.
+    the one its writer registered: else chunks_discarded; at most as many
+    chunks per request as the SMB has); for patches, the request entry (a
+    buffer it may write to, a valid writer id, at most MAX_PATCHES_PER_CHUNK
+    patches of PATCH_SIZE bytes, as many entries as the SMB has chunks: else
+    patches_discarded); writer stats (saturating sums, U64_MAX). The
+    TraceBuffer owns the chunk itself: header fields, payload size, fragments,
+    chunk-id order, recommits, and whether a patch's chunk and offsets exist
+    (see shm/trace_buffer.py). It copies the payload once, from the SMB
+    straight into its ring.
     """
 
     def __init__(self, buffers: dict[int, TraceBuffer], counters: ServiceCounters) -> None:
@@ -152,11 +156,17 @@ class CommitPath:
         abi = producer.abi
         if abi is None:
             return  # no SMB yet: Perfetto ignores the whole request
-        for move in req_untrusted.chunks_to_move:
+        # One request names at most as many chunks as the SMB holds: a frame could
+        # list hundreds of thousands, each a turn of the service's loop spent.
+        chunks = abi.num_pages * MAX_CHUNKS_PER_PAGE
+        moves, patches = req_untrusted.chunks_to_move, req_untrusted.chunks_to_patch
+        self._counters.chunks_discarded += max(0, len(moves) - chunks)
+        self._counters.patches_discarded += max(0, len(patches) - chunks)
+        for move in moves[:chunks]:
             self._move(producer, abi, move.page, move.chunk, move.target_buffer)
-        for patch in req_untrusted.chunks_to_patch:
+        for patch in patches[:chunks]:
             self._patch(producer, patch)
-        for stats in req_untrusted.writer_stats:
+        for stats in req_untrusted.writer_stats[:MAX_WRITER_ID]:
             self._writer_stats(producer, stats)
 
     def _move(
