@@ -6,6 +6,9 @@ DEALER sockets, without the SDK, and does what its steps say.
 Steps, in order, each printing one line when done (the test reads stdout):
   register:NAME  connect, initialize, register data source NAME -> "registered"
   start          wait for a StartDataSource                     -> "started BUFFER"
+  stubborn:NAME  connect under a 256-character name, register NAME with
+                 will_notify_on_stop, never ack a stop; read and drop
+                 whatever the service sends from now on        -> "registered"
   u64stats       two writers on that buffer report 2^64-1 dropped packets and
                  bytes                                          -> "sent u64stats"
   flood:N        N commits naming 300,000 chunks each           -> "sent flood"
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 
 import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -79,6 +83,20 @@ def connect(ctx: zmq.Context, endpoint: str, name: str = "raw", shm_size: int = 
     error = conn.initialize(name, shm_size)
     if error:
         raise SystemExit(f"initialize: {error}")
+    return conn
+
+
+def stubborn(ctx: zmq.Context, endpoint: str, name: str) -> Connection:
+    conn = connect(ctx, endpoint, "s" * 256)
+    error = conn.register(ipc.DataSourceDescriptor(name=name, will_notify_on_stop=True))
+    if error:
+        raise SystemExit(f"{name} refused: {error}")
+
+    def drain() -> None:  # the socket is this thread's from now on
+        while True:
+            conn.sock.recv_multipart()
+
+    threading.Thread(target=drain, daemon=True).start()
     return conn
 
 
@@ -179,6 +197,9 @@ def main(argv: list[str]) -> None:
             conn = connect(ctx, endpoint)
             error = conn.register(ipc.DataSourceDescriptor(name=arg))
             line = f"refused {error}" if error else "registered"
+        elif kind == "stubborn":
+            conn = stubborn(ctx, endpoint, arg)
+            line = "registered"
         elif kind == "start":
             assert conn is not None, "register first"
             start = conn.recv("start_data_source").start_data_source

@@ -7,6 +7,7 @@ consumers here.
   stats report and read-back still work (they raised "Value out of range");
 - commits naming 300,000 chunks each: the service looks at as many as the SMB
   holds and counts the rest;
+- 8,200 instances whose stop times out: the end reply lists what fits;
 - 20,000 data sources with 256-character names: refused past
   max_data_sources_per_producer, counted, and query_state answers every consumer;
   with the limit raised past them, the reply is cut to the frame cap and says so,
@@ -86,6 +87,27 @@ def test_a_commit_names_at_most_the_chunks_of_the_smb(rt: Runtime) -> None:
     started = time.monotonic()
     assert rt.control.query_state(timeout=5).producers
     assert time.monotonic() - started < 1.0
+    rt.assert_running(rt.service, "the service")
+
+
+def test_the_end_of_a_session_fits_in_a_frame_whatever_timed_out(rt: Runtime) -> None:
+    """Two producers of 256-character names, each with 4,100 instances of a data source
+    of a 256-character name, never ack their stop: the names would make a 4.2 MB end
+    reply (past the frame cap); the consumer gets the first ones, then how many more,
+    and its session's end."""
+    rt.start_service()
+    name = "d" * 256
+    raw = start_raw(rt, "raw", rt.producer_endpoint, f"stubborn:{name}", f"stubborn:{name}")
+    rt.wait_line(raw, "done")
+    entry = f'data_sources {{ config {{ name: "{name}" }} }} '
+    config = "buffers { size_kb: 64 } data_source_stop_timeout_ms: 300 " + entry * 4100
+    consumer = rt.consumer()
+    consumer.enable(config, timeout=30)
+    consumer.disable(timeout=30)
+    timed_out = consumer.stop_timed_out
+    assert len(timed_out) > 500
+    assert set(timed_out[:-1]) == {"s" * 256 + "/" + name}
+    assert timed_out[-1] == f"... and {8200 - len(timed_out) + 1} more"
     rt.assert_running(rt.service, "the service")
 
 

@@ -66,7 +66,7 @@ class ConsumerPort:
         if file_id is not None:
             self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
-        reply.unsupported_fields.extend(unsupported_fields(config))
+        reply.unsupported_fields.extend(reports.bounded_names(unsupported_fields(config)))
         if not config.deferred_start:
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION

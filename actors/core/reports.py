@@ -92,10 +92,29 @@ class PeersGivenUp:
     messages_refused: int = 0
 
 
-# What a service state reply may take: the frame cap, less room for the envelope.
-STATE_REPLY_BUDGET = MAX_FRAME_BYTES - (64 << 10)
 # An entry's cost beyond its own size: its tag (1 byte) and length (a varint).
 ENTRY_OVERHEAD = 6
+# What one list of names in a reply may take (EnableTracingResponse has three).
+NAME_LIST_BUDGET = MAX_FRAME_BYTES // 8
+
+
+def bounded_names(names: Iterable[str], budget: int = NAME_LIST_BUDGET) -> list[str]:
+    """`names` as a reply lists them: those that fit in `budget` bytes (UTF-8, with
+    their tag and length), then one "... and N more" entry if some did not. The
+    names come from configs and producers, and a reply must stay within a frame."""
+    kept: list[str] = []
+    left = budget
+    names = list(names)
+    for name in names:
+        left -= len(name.encode()) + ENTRY_OVERHEAD
+        if left < 0:
+            return [*kept, f"... and {len(names) - len(kept)} more"]
+        kept.append(name)
+    return kept
+
+
+# What a service state reply may take: the frame cap, less room for the envelope.
+STATE_REPLY_BUDGET = MAX_FRAME_BYTES - (64 << 10)
 
 
 def service_state(

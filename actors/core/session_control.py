@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state
+from actors.core import incremental_state, reports
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -283,7 +283,7 @@ class SessionControl:
         reply = ipc.EnableTracingResponse(
             disabled=True,
             session_id=session.id,
-            stop_timed_out=timed_out,
+            stop_timed_out=reports.bounded_names(timed_out),
             error=file.error if file is not None else "",
         )
         out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
