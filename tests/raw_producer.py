@@ -9,6 +9,8 @@ Steps, in order, each printing one line when done (the test reads stdout):
   stubborn:NAME  connect under a 256-character name, register NAME with
                  will_notify_on_stop, never ack a stop; read and drop
                  whatever the service sends from now on        -> "registered"
+  churn:N        unregister and register its data source N times -> "churned"
+  flushwait      wait for a FlushRequest         -> "flush instances COUNT"
   u64stats       two writers on that buffer report 2^64-1 dropped packets and
                  bytes                                          -> "sent u64stats"
   flood:N        N commits naming 300,000 chunks each           -> "sent flood"
@@ -128,6 +130,14 @@ def badnames(ctx: zmq.Context, endpoint: str) -> str:
     return f"badnames refused {refused} padded {padded_ok}"
 
 
+def churn(conn: Connection, times: int) -> str:
+    for _ in range(times):
+        conn.send(unregister_data_source=ipc.UnregisterDataSourceRequest(name="raw.ds"))
+        if conn.register(ipc.DataSourceDescriptor(name="raw.ds")):
+            raise SystemExit("raw.ds refused")
+    return "churned"
+
+
 def u64stats(conn: Connection, buffer_id: int) -> str:
     stats = []
     for writer_id in (1, 2):
@@ -205,6 +215,12 @@ def main(argv: list[str]) -> None:
             start = conn.recv("start_data_source").start_data_source
             buffer_id = pb.DataSourceConfig.FromString(start.data_source_config).target_buffer
             line = f"started {buffer_id}"
+        elif kind == "churn":
+            assert conn is not None, "register first"
+            line = churn(conn, int(arg))
+        elif kind == "flushwait":
+            assert conn is not None, "register first"
+            line = f"flush instances {len(conn.recv('flush').flush.instance_ids)}"
         elif kind == "u64stats":
             assert conn is not None, "register first"
             line = u64stats(conn, buffer_id)

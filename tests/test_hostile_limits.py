@@ -5,6 +5,7 @@ consumers here.
 
 - writer stats of 2^64-1 from two writers: the drop count saturates, and the
   stats report and read-back still work (they raised "Value out of range");
+- a data source unregistered and registered again 2,000 times: one instance;
 - commits naming 300,000 chunks each: the service looks at as many as the SMB
   holds and counts the rest;
 - 8,200 instances whose stop times out: the end reply lists what fits;
@@ -70,6 +71,22 @@ def test_writer_stats_at_u64_max_saturate(rt: Runtime) -> None:
     # The same report again: the sums did not overflow the first time either.
     assert consumer.stats().buffer_stats[0].trace_writer_packet_loss == U64_MAX
     assert rt.control.query_state(timeout=5).producers
+    rt.assert_running(rt.service, "the service")
+
+
+def test_a_data_source_unregistered_leaves_its_sessions(rt: Runtime) -> None:
+    """Unregistering and registering a data source 2,000 times while a session wants
+    it leaves one instance of it in the session, not 2,001 (each flush, stop and
+    observer walks them all)."""
+    rt.start_service()
+    steps = (f"register:{RAW_DS}", "start", "churn:2000", "flushwait")
+    raw = start_raw(rt, "raw", rt.producer_endpoint, *steps)
+    rt.wait_line(raw, "registered")
+    consumer = rt.consumer()
+    consumer.enable(SESSION)
+    rt.wait_line(raw, "churned", timeout=60)
+    assert not consumer.flush(timeout=0.5)  # it never acks
+    assert rt.wait_line(raw, "flush") == "flush instances 1"
     rt.assert_running(rt.service, "the service")
 
 

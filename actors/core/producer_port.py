@@ -122,7 +122,11 @@ class ProducerPort:
         req_untrusted: ipc.UnregisterDataSourceRequest,
         now: int,
     ) -> None:
-        producer.data_sources.pop(req_untrusted.name, None)
+        """The data source leaves, and its instances leave every session with it (as
+        Perfetto's do): else registering and unregistering a name in a loop would
+        add an instance to each session that wants it, every turn, without bound."""
+        if producer.data_sources.pop(req_untrusted.name, None) is not None:
+            self._control.unregistered(producer, req_untrusted.name, now)
 
     def register_trace_writer(
         self,

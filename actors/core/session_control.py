@@ -317,6 +317,22 @@ class SessionControl:
         for instance in gone:
             del session.instances[instance.id]
 
+    def unregistered(self, producer: ProducerEntry, name: str, now: int) -> None:
+        """A producer unregistered data source `name`: its instances leave every
+        session, and no longer let it write into their buffers."""
+        for session in list(self._ctx.sessions.values()):
+            gone = [
+                i
+                for i in session.instances.values()
+                if i.producer_id == producer.id and i.name == name
+            ]
+            for instance in gone:
+                del session.instances[instance.id]
+                producer.disallow(instance.target_buffer)
+            if gone:
+                self._maybe_all_started(session)
+                self.finish_disable(session, now)  # it may have waited for their stop
+
     # -- observers -----------------------------------------------------------------------------
 
     def observe(self, session: Session, request_id: int, types: set[int]) -> None:
