@@ -108,16 +108,17 @@ def test_a_commit_names_at_most_the_chunks_of_the_smb(rt: Runtime) -> None:
 
 
 def test_the_end_of_a_session_fits_in_a_frame_whatever_timed_out(rt: Runtime) -> None:
-    """Two producers of 256-character names, each with 4,100 instances of a data source
-    of a 256-character name, never ack their stop: the names would make a 4.2 MB end
-    reply (past the frame cap); the consumer gets the first ones, then how many more,
-    and its session's end."""
+    """Four producers of 256-character names, each with 2,050 instances of a data
+    source of a 256-character name, never ack their stop: the names would make a
+    4.2 MB end reply (past the frame cap); the consumer gets the first ones, then
+    how many more, and its session's end. (Four producers, so that none is sent
+    more than the service queues for one peer: setup, start and stop of each.)"""
     rt.start_service()
     name = "d" * 256
-    raw = start_raw(rt, "raw", rt.producer_endpoint, f"stubborn:{name}", f"stubborn:{name}")
+    raw = start_raw(rt, "raw", rt.producer_endpoint, *[f"stubborn:{name}"] * 4)
     rt.wait_line(raw, "done")
     entry = f'data_sources {{ config {{ name: "{name}" }} }} '
-    config = "buffers { size_kb: 64 } data_source_stop_timeout_ms: 300 " + entry * 4100
+    config = "buffers { size_kb: 64 } data_source_stop_timeout_ms: 300 " + entry * 2050
     consumer = rt.consumer()
     consumer.enable(config, timeout=30)
     consumer.disable(timeout=30)
