@@ -66,10 +66,11 @@ class ConsumerPort:
         if file_id is not None:
             self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
-        reply.unsupported_fields.extend(reports.bounded_names(unsupported_fields(config)))
+        reply.unsupported_fields.extend(unsupported_fields(config))
         if not config.deferred_start:
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION
+        reports.bound_name_lists(reply)  # names from the config and producers
         self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
 
     def _refusal(self, peer: Peer, req: ipc.EnableTracingRequest, config: pb.TraceConfig) -> str:

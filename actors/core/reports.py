@@ -113,6 +113,16 @@ def bounded_names(names: Iterable[str], budget: int = NAME_LIST_BUDGET) -> list[
     return kept
 
 
+def bound_name_lists(reply: ipc.EnableTracingResponse) -> ipc.EnableTracingResponse:
+    """The reply with each of its lists of names cut by bounded_names."""
+    for names in (reply.unsupported_fields, reply.stop_timed_out, reply.unmatched_data_sources):
+        kept = bounded_names(names)
+        if kept != list(names):
+            del names[:]
+            names.extend(kept)
+    return reply
+
+
 # What a service state reply may take: the frame cap, less room for the envelope.
 STATE_REPLY_BUDGET = MAX_FRAME_BYTES - (64 << 10)
 

@@ -283,9 +283,10 @@ class SessionControl:
         reply = ipc.EnableTracingResponse(
             disabled=True,
             session_id=session.id,
-            stop_timed_out=reports.bounded_names(timed_out),
+            stop_timed_out=timed_out,
             error=file.error if file is not None else "",
         )
+        reports.bound_name_lists(reply)  # names from the config and producers
         out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
