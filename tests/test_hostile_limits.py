@@ -201,18 +201,19 @@ def test_names_are_cleaned_and_unknown_fields_dropped(rt: Runtime) -> None:
     assert state.ByteSize() < 64 << 10
 
 
-def test_smb_bytes_per_process_are_limited(rt: Runtime) -> None:
+@pytest.mark.parametrize("limit", ["max_smb_bytes_per_process", "max_smb_bytes_per_uid"])
+def test_smb_bytes_are_limited(rt: Runtime, limit: str) -> None:
     """Two connections of one process each ask for a 32 MiB SMB under a 48 MiB
     limit: the second gets an error naming the limit and no SMB; the first records."""
-    rt.start_service("--max-smb-bytes-per-process", str(48 << 20))
+    rt.start_service("--" + limit.replace("_", "-"), str(48 << 20))
     raw = start_raw(rt, "raw", rt.producer_endpoint, "twosmbs")
     rt.wait_line(raw, "registered")
     consumer = rt.consumer()
     consumer.enable(SESSION)
     line = rt.wait_line(raw, "smbs", timeout=30)
-    assert line == "smbs 1 error max_smb_bytes_per_process", line
+    assert line == f"smbs 1 error {limit}", line
     state = rt.control.query_state(timeout=5)
-    assert state.refusals["max_smb_bytes_per_process"] == 1
+    assert state.refusals[limit] == 1
     rt.assert_running(rt.service, "the service")
 
 
