@@ -8,7 +8,8 @@ a u16 pool (actors/core/ids.py); they are not process ids.
 
 The table also remembers the last MAX_DEPARTED producers that left (id, name,
 uid, pid), so that a consumer can still name the producer of data it reads
-after that producer exited.
+after that producer exited, and answers what the limits ask: how many
+producers a uid has connected, how many SMB bytes a uid or a process holds.
 """
 
 from __future__ import annotations
