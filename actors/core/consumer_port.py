@@ -75,6 +75,7 @@ class ConsumerPort:
         if not config.deferred_start:
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION
+        reports.bound_name_lists(reply)  # names from the config and producers
         self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
 
     def _refusal(self, peer: Peer, req: ipc.EnableTracingRequest, config: pb.TraceConfig) -> str:

@@ -25,6 +25,10 @@ class Limits:
     # an 8 GiB machine; the service sizes them from its own (memory_defaults).
     max_buffer_bytes_total: int = 4 << 30
     max_buffer_bytes_per_uid: int = 2 << 30
+    max_producers_per_uid: int = 1024
+    max_data_sources_per_producer: int = 256
+    max_smb_bytes_per_process: int = 64 << 20
+    max_smb_bytes_per_uid: int = 1 << 30
 
 
 DEFAULT_LIMITS = Limits()
@@ -36,6 +40,10 @@ LIMIT_HELP: dict[str, str] = {
     "max_buffers_per_session": "trace buffers in one session",
     "max_buffer_bytes_total": "bytes of trace buffers of all sessions together",
     "max_buffer_bytes_per_uid": "bytes of trace buffers of the sessions of one user",
+    "max_producers_per_uid": "producers one user may have connected at once",
+    "max_data_sources_per_producer": "data sources one producer may register",
+    "max_smb_bytes_per_process": "bytes of shared memory buffers (SMBs) for one producer process",
+    "max_smb_bytes_per_uid": "bytes of shared memory buffers (SMBs) for one user's producers",
 }
 
 

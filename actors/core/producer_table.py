@@ -8,7 +8,8 @@ a u16 pool (actors/core/ids.py); they are not process ids.
 
 The table also remembers the last MAX_DEPARTED producers that left (id, name,
 uid, pid), so that a consumer can still name the producer of data it reads
-after that producer exited.
+after that producer exited, and answers what the limits ask: how many
+producers a uid has connected, how many SMB bytes a uid or a process holds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ProducerTable:
         self._by_id: dict[int, ProducerEntry] = {}
         self._ids = IdPool(MAX_PRODUCER_ID)
         self._departed: deque[DepartedProducer] = deque(maxlen=MAX_DEPARTED)
+        self._per_uid: dict[int, int] = {}  # connected producers by uid
 
     def add(
         self, identity: bytes, name: str, pid: int, uid: int, shm_size_hint: int, shm_page_hint: int
@@ -54,6 +56,7 @@ class ProducerTable:
         )
         self._by_identity[identity] = producer
         self._by_id[producer_id] = producer
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         return producer
 
     def remove(self, identity: bytes) -> ProducerEntry | None:
@@ -61,10 +64,25 @@ class ProducerTable:
         if producer is not None:
             del self._by_id[producer.id]
             self._ids.release(producer.id)
+            left = self._per_uid.pop(producer.uid) - 1
+            if left:
+                self._per_uid[producer.uid] = left
             self._departed.append(
                 DepartedProducer(producer.id, producer.name, producer.uid, producer.pid)
             )
         return producer
+
+    def count_of_uid(self, uid: int) -> int:
+        """How many producers of `uid` are connected."""
+        return self._per_uid.get(uid, 0)
+
+    def smb_bytes(self, *, uid: int | None = None, pid: int | None = None) -> int:
+        """The size of the SMBs held by the producers of `uid`, or of process `pid`."""
+        return sum(
+            p.abi.geometry.size
+            for p in self._by_identity.values()
+            if p.abi is not None and (uid is None or p.uid == uid) and (pid is None or p.pid == pid)
+        )
 
     def departed(self) -> list[DepartedProducer]:
         """The producers that left, oldest first (the last MAX_DEPARTED)."""

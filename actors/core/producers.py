@@ -21,6 +21,8 @@ from shm.abi import (
     CHUNK_HEADER_SIZE,
     COMPLETE,
     LAYOUT_CHUNKS,
+    MAX_CHUNKS_PER_PAGE,
+    MAX_WRITER_ID,
     ChunkRef,
     Geometry,
     SharedMemoryABI,
@@ -33,6 +35,13 @@ from shm.trace_buffer import TraceBuffer
 
 MAX_PATCHES_PER_CHUNK = 1024
 PATCH_SIZE = 4
+U64_MAX = (1 << 64) - 1  # what a TraceStats counter holds
+
+
+def saturating_add(total: int, grown: int) -> int:
+    """`total + grown`, stopping at U64_MAX: a counter fed by producers' numbers
+    stays what a uint64 field of TraceStats can hold, however many report."""
+    return min(total + grown, U64_MAX)
 
 
 class SmbHandle(Protocol):
@@ -128,13 +137,15 @@ class CommitPath:
     request: page and chunk indices and the chunk's state (SharedMemoryABI's
     CAS: only a COMPLETE chunk is moved, and it is freed whatever happens), the
     header read once, the target buffer (a u16 this producer may write to, and
-    the one its writer registered: else chunks_discarded); for patches, the
-    request entry (a buffer it may write to, a valid writer id, at most
-    MAX_PATCHES_PER_CHUNK patches of PATCH_SIZE bytes: else patches_discarded);
-    writer stats. The TraceBuffer owns the chunk itself: header fields, payload
-    size, fragments, chunk-id order, recommits, and whether a patch's chunk and
-    offsets exist (see shm/trace_buffer.py). It copies the payload once, from
-    the SMB straight into its ring.
+    the one its writer registered: else chunks_discarded; at most as many
+    chunks per request as the SMB has); for patches, the request entry (a
+    buffer it may write to, a valid writer id, at most MAX_PATCHES_PER_CHUNK
+    patches of PATCH_SIZE bytes, as many entries as the SMB has chunks: else
+    patches_discarded); writer stats (saturating sums, U64_MAX). The
+    TraceBuffer owns the chunk itself: header fields, payload size, fragments,
+    chunk-id order, recommits, and whether a patch's chunk and offsets exist
+    (see shm/trace_buffer.py). It copies the payload once, from the SMB
+    straight into its ring.
     """
 
     def __init__(self, buffers: dict[int, TraceBuffer], counters: ServiceCounters) -> None:
@@ -145,11 +156,17 @@ class CommitPath:
         abi = producer.abi
         if abi is None:
             return  # no SMB yet: Perfetto ignores the whole request
-        for move in req_untrusted.chunks_to_move:
+        # One request names at most as many chunks as the SMB holds: a frame could
+        # list hundreds of thousands, each a turn of the service's loop spent.
+        chunks = abi.num_pages * MAX_CHUNKS_PER_PAGE
+        moves, patches = req_untrusted.chunks_to_move, req_untrusted.chunks_to_patch
+        self._counters.chunks_discarded += max(0, len(moves) - chunks)
+        self._counters.patches_discarded += max(0, len(patches) - chunks)
+        for move in moves[:chunks]:
             self._move(producer, abi, move.page, move.chunk, move.target_buffer)
-        for patch in req_untrusted.chunks_to_patch:
+        for patch in patches[:chunks]:
             self._patch(producer, patch)
-        for stats in req_untrusted.writer_stats:
+        for stats in req_untrusted.writer_stats[:MAX_WRITER_ID]:
             self._writer_stats(producer, stats)
 
     def _move(
@@ -235,13 +252,14 @@ class CommitPath:
         if target not in producer.allowed_buffers:
             return
         drops = producer.drops.setdefault(stats_untrusted.writer_id, WriterDrops(target))
-        # Cumulative counters: a producer may only make its own numbers grow.
+        # Cumulative counters: a producer may only make its own numbers grow. The
+        # wire gives at most U64_MAX each; the buffer's sum over writers saturates.
         grown = max(0, stats_untrusted.dropped_packets - drops.packets)
         drops.packets += grown
         drops.bytes = max(drops.bytes, stats_untrusted.dropped_bytes)
         buffer = self._buffers.get(drops.target_buffer)
         if buffer is not None:  # the buffer's total outlives the producer
-            buffer.writer_packets_dropped += grown
+            buffer.writer_packets_dropped = saturating_add(buffer.writer_packets_dropped, grown)
 
     def scrape(self, producer: ProducerEntry, buffer_ids: set[int]) -> int:
         """Copy chunks still in the SMB (complete or being written) of writers

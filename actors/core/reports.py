@@ -8,13 +8,16 @@ into the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from itertools import zip_longest
+from typing import TYPE_CHECKING, Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.producers import U64_MAX
 from protos import tracebus_ipc_pb2 as ipc
+from protos.framing import MAX_FRAME_BYTES
 
 if TYPE_CHECKING:
     from actors.core.producer_table import DepartedProducer
@@ -54,7 +57,7 @@ def trace_stats(
     for buffer in buffers:
         _buffer_stats(stats.buffer_stats.add(), buffer)
     for f in fields(totals):
-        setattr(stats, f.name, getattr(totals, f.name))
+        setattr(stats, f.name, _u64(getattr(totals, f.name)))
     if session is not None:
         stats.invalid_packets = session.invalid_packets
         stats.flushes_requested = session.flushes_requested
@@ -65,11 +68,18 @@ def trace_stats(
 
 def _buffer_stats(msg: pb.TraceStats.BufferStats, buffer: BufferReport) -> None:
     for f in fields(buffer.stats):
-        setattr(msg, f.name, getattr(buffer.stats, f.name))
+        setattr(msg, f.name, _u64(getattr(buffer.stats, f.name)))
     # The buffer only sees the packets voided inside a chunk; the writers count
     # the ones that never reached one. Report whichever is larger, so the
     # producer's count shows.
-    msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, buffer.writer_packets_dropped)
+    writers = _u64(buffer.writer_packets_dropped)
+    msg.trace_writer_packet_loss = max(msg.trace_writer_packet_loss, writers)
+
+
+def _u64(value: int) -> int:
+    """A count as a uint64 field holds it: producers feed some of these counts,
+    and a value out of range would make the report raise instead of saturate."""
+    return min(max(value, 0), U64_MAX)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,41 @@ class PeersGivenUp:
     messages_refused: int = 0
 
 
+# An entry's cost beyond its own size: its tag (1 byte) and length (a varint).
+ENTRY_OVERHEAD = 6
+# What one list of names in a reply may take (EnableTracingResponse has three).
+NAME_LIST_BUDGET = MAX_FRAME_BYTES // 8
+
+
+def bounded_names(names: Iterable[str], budget: int = NAME_LIST_BUDGET) -> list[str]:
+    """`names` as a reply lists them: those that fit in `budget` bytes (UTF-8, with
+    their tag and length), then one "... and N more" entry if some did not. The
+    names come from configs and producers, and a reply must stay within a frame."""
+    kept: list[str] = []
+    left = budget
+    names = list(names)
+    for name in names:
+        left -= len(name.encode()) + ENTRY_OVERHEAD
+        if left < 0:
+            return [*kept, f"... and {len(names) - len(kept)} more"]
+        kept.append(name)
+    return kept
+
+
+def bound_name_lists(reply: ipc.EnableTracingResponse) -> ipc.EnableTracingResponse:
+    """The reply with each of its lists of names cut by bounded_names."""
+    for names in (reply.unsupported_fields, reply.stop_timed_out, reply.unmatched_data_sources):
+        kept = bounded_names(names)
+        if kept != list(names):
+            del names[:]
+            names.extend(kept)
+    return reply
+
+
+# What a service state reply may take: the frame cap, less room for the envelope.
+STATE_REPLY_BUDGET = MAX_FRAME_BYTES - (64 << 10)
+
+
 def service_state(
     producers: Iterable[ProducerEntry],
     sessions: Iterable[Session],
@@ -89,28 +134,76 @@ def service_state(
     given_up: PeersGivenUp = PeersGivenUp(),
     departed: Iterable[DepartedProducer] = (),
     refusals: Mapping[str, int] | None = None,
+    budget: int = STATE_REPLY_BUDGET,
 ) -> ipc.QueryServiceStateResponse:
     """Producers and data sources, the sessions `uid` may see (root sees all), the
-    peers given up on, and the producers that left (oldest first)."""
+    peers given up on, and the producers that left (oldest first).
+
+    The reply stays within `budget` bytes, whatever peers registered: sessions
+    first, then producers, their data sources, the departed producers, each list
+    cut at its first entry that does not fit in what is left (the next lists may
+    still fit), and `truncated` set if anything was left out."""
     reply = ipc.QueryServiceStateResponse()
     for f in fields(given_up):
-        setattr(reply.peers_given_up, f.name, getattr(given_up, f.name))
+        setattr(reply.peers_given_up, f.name, _u64(getattr(given_up, f.name)))
     for name, count in (refusals or {}).items():
-        reply.refusals[name] = count
-    for p in producers:
-        reply.producers.add(id=p.id, name=p.name, uid=p.uid, pid=p.pid)
-        for desc in p.data_sources.values():
-            reply.data_sources.add(producer_id=p.id, descriptor=desc)
-    for d in departed:
-        reply.departed_producers.add(id=d.id, name=d.name, uid=d.uid, pid=d.pid)
-    for s in sessions:
-        if s.uid == uid or uid == 0:
-            reply.sessions.add(
-                id=s.id,
-                consumer_uid=s.uid,
-                state=s.state.value,
-                buffer_size_kb=[b.size_kb for b in s.config.buffers],
-                unique_session_name=s.config.unique_session_name,
-                consumer_pid=s.consumer_pid,
-            )
+        reply.refusals[name] = _u64(count)
+    room = _Room(budget - reply.ByteSize())
+    producers = list(producers)
+    visible = (s for s in sessions if s.uid == uid or uid == 0)
+    entries = (
+        (reply.sessions, (_session_entry(s) for s in visible)),
+        (
+            reply.producers,
+            ({"id": p.id, "name": p.name, "uid": p.uid, "pid": p.pid} for p in producers),
+        ),
+        (reply.data_sources, _data_source_entries(producers)),
+        (
+            reply.departed_producers,
+            ({"id": d.id, "name": d.name, "uid": d.uid, "pid": d.pid} for d in departed),
+        ),
+    )
+    for repeated, values in entries:
+        if not room.fill(repeated, values):
+            reply.truncated = True  # and the next lists still get what fits
     return reply
+
+
+class _Room:
+    """The bytes left in a reply, spent entry by entry."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+    def fill(self, repeated: Any, values: Iterable[dict[str, Any]]) -> bool:
+        """Add each of `values` to `repeated` while it fits; False at the first that does not."""
+        for value in values:
+            entry = repeated.add(**value)
+            cost = entry.ByteSize() + ENTRY_OVERHEAD
+            if cost > self.left:
+                del repeated[-1]
+                return False
+            self.left -= cost
+        return True
+
+
+def _session_entry(s: Session) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "consumer_uid": s.uid,
+        "state": s.state.value,
+        "buffer_size_kb": [b.size_kb for b in s.config.buffers],
+        "unique_session_name": s.config.unique_session_name,
+        "consumer_pid": s.consumer_pid,
+    }
+
+
+def _data_source_entries(producers: Iterable[ProducerEntry]) -> Iterator[dict[str, Any]]:
+    """Every producer's first data source, then every producer's second...: a
+    reply cut short lists some of each producer's, so a producer that registered
+    thousands cannot hide the others'."""
+    per_producer = [[(p.id, d) for d in p.data_sources.values()] for p in producers]
+    for row in zip_longest(*per_producer):
+        for entry in row:
+            if entry is not None:
+                yield {"producer_id": entry[0], "descriptor": entry[1]}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state
+from actors.core import incremental_state, reports
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -91,7 +91,7 @@ class SessionControl:
             index = target_buffer_index(session.config, ds.config)[0]
             buffer_id = session.buffer_ids[index]
             if not self._ensure_smb(producer):
-                continue
+                break  # no SMB for this producer now: the next entry would not get one
             instance = self._new_instance(session, producer, ds.config, buffer_id)
             created.append(instance)
             setup = ipc.SetupDataSource(instance_id=instance.id, data_source_config=instance.config)
@@ -130,6 +130,8 @@ class SessionControl:
         if producer.smb is not None:
             return True
         geometry = resolve_geometry(producer.shm_size_hint, producer.shm_page_hint)
+        if self._smb_refused(producer, geometry.size):
+            return False
         try:
             smb = producer.smb = self._ctx.smb_factory(geometry)
         except OSError:
@@ -142,6 +144,24 @@ class SessionControl:
         )
         self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
         return True
+
+    def _smb_refused(self, producer: ProducerEntry, size: int) -> bool:
+        """Whether an SMB of `size` bytes would take the producer's process or user
+        past its limit; if so the producer is told (it gets no SMB, so no instance,
+        this time) and the refusal counted."""
+        ctx = self._ctx
+        held = (
+            ("max_smb_bytes_per_process", "process", ctx.producers.smb_bytes(pid=producer.pid)),
+            ("max_smb_bytes_per_uid", "user", ctx.producers.smb_bytes(uid=producer.uid)),
+        )
+        for name, whose, taken in held:
+            limit = getattr(ctx.limits, name)
+            if taken + size > limit:
+                ctx.refuse(name)
+                error = f"no SMB of {size} bytes: its {whose} would pass {name} ({limit} bytes)"
+                ctx.out.to_producer(producer.peer, error=error)
+                return True
+        return False
 
     # -- start ----------------------------------------------------------------------------
 
@@ -269,6 +289,7 @@ class SessionControl:
             stop_timed_out=timed_out,
             error=file.error if file is not None else "",
         )
+        reports.bound_name_lists(reply)  # names from the config and producers
         out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
@@ -299,6 +320,22 @@ class SessionControl:
         gone = [i for i in session.instances.values() if i.producer_id == producer_id]
         for instance in gone:
             del session.instances[instance.id]
+
+    def unregistered(self, producer: ProducerEntry, name: str, now: int) -> None:
+        """A producer unregistered data source `name`: its instances leave every
+        session, and no longer let it write into their buffers."""
+        for session in list(self._ctx.sessions.values()):
+            gone = [
+                i
+                for i in session.instances.values()
+                if i.producer_id == producer.id and i.name == name
+            ]
+            for instance in gone:
+                del session.instances[instance.id]
+                producer.disallow(instance.target_buffer)
+            if gone:
+                self._maybe_all_started(session)
+                self.finish_disable(session, now)  # it may have waited for their stop
 
     # -- observers -----------------------------------------------------------------------------
 
