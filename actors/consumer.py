@@ -33,6 +33,7 @@ socket (the rest is back-pressure on the service's side).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -77,6 +78,7 @@ from actors.core.consumer_core import (
 )
 from actors.endpoints import default_consumer_endpoint
 from actors.loop import Loop
+from actors.output_paths import STDOUT, not_regular, written_path
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.protozero import read_varint
@@ -157,17 +159,26 @@ class TraceFile:
     Packets stream into the temp file as they arrive; commit() renames it into
     place, so an existing file is replaced only then and never half-written;
     discard() (or leaving a with-block without commit) removes the temp file.
+    Only a regular file is ever replaced (actors/output_paths.py): a directory,
+    device, FIFO or socket at the path raises OSError when the file is created,
+    and at commit (then the temp file is kept, and the error names it). A
+    symlink's target is written, not the link.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        self.target = written_path(path)
+        problem = not_regular(self.target)
+        if problem:
+            raise OSError(errno.EEXIST, problem)
+        self.temp_path = self.target.with_name(f".{self.target.name}.{secrets.token_hex(4)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(self.temp_path, flags, 0o666)
         self._file = os.fdopen(fd, "wb", buffering=1 << 16)
         self.packets = 0
         self.bytes = 0
         self.committed = False
+        self.kept = False  # commit found no regular file to replace: the temp file stays
 
     def write_all(self, packets: Iterable[bytes]) -> None:
         frames = [frame_packet(p) for p in packets]
@@ -182,12 +193,16 @@ class TraceFile:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.temp_path, self.path)
+        problem = not_regular(self.target)  # something else may stand there by now
+        if problem:
+            self.kept = True
+            raise OSError(errno.EEXIST, f"{problem}; the trace is kept in {self.temp_path}")
+        os.replace(self.temp_path, self.target)
         self.committed = True
         return self.path
 
     def discard(self) -> None:
-        if self.committed:
+        if self.committed or self.kept:
             return
         try:
             self._file.close()
@@ -199,6 +214,51 @@ class TraceFile:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+class StdoutTrace:
+    """TraceFile's interface over standard output (`-o -`): packets go out as they
+    arrive; commit() flushes. What was written cannot be taken back: discard()
+    only flushes too (a failed read still leaves whole packets, a valid trace)."""
+
+    def __init__(self) -> None:
+        self.path = Path(STDOUT)
+        self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 16)
+        self.packets = 0
+        self.bytes = 0
+        self.committed = False
+
+    def write_all(self, packets: Iterable[bytes]) -> None:
+        frames = [frame_packet(p) for p in packets]
+        self._file.write(b"".join(frames))
+        self.packets += len(frames)
+        self.bytes += sum(map(len, frames))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def commit(self) -> Path:
+        self.discard()
+        self.committed = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()  # flushes
+            except BrokenPipeError:
+                pass  # the reader left: nothing more to say to it
+
+    def __enter__(self) -> StdoutTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def open_trace(path: str | os.PathLike) -> TraceFile | StdoutTrace:
+    """Where a trace read back goes: `-` is standard output, else a TraceFile."""
+    return StdoutTrace() if os.fspath(path) == STDOUT else TraceFile(path)
 
 
 def trace_file_batches(path: str | os.PathLike, read_bytes: int = 1 << 20) -> Iterator[list[bytes]]:
@@ -413,11 +473,12 @@ class Consumer:
             yield pb.TracePacket.FromString(data)
 
     def save(self, path: str | os.PathLike, *, timeout: float = READ_IDLE_TIMEOUT) -> ReadResult:
-        """Stream the trace into a Perfetto trace file (replaced once all is read). If the
+        """Stream the trace into a Perfetto trace file (replaced once all is read; only a
+        regular file is replaced, `-` is standard output). If the
         read fails after some packets arrived, the file gets those (whole packets only)
         before the error is raised again, with a note saying so."""
         self.last_saved = None
-        with TraceFile(path) as out:
+        with open_trace(path) as out:
             try:
                 for batch in self.read_batches(timeout=timeout):
                     out.write_all(batch)

@@ -10,6 +10,9 @@ reads nothing back: it waits for the end and summarizes the file. When the
 service dies or stops answering, or a second Ctrl-C aborts, the complete
 packets read so far are still written (the summary says the trace is
 incomplete) and the exit code says it failed.
+OUT is checked first (check_output, actors/output_paths.py): a regular file
+path, or `-` for stdout; anything else is a usage error (exit 2) before the
+service is even asked.
 actors/consumer.py runs main() when executed as a module; the blocking Consumer
 API it uses is there.
 """
@@ -33,8 +36,10 @@ from actors.consumer import (
     DEFAULT_TIMEOUT,
     READ_IDLE_TIMEOUT,
     Consumer,
+    StdoutTrace,
     TraceFile,
     load_config,
+    open_trace,
     parse_config,
     trace_file_batches,
 )
@@ -54,6 +59,7 @@ from actors.core.consumer_summary import (
 )
 from actors.endpoints import default_consumer_endpoint
 from actors.interrupts import Interrupts
+from actors.output_paths import STDOUT, output_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
@@ -94,7 +100,7 @@ class Recording:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.signals = Interrupts()  # Ctrl-C: abort, or once a session runs, stop it
-        self.file: TraceFile | None = None
+        self.file: TraceFile | StdoutTrace | None = None
         self.consumer: Consumer | None = None
         self.summary = TraceSummary()
         self.names: dict[int, str] = {}
@@ -122,6 +128,9 @@ class Recording:
             _say(f"error: {e}")
             self._keep_what_was_read(str(e))
             return EXIT_FAILED
+        except OSError as e:  # the output, at its commit (the path changed meanwhile)
+            _say(f"error: cannot write {self.out}: {e.strerror or e}")
+            return EXIT_FAILED
         finally:
             self.signals.restore()
             if self.file is not None:
@@ -134,7 +143,7 @@ class Recording:
             return self._record_by_the_service()
         # run() owns both (it discards and closes them); the steps get them as values.
         try:
-            file = self.file = TraceFile(self.out)
+            file = self.file = open_trace(self.out)
         except OSError as e:
             raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
         consumer = self._run_session()
@@ -254,7 +263,7 @@ class Recording:
         consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
         consumer.wait_disabled(DEFAULT_TIMEOUT)
 
-    def _read_back(self, consumer: Consumer, file: TraceFile) -> None:
+    def _read_back(self, consumer: Consumer, file: TraceFile | StdoutTrace) -> None:
         """Each reply's packets go to the file as they arrive; the wait for the next
         reply restarts with every reply, so a long read lives as long as data flows."""
         for batch in consumer.read_batches(timeout=self.read_timeout):
@@ -297,7 +306,7 @@ class Recording:
         policy = pb.TraceConfig.BufferConfig.FillPolicy
         policies = [policy.Name(b.fill_policy or policy.RING_BUFFER) for b in self.config.buffers]
         return SummaryInput(
-            out_path=str(self.out),
+            out_path="<stdout>" if str(self.out) == STDOUT else str(self.out),
             summary=self.summary,
             session_id=session_id,
             seconds=seconds,
@@ -315,7 +324,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", required=True, help="TraceConfig file, or - for stdin")
     parser.add_argument("--txt", action="store_true", help="the config is a textproto")
-    parser.add_argument("-o", "--out", required=True, help="the trace file to write")
+    parser.add_argument(
+        "-o", "--out", required=True, help="the trace file to write (a regular file), - for stdout"
+    )
     parser.add_argument(
         "--consumer-endpoint",
         metavar="EP",
@@ -345,6 +356,18 @@ def _read_config(source: str, text: bool) -> pb.TraceConfig:
     return load_config(Path(source), text=text)
 
 
+def check_output(out: str, config: pb.TraceConfig) -> None:
+    """-o OUT, checked before anything is recorded: a regular file to create or
+    replace, or - for stdout (actors/output_paths.py); UsageError says why not."""
+    if out == STDOUT and config.write_into_file:
+        raise UsageError(
+            "-o -: a write_into_file session is written by the service itself; name a file"
+        )
+    problem = output_problem(out)
+    if problem:
+        raise UsageError(f"-o: cannot write {out}: {problem}")
+
+
 def connect_timeout(flag: float | None) -> float:
     """--connect-timeout, else $TRACEBUS_CONNECT_TIMEOUT, else the default."""
     if flag is not None:
@@ -361,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _read_config(args.config, args.txt)
+        check_output(args.out, config)
         timeout = connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
         if not args.read_timeout > 0:

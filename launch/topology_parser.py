@@ -28,6 +28,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_error
 from actors.core.limits import limit_names
+from actors.output_paths import not_regular, written_path
 from launch.topology import (
     ConsumerSpec,
     ConsumerStart,
@@ -502,6 +503,9 @@ class TopologyParser(YamlReader):
 
     def output(self, node: Node, key: str) -> Path:
         path = self.writable_path(node, key)
+        problem = not_regular(written_path(path))  # a trace replaces only a regular file
+        if problem:
+            self.fail(node, key, f"{path}: {problem}")
         if path in self.outputs:
             other, line = self.outputs[path]
             self.fail(node, key, f"{other} at line {line} writes the same file: {path}")
