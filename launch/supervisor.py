@@ -281,7 +281,7 @@ class Supervisor:
         self.outputs = [o for o in self.outputs if o.fd >= 0]
         try:
             proc = actor.popen()
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: an argument Popen refuses
             self.say(f"cannot start {actor.name}: {e}")
             actor.returncode, actor.proc = 127, None
             self._after_exit(actor, 127)
@@ -465,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except OSError as e:
         print(f"{args.log_dir}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a parser bug: still one line, never a traceback
+        problem = " ".join(str(e).split())[:200]
+        print(f"{args.topology}: cannot load the topology: {type(e).__name__}: {problem}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     supervisor = Supervisor(topology, log_dir=args.log_dir)
     try:

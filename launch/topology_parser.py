@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from launch.topology import (
     TopologyError,
 )
 from launch.yaml_reader import (
+    BoundedLoader,
     YamlReader,
     choices_text,
     join_key,
@@ -129,7 +131,7 @@ def parse_topology(text: str, path: Path) -> Topology:
     the text resolve against its directory, which need not exist)."""
     path = Path(path)
     try:
-        loader = yaml.SafeLoader(text)  # the reader checks the characters here
+        loader = BoundedLoader(text)  # the reader checks the characters here
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         raise syntax_error(e, str(path)) from None
@@ -237,7 +239,8 @@ class TopologyParser(YamlReader):
 
     def runtime_dir(self, node: Node, key: str) -> Path:
         path = self.path(node, key)
-        if path.exists() and not path.is_dir():
+        mode = self.mode(node, key, path)
+        if mode is not None and not stat.S_ISDIR(mode):
             self.fail(node, key, f"not a directory: {path}")
         room = MAX_IPC_PATH - SOCKET_NAME_ROOM
         size = len(str(path).encode())
@@ -320,7 +323,8 @@ class TopologyParser(YamlReader):
         paths = []
         for item, child in items:
             path = self.path(item, child)
-            if not path.is_dir():
+            mode = self.mode(item, child, path)
+            if mode is None or not stat.S_ISDIR(mode):
                 self.fail(item, child, f"no such directory: {path}")
             paths.append(path)
         return tuple(paths)
