@@ -54,6 +54,8 @@ class Actor:
         self.detached = False
         self.result_file: Path | None = None
         self.traces: list[str] = []
+        self.registered = False  # a producer: the service listed one of its processes
+        self.last_line = ""  # the last non-blank line it printed: why it failed, often
 
     @property
     def pid(self) -> int | None:
@@ -281,6 +283,8 @@ class Echo:
         """One line to our stream, and to the actor's log files (--log-dir, `log:`)."""
         name = actor.name if actor is not None else "supervisor"
         line = line.rstrip(b"\r")
+        if actor is not None and line.strip():
+            actor.last_line = line.decode(errors="replace").strip()[:200]
         prefix = f"{name:<{self.width}} | ".encode()
         try:
             stream.write(prefix + line + b"\n")
