@@ -76,6 +76,7 @@ from actors.core.consumer_core import (
     UsageError,
     frame_packet,
 )
+from actors.core.consumer_summary import unmatched_text
 from actors.endpoints import default_consumer_endpoint
 from actors.loop import Loop
 from actors.output_paths import STDOUT, not_regular, written_path
@@ -394,7 +395,8 @@ class Consumer:
         output_path: str | os.PathLike | None = None,
     ) -> EnableResult:
         """Set up a session (and start it unless deferred_start). The result names the
-        config fields the service does not implement. With write_into_file in the
+        config fields the service does not implement and the data sources no
+        producer offers (both are also logged as warnings). With write_into_file in the
         config, the service writes the trace to `output_path` (made absolute here;
         None: the config's output_path) and the session cannot be read back."""
         self.config = load_config(config)
@@ -407,6 +409,8 @@ class Consumer:
         if result.unsupported_fields:
             fields = ", ".join(result.unsupported_fields)
             log.warning("warning: the service does not implement these config fields: %s", fields)
+        if result.unmatched_data_sources:
+            log.warning("warning: %s", unmatched_text(result.unmatched_data_sources))
         return result
 
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:

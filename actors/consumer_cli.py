@@ -105,6 +105,7 @@ class Recording:
         self.summary = TraceSummary()
         self.names: dict[int, str] = {}
         self.notes: list[str] = []
+        self.unmatched: tuple[str, ...] = ()  # data sources no producer offered at the start
         self.session_id = 0
         self.started: float | None = None  # monotonic seconds when the session started
         self.read_complete = False  # the service said the read-back was over
@@ -171,6 +172,7 @@ class Recording:
         self.signals.target = pending
         enabled = consumer.enable(self.config, output_path=output_path)
         self.session_id = enabled.session_id
+        self.unmatched = enabled.unmatched_data_sources  # Consumer.enable warned already
         self.signals.target = consumer  # from now on Ctrl-C stops the session
         if pending.asked:
             consumer.interrupt()
@@ -314,6 +316,7 @@ class Recording:
             fill_policies=policies,
             stats=stats,
             notes=self.notes,
+            unmatched_data_sources=self.unmatched,
         )
 
 

@@ -182,6 +182,13 @@ def producer_names(state: Any) -> dict[int, str]:
     return names
 
 
+def unmatched_text(names: Sequence[str]) -> str:
+    """The warning for data sources no producer offered when the session was enabled."""
+    listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    which = "data source" if len(names) == 1 else "data sources"
+    return f"no producer offered the {which} {listed} when the session started"
+
+
 @dataclass
 class SummaryInput:
     """What the record CLI knows at the end."""
@@ -194,6 +201,7 @@ class SummaryInput:
     fill_policies: list[str] = field(default_factory=list)  # by buffer index
     stats: pb.TraceStats | None = None
     notes: list[str] = field(default_factory=list)
+    unmatched_data_sources: Sequence[str] = ()  # no producer offered them at the start
     # From the first read request to the output file closed; with the file's size.
     readback_seconds: float | None = None
     file_bytes: int = 0
@@ -208,6 +216,8 @@ def format_summary(info: SummaryInput) -> str:
     ]
     if info.readback_seconds is not None:
         lines.append(_readback_line(info.file_bytes, info.readback_seconds))
+    if info.unmatched_data_sources:
+        lines.append(f"warning: {unmatched_text(info.unmatched_data_sources)}")
     lines += _producer_rows(info)
     lines += _loss_lines(info)
     lines += _buffer_lines(info)
