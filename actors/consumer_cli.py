@@ -55,6 +55,7 @@ from actors.core.consumer_summary import (
     SummaryInput,
     TraceSummary,
     format_summary,
+    printable,
     producer_names,
 )
 from actors.endpoints import default_consumer_endpoint
@@ -67,7 +68,8 @@ CATCH_UP = 0.05  # after `until`: long enough to read the messages already queue
 
 
 def _say(message: str) -> None:
-    print(f"tracebus: {message}", file=sys.stderr, flush=True)
+    # Errors may quote what a producer registered (names): no control character passes.
+    print(f"tracebus: {printable(message, 4000)}", file=sys.stderr, flush=True)
 
 
 class _PendingInterrupt:
@@ -182,7 +184,7 @@ class Recording:
         self.started = time.monotonic()
         self._wait_for_end(consumer)
         if consumer.stop_timed_out:
-            late = ", ".join(consumer.stop_timed_out)
+            late = ", ".join(map(printable, consumer.stop_timed_out))  # producers' names
             self.notes.append(f"no stop ack in time from {late}: what they wrote later is not read")
         return consumer
 

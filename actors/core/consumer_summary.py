@@ -173,12 +173,21 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def printable(name: str, limit: int = 64) -> str:
+    """A name a producer chose, safe to print on a terminal: control characters (an
+    escape sequence, a newline that would forge a line of the summary) become '?',
+    and it is cut at `limit` characters."""
+    safe = "".join(c if c.isprintable() else "?" for c in name[:limit])
+    return safe + "..." if len(name) > limit else safe
+
+
 def producer_names(state: Any) -> dict[int, str]:
     """pid -> registered name from a QueryServiceStateResponse: the producers that left
     (oldest first, so the last to use a pid wins), then the connected ones, which win
-    on a pid reused by a live producer."""
-    names = {p.pid: p.name for p in state.departed_producers}
-    names.update((p.pid, p.name) for p in state.producers)
+    on a pid reused by a live producer. Names are made printable (producers are not
+    trusted)."""
+    names = {p.pid: printable(p.name) for p in state.departed_producers}
+    names.update((p.pid, printable(p.name)) for p in state.producers)
     return names
 
 
