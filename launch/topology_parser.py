@@ -510,6 +510,9 @@ class TopologyParser(YamlReader):
         problem = not_regular(written_path(path))  # a trace replaces only a regular file
         if problem:
             self.fail(node, key, f"{path}: {problem}")
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:  # the supervisor makes the missing directories
+            self.fail(node, key, f"{path}: {blocked} is not a directory")
         if path in self.outputs:
             other, line = self.outputs[path]
             self.fail(node, key, f"{other} at line {line} writes the same file: {path}")

@@ -205,3 +205,18 @@ def test_a_node_that_appears_during_the_recording_is_not_replaced(tmp_path: Path
         trace.commit()
     trace.discard()
     assert out.is_dir() and trace.temp_path.read_bytes() == b"\x0a\x02\x08\x01"
+
+
+def test_a_topology_output_under_a_plain_file_exits_2(rt: Runtime) -> None:
+    (rt.dir / "plain").write_text("not a directory")
+    topology = rt.write_file(
+        "topology.yaml",
+        "consumers:\n  - name: rec\n    config: cfg.pbtxt\n    output: plain/sub/t.pftrace\n",
+    )
+    rt.write_file("cfg.pbtxt", SHORT_CONFIG)
+    result = rt.run_supervisor(topology)
+    assert result.returncode == 2, result.stderr
+    out = rt.dir / "plain" / "sub" / "t.pftrace"
+    expected = f"consumers[0].output: {out}: {rt.dir / 'plain'} is not a directory"
+    assert result.stderr.strip().endswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
