@@ -41,7 +41,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Self, TypeAlias, TypedDict
+from typing import Any, BinaryIO, Self, TypeAlias, TypedDict
 
 import zmq
 from google.protobuf.message import DecodeError
@@ -98,6 +98,7 @@ CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not han
 MESSAGES_PER_WAKEUP = 4  # then let the caller consume what arrived
 RECEIVE_HWM = 4
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
+MAX_CONFIG_BYTES = framing.MAX_FRAME_BYTES  # the EnableTracingRequest carries it whole
 
 ConfigLike: TypeAlias = "pb.TraceConfig | bytes | str | os.PathLike[str]"
 
@@ -144,11 +145,21 @@ def load_config(config: ConfigLike, *, text: bool | None = None) -> pb.TraceConf
         return parse_config(config, text=bool(text))
     path = Path(config)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = read_config_bytes(f, str(path))
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     is_text = path.suffix in TEXT_SUFFIXES if text is None else text
     return parse_config(data, text=is_text, source=str(path))
+
+
+def read_config_bytes(stream: BinaryIO, source: str) -> bytes:
+    """A config's bytes, at most what one request can carry: a config that could never
+    reach the service (or a -c /dev/zero) is refused without reading on."""
+    data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config")
+    return data
 
 
 # -- the trace file ----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from actors.consumer import (
     load_config,
     open_trace,
     parse_config,
+    read_config_bytes,
     trace_file_batches,
 )
 from actors.core.consumer_core import (
@@ -357,7 +358,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_config(source: str, text: bool) -> pb.TraceConfig:
     if source == "-":
-        return parse_config(sys.stdin.buffer.read(), text=text, source="<stdin>")
+        return parse_config(
+            read_config_bytes(sys.stdin.buffer, "<stdin>"), text=text, source="<stdin>"
+        )
     return load_config(Path(source), text=text)
 
 

@@ -63,6 +63,8 @@ RESERVED_NAMES = ("service", "supervisor")
 RESERVED_ENV_PREFIX = "TRACEBUS_"
 MAX_IPC_PATH = 107  # bytes of sun_path, less its NUL
 SOCKET_NAME_ROOM = 24  # bytes runtime_dir keeps free for "/<socket name>"
+MAX_TOPOLOGY_BYTES = 16 << 20  # far above any real topology; a device or a huge file is not one
+MAX_CONFIG_BYTES = 4 << 20  # protos.framing.MAX_FRAME_BYTES: one request carries the config
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -113,9 +115,13 @@ def load_topology(path: str | Path) -> Topology:
     """Read and check a topology file; TopologyError says what is wrong with it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOPOLOGY_BYTES + 1)
     except OSError as e:
         raise TopologyError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    if len(data) > MAX_TOPOLOGY_BYTES:
+        limit = MAX_TOPOLOGY_BYTES >> 20
+        raise TopologyError(f"larger than {limit} MiB: not a topology", file=str(path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -522,9 +528,12 @@ class TopologyParser(YamlReader):
     def config_file(self, node: Node, key: str, path: Path) -> bool:
         """Whether the config file is a textproto; it must parse either way."""
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as e:
             self.fail(node, key, f"cannot read {path}: {e.strerror or e}")
+        if len(data) > MAX_CONFIG_BYTES:  # it could never reach the service
+            self.fail(node, key, f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config")
         is_text = path.suffix in TEXT_SUFFIXES
         if is_text:
             try:

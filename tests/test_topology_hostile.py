@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from launch.topology import TopologyError
 from launch.topology_parser import parse_topology
 from launch.yaml_reader import MAX_DEPTH
-from tests.processes import REPO, Runtime
+from tests.processes import PYTHON, REPO, Runtime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,3 +101,26 @@ def test_a_mutated_topology_is_a_topology_or_one_line_error(edits: list) -> None
         parse_topology(text, REPO / "examples" / "mutated.yaml")
     except TopologyError as e:
         assert "\n" not in str(e)
+
+
+def test_endless_inputs_are_refused_without_reading_on(rt: Runtime) -> None:
+    """A topology or a config is small: /dev/zero (or a huge file) is refused after
+    its first few MiB, with one line and exit 2, instead of filling the memory."""
+    result = rt.run_supervisor("/dev/zero")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_error_line(result.stderr) == "/dev/zero: larger than 16 MiB: not a topology"
+    out = str(rt.dir / "t.pftrace")
+    result = rt.run([PYTHON, "-m", "actors.consumer", "-c", "/dev/zero", "-o", out])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        one_error_line(result.stderr)
+        == "tracebus: error: /dev/zero: larger than 4 MiB, not a config"
+    )
+    topology = rt.write_file(
+        "topology.yaml", "consumers:\n  - name: c\n    config: big.pbtxt\n    output: o.pftrace\n"
+    )
+    with open(rt.dir / "big.pbtxt", "wb") as f:
+        f.truncate(5 << 20)
+    result = rt.run_supervisor(topology)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_error_line(result.stderr).endswith("big.pbtxt: larger than 4 MiB, not a config")
