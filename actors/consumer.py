@@ -76,7 +76,6 @@ from actors.core.consumer_core import (
     UsageError,
     frame_packet,
 )
-from actors.core.consumer_summary import unmatched_text
 from actors.endpoints import default_consumer_endpoint
 from actors.loop import Loop
 from actors.output_paths import STDOUT, not_regular, written_path
@@ -302,6 +301,28 @@ def split_trace(data: bytes) -> tuple[list[bytes], int]:
 # -- the blocking API ------------------------------------------------------------------------
 
 
+class UnmatchedWatch:
+    """The config's data sources that no connected producer offered when the session
+    was enabled (EnableResult.unmatched_data_sources), watched until its end: a
+    producer offering one may connect meanwhile (`tracebus run` starts the command
+    after the session; a script may attach producers). It subscribes to instance
+    events only when there is something to watch; `remaining()` names those that
+    never got an instance, so recorded nothing."""
+
+    def __init__(self, consumer: Consumer, names: Iterable[str]) -> None:
+        self.consumer = consumer
+        self.names = tuple(names)
+        if self.names:
+            consumer.observe("data_sources_instances")
+
+    def remaining(self) -> tuple[str, ...]:
+        events = self.consumer.take_events()
+        seen = {c.data_source_name for e in events for c in e.instance_state_changes}
+        self.names = tuple(n for n in self.names if n not in seen)
+        return self.names
+
+
+
 class _Timing(TypedDict):
     """The now/timeout_ns arguments of a ConsumerCore request."""
 
@@ -406,10 +427,11 @@ class Consumer:
         output_path: str | os.PathLike | None = None,
     ) -> EnableResult:
         """Set up a session (and start it unless deferred_start). The result names the
-        config fields the service does not implement and the data sources no
-        producer offers (both are also logged as warnings). With write_into_file in the
-        config, the service writes the trace to `output_path` (made absolute here;
-        None: the config's output_path) and the session cannot be read back."""
+        config fields the service does not implement (also logged as a warning) and
+        the data sources no connected producer offers (see UnmatchedWatch). With
+        write_into_file in the config, the service writes the trace to `output_path`
+        (made absolute here; None: the config's output_path) and the session cannot
+        be read back."""
         self.config = load_config(config)
         self._ended = None
         data = self.config.SerializeToString()
@@ -420,8 +442,6 @@ class Consumer:
         if result.unsupported_fields:
             fields = ", ".join(result.unsupported_fields)
             log.warning("warning: the service does not implement these config fields: %s", fields)
-        if result.unmatched_data_sources:
-            log.warning("warning: %s", unmatched_text(result.unmatched_data_sources))
         return result
 
     def start(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -519,6 +539,12 @@ class Consumer:
         (both by default); then read them with next_event()."""
         chosen = [_observe_type(t) for t in types or OBSERVE_ALL]
         self._call(self._core.observe_events(chosen, **self._t(timeout)))
+
+    def take_events(self) -> list[ipc.ObservableEvents]:
+        """The events received so far (next_event's queue, emptied), without waiting."""
+        events = list(self._observed)
+        self._observed.clear()
+        return events
 
     def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> ipc.ObservableEvents:
         if not self._wait(lambda: bool(self._observed), timeout):

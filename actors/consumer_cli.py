@@ -38,6 +38,7 @@ from actors.consumer import (
     Consumer,
     StdoutTrace,
     TraceFile,
+    UnmatchedWatch,
     load_config,
     open_trace,
     parse_config,
@@ -58,6 +59,7 @@ from actors.core.consumer_summary import (
     format_summary,
     printable,
     producer_names,
+    unmatched_at_start,
 )
 from actors.endpoints import default_consumer_endpoint
 from actors.interrupts import Interrupts
@@ -108,7 +110,7 @@ class Recording:
         self.summary = TraceSummary()
         self.names: dict[int, str] = {}
         self.notes: list[str] = []
-        self.unmatched: tuple[str, ...] = ()  # data sources no producer offered at the start
+        self.unmatched: UnmatchedWatch | None = None  # data sources no producer offered
         self.session_id = 0
         self.started: float | None = None  # monotonic seconds when the session started
         self.read_complete = False  # the service said the read-back was over
@@ -175,7 +177,7 @@ class Recording:
         self.signals.target = pending
         enabled = consumer.enable(self.config, output_path=output_path)
         self.session_id = enabled.session_id
-        self.unmatched = enabled.unmatched_data_sources  # Consumer.enable warned already
+        self._watch_unmatched(consumer, enabled.unmatched_data_sources)
         self.signals.target = consumer  # from now on Ctrl-C stops the session
         if pending.asked:
             consumer.interrupt()
@@ -206,6 +208,17 @@ class Recording:
             self.notes.append(f"cannot read the trace the service wrote: {e.strerror}")
         print(format_summary(info), file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
+
+    def _watch_unmatched(self, consumer: Consumer, names: Sequence[str]) -> None:
+        """Warn now of the data sources no producer offers, unless producers are to
+        come (`until`: tracebus run's command); the summary names those that never
+        got one."""
+        if names and self.until is None:
+            _say(f"warning: {unmatched_at_start(names)}")
+        try:
+            self.unmatched = UnmatchedWatch(consumer, names)
+        except ConsumerError as e:
+            self.notes.append(f"cannot watch for producers of {', '.join(names)}: {e}")
 
     def _keep_what_was_read(self, failure: str) -> None:
         """After a failure: the complete packets read so far become the output (a valid
@@ -319,7 +332,8 @@ class Recording:
             fill_policies=policies,
             stats=stats,
             notes=self.notes,
-            unmatched_data_sources=self.unmatched,
+            # Instance events come before the session's end: all are in by now.
+            unmatched_data_sources=self.unmatched.remaining() if self.unmatched else (),
         )
 
 

@@ -191,11 +191,20 @@ def producer_names(state: Any) -> dict[int, str]:
     return names
 
 
-def unmatched_text(names: Sequence[str]) -> str:
-    """The warning for data sources no producer offered when the session was enabled."""
+def _data_sources(names: Sequence[str]) -> str:
     listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-    which = "data source" if len(names) == 1 else "data sources"
-    return f"no producer offered the {which} {listed} when the session started"
+    return f"the data source{'' if len(names) == 1 else 's'} {listed}"
+
+
+def unmatched_at_start(names: Sequence[str]) -> str:
+    """The warning for the config's data sources no producer offers as the session starts."""
+    return f"no connected producer offers {_data_sources(names)}: nothing is recorded for them"\
+        " unless a producer offering them connects"
+
+
+def unmatched_at_end(names: Sequence[str]) -> str:
+    """The summary's warning for data sources no producer offered during the session."""
+    return f"no producer offered {_data_sources(names)} during the session: they recorded nothing"
 
 
 @dataclass
@@ -210,7 +219,7 @@ class SummaryInput:
     fill_policies: list[str] = field(default_factory=list)  # by buffer index
     stats: pb.TraceStats | None = None
     notes: list[str] = field(default_factory=list)
-    unmatched_data_sources: Sequence[str] = ()  # no producer offered them at the start
+    unmatched_data_sources: Sequence[str] = ()  # no producer offered them during the session
     # From the first read request to the output file closed; with the file's size.
     readback_seconds: float | None = None
     file_bytes: int = 0
@@ -226,7 +235,7 @@ def format_summary(info: SummaryInput) -> str:
     if info.readback_seconds is not None:
         lines.append(_readback_line(info.file_bytes, info.readback_seconds))
     if info.unmatched_data_sources:
-        lines.append(f"warning: {unmatched_text(info.unmatched_data_sources)}")
+        lines.append(f"warning: {unmatched_at_end(info.unmatched_data_sources)}")
     lines += _producer_rows(info)
     lines += _loss_lines(info)
     lines += _buffer_lines(info)
