@@ -322,7 +322,6 @@ class UnmatchedWatch:
         return self.names
 
 
-
 class _Timing(TypedDict):
     """The now/timeout_ns arguments of a ConsumerCore request."""
 

@@ -198,8 +198,10 @@ def _data_sources(names: Sequence[str]) -> str:
 
 def unmatched_at_start(names: Sequence[str]) -> str:
     """The warning for the config's data sources no producer offers as the session starts."""
-    return f"no connected producer offers {_data_sources(names)}: nothing is recorded for them"\
+    return (
+        f"no connected producer offers {_data_sources(names)}: nothing is recorded for them"
         " unless a producer offering them connects"
+    )
 
 
 def unmatched_at_end(names: Sequence[str]) -> str:
