@@ -27,6 +27,9 @@ from launch.control import CONTROL_ENV
 from launch.topology import ConsumerSpec, ProducerGroup, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
+# Bytes an actor's output may hold without a newline before they go out as a line:
+# what is kept waiting for the end of a line stays bounded, whatever the actor prints.
+MAX_LINE = 64 * 1024
 
 
 class Actor:
@@ -248,6 +251,9 @@ class Output:
                 self.close()
                 return
             *lines, self.partial = (self.partial + data).split(b"\n")
+            if len(self.partial) >= MAX_LINE:  # no newline for that long: a line anyway
+                lines.append(self.partial)
+                self.partial = b""
             for line in lines:
                 self.emit(self.actor, line, self.stream)
 

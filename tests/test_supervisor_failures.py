@@ -8,7 +8,9 @@ Real processes throughout (tests/processes.py).
 from __future__ import annotations
 
 import re
+import signal
 import textwrap
+from pathlib import Path
 
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -80,3 +82,37 @@ def test_a_command_that_cannot_start_fails_the_topology(rt: Runtime) -> None:
     assert code == 1, out
     expected = "error: producer group ghost never came up: ghost#1 exited (code 127) before"
     assert f"supervisor | {expected} registering: cannot start: " in out, out
+
+
+def vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_an_actor_printing_without_newlines_does_not_grow_the_supervisor(rt: Runtime) -> None:
+    """An actor's output waits for the end of its line in the supervisor: 20 MB without a
+    newline go out in bounded pieces instead of piling up there."""
+    chatter = "import sys; sys.stdout.write('x' * 20_000_000); print(); print('done', flush=True)"
+    path = rt.write_file(
+        "topology.yaml",
+        textwrap.dedent(
+            f"""
+            runtime_dir: {rt.dir}/run
+            stop_when: never
+            producers:
+              - name: chatty
+                command: [python, -c, "{chatter}; import time; time.sleep(60)"]
+            """
+        ).lstrip(),
+    )
+    supervisor = rt.start_supervisor(path)
+    rt.wait_output(supervisor, r"supervisor \| started chatty#1")
+    before = vm_hwm_kib(supervisor.pid)
+    rt.wait_output(supervisor, r"chatty#1 +\| done$", timeout=60)
+    grown = vm_hwm_kib(supervisor.pid) - before
+    assert grown < 8 * 1024, f"the supervisor's peak memory grew by {grown} KiB"
+    supervisor.send_signal(signal.SIGINT)
+    assert rt.finish(supervisor) == 128 + signal.SIGINT
