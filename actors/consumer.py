@@ -33,6 +33,7 @@ socket (the rest is back-pressure on the service's side).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -40,7 +41,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Self, TypeAlias, TypedDict
+from typing import Any, BinaryIO, Self, TypeAlias, TypedDict
 
 import zmq
 from google.protobuf.message import DecodeError
@@ -77,6 +78,7 @@ from actors.core.consumer_core import (
 )
 from actors.endpoints import default_consumer_endpoint
 from actors.loop import Loop
+from actors.output_paths import STDOUT, not_regular, written_path
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.protozero import read_varint
@@ -95,6 +97,7 @@ CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not han
 MESSAGES_PER_WAKEUP = 4  # then let the caller consume what arrived
 RECEIVE_HWM = 4
 OBSERVE_ALL = ("data_sources_instances", "all_data_sources_started")
+MAX_CONFIG_BYTES = framing.MAX_FRAME_BYTES  # the EnableTracingRequest carries it whole
 
 ConfigLike: TypeAlias = "pb.TraceConfig | bytes | str | os.PathLike[str]"
 
@@ -141,11 +144,21 @@ def load_config(config: ConfigLike, *, text: bool | None = None) -> pb.TraceConf
         return parse_config(config, text=bool(text))
     path = Path(config)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = read_config_bytes(f, str(path))
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     is_text = path.suffix in TEXT_SUFFIXES if text is None else text
     return parse_config(data, text=is_text, source=str(path))
+
+
+def read_config_bytes(stream: BinaryIO, source: str) -> bytes:
+    """A config's bytes, at most what one request can carry: a config that could never
+    reach the service (or a -c /dev/zero) is refused without reading on."""
+    data = stream.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config")
+    return data
 
 
 # -- the trace file ----------------------------------------------------------------------------
@@ -157,17 +170,26 @@ class TraceFile:
     Packets stream into the temp file as they arrive; commit() renames it into
     place, so an existing file is replaced only then and never half-written;
     discard() (or leaving a with-block without commit) removes the temp file.
+    Only a regular file is ever replaced (actors/output_paths.py): a directory,
+    device, FIFO or socket at the path raises OSError when the file is created,
+    and at commit (then the temp file is kept, and the error names it). A
+    symlink's target is written, not the link.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        self.target = written_path(path)
+        problem = not_regular(self.target)
+        if problem:
+            raise OSError(errno.EEXIST, problem)
+        self.temp_path = self.target.with_name(f".{self.target.name}.{secrets.token_hex(4)}.tmp")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(self.temp_path, flags, 0o666)
         self._file = os.fdopen(fd, "wb", buffering=1 << 16)
         self.packets = 0
         self.bytes = 0
         self.committed = False
+        self.kept = False  # commit found no regular file to replace: the temp file stays
 
     def write_all(self, packets: Iterable[bytes]) -> None:
         frames = [frame_packet(p) for p in packets]
@@ -182,12 +204,16 @@ class TraceFile:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.temp_path, self.path)
+        problem = not_regular(self.target)  # something else may stand there by now
+        if problem:
+            self.kept = True
+            raise OSError(errno.EEXIST, f"{problem}; the trace is kept in {self.temp_path}")
+        os.replace(self.temp_path, self.target)
         self.committed = True
         return self.path
 
     def discard(self) -> None:
-        if self.committed:
+        if self.committed or self.kept:
             return
         try:
             self._file.close()
@@ -199,6 +225,51 @@ class TraceFile:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
+
+
+class StdoutTrace:
+    """TraceFile's interface over standard output (`-o -`): packets go out as they
+    arrive; commit() flushes. What was written cannot be taken back: discard()
+    only flushes too (a failed read still leaves whole packets, a valid trace)."""
+
+    def __init__(self) -> None:
+        self.path = Path(STDOUT)
+        self._file = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=1 << 16)
+        self.packets = 0
+        self.bytes = 0
+        self.committed = False
+
+    def write_all(self, packets: Iterable[bytes]) -> None:
+        frames = [frame_packet(p) for p in packets]
+        self._file.write(b"".join(frames))
+        self.packets += len(frames)
+        self.bytes += sum(map(len, frames))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def commit(self) -> Path:
+        self.discard()
+        self.committed = True
+        return self.path
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            try:
+                self._file.close()  # flushes
+            except BrokenPipeError:
+                pass  # the reader left: nothing more to say to it
+
+    def __enter__(self) -> StdoutTrace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def open_trace(path: str | os.PathLike) -> TraceFile | StdoutTrace:
+    """Where a trace read back goes: `-` is standard output, else a TraceFile."""
+    return StdoutTrace() if os.fspath(path) == STDOUT else TraceFile(path)
 
 
 def trace_file_batches(path: str | os.PathLike, read_bytes: int = 1 << 20) -> Iterator[list[bytes]]:
@@ -228,6 +299,27 @@ def split_trace(data: bytes) -> tuple[list[bytes], int]:
 
 
 # -- the blocking API ------------------------------------------------------------------------
+
+
+class UnmatchedWatch:
+    """The config's data sources that no connected producer offered when the session
+    was enabled (EnableResult.unmatched_data_sources), watched until its end: a
+    producer offering one may connect meanwhile (`tracebus run` starts the command
+    after the session; a script may attach producers). It subscribes to instance
+    events only when there is something to watch; `remaining()` names those that
+    never got an instance, so recorded nothing."""
+
+    def __init__(self, consumer: Consumer, names: Iterable[str]) -> None:
+        self.consumer = consumer
+        self.names = tuple(names)
+        if self.names:
+            consumer.observe("data_sources_instances")
+
+    def remaining(self) -> tuple[str, ...]:
+        events = self.consumer.take_events()
+        seen = {c.data_source_name for e in events for c in e.instance_state_changes}
+        self.names = tuple(n for n in self.names if n not in seen)
+        return self.names
 
 
 class _Timing(TypedDict):
@@ -334,9 +426,11 @@ class Consumer:
         output_path: str | os.PathLike | None = None,
     ) -> EnableResult:
         """Set up a session (and start it unless deferred_start). The result names the
-        config fields the service does not implement. With write_into_file in the
-        config, the service writes the trace to `output_path` (made absolute here;
-        None: the config's output_path) and the session cannot be read back."""
+        config fields the service does not implement (also logged as a warning) and
+        the data sources no connected producer offers (see UnmatchedWatch). With
+        write_into_file in the config, the service writes the trace to `output_path`
+        (made absolute here; None: the config's output_path) and the session cannot
+        be read back."""
         self.config = load_config(config)
         self._ended = None
         data = self.config.SerializeToString()
@@ -413,11 +507,12 @@ class Consumer:
             yield pb.TracePacket.FromString(data)
 
     def save(self, path: str | os.PathLike, *, timeout: float = READ_IDLE_TIMEOUT) -> ReadResult:
-        """Stream the trace into a Perfetto trace file (replaced once all is read). If the
+        """Stream the trace into a Perfetto trace file (replaced once all is read; only a
+        regular file is replaced, `-` is standard output). If the
         read fails after some packets arrived, the file gets those (whole packets only)
         before the error is raised again, with a note saying so."""
         self.last_saved = None
-        with TraceFile(path) as out:
+        with open_trace(path) as out:
             try:
                 for batch in self.read_batches(timeout=timeout):
                     out.write_all(batch)
@@ -443,6 +538,12 @@ class Consumer:
         (both by default); then read them with next_event()."""
         chosen = [_observe_type(t) for t in types or OBSERVE_ALL]
         self._call(self._core.observe_events(chosen, **self._t(timeout)))
+
+    def take_events(self) -> list[ipc.ObservableEvents]:
+        """The events received so far (next_event's queue, emptied), without waiting."""
+        events = list(self._observed)
+        self._observed.clear()
+        return events
 
     def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> ipc.ObservableEvents:
         if not self._wait(lambda: bool(self._observed), timeout):

@@ -10,6 +10,9 @@ reads nothing back: it waits for the end and summarizes the file. When the
 service dies or stops answering, or a second Ctrl-C aborts, the complete
 packets read so far are still written (the summary says the trace is
 incomplete) and the exit code says it failed.
+OUT is checked first (check_output, actors/output_paths.py): a regular file
+path, or `-` for stdout; anything else is a usage error (exit 2) before the
+service is even asked.
 actors/consumer.py runs main() when executed as a module; the blocking Consumer
 API it uses is there.
 """
@@ -33,9 +36,13 @@ from actors.consumer import (
     DEFAULT_TIMEOUT,
     READ_IDLE_TIMEOUT,
     Consumer,
+    StdoutTrace,
     TraceFile,
+    UnmatchedWatch,
     load_config,
+    open_trace,
     parse_config,
+    read_config_bytes,
     trace_file_batches,
 )
 from actors.core.consumer_core import (
@@ -50,10 +57,13 @@ from actors.core.consumer_summary import (
     SummaryInput,
     TraceSummary,
     format_summary,
+    printable,
     producer_names,
+    unmatched_at_start,
 )
 from actors.endpoints import default_consumer_endpoint
 from actors.interrupts import Interrupts
+from actors.output_paths import STDOUT, output_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 END_GRACE = 10.0  # beyond duration + flush + stop timeouts before the CLI stops it itself
@@ -61,7 +71,8 @@ CATCH_UP = 0.05  # after `until`: long enough to read the messages already queue
 
 
 def _say(message: str) -> None:
-    print(f"tracebus: {message}", file=sys.stderr, flush=True)
+    # Errors may quote what a producer registered (names): no control character passes.
+    print(f"tracebus: {printable(message, 4000)}", file=sys.stderr, flush=True)
 
 
 class _PendingInterrupt:
@@ -94,11 +105,12 @@ class Recording:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.signals = Interrupts()  # Ctrl-C: abort, or once a session runs, stop it
-        self.file: TraceFile | None = None
+        self.file: TraceFile | StdoutTrace | None = None
         self.consumer: Consumer | None = None
         self.summary = TraceSummary()
         self.names: dict[int, str] = {}
         self.notes: list[str] = []
+        self.unmatched: UnmatchedWatch | None = None  # data sources no producer offered
         self.session_id = 0
         self.started: float | None = None  # monotonic seconds when the session started
         self.read_complete = False  # the service said the read-back was over
@@ -122,6 +134,9 @@ class Recording:
             _say(f"error: {e}")
             self._keep_what_was_read(str(e))
             return EXIT_FAILED
+        except OSError as e:  # the output, at its commit (the path changed meanwhile)
+            _say(f"error: cannot write {self.out}: {e.strerror or e}")
+            return EXIT_FAILED
         finally:
             self.signals.restore()
             if self.file is not None:
@@ -134,7 +149,7 @@ class Recording:
             return self._record_by_the_service()
         # run() owns both (it discards and closes them); the steps get them as values.
         try:
-            file = self.file = TraceFile(self.out)
+            file = self.file = open_trace(self.out)
         except OSError as e:
             raise UsageError(f"cannot write {self.out}: {e.strerror}") from None
         consumer = self._run_session()
@@ -162,6 +177,7 @@ class Recording:
         self.signals.target = pending
         enabled = consumer.enable(self.config, output_path=output_path)
         self.session_id = enabled.session_id
+        self._watch_unmatched(consumer, enabled.unmatched_data_sources)
         self.signals.target = consumer  # from now on Ctrl-C stops the session
         if pending.asked:
             consumer.interrupt()
@@ -171,7 +187,7 @@ class Recording:
         self.started = time.monotonic()
         self._wait_for_end(consumer)
         if consumer.stop_timed_out:
-            late = ", ".join(consumer.stop_timed_out)
+            late = ", ".join(map(printable, consumer.stop_timed_out))  # producers' names
             self.notes.append(f"no stop ack in time from {late}: what they wrote later is not read")
         return consumer
 
@@ -192,6 +208,17 @@ class Recording:
             self.notes.append(f"cannot read the trace the service wrote: {e.strerror}")
         print(format_summary(info), file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
+
+    def _watch_unmatched(self, consumer: Consumer, names: Sequence[str]) -> None:
+        """Warn now of the data sources no producer offers, unless producers are to
+        come (`until`: tracebus run's command); the summary names those that never
+        got one."""
+        if names and self.until is None:
+            _say(f"warning: {unmatched_at_start(names)}")
+        try:
+            self.unmatched = UnmatchedWatch(consumer, names)
+        except ConsumerError as e:
+            self.notes.append(f"cannot watch for producers of {', '.join(names)}: {e}")
 
     def _keep_what_was_read(self, failure: str) -> None:
         """After a failure: the complete packets read so far become the output (a valid
@@ -254,7 +281,7 @@ class Recording:
         consumer.disable(timeout=stop_timeout + DEFAULT_TIMEOUT)
         consumer.wait_disabled(DEFAULT_TIMEOUT)
 
-    def _read_back(self, consumer: Consumer, file: TraceFile) -> None:
+    def _read_back(self, consumer: Consumer, file: TraceFile | StdoutTrace) -> None:
         """Each reply's packets go to the file as they arrive; the wait for the next
         reply restarts with every reply, so a long read lives as long as data flows."""
         for batch in consumer.read_batches(timeout=self.read_timeout):
@@ -297,7 +324,7 @@ class Recording:
         policy = pb.TraceConfig.BufferConfig.FillPolicy
         policies = [policy.Name(b.fill_policy or policy.RING_BUFFER) for b in self.config.buffers]
         return SummaryInput(
-            out_path=str(self.out),
+            out_path="<stdout>" if str(self.out) == STDOUT else str(self.out),
             summary=self.summary,
             session_id=session_id,
             seconds=seconds,
@@ -305,6 +332,8 @@ class Recording:
             fill_policies=policies,
             stats=stats,
             notes=self.notes,
+            # Instance events come before the session's end: all are in by now.
+            unmatched_data_sources=self.unmatched.remaining() if self.unmatched else (),
         )
 
 
@@ -315,7 +344,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", required=True, help="TraceConfig file, or - for stdin")
     parser.add_argument("--txt", action="store_true", help="the config is a textproto")
-    parser.add_argument("-o", "--out", required=True, help="the trace file to write")
+    parser.add_argument(
+        "-o", "--out", required=True, help="the trace file to write (a regular file), - for stdout"
+    )
     parser.add_argument(
         "--consumer-endpoint",
         metavar="EP",
@@ -341,8 +372,22 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_config(source: str, text: bool) -> pb.TraceConfig:
     if source == "-":
-        return parse_config(sys.stdin.buffer.read(), text=text, source="<stdin>")
+        return parse_config(
+            read_config_bytes(sys.stdin.buffer, "<stdin>"), text=text, source="<stdin>"
+        )
     return load_config(Path(source), text=text)
+
+
+def check_output(out: str, config: pb.TraceConfig) -> None:
+    """-o OUT, checked before anything is recorded: a regular file to create or
+    replace, or - for stdout (actors/output_paths.py); UsageError says why not."""
+    if out == STDOUT and config.write_into_file:
+        raise UsageError(
+            "-o -: a write_into_file session is written by the service itself; name a file"
+        )
+    problem = output_problem(out)
+    if problem:
+        raise UsageError(f"-o: cannot write {out}: {problem}")
 
 
 def connect_timeout(flag: float | None) -> float:
@@ -361,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         config = _read_config(args.config, args.txt)
+        check_output(args.out, config)
         timeout = connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
         if not args.read_timeout > 0:

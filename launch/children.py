@@ -27,6 +27,9 @@ from launch.control import CONTROL_ENV
 from launch.topology import ConsumerSpec, ProducerGroup, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
+# Bytes an actor's output may hold without a newline before they go out as a line:
+# what is kept waiting for the end of a line stays bounded, whatever the actor prints.
+MAX_LINE = 64 * 1024
 
 
 class Actor:
@@ -54,6 +57,8 @@ class Actor:
         self.detached = False
         self.result_file: Path | None = None
         self.traces: list[str] = []
+        self.registered = False  # a producer: the service listed one of its processes
+        self.last_line = ""  # the last non-blank line it printed: why it failed, often
 
     @property
     def pid(self) -> int | None:
@@ -183,7 +188,10 @@ def consumer_actor(
     endpoint = endpoints[CONSUMER_ENV]
     env = spec.environment(base, endpoint)
     if spec.output is not None:
-        spec.output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            spec.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the consumer's own check of its output says why, and it exits 2
     if spec.kind == "script":
         argv = [sys.executable, "-m", "launch.script_runner", str(spec.script)]
         argv += ["--name", spec.name, "--consumer-endpoint", endpoint]
@@ -243,6 +251,9 @@ class Output:
                 self.close()
                 return
             *lines, self.partial = (self.partial + data).split(b"\n")
+            if len(self.partial) >= MAX_LINE:  # no newline for that long: a line anyway
+                lines.append(self.partial)
+                self.partial = b""
             for line in lines:
                 self.emit(self.actor, line, self.stream)
 
@@ -281,6 +292,8 @@ class Echo:
         """One line to our stream, and to the actor's log files (--log-dir, `log:`)."""
         name = actor.name if actor is not None else "supervisor"
         line = line.rstrip(b"\r")
+        if actor is not None and line.strip():
+            actor.last_line = line.decode(errors="replace").strip()[:200]
         prefix = f"{name:<{self.width}} | ".encode()
         try:
             stream.write(prefix + line + b"\n")

@@ -51,6 +51,7 @@ from actors.consumer import (
     DEFAULT_TIMEOUT,
     ConfigLike,
     Consumer,
+    UnmatchedWatch,
     load_config,
     trace_file_batches,
 )
@@ -61,6 +62,7 @@ from actors.core.consumer_core import (
     RequestTimeout,
     UsageError,
 )
+from actors.core.consumer_summary import unmatched_at_end
 from actors.interrupts import Interrupts
 from launch.control import SupervisorClient
 
@@ -133,7 +135,8 @@ class Tracing(Consumer):
         still written, then Interrupted is raised again."""
         trace_config = load_config(config)
         path = self._output_path(output) if trace_config.write_into_file else None
-        self.enable(trace_config, output_path=path)
+        enabled = self.enable(trace_config, output_path=path)
+        unmatched = UnmatchedWatch(self, enabled.unmatched_data_sources)  # `during` may add some
         interrupted = None
         try:
             if during is not None:
@@ -145,6 +148,8 @@ class Tracing(Consumer):
             self.stop()
         result = self.save(output) if path is None else self._written_by_the_service(path)
         self.free()
+        if unmatched.remaining():
+            print(f"warning: {unmatched_at_end(unmatched.names)}", file=sys.stderr, flush=True)
         if interrupted is not None:
             raise interrupted
         return result

@@ -44,9 +44,12 @@ everything. Cleanup always runs: every process group we started is killed,
 our sockets and the default control link are removed, and the runtime
 directory too if we created it.
 
-Exit code: 0 if every consumer exited 0 (and the service did not fail),
-128+signum if a signal stopped the topology, 1 otherwise, 2 for a bad
-topology (nothing started). A summary goes to stderr: every actor's state,
+Exit code: 0 if every consumer exited 0, the service did not fail and every
+producer group came up (some process of it registered with the service; one
+that never did is named at the end with the last line its first failed
+instance printed, e.g. a SyntaxError), 128+signum if a signal stopped the
+topology, 1 otherwise, 2 for a bad topology (nothing started; one line, never
+a traceback). A summary goes to stderr: every actor's state,
 exit status and restarts, and per consumer its traces with packets, bytes and
 losses (packets marked previous_packet_dropped, chunks overwritten or
 discarded), counted from the files with Perfetto's own schema; script
@@ -123,6 +126,7 @@ class Supervisor:
         self.stop_signal = 0
         self.service: Actor | None = None
         self.failed = False
+        self.state_truncated = False  # a state reply the service had to cut short was seen
         self.began = time.monotonic()
         self.began_wall = time.time()
 
@@ -148,6 +152,7 @@ class Supervisor:
             if self.stop_reason is None:
                 self.request_stop(signal.Signals(self.stop_signal).name)  # noticed now
             self._shutdown()
+            self._report_groups_never_up()
             seconds = time.monotonic() - self.began
             summary = run_summary(self.topology, self.stop_reason, seconds, self.actors)
         finally:
@@ -281,8 +286,9 @@ class Supervisor:
         self.outputs = [o for o in self.outputs if o.fd >= 0]
         try:
             proc = actor.popen()
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: an argument Popen refuses
             self.say(f"cannot start {actor.name}: {e}")
+            actor.last_line = f"cannot start: {e}"
             actor.returncode, actor.proc = 127, None
             self._after_exit(actor, 127)
             return
@@ -313,9 +319,9 @@ class Supervisor:
         starting = [a for a in self.actors if a.state == "starting" and a.alive]
         if starting:
             state = self._service_state()
-            pids = [p.pid for p in state.producers] if state is not None else []
+            self._note_registered(starting, state)
             for actor in starting:
-                if any(pid == actor.pid or group_of(pid) == actor.pid for pid in pids):
+                if actor.registered:
                     actor.state = "running"
                     self.say(f"{actor.name} registered")
                 elif time.monotonic() > actor.ready_deadline:
@@ -324,6 +330,20 @@ class Supervisor:
         self.control.settle()
         if any(a.state == "starting" for a in self.actors) or self.control.pending:
             self._arm_tick()
+
+    def _note_registered(
+        self, actors: Iterable[Actor], state: ipc.QueryServiceStateResponse | None
+    ) -> None:
+        """Mark the producers the service lists (by pid, or by the pid's process group
+        for a command line that forked), connected or departed already."""
+        if state is None:
+            return
+        if state.truncated:  # cut short (a flood of registrations): absence proves nothing
+            self.state_truncated = True
+        pids = [p.pid for p in state.producers] + [p.pid for p in state.departed_producers]
+        for actor in actors:
+            if any(pid == actor.pid or group_of(pid) == actor.pid for pid in pids):
+                actor.registered = True
 
     def _service_state(self) -> ipc.QueryServiceStateResponse | None:
         """The service's producers and sessions (None if it cannot say)."""
@@ -350,6 +370,11 @@ class Supervisor:
 
     def _after_exit(self, actor: Actor, returncode: int) -> None:
         failed = returncode != 0
+        if actor.kind == "producer" and not actor.registered and actor.proc is not None:
+            self._note_registered([actor], self._service_state())  # it may have left already
+            if not actor.registered and not actor.stop_requested:
+                why = f": {actor.last_line}" if actor.last_line else ""
+                self.say(f"warning: {actor.name} exited before registering{why}")
         if actor.stop_requested:
             actor.state = "detached" if actor.detached else "stopped"
         elif actor.kind == "producer":
@@ -418,6 +443,29 @@ class Supervisor:
         service_timeout = self.topology.service.stop_timeout_s or STOP_TIMEOUT
         self.stopper.stop_all(self._of_kind("service"), signal.SIGTERM, service_timeout)
 
+    def groups_never_up(self) -> list[str]:
+        """Why each producer group that was started never came up: no process of it
+        ever registered with the service."""
+        groups: dict[str, list[Actor]] = {}
+        for actor in self._of_kind("producer"):
+            if actor.pids or actor.returncode is not None:  # started, or failed to start
+                groups.setdefault(actor.group, []).append(actor)
+        reasons = []
+        for name, actors in groups.items():
+            if not any(a.registered for a in actors):
+                reasons.append(f"producer group {name} never came up: {_never_up(actors)}")
+        return reasons
+
+    def _report_groups_never_up(self) -> None:
+        if self.stop_signal:  # stopped by hand: not a failure of the topology
+            return
+        for reason in self.groups_never_up():
+            if self.state_truncated:  # the group may have registered unseen
+                self.say(f"warning: {reason} (or registered unseen: the service's state was cut)")
+                continue
+            self.failed = True
+            self.say(f"error: {reason}")
+
     def _of_kind(self, kind: str) -> list[Actor]:
         return [a for a in self.actors if a.kind == kind]
 
@@ -445,6 +493,18 @@ class Supervisor:
         return EXIT_OK if ok and all(a.returncode == 0 for a in consumers) else EXIT_FAILED
 
 
+def _never_up(actors: list[Actor]) -> str:
+    """What became of a group none of whose processes registered: the first that
+    exited by itself, with its last line of output (a traceback's last line says why)."""
+    exited = [a for a in actors if a.state in ("failed", "exited", "gave up")]
+    actor = exited[0] if exited else actors[0]
+    if exited:
+        how = f"{actor.name} exited ({exit_text(actor.returncode)}) before registering"
+    else:
+        how = f"{actor.name} did not register before the topology stopped"
+    return f"{how}: {actor.last_line}" if actor.last_line else how
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m launch.supervisor",
@@ -465,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except OSError as e:
         print(f"{args.log_dir}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - a parser bug: still one line, never a traceback
+        problem = " ".join(str(e).split())[:200]
+        print(f"{args.topology}: cannot load the topology: {type(e).__name__}: {problem}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     supervisor = Supervisor(topology, log_dir=args.log_dir)
     try:

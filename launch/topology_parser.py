@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_error
 from actors.core.limits import limit_names
+from actors.output_paths import not_regular, written_path
 from launch.topology import (
     ConsumerSpec,
     ConsumerStart,
@@ -39,6 +41,7 @@ from launch.topology import (
     TopologyError,
 )
 from launch.yaml_reader import (
+    BoundedLoader,
     YamlReader,
     choices_text,
     join_key,
@@ -60,6 +63,8 @@ RESERVED_NAMES = ("service", "supervisor")
 RESERVED_ENV_PREFIX = "TRACEBUS_"
 MAX_IPC_PATH = 107  # bytes of sun_path, less its NUL
 SOCKET_NAME_ROOM = 24  # bytes runtime_dir keeps free for "/<socket name>"
+MAX_TOPOLOGY_BYTES = 16 << 20  # far above any real topology; a device or a huge file is not one
+MAX_CONFIG_BYTES = 4 << 20  # protos.framing.MAX_FRAME_BYTES: one request carries the config
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -110,9 +115,13 @@ def load_topology(path: str | Path) -> Topology:
     """Read and check a topology file; TopologyError says what is wrong with it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_TOPOLOGY_BYTES + 1)
     except OSError as e:
         raise TopologyError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    if len(data) > MAX_TOPOLOGY_BYTES:
+        limit = MAX_TOPOLOGY_BYTES >> 20
+        raise TopologyError(f"larger than {limit} MiB: not a topology", file=str(path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -128,7 +137,7 @@ def parse_topology(text: str, path: Path) -> Topology:
     the text resolve against its directory, which need not exist)."""
     path = Path(path)
     try:
-        loader = yaml.SafeLoader(text)  # the reader checks the characters here
+        loader = BoundedLoader(text)  # the reader checks the characters here
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         raise syntax_error(e, str(path)) from None
@@ -236,7 +245,8 @@ class TopologyParser(YamlReader):
 
     def runtime_dir(self, node: Node, key: str) -> Path:
         path = self.path(node, key)
-        if path.exists() and not path.is_dir():
+        mode = self.mode(node, key, path)
+        if mode is not None and not stat.S_ISDIR(mode):
             self.fail(node, key, f"not a directory: {path}")
         room = MAX_IPC_PATH - SOCKET_NAME_ROOM
         size = len(str(path).encode())
@@ -319,7 +329,8 @@ class TopologyParser(YamlReader):
         paths = []
         for item, child in items:
             path = self.path(item, child)
-            if not path.is_dir():
+            mode = self.mode(item, child, path)
+            if mode is None or not stat.S_ISDIR(mode):
                 self.fail(item, child, f"no such directory: {path}")
             paths.append(path)
         return tuple(paths)
@@ -502,6 +513,12 @@ class TopologyParser(YamlReader):
 
     def output(self, node: Node, key: str) -> Path:
         path = self.writable_path(node, key)
+        problem = not_regular(written_path(path))  # a trace replaces only a regular file
+        if problem:
+            self.fail(node, key, f"{path}: {problem}")
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:  # the supervisor makes the missing directories
+            self.fail(node, key, f"{path}: {blocked} is not a directory")
         if path in self.outputs:
             other, line = self.outputs[path]
             self.fail(node, key, f"{other} at line {line} writes the same file: {path}")
@@ -511,9 +528,12 @@ class TopologyParser(YamlReader):
     def config_file(self, node: Node, key: str, path: Path) -> bool:
         """Whether the config file is a textproto; it must parse either way."""
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as e:
             self.fail(node, key, f"cannot read {path}: {e.strerror or e}")
+        if len(data) > MAX_CONFIG_BYTES:  # it could never reach the service
+            self.fail(node, key, f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a config")
         is_text = path.suffix in TEXT_SUFFIXES
         if is_text:
             try:

@@ -12,6 +12,8 @@ paths resolved against the topology file's directory.
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +25,27 @@ from launch.topology import TopologyError
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 S = TypeVar("S", bound=str)
+# Deeper than any topology needs (it nests 4 levels): PyYAML composes nodes
+# recursively, so a file of 100,000 '[' would end in a RecursionError.
+MAX_DEPTH = 64
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses collections nested deeper than MAX_DEPTH, with a
+    MarkedYAMLError at the node that goes too deep (a one-line error like any other)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        if self.depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            problem = f"nested deeper than {MAX_DEPTH} levels"
+            raise yaml.composer.ComposerError(None, None, problem, mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def syntax_error(e: yaml.MarkedYAMLError, file: str) -> TopologyError:
@@ -37,6 +60,10 @@ def syntax_error(e: yaml.MarkedYAMLError, file: str) -> TopologyError:
             where = f" at line {e.context_mark.line + 1}" if e.context_mark else ""
             problem += f" ({one_line(e.context)}{where})"
     return TopologyError(problem, file=file, line=mark.line + 1 if mark else None)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def one_line(text: str) -> str:
@@ -78,11 +105,14 @@ class YamlReader:
         if isinstance(node, SequenceNode):
             return []
         try:
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as e:  # an unknown tag
             self.fail(node, key, f"invalid YAML value: {one_line(e.problem or str(e))}")
         except Exception as e:  # `!!int three`, `2001-13-45`, `!!timestamp x`: anything
-            self.fail(node, key, f"invalid YAML value {node.value!r}: {one_line(str(e))}")
+            self.fail(node, key, f"invalid YAML value {_short(node.value)!r}: {one_line(str(e))}")
+        if isinstance(value, str) and "\0" in value:  # no path, argument or variable holds one
+            self.fail(node, key, "a NUL character is not allowed")
+        return value
 
     def describe(self, node: Node, key: str) -> str:
         """How an unexpected value reads in a message."""
@@ -194,18 +224,32 @@ class YamlReader:
         try:
             return (self.base_dir / Path(value).expanduser()).resolve()
         except RuntimeError as e:  # ~user of an unknown user, or no home directory
-            self.fail(node, key, f"cannot expand {value!r}: {e}")
+            self.fail(node, key, f"cannot expand {_short(value)!r}: {e}")
+        except OSError as e:  # a symlink loop, a name too long
+            self.fail(node, key, f"cannot use {_short(value)!r}: {e.strerror or e}")
 
     def existing_file(self, node: Node, key: str) -> Path:
         path = self.path(node, key)
-        if not path.exists():
+        mode = self.mode(node, key, path)
+        if mode is None:
             self.fail(node, key, f"no such file: {path}")
-        if not path.is_file():
+        if not stat.S_ISREG(mode):
             self.fail(node, key, f"not a file: {path}")
         return path
 
     def writable_path(self, node: Node, key: str) -> Path:
         path = self.path(node, key)
-        if path.is_dir():
+        mode = self.mode(node, key, path)
+        if mode is not None and stat.S_ISDIR(mode):
             self.fail(node, key, f"is a directory, expected a file path: {path}")
         return path
+
+    def mode(self, node: Node, key: str, path: Path) -> int | None:
+        """The st_mode of what `path` names (None if nothing); any other error of the
+        lookup (a name too long, a symlink loop, no permission) is the key's error."""
+        try:
+            return os.stat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            self.fail(node, key, f"cannot use {_short(str(path))}: {e.strerror or e}")

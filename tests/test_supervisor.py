@@ -412,8 +412,11 @@ def test_restart_on_failure_then_give_up(rt: Runtime) -> None:
             script: waiter.py
         """,
     )
-    assert rt.finish(supervisor) == 0, rt.output(supervisor)
+    # The group never registered: the topology failed (issue 11), and says which and why.
+    assert rt.finish(supervisor) == 1, rt.output(supervisor)
     out = rt.output(supervisor)
+    never_up = "error: producer group flaky never came up: flaky#1 exited (code 1) before"
+    assert f"supervisor | {never_up} registering" in out
     assert len(re.findall(r"supervisor \| started flaky#1 \(pid \d+\)", out)) == 3
     assert "restarting flaky#1 in 0.5 s (restart 1 of 2)" in out
     assert "restarting flaky#1 in 1 s (restart 2 of 2)" in out

@@ -877,7 +877,8 @@ def test_constants_match_the_actors() -> None:
 def test_the_modules_are_pure() -> None:
     """Importing the model and its parser loads no process, socket or actor machinery
     (the pure config rules they share with the consumer live in actors.core.configs,
-    the service's limits in actors.core.limits)."""
+    the service's limits in actors.core.limits, the output checks (os.stat only) in
+    actors.output_paths)."""
     probe = (
         "import json, sys; import launch.topology, launch.topology_parser; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -888,6 +889,7 @@ def test_the_modules_are_pure() -> None:
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
     )
     pure = {"actors", "actors.core", "actors.core.configs", "actors.core.limits"}
+    pure.add("actors.output_paths")
     assert [m for m in json.loads(out.stdout) if m not in pure] == []
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.consumer_core import ConsumerError
 from tests.processes import Runtime
 from tests.waiting import wait_for
 
@@ -156,14 +157,19 @@ def test_ctrl_c_ends_the_session_and_the_service_finishes_the_file(rt: Runtime):
 
 
 def test_an_output_that_is_not_a_regular_file_is_refused_and_blocks_nothing(rt: Runtime):
-    """A FIFO as the output: the service must not block opening it (no reader)."""
+    """A FIFO as the output: the service must not block opening it (no reader). The
+    CLI refuses it before asking the service (issue 11: a usage error, exit 2); a
+    script that asks the service anyway is refused by the service."""
     rt.start_service()
-    os.mkfifo(rt.dir / "fifo.pftrace")  # the CLI's -o
+    fifo = rt.dir / "fifo.pftrace"
+    os.mkfifo(fifo)  # the CLI's -o
     config = synthetic_config(duration_ms=1000, count=10, rate=100, size=100, file_fields="")
     proc, _ = rt.start_record(config, "fifo")
     _, err = rt.communicate(proc, timeout=30.0)
-    assert proc.returncode == 1, err
+    assert proc.returncode == 2, err
     assert "not a regular file" in err
+    with pytest.raises(ConsumerError, match="not a regular file"):
+        rt.consumer().enable(config, output_path=fifo)
     result, out = rt.record(  # and the service goes on serving
         synthetic_config(duration_ms=200, count=10, rate=100, size=100, file_fields=""), "after"
     )

@@ -248,7 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--txt", action="store_true", help="the config is a textproto "
                         "(the default for .pbtxt, .txt, .textproto, .cfg)")  # fmt: skip
     parser.add_argument("-o", "--out", default=DEFAULT_OUT,
-                        help=f"the trace file to write (default {DEFAULT_OUT})")  # fmt: skip
+                        help=f"the trace file to write (a regular file, - for stdout; "
+                        f"default {DEFAULT_OUT})")  # fmt: skip
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to record")
     return parser
 
@@ -262,6 +263,17 @@ def _load_config(path: str | None, text: bool) -> TraceConfig:
     try:
         return load_config(Path(path), text=True if text else None)
     except ConfigError as e:
+        raise RunError(f"error: {e}", EXIT_USAGE) from None
+
+
+def _check_output(out: str, config: TraceConfig) -> None:
+    """-o OUT refused before the command runs (a directory, a device, no such directory)."""
+    from actors.consumer_cli import check_output
+    from actors.core.consumer_core import ConsumerError
+
+    try:
+        check_output(out, config)
+    except ConsumerError as e:
         raise RunError(f"error: {e}", EXIT_USAGE) from None
 
 
@@ -334,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_command(command)
         config = _load_config(args.config, args.txt)
+        _check_output(args.out, config)
         return record(config, Path(args.out), command)
     except RunError as e:
         _say(str(e))

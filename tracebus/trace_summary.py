@@ -306,9 +306,15 @@ def _number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) and not value.is_integer() else f"{value:.0f}"
 
 
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _table(title: str, header: Sequence[str], rows: list[list[str]], top: int) -> list[str]:
-    """A titled table of its first `top` rows, columns aligned, the rest counted."""
-    shown = [list(header), *rows[:top]]
+    """A titled table of its first `top` rows, columns aligned, the rest counted. Cells
+    hold names the traced programs chose: control characters print as '?' (an escape
+    sequence must not drive the terminal, a newline must not forge a row)."""
+    shown = [list(header), *([_printable(c) for c in r] for r in rows[:top])]
     widths = [max(len(r[i]) for r in shown) for i in range(len(header))]
     lines = [f"{title}:"]
     for row in shown:

@@ -116,6 +116,8 @@ class EnableResult:
     session_id: int
     started: bool  # false for a deferred_start session: start_tracing starts it
     unsupported_fields: tuple[str, ...]
+    # The config's data sources no connected producer offered when it was enabled.
+    unmatched_data_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -467,7 +469,12 @@ class ConsumerCore:
                 return self._fail(request_id, SessionError(error))
             pending.answered, pending.deadline = True, None
             self.session, self.session_id = SessionView.ACTIVE, reply.session_id
-            result = EnableResult(reply.session_id, reply.started, tuple(reply.unsupported_fields))
+            result = EnableResult(
+                reply.session_id,
+                reply.started,
+                tuple(reply.unsupported_fields),
+                tuple(reply.unmatched_data_sources),
+            )
             return [Completed(request_id, Kind.ENABLE, result)]
         if not reply.disabled:
             return [Notice("ignored a second enable_tracing reply that does not say 'disabled'")]

@@ -72,6 +72,7 @@ class ConsumerPort:
             self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
         reply.unsupported_fields.extend(unsupported_fields(config))
+        reply.unmatched_data_sources.extend(self._control.unmatched_data_sources(config))
         if not config.deferred_start:
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION

@@ -173,13 +173,40 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def printable(name: str, limit: int = 64) -> str:
+    """A name a producer chose, safe to print on a terminal: control characters (an
+    escape sequence, a newline that would forge a line of the summary) become '?',
+    and it is cut at `limit` characters."""
+    safe = "".join(c if c.isprintable() else "?" for c in name[:limit])
+    return safe + "..." if len(name) > limit else safe
+
+
 def producer_names(state: Any) -> dict[int, str]:
     """pid -> registered name from a QueryServiceStateResponse: the producers that left
     (oldest first, so the last to use a pid wins), then the connected ones, which win
-    on a pid reused by a live producer."""
-    names = {p.pid: p.name for p in state.departed_producers}
-    names.update((p.pid, p.name) for p in state.producers)
+    on a pid reused by a live producer. Names are made printable (producers are not
+    trusted)."""
+    names = {p.pid: printable(p.name) for p in state.departed_producers}
+    names.update((p.pid, printable(p.name)) for p in state.producers)
     return names
+
+
+def _data_sources(names: Sequence[str]) -> str:
+    listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return f"the data source{'' if len(names) == 1 else 's'} {listed}"
+
+
+def unmatched_at_start(names: Sequence[str]) -> str:
+    """The warning for the config's data sources no producer offers as the session starts."""
+    return (
+        f"no connected producer offers {_data_sources(names)}: nothing is recorded for them"
+        " unless a producer offering them connects"
+    )
+
+
+def unmatched_at_end(names: Sequence[str]) -> str:
+    """The summary's warning for data sources no producer offered during the session."""
+    return f"no producer offered {_data_sources(names)} during the session: they recorded nothing"
 
 
 @dataclass
@@ -194,6 +221,7 @@ class SummaryInput:
     fill_policies: list[str] = field(default_factory=list)  # by buffer index
     stats: pb.TraceStats | None = None
     notes: list[str] = field(default_factory=list)
+    unmatched_data_sources: Sequence[str] = ()  # no producer offered them during the session
     # From the first read request to the output file closed; with the file's size.
     readback_seconds: float | None = None
     file_bytes: int = 0
@@ -208,6 +236,8 @@ def format_summary(info: SummaryInput) -> str:
     ]
     if info.readback_seconds is not None:
         lines.append(_readback_line(info.file_bytes, info.readback_seconds))
+    if info.unmatched_data_sources:
+        lines.append(f"warning: {unmatched_at_end(info.unmatched_data_sources)}")
     lines += _producer_rows(info)
     lines += _loss_lines(info)
     lines += _buffer_lines(info)

@@ -72,6 +72,21 @@ class SessionControl:
                 self._setup_instances(session, producer, name)
         return session
 
+    def unmatched_data_sources(self, config: pb.TraceConfig) -> list[str]:
+        """The config's data sources that no connected producer offers, after the
+        producer filters: each name once, in the config's order (the consumer warns;
+        a producer offering one may still connect while the session runs)."""
+        producers = list(self._ctx.producers.values())
+        unmatched: dict[str, None] = {}
+        for ds in config.data_sources:
+            name = ds.config.name
+            if name in unmatched:
+                continue
+            offered = (p for p in producers if name in p.data_sources)
+            if not any(producer_matches(ds, p.name) for p in offered):
+                unmatched[name] = None
+        return list(unmatched)
+
     def join_running_sessions(self, producer: ProducerEntry, name: str) -> None:
         """A data source registered late: instances in every live session that wants it."""
         for session in self._ctx.sessions.values():
