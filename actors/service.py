@@ -56,6 +56,7 @@ from actors.endpoints import (
     SUN_PATH_MAX,
     default_consumer_endpoint,
     default_producer_endpoint,
+    make_shared_dir,
     runtime_dir,
     shared_producer_dir,
     socket_answers,
@@ -147,12 +148,14 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
 
 
-def smb_handoff_path(producer_endpoint: str) -> Path:
+def smb_handoff_path(producer_endpoint: str, allow_other_users: bool = False) -> Path:
     """The handoff socket: beside an ipc:// producer socket (the same people reach
-    both), else in the per-user runtime directory."""
+    both), else (an abstract or non-ipc endpoint) in the runtime directory, the
+    shared one when other users are admitted."""
     path = ipc_path(producer_endpoint)
-    if path is None:
-        return runtime_dir() / f"smb-{os.getpid()}"
+    if path is None or str(path).startswith("@"):
+        where = make_shared_dir(shared_producer_dir()) if allow_other_users else runtime_dir()
+        return where / f"smb-{os.getpid()}.sock"
     handoff = handoff_path(path)
     if len(os.fsencode(handoff)) > SUN_PATH_MAX:
         raise RuntimeError(
@@ -180,7 +183,7 @@ class ServiceShell:
         # Producers of other uids are admitted (their packets carry their uid);
         # the producer and handoff sockets are then open to every local user.
         self.allow_other_users = allow_other_users
-        handoff_at = smb_handoff_path(producer_endpoint)  # before binding: may refuse
+        handoff_at = smb_handoff_path(producer_endpoint, allow_other_users)  # may refuse
         self.producer_sock = self._bind(producer_endpoint, private=False)
         self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
         self.handoff = SmbHandoff(self.loop, handoff_at, log, others_may_connect=allow_other_users)
