@@ -24,13 +24,17 @@ Contract:
   non-dumpable (actors/service.py), so /proc/<service pid>/fd/<n> stays closed
   to other processes of its user (root's CAP_SYS_PTRACE aside).
 - The service side never blocks its loop: the listening socket and every
-  accepted connection are non-blocking and polled by the loop; at most
-  MAX_PENDING connections wait for their token, each for PENDING_TIMEOUT_S at
-  most (a peer that connects and says nothing is closed); a connection past the
-  bound is closed at once. The reply fits a fresh socket's send buffer, so it is
-  sent with MSG_DONTWAIT and a failure only closes that connection.
+  accepted connection are non-blocking and polled by the loop. A token that
+  came with the connection is answered at once; otherwise the connection waits
+  for it PENDING_TIMEOUT_S at most (a peer that connects and says nothing is
+  closed), and at most MAX_PENDING wait in all, MAX_PENDING_PER_UID per uid and
+  MAX_PENDING_PER_PROCESS per process: one past a bound is closed at once, so a
+  flooding peer keeps the slots of nobody else. The reply fits a fresh socket's
+  send buffer, so it is sent with MSG_DONTWAIT and a failure only closes that
+  connection. Out of fds, accepting pauses ACCEPT_PAUSE_S instead of spinning.
 - The producer side (receive_smb) blocks its caller for CLIENT_TIMEOUT_S at
-  most and returns a mapped region or raises RegionError saying why.
+  most, retrying a connection closed unanswered, and returns a mapped region or
+  raises RegionError saying why.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,11 +54,15 @@ from shm.region import MemfdRegion, RegionError
 
 TOKEN_BYTES = 16
 OFFER_TTL_S = 10.0  # from setup_tracing to the claim: a loaded machine's margin
-MAX_PENDING = 16  # accepted connections waiting for their token
+MAX_PENDING = 64  # accepted connections waiting for their token, in all
+MAX_PENDING_PER_UID = 16
+MAX_PENDING_PER_PROCESS = 2  # a producer needs one at a time
+ACCEPT_PAUSE_S = 0.1  # after a failed accept (out of fds): let the loop breathe
 PENDING_TIMEOUT_S = 2.0
 LISTEN_BACKLOG = 16
 ACCEPTS_PER_TURN = 64  # bounded, so the loop's other sockets get their turn
 CLIENT_TIMEOUT_S = 5.0
+CONNECT_RETRY_S = 0.005
 MAX_REPLY = 256
 REPLY_OK = b"ok"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -118,7 +127,7 @@ class SmbHandoff:
         offer = self.offers.pop(token_untrusted, None)
         if offer is None or offer.deadline_ns <= self.loop.now():
             return b"error: unknown, used or expired SMB token", None
-        if (offer.pid, offer.uid) != (pid, uid):
+        if offer.pid <= 0 or (offer.pid, offer.uid) != (pid, uid):
             self.log(
                 f"refused an SMB to pid {pid} uid {uid}: its token was issued to pid "
                 f"{offer.pid} uid {offer.uid} (the token is spent)"
@@ -134,34 +143,56 @@ class SmbHandoff:
                 conn, _addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:  # EMFILE and the like: the backlog waits for a later turn
-                self.log(f"SMB handoff: accept failed: {e}")
+            except OSError as e:  # EMFILE and the like: the backlog waits a moment
+                self._pause_accepting(e)
                 return
-            if len(self.pending) >= MAX_PENDING:
-                self.counters.dropped += 1
-                conn.close()
-                continue
             pid, uid, _gid = _UCRED.unpack(
                 conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
             conn.setblocking(False)
-            deadline = self.loop.now() + int(PENDING_TIMEOUT_S * NS_PER_S)
+            p = Pending(conn, pid, uid, self.loop.now() + int(PENDING_TIMEOUT_S * NS_PER_S))
+            token_untrusted = _read_token(conn)
+            if token_untrusted is not None:  # it came with the connection: no slot taken
+                self._answer(p, token_untrusted)
+                continue
+            if not self._room_for(p):
+                self.counters.dropped += 1
+                conn.close()
+                continue
             fd = conn.fileno()
-            self.pending[fd] = Pending(conn, pid, uid, deadline)
+            self.pending[fd] = p
             self.loop.add_fd(fd, lambda fd=fd: self._on_token(fd))  # type: ignore[misc]
-            self._arm(deadline)
+            self._arm(p.deadline_ns)
+
+    def _room_for(self, p: Pending) -> bool:
+        """Whether another connection may wait for its token: bounded in all, per
+        uid and per process, so that one peer cannot take every slot."""
+        if len(self.pending) >= MAX_PENDING:
+            return False
+        same_uid = [q for q in self.pending.values() if q.uid == p.uid]
+        same_pid = [q for q in same_uid if q.pid == p.pid]
+        return len(same_uid) < MAX_PENDING_PER_UID and len(same_pid) < MAX_PENDING_PER_PROCESS
+
+    def _pause_accepting(self, error: OSError) -> None:
+        self.log(f"SMB handoff: accept failed ({error}); pausing {ACCEPT_PAUSE_S:g} s")
+        self.loop.remove(self.listener.fileno())
+        self.loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self.listener.fileno() >= 0:  # not closed meanwhile
+            self.loop.add_fd(self.listener.fileno(), self._on_accept)
 
     def _on_token(self, fd: int) -> None:
         p = self.pending.get(fd)
         if p is None:
             return
-        try:
-            token_untrusted = p.conn.recv(TOKEN_BYTES + 1)
-        except (BlockingIOError, InterruptedError):
-            return  # not really readable yet: its deadline still holds
-        except OSError:
-            token_untrusted = b""
-        self._forget(fd)
+        token_untrusted = _read_token(p.conn)
+        if token_untrusted is not None:
+            self._forget(fd)
+            self._answer(p, token_untrusted)
+
+    def _answer(self, p: Pending, token_untrusted: bytes) -> None:
+        """Reply to a token presented by p's process, then close the connection."""
         try:
             if len(token_untrusted) != TOKEN_BYTES:
                 reply, smb_fd = b"error: an SMB token is 16 bytes", None
@@ -226,6 +257,16 @@ class SmbHandoff:
         self.path.unlink(missing_ok=True)
 
 
+def _read_token(conn: socket.socket) -> bytes | None:
+    """What the peer sent (b"" if it closed or failed), or None if nothing yet."""
+    try:
+        return conn.recv(TOKEN_BYTES + 1)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _listen(path: Path, mode: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
@@ -256,20 +297,45 @@ def handoff_path(producer_socket: Path) -> Path:
 def receive_smb(
     socket_path: str, token: bytes, size: int, timeout_s: float = CLIENT_TIMEOUT_S
 ) -> MemfdRegion:
-    """Claim the SMB offered under `token` and map it (its size and seals checked)."""
+    """Claim the SMB offered under `token` and map it (its size and seals checked).
+    A connection the service closed unanswered (its bounds were full: someone is
+    flooding it) is retried until the timeout."""
     if not socket_path or not token:
         raise RegionError("the service sent no SMB handoff socket or token")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
-        sock.settimeout(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    error: OSError | None = None
+    while True:
         try:
-            sock.connect(socket_path)
-            sock.sendall(token)
-            reply, fds, flags, _addr = socket.recv_fds(sock, MAX_REPLY, 1)
+            reply, fds, flags = _ask(socket_path, token, deadline)
+        except (BlockingIOError, ConnectionResetError, BrokenPipeError) as e:
+            reply, fds, flags, error = b"", [], 0, e
         except OSError as e:
             raise RegionError(f"cannot receive the SMB from {socket_path}: {e}") from e
+        if reply or time.monotonic() >= deadline:
+            break
+        time.sleep(CONNECT_RETRY_S)
     if reply != REPLY_OK or len(fds) != 1 or flags & socket.MSG_CTRUNC:
         for fd in fds:
             os.close(fd)
-        why = reply.decode("utf-8", "replace") or "no reply"
+        why = reply.decode("utf-8", "replace") or f"no answer ({error or 'closed'})"
         raise RegionError(f"the service did not hand over the SMB: {why}")
     return MemfdRegion.attach_fd(fds[0], expected_size=size)
+
+
+def _ask(socket_path: str, token: bytes, deadline: float) -> tuple[bytes, list[int], int]:
+    """One attempt: connect (waiting while the backlog is full), send the token,
+    receive the reply and at most one fd."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC) as sock:
+        sock.setblocking(False)
+        while True:
+            try:
+                sock.connect(socket_path)
+                break
+            except BlockingIOError:  # EAGAIN: the listen backlog is full
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(CONNECT_RETRY_S)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        sock.sendall(token)
+        reply, fds, flags, _addr = socket.recv_fds(sock, MAX_REPLY, 1)
+    return reply, fds, flags
