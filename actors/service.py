@@ -185,6 +185,9 @@ class ServiceShell:
         self.allow_other_users = allow_other_users
         handoff_at = smb_handoff_path(producer_endpoint, allow_other_users)  # may refuse
         self.producer_sock = self._bind(producer_endpoint, private=False)
+        producer_path = ipc_path(producer_endpoint)
+        if producer_path is not None and producer_path.exists():  # not an abstract socket
+            os.chmod(producer_path, 0o666 if allow_other_users else 0o600)
         self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
         self.handoff = SmbHandoff(self.loop, handoff_at, log, others_may_connect=allow_other_users)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import array
 import os
-import secrets
 import socket
 import struct
 import time
@@ -112,7 +111,8 @@ class SmbHandoff:
 
     def offer(self, fd: int, pid: int, uid: int) -> bytes:
         """A one-time token for which the process (pid, uid) gets `fd`."""
-        token = secrets.token_bytes(TOKEN_BYTES)
+        # What secrets.token_bytes uses; importing secrets would load hashlib here.
+        token = os.urandom(TOKEN_BYTES)
         deadline = self.loop.now() + int(OFFER_TTL_S * NS_PER_S)
         self.offers[token] = Offer(fd, pid, uid, deadline)
         self._arm(deadline)

@@ -167,6 +167,7 @@ def test_setup_tracing_names_no_path_and_the_token_serves_its_process_once(
     assert setup.shm_path == "", "no path to an SMB is published"
     assert len(setup.shm_token) == 16 and setup.shm_socket == f"{rt.dir}/p.smb"
     assert (os.stat(setup.shm_socket).st_mode & 0o777) == 0o600  # its user's alone
+    assert (os.stat(f"{rt.dir}/p").st_mode & 0o777) == 0o600  # so is the producer port
 
     region = receive_smb(setup.shm_socket, setup.shm_token, setup.shm_size_bytes)
     try:
@@ -334,6 +335,7 @@ def test_a_producer_of_another_user_records_with_its_uid_and_reaches_nothing_els
     rt.start_service("--allow-other-users", "--producer-endpoint", endpoint)
     handoff = f"{shared_dir}/p.smb"
     assert (os.stat(handoff).st_mode & 0o777) == 0o666
+    assert (os.stat(f"{shared_dir}/p").st_mode & 0o777) == 0o666
     consumer_path = rt.consumer_endpoint[len("ipc://") :]
     argv = ["-c", OTHER_USER_SCRIPT, endpoint, consumer_path, handoff, str(rt.service.pid)]
     proc = rt.spawn("other-user", [*argv, str(NOBODY)], lines=True)
