@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +29,17 @@ import pytest
 import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.smb_handoff import MAX_PENDING, PENDING_TIMEOUT_S, receive_smb
+from actors.loop import Loop
+from actors.smb_handoff import (
+    MAX_PENDING,
+    OFFER_TTL_S,
+    PENDING_TIMEOUT_S,
+    SmbHandoff,
+    receive_smb,
+)
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
-from shm.region import REQUIRED_SEALS, RegionError
+from shm.region import REQUIRED_SEALS, MemfdRegion, RegionError
 from tests.processes import PYTHON, Runtime
 from tests.waiting import wait_for
 
@@ -359,3 +367,61 @@ def test_a_producer_of_another_user_records_with_its_uid_and_reaches_nothing_els
     assert len(ours) == 25, result.stderr  # its SMB was handed over to it and written
     assert {p.trusted_uid for p in ours} == {NOBODY}
     assert {p.trusted_pid for p in ours} == {proc.pid}
+
+
+# -- the handoff's own rules, in one process (a loop thread serves the socket) ---------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.ns = time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+@pytest.fixture
+def handoff(tmp_path: Path) -> Iterator[tuple[SmbHandoff, Clock]]:
+    clock = Clock()
+    loop = Loop(clock)
+    hand = SmbHandoff(loop, tmp_path / "h.smb", lambda _text: None, others_may_connect=False)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        yield hand, clock
+    finally:
+        loop.call_soon(loop.stop)
+        thread.join(timeout=10)
+        hand.close()
+        loop.close()
+
+
+def test_an_expired_or_withdrawn_offer_hands_nothing_over(handoff) -> None:
+    hand, clock = handoff
+    with MemfdRegion.create(4096) as region:
+        assert region.fd is not None
+        expired = hand.offer(region.fd, os.getpid(), os.getuid())
+        withdrawn = hand.offer(region.fd, os.getpid(), os.getuid())
+        good = hand.offer(region.fd, os.getpid(), os.getuid())
+        hand.withdraw(withdrawn)
+        with pytest.raises(RegionError, match="unknown, used or expired"):
+            receive_smb(str(hand.path), withdrawn, 4096)
+        received = receive_smb(str(hand.path), good, 4096)
+        received.close()
+        clock.ns += int(OFFER_TTL_S * 1e9) + 1
+        with pytest.raises(RegionError, match="unknown, used or expired"):
+            receive_smb(str(hand.path), expired, 4096)
+
+
+def test_a_wrong_size_or_unsealed_fd_is_not_mapped(handoff, tmp_path: Path) -> None:
+    hand, _clock = handoff
+    with MemfdRegion.create(8192) as region:
+        assert region.fd is not None
+        token = hand.offer(region.fd, os.getpid(), os.getuid())
+        with pytest.raises(RegionError, match="expected 4096"):
+            receive_smb(str(hand.path), token, 4096)  # the producer checks what it got
+    with open(tmp_path / "plain", "wb+") as plain:
+        plain.truncate(4096)
+        token = hand.offer(plain.fileno(), os.getpid(), os.getuid())
+        with pytest.raises(RegionError, match="sealable memfd"):
+            receive_smb(str(hand.path), token, 4096)
