@@ -456,6 +456,12 @@ class ServiceShell:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            make_non_dumpable()  # before any SMB exists
+        except OSError as e:
+            log(f"cannot start: {e}")
+            self.close()
+            return 1
         self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
         self.loop.run()
@@ -556,14 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limits = Limits(**{name: getattr(args, name) for name in limit_names()})
     try:
-        make_non_dumpable()
         producer = args.producer_endpoint or default_producer_endpoint(
             shared=args.allow_other_users
         )
         consumer = args.consumer_endpoint or default_consumer_endpoint()
         shell = ServiceShell(
             producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s,
-            allow_other_users=args.allow_other_users,
+            args.allow_other_users,
         )  # fmt: skip
     except (zmq.ZMQError, OSError, RuntimeError) as e:
         log(f"cannot start: {e}")
