@@ -29,6 +29,7 @@ import pytest
 import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.endpoints import make_shared_dir
 from actors.loop import Loop
 from actors.smb_handoff import (
     MAX_PENDING,
@@ -425,3 +426,26 @@ def test_a_wrong_size_or_unsealed_fd_is_not_mapped(handoff, tmp_path: Path) -> N
         token = hand.offer(plain.fileno(), os.getpid(), os.getuid())
         with pytest.raises(RegionError, match="sealable memfd"):
             receive_smb(str(hand.path), token, 4096)
+
+
+# -- the shared producer directory (--allow-other-users) ---------------------------------------
+
+
+def test_the_shared_directory_is_ours_and_traversable_only(tmp_path: Path) -> None:
+    made = make_shared_dir(tmp_path / "shared")
+    assert made.stat().st_mode & 0o777 == 0o755
+    (tmp_path / "loose").mkdir(mode=0o777)
+    (tmp_path / "loose").chmod(0o777)
+    assert make_shared_dir(tmp_path / "loose").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "planted").symlink_to(tmp_path / "shared")  # e.g. someone's link in /tmp
+    with pytest.raises(RuntimeError, match="not a directory"):
+        make_shared_dir(tmp_path / "planted")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another uid needs root")
+def test_a_shared_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(RuntimeError, match=f"belongs to uid {NOBODY}"):
+        make_shared_dir(theirs)
