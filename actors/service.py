@@ -68,7 +68,7 @@ from actors.trace_files import TraceFiles
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry
-from shm.region import MemfdRegion
+from shm.region import MemfdRegion, RegionError
 
 CLOCKS = (
     (6, time.CLOCK_BOOTTIME),
@@ -102,7 +102,10 @@ class ServedSmb:
     socket to the producer's process alone (actors/smb_handoff.py)."""
 
     def __init__(self, handoff: SmbHandoff, geometry: Geometry, pid: int, uid: int) -> None:
-        self.region = MemfdRegion.create(geometry.size, "tracebus-smb")
+        try:
+            self.region = MemfdRegion.create(geometry.size, "tracebus-smb")
+        except RegionError as e:  # out of memory or fds: the core gives that producer no SMB
+            raise OSError(str(e)) from e
         self.buf = self.region.buf
         self._handoff = handoff
         self.socket = str(handoff.path)
