@@ -5,7 +5,10 @@ variable (TRACEBUS_PRODUCER_SOCK / TRACEBUS_CONSUMER_SOCK, a ZeroMQ endpoint
 such as ``ipc:///path/to/sock``), then an ipc:// socket in the per-user runtime
 directory: ``$XDG_RUNTIME_DIR/tracebus``, else ``/tmp/tracebus-<uid>``. The
 directory is created 0700, and refused if someone else owns it or it is open to
-others: the consumer port's security rests on it. Paths stay short because an
+others: the consumer port's security rests on it. A service that admits
+producers of other users (--allow-other-users) puts its producer socket in a
+shared directory instead (0755, ours; shared_producer_dir), its consumer socket
+staying in the private one. Paths stay short because an
 ipc:// path must fit in sun_path (about 107 bytes). socket_answers tells a live
 socket from a stale file, so that nobody binds over a running peer's path.
 """
@@ -24,6 +27,7 @@ CONSUMER_ENV = "TRACEBUS_CONSUMER_SOCK"
 STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"
 PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"  # the name a producer registers (the SDK's default)
 PRODUCER_SOCKET = "producer.sock"
+SUN_PATH_MAX = 107  # bytes of a UNIX socket path, less its NUL
 CONSUMER_SOCKET = "consumer.sock"
 
 
@@ -45,9 +49,39 @@ def runtime_dir() -> Path:
     return path
 
 
-def default_producer_endpoint() -> str:
-    """The producer port when no flag is given: $TRACEBUS_PRODUCER_SOCK or the runtime dir."""
-    return os.environ.get(PRODUCER_ENV) or f"ipc://{runtime_dir() / PRODUCER_SOCKET}"
+def shared_producer_dir() -> Path:
+    """Where a service that admits other users' producers puts its producer socket
+    by default: /run/tracebus for root (as Perfetto's system socket), else
+    /tmp/tracebus-shared-<uid>. Not created here (see make_shared_dir)."""
+    uid = os.getuid()
+    return Path("/run/tracebus") if uid == 0 else Path(f"/tmp/tracebus-shared-{uid}")
+
+
+def make_shared_dir(path: Path) -> Path:
+    """Create `path` 0755 (others traverse it, only we write in it); refuse one that
+    is not ours, not a directory (a symlink planted in /tmp) or writable by others."""
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(f"{path} exists and is not a directory")
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"{path} belongs to uid {info.st_uid}, not to us")
+    if info.st_mode & 0o777 != 0o755:
+        os.chmod(path, 0o755)  # ours: traversable by all, writable by us alone
+    return path
+
+
+def default_producer_endpoint(shared: bool = False) -> str:
+    """The producer port when no flag is given: $TRACEBUS_PRODUCER_SOCK, else the
+    runtime dir, or with `shared` (a service admitting other users) the shared one."""
+    env = os.environ.get(PRODUCER_ENV)
+    if env:
+        return env
+    where = make_shared_dir(shared_producer_dir()) if shared else runtime_dir()
+    return f"ipc://{where / PRODUCER_SOCKET}"
 
 
 def default_consumer_endpoint() -> str:

@@ -138,7 +138,7 @@ class ProducerHost:
         *,
         send: Callable[[ipc.ProducerToService], None],
         wake: Callable[[], None],
-        attach_region: Callable[[str, int], Region],
+        attach_region: Callable[[core.MapSmb], Region],
         log: logging.LoggerAdapter | logging.Logger,
         on_connection_event: Callable[[core.Output], None] = lambda _out: None,
         clock: Callable[[], int] = time.monotonic_ns,
@@ -274,7 +274,7 @@ class ProducerHost:
                 case core.Log(level=level, text=text):
                     self._log.log(level, text)
                 case core.MapSmb():
-                    self.perform(self.core.smb_mapped(out.path, self._map(out)))
+                    self.perform(self.core.smb_mapped(out.token, self._map(out)))
                 case core.Registered(name=name):
                     self._registered(name)
                 case core.SetupInstance():
@@ -309,7 +309,7 @@ class ProducerHost:
         if not is_valid_geometry(size, page):
             return f"invalid SMB geometry: {size} bytes in pages of {page}"
         try:
-            region = self._attach_region(cmd.path, size)
+            region = self._attach_region(cmd)
         except (RegionError, OSError) as e:
             return str(e)
         self.region = region

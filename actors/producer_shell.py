@@ -26,9 +26,9 @@ from actors.core import producer_core as core
 from actors.loop import Loop
 from actors.producer_host import ProducerHost
 from actors.producer_sdk import DataSource
+from actors.smb_handoff import receive_smb
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
-from shm.region import MemfdRegion
 
 COMMIT_PERIOD_S = 0.02
 IDLE_TICK_S = 0.1  # the tick without instances: handshake retries and heartbeats only
@@ -64,7 +64,7 @@ class ProducerShell:
             data_sources,
             send=self._send,
             wake=self._wake,
-            attach_region=lambda path, size: MemfdRegion.attach_path(path, expected_size=size),
+            attach_region=lambda cmd: receive_smb(cmd.socket, cmd.token, cmd.size),
             log=log,
             on_connection_event=self._on_connection_event,
         )

@@ -1,8 +1,12 @@
 """The tracing service process: `python -m actors.service`.
 
-Binds a ROUTER producer port (anyone local may connect) and a ROUTER consumer
-port (its socket file owner-only, inside the 0700 runtime directory), creates
-each producer's SMB as a sealed memfd, and runs ServiceCore. A peer's pid and
+Binds a ROUTER producer port (its owner's processes; every local user's with
+--allow-other-users, the socket then in a shared 0755 directory) and a ROUTER
+consumer port (its socket file owner-only, inside the 0700 runtime directory),
+creates each producer's SMB as a sealed memfd handed to that producer's process
+alone over the handoff socket beside the producer port (actors/smb_handoff.py),
+and runs ServiceCore. The process is non-dumpable (prctl), so no other process
+of its user opens its fds through /proc. A peer's pid and
 uid come from the kernel (libzmq's Peer-Address property of an ipc:// peer);
 a pidfd per peer tells the service within a poll round that the process died.
 SIGINT/SIGTERM stop every session, release every SMB and exit 0, within the
@@ -51,17 +55,22 @@ from actors.core.service_core import (
     ToProducer,
 )
 from actors.endpoints import (
+    SUN_PATH_MAX,
     default_consumer_endpoint,
     default_producer_endpoint,
+    make_shared_dir,
+    runtime_dir,
+    shared_producer_dir,
     socket_answers,
 )
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
+from actors.smb_handoff import SmbHandoff, handoff_path
 from actors.trace_files import TraceFiles
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry
-from shm.region import MemfdRegion
+from shm.region import MemfdRegion, RegionError
 
 CLOCKS = (
     (6, time.CLOCK_BOOTTIME),
@@ -75,6 +84,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 # the socket, not one peer's pipe, has room, so this is a timer; it paces a read-back
 # that outruns its consumer (5 ms here halved read-back speed: 29 -> 52 MB/s at 1 ms).
 RETRY_NS = 1_000_000
+PR_SET_DUMPABLE = 4  # linux/prctl.h
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
 
@@ -90,16 +100,34 @@ def log(text: str) -> None:
 
 
 class ServedSmb:
-    """A producer's SMB as the core sees it: a sealed memfd the producer maps
-    through /proc/<service pid>/fd/<n>."""
+    """A producer's SMB as the core sees it: a sealed memfd offered on the handoff
+    socket to the producer's process alone (actors/smb_handoff.py)."""
 
-    def __init__(self, geometry: Geometry) -> None:
-        self.region = MemfdRegion.create(geometry.size, "tracebus-smb")
+    def __init__(self, handoff: SmbHandoff, geometry: Geometry, pid: int, uid: int) -> None:
+        try:
+            self.region = MemfdRegion.create(geometry.size, "tracebus-smb")
+        except RegionError as e:  # out of memory or fds: the core gives that producer no SMB
+            raise OSError(str(e)) from e
         self.buf = self.region.buf
-        self.path = f"/proc/{os.getpid()}/fd/{self.region.fd}"
+        self._handoff = handoff
+        self.socket = str(handoff.path)
+        assert self.region.fd is not None
+        self.token = handoff.offer(self.region.fd, pid, uid)
 
     def close(self) -> None:
+        self._handoff.withdraw(self.token)
         self.region.close()
+
+
+def make_non_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): /proc/<our pid>/fd, mem and maps become closed to
+    other processes of our user (without CAP_SYS_PTRACE), so nobody opens an SMB
+    through them; no core dump either (it would hold every producer's data)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
 def snapshot_clocks() -> list[tuple[int, int]]:
@@ -125,6 +153,23 @@ def ipc_path(endpoint: str) -> Path | None:
     return Path(endpoint[len("ipc://") :]) if endpoint.startswith("ipc://") else None
 
 
+def smb_handoff_path(producer_endpoint: str, allow_other_users: bool = False) -> Path:
+    """The handoff socket: beside an ipc:// producer socket (the same people reach
+    both), else (an abstract or non-ipc endpoint) in the runtime directory, the
+    shared one when other users are admitted."""
+    path = ipc_path(producer_endpoint)
+    if path is None or str(path).startswith("@"):
+        where = make_shared_dir(shared_producer_dir()) if allow_other_users else runtime_dir()
+        return where / f"smb-{os.getpid()}.sock"
+    handoff = handoff_path(path)
+    if len(os.fsencode(handoff)) > SUN_PATH_MAX:
+        raise RuntimeError(
+            f"{handoff} (the SMB handoff socket beside the producer socket) is longer "
+            f"than a UNIX socket path may be ({SUN_PATH_MAX} bytes): use a shorter path"
+        )
+    return handoff
+
+
 class ServiceShell:
     def __init__(
         self,
@@ -133,19 +178,29 @@ class ServiceShell:
         limits: Limits = DEFAULT_LIMITS,
         peer_send_timeout_s: float = DEFAULT_PEER_SEND_TIMEOUT_S,
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+        allow_other_users: bool = False,
     ) -> None:
         self.loop = Loop()
         self.ctx = zmq.Context()
         self.endpoints = (producer_endpoint, consumer_endpoint)
         self.peer_send_timeout_s = peer_send_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        # Producers of other uids are admitted (their packets carry their uid);
+        # the producer and handoff sockets are then open to every local user.
+        self.allow_other_users = allow_other_users
+        handoff_at = smb_handoff_path(producer_endpoint, allow_other_users)  # may refuse
         self.producer_sock = self._bind(producer_endpoint, private=False)
+        producer_path = ipc_path(producer_endpoint)
+        if producer_path is not None and producer_path.exists():  # not an abstract socket
+            os.chmod(producer_path, 0o666 if allow_other_users else 0o600)
         self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
+        self.handoff = SmbHandoff(self.loop, handoff_at, log, others_may_connect=allow_other_users)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.files = TraceFiles()
         self.core = ServiceCore(
-            ServedSmb, clocks, os.getuid(), os.getpid(), limits, open_file=self.files.open
-        )
+            functools.partial(ServedSmb, self.handoff), clocks, os.getuid(), os.getpid(),
+            limits, open_file=self.files.open,
+        )  # fmt: skip
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.pids: dict[tuple[str, bytes], int] = {}
         timeout_ns = int(peer_send_timeout_s * 1e9)
@@ -406,6 +461,12 @@ class ServiceShell:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> int:
+        try:
+            make_non_dumpable()  # before any SMB exists
+        except OSError as e:
+            log(f"cannot start: {e}")
+            self.close()
+            return 1
         self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
         self.loop.run()
@@ -442,6 +503,7 @@ class ServiceShell:
             sock = self.producer_sock if side == "p" else self.consumer_sock
             sock.disable_monitor()
             monitor.close(linger=0)
+        self.handoff.close()
         self.producer_sock.close(linger=0)
         self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
         self.ctx.term()
@@ -453,6 +515,7 @@ class ServiceShell:
             path = ipc_path(endpoint)
             if path is not None:
                 path.unlink(missing_ok=True)
+        self.handoff.path.unlink(missing_ok=True)
 
 
 def process_stopped(pid: int) -> bool:
@@ -524,14 +587,22 @@ def main(argv: list[str] | None = None) -> int:
         help="after SIGINT/SIGTERM, exit (code 1) if the clean shutdown takes longer; "
         f"default {DEFAULT_SHUTDOWN_TIMEOUT_S:g}",
     )  # fmt: skip
+    parser.add_argument(
+        "--allow-other-users", action="store_true",
+        help="let producers of other local users connect (their packets carry their uid); "
+        f"the default producer socket then lives in {shared_producer_dir()}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     limits = Limits(**{name: getattr(args, name) for name in limit_names()})
-    producer = args.producer_endpoint or default_producer_endpoint()
-    consumer = args.consumer_endpoint or default_consumer_endpoint()
     try:
-        shell = ServiceShell(
-            producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s
+        producer = args.producer_endpoint or default_producer_endpoint(
+            shared=args.allow_other_users
         )
+        consumer = args.consumer_endpoint or default_consumer_endpoint()
+        shell = ServiceShell(
+            producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s,
+            args.allow_other_users,
+        )  # fmt: skip
     except (zmq.ZMQError, OSError, RuntimeError) as e:
         log(f"cannot start: {e}")
         return 1

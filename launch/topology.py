@@ -87,6 +87,7 @@ class ServiceSpec:
     ready_timeout_s: float | None = None
     stop_timeout_s: float | None = None
     limits: tuple[tuple[str, int], ...] = ()  # (LIMIT_KEYS name, value), as written
+    allow_other_users: bool = False  # producers of other uids may connect
 
     def argv(self, python: str, producer_endpoint: str, consumer_endpoint: str) -> list[str]:
         """`python -m actors.service` with both endpoints and the limits set."""
@@ -94,6 +95,8 @@ class ServiceSpec:
         argv += ["--producer-endpoint", producer_endpoint, "--consumer-endpoint", consumer_endpoint]
         for name, value in self.limits:
             argv += ["--" + name.replace("_", "-"), str(value)]
+        if self.allow_other_users:
+            argv.append("--allow-other-users")
         return argv
 
 

@@ -79,6 +79,7 @@ SERVICE_KEYS = (
     "ready_timeout_s",
     "stop_timeout_s",
     "limits",
+    "allow_other_users",
 )
 LIMIT_KEYS = (*limit_names(), "peer_send_timeout_s")  # each a flag of actors.service
 PRODUCER_KINDS = ("builtin", "module", "command")
@@ -267,6 +268,8 @@ class TopologyParser(YamlReader):
                 spec[name] = self.writable_path(vnode, child)
             elif name == "limits":
                 spec[name] = self.limits(vnode, child)
+            elif name == "allow_other_users":
+                spec[name] = self.boolean(vnode, child)
             else:
                 spec[name] = self.seconds(vnode, child)
         producer, consumer = spec.get("producer_endpoint"), spec.get("consumer_endpoint")
@@ -277,6 +280,12 @@ class TopologyParser(YamlReader):
                 "the same endpoint as producer_endpoint; the two ports need their own sockets",
             )
         return ServiceSpec(**spec)
+
+    def boolean(self, node: Node, key: str) -> bool:
+        value = self.value(node, key)
+        if not isinstance(value, bool):
+            self.expected(node, key, "true or false")
+        return value
 
     def limits(self, node: Node, key: str) -> tuple[tuple[str, int], ...]:
         keys = self.mapping(node, key, LIMIT_KEYS)
@@ -292,7 +301,8 @@ class TopologyParser(YamlReader):
                 node,
                 key,
                 f"expected an ipc:// endpoint, got {value!r} (the service takes peer "
-                "credentials from the socket and producers map their SMB through /proc)",
+                "credentials from the socket and hands producers their SMB over a UNIX "
+                "socket beside it)",
             )
         rest = value[len("ipc://") :]
         if not rest.strip():

@@ -12,7 +12,8 @@ Producer port (ROUTER, anyone local may connect; producers are untrusted)::
     P: register_data_source(descriptor)            one per data source
     S: register_data_source(error or "")           same request_id
        ... when a session wants one of its data sources:
-    S: setup_tracing(shm size, page size, /proc/<service pid>/fd/<n>)   first time only
+    S: setup_tracing(shm size, page size, shm_socket, shm_token)   first time only
+    P: (on shm_socket: the token -> the memfd by SCM_RIGHTS; actors/smb_handoff.py)
     P: smb_mapped(error or "")                     the producer maps the SMB
     S: setup_data_source(instance_id, DataSourceConfig bytes)
     S: start_data_source(instance_id, DataSourceConfig bytes)

@@ -5,8 +5,10 @@ memoryview of exactly `size` bytes) and `close()`.
 A memfd has no name in /dev/shm, so a crash cannot leak one; the seals
 (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) stop the other side from resizing
 the file, which would otherwise crash the service with SIGBUS on its next
-access. The service creates the region; the producer attaches through a passed
-file descriptor or `/proc/<service pid>/fd/<n>` (same uid only).
+access. The service creates the region; the producer attaches the file
+descriptor the service passed it (attach_fd: size and seals checked; see
+actors/smb_handoff.py). attach_path (a /proc/<pid>/fd/<n> path) serves tests
+and benchmarks between processes of one user; the service publishes no path.
 """
 
 from __future__ import annotations

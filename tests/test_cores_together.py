@@ -58,6 +58,7 @@ SERVICE_UID, SERVICE_PID = 0, 100
 CLAIMED_PID, CLAIMED_UID = 1, 0  # what every producer core says about itself: lies
 DS_INSTANCES, ALL_STARTED = 1, 2  # ObserveEventsRequest.Type
 STARTED, STOPPED = 2, 1  # DataSourceInstanceStateChange.State
+HANDOFF_SOCKET = "/fake/p.smb"
 
 
 # -- the SMB -----------------------------------------------------------------------------------
@@ -66,12 +67,14 @@ STARTED, STOPPED = 2, 1  # DataSourceInstanceStateChange.State
 class FakeSmb:
     """The service's side of a producer's SMB (what the SMB factory returns)."""
 
-    def __init__(self, geometry, path: str) -> None:
+    def __init__(self, geometry, token: bytes, pid: int, uid: int) -> None:
         self.geometry = geometry
         self.region = InProcessRegion(geometry.size)
         self.backing = self.region.buf.obj  # the bytearray both sides share
         self.buf = self.region.buf
-        self.path = path
+        self.token = token
+        self.socket = HANDOFF_SOCKET
+        self.owner = (pid, uid)  # the process the token is bound to (kernel ids)
         self.closed = False
 
     def close(self) -> None:
@@ -345,14 +348,15 @@ class Bus:
 
     # -- the SMB --------------------------------------------------------------------------------
 
-    def _smb_factory(self, geometry) -> FakeSmb:
-        smb = FakeSmb(geometry, f"/proc/{SERVICE_PID}/fd/{100 + len(self.smbs)}")
-        self.smbs[smb.path] = smb
+    def _smb_factory(self, geometry, pid: int, uid: int) -> FakeSmb:
+        smb = FakeSmb(geometry, (100 + len(self.smbs)).to_bytes(16, "little"), pid, uid)
+        self.smbs[smb.token] = smb
         return smb
 
-    def attach_region(self, path: str, size: int) -> Region:
-        smb = self.smbs[path]
-        assert len(smb.backing) == size and not smb.closed
+    def attach_region(self, cmd) -> Region:
+        smb = self.smbs[cmd.token]
+        assert cmd.socket == HANDOFF_SOCKET
+        assert len(smb.backing) == cmd.size and not smb.closed
         return ProducerMapping(smb)
 
     # -- messages -------------------------------------------------------------------------------
@@ -524,7 +528,9 @@ def test_full_session_with_two_buffers_over_the_wire():
         "start_data_source",
     ]
     (_, setup), *_ = producer.commands("setup_tracing")
-    assert setup.shm_size_bytes == 256 * 1024 and setup.shm_path in bus.smbs
+    assert setup.shm_size_bytes == 256 * 1024 and setup.shm_token in bus.smbs
+    assert not setup.shm_path  # no path to an SMB is published
+    assert bus.smbs[setup.shm_token].owner == (producer.peer.pid, producer.peer.uid)
     started = [
         pb.DataSourceConfig.FromString(cmd.data_source_config)
         for _, cmd in producer.commands("start_data_source")

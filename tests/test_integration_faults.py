@@ -164,7 +164,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, Geometry, SharedMemoryABI
-from shm.region import MemfdRegion
+from actors.smb_handoff import receive_smb
 from shm.arbiter import SharedMemoryArbiter
 
 endpoint, claimed_pid, claimed_uid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -200,7 +200,7 @@ assert recv("initialize_connection").initialize_connection.producer_id
 send(register_data_source=dict(descriptor=dict(name="intruder.ds")))
 assert not recv("register_data_source").register_data_source.error
 setup = recv("setup_tracing").setup_tracing
-region = MemfdRegion.attach_path(setup.shm_path, expected_size=setup.shm_size_bytes)
+region = receive_smb(setup.shm_socket, setup.shm_token, setup.shm_size_bytes)
 abi = SharedMemoryABI(region.buf, Geometry(setup.shm_size_bytes, setup.shm_page_size_bytes))
 send(smb_mapped={})
 start = recv("start_data_source").start_data_source

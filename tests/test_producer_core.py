@@ -40,7 +40,7 @@ from tests.track_event_import import Outcome, import_track_events
 
 LOG = logging.getLogger("test.producer")
 SEC = 1_000_000_000
-SMB_PATH = "/proc/1/fd/42"
+SMB_SOCKET, SMB_TOKEN = "/run/p.smb", bytes(range(16))
 
 
 class LoopWriter(DataSource):
@@ -120,9 +120,9 @@ class Rig:
         self.registered: dict[int, int] = {}
         self.seen = 0
 
-    def _attach(self, path: str, size: int) -> InProcessRegion:
-        assert path == SMB_PATH
-        self.region = InProcessRegion(size)
+    def _attach(self, cmd: core.MapSmb) -> InProcessRegion:
+        assert (cmd.socket, cmd.token) == (SMB_SOCKET, SMB_TOKEN)
+        self.region = InProcessRegion(cmd.size)
         return self.region
 
     def push(self, request_id: int = 0, **msg) -> None:
@@ -148,7 +148,10 @@ class Rig:
         from shm.abi import SharedMemoryABI, resolve_geometry
 
         st = ipc.SetupTracing(
-            shm_size_bytes=self.smb, shm_page_size_bytes=self.page, shm_path=SMB_PATH
+            shm_size_bytes=self.smb,
+            shm_page_size_bytes=self.page,
+            shm_socket=SMB_SOCKET,
+            shm_token=SMB_TOKEN,
         )
         self.push(setup_tracing=st)
         assert self.of("smb_mapped")[-1].error == ""
@@ -247,7 +250,7 @@ def test_version_mismatch_is_fatal(hello):
     assert isinstance(fatal, core.Fatal) and "protocol version" in fatal.reason
     assert rig.core.state is core.State.FAILED
     assert rig.kinds() == ["initialize_connection"]  # nothing registered
-    rig.push(setup_tracing=ipc.SetupTracing(shm_path=SMB_PATH))
+    rig.push(setup_tracing=ipc.SetupTracing(shm_socket=SMB_SOCKET, shm_token=SMB_TOKEN))
     assert rig.host.core.tick(100 * SEC) == [] and rig.core.connect(0) == []
 
 
@@ -371,7 +374,10 @@ def test_smb_geometry_is_checked():
     rig.connect()
     rig.push(
         setup_tracing=ipc.SetupTracing(
-            shm_size_bytes=5000, shm_page_size_bytes=4096, shm_path=SMB_PATH
+            shm_size_bytes=5000,
+            shm_page_size_bytes=4096,
+            shm_socket=SMB_SOCKET,
+            shm_token=SMB_TOKEN,
         )
     )
     assert "geometry" in rig.of("smb_mapped")[-1].error and rig.host.arbiter is None

@@ -1,6 +1,7 @@
 """`python -m actors.producer` as a real process, against a fake service: a ROUTER
 socket in this test that speaks the producer port, hands over a real sealed
-memfd (/proc/<test pid>/fd/<n>), and moves committed chunks out of it.
+memfd (by fd passing, on the service's own handoff code: actors/smb_handoff.py),
+and moves committed chunks out of it.
 
 The fake binds the process harness's producer endpoint (tests/processes.py,
 fixture `rt`), which starts the producers, reads their stderr as lines, reaps
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.data_sources import seq_values, synthetic_str
+from actors.loop import Loop
+from actors.smb_handoff import SmbHandoff
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry, SharedMemoryABI
@@ -44,6 +49,7 @@ class FakeService:
             self.bind()
         self._proc: Proc | None = None
         self.peer = b""
+        self._handoffs: list[threading.Thread] = []
 
     def bind(self) -> None:
         self.router.bind(self.endpoint)
@@ -90,6 +96,30 @@ class FakeService:
         assert names == ["tracebus.synthetic", "tracebus.demo_timeline"]
         return init.initialize_connection
 
+    def setup_tracing(self, region: MemfdRegion, page: int) -> None:
+        """Offer `region` to the producer's process on a real handoff socket (served
+        by a thread until one claim), then send setup_tracing naming it."""
+        loop = Loop()
+        path = Path(self.rt.dir) / "p.smb"
+        handoff = SmbHandoff(loop, path, lambda _text: None, others_may_connect=False)
+        assert region.fd is not None
+        token = handoff.offer(region.fd, self.proc.pid, os.getuid())
+        c = handoff.counters
+
+        def serve() -> None:
+            try:
+                loop.run(until=lambda: c.handed + c.refused + c.dropped > 0, timeout=30)
+            finally:
+                handoff.close()
+                loop.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        self._handoffs.append(thread)
+        setup = {"shm_size_bytes": region.size, "shm_page_size_bytes": page,
+                 "shm_socket": str(path), "shm_token": token}  # fmt: skip
+        self.send(setup_tracing=setup)
+
     def stop(self, signum: int = signal.SIGTERM) -> int:
         self.proc.send_signal(signum)
         return self.proc.wait(timeout=10)
@@ -98,6 +128,8 @@ class FakeService:
         """Close the socket; the runtime stops and reaps the producer."""
         self.router.close(linger=0)
         self.ctx.term()
+        for thread in self._handoffs:
+            thread.join(timeout=35)
 
 
 @pytest.fixture
@@ -117,9 +149,7 @@ def test_producer_writes_a_synthetic_session_and_exits_on_sigterm(
         service.spawn("--name", "shelltest")
         init = service.handshake("shelltest")
         assert init.producer_name == "shelltest" and init.claimed_pid == service.proc.pid
-        path = f"/proc/{os.getpid()}/fd/{region.fd}"
-        setup = {"shm_size_bytes": SMB_SIZE, "shm_page_size_bytes": PAGE, "shm_path": path}
-        service.send(setup_tracing=setup)
+        service.setup_tracing(region, PAGE)
         assert service.recv_kind("smb_mapped").smb_mapped.error == ""
 
         n, seed, size = 100, 42, 24
@@ -195,9 +225,7 @@ def test_sigterm_ends_a_producer_stalled_on_a_full_smb(service: FakeService) -> 
     try:
         service.spawn("--name", "stalled", "--policy", "stall")
         service.handshake("stalled")
-        path = f"/proc/{os.getpid()}/fd/{region.fd}"
-        setup = {"shm_size_bytes": 2 * PAGE, "shm_page_size_bytes": PAGE, "shm_path": path}
-        service.send(setup_tracing=setup)
+        service.setup_tracing(region, PAGE)
         assert service.recv_kind("smb_mapped").smb_mapped.error == ""
         cfg = ds_config("tracebus.synthetic", 1, message_count=10**6, message_size=100)
         service.send(start_data_source={"instance_id": 1, "data_source_config": cfg})

@@ -21,10 +21,12 @@ MS = 1_000_000
 
 
 class FakeSmb:
-    def __init__(self, geometry):
+    def __init__(self, geometry, pid, uid):
         self.region = InProcessRegion(geometry.size)
         self.buf = self.region.buf
-        self.path = f"/fake/{id(self)}"
+        self.token = id(self).to_bytes(16, "little")
+        self.socket = "/fake/handoff"
+        self.owner = (pid, uid)
         self.closed = False
 
     def close(self):
@@ -52,8 +54,8 @@ class Rig:
         self.to_producers: dict[bytes, list[ipc.ServiceToProducer]] = {}
         self.to_consumers: dict[bytes, list[ipc.ServiceToConsumer]] = {}
 
-    def _factory(self, geometry):
-        smb = FakeSmb(geometry)
+    def _factory(self, geometry, pid, uid):
+        smb = FakeSmb(geometry, pid, uid)
         self.smbs.append(smb)
         return smb
 
@@ -120,7 +122,9 @@ class FakeProducer:
         for msg in self.rig.take(self.peer):
             kind = msg.WhichOneof("msg")
             if kind == "setup_tracing":
-                smb = next(s for s in self.rig.smbs if s.path == msg.setup_tracing.shm_path)
+                smb = next(s for s in self.rig.smbs if s.token == msg.setup_tracing.shm_token)
+                assert smb.owner == (self.peer.pid, self.peer.uid), "offered to its producer"
+                assert not msg.setup_tracing.shm_path, "no path to an SMB is published"
                 from shm.abi import resolve_geometry
 
                 geometry = resolve_geometry(

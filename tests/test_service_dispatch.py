@@ -19,10 +19,11 @@ NOW = 1_000_000_000
 
 
 class FakeSmb:
-    def __init__(self, geometry):
+    def __init__(self, geometry, pid, uid):
         self.region = InProcessRegion(geometry.size)
         self.buf = self.region.buf
-        self.path = "/fake"
+        self.token = b"t" * 16
+        self.socket = "/fake"
 
     def close(self):
         pass

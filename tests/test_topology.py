@@ -235,6 +235,14 @@ def test_defaults_of_a_minimal_topology(base: Path) -> None:
     assert topo.service == ServiceSpec(None, None, None, None, None)
 
 
+def test_allow_other_users_becomes_the_service_flag(base: Path) -> None:
+    text = "service:\n  allow_other_users: true\nconsumers:\n  - {name: c, script: record.py}\n"
+    service = load_topology(write(base, text)).service
+    assert service.allow_other_users is True
+    assert service.argv("/py", "P", "C")[-1] == "--allow-other-users"
+    assert "--allow-other-users" not in ServiceSpec().argv("/py", "P", "C")
+
+
 def test_a_consumer_may_start_before_the_producers(base: Path) -> None:
     text = """\
         producers:
@@ -559,11 +567,13 @@ CASES = [
      "3: service.consumer_endpiont: unknown key; did you mean 'consumer_endpoint'?"),
     ("service-unknown-key-no-suggestion", S + "  log_file: x.log\n",
      "3: service.log_file: unknown key; expected one of: producer_endpoint, "
-     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits"),
+     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits, allow_other_users"),
+    ("allow-other-users-not-bool", S + "  allow_other_users: 1\n",
+     "3: service.allow_other_users: expected true or false, got 1"),
     ("endpoint-tcp", S + "  producer_endpoint: tcp://127.0.0.1:5555\n",
      "3: service.producer_endpoint: expected an ipc:// endpoint, got 'tcp://127.0.0.1:5555' "
-     "(the service takes peer credentials from the socket and producers map their SMB "
-     "through /proc)"),
+     "(the service takes peer credentials from the socket and hands producers their SMB "
+     "over a UNIX socket beside it)"),
     ("endpoint-empty-path", S + "  consumer_endpoint: ipc://\n",
      "3: service.consumer_endpoint: expected a socket path after ipc://"),
     ("endpoint-type", S + "  consumer_endpoint: 5555\n",

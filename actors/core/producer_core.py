@@ -5,7 +5,9 @@ nothing else: decoded ServiceToProducer messages and the shell's reports go in,
 a list of outputs comes out, and the shell performs them in order:
 
 - `Send(message)`: put this ProducerToService on the socket.
-- `MapSmb(path, size, page_size)`: map the SMB, then report with `smb_mapped()`.
+- `MapSmb(socket, token, size, page_size)`: claim the SMB the service offers on its
+  handoff socket under that one-time token (actors/smb_handoff.py) and map it,
+  then report with `smb_mapped()`.
 - `SetupInstance` / `StartInstance` / `StopInstance` / `FlushInstances` /
   `ClearIncrementalState`: run the data sources' callbacks, then report with
   `instance_started()`, `instance_stopped()`, `flush_done()` (so that the acks
@@ -81,7 +83,8 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class MapSmb:
-    path: str
+    socket: str  # the service's handoff socket
+    token: bytes  # one-time, bound to this process by the service
     size: int
     page_size: int
 
@@ -208,7 +211,7 @@ class ProducerCore:
             self.descriptors[d.name] = d
         self.state = State.IDLE
         self.producer_id = 0
-        self.smb_path: str | None = None
+        self.smb_token: bytes | None = None  # the token of the SMB mapped
         self.instances: dict[int, _Instance] = {}
         self._attempt = 0
         self._heartbeats = True  # off for good once the service turns out not to take them
@@ -244,7 +247,7 @@ class ProducerCore:
         self._heartbeats_sent = 0  # on this connection
         self._next_heartbeat = 0
         self._heartbeats_answered = False
-        self.smb_path = None
+        self.smb_token = None
         self.instances = {}
         self.producer_id = 0
 
@@ -353,18 +356,18 @@ class ProducerCore:
 
     def _on_setup_tracing(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         st = msg.setup_tracing
-        if self.smb_path is not None:
-            error = "" if st.shm_path == self.smb_path else "an SMB is already mapped"
+        if self.smb_token is not None:
+            error = "" if st.shm_token == self.smb_token else "an SMB is already mapped"
             return [self._send("smb_mapped", ipc.SmbMapped(error=error))]
-        return [MapSmb(st.shm_path, st.shm_size_bytes, st.shm_page_size_bytes)]
+        return [MapSmb(st.shm_socket, st.shm_token, st.shm_size_bytes, st.shm_page_size_bytes)]
 
-    def smb_mapped(self, path: str, error: str = "") -> list[Output]:
+    def smb_mapped(self, token: bytes, error: str = "") -> list[Output]:
         """The shell's report on a MapSmb: "" if mapped, else why not."""
         if not error:
-            self.smb_path = path
+            self.smb_token = token
         out: list[Output] = [self._send("smb_mapped", ipc.SmbMapped(error=error))]
         if error:
-            out.append(Log(ERROR, f"cannot map the SMB at {path}: {error}"))
+            out.append(Log(ERROR, f"cannot map the SMB: {error}"))
         return out
 
     def _parse_config(self, instance_id: int, data: bytes) -> tuple[Any, list[Output]]:

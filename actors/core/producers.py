@@ -45,16 +45,19 @@ def saturating_add(total: int, grown: int) -> int:
 
 
 class SmbHandle(Protocol):
-    """What the shell's SMB factory returns: the mapped buffer and how the
-    producer finds it."""
+    """What the shell's SMB factory returns: the mapped buffer and how its
+    producer claims it (actors/smb_handoff.py): the handoff socket's path and a
+    one-time token bound to that producer's pid and uid. No path to the memory."""
 
     buf: memoryview
-    path: str
+    token: bytes
+    socket: str
 
     def close(self) -> None: ...
 
 
-SmbFactory = Callable[[Geometry], SmbHandle]
+# (geometry, producer pid, producer uid) -> the SMB; both ids from the kernel.
+SmbFactory = Callable[[Geometry, int, int], SmbHandle]
 
 
 @dataclass

@@ -148,14 +148,15 @@ class SessionControl:
         if self._smb_refused(producer, geometry.size):
             return False
         try:
-            smb = producer.smb = self._ctx.smb_factory(geometry)
+            smb = producer.smb = self._ctx.smb_factory(geometry, producer.pid, producer.uid)
         except OSError:
             return False
         producer.abi = SharedMemoryABI(smb.buf, geometry)
         setup = ipc.SetupTracing(
             shm_size_bytes=geometry.size,
             shm_page_size_bytes=geometry.page_size,
-            shm_path=smb.path,
+            shm_token=smb.token,
+            shm_socket=smb.socket,
         )
         self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
         return True
