@@ -21,6 +21,8 @@ class Limits:
     max_sessions: int = 15
     max_sessions_per_uid: int = 5
     max_buffers_per_session: int = 128
+    max_connections_per_process: int = 64
+    max_connections_per_uid: int = 1024
 
 
 DEFAULT_LIMITS = Limits()
@@ -30,6 +32,8 @@ LIMIT_HELP: dict[str, str] = {
     "max_sessions": "tracing sessions at once",
     "max_sessions_per_uid": "sessions one user may hold",
     "max_buffers_per_session": "trace buffers in one session",
+    "max_connections_per_process": "connections one process may hold (both ports)",
+    "max_connections_per_uid": "connections one user's processes may hold (both ports)",
 }
 
 
