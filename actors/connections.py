@@ -7,13 +7,16 @@ what the kernel knows instead:
     ROUTER monitor   EVENT_ACCEPTED(fd)      -> accepted(): SO_PEERCRED pid/uid on a dup
                      EVENT_DISCONNECTED(fd)  -> disconnected(): the entry, and the
                                                 routing ids bound to it, end
-    each message     ZMQ_SRCFD + Peer-Address -> of_message(): its connection
+    each message     ZMQ_SRCFD + Peer-Address -> of_message(): its connection (or
+                                                accepted(pid=) if its event was lost)
 
 - An fd number is reused at once once libzmq closes it, so an entry also holds
   the socket's inode from accept time, and a connection is only acted on (cut)
   through a dup whose inode still matches. Monitor events arrive in order, so
   the table follows the connections; a message is matched to its entry only if
-  the pid of the message (the kernel's, per message) is the entry's.
+  the pid of the message (the kernel's, per message) is the entry's. A monitor
+  drops events when its queue is full (a flood of connections): a message whose
+  connection has no entry creates it then, if the fd's peer is the message's pid.
 - Limits: live connections per process (`max_connections_per_process`) and per
   uid (`max_connections_per_uid`), counted over both ports. A connection over
   one is refused: its first message within REFUSE_GRACE_NS is answered with an
@@ -71,24 +74,30 @@ class Connections:
 
     # -- monitor events ------------------------------------------------------------------
 
-    def accepted(self, side: str, fd: int, limits: Limits, now: int) -> Connection | None:
-        """A new connection on `fd`; None if it is already gone. A connection over
-        a limit comes back with `refused` set (the caller counts it)."""
-        self.disconnected(fd)  # an entry on this fd is from a socket closed unreported
+    def accepted(
+        self, side: str, fd: int, limits: Limits, now: int, pid: int = 0
+    ) -> Connection | None:
+        """A new connection on `fd` (of process `pid`, if given); None if it is gone
+        or already known. One over a limit comes back with `refused` set (the
+        caller counts it)."""
         creds = _credentials(fd)
-        if creds is None:
+        if creds is None or (pid and creds[1] != pid):
             return None
-        inode, pid, uid = creds
-        conn = Connection(fd, inode, pid, uid, side)
+        inode, peer_pid, uid = creds
+        known = self.by_fd.get(fd)
+        if known is not None and known.inode == inode:
+            return None  # met through a message before its event
+        self.disconnected(fd)  # an entry on this fd is from a socket closed unreported
+        conn = Connection(fd, inode, peer_pid, uid, side)
         self.by_fd[fd] = conn
-        conn.refused = self._over_limit(pid, uid, limits)
+        conn.refused = self._over_limit(peer_pid, uid, limits)
         if conn.refused:
             conn.cut_at = now + REFUSE_GRACE_NS
             if len(self.refused) >= MAX_AWAITING_CUT:
                 conn.cut_at = now
             self.refused[fd] = conn
         else:
-            self.per_pid[pid] += 1
+            self.per_pid[peer_pid] += 1
             self.per_uid[uid] += 1
         return conn
 
@@ -102,7 +111,8 @@ class Connections:
 
     def of_message(self, fd: int, pid: int) -> Connection | None:
         """The connection a message came from: its source fd's entry, if the pid
-        matches (otherwise the message outlived its connection and the fd is reused)."""
+        matches (otherwise the message outlived its connection and the fd is reused,
+        or the accept event was lost: see accepted(pid=))."""
         conn = self.by_fd.get(fd)
         return conn if conn is not None and conn.pid == pid and pid > 0 else None
 

@@ -76,6 +76,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 # that outruns its consumer (5 ms here halved read-back speed: 29 -> 52 MB/s at 1 ms).
 RETRY_NS = 1_000_000
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
+MONITOR_HWM = 100_000  # connection events queued (a flood of connects; about 10 MB)
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
 # Refusals counted beside the limits' (the service state's `refusals`).
 OTHER_USERS = "other_users"  # a peer of a user this service does not admit
@@ -180,8 +181,12 @@ class ServiceShell:
 
     def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
-        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        address = f"inproc://tracebus-monitor-{side}"
+        sock.monitor(address, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        monitor = self.ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, MONITOR_HWM)  # past it libzmq drops events
         monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
         self.monitors[side] = monitor
         sock.setsockopt(zmq.SNDHWM, send_hwm)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
@@ -225,7 +230,7 @@ class ServiceShell:
             return
         identity = frames[0].bytes
         pid, uid = peer_credentials(frames[1])
-        conn = self.connections.of_message(source_fd(frames[1]), pid)
+        conn = self._connection_of(side, source_fd(frames[1]), pid)
         payload = [f.bytes for f in frames[1:]]
         peer = Peer(identity, pid, uid)
         try:
@@ -383,9 +388,7 @@ class ServiceShell:
                 break
             fd = int(event["value"])
             if event["event"] == zmq.EVENT_ACCEPTED:
-                conn = self.connections.accepted(side, fd, self.core.limits, now)
-                if conn is not None and conn.refused:
-                    self._connection_refused(conn)
+                self._accepted(side, fd, now)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 dropped = True
                 gone = self.connections.disconnected(fd)
@@ -400,6 +403,18 @@ class ServiceShell:
                     self._unreachable(side, identity)
         if dropped:
             self._probe_stopped(side)
+
+    def _connection_of(self, side: str, fd: int, pid: int) -> Connection | None:
+        conn = self.connections.of_message(fd, pid)
+        if conn is None and fd >= 0 and pid > 0:  # its accept event was lost
+            conn = self._accepted(side, fd, time.monotonic_ns(), pid)
+        return conn
+
+    def _accepted(self, side: str, fd: int, now: int, pid: int = 0) -> Connection | None:
+        conn = self.connections.accepted(side, fd, self.core.limits, now, pid)
+        if conn is not None and conn.refused:
+            self._connection_refused(conn)
+        return conn
 
     def _connection_refused(self, conn: Connection) -> None:
         self._count_refusal(conn.refused)
