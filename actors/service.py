@@ -189,6 +189,8 @@ class ServiceShell:
         monitor.connect(address)
         self.monitors[side] = monitor
         sock.setsockopt(zmq.SNDHWM, send_hwm)
+        # A larger frame is refused by libzmq before it buffers it: the connection drops.
+        sock.setsockopt(zmq.MAXMSGSIZE, framing.MAX_FRAME_BYTES)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
         # A stopped process answers no ping: ZeroMQ drops its connection after the

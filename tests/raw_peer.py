@@ -8,6 +8,7 @@ included, as a hostile process would.
     register DS          register_data_source    -> "register ok" | "register error TEXT" | ...
     unregister DS        unregister_data_source  -> "sent" (the service answers nothing)
     close                close the DEALER        -> "closed"
+    big MIB              one frame of MIB MiB    -> "sent"
     flood N SECONDS      N more connections, each sending initialize_connection, then
                          their first replies for up to SECONDS (until each has one)
                                                  -> "flood ok A errors B LIMIT_ERRORS C"
@@ -97,6 +98,11 @@ class RawPeer:
         self.send(unregister_data_source=dict(name=name))
         return "sent"
 
+    def big(self, mib: int) -> str:
+        assert self.sock is not None
+        self.sock.send(bytes(mib << 20))
+        return "sent"
+
     def flood(self, count: int, seconds: float) -> str:
         socks = [self._dealer(b"") for _ in range(count)]
         self.flooded += socks
@@ -140,6 +146,7 @@ def main() -> None:
         "register": lambda args: peer.register(args[0]),
         "unregister": lambda args: peer.unregister(args[0]),
         "close": lambda args: peer.close(),
+        "big": lambda args: peer.big(int(args[0])),
         "flood": lambda args: peer.flood(int(args[0]), float(args[1])),
     }
     for line in sys.stdin:

@@ -125,6 +125,27 @@ def test_a_flood_of_connections_from_one_process_is_cut(rt: Runtime) -> None:
     assert not rt.control.query_state(timeout=5).producers
 
 
+def peak_rss_kib(pid: int) -> int:
+    status = open(f"/proc/{pid}/status").read()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1])  # type: ignore[index]
+
+
+def test_a_huge_frame_is_refused_before_the_service_buffers_it(rt: Runtime) -> None:
+    service = rt.start_service()
+    peer = raw_peer(rt, "huge")
+    ask(rt, peer, "connect -")
+    assert ask(rt, peer, "init huge").startswith("init ok")
+    peak_before = peak_rss_kib(service.pid)
+    assert ask(rt, peer, "big 256", timeout=60) == "sent"
+    # Answered after the frame was dealt with: its connection dropped, the DEALER
+    # reconnected (a new routing id: the service does not know it).
+    reply = ask(rt, peer, "init again")
+    assert reply.startswith("init ok") or reply.startswith("error"), reply
+    grown_mib = (peak_rss_kib(service.pid) - peak_before) / 1024
+    assert grown_mib < 64, f"the service's peak RSS grew by {grown_mib:.0f} MiB"
+    rt.control.query_state(timeout=5)
+
+
 def test_a_producer_of_another_user_is_refused(rt: Runtime) -> None:
     if os.getuid() != 0:
         pytest.skip("needs root to run a peer as another user (CI runs as root)")
