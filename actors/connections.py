@@ -7,25 +7,30 @@ what the kernel knows instead:
     ROUTER monitor   EVENT_ACCEPTED(fd)      -> accepted(): SO_PEERCRED pid/uid on a dup
                      EVENT_DISCONNECTED(fd)  -> disconnected(): the entry, and the
                                                 routing ids bound to it, end
+    ZAP request      "localhost:UID:GID:PID"  -> admit(): "" or the limit it is over
     each message     ZMQ_SRCFD + Peer-Address -> of_message(): its connection (or
                                                 accepted(pid=) if its event was lost)
 
+- Limits: live connections per process (`max_connections_per_process`) and per
+  uid (`max_connections_per_uid`), over both ports, the asking one included.
+  libzmq asks the service's ZAP handler during each connection's handshake
+  (after its accept event): a connection over a limit fails its handshake with
+  status 400 and the limit named, and the peer's ZeroMQ does not reconnect it
+  (an authentication failure), so a flood costs one handshake per connection.
 - An fd number is reused at once once libzmq closes it, so an entry also holds
   the socket's inode from accept time, and a connection is only acted on (cut)
   through a dup whose inode still matches. Monitor events arrive in order, so
   the table follows the connections; a message is matched to its entry only if
   the pid of the message (the kernel's, per message) is the entry's. A monitor
-  drops events when its queue is full (a flood of connections): a message whose
-  connection has no entry creates it then, if the fd's peer is the message's pid.
-- Limits: live connections per process (`max_connections_per_process`) and per
-  uid (`max_connections_per_uid`), counted over both ports. A connection over
-  one is refused: its first message within REFUSE_GRACE_NS is answered with an
-  error naming the limit (the shell does), then it is cut with
-  shutdown(SHUT_RDWR) on a dup of its fd (libzmq notices and closes it). At
-  most MAX_AWAITING_CUT wait for their cut; beyond, one is cut at once.
-- Refused connections do not count towards the limits; an entry whose fd no
+  drops events when its queue is full: a message whose connection has no entry
+  creates it then, if the fd's peer is the message's pid. An entry whose fd no
   longer holds its socket (a close libzmq did not report) is dropped when a
-  limit is checked, so a stale entry never refuses a live peer.
+  limit is checked (at most once per SWEEP_NS), so a stale entry does not
+  refuse a live peer for long.
+- A connection that delivers no message within SILENT_NS is cut with
+  shutdown(SHUT_RDWR) on a dup of its fd (libzmq notices and closes it), and
+  counted under SILENT: libzmq parks a second connection presenting a routing
+  id in use without reading it, and an idle one holds an fd of the service.
 
 Only this module touches the connections' fds; it never reads from or writes
 to them.
@@ -41,9 +46,9 @@ from dataclasses import dataclass, field
 
 from actors.core.limits import Limits
 
-REFUSE_GRACE_NS = 500_000_000  # time for a refused peer's first message to get its error
-ANSWERED_GRACE_NS = 100_000_000  # time for that error to leave before the cut
-MAX_AWAITING_CUT = 32
+SILENT_NS = 10_000_000_000  # a connection that delivered no message by then is cut
+SILENT = "silent_connection"  # its count in the service state's refusals
+SWEEP_NS = 1_000_000_000  # stale entries are looked for at most this often
 CLOSED_KEPT_NS = 60_000_000_000  # how long a routing id stays its last process's
 CLOSED_REMEMBERED = 8192
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -56,30 +61,31 @@ class Connection:
     pid: int  # SO_PEERCRED at accept: the peer process, as the kernel says
     uid: int
     side: str  # "p" or "c": the port
-    refused: str = ""  # the limit this connection is over ("" = admitted)
-    cut_at: int = 0  # when a refused connection is cut (monotonic ns)
+    cut_at: int = 0  # when it is cut if it is still silent (monotonic ns)
+    spoke: bool = False  # a message of it was handled
     identities: set[bytes] = field(default_factory=set)  # routing ids first seen on it
 
 
 class Connections:
     def __init__(self) -> None:
         self.by_fd: dict[int, Connection] = {}
-        self.refused: dict[int, Connection] = {}  # those of by_fd awaiting their cut
-        self.per_pid: Counter[int] = Counter()  # admitted connections only
+        self.silent: dict[int, Connection] = {}  # no message yet
+        self.per_pid: Counter[int] = Counter()
         self.per_uid: Counter[int] = Counter()
-        self.cuts = 0  # connections cut for a limit
+        # Connections denied at their handshake, per process, until one of its
+        # connections drops: not counted while they close (a burst is not refused
+        # for the connections refused before it).
+        self.denied: Counter[int] = Counter()
+        self._sweep_at = 0  # when stale entries may be looked for again
 
     def __len__(self) -> int:
         return len(self.by_fd)
 
     # -- monitor events ------------------------------------------------------------------
 
-    def accepted(
-        self, side: str, fd: int, limits: Limits, now: int, pid: int = 0
-    ) -> Connection | None:
-        """A new connection on `fd` (of process `pid`, if given); None if it is gone
-        or already known. One over a limit comes back with `refused` set (the
-        caller counts it)."""
+    def accepted(self, side: str, fd: int, now: int, pid: int = 0) -> Connection | None:
+        """A new connection on `fd` (of process `pid`, if given: met through its
+        message); None if it is gone or already known."""
         creds = _credentials(fd)
         if creds is None or (pid and creds[1] != pid):
             return None
@@ -88,79 +94,82 @@ class Connections:
         if known is not None and known.inode == inode:
             return None  # met through a message before its event
         self.disconnected(fd)  # an entry on this fd is from a socket closed unreported
-        conn = Connection(fd, inode, peer_pid, uid, side)
-        self.by_fd[fd] = conn
-        conn.refused = self._over_limit(peer_pid, uid, limits)
-        if conn.refused:
-            conn.cut_at = now + REFUSE_GRACE_NS
-            if len(self.refused) >= MAX_AWAITING_CUT:
-                conn.cut_at = now
-            self.refused[fd] = conn
-        else:
-            self.per_pid[peer_pid] += 1
-            self.per_uid[uid] += 1
+        conn = self.by_fd[fd] = Connection(fd, inode, peer_pid, uid, side, spoke=pid > 0)
+        self.per_pid[peer_pid] += 1
+        self.per_uid[uid] += 1
+        if not conn.spoke:
+            conn.cut_at = now + SILENT_NS
+            self.silent[fd] = conn
         return conn
 
     def disconnected(self, fd: int) -> Connection | None:
         conn = self.by_fd.pop(fd, None)
-        if conn is not None and self.refused.pop(fd, None) is None:
-            self._uncount(conn)
+        self.silent.pop(fd, None)
+        if conn is not None:
+            counters = [(self.per_pid, conn.pid), (self.per_uid, conn.uid)]
+            if self.denied[conn.pid] > 0:
+                counters.append((self.denied, conn.pid))
+            for counter, key in counters:
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
         return conn
 
-    # -- messages ---------------------------------------------------------------------------
+    # -- admission (ZAP) and messages ------------------------------------------------------
+
+    def admit(self, pid: int, uid: int, limits: Limits, now: int) -> str:
+        """ "" if a connection of this process may complete its handshake, else the
+        name of the limit it is over (its own accept is counted already)."""
+        checks = self._checks(pid, uid, limits)
+        if any(count > limit for _name, count, limit in checks) and now >= self._sweep_at:
+            # Recount without entries of sockets closed unreported; not on every
+            # connection of a flood (a stat per entry).
+            self._sweep_at = now + SWEEP_NS
+            self._drop_stale()
+            checks = self._checks(pid, uid, limits)
+        refused = next((name for name, count, limit in checks if count > limit), "")
+        if refused:
+            self.denied[pid] += 1
+        return refused
 
     def of_message(self, fd: int, pid: int) -> Connection | None:
         """The connection a message came from: its source fd's entry, if the pid
         matches (otherwise the message outlived its connection and the fd is reused,
         or the accept event was lost: see accepted(pid=))."""
         conn = self.by_fd.get(fd)
-        return conn if conn is not None and conn.pid == pid and pid > 0 else None
+        if conn is None or conn.pid != pid or pid <= 0:
+            return None
+        if not conn.spoke:
+            conn.spoke = True
+            self.silent.pop(fd, None)
+        return conn
 
-    def answered(self, conn: Connection, now: int) -> None:
-        """The refused connection got its error: cut it once the error had time to leave."""
-        conn.cut_at = max(conn.cut_at, now + ANSWERED_GRACE_NS)
-
-    # -- cutting ----------------------------------------------------------------------------
+    # -- cutting silent connections -----------------------------------------------------------
 
     def next_cut(self) -> int | None:
-        return min((c.cut_at for c in self.refused.values()), default=None)
+        return min((c.cut_at for c in self.silent.values()), default=None)
 
     def cut_due(self, now: int) -> int:
-        """Cut every refused connection whose time came; how many."""
-        due = [c for c in self.refused.values() if c.cut_at <= now]
+        """Cut every silent connection whose time came; how many were cut."""
+        due = [c for c in self.silent.values() if c.cut_at <= now]
         for conn in due:
-            del self.by_fd[conn.fd]  # its disconnect event finds nothing
-            del self.refused[conn.fd]
-            if _shutdown(conn):
-                self.cuts += 1
-        return len(due)
+            self.disconnected(conn.fd)  # its disconnect event finds nothing
+        return sum(map(_shutdown, due))
 
     # -- limits -------------------------------------------------------------------------------
 
-    def _over_limit(self, pid: int, uid: int, limits: Limits) -> str:
-        if any(count >= limit for _name, count, limit in self._checks(pid, uid, limits)):
-            self._drop_stale()  # recount without entries of sockets closed unreported
-        for name, count, limit in self._checks(pid, uid, limits):
-            if count >= limit:
-                return name
-        return ""
-
     def _checks(self, pid: int, uid: int, limits: Limits) -> list[tuple[str, int, int]]:
+        denied = self.denied[pid]  # of this uid too
         return [
-            ("max_connections_per_process", self.per_pid[pid], limits.max_connections_per_process),
-            ("max_connections_per_uid", self.per_uid[uid], limits.max_connections_per_uid),
-        ]
+            ("max_connections_per_process", self.per_pid[pid] - denied,
+             limits.max_connections_per_process),
+            ("max_connections_per_uid", self.per_uid[uid] - denied, limits.max_connections_per_uid),
+        ]  # fmt: skip
 
     def _drop_stale(self) -> None:
         for conn in list(self.by_fd.values()):
             if not _same_socket(conn) and self.by_fd.get(conn.fd) is conn:
                 self.disconnected(conn.fd)
-
-    def _uncount(self, conn: Connection) -> None:
-        for counter, key in ((self.per_pid, conn.pid), (self.per_uid, conn.uid)):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
 
 
 class ClosedIdentities:

@@ -38,7 +38,7 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from actors.connections import ClosedIdentities, Connection, Connections, limit_value
+from actors.connections import SILENT, ClosedIdentities, Connection, Connections
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
 from actors.core.service_core import (
     AppendToFile,
@@ -76,6 +76,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 # that outruns its consumer (5 ms here halved read-back speed: 29 -> 52 MB/s at 1 ms).
 RETRY_NS = 1_000_000
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq looks for a ZAP handler (RFC 27)
 MONITOR_HWM = 100_000  # connection events queued (a flood of connects; about 10 MB)
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
 # Refusals counted beside the limits' (the service state's `refusals`).
@@ -118,6 +119,11 @@ def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
         return 0, -1
     if not isinstance(address, str):  # an int only for integer properties
         return 0, -1
+    return parse_peer_address(address)
+
+
+def parse_peer_address(address: str) -> tuple[int, int]:
+    """(pid, uid) from "localhost:UID:GID:PID"; (0, -1) for another form (not ipc://)."""
     try:
         _host, uid, _gid, pid = address.rsplit(":", 3)
         return int(pid), int(uid)
@@ -149,6 +155,10 @@ class ServiceShell:
         # Each port's connections, from its socket monitor (attached before the bind).
         self.connections = Connections()
         self.monitors: dict[str, zmq.Socket] = {}
+        # The context's ZAP handler: libzmq asks it about each new connection.
+        self.zap = self.ctx.socket(zmq.ROUTER)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
         self.producer_sock = self._bind("p", producer_endpoint, private=False)
         self.consumer_sock = self._bind(
             "c", consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM
@@ -178,6 +188,7 @@ class ServiceShell:
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
         for side, monitor in self.monitors.items():
             self.loop.add_socket(monitor, functools.partial(self._on_monitor, side))
+        self.loop.add_socket(self.zap, self._on_zap)
 
     def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -191,6 +202,7 @@ class ServiceShell:
         sock.setsockopt(zmq.SNDHWM, send_hwm)
         # A larger frame is refused by libzmq before it buffers it: the connection drops.
         sock.setsockopt(zmq.MAXMSGSIZE, framing.MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"tracebus")  # each handshake asks _on_zap
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
         # A stopped process answers no ping: ZeroMQ drops its connection after the
@@ -238,13 +250,13 @@ class ServiceShell:
         try:
             if side == "p":
                 from_producer = framing.decode_from_producer(payload)
-                if self._refused(side, peer, conn, from_producer.request_id):
+                if self._refused(side, peer, from_producer.request_id):
                     return
                 self._watch(side, identity, pid, conn)
                 outputs = self.core.handle_producer(peer, from_producer, time.monotonic_ns())
             else:
                 from_consumer = framing.decode_from_consumer(payload)
-                if self._refused(side, peer, conn, from_consumer.request_id):
+                if self._refused(side, peer, from_consumer.request_id):
                     return
                 self._watch(side, identity, pid, conn)
                 outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
@@ -309,16 +321,11 @@ class ServiceShell:
         log(f"gave up on {what} pid {pid}: {why}; dropped {dropped} queued messages")
         self._peer_gone(side, identity)
 
-    def _refused(self, side: str, peer: Peer, conn: Connection | None, request_id: int) -> bool:
+    def _refused(self, side: str, peer: Peer, request_id: int) -> bool:
         """Answer a message the service will not process with an error (a connection
-        over a limit, one given up on, a user not admitted, a routing id of another
-        process) instead of processing it."""
-        if conn is not None and conn.refused:
-            value = limit_value(self.core.limits, conn.refused)
-            text = f"too many connections ({conn.refused} is {value}): this one is closed"
-            self.connections.answered(conn, time.monotonic_ns())
-            self._arm_cut()
-        elif (why := self.given_up.get((side, peer.identity))) is not None:
+        given up on, a user not admitted, a routing id of another process) instead
+        of processing it."""
+        if (why := self.given_up.get((side, peer.identity))) is not None:
             self.core.counters.given_up_messages_refused += 1
             text = f"the service gave up on this connection ({why}): reconnect"
         elif not self._admitted(side, peer.uid):
@@ -390,7 +397,7 @@ class ServiceShell:
                 break
             fd = int(event["value"])
             if event["event"] == zmq.EVENT_ACCEPTED:
-                self._accepted(side, fd, now)
+                self.connections.accepted(side, fd, now)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 dropped = True
                 gone = self.connections.disconnected(fd)
@@ -409,22 +416,39 @@ class ServiceShell:
     def _connection_of(self, side: str, fd: int, pid: int) -> Connection | None:
         conn = self.connections.of_message(fd, pid)
         if conn is None and fd >= 0 and pid > 0:  # its accept event was lost
-            conn = self._accepted(side, fd, time.monotonic_ns(), pid)
+            conn = self.connections.accepted(side, fd, time.monotonic_ns(), pid)
         return conn
 
-    def _accepted(self, side: str, fd: int, now: int, pid: int = 0) -> Connection | None:
-        conn = self.connections.accepted(side, fd, self.core.limits, now, pid)
-        if conn is not None and conn.refused:
-            self._connection_refused(conn)
-        return conn
+    def _on_zap(self) -> None:
+        """libzmq asks, during each connection's handshake, whether to accept it
+        (ZAP, RFC 27): a connection over a connection limit is denied with status
+        400 naming the limit, which its peer's ZeroMQ does not retry."""
+        for _ in range(1024):  # bounded: the loop polls the ZAP socket again
+            try:
+                request = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for side in self.monitors:  # its accept (sent before it) is counted first
+                self._on_monitor(side)
+            now = time.monotonic_ns()
+            if len(request) < 6:
+                continue  # not a ZAP request: libzmq sends nothing else here
+            routing, _empty, version, request_id, _domain, address = request[:6]
+            pid, uid = parse_peer_address(address.decode(errors="replace"))
+            limit = self.connections.admit(pid, uid, self.core.limits, now) if pid > 0 else ""
+            status, text = (b"200", b"OK")
+            if limit:
+                status, text = b"400", self._connection_refused(pid, uid, limit).encode()
+            self.zap.send_multipart([routing, b"", version, request_id, status, text, b"", b""])
 
-    def _connection_refused(self, conn: Connection) -> None:
-        self._count_refusal(conn.refused)
-        count = self.core.counters.refusals[conn.refused]
+    def _connection_refused(self, pid: int, uid: int, limit: str) -> str:
+        self._count_refusal(limit)
+        count = self.core.counters.refusals[limit]
+        value = getattr(self.core.limits, limit)
+        text = f"too many connections: {limit} is {value}"
         if count <= 3 or count % 100 == 0:  # a flood of connections, a few lines
-            value = limit_value(self.core.limits, conn.refused)
-            log(f"refused a connection of pid {conn.pid} (uid {conn.uid}): {conn.refused} "
-                f"is {value} ({count} refused so far)")  # fmt: skip
+            log(f"refused a connection of pid {pid} (uid {uid}): {text} ({count} so far)")
+        return text
 
     def _arm_cut(self) -> None:
         deadline = self.connections.next_cut()
@@ -438,7 +462,8 @@ class ServiceShell:
 
     def _on_cut(self) -> None:
         self.cut_timer = None
-        self.connections.cut_due(time.monotonic_ns())
+        for _ in range(self.connections.cut_due(time.monotonic_ns())):
+            self._count_refusal(SILENT)
         self._arm_cut()
 
     def _probe_stopped(self, side: str) -> None:
@@ -581,7 +606,8 @@ class ServiceShell:
             sock.disable_monitor()
             monitor.close(linger=0)
         self.producer_sock.close(linger=0)
-        self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
+        self.consumer_sock.close(linger=500)
+        self.zap.close(linger=0)  # let consumers hear that their session ended
         self.ctx.term()
         self._unlink_endpoints()
         self.loop.close()

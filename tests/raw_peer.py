@@ -9,9 +9,11 @@ included, as a hostile process would.
     unregister DS        unregister_data_source  -> "sent" (the service answers nothing)
     close                close the DEALER        -> "closed"
     big MIB              one frame of MIB MiB    -> "sent"
+    handshake            one more connection: how its ZeroMQ handshake ended
+                                                 -> "handshake ok" | "handshake refused CODE"
     flood N SECONDS      N more connections, each sending initialize_connection, then
                          their first replies for up to SECONDS (until each has one)
-                                                 -> "flood ok A errors B LIMIT_ERRORS C"
+                                                 -> "flood ok A errors B unanswered C"
     quit
 
 With --as-user, the process drops to that user (after its imports, as root) first.
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
@@ -103,6 +106,24 @@ class RawPeer:
         self.sock.send(bytes(mib << 20))
         return "sent"
 
+    def handshake(self) -> str:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        self.flooded.append(sock)
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        monitor = sock.get_monitor_socket(events)
+        sock.connect(self.endpoint)
+        try:
+            if not monitor.poll(REPLY_TIMEOUT_MS):
+                return "timeout"
+            event = parse_monitor_message(monitor.recv_multipart())
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return "handshake ok"
+        return f"handshake refused {event['value']}"
+
     def flood(self, count: int, seconds: float) -> str:
         socks = [self._dealer(b"") for _ in range(count)]
         self.flooded += socks
@@ -119,8 +140,7 @@ class RawPeer:
                 if sock not in answered:
                     answered[sock] = msg.error.message if msg.HasField("error") else "ok"
         ok = sum(1 for text in answered.values() if text == "ok")
-        limit = sum(1 for text in answered.values() if "max_connections_per_process" in text)
-        return f"flood ok {ok} errors {len(answered) - ok} limit_errors {limit}"
+        return f"flood ok {ok} errors {len(answered) - ok} unanswered {count - len(answered)}"
 
 
 def init_request(name: str) -> dict[str, object]:
@@ -147,6 +167,7 @@ def main() -> None:
         "unregister": lambda args: peer.unregister(args[0]),
         "close": lambda args: peer.close(),
         "big": lambda args: peer.big(int(args[0])),
+        "handshake": lambda args: peer.handshake(),
         "flood": lambda args: peer.flood(int(args[0]), float(args[1])),
     }
     for line in sys.stdin:
