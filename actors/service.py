@@ -200,8 +200,9 @@ class ServiceShell:
         monitor.connect(address)
         self.monitors[side] = monitor
         sock.setsockopt(zmq.SNDHWM, send_hwm)
-        # A larger frame is refused by libzmq before it buffers it: the connection drops.
-        sock.setsockopt(zmq.MAXMSGSIZE, framing.MAX_FRAME_BYTES)
+        # A frame over the cap is dropped by framing (the connection kept); one over
+        # twice the cap is refused by libzmq before it buffers it: the connection drops.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * framing.MAX_FRAME_BYTES)
         sock.setsockopt(zmq.ZAP_DOMAIN, b"tracebus")  # each handshake asks _on_zap
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
