@@ -199,11 +199,6 @@ class ClosedIdentities:
         return held[0] != pid
 
 
-def limit_value(limits: Limits, name: str) -> int:
-    value: int = getattr(limits, name)
-    return value
-
-
 # -- the kernel's view of an fd --------------------------------------------------------------
 
 
