@@ -1,5 +1,5 @@
-"""A raw producer-port peer the test drives line by line: `python -m tests.raw_peer
-ENDPOINT [--as-user NAME]`, one command per stdin line, one answer per command on
+"""A raw peer the test drives line by line: `python -m tests.raw_peer ENDPOINT
+[--as-user NAME]`, one command per stdin line, one answer per command on
 stdout. It speaks the protocol with a DEALER of its own, a routing id of its choice
 included, as a hostile process would.
 
@@ -14,6 +14,8 @@ included, as a hostile process would.
     flood N SECONDS      N more connections, each sending initialize_connection, then
                          their first replies for up to SECONDS (until each has one)
                                                  -> "flood ok A errors B unanswered C"
+    hello                a consumer's hello (ENDPOINT a consumer port)
+                                                 -> "hello ok" | "error TEXT" | "timeout"
     quit
 
 With --as-user, the process drops to that user (after its imports, as root) first.
@@ -97,6 +99,19 @@ class RawPeer:
         self.send(register_data_source=dict(descriptor=dict(name=name)))
         return self.reply("register_data_source")
 
+    def hello(self) -> str:
+        assert self.sock is not None
+        self.request_id += 1
+        hello = ipc.Hello(protocol_version=ipc.PROTOCOL_VERSION)
+        request = ipc.ConsumerToService(request_id=self.request_id, hello=hello)
+        self.sock.send_multipart(framing.encode(request))
+        if not self.sock.poll(REPLY_TIMEOUT_MS):
+            return "timeout"
+        reply = framing.decode_to_consumer(self.sock.recv_multipart())
+        if reply.WhichOneof("msg") == "error":
+            return f"error {reply.error.message}"
+        return f"hello ok{' ' + reply.hello.error if reply.hello.error else ''}"
+
     def unregister(self, name: str) -> str:
         self.send(unregister_data_source=dict(name=name))
         return "sent"
@@ -168,6 +183,7 @@ def main() -> None:
         "close": lambda args: peer.close(),
         "big": lambda args: peer.big(int(args[0])),
         "handshake": lambda args: peer.handshake(),
+        "hello": lambda args: peer.hello(),
         "flood": lambda args: peer.flood(int(args[0]), float(args[1])),
     }
     for line in sys.stdin:

@@ -22,8 +22,9 @@ ROUTING_ID = b"producer-7".hex()  # a routing id of the peer's choice
 ANSWER_S = 2.0  # query_state under a flood, on a loaded 2-core machine
 
 
-def raw_peer(rt: Runtime, label: str, *args: str) -> subprocess.Popen[str]:
-    return rt.spawn(label, ["-m", "tests.raw_peer", rt.producer_endpoint, *args], lines=True)
+def raw_peer(rt: Runtime, label: str, *args: str, endpoint: str = "") -> subprocess.Popen[str]:
+    endpoint = endpoint or rt.producer_endpoint
+    return rt.spawn(label, ["-m", "tests.raw_peer", endpoint, *args], lines=True)
 
 
 def ask(rt: Runtime, peer: subprocess.Popen[str], command: str, timeout: float = 30.0) -> str:
@@ -63,6 +64,22 @@ def test_a_routing_id_that_left_is_refused_to_another_process(rt: Runtime) -> No
     assert attacker.pid not in {p.pid for p in state.producers}
     assert "attacker" not in {p.name for p in state.producers}
     assert state.refusals["routing_id_in_use"] >= 2
+
+
+def test_a_consumer_routing_id_that_left_is_refused_to_another_process(rt: Runtime) -> None:
+    rt.start_service()
+    victim = raw_peer(rt, "victim", endpoint=rt.consumer_endpoint)
+    attacker = raw_peer(rt, "attacker", endpoint=rt.consumer_endpoint)
+    ask(rt, victim, f"connect {ROUTING_ID}")
+    assert ask(rt, victim, "hello") == "hello ok"
+    ask(rt, victim, "close")
+    for _attempt in range(3):  # ZeroMQ parks it unread while the victim's pipe lingers
+        ask(rt, attacker, f"connect {ROUTING_ID}")
+        reply = ask(rt, attacker, "hello")
+        if reply != "timeout":
+            break
+    assert reply.startswith("error") and "another process" in reply, reply
+    assert rt.control.query_state(timeout=5).refusals["routing_id_in_use"] >= 1
 
 
 def test_a_live_routing_id_presented_by_another_process_changes_nothing(rt: Runtime) -> None:
