@@ -41,7 +41,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from actors.connections import SILENT, ClosedIdentities, Connection, Connections
 from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
 from actors.core.service_core import (
@@ -86,7 +88,12 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 RETRY_NS = 1_000_000
 PR_SET_DUMPABLE = 4  # linux/prctl.h
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq looks for a ZAP handler (RFC 27)
+MONITOR_HWM = 100_000  # connection events queued (a flood of connects; about 10 MB)
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
+# Refusals counted beside the limits' (the service state's `refusals`).
+OTHER_USERS = "other_users"  # a peer of a user this service does not admit
+ROUTING_ID_IN_USE = "routing_id_in_use"  # a routing id another process holds or held
 
 
 READ_SLICE_NS = 10_000_000  # one read-back slice's time budget; other peers are served between
@@ -142,6 +149,11 @@ def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
         return 0, -1
     if not isinstance(address, str):  # an int only for integer properties
         return 0, -1
+    return parse_peer_address(address)
+
+
+def parse_peer_address(address: str) -> tuple[int, int]:
+    """(pid, uid) from "localhost:UID:GID:PID"; (0, -1) for another form (not ipc://)."""
     try:
         _host, uid, _gid, pid = address.rsplit(":", 3)
         return int(pid), int(uid)
@@ -187,13 +199,23 @@ class ServiceShell:
         self.shutdown_timeout_s = shutdown_timeout_s
         # Producers of other uids are admitted (their packets carry their uid);
         # the producer and handoff sockets are then open to every local user.
-        self.allow_other_users = allow_other_users
+        self.allow_other_users = allow_other_users  # producers of any uid (consumers: ours)
+        self.uid = os.getuid()
         handoff_at = smb_handoff_path(producer_endpoint, allow_other_users)  # may refuse
-        self.producer_sock = self._bind(producer_endpoint, private=False)
+        # Each port's connections, from its socket monitor (attached before the bind).
+        self.connections = Connections()
+        self.monitors: dict[str, zmq.Socket] = {}
+        # The context's ZAP handler: libzmq asks it about each new connection.
+        self.zap = self.ctx.socket(zmq.ROUTER)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
+        self.producer_sock = self._bind("p", producer_endpoint, private=False)
         producer_path = ipc_path(producer_endpoint)
         if producer_path is not None and producer_path.exists():  # not an abstract socket
             os.chmod(producer_path, 0o666 if allow_other_users else 0o600)
-        self.consumer_sock = self._bind(consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM)
+        self.consumer_sock = self._bind(
+            "c", consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM
+        )
         self.handoff = SmbHandoff(self.loop, handoff_at, log, others_may_connect=allow_other_users)
         clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.files = TraceFiles()
@@ -202,7 +224,10 @@ class ServiceShell:
             limits, open_file=self.files.open,
         )  # fmt: skip
         self.pidfds: dict[tuple[str, bytes], int] = {}
-        self.pids: dict[tuple[str, bytes], int] = {}
+        self.pids: dict[tuple[str, bytes], int] = {}  # each routing id's process, first seen
+        self.conn_of: dict[tuple[str, bytes], Connection] = {}  # ... and its connection
+        self.closed_ids = ClosedIdentities()
+        self.cut_timer: Timer | None = None
         timeout_ns = int(peer_send_timeout_s * 1e9)
         self.queues = {
             "p": PeerQueues(self.producer_sock, timeout_ns),
@@ -216,17 +241,24 @@ class ServiceShell:
         self.dropped_frames = 0
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
-        self.monitors = {
-            "p": self.producer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
-            "c": self.consumer_sock.get_monitor_socket(zmq.EVENT_DISCONNECTED),
-        }
         for side, monitor in self.monitors.items():
-            monitor.setsockopt(zmq.LINGER, 0)
-            self.loop.add_socket(monitor, functools.partial(self._on_disconnect, side))
+            self.loop.add_socket(monitor, functools.partial(self._on_monitor, side))
+        self.loop.add_socket(self.zap, self._on_zap)
 
-    def _bind(self, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
+    def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
+        address = f"inproc://tracebus-monitor-{side}"
+        sock.monitor(address, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        monitor = self.ctx.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, MONITOR_HWM)  # past it libzmq drops events
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        self.monitors[side] = monitor
         sock.setsockopt(zmq.SNDHWM, send_hwm)
+        # A frame over the cap is dropped by framing (the connection kept); one over
+        # twice the cap is refused by libzmq before it buffers it: the connection drops.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * framing.MAX_FRAME_BYTES)
+        sock.setsockopt(zmq.ZAP_DOMAIN, b"tracebus")  # each handshake asks _on_zap
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone peer is an error, not silence
         sock.setsockopt(zmq.LINGER, 0)
         # A stopped process answers no ping: ZeroMQ drops its connection after the
@@ -250,6 +282,11 @@ class ServiceShell:
     # -- receiving ------------------------------------------------------------------------
 
     def _drain(self, sock: zmq.Socket, side: str) -> None:
+        # Connections first: a message's connection was accepted before it was sent.
+        self._on_monitor(side)
+        self._drain_messages(sock, side)
+
+    def _drain_messages(self, sock: zmq.Socket, side: str) -> None:
         for _ in range(256):  # bounded, so timers and the other port get their turn
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -263,20 +300,21 @@ class ServiceShell:
             return
         identity = frames[0].bytes
         pid, uid = peer_credentials(frames[1])
+        conn = self._connection_of(side, source_fd(frames[1]), pid)
         payload = [f.bytes for f in frames[1:]]
         peer = Peer(identity, pid, uid)
         try:
             if side == "p":
                 from_producer = framing.decode_from_producer(payload)
-                if self._refuse_given_up(side, identity, from_producer.request_id):
+                if self._refused(side, peer, from_producer.request_id):
                     return
-                self._watch(side, identity, pid)
+                self._watch(side, identity, pid, conn)
                 outputs = self.core.handle_producer(peer, from_producer, time.monotonic_ns())
             else:
                 from_consumer = framing.decode_from_consumer(payload)
-                if self._refuse_given_up(side, identity, from_consumer.request_id):
+                if self._refused(side, peer, from_consumer.request_id):
                     return
-                self._watch(side, identity, pid)
+                self._watch(side, identity, pid, conn)
                 outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
         except framing.FramingError as e:
             self.dropped_frames += 1
@@ -284,7 +322,8 @@ class ServiceShell:
             return
         self._send_all(outputs)
 
-    def _watch(self, side: str, identity: bytes, pid: int) -> None:
+    def _watch(self, side: str, identity: bytes, pid: int, conn: Connection | None) -> None:
+        """Bind a routing id to the process (and connection) that first used it."""
         key = (side, identity)
         if key in self.pidfds or pid <= 0:
             return
@@ -295,11 +334,18 @@ class ServiceShell:
             return
         self.pidfds[key] = fd
         self.pids[key] = pid
+        if conn is not None:
+            self.conn_of[key] = conn
+            conn.identities.add(identity)
         self.loop.add_fd(fd, lambda: self._peer_gone(side, identity))
 
     def _peer_gone(self, side: str, identity: bytes) -> None:
-        fd = self.pidfds.pop((side, identity), None)
-        self.pids.pop((side, identity), None)
+        key = (side, identity)
+        fd = self.pidfds.pop(key, None)
+        pid = self.pids.pop(key, None)
+        self.conn_of.pop(key, None)
+        if pid is not None:
+            self.closed_ids.closed(key, pid, time.monotonic_ns())
         if fd is not None:
             self.loop.remove(fd)
             os.close(fd)
@@ -331,14 +377,53 @@ class ServiceShell:
         log(f"gave up on {what} pid {pid}: {why}; dropped {dropped} queued messages")
         self._peer_gone(side, identity)
 
-    def _refuse_given_up(self, side: str, identity: bytes, request_id: int) -> bool:
-        """Answer a message from a given-up connection with "reconnect" (best
-        effort: never queued) instead of processing it."""
-        why = self.given_up.get((side, identity))
-        if why is None:
+    def _refused(self, side: str, peer: Peer, request_id: int) -> bool:
+        """Answer a message the service will not process with an error (a connection
+        given up on, a user not admitted, a routing id of another process) instead
+        of processing it."""
+        if (why := self.given_up.get((side, peer.identity))) is not None:
+            self.core.counters.given_up_messages_refused += 1
+            text = f"the service gave up on this connection ({why}): reconnect"
+        elif not self._admitted(side, peer.uid):
+            self._count_refusal(OTHER_USERS)
+            text = self._not_admitted(side, peer.uid)
+        elif self._held_by_other(side, peer):
+            self._count_refusal(ROUTING_ID_IN_USE)
+            text = "this routing id belongs to another process: connect with one of your own"
+        else:
             return False
-        self.core.counters.given_up_messages_refused += 1
-        text = f"the service gave up on this connection ({why}): reconnect"
+        self._answer_error(side, peer.identity, request_id, text)
+        return True
+
+    def _admitted(self, side: str, uid: int) -> bool:
+        """Producers of this user (any user if allowed), consumers of this user or
+        root; a peer without kernel credentials (not ipc://) is of no user."""
+        if side == "p":
+            return uid == self.uid or (self.allow_other_users and uid >= 0)
+        return uid in (self.uid, 0)
+
+    def _not_admitted(self, side: str, uid: int) -> str:
+        if side == "p":
+            return (
+                f"producers of uid {uid} are not allowed: this service (uid {self.uid}) "
+                "admits other users' producers only when started with --allow-other-users"
+            )
+        return f"consumers of uid {uid} are not allowed: only uid {self.uid} and root"
+
+    def _held_by_other(self, side: str, peer: Peer) -> bool:
+        """Whether the routing id is bound to another process, live or recently gone."""
+        key = (side, peer.identity)
+        held_by = self.pids.get(key)
+        if held_by is not None:
+            return held_by != peer.pid
+        return self.closed_ids.held_by_other(key, peer.pid, time.monotonic_ns())
+
+    def _count_refusal(self, name: str) -> None:
+        refusals = self.core.counters.refusals
+        refusals[name] = refusals.get(name, 0) + 1
+
+    def _answer_error(self, side: str, identity: bytes, request_id: int, text: str) -> None:
+        """Best effort: never queued (a peer that does not read loses it)."""
         msg: ipc.ServiceToProducer | ipc.ServiceToConsumer
         if side == "p":
             msg = ipc.ServiceToProducer(request_id=request_id)
@@ -350,18 +435,97 @@ class ServiceShell:
             sock.send_multipart(framing.encode_routed(identity, msg), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # its pipe is still full, or it is gone: it asks again or never
-        return True
 
-    def _on_disconnect(self, side: str) -> None:
-        """A connection of this port dropped (the monitor does not say whose): probe
-        the peers of this port whose process is stopped with a heartbeat; one whose
-        connection is gone is given up on (see _unreachable)."""
+    # -- connections --------------------------------------------------------------------------
+
+    def _on_monitor(self, side: str) -> None:
+        """This port's connection events, in order: an accepted connection is
+        counted against the limits (refused past one); a dropped one ends the
+        routing ids bound to it (after the messages it sent before are handled)."""
         monitor = self.monitors[side]
-        try:
-            while True:
-                monitor.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
+        now = time.monotonic_ns()
+        ended: list[Connection] = []
+        dropped = False
+        for _ in range(1024):  # bounded: the loop polls the monitor again
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connections.accepted(side, fd, now)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                dropped = True
+                gone = self.connections.disconnected(fd)
+                if gone is not None and gone.identities:
+                    ended.append(gone)
+        self._arm_cut()
+        if ended:
+            self._drain_messages(self.producer_sock if side == "p" else self.consumer_sock, side)
+        for conn in ended:
+            for identity in conn.identities:
+                if self.conn_of.get((side, identity)) is conn:
+                    self._unreachable(side, identity)
+        if dropped:
+            self._probe_stopped(side)
+
+    def _connection_of(self, side: str, fd: int, pid: int) -> Connection | None:
+        conn = self.connections.of_message(fd, pid)
+        if conn is None and fd >= 0 and pid > 0:  # its accept event was lost
+            conn = self.connections.accepted(side, fd, time.monotonic_ns(), pid)
+        return conn
+
+    def _on_zap(self) -> None:
+        """libzmq asks, during each connection's handshake, whether to accept it
+        (ZAP, RFC 27): a connection over a connection limit is denied with status
+        400 naming the limit, which its peer's ZeroMQ does not retry."""
+        for _ in range(1024):  # bounded: the loop polls the ZAP socket again
+            try:
+                request = self.zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for side in self.monitors:  # its accept (sent before it) is counted first
+                self._on_monitor(side)
+            now = time.monotonic_ns()
+            if len(request) < 6:
+                continue  # not a ZAP request: libzmq sends nothing else here
+            routing, _empty, version, request_id, _domain, address = request[:6]
+            pid, uid = parse_peer_address(address.decode(errors="replace"))
+            limit = self.connections.admit(pid, uid, self.core.limits, now) if pid > 0 else ""
+            status, text = (b"200", b"OK")
+            if limit:
+                status, text = b"400", self._connection_refused(pid, uid, limit).encode()
+            self.zap.send_multipart([routing, b"", version, request_id, status, text, b"", b""])
+
+    def _connection_refused(self, pid: int, uid: int, limit: str) -> str:
+        self._count_refusal(limit)
+        count = self.core.counters.refusals[limit]
+        value = getattr(self.core.limits, limit)
+        text = f"too many connections: {limit} is {value}"
+        if count <= 3 or count % 100 == 0:  # a flood of connections, a few lines
+            log(f"refused a connection of pid {pid} (uid {uid}): {text} ({count} so far)")
+        return text
+
+    def _arm_cut(self) -> None:
+        deadline = self.connections.next_cut()
+        if self.cut_timer is not None:
+            if self.cut_timer.deadline == deadline:
+                return
+            self.cut_timer.cancel()
+            self.cut_timer = None
+        if deadline is not None:
+            self.cut_timer = self.loop.call_at(deadline, self._on_cut)
+
+    def _on_cut(self) -> None:
+        self.cut_timer = None
+        for _ in range(self.connections.cut_due(time.monotonic_ns())):
+            self._count_refusal(SILENT)
+        self._arm_cut()
+
+    def _probe_stopped(self, side: str) -> None:
+        """A connection of this port dropped: probe the peers of this port whose
+        process is stopped with a heartbeat; one whose connection is gone is given
+        up on (see _unreachable)."""
         probes: list[ToProducer | ToConsumer] = []
         for (peer_side, identity), pid in self.pids.items():
             if peer_side == side and process_stopped(pid):
@@ -506,6 +670,7 @@ class ServiceShell:
         self.handoff.close()
         self.producer_sock.close(linger=0)
         self.consumer_sock.close(linger=500)  # let consumers hear that their session ended
+        self.zap.close(linger=0)
         self.ctx.term()
         self._unlink_endpoints()
         self.loop.close()
@@ -516,6 +681,15 @@ class ServiceShell:
             if path is not None:
                 path.unlink(missing_ok=True)
         self.handoff.path.unlink(missing_ok=True)
+
+
+def source_fd(frame: zmq.Frame) -> int:
+    """The fd of the connection a message came in on (libzmq's ZMQ_SRCFD), or -1."""
+    try:
+        fd = frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError):
+        return -1
+    return fd if isinstance(fd, int) else -1
 
 
 def process_stopped(pid: int) -> bool:

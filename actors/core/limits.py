@@ -29,6 +29,8 @@ class Limits:
     max_data_sources_per_producer: int = 256
     max_smb_bytes_per_process: int = 64 << 20
     max_smb_bytes_per_uid: int = 1 << 30
+    max_connections_per_process: int = 64
+    max_connections_per_uid: int = 1024
 
 
 DEFAULT_LIMITS = Limits()
@@ -44,6 +46,8 @@ LIMIT_HELP: dict[str, str] = {
     "max_data_sources_per_producer": "data sources one producer may register",
     "max_smb_bytes_per_process": "bytes of shared memory buffers (SMBs) for one producer process",
     "max_smb_bytes_per_uid": "bytes of shared memory buffers (SMBs) for one user's producers",
+    "max_connections_per_process": "connections one process may hold (both ports)",
+    "max_connections_per_uid": "connections one user's processes may hold (both ports)",
 }
 
 
