@@ -9,14 +9,24 @@ messages mutated from valid ones, then exits (the soak starts another):
   mutated ProducerToService envelopes (commits naming random pages, chunks,
   buffers and patches; WriterStats of 2^64-1; ids, names, triggers), random
   bytes, extra and empty frames, now and then a frame over the size cap.
-- `consumer`: the same on the consumer port with ConsumerToService envelopes,
+- `sockets`: ENDPOINT is the runtime directory: COUNT times, a raw AF_UNIX
+  connection to one of its socket files (the ZeroMQ ports, and whatever other
+  socket the service listens on there, such as an SMB handoff socket) that
+  sends random bytes or a ZMTP greeting cut or mutated, is held open a little
+  or closed at once, read or not.
+- `consumer`: the same as `producer` on the consumer port with ConsumerToService envelopes,
   what a same-uid hostile consumer can send. A mutation that turns into a
   session is sent at most once per process and only if it names no output
   file and at most MAX_CONSUMER_BUFFERS_KB of buffers (the soak must not write
   files where it runs nor hold the machine's memory; the service's own budget
   is tested elsewhere); its session ends with the process.
 
-Replies are drained as they come, never waited for. The module also holds the
+Replies are drained as they come, never waited for.
+
+`python -m tests.chaos_peers probe ENDPOINT PERIOD_MS 0` is the soak's probe:
+a process of its own (so that the test's own work never delays it) that asks
+the consumer port for the service state every PERIOD_MS and prints one line
+per answer, `latency SECONDS`, or `error WHAT`, until its stdin closes. The module also holds the
 text of the soak's other actors (a producer that scribbles on its own SMB, an
 SDK app) and `check_trace`, which reads a trace file with Perfetto's schema.
 """
@@ -197,7 +207,43 @@ def consumer_message_allowed(data: bytes, sessions_left: int) -> bool:
     )
 
 
-# -- the raw peer process -----------------------------------------------------------------------
+# -- the raw peer processes ----------------------------------------------------------------------
+
+# A ZMTP 3.0 greeting (NULL mechanism), what a libzmq peer sends first.
+ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31
+
+
+def run_socket_peer(directory: str, seed: int, count: int) -> int:
+    import socket
+    import stat
+    import time
+    from pathlib import Path
+
+    rnd = random.Random(seed)
+    held: list[socket.socket] = []
+    for _ in range(count):
+        paths = [p for p in Path(directory).iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
+        if not paths:
+            return 0
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(rnd.choice(paths)))
+            greeting = mutate(ZMTP_GREETING, rnd) if rnd.random() < 0.5 else ZMTP_GREETING
+            payload = rnd.choice(
+                (greeting[: rnd.randint(0, 64)], rnd.randbytes(rnd.randint(1, 512)))
+            )
+            sock.sendall(payload)
+            if rnd.random() < 0.3:
+                sock.recv(4096)
+        except OSError:
+            pass  # refused, reset or timed out: what the service may do to such a peer
+        if rnd.random() < 0.2 and len(held) < 8:
+            held.append(sock)  # kept open, silent, until the process ends
+        else:
+            sock.close()
+        time.sleep(rnd.uniform(0, 0.02))  # a pace, not a synchronization
+    return 0
 
 
 def run_raw_peer(kind: str, endpoint: str, seed: int, count: int) -> int:
@@ -325,7 +371,7 @@ for i in itertools.count():
     with tracebus.slice("chaos-work", category="chaos", args={"i": i}):
         tracebus.instant("tick", category="chaos")
     tracebus.counter("chaos_i", i)
-    if i % 20 == 0:
+    if i % 5 == 0:
         time.sleep(0.005)  # a pace, not a synchronization
 """
 
@@ -359,7 +405,8 @@ def check_trace(data: bytes, honest_pids: set[int], seed: int, size: int) -> Tra
     try:
         trace.ParseFromString(data)
     except DecodeError as e:
-        return TraceCheck(problems=[f"{len(data)} bytes do not parse as a Trace: {e}"])
+        where = first_bad_packet(data)
+        return TraceCheck(problems=[f"{len(data)} bytes do not parse as a Trace ({e}): {where}"])
     check = TraceCheck(packets=len(trace.packet))
     last: dict[tuple[int, int], int] = defaultdict(int)
     for p in trace.packet:
@@ -383,6 +430,70 @@ def check_trace(data: bytes, honest_pids: set[int], seed: int, size: int) -> Tra
     return check
 
 
+def first_bad_packet(data: bytes) -> str:
+    """Where a trace that does not parse goes wrong: the Trace framing itself, or
+    the first packet that does not parse (and whose, by its trusted trailer)."""
+    from google.protobuf.message import DecodeError
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    at, index = 0, 0
+    while at < len(data):
+        if data[at] != 0x0A:
+            return f"byte {at}: tag {data[at]:#x} where a packet (field 1) should start"
+        length, start = _read_varint(data, at + 1)
+        packet = data[start : start + length]
+        if start + length > len(data):
+            return f"packet {index} at byte {at}: length {length} past the end"
+        try:
+            pb.TracePacket.FromString(packet)
+        except DecodeError:
+            pid = packet.rfind(b"\xf8\x04")
+            owner = _read_varint(packet, pid + 2)[0] if pid >= 0 else "?"
+            return f"packet {index} at byte {at} ({length} bytes, trusted_pid {owner}) " + (
+                f"does not parse: {packet[:48].hex()}..."
+            )
+        at, index = start + length, index + 1
+    return "every packet parses on its own"
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < len(data):
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            break
+    return value, at
+
+
+def run_probe(endpoint: str, period_s: float) -> int:
+    import threading
+    import time
+
+    from actors.consumer import Consumer
+
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+    consumer = Consumer.connect(endpoint, timeout=10, name="chaos-probe")
+    print("ready", flush=True)
+    try:
+        while not closed.wait(period_s):
+            t0 = time.monotonic()
+            try:
+                consumer.query_state(timeout=5)
+                print(f"latency {time.monotonic() - t0:.6f}", flush=True)
+            except Exception as e:  # noqa: BLE001 - the test reads it
+                print(f"error {e!r}", flush=True)
+    finally:
+        consumer.close()
+    return 0
+
+
 if __name__ == "__main__":
     kind, endpoint, seed, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if kind == "sockets":
+        sys.exit(run_socket_peer(endpoint, seed, count))
+    if kind == "probe":
+        sys.exit(run_probe(endpoint, seed / 1000))
     sys.exit(run_raw_peer(kind, endpoint, seed, count))

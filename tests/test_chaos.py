@@ -1,12 +1,15 @@
 """The chaos soak: one real service under 8 writing producers that are killed,
 stopped and restarted at random, a producer scribbling on its own SMB, raw
-peers sending mutated protocol messages on both ports, and two consumers
-recording back to back (one reading at the end, one with write_into_file).
+peers sending mutated protocol messages on both ports (and raw bytes to every
+socket of the runtime directory), and two consumers
+recording back to back (one reading at the end, one with write_into_file),
+and a third consumer that is killed and stopped like the producers.
 
 What it asserts (issue 11, item 8):
 
 - the service stays up and answers query_state within QUERY_DEADLINE_S
-  throughout (a thread of the test asks every PROBE_PERIOD_S);
+  throughout (a probe process asks every PROBE_PERIOD_S: the test's own work,
+  parsing traces, never delays it);
 - every recording ends with exit code 0 and a trace that parses with Perfetto's
   schema; in it, every honest synthetic sequence has strictly increasing
   counters, its packets hold the bytes their counters imply, and every jump
@@ -41,7 +44,6 @@ from pathlib import Path
 
 import pytest
 
-from actors.consumer import Consumer
 from tests.chaos_peers import SCRIBBLER_MODULE, SDK_APP, TraceCheck, check_trace
 from tests.processes import Proc, Runtime, marked_pids, smb_memfds
 from tests.waiting import wait_for
@@ -54,6 +56,7 @@ QUERY_DEADLINE_S = 1.0
 PROBE_PERIOD_S = 0.2
 FD_SLACK = 4
 RSS_SLACK_BYTES = 20 << 20
+KILLABLE = ("synthetic", "scribbler", "sdk", "victim")
 RAW_MESSAGES = 400  # per raw peer process; the soak starts another when one exits
 SEED_BASE = 7  # the synthetic source's seed (TestConfig.seed)
 MESSAGE_SIZE = 64
@@ -74,6 +77,8 @@ FILE_CONFIG = (
     "buffers { size_kb: 2048 }\nduration_ms: 8000\n"
     "write_into_file: true\nfile_write_period_ms: 1000\n" + SOURCES
 )
+# A third consumer's, killed and stopped at random; long, so that it is.
+VICTIM_CONFIG = "buffers { size_kb: 4096 }\nduration_ms: 20000\n" + SOURCES
 WARMUP_CONFIG = "buffers { size_kb: 256 }\nduration_ms: 500\n" + SOURCES
 
 
@@ -101,7 +106,7 @@ def socket_files(directory: Path) -> set[str]:
 @dataclass
 class Actor:
     label: str
-    kind: str  # synthetic | scribbler | sdk | raw-producer | raw-consumer
+    kind: str  # synthetic | scribbler | sdk | raw-producer | raw-consumer | raw-sockets | victim
     proc: Proc
     stopped_until: float = 0.0  # SIGSTOPped until then (monotonic), 0: running
 
@@ -115,51 +120,78 @@ class Figures:
     recordings: int = 0
     checks: list[TraceCheck] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)  # the service's, sampled by the driver
     failures: list[str] = field(default_factory=list)
 
 
 class Soak:
     """The soak's processes and the threads that drive, record and probe them."""
 
-    def __init__(self, rt: Runtime, seed: int) -> None:
+    def __init__(self, rt: Runtime, seed: int, service_pid: int) -> None:
         self.rt = rt
+        self.service_pid = service_pid
         self.rnd = random.Random(seed)
         self.seed = seed
         self.actors: list[Actor] = []
         self.honest_pids: set[int] = set()
+        self.labels: dict[int, str] = {}  # pid -> label, for the failures' messages
         self.figures = Figures()
         self.stop = threading.Event()
         self.lock = threading.Lock()  # honest_pids and figures, shared with the threads
         rt.write_module("chaos_scribbler", SCRIBBLER_MODULE)
         self.sdk_app = rt.write_file("chaos_app.py", SDK_APP)
+        self.victim_config = rt.write_file("victim.pbtxt", VICTIM_CONFIG)
 
     # -- starting actors --
 
     def start(self, label: str, kind: str) -> Actor:
-        rt = self.rt
-        if kind == "synthetic":
-            proc = rt.start_producer(label, wait=False)
-            with self.lock:
-                self.honest_pids.add(proc.pid)
-        elif kind == "scribbler":
-            proc = rt.start_producer(label, "--module", "chaos_scribbler", wait=False)
-        elif kind == "sdk":
-            env = {
-                "TRACEBUS_PRODUCER_SOCK": rt.producer_endpoint,
-                "TRACEBUS_STARTUP_WAIT_S": "0",
-                "TRACEBUS_PRODUCER_NAME": label,
-            }
-            proc = rt.spawn(label, [str(self.sdk_app)], env)
-        else:
-            side = kind.removeprefix("raw-")
-            endpoint = rt.producer_endpoint if side == "producer" else rt.consumer_endpoint
-            peer_seed = str(self.rnd.getrandbits(32))
-            argv = ["-m", "tests.chaos_peers", side, endpoint, peer_seed, str(RAW_MESSAGES)]
-            proc = rt.spawn(label, argv)
-            self.figures.raw_peers += 1
+        starters = {
+            "synthetic": self._synthetic,
+            "scribbler": self._scribbler,
+            "sdk": self._sdk_app,
+            "raw-producer": self._raw_peer,
+            "raw-consumer": self._raw_peer,
+            "raw-sockets": self._raw_peer,
+            "victim": self._victim,
+        }
+        proc = starters[kind](label, kind)
         actor = Actor(label, kind, proc)
+        self.labels[proc.pid] = label
         self.actors.append(actor)
         return actor
+
+    def _synthetic(self, label: str, kind: str) -> Proc:
+        proc = self.rt.start_producer(label, wait=False)
+        with self.lock:
+            self.honest_pids.add(proc.pid)
+        return proc
+
+    def _scribbler(self, label: str, kind: str) -> Proc:
+        return self.rt.start_producer(label, "--module", "chaos_scribbler", wait=False)
+
+    def _sdk_app(self, label: str, kind: str) -> Proc:
+        env = {
+            "TRACEBUS_PRODUCER_SOCK": self.rt.producer_endpoint,
+            "TRACEBUS_STARTUP_WAIT_S": "0",
+            "TRACEBUS_PRODUCER_NAME": label,
+        }
+        return self.rt.spawn(label, [str(self.sdk_app)], env)
+
+    def _raw_peer(self, label: str, kind: str) -> Proc:
+        side = kind.removeprefix("raw-")
+        endpoints = {"producer": self.rt.producer_endpoint, "consumer": self.rt.consumer_endpoint}
+        endpoint = endpoints.get(side, str(self.rt.dir))
+        peer_seed = str(self.rnd.getrandbits(32))
+        self.figures.raw_peers += 1
+        argv = ["-m", "tests.chaos_peers", side, endpoint, peer_seed, str(RAW_MESSAGES)]
+        return self.rt.spawn(label, argv)
+
+    def _victim(self, label: str, kind: str) -> Proc:
+        """A record CLI that the driver kills and stops like a producer: its session
+        must be freed whatever happens to it; what it records is not checked."""
+        argv = ["-m", "actors.consumer", "-c", str(self.victim_config), "--txt"]
+        argv += ["-o", str(self.rt.dir / f"{label}.pftrace")]
+        return self.rt.spawn(label, [*argv, "--consumer-endpoint", self.rt.consumer_endpoint])
 
     def start_all(self) -> None:
         for i in range(SYNTHETIC_PRODUCERS):
@@ -169,6 +201,8 @@ class Soak:
         self.start("chaos-scribbler", "scribbler")
         self.start("raw-producer", "raw-producer")
         self.start("raw-consumer", "raw-consumer")
+        self.start("raw-sockets", "raw-sockets")
+        self.start("victim", "victim")
 
     # -- the chaos driver --
 
@@ -177,6 +211,7 @@ class Soak:
         resume stopped ones when their time is up; restart raw peers that ended."""
         try:
             while not self.stop.wait(self.rnd.uniform(0.3, 1.5)):
+                self.figures.rss.append(rss_bytes(self.service_pid))
                 self._resume_due()
                 self._replace_ended()
                 self._strike()
@@ -186,7 +221,7 @@ class Soak:
 
     def _strike(self) -> None:
         running = [a for a in self.actors if a.proc.poll() is None]
-        writers = [a for a in running if a.kind in ("synthetic", "scribbler", "sdk")]
+        writers = [a for a in running if a.kind in KILLABLE]
         roll = self.rnd.random()
         if roll < 0.35 and writers:
             self._restart(self.rnd.choice(writers), signal.SIGKILL)
@@ -219,14 +254,15 @@ class Soak:
                 actor.stopped_until = 0.0
 
     def _replace_ended(self) -> None:
-        """A raw peer ends after its messages: start another. A writer that ended on
-        its own (no one killed it) is a failure of the soak."""
+        """A raw peer ends after its messages, a victim consumer with its session:
+        start another. A writer that ended on its own (no one killed it) is a
+        failure of the soak; the scribbler may fall to its own scribbles."""
         for actor in [a for a in self.actors if a.proc.poll() is not None]:
             code = actor.proc.returncode
             if actor.kind.startswith("raw-"):
                 if code != 0:
                     self.figures.failures.append(f"{actor.label} exited with {code}")
-            elif actor.kind != "scribbler":
+            elif actor.kind not in ("scribbler", "victim"):
                 self.figures.failures.append(f"{actor.label} ended on its own ({code})")
             self.actors.remove(actor)
             self.start(actor.label, actor.kind)
@@ -265,22 +301,29 @@ class Soak:
         out.unlink()
         self.figures.checks.append(check)
         self.figures.failures += [f"{name}: {p}" for p in check.problems[:5]]
+        if check.problems:
+            self.figures.failures.append(f"(the pids of the soak: {self.labels})")
 
     # -- the probe --
 
-    def probe(self) -> None:
-        """Ask the service for its state every PROBE_PERIOD_S; keep each latency."""
-        consumer = Consumer.connect(self.rt.consumer_endpoint, timeout=5, name="chaos-probe")
-        try:
-            while not self.stop.wait(PROBE_PERIOD_S):
-                t0 = time.monotonic()
-                try:
-                    consumer.query_state(timeout=5)
-                except Exception as e:  # noqa: BLE001 - reported by the test
-                    self.figures.failures.append(f"query_state failed: {e!r}")
-                self.figures.latencies.append(time.monotonic() - t0)
-        finally:
-            consumer.close()
+    def start_probe(self) -> Proc:
+        """The probe process (tests.chaos_peers probe), once it is connected."""
+        period_ms = str(int(PROBE_PERIOD_S * 1000))
+        argv = ["-m", "tests.chaos_peers", "probe", self.rt.consumer_endpoint, period_ms, "0"]
+        probe = self.rt.spawn("probe", argv, lines=True)
+        self.rt.wait_line(probe, "ready", timeout=30)
+        return probe
+
+    def end_probe(self, probe: Proc) -> None:
+        """Stop the probe; its latencies and errors into the figures."""
+        assert probe.stdin is not None
+        probe.stdin.close()
+        assert self.rt.finish(probe) == 0, self.rt.output(probe)
+        for line in self.rt.output(probe).splitlines():
+            if line.startswith("latency "):
+                self.figures.latencies.append(float(line.split()[1]))
+            elif line.startswith("error "):
+                self.figures.failures.append(f"query_state failed: {line[6:]}")
 
 
 # -- the soak --------------------------------------------------------------------------------------
@@ -301,10 +344,8 @@ def run_soak(rt: Runtime, duration: float) -> None:
     print(f"chaos soak: seed {seed}, {duration:g} s")
     service = rt.start_service()
     warm_up(rt)
-    soak = Soak(rt, seed)
-    prober = threading.Thread(target=soak.probe, name="probe")
-    prober.start()
-    wait_for(lambda: soak.figures.latencies, 15, "the first probe")
+    soak = Soak(rt, seed, service.pid)
+    probe = soak.start_probe()
     fds0, rss0, sockets0 = fd_count(service.pid), rss_bytes(service.pid), socket_files(rt.dir)
 
     soak.start_all()
@@ -321,12 +362,14 @@ def run_soak(rt: Runtime, duration: float) -> None:
         soak.stop.set()
         threads[0].join(30)
         soak.end_actors()
-        for t in [*threads, prober]:
+        for t in threads:
             t.join(120)
+        soak.end_probe(probe)
     rt.assert_running(service, "the service")
+    settle(rt, service.pid, fds0)
     report(soak.figures, fds0, rss0, service.pid)
     assert_soak(soak.figures)
-    assert_nothing_left(rt, service.pid, fds0, rss0, sockets0)
+    assert_nothing_left(rt, service.pid, rss0, sockets0)
 
 
 def report(figures: Figures, fds0: int, rss0: int, pid: int) -> None:
@@ -340,7 +383,8 @@ def report(figures: Figures, fds0: int, rss0: int, pid: int) -> None:
         f"{sum(c.gaps for c in checks)} gaps, {sum(c.flagged_losses for c in checks)} "
         f"packets flagged; query_state: {len(figures.latencies)} probes, worst "
         f"{', '.join(f'{x * 1000:.0f}' for x in worst)} ms; service fds {fds0} -> "
-        f"{fd_count(pid)}, RSS {rss0 >> 20} -> {rss_bytes(pid) >> 20} MiB"
+        f"{fd_count(pid)}, RSS {rss0 >> 20} -> {rss_bytes(pid) >> 20} MiB (during the soak "
+        f"{min(figures.rss, default=0) >> 20}-{max(figures.rss, default=0) >> 20} MiB)"
     )
 
 
@@ -352,7 +396,10 @@ def assert_soak(figures: Figures) -> None:
     assert sum(c.synthetic for c in figures.checks) > 0, "no honest packet in any trace"
 
 
-def assert_nothing_left(rt: Runtime, pid: int, fds0: int, rss0: int, sockets0: set[str]) -> None:
+def settle(rt: Runtime, pid: int, fds0: int) -> None:
+    """Wait for the service to let go of the soak's peers: no producer, no session,
+    no SMB, its fds back within FD_SLACK of fds0."""
+
     def settled() -> bool:
         state = rt.control.query_state(timeout=5)
         return not state.producers and not state.sessions
@@ -360,6 +407,9 @@ def assert_nothing_left(rt: Runtime, pid: int, fds0: int, rss0: int, sockets0: s
     wait_for(settled, 20, "the service to list no producer and no session")
     wait_for(lambda: not smb_memfds(pid), 10, "the service to release every SMB")
     wait_for(lambda: fd_count(pid) <= fds0 + FD_SLACK, 10, f"service fds back near {fds0}")
+
+
+def assert_nothing_left(rt: Runtime, pid: int, rss0: int, sockets0: set[str]) -> None:
     rss = rss_bytes(pid)
     assert rss <= rss0 + RSS_SLACK_BYTES, f"service RSS {rss >> 20} MiB, {rss0 >> 20} before"
     assert marked_pids(str(rt.dir)) == [pid], "a process of the soak is still running"
