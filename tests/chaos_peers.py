@@ -34,9 +34,11 @@ SDK app) and `check_trace`, which reads a trace file with Perfetto's schema.
 from __future__ import annotations
 
 import random
+import stat
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MAX_CONSUMER_BUFFERS_KB = 64 * 1024
 U64_MAX = (1 << 64) - 1
@@ -213,16 +215,21 @@ def consumer_message_allowed(data: bytes, sessions_left: int) -> bool:
 ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f\x03\x00NULL" + b"\x00" * 16 + b"\x00" + b"\x00" * 31
 
 
+def is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False  # a trace file renamed meanwhile
+
+
 def run_socket_peer(directory: str, seed: int, count: int) -> int:
     import socket
-    import stat
     import time
-    from pathlib import Path
 
     rnd = random.Random(seed)
     held: list[socket.socket] = []
     for _ in range(count):
-        paths = [p for p in Path(directory).iterdir() if stat.S_ISSOCK(p.lstat().st_mode)]
+        paths = [p for p in Path(directory).iterdir() if is_socket(p)]
         if not paths:
             return 0
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

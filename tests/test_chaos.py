@@ -36,7 +36,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos_peers import SCRIBBLER_MODULE, SDK_APP, TraceCheck, check_trace
+from tests.chaos_peers import SCRIBBLER_MODULE, SDK_APP, TraceCheck, check_trace, is_socket
 from tests.processes import Proc, Runtime, marked_pids, smb_memfds
 from tests.waiting import wait_for
 
@@ -97,7 +96,7 @@ def rss_bytes(pid: int) -> int:
 
 
 def socket_files(directory: Path) -> set[str]:
-    return {p.name for p in directory.rglob("*") if stat.S_ISSOCK(p.lstat().st_mode)}
+    return {p.name for p in directory.rglob("*") if is_socket(p)}
 
 
 # -- the actors ------------------------------------------------------------------------------------
