@@ -14,6 +14,8 @@ What it asserts (issue 11, item 8):
   schema; in it, every honest synthetic sequence has strictly increasing
   counters, its packets hold the bytes their counters imply, and every jump
   (a loss) lands on a packet flagged previous_packet_dropped;
+- a consumer connection left idle all along (the harness's control) still
+  answers at the end;
 - nothing leaks: once every peer is gone, the service's fd count is back within
   FD_SLACK of its value before the soak and its RSS within RSS_SLACK_BYTES; it
   holds no SMB; no process of the soak, /dev/shm entry or socket file of the
@@ -43,6 +45,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.consumer import Consumer
+from actors.core.consumer_core import ConsumerError
 from tests.chaos_peers import SCRIBBLER_MODULE, SDK_APP, TraceCheck, check_trace, is_socket
 from tests.processes import Proc, Runtime, marked_pids, smb_memfds
 from tests.waiting import wait_for
@@ -124,7 +128,7 @@ class Figures:
 
 
 class Soak:
-    """The soak's processes and the threads that drive, record and probe them."""
+    """The soak's processes, the threads that drive them and record, and the probe."""
 
     def __init__(self, rt: Runtime, seed: int, service_pid: int) -> None:
         self.rt = rt
@@ -367,6 +371,7 @@ def run_soak(rt: Runtime, duration: float) -> None:
     rt.assert_running(service, "the service")
     settle(rt, service.pid, fds0)
     report(soak.figures, fds0, rss0, service.pid)
+    assert_idle_consumer_kept(rt)
     assert_soak(soak.figures)
     assert_nothing_left(rt, service.pid, rss0, sockets0)
 
@@ -395,15 +400,33 @@ def assert_soak(figures: Figures) -> None:
     assert sum(c.synthetic for c in figures.checks) > 0, "no honest packet in any trace"
 
 
+def assert_idle_consumer_kept(rt: Runtime) -> None:
+    """The connection start_service opened, idle all along, still answers."""
+    try:
+        rt.control.query_state(timeout=5)
+    except ConsumerError as e:
+        raise AssertionError(
+            f"the idle control consumer lost its connection: {e}\n" + service_log_excerpt(rt)
+        ) from None
+
+
+def service_log_excerpt(rt: Runtime, lines: int = 60) -> str:
+    """The service's log without its one line per dropped frame (a raw peer's)."""
+    text = (rt.dir / "service.log").read_text(errors="replace").splitlines()
+    kept = [line for line in text if "dropped a frame" not in line]
+    return "\n".join(kept[-lines:])
+
+
 def settle(rt: Runtime, pid: int, fds0: int) -> None:
     """Wait for the service to let go of the soak's peers: no producer, no session,
     no SMB, its fds back within FD_SLACK of fds0."""
 
-    def settled() -> bool:
-        state = rt.control.query_state(timeout=5)
+    def settled(consumer: Consumer) -> bool:
+        state = consumer.query_state(timeout=5)
         return not state.producers and not state.sessions
 
-    wait_for(settled, 20, "the service to list no producer and no session")
+    with Consumer.connect(rt.consumer_endpoint, timeout=5, name="chaos-settle") as consumer:
+        wait_for(lambda: settled(consumer), 20, "the service to list no producer and no session")
     wait_for(lambda: not smb_memfds(pid), 10, "the service to release every SMB")
     wait_for(lambda: fd_count(pid) <= fds0 + FD_SLACK, 10, f"service fds back near {fds0}")
 
