@@ -26,7 +26,8 @@ Replies are drained as they come, never waited for.
 `python -m tests.chaos_peers probe ENDPOINT PERIOD_MS 0` is the soak's probe:
 a process of its own (so that the test's own work never delays it) that asks
 the consumer port for the service state every PERIOD_MS and prints one line
-per answer, `latency SECONDS`, or `error WHAT`, until its stdin closes. The module also holds the
+per answer, `latency SECONDS AT` (AT: seconds since it connected), or `error
+WHAT`, until its stdin closes. The module also holds the
 text of the soak's other actors (a producer that scribbles on its own SMB, an
 SDK app) and `check_trace`, which reads a trace file with Perfetto's schema.
 """
@@ -484,12 +485,13 @@ def run_probe(endpoint: str, period_s: float) -> int:
     threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
     consumer = Consumer.connect(endpoint, timeout=10, name="chaos-probe")
     print("ready", flush=True)
+    start = time.monotonic()
     try:
         while not closed.wait(period_s):
             t0 = time.monotonic()
             try:
                 consumer.query_state(timeout=5)
-                print(f"latency {time.monotonic() - t0:.6f}", flush=True)
+                print(f"latency {time.monotonic() - t0:.6f} {t0 - start:.1f}", flush=True)
             except Exception as e:  # noqa: BLE001 - the test reads it
                 print(f"error {e!r}", flush=True)
     finally:
