@@ -31,6 +31,7 @@ once.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import os
 import signal
@@ -87,6 +88,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 # that outruns its consumer (5 ms here halved read-back speed: 29 -> 52 MB/s at 1 ms).
 RETRY_NS = 1_000_000
 PR_SET_DUMPABLE = 4  # linux/prctl.h
+LIBC = ctypes.CDLL(None, use_errno=True)
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq looks for a ZAP handler (RFC 27)
 MONITOR_HWM = 100_000  # connection events queued (a flood of connects; about 10 MB)
@@ -130,10 +132,7 @@ def make_non_dumpable() -> None:
     """prctl(PR_SET_DUMPABLE, 0): /proc/<our pid>/fd, mem and maps become closed to
     other processes of our user (without CAP_SYS_PTRACE), so nobody opens an SMB
     through them; no core dump either (it would hold every producer's data)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    if LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
 
 
@@ -239,6 +238,7 @@ class ServiceShell:
         self.retry_timer: Timer | None = None
         self.read_timer: Timer | None = None
         self.dropped_frames = 0
+        self.sessions_held = 0  # sessions after the last message (see _trim_after_free)
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
         for side, monitor in self.monitors.items():
@@ -318,7 +318,8 @@ class ServiceShell:
                 outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
         except framing.FramingError as e:
             self.dropped_frames += 1
-            log(f"dropped a frame from pid {pid}: {e}")
+            if worth_logging(self.dropped_frames):
+                log(f"dropped a frame from pid {pid}: {e} ({self.dropped_frames} so far)")
             return
         self._send_all(outputs)
 
@@ -573,6 +574,16 @@ class ServiceShell:
         self._arm_retry()
         self._arm_timer()
         self._schedule_reads()
+        self._trim_after_free()
+
+    def _trim_after_free(self) -> None:
+        """Once a session is freed, hand its freed heap back to the system: glibc
+        keeps it otherwise (its mmap threshold grows with large frees), and a
+        long-lived service would hold every past session's peak."""
+        sessions = len(self.core.sessions)
+        if sessions < self.sessions_held:
+            malloc_trim()
+        self.sessions_held = sessions
 
     def _arm_retry(self) -> None:
         if self.retry_timer is None and any(self.queues.values()):
@@ -681,6 +692,19 @@ class ServiceShell:
             if path is not None:
                 path.unlink(missing_ok=True)
         self.handoff.path.unlink(missing_ok=True)
+
+
+def worth_logging(count: int) -> bool:
+    """The first few of a repeated event, then the 2^k-th: a peer sending garbage
+    without end costs the log a line per doubling, not a line per frame."""
+    return count <= 16 or count & (count - 1) == 0
+
+
+def malloc_trim() -> None:
+    try:
+        LIBC.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
 
 
 def source_fd(frame: zmq.Frame) -> int:

@@ -16,9 +16,9 @@ come out framed, never as protobuf objects: as ReadBuffersResponse slice
 records for a consumer (SLICES), as Trace file bytes for a write_into_file
 drain (TRACE_FILE).
 
-Producer packets are validated (shm.packet_check: a top level that is not
-well-formed protobuf, or a field only the service may write, drops the packet
-and counts it as invalid_packets; the C twin runs here) and stamped: a kept
+Producer packets are validated (shm.packet_check: a packet the official parser
+would not read, at any depth it reads, or a field only the service may write,
+drops the packet and counts it as invalid_packets; the C twin runs here) and stamped: a kept
 packet gets a trailer appended after the producer's bytes; protobuf keeps the
 last value of a field, so a producer cannot forge what the trailer says::
 
