@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -238,6 +239,7 @@ class ServiceShell:
         self.retry_timer: Timer | None = None
         self.read_timer: Timer | None = None
         self.dropped_frames = 0
+        self.messages_failed = 0  # messages whose handling raised (logged: a bug)
         self.sessions_held = 0  # sessions after the last message (see _trim_after_free)
         self.loop.add_socket(self.producer_sock, lambda: self._drain(self.producer_sock, "p"))
         self.loop.add_socket(self.consumer_sock, lambda: self._drain(self.consumer_sock, "c"))
@@ -320,6 +322,11 @@ class ServiceShell:
             self.dropped_frames += 1
             if worth_logging(self.dropped_frames):
                 log(f"dropped a frame from pid {pid}: {e} ({self.dropped_frames} so far)")
+            return
+        except Exception:  # noqa: BLE001 - a bug one message meets must not end the service
+            self.messages_failed += 1
+            if worth_logging(self.messages_failed):
+                log(f"a message from pid {pid} failed (a bug):\n{traceback.format_exc()}")
             return
         self._send_all(outputs)
 

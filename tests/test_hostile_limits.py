@@ -224,3 +224,23 @@ def test_producers_per_uid_are_limited(rt: Runtime) -> None:
     assert line == "connections 3 refused 2 max_producers_per_uid", line
     assert rt.control.query_state(timeout=5).refusals["max_producers_per_uid"] == 2
     rt.assert_running(rt.service, "the service")
+
+
+def test_a_config_with_a_name_that_is_not_utf8_is_refused_and_the_service_lives(
+    rt: Runtime,
+) -> None:
+    """Perfetto's schema is proto2: its parser gives a string that is not UTF-8 as
+    bytes. A config naming a data source so once ended the service (the chaos soak
+    found it); it is refused with the field named."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
+    from actors.core.consumer_core import ConsumerError
+
+    rt.start_service()
+    config = pb.TraceConfig()
+    config.buffers.add(size_kb=64)
+    config.data_sources.add().config.name = "ab"
+    hostile = pb.TraceConfig.FromString(config.SerializeToString().replace(b"ab", b"a\x80"))
+    with pytest.raises(ConsumerError, match="data_sources.config.name is not valid UTF-8"):
+        rt.consumer().enable(hostile)
+    assert rt.consumer().query_state().refusals is not None  # still answers

@@ -4,6 +4,7 @@ rule for the record CLI, consumer scripts and topology files alike."""
 from __future__ import annotations
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".textproto", ".cfg")  # a textproto; else binary
@@ -48,3 +49,21 @@ def looks_like_textproto(data: bytes) -> bool:
     if not text.strip() or not all(c.isprintable() or c.isspace() for c in text):
         return False
     return textproto_error(text) is None
+
+
+def first_non_text_string(message: Message, path: str = "") -> str | None:
+    """The first string field of `message` (at any depth) that is not valid UTF-8,
+    by its path, or None. Perfetto's schema is proto2, whose parser hands such a
+    string over as bytes: the service refuses the config rather than meet bytes
+    where it compares and reports names."""
+    for field, value in message.ListFields():
+        name = f"{path}.{field.name}" if path else field.name
+        values = value if field.is_repeated else [value]
+        for item in values:
+            if field.type == field.TYPE_STRING and not isinstance(item, str):
+                return name
+            if field.type == field.TYPE_MESSAGE:
+                found = first_non_text_string(item, name)
+                if found is not None:
+                    return found
+    return None

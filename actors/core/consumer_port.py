@@ -19,6 +19,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import readback, reports
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
+from actors.core.configs import first_non_text_string
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
@@ -86,6 +87,9 @@ class ConsumerPort:
             config.ParseFromString(req.trace_config)
         except Exception as e:  # noqa: BLE001 - a consumer's bad bytes must not end the service
             return f"the TraceConfig does not parse: {e}"
+        field = first_non_text_string(config)
+        if field is not None:
+            return f"the TraceConfig's {field} is not valid UTF-8"
         if self._ctx.session_of(peer.identity) is not None:
             return "this consumer already has a tracing session"
         sessions = list(self._ctx.sessions.values())
