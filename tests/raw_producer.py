@@ -102,8 +102,9 @@ def stubborn(ctx: zmq.Context, endpoint: str, name: str) -> Connection:
     return conn
 
 
-def many(ctx: zmq.Context, endpoint: str, n: int) -> str:
+def many(ctx: zmq.Context, endpoint: str, n: int, keep: list[Connection]) -> str:
     conn = connect(ctx, endpoint, "hog")
+    keep.append(conn)  # connected until the end: the service ends a producer with its connection
     refused = 0
     for first in range(0, n, 500):  # in batches: the replies must be read as they come
         batch = range(first, min(n, first + 500))
@@ -117,8 +118,9 @@ def many(ctx: zmq.Context, endpoint: str, n: int) -> str:
     return f"registered {n - refused} refused {refused}"
 
 
-def badnames(ctx: zmq.Context, endpoint: str) -> str:
+def badnames(ctx: zmq.Context, endpoint: str, keep: list[Connection]) -> str:
     conn = connect(ctx, endpoint, "evil\x1b[31m\n" + "x" * 1000)
+    keep.append(conn)
     refused = 0
     for name in ("bad\nname", "", "x" * 257):
         refused += bool(conn.register(ipc.DataSourceDescriptor(name=name)))
@@ -228,9 +230,9 @@ def main(argv: list[str]) -> None:
             assert conn is not None, "register first"
             line = flood(conn, buffer_id, int(arg))
         elif kind == "many":
-            line = many(ctx, endpoint, int(arg))
+            line = many(ctx, endpoint, int(arg), keep)
         elif kind == "badnames":
-            line = badnames(ctx, endpoint)
+            line = badnames(ctx, endpoint, keep)
         elif kind == "twosmbs":
             keep = twosmbs(ctx, endpoint)
             print("registered", flush=True)

@@ -10,6 +10,7 @@ import pwd
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -187,7 +188,11 @@ def test_a_producer_of_another_user_is_refused(rt: Runtime) -> None:
     except KeyError:
         pytest.skip("no user 'nobody' on this machine")
     rt.start_service()
-    # The producer socket is open to all; its directory must be reachable.
+    # Without --allow-other-users the producer socket is 0600: nobody else reaches
+    # it. Opened by hand here (a careless chmod), the service still refuses them.
+    socket_path = Path(rt.dir) / "p"
+    assert socket_path.stat().st_mode & 0o777 == 0o600
+    os.chmod(socket_path, 0o666)
     os.chmod(rt.dir, 0o711)
     other = raw_peer(rt, "other-user", "--as-user", "nobody")
     ask(rt, other, "connect -")
