@@ -33,6 +33,7 @@ socket (the rest is back-pressure on the service's side).
 
 from __future__ import annotations
 
+import builtins
 import errno
 import logging
 import os
@@ -164,7 +165,24 @@ def read_config_bytes(stream: BinaryIO, source: str) -> bytes:
 # -- the trace file ----------------------------------------------------------------------------
 
 
-class TraceFile:
+class FramedPackets:
+    """Packets written as a Trace's framed `packet` fields, counted as they go."""
+
+    _file: BinaryIO
+    packets: int
+    bytes: int  # shadows the builtin in this class body (hence builtins.bytes below)
+
+    def write_all(self, packets: Iterable[builtins.bytes]) -> None:
+        frames = [frame_packet(p) for p in packets]
+        self._file.write(b"".join(frames))
+        self.packets += len(frames)
+        self.bytes += sum(map(len, frames))
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+class TraceFile(FramedPackets):
     """A Perfetto trace file written through a temp file in the same directory.
 
     Packets stream into the temp file as they arrive; commit() renames it into
@@ -190,15 +208,6 @@ class TraceFile:
         self.bytes = 0
         self.committed = False
         self.kept = False  # commit found no regular file to replace: the temp file stays
-
-    def write_all(self, packets: Iterable[bytes]) -> None:
-        frames = [frame_packet(p) for p in packets]
-        self._file.write(b"".join(frames))
-        self.packets += len(frames)
-        self.bytes += sum(map(len, frames))
-
-    def flush(self) -> None:
-        self._file.flush()
 
     def commit(self) -> Path:
         self._file.flush()
@@ -227,7 +236,7 @@ class TraceFile:
         self.discard()
 
 
-class StdoutTrace:
+class StdoutTrace(FramedPackets):
     """TraceFile's interface over standard output (`-o -`): packets go out as they
     arrive; commit() flushes. What was written cannot be taken back: discard()
     only flushes too (a failed read still leaves whole packets, a valid trace)."""
@@ -238,15 +247,6 @@ class StdoutTrace:
         self.packets = 0
         self.bytes = 0
         self.committed = False
-
-    def write_all(self, packets: Iterable[bytes]) -> None:
-        frames = [frame_packet(p) for p in packets]
-        self._file.write(b"".join(frames))
-        self.packets += len(frames)
-        self.bytes += sum(map(len, frames))
-
-    def flush(self) -> None:
-        self._file.flush()
 
     def commit(self) -> Path:
         self.discard()

@@ -35,8 +35,14 @@ def runtime_dir() -> Path:
     """The per-user runtime directory, created 0700 if missing."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     path = Path(xdg) / "tracebus" if xdg else Path(f"/tmp/tracebus-{os.getuid()}")
+    return own_dir(path, 0o700)
+
+
+def own_dir(path: Path, mode: int) -> Path:
+    """`path` as a directory of ours with exactly `mode`, created if missing; one that
+    is not ours or not a directory (a symlink planted in /tmp) is refused."""
     try:
-        path.mkdir(mode=0o700)
+        path.mkdir(mode=mode)
     except FileExistsError:
         pass
     info = path.lstat()
@@ -44,8 +50,8 @@ def runtime_dir() -> Path:
         raise RuntimeError(f"{path} exists and is not a directory")
     if info.st_uid != os.getuid():
         raise RuntimeError(f"{path} belongs to uid {info.st_uid}, not to us")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)  # ours, but too open (e.g. created under a loose umask)
+    if info.st_mode & 0o777 != mode:
+        os.chmod(path, mode)  # ours, but created under another umask
     return path
 
 
@@ -59,19 +65,8 @@ def shared_producer_dir() -> Path:
 
 def make_shared_dir(path: Path) -> Path:
     """Create `path` 0755 (others traverse it, only we write in it); refuse one that
-    is not ours, not a directory (a symlink planted in /tmp) or writable by others."""
-    try:
-        path.mkdir(mode=0o755)
-    except FileExistsError:
-        pass
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise RuntimeError(f"{path} exists and is not a directory")
-    if info.st_uid != os.getuid():
-        raise RuntimeError(f"{path} belongs to uid {info.st_uid}, not to us")
-    if info.st_mode & 0o777 != 0o755:
-        os.chmod(path, 0o755)  # ours: traversable by all, writable by us alone
-    return path
+    is not ours or not a directory."""
+    return own_dir(path, 0o755)
 
 
 def default_producer_endpoint(shared: bool = False) -> str:
