@@ -17,6 +17,7 @@ class SlicedCore:
         self.left = slices
         self.events = events
         self.budgets: list[SliceBudget] = []
+        self.sessions: dict = {}  # the shell counts them (it trims the heap after a free)
 
     def pending_work(self, may_send=lambda _consumer: True) -> bool:
         return self.left > 0

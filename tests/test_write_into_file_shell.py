@@ -89,6 +89,7 @@ class FailureRecorder:
 
     def __init__(self) -> None:
         self.failed: list[tuple[int, str]] = []
+        self.sessions: dict = {}  # the shell counts them (it trims the heap after a free)
 
     def file_failed(self, file_id: int, error: str, now: int) -> list:
         self.failed.append((file_id, error))
