@@ -64,7 +64,9 @@ def scribble(seed):
         time.sleep(0.002)  # pacing only: some chunks must make it through
 
 def write(k):
-    for i in range(15000):
+    i = 0
+    while i < 15000 or scribbles < 1000:  # however fast the writers, enough scribbles
+        i += 1
         with tracebus.slice("work", args={"k": k, "i": i, "text": "x" * (i % 300)}):
             tracebus.counter("depth", i)
         if i % 500 == 0:
