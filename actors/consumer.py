@@ -56,6 +56,8 @@ from actors.core.configs import (
     parse_textproto,
 )
 from actors.core.consumer_core import (
+    AttachResult,
+    CloneResult,
     Completed,
     ConfigError,
     ConsumerCore,
@@ -90,6 +92,7 @@ CONNECT_TIMEOUT_ENV = "TRACEBUS_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 10.0  # replies the service gives at once (ack, stats, state)
 DISABLE_TIMEOUT = 15.0  # the service waits up to data_source_stop_timeout_ms (5 s by default)
+CLONE_TIMEOUT = 30.0  # the service flushes the source first (flush_timeout_ms, 5 s by default)
 READ_IDLE_TIMEOUT = 30.0  # longest wait for the next ReadBuffers reply
 CLOSE_FREE_TIMEOUT = 1.0  # close() frees a session still held, but does not hang on it
 # Replies may be ~1 MiB each: a read keeps at most MESSAGES_PER_WAKEUP of them decoded
@@ -471,6 +474,48 @@ class Consumer:
     def free(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Destroy the session and its buffers (disabling it first if needed)."""
         self._call(self._core.free_buffers(**self._t(timeout)))
+
+    # -- triggers, detach and attach, clone ------------------------------------------------------
+
+    def trigger(self, *names: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Fire named triggers: every session whose trigger_config names one acts
+        on it (start, stop, snapshot), as when a producer fires it."""
+        self._call(self._core.activate_triggers(names, **self._t(timeout)))
+
+    def detach(self, key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Leave the session running without this connection, kept under `key` (unique
+        per uid); attach(key) from any connection of the same uid takes it back.
+        With write_into_file the service goes on writing the file."""
+        self._call(self._core.detach(key, **self._t(timeout)))
+        self._ended = None
+
+    def attach(self, key: str, *, timeout: float = DEFAULT_TIMEOUT) -> AttachResult:
+        """Take back the session detached under `key`: this connection then holds it
+        (read it, disable it, wait_disabled, free it) as if it had enabled it."""
+        result: AttachResult = self._call(self._core.attach(key, **self._t(timeout)))
+        self.config = result.config
+        self._ended = None
+        self._send(self._core.await_end(now=self._loop.now()))  # the end reply comes here now
+        return result
+
+    def clone(
+        self,
+        session_id: int = 0,
+        *,
+        unique_session_name: str = "",
+        trigger: ipc.ObservableEvents.CloneTriggerHit | None = None,
+        timeout: float = CLONE_TIMEOUT,
+    ) -> CloneResult:
+        """Copy a running session of this uid (by id, or by unique_session_name) into a
+        read-only session this connection holds: read it (save()), then free() it. The
+        source is flushed first and goes on recording."""
+        request = self._core.clone_session(
+            session_id=session_id,
+            unique_session_name=unique_session_name,
+            trigger=trigger,
+            **self._t(timeout),
+        )
+        return self._call(request)
 
     # -- reading -------------------------------------------------------------------------------
 

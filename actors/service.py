@@ -34,6 +34,7 @@ import argparse
 import ctypes
 import functools
 import os
+import random
 import signal
 import sys
 import time
@@ -221,7 +222,7 @@ class ServiceShell:
         self.files = TraceFiles()
         self.core = ServiceCore(
             functools.partial(ServedSmb, self.handoff), clocks, os.getuid(), os.getpid(),
-            limits, open_file=self.files.open,
+            limits, open_file=self.files.open, rng=random.SystemRandom(),
         )  # fmt: skip
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.pids: dict[tuple[str, bytes], int] = {}  # each routing id's process, first seen

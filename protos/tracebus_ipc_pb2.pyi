@@ -307,12 +307,14 @@ class ServiceToProducer(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., initialize_connection: _Optional[_Union[InitializeConnectionResponse, _Mapping]] = ..., register_data_source: _Optional[_Union[RegisterDataSourceResponse, _Mapping]] = ..., setup_tracing: _Optional[_Union[SetupTracing, _Mapping]] = ..., setup_data_source: _Optional[_Union[SetupDataSource, _Mapping]] = ..., start_data_source: _Optional[_Union[StartDataSource, _Mapping]] = ..., stop_data_source: _Optional[_Union[StopDataSource, _Mapping]] = ..., flush: _Optional[_Union[FlushRequest, _Mapping]] = ..., clear_incremental_state: _Optional[_Union[ClearIncrementalState, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
 
 class EnableTracingRequest(_message.Message):
-    __slots__ = ("trace_config", "output_path")
+    __slots__ = ("trace_config", "output_path", "attach_notification_only")
     TRACE_CONFIG_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_NOTIFICATION_ONLY_FIELD_NUMBER: _ClassVar[int]
     trace_config: bytes
     output_path: str
-    def __init__(self, trace_config: _Optional[bytes] = ..., output_path: _Optional[str] = ...) -> None: ...
+    attach_notification_only: bool
+    def __init__(self, trace_config: _Optional[bytes] = ..., output_path: _Optional[str] = ..., attach_notification_only: _Optional[bool] = ...) -> None: ...
 
 class EnableTracingResponse(_message.Message):
     __slots__ = ("disabled", "error", "session_id", "unsupported_fields", "started", "stop_timed_out", "unmatched_data_sources")
@@ -467,15 +469,17 @@ class ObserveEventsRequest(_message.Message):
         TYPE_UNSPECIFIED: _ClassVar[ObserveEventsRequest.Type]
         TYPE_DATA_SOURCES_INSTANCES: _ClassVar[ObserveEventsRequest.Type]
         TYPE_ALL_DATA_SOURCES_STARTED: _ClassVar[ObserveEventsRequest.Type]
+        TYPE_CLONE_TRIGGER_HIT: _ClassVar[ObserveEventsRequest.Type]
     TYPE_UNSPECIFIED: ObserveEventsRequest.Type
     TYPE_DATA_SOURCES_INSTANCES: ObserveEventsRequest.Type
     TYPE_ALL_DATA_SOURCES_STARTED: ObserveEventsRequest.Type
+    TYPE_CLONE_TRIGGER_HIT: ObserveEventsRequest.Type
     TYPES_FIELD_NUMBER: _ClassVar[int]
     types: _containers.RepeatedScalarFieldContainer[ObserveEventsRequest.Type]
     def __init__(self, types: _Optional[_Iterable[_Union[ObserveEventsRequest.Type, str]]] = ...) -> None: ...
 
 class ObservableEvents(_message.Message):
-    __slots__ = ("instance_state_changes", "all_data_sources_started")
+    __slots__ = ("instance_state_changes", "all_data_sources_started", "clone_trigger_hit")
     class DataSourceInstanceStateChange(_message.Message):
         __slots__ = ("producer_id", "producer_name", "data_source_name", "instance_id", "state")
         class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -497,14 +501,89 @@ class ObservableEvents(_message.Message):
         instance_id: int
         state: ObservableEvents.DataSourceInstanceStateChange.State
         def __init__(self, producer_id: _Optional[int] = ..., producer_name: _Optional[str] = ..., data_source_name: _Optional[str] = ..., instance_id: _Optional[int] = ..., state: _Optional[_Union[ObservableEvents.DataSourceInstanceStateChange.State, str]] = ...) -> None: ...
+    class CloneTriggerHit(_message.Message):
+        __slots__ = ("tracing_session_id", "trigger_name", "producer_name", "producer_uid", "boot_time_ns", "trigger_delay_ms")
+        TRACING_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+        TRIGGER_NAME_FIELD_NUMBER: _ClassVar[int]
+        PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+        PRODUCER_UID_FIELD_NUMBER: _ClassVar[int]
+        BOOT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+        TRIGGER_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+        tracing_session_id: int
+        trigger_name: str
+        producer_name: str
+        producer_uid: int
+        boot_time_ns: int
+        trigger_delay_ms: int
+        def __init__(self, tracing_session_id: _Optional[int] = ..., trigger_name: _Optional[str] = ..., producer_name: _Optional[str] = ..., producer_uid: _Optional[int] = ..., boot_time_ns: _Optional[int] = ..., trigger_delay_ms: _Optional[int] = ...) -> None: ...
     INSTANCE_STATE_CHANGES_FIELD_NUMBER: _ClassVar[int]
     ALL_DATA_SOURCES_STARTED_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_HIT_FIELD_NUMBER: _ClassVar[int]
     instance_state_changes: _containers.RepeatedCompositeFieldContainer[ObservableEvents.DataSourceInstanceStateChange]
     all_data_sources_started: bool
-    def __init__(self, instance_state_changes: _Optional[_Iterable[_Union[ObservableEvents.DataSourceInstanceStateChange, _Mapping]]] = ..., all_data_sources_started: _Optional[bool] = ...) -> None: ...
+    clone_trigger_hit: ObservableEvents.CloneTriggerHit
+    def __init__(self, instance_state_changes: _Optional[_Iterable[_Union[ObservableEvents.DataSourceInstanceStateChange, _Mapping]]] = ..., all_data_sources_started: _Optional[bool] = ..., clone_trigger_hit: _Optional[_Union[ObservableEvents.CloneTriggerHit, _Mapping]] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("error", "trace_config", "session_id", "state")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    error: str
+    trace_config: bytes
+    session_id: int
+    state: str
+    def __init__(self, error: _Optional[str] = ..., trace_config: _Optional[bytes] = ..., session_id: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class CloneSessionRequest(_message.Message):
+    __slots__ = ("session_id", "unique_session_name", "clone_trigger_name", "clone_trigger_producer_name", "clone_trigger_trusted_producer_uid", "clone_trigger_boot_time_ns", "clone_trigger_delay_ms")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_PRODUCER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_TRUSTED_PRODUCER_UID_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_BOOT_TIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CLONE_TRIGGER_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    session_id: int
+    unique_session_name: str
+    clone_trigger_name: str
+    clone_trigger_producer_name: str
+    clone_trigger_trusted_producer_uid: int
+    clone_trigger_boot_time_ns: int
+    clone_trigger_delay_ms: int
+    def __init__(self, session_id: _Optional[int] = ..., unique_session_name: _Optional[str] = ..., clone_trigger_name: _Optional[str] = ..., clone_trigger_producer_name: _Optional[str] = ..., clone_trigger_trusted_producer_uid: _Optional[int] = ..., clone_trigger_boot_time_ns: _Optional[int] = ..., clone_trigger_delay_ms: _Optional[int] = ...) -> None: ...
+
+class CloneSessionResponse(_message.Message):
+    __slots__ = ("success", "error", "session_id", "uuid_msb", "uuid_lsb", "was_write_into_file")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UUID_MSB_FIELD_NUMBER: _ClassVar[int]
+    UUID_LSB_FIELD_NUMBER: _ClassVar[int]
+    WAS_WRITE_INTO_FILE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    error: str
+    session_id: int
+    uuid_msb: int
+    uuid_lsb: int
+    was_write_into_file: bool
+    def __init__(self, success: _Optional[bool] = ..., error: _Optional[str] = ..., session_id: _Optional[int] = ..., uuid_msb: _Optional[int] = ..., uuid_lsb: _Optional[int] = ..., was_write_into_file: _Optional[bool] = ...) -> None: ...
 
 class ConsumerToService(_message.Message):
-    __slots__ = ("request_id", "hello", "enable_tracing", "start_tracing", "disable_tracing", "flush", "read_buffers", "free_buffers", "get_trace_stats", "query_service_state", "observe_events", "heartbeat")
+    __slots__ = ("request_id", "hello", "enable_tracing", "start_tracing", "disable_tracing", "flush", "read_buffers", "free_buffers", "get_trace_stats", "query_service_state", "observe_events", "heartbeat", "activate_triggers", "detach", "attach", "clone_session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENABLE_TRACING_FIELD_NUMBER: _ClassVar[int]
@@ -517,6 +596,10 @@ class ConsumerToService(_message.Message):
     QUERY_SERVICE_STATE_FIELD_NUMBER: _ClassVar[int]
     OBSERVE_EVENTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_TRIGGERS_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    CLONE_SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: Hello
     enable_tracing: EnableTracingRequest
@@ -529,10 +612,14 @@ class ConsumerToService(_message.Message):
     query_service_state: QueryServiceStateRequest
     observe_events: ObserveEventsRequest
     heartbeat: Heartbeat
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingRequest, _Mapping]] = ..., start_tracing: _Optional[_Union[StartTracingRequest, _Mapping]] = ..., disable_tracing: _Optional[_Union[DisableTracingRequest, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerRequest, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersRequest, _Mapping]] = ..., free_buffers: _Optional[_Union[FreeBuffersRequest, _Mapping]] = ..., get_trace_stats: _Optional[_Union[GetTraceStatsRequest, _Mapping]] = ..., query_service_state: _Optional[_Union[QueryServiceStateRequest, _Mapping]] = ..., observe_events: _Optional[_Union[ObserveEventsRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    activate_triggers: ActivateTriggersRequest
+    detach: DetachRequest
+    attach: AttachRequest
+    clone_session: CloneSessionRequest
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingRequest, _Mapping]] = ..., start_tracing: _Optional[_Union[StartTracingRequest, _Mapping]] = ..., disable_tracing: _Optional[_Union[DisableTracingRequest, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerRequest, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersRequest, _Mapping]] = ..., free_buffers: _Optional[_Union[FreeBuffersRequest, _Mapping]] = ..., get_trace_stats: _Optional[_Union[GetTraceStatsRequest, _Mapping]] = ..., query_service_state: _Optional[_Union[QueryServiceStateRequest, _Mapping]] = ..., observe_events: _Optional[_Union[ObserveEventsRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., activate_triggers: _Optional[_Union[ActivateTriggersRequest, _Mapping]] = ..., detach: _Optional[_Union[DetachRequest, _Mapping]] = ..., attach: _Optional[_Union[AttachRequest, _Mapping]] = ..., clone_session: _Optional[_Union[CloneSessionRequest, _Mapping]] = ...) -> None: ...
 
 class ServiceToConsumer(_message.Message):
-    __slots__ = ("request_id", "hello", "enable_tracing", "flush", "read_buffers", "trace_stats", "service_state", "events", "error", "heartbeat", "ack")
+    __slots__ = ("request_id", "hello", "enable_tracing", "flush", "read_buffers", "trace_stats", "service_state", "events", "error", "heartbeat", "ack", "attach", "clone_session")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ENABLE_TRACING_FIELD_NUMBER: _ClassVar[int]
@@ -544,6 +631,8 @@ class ServiceToConsumer(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    CLONE_SESSION_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     hello: HelloReply
     enable_tracing: EnableTracingResponse
@@ -555,4 +644,6 @@ class ServiceToConsumer(_message.Message):
     error: Error
     heartbeat: Heartbeat
     ack: Ack
-    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingResponse, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerResponse, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersResponse, _Mapping]] = ..., trace_stats: _Optional[_Union[GetTraceStatsResponse, _Mapping]] = ..., service_state: _Optional[_Union[QueryServiceStateResponse, _Mapping]] = ..., events: _Optional[_Union[ObservableEvents, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+    attach: AttachResponse
+    clone_session: CloneSessionResponse
+    def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingResponse, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerResponse, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersResponse, _Mapping]] = ..., trace_stats: _Optional[_Union[GetTraceStatsResponse, _Mapping]] = ..., service_state: _Optional[_Union[QueryServiceStateResponse, _Mapping]] = ..., events: _Optional[_Union[ObservableEvents, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., attach: _Optional[_Union[AttachResponse, _Mapping]] = ..., clone_session: _Optional[_Union[CloneSessionResponse, _Mapping]] = ...) -> None: ...

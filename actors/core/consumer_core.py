@@ -88,6 +88,10 @@ class Kind(enum.Enum):
     STATS = "get_trace_stats"
     QUERY = "query_service_state"
     OBSERVE = "observe_events"
+    TRIGGER = "activate_triggers"
+    DETACH = "detach"
+    ATTACH = "attach"
+    CLONE = "clone_session"
 
 
 # The ServiceToConsumer field that answers each request (protos/__init__.py).
@@ -102,6 +106,10 @@ REPLY_FIELD = {
     Kind.STATS: "trace_stats",
     Kind.QUERY: "service_state",
     Kind.OBSERVE: "ack",
+    Kind.TRIGGER: "ack",
+    Kind.DETACH: "ack",
+    Kind.ATTACH: "attach",
+    Kind.CLONE: "clone_session",
 }
 
 # ServiceToConsumer kinds this consumer deliberately has no handler for (they reach
@@ -121,6 +129,30 @@ class EnableResult:
 
 
 @dataclass(frozen=True)
+class AttachResult:
+    """A detached session this connection now holds (attach)."""
+
+    session_id: int
+    config: pb.TraceConfig
+    state: str  # the service's session state (lifecycle.py): STARTED, DISABLED, ...
+
+    @property
+    def ended(self) -> bool:
+        return self.state == "DISABLED"
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    """The read-only copy of a session this connection now holds (clone_session):
+    read it back, then free it."""
+
+    session_id: int
+    uuid_msb: int
+    uuid_lsb: int
+    was_write_into_file: bool
+
+
+@dataclass(frozen=True)
 class ReadResult:
     packets: int
     bytes: int
@@ -131,7 +163,8 @@ class ReadResult:
 @dataclass(frozen=True)
 class Completed:
     """A request succeeded. value: HELLO features (int), ENABLE EnableResult, FLUSH bool,
-    READ ReadResult, STATS pb.TraceStats, QUERY ipc.QueryServiceStateResponse, else None."""
+    READ ReadResult, STATS pb.TraceStats, QUERY ipc.QueryServiceStateResponse, ATTACH
+    AttachResult, CLONE CloneResult, else None."""
 
     request_id: int
     kind: Kind
@@ -235,6 +268,8 @@ class ConsumerCore:
             "trace_stats": self._on_reply,
             "service_state": self._on_reply,
             "ack": self._on_reply,
+            "attach": self._on_reply,
+            "clone_session": self._on_reply,
             "events": self._on_events,
             "error": self._on_error,
             "heartbeat": self._on_heartbeat,
@@ -251,6 +286,10 @@ class ConsumerCore:
             Kind.STATS: self._on_stats,
             Kind.QUERY: self._on_query,
             Kind.OBSERVE: self._on_ack,
+            Kind.TRIGGER: self._on_ack,
+            Kind.DETACH: self._on_ack,
+            Kind.ATTACH: self._on_attach,
+            Kind.CLONE: self._on_clone,
         }
 
     # -- requests ------------------------------------------------------------------------------
@@ -304,6 +343,65 @@ class ConsumerCore:
     ) -> ipc.ConsumerToService:
         """timeout_ns bounds the ack; events keep coming with this request id afterwards."""
         return self._new(Kind.OBSERVE, {"types": list(types)}, now, timeout_ns)
+
+    def activate_triggers(
+        self, names: Sequence[str], *, now: int, timeout_ns: int | None
+    ) -> ipc.ConsumerToService:
+        """Fire named triggers (the service acks; sessions whose trigger_config
+        names one act on it)."""
+        return self._new(Kind.TRIGGER, {"trigger_names": list(names)}, now, timeout_ns)
+
+    def detach(self, key: str, *, now: int, timeout_ns: int | None) -> ipc.ConsumerToService:
+        """Leave the session running without this connection, kept under `key`; once
+        acked the connection holds no session (its end reply will not come here)."""
+        return self._new(Kind.DETACH, {"key": key}, now, timeout_ns, needs_session=True)
+
+    def attach(self, key: str, *, now: int, timeout_ns: int | None) -> ipc.ConsumerToService:
+        """Take back the session detached under `key` (same uid only)."""
+        self._no_session("attach")
+        return self._new(Kind.ATTACH, {"key": key}, now, timeout_ns)
+
+    def await_end(self, *, now: int) -> ipc.ConsumerToService:
+        """After attach: ask for the attached session's end reply (SessionEnded);
+        the service answers at once if it has ended already."""
+        fields = {"attach_notification_only": True}
+        request = self._new(Kind.ENABLE, fields, now, None, needs_session=True)
+        self._pending[request.request_id].answered = True  # only the end reply comes
+        return request
+
+    def clone_session(
+        self,
+        *,
+        session_id: int = 0,
+        unique_session_name: str = "",
+        trigger: ipc.ObservableEvents.CloneTriggerHit | None = None,
+        now: int,
+        timeout_ns: int | None,
+    ) -> ipc.ConsumerToService:
+        """Copy a running session (by id, or by its unique_session_name) into a
+        read-only session this connection then holds; `trigger` is the
+        CLONE_SNAPSHOT trigger that caused it, recorded in the copy."""
+        self._no_session("clone_session")
+        fields: dict[str, Any] = {
+            "session_id": session_id,
+            "unique_session_name": unique_session_name,
+        }
+        if trigger is not None:
+            fields.update(
+                clone_trigger_name=trigger.trigger_name,
+                clone_trigger_producer_name=trigger.producer_name,
+                clone_trigger_trusted_producer_uid=trigger.producer_uid,
+                clone_trigger_boot_time_ns=trigger.boot_time_ns,
+                clone_trigger_delay_ms=trigger.trigger_delay_ms,
+            )
+        return self._new(Kind.CLONE, fields, now, timeout_ns)
+
+    def _no_session(self, what: str) -> None:
+        if self.session is not SessionView.NONE:
+            raise UsageError(
+                f"{what}: this connection already has a session ({self.session.value}); "
+                "free_buffers first"
+            )
 
     def _new(
         self,
@@ -506,18 +604,51 @@ class ConsumerCore:
         events: list[Event] = [Completed(request_id, pending.kind, value)]
         if pending.kind is Kind.FREE:
             events += self._forget_session()
+        elif pending.kind is Kind.DETACH:
+            self._forget_session(ended=False)
         return events
 
-    def _forget_session(self) -> list[Event]:
-        """After free_buffers: the enable reply may still be pending; the session is gone."""
+    def _forget_session(self, ended: bool = True) -> list[Event]:
+        """After free_buffers (or detach: `ended` false, the session goes on without
+        this connection): the enable reply may still be pending; the session is gone."""
         events: list[Event] = []
         for request_id, pending in list(self._pending.items()):
             if pending.kind is Kind.ENABLE:
                 del self._pending[request_id]
                 self._expired.add(request_id)  # a 'disabled' reply may still arrive
-                events.append(SessionEnded(request_id, ""))
+                if ended:
+                    events.append(SessionEnded(request_id, ""))
         self.session, self.session_id = SessionView.NONE, 0
         return events
+
+    def _on_attach(
+        self, request_id: int, pending: _Pending, reply: ipc.AttachResponse, now: int
+    ) -> list[Event]:
+        if reply.error:
+            return self._fail(request_id, SessionError(f"attach: {reply.error}"))
+        try:
+            config = pb.TraceConfig.FromString(reply.trace_config)
+        except DecodeError as e:
+            return self._fail(request_id, ServiceError(f"attach: undecodable TraceConfig: {e}"))
+        del self._pending[request_id]
+        result = AttachResult(reply.session_id, config, reply.state)
+        self.session = SessionView.ENDED if result.ended else SessionView.ACTIVE
+        self.session_id, self.session_error = reply.session_id, ""
+        return [Completed(request_id, Kind.ATTACH, result)]
+
+    def _on_clone(
+        self, request_id: int, pending: _Pending, reply: ipc.CloneSessionResponse, now: int
+    ) -> list[Event]:
+        if not reply.success:
+            error = reply.error or "the service did not clone the session"
+            return self._fail(request_id, SessionError(f"clone: {error}"))
+        del self._pending[request_id]
+        # A clone is read-only: readable until freed, never started or stopped.
+        self.session, self.session_id, self.session_error = SessionView.ENDED, reply.session_id, ""
+        result = CloneResult(
+            reply.session_id, reply.uuid_msb, reply.uuid_lsb, reply.was_write_into_file
+        )
+        return [Completed(request_id, Kind.CLONE, result)]
 
     def _on_stats(
         self, request_id: int, pending: _Pending, reply: ipc.GetTraceStatsResponse, now: int

@@ -15,6 +15,7 @@ reads a clock itself.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
@@ -48,8 +49,12 @@ class ServiceContext:
         service_pid: int,
         limits: Limits,
         open_file: FileOpener = no_files,
+        rng: random.Random | None = None,
     ) -> None:
         self.smb_factory = smb_factory
+        # The shell's randomness (trace UUIDs, trigger skip_probability); a seeded
+        # Random by default, so that tests are repeatable.
+        self.rng = rng if rng is not None else random.Random(0)
         self.open_file = open_file  # the shell's, for write_into_file (file_sink.py)
         self.clocks = clocks
         self.uid = uid

@@ -21,6 +21,7 @@ service_context.py draws.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,9 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 # Message kinds the protocol defines and this service declines, with the reason.
 NOT_SUPPORTED = {
     "activate_triggers": "triggers are not supported by this service",
+    "detach": "detaching a session is not supported by this service",
+    "attach": "attaching to a session is not supported by this service",
+    "clone_session": "cloning a session is not supported by this service",
 }
 
 UNTIMED_SLICE = SliceBudget()  # a slice bounded by size alone (tests, a fake clock)
@@ -71,8 +75,11 @@ class ServiceCore:
         service_pid: int,
         limits: Limits = DEFAULT_LIMITS,
         open_file: FileOpener = no_files,
+        rng: random.Random | None = None,
     ) -> None:
-        ctx = self._ctx = ServiceContext(smb_factory, clocks, uid, service_pid, limits, open_file)
+        ctx = self._ctx = ServiceContext(
+            smb_factory, clocks, uid, service_pid, limits, open_file, rng
+        )
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
         self._files = FileWrites(ctx, self._control)

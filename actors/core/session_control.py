@@ -9,6 +9,8 @@ are in flushes.py; a session's pending flushes are failed by the caller before
 
 from __future__ import annotations
 
+import random
+
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import incremental_state, reports
@@ -37,10 +39,19 @@ from shm.abi import SharedMemoryABI, resolve_geometry
 from shm.trace_buffer import TraceBuffer
 
 NS_PER_MS = 1_000_000
+_INT64 = 1 << 63
 # ObserveEventsRequest.Type values a consumer subscribes to.
 OBSERVE_INSTANCES = ipc.ObserveEventsRequest.TYPE_DATA_SOURCES_INSTANCES
 OBSERVE_ALL_STARTED = ipc.ObserveEventsRequest.TYPE_ALL_DATA_SOURCES_STARTED
 _CHANGE = ipc.ObservableEvents.DataSourceInstanceStateChange
+
+
+def trace_uuid(config: pb.TraceConfig, rng: random.Random) -> tuple[int, int]:
+    """(msb, lsb) of a new session's trace UUID, as int64s (TraceUuid's fields):
+    the config's, if it sets one, else random."""
+    if config.trace_uuid_msb or config.trace_uuid_lsb:
+        return config.trace_uuid_msb, config.trace_uuid_lsb
+    return rng.getrandbits(64) - _INT64, rng.getrandbits(64) - _INT64
 
 
 class SessionControl:
@@ -65,6 +76,7 @@ class SessionControl:
             assert buffer_id is not None, "a session was enabled without free buffer ids"
             ctx.buffers[buffer_id] = buffer
             session.buffer_ids.append(buffer_id)
+        session.uuid_msb, session.uuid_lsb = trace_uuid(config, ctx.rng)
         apply(session, SessionEvent.ENABLE)
         ctx.sessions[session.id] = session
         for producer in ctx.producers.values():

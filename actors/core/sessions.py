@@ -117,6 +117,9 @@ class Session(HasSessionState):
         self.all_started_reported = False
         self.observer_request_id = 0  # ObserveEvents subscription, 0 = none
         self.observe_types: set[int] = set()
+        # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
+        # if set, else random (session_control.create); a clone gets a new msb.
+        self.uuid_msb = self.uuid_lsb = 0
 
     @property
     def flush_timeout_ns(self) -> int:
