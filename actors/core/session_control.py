@@ -138,6 +138,9 @@ class SessionControl:
         config.tracing_session_id = session.id
         config.stop_timeout_ms = session.config.data_source_stop_timeout_ms
         config.trace_duration_ms = session.config.duration_ms
+        # As traced: the data source may trust these (config_rules.SERVICE_SET_...).
+        config.enable_extra_guardrails = session.config.enable_extra_guardrails
+        config.ClearField("session_initiator")
         desc = producer.data_sources[ds_config.name]
         instance = Instance(
             self._ctx.instance_ids.next(),

@@ -1,6 +1,8 @@
 """Tracing sessions: what a TraceConfig asks for, checked against the limits,
 and what a session holds (its instances, flushes, sequence ids, and the
-service's packets queued for its next read; readback.py reads it back).
+service's packets queued for its next read; readback.py reads it back). The
+rules traced applies to a config, and the table of the config fields the
+service acts on, are config_rules.py's.
 """
 
 from __future__ import annotations
@@ -11,36 +13,16 @@ from typing import NamedTuple
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.config_rules import (  # noqa: F401 - the last two re-exported
+    config_error,
+    ignored_fields,
+    target_buffer_index,
+)
 from actors.core.lifecycle import HasInstanceState, HasSessionState
 from actors.core.limits import DEFAULT_LIMITS, Limits
 
-MAX_BUFFER_BYTES = (4 << 30) - 4096
 DEFAULT_FLUSH_TIMEOUT_MS = 5000
 DEFAULT_STOP_TIMEOUT_MS = 5000
-MAX_DURATION_MS = 7 * 24 * 3600 * 1000
-
-# TraceConfig fields this service acts on; any other field set in a config is
-# reported back to the consumer as unsupported (never silently ignored).
-IMPLEMENTED_FIELDS = frozenset(
-    {
-        "buffers",
-        "data_sources",
-        "duration_ms",
-        "deferred_start",
-        "flush_period_ms",
-        "flush_timeout_ms",
-        "data_source_stop_timeout_ms",
-        "incremental_state_config",
-        "unique_session_name",
-        "write_into_file",
-        "file_write_period_ms",
-        "max_file_size_bytes",
-        "output_path",
-    }
-)
-IMPLEMENTED_DATA_SOURCE_FIELDS = frozenset(
-    {"config", "producer_name_filter", "producer_name_regex_filter"}
-)
 
 
 @dataclass
@@ -161,56 +143,8 @@ def check_config(
     if len(config.buffers) > n:
         message = f"too many buffers: {len(config.buffers)} (max_buffers_per_session {n})"
         return Refusal(message, "max_buffers_per_session")
-    error = _config_error(config, sessions)
+    error = config_error(config, sessions)
     return Refusal(error) if error else None
-
-
-def _config_error(config: pb.TraceConfig, sessions: list[Session]) -> str:
-    if not config.buffers:
-        return "the config has no buffers"
-    for i, buf in enumerate(config.buffers):
-        if not 0 < buf.size_kb * 1024 <= MAX_BUFFER_BYTES:
-            return f"buffers[{i}].size_kb must be > 0 and < 4 GiB, got {buf.size_kb}"
-    if config.duration_ms > MAX_DURATION_MS:
-        return f"duration_ms {config.duration_ms} exceeds the maximum of 7 days"
-    name = config.unique_session_name
-    if name and any(s.config.unique_session_name == name for s in sessions):
-        return f"a session named {name!r} is already running"
-    for i, ds in enumerate(config.data_sources):
-        error = target_buffer_index(config, ds.config)[1]
-        if error:
-            return f"data_sources[{i}]: {error}"
-        for regex in ds.producer_name_regex_filter:
-            try:
-                re.compile(regex)
-            except re.error as e:
-                return f"data_sources[{i}].producer_name_regex_filter {regex!r}: {e}"
-    return ""
-
-
-def target_buffer_index(config: pb.TraceConfig, ds: pb.DataSourceConfig) -> tuple[int, str]:
-    """(index into config.buffers, error)."""
-    index = ds.target_buffer
-    if ds.target_buffer_name:
-        names = [b.name for b in config.buffers]
-        if ds.target_buffer_name not in names:
-            return 0, f"no buffer named {ds.target_buffer_name!r}"
-        by_name = names.index(ds.target_buffer_name)
-        if ds.HasField("target_buffer") and by_name != index:
-            return 0, "target_buffer and target_buffer_name disagree"
-        index = by_name
-    if index >= len(config.buffers):
-        return 0, f"target_buffer {index} out of range ({len(config.buffers)} buffers)"
-    return index, ""
-
-
-def unsupported_fields(config: pb.TraceConfig) -> list[str]:
-    names = [f.name for f, _ in config.ListFields() if f.name not in IMPLEMENTED_FIELDS]
-    for i, ds in enumerate(config.data_sources):
-        for f, _ in ds.ListFields():
-            if f.name not in IMPLEMENTED_DATA_SOURCE_FIELDS:
-                names.append(f"data_sources[{i}].{f.name}")
-    return names
 
 
 def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:
