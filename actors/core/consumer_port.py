@@ -72,7 +72,7 @@ class ConsumerPort:
         if file_id is not None:
             self._files.attach(session, file_id, now)
         reply = ipc.EnableTracingResponse(session_id=session.id)
-        reply.unsupported_fields.extend(ignored_fields(config))
+        reply.unsupported_fields.extend([*ignored_fields(config), *session.smb_notes])
         reply.unmatched_data_sources.extend(self._control.unmatched_data_sources(config))
         if not config.deferred_start:
             self._control.start(session, now)

@@ -14,6 +14,7 @@ import random
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import incremental_state, reports
+from actors.core.config_rules import producer_entry
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -35,7 +36,7 @@ from actors.core.sessions import (
     target_buffer_index,
 )
 from protos import tracebus_ipc_pb2 as ipc
-from shm.abi import SharedMemoryABI, resolve_geometry
+from shm.abi import Geometry, SharedMemoryABI, resolve_geometry
 from shm.trace_buffer import TraceBuffer
 
 NS_PER_MS = 1_000_000
@@ -52,6 +53,15 @@ def trace_uuid(config: pb.TraceConfig, rng: random.Random) -> tuple[int, int]:
     if config.trace_uuid_msb or config.trace_uuid_lsb:
         return config.trace_uuid_msb, config.trace_uuid_lsb
     return rng.getrandbits(64) - _INT64, rng.getrandbits(64) - _INT64
+
+
+def _kib(geometry: Geometry) -> str:
+    return f"{geometry.size // 1024} KiB in pages of {geometry.page_size // 1024} KiB"
+
+
+def _note(session: Session, note: str) -> None:
+    if note not in session.smb_notes:
+        session.smb_notes.append(note)
 
 
 class SessionControl:
@@ -117,7 +127,7 @@ class SessionControl:
                 continue
             index = target_buffer_index(session.config, ds.config)[0]
             buffer_id = session.buffer_ids[index]
-            if not self._ensure_smb(producer):
+            if not self._ensure_smb(producer, session):
                 break  # no SMB for this producer now: the next entry would not get one
             instance = self._new_instance(session, producer, ds.config, buffer_id)
             created.append(instance)
@@ -156,10 +166,15 @@ class SessionControl:
         producer.allow(buffer_id)
         return instance
 
-    def _ensure_smb(self, producer: ProducerEntry) -> bool:
+    def _ensure_smb(self, producer: ProducerEntry, session: Session) -> bool:
+        """The producer's SMB, created on its first instance: sized by the session's
+        `producers` entry for its name if there is one (within shm.abi's geometry
+        rules and the SMB limits; else from the producer's own hints), as traced does.
+        An entry that cannot be honoured is noted in session.smb_notes."""
         if producer.smb is not None:
+            self._note_smb_kept(session, producer)
             return True
-        geometry = resolve_geometry(producer.shm_size_hint, producer.shm_page_hint)
+        geometry = self._smb_geometry(session, producer)
         if self._smb_refused(producer, geometry.size):
             return False
         try:
@@ -176,10 +191,40 @@ class SessionControl:
         self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
         return True
 
-    def _smb_refused(self, producer: ProducerEntry, size: int) -> bool:
-        """Whether an SMB of `size` bytes would take the producer's process or user
-        past its limit; if so the producer is told (it gets no SMB, so no instance,
-        this time) and the refusal counted."""
+    def _smb_geometry(self, session: Session, producer: ProducerEntry) -> Geometry:
+        hinted = resolve_geometry(producer.shm_size_hint, producer.shm_page_hint)
+        index = producer_entry(session.config, producer.name)
+        if index is None:
+            return hinted
+        entry = session.config.producers[index]
+        size = entry.shm_size_kb * 1024 or producer.shm_size_hint
+        page = entry.page_size_kb * 1024 or producer.shm_page_hint
+        geometry = resolve_geometry(size, page)
+        over = self._smb_limit(producer, geometry.size)
+        if over is not None and geometry != hinted:
+            # The config's SMB would take the producer past a limit: its own hints
+            # still give it an SMB (and the session its data).
+            note = f"{_kib(geometry)} would pass {over[0]}; {_kib(hinted)} used"
+            _note(session, f"producers[{index}] (producer {producer.name!r}: {note})")
+            return hinted
+        return geometry
+
+    def _note_smb_kept(self, session: Session, producer: ProducerEntry) -> None:
+        """A producer keeps the SMB it has (one per producer serves every session):
+        note a producers entry that asked for another."""
+        index = producer_entry(session.config, producer.name)
+        if index is None or producer.abi is None:
+            return
+        entry = session.config.producers[index]
+        have = producer.abi.geometry
+        size, page = entry.shm_size_kb * 1024, entry.page_size_kb * 1024
+        if (size and size != have.size) or (page and page != have.page_size):
+            note = f"producer {producer.name!r} already has an SMB of {_kib(have)}"
+            _note(session, f"producers[{index}] ({note})")
+
+    def _smb_limit(self, producer: ProducerEntry, size: int) -> tuple[str, str, int] | None:
+        """(limit name, whose, limit) of the first SMB limit that an SMB of `size`
+        bytes would take the producer's process or user past, or None."""
         ctx = self._ctx
         held = (
             ("max_smb_bytes_per_process", "process", ctx.producers.smb_bytes(pid=producer.pid)),
@@ -188,11 +233,21 @@ class SessionControl:
         for name, whose, taken in held:
             limit = getattr(ctx.limits, name)
             if taken + size > limit:
-                ctx.refuse(name)
-                error = f"no SMB of {size} bytes: its {whose} would pass {name} ({limit} bytes)"
-                ctx.out.to_producer(producer.peer, error=error)
-                return True
-        return False
+                return name, whose, limit
+        return None
+
+    def _smb_refused(self, producer: ProducerEntry, size: int) -> bool:
+        """Whether an SMB of `size` bytes would take the producer's process or user
+        past its limit; if so the producer is told (it gets no SMB, so no instance,
+        this time) and the refusal counted."""
+        over = self._smb_limit(producer, size)
+        if over is None:
+            return False
+        name, whose, limit = over
+        self._ctx.refuse(name)
+        error = f"no SMB of {size} bytes: its {whose} would pass {name} ({limit} bytes)"
+        self._ctx.out.to_producer(producer.peer, error=error)
+        return True
 
     # -- start ----------------------------------------------------------------------------
 

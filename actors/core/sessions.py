@@ -102,6 +102,9 @@ class Session(HasSessionState):
         # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
         # if set, else random (session_control.create); a clone gets a new msb.
         self.uuid_msb = self.uuid_lsb = 0
+        # Part "rules": the config's `producers` entries the service could not honour
+        # (session_control._ensure_smb), named with the ignored fields at enable.
+        self.smb_notes: list[str] = []
 
     @property
     def flush_timeout_ns(self) -> int:
