@@ -152,3 +152,15 @@ def test_the_record_cli_names_every_ignored_field_in_one_warning(rt: Runtime):
     warnings = [line for line in rt.output(cli).splitlines() if "config fields" in line]
     assert len(warnings) == 1, warnings
     assert out.stat().st_size > 0
+
+
+def test_the_record_cli_refuses_bad_config_with_traceds_reason(rt: Runtime):
+    rt.start_service()
+    out = rt.dir / "bad.pftrace"
+    cli = rt.start_consumer_cli(
+        "-c", str(CONFIGS / "bad_config.cfg"), "--txt", "-o", str(out),
+        "--consumer-endpoint", rt.consumer_endpoint,
+    )  # fmt: skip
+    _, err = rt.communicate(cli)
+    assert cli.returncode == 1, err
+    assert REFUSED["bad_config.cfg"] in err and not out.exists()
