@@ -27,7 +27,8 @@ refuses is refused here, for the same reason. In order:
 
 The session and buffer count limits and the memory budget are checked by the
 callers (sessions.check_config, buffer_budget.py). traced clamps, rather than
-refuses, a file_write_period_ms under 100 ms (file_sink.write_period_ns).
+refuses, a file_write_period_ms under 100 ms (file_sink.write_period_ns), and
+takes any flush_timeout_ms and data_source_stop_timeout_ms (0: the default).
 
 Fields outside the table below are reported, never refused (traced's rules
 for them, e.g. enable_extra_guardrails' tighter limits, do not apply here):
