@@ -90,6 +90,29 @@ def duration_ms(config: pb.TraceConfig) -> int:
     return config.duration_ms
 
 
+def expected_end_ms(config: pb.TraceConfig) -> int:
+    """The latest a trigger session ends by itself, from its enable: the timeout,
+    plus the longest stop_delay_ms (perfetto_cmd's expected duration); 0 for a
+    session without triggers."""
+    if mode(config) == MODE.UNSPECIFIED:
+        return 0
+    delays = [t.stop_delay_ms for t in config.trigger_config.triggers]
+    return config.trigger_config.trigger_timeout_ms + max(delays)
+
+
+def empty_trace_reason(config: pb.TraceConfig) -> str:
+    """Why a read of a trigger session found no packet at all ("" if it would not
+    be for its triggers)."""
+    trigger_mode = mode(config)
+    if trigger_mode == MODE.CLONE_SNAPSHOT:
+        return "a CLONE_SNAPSHOT session returns nothing itself: its snapshots are clones"
+    if trigger_mode == MODE.UNSPECIFIED:
+        return ""
+    timeout = config.trigger_config.trigger_timeout_ms
+    names = ", ".join(t.name for t in config.trigger_config.triggers)
+    return f"no trigger fired within trigger_timeout_ms ({timeout} ms; triggers: {names})"
+
+
 def withholds_data(session: Session) -> bool:
     """A read of the session returns nothing (Perfetto's IsWaitingForTrigger): it
     has triggers and none was recorded, or it is a CLONE_SNAPSHOT session."""
@@ -272,6 +295,8 @@ __all__ = [
     "TriggerHistory",
     "Triggers",
     "duration_ms",
+    "empty_trace_reason",
+    "expected_end_ms",
     "enabled",
     "mode",
     "trigger_packet",
