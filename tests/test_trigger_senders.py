@@ -97,3 +97,10 @@ def test_trigger_never_raises(rig, monkeypatch):
     monkeypatch.setattr(rig.runtime, "trigger", broken)
     tracebus.trigger("x")
     assert tracebus.stats()["errors_by_kind"] == {"trigger": 1}
+
+
+def test_many_names_leave_in_requests_the_service_takes():
+    c = core.ProducerCore("p")
+    _connect(c, 0)
+    sent = _sent_triggers(c.activate_triggers([f"t{i}" for i in range(600)], 0, SEC))
+    assert [len(names) for names in sent] == [256, 256, 88]

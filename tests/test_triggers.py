@@ -309,3 +309,26 @@ def test_mode_and_duration_follow_traced():
     assert duration_ms(cfg) == 42
     cfg = pb.TraceConfig.FromString(trigger_config(MODE.START_TRACING, timeout_ms=42))
     assert duration_ms(cfg) == 0
+
+
+def test_a_request_with_too_many_names_is_refused_whole_with_a_clear_error():
+    rig, producer, consumer, _ = setup(trigger_config(MODE.STOP_TRACING))
+    names = ["go"] + ["x"] * 256
+    rig.producer(
+        producer.peer, 9, activate_triggers=ipc.ActivateTriggersRequest(trigger_names=names)
+    )
+    (reply,) = rig.take(producer.peer)
+    assert reply.request_id == 9 and "257 trigger names in one request" in reply.error.message
+    consumer.send(activate_triggers=ipc.ActivateTriggersRequest(trigger_names=names))
+    (ack,) = consumer.replies()
+    assert "at most 256, none fired" in ack.ack.error
+    rig.advance(10)
+    assert not ended(consumer)
+
+
+def test_the_history_keeps_times_per_name_and_forgets_after_a_day():
+    history = TriggerHistory()
+    for t in range(5):
+        history.add("go", t)
+    assert history.count("go", 4) == 5 and history.count("other", 4) == 0
+    assert history.count("go", ONE_DAY_NS + 2) == 3  # times 0 and 1 are over a day old

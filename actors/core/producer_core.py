@@ -67,7 +67,9 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 LIVENESS_TIMEOUT_NS = 3_500_000_000
 
 # ServiceToProducer kinds handled in any state; every other one only once connected.
-MAX_PENDING_TRIGGERS = 256  # names waiting for a connection; beyond, dropped and counted
+# Names waiting for a connection (beyond, dropped and counted), and per request (the
+# service takes at most 256 names in one: actors/core/triggers.py).
+MAX_PENDING_TRIGGERS = 256
 BEFORE_HANDSHAKE = frozenset({"initialize_connection", "error", "heartbeat"})
 # ServiceToProducer kinds this producer deliberately has no handler for (they reach
 # _unhandled: counted and logged). Today: none.
@@ -339,8 +341,7 @@ class ProducerCore:
         """Fire named triggers: now if connected, else with the next handshake if
         that comes within ttl_ns."""
         if self.state is State.CONNECTED:
-            req = ipc.ActivateTriggersRequest(trigger_names=list(names))
-            return [self._send("activate_triggers", req)]
+            return self._trigger_requests(list(names))
         room = MAX_PENDING_TRIGGERS - len(self._pending_triggers)
         self.triggers_dropped += max(0, len(names) - room)
         self._pending_triggers += [(now + ttl_ns, name) for name in names[: max(0, room)]]
@@ -350,9 +351,16 @@ class ProducerCore:
         pending, self._pending_triggers = self._pending_triggers, []
         names = [name for expiry, name in pending if expiry >= now]
         self.triggers_dropped += len(pending) - len(names)
-        if not names:
-            return []
-        return [self._send("activate_triggers", ipc.ActivateTriggersRequest(trigger_names=names))]
+        return self._trigger_requests(names)
+
+    def _trigger_requests(self, names: list[str]) -> list[Output]:
+        """ActivateTriggers requests of at most MAX_PENDING_TRIGGERS names each (the
+        most the service takes in one)."""
+        step = MAX_PENDING_TRIGGERS
+        return [
+            self._send("activate_triggers", ipc.ActivateTriggersRequest(trigger_names=chunk))
+            for chunk in (names[i : i + step] for i in range(0, len(names), step))
+        ]
 
     def _on_registered(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         name = self._pending_registrations.pop(msg.request_id, "?")

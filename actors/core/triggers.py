@@ -56,6 +56,10 @@ MODE = pb.TraceConfig.TriggerConfig
 # loop would grow the service's memory without bound; the first ones are kept.
 MAX_QUEUED_TRIGGER_PACKETS = 1024
 CONSUMER_TRIGGER_NAME = "consumer"  # a consumer that gave no client_name
+MAX_HISTORY_PER_NAME = 1 << 16  # times kept per trigger name (max_per_24_h counts them)
+# Names one ActivateTriggers may carry (producer_core.MAX_PENDING_TRIGGERS sends no more):
+# each is matched against every session, so a request of millions would stall the service.
+MAX_NAMES_PER_REQUEST = 256
 OBSERVE_CLONE_HIT = ipc.ObserveEventsRequest.TYPE_CLONE_TRIGGER_HIT
 
 
@@ -152,18 +156,32 @@ def trigger_packet(fired: Fired, uid: int, service_pid: int) -> bytes:
 
 class TriggerHistory:
     """The service's record of matched triggers in the last 24 h, for
-    max_per_24_h (service-wide per name, as traced counts it)."""
+    max_per_24_h (service-wide per name, as traced counts it). Only names a
+    session's config holds are recorded, each with its times in order, at most
+    MAX_HISTORY_PER_NAME of them (a count saturates there: a sender firing in a
+    loop costs bounded memory and constant time)."""
 
     def __init__(self) -> None:
-        self._fired: deque[tuple[int, str]] = deque()  # (time, name), in time order
+        self._fired: dict[str, deque[int]] = {}
 
     def count(self, name: str, now: int) -> int:
-        while self._fired and self._fired[0][0] < now - ONE_DAY_NS:
-            self._fired.popleft()
-        return sum(1 for _, n in self._fired if n == name)
+        times = self._fired.get(name)
+        if times is None:
+            return 0
+        while times and times[0] < now - ONE_DAY_NS:
+            times.popleft()
+        if not times:
+            del self._fired[name]
+        return len(times)
 
     def add(self, name: str, now: int) -> None:
-        self._fired.append((now, name))
+        self._fired.setdefault(name, deque(maxlen=MAX_HISTORY_PER_NAME)).append(now)
+
+
+def _too_many(names: list[str]) -> str:
+    if len(names) <= MAX_NAMES_PER_REQUEST:
+        return ""
+    return f"{len(names)} trigger names in one request: at most {MAX_NAMES_PER_REQUEST}, none fired"
 
 
 class Triggers:
@@ -238,6 +256,10 @@ class Triggers:
     ) -> None:
         """A producer's ActivateTriggers: named and identified as the service knows it."""
         names = list(req_untrusted.trigger_names)
+        error = _too_many(names)
+        if error:
+            self._ctx.out.to_producer(producer.peer, request_id, error=error)
+            return
         self.activate(names, producer.name, producer.uid, now)
 
     def from_consumer(
@@ -245,9 +267,12 @@ class Triggers:
     ) -> None:
         """A consumer's (ctl, a script): recorded under its Hello.client_name (traced
         records `perfetto --trigger` as its producer, perfetto_cmd_producer)."""
-        name = self._ctx.consumer_names.get(peer.identity) or CONSUMER_TRIGGER_NAME
-        self.activate(list(req.trigger_names), name, peer.uid, now)
-        self._ctx.out.ack(peer.identity, request_id)
+        names = list(req.trigger_names)
+        error = _too_many(names)
+        if not error:
+            sender = self._ctx.consumer_names.get(peer.identity) or CONSUMER_TRIGGER_NAME
+            self.activate(names, sender, peer.uid, now)
+        self._ctx.out.ack(peer.identity, request_id, error)
 
     # -- timers ----------------------------------------------------------------------------
 
