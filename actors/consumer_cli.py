@@ -45,7 +45,7 @@ from actors.consumer import (
     read_config_bytes,
     trace_file_batches,
 )
-from actors.core import triggers
+from actors.core import trigger_modes
 from actors.core.consumer_core import (
     ConfigError,
     ConsumerError,
@@ -253,7 +253,7 @@ class Recording:
             return
         limit = None
         # A trigger session's end is the service's too: trigger_timeout_ms + stop_delay_ms.
-        expected_ms = self.config.duration_ms or triggers.expected_end_ms(self.config)
+        expected_ms = self.config.duration_ms or trigger_modes.expected_end_ms(self.config)
         if expected_ms:
             limit = expected_ms / 1000 + END_GRACE
             limit += self._timeout("flush_timeout_ms", 5000)
@@ -301,7 +301,7 @@ class Recording:
 
     def _note_if_empty(self) -> None:
         """A trigger session that never triggered returns nothing: say so."""
-        reason = triggers.empty_trace_reason(self.config)
+        reason = trigger_modes.empty_trace_reason(self.config)
         if not self.summary.packets and reason:
             self.notes.append(f"the trace is empty: {reason}")
 

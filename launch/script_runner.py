@@ -55,7 +55,7 @@ from actors.consumer import (
     load_config,
     trace_file_batches,
 )
-from actors.core import triggers
+from actors.core import trigger_modes
 from actors.core.consumer_core import (
     ConsumerError,
     Interrupted,
@@ -144,7 +144,7 @@ class Tracing(Consumer):
             if during is not None:
                 during(self)
             # A trigger session's own end: trigger_timeout_ms + stop_delay_ms.
-            ends_ms = trace_config.duration_ms or triggers.expected_end_ms(trace_config)
+            ends_ms = trace_config.duration_ms or trigger_modes.expected_end_ms(trace_config)
             self._run_for(duration_s, ends_ms)
         except Interrupted as e:
             interrupted = e

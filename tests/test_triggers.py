@@ -8,7 +8,8 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core.triggers import ONE_DAY_NS, TriggerHistory, duration_ms, mode
+from actors.core.trigger_modes import duration_ms, mode
+from actors.core.triggers import ONE_DAY_NS, TriggerHistory
 from protos import tracebus_ipc_pb2 as ipc
 from tests.test_service_core import MS, SERVICE_PID, SERVICE_UID, FakeConsumer, FakeProducer, Rig
 

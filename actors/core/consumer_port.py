@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback, reports, triggers
+from actors.core import readback, reports, trigger_modes
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
 from actors.core.configs import first_non_text_string
 from actors.core.file_writes import FileWrites
@@ -77,8 +77,8 @@ class ConsumerPort:
         reply = ipc.EnableTracingResponse(session_id=session.id)
         reply.unsupported_fields.extend(unsupported_fields(config))
         reply.unmatched_data_sources.extend(self._control.unmatched_data_sources(config))
-        triggers.enabled(session, now)
-        if not config.deferred_start and not triggers.waits_to_start(config):
+        trigger_modes.enabled(session, now)
+        if not config.deferred_start and not trigger_modes.waits_to_start(config):
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION
         reports.bound_name_lists(reply)  # names from the config and producers
@@ -159,7 +159,7 @@ class ConsumerPort:
             error = "this session writes into a file (write_into_file): it cannot be read back"
             self._ctx.out.consumer_error(peer.identity, request_id, error)
             return
-        if triggers.withholds_data(session):  # no trigger yet, or CLONE_SNAPSHOT: nothing
+        if trigger_modes.withholds_data(session):  # no trigger yet, or CLONE_SNAPSHOT: nothing
             reply = ipc.ReadBuffersResponse(has_more=False)
             self._ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
             return

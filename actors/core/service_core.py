@@ -83,7 +83,7 @@ class ServiceCore:
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
         self._files = FileWrites(ctx, self._control)
-        t = self._triggers = Triggers(ctx, self._control, self._flushes)
+        t = self._triggers = Triggers(ctx, self._control)
         self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
         c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)

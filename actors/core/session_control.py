@@ -13,7 +13,7 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state, reports, triggers
+from actors.core import incremental_state, reports, trigger_modes
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -197,7 +197,7 @@ class SessionControl:
         apply(session, SessionEvent.START)
         self._ctx.clock_snapshot(session)
         self._ctx.service_event(session, "tracing_started")
-        duration_ms = triggers.duration_ms(session.config)  # trigger_timeout_ms for STOP
+        duration_ms = trigger_modes.duration_ms(session.config)  # trigger_timeout_ms for STOP
         if duration_ms:
             session.duration_deadline = now + duration_ms * NS_PER_MS
         if session.config.flush_period_ms:

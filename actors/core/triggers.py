@@ -15,7 +15,8 @@ trigger_config names it (Perfetto's TracingServiceImpl::ActivateTriggers).
                           session's consumer if it observes TYPE_CLONE_TRIGGER_HIT
                           (it clones the session; the session goes on)
 
-trigger_timeout_ms: a START session still CONFIGURED at the timeout (counted
+trigger_timeout_ms (trigger_modes.py says what a config's mode means for its
+session): a START session still CONFIGURED at the timeout (counted
 from the enable) is disabled without a flush and holds no data; a STOP or
 CLONE_SNAPSHOT session runs at most that long from its start (its duration),
 then flushes and stops like a duration_ms session.
@@ -40,18 +41,16 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.core import readback
 from actors.core.lifecycle import LIVE_SESSION, SessionEvent, can_apply
 from actors.core.sessions import Session
+from actors.core.trigger_modes import MODE, NS_PER_MS, mode, withholds_data
 from protos import tracebus_ipc_pb2 as ipc
 
 if TYPE_CHECKING:
-    from actors.core.flushes import Flushes
     from actors.core.outbox import Peer
     from actors.core.producers import ProducerEntry
     from actors.core.service_context import ServiceContext
     from actors.core.session_control import SessionControl
 
-NS_PER_MS = 1_000_000
 ONE_DAY_NS = 24 * 3600 * 1_000_000_000
-MODE = pb.TraceConfig.TriggerConfig
 # Trigger packets a session keeps between two reads: beyond it a sender firing in a
 # loop would grow the service's memory without bound; the first ones are kept.
 MAX_QUEUED_TRIGGER_PACKETS = 1024
@@ -72,65 +71,6 @@ class Fired:
     producer_uid: int
     boot_time_ns: int
     stop_delay_ms: int
-
-
-def mode(config: pb.TraceConfig) -> int:
-    """The config's trigger mode; UNSPECIFIED without triggers (as traced)."""
-    if not config.trigger_config.triggers:
-        return MODE.UNSPECIFIED
-    return config.trigger_config.trigger_mode
-
-
-def waits_to_start(config: pb.TraceConfig) -> bool:
-    """A START_TRACING session stays CONFIGURED until its trigger."""
-    return mode(config) == MODE.START_TRACING
-
-
-def duration_ms(config: pb.TraceConfig) -> int:
-    """How long a session runs from its start unless something ends it earlier:
-    trigger_timeout_ms for STOP_TRACING and CLONE_SNAPSHOT, else duration_ms."""
-    if mode(config) in (MODE.STOP_TRACING, MODE.CLONE_SNAPSHOT):
-        return config.trigger_config.trigger_timeout_ms
-    return config.duration_ms
-
-
-def expected_end_ms(config: pb.TraceConfig) -> int:
-    """The latest a trigger session ends by itself, from its enable: the timeout,
-    plus the longest stop_delay_ms (perfetto_cmd's expected duration); 0 for a
-    session without triggers."""
-    if mode(config) == MODE.UNSPECIFIED:
-        return 0
-    delays = [t.stop_delay_ms for t in config.trigger_config.triggers]
-    return config.trigger_config.trigger_timeout_ms + max(delays)
-
-
-def empty_trace_reason(config: pb.TraceConfig) -> str:
-    """Why a read of a trigger session found no packet at all ("" if it would not
-    be for its triggers)."""
-    trigger_mode = mode(config)
-    if trigger_mode == MODE.CLONE_SNAPSHOT:
-        return "a CLONE_SNAPSHOT session returns nothing itself: its snapshots are clones"
-    if trigger_mode == MODE.UNSPECIFIED:
-        return ""
-    timeout = config.trigger_config.trigger_timeout_ms
-    names = ", ".join(t.name for t in config.trigger_config.triggers)
-    return f"no trigger fired within trigger_timeout_ms ({timeout} ms; triggers: {names})"
-
-
-def withholds_data(session: Session) -> bool:
-    """A read of the session returns nothing (Perfetto's IsWaitingForTrigger): it
-    has triggers and none was recorded, or it is a CLONE_SNAPSHOT session."""
-    config = session.config
-    if config.trigger_config.triggers and not session.received_triggers:
-        return True
-    return mode(config) == MODE.CLONE_SNAPSHOT
-
-
-def enabled(session: Session, now: int) -> None:
-    """A session was just created: a START session's trigger_timeout_ms runs from now."""
-    if waits_to_start(session.config):
-        timeout_ms = session.config.trigger_config.trigger_timeout_ms
-        session.start_trigger_deadline = now + timeout_ms * NS_PER_MS
 
 
 def producer_allowed(regex: str, producer_name: str) -> bool:
@@ -185,10 +125,9 @@ def _too_many(names: list[str]) -> str:
 
 
 class Triggers:
-    def __init__(self, ctx: ServiceContext, control: SessionControl, flushes: Flushes) -> None:
+    def __init__(self, ctx: ServiceContext, control: SessionControl) -> None:
         self._ctx = ctx
         self._control = control
-        self._flushes = flushes
         self.history = TriggerHistory()
 
     def activate(self, names: list[str], producer_name: str, uid: int, now: int) -> None:
@@ -315,16 +254,4 @@ class Triggers:
             self._ctx.out.to_consumer(session.consumer, session.observer_request_id, events=events)
 
 
-__all__ = [
-    "Fired",
-    "TriggerHistory",
-    "Triggers",
-    "duration_ms",
-    "empty_trace_reason",
-    "expected_end_ms",
-    "enabled",
-    "mode",
-    "trigger_packet",
-    "waits_to_start",
-    "withholds_data",
-]
+__all__ = ["Fired", "TriggerHistory", "Triggers", "trigger_packet", "withholds_data"]
