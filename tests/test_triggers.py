@@ -333,3 +333,51 @@ def test_the_history_keeps_times_per_name_and_forgets_after_a_day():
         history.add("go", t)
     assert history.count("go", 4) == 5 and history.count("other", 4) == 0
     assert history.count("go", ONE_DAY_NS + 2) == 3  # times 0 and 1 are over a day old
+
+
+# -- write_into_file -------------------------------------------------------------------------
+
+
+def test_write_into_file_writes_nothing_before_a_start_trigger_then_the_whole_trace():
+    from tests.test_write_into_file import PATH, FileRig
+
+    rig = FileRig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    consumer = FakeConsumer(rig, "c")
+    cfg = pb.TraceConfig.FromString(trigger_config(MODE.START_TRACING, stop_delay_ms=1000))
+    cfg.write_into_file, cfg.file_write_period_ms = True, 100
+    request = ipc.EnableTracingRequest(trace_config=cfg.SerializeToString(), output_path=PATH)
+    consumer.send(enable_tracing=request)
+    assert not consumer.replies()[0].enable_tracing.error
+    producer.process()
+    for _ in range(5):  # five periods without a trigger
+        rig.advance(100)
+        rig.idle()
+    assert rig.files.data == b"", "nothing before the trigger, not even service packets"
+    fire(rig, producer, "go")
+    producer.process()
+    write(producer, 1, 2)
+    rig.advance(1000)  # stop_delay_ms: flush, stop, last drain
+    producer.process()
+    rig.idle()
+    assert rig.files.closed and ended(consumer)
+    trace = rig.files.trace()
+    assert produced(trace.packet) == [1, 2]
+    assert [t.trigger_name for t in triggers_in(trace.packet)] == ["go"]
+    assert trace.packet[-1].HasField("trace_stats")
+
+
+def test_write_into_file_start_never_triggered_leaves_the_file_empty():
+    from tests.test_write_into_file import PATH, FileRig
+
+    rig = FileRig()
+    FakeProducer(rig, "prod", pid=555)
+    consumer = FakeConsumer(rig, "c")
+    cfg = pb.TraceConfig.FromString(trigger_config(MODE.START_TRACING, timeout_ms=500))
+    cfg.write_into_file = True
+    request = ipc.EnableTracingRequest(trace_config=cfg.SerializeToString(), output_path=PATH)
+    consumer.send(enable_tracing=request)
+    consumer.replies()
+    rig.advance(500)
+    rig.idle()
+    assert rig.files.closed and rig.files.data == b"" and ended(consumer)
