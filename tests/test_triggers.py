@@ -381,3 +381,16 @@ def test_write_into_file_start_never_triggered_leaves_the_file_empty():
     rig.advance(500)
     rig.idle()
     assert rig.files.closed and rig.files.data == b"" and ended(consumer)
+
+
+def test_a_sender_firing_in_a_loop_costs_bounded_memory():
+    from actors.core.triggers import MAX_KEPT_TRIGGERS
+
+    rig, producer, consumer, _ = setup(
+        trigger_config(MODE.CLONE_SNAPSHOT, timeout_ms=60_000, stop_delay_ms=30_000)
+    )
+    for _ in range(MAX_KEPT_TRIGGERS // 256 + 2):
+        fire(rig, producer, *["go"] * 256)
+    (session,) = rig.core.sessions.values()
+    assert len(session.received_triggers) == MAX_KEPT_TRIGGERS
+    assert len(session.clone_hits_due) == MAX_KEPT_TRIGGERS

@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -51,9 +51,10 @@ if TYPE_CHECKING:
     from actors.core.session_control import SessionControl
 
 ONE_DAY_NS = 24 * 3600 * 1_000_000_000
-# Trigger packets a session keeps between two reads: beyond it a sender firing in a
-# loop would grow the service's memory without bound; the first ones are kept.
-MAX_QUEUED_TRIGGER_PACKETS = 1024
+# What a session keeps of the triggers it took (their records, the trigger packets
+# not read yet, the snapshot hits waiting for their delay): beyond it a sender firing
+# in a loop would grow the service's memory without bound; the first ones are kept.
+MAX_KEPT_TRIGGERS = 1024
 CONSUMER_TRIGGER_NAME = "consumer"  # a consumer that gave no client_name
 MAX_HISTORY_PER_NAME = 1 << 16  # times kept per trigger name (max_per_24_h counts them)
 # Names one ActivateTriggers may carry (producer_core.MAX_PENDING_TRIGGERS sends no more):
@@ -118,6 +119,11 @@ class TriggerHistory:
         self._fired.setdefault(name, deque(maxlen=MAX_HISTORY_PER_NAME)).append(now)
 
 
+def _keep(kept: list[Any], item: Any) -> None:
+    if len(kept) < MAX_KEPT_TRIGGERS:
+        kept.append(item)
+
+
 def _too_many(names: list[str]) -> str:
     if len(names) <= MAX_NAMES_PER_REQUEST:
         return ""
@@ -155,24 +161,20 @@ class Triggers:
             return False
         first = not session.received_triggers
         fired = Fired(name, producer_name, uid, self._ctx.clocks.boottime(), spec.stop_delay_ms)
-        session.received_triggers.append(fired)
+        _keep(session.received_triggers, fired)
         trigger_mode = mode(session.config)
         if trigger_mode != MODE.CLONE_SNAPSHOT:  # (a clone records its own trigger)
-            self._queue_packet(session, fired)
+            ctx = self._ctx
+            _keep(session.trigger_packets, trigger_packet(fired, ctx.uid, ctx.service_pid))
         delay_ns = spec.stop_delay_ms * NS_PER_MS
         if trigger_mode == MODE.START_TRACING:
             self._start(session, delay_ns, now)
         elif trigger_mode == MODE.STOP_TRACING and first:
             session.duration_deadline = now + delay_ns  # flush + stop, as duration_ms
         elif trigger_mode == MODE.CLONE_SNAPSHOT:
-            session.clone_hits_due.append((now + delay_ns, fired))
+            _keep(session.clone_hits_due, (now + delay_ns, fired))
             self.send_clone_hits(session, now)
         return True
-
-    def _queue_packet(self, session: Session, fired: Fired) -> None:
-        if len(session.trigger_packets) < MAX_QUEUED_TRIGGER_PACKETS:
-            ctx = self._ctx
-            session.trigger_packets.append(trigger_packet(fired, ctx.uid, ctx.service_pid))
 
     def _start(self, session: Session, delay_ns: int, now: int) -> None:
         """A START trigger: a session still waiting starts, and ends after the delay
