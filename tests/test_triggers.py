@@ -8,7 +8,7 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core.trigger_modes import duration_ms, mode
+from actors.core.trigger_modes import duration_ms, expected_end_ms, mode
 from actors.core.triggers import ONE_DAY_NS, TriggerHistory
 from protos import tracebus_ipc_pb2 as ipc
 from tests.test_service_core import MS, SERVICE_PID, SERVICE_UID, FakeConsumer, FakeProducer, Rig
@@ -304,12 +304,29 @@ def test_a_producer_trigger_gets_no_reply_and_is_not_counted_as_unhandled():
 def test_mode_and_duration_follow_traced():
     cfg = pb.TraceConfig(duration_ms=7)
     assert mode(cfg) == MODE.UNSPECIFIED and duration_ms(cfg) == 7
-    cfg.trigger_config.trigger_mode = MODE.STOP_TRACING  # no triggers: not a trigger session
-    assert mode(cfg) == MODE.UNSPECIFIED
+    assert expected_end_ms(cfg) == 0
+    cfg.trigger_config.trigger_mode = MODE.STOP_TRACING
+    cfg.trigger_config.trigger_timeout_ms = 5
+    assert expected_end_ms(cfg) == 5  # (no triggers: no delay)
+    cfg.trigger_config.use_clone_snapshot_if_available = True
+    assert mode(cfg) == MODE.CLONE_SNAPSHOT
     cfg = pb.TraceConfig.FromString(trigger_config(MODE.CLONE_SNAPSHOT, timeout_ms=42))
     assert duration_ms(cfg) == 42
-    cfg = pb.TraceConfig.FromString(trigger_config(MODE.START_TRACING, timeout_ms=42))
-    assert duration_ms(cfg) == 0
+    cfg = pb.TraceConfig.FromString(trigger_config(MODE.START_TRACING, stop_delay_ms=9))
+    assert duration_ms(cfg) == 0 and expected_end_ms(cfg) == 10_009
+
+
+def test_stop_tracing_with_use_clone_snapshot_if_available_snapshots():
+    cfg = pb.TraceConfig.FromString(trigger_config(MODE.STOP_TRACING, timeout_ms=5000))
+    cfg.trigger_config.use_clone_snapshot_if_available = True
+    rig, producer, consumer, _ = setup(cfg.SerializeToString())
+    consumer.send(observe_events=ipc.ObserveEventsRequest(types=[CLONE_HIT]))
+    consumer.replies()
+    fire(rig, producer, "go")
+    rig.advance(1000)
+    (event,) = consumer.replies()
+    assert event.events.clone_trigger_hit.trigger_name == "go"
+    assert not ended(consumer)  # it goes on, as a CLONE_SNAPSHOT session
 
 
 def test_a_request_with_too_many_names_is_refused_whole_with_a_clear_error():

@@ -1,5 +1,5 @@
 """What a TraceConfig's trigger_config means for its session, as values: its
-mode (UNSPECIFIED without triggers, as traced), how long it runs from its start,
+mode, how long it runs from its start,
 whether it waits CONFIGURED for a START trigger, whether a read of it returns
 anything, and when it ends by itself. actors/core/triggers.py acts on triggers;
 the session's start, reads and file drains, the record CLI and scripts ask here.
@@ -16,9 +16,11 @@ MODE = pb.TraceConfig.TriggerConfig
 
 
 def mode(config: pb.TraceConfig) -> int:
-    """The config's trigger mode; UNSPECIFIED without triggers (as traced)."""
-    if not config.trigger_config.triggers:
-        return MODE.UNSPECIFIED
+    """The config's trigger mode, as traced's GetTriggerMode: STOP_TRACING with
+    use_clone_snapshot_if_available is CLONE_SNAPSHOT (that flag lets one config
+    snapshot on services that can and stop on older ones)."""
+    if config.trigger_config.use_clone_snapshot_if_available:
+        return MODE.CLONE_SNAPSHOT
     return config.trigger_config.trigger_mode
 
 
@@ -42,7 +44,7 @@ def expected_end_ms(config: pb.TraceConfig) -> int:
     if mode(config) == MODE.UNSPECIFIED:
         return 0
     delays = [t.stop_delay_ms for t in config.trigger_config.triggers]
-    return config.trigger_config.trigger_timeout_ms + max(delays)
+    return config.trigger_config.trigger_timeout_ms + max(delays, default=0)
 
 
 def empty_trace_reason(config: pb.TraceConfig) -> str:
