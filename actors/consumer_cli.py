@@ -183,7 +183,8 @@ class Recording:
         if pending.asked:
             consumer.interrupt()
         self._learn_producers(consumer)
-        if self.config.deferred_start and not enabled.started:
+        waits = trigger_modes.waits_to_start(self.config)  # its START trigger starts it
+        if self.config.deferred_start and not enabled.started and not waits:
             consumer.start()
         self.started = time.monotonic()
         self._wait_for_end(consumer)
