@@ -45,6 +45,7 @@ from actors.consumer import (
     read_config_bytes,
     trace_file_batches,
 )
+from actors.core import trigger_modes
 from actors.core.consumer_core import (
     ConfigError,
     ConsumerError,
@@ -182,7 +183,8 @@ class Recording:
         if pending.asked:
             consumer.interrupt()
         self._learn_producers(consumer)
-        if self.config.deferred_start and not enabled.started:
+        waits = trigger_modes.waits_to_start(self.config)  # its START trigger starts it
+        if self.config.deferred_start and not enabled.started and not waits:
             consumer.start()
         self.started = time.monotonic()
         self._wait_for_end(consumer)
@@ -206,6 +208,7 @@ class Recording:
             info.file_bytes = self.out.stat().st_size
         except OSError as e:
             self.notes.append(f"cannot read the trace the service wrote: {e.strerror}")
+        self._note_if_empty()
         print(format_summary(info), file=sys.stderr, flush=True)
         return self.signals.exit_code if self.signals.signum else EXIT_OK
 
@@ -250,8 +253,10 @@ class Recording:
                 self._stop_session(consumer)
             return
         limit = None
-        if self.config.duration_ms:
-            limit = self.config.duration_ms / 1000 + END_GRACE
+        # A trigger session's end is the service's too: trigger_timeout_ms + stop_delay_ms.
+        expected_ms = self.config.duration_ms or trigger_modes.expected_end_ms(self.config)
+        if expected_ms:
+            limit = expected_ms / 1000 + END_GRACE
             limit += self._timeout("flush_timeout_ms", 5000)
             limit += self._timeout("data_source_stop_timeout_ms", 5000)
         try:
@@ -288,11 +293,18 @@ class Recording:
             file.write_all(batch)
             self.summary.add_all(batch)
         file.flush()
+        self._note_if_empty()
         read = consumer.last_read
         assert read is not None  # set when read_batches() finished
         if read.incomplete_bytes:
             lost = read.incomplete_bytes
             self.notes.append(f"the read ended inside a packet: {lost} bytes dropped")
+
+    def _note_if_empty(self) -> None:
+        """A trigger session that never triggered returns nothing: say so."""
+        reason = trigger_modes.empty_trace_reason(self.config)
+        if not self.summary.packets and reason:
+            self.notes.append(f"the trace is empty: {reason}")
 
     def _learn_producers(self, consumer: Consumer) -> None:
         """pid -> producer name, asked at the start and the end (the service also

@@ -172,6 +172,12 @@ class Loop:
         for _ in range(len(self._calls)):
             self._calls.popleft()()
 
+    def run_queued_calls(self) -> None:
+        """Run the call_soon() calls still queued (after run() returned: a stop() may
+        have overtaken them), on the loop thread."""
+        for _ in range(len(self._calls)):
+            self._calls.popleft()()
+
     def close(self) -> None:
         """Release the wake pipe; stop() and call_soon() do nothing afterwards, and
         calls still queued are dropped. Idempotent."""

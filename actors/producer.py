@@ -15,6 +15,9 @@ application that hosts a producer beside its own work (tracebus/, the SDK) calls
   producer stays stopped.
 - `call_soon(fn)`: run fn on the producer's loop thread (where the data
   sources' callbacks run); False once the producer is stopped.
+- `activate_triggers(*names)`: fire named triggers from any thread, never
+  blocking; before the producer is connected they wait for the connection
+  (at most ttl_s, TRIGGER_TTL_S by default: ProducerCore.activate_triggers).
 - No service yet, or a service gone: one WARNING, quiet retries with the
   core's backoff (a tick every producer_shell.IDLE_TICK_S, no busy loop), and
   an INFO line once connected.
@@ -69,6 +72,7 @@ __all__ = [
     "perfetto_config",
 ]
 
+TRIGGER_TTL_S = 60.0  # a trigger fired before the connection waits this long for it
 STOP_TIMEOUT_S = 5.0  # stop()'s default bound on joining the producer's thread
 THREAD_NAME = "tracebus-producer"
 
@@ -216,6 +220,20 @@ class Producer:
         with self._lock:
             loop = None if self._stopped else self._loop
         return loop is not None and loop.call_soon(lambda: self._call_logged(fn))
+
+    def activate_triggers(self, *names: str, ttl_s: float = TRIGGER_TTL_S) -> bool:
+        """Fire named triggers (every session whose trigger_config names one acts
+        on it); from any thread, never blocks. False, and the names dropped, if the
+        producer is not started or is stopped."""
+        fired = tuple(str(name) for name in names)
+        ttl_ns = int(ttl_s * 1e9)
+
+        def fire() -> None:
+            shell = self._shell
+            if shell is not None:
+                shell.host.activate_triggers(fired, shell.loop.now(), ttl_ns)
+
+        return self.call_soon(fire)
 
     def _inherited(self) -> bool:
         """Started by the parent of this (forked) process."""

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +181,11 @@ class ProducerHost:
         self.deliver()
         self._ack_flushes(self.clock())
         self.perform(self.core.tick(now))
+
+    def activate_triggers(self, names: Sequence[str], now: int, ttl_ns: int) -> None:
+        """On the loop thread: fire named triggers (queued until connected, see
+        ProducerCore.activate_triggers)."""
+        self.perform(self.core.activate_triggers(names, now, ttl_ns))
 
     def serving(self) -> bool:
         """True while instances exist (or flushes wait): writers may be committing."""

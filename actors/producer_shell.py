@@ -80,6 +80,7 @@ class ProducerShell:
             self._open()
             self.loop.call_later(COMMIT_PERIOD_S, self._tick)
             self.loop.run(until=until)
+            self.loop.run_queued_calls()  # what other threads asked before the stop (triggers)
             self.log.info("stopping")
             self.host.shutdown()
         finally:

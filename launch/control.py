@@ -18,6 +18,9 @@ Requests are maps with a "cmd" and its fields, replies are maps with "ok",
     {"cmd": "detach", "name": "extra" | "extra#1"}
         -> {"ok": true, "error": "", "detached": ["extra#1"]}
     {"cmd": "stop"} -> {"ok": true, "error": ""}
+    {"cmd": "endpoints"} -> {"ok": true, "error": "", "endpoints":
+        {"TRACEBUS_PRODUCER_SOCK": "ipc://...", "TRACEBUS_CONSUMER_SOCK": "ipc://...",
+         "TRACEBUS_CONTROL": "ipc://..."}}
 
 Every message also carries an "id" the reply repeats, so a client that gave up
 on a request never takes its late reply for the answer to the next one. An
@@ -76,6 +79,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], Any]]] = {
     "list": {},
     "detach": {"name": ((str,), None)},
     "stop": {},
+    "endpoints": {},
 }
 
 
@@ -317,6 +321,13 @@ class SupervisorClient:
     def stop(self) -> None:
         """Ask the supervisor to shut the topology down (it replies before it does)."""
         self.call("stop")
+
+    def endpoints(self) -> dict[str, str]:
+        """The topology's endpoints, by the environment variable its actors get them in."""
+        endpoints = self.call("endpoints").get("endpoints")
+        if not isinstance(endpoints, dict):
+            raise ControlError("the supervisor's endpoints reply holds no endpoints")
+        return {str(k): str(v) for k, v in endpoints.items()}
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -29,7 +29,7 @@ import zmq
 from actors.loop import Loop
 from launch import control
 from launch.children import Actor, exit_text
-from launch.runtime import SetupError
+from launch.runtime import Runtime, SetupError
 from launch.shutdown import STOP_TIMEOUT
 from launch.topology import ProducerGroup, Topology, TopologyError
 from launch.topology_parser import parse_producer_group
@@ -147,6 +147,7 @@ class Supervising(Protocol):
 
     topology: Topology
     actors: list[Actor]
+    runtime: Runtime
 
     def stopping(self) -> bool: ...
 
@@ -171,10 +172,15 @@ class Commands:
             "stop": self.on_stop,
             "attach": self.on_attach,
             "detach": self.on_detach,
+            "endpoints": self.on_endpoints,
         }
 
     def on_list(self, _req: Request) -> Reply:
         return control.reply(actors=[a.describe() for a in self.supervisor.actors])
+
+    def on_endpoints(self, _req: Request) -> Reply:
+        """Where the topology's service listens (ctl's trigger fires on its consumer port)."""
+        return control.reply(endpoints=dict(self.supervisor.runtime.endpoints))
 
     def on_stop(self, _req: Request) -> Reply:
         self.supervisor.request_stop("ctl stop")

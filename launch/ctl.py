@@ -7,6 +7,7 @@
     python -m launch.ctl [--control EP] list
     python -m launch.ctl [--control EP] detach NAME|NAME#k
     python -m launch.ctl [--control EP] stop
+    python -m launch.ctl [--control EP] trigger NAME [NAME ...] [--consumer-endpoint EP]
 
 The supervisor is found through --control, else $TRACEBUS_CONTROL (set for
 every actor the supervisor starts, and printed by it at start), else the
@@ -17,6 +18,13 @@ per-user default ipc://$XDG_RUNTIME_DIR/tracebus/control.sock (or
 attached mid-session joins the running sessions); relative --module imports
 and --command lines resolve against this shell's working directory. Exit
 codes: 0 done, 1 the supervisor refused or did not answer, 2 usage.
+
+`trigger` fires named triggers (every session whose trigger_config names one
+starts, stops or snapshots) as a consumer of the topology's service, whose
+consumer endpoint the supervisor gives (or --consumer-endpoint, with no
+supervisor); the trace records them as fired by "tracebus-ctl". It exits 0
+once the service took them, whether or not a session named them (as
+`perfetto --trigger`), 1 if no service answered.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from launch.control import (
 from launch.control import SupervisorClient as Client
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TRIGGER_CLIENT_NAME = "tracebus-ctl"  # what the trace records as the triggers' producer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,11 +86,38 @@ def _parser() -> argparse.ArgumentParser:
     detach = sub.add_parser("detach", help="stop a producer group or one instance NAME#k")
     detach.add_argument("name", metavar="NAME")
     sub.add_parser("stop", help="shut the whole topology down")
+    trigger = sub.add_parser("trigger", help="fire named triggers at the topology's service")
+    trigger.add_argument("names", nargs="+", metavar="NAME")
+    trigger.add_argument(
+        "--consumer-endpoint", metavar="EP", help="the service's consumer port (no supervisor)"
+    )
     return parser
+
+
+def fire(names: Sequence[str], control_endpoint: str | None, consumer_endpoint: str | None,
+         timeout: float) -> None:  # fmt: skip
+    """Fire `names` on the service's consumer port (asking the supervisor where it is)."""
+    from actors.consumer import Consumer, ConsumerError  # protobuf: only for this command
+    from actors.endpoints import CONSUMER_ENV
+
+    if consumer_endpoint is None:
+        with Client(control_endpoint, timeout=timeout) as client:
+            consumer_endpoint = client.endpoints().get(CONSUMER_ENV)
+        if not consumer_endpoint:
+            raise ControlError("the supervisor did not say where its service's consumer port is")
+    try:
+        with Consumer.connect(consumer_endpoint, timeout, name=TRIGGER_CLIENT_NAME) as consumer:
+            consumer.trigger(*names, timeout=timeout)
+    except ConsumerError as e:
+        raise ControlError(f"trigger: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     timeout = args.timeout
+    if args.cmd == "trigger":
+        fire(args.names, args.control, args.consumer_endpoint, timeout or DEFAULT_TIMEOUT)
+        print(f"fired {', '.join(args.names)}")
+        return EXIT_OK
     with Client(args.control) as client:
         if args.cmd == "attach":
             instances = client.attach(

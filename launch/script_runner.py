@@ -55,6 +55,7 @@ from actors.consumer import (
     load_config,
     trace_file_batches,
 )
+from actors.core import trigger_modes
 from actors.core.consumer_core import (
     ConsumerError,
     Interrupted,
@@ -131,7 +132,8 @@ class Tracing(Consumer):
     ) -> ReadResult:
         """Run one session and write it to `output` (default: the topology's): enable,
         call `during(self)` if given (e.g. to attach producers), wait for duration_s
-        (else the config's duration_ms), stop, save, free. Interrupted: the trace is
+        (else the config's duration_ms, or a trigger session's own end: its
+        trigger_timeout_ms and stop_delay_ms), stop, save, free. Interrupted: the trace is
         still written, then Interrupted is raised again."""
         trace_config = load_config(config)
         path = self._output_path(output) if trace_config.write_into_file else None
@@ -141,7 +143,9 @@ class Tracing(Consumer):
         try:
             if during is not None:
                 during(self)
-            self._run_for(duration_s, trace_config.duration_ms)
+            # A trigger session's own end: trigger_timeout_ms + stop_delay_ms.
+            ends_ms = trace_config.duration_ms or trigger_modes.expected_end_ms(trace_config)
+            self._run_for(duration_s, ends_ms)
         except Interrupted as e:
             interrupted = e
         if not self.session_ended:
@@ -173,7 +177,9 @@ class Tracing(Consumer):
     def _run_for(self, duration_s: float | None, duration_ms: int) -> None:
         if duration_s is None:
             if not duration_ms:
-                raise UsageError("record: the config has no duration_ms: pass duration_s")
+                raise UsageError(
+                    "record: the config has no duration_ms (nor trigger_config): pass duration_s"
+                )
             self.wait_disabled(duration_ms / 1000 + END_GRACE)
             return
         try:

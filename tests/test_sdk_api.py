@@ -73,6 +73,7 @@ class FakeProducer:
         self.starts = starts
         self.go = threading.Event()
         self.stops = 0
+        self.triggers: list[tuple[tuple[str, ...], float]] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def start_thread(self) -> None:
@@ -87,6 +88,10 @@ class FakeProducer:
         self.stops += 1
         for instance in self.starts:
             self.runtime.remove_instance(instance)
+
+    def activate_triggers(self, *names: str, ttl_s: float = 60.0) -> bool:
+        self.triggers.append((names, ttl_s))
+        return self.stops == 0
 
 
 class Rig:
@@ -460,7 +465,7 @@ def test_import_tracebus_loads_nothing_heavy():
 def test_the_api_is_the_documented_one():
     assert set(tracebus.__all__) == {
         "LoggingHandler", "counter", "define_category", "flow_id", "init", "instant",
-        "shutdown", "slice", "stats", "trace",
+        "shutdown", "slice", "stats", "trace", "trigger",
     }  # fmt: skip
     assert _api.slice is tracebus.slice
 

@@ -78,14 +78,19 @@ def test_a_declined_producer_message_gets_an_error_reply_and_is_counted(kind):
     assert core.counters.messages_not_handled == 1
 
 
-def test_activate_triggers_is_answered_not_supported():
-    assert "activate_triggers" in NOT_SUPPORTED
+def test_activate_triggers_is_handled_for_producers_and_consumers():
+    assert "activate_triggers" not in NOT_SUPPORTED
     core = _connected_core()
     req = ipc.ActivateTriggersRequest(trigger_names=["t"])
-    (reply,) = core.handle_producer(
+    replies = core.handle_producer(
         PRODUCER, ipc.ProducerToService(request_id=9, activate_triggers=req), NOW
     )
-    assert reply.msg.request_id == 9 and "triggers are not supported" in reply.msg.error.message
+    assert replies == []  # a producer's triggers get no reply (nothing to wait for)
+    (reply,) = core.handle_consumer(
+        CONSUMER, ipc.ConsumerToService(request_id=4, activate_triggers=req), NOW
+    )
+    assert reply.msg.request_id == 4 and reply.msg.ack.error == ""
+    assert core.counters.messages_not_handled == 0
 
 
 def test_a_producer_envelope_without_a_message_gets_an_error_and_is_counted():

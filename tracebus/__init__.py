@@ -9,6 +9,7 @@
     tracebus.instant("cache_miss", category="cache", args={"key": k})
     tracebus.counter("queue_depth", 3) # int or float, optional category/unit
     logging.getLogger().addHandler(tracebus.LoggingHandler())
+    tracebus.trigger("crash_seen")     # fire a trigger (trigger_config sessions act on it)
     tracebus.shutdown()                # flush and detach; also at exit
 
 The first call starts a producer on a background thread that hosts the
@@ -36,6 +37,7 @@ from tracebus._api import (
     slice,
     stats,
     trace,
+    trigger,
 )
 from tracebus._logging import LoggingHandler
 
@@ -50,4 +52,5 @@ __all__ = [
     "slice",
     "stats",
     "trace",
+    "trigger",
 ]

@@ -252,6 +252,19 @@ def flow_id(key: object) -> int:
     return encode(key)
 
 
+def trigger(*names: str, ttl_s: float = 60.0) -> None:
+    """Fire named triggers: every tracing session whose trigger_config names one
+    starts, stops or takes a snapshot, as its trigger_mode says (Perfetto's
+    Tracing::ActivateTriggers). Sent by this process's producer, which the
+    service names and identifies (producer_name_regex matches that name). Never
+    blocks: before the producer is connected the names wait for it, at most
+    `ttl_s` seconds (then they are dropped, counted in stats()["triggers_dropped"])."""
+    try:
+        _runtime.current.trigger(tuple(_text(n) for n in names), float(ttl_s))
+    except Exception as e:
+        _error("trigger", e)
+
+
 def stats() -> dict[str, Any]:
     """The SDK's own counters: state, instances, packets dropped, internal errors."""
     try:

@@ -69,6 +69,7 @@ SERVICE_POLL_S = 0.25  # how often the start thread looks for the service's sock
 # service reaches, and the grace after the registration's reply.
 DEFAULT_STARTUP_WAIT_S = 5.0
 REGISTERED_GRACE_S = 0.2
+MAX_PENDING_TRIGGERS = 256  # trigger() names kept while the producer starts
 MAX_CATEGORIES = 4096  # WANTED entries before it is rebuilt (apps that make up categories)
 
 IDLE, STARTING, RUNNING, STOPPED, DISABLED = "idle", "starting", "running", "stopped", "disabled"
@@ -89,6 +90,7 @@ class Producer(Protocol):
 
     def start_thread(self) -> None: ...
     def stop(self, timeout: float | None = None) -> None: ...
+    def activate_triggers(self, *names: str, ttl_s: float = ...) -> bool: ...
 
 
 # name, runtime -> a producer hosting track_event for that runtime (tracebus/_data_source.py)
@@ -148,6 +150,9 @@ class Runtime:
         self.instance_started = threading.Event()
         self.stopped = threading.Event()  # shutdown() finished
         self.errors: Counter[str] = Counter()
+        # trigger() before the producer exists: (expiry on time.monotonic(), name).
+        self.pending_triggers: list[tuple[float, str]] = []
+        self.triggers_dropped = 0
         self._errors_lock = threading.Lock()  # not self.lock: errors are counted under it too
 
     # -- first use ---------------------------------------------------------------------------
@@ -258,6 +263,7 @@ class Runtime:
                 producer.start_thread()
                 self.producer = producer
                 self.state = RUNNING
+                self._hand_over_triggers(producer)
         except Exception as e:
             with self.lock:
                 if self.state == STARTING:
@@ -278,6 +284,44 @@ class Runtime:
             if self.state != STARTING:
                 return False
         return True
+
+    # -- triggers --------------------------------------------------------------------------------
+
+    def trigger(self, names: tuple[str, ...], ttl_s: float) -> None:
+        """Fire named triggers through this process's producer, starting it if
+        needed; never waits: while the producer starts, the names are kept (up to
+        MAX_PENDING_TRIGGERS) and handed over with what is left of their ttl."""
+        if self.state == IDLE:
+            nested = self._enter_call()
+            try:
+                self._ensure_started(wait=False)
+            finally:
+                self._calls.active = nested
+        with self.lock:
+            producer = self.producer if self.state == RUNNING else None
+            if producer is None:
+                self._keep_triggers(names, ttl_s)
+                return
+        if not producer.activate_triggers(*names, ttl_s=ttl_s):
+            self.triggers_dropped += len(names)
+
+    def _keep_triggers(self, names: tuple[str, ...], ttl_s: float) -> None:
+        """Under the lock: keep the names for the producer to come (or drop them)."""
+        if self.state != STARTING:
+            self.triggers_dropped += len(names)  # disabled or shut down: no producer
+            return
+        room = max(0, MAX_PENDING_TRIGGERS - len(self.pending_triggers))
+        expiry = time.monotonic() + ttl_s
+        self.pending_triggers += [(expiry, name) for name in names[:room]]
+        self.triggers_dropped += len(names) - min(room, len(names))
+
+    def _hand_over_triggers(self, producer: Producer) -> None:
+        """Under the lock, once the producer runs: the triggers kept meanwhile."""
+        pending, self.pending_triggers = self.pending_triggers, []
+        now = time.monotonic()
+        for expiry, name in pending:
+            if expiry <= now or not producer.activate_triggers(name, ttl_s=expiry - now):
+                self.triggers_dropped += 1
 
     # -- instances (the producer's thread) ---------------------------------------------------
 
@@ -366,6 +410,7 @@ class Runtime:
             "producer_name": self.producer_name,
             "instances": len(instances),
             "dropped_packets": dropped,
+            "triggers_dropped": self.triggers_dropped,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
         }

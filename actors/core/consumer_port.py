@@ -17,13 +17,14 @@ from collections.abc import Callable
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback, reports
+from actors.core import readback, reports, trigger_modes
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
 from actors.core.configs import first_non_text_string
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
 from actors.core.outbox import Peer, version_error
+from actors.core.producer_port import producer_name
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import NS_PER_MS, SessionControl
 from actors.core.sessions import (
@@ -49,6 +50,8 @@ class ConsumerPort:
 
     def hello(self, peer: Peer, request_id: int, req: ipc.Hello, now: int) -> None:
         reply = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
+        if req.client_name:  # the name this connection's triggers are recorded under
+            self._ctx.consumer_names[peer.identity] = producer_name(req.client_name)
         if req.protocol_version != ipc.PROTOCOL_VERSION:
             reply.error = version_error(req.protocol_version)
         self._ctx.out.to_consumer(peer.identity, request_id, hello=reply)
@@ -74,7 +77,8 @@ class ConsumerPort:
         reply = ipc.EnableTracingResponse(session_id=session.id)
         reply.unsupported_fields.extend([*ignored_fields(config), *session.smb_notes])
         reply.unmatched_data_sources.extend(self._control.unmatched_data_sources(config))
-        if not config.deferred_start:
+        trigger_modes.enabled(session, now)
+        if not config.deferred_start and not trigger_modes.waits_to_start(config):
             self._control.start(session, now)
         reply.started = session.state in RECORDING_SESSION
         reports.bound_name_lists(reply)  # names from the config and producers
@@ -155,6 +159,10 @@ class ConsumerPort:
             error = "this session writes into a file (write_into_file): it cannot be read back"
             self._ctx.out.consumer_error(peer.identity, request_id, error)
             return
+        if trigger_modes.withholds_data(session):  # no trigger yet, or CLONE_SNAPSHOT: nothing
+            reply = ipc.ReadBuffersResponse(has_more=False)
+            self._ctx.out.to_consumer(peer.identity, request_id, read_buffers=reply)
+            return
         self._reads[peer.identity] = readback.PendingRead(peer.identity, request_id, session.id)
 
     def reads_pending(self, may_send: Callable[[bytes], bool]) -> bool:
@@ -234,6 +242,7 @@ class ConsumerPort:
     def gone(self, identity: bytes, now: int) -> None:
         """A consumer that disconnects without detaching frees its session."""
         self._reads.pop(identity, None)
+        self._ctx.consumer_names.pop(identity, None)
         for session in [s for s in self._ctx.sessions.values() if s.consumer == identity]:
             self.free(session, now)
 

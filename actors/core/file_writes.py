@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback
+from actors.core import readback, trigger_modes
 from actors.core.file_sink import SessionFile, output_path, trace_bytes, write_period_ns
 from actors.core.lifecycle import TAKING_DATA_SESSION, SessionEvent, can_apply
 from actors.core.service_context import ServiceContext
@@ -90,6 +90,9 @@ class FileWrites:
         read = file.read
         assert read is not None  # continue_drains passes files with a drain under way
         framing = readback.TRACE_FILE
+        if trigger_modes.withholds_data(session):  # no trigger yet: nothing goes into the file
+            self._drain_done(session, file)
+            return
         records, done = readback.read_slice(
             read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
         )

@@ -32,6 +32,12 @@ fresh connections in a row simply does not take heartbeats: they stop. If the
 service has ever answered a heartbeat, a silence of LIVENESS_TIMEOUT_NS also
 means it is gone.
 
+Triggers: `activate_triggers(names, now, ttl_ns)` sends them at once when
+connected; before (or between connections) they wait, up to MAX_PENDING_TRIGGERS
+names, and go out with the next handshake unless their ttl has passed by then
+(Perfetto's SDK keeps them the same way); those dropped are counted in
+`triggers_dropped`.
+
 Dispatch: one table maps each ServiceToProducer kind to its handler; kinds in
 BEFORE_HANDSHAKE are taken in any state, the others only once connected. A kind
 with no handler (a newer service's) cannot be answered, since commands are
@@ -61,6 +67,9 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 LIVENESS_TIMEOUT_NS = 3_500_000_000
 
 # ServiceToProducer kinds handled in any state; every other one only once connected.
+# Names waiting for a connection (beyond, dropped and counted), and per request (the
+# service takes at most 256 names in one: actors/core/triggers.py).
+MAX_PENDING_TRIGGERS = 256
 BEFORE_HANDSHAKE = frozenset({"initialize_connection", "error", "heartbeat"})
 # ServiceToProducer kinds this producer deliberately has no handler for (they reach
 # _unhandled: counted and logged). Today: none.
@@ -217,6 +226,9 @@ class ProducerCore:
         self._heartbeats = True  # off for good once the service turns out not to take them
         self._first_heartbeat_rejections = 0  # fresh connections in a row
         self.unhandled: dict[str, int] = {}  # messages of a kind without handler, by kind
+        # Triggers fired while not connected: (expiry, name), kept across reconnects.
+        self._pending_triggers: list[tuple[int, str]] = []
+        self.triggers_dropped = 0  # too many waiting, or expired before a connection
         self._handlers: dict[str, Handler] = {
             "initialize_connection": self._on_initialized,
             "register_data_source": self._on_registered,
@@ -320,7 +332,35 @@ class ProducerCore:
         self._next_heartbeat = now + HEARTBEAT_INTERVAL_NS
         out: list[Output] = [Connected(reply.producer_id)]
         out += [self._register(d) for d in self.descriptors.values()]
+        out += self._send_pending_triggers(now)
         return out
+
+    # -- triggers ------------------------------------------------------------------------
+
+    def activate_triggers(self, names: Sequence[str], now: int, ttl_ns: int) -> list[Output]:
+        """Fire named triggers: now if connected, else with the next handshake if
+        that comes within ttl_ns."""
+        if self.state is State.CONNECTED:
+            return self._trigger_requests(list(names))
+        room = MAX_PENDING_TRIGGERS - len(self._pending_triggers)
+        self.triggers_dropped += max(0, len(names) - room)
+        self._pending_triggers += [(now + ttl_ns, name) for name in names[: max(0, room)]]
+        return []
+
+    def _send_pending_triggers(self, now: int) -> list[Output]:
+        pending, self._pending_triggers = self._pending_triggers, []
+        names = [name for expiry, name in pending if expiry >= now]
+        self.triggers_dropped += len(pending) - len(names)
+        return self._trigger_requests(names)
+
+    def _trigger_requests(self, names: list[str]) -> list[Output]:
+        """ActivateTriggers requests of at most MAX_PENDING_TRIGGERS names each (the
+        most the service takes in one)."""
+        step = MAX_PENDING_TRIGGERS
+        return [
+            self._send("activate_triggers", ipc.ActivateTriggersRequest(trigger_names=chunk))
+            for chunk in (names[i : i + step] for i in range(0, len(names), step))
+        ]
 
     def _on_registered(self, msg: ipc.ServiceToProducer, now: int) -> list[Output]:
         name = self._pending_registrations.pop(msg.request_id, "?")

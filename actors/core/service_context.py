@@ -73,6 +73,8 @@ class ServiceContext:
         self.flush_ids = Counter()
         self.producers_seen = 0
         self.data_sources_seen = 0
+        # A consumer connection's Hello.client_name (the name its triggers carry).
+        self.consumer_names: dict[bytes, str] = {}
 
     def refuse(self, limit: str) -> None:
         """Count a request refused because of `limit` (a Limits field name); the

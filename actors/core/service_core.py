@@ -38,6 +38,7 @@ from actors.core.readback import SliceBudget
 from actors.core.service_context import Clocks, ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import DEFAULT_LIMITS, Limits, Session, StopSession
+from actors.core.triggers import Triggers
 from protos import tracebus_ipc_pb2 as ipc
 from shm.trace_buffer import TraceBuffer
 
@@ -57,7 +58,6 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 
 # Message kinds the protocol defines and this service declines, with the reason.
 NOT_SUPPORTED = {
-    "activate_triggers": "triggers are not supported by this service",
     "detach": "detaching a session is not supported by this service",
     "attach": "attaching to a session is not supported by this service",
     "clone_session": "cloning a session is not supported by this service",
@@ -83,6 +83,7 @@ class ServiceCore:
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
         self._files = FileWrites(ctx, self._control)
+        t = self._triggers = Triggers(ctx, self._control)
         self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
         c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)
@@ -97,6 +98,7 @@ class ServiceCore:
             "data_source_started": p.data_source_started,
             "data_source_stopped": p.data_source_stopped,
             "heartbeat": p.heartbeat,
+            "activate_triggers": t.from_producer,
         }
         self.consumer_handlers: dict[str, ConsumerHandler] = {
             "hello": c.hello,
@@ -110,6 +112,7 @@ class ServiceCore:
             "query_service_state": c.query_service_state,
             "observe_events": c.observe_events,
             "heartbeat": c.heartbeat,
+            "activate_triggers": t.from_consumer,
         }
 
     # What tests and reports look at.
@@ -235,14 +238,17 @@ class ServiceCore:
             )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
+            deadlines += self._triggers.deadlines(s)
         deadlines += self._files.deadlines()
         return min(deadlines) if deadlines else None
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
-        stop), the periodic flush, the periodic incremental state clear and the
-        periodic drain into the session's file."""
+        stop), the periodic flush, the periodic incremental state clear, the
+        periodic drain into the session's file, and the triggers' timers (a START
+        session's trigger_timeout_ms, CLONE_SNAPSHOT hits after stop_delay_ms)."""
         self._flushes.expire(session, now)
+        self._triggers.on_timer(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:
             self._control.finish_disable(session, now, force=True)
         timeout = session.flush_timeout_ns

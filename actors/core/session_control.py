@@ -13,7 +13,7 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state, reports
+from actors.core import incremental_state, reports, trigger_modes
 from actors.core.config_rules import producer_entry
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
@@ -255,8 +255,9 @@ class SessionControl:
         apply(session, SessionEvent.START)
         self._ctx.clock_snapshot(session)
         self._ctx.service_event(session, "tracing_started")
-        if session.config.duration_ms:
-            session.duration_deadline = now + session.config.duration_ms * NS_PER_MS
+        duration_ms = trigger_modes.duration_ms(session.config)  # trigger_timeout_ms for STOP
+        if duration_ms:
+            session.duration_deadline = now + duration_ms * NS_PER_MS
         if session.config.flush_period_ms:
             session.next_periodic_flush = now + session.config.flush_period_ms * NS_PER_MS
         session.next_incremental_clear = incremental_state.first_clear(session, now)

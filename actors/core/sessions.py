@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -105,6 +105,14 @@ class Session(HasSessionState):
         # Part "rules": the config's `producers` entries the service could not honour
         # (session_control._ensure_smb), named with the ignored fields at enable.
         self.smb_notes: list[str] = []
+        # Triggers (actors/core/triggers.py): those the session took, in order; their
+        # `trigger` packets queued for the next read (readback emits them after the
+        # trace_config); a START session's trigger_timeout_ms deadline; and the
+        # CLONE_SNAPSHOT hits waiting for their stop_delay_ms, (due time, Fired).
+        self.received_triggers: list[Any] = []
+        self.trigger_packets: list[bytes] = []
+        self.start_trigger_deadline: int | None = None
+        self.clone_hits_due: list[tuple[int, Any]] = []
 
     @property
     def flush_timeout_ns(self) -> int:
