@@ -58,8 +58,6 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 # Message kinds the protocol defines and this service declines, with the reason.
 NOT_SUPPORTED = {
     "activate_triggers": "triggers are not supported by this service",
-    "detach": "detaching a session is not supported by this service",
-    "attach": "attaching to a session is not supported by this service",
     "clone_session": "cloning a session is not supported by this service",
 }
 
@@ -109,6 +107,8 @@ class ServiceCore:
             "get_trace_stats": c.get_trace_stats,
             "query_service_state": c.query_service_state,
             "observe_events": c.observe_events,
+            "detach": c.detach,
+            "attach": c.attach,
             "heartbeat": c.heartbeat,
         }
 
@@ -235,13 +235,19 @@ class ServiceCore:
             )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
+            if s.free_due:  # a detached session that ended on its own: at once
+                deadlines.append(0)
         deadlines += self._files.deadlines()
         return min(deadlines) if deadlines else None
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
         stop), the periodic flush, the periodic incremental state clear and the
-        periodic drain into the session's file."""
+        periodic drain into the session's file; and the free of a detached session
+        that ended on its own (actors/core/detach.py)."""
+        if session.free_due:
+            self._consumer_port.free(session, now)
+            return
         self._flushes.expire(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:
             self._control.finish_disable(session, now, force=True)

@@ -120,6 +120,15 @@ class Session(HasSessionState):
         # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
         # if set, else random (session_control.create); a clone gets a new msb.
         self.uuid_msb = self.uuid_lsb = 0
+        # Detach and attach (actors/core/detach.py): the key the session is kept under
+        # while no consumer holds it ("" while one does); its end's stop_timed_out once
+        # it ended (told again to a consumer that attaches); whether its own stop
+        # (duration_ms, a trigger: StopSession) ended it, so that it is freed if that
+        # happened while detached; and whether that free is due (ServiceCore's timer).
+        self.detach_key = ""
+        self.end_stop_timed_out: tuple[str, ...] | None = None
+        self.stopped_on_its_own = False
+        self.free_due = False
 
     @property
     def flush_timeout_ns(self) -> int:
