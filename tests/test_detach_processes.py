@@ -8,6 +8,7 @@ Misuse gets Perfetto's exit codes and a clear error."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,7 @@ def test_a_script_detaches_and_another_process_attaches_and_reads(rt: Runtime):
         rt,
         "detacher",
         f"""
+import time
 from pathlib import Path
 
 
@@ -191,3 +193,54 @@ def main(tracing):
     consumer.free()
     trace = pb.Trace.FromString(out.read_bytes())
     assert counters_by_pid(list(trace.packet)) == {producer.pid: list(range(1, COUNT + 1))}
+
+
+# -- Perfetto's own examples (docs/concepts/detached-mode.md), their config text as is --------
+
+PERFETTO_CONFIGS = Path(__file__).parent / "perfetto_configs"
+
+
+def ftrace_stand_in(rt: Runtime) -> Proc:
+    """A producer offering "linux.ftrace" (the synthetic source under that name: with
+    no for_testing config it writes nothing, but its instance is set up and stopped)."""
+    args = ("--data-source", "linux.ftrace")
+    return rt.start_producer("ftrace", *args, data_sources=("linux.ftrace",))
+
+
+def test_perfettos_detached_ring_buffer_example(rt: Runtime):
+    """write_into_file with an 11-day write period: nothing reaches the file until
+    `--attach=session2 --stop`, then the whole trace does."""
+    rt.start_service()
+    ftrace_stand_in(rt)
+    cfg = PERFETTO_CONFIGS / "detached-mode-ring-buffer.cfg"
+    out = rt.dir / "trace"
+    code, err = cli(rt, "-c", str(cfg), "--txt", "--detach=session2", "-o", str(out))
+    assert code == 0, err + rt.logs()
+    assert out.stat().st_size == 0  # opened by the service, not written yet
+    code, err = cli(rt, "--attach=session2", "--stop", label="attach")
+    assert code == 0, err + rt.logs()
+    trace = pb.Trace.FromString(out.read_bytes())
+    (config,) = [p.trace_config for p in trace.packet if p.HasField("trace_config")]
+    assert config.file_write_period_ms == 1_000_000_000
+    assert config.data_sources[0].config.name == "linux.ftrace"
+    assert trace.packet[-1].HasField("trace_stats")
+    assert detached_sessions(rt) == []
+
+
+def test_perfettos_time_limit_example_attach_waits_for_the_end(rt: Runtime):
+    """duration_ms 10 s: `--attach=session3` (no --stop) stays until the service ends
+    the session, then exits 0 with the file complete."""
+    rt.start_service()
+    ftrace_stand_in(rt)
+    cfg = PERFETTO_CONFIGS / "detached-mode-time-limit.cfg"
+    out = rt.dir / "trace"
+    started = time.monotonic()
+    code, err = cli(rt, "-c", str(cfg), "--txt", "--detach=session3", "-o", str(out))
+    assert code == 0, err + rt.logs()
+    code, err = cli(rt, "--attach=session3", "-o", str(out), label="attach")
+    assert code == 0, err + rt.logs()
+    assert time.monotonic() - started >= 10.0  # it waited for duration_ms
+    trace = pb.Trace.FromString(out.read_bytes())
+    assert trace.packet[-1].HasField("trace_stats")
+    assert any(p.service_event.tracing_disabled for p in trace.packet)
+    assert detached_sessions(rt) == []
