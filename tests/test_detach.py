@@ -205,3 +205,21 @@ def test_attach_notification_only_without_a_session_ends_at_once_with_an_error()
     assert reply.request_id == request_id and reply.enable_tracing.disabled
     assert "no attached session" in reply.enable_tracing.error
     assert not rig.core.sessions  # it did not enable anything
+
+
+def test_an_end_between_the_attach_and_its_notification_request_waits_for_that_request():
+    rig = Rig()
+    producer = FakeProducer(rig, "prod", pid=555)
+    first = FakeConsumer(rig, "first")
+    enable(first)
+    producer.process()
+    detach(first, "k")
+    second = FakeConsumer(rig, "second")
+    assert attach(second, "k").state == "STARTED"
+    rig.route(rig.core.producer_gone(producer.peer.identity, rig.now))
+    second.send(disable_tracing=ipc.DisableTracingRequest())  # ends before await_end
+    (acked,) = second.replies()  # no end reply under no request: only the disable's ack
+    assert acked.WhichOneof("msg") == "ack" and acked.ack.error == ""
+    end_id = await_end(second)
+    (ended,) = second.replies()
+    assert ended.request_id == end_id and ended.enable_tracing.disabled

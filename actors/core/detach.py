@@ -87,7 +87,6 @@ class Detaches:
         session.disable_waiters.clear()
         session.observer_request_id = 0
         session.observe_types = set()
-        session.enable_request_id = 0  # its end reply waits for attach (await_end)
 
     def attach(self, peer: Peer, request_id: int, req: ipc.AttachRequest) -> None:
         """Bind the session detached under (peer's uid, key) to this consumer."""
@@ -104,6 +103,7 @@ class Detaches:
             session.consumer = peer.identity
             session.consumer_pid = peer.pid
             session.detach_key = ""
+            session.end_reply_held = True  # until attach_notification_only (await_end)
             reply.trace_config = session.config.SerializeToString()
             reply.session_id = session.id
             reply.state = session.state.value
@@ -119,6 +119,7 @@ class Detaches:
             self._ctx.out.to_consumer(peer.identity, request_id, enable_tracing=reply)
             return
         session.enable_request_id = request_id
+        session.end_reply_held = False
         if session.state in ENDED_SESSION and session.end_stop_timed_out is not None:
             self._control.tell_ended(session, list(session.end_stop_timed_out))
 

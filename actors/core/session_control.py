@@ -323,7 +323,8 @@ class SessionControl:
             error=file.error if file is not None else "",
         )
         reports.bound_name_lists(reply)  # names from the config and producers
-        out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
+        if not session.end_reply_held:
+            out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
         session.disable_waiters.clear()

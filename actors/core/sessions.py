@@ -129,6 +129,9 @@ class Session(HasSessionState):
         self.end_stop_timed_out: tuple[str, ...] | None = None
         self.stopped_on_its_own = False
         self.free_due = False
+        # Attached, its attach_notification_only request not in yet: the end reply
+        # waits for it (it has no request id to go under before).
+        self.end_reply_held = False
 
     @property
     def flush_timeout_ns(self) -> int:
