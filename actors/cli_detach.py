@@ -54,6 +54,7 @@ from actors.consumer_cli import (
 from actors.core.consumer_core import ConsumerError, SessionError, UsageError
 from actors.core.consumer_summary import format_summary, unmatched_at_start
 from actors.endpoints import default_consumer_endpoint
+from actors.output_paths import STDOUT
 
 EXIT_NOT_DETACHED = 2  # perfetto --attach / --is_detached: no such detached session
 CLI_NAME = "tracebus-cli"
@@ -215,6 +216,7 @@ class AttachedRecording(Recording):
         self.key = key
         self.stop = stop
         self.out_given = out is not None
+        self.ended_before = False
 
     def run(self) -> int:
         try:
@@ -239,6 +241,7 @@ class AttachedRecording(Recording):
             _say(f"error: {e}")
             return EXIT_NOT_DETACHED
         self.config, self.session_id = attached.config, attached.session_id
+        self.ended_before = attached.ended  # ended while detached: nothing to stop
         if not self.config.write_into_file and not self.out_given:
             consumer.detach(self.key)
             _say(
@@ -246,6 +249,8 @@ class AttachedRecording(Recording):
                 f"name the file to read it into with -o OUT (it stays detached as {self.key!r})"
             )
             return EXIT_USAGE
+        if self.config.write_into_file and str(self.out) == STDOUT:
+            self.out_given = False  # the service wrote a file: there is nothing to stream
         if self.config.write_into_file and not self.out_given and self.config.output_path:
             self.out, self.out_given = Path(self.config.output_path), True
         return None
@@ -262,7 +267,7 @@ class AttachedRecording(Recording):
         self.signals.target = consumer  # Ctrl-C stops the session, as for our own
         self._learn_producers(consumer)
         self.started = time.monotonic()
-        if self.stop:
+        if self.stop and not self.ended_before:
             self._stop_session(consumer)
         else:
             self._wait_for_end(consumer)

@@ -121,6 +121,38 @@ def test_a_detached_session_that_reaches_its_duration_is_freed_and_its_file_comp
     assert code == 2 and "no session is detached under the key 'k3'" in err
 
 
+def test_a_detached_session_ended_by_its_file_limit_waits_for_the_attach(rt: Runtime):
+    """Not its own end (max_file_size_bytes): kept, stopped; --attach --stop then
+    only takes its end, and frees it."""
+    rt.start_service()
+    rt.start_producer("p")
+    out = rt.dir / "capped.pftrace"
+    cfg = rt.write_file(
+        "capped.pbtxt",
+        """
+buffers { size_kb: 1024 fill_policy: RING_BUFFER }
+data_sources {
+  config { name: "tracebus.synthetic" for_testing { message_count: 500 message_size: 100 } }
+}
+write_into_file: true file_write_period_ms: 100 max_file_size_bytes: 4000
+""",
+    )
+    code, err = cli(rt, "-c", str(cfg), "--txt", "--detach=capped", "-o", str(out))
+    assert code == 0, err
+
+    def stopped() -> bool:
+        return [s.state for s in detached_sessions(rt)] == ["DISABLED"]
+
+    wait_for(stopped, 30.0, "the file limit to end the detached session")
+    assert cli(rt, "--is_detached=capped", label="is-detached")[0] == 0
+    code, err = cli(rt, "--attach=capped", "--stop", "-o", str(out), label="attach")
+    assert code == 0, err + rt.logs()
+    assert "flush" not in err  # nothing left to flush or stop
+    assert 0 < out.stat().st_size <= 4000
+    pb.Trace.FromString(out.read_bytes())  # whole packets only
+    assert detached_sessions(rt) == []
+
+
 def test_misuse_gets_perfettos_exit_codes_and_clear_errors(rt: Runtime):
     rt.start_service()
     rt.start_producer("p")
