@@ -136,6 +136,10 @@ def test_detach_ends_what_the_old_consumer_waited_for():
     attach(other, "k")
     counters = [p.for_testing.counter for p in other.read() if p.HasField("for_testing")]
     assert counters == list(range(1, 2001))  # the ended read took nothing
+    other.send(disable_tracing=ipc.DisableTracingRequest())  # its instances stop
+    kinds = [r.WhichOneof("msg") for r in other.replies()]
+    assert "events" not in kinds  # the old subscription is gone, not inherited
+    assert consumer.replies() == []
 
 
 def test_a_detached_session_at_the_end_of_duration_ms_is_freed():
