@@ -239,21 +239,26 @@ def ftrace_stand_in(rt: Runtime) -> Proc:
     return rt.start_producer("ftrace", *args, data_sources=("linux.ftrace",))
 
 
-def test_perfettos_detached_ring_buffer_example(rt: Runtime):
-    """write_into_file with an 11-day write period: nothing reaches the file until
-    `--attach=session2 --stop`, then the whole trace does."""
+@pytest.mark.parametrize(
+    ("name", "period_ms"),
+    [("detached-mode-ring-buffer.cfg", 1_000_000_000), ("detached-mode-long-trace.cfg", 5000)],
+)
+def test_perfettos_detach_then_attach_and_stop_examples(rt: Runtime, name: str, period_ms: int):
+    """`--detach=session -o trace`, then `--attach=session --stop`: the file is complete.
+    In ring-buffer mode (an 11-day write period) nothing reaches it before the stop."""
     rt.start_service()
     ftrace_stand_in(rt)
-    cfg = PERFETTO_CONFIGS / "detached-mode-ring-buffer.cfg"
     out = rt.dir / "trace"
-    code, err = cli(rt, "-c", str(cfg), "--txt", "--detach=session2", "-o", str(out))
+    args = ("-c", str(PERFETTO_CONFIGS / name), "--txt", "--detach=session", "-o", str(out))
+    code, err = cli(rt, *args)
     assert code == 0, err + rt.logs()
-    assert out.stat().st_size == 0  # opened by the service, not written yet
-    code, err = cli(rt, "--attach=session2", "--stop", label="attach")
+    if period_ms > 60_000:
+        assert out.stat().st_size == 0  # opened by the service, not written yet
+    code, err = cli(rt, "--attach=session", "--stop", label="attach")
     assert code == 0, err + rt.logs()
     trace = pb.Trace.FromString(out.read_bytes())
     (config,) = [p.trace_config for p in trace.packet if p.HasField("trace_config")]
-    assert config.file_write_period_ms == 1_000_000_000
+    assert config.file_write_period_ms == period_ms
     assert config.data_sources[0].config.name == "linux.ftrace"
     assert trace.packet[-1].HasField("trace_stats")
     assert detached_sessions(rt) == []
