@@ -721,6 +721,6 @@ class Consumer:
 
 
 if __name__ == "__main__":
-    from actors.consumer_cli import main
+    from actors.cli_detach import main  # the record CLI, with its detached modes
 
     sys.exit(main())

@@ -354,10 +354,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m actors.consumer",
         description="Record a trace: run one tracing session and write a Perfetto trace file.",
     )
-    parser.add_argument("-c", "--config", required=True, help="TraceConfig file, or - for stdin")
+    parser.add_argument("-c", "--config", help="TraceConfig file, or - for stdin (required)")
     parser.add_argument("--txt", action="store_true", help="the config is a textproto")
     parser.add_argument(
-        "-o", "--out", required=True, help="the trace file to write (a regular file), - for stdout"
+        "-o", "--out", help="the trace file to write (a regular file), - for stdout (required)"
     )
     parser.add_argument(
         "--consumer-endpoint",
@@ -415,7 +415,18 @@ def connect_timeout(flag: float | None) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    return run(parser, parser.parse_args(argv))
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Record one session as `args` say (actors/cli_detach.py adds the detached modes
+    to the parser and calls this for the rest)."""
+    missing = [
+        flag for flag, value in (("-c/--config", args.config), ("-o/--out", args.out)) if not value
+    ]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         config = _read_config(args.config, args.txt)
         check_output(args.out, config)

@@ -1,5 +1,5 @@
 """Perfetto's own configs against a real service: every one of its test/configs/*.cfg
-and twelve from its docs (tests/perfetto_configs/, each naming its origin on its
+and thirteen from its docs (tests/perfetto_configs/, each naming its origin on its
 first line), enabled by a consumer over ipc:// next to a producer named as traced's
 probes that offers some of the data sources they name.
 
@@ -52,8 +52,8 @@ REFUSED = {
 }
 
 
-def test_every_config_of_perfettos_test_set_and_twelve_of_its_docs_are_here():
-    assert len(PERFETTO_TEST_CONFIGS) == 25 and len(DOCS_CONFIGS) == 12
+def test_every_config_of_perfettos_test_set_and_thirteen_of_its_docs_are_here():
+    assert len(PERFETTO_TEST_CONFIGS) == 25 and len(DOCS_CONFIGS) == 13
     for name in PERFETTO_TEST_CONFIGS + DOCS_CONFIGS:
         first = (CONFIGS / name).read_text().splitlines()[0]
         assert first.startswith("# From google/perfetto ") and "(Apache-2.0)" in first, name

@@ -20,6 +20,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.core import readback, reports, trigger_modes
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
 from actors.core.configs import first_non_text_string
+from actors.core.detach import Detaches
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
 from actors.core.lifecycle import ENDED_SESSION, RECORDING_SESSION, SessionEvent, can_apply
@@ -47,6 +48,7 @@ class ConsumerPort:
         self._files = files
         # Reads answered in slices, by consumer; the next slice goes to the first.
         self._reads: dict[bytes, readback.PendingRead] = {}
+        self._detaches = Detaches(ctx, control)
 
     def hello(self, peer: Peer, request_id: int, req: ipc.Hello, now: int) -> None:
         reply = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
@@ -59,6 +61,9 @@ class ConsumerPort:
     def enable_tracing(
         self, peer: Peer, request_id: int, req: ipc.EnableTracingRequest, now: int
     ) -> None:
+        if req.attach_notification_only:  # after an attach: no new session (detach.py)
+            self._detaches.await_end(peer, request_id)
+            return
         config = pb.TraceConfig()
         error = self._refusal(peer, req, config)
         buffers: list[TraceBuffer] = []
@@ -236,11 +241,18 @@ class ConsumerPort:
             return
         self._control.observe(session, request_id, set(req.types))
 
+    def detach(self, peer: Peer, request_id: int, req: ipc.DetachRequest, now: int) -> None:
+        self._detaches.detach(peer, request_id, req, self._reads)
+
+    def attach(self, peer: Peer, request_id: int, req: ipc.AttachRequest, now: int) -> None:
+        self._detaches.attach(peer, request_id, req)
+
     def heartbeat(self, peer: Peer, request_id: int, req: ipc.Heartbeat, now: int) -> None:
         pass  # the consumer is alive; nothing to answer
 
     def gone(self, identity: bytes, now: int) -> None:
-        """A consumer that disconnects without detaching frees its session."""
+        """A consumer that disconnects without detaching frees its session (a detached
+        one is no consumer's: detach.DETACHED)."""
         self._reads.pop(identity, None)
         self._ctx.consumer_names.pop(identity, None)
         for session in [s for s in self._ctx.sessions.values() if s.consumer == identity]:

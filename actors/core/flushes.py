@@ -87,4 +87,5 @@ class Flushes:
             reply = ipc.FlushConsumerResponse(success=success)
             self._ctx.out.to_consumer(after.consumer, after.request_id, flush=reply)
         elif isinstance(after, StopSession):
+            session.stopped_on_its_own = True  # detached, it is then freed (detach.py)
             self._control.disable(session, now)

@@ -58,8 +58,6 @@ ConsumerHandler = Callable[[Peer, int, Any, int], None]
 
 # Message kinds the protocol defines and this service declines, with the reason.
 NOT_SUPPORTED = {
-    "detach": "detaching a session is not supported by this service",
-    "attach": "attaching to a session is not supported by this service",
     "clone_session": "cloning a session is not supported by this service",
 }
 
@@ -111,6 +109,8 @@ class ServiceCore:
             "get_trace_stats": c.get_trace_stats,
             "query_service_state": c.query_service_state,
             "observe_events": c.observe_events,
+            "detach": c.detach,
+            "attach": c.attach,
             "heartbeat": c.heartbeat,
             "activate_triggers": t.from_consumer,
         }
@@ -239,14 +239,20 @@ class ServiceCore:
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
             deadlines += self._triggers.deadlines(s)
+            if s.free_due:  # a detached session that ended on its own: at once
+                deadlines.append(0)
         deadlines += self._files.deadlines()
         return min(deadlines) if deadlines else None
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
         stop), the periodic flush, the periodic incremental state clear, the
-        periodic drain into the session's file, and the triggers' timers (a START
-        session's trigger_timeout_ms, CLONE_SNAPSHOT hits after stop_delay_ms)."""
+        periodic drain into the session's file, the triggers' timers (a START
+        session's trigger_timeout_ms, CLONE_SNAPSHOT hits after stop_delay_ms), and
+        the free of a detached session that ended on its own (actors/core/detach.py)."""
+        if session.free_due:
+            self._consumer_port.free(session, now)
+            return
         self._flushes.expire(session, now)
         self._triggers.on_timer(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:

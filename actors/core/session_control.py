@@ -367,7 +367,12 @@ class SessionControl:
 
     def tell_ended(self, session: Session, timed_out: list[str]) -> None:
         """The session's end reply (with the error of its trace file, if writing it
-        failed), and the answers to disable requests."""
+        failed), and the answers to disable requests; a detached session's end is
+        kept for the consumer that attaches, or it is freed (detach.py)."""
+        session.end_stop_timed_out = tuple(timed_out)  # for a consumer that attaches
+        if session.detach_key:  # nobody to tell (actors/core/detach.py)
+            session.free_due = session.stopped_on_its_own
+            return
         out = self._ctx.out
         file = self._ctx.files.get(session.id)
         reply = ipc.EnableTracingResponse(
@@ -377,7 +382,8 @@ class SessionControl:
             error=file.error if file is not None else "",
         )
         reports.bound_name_lists(reply)  # names from the config and producers
-        out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
+        if not session.end_reply_held:
+            out.to_consumer(session.consumer, session.enable_request_id, enable_tracing=reply)
         for request_id in session.disable_waiters:
             out.ack(session.consumer, request_id)
         session.disable_waiters.clear()

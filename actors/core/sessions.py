@@ -113,6 +113,18 @@ class Session(HasSessionState):
         self.trigger_packets: list[bytes] = []
         self.start_trigger_deadline: int | None = None
         self.clone_hits_due: list[tuple[int, Any]] = []
+        # Detach and attach (actors/core/detach.py): the key the session is kept under
+        # while no consumer holds it ("" while one does); its end's stop_timed_out once
+        # it ended (told again to a consumer that attaches); whether its own stop
+        # (duration_ms, a trigger: StopSession) ended it, so that it is freed if that
+        # happened while detached; and whether that free is due (ServiceCore's timer).
+        self.detach_key = ""
+        self.end_stop_timed_out: tuple[str, ...] | None = None
+        self.stopped_on_its_own = False
+        self.free_due = False
+        # Attached, its attach_notification_only request not in yet: the end reply
+        # waits for it (it has no request id to go under before).
+        self.end_reply_held = False
 
     @property
     def flush_timeout_ns(self) -> int:
