@@ -120,6 +120,10 @@ class Session(HasSessionState):
         # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
         # if set, else random (session_control.create); a clone gets a new msb.
         self.uuid_msb = self.uuid_lsb = 0
+        # TraceStats.final_flush_outcome: how the flush that ended the session
+        # (duration_ms, a trigger's stop: sessions.StopSession) went; set by
+        # flushes.py when it completes, UNSPECIFIED (0) until then.
+        self.final_flush_outcome = 0
 
     @property
     def flush_timeout_ns(self) -> int:
