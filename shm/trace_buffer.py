@@ -56,7 +56,8 @@ no output, a dropped packet is loss OVERWRITE.
 Loss bits are OR-ed into the sequence and reported, with LOSS_PRESENT, on its
 next packet read: READ_GAP (ids not consecutive), CORRUPTED, ORPHAN,
 REASSEMBLY_GAP, BROKEN_CHAIN, OVERWRITE, WRITER_ABORT. Stats: Perfetto's
-TraceStats.BufferStats, kept as V2 keeps them (bytes_* count whole records).
+TraceStats.BufferStats, kept as V2 keeps them (bytes_* count whole records),
+and each writer's histogram of chunk payload sizes (shm/writer_stats.py).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ from shm.buffer_records import (
     whole_range,
 )
 from shm.packets import MALFORMED, OK, WRITER_DROPPED, fragment_at, measure_fragments_untrusted
+from shm.writer_stats import WriterStats
 
 __all__ = [
     "LOSS_BROKEN_CHAIN",
@@ -200,6 +202,8 @@ class TraceBuffer:
         # from the writer stats of commits and acks (actors/core/producers.py): kept
         # here so that they outlive the producer that reported them.
         self.writer_packets_dropped = 0
+        # Chunk payload sizes per writer (TraceStats.writer_stats), counted on copy.
+        self.writer_stats = WriterStats()
 
     @property
     def stats(self) -> BufferStats:
@@ -277,6 +281,7 @@ class TraceBuffer:
         if outer_size(reserved) > self._ring.size:
             stats.abi_violations += 1
             return
+        self.writer_stats.add(producer_id << 16 | writer_id_untrusted, payload)
         seq = self._ring.sequence(producer_id, writer_id_untrusted, uid, pid)
         if status == WRITER_DROPPED:
             stats.trace_writer_packet_loss += 1

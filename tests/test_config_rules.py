@@ -286,3 +286,11 @@ def test_the_first_producers_entry_of_a_name_sizes_it():
     )
     assert producer_entry(config, "p") == 0 and producer_entry(config, "r") is None
     assert ignored_fields(config) == ["producers[2] (producers[0] already sizes producer 'p')"]
+
+
+def test_deflate_compression_is_implemented_and_zstd_is_named():
+    config = cfg(BUFFER)
+    config.compression.deflate.SetInParent()
+    assert ignored_fields(config) == []
+    config.compression.zstd.level = 3
+    assert ignored_fields(config) == ["compression.zstd"]

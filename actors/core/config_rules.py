@@ -271,6 +271,9 @@ IMPLEMENTED: Table = {
     },
     "builtin_data_sources": _BUILTIN,
     "producers": dict.fromkeys(("producer_name", "shm_size_kb", "page_size_kb")),
+    # deflate as compression_type's; zstd is named (Python has no zstd: the trace
+    # stays uncompressed, as from a traced built without it).
+    "compression": {"deflate": {}},
 }
 
 # Out of scope here (Android, statsd, bugreports, filters, newer knobs): named as
@@ -296,7 +299,6 @@ OUT_OF_SCOPE = (
     "trace_all_machines",
     "write_flush_mode",
     "fflush_post_write",
-    "compression",
     "trace_attributes",
     "persist_trace_across_reboots",
     "prefer_suspend_clock_for_duration",

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback, reports, trigger_modes
+from actors.core import compression, readback, reports, trigger_modes
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
 from actors.core.configs import first_non_text_string
 from actors.core.detach import Detaches
@@ -194,11 +194,13 @@ class ConsumerPort:
             packets: list[bytes] = []
             done = True
         else:
+            framing = compression.read_framing(session.config, readback.SLICES)
             packets, done = readback.read_slice(
-                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget
+                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
             )
             if done:  # after the buffers, so that it counts what the read found
-                packets += readback.slice_records(ctx.trace_stats_packet(session))
+                packets += framing.frame(ctx.trace_stats_packet(session))
+            packets = compression.compress(session.config, packets, readback.SLICES)
         for reply in readback.read_replies(packets, has_more=not done):
             ctx.out.to_consumer(read.consumer, read.request_id, read_buffers=reply)
         return done

@@ -17,6 +17,7 @@ from typing import Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import compression
 from shm.protozero import scan_fields
 
 SERVICE_SEQUENCE_ID = 1  # the service's own packets (clock snapshots, config, stats)
@@ -67,6 +68,7 @@ class WriterGroup:
 # The service ends every packet with its trusted trailer (actors/core/readback.py):
 #   ... | 0x18 uid | 0x50 sequence id | 0xf8 0x04 pid | [0xd0 0x02 previous_packet_dropped]
 TAIL_BYTES = 16  # a trailer within the last TAIL_BYTES decides the identity alone
+_COMPRESSED_TAG = b"\x92\x03"  # compressed_packets (50): the only field of such a packet
 _DROPPED_TAG = b"\xd0\x02"  # previous_packet_dropped (42): a producer may set it too
 
 
@@ -112,6 +114,7 @@ class TraceSummary:
         self.packets = 0
         self.bytes = 0
         self.malformed = 0
+        self.compressed = 0  # compressed packets (deflate), counted by what they hold
         self.groups: dict[tuple, WriterGroup] = {}
         self._by_tail: dict[bytes, WriterGroup] = {}
 
@@ -132,7 +135,16 @@ class TraceSummary:
 
     def _add_scanned(self, packet: bytes) -> None:
         """Count the packet in the group a scan of its top level finds; remember its
-        tail if its trailer lies within it (see the class docstring)."""
+        tail if its trailer lies within it (see the class docstring). A compressed
+        packet counts as the packets it holds."""
+        if packet.startswith(_COMPRESSED_TAG):
+            inner = compression.inner_packets(packet)
+            if inner is not None:  # add_all counted it as one packet: it is these
+                self.packets -= 1
+                self.bytes -= len(packet)
+                self.compressed += 1
+                self.add_all(inner)
+                return
         ident = packet_identity(packet)
         if ident is None:
             self.malformed += 1
@@ -234,6 +246,8 @@ def format_summary(info: SummaryInput) -> str:
         f"tracebus: wrote {s.packets} packets ({human_bytes(s.bytes)}) to {info.out_path}"
         f" (session {info.session_id}, {info.seconds:.1f} s)"
     ]
+    if s.compressed:
+        lines.append(f"compressed (deflate) into {s.compressed} packets")
     if info.readback_seconds is not None:
         lines.append(_readback_line(info.file_bytes, info.readback_seconds))
     if info.unmatched_data_sources:

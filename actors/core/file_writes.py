@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback, trigger_modes
+from actors.core import compression, readback, trigger_modes
 from actors.core.file_sink import SessionFile, output_path, trace_bytes, write_period_ns
 from actors.core.lifecycle import TAKING_DATA_SESSION, SessionEvent, can_apply
 from actors.core.service_context import ServiceContext
@@ -98,6 +98,7 @@ class FileWrites:
         )
         if done and file.final_read:  # after the buffers, so that it counts what was read
             records += framing.frame(ctx.trace_stats_packet(session))
+        records = compression.compress(session.config, records, framing)
         if not self._write(file, records):
             self._file_full(session, file, now)
         elif done:

@@ -4,17 +4,23 @@ for their acks (or the timeout), then scrape their SMBs.
 A pending flush is data (sessions.PendingFlush): the producer ids whose ack is
 awaited, a deadline, and what to do when it completes (`after`: answer a
 consumer, stop the session at the end of duration_ms, or nothing for a
-periodic flush). A producer acks by sending a CommitData with
+periodic flush; the stop flush's outcome is the session's
+TraceStats.final_flush_outcome). A producer acks by sending a CommitData with
 flush_request_id; an ack names the newest flush it covers, so it completes
 every older one too.
 """
 
 from __future__ import annotations
 
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import SessionControl
 from actors.core.sessions import AfterFlush, PendingFlush, ReplyToConsumer, Session, StopSession
 from protos import tracebus_ipc_pb2 as ipc
+
+_SUCCEEDED = pb.TraceStats.FINAL_FLUSH_SUCCEEDED
+_FAILED = pb.TraceStats.FINAL_FLUSH_FAILED
 
 
 class Flushes:
@@ -88,4 +94,5 @@ class Flushes:
             self._ctx.out.to_consumer(after.consumer, after.request_id, flush=reply)
         elif isinstance(after, StopSession):
             session.stopped_on_its_own = True  # detached, it is then freed (detach.py)
+            session.final_flush_outcome = _SUCCEEDED if success else _FAILED
             self._control.disable(session, now)

@@ -18,12 +18,16 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.core.producers import U64_MAX
 from protos import tracebus_ipc_pb2 as ipc
 from protos.framing import MAX_FRAME_BYTES
+from shm.writer_stats import CHUNK_PAYLOAD_THRESHOLDS
+
+I64_MAX = (1 << 63) - 1
 
 if TYPE_CHECKING:
     from actors.core.producer_table import DepartedProducer
     from actors.core.producers import ProducerEntry
     from actors.core.sessions import Session
     from shm.trace_buffer import BufferStats
+    from shm.writer_stats import WriterHistogram
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class BufferReport:
 
     stats: BufferStats
     writer_packets_dropped: int
+    # Each writer's chunk payload histogram (shm/writer_stats.py).
+    writers: Iterable[WriterHistogram] = ()
 
 
 def trace_stats(
@@ -54,6 +60,7 @@ def trace_stats(
 ) -> pb.TraceStats:
     """TraceStats for one session's consumer (`session` None: service fields only)."""
     stats = pb.TraceStats()
+    buffers = list(buffers)
     for buffer in buffers:
         _buffer_stats(stats.buffer_stats.add(), buffer)
     for f in fields(totals):
@@ -63,7 +70,26 @@ def trace_stats(
         stats.flushes_requested = session.flushes_requested
         stats.flushes_succeeded = session.flushes_succeeded
         stats.flushes_failed = session.flushes_failed
+        # Set even while UNSPECIFIED (no stop flush yet), as traced does.
+        stats.final_flush_outcome = session.final_flush_outcome
+        if not session.config.builtin_data_sources.disable_chunk_usage_histograms:
+            _writer_stats(stats, buffers, session)
     return stats
+
+
+def _writer_stats(stats: pb.TraceStats, buffers: list[BufferReport], session: Session) -> None:
+    """One WriterStats per writer sequence of each buffer (index in the config), and
+    the buckets' bounds once, if any writer committed (traced's layout)."""
+    for index, buffer in enumerate(buffers):
+        for writer in buffer.writers:
+            if not stats.chunk_payload_histogram_def:
+                stats.chunk_payload_histogram_def.extend(CHUNK_PAYLOAD_THRESHOLDS)
+            entry = stats.writer_stats.add(
+                sequence_id=session.sequence_id(writer.producer_id, writer.writer_id),
+                buffer=index,
+            )
+            entry.chunk_payload_histogram_counts.extend(map(_u64, writer.counts))
+            entry.chunk_payload_histogram_sum.extend(map(_i64, writer.sums))
 
 
 def _buffer_stats(msg: pb.TraceStats.BufferStats, buffer: BufferReport) -> None:
@@ -80,6 +106,11 @@ def _u64(value: int) -> int:
     """A count as a uint64 field holds it: producers feed some of these counts,
     and a value out of range would make the report raise instead of saturate."""
     return min(max(value, 0), U64_MAX)
+
+
+def _i64(value: int) -> int:
+    """A sum as an int64 field holds it (saturated, never raising)."""
+    return min(max(value, 0), I64_MAX)
 
 
 @dataclass(frozen=True)

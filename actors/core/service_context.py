@@ -149,4 +149,6 @@ class ServiceContext:
 
     def _buffer_report(self, buffer_id: int) -> reports.BufferReport:
         buffer = self.buffers[buffer_id]
-        return reports.BufferReport(buffer.stats, buffer.writer_packets_dropped)
+        return reports.BufferReport(
+            buffer.stats, buffer.writer_packets_dropped, buffer.writer_stats
+        )

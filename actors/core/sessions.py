@@ -125,6 +125,10 @@ class Session(HasSessionState):
         # Attached, its attach_notification_only request not in yet: the end reply
         # waits for it (it has no request id to go under before).
         self.end_reply_held = False
+        # TraceStats.final_flush_outcome: how the flush that ended the session
+        # (duration_ms, a trigger's stop: sessions.StopSession) went; set by
+        # flushes.py when it completes, UNSPECIFIED (0) until then.
+        self.final_flush_outcome = 0
 
     @property
     def flush_timeout_ns(self) -> int:
