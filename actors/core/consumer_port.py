@@ -182,8 +182,9 @@ class ConsumerPort:
             done = True
         else:
             packets, done = readback.read_slice(
-                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget
-            )
+                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget,
+                system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+            )  # fmt: skip
             if done:  # after the buffers, so that it counts what the read found
                 packets += readback.slice_records(ctx.trace_stats_packet(session))
         for reply in readback.read_replies(packets, has_more=not done):

@@ -91,8 +91,9 @@ class FileWrites:
         assert read is not None  # continue_drains passes files with a drain under way
         framing = readback.TRACE_FILE
         records, done = readback.read_slice(
-            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
-        )
+            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing,
+            system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+        )  # fmt: skip
         if done and file.final_read:  # after the buffers, so that it counts what was read
             records += framing.frame(ctx.trace_stats_packet(session))
         if not self._write(file, records):

@@ -25,6 +25,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
+
 from actors.core import incremental_state
 from actors.core.consumer_port import ConsumerPort
 from actors.core.file_sink import FileOpener, no_files
@@ -76,9 +78,10 @@ class ServiceCore:
         limits: Limits = DEFAULT_LIMITS,
         open_file: FileOpener = no_files,
         rng: random.Random | None = None,
+        system_info: pb.SystemInfo | None = None,
     ) -> None:
         ctx = self._ctx = ServiceContext(
-            smb_factory, clocks, uid, service_pid, limits, open_file, rng
+            smb_factory, clocks, uid, service_pid, limits, open_file, rng, system_info
         )
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
@@ -232,6 +235,7 @@ class ServiceCore:
                 s.stop_deadline,
                 s.next_periodic_flush,
                 s.next_incremental_clear,
+                s.next_clock_snapshot,
             )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
@@ -240,8 +244,8 @@ class ServiceCore:
 
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
-        stop), the periodic flush, the periodic incremental state clear and the
-        periodic drain into the session's file."""
+        stop), the periodic flush, the periodic incremental state clear, the
+        periodic clock snapshot and the periodic drain into the session's file."""
         self._flushes.expire(session, now)
         if session.stop_deadline is not None and session.stop_deadline <= now:
             self._control.finish_disable(session, now, force=True)
@@ -254,4 +258,5 @@ class ServiceCore:
             session.next_periodic_flush = now + period
             self._flushes.request(session, now, timeout, 0, None)
         incremental_state.clear_if_due(self._ctx, session, now)
+        self._ctx.periodic_clock_snapshot(session, now)
         self._files.on_timer(session, now)

@@ -13,7 +13,7 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state, reports
+from actors.core import incremental_state, reports, service_packets
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
     LIVE_SESSION,
@@ -195,8 +195,11 @@ class SessionControl:
 
     def start(self, session: Session, now: int) -> None:
         apply(session, SessionEvent.START)
-        self._ctx.clock_snapshot(session)
+        self._ctx.start_clock_snapshot(session)
         self._ctx.service_event(session, "tracing_started")
+        if not session.config.builtin_data_sources.disable_clock_snapshotting:
+            interval = service_packets.snapshot_interval_ns(session.config)
+            session.next_clock_snapshot = now + interval
         if session.config.duration_ms:
             session.duration_deadline = now + session.config.duration_ms * NS_PER_MS
         if session.config.flush_period_ms:
@@ -223,6 +226,7 @@ class SessionControl:
             return
         if all(i.state in RUNNING_INSTANCE for i in session.instances.values()):
             session.all_started_reported = True
+            self._ctx.clock_snapshot(session)
             self._ctx.service_event(session, "all_data_sources_started")
             if session.observer_request_id and OBSERVE_ALL_STARTED in session.observe_types:
                 events = ipc.ObservableEvents(all_data_sources_started=True)
@@ -263,7 +267,7 @@ class SessionControl:
             return
         apply(session, SessionEvent.DISABLE)
         session.duration_deadline = session.next_periodic_flush = None
-        session.next_incremental_clear = None
+        session.next_incremental_clear = session.next_clock_snapshot = None
         session.stop_deadline = now + session.stop_timeout_ns
         for instance in session.instances.values():
             apply(instance, InstanceEvent.STOP)
@@ -299,6 +303,7 @@ class SessionControl:
         # After every stop ack (or the timeout): the last scrape, so that nothing a
         # stopped writer committed reaches a buffer after the consumer's final read.
         self._ctx.scrape_session(session)
+        self._ctx.clock_snapshot(session)
         self._ctx.service_event(session, "tracing_disabled")
         file = self._ctx.files.get(session.id)
         if file is not None:

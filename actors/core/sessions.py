@@ -103,9 +103,13 @@ class Session(HasSessionState):
         self.instances: dict[int, Instance] = {}
         self.flushes: dict[int, PendingFlush] = {}
         self.seq_ids: dict[tuple[int, int], int] = {}
-        # The service's own packets, queued until the next read.
-        self.clock_snapshots: list[bytes] = []
-        self.service_events: list[bytes] = []
+        # The service's own packets, queued until the next read as values
+        # (actors/core/service_packets.py): the clock snapshot taken at start, the
+        # later ones, (boottime, name) of service events; and whether the first
+        # read's packets (trace_config, trace_uuid, ...) are out.
+        self.initial_clock_snapshot: list[tuple[int, int]] = []
+        self.clock_snapshots: list[list[tuple[int, int]]] = []
+        self.service_events: list[tuple[int, str]] = []
         self.config_emitted = False
         self.invalid_packets = 0
         self.flushes_requested = self.flushes_succeeded = self.flushes_failed = 0
@@ -120,6 +124,10 @@ class Session(HasSessionState):
         # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
         # if set, else random (session_control.create); a clone gets a new msb.
         self.uuid_msb = self.uuid_lsb = 0
+        # Part "packets": the next periodic clock snapshot (snapshot_interval_ms), and
+        # the trigger packets queued for the next read (actors/core/triggers.py).
+        self.next_clock_snapshot: int | None = None
+        self.trigger_packets: list[bytes] = []
 
     @property
     def flush_timeout_ns(self) -> int:
