@@ -10,6 +10,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors import host_info
 from actors.core import service_packets as sp
 from actors.core.service_core import Clocks, ServiceCore
+from actors.core.sessions import Session
 from protos import tracebus_ipc_pb2 as ipc
 from tests import packet_kinds
 from tests.test_service_core import (
@@ -316,6 +317,19 @@ def test_a_core_without_system_info_writes_none():
     rig = ClockRig(system_info=None)
     record(rig, session_config())
     assert "system_info" not in packet_kinds.kinds(FakeConsumer(rig, "c").read())
+
+
+def test_a_clone_gets_what_its_source_queued_and_the_source_keeps_it():
+    rig = ClockRig()
+    record(rig, session_config())
+    (source,) = rig.core.sessions.values()
+    clone = Session(99, b"other", 1000, session_config(), 1)
+    sp.copy_queued(source, clone)
+    source_kinds = packet_kinds.kinds(FakeConsumer(rig, "c").read())
+    assert clone.initial_clock_snapshot and len(clone.clock_snapshots) == 2
+    assert [name for _, name in clone.service_events][0] == "tracing_started"
+    clone_kinds = {n for _, n in clone.service_events}
+    assert clone_kinds <= set(source_kinds) and "tracing_disabled" in clone_kinds
 
 
 # -- pure helpers, and the host ---------------------------------------------------------

@@ -38,9 +38,14 @@ What a session queues between reads (values, not packets; built at the read):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from shm.protozero import varint
+
+if TYPE_CHECKING:
+    from actors.core.sessions import Session
 
 SERVICE_SEQUENCE_ID = 1
 BOOTTIME = pb.BuiltinClock.BUILTIN_CLOCK_BOOTTIME
@@ -193,3 +198,13 @@ def snapshot_interval_ns(config: pb.TraceConfig) -> int:
 
 def snapshot_boottime(reading: ClockReading) -> int:
     return dict(reading).get(BOOTTIME, 0)
+
+
+def copy_queued(source: Session, clone: Session) -> None:
+    """Give a clone what its source has queued for its next read (the clock
+    snapshots and service events; traced's CloneSession copies them), the
+    source keeping its own. The clone's first read then has its own config,
+    uuid, provenance and system info."""
+    clone.initial_clock_snapshot = list(source.initial_clock_snapshot)
+    clone.clock_snapshots = [list(reading) for reading in source.clock_snapshots]
+    clone.service_events = list(source.service_events)
