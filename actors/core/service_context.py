@@ -8,9 +8,9 @@
     each over one ServiceContext: producers, sessions, buffers, ids, counters,
     the commit path, the outbox, the shell's clocks.
 
-The shell passes in an SMB factory, a file opener (write_into_file) and the
-clocks (for clock snapshots and service packet timestamps); the core never
-reads a clock itself.
+The shell passes in an SMB factory, a file opener (write_into_file), the
+clocks (for clock snapshots and service packet timestamps) and the host's
+SystemInfo; the core never reads a clock or the host itself.
 """
 
 from __future__ import annotations

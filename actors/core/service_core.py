@@ -7,8 +7,8 @@ being answered in slices), continue_reads() once per loop turn with a time
 budget (drains into write_into_file sessions' files run the same way: see
 file_writes.py). It answers with outputs: the envelopes to send and the file
 writes to do, in order (a write that fails comes back as file_failed). The
-shell also passes in an SMB factory, a file opener and the clocks (for clock
-snapshots and service packet timestamps).
+shell also passes in an SMB factory, a file opener, the clocks (for clock
+snapshots and service packet timestamps) and the host's SystemInfo.
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
