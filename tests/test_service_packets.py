@@ -258,6 +258,20 @@ def test_periodic_snapshots_are_taken_only_when_a_clock_drifted():
     assert snapshots_read(consumer) == 2
 
 
+def test_a_flush_takes_a_snapshot_when_none_is_queued_or_a_clock_drifted():
+    rig = ClockRig()
+    consumer = enable_started(rig, session_config())
+    (session,) = rig.core.sessions.values()
+    consumer.send(flush=ipc.FlushConsumerRequest(timeout_ms=100))  # no producer: done at once
+    assert len(session.clock_snapshots) == 1  # all started's; no drift since: none more
+    consumer.read()
+    consumer.send(flush=ipc.FlushConsumerRequest(timeout_ms=100))
+    assert len(session.clock_snapshots) == 1  # the ring was empty: taken
+    rig.realtime_step = -sp.SIGNIFICANT_DRIFT_NS
+    consumer.send(flush=ipc.FlushConsumerRequest(timeout_ms=100))
+    assert len(session.clock_snapshots) == 2
+
+
 def test_the_snapshot_interval_defaults_to_10_s_and_is_at_least_100_ms():
     rig = ClockRig()
     enable_started(rig, session_config())
