@@ -46,6 +46,7 @@ from pathlib import Path
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from actors import host_info
 from actors.connections import SILENT, ClosedIdentities, Connection, Connections
 from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
@@ -77,12 +78,6 @@ from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry
 from shm.region import MemfdRegion, RegionError
 
-CLOCKS = (
-    (6, time.CLOCK_BOOTTIME),
-    (1, time.CLOCK_REALTIME),
-    (3, time.CLOCK_MONOTONIC),
-    (5, time.CLOCK_MONOTONIC_RAW),
-)
 DEFAULT_PEER_SEND_TIMEOUT_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
 # How often full pipes are retried while some peer has a queue. ZeroMQ says when
@@ -136,10 +131,6 @@ def make_non_dumpable() -> None:
     through them; no core dump either (it would hold every producer's data)."""
     if LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
-
-
-def snapshot_clocks() -> list[tuple[int, int]]:
-    return [(clock_id, time.clock_gettime_ns(clk)) for clock_id, clk in CLOCKS]
 
 
 def peer_credentials(frame: zmq.Frame) -> tuple[int, int]:
@@ -218,11 +209,12 @@ class ServiceShell:
             "c", consumer_endpoint, private=True, send_hwm=READ_PIPE_HWM
         )
         self.handoff = SmbHandoff(self.loop, handoff_at, log, others_may_connect=allow_other_users)
-        clocks = Clocks(snapshot_clocks, lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        clocks = Clocks(host_info.snapshot_clocks, host_info.boottime_ns)
         self.files = TraceFiles()
         self.core = ServiceCore(
             functools.partial(ServedSmb, self.handoff), clocks, os.getuid(), os.getpid(),
             limits, open_file=self.files.open, rng=random.SystemRandom(),
+            system_info=host_info.system_info(),
         )  # fmt: skip
         self.pidfds: dict[tuple[str, bytes], int] = {}
         self.pids: dict[tuple[str, bytes], int] = {}  # each routing id's process, first seen

@@ -210,6 +210,11 @@ class TraceBuffer:
         """A snapshot copy of the counters."""
         return replace(self._stats)
 
+    def sequences(self) -> list[tuple[int, int]]:
+        """(producer id, writer id) of each sequence that wrote to the buffer, in
+        the order they first did (those long empty may have been forgotten)."""
+        return [(seq.producer_id, seq.writer_id) for seq in self._ring.seqs.values()]
+
     # -- read (BufferReader) ---------------------------------------------------------------
 
     def begin_read(self) -> None:

@@ -48,6 +48,7 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import COMPLETE, LAYOUT_CHUNKS, SharedMemoryABI, chunk_state, layout_of
 from shm.region import InProcessRegion, Region
+from tests import packet_kinds
 
 LOG = logging.getLogger("test.cores_together")
 MS = 1_000_000
@@ -557,13 +558,17 @@ def test_full_session_with_two_buffers_over_the_wire():
 
     raw = consumer.read()
     packets = parse(raw)
-    assert packets[0].HasField("clock_snapshot") and packets[1].HasField("trace_config")
+    kinds = packet_kinds.kinds(packets)
+    config_at = kinds.index("trace_config")
+    # snapshots at the start, when all data sources started, at the stop
+    assert kinds[:config_at] == ["clock_snapshot"] * 3
     assert (6, T0) in [(c.clock_id, c.timestamp) for c in packets[0].clock_snapshot.clocks]
-    assert packets[1].trace_config == pb.TraceConfig.FromString(config)
-    assert packets[-1].HasField("trace_stats")
+    assert packets[config_at].trace_config == pb.TraceConfig.FromString(config)
+    assert kinds[-2:] == ["read_tracing_buffers_completed", "trace_stats"]
     service = [i for i, p in enumerate(packets) if p.trusted_packet_sequence_id == 1]
     produced = [i for i, p in enumerate(packets) if p.trusted_packet_sequence_id != 1]
-    assert max(service[:-1]) < min(produced) and service[-1] == len(packets) - 1
+    end = len(packets)
+    assert max(service[:-2]) < min(produced) and service[-2:] == [end - 2, end - 1]
     assert all(packets[i].trusted_pid == SERVICE_PID for i in service)
     # Producer packets carry the connection's credentials, not the claimed ones.
     assert {(packets[i].trusted_pid, packets[i].trusted_uid) for i in produced} == {(4242, 1234)}
@@ -580,7 +585,8 @@ def test_full_session_with_two_buffers_over_the_wire():
     assert [b.buffer_size for b in stats.buffer_stats] == [256 * 1024, 128 * 1024]
     assert stats.producers_connected == 1 and stats.flushes_succeeded == 1
     again = parse(consumer.read())  # reading is destructive: only the stats come again
-    assert [p.trusted_packet_sequence_id for p in again] == [1] and again[0].HasField("trace_stats")
+    assert [p.trusted_packet_sequence_id for p in again] == [1, 1]
+    assert packet_kinds.kinds(again) == ["read_tracing_buffers_completed", "trace_stats"]
 
 
 def test_a_packet_larger_than_a_read_reply_is_reassembled_by_the_consumer_core():

@@ -104,7 +104,9 @@ def test_no_clears_without_a_clear_period():
     rig.take(a)
     rig.advance(10_000)
     assert clears(rig, a) == []
-    assert rig.core.next_deadline() is None
+    (session,) = rig.core.sessions.values()
+    assert session.next_incremental_clear is None
+    assert rig.core.next_deadline() == session.next_clock_snapshot  # the only timer
 
 
 def test_clear_period_is_a_supported_field():

@@ -15,6 +15,7 @@ from shm.arbiter import SharedMemoryArbiter
 from shm.commits import CommitBatch
 from shm.region import InProcessRegion
 from shm.writer import BufferExhaustedPolicy
+from tests import packet_kinds
 
 SERVICE_UID, SERVICE_PID = 0, 100
 MS = 1_000_000
@@ -212,8 +213,9 @@ def test_session_end_to_end_in_one_process():
     assert [p.for_testing.counter for p in produced] == list(range(300))
     assert {(p.trusted_pid, p.trusted_uid) for p in produced} == {(555, 1000)}
     assert {p.trusted_packet_sequence_id for p in produced} == {2}
-    assert packets[0].HasField("clock_snapshot") and packets[1].HasField("trace_config")
-    assert packets[-1].HasField("trace_stats")
+    head = len(packet_kinds.FIRST_READ)
+    assert packet_kinds.kinds(packets[:head]) == packet_kinds.FIRST_READ
+    assert packet_kinds.kinds(packets[-2:]) == ["read_tracing_buffers_completed", "trace_stats"]
     assert all(p.trusted_packet_sequence_id == 1 for p in packets if not p.HasField("for_testing"))
     consumer.send(disable_tracing=ipc.DisableTracingRequest())
     assert [m.WhichOneof("msg") for m in rig.take(producer.peer)] == ["stop_data_source"]

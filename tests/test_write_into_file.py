@@ -18,6 +18,7 @@ from actors.data_sources import synthetic_packet
 from benchmarks.readback_core import chunks_of
 from protos import tracebus_ipc_pb2 as ipc
 from shm.protozero import varint
+from tests import packet_kinds
 from tests.test_service_core import FakeConsumer, FakeProducer, Rig
 
 CONSUMER = Peer(b"consumer", 77, 1000)
@@ -146,16 +147,18 @@ def test_periodic_drains_write_more_than_the_buffer_holds_in_read_order(chunks_2
 
     trace = files.trace()
     assert len(files.data) > 3 * 64 * 1024
-    kinds = [p.WhichOneof("data") for p in trace.packet]
+    kinds = packet_kinds.kinds(trace.packet)
     # the service's packets first (as a consumer's read has them), then the buffer's
-    assert kinds[:4] == ["clock_snapshot", "trace_config", "service_event", "service_event"]
-    assert trace.packet[2].service_event.tracing_started
-    assert trace.packet[3].service_event.all_data_sources_started
+    head = len(packet_kinds.FIRST_READ)
+    assert kinds[:head] == packet_kinds.FIRST_READ
     assert kinds[-1] == "trace_stats" and kinds.count("trace_stats") == 1
     assert kinds.count("trace_config") == 1
-    disabled_at = next(i for i, p in enumerate(trace.packet) if p.service_event.tracing_disabled)
-    assert set(kinds[4:disabled_at]) == {"track_event"}
-    assert kinds[disabled_at + 1 :] == ["trace_stats"]  # the last drain found nothing new
+    disabled_at = kinds.index("tracing_disabled")
+    # each drain ends with read_tracing_buffers_completed
+    assert set(kinds[head : disabled_at - 1]) == {"track_event", "read_tracing_buffers_completed"}
+    assert kinds[disabled_at - 1] == "clock_snapshot"  # taken at the stop
+    # the last drain found nothing new
+    assert kinds[disabled_at + 1 :] == ["read_tracing_buffers_completed", "trace_stats"]
     timestamps = producer_timestamps(trace)
     assert sorted(timestamps) == sorted(set(timestamps)) and len(timestamps) > 2000
     for seq in {p.trusted_packet_sequence_id for p in trace.packet if p.HasField("track_event")}:
@@ -185,9 +188,11 @@ def test_a_drain_waits_for_the_start_of_a_deferred_session(chunks_256kib):
     commit(core, chunks_256kib[:4])
     files.take(core.on_timer(NOW + 200 * MS))
     run_drains(core, files, NOW + 200 * MS)
-    kinds = [p.WhichOneof("data") for p in files.trace().packet]
-    assert kinds[:4] == ["clock_snapshot", "trace_config", "service_event", "service_event"]
-    assert kinds[4:] and set(kinds[4:]) == {"track_event"}
+    kinds = packet_kinds.kinds(files.trace().packet)
+    head = len(packet_kinds.FIRST_READ)
+    assert kinds[:head] == packet_kinds.FIRST_READ
+    assert kinds[head:-1] and set(kinds[head:-1]) == {"track_event"}
+    assert kinds[-1] == "read_tracing_buffers_completed"
 
 
 def test_max_file_size_bytes_stops_the_session_with_whole_packets(chunks_256kib):
@@ -202,7 +207,8 @@ def test_max_file_size_bytes_stops_the_session_with_whole_packets(chunks_256kib)
     trace = files.trace()  # parses: nothing half-written
     assert trace.packet[0].HasField("clock_snapshot")
     timestamps = producer_timestamps(trace)
-    assert timestamps and all(p.HasField("track_event") for p in trace.packet[4:])
+    head = len(packet_kinds.FIRST_READ)
+    assert timestamps and all(p.HasField("track_event") for p in trace.packet[head:])
     (session,) = core.sessions.values()
     assert session.state.value == "DISABLED"  # no data source to wait for here
     assert [m.enable_tracing.disabled for m in ended] == [True]
@@ -212,9 +218,11 @@ def test_max_file_size_bytes_stops_the_session_with_whole_packets(chunks_256kib)
 
 def assert_complete_with_stats(trace: pb.Trace, chunks: int) -> None:
     """Every committed chunk was read into the file, which ends with trace_stats."""
-    kinds = [p.WhichOneof("data") for p in trace.packet]
+    kinds = packet_kinds.kinds(trace.packet)
     assert kinds[-1] == "trace_stats" and kinds.count("trace_stats") == 1
-    assert trace.packet[-2].service_event.tracing_disabled or kinds[-2] == "track_event"
+    assert kinds[-2] == "read_tracing_buffers_completed"
+    # (a last drain after one that was under way at the stop: its clock snapshot)
+    assert kinds[-3] in ("tracing_disabled", "track_event", "clock_snapshot")
     stats = trace.packet[-1].trace_stats.buffer_stats[0]
     assert stats.chunks_written == stats.chunks_read == chunks
     timestamps = producer_timestamps(trace)

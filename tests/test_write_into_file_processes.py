@@ -15,6 +15,7 @@ import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core.consumer_core import ConsumerError
+from tests import packet_kinds
 from tests.processes import Runtime
 from tests.waiting import wait_for
 
@@ -75,8 +76,11 @@ def test_a_30_s_session_at_1_mb_s_through_a_1_mib_buffer_is_written_whole(rt: Ru
     assert written == list(range(1, len(written) + 1))  # every packet, in order
     assert len(written) == packets_written(rt, producer)
     assert not any(p.previous_packet_dropped for p in trace.packet)
-    kinds = [p.WhichOneof("data") for p in trace.packet]
-    assert kinds[:3] == ["clock_snapshot", "trace_config", "service_event"]
+    kinds = packet_kinds.kinds(trace.packet)
+    config_at = kinds.index("trace_config")
+    assert config_at >= 1 and set(kinds[:config_at]) == {"clock_snapshot"}
+    assert kinds[config_at + 1 : config_at + 4] == ["trace_uuid", "trace_provenance", "system_info"]
+    assert kinds[config_at + 4] == "tracing_started"
     assert kinds[-1] == "trace_stats"
     (buffer,) = trace.packet[-1].trace_stats.buffer_stats
     assert buffer.chunks_overwritten == buffer.chunks_discarded == 0

@@ -196,8 +196,9 @@ class ConsumerPort:
         else:
             framing = compression.read_framing(session.config, readback.SLICES)
             packets, done = readback.read_slice(
-                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
-            )
+                read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing,
+                system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+            )  # fmt: skip
             if done:  # after the buffers, so that it counts what the read found
                 packets += framing.frame(ctx.trace_stats_packet(session))
             packets = compression.compress(session.config, packets, readback.SLICES)

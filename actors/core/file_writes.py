@@ -94,8 +94,9 @@ class FileWrites:
             self._drain_done(session, file)
             return
         records, done = readback.read_slice(
-            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing
-        )
+            read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing,
+            system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+        )  # fmt: skip
         if done and file.final_read:  # after the buffers, so that it counts what was read
             records += framing.frame(ctx.trace_stats_packet(session))
         records = compression.compress(session.config, records, framing)

@@ -33,6 +33,7 @@ class Flushes:
     ) -> None:
         flush = PendingFlush(self._ctx.flush_ids.next(), set(), now + timeout_ns, after)
         session.flushes_requested += 1
+        self._ctx.service_event(session, "flush_started")
         by_producer: dict[int, list[int]] = {}
         for instance in session.instances.values():
             if not instance.no_flush:
@@ -83,9 +84,12 @@ class Flushes:
     def _complete(self, session: Session, flush: PendingFlush, success: bool, now: int) -> None:
         session.flushes.pop(flush.id, None)
         self._ctx.scrape_session(session)
+        # As traced: the flush is over (its acks in or its time up) and the SMBs
+        # scraped, whether or not every producer acked.
+        self._ctx.clock_snapshot_if_drifted(session)
+        self._ctx.service_event(session, "all_data_sources_flushed")
         if success:
             session.flushes_succeeded += 1
-            self._ctx.service_event(session, "all_data_sources_flushed")
         else:
             session.flushes_failed += 1
         after = flush.after

@@ -1,10 +1,12 @@
 """The read-back path: what the service sends a consumer that reads its
-session, in bounded slices, and the service's own packets, built from values.
+session, in bounded slices, with the service's own packets.
 
-Order (Perfetto's): the service's packets on sequence 1 first (clock
-snapshots, the trace_config on the first read, service events), then each
-buffer's packets (buffer 0, 1, ...), then trace_stats, once the buffers are
-read, so that it counts what the read found.
+Order (traced's): the service's packets on sequence 1 first (clock
+snapshots; on the first read trace_config, trace_uuid, trace_provenance,
+system_info; trigger packets; service events: service_packets.py has the
+list and builds them), then each buffer's packets (buffer 0, 1, ...), then
+read_tracing_buffers_completed and trace_stats, once the buffers are read,
+so that it counts what the read found.
 
 A read is answered in slices: each `read_slice` call takes packets from the
 buffer reader as it goes (never the whole buffer at once) until SliceBudget's
@@ -33,6 +35,16 @@ from dataclasses import dataclass, field
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import service_packets as sp
+from actors.core.service_packets import (
+    BOOTTIME,
+    SERVICE_SEQUENCE_ID,
+    clock_snapshot_packet,
+    service_event_packet,
+    trace_config_packet,
+    trace_stats_packet,
+    trusted_trailer,
+)
 from actors.core.sessions import Session
 from protos import tracebus_ipc_pb2 as ipc
 from shm._validate import packet_is_valid_untrusted
@@ -40,59 +52,21 @@ from shm.buffer_reader import ReadPacket
 from shm.protozero import varint
 from shm.trace_buffer import TraceBuffer
 
-SERVICE_SEQUENCE_ID = 1
-BOOTTIME = pb.BuiltinClock.BUILTIN_CLOCK_BOOTTIME
+__all__ = [  # the builders, where callers have always found them
+    "BOOTTIME",
+    "SERVICE_SEQUENCE_ID",
+    "clock_snapshot_packet",
+    "service_event_packet",
+    "trace_config_packet",
+    "trace_stats_packet",
+    "trusted_trailer",
+]
 
-_UID = b"\x18"  # trusted_uid (3), varint
-_SEQ = b"\x50"  # trusted_packet_sequence_id (10), varint
-_PID = b"\xf8\x04"  # trusted_pid (79), varint
 _DROPPED = b"\xd0\x02"  # previous_packet_dropped (42), varint
-
-
-def trusted_trailer(uid: int, sequence_id: int, pid: int) -> bytes:
-    return _UID + varint(uid) + _SEQ + varint(sequence_id) + _PID + varint(pid)
 
 
 def loss_trailer(loss_flags: int) -> bytes:
     return _DROPPED + varint(loss_flags) if loss_flags else b""
-
-
-def _service_packet(packet: pb.TracePacket, uid: int, service_pid: int) -> bytes:
-    return packet.SerializeToString() + trusted_trailer(uid, SERVICE_SEQUENCE_ID, service_pid)
-
-
-def _stamped(boottime_ns: int) -> pb.TracePacket:
-    return pb.TracePacket(timestamp=boottime_ns, timestamp_clock_id=BOOTTIME)
-
-
-def clock_snapshot_packet(
-    clocks: list[tuple[int, int]], boottime_ns: int, uid: int, service_pid: int
-) -> bytes:
-    """A ClockSnapshot of (clock id, timestamp) pairs, BOOTTIME the trace clock."""
-    packet = _stamped(boottime_ns)
-    for clock_id, ts in clocks:
-        packet.clock_snapshot.clocks.add(clock_id=clock_id, timestamp=ts)
-    packet.clock_snapshot.primary_trace_clock = BOOTTIME
-    return _service_packet(packet, uid, service_pid)
-
-
-def service_event_packet(event: str, boottime_ns: int, uid: int, service_pid: int) -> bytes:
-    """A TracingServiceEvent with the flag `event` (a field name) set."""
-    packet = _stamped(boottime_ns)
-    setattr(packet.service_event, event, True)
-    return _service_packet(packet, uid, service_pid)
-
-
-def trace_config_packet(config_bytes: bytes, uid: int, service_pid: int) -> bytes:
-    packet = pb.TracePacket()
-    packet.trace_config.ParseFromString(config_bytes)
-    return _service_packet(packet, uid, service_pid)
-
-
-def trace_stats_packet(stats: pb.TraceStats, boottime_ns: int, uid: int, service_pid: int) -> bytes:
-    packet = _stamped(boottime_ns)
-    packet.trace_stats.CopyFrom(stats)
-    return _service_packet(packet, uid, service_pid)
 
 
 # -- reading a session in slices -----------------------------------------------------------
@@ -149,15 +123,21 @@ def read_slice(
     service_pid: int,
     budget: SliceBudget,
     framing: Framing | None = None,
+    *,
+    system_info: pb.SystemInfo | None = None,
+    boottime_ns: int = 0,
 ) -> tuple[list[bytes], bool]:
     """The next packets of `read`, stamped and framed (by `framing`: SLICES,
     ReadBuffersResponse slice records, unless told), within `budget` (at least
     one batch), and whether every buffer of the session is read (trace_stats
-    comes next)."""
+    comes next). The service's packets come first (`system_info`: the shell's,
+    for the first read), read_tracing_buffers_completed (at boottime_ns, the
+    shell's clock) after the last buffer."""
     framing = framing or SLICES
     out: list[bytes] = []
     if read.buffer_index < 0:
-        for packet in _service_packets(session, uid, service_pid):
+        head = _service_packets(session, buffers, uid, service_pid, system_info, boottime_ns)
+        for packet in head:
             out += framing.frame(packet)
         read.buffer_index = 0
         _begin(read, session, buffers)
@@ -178,6 +158,8 @@ def read_slice(
         read.buffer_bytes += stamped
         if size >= budget.max_bytes or budget.time_up():
             return out, False
+    for packet in _read_completed(session, uid, service_pid, boottime_ns):
+        out += framing.frame(packet)
     return out, True
 
 
@@ -195,18 +177,63 @@ def _more_after_a_copy(read: PendingRead, buffer: TraceBuffer) -> bool:
     return buffer.read_interrupted and read.buffer_bytes < buffer.stats.buffer_size
 
 
-def _service_packets(session: Session, uid: int, service_pid: int) -> list[bytes]:
-    """The service's packets queued for the session's next read, in Perfetto's order."""
-    out = list(session.clock_snapshots)
+def _service_packets(
+    session: Session,
+    buffers: dict[int, TraceBuffer],
+    uid: int,
+    service_pid: int,
+    system_info: pb.SystemInfo | None,
+    boottime_ns: int,
+) -> list[bytes]:
+    """The service's packets queued for the session's next read, in traced's
+    order (service_packets.py), with the first read's own."""
+    builtins = session.config.builtin_data_sources
+    primary = builtins.primary_trace_clock or BOOTTIME
+    readings = [session.initial_clock_snapshot] if session.initial_clock_snapshot else []
+    readings += session.clock_snapshots
+    out = [
+        clock_snapshot_packet(r, sp.snapshot_boottime(r), uid, service_pid, primary)
+        for r in readings
+    ]
+    session.initial_clock_snapshot = []
     session.clock_snapshots.clear()
-    if not session.config_emitted:
-        out.append(trace_config_packet(session.config.SerializeToString(), uid, service_pid))
-        session.config_emitted = True
-    out += session.trigger_packets  # (actors/core/triggers.py)
+    first = not session.config_emitted
+    session.config_emitted = True
+    if not builtins.disable_trace_config:
+        if first:
+            out.append(trace_config_packet(session.config.SerializeToString(), uid, service_pid))
+        out += session.trigger_packets
     session.trigger_packets.clear()
-    out += session.service_events
+    if first:
+        out.append(sp.trace_uuid_packet(session.uuid_msb, session.uuid_lsb, uid, service_pid))
+        provenance = _provenance(session, buffers)
+        out.append(sp.trace_provenance_packet(provenance, boottime_ns, uid, service_pid))
+        if system_info is not None and not builtins.disable_system_info:
+            out.append(sp.system_info_packet(system_info, uid, service_pid))
+    out += sp.event_packets(session.service_events, uid, service_pid)
     session.service_events.clear()
     return out
+
+
+def _provenance(session: Session, buffers: dict[int, TraceBuffer]) -> list[list[tuple[int, int]]]:
+    """Per buffer of the session, (sequence id, producer id) of who wrote to it."""
+    out: list[list[tuple[int, int]]] = []
+    for buffer_id in session.buffer_ids:
+        buffer = buffers.get(buffer_id)
+        sequences = buffer.sequences() if buffer is not None else []
+        out.append([(session.sequence_id(p, w), p) for p, w in sequences])
+    return out
+
+
+def _read_completed(session: Session, uid: int, service_pid: int, boottime_ns: int) -> list[bytes]:
+    """At the end of a read that emptied the buffers: read_tracing_buffers_completed,
+    with the events queued while the read went on."""
+    if session.config.builtin_data_sources.disable_service_events:
+        return []
+    sp.add_event(session.service_events, sp.READ_COMPLETED, boottime_ns)
+    packets = sp.event_packets(session.service_events, uid, service_pid)
+    session.service_events.clear()
+    return packets
 
 
 # Read-back does not build a protobuf object per packet: each packet becomes one

@@ -8,9 +8,9 @@
     each over one ServiceContext: producers, sessions, buffers, ids, counters,
     the commit path, the outbox, the shell's clocks.
 
-The shell passes in an SMB factory, a file opener (write_into_file) and the
-clocks (for clock snapshots and service packet timestamps); the core never
-reads a clock itself.
+The shell passes in an SMB factory, a file opener (write_into_file), the
+clocks (for clock snapshots and service packet timestamps) and the host's
+SystemInfo; the core never reads a clock or the host itself.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import readback, reports
+from actors.core import readback, reports, service_packets
 from actors.core.file_sink import FileOpener, SessionFile, no_files
 from actors.core.ids import Counter, IdPool
 from actors.core.outbox import Outbox
@@ -50,8 +50,12 @@ class ServiceContext:
         limits: Limits,
         open_file: FileOpener = no_files,
         rng: random.Random | None = None,
+        system_info: pb.SystemInfo | None = None,
     ) -> None:
         self.smb_factory = smb_factory
+        # The host's SystemInfo (uname, page size, CPUs, time zone), collected once
+        # by the shell; on the first read of each session (None: no such packet).
+        self.system_info = system_info
         # The shell's randomness (trace UUIDs, trigger skip_probability); a seeded
         # Random by default, so that tests are repeatable.
         self.rng = rng if rng is not None else random.Random(0)
@@ -92,17 +96,36 @@ class ServiceContext:
                 return session
         return None
 
+    # -- the service's packets, queued for the next read (service_packets.py) ---------------
+
     def service_event(self, session: Session, event: str) -> None:
-        packet = readback.service_event_packet(
-            event, self.clocks.boottime(), self.uid, self.service_pid
-        )
-        session.service_events.append(packet)
+        """Queue the TracingServiceEvent `event` (a field name), now."""
+        if not session.config.builtin_data_sources.disable_service_events:
+            service_packets.add_event(session.service_events, event, self.clocks.boottime())
+
+    def start_clock_snapshot(self, session: Session) -> None:
+        """The snapshot taken when the session starts, kept apart until read."""
+        if not session.config.builtin_data_sources.disable_clock_snapshotting:
+            session.initial_clock_snapshot = self.clocks.snapshot()
 
     def clock_snapshot(self, session: Session) -> None:
-        packet = readback.clock_snapshot_packet(
-            self.clocks.snapshot(), self.clocks.boottime(), self.uid, self.service_pid
-        )
-        session.clock_snapshots.append(packet)
+        """A snapshot into the session's ring (all data sources started, disabled)."""
+        if not session.config.builtin_data_sources.disable_clock_snapshotting:
+            service_packets.add_snapshot(session.clock_snapshots, self.clocks.snapshot())
+
+    def clock_snapshot_if_drifted(self, session: Session) -> None:
+        """A snapshot, if a clock drifted since the newest queued (periodic, flushes)."""
+        if not session.config.builtin_data_sources.disable_clock_snapshotting:
+            reading = self.clocks.snapshot()
+            service_packets.add_snapshot_if_drifted(session.clock_snapshots, reading)
+
+    def periodic_clock_snapshot(self, session: Session, now: int) -> None:
+        """The snapshot every snapshot_interval_ms while the session is started."""
+        due = session.next_clock_snapshot
+        if due is None or due > now:
+            return
+        session.next_clock_snapshot = now + service_packets.snapshot_interval_ns(session.config)
+        self.clock_snapshot_if_drifted(session)
 
     def scrape_session(self, session: Session) -> None:
         """Copy what the session's producers left in their SMBs into its buffers."""

@@ -7,8 +7,8 @@ being answered in slices), continue_reads() once per loop turn with a time
 budget (drains into write_into_file sessions' files run the same way: see
 file_writes.py). It answers with outputs: the envelopes to send and the file
 writes to do, in order (a write that fails comes back as file_failed). The
-shell also passes in an SMB factory, a file opener and the clocks (for clock
-snapshots and service packet timestamps).
+shell also passes in an SMB factory, a file opener, the clocks (for clock
+snapshots and service packet timestamps) and the host's SystemInfo.
 
 Every message kind of the protocol is routed by one of the two dispatch tables
 built in ServiceCore.__init__ (producer_handlers, consumer_handlers; the
@@ -24,6 +24,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from typing import Any
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import incremental_state
 from actors.core.consumer_port import ConsumerPort
@@ -74,9 +76,10 @@ class ServiceCore:
         limits: Limits = DEFAULT_LIMITS,
         open_file: FileOpener = no_files,
         rng: random.Random | None = None,
+        system_info: pb.SystemInfo | None = None,
     ) -> None:
         ctx = self._ctx = ServiceContext(
-            smb_factory, clocks, uid, service_pid, limits, open_file, rng
+            smb_factory, clocks, uid, service_pid, limits, open_file, rng, system_info
         )
         self._control = SessionControl(ctx)
         self._flushes = Flushes(ctx, self._control)
@@ -235,6 +238,7 @@ class ServiceCore:
                 s.stop_deadline,
                 s.next_periodic_flush,
                 s.next_incremental_clear,
+                s.next_clock_snapshot,
             )
             deadlines += [d for d in timers if d is not None]
             deadlines += [f.deadline for f in s.flushes.values()]
@@ -247,9 +251,10 @@ class ServiceCore:
     def _session_timers(self, session: Session, now: int) -> None:
         """Flush timeouts, the stop timeout, the end of duration_ms (flush, then
         stop), the periodic flush, the periodic incremental state clear, the
-        periodic drain into the session's file, the triggers' timers (a START
-        session's trigger_timeout_ms, CLONE_SNAPSHOT hits after stop_delay_ms), and
-        the free of a detached session that ended on its own (actors/core/detach.py)."""
+        periodic clock snapshot, the periodic drain into the session's file, the
+        triggers' timers (a START session's trigger_timeout_ms, CLONE_SNAPSHOT hits
+        after stop_delay_ms), and the free of a detached session that ended on its
+        own (actors/core/detach.py)."""
         if session.free_due:
             self._consumer_port.free(session, now)
             return
@@ -266,4 +271,5 @@ class ServiceCore:
             session.next_periodic_flush = now + period
             self._flushes.request(session, now, timeout, 0, None)
         incremental_state.clear_if_due(self._ctx, session, now)
+        self._ctx.periodic_clock_snapshot(session, now)
         self._files.on_timer(session, now)

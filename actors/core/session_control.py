@@ -13,7 +13,7 @@ import random
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core import incremental_state, reports, trigger_modes
+from actors.core import incremental_state, reports, service_packets, trigger_modes
 from actors.core.config_rules import producer_entry
 from actors.core.lifecycle import (
     AWAITING_STOP_ACK,
@@ -253,8 +253,11 @@ class SessionControl:
 
     def start(self, session: Session, now: int) -> None:
         apply(session, SessionEvent.START)
-        self._ctx.clock_snapshot(session)
+        self._ctx.start_clock_snapshot(session)
         self._ctx.service_event(session, "tracing_started")
+        if not session.config.builtin_data_sources.disable_clock_snapshotting:
+            interval = service_packets.snapshot_interval_ns(session.config)
+            session.next_clock_snapshot = now + interval
         duration_ms = trigger_modes.duration_ms(session.config)  # trigger_timeout_ms for STOP
         if duration_ms:
             session.duration_deadline = now + duration_ms * NS_PER_MS
@@ -282,6 +285,7 @@ class SessionControl:
             return
         if all(i.state in RUNNING_INSTANCE for i in session.instances.values()):
             session.all_started_reported = True
+            self._ctx.clock_snapshot(session)
             self._ctx.service_event(session, "all_data_sources_started")
             if session.observer_request_id and OBSERVE_ALL_STARTED in session.observe_types:
                 events = ipc.ObservableEvents(all_data_sources_started=True)
@@ -322,7 +326,7 @@ class SessionControl:
             return
         apply(session, SessionEvent.DISABLE)
         session.duration_deadline = session.next_periodic_flush = None
-        session.next_incremental_clear = None
+        session.next_incremental_clear = session.next_clock_snapshot = None
         session.stop_deadline = now + session.stop_timeout_ns
         for instance in session.instances.values():
             apply(instance, InstanceEvent.STOP)
@@ -358,6 +362,7 @@ class SessionControl:
         # After every stop ack (or the timeout): the last scrape, so that nothing a
         # stopped writer committed reaches a buffer after the consumer's final read.
         self._ctx.scrape_session(session)
+        self._ctx.clock_snapshot(session)
         self._ctx.service_event(session, "tracing_disabled")
         file = self._ctx.files.get(session.id)
         if file is not None:

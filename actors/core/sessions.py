@@ -85,9 +85,13 @@ class Session(HasSessionState):
         self.instances: dict[int, Instance] = {}
         self.flushes: dict[int, PendingFlush] = {}
         self.seq_ids: dict[tuple[int, int], int] = {}
-        # The service's own packets, queued until the next read.
-        self.clock_snapshots: list[bytes] = []
-        self.service_events: list[bytes] = []
+        # The service's own packets, queued until the next read as values
+        # (actors/core/service_packets.py): the clock snapshot taken at start, the
+        # later ones, (boottime, name) of service events; and whether the first
+        # read's packets (trace_config, trace_uuid, ...) are out.
+        self.initial_clock_snapshot: list[tuple[int, int]] = []
+        self.clock_snapshots: list[list[tuple[int, int]]] = []
+        self.service_events: list[tuple[int, str]] = []
         self.config_emitted = False
         self.invalid_packets = 0
         self.flushes_requested = self.flushes_succeeded = self.flushes_failed = 0
@@ -129,6 +133,8 @@ class Session(HasSessionState):
         # (duration_ms, a trigger's stop: sessions.StopSession) went; set by
         # flushes.py when it completes, UNSPECIFIED (0) until then.
         self.final_flush_outcome = 0
+        # Part "packets": the next periodic clock snapshot (snapshot_interval_ms).
+        self.next_clock_snapshot: int | None = None
 
     @property
     def flush_timeout_ns(self) -> int:
