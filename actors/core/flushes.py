@@ -3,24 +3,33 @@ for their acks (or the timeout), then scrape their SMBs.
 
 A pending flush is data (sessions.PendingFlush): the producer ids whose ack is
 awaited, a deadline, and what to do when it completes (`after`: answer a
-consumer, stop the session at the end of duration_ms, or nothing for a
-periodic flush). A producer acks by sending a CommitData with
+consumer, stop the session at the end of duration_ms, copy the session for a
+clone (clones.py), or nothing for a periodic flush). A producer acks by sending a CommitData with
 flush_request_id; an ack names the newest flush it covers, so it completes
 every older one too.
 """
 
 from __future__ import annotations
 
+from actors.core.clones import Clones
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import SessionControl
-from actors.core.sessions import AfterFlush, PendingFlush, ReplyToConsumer, Session, StopSession
+from actors.core.sessions import (
+    AfterFlush,
+    CloneAfterFlush,
+    PendingFlush,
+    ReplyToConsumer,
+    Session,
+    StopSession,
+)
 from protos import tracebus_ipc_pb2 as ipc
 
 
 class Flushes:
-    def __init__(self, ctx: ServiceContext, control: SessionControl) -> None:
+    def __init__(self, ctx: ServiceContext, control: SessionControl, clones: Clones) -> None:
         self._ctx = ctx
         self._control = control
+        self._clones = clones
 
     def request(
         self, session: Session, now: int, timeout_ns: int, flags: int, after: AfterFlush
@@ -88,3 +97,5 @@ class Flushes:
             self._ctx.out.to_consumer(after.consumer, after.request_id, flush=reply)
         elif isinstance(after, StopSession):
             self._control.disable(session, now)
+        elif isinstance(after, CloneAfterFlush):
+            self._clones.finish(session, after, success, now)

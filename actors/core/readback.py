@@ -202,6 +202,8 @@ def _service_packets(session: Session, uid: int, service_pid: int) -> list[bytes
     if not session.config_emitted:
         out.append(trace_config_packet(session.config.SerializeToString(), uid, service_pid))
         session.config_emitted = True
+    out += session.trigger_packets
+    session.trigger_packets.clear()
     out += session.service_events
     session.service_events.clear()
     return out

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.core import incremental_state
+from actors.core.clones import Clones
 from actors.core.consumer_port import ConsumerPort
 from actors.core.file_sink import FileOpener, no_files
 from actors.core.file_writes import FileWrites
@@ -60,7 +61,6 @@ NOT_SUPPORTED = {
     "activate_triggers": "triggers are not supported by this service",
     "detach": "detaching a session is not supported by this service",
     "attach": "attaching to a session is not supported by this service",
-    "clone_session": "cloning a session is not supported by this service",
 }
 
 UNTIMED_SLICE = SliceBudget()  # a slice bounded by size alone (tests, a fake clock)
@@ -81,11 +81,14 @@ class ServiceCore:
             smb_factory, clocks, uid, service_pid, limits, open_file, rng
         )
         self._control = SessionControl(ctx)
-        self._flushes = Flushes(ctx, self._control)
+        clones = Clones(ctx)
+        self._flushes = Flushes(ctx, self._control, clones)
         self._files = FileWrites(ctx, self._control)
         self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
-        c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)
+        c = self._consumer_port = ConsumerPort(
+            ctx, self._control, self._flushes, self._files, clones
+        )
         # initialize_connection is handled before the table: it has no producer yet.
         self.producer_handlers: dict[str, ProducerHandler] = {
             "register_data_source": p.register_data_source,
@@ -109,6 +112,7 @@ class ServiceCore:
             "get_trace_stats": c.get_trace_stats,
             "query_service_state": c.query_service_state,
             "observe_events": c.observe_events,
+            "clone_session": c.clone_session,
             "heartbeat": c.heartbeat,
         }
 

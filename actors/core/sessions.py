@@ -6,12 +6,13 @@ service's packets queued for its next read; readback.py reads it back).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.core.lifecycle import HasInstanceState, HasSessionState
+from actors.core.lifecycle import CLONE_SESSION, HasInstanceState, HasSessionState
 from actors.core.limits import DEFAULT_LIMITS, Limits
 
 MAX_BUFFER_BYTES = (4 << 30) - 4096
@@ -71,8 +72,22 @@ class StopSession:
     """The flush that ends a session's duration_ms: when it completes, stop the session."""
 
 
+@dataclass(frozen=True)
+class CloneAfterFlush:
+    """The flush before a clone (CloneSession): when it completes, copy the source's
+    buffers into a new session held by `consumer` and answer its request
+    (actors/core/clones.py)."""
+
+    consumer: bytes
+    uid: int
+    pid: int
+    request_id: int
+    started_ns: int  # boottime when the clone was asked for (clone_started)
+    trigger_packet: bytes  # clone_snapshot_trigger packet for the clone, or b""
+
+
 # What to do when a flush completes (None: nothing more, a periodic flush).
-AfterFlush = ReplyToConsumer | StopSession | None
+AfterFlush = ReplyToConsumer | StopSession | CloneAfterFlush | None
 
 
 @dataclass
@@ -120,6 +135,9 @@ class Session(HasSessionState):
         # The trace's UUID (TracePacket.trace_uuid): the config's trace_uuid_msb/lsb
         # if set, else random (session_control.create); a clone gets a new msb.
         self.uuid_msb = self.uuid_lsb = 0
+        # Trigger packets queued for the next read, after the trace_config (a clone's
+        # clone_snapshot_trigger; the source's received triggers move to its clone).
+        self.trigger_packets: list[bytes] = []
 
     @property
     def flush_timeout_ns(self) -> int:
@@ -150,6 +168,18 @@ def check_config(
 ) -> Refusal | None:
     """The first reason to refuse `config`, or None (the buffer memory budget is
     buffer_budget.py's)."""
+    refusal = limit_refusal(config, sessions, uid, limits)
+    if refusal is not None:
+        return refusal
+    error = _config_error(config, sessions)
+    return Refusal(error) if error else None
+
+
+def limit_refusal(
+    config: pb.TraceConfig, sessions: list[Session], uid: int, limits: Limits
+) -> Refusal | None:
+    """Why one more session of `uid` with `config`'s buffers breaks a limit (a clone
+    counts as a session too), or None."""
     n = limits.max_sessions
     if len(sessions) >= n:
         return Refusal(f"too many tracing sessions (max_sessions {n})", "max_sessions")
@@ -161,8 +191,7 @@ def check_config(
     if len(config.buffers) > n:
         message = f"too many buffers: {len(config.buffers)} (max_buffers_per_session {n})"
         return Refusal(message, "max_buffers_per_session")
-    error = _config_error(config, sessions)
-    return Refusal(error) if error else None
+    return None
 
 
 def _config_error(config: pb.TraceConfig, sessions: list[Session]) -> str:
@@ -173,9 +202,8 @@ def _config_error(config: pb.TraceConfig, sessions: list[Session]) -> str:
             return f"buffers[{i}].size_kb must be > 0 and < 4 GiB, got {buf.size_kb}"
     if config.duration_ms > MAX_DURATION_MS:
         return f"duration_ms {config.duration_ms} exceeds the maximum of 7 days"
-    name = config.unique_session_name
-    if name and any(s.config.unique_session_name == name for s in sessions):
-        return f"a session named {name!r} is already running"
+    if config.unique_session_name and named(config.unique_session_name, sessions):
+        return f"a session named {config.unique_session_name!r} is already running"
     for i, ds in enumerate(config.data_sources):
         error = target_buffer_index(config, ds.config)[1]
         if error:
@@ -186,6 +214,17 @@ def _config_error(config: pb.TraceConfig, sessions: list[Session]) -> str:
             except re.error as e:
                 return f"data_sources[{i}].producer_name_regex_filter {regex!r}: {e}"
     return ""
+
+
+def named(unique_session_name: str, sessions: Iterable[Session]) -> Session | None:
+    """The session with this unique_session_name; clones keep their source's name
+    but are not it (Perfetto skips them in both the check and the lookup)."""
+    for session in sessions:
+        if session.state in CLONE_SESSION:
+            continue
+        if session.config.unique_session_name == unique_session_name:
+            return session
+    return None
 
 
 def target_buffer_index(config: pb.TraceConfig, ds: pb.DataSourceConfig) -> tuple[int, str]:
