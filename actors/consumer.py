@@ -520,6 +520,18 @@ class Consumer:
         )
         return self._call(request)
 
+    def snapshot(self, path: str | os.PathLike, *, timeout: float = CLONE_TIMEOUT) -> ReadResult:
+        """Write a copy of this connection's session, as it is now, to `path`: a clone
+        taken and read over a second connection (this one holds the session, which
+        goes on recording)."""
+        if self._core.session is SessionView.NONE:
+            raise UsageError("snapshot: no session on this connection")
+        with Consumer.connect(self.endpoint, timeout, name="tracebus-snapshot") as other:
+            other.clone(self.session_id, timeout=timeout)
+            result = other.save(path)
+            other.free()
+        return result
+
     # -- reading -------------------------------------------------------------------------------
 
     def read_batches(self, *, timeout: float = READ_IDLE_TIMEOUT) -> Iterator[tuple[bytes, ...]]:

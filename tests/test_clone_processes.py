@@ -8,8 +8,10 @@ from __future__ import annotations
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.cli_clone import Snapshots
 from actors.consumer import Consumer, load_config
 from actors.core.consumer_core import ConsumerError
+from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import Runtime
 from tests.waiting import wait_for
 
@@ -141,3 +143,106 @@ def test_each_clone_snapshot_trigger_writes_the_next_snapshot_file(rt: Runtime):
         assert counters(trace)[0] == 1
     assert len(counters(traces[1])) >= len(counters(traces[0]))
     rt.stop(cli)
+
+
+class ScriptedSession:
+    """The record CLI's consumer as Snapshots.wait sees it, with scripted events
+    (the service's clone_trigger_hit, before part triggers sends it), over a real
+    session: its hits name that session."""
+
+    def __init__(self, session_id: int, hits: list[str]) -> None:
+        self.session_id = session_id
+        self.batches = [
+            [ipc.ObservableEvents(clone_trigger_hit=self.hit(name, i))]
+            for i, name in enumerate(hits)
+        ]
+        self.session_ended = False
+        self.waits = 0
+
+    def hit(self, name: str, i: int) -> ipc.ObservableEvents.CloneTriggerHit:
+        return ipc.ObservableEvents.CloneTriggerHit(
+            tracing_session_id=self.session_id,
+            trigger_name=name,
+            producer_name="app",
+            producer_uid=1000,
+            boot_time_ns=1000 + i,
+        )
+
+    def wait_end_or_event(self, timeout: float | None) -> bool:
+        self.waits += 1
+        self.session_ended = not self.batches
+        return True
+
+    def take_events(self) -> list[ipc.ObservableEvents]:
+        return self.batches.pop(0) if self.batches else []
+
+    def wait_disabled(self, timeout: float | None) -> None:
+        assert self.session_ended
+
+
+def test_the_snapshot_loop_writes_one_file_per_hit_from_the_real_session(rt: Runtime):
+    rt.start_service()
+    rt.start_producer("alpha")
+    owner = rt.consumer(name="owner")
+    session_id = owner.enable(load_config(SOURCE, text=True)).session_id
+    wait_for(lambda: written_chunks(owner) >= 2, 30, "chunks in the source's buffer")
+    out = rt.dir / "snap.pftrace"
+    notes: list[str] = []
+    snapshots = Snapshots(out, rt.consumer_endpoint, 10, 10, notes)
+    scripted = ScriptedSession(session_id, ["first", "second"])
+    snapshots.wait(scripted, None, None)  # type: ignore[arg-type]
+    assert snapshots.written == [rt.dir / "snap.pftrace.0", rt.dir / "snap.pftrace.1"]
+    assert notes == [] and not out.exists()
+    sizes = []
+    for path, name in zip(snapshots.written, ["first", "second"], strict=True):
+        trace = pb.Trace.FromString(path.read_bytes())
+        [hit] = [p for p in trace.packet if p.HasField("clone_snapshot_trigger")]
+        assert hit.clone_snapshot_trigger.trigger_name == name
+        assert hit.clone_snapshot_trigger.producer_name == "app"
+        got = counters(trace)
+        assert got == list(range(1, len(got) + 1))
+        sizes.append(len(got))
+    assert 0 < sizes[0] <= sizes[1]
+    # A snapshot that fails is said and noted; the loop goes on.
+    owner.free()
+    snapshots.wait(ScriptedSession(session_id, ["late"]), None, None)  # type: ignore[arg-type]
+    assert len(notes) == 1 and "snap.pftrace.2" in notes[0] and "no tracing session" in notes[0]
+
+
+def test_a_script_writes_snapshots_of_its_own_session_as_it_goes_on(rt: Runtime):
+    rt.start_service()
+    rt.start_producer("alpha")
+    rt.write_file("source.pbtxt", SOURCE)
+    snaps = [rt.dir / "s0.pftrace", rt.dir / "s1.pftrace"]
+    script = rt.write_file(
+        "snap.py",
+        f"""
+from pathlib import Path
+
+
+def chunks(tracing):
+    return tracing.stats().buffer_stats[0].chunks_written
+
+
+def main(tracing):
+    tracing.enable(Path({str(rt.dir / "source.pbtxt")!r}))
+    for path in {[str(p) for p in snaps]!r}:
+        seen = chunks(tracing)
+        while chunks(tracing) <= seen:
+            tracing.wait(0.05)
+        print("snapshot", path, tracing.snapshot(path).packets)
+    tracing.stop()
+    tracing.save({str(rt.dir / "whole.pftrace")!r})
+""",
+    )
+    proc = rt.spawn(
+        "script",
+        ["-m", "launch.script_runner", str(script), "--consumer-endpoint", rt.consumer_endpoint],
+        stderr="pipe",
+    )
+    _, stderr = rt.communicate(proc, timeout=60.0)
+    assert proc.returncode == 0, stderr + rt.logs()
+    first, second = (counters(pb.Trace.FromString(p.read_bytes())) for p in snaps)
+    whole = counters(pb.Trace.FromString((rt.dir / "whole.pftrace").read_bytes()))
+    assert first and first == list(range(1, len(first) + 1))
+    assert len(second) > len(first) and whole[: len(second)] == second
