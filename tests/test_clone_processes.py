@@ -97,6 +97,7 @@ def test_clone_errors_are_clear_and_exit_1_or_2(rt: Runtime):
     session_id = owner.enable(load_config(SOURCE, text=True)).session_id
     cloner = rt.consumer(name="cloner")
     clone_id = cloner.clone(session_id).session_id
+    cloner.wait_disabled(5)  # a clone has ended already: nothing to wait for
     code, err = clone_cli(rt, "--clone", str(clone_id), "-o", str(out))
     assert code == 1 and "is a read-only clone: clone its source instead" in err, err
 
