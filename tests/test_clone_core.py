@@ -329,3 +329,28 @@ def test_a_clone_shows_in_the_service_state():
     (reply,) = cloner.replies()
     states = {x.id: x.state for x in reply.service_state.sessions}
     assert states == {s.source_id: "STARTED", clone_id: "CLONED_READ_ONLY"}
+
+
+def test_a_clone_of_a_snapshot_session_is_read_whatever_its_trigger_config_says():
+    """A CLONE_SNAPSHOT session gives its data only through its clones (traced reads
+    nothing of it): its clone, which has the same trigger_config, must be read."""
+    cfg = make_config()
+    cfg.trigger_config.trigger_mode = pb.TraceConfig.TriggerConfig.CLONE_SNAPSHOT
+    cfg.trigger_config.trigger_timeout_ms = 60_000
+    cfg.trigger_config.triggers.add(name="snap")
+    s = Setup(cfg)
+    s.write(1, 2)
+    cloner = FakeConsumer(s.rig, "cloner")
+    s.clone(cloner, session_id=s.source_id, clone_trigger_name="snap")
+    assert clone_reply(cloner).success
+    packets = cloner.read()
+    assert counters(packets) == [1, 2]
+    assert [
+        p.clone_snapshot_trigger.trigger_name
+        for p in packets
+        if p.HasField("clone_snapshot_trigger")
+    ] == ["snap"]
+    second = FakeConsumer(s.rig, "second")
+    s.clone(second)
+    assert clone_reply(second).success
+    assert counters(second.read()) == [1, 2]  # the source still holds it all

@@ -5,6 +5,8 @@ OUT.1, ... as their triggers fire."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
@@ -143,7 +145,12 @@ def test_each_clone_snapshot_trigger_writes_the_next_snapshot_file(rt: Runtime):
         assert [h.clone_snapshot_trigger.trigger_name for h in hits] == ["snap"]
         assert counters(trace)[0] == 1
     assert len(counters(traces[1])) >= len(counters(traces[0]))
-    rt.stop(cli)
+    cli.send_signal(signal.SIGINT)  # the session would go on to its trigger_timeout_ms
+    _, err = rt.communicate(cli, timeout=60)
+    assert cli.returncode == 130, err
+    for path in snapshots:
+        assert "snapshot (trigger 'snap'): wrote " in err and f"to {path}\n" in err, err
+    assert not out.with_name(f"{out.name}.2").exists()
 
 
 class ScriptedSession:

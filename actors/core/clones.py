@@ -14,8 +14,9 @@ source goes on recording (Perfetto's FlushAndCloneSession / FinishCloneSession).
       when transfer_on_clone (the source gets an empty one of the same size)
       a CLONED_READ_ONLY session held by C: the source's config, a new trace
       UUID msb with the source's lsb, the source's pending clock snapshots,
-      service events, trigger packets (moved: the clone reports them) and
-      counters, then clone_started, buffer_cloned (one per buffer),
+      service events, trigger packets (moved out of a CLONE_SNAPSHOT source,
+      which is read only through its clones) and counters, then
+      clone_started, buffer_cloned (one per buffer),
       tracing_disabled and a clock snapshot; the trigger that asked for the
       snapshot as a clone_snapshot_trigger packet
     ◄── CloneSessionResponse(success, session_id, uuid)
@@ -45,6 +46,8 @@ from actors.core.session_control import trace_uuid
 from actors.core.sessions import CloneAfterFlush, Session, limit_refusal, named
 from protos import tracebus_ipc_pb2 as ipc
 from shm.trace_buffer import TraceBuffer
+
+CLONE_SNAPSHOT = pb.TraceConfig.TriggerConfig.CLONE_SNAPSHOT
 
 # FlushRequest.flags of the flush before a clone: Perfetto's FlushFlags, reason
 # kTraceClone (3) in bits 0-3, initiator kTraced (1) in bits 4-7.
@@ -222,7 +225,9 @@ class Clones:
         clone.service_events = list(source.service_events)
         clone.trigger_packets = [after.trigger_packet] if after.trigger_packet else []
         clone.trigger_packets += source.trigger_packets
-        source.trigger_packets = []  # reported by the clone, not again by the next one
+        if source.config.trigger_config.trigger_mode == CLONE_SNAPSHOT:
+            # Read only through its clones: each reports the triggers since the last.
+            source.trigger_packets = []
         clone.seq_ids = dict(source.seq_ids)
         clone.invalid_packets = source.invalid_packets
         clone.flushes_requested = source.flushes_requested
