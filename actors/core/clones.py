@@ -15,10 +15,9 @@ source goes on recording (Perfetto's FlushAndCloneSession / FinishCloneSession).
       a CLONED_READ_ONLY session held by C: the source's config, a new trace
       UUID msb with the source's lsb, the source's pending clock snapshots,
       service events, trigger packets (moved out of a CLONE_SNAPSHOT source,
-      which is read only through its clones) and counters, then
-      clone_started, buffer_cloned (one per buffer),
-      tracing_disabled and a clock snapshot; the trigger that asked for the
-      snapshot as a clone_snapshot_trigger packet
+      which is read only through its clones) and counters, then the events
+      clone_started and tracing_disabled and a clock snapshot; the trigger
+      that asked for the snapshot as a clone_snapshot_trigger packet
     ◄── CloneSessionResponse(success, session_id, uuid)
 
 C then reads the clone with ReadBuffers and frees it with FreeBuffers, like any
@@ -73,9 +72,7 @@ class Clones:
         self._clear_before_clone(source)
         self._waiting.add(peer.identity)
         trigger = _trigger_packet(req, self._ctx.uid, self._ctx.service_pid)
-        after = CloneAfterFlush(
-            peer.identity, peer.uid, peer.pid, request_id, self._ctx.clocks.boottime(), trigger
-        )
+        after = CloneAfterFlush(peer.identity, peer.uid, peer.pid, request_id, trigger)
         return source, after
 
     @staticmethod
@@ -233,12 +230,7 @@ class Clones:
         clone.flushes_requested = source.flushes_requested
         clone.flushes_succeeded = source.flushes_succeeded
         clone.flushes_failed = source.flushes_failed
-        uid, pid = ctx.uid, ctx.service_pid
-        events = clone.service_events
-        events.append(readback.service_event_packet("clone_started", after.started_ns, uid, pid))
-        now_ns = ctx.clocks.boottime()
-        for index in range(len(clone.buffer_ids)):
-            events.append(_buffer_cloned_packet(index, now_ns, uid, pid))
+        ctx.service_event(clone, "clone_started")
         ctx.service_event(clone, "tracing_disabled")
         ctx.clock_snapshot(clone)
 
@@ -257,16 +249,5 @@ def _trigger_packet(req: ipc.CloneSessionRequest, uid: int, service_pid: int) ->
     trigger.producer_name = req.clone_trigger_producer_name
     trigger.trusted_producer_uid = req.clone_trigger_trusted_producer_uid
     trigger.stop_delay_ms = req.clone_trigger_delay_ms
-    return _service(packet, uid, service_pid)
-
-
-def _buffer_cloned_packet(index: int, boottime_ns: int, uid: int, service_pid: int) -> bytes:
-    """TracingServiceEvent.buffer_cloned: buffer `index` of the session was copied."""
-    packet = pb.TracePacket(timestamp=boottime_ns, timestamp_clock_id=readback.BOOTTIME)
-    packet.service_event.buffer_cloned = index
-    return _service(packet, uid, service_pid)
-
-
-def _service(packet: pb.TracePacket, uid: int, service_pid: int) -> bytes:
     trailer = readback.trusted_trailer(uid, readback.SERVICE_SEQUENCE_ID, service_pid)
     return packet.SerializeToString() + trailer

@@ -82,7 +82,6 @@ class CloneAfterFlush:
     uid: int
     pid: int
     request_id: int
-    started_ns: int  # boottime when the clone was asked for (clone_started)
     trigger_packet: bytes  # clone_snapshot_trigger packet for the clone, or b""
 
 
