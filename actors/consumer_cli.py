@@ -432,7 +432,11 @@ def connect_timeout(flag: float | None) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
     parser = _parser()
-    args = parser.parse_args(argv)
+    return run(parser, parser.parse_args(argv))
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Clone (--clone, --clone-by-name), or record one session as `args` say."""
     if args.clone is not None or args.clone_by_name is not None:
         return _clone(parser, args)
     if args.config is None:
@@ -458,6 +462,8 @@ def _clone(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--clone / --clone-by-name (actors/cli_clone.py)."""
     if args.config is not None:
         parser.error("--clone/--clone-by-name copy a running session: no -c")
+    if not args.out:
+        parser.error("--clone/--clone-by-name need -o OUT")
     if args.clone is not None and args.clone <= 0:
         parser.error(f"--clone {args.clone}: a session id is a positive number")
     target = CloneTarget(args.clone or 0, args.clone_by_name or "")
