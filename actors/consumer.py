@@ -319,10 +319,13 @@ class UnmatchedWatch:
             consumer.observe("data_sources_instances")
 
     def remaining(self) -> tuple[str, ...]:
-        events = self.consumer.take_events()
+        self.note(self.consumer.take_events())
+        return self.names
+
+    def note(self, events: Iterable[ipc.ObservableEvents]) -> None:
+        """Events someone else took from the consumer's queue (a snapshot loop)."""
         seen = {c.data_source_name for e in events for c in e.instance_state_changes}
         self.names = tuple(n for n in self.names if n not in seen)
-        return self.names
 
 
 class _Timing(TypedDict):
@@ -517,6 +520,18 @@ class Consumer:
         )
         return self._call(request)
 
+    def snapshot(self, path: str | os.PathLike, *, timeout: float = CLONE_TIMEOUT) -> ReadResult:
+        """Write a copy of this connection's session, as it is now, to `path`: a clone
+        taken and read over a second connection (this one holds the session, which
+        goes on recording)."""
+        if self._core.session is SessionView.NONE:
+            raise UsageError("snapshot: no session on this connection")
+        with Consumer.connect(self.endpoint, timeout, name="tracebus-snapshot") as other:
+            other.clone(self.session_id, timeout=timeout)
+            result = other.save(path)
+            other.free()
+        return result
+
     # -- reading -------------------------------------------------------------------------------
 
     def read_batches(self, *, timeout: float = READ_IDLE_TIMEOUT) -> Iterator[tuple[bytes, ...]]:
@@ -589,6 +604,12 @@ class Consumer:
         events = list(self._observed)
         self._observed.clear()
         return events
+
+    def wait_end_or_event(self, timeout: float | None = None) -> bool:
+        """Wait until the session ends or an observable event is queued (take_events);
+        False on timeout. Raises Interrupted like wait_disabled()."""
+        done = lambda: self._ended is not None or bool(self._observed)  # noqa: E731
+        return self._wait(done, timeout, interruptible=True)
 
     def next_event(self, timeout: float = DEFAULT_TIMEOUT) -> ipc.ObservableEvents:
         if not self._wait(lambda: bool(self._observed), timeout):

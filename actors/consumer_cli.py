@@ -30,6 +30,13 @@ from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.cli_clone import (
+    CloneTarget,
+    Snapshots,
+    check_snapshot_output,
+    run_clone,
+    takes_snapshots,
+)
 from actors.consumer import (
     CONNECT_TIMEOUT_ENV,
     DEFAULT_CONNECT_TIMEOUT,
@@ -115,6 +122,7 @@ class Recording:
         self.session_id = 0
         self.started: float | None = None  # monotonic seconds when the session started
         self.read_complete = False  # the service said the read-back was over
+        self.snapshots: Snapshots | None = None  # CLONE_SNAPSHOT: OUT.0, OUT.1, ... (cli_clone)
 
     def run(self) -> int:
         self.signals.install()
@@ -179,6 +187,11 @@ class Recording:
         enabled = consumer.enable(self.config, output_path=output_path)
         self.session_id = enabled.session_id
         self._watch_unmatched(consumer, enabled.unmatched_data_sources)
+        if takes_snapshots(self.config):
+            self.snapshots = Snapshots(
+                self.out, self.endpoint, self.connect_timeout, self.read_timeout, self.notes
+            )
+            self.snapshots.subscribe(consumer)
         self.signals.target = consumer  # from now on Ctrl-C stops the session
         if pending.asked:
             consumer.interrupt()
@@ -260,7 +273,10 @@ class Recording:
             limit += self._timeout("flush_timeout_ms", 5000)
             limit += self._timeout("data_source_stop_timeout_ms", 5000)
         try:
-            consumer.wait_disabled(limit)
+            if self.snapshots is not None:
+                self.snapshots.wait(consumer, limit, self.unmatched)
+            else:
+                consumer.wait_disabled(limit)
             return
         except Interrupted:
             name = signal.Signals(self.signals.signum).name
@@ -356,6 +372,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", help="TraceConfig file, or - for stdin (required)")
     parser.add_argument("--txt", action="store_true", help="the config is a textproto")
+    clone = parser.add_mutually_exclusive_group()
+    clone.add_argument(
+        "--clone",
+        type=int,
+        metavar="SESSION_ID",
+        help="copy this running session (of your uid) into OUT; it goes on (no -c)",
+    )
+    clone.add_argument(
+        "--clone-by-name",
+        metavar="NAME",
+        help="as --clone, naming the session by its unique_session_name (no -c)",
+    )
     parser.add_argument(
         "-o", "--out", help="the trace file to write (a regular file), - for stdout (required)"
     )
@@ -420,8 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Record one session as `args` say (actors/cli_detach.py adds the detached modes
-    to the parser and calls this for the rest)."""
+    """Clone (--clone, --clone-by-name), or record one session as `args` say
+    (actors/cli_detach.py adds the detached modes to the parser and calls this for
+    the rest)."""
+    if args.clone is not None or args.clone_by_name is not None:
+        return _clone(parser, args)
     missing = [
         flag for flag, value in (("-c/--config", args.config), ("-o/--out", args.out)) if not value
     ]
@@ -430,6 +461,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         config = _read_config(args.config, args.txt)
         check_output(args.out, config)
+        check_snapshot_output(args.out, config)
         timeout = connect_timeout(args.connect_timeout)
         endpoint = args.consumer_endpoint or default_consumer_endpoint()
         if not args.read_timeout > 0:
@@ -441,3 +473,29 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _say(f"error: {e}")
         return EXIT_FAILED
     return Recording(config, Path(args.out), endpoint, timeout, args.read_timeout).run()
+
+
+def _clone(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--clone / --clone-by-name (actors/cli_clone.py)."""
+    if args.config is not None:
+        parser.error("--clone/--clone-by-name copy a running session: no -c")
+    if not args.out:
+        parser.error("--clone/--clone-by-name need -o OUT")
+    if args.clone is not None and args.clone <= 0:
+        parser.error(f"--clone {args.clone}: a session id is a positive number")
+    target = CloneTarget(args.clone or 0, args.clone_by_name or "")
+    try:
+        problem = output_problem(args.out)
+        if problem:
+            raise UsageError(f"-o: cannot write {args.out}: {problem}")
+        timeout = connect_timeout(args.connect_timeout)
+        endpoint = args.consumer_endpoint or default_consumer_endpoint()
+        if not args.read_timeout > 0:
+            raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
+    except ConsumerError as e:
+        _say(f"error: {e}")
+        return EXIT_USAGE
+    except RuntimeError as e:  # the runtime directory is not ours
+        _say(f"error: {e}")
+        return EXIT_FAILED
+    return run_clone(target, Path(args.out), endpoint, timeout, args.read_timeout)

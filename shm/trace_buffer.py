@@ -12,7 +12,8 @@ Three modules, by what they hold:
                            sequences, and the steps reading and eviction share
     shm/buffer_reader.py   BufferReader: read generations, walks, reassembly, packets
     shm/trace_buffer.py    TraceBuffer (this module): what goes in (copy, recommit,
-                           patch), what makes room (eviction), the public API
+                           patch), what makes room (eviction), the public API,
+                           read-only copies (clone_read_only)
 
 Who validates what. The chunk reaches the buffer through the service's
 CommitPath (actors/core/producers.py); each check has one owner:
@@ -53,6 +54,15 @@ ends the read generation (records move).
 Evict. The reader's walk, forced, for the record's sequence up to it: no stalls,
 no output, a dropped packet is loss OVERWRITE.
 
+Clone. `clone_read_only` is Perfetto's CloneReadOnly: a new buffer of the same
+size and policy holding a copy of the ring's bytes (only [0, used): one memcpy
+into fresh zeroed pages), its sequences and its stats, with the read counters
+(bytes_read, chunks_read, readaheads_*) reset and a fresh reader; what the
+source had read already is gone from it, as from the source. A read-only
+buffer takes no chunk and no patch (each counted as discarded/failed): a
+clone is a frozen snapshot. `empty_like` is a new empty buffer of the same
+size and policy (transfer_on_clone, clear_before_clone).
+
 Loss bits are OR-ed into the sequence and reported, with LOSS_PRESENT, on its
 next packet read: READ_GAP (ids not consecutive), CORRUPTED, ORPHAN,
 REASSEMBLY_GAP, BROKEN_CHAIN, OVERWRITE, WRITER_ABORT. Stats: Perfetto's
@@ -63,8 +73,9 @@ and each writer's histogram of chunk payload sizes (shm/writer_stats.py).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from shm.abi import (
     COUNT_MASK,
@@ -204,6 +215,7 @@ class TraceBuffer:
         self.writer_packets_dropped = 0
         # Chunk payload sizes per writer (TraceStats.writer_stats), counted on copy.
         self.writer_stats = WriterStats()
+        self._read_only = False
 
     @property
     def stats(self) -> BufferStats:
@@ -214,6 +226,49 @@ class TraceBuffer:
         """(producer id, writer id) of each sequence that wrote to the buffer, in
         the order they first did (those long empty may have been forgotten)."""
         return [(seq.producer_id, seq.writer_id) for seq in self._ring.seqs.values()]
+
+    @property
+    def fill_policy(self) -> FillPolicy:
+        return self._policy
+
+    @property
+    def read_only(self) -> bool:
+        """True for a clone (clone_read_only): it takes no more chunks or patches."""
+        return self._read_only
+
+    @property
+    def has_data(self) -> bool:
+        """Whether anything was ever written (what clear_before_clone looks at)."""
+        return self._ring.used > 0
+
+    # -- copies ----------------------------------------------------------------------------
+
+    def empty_like(self) -> TraceBuffer:
+        """A new, empty buffer of the same size and fill policy (OSError if the host
+        refuses the memory)."""
+        return TraceBuffer(self._ring.size, self._policy)
+
+    def clone_read_only(self) -> TraceBuffer:
+        """A read-only copy: bytes, sequences and stats, read counters reset (see
+        the module docstring). OSError if the host refuses the memory."""
+        clone = self.empty_like()
+        src, dst = self._ring, clone._ring
+        dst.mv[: src.used] = src.mv[: src.used]
+        dst.used, dst.wr = src.used, src.wr
+        dst.empty_seqs, dst.seq_age = src.empty_seqs, src.seq_age
+        dst.seqs = {key: _copy_sequence(seq) for key, seq in src.seqs.items()}
+        for f in fields(BufferStats):  # in place: the ring holds the same object
+            setattr(clone._stats, f.name, getattr(self._stats, f.name))
+        for name in ("bytes_read", "chunks_read", "readaheads_succeeded", "readaheads_failed"):
+            setattr(clone._stats, name, 0)
+        clone._discarding = self._discarding
+        clone.writer_packets_dropped = self.writer_packets_dropped
+        clone.make_read_only()
+        return clone
+
+    def make_read_only(self) -> None:
+        """From now on no chunk or patch is taken (a buffer moved to a clone)."""
+        self._read_only = True
 
     # -- read (BufferReader) ---------------------------------------------------------------
 
@@ -260,7 +315,7 @@ class TraceBuffer:
         _check_producer_id(producer_id)
         self._reader.end_generation()
         stats = self._stats
-        if self._discarding:
+        if self._discarding or self._read_only:
             stats.chunks_discarded += 1
             return
         if not (
@@ -578,7 +633,7 @@ class TraceBuffer:
         _check_producer_id(producer_id)
         self._reader.forget_tokens()  # the bytes may change under kept tokens
         off = self._find_chunk(producer_id, writer_id_untrusted, chunk_id_untrusted)
-        if off < 0:
+        if off < 0 or self._read_only:
             self._stats.patches_failed += 1
             return False
         ring = self._ring
@@ -614,3 +669,11 @@ class TraceBuffer:
             if RECORD_HEADER.unpack_from(buf, off)[0] == chunk_id_untrusted:
                 return off
         return -1
+
+
+def _copy_sequence(seq: SequenceState) -> SequenceState:
+    """A sequence's state for a clone; its stall belongs to the source's reader."""
+    copy = SequenceState(seq.producer_id, seq.writer_id, seq.uid, seq.pid)
+    copy.chunks = deque(seq.chunks)
+    copy.last, copy.loss, copy.age = seq.last, seq.loss, seq.age
+    return copy

@@ -17,6 +17,7 @@ from actors.core.config_rules import (
     producer_entry,
     target_buffer_index,
 )
+from actors.core.lifecycle import SessionState
 
 BUFFER = "buffers { size_kb: 64 }\n"
 
@@ -151,8 +152,8 @@ def test_target_buffer_name_resolves_to_its_index():
 
 def test_a_unique_session_name_is_held_once_but_not_by_a_clone():
     text = BUFFER + 'unique_session_name: "s"'
-    held = SimpleNamespace(config=cfg(text), state=SimpleNamespace(name="STARTED"))
-    clone = SimpleNamespace(config=cfg(text), state=SimpleNamespace(name="CLONED_READ_ONLY"))
+    held = SimpleNamespace(config=cfg(text), state=SessionState.STARTED)
+    clone = SimpleNamespace(config=cfg(text), state=SessionState.CLONED_READ_ONLY)
     assert error(text, [held]) == "a session with unique_session_name 's' already exists"
     assert error(text, [clone]) == ""
     assert error(BUFFER + 'unique_session_name: "t"', [held]) == ""

@@ -46,6 +46,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.lifecycle import CLONE_SESSION
 from shm.abi import resolve_geometry
 
 MAX_BUFFER_BYTES = (4 << 30) - 4096  # a buffer is rounded up to 4 KiB; its size is a u32
@@ -159,12 +160,8 @@ def _data_source_error(config: pb.TraceConfig) -> str:
 
 def _name_error(config: pb.TraceConfig, sessions: Iterable[_Session]) -> str:
     name = config.unique_session_name
-    # A clone (part "clone": state CLONED_READ_ONLY) does not hold its source's name.
-    held = (
-        s.config.unique_session_name == name
-        for s in sessions
-        if getattr(s.state, "name", "") != "CLONED_READ_ONLY"
-    )
+    # A clone keeps its source's config, not its name (traced skips clones too).
+    held = (s.config.unique_session_name == name for s in sessions if s.state not in CLONE_SESSION)
     if name and any(held):
         return f"a session with unique_session_name {name!r} already exists"
     return ""

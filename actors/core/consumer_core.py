@@ -648,7 +648,8 @@ class ConsumerCore:
         result = CloneResult(
             reply.session_id, reply.uuid_msb, reply.uuid_lsb, reply.was_write_into_file
         )
-        return [Completed(request_id, Kind.CLONE, result)]
+        # Ended from the start: wait_disabled() on it returns at once (no end reply comes).
+        return [Completed(request_id, Kind.CLONE, result), SessionEnded(request_id, "")]
 
     def _on_stats(
         self, request_id: int, pending: _Pending, reply: ipc.GetTraceStatsResponse, now: int

@@ -19,6 +19,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import compression, readback, reports, trigger_modes
 from actors.core.buffer_budget import allocate_buffers, budget_refusal
+from actors.core.clones import CLONE_FLUSH_FLAGS, Clones
 from actors.core.configs import first_non_text_string
 from actors.core.detach import Detaches
 from actors.core.file_writes import FileWrites
@@ -40,12 +41,18 @@ from shm.trace_buffer import TraceBuffer
 
 class ConsumerPort:
     def __init__(
-        self, ctx: ServiceContext, control: SessionControl, flushes: Flushes, files: FileWrites
+        self,
+        ctx: ServiceContext,
+        control: SessionControl,
+        flushes: Flushes,
+        files: FileWrites,
+        clones: Clones,
     ) -> None:
         self._ctx = ctx
         self._control = control
         self._flushes = flushes
         self._files = files
+        self._clones = clones
         # Reads answered in slices, by consumer; the next slice goes to the first.
         self._reads: dict[bytes, readback.PendingRead] = {}
         self._detaches = Detaches(ctx, control)
@@ -250,6 +257,20 @@ class ConsumerPort:
     def attach(self, peer: Peer, request_id: int, req: ipc.AttachRequest, now: int) -> None:
         self._detaches.attach(peer, request_id, req)
 
+    def clone_session(
+        self, peer: Peer, request_id: int, req: ipc.CloneSessionRequest, now: int
+    ) -> None:
+        """Answered with CloneSessionResponse once the source is flushed and copied
+        (clones.py); the clone is then this consumer's session."""
+        begun = self._clones.begin(peer, request_id, req, now)
+        if begun is None:
+            return  # refused, answered
+        source, after = begun
+        if self._clones.needs_flush(source):
+            self._flushes.request(source, now, source.flush_timeout_ns, CLONE_FLUSH_FLAGS, after)
+        else:
+            self._clones.finish(source, after, True, now)
+
     def heartbeat(self, peer: Peer, request_id: int, req: ipc.Heartbeat, now: int) -> None:
         pass  # the consumer is alive; nothing to answer
 
@@ -258,6 +279,7 @@ class ConsumerPort:
         one is no consumer's: detach.DETACHED)."""
         self._reads.pop(identity, None)
         self._ctx.consumer_names.pop(identity, None)
+        self._clones.consumer_gone(identity)
         for session in [s for s in self._ctx.sessions.values() if s.consumer == identity]:
             self.free(session, now)
 

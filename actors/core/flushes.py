@@ -3,9 +3,10 @@ for their acks (or the timeout), then scrape their SMBs.
 
 A pending flush is data (sessions.PendingFlush): the producer ids whose ack is
 awaited, a deadline, and what to do when it completes (`after`: answer a
-consumer, stop the session at the end of duration_ms, or nothing for a
-periodic flush; the stop flush's outcome is the session's
-TraceStats.final_flush_outcome). A producer acks by sending a CommitData with
+consumer, stop the session at the end of duration_ms, copy the session for a
+clone (clones.py), or nothing for a periodic flush; the stop flush's outcome is
+the session's TraceStats.final_flush_outcome). A producer acks by sending a
+CommitData with
 flush_request_id; an ack names the newest flush it covers, so it completes
 every older one too.
 """
@@ -14,9 +15,17 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.clones import Clones
 from actors.core.service_context import ServiceContext
 from actors.core.session_control import SessionControl
-from actors.core.sessions import AfterFlush, PendingFlush, ReplyToConsumer, Session, StopSession
+from actors.core.sessions import (
+    AfterFlush,
+    CloneAfterFlush,
+    PendingFlush,
+    ReplyToConsumer,
+    Session,
+    StopSession,
+)
 from protos import tracebus_ipc_pb2 as ipc
 
 _SUCCEEDED = pb.TraceStats.FINAL_FLUSH_SUCCEEDED
@@ -24,9 +33,10 @@ _FAILED = pb.TraceStats.FINAL_FLUSH_FAILED
 
 
 class Flushes:
-    def __init__(self, ctx: ServiceContext, control: SessionControl) -> None:
+    def __init__(self, ctx: ServiceContext, control: SessionControl, clones: Clones) -> None:
         self._ctx = ctx
         self._control = control
+        self._clones = clones
 
     def request(
         self, session: Session, now: int, timeout_ns: int, flags: int, after: AfterFlush
@@ -100,3 +110,5 @@ class Flushes:
             session.stopped_on_its_own = True  # detached, it is then freed (detach.py)
             session.final_flush_outcome = _SUCCEEDED if success else _FAILED
             self._control.disable(session, now)
+        elif isinstance(after, CloneAfterFlush):
+            self._clones.finish(session, after, success, now)

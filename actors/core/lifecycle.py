@@ -9,11 +9,16 @@ Session (Perfetto's TracingSession::State)::
                                                   ▼
     DISABLED ◄──stopped── DISABLING_WAITING_STOP_ACKS
 
+    DISABLED ──clone──► CLONED_READ_ONLY
+
 A session is created CONFIGURED (its buffers and data source instances set up)
 and, unless deferred_start, started at once. Disabling asks every data source
 to stop and waits for the acks of those that promised one (bounded by
 data_source_stop_timeout_ms); then the session is DISABLED, its buffers still
-readable until it is freed.
+readable until it is freed. A clone (actors/core/clones.py, CloneSession) is
+created CLONED_READ_ONLY: a frozen copy of another session's buffers, with no
+data source instances; it is only read and freed (Perfetto's state of the
+same name).
 
 Data source instance (Perfetto's DataSourceInstance::DataSourceInstanceState)::
 
@@ -44,6 +49,7 @@ class SessionState(enum.Enum):
     CONFIGURED = "CONFIGURED"
     STARTED = "STARTED"
     DISABLING_WAITING_STOP_ACKS = "DISABLING_WAITING_STOP_ACKS"
+    CLONED_READ_ONLY = "CLONED_READ_ONLY"
 
 
 class SessionEvent(enum.Enum):
@@ -51,6 +57,7 @@ class SessionEvent(enum.Enum):
     START = "start"
     DISABLE = "disable"
     STOPPED = "stopped"
+    CLONE = "clone"
 
 
 SESSION_TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
@@ -59,6 +66,7 @@ SESSION_TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (SessionState.CONFIGURED, SessionEvent.DISABLE): SessionState.DISABLING_WAITING_STOP_ACKS,
     (SessionState.STARTED, SessionEvent.DISABLE): SessionState.DISABLING_WAITING_STOP_ACKS,
     (SessionState.DISABLING_WAITING_STOP_ACKS, SessionEvent.STOPPED): SessionState.DISABLED,
+    (SessionState.DISABLED, SessionEvent.CLONE): SessionState.CLONED_READ_ONLY,
 }
 
 
@@ -96,7 +104,11 @@ RECORDING_SESSION = frozenset({SessionState.STARTED})
 # periodic drains go on while it waits for stop acks (file_writes.py).
 TAKING_DATA_SESSION = frozenset({SessionState.STARTED, SessionState.DISABLING_WAITING_STOP_ACKS})
 # A session in these states has nothing left to stop: disable is answered at once.
-ENDED_SESSION = frozenset({SessionState.DISABLED})
+ENDED_SESSION = frozenset({SessionState.DISABLED, SessionState.CLONED_READ_ONLY})
+# A session in these states is a read-only copy of another (clones.py): it is
+# never cloned again, never found by unique_session_name, and its buffers are
+# read whatever its trigger_config says (Perfetto's IsWaitingForTrigger).
+CLONE_SESSION = frozenset({SessionState.CLONED_READ_ONLY})
 # Instance states that are writing (a session reports all_data_sources_started
 # once every instance is in one).
 RUNNING_INSTANCE = frozenset({InstanceState.STARTED})

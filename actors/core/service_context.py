@@ -4,6 +4,7 @@
       ├─ ProducerPort (producer_port.py)   producer messages, a producer gone
       ├─ ConsumerPort (consumer_port.py)   consumer messages, a consumer gone
       ├─ Flushes (flushes.py)              flush requests, acks, completion
+      ├─ Clones (clones.py)                CloneSession: a session's copy, after its flush
       └─ SessionControl (session_control.py)  instances, start, stop
     each over one ServiceContext: producers, sessions, buffers, ids, counters,
     the commit path, the outbox, the shell's clocks.

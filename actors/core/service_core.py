@@ -28,6 +28,7 @@ from typing import Any
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import incremental_state
+from actors.core.clones import Clones
 from actors.core.consumer_port import ConsumerPort
 from actors.core.file_sink import FileOpener, no_files
 from actors.core.file_writes import FileWrites
@@ -59,9 +60,7 @@ ProducerHandler = Callable[[ProducerEntry, int, Any, int], None]
 ConsumerHandler = Callable[[Peer, int, Any, int], None]
 
 # Message kinds the protocol defines and this service declines, with the reason.
-NOT_SUPPORTED = {
-    "clone_session": "cloning a session is not supported by this service",
-}
+NOT_SUPPORTED: dict[str, str] = {}
 
 UNTIMED_SLICE = SliceBudget()  # a slice bounded by size alone (tests, a fake clock)
 
@@ -82,12 +81,15 @@ class ServiceCore:
             smb_factory, clocks, uid, service_pid, limits, open_file, rng, system_info
         )
         self._control = SessionControl(ctx)
-        self._flushes = Flushes(ctx, self._control)
+        clones = Clones(ctx)
+        self._flushes = Flushes(ctx, self._control, clones)
         self._files = FileWrites(ctx, self._control)
         t = self._triggers = Triggers(ctx, self._control)
         self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
-        c = self._consumer_port = ConsumerPort(ctx, self._control, self._flushes, self._files)
+        c = self._consumer_port = ConsumerPort(
+            ctx, self._control, self._flushes, self._files, clones
+        )
         # initialize_connection is handled before the table: it has no producer yet.
         self.producer_handlers: dict[str, ProducerHandler] = {
             "register_data_source": p.register_data_source,
@@ -114,6 +116,7 @@ class ServiceCore:
             "observe_events": c.observe_events,
             "detach": c.detach,
             "attach": c.attach,
+            "clone_session": c.clone_session,
             "heartbeat": c.heartbeat,
             "activate_triggers": t.from_consumer,
         }

@@ -8,6 +8,7 @@ service acts on, are config_rules.py's.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ from actors.core.config_rules import (  # noqa: F401 - the last two re-exported
     ignored_fields,
     target_buffer_index,
 )
-from actors.core.lifecycle import HasInstanceState, HasSessionState
+from actors.core.lifecycle import CLONE_SESSION, HasInstanceState, HasSessionState
 from actors.core.limits import DEFAULT_LIMITS, Limits
 
 DEFAULT_FLUSH_TIMEOUT_MS = 5000
@@ -53,8 +54,21 @@ class StopSession:
     """The flush that ends a session's duration_ms: when it completes, stop the session."""
 
 
+@dataclass(frozen=True)
+class CloneAfterFlush:
+    """The flush before a clone (CloneSession): when it completes, copy the source's
+    buffers into a new session held by `consumer` and answer its request
+    (actors/core/clones.py)."""
+
+    consumer: bytes
+    uid: int
+    pid: int
+    request_id: int
+    trigger_packet: bytes  # clone_snapshot_trigger packet for the clone, or b""
+
+
 # What to do when a flush completes (None: nothing more, a periodic flush).
-AfterFlush = ReplyToConsumer | StopSession | None
+AfterFlush = ReplyToConsumer | StopSession | CloneAfterFlush | None
 
 
 @dataclass
@@ -165,6 +179,18 @@ def check_config(
 ) -> Refusal | None:
     """The first reason to refuse `config`, or None (the buffer memory budget is
     buffer_budget.py's)."""
+    refusal = limit_refusal(config, sessions, uid, limits)
+    if refusal is not None:
+        return refusal
+    error = config_error(config, sessions)
+    return Refusal(error) if error else None
+
+
+def limit_refusal(
+    config: pb.TraceConfig, sessions: list[Session], uid: int, limits: Limits
+) -> Refusal | None:
+    """Why one more session of `uid` with `config`'s buffers breaks a limit (a clone
+    counts as a session too), or None."""
     n = limits.max_sessions
     if len(sessions) >= n:
         return Refusal(f"too many tracing sessions (max_sessions {n})", "max_sessions")
@@ -176,8 +202,18 @@ def check_config(
     if len(config.buffers) > n:
         message = f"too many buffers: {len(config.buffers)} (max_buffers_per_session {n})"
         return Refusal(message, "max_buffers_per_session")
-    error = config_error(config, sessions)
-    return Refusal(error) if error else None
+    return None
+
+
+def named(unique_session_name: str, sessions: Iterable[Session]) -> Session | None:
+    """The session with this unique_session_name; clones keep their source's name
+    but are not it (Perfetto skips them in both the check and the lookup)."""
+    for session in sessions:
+        if session.state in CLONE_SESSION:
+            continue
+        if session.config.unique_session_name == unique_session_name:
+            return session
+    return None
 
 
 def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.config_rules import trigger_mode as mode
+from actors.core.lifecycle import CLONE_SESSION
 from actors.core.sessions import Session
 
 NS_PER_MS = 1_000_000
 MODE = pb.TraceConfig.TriggerConfig
-
-
-def mode(config: pb.TraceConfig) -> int:
-    """The config's trigger mode, as traced's GetTriggerMode: STOP_TRACING with
-    use_clone_snapshot_if_available is CLONE_SNAPSHOT (that flag lets one config
-    snapshot on services that can and stop on older ones)."""
-    if config.trigger_config.use_clone_snapshot_if_available:
-        return MODE.CLONE_SNAPSHOT
-    return config.trigger_config.trigger_mode
 
 
 def waits_to_start(config: pb.TraceConfig) -> bool:
@@ -63,6 +56,8 @@ def empty_trace_reason(config: pb.TraceConfig) -> str:
 def withholds_data(session: Session) -> bool:
     """A read of the session returns nothing (Perfetto's IsWaitingForTrigger): it
     has triggers and none was recorded, or it is a CLONE_SNAPSHOT session."""
+    if session.state in CLONE_SESSION:  # a snapshot: read whatever its source's mode
+        return False
     config = session.config
     if config.trigger_config.triggers and not session.received_triggers:
         return True
