@@ -8,7 +8,7 @@ builtin_data_sources knob, and the same for a write_into_file trace.
     service events in time order: tracing_started, all_data_sources_started,
         flush_started, all_data_sources_flushed, tracing_disabled
     ... the producer's packets ...
-    read_tracing_buffers_completed, trace_stats
+    read_tracing_buffers_completed, trace_stats (final_flush_outcome, writer_stats)
 """
 
 from __future__ import annotations
@@ -136,6 +136,17 @@ def test_a_recorded_trace_has_traceds_service_packets_in_traceds_order(rt: Runti
     assert any(started.timestamp <= b <= all_started.timestamp for b in boottimes)
     assert any(all_started.timestamp < b <= disabled.timestamp for b in boottimes)  # the stop
     assert all(p.timestamp_clock_id == 6 for p in trace.packet if p.trusted_pid == service.pid)
+
+    # TraceStats: the flush that ended duration_ms succeeded, and each writer's
+    # sequence has its chunk payload histogram in traced's buckets.
+    (stats,) = by_kind["trace_stats"]
+    assert stats.trace_stats.final_flush_outcome == pb.TraceStats.FINAL_FLUSH_SUCCEEDED
+    assert list(stats.trace_stats.chunk_payload_histogram_def)
+    writers = stats.trace_stats.writer_stats
+    assert {w.sequence_id for w in writers} == {p.trusted_packet_sequence_id for p in data}
+    for w in writers:
+        assert w.buffer == 0 and sum(w.chunk_payload_histogram_counts) > 0
+        assert sum(w.chunk_payload_histogram_sum) > 0
 
 
 def read_session(rt: Runtime, extra: str) -> list[pb.TracePacket]:
