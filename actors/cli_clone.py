@@ -30,7 +30,13 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.consumer import Consumer, UnmatchedWatch, open_trace
 from actors.core import trigger_modes
 from actors.core.consumer_core import ConsumerError, RequestTimeout, UsageError
-from actors.core.consumer_summary import SummaryInput, TraceSummary, format_summary, printable
+from actors.core.consumer_summary import (
+    SummaryInput,
+    TraceSummary,
+    format_summary,
+    printable,
+    producer_names,
+)
 from actors.output_paths import STDOUT
 from protos import tracebus_ipc_pb2 as ipc
 
@@ -75,6 +81,7 @@ class Copied:
     session_id: int
     fill_policies: list[str]
     stats: pb.TraceStats | None
+    producer_names: dict[int, str]  # by pid, as the service named them after the read
 
 
 def copy_session(
@@ -98,8 +105,18 @@ def copy_session(
             summary.add_all(batch)
         stats = consumer.stats()
         file.commit()
+    names = _producer_names(consumer)
     consumer.free()
-    return Copied(summary, result.session_id, _fill_policies(config), stats)
+    return Copied(summary, result.session_id, _fill_policies(config), stats, names)
+
+
+def _producer_names(consumer: Consumer) -> dict[int, str]:
+    """pid -> producer name, for the summary (connected and departed producers);
+    none if the service does not say (the summary then shows pids only)."""
+    try:
+        return producer_names(consumer.query_state())
+    except ConsumerError:
+        return {}
 
 
 def _config_in(batch: tuple[bytes, ...]) -> pb.TraceConfig | None:
@@ -135,6 +152,7 @@ def run_clone(
         summary=copied.summary,
         session_id=copied.session_id,
         seconds=time.monotonic() - started,
+        producer_names=copied.producer_names,
         fill_policies=copied.fill_policies,
         stats=copied.stats,
         notes=[f"a clone of {target}, which goes on"],
