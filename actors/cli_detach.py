@@ -49,11 +49,10 @@ from actors.consumer_cli import (
     _read_config,
     _say,
     check_output,
-    connect_timeout,
+    connection_flags,
 )
 from actors.core.consumer_core import ConsumerError, SessionError, UsageError
 from actors.core.consumer_summary import format_summary, unmatched_at_start
-from actors.endpoints import default_consumer_endpoint
 from actors.output_paths import STDOUT
 
 EXIT_NOT_DETACHED = 2  # perfetto --attach / --is_detached: no such detached session
@@ -116,10 +115,7 @@ def detached_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if problem:
         parser.error(problem)  # exits 2
     try:
-        timeout = connect_timeout(args.connect_timeout)
-        endpoint = args.consumer_endpoint or default_consumer_endpoint()
-        if not args.read_timeout > 0:
-            raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
+        timeout, endpoint = connection_flags(args)
         if args.detach:
             config = _read_config(args.config, args.txt)
             out = detach_output(args.out, config)

@@ -462,10 +462,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         config = _read_config(args.config, args.txt)
         check_output(args.out, config)
         check_snapshot_output(args.out, config)
-        timeout = connect_timeout(args.connect_timeout)
-        endpoint = args.consumer_endpoint or default_consumer_endpoint()
-        if not args.read_timeout > 0:
-            raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
+        timeout, endpoint = connection_flags(args)
     except ConsumerError as e:
         _say(f"error: {e}")
         return EXIT_USAGE
@@ -473,6 +470,16 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         _say(f"error: {e}")
         return EXIT_FAILED
     return Recording(config, Path(args.out), endpoint, timeout, args.read_timeout).run()
+
+
+def connection_flags(args: argparse.Namespace) -> tuple[float, str]:
+    """(connect timeout, consumer endpoint) from the flags every mode of the CLI
+    takes; UsageError for a --read-timeout that is not positive."""
+    timeout = connect_timeout(args.connect_timeout)
+    endpoint = args.consumer_endpoint or default_consumer_endpoint()
+    if not args.read_timeout > 0:
+        raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
+    return timeout, endpoint
 
 
 def _clone(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -488,10 +495,7 @@ def _clone(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         problem = output_problem(args.out)
         if problem:
             raise UsageError(f"-o: cannot write {args.out}: {problem}")
-        timeout = connect_timeout(args.connect_timeout)
-        endpoint = args.consumer_endpoint or default_consumer_endpoint()
-        if not args.read_timeout > 0:
-            raise UsageError(f"--read-timeout {args.read_timeout:g}: must be more than 0 s")
+        timeout, endpoint = connection_flags(args)
     except ConsumerError as e:
         _say(f"error: {e}")
         return EXIT_USAGE
