@@ -50,6 +50,7 @@ from actors.consumer_cli import (
     _say,
     check_output,
     connection_flags,
+    flag_error,
 )
 from actors.core.consumer_core import ConsumerError, SessionError, UsageError
 from actors.core.consumer_summary import format_summary, unmatched_at_start
@@ -121,12 +122,8 @@ def detached_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             out = detach_output(args.out, config)
         elif args.out:
             check_output(args.out, pb.TraceConfig())
-    except ConsumerError as e:
-        _say(f"error: {e}")
-        return EXIT_USAGE
-    except RuntimeError as e:  # the runtime directory is not ours
-        _say(f"error: {e}")
-        return EXIT_FAILED
+    except (ConsumerError, RuntimeError) as e:
+        return flag_error(e)
     if args.is_detached:
         return is_detached(args.is_detached, endpoint, timeout)
     if args.detach:

@@ -463,13 +463,16 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         check_output(args.out, config)
         check_snapshot_output(args.out, config)
         timeout, endpoint = connection_flags(args)
-    except ConsumerError as e:
-        _say(f"error: {e}")
-        return EXIT_USAGE
-    except RuntimeError as e:  # the runtime directory is not ours
-        _say(f"error: {e}")
-        return EXIT_FAILED
+    except (ConsumerError, RuntimeError) as e:
+        return flag_error(e)
     return Recording(config, Path(args.out), endpoint, timeout, args.read_timeout).run()
+
+
+def flag_error(e: ConsumerError | RuntimeError) -> int:
+    """Say what is wrong with the command line (or its runtime directory, which is
+    not ours: RuntimeError) and give the exit code."""
+    _say(f"error: {e}")
+    return EXIT_USAGE if isinstance(e, ConsumerError) else EXIT_FAILED
 
 
 def connection_flags(args: argparse.Namespace) -> tuple[float, str]:
@@ -496,10 +499,6 @@ def _clone(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if problem:
             raise UsageError(f"-o: cannot write {args.out}: {problem}")
         timeout, endpoint = connection_flags(args)
-    except ConsumerError as e:
-        _say(f"error: {e}")
-        return EXIT_USAGE
-    except RuntimeError as e:  # the runtime directory is not ours
-        _say(f"error: {e}")
-        return EXIT_FAILED
+    except (ConsumerError, RuntimeError) as e:
+        return flag_error(e)
     return run_clone(target, Path(args.out), endpoint, timeout, args.read_timeout)
