@@ -63,9 +63,16 @@ def scribble(seed):
             scribbles += 1
         time.sleep(0.002)  # pacing only: some chunks must make it through
 
+def enough(i):
+    # However fast the writers, enough scribbles; and on until a scribble cost the
+    # writers something (bounded: a loaded machine may land them all on idle pages).
+    if i < 15000 or scribbles < 1000:
+        return False
+    return i >= 300000 or (i % 200 == 0 and tracebus.stats()["dropped_packets"] > 0)
+
 def write(k):
     i = 0
-    while i < 15000 or scribbles < 1000:  # however fast the writers, enough scribbles
+    while not enough(i):
         i += 1
         with tracebus.slice("work", args={"k": k, "i": i, "text": "x" * (i % 300)}):
             tracebus.counter("depth", i)
