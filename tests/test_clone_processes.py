@@ -254,3 +254,53 @@ def main(tracing):
     whole = counters(pb.Trace.FromString((rt.dir / "whole.pftrace").read_bytes()))
     assert first and first == list(range(1, len(first) + 1))
     assert len(second) > len(first) and whole[: len(second)] == second
+
+
+TWO_BUFFERS = """
+buffers { size_kb: 4096 fill_policy: RING_BUFFER }
+buffers { size_kb: 4096 fill_policy: RING_BUFFER transfer_on_clone: true }
+data_sources { producer_name_filter: "alpha" config { name: "tracebus.synthetic" target_buffer: 0
+  for_testing { message_count: 100000 max_messages_per_second: 400 message_size: 40 seed: 7 } } }
+data_sources { producer_name_filter: "beta" config { name: "tracebus.synthetic" target_buffer: 1
+  for_testing { message_count: 100000 max_messages_per_second: 400 message_size: 40 seed: 8 } } }
+"""
+
+
+def clone_counters(rt: Runtime, session_id: int) -> dict[int, list[int]]:
+    """The for_testing counters of a fresh clone of the session, by producer pid."""
+    cloner = rt.consumer(name="cloner")
+    try:
+        cloner.clone(session_id)
+        by_pid: dict[int, list[int]] = {}
+        for p in cloner.read_packets():
+            if p.HasField("for_testing"):
+                by_pid.setdefault(p.trusted_pid, []).append(p.for_testing.counter)
+        cloner.free()
+        return by_pid
+    finally:
+        cloner.close()
+
+
+def test_a_transfer_on_clone_buffer_moves_to_the_clone_and_the_source_starts_afresh(rt: Runtime):
+    rt.start_service()
+    alpha = rt.start_producer("alpha").pid
+    beta = rt.start_producer("beta").pid
+    owner = rt.consumer(name="owner")
+    session_id = owner.enable(load_config(TWO_BUFFERS, text=True)).session_id
+
+    def chunks(index: int) -> int:
+        return owner.stats(timeout=5).buffer_stats[index].chunks_written
+
+    wait_for(lambda: chunks(0) >= 2 and chunks(1) >= 2, 30, "chunks in both buffers")
+    first = clone_counters(rt, session_id)
+    wait_for(lambda: chunks(1) >= 2, 30, "chunks in the fresh transferred buffer")
+    second = clone_counters(rt, session_id)
+    # The copied buffer: each clone holds everything from the first packet on.
+    assert first[alpha] == list(range(1, len(first[alpha]) + 1))
+    assert second[alpha][: len(first[alpha])] == first[alpha]
+    assert len(second[alpha]) > len(first[alpha])
+    # The transferred one: the first clone took it whole; the second holds only
+    # what came after (the source got an empty buffer at the first clone).
+    assert first[beta] == list(range(1, len(first[beta]) + 1))
+    assert second[beta] and min(second[beta]) > max(first[beta])
+    owner.disable()

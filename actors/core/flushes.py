@@ -93,7 +93,7 @@ class Flushes:
 
     def _complete(self, session: Session, flush: PendingFlush, success: bool, now: int) -> None:
         session.flushes.pop(flush.id, None)
-        self._ctx.scrape_session(session)
+        self._ctx.scrape_session(session, _not_scraped_for(session, flush.after))
         # As traced: the flush is over (its acks in or its time up) and the SMBs
         # scraped, whether or not every producer acked.
         self._ctx.clock_snapshot_if_drifted(session)
@@ -112,3 +112,14 @@ class Flushes:
             self._control.disable(session, now)
         elif isinstance(after, CloneAfterFlush):
             self._clones.finish(session, after, success, now)
+
+
+def _not_scraped_for(session: Session, after: AfterFlush) -> frozenset[int]:
+    """The buffers a flush leaves unscraped: before a clone, those that move to it
+    (transfer_on_clone). What the flush asked for is committed by the acks; a
+    chunk scraped now would reach the source's fresh buffer again when its writer
+    commits it, and the packets read in the clone would be read twice."""
+    if not isinstance(after, CloneAfterFlush):
+        return frozenset()
+    buffers = zip(session.config.buffers, session.buffer_ids, strict=True)
+    return frozenset(buffer_id for config, buffer_id in buffers if config.transfer_on_clone)

@@ -128,9 +128,10 @@ class ServiceContext:
         session.next_clock_snapshot = now + service_packets.snapshot_interval_ns(session.config)
         self.clock_snapshot_if_drifted(session)
 
-    def scrape_session(self, session: Session) -> None:
-        """Copy what the session's producers left in their SMBs into its buffers."""
-        ids = set(session.buffer_ids)
+    def scrape_session(self, session: Session, skip: frozenset[int] = frozenset()) -> None:
+        """Copy what the session's producers left in their SMBs into its buffers
+        (but those in `skip`)."""
+        ids = set(session.buffer_ids) - skip
         for producer_id in {i.producer_id for i in session.instances.values()}:
             producer = self.producers.by_id(producer_id)
             if producer is not None:
