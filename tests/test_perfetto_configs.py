@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from actors.consumer import load_config
+from actors.core import trigger_modes
 from actors.core.consumer_core import ConsumerError
 from tests.processes import Runtime
 from tests.waiting import wait_for
@@ -91,9 +92,13 @@ def test_a_perfetto_config_is_enabled_or_refused_as_traced_does(probes: Runtime,
     result = consumer.enable(config, output_path=out if config.write_into_file else None)
     assert list(result.unsupported_fields) == IGNORED.get(name, [])
     assert list(result.unmatched_data_sources) == unmatched(config)
-    if config.trigger_config.trigger_mode != config.trigger_config.START_TRACING:
-        assert result.started
+    waits = trigger_modes.mode(config) == config.trigger_config.START_TRACING
+    assert result.started != waits  # a START_TRACING session waits for its trigger
+    if not waits:
         consumer.disable()
+    if config.trigger_config.triggers and not config.write_into_file:
+        # No trigger fired: traced returns nothing at all for such a session.
+        assert list(consumer.read_buffers()) == []
     consumer.free()
     consumer.close()
     assert out.exists() == config.write_into_file
