@@ -1,5 +1,5 @@
-"""The record CLI's entry point (consumer_cli.py records; this module adds the
-detached modes on top, Perfetto's --detach / --attach / --is_detached):
+"""The record CLI's detached modes, Perfetto's --detach / --attach /
+--is_detached (actors/record_cli.py picks the mode; consumer_cli.py records):
 
     python -m actors.consumer -c CONFIG [--txt] --detach=KEY [-o OUT]
     python -m actors.consumer --attach=KEY [--stop] [-o OUT]
@@ -31,15 +31,12 @@ and usage errors; 1 any other error (the service unreachable, a key taken).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors import consumer_cli
 from actors.consumer import Consumer
 from actors.consumer_cli import (
     EXIT_FAILED,
@@ -97,18 +94,6 @@ def usage_problem(args: argparse.Namespace) -> str:
         if getattr(args, flag) == "":
             return f"--{flag}: the key is empty"
     return ""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The record CLI's entry point (`python -m actors.consumer`, `tracebus record`):
-    consumer_cli's parser and these flags; a detached mode here, else a recording."""
-    logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
-    parser = consumer_cli._parser()
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if wanted(args):
-        return detached_mode(parser, args)
-    return consumer_cli.run(parser, args)
 
 
 def detached_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

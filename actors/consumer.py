@@ -742,6 +742,6 @@ class Consumer:
 
 
 if __name__ == "__main__":
-    from actors.cli_detach import main  # the record CLI, with its detached modes
+    from actors.record_cli import main
 
     sys.exit(main())

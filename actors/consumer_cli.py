@@ -13,14 +13,13 @@ incomplete) and the exit code says it failed.
 OUT is checked first (check_output, actors/output_paths.py): a regular file
 path, or `-` for stdout; anything else is a usage error (exit 2) before the
 service is even asked.
-actors/consumer.py runs main() when executed as a module; the blocking Consumer
-API it uses is there.
+actors/record_cli.py is the entry point (`python -m actors.consumer` runs it);
+the blocking Consumer API it uses is in actors/consumer.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -441,16 +440,9 @@ def connect_timeout(flag: float | None) -> float:
         raise UsageError(f"{CONNECT_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(format="tracebus: %(message)s", level=logging.WARNING)
-    parser = _parser()
-    return run(parser, parser.parse_args(argv))
-
-
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Clone (--clone, --clone-by-name), or record one session as `args` say
-    (actors/cli_detach.py adds the detached modes to the parser and calls this for
-    the rest)."""
+    (actors/record_cli.py calls this for what is not a detached mode)."""
     if args.clone is not None or args.clone_by_name is not None:
         return _clone(parser, args)
     missing = [

@@ -33,7 +33,7 @@ class Subcommand:
 
 SUBCOMMANDS = {
     "service": Subcommand("actors.service", "run the tracing service"),
-    "record": Subcommand("actors.cli_detach", "record one tracing session into a trace file"),
+    "record": Subcommand("actors.record_cli", "record one tracing session into a trace file"),
     "up": Subcommand("launch.supervisor", "run a topology.yaml: service, producers, consumers"),
     "ctl": Subcommand("launch.ctl", "attach, list, detach or stop actors of a running topology"),
     "run": Subcommand("tracebus.runner", "record a command and every process it starts"),
