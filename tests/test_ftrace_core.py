@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.core import ftrace_schema as S
+from actors.core.ftrace_codecs import compile_codec, encode
 from actors.core.ftrace_encode import Bundle, FtraceTranslator, ftrace_stats_packet, parse_cpu_stats
 from actors.core.ftrace_format import (
     EventFormat,
@@ -425,10 +426,49 @@ def test_layout_errors_are_counted_and_written_into_the_bundle(body, status):
 
 
 def test_page_header_errors():
+    odd_header = PageHeader(timestamp_offset=100, commit_offset=8, commit_size=8, data_offset=16)
+    assert page_records(b"\0" * 64, odd_header).status == ParseStatus.INVALID_PAGE_HEADER
     assert page_records(b"\0" * 8, HEADER).status == ParseStatus.INVALID_PAGE_HEADER
     assert page_records(page(b""), HEADER).status == ParseStatus.INVALID_PAGE_HEADER
     over = struct.pack("<QQ", 5, PAGE) + b"\0" * (PAGE - 16)
     assert page_records(over, HEADER).status == ParseStatus.INVALID_PAGE_HEADER
+
+
+# ---------------------------------------------------------------- the unrolled encoder
+
+HOT = [f for f in FORMATS if f.group in ("sched", "task", "ftrace")]
+
+
+def codec_of(f: EventFormat):
+    proto = S.proto_event(f.group, f.name)
+    return compile_codec(f, proto, proto.number if proto else S.EVENT_GENERIC)
+
+
+def test_hot_events_get_the_unrolled_encoder():
+    names = {f.name for f in HOT if codec_of(f).fast is not None}
+    assert {"sched_switch", "sched_waking", "task_newtask", "task_rename", "print"} <= names
+
+
+def test_unrolled_encoder_matches_the_loop_on_real_records():
+    codecs = {f.id: codec_of(f) for f in FORMATS}
+    checked = 0
+    for raw in ("pages_cpu0.raw", "pages_cpu1.raw", "pages_lost_cpu0.raw"):
+        for p in split_pages((DATA / raw).read_bytes()):
+            for _, start, end in page_records(p, HEADER).records:
+                codec = codecs[struct.unpack_from("<H", p, start)[0]]
+                if codec.fast is not None:
+                    values = codec.unpack(p, start)
+                    assert codec.fast(values, p, start, end) == encode(codec, values, p, start, end)
+                    checked += 1
+    assert checked > 100
+
+
+@given(st.sampled_from(HOT), st.binary(min_size=128, max_size=256))
+def test_unrolled_encoder_matches_the_loop_on_any_bytes(f, rec):
+    codec = codec_of(f)
+    if codec.fast is not None and len(rec) >= codec.size:
+        values = codec.unpack(rec, 0)
+        assert codec.fast(values, rec, 0, len(rec)) == encode(codec, values, rec, 0, len(rec))
 
 
 # ---------------------------------------------------------------- hypothesis
@@ -439,6 +479,7 @@ def check_never_raises(pages: list[bytes]) -> None:
         translator = FtraceTranslator(HEADER, FORMATS, compact_sched=compact)
         b = translator.bundle(1, pages)
         assert b.events >= 0 and b.errors >= 0
+        assert all(pid > 0 for pid in b.pids | b.renamed)
         if b.packet:
             decode(b.packet)  # well-formed protobuf, always
 

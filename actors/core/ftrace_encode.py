@@ -66,7 +66,7 @@ class Bundle:
     events: int = 0  # events decoded (compact ones included)
     lost: bool = False  # a page said events were lost before it (RB_MISSED_EVENTS)
     lost_count: int = 0  # the counts pages stored (RB_MISSED_STORED); 0 if none did
-    pids: set[int] = field(default_factory=set)  # tasks the events named (pid 0, idle, left out)
+    pids: set[int] = field(default_factory=set)  # tasks the events named (pid > 0 only)
     renamed: set[int] = field(default_factory=set)  # task_rename / task_newtask pids
     errors: int = 0  # records or pages skipped (see the module docstring)
 
@@ -132,7 +132,9 @@ class FtraceTranslator:
             if pr.status != ParseStatus.OK:
                 out.errors += 1
                 errors.append(_error(pr.timestamp, pr.status))
-        out.pids.discard(0)
+        # pid 0 is the idle task (no /proc entry); others below 1 come only from bad bytes
+        out.pids = {pid for pid in out.pids if pid > 0}
+        out.renamed = {pid for pid in out.renamed if pid > 0}
         if events or compact.switch_ts or compact.waking_ts or out.lost or errors:
             out.packet = self._packet(cpu, out.lost, events, compact, errors)
         if last_ts:
@@ -160,7 +162,11 @@ class FtraceTranslator:
                 compact.add_waking(ts, values, layout.waking)
                 pids.add(values[layout.waking[0]])
             else:
-                body, ok = encode(codec, values, page, start, end)
+                fast = codec.fast
+                if fast is not None:
+                    body, ok = fast(values, page, start, end)
+                else:
+                    body, ok = encode(codec, values, page, start, end)
                 if not ok:
                     out.errors += 1
                 head = _EV_TS + varint(ts)
