@@ -425,6 +425,59 @@ def test_layout_errors_are_counted_and_written_into_the_bundle(body, status):
     assert (error.timestamp, error.status) == (777, status)
 
 
+# One item of a page the kernel could write: a print record (text, time delta,
+# whether the length goes in its own word), a time extend, a discarded record
+# (padding), or an absolute timestamp.
+ITEMS = st.one_of(
+    st.tuples(st.just("print"), st.binary(max_size=150).map(lambda b: b.replace(b"\0", b"_")),
+              st.integers(0, 2**27 - 1), st.booleans()),
+    st.tuples(st.just("extend"), st.integers(0, 2**27 - 1), st.integers(0, 2**20)),
+    st.tuples(st.just("pad"), st.integers(1, 2**27 - 1), st.integers(1, 8)),
+    st.tuples(st.just("abs"), st.integers(0, 2**27 - 1), st.integers(0, 2**30)),
+)  # fmt: skip
+
+
+def build(items, ts: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """The page body of items, and the (timestamp, text) of each print in it.
+    Texts are raw bytes: the kernel does not check them, and neither does
+    Perfetto (a proto2 string that is not UTF-8 reads back as bytes here)."""
+    body, expected = b"", []
+    for item in items:
+        if item[0] == "print":
+            _, text, delta, long_form = item
+            payload = print_payload(text)
+            payload += b"\0" * (-len(payload) % 4)
+            if long_form or len(payload) > 4 * 28:
+                rec = struct.pack("<II", delta << 5, len(payload) + 4) + payload
+            else:
+                rec = struct.pack("<I", (delta << 5) | (len(payload) // 4)) + payload
+            ts += delta
+            expected.append((ts, text))
+        elif item[0] == "extend":
+            rec = struct.pack("<II", (item[1] << 5) | 30, item[2])
+            ts += item[1] + (item[2] << 27)
+        elif item[0] == "pad":
+            rec = struct.pack("<II", (item[1] << 5) | 29, 4 + 4 * item[2]) + b"\xab" * 4 * item[2]
+        else:
+            rec = struct.pack("<II", (item[1] << 5) | 31, item[2])
+            ts = item[1] + (item[2] << 27)
+        if len(body) + len(rec) > PAGE - 16:
+            break
+        body += rec
+    return body, expected
+
+
+@given(st.lists(ITEMS, max_size=40), st.integers(0, 2**60))
+def test_any_page_the_kernel_could_write_decodes_exactly(items, ts):
+    body, expected = build(items, ts)
+    translator = FtraceTranslator(HEADER, FORMATS, compact_sched=True)
+    b = translator.bundle(0, [page(body, ts=ts)] if body else [])
+    assert (b.events, b.errors, b.lost) == (len(expected), 0, False)
+    got = events_of(b) if b.packet else []
+    bufs = [e.print.buf if isinstance(e.print.buf, bytes) else e.print.buf.encode() for e in got]
+    assert list(zip([e.timestamp for e in got], bufs, strict=True)) == expected
+
+
 def test_page_header_errors():
     odd_header = PageHeader(timestamp_offset=100, commit_offset=8, commit_size=8, data_offset=16)
     assert page_records(b"\0" * 64, odd_header).status == ParseStatus.INVALID_PAGE_HEADER
