@@ -25,6 +25,10 @@ previous_bundle_end_timestamp, event*, compact_sched, error* } }``:
 - previous_bundle_end_timestamp is the last event timestamp of this CPU's
   previous bundle (0 at first), which trace_processor uses to tell where this
   CPU's data is complete;
+- Bundle.pids: the common_pid and every pid_t field of the events
+  (sched_switch prev/next, sched_waking pid, task_newtask pid, ...), pid 0
+  (the idle task) left out; Bundle.renamed: the pid of task_rename and
+  task_newtask events, whose names changed (for linux.process_stats);
 - bytes that contradict the page layout, records too short for their format,
   __data_loc fields pointing outside their record and records of an event ID
   with no format are skipped and counted (Bundle.errors); page-level problems
