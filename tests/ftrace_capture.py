@@ -1,6 +1,6 @@
 """Capture real ftrace inputs from this machine's kernel into a directory.
 
-    unshare -m --propagation private python -m tests.ftrace_capture OUT_DIR
+    unshare -m --propagation private python -m tests.ftrace_capture OUT_DIR [--all-formats]
 
 (as root). It made tests/data/probes/ftrace/ (kernel 6.18, x86-64) and runs
 again in tests/test_ftrace_core.py against the running kernel. It mounts
@@ -17,7 +17,9 @@ the instance on every way out. OUT_DIR receives:
   per-CPU stats read before the pages;
 - pages_lost_cpu0.raw, stats_lost_cpu0: with a 1 kB buffer and only
   ftrace/print, OVERFLOW markers written from CPU 0, then read: pages that say
-  events were lost (RB_MISSED_EVENTS, with the count stored).
+  events were lost (RB_MISSED_EVENTS, with the count stored);
+- with --all-formats, all_formats/GROUP/NAME: every event format of the kernel
+  (about 2,300 here; not kept in tests/data).
 """
 
 from __future__ import annotations
@@ -83,9 +85,14 @@ def instance():
         mnt.rmdir()
 
 
-def capture(out: Path) -> None:
+def capture(out: Path, all_formats: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with instance() as inst:
+        if all_formats:
+            for fmt in (inst / "events").glob("*/*/format"):
+                dest = out / "all_formats" / fmt.parent.parent.name / fmt.parent.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(fmt, dest)
         for name in ("header_page", "header_event"):
             shutil.copyfile(inst / "events" / name, out / name)
         for event in EVENTS:
@@ -124,4 +131,4 @@ def _overflow(inst: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    capture(Path(sys.argv[1]))
+    capture(Path(sys.argv[1]), all_formats="--all-formats" in sys.argv[2:])

@@ -160,6 +160,28 @@ def test_field_kinds_of_other_real_formats():
 
 
 @pytest.mark.parametrize(
+    ("decl", "size", "signed", "kind"),
+    [
+        ("const void * ptr", 8, False, FieldKind.UINT),  # kmem/kmalloc: a number, as Perfetto
+        ("struct page * page", 8, False, FieldKind.UINT),
+        ("void * ip", 8, False, FieldKind.SYM_ADDR),
+        ("const char * action", 8, False, FieldKind.STRING_PTR),  # power/suspend_resume
+        ("unsigned char mac[6]", 6, False, FieldKind.FIXED_CSTRING),  # Perfetto's regex, too
+        ("__data_loc u8[] data", 4, False, FieldKind.DATA_LOC_BYTES),
+        ("__data_loc char[] name", 8, False, FieldKind.UNSUPPORTED),  # a data_loc is a u32
+        ("u8 bytes[16]", 16, False, FieldKind.UNSUPPORTED),
+        ("ino_t ino", 8, False, FieldKind.INODE),
+        ("dev_t dev", 4, False, FieldKind.DEV),
+        ("long long delta", 8, True, FieldKind.INT),
+    ],
+)
+def test_field_kind_follows_perfettos_inference(decl, size, signed, kind):
+    line = f"\tfield:{decl};\toffset:8;\tsize:{size};\tsigned:{int(signed)};"
+    (field,) = parse_format(f"name: x\nID: 9\nformat:\n{line}\n", "g").fields
+    assert field_kind(field) is kind
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "",
@@ -617,10 +639,15 @@ def test_live_capture_decodes_exactly(tmp_path):
     """The same recording, made now on the running kernel, decodes exactly: its
     format files, page layout and event counts agree with what we parse."""
     out = tmp_path / "capture"
-    module = ["-m", "tests.ftrace_capture", str(out)]
+    module = ["-m", "tests.ftrace_capture", str(out), "--all-formats"]
     cmd = ["unshare", "-m", "--propagation", "private", sys.executable, *module]
     root = Path(__file__).parents[1]
     subprocess.run(cmd, cwd=root, check=True, timeout=90)
     cpus = sorted(int(p.name[len("stats_cpu") :]) for p in out.glob("stats_cpu*"))
     assert cpus == list(range(len(cpus))) and cpus
     check_capture(out, cpus)
+    # Every event this kernel has: its format parses and compiles, none raises.
+    every = [parse_format(p.read_text(), p.parent.name) for p in out.glob("all_formats/*/*")]
+    assert len(every) > 100
+    header = parse_header_page((out / "header_page").read_text())
+    assert FtraceTranslator(header, every, compact_sched=True).compact_sched

@@ -156,27 +156,32 @@ _INT_SIZES = (1, 2, 4, 8)
 
 
 def field_kind(field: Field) -> FieldKind:
-    """The FieldKind of a field, with the order of Perfetto's InferFtraceType."""
+    """The FieldKind of a field, in the order of Perfetto's InferFtraceType:
+    any char[N] is a string (even "unsigned char mac[6]", as there), char * is
+    a pointer into the kernel, void * an address, and other pointers ("const
+    void *", "struct page *") are plain integers of their size."""
     t, size = field.type, field.size
+    if _FIXED_CSTRING.search(t):
+        return FieldKind.FIXED_CSTRING
     if t.startswith("__data_loc "):
         if size != 4:
             return FieldKind.UNSUPPORTED
-        if re.match(r"__data_loc (u8|__u8|unsigned char)\[\]", t):
+        if _DATA_LOC_BYTES.match(t):
             return FieldKind.DATA_LOC_BYTES
         return FieldKind.DATA_LOC
-    if "*" in t:
-        if t.startswith("char") or t.startswith("const char"):
-            return FieldKind.STRING_PTR
-        return (
-            FieldKind.SYM_ADDR if t.startswith("void") and size in (4, 8) else FieldKind.UNSUPPORTED
-        )
-    if t.startswith("char[") and t != "char[]":
-        return FieldKind.FIXED_CSTRING
+    if "char *" in t or "char*" in t:
+        return FieldKind.STRING_PTR
+    if t.startswith(("void *", "void*")) and size in (4, 8):
+        return FieldKind.SYM_ADDR
     if t.startswith("char") and size == 0:
         return FieldKind.CSTRING
     if "[" in t or size not in _INT_SIZES:
         return FieldKind.UNSUPPORTED
     return _scalar_kind(field)
+
+
+_FIXED_CSTRING = re.compile(r"char\[\w+\]$")
+_DATA_LOC_BYTES = re.compile(r"__data_loc (u8|__u8|unsigned char)\[\]")
 
 
 def _scalar_kind(field: Field) -> FieldKind:
