@@ -11,7 +11,8 @@ the instance on every way out. OUT_DIR receives:
 
 - header_page, header_event, format/GROUP/NAME of the events below;
 - pages_cpuN.raw, stats_cpuN: whole pages of per_cpu/cpuN/trace_pipe_raw after
-  sched_switch, sched_waking, task_newtask and task_rename were enabled, MARKERS
+  sched_switch, sched_waking, task_newtask and task_rename were enabled
+  (buffer_size_kb BUFFER_KB; it was 64 when tests/data was captured), MARKERS
   lines "tracebus marker I" were written to the instance's trace_marker and
   RENAMES children renamed themselves (comm "renamed") and exited, and the
   per-CPU stats read before the pages;
@@ -38,6 +39,7 @@ EVENTS = (
     "irq/irq_handler_entry", "signal/signal_generate", "raw_syscalls/sys_enter",
 )  # fmt: skip
 ENABLED = ("sched/sched_switch", "sched/sched_waking", "task/task_newtask", "task/task_rename")
+BUFFER_KB = 1024  # per CPU: room for everything a busy machine schedules meanwhile
 MARKERS = 20
 RENAMES = 3
 OVERFLOW = 3000
@@ -99,7 +101,7 @@ def capture(out: Path, all_formats: bool = False) -> None:
             (out / "format" / event).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(inst / "events" / event / "format", out / "format" / event)
         _write(inst / "trace_clock", "boot")
-        _write(inst / "buffer_size_kb", "64")
+        _write(inst / "buffer_size_kb", str(BUFFER_KB))
         for event in ENABLED:
             _write(inst / "events" / event / "enable", "1")
         _write(inst / "tracing_on", "1")

@@ -11,11 +11,13 @@ keeps those with a translation Perfetto also makes::
     char[N], char[] (to the record's end),
     __data_loc char[]                           -> string     (cut at the first NUL)
     __data_loc u8[]                             -> bytes
+    unsigned long args[6] (raw_syscalls/sys_enter) -> repeated uint64
 
 Kernel fields without such a counterpart are left out, as Perfetto does (char *
-pointers into kernel memory, arrays of numbers). An event Perfetto has no
-message for (`proto` None) becomes a GenericFtraceEvent: its name, then every
-non-common field as {name, int_value | uint_value | str_value}.
+pointers into kernel memory, other arrays, a u64 where the message has an
+int32). An event Perfetto has no message for (`proto` None) becomes a
+GenericFtraceEvent: its name, then every non-common field as
+{name, int_value | uint_value | str_value}.
 
 All fixed-size fields are read by one precompiled struct.Struct (fields that
 overlap an earlier one are dropped); `encode` never reads outside
@@ -25,6 +27,7 @@ outside it (the field is left out, the event kept).
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from actors.core.ftrace_schema import (
     TYPE_UINT32,
     TYPE_UINT64,
     ProtoEvent,
+    ProtoField,
 )
 from shm.protozero import LEN, VARINT, tag, varint
 
@@ -55,6 +59,8 @@ TAIL_STR = 2  # from the field's offset to the record's end, cut at NUL
 LOC_STR = 3  # __data_loc: the unpacked u32 is length << 16 | offset
 LOC_BYTES = 4
 DEV = 5  # kernel dev_t -> userspace dev_t
+ARRAY32 = 6  # the unpacked bytes of an array of u32: one varint field per element
+ARRAY64 = 7  # the same, u64 elements
 
 _SIGNED = {FieldKind.INT, FieldKind.PID, FieldKind.COMMON_PID}
 _UNSIGNED = {FieldKind.UINT, FieldKind.BOOL, FieldKind.INODE, FieldKind.DEV, FieldKind.SYM_ADDR}
@@ -140,7 +146,7 @@ def _struct_format(fixed: list[Field]) -> tuple[str, dict[str, int]]:
         if f.offset > pos:
             parts.append(f"{f.offset - pos}x")
         kind = field_kind(f)
-        if kind is FieldKind.FIXED_CSTRING:
+        if kind in (FieldKind.FIXED_CSTRING, FieldKind.UINT_ARRAY):
             parts.append(f"{f.size}s")
         elif kind in (FieldKind.DATA_LOC, FieldKind.DATA_LOC_BYTES):
             parts.append("I")
@@ -153,9 +159,11 @@ def _struct_format(fixed: list[Field]) -> tuple[str, dict[str, int]]:
 
 def _proto_op(f: Field, proto: ProtoEvent, index: dict[str, int]) -> Op | None:
     pf = proto.fields.get(f.name)
-    if pf is None or pf.repeated:
+    if pf is None:
         return None
     kind = field_kind(f)
+    if pf.repeated or kind is FieldKind.UINT_ARRAY:
+        return _array_op(f, kind, pf, index)
     str_op = _STRINGS.get(kind)
     if str_op is not None:
         ok = pf.type == TYPE_STRING
@@ -166,6 +174,17 @@ def _proto_op(f: Field, proto: ProtoEvent, index: dict[str, int]) -> Op | None:
     if not ok:
         return None
     return _op(f, kind, str_op, tag(pf.number, LEN if str_op is not None else VARINT), index)
+
+
+def _array_op(f: Field, kind: FieldKind, pf: ProtoField, index: dict[str, int]) -> Op | None:
+    """sys_enter's args: repeated uint64 from an array of unsigned ints."""
+    if not (pf.repeated and kind is FieldKind.UINT_ARRAY and pf.type == TYPE_UINT64):
+        return None
+    if f.name not in index:
+        return None
+    m = re.search(r"\[(\d+)\]$", f.type)
+    wide = m is not None and f.size == 8 * int(m[1])
+    return Op(ARRAY64 if wide else ARRAY32, tag(pf.number, VARINT), index[f.name])
 
 
 def _number_fits(kind: FieldKind, size: int, proto_type: int) -> bool:
@@ -224,6 +243,11 @@ def encode(
         if kind == NUM:
             append(prefix)
             append(varint(values[i]))
+            continue
+        if kind == ARRAY32 or kind == ARRAY64:  # repeated, not packed: a tag per element
+            for (x,) in struct.iter_unpack("<I" if kind == ARRAY32 else "<Q", values[i]):
+                append(prefix)
+                append(varint(x))
             continue
         s = _value(kind, values, i, rec, start, end)
         if s is None:
