@@ -323,6 +323,16 @@ def test_previous_bundle_end_timestamp_chains_bundles_of_one_cpu():
     assert other_cpu.previous_bundle_end_timestamp == 0
 
 
+def test_a_page_of_undecodable_records_keeps_the_bundle_end():
+    translator = FtraceTranslator(HEADER, FORMATS, compact_sched=False)
+    good = page(record(print_payload(b"a"), delta=5), ts=1000)
+    unknown = page(record(struct.pack("<HBBi", 4001, 0, 0, 5) + b"\0" * 8), ts=2000)
+    b = translator.bundle(0, [good, unknown])
+    assert (b.events, b.errors) == (1, 1)
+    again = decode(translator.bundle(0, [good]).packet).ftrace_events
+    assert again.previous_bundle_end_timestamp == 1005
+
+
 def test_empty_input_gives_no_packet():
     b = FtraceTranslator(HEADER, FORMATS, compact_sched=True).bundle(0, [])
     assert b == Bundle()

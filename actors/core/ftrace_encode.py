@@ -132,7 +132,7 @@ class FtraceTranslator:
             out.lost |= pr.lost
             out.lost_count += pr.lost_count
             if pr.records:
-                last_ts = self._records(page, pr.records, out, events, compact)
+                last_ts = self._records(page, pr.records, out, events, compact) or last_ts
             if pr.status != ParseStatus.OK:
                 out.errors += 1
                 errors.append(_error(pr.timestamp, pr.status))
