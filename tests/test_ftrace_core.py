@@ -610,6 +610,36 @@ def test_records_beyond_the_page_never_read(cut, junk):
     check_never_raises([real[:cut], real[:cut] + junk])
 
 
+DECLS = ["int a", "unsigned int b", "char c[16]", "char d[]", "__data_loc char[] e", "pid_t pid",
+         "long prev_state", "bool f", "u64 g", "const char * h", "void * ip", "dev_t dev",
+         "ino_t ino", "unsigned long args[6]", "u8 x[3]", "__data_loc u8[] buf", "struct s * p",
+         "int common_pid", "char next_comm[16]", "pid_t next_pid", "int next_prio"]  # fmt: skip
+FIELD_LINES = st.builds(
+    lambda d, off, size, signed: f"\tfield:{d};\toffset:{off};\tsize:{size};\tsigned:{signed};",
+    st.sampled_from(DECLS), st.integers(0, 300), st.integers(0, 64), st.integers(0, 1),
+)  # fmt: skip
+
+
+@given(
+    st.sampled_from([("sched", "sched_switch"), ("ftrace", "print"), ("raw_syscalls", "sys_enter"),
+                     ("mine", "mine")]),
+    st.lists(FIELD_LINES, min_size=1, max_size=12),
+    st.binary(min_size=0, max_size=400),
+)  # fmt: skip
+def test_any_format_file_compiles_and_decodes_without_raising(event, lines, payload):
+    """A format file the kernel never wrote (a known event's name with other
+    fields, overlapping, odd sizes) still gives a translator that never raises."""
+    group, name = event
+    text = f"name: {name}\nID: 77\nformat:\n" + "\n".join(lines) + "\n"
+    formats = [parse_format(text, group)]
+    for compact in (False, True):
+        translator = FtraceTranslator(HEADER, formats, compact_sched=compact)
+        rec = struct.pack("<H", 77) + payload
+        b = translator.bundle(0, [page(record(rec))])
+        if b.packet:
+            decode(b.packet)
+
+
 # ---------------------------------------------------------------- stats
 
 
