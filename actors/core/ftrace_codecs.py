@@ -280,6 +280,8 @@ def _fast_encoder(ops: tuple[tuple[int, bytes, int, bytes], ...]) -> Encoder | N
     same bytes (tests/test_ftrace_core.py compares them). None for the others."""
     if not ops or any(kind not in (NUM, FIXED_STR, TAIL_STR) for kind, *_ in ops):
         return None
+    # Only integers (positions, offsets) go into the source; the tags are bound
+    # by name through env, and no text from the kernel's format files is used.
     env: dict[str, object] = {"varint": varint}
     lines, parts = [], []
     for k, (kind, prefix, i, _) in enumerate(ops):
