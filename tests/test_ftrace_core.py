@@ -299,6 +299,32 @@ def test_compact_sched_holds_the_same_switches_and_wakings(cpu):
     assert len(rest) == len(evs) - len(sw) - len(wk)
 
 
+SWITCH_VALUES = st.tuples(
+    st.integers(1, 2**20), st.binary(max_size=16), st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**63), 2**63 - 1), st.binary(max_size=16), st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1), st.integers(0, 2**27 - 1),
+)  # fmt: skip
+
+
+@given(st.lists(SWITCH_VALUES, min_size=1, max_size=50))
+def test_compact_and_full_agree_on_any_switch_values(switches):
+    sw = fmt("sched_switch")
+    body = b""
+    for prev_pid, prev_comm, prev_prio, state, next_comm, next_pid, next_prio, delta in switches:
+        fields = (sw.id, 0, 0, prev_pid, prev_comm, prev_pid, prev_prio, state, next_comm,
+                  next_pid, next_prio)  # fmt: skip
+        body += record(struct.pack("<HBBi16siiq16sii", *fields), delta=delta)
+    pages = [page(body)]  # 50 records of 68 bytes fit in one page
+    full = FtraceTranslator(HEADER, FORMATS, compact_sched=False).bundle(0, pages)
+    compact = FtraceTranslator(HEADER, FORMATS, compact_sched=True).bundle(0, pages)
+    assert (compact.events, compact.pids, compact.errors) == (full.events, full.pids, 0)
+    sw_full = [(e.timestamp, e.sched_switch) for e in events_of(full)]
+    switches_seen, _ = compact_view(compact)
+    assert switches_seen == [
+        (t, s.next_pid, s.next_prio, s.prev_state, s.next_comm) for t, s in sw_full
+    ]
+
+
 def test_compact_sched_falls_back_when_the_format_does_not_fit():
     odd = fmt("sched_switch")
     fields = tuple(

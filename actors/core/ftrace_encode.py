@@ -337,5 +337,8 @@ def _packed_sched(
 
 
 def _packed(number: int, values: list[int]) -> bytes:
-    body = b"".join(map(varint, values))
+    if values and min(values) >= 0 and max(values) < 0x80:
+        body = bytes(values)  # prios, states, comm indices: every varint is that one byte
+    else:
+        body = b"".join(map(varint, values))
     return tag(number, LEN) + varint(len(body)) + body
