@@ -1,13 +1,15 @@
 """Capture real ftrace inputs from this machine's kernel into a directory.
 
     unshare -m --propagation private python -m tests.ftrace_capture OUT_DIR [--all-formats]
+    unshare -m --propagation private python -m tests.ftrace_capture --remove PID
 
 (as root). It made tests/data/probes/ftrace/ (kernel 6.18, x86-64) and runs
 again in tests/test_ftrace_core.py against the running kernel. It mounts
 tracefs on a temporary directory of the new mount namespace (so the mount is
 never visible outside and dies with the process), creates the instance
 ``instances/tracebus-<pid>``, never touches the top-level instance, and removes
-the instance on every way out. OUT_DIR receives:
+the instance on every way out but SIGKILL (after which `--remove PID` removes
+the instance of the capture process PID). OUT_DIR receives:
 
 - header_page, header_event, format/GROUP/NAME of the events below;
 - pages_cpuN.raw, stats_cpuN: whole pages of per_cpu/cpuN/trace_pipe_raw after
@@ -68,23 +70,42 @@ def _read_pages(path: Path) -> bytes:
     return bytes(out)
 
 
+def mount_point(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"tracefs-capture-{pid}"
+
+
+@contextlib.contextmanager
+def private_tracefs():
+    """tracefs mounted on a directory named after this process, in this mount
+    namespace only (the directory itself is visible, and removed)."""
+    mnt = mount_point(os.getpid())
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tracefs", "nodev", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
+
+
+def remove(inst: Path) -> None:
+    """Stop and remove an instance, if it is there."""
+    if inst.is_dir():
+        with contextlib.suppress(OSError):
+            _write(inst / "tracing_on", "0")
+        inst.rmdir()
+
+
 @contextlib.contextmanager
 def instance():
-    """A private tracefs mount and an instance of our own in it; both removed."""
-    mnt = Path(tempfile.mkdtemp(prefix="tracefs-"))
-    subprocess.run(["mount", "-t", "tracefs", "nodev", str(mnt)], check=True)
-    inst = mnt / "instances" / f"tracebus-{os.getpid()}"
-    try:
+    """An instance of our own in a private tracefs mount; both removed."""
+    with private_tracefs() as mnt:
+        inst = mnt / "instances" / f"tracebus-{os.getpid()}"
         inst.mkdir()
         try:
             yield inst
         finally:
-            with contextlib.suppress(OSError):
-                _write(inst / "tracing_on", "0")
-            inst.rmdir()
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        mnt.rmdir()
+            remove(inst)
 
 
 def capture(out: Path, all_formats: bool = False) -> None:
@@ -133,4 +154,11 @@ def _overflow(inst: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    capture(Path(sys.argv[1]), all_formats="--all-formats" in sys.argv[2:])
+    if sys.argv[1] == "--remove":  # a capture process that was killed: its instance
+        killed = int(sys.argv[2])
+        with private_tracefs() as mnt:
+            remove(mnt / "instances" / f"tracebus-{killed}")
+        with contextlib.suppress(OSError):
+            mount_point(killed).rmdir()
+    else:
+        capture(Path(sys.argv[1]), all_formats="--all-formats" in sys.argv[2:])

@@ -718,10 +718,19 @@ def test_live_capture_decodes_exactly(tmp_path):
     """The same recording, made now on the running kernel, decodes exactly: its
     format files, page layout and event counts agree with what we parse."""
     out = tmp_path / "capture"
-    module = ["-m", "tests.ftrace_capture", str(out), "--all-formats"]
-    cmd = ["unshare", "-m", "--propagation", "private", sys.executable, *module]
+    private = ["unshare", "-m", "--propagation", "private", sys.executable, "-m"]
     root = Path(__file__).parents[1]
-    subprocess.run(cmd, cwd=root, check=True, timeout=90)
+    # unshare execs python: the capture's pid, and so its instance's name, is proc.pid
+    proc = subprocess.Popen([*private, "tests.ftrace_capture", str(out), "--all-formats"], cwd=root)
+    try:
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.returncode != 0:  # killed, or failed: make sure its instance is gone
+            remove = [*private, "tests.ftrace_capture", "--remove", str(proc.pid)]
+            subprocess.run(remove, cwd=root, check=True, timeout=30)
     cpus = sorted(int(p.name[len("stats_cpu") :]) for p in out.glob("stats_cpu*"))
     assert cpus == list(range(len(cpus))) and cpus
     check_capture(out, cpus)
