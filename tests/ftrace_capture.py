@@ -22,7 +22,9 @@ the instance of the capture process PID). OUT_DIR receives:
   ftrace/print, OVERFLOW markers written from CPU 0, then read: pages that say
   events were lost (RB_MISSED_EVENTS, with the count stored);
 - with --all-formats, all_formats/GROUP/NAME: every event format of the kernel
-  (about 2,300 here; not kept in tests/data).
+  (about 2,300 here), and many_pages_cpuN.raw, many_stats_cpuN: every event of
+  MANY_GROUPS (about 1,000) recorded at once while `ls -R /usr/lib` runs
+  (neither is kept in tests/data).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ BUFFER_KB = 1024  # per CPU: room for everything a busy machine schedules meanwh
 MARKERS = 20
 RENAMES = 3
 OVERFLOW = 3000
+MANY_GROUPS = ("sched", "irq", "power", "task", "timer", "workqueue", "signal", "raw_syscalls",
+               "block", "ext4", "filemap", "writeback", "cgroup", "kmem")  # fmt: skip
 PAGE = 4096
 
 
@@ -138,6 +142,25 @@ def capture(out: Path, all_formats: bool = False) -> None:
             shutil.copyfile(per_cpu / "stats", out / f"stats_cpu{cpu}")
             (out / f"pages_cpu{cpu}.raw").write_bytes(_read_pages(per_cpu / "trace_pipe_raw"))
         _overflow(inst, out)
+        if all_formats:
+            _many(inst, out, cpus)
+
+
+def _many(inst: Path, out: Path, cpus: list[int]) -> None:
+    """Every event of MANY_GROUPS at once while a shell lists a directory tree."""
+    _write(inst / "events" / "enable", "0")
+    _write(inst / "buffer_size_kb", str(BUFFER_KB))
+    for group in MANY_GROUPS:
+        if (inst / "events" / group).is_dir():
+            _write(inst / "events" / group / "enable", "1")
+    _write(inst / "tracing_on", "1")
+    subprocess.run(["sh", "-c", "ls -R /usr/lib > /dev/null"], check=False, timeout=30)
+    _write(inst / "tracing_on", "0")
+    for cpu in cpus:
+        per_cpu = inst / "per_cpu" / f"cpu{cpu}"
+        shutil.copyfile(per_cpu / "stats", out / f"many_stats_cpu{cpu}")
+        (out / f"many_pages_cpu{cpu}.raw").write_bytes(_read_pages(per_cpu / "trace_pipe_raw"))
+    _write(inst / "events" / "enable", "0")
 
 
 def _overflow(inst: Path, out: Path) -> None:

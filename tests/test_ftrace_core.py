@@ -739,3 +739,14 @@ def test_live_capture_decodes_exactly(tmp_path):
     assert len(every) > 100
     header = parse_header_page((out / "header_page").read_text())
     assert FtraceTranslator(header, every, compact_sched=True).compact_sched
+    # About a thousand kinds of events recorded at once: every one the kernel
+    # holds decodes (a full buffer's overwritten events are the kernel's losses).
+    for compact in (False, True):
+        translator = FtraceTranslator(header, every, compact_sched=compact)
+        for cpu in cpus:
+            stats = parse_cpu_stats((out / f"many_stats_cpu{cpu}").read_text(), cpu)
+            pages = split_pages((out / f"many_pages_cpu{cpu}.raw").read_bytes())
+            b = translator.bundle(cpu, pages)
+            assert (b.events, b.errors) == (stats.entries, 0), (cpu, compact, stats)
+            assert stats.entries > 0 and (not b.lost or stats.overrun > 0)
+            decode(b.packet)
