@@ -175,11 +175,12 @@ def test_losses_are_counted_when_the_kernel_buffer_is_tiny_and_drain_slow(
 
 
 @pytest.mark.timeout(120)
-def test_scheduling_cfg_records_sched_switch_on_every_cpu_for_the_processes_that_ran(
-    rt: Runtime, tfs: Tracefs
+@pytest.mark.parametrize("name", ["scheduling.cfg", "ftrace.cfg"])
+def test_perfetto_cfgs_record_sched_switch_on_every_cpu_for_the_processes_that_ran(
+    rt: Runtime, tfs: Tracefs, name: str
 ) -> None:
     before = settings(tfs)
-    config = (CONFIGS / "scheduling.cfg").read_text()
+    config = (CONFIGS / name).read_text()
     config = config.replace("duration_ms: 10000", "duration_ms: 3000")
     rt.start_service()
     probes = start_probes(rt)
@@ -203,6 +204,8 @@ def test_scheduling_cfg_records_sched_switch_on_every_cpu_for_the_processes_that
                 ran_on.setdefault(b.cpu, set()).update(pids)
         for cpu, spinner in enumerate(spinners):
             assert spinner.pid in ran_on.get(cpu, set()), f"spinner pinned to cpu {cpu}"
+        bundles = [p.ftrace_events for p in trace.packet if p.HasField("ftrace_events")]
+        assert [e for b in bundles for e in b.error] == [], "every record decodes"
         # Unknown: exactly the config's events this kernel does not offer.
         offered = {
             e.name for g in os.scandir(tfs.path("events")) if g.is_dir() for e in os.scandir(g)
