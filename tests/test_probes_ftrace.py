@@ -72,18 +72,18 @@ def start_probes(rt: Runtime, env: dict[str, str] | None = None) -> Proc:
 def recording_instance(tfs: Tracefs, pid: int) -> Tracefs:
     """The probes' instance, once the data source started it. A new instance is on
     at once, with the "local" clock: "on" and "boot" together mean started."""
+    names = wait_for(lambda: instances_of(tfs, [pid]), 20, f"an ftrace instance of pid {pid}")
+    return recording_instance_named(tfs, names[0])
 
-    def on() -> Tracefs | None:
-        names = instances_of(tfs, [pid])
-        inst = tfs.instance(names[0]) if names else None
-        try:
-            if inst and "[boot]" in inst.read("trace_clock") and inst.read("tracing_on") == "1\n":
-                return inst
-        except FileNotFoundError:
-            pass  # removed meanwhile
-        return None
 
-    return wait_for(on, 20, f"an ftrace instance of pid {pid} recording")  # type: ignore[no-any-return]
+def recording_instance_named(tfs: Tracefs, name: str) -> Tracefs:
+    inst = tfs.instance(name)
+
+    def started() -> bool:
+        return "[boot]" in inst.read("trace_clock") and inst.read("tracing_on") == "1\n"
+
+    wait_for(started, 20, f"{name} started")
+    return inst
 
 
 def read_trace(path: Path) -> pb.Trace:
@@ -326,6 +326,42 @@ def test_50000_events_per_second_are_drained_without_loss(rt: Runtime, tfs: Trac
         rate_got = int(written) / float(took)
         print(f"probes CPU: {cpu:.2f} s over {float(took):.2f} s at {rate_got:.0f} events/s: "
               f"{100 * per_10k:.1f}% of a core per 10k events/s")  # fmt: skip
+    finally:
+        rt.stop(probes)
+        remove_instances_of(tfs, [probes.pid])
+
+
+@pytest.mark.timeout(90)
+def test_two_sessions_get_two_instances_and_a_flush_drains_at_once(
+    rt: Runtime, tfs: Tracefs
+) -> None:
+    rt.start_service()
+    probes = start_probes(rt)
+    # Drains far apart: what a session reads right after its flush came from the flush.
+    config = MARKER_CONFIG % ("drain_period_ms: 60000", 0)
+    try:
+        a, b = rt.consumer(name="a"), rt.consumer(name="b")
+        a.enable(config)
+        wait_for(lambda: len(instances_of(tfs, [probes.pid])) == 1, 20, "a's instance")
+        b.enable(config)
+        wait_for(lambda: len(instances_of(tfs, [probes.pid])) == 2, 20, "b's instance")
+        names = instances_of(tfs, [probes.pid])
+        assert sorted(names) == [f"tracebus-{probes.pid}", f"tracebus-{probes.pid}-1"]
+        insts = [recording_instance_named(tfs, n) for n in names]
+        for inst, tag in zip(insts, ("tb-one-", "tb-two-"), strict=True):
+            write_markers(inst, tag, 100)
+        seen = []
+        for consumer in (a, b):
+            assert consumer.flush(timeout=10)
+            trace = pb.Trace(packet=list(consumer.read_packets()))
+            seen.append({tag: len(prints(trace, tag)) for tag in ("tb-one-", "tb-two-")})
+        assert sorted(seen, key=lambda s: s["tb-one-"]) == [
+            {"tb-one-": 0, "tb-two-": 100}, {"tb-one-": 100, "tb-two-": 0},
+        ]  # fmt: skip
+        a.disable()
+        wait_for(lambda: len(instances_of(tfs, [probes.pid])) == 1, 20, "a's instance removed")
+        b.disable()
+        wait_for(lambda: instances_of(tfs, [probes.pid]) == [], 20, "b's instance removed")
     finally:
         rt.stop(probes)
         remove_instances_of(tfs, [probes.pid])
