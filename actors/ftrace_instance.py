@@ -55,6 +55,7 @@ class FtraceInstance:
         self.enabled: list[tuple[str, str]] = []
         self._fds: dict[int, int] = {}
         self._closed = False
+        self.read_errors = 0  # reads the kernel failed (not EAGAIN)
 
     @classmethod
     def create(cls, tfs: Tracefs) -> FtraceInstance:
@@ -157,6 +158,11 @@ class FtraceInstance:
             try:
                 page = os.read(fd, PAGE_SIZE)
             except BlockingIOError:
+                break
+            except OSError:
+                # A CPU gone offline, say: counted (the stop's log line says it), the
+                # other CPUs go on.
+                self.read_errors += 1
                 break
             if not page:
                 break

@@ -267,7 +267,7 @@ class _Drain:
         overrun = sum(s.overrun for s in self.cpu_stats())
         _log.info(
             "linux.ftrace instance %d: %d events read from %s; lost: %d bundles "
-            "(%d events counted), kernel overrun %d; undecodable records %d",
+            "(%d events counted), kernel overrun %d; undecodable records %d; failed reads %d",
             instance_id, self.events, self.inst.name, self.lost_bundles,
-            self.lost_events, overrun, self.errors,
+            self.lost_events, overrun, self.errors, self.inst.read_errors,
         )  # fmt: skip

@@ -38,6 +38,7 @@ class FakeInstance:
     """What _Drain uses of an FtraceInstance: per-CPU queues of pages, and stats."""
 
     name = "tracebus-fake"
+    read_errors = 0
 
     def __init__(self, per_cpu: dict[int, list[bytes]]) -> None:
         self.queues = {cpu: deque(p) for cpu, p in per_cpu.items()}
