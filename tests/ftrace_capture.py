@@ -1,6 +1,6 @@
 """Capture real ftrace inputs from this machine's kernel into a directory.
 
-    unshare -m --propagation private python -m tests.ftrace_capture OUT_DIR
+    unshare -m --propagation private python -m tests.ftrace_capture OUT_DIR [--all-formats]
 
 (as root). It made tests/data/probes/ftrace/ (kernel 6.18, x86-64) and runs
 again in tests/test_ftrace_core.py against the running kernel. It mounts
@@ -11,13 +11,16 @@ the instance on every way out. OUT_DIR receives:
 
 - header_page, header_event, format/GROUP/NAME of the events below;
 - pages_cpuN.raw, stats_cpuN: whole pages of per_cpu/cpuN/trace_pipe_raw after
-  sched_switch, sched_waking, task_newtask and task_rename were enabled, MARKERS
+  sched_switch, sched_waking, task_newtask and task_rename were enabled
+  (buffer_size_kb BUFFER_KB; it was 64 when tests/data was captured), MARKERS
   lines "tracebus marker I" were written to the instance's trace_marker and
   RENAMES children renamed themselves (comm "renamed") and exited, and the
   per-CPU stats read before the pages;
 - pages_lost_cpu0.raw, stats_lost_cpu0: with a 1 kB buffer and only
   ftrace/print, OVERFLOW markers written from CPU 0, then read: pages that say
-  events were lost (RB_MISSED_EVENTS, with the count stored).
+  events were lost (RB_MISSED_EVENTS, with the count stored);
+- with --all-formats, all_formats/GROUP/NAME: every event format of the kernel
+  (about 2,300 here; not kept in tests/data).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ EVENTS = (
     "irq/irq_handler_entry", "signal/signal_generate", "raw_syscalls/sys_enter",
 )  # fmt: skip
 ENABLED = ("sched/sched_switch", "sched/sched_waking", "task/task_newtask", "task/task_rename")
+BUFFER_KB = 1024  # per CPU: room for everything a busy machine schedules meanwhile
 MARKERS = 20
 RENAMES = 3
 OVERFLOW = 3000
@@ -83,16 +87,21 @@ def instance():
         mnt.rmdir()
 
 
-def capture(out: Path) -> None:
+def capture(out: Path, all_formats: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with instance() as inst:
+        if all_formats:
+            for fmt in (inst / "events").glob("*/*/format"):
+                dest = out / "all_formats" / fmt.parent.parent.name / fmt.parent.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(fmt, dest)
         for name in ("header_page", "header_event"):
             shutil.copyfile(inst / "events" / name, out / name)
         for event in EVENTS:
             (out / "format" / event).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(inst / "events" / event / "format", out / "format" / event)
         _write(inst / "trace_clock", "boot")
-        _write(inst / "buffer_size_kb", "64")
+        _write(inst / "buffer_size_kb", str(BUFFER_KB))
         for event in ENABLED:
             _write(inst / "events" / event / "enable", "1")
         _write(inst / "tracing_on", "1")
@@ -124,4 +133,4 @@ def _overflow(inst: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    capture(Path(sys.argv[1]))
+    capture(Path(sys.argv[1]), all_formats="--all-formats" in sys.argv[2:])

@@ -25,6 +25,10 @@ previous_bundle_end_timestamp, event*, compact_sched, error* } }``:
 - previous_bundle_end_timestamp is the last event timestamp of this CPU's
   previous bundle (0 at first), which trace_processor uses to tell where this
   CPU's data is complete;
+- Bundle.pids: the common_pid and every pid_t field of the events
+  (sched_switch prev/next, sched_waking pid, task_newtask pid, ...), pid 0
+  (the idle task) left out; Bundle.renamed: the pid of task_rename and
+  task_newtask events, whose names changed (for linux.process_stats);
 - bytes that contradict the page layout, records too short for their format,
   __data_loc fields pointing outside their record and records of an event ID
   with no format are skipped and counted (Bundle.errors); page-level problems
@@ -66,7 +70,7 @@ class Bundle:
     events: int = 0  # events decoded (compact ones included)
     lost: bool = False  # a page said events were lost before it (RB_MISSED_EVENTS)
     lost_count: int = 0  # the counts pages stored (RB_MISSED_STORED); 0 if none did
-    pids: set[int] = field(default_factory=set)  # tasks the events named (pid 0, idle, left out)
+    pids: set[int] = field(default_factory=set)  # tasks the events named (pid > 0 only)
     renamed: set[int] = field(default_factory=set)  # task_rename / task_newtask pids
     errors: int = 0  # records or pages skipped (see the module docstring)
 
@@ -76,9 +80,9 @@ class _Compact:
     """Where the compact layout's values sit in a codec's unpacked tuple."""
 
     switch_id: int  # -1: sched_switch not compact
-    switch: tuple[int, int, int, int]  # prev_state, next_pid, next_prio, next_comm
+    switch: tuple[int, ...]  # prev_state, next_pid, next_prio, next_comm, common_pid
     waking_id: int  # -1: sched_waking not compact
-    waking: tuple[int, int, int, int, int]  # pid, target_cpu, prio, comm, common_flags
+    waking: tuple[int, ...]  # pid, target_cpu, prio, comm, common_flags
 
 
 class FtraceTranslator:
@@ -128,12 +132,15 @@ class FtraceTranslator:
             out.lost |= pr.lost
             out.lost_count += pr.lost_count
             if pr.records:
-                last_ts = self._records(page, pr.records, out, events, compact)
+                last_ts = self._records(page, pr.records, out, events, compact) or last_ts
             if pr.status != ParseStatus.OK:
                 out.errors += 1
                 errors.append(_error(pr.timestamp, pr.status))
-        out.pids.discard(0)
-        if events or compact.switch_ts or compact.waking_ts or out.lost or errors:
+        out.pids |= compact.pids(self._compact)
+        # pid 0 is the idle task (no /proc entry); others below 1 come only from bad bytes
+        out.pids = {pid for pid in out.pids if pid > 0}
+        out.renamed = {pid for pid in out.renamed if pid > 0}
+        if events or compact.switches or compact.wakings or out.lost or errors:
             out.packet = self._packet(cpu, out.lost, events, compact, errors)
         if last_ts:
             self._previous_end[cpu] = last_ts
@@ -144,8 +151,9 @@ class FtraceTranslator:
     ) -> int:
         """Decode the records of one page into events/compact; the last timestamp written."""
         codecs, renames, layout = self._codecs, self._renames, self._compact
+        switch_id, waking_id = layout.switch_id, layout.waking_id
         pids = out.pids
-        last_ts = 0
+        last_ts = decoded = 0
         for ts, start, end in records:
             (event_id,) = _U16.unpack_from(page, start)
             codec = codecs.get(event_id)
@@ -153,29 +161,33 @@ class FtraceTranslator:
                 out.errors += 1
                 continue
             values = codec.unpack(page, start)
-            if event_id == layout.switch_id:
-                compact.add_switch(ts, values, layout.switch)
-                pids.add(values[layout.switch[1]])
-            elif event_id == layout.waking_id:
-                compact.add_waking(ts, values, layout.waking)
-                pids.add(values[layout.waking[0]])
+            last_ts = ts
+            decoded += 1
+            if event_id == switch_id:
+                compact.switches.append((ts, values))
+                continue
+            if event_id == waking_id:
+                compact.wakings.append((ts, values))
+                continue
+            fast = codec.fast
+            if fast is not None:
+                body, ok = fast(values, page, start, end)
             else:
                 body, ok = encode(codec, values, page, start, end)
-                if not ok:
-                    out.errors += 1
-                head = _EV_TS + varint(ts)
-                if codec.pid_index >= 0:
-                    head += _EV_PID + varint(values[codec.pid_index])
-                    pids.add(values[codec.pid_index])
-                ev = head + codec.head + varint(len(body)) + body
-                events.append(_EVENT + varint(len(ev)) + ev)
-                for i in codec.pid_fields:
-                    pids.add(values[i])
-                rename = renames.get(event_id)
-                if rename is not None:
-                    out.renamed.add(values[rename])
-            last_ts = ts
-            out.events += 1
+            if not ok:
+                out.errors += 1
+            head = _EV_TS + varint(ts)
+            if codec.pid_index >= 0:
+                head += _EV_PID + varint(values[codec.pid_index])
+                pids.add(values[codec.pid_index])
+            ev = head + codec.head + varint(len(body)) + body
+            events.append(_EVENT + varint(len(ev)) + ev)
+            for i in codec.pid_fields:
+                pids.add(values[i])
+            rename = renames.get(event_id)
+            if rename is not None:
+                out.renamed.add(values[rename])
+        out.events += decoded
         return last_ts
 
     def _packet(
@@ -192,7 +204,7 @@ class FtraceTranslator:
         head += tag(S.BUNDLE_PREVIOUS_END_TIMESTAMP, VARINT) + varint(
             self._previous_end.get(cpu, 0)
         )
-        body = b"".join([head, *events, compact.encode(), *errors])
+        body = b"".join([head, *events, compact.encode(self._compact), *errors])
         return tag(S.PACKET_FTRACE_EVENTS, LEN) + varint(len(body)) + body
 
 
@@ -206,7 +218,7 @@ def _error(timestamp: int, status: int) -> bytes:
     return tag(S.BUNDLE_ERROR, LEN) + varint(len(body)) + body
 
 
-_NO_COMPACT = _Compact(-1, (0, 0, 0, 0), -1, (0, 0, 0, 0, 0))
+_NO_COMPACT = _Compact(-1, (0, 0, 0, 0, 0), -1, (0, 0, 0, 0, 0))
 
 
 def _compact_layout(codecs: dict[int, EventCodec]) -> _Compact:
@@ -221,8 +233,8 @@ def _compact_layout(codecs: dict[int, EventCodec]) -> _Compact:
         return _NO_COMPACT
     waking_at = _layout(waking[1], _WAKING_FIELDS) if waking else None
     if waking is None or waking_at is None:
-        return _Compact(switch[0], switch_at, -1, _NO_COMPACT.waking)  # type: ignore[arg-type]
-    return _Compact(switch[0], switch_at, waking[0], waking_at)  # type: ignore[arg-type]
+        return _Compact(switch[0], switch_at, -1, _NO_COMPACT.waking)
+    return _Compact(switch[0], switch_at, waking[0], waking_at)
 
 
 # (field name, accepted kinds, accepted sizes)
@@ -231,6 +243,7 @@ _SWITCH_FIELDS = (
     ("next_pid", {FieldKind.PID}, (4,)),
     ("next_prio", {FieldKind.INT}, (4,)),
     ("next_comm", {FieldKind.FIXED_CSTRING}, (_COMM_LEN,)),
+    ("common_pid", {FieldKind.COMMON_PID}, (4,)),  # not written; for Bundle.pids
 )
 _WAKING_FIELDS = (
     ("pid", {FieldKind.PID}, (4,)),
@@ -257,67 +270,70 @@ def _layout(codec: EventCodec, wanted) -> tuple[int, ...] | None:
 
 
 class _CompactBuffer:
-    """CompactSched of one bundle being built (compact_sched.h's buffers)."""
+    """CompactSched of one bundle being built: the (timestamp, unpacked values) of
+    its switches and wakings, laid out into compact_sched.h's arrays at the end
+    (one comprehension per array costs less than appends per event)."""
 
     def __init__(self) -> None:
-        self.interned: dict[bytes, int] = {}
-        self.switch_ts: list[int] = []
-        self.switch: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
-        self.waking_ts: list[int] = []
-        self.waking: tuple[list[int], ...] = ([], [], [], [], [])
-        self._last_switch = self._last_waking = 0
+        self.switches: list[tuple[int, tuple]] = []
+        self.wakings: list[tuple[int, tuple]] = []
 
-    def _intern(self, comm: bytes) -> int:
-        n = comm.find(0)
-        if n >= 0:
-            comm = comm[:n]
-        return self.interned.setdefault(comm, len(self.interned))
+    def pids(self, layout: _Compact) -> set[int]:
+        """The pids switched from and to, and the woken pids."""
+        next_pid, prev_pid, woken = layout.switch[1], layout.switch[4], layout.waking[0]
+        switched = {v[next_pid] for _, v in self.switches} | {v[prev_pid] for _, v in self.switches}
+        return switched | {v[woken] for _, v in self.wakings}
 
-    def add_switch(self, ts: int, values: tuple, at: tuple[int, int, int, int]) -> None:
-        self.switch_ts.append(ts - self._last_switch)
-        self._last_switch = ts
-        prev_state, next_pid, next_prio, comm = self.switch
-        prev_state.append(values[at[0]])
-        next_pid.append(values[at[1]])
-        next_prio.append(values[at[2]])
-        comm.append(self._intern(values[at[3]]))
-
-    def add_waking(self, ts: int, values: tuple, at: tuple[int, ...]) -> None:
-        self.waking_ts.append(ts - self._last_waking)
-        self._last_waking = ts
-        pid, target_cpu, prio, comm, flags = self.waking
-        pid.append(values[at[0]])
-        target_cpu.append(values[at[1]])
-        prio.append(values[at[2]])
-        comm.append(self._intern(values[at[3]]))
-        flags.append(values[at[4]])
-
-    def encode(self) -> bytes:
-        if not self.switch_ts and not self.waking_ts:
+    def encode(self, layout: _Compact) -> bytes:
+        if not self.switches and not self.wakings:
             return b""
+        interned: dict[bytes, int] = {}
+        out = [_packed_sched(self.switches, layout.switch, _SWITCH_ARRAYS, interned)]
+        out.append(_packed_sched(self.wakings, layout.waking, _WAKING_ARRAYS, interned))
         intern = tag(S.COMPACT_INTERN_TABLE, LEN)
-        out = [intern + varint(len(c)) + c for c in self.interned]
-        if self.switch_ts:
-            prev_state, next_pid, next_prio, comm = self.switch
-            out += [
-                _packed(S.COMPACT_SWITCH_TIMESTAMP, self.switch_ts),
-                _packed(S.COMPACT_SWITCH_NEXT_PID, next_pid),
-                _packed(S.COMPACT_SWITCH_PREV_STATE, prev_state),
-                _packed(S.COMPACT_SWITCH_NEXT_PRIO, next_prio),
-                _packed(S.COMPACT_SWITCH_NEXT_COMM_INDEX, comm),
-            ]
-        if self.waking_ts:
-            pid, target_cpu, prio, comm, flags = self.waking
-            out += [
-                _packed(S.COMPACT_WAKING_TIMESTAMP, self.waking_ts),
-                _packed(S.COMPACT_WAKING_PID, pid),
-                _packed(S.COMPACT_WAKING_TARGET_CPU, target_cpu),
-                _packed(S.COMPACT_WAKING_PRIO, prio),
-                _packed(S.COMPACT_WAKING_COMM_INDEX, comm),
-                _packed(S.COMPACT_WAKING_COMMON_FLAGS, flags),
-            ]
-        body = b"".join(out)
+        table = [intern + varint(len(c)) + c for c in interned]
+        body = b"".join([*table, *out])
         return tag(S.BUNDLE_COMPACT_SCHED, LEN) + varint(len(body)) + body
+
+
+# The arrays of each kind after its timestamps, in Perfetto's order, as (field
+# number, position in the layout tuple, is the comm).
+_SWITCH_ARRAYS = (
+    (S.COMPACT_SWITCH_NEXT_PID, 1, False),
+    (S.COMPACT_SWITCH_PREV_STATE, 0, False),
+    (S.COMPACT_SWITCH_NEXT_PRIO, 2, False),
+    (S.COMPACT_SWITCH_NEXT_COMM_INDEX, 3, True),
+)
+_WAKING_ARRAYS = (
+    (S.COMPACT_WAKING_PID, 0, False),
+    (S.COMPACT_WAKING_TARGET_CPU, 1, False),
+    (S.COMPACT_WAKING_PRIO, 2, False),
+    (S.COMPACT_WAKING_COMM_INDEX, 3, True),
+    (S.COMPACT_WAKING_COMMON_FLAGS, 4, False),
+)
+
+
+def _packed_sched(
+    items: list[tuple[int, tuple]], at: tuple[int, ...], arrays, interned: dict[bytes, int]
+) -> bytes:
+    """One kind's arrays: timestamps as deltas (the first from 0), then each
+    value array; comms become indices into `interned` (shared by both kinds)."""
+    if not items:
+        return b""
+    stamps = [ts for ts, _ in items]
+    ts_field = (
+        S.COMPACT_SWITCH_TIMESTAMP if arrays is _SWITCH_ARRAYS else S.COMPACT_WAKING_TIMESTAMP
+    )
+    out = [_packed(ts_field, [b - a for a, b in zip([0, *stamps[:-1]], stamps, strict=True)])]
+    for number, pos, is_comm in arrays:
+        i = at[pos]
+        if is_comm:
+            comms = [v[i].partition(b"\0")[0] for _, v in items]
+            values = [interned.setdefault(c, len(interned)) for c in comms]
+        else:
+            values = [v[i] for _, v in items]
+        out.append(_packed(number, values))
+    return b"".join(out)
 
 
 def _packed(number: int, values: list[int]) -> bytes:

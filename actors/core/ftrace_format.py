@@ -149,34 +149,54 @@ class FieldKind(enum.Enum):
     DATA_LOC = "data_loc"  # __data_loc char[]: u32 (length << 16 | offset in the record)
     DATA_LOC_BYTES = "data_loc_bytes"  # __data_loc u8[]
     STRING_PTR = "string_ptr"  # char * into kernel memory: not readable from here
-    UNSUPPORTED = "unsupported"  # arrays of numbers and anything else
+    UINT_ARRAY = "uint_array"  # unsigned long args[6] (raw_syscalls/sys_enter): 4 or 8 bytes each
+    UNSUPPORTED = "unsupported"  # other arrays, odd sizes
 
 
 _INT_SIZES = (1, 2, 4, 8)
 
 
 def field_kind(field: Field) -> FieldKind:
-    """The FieldKind of a field, with the order of Perfetto's InferFtraceType."""
+    """The FieldKind of a field, in the order of Perfetto's InferFtraceType:
+    any char[N] is a string (even "unsigned char mac[6]", as there), char * is
+    a pointer into the kernel, void * an address, and other pointers ("const
+    void *", "struct page *") are plain integers of their size."""
     t, size = field.type, field.size
+    if _FIXED_CSTRING.search(t):
+        return FieldKind.FIXED_CSTRING
     if t.startswith("__data_loc "):
         if size != 4:
             return FieldKind.UNSUPPORTED
-        if re.match(r"__data_loc (u8|__u8|unsigned char)\[\]", t):
+        if _DATA_LOC_BYTES.match(t):
             return FieldKind.DATA_LOC_BYTES
         return FieldKind.DATA_LOC
-    if "*" in t:
-        if t.startswith("char") or t.startswith("const char"):
-            return FieldKind.STRING_PTR
-        return (
-            FieldKind.SYM_ADDR if t.startswith("void") and size in (4, 8) else FieldKind.UNSUPPORTED
-        )
-    if t.startswith("char[") and t != "char[]":
-        return FieldKind.FIXED_CSTRING
+    if "char *" in t or "char*" in t:
+        return FieldKind.STRING_PTR
+    if t.startswith(("void *", "void*")) and size in (4, 8):
+        return FieldKind.SYM_ADDR
     if t.startswith("char") and size == 0:
         return FieldKind.CSTRING
-    if "[" in t or size not in _INT_SIZES:
+    if "[" in t:
+        return _array_kind(field)
+    if size not in _INT_SIZES:
         return FieldKind.UNSUPPORTED
     return _scalar_kind(field)
+
+
+def _array_kind(field: Field) -> FieldKind:
+    """Perfetto reads one array, sys_enter's "unsigned long args[6]"; we read any
+    array of unsigned 4- or 8-byte integers that way."""
+    m = _UINT_ARRAY.fullmatch(field.type)
+    if m is None or int(m[1]) == 0 or field.size % int(m[1]):
+        return FieldKind.UNSUPPORTED
+    return FieldKind.UINT_ARRAY if field.size // int(m[1]) in (4, 8) else FieldKind.UNSUPPORTED
+
+
+_FIXED_CSTRING = re.compile(r"char\[\w+\]$")
+_UINT_ARRAY = re.compile(
+    r"(?:unsigned long|unsigned int|unsigned long long|u32|u64|__u32|__u64)\[(\d+)\]"
+)
+_DATA_LOC_BYTES = re.compile(r"__data_loc (u8|__u8|unsigned char)\[\]")
 
 
 def _scalar_kind(field: Field) -> FieldKind:

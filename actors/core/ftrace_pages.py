@@ -87,7 +87,8 @@ def page_records(page_untrusted: bytes, header: PageHeader) -> PageRecords:
     """Walk one page; never raises (see the module docstring)."""
     size = len(page_untrusted)
     data = header.data_offset
-    if size < data:
+    need = max(data, header.timestamp_offset + 8, header.commit_offset + 4)
+    if size < need:
         return PageRecords(0, status=ParseStatus.INVALID_PAGE_HEADER)
     (timestamp,) = _U64.unpack_from(page_untrusted, header.timestamp_offset)
     # Only the low 32 bits carry meaning; the kernel sign-extends bit 31 into the rest.
