@@ -49,6 +49,22 @@ def test_demo_topology_records_every_producer_kind(rt: Runtime) -> None:
     first_late = min(p.timestamp for p in trace.packet if p.trusted_pid == late_pid and p.timestamp)
     assert first_late > started
     assert "late#1" in proc.stderr and "recorder" in proc.stderr
+    assert_probes_recorded(trace, {pid for _, pid in slices})
+
+
+def assert_probes_recorded(trace: pb.Trace, pids: set[int]) -> None:
+    """The demo's probes group (linux.process_stats, linux.sys_stats): every producer
+    process of the topology named with its command line and its memory counted, and
+    the system's memory and CPU times."""
+    cmdlines = {
+        p.pid: p.cmdline for t in trace.packet for p in t.process_tree.processes if p.cmdline
+    }
+    assert pids <= cmdlines.keys(), pids - cmdlines.keys()
+    assert all("python" in cmdlines[pid][0] for pid in pids)
+    rss = {p.pid for t in trace.packet for p in t.process_stats.processes if p.vm_rss_kb}
+    assert pids <= rss, pids - rss
+    sys_stats = [t.sys_stats for t in trace.packet if t.HasField("sys_stats")]
+    assert any(s.meminfo for s in sys_stats) and any(s.cpu_stat for s in sys_stats)
 
 
 def test_step_by_step_script_topology(rt: Runtime) -> None:
