@@ -19,6 +19,7 @@ import types
 from pathlib import Path
 
 import pytest
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors import probe_cleanup, probes
 from actors.loop import Loop
@@ -306,3 +307,68 @@ def test_tracebus_run_uses_the_probes_a_service_has_already(rt: Runtime) -> None
     line = re.search(r"^producers: .*$", output, re.M).group(0)  # type: ignore[union-attr]
     assert line.count("perfetto.traced_probes") == 1
     rt.assert_running(existing, "the service's own probes")  # not stopped by the runner
+
+
+# -- the kernel's ftrace state ------------------------------------------------------------------
+
+SCHEDULING_CFG = Path(__file__).parent / "perfetto_configs" / "scheduling.cfg"
+
+
+def test_a_sigkilled_probes_process_leaves_the_kernel_s_ftrace_state_as_it_was(
+    rt: Runtime,
+) -> None:
+    """Perfetto's scheduling.cfg records while the probes process is SIGKILLed: the
+    service's cleanup removes the instance it left, and the top-level settings
+    never changed. (Other tests' live instances are not ours to check.)"""
+    pytest.importorskip("actors.probes_ftrace")
+    helpers = pytest.importorskip("tests.ftrace_helpers")
+    with helpers.held_tracefs() as tfs:
+        before = helpers.settings(tfs)
+        rt.start_service()
+        argv = ["-m", "actors.probes", "--producer-endpoint", rt.producer_endpoint]
+        probes_proc = rt.spawn("probes", argv)
+        try:
+            rt.wait_registered(probes_proc, *PROBE_NAMES, name="perfetto.traced_probes")
+            out = rt.dir / "sched.pftrace"
+            record = rt.start_consumer_cli(
+                "-c", str(SCHEDULING_CFG), "--txt", "-o", str(out),
+                "--consumer-endpoint", rt.consumer_endpoint,
+            )  # fmt: skip
+            mine = [probes_proc.pid]
+            wait_for(lambda: helpers.instances_of(tfs, mine), 30, "the probes' ftrace instance")
+            probes_proc.kill()
+            probes_proc.wait()
+            wait_for(lambda: not helpers.instances_of(tfs, mine), 30, "the service's cleanup")
+            assert CLEANUP_LINE.search(service_log(rt))
+            assert helpers.settings(tfs) == before
+            record.send_signal(signal.SIGINT)  # the session goes on without the probes
+            _, err = rt.communicate(record)
+            assert record.returncode == 0, err
+        finally:
+            helpers.remove_instances_of(tfs, [probes_proc.pid])
+
+
+SYS_STATS_CFG = Path(__file__).parent / "perfetto_configs" / "sys_stats.cfg"
+
+
+def test_tracebus_run_records_perfetto_s_sys_stats_config_with_its_own_probes(
+    rt: Runtime,
+) -> None:
+    """Perfetto's sys_stats.cfg (2 s) under `tracebus run` on the runner's own service:
+    its probes record the system counters and name the processes, the runner first
+    (it runs from before the session to after it)."""
+    (rt.dir / "xdg").mkdir(mode=0o700)
+    command = [PYTHON, "-c", "import time; time.sleep(2.5)"]  # outlives the 2 s session
+    argv = ["-m", "tracebus", "run", "-c", str(SYS_STATS_CFG), "-o", "out.pftrace", "--"]
+    run = rt.spawn("run", [*argv, *command], {"XDG_RUNTIME_DIR": str(rt.dir / "xdg")},
+                   lines=True, stderr="stdout", cwd=rt.dir)  # fmt: skip
+    assert rt.finish(run) == 0, rt.output(run)
+    trace = pb.Trace.FromString((rt.dir / "out.pftrace").read_bytes())
+    cmdlines = {p.pid: p.cmdline for t in trace.packet for p in t.process_tree.processes}
+    assert "tracebus" in cmdlines[run.pid] and "run" in cmdlines[run.pid]
+    rss = {p.pid for t in trace.packet for p in t.process_stats.processes if p.vm_rss_kb}
+    assert run.pid in rss
+    sys_stats = [t.sys_stats for t in trace.packet if t.HasField("sys_stats")]
+    meminfo = {m.key for s in sys_stats for m in s.meminfo}
+    assert pb.MeminfoCounters.MEMINFO_MEM_AVAILABLE in meminfo
+    assert any(s.cpu_stat for s in sys_stats) and any(s.num_forks for s in sys_stats)
