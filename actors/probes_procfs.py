@@ -71,15 +71,17 @@ def read_file(path: str) -> bytes:
 
 
 def _read_all(fd: int, offset: int | None = None) -> bytes:
-    """Everything from `offset` (pread; None: the file position) to the end."""
+    """Everything from `offset` (pread; None: the file position) to the end. A
+    /proc or /sys file (seq_file) fills a read up to its size or its end, so a
+    short read is the end: most files take one read, not two."""
     parts: list[bytes] = []
     pos = offset or 0
     while True:
         data = os.pread(fd, _READ_SIZE, pos) if offset is not None else os.read(fd, _READ_SIZE)
-        if not data:
-            return b"".join(parts)
         parts.append(data)
         pos += len(data)
+        if len(data) < _READ_SIZE:
+            return b"".join(parts)
 
 
 def read_text(path: str) -> str:

@@ -36,6 +36,7 @@ input gives None or fewer values, never an exception (property-tested).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -92,15 +93,14 @@ _PROCESS_STATS = tag(TRACE_PACKET_PROCESS_STATS, LEN)
 # -- parsing --------------------------------------------------------------------------
 
 
+_LEADING_INT = re.compile(r"[ \t]*([-+]?[0-9]+)")
+
+
 def leading_int(text: str) -> int | None:
     """The integer a text starts with after blanks ("92 kB" -> 92, "-5" -> -5), as
     strtol reads it; None if there is none."""
-    s = text.lstrip(" \t")
-    end = 1 if s[:1] in ("-", "+") else 0
-    while end < len(s) and s[end].isascii() and s[end].isdigit():
-        end += 1
-    digits = s[:end]
-    return int(digits) if digits and digits not in ("-", "+") else None
+    m = _LEADING_INT.match(text)
+    return int(m.group(1)) if m else None
 
 
 def status_fields(status: str) -> dict[str, str]:
@@ -148,21 +148,19 @@ def parse_status(status: str) -> ProcStatus | None:
     )
 
 
+# One pass of the regex engine over the status text finds the counters' lines (a
+# Python loop over its ~55 lines cost most of a poll).
+_MEM_LINE = re.compile(r"^(" + "|".join(MEM_COUNTER_FIELDS) + r"):[ \t]*([0-9]*)", re.MULTILINE)
+
+
 def mem_counters(status: str) -> dict[int, int] | None:
     """ProcessStats.Process field -> value (kB) of the memory counters in a status
     text (with smaps_rollup appended, if read); None when it has no VmSize (a kernel
-    thread: Perfetto then stops polling that pid)."""
+    thread: Perfetto then stops polling that pid). The first line of a key wins."""
     out: dict[int, int] = {}
-    has_vm_size = False
-    for line in status.split("\n"):
-        key, sep, value = line.partition(":")
-        field = MEM_COUNTER_FIELDS.get(key) if sep else None
-        if field is None or field in out:
-            continue
-        has_vm_size = has_vm_size or key == "VmSize"
-        number = leading_int(value)
-        out[field] = number if number is not None and number >= 0 else 0
-    return out if has_vm_size else None
+    for key, digits in _MEM_LINE.findall(status):
+        out.setdefault(MEM_COUNTER_FIELDS[key], int(digits) if digits else 0)
+    return out if MEM_COUNTER_FIELDS["VmSize"] in out else None
 
 
 def parse_cmdline(raw: bytes) -> list[str]:
@@ -210,8 +208,11 @@ def _string(field: int, text: str) -> bytes:
     return _len_field(field, text.encode("utf-8", "replace"))
 
 
+_VARINT_TAGS = {f: tag(f, VARINT) for f in range(1, 32)}
+
+
 def _int(field: int, value: int) -> bytes:
-    return tag(field, VARINT) + varint(value)
+    return _VARINT_TAGS[field] + varint(value)
 
 
 def tree_process(
