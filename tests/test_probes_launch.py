@@ -30,6 +30,7 @@ from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import PYTHON, Proc, Runtime
 from tests.waiting import wait_for
 from tracebus import run_probes, runner
+from tracebus.trace_summary import TraceContents, format_contents
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,6 +141,18 @@ def test_tracebus_run_s_default_config_names_the_processes_once() -> None:
     ps = process_stats[0].process_stats_config
     assert ps.scan_all_processes_on_start and not ps.proc_stats_poll_ms  # small: no polling
     assert runner.records_track_events(config)
+
+
+def test_the_summary_lists_the_processes_that_wrote_before_those_a_process_tree_named() -> None:
+    """tracebus run's default config names every process of the machine: the app's
+    must not scroll out of `tracebus summary`'s table."""
+    contents = TraceContents()
+    for pid in range(1, 200):  # what scan_all_processes_on_start adds
+        contents.process(pid).name = f"daemon{pid}"
+    contents.process(5000).packets = 3
+    contents.process(5000).name = "app"
+    table = format_contents(contents, top=5)
+    assert re.search(r"^  5000 +app +3$", table, re.M), table
 
 
 def test_a_service_s_probes_are_found_by_name_or_by_data_source() -> None:
