@@ -58,7 +58,7 @@ class ProbeCleanup:
             self._forget()
             return
         self.runs += 1
-        self.say(f"removing stale ftrace instances: {why}")
+        self.say(f"checking for stale ftrace instances: {why}")
         self.loop.add_fd(self.pidfd, self._on_exit)
 
     def _on_exit(self) -> None:

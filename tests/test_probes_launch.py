@@ -50,7 +50,7 @@ for name, module, cls in DATA_SOURCES:
 sys.modules.update(stubs)
 sys.exit(main())
 """
-CLEANUP_LINE = re.compile(r"removing stale ftrace instances: (.*)$", re.MULTILINE)
+CLEANUP_LINE = re.compile(r"checking for stale ftrace instances: (.*)$", re.MULTILINE)
 
 
 # -- one process ------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_cleanup_runs_one_at_a_time_and_once_more_if_asked_meanwhile(
     assert runs.read_text() == "xx"
     assert cleanup.failures == 2
     assert said.count("the ftrace cleanup exited with 3") == 2
-    assert said[0] == "removing stale ftrace instances: first"
+    assert said[0] == "checking for stale ftrace instances: first"
 
 
 def test_cleanup_without_tracefs_support_does_nothing_and_succeeds(
@@ -258,9 +258,8 @@ def test_a_probes_topology_group_registers_and_is_cleaned_up_after_a_kill(rt: Ru
     pid = int(rt.wait_output(sup, r"started perfetto.traced_probes#1 \(pid (\d+)\)").group(1))
     rt.wait_output(sup, r"perfetto.traced_probes#1 registered")
     os.kill(pid, signal.SIGKILL)
-    rt.wait_output(
-        sup, r"removing stale ftrace instances: perfetto.traced_probes#1 exited: killed by SIGKILL"
-    )
+    why = "perfetto.traced_probes#1 exited: killed by SIGKILL"
+    rt.wait_output(sup, rf"checking for stale ftrace instances: {why}")
     sup.send_signal(signal.SIGTERM)
     rt.finish(sup)
     assert "the ftrace cleanup exited" not in rt.output(sup)  # it succeeded
