@@ -50,6 +50,7 @@ for name, module, cls in DATA_SOURCES:
 sys.modules.update(stubs)
 sys.exit(main())
 """
+SCHEDULING_CFG = Path(__file__).parent / "perfetto_configs" / "scheduling.cfg"
 CLEANUP_LINE = re.compile(r"checking for stale ftrace instances: (.*)$", re.MULTILINE)
 
 
@@ -242,27 +243,47 @@ def test_the_service_cleans_up_after_a_killed_ftrace_producer_only(rt: Runtime) 
     assert rt.stop(rt.service) == 0  # it waits for the cleanup; the harness checks no leftover
 
 
-def test_a_probes_topology_group_registers_and_is_cleaned_up_after_a_kill(rt: Runtime) -> None:
+def test_a_probes_topology_group_killed_mid_session_leaves_no_ftrace_instance(
+    rt: Runtime,
+) -> None:
+    """`builtin: [probes]` records Perfetto's scheduling.cfg; its process is SIGKILLed
+    while its ftrace instance records: the supervisor (and the service) clean up, the
+    kernel's settings are as before, and the topology goes on to its end."""
+    helpers = pytest.importorskip("tests.ftrace_helpers")
     topology = rt.write_file(
         "topology.yaml",
         textwrap.dedent(
-            """\
+            f"""\
             stop_when: never
             producers:
               - name: perfetto.traced_probes
                 builtin: [probes]
+            consumers:
+              - name: recorder
+                config: {SCHEDULING_CFG}
+                output: {rt.dir / "sched.pftrace"}
             """
         ),
     )
-    sup = rt.start_supervisor(topology)
-    pid = int(rt.wait_output(sup, r"started perfetto.traced_probes#1 \(pid (\d+)\)").group(1))
-    rt.wait_output(sup, r"perfetto.traced_probes#1 registered")
-    os.kill(pid, signal.SIGKILL)
-    why = "perfetto.traced_probes#1 exited: killed by SIGKILL"
-    rt.wait_output(sup, rf"checking for stale ftrace instances: {why}")
-    sup.send_signal(signal.SIGTERM)
-    rt.finish(sup)
-    assert "the ftrace cleanup exited" not in rt.output(sup)  # it succeeded
+    with helpers.held_tracefs() as tfs:
+        before = helpers.settings(tfs)
+        sup = rt.start_supervisor(topology)
+        match = rt.wait_output(sup, r"started perfetto.traced_probes#1 \(pid (\d+)\)")
+        mine = [int(match.group(1))]
+        try:
+            wait_for(lambda: helpers.instances_of(tfs, mine), 30, "the probes' ftrace instance")
+            os.kill(mine[0], signal.SIGKILL)
+            why = "perfetto.traced_probes#1 exited: killed by SIGKILL"
+            rt.wait_output(sup, rf"checking for stale ftrace instances: {why}")
+            wait_for(lambda: not helpers.instances_of(tfs, mine), 30, "the cleanup")
+            assert helpers.settings(tfs) == before
+            sup.send_signal(signal.SIGTERM)
+            rt.finish(sup)
+        finally:
+            helpers.remove_instances_of(tfs, mine)
+    output = rt.output(sup)
+    assert f"removed the ftrace instance tracebus-{mine[0]}" in output
+    assert "the ftrace cleanup exited" not in output  # every run succeeded
 
 
 # -- tracebus run ----------------------------------------------------------------------------
@@ -322,8 +343,6 @@ def test_tracebus_run_uses_the_probes_a_service_has_already(rt: Runtime) -> None
 
 
 # -- the kernel's ftrace state ------------------------------------------------------------------
-
-SCHEDULING_CFG = Path(__file__).parent / "perfetto_configs" / "scheduling.cfg"
 
 
 def test_a_sigkilled_probes_process_leaves_the_kernel_s_ftrace_state_as_it_was(
