@@ -9,7 +9,10 @@ the instances of processes that are gone, and never one of a live process.
 
 ProbeCleanup runs it in the background on the caller's poll loop: request()
 starts one run (a pidfd on the loop reaps it when it exits) or, while one runs,
-asks for one more after it, so that a crash loop costs one run at a time. The
+asks for one more after it, so that a crash loop costs one run at a time.
+after_exit(pidfd) requests one once that process has exited: a producer the
+service gave up on while it was stopped (SIGSTOP) still owns its instance, and
+leaves it behind only if it dies later. The
 run's own output (one line per instance removed) goes to the caller's stderr,
 which is its log. close() waits a bounded time for a run in progress and kills
 it past that bound.
@@ -41,6 +44,7 @@ class ProbeCleanup:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd = -1
         self.again = False  # asked for while a run was going on
+        self.watched: set[int] = set()  # pidfds of processes to clean up after
         self.runs = 0
         self.failures = 0
 
@@ -60,6 +64,19 @@ class ProbeCleanup:
         self.runs += 1
         self.say(f"checking for stale ftrace instances: {why}")
         self.loop.add_fd(self.pidfd, self._on_exit)
+
+    def after_exit(self, pidfd: int, why: str) -> None:
+        """request(why) once the process of `pidfd` has exited (at once if it has);
+        the pidfd is ours from now on."""
+
+        def exited() -> None:
+            self.watched.discard(pidfd)
+            self.loop.remove(pidfd)
+            os.close(pidfd)
+            self.request(why)
+
+        self.watched.add(pidfd)
+        self.loop.add_fd(pidfd, exited)
 
     def _on_exit(self) -> None:
         assert self.proc is not None, "the pidfd is watched only while a run goes on"
@@ -81,7 +98,12 @@ class ProbeCleanup:
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Wait for a run in progress (at most `timeout` seconds, then kill it);
-        a run asked for meanwhile is dropped: the next probes start does it."""
+        a run asked for meanwhile, or after a process still running, is dropped: the
+        next probes start does it."""
+        for pidfd in self.watched:
+            self.loop.remove(pidfd)
+            os.close(pidfd)
+        self.watched.clear()
         proc = self.proc
         if proc is None:
             return

@@ -352,23 +352,30 @@ class ServiceShell:
         self.conn_of.pop(key, None)
         if pid is not None:
             self.closed_ids.closed(key, pid, time.monotonic_ns())
+        if side == "p":
+            self._after_probes(identity, pid, fd)
         if fd is not None:
             self.loop.remove(fd)
             os.close(fd)
         self.queues[side].drop(identity)
         now = time.monotonic_ns()
         if side == "p":
-            self._after_probes(identity, pid)
             self._send_all(self.core.producer_gone(identity, now))
         else:
             self._send_all(self.core.consumer_gone(identity, now))
 
-    def _after_probes(self, identity: bytes, pid: int | None) -> None:
+    def _after_probes(self, identity: bytes, pid: int | None, pidfd: int | None) -> None:
         """A producer that hosted linux.ftrace may leave a kernel ftrace instance
-        tracing (SIGKILLed): have it removed, in the background."""
+        tracing (SIGKILLed): have it removed in the background once its process has
+        exited (one given up on while stopped may still run, and own its instance)."""
         producer = self.core.producers.get(identity)
-        if producer is not None and FTRACE_DATA_SOURCE in producer.data_sources:
-            self.probe_cleanup.request(f"producer {producer.name!r} (pid {pid}) is gone")
+        if producer is None or FTRACE_DATA_SOURCE not in producer.data_sources:
+            return
+        why = f"producer {producer.name!r} (pid {pid}) is gone"
+        if pidfd is None:
+            self.probe_cleanup.request(why)
+        else:
+            self.probe_cleanup.after_exit(os.dup(pidfd), why)
 
     # -- peers given up on ----------------------------------------------------------------
 

@@ -243,6 +243,27 @@ def test_the_service_cleans_up_after_a_killed_ftrace_producer_only(rt: Runtime) 
     assert rt.stop(rt.service) == 0  # it waits for the cleanup; the harness checks no leftover
 
 
+def test_a_stopped_ftrace_producer_is_cleaned_up_after_once_it_dies_not_before(
+    rt: Runtime,
+) -> None:
+    """The service gives up on a SIGSTOPped producer, but the process lives and owns
+    its ftrace instance: the cleanup waits for its death."""
+    rt.start_service("--peer-send-timeout-s", "1")
+    victim = rt.start_producer(
+        "fake-probes", "--data-source", "linux.ftrace", data_sources=["linux.ftrace"]
+    )
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        given_up = lambda: rt.control.query_state().peers_given_up.producers == 1  # noqa: E731
+        wait_for(given_up, 20, "the service to give up on the stopped producer")
+        assert not CLEANUP_LINE.search(service_log(rt))  # logged by then if it were asked
+    finally:
+        victim.kill()  # a stopped process dies of SIGKILL too
+        victim.wait()
+    lines = wait_for(lambda: CLEANUP_LINE.findall(service_log(rt)), 30, "the cleanup")
+    assert lines == [f"producer 'fake-probes' (pid {victim.pid}) is gone"]
+
+
 def test_a_probes_topology_group_killed_mid_session_leaves_no_ftrace_instance(
     rt: Runtime,
 ) -> None:
