@@ -31,7 +31,7 @@ forwarded to the command; one the terminal sent (Ctrl-C, a hangup) reached the
 command already, which is in our process group, and is not sent twice. The
 session stops once the command exits, then is read back; a signal after that
 aborts the read-back, keeping what was read. A SIGKILL of the runner leaves its
-own service running (nothing can catch it).
+own service and its probes running (nothing can catch it).
 """
 
 from __future__ import annotations
