@@ -37,49 +37,36 @@ ftrace bundles are large and come in bursts.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from actors import tracefs  # no thread, no ZeroMQ: safe before the private mount
 
 if TYPE_CHECKING:
     from actors.producer import Producer
     from actors.producer_sdk import DataSource
 
 NAME = "perfetto.traced_probes"
-FTRACE = "linux.ftrace"
-# (data source name, module, class): the module is imported when the producer starts.
-DATA_SOURCES = (
-    (FTRACE, "actors.probes_ftrace", "FtraceDataSource"),
-    ("linux.process_stats", "actors.probes_procfs", "ProcessStatsDataSource"),
-    ("linux.sys_stats", "actors.probes_procfs", "SysStatsDataSource"),
-)
-TRACEFS_MODULE = "actors.tracefs"  # open_tracefs, remove_stale_instances
 SMB_SIZE_KB = 2048  # Perfetto's kTracingSharedMemSizeHintBytes for traced_probes
 PAGE_SIZE_KB = 32  # ... and kTracingSharedMemPageSizeHintBytes
 
 log = logging.getLogger("tracebus.probes")
 
 
-def open_tracefs() -> Any:
-    """actors.tracefs.open_tracefs(allow_mount=True): a Tracefs, or the reason (a
-    str) why ftrace cannot work here. Call it while the process has one thread."""
-    try:
-        tracefs = importlib.import_module(TRACEFS_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != TRACEFS_MODULE:
-            raise
-        return "this tracebus has no tracefs support (actors.tracefs is missing)"
+def open_tracefs() -> tracefs.Tracefs | str:
+    """A Tracefs, or the reason (a str) why ftrace cannot work here; mounted
+    privately if need be, which works only while the process has one thread."""
     return tracefs.open_tracefs(allow_mount=True)
 
 
-def remove_stale(found: Any) -> tuple[list[str], int]:
+def remove_stale(found: tracefs.Tracefs | str) -> tuple[list[str], int]:
     """Remove the instances of probes processes that are gone: (names removed,
     failures). `found` is what open_tracefs() returned."""
     if isinstance(found, str):
         return [], 0
     try:
-        removed = importlib.import_module(TRACEFS_MODULE).remove_stale_instances(found)
+        removed = tracefs.remove_stale_instances(found)
     except OSError as e:
         log.warning("probes: cannot remove stale ftrace instances: %s", e)
         return [], 1
@@ -89,21 +76,12 @@ def remove_stale(found: Any) -> tuple[list[str], int]:
 
 
 def data_source_classes(*, ftrace: bool = True) -> list[type[DataSource]]:
-    """The classes to host, in DATA_SOURCES order. A data source whose module is not
-    part of this tracebus is left out with a warning; any other import error raises."""
-    classes = []
-    for name, module_name, class_name in DATA_SOURCES:
-        if name == FTRACE and not ftrace:
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            log.warning("probes: %s is not available (no module %s)", name, module_name)
-            continue
-        classes.append(getattr(module, class_name))
-    return classes
+    """linux.ftrace (unless not `ftrace`), linux.process_stats, linux.sys_stats."""
+    from actors.probes_ftrace import FtraceDataSource
+    from actors.probes_procfs import ProcessStatsDataSource, SysStatsDataSource
+
+    classes: list[type[DataSource]] = [FtraceDataSource] if ftrace else []
+    return [*classes, ProcessStatsDataSource, SysStatsDataSource]
 
 
 def build_producer(args: argparse.Namespace) -> Producer:
@@ -140,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy", choices=("drop", "stall", "stall_then_drop"), default="drop"
     )  # actors.producer.POLICIES, not imported here: it loads ZeroMQ
-    parser.add_argument("--no-ftrace", action="store_true", help=f"do not host {FTRACE}")
+    parser.add_argument("--no-ftrace", action="store_true", help="do not host linux.ftrace")
     parser.add_argument(
         "--cleanup",
         action="store_true",
@@ -167,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         # First, while this process has one thread (a private mount needs it).
         found = open_tracefs()
         if isinstance(found, str):
-            log.info("probes: %s: ftrace is not available: %s", FTRACE, found)
+            log.info("probes: linux.ftrace: ftrace is not available: %s", found)
         remove_stale(found)
     return build_producer(args).run()
 

@@ -5,17 +5,14 @@
 supervisor run when a probes process dies.
 
 The data sources themselves (actors/probes_ftrace.py, actors/probes_procfs.py) are
-tested beside their modules; where this tracebus does not have one yet, the probes
-process is started through a placeholder wrapper (STUB) that stands in for it."""
+tested beside their modules."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
@@ -23,10 +20,10 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors import probe_cleanup, probes
 from actors.loop import Loop
-from actors.producer_sdk import DataSource
 from launch.topology import TopologyError
 from launch.topology_parser import parse_topology
 from protos import tracebus_ipc_pb2 as ipc
+from tests import ftrace_helpers as helpers
 from tests.processes import PYTHON, Proc, Runtime
 from tests.waiting import wait_for
 from tracebus import run_probes, runner
@@ -35,21 +32,6 @@ from tracebus.trace_summary import TraceContents, format_contents
 pytestmark = pytest.mark.timeout(120)
 
 PROBE_NAMES = {"linux.ftrace", "linux.process_stats", "linux.sys_stats"}
-# actors.probes, with a placeholder for each probe data source module this tracebus
-# does not have (yet): the placeholder registers the right name and records nothing.
-STUB = """
-import importlib.util, sys, types
-from actors.producer_sdk import DataSource
-from actors.probes import DATA_SOURCES, main
-
-stubs = {}
-for name, module, cls in DATA_SOURCES:
-    if module in stubs or importlib.util.find_spec(module) is None:
-        mod = stubs.setdefault(module, types.ModuleType(module))
-        setattr(mod, cls, type(cls, (DataSource,), {"name": name, "__module__": module}))
-sys.modules.update(stubs)
-sys.exit(main())
-"""
 SCHEDULING_CFG = Path(__file__).parent / "perfetto_configs" / "scheduling.cfg"
 CLEANUP_LINE = re.compile(r"checking for stale ftrace instances: (.*)$", re.MULTILINE)
 
@@ -57,43 +39,14 @@ CLEANUP_LINE = re.compile(r"checking for stale ftrace instances: (.*)$", re.MULT
 # -- one process ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def placeholders(monkeypatch: pytest.MonkeyPatch) -> dict[str, type[DataSource]]:
-    """A placeholder module for every probe data source module, in sys.modules."""
-    classes = {}
-    for name, module, cls_name in probes.DATA_SOURCES:
-        mod = sys.modules.get(module) or types.ModuleType(module)
-        cls = type(cls_name, (DataSource,), {"name": name})
-        monkeypatch.setitem(sys.modules, module, mod)
-        monkeypatch.setattr(mod, cls_name, cls, raising=False)
-        classes[name] = cls
-    return classes
-
-
-def test_the_probes_host_perfetto_s_three_data_sources_ftrace_optional(
-    placeholders: dict[str, type[DataSource]],
-) -> None:
-    hosted = probes.data_source_classes()
-    assert [cls.name for cls in hosted] == [
+def test_the_probes_host_perfetto_s_three_data_sources_ftrace_optional() -> None:
+    assert [cls.name for cls in probes.data_source_classes()] == [
         "linux.ftrace",
         "linux.process_stats",
         "linux.sys_stats",
     ]
-    assert hosted == list(placeholders.values())
     without = probes.data_source_classes(ftrace=False)
     assert [cls.name for cls in without] == ["linux.process_stats", "linux.sys_stats"]
-
-
-def test_a_missing_data_source_module_is_named_and_the_others_are_hosted(
-    monkeypatch: pytest.MonkeyPatch,
-    placeholders: dict[str, type[DataSource]],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    monkeypatch.setitem(sys.modules, "actors.probes_ftrace", None)  # import fails: not found
-    with caplog.at_level("WARNING", logger="tracebus.probes"):
-        hosted = probes.data_source_classes()
-    assert [cls.name for cls in hosted] == ["linux.process_stats", "linux.sys_stats"]
-    assert "linux.ftrace is not available (no module actors.probes_ftrace)" in caplog.text
 
 
 def test_the_probes_command_line_defaults_to_perfetto_s_name_and_smb() -> None:
@@ -204,8 +157,7 @@ def test_cleanup_without_tracefs_support_does_nothing_and_succeeds(
 
 
 def start_probes(rt: Runtime, *args: str) -> Proc:
-    rt.write_module("probes_stub", STUB)
-    argv = ["-m", "probes_stub", "--producer-endpoint", rt.producer_endpoint, *args]
+    argv = ["-m", "actors.probes", "--producer-endpoint", rt.producer_endpoint, *args]
     return rt.spawn("probes", argv)
 
 
@@ -270,7 +222,6 @@ def test_a_probes_topology_group_killed_mid_session_leaves_no_ftrace_instance(
     """`builtin: [probes]` records Perfetto's scheduling.cfg; its process is SIGKILLed
     while its ftrace instance records: the supervisor (and the service) clean up, the
     kernel's settings are as before, and the topology goes on to its end."""
-    helpers = pytest.importorskip("tests.ftrace_helpers")
     topology = rt.write_file(
         "topology.yaml",
         textwrap.dedent(
@@ -372,13 +323,10 @@ def test_a_sigkilled_probes_process_leaves_the_kernel_s_ftrace_state_as_it_was(
     """Perfetto's scheduling.cfg records while the probes process is SIGKILLed: the
     service's cleanup removes the instance it left, and the top-level settings
     never changed. (Other tests' live instances are not ours to check.)"""
-    pytest.importorskip("actors.probes_ftrace")
-    helpers = pytest.importorskip("tests.ftrace_helpers")
     with helpers.held_tracefs() as tfs:
         before = helpers.settings(tfs)
         rt.start_service()
-        argv = ["-m", "actors.probes", "--producer-endpoint", rt.producer_endpoint]
-        probes_proc = rt.spawn("probes", argv)
+        probes_proc = start_probes(rt)
         try:
             rt.wait_registered(probes_proc, *PROBE_NAMES, name="perfetto.traced_probes")
             out = rt.dir / "sched.pftrace"
