@@ -9,6 +9,9 @@ and runs ServiceCore. The process is non-dumpable (prctl), so no other process
 of its user opens its fds through /proc. A peer's pid and
 uid come from the kernel (libzmq's Peer-Address property of an ipc:// peer);
 a pidfd per peer tells the service within a poll round that the process died.
+When a producer that hosted linux.ftrace goes away, the service runs `python -m
+actors.probes --cleanup` in the background (actors/probe_cleanup.py): a probes
+process that was SIGKILLed does not leave the kernel tracing.
 SIGINT/SIGTERM stop every session, release every SMB and exit 0, within the
 shutdown timeout whatever the peers do (past it the process exits 1 at once).
 A write_into_file session's trace file is opened, appended to and closed by
@@ -71,6 +74,7 @@ from actors.endpoints import (
 )
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
+from actors.probe_cleanup import FTRACE_DATA_SOURCE, ProbeCleanup
 from actors.smb_handoff import SmbHandoff, handoff_path
 from actors.trace_files import TraceFiles
 from protos import framing
@@ -220,6 +224,7 @@ class ServiceShell:
         self.pids: dict[tuple[str, bytes], int] = {}  # each routing id's process, first seen
         self.conn_of: dict[tuple[str, bytes], Connection] = {}  # ... and its connection
         self.closed_ids = ClosedIdentities()
+        self.probe_cleanup = ProbeCleanup(self.loop, log)
         self.cut_timer: Timer | None = None
         timeout_ns = int(peer_send_timeout_s * 1e9)
         self.queues = {
@@ -347,6 +352,8 @@ class ServiceShell:
         self.conn_of.pop(key, None)
         if pid is not None:
             self.closed_ids.closed(key, pid, time.monotonic_ns())
+        if side == "p":
+            self._after_probes(identity, pid, fd)
         if fd is not None:
             self.loop.remove(fd)
             os.close(fd)
@@ -356,6 +363,19 @@ class ServiceShell:
             self._send_all(self.core.producer_gone(identity, now))
         else:
             self._send_all(self.core.consumer_gone(identity, now))
+
+    def _after_probes(self, identity: bytes, pid: int | None, pidfd: int | None) -> None:
+        """A producer that hosted linux.ftrace may leave a kernel ftrace instance
+        tracing (SIGKILLed): have it removed in the background once its process has
+        exited (one given up on while stopped may still run, and own its instance)."""
+        producer = self.core.producers.get(identity)
+        if producer is None or FTRACE_DATA_SOURCE not in producer.data_sources:
+            return
+        why = f"producer {producer.name!r} (pid {pid}) is gone"
+        if pidfd is None:
+            self.probe_cleanup.request(why)
+        else:
+            self.probe_cleanup.after_exit(os.dup(pidfd), why)
 
     # -- peers given up on ----------------------------------------------------------------
 
@@ -671,6 +691,7 @@ class ServiceShell:
 
     def close(self) -> None:
         self.files.close_all()
+        self.probe_cleanup.close()
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()

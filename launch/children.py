@@ -58,6 +58,7 @@ class Actor:
         self.result_file: Path | None = None
         self.traces: list[str] = []
         self.registered = False  # a producer: the service listed one of its processes
+        self.probes = False  # runs actors.probes: its death may leave an ftrace instance
         self.last_line = ""  # the last non-blank line it printed: why it failed, often
 
     @property
@@ -172,6 +173,7 @@ def producer_actors(
         actor = Actor(name, "producer", list(argv), env, cwd)
         actor.restart = group.restart
         actor.log, actor.log_prefixed = group.log, group.count > 1
+        actor.probes = group.probes
         actors.append(actor)
     return actors
 

@@ -34,6 +34,9 @@ Restarts: a producer instance that exits is restarted per its group's policy
 failing within 10 s of its start, at most max_restarts times in all; then
 "NAME#k crashed N times, giving up" is logged, and `list` and the summary show
 the state "gave up". Exits are noticed through a pidfd per child on the loop.
+A probes instance (`builtin: [probes]`) that exits on a failure or a signal
+cannot have removed its kernel ftrace instance: the supervisor runs `python -m
+actors.probes --cleanup` in the background (actors/probe_cleanup.py).
 
 Shutdown (SIGINT, SIGTERM, SIGHUP, `ctl stop`, the service dying, or the last
 consumer ending under stop_when: consumers_done): running consumers get SIGINT
@@ -80,6 +83,7 @@ from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
 from actors.endpoints import CONSUMER_ENV
 from actors.loop import Loop, Timer
+from actors.probe_cleanup import ProbeCleanup
 from launch.children import (
     Actor,
     Echo,
@@ -120,6 +124,7 @@ class Supervisor:
         self.runtime = Runtime(topology.runtime_dir, topology.service)
         self.control = ControlServer(self.ctx, self.loop, Commands(self).table(), self._arm_tick)
         self.stopper = Stopper(self.loop, self.say)
+        self.probe_cleanup = ProbeCleanup(self.loop, self.say)
         self.probe: Consumer | None = None
         self.tick: Timer | None = None
         self.stop_reason: str | None = None
@@ -370,6 +375,8 @@ class Supervisor:
 
     def _after_exit(self, actor: Actor, returncode: int) -> None:
         failed = returncode != 0
+        if actor.probes and failed and actor.proc is not None:  # it could not clean up
+            self.probe_cleanup.request(f"{actor.name} exited: {exit_text(returncode)}")
         if actor.kind == "producer" and not actor.registered and actor.proc is not None:
             self._note_registered([actor], self._service_state())  # it may have left already
             if not actor.registered and not actor.stop_requested:
@@ -474,8 +481,12 @@ class Supervisor:
         if self.probe is not None:
             self.probe.close()
             self.probe = None
+        killed_probes = [a.name for a in self.actors if a.probes and a.alive]
         for actor in self.actors:
             actor.kill_all(self.loop)
+        if killed_probes:
+            self.probe_cleanup.request(f"{', '.join(killed_probes)} killed at cleanup")
+        self.probe_cleanup.close()
         for output in self.outputs:
             output.close()
         self.echo.close()

@@ -27,6 +27,7 @@ ConsumerStart = Literal["after_producers", "before_producers"]
 RestartKind = Literal["never", "on-failure", "always"]
 
 BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "tracebus.demo_timeline")  # actors.data_sources
+PROBES = "probes"  # `builtin: [probes]`: the system probes process, actors.probes
 PRODUCER_SOCK_ENV = "TRACEBUS_PRODUCER_SOCK"  # actors.endpoints.PRODUCER_ENV
 CONSUMER_SOCK_ENV = "TRACEBUS_CONSUMER_SOCK"  # actors.endpoints.CONSUMER_ENV
 PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"  # actors.endpoints.PRODUCER_NAME_ENV
@@ -127,18 +128,25 @@ class ProducerGroup:
         """["NAME#1", ..., "NAME#count"]: how the supervisor names the instances."""
         return [f"{self.name}#{i}" for i in range(1, self.count + 1)]
 
+    @property
+    def probes(self) -> bool:
+        """`builtin: [probes]`: the group runs the system probes (actors.probes)."""
+        return self.kind == "builtin" and self.data_sources == (PROBES,)
+
     def producer_argv(self, python: str, endpoint: str) -> list[str]:
-        """`python -m actors.producer ...` for a builtin or module group."""
+        """`python -m actors.producer ...` for a builtin or module group (`python -m
+        actors.probes ...` for `builtin: [probes]`)."""
         if self.kind == "command":
             raise ValueError(f"producer group {self.name!r} runs a command, not actors.producer")
-        argv = [python, "-m", "actors.producer", "--name", self.name]
+        module = "actors.probes" if self.probes else "actors.producer"
+        argv = [python, "-m", module, "--name", self.name]
         if self.smb_size_kb is not None:
             argv += ["--smb-size-kb", str(self.smb_size_kb)]
         if self.page_size_kb is not None:
             argv += ["--page-size-kb", str(self.page_size_kb)]
         argv += ["--policy", self.policy]
         for name in self.data_sources:
-            if name not in BUILTIN_DATA_SOURCES:
+            if name not in BUILTIN_DATA_SOURCES and not self.probes:
                 argv += ["--data-source", name]
         for module in self.modules:
             argv += ["--module", module]

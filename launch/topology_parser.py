@@ -31,6 +31,7 @@ from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_e
 from actors.core.limits import limit_names
 from actors.output_paths import not_regular, written_path
 from launch.topology import (
+    PROBES,
     ConsumerSpec,
     ConsumerStart,
     ProducerGroup,
@@ -357,7 +358,30 @@ class TopologyParser(YamlReader):
         if "smb_size_kb" in keys:
             page = spec.get("page_size_kb") or DEFAULT_PAGE_SIZE_KB
             self.smb_fits(keys["smb_size_kb"][1], join_key(key, "smb_size_kb"), page)
+        if PROBES in spec.get("data_sources", ()):
+            self.probes_alone(keys, key, spec)
         return ProducerGroup(**spec)
+
+    def probes_alone(
+        self, keys: Mapping[str, tuple[Node, Node]], key: str, spec: Mapping[str, Any]
+    ) -> None:
+        """`builtin: [probes]` runs actors.probes, one process of it: other names
+        would need actors.producer, and two probes processes would record every
+        system event twice."""
+        knode, vnode = keys["builtin"]
+        if len(spec["data_sources"]) > 1:
+            self.fail(
+                vnode,
+                join_key(key, "builtin"),
+                f"{PROBES!r} runs the system probes process (actors.probes), which hosts "
+                "no other data source: give it a group of its own",
+            )
+        if spec.get("count", 1) != 1:
+            self.fail(
+                keys["count"][1],
+                join_key(key, "count"),
+                f"a {PROBES!r} group runs one process (two would record the system twice)",
+            )
 
     def entry_name(self, node: Node, key: str, keys: Mapping[str, tuple[Node, Node]]) -> str:
         """The required `name` of a producer group or a consumer."""

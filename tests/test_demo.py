@@ -6,6 +6,7 @@ lands there and the harness's cleanup covers every actor the demo starts."""
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shutil
 import time
@@ -49,6 +50,44 @@ def test_demo_topology_records_every_producer_kind(rt: Runtime) -> None:
     first_late = min(p.timestamp for p in trace.packet if p.trusted_pid == late_pid and p.timestamp)
     assert first_late > started
     assert "late#1" in proc.stderr and "recorder" in proc.stderr
+    assert_probes_recorded(trace, {pid for _, pid in slices})
+
+
+def assert_probes_recorded(trace: pb.Trace, pids: set[int]) -> None:
+    """The demo's probes group (linux.process_stats, linux.sys_stats): every producer
+    process of the topology named with its command line and its memory counted, and
+    the system's memory and CPU times."""
+    cmdlines = {
+        p.pid: p.cmdline for t in trace.packet for p in t.process_tree.processes if p.cmdline
+    }
+    assert pids <= cmdlines.keys(), pids - cmdlines.keys()
+    assert all("python" in cmdlines[pid][0] for pid in pids)
+    rss = {p.pid for t in trace.packet for p in t.process_stats.processes if p.vm_rss_kb}
+    assert pids <= rss, pids - rss
+    sys_stats = [t.sys_stats for t in trace.packet if t.HasField("sys_stats")]
+    assert any(s.meminfo for s in sys_stats) and any(s.cpu_stat for s in sys_stats)
+    assert_scheduling_recorded(trace, pids)
+
+
+def assert_scheduling_recorded(trace: pb.Trace, pids: set[int]) -> None:
+    """linux.ftrace's sched_switch (compact_sched) on every CPU, switching to threads of
+    every producer process, where tracefs works (root); else its FtraceStats say why."""
+    stats = [t.ftrace_stats for t in trace.packet if t.HasField("ftrace_stats")]
+    assert stats, "linux.ftrace wrote no FtraceStats"
+    if any(s.atrace_errors for s in stats):  # no tracefs here: the reason, and nothing else
+        assert not any(t.HasField("ftrace_events") for t in trace.packet), stats
+        return
+    tgid = {th.tid: th.tgid for t in trace.packet for th in t.process_tree.threads}
+    tgid.update((p.pid, p.pid) for t in trace.packet for p in t.process_tree.processes)
+    switched: dict[int, set[int]] = collections.defaultdict(set)  # cpu -> next tgids
+    for t in (t for t in trace.packet if t.HasField("ftrace_events")):
+        bundle = t.ftrace_events
+        switched[bundle.cpu].update(
+            tgid.get(tid, -1) for tid in bundle.compact_sched.switch_next_pid
+        )
+    assert set(switched) == set(range(os.cpu_count() or 1)), sorted(switched)
+    ran = set().union(*switched.values())
+    assert pids <= ran, pids - ran
 
 
 def test_step_by_step_script_topology(rt: Runtime) -> None:

@@ -1,20 +1,24 @@
-"""`tracebus run [-c CONFIG] [--txt] [-o OUT] -- CMD ARGS...`: record a command.
+"""`tracebus run [-c CONFIG] [--txt] [-o OUT] [--no-probes] -- CMD ARGS...`: record a command.
 
     1. the service: the one $TRACEBUS_CONSUMER_SOCK names, else the one whose
        socket in the per-user runtime directory answers, else one of our own on
        ipc:// sockets in a fresh /tmp/tb-run-XXXXXXXX (in its own process group,
        so a Ctrl-C in the terminal reaches the command, not the service that
        still has to read the trace back);
-    2. a session, started before the command: CONFIG, else default_config() (one
-       32 MiB ring buffer, the SDK's "track_event" with Perfetto's defaults);
-    3. the command, with TRACEBUS_PRODUCER_SOCK, TRACEBUS_CONSUMER_SOCK and, if
+    2. the system probes (`python -m actors.probes`, tracebus/run_probes.py), unless
+       --no-probes or the service has a probes producer already;
+    3. a session, started before the command: CONFIG, else default_config() (one
+       32 MiB ring buffer, the SDK's "track_event" with Perfetto's defaults, and
+       linux.process_stats's scan of every process at the start);
+    4. the command, with TRACEBUS_PRODUCER_SOCK, TRACEBUS_CONSUMER_SOCK and, if
        the config asks for "track_event", TRACEBUS_STARTUP_WAIT_S=5 in its
        environment (every process it starts inherits them): the SDK's first call
        waits, up to that bound, for its instance to start, so the trace holds the
        app's first events;
-    4. when the command exits: flush, stop, read back into OUT (tracebus.pftrace),
+    5. when the command exits: flush, stop, read back into OUT (tracebus.pftrace),
        print the record CLI's summary (actors/consumer_cli.py's Recording), and
-       stop and remove our own service, whatever happened (failure, Ctrl-C).
+       stop our probes and our own service and remove it, whatever happened
+       (failure, Ctrl-C).
 
 Exit code: the command's (128+N if a signal N killed it, as shells say); 1 if the
 command succeeded but the recording failed; 1 without running the command when
@@ -27,7 +31,7 @@ forwarded to the command; one the terminal sent (Ctrl-C, a hangup) reached the
 command already, which is in our process group, and is not sent twice. The
 session stops once the command exits, then is read back; a signal after that
 aborts the read-back, keeping what was read. A SIGKILL of the runner leaves its
-own service running (nothing can catch it).
+own service and its probes running (nothing can catch it).
 """
 
 from __future__ import annotations
@@ -81,13 +85,19 @@ def _say(message: str) -> None:
 
 def default_config() -> TraceConfig:
     """One ring buffer and the SDK's track_event data source with no track_event_config:
-    every category but Perfetto's default-disabled ones ("slow", "debug" tags)."""
+    every category but Perfetto's default-disabled ones ("slow", "debug" tags); and
+    linux.process_stats with scan_all_processes_on_start only (every process and
+    thread running at the start, with its command line, once: a few tens of KiB;
+    no periodic memory counters)."""
     from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
     config = pb.TraceConfig()
     buffer = config.buffers.add(size_kb=DEFAULT_BUFFER_KB)
     buffer.fill_policy = pb.TraceConfig.BufferConfig.RING_BUFFER
     config.data_sources.add().config.name = "track_event"
+    process_stats = config.data_sources.add().config
+    process_stats.name = "linux.process_stats"
+    process_stats.process_stats_config.scan_all_processes_on_start = True
     return config
 
 
@@ -238,7 +248,7 @@ class Command:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tracebus run",
-        usage="tracebus run [-c CONFIG] [--txt] [-o OUT] -- COMMAND [ARGS ...]",
+        usage="tracebus run [-c CONFIG] [--txt] [-o OUT] [--no-probes] -- COMMAND [ARGS ...]",
         description="Record a command and every process it starts: uses the running "
         "tracing service or starts one, starts a session, runs COMMAND, and when it "
         "exits writes the trace and prints a summary. Exits with COMMAND's exit code.",
@@ -250,6 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", default=DEFAULT_OUT,
                         help=f"the trace file to write (a regular file, - for stdout; "
                         f"default {DEFAULT_OUT})")  # fmt: skip
+    parser.add_argument("--no-probes", action="store_true", help="do not start the system "
+                        "probes (python -m actors.probes: linux.process_stats, "
+                        "linux.sys_stats, linux.ftrace)")  # fmt: skip
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to record")
     return parser
 
@@ -281,12 +294,16 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
-    """Run `argv` under a session of `config` on a running service or our own."""
+def record(config: TraceConfig, out: Path, argv: Sequence[str], *, probes: bool = True) -> int:
+    """Run `argv` under a session of `config` on a running service or our own (with
+    the system probes, if `probes` and the service has none)."""
+    from tracebus.run_probes import RunProbes
+
     # SIGTERM/SIGHUP outside the command's run (Recording takes SIGINT/SIGTERM over
     # meanwhile) end this function by its finally: our service stops on the way out.
     saved = {signum: signal.signal(signum, _interrupt) for signum in FORWARDED[1:]}
     own: OwnService | None = None
+    run_probes: RunProbes | None = None
     try:
         running = _running_service()
         if running is None:
@@ -294,8 +311,13 @@ def record(config: TraceConfig, out: Path, argv: Sequence[str]) -> int:
             _say(f"no tracing service running: starting one in {own.dir}")
             own.start()
             running = own.producer_endpoint, own.consumer_endpoint
+        if probes:
+            run_probes = RunProbes(*running)
+            run_probes.start()
         return _record_command(config, out, argv, *running)
     finally:
+        if run_probes is not None:
+            run_probes.stop()
         if own is not None:
             own.stop()
         for signum, handler in saved.items():
@@ -347,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_command(command)
         config = _load_config(args.config, args.txt)
         _check_output(args.out, config)
-        return record(config, Path(args.out), command)
+        return record(config, Path(args.out), command, probes=not args.no_probes)
     except RunError as e:
         _say(str(e))
         return e.code

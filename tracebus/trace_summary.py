@@ -335,7 +335,11 @@ def format_contents(contents: TraceContents, path: str = "", top: int = TOP_ROWS
         f"{head}{contents.packets} packets ({_size(contents.bytes)}), "
         f"{len(contents.sequences)} sequences{span}"
     ]
-    processes = sorted(contents.processes.values(), key=lambda p: (not p.service, p.pid))
+    # Those that wrote first: a ProcessTree (linux.process_stats) names every process
+    # of the machine, and the ones recorded must not scroll out of the table.
+    processes = sorted(
+        contents.processes.values(), key=lambda p: (not p.service, not p.packets, p.pid)
+    )
     rows = [[str(p.pid), _process_name(p), str(p.packets)] for p in processes]
     lines += _table(f"processes ({len(rows)})", ["pid", "name", "packets"], rows, top)
     threads = sorted(contents.threads.values(), key=lambda t: (t.pid, t.tid))
