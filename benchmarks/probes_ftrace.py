@@ -160,8 +160,7 @@ def run(rates: list[int], seconds: float) -> dict[str, Any]:
 
 def print_table(r: dict[str, Any], cal: float) -> None:
     print(f"ftrace drain, drain_period_ms 100 ({platform.node()}, calibration {cal:.1f} ns)")
-    head = ("events/s", "written", "recorded", "missing", "reported lost", "probes CPU %")
-    head += ("per 10k/s",)
+    head = "events/s written recorded missing reported_lost probes_CPU_% per_10k/s".split()
     print("  ".join(f"{h:>13}" for h in head))
     for row in r["rows"]:
         cells = (row["rate"], row["written"], row["recorded"], row["missing"],
