@@ -379,3 +379,58 @@ def test_perfettos_memory_docs_config_names_every_process_at_start(probes):
             argv = [a.decode() for a in f.read().split(b"\0") if a]
         assert list(procs[pid].cmdline) == argv
     assert procs[1].ppid == 0 and 1 in tree_threads(packets)
+
+
+LATE_SPINNER = """
+import sys, time
+t = time.time()
+while time.time() - t < 1.0:
+    pass
+"""
+
+
+@pytest.mark.timeout(120)
+def test_processes_ftrace_sees_after_the_scan_are_named_on_demand(rt: Runtime) -> None:
+    """Perfetto's Linux cookbook config (sched_switch + scan_all_processes_on_start,
+    no polling; 10 s shortened to 3 s) under `python -m actors.probes`: a process
+    that starts after the scan is named because linux.ftrace saw it run
+    (traced's OnPids, through actors.probes_bus)."""
+    from tests.ftrace_helpers import held_tracefs, remove_instances_of
+    from tests.test_probes_ftrace import recording_instance
+
+    config = perfetto_config(
+        "docs-linux-cookbook-6.cfg", **{"duration_ms: 10000": "duration_ms: 3000"}
+    )
+    with held_tracefs() as tfs:
+        rt.start_service()
+        argv = ["-m", "actors.probes", "--producer-endpoint", rt.producer_endpoint]
+        probes = rt.spawn("probes", argv)
+        rt.wait_registered(probes, "linux.ftrace", *SOURCES, name=PROBES)
+        spinner = None
+        try:
+            record, out = rt.start_record(config, "cookbook")
+            recording_instance(tfs, probes.pid)
+            spinner = subprocess.Popen([sys.executable, "-c", LATE_SPINNER, "late-spinner"])
+            spinner.wait(timeout=30)
+            _, err = rt.communicate(record, 60)
+            assert record.returncode == 0, err
+            packets = list(pb.Trace.FromString(out.read_bytes()).packet)
+        finally:
+            if spinner is not None and spinner.poll() is None:
+                spinner.kill()
+                spinner.wait()
+            rt.stop(probes)
+            remove_instances_of(tfs, [probes.pid])
+    switched_in: set[int] = set()
+    for p in packets:
+        if p.HasField("ftrace_events"):
+            bundle = p.ftrace_events
+            switched_in.update(bundle.compact_sched.switch_next_pid)
+            switched_in.update(
+                e.sched_switch.next_pid for e in bundle.event if e.HasField("sched_switch")
+            )
+    assert spinner.pid in switched_in
+    first_tree = next(i for i, p in enumerate(packets) if p.HasField("process_tree"))
+    assert spinner.pid not in tree_processes(packets[: first_tree + 1])  # not in the scan
+    procs = tree_processes(packets)
+    assert list(procs[spinner.pid].cmdline)[-1] == "late-spinner"
