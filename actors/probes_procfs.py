@@ -20,7 +20,9 @@ linux.process_stats (ProcessStatsConfig), as traced_probes' ProcessStatsDataSour
   with record_process_runtime), only the counters that changed since they were
   last written (the cache is dropped every proc_stats_cache_ttl_ms, by default
   after every poll); then a ProcessTree entry for every process not written yet,
-  so processes that appear during the session get their names and command lines;
+  so processes that appear during the session get their names and command lines
+  (what is remembered of a process is forgotten once it ends, so a reused pid is
+  named afresh); a poll of many processes is cut into packets like the scan;
 - ClearIncrementalState forgets what was written (the next packet says
   incremental_state_cleared); a cmdline is read only for a pid not written yet.
 
@@ -51,7 +53,8 @@ from shm.writer import SMBExhaustedError, TraceWriter
 _log = logging.getLogger("tracebus.probes")
 
 PROC = "/proc"
-TREE_PACKET_BYTES = 32 * 1024
+# A scan or a poll of many processes is cut into packets of about this size.
+TREE_PACKET_BYTES = STATS_PACKET_BYTES = 32 * 1024
 _READ_SIZE = 64 * 1024
 NS_PER_TICK = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
@@ -102,10 +105,13 @@ class _PollingSource(DataSource):
     """One thread per instance: it waits for its next deadline or a wake-up, and
     serves flushes. Subclasses define _begin (first work) and _turn (each wake)."""
 
-    def on_start(self, config: Any) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self._stopping = False
         self._flush_wanted = False
         self._wakeup = threading.Event()
+
+    def on_start(self, config: Any) -> None:
         self._thread = threading.Thread(
             target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
         )
@@ -204,9 +210,9 @@ class ProcessStatsDataSource(_PollingSource):
         self._next_poll = 0.0
 
     def on_start(self, config: Any) -> None:
+        super().on_start(config)
         self._session = config.tracing_session_id
         PIDS.subscribe(self._session, self._on_pids)
-        super().on_start(config)
 
     def on_stop(self) -> None:
         PIDS.unsubscribe(self._session, self._on_pids)
@@ -275,6 +281,8 @@ class ProcessStatsDataSource(_PollingSource):
         entries: list[bytes] = []
         size = 0
         for pid in numeric_entries(PROC):
+            if self._stopping:
+                break  # a machine with many processes must not hold up the stop
             status = procfs.parse_status(read_text(f"{PROC}/{pid}/status"))
             if status is None or status.tgid != pid:
                 continue  # gone, or the pid now names a thread
@@ -353,14 +361,19 @@ class ProcessStatsDataSource(_PollingSource):
     def _poll(self, w: TraceWriter) -> None:
         ts = boottime_ns()
         live = list(numeric_entries(PROC))
-        entries = []
+        entries: list[bytes] = []
+        size = 0
         for pid in live:
             counters = self._counters(pid)
             changed = self._cache.changed(pid, counters) if counters else []
             if changed:
                 entries.append(procfs.stats_process(pid, changed))
+                size += len(entries[-1])
+            if size >= STATS_PACKET_BYTES:
+                self._emit(w, procfs.process_stats_packet, ts, entries)
+                entries, size = [], 0
         self._emit(w, procfs.process_stats_packet, ts, entries)
-        self._cache.forget_except(live)
+        self._forget_gone(live)
         self._ticks += 1
         if self._ticks >= self._ttl_ticks:
             self._ticks = 0
@@ -368,6 +381,14 @@ class ProcessStatsDataSource(_PollingSource):
         # Our addition to traced's poll: every process new since the last one is
         # named, kernel threads included (traced names only those with counters).
         self._write_tree(w, [pid for pid in live if pid not in self._seen])
+
+    def _forget_gone(self, live: list[int]) -> None:
+        """Forget processes that ended, so that a pid the kernel reuses is named and
+        polled afresh (traced keeps them until a ClearIncrementalState)."""
+        alive = set(live)
+        self._cache.forget_except(alive)
+        self._no_memory &= alive
+        self._seen = {tid: tgid for tid, tgid in self._seen.items() if tgid in alive}
 
     def _counters(self, pid: int) -> dict[int, int]:
         counters: dict[int, int] = {}

@@ -24,6 +24,7 @@ import pytest
 from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors import probes_procfs
 from actors.probes_bus import PIDS
 from actors.probes_procfs import ProcessStatsDataSource, SysStatsDataSource
 from protos import data_source_config_pb2 as dsc
@@ -247,6 +248,28 @@ def test_clear_incremental_state_forgets_what_was_written(started):
     # The next poll writes every process again, this one included.
     w.wait(lambda ps: os.getpid() in tree_processes(after_clear(ps)), "the tree again")
     assert len([p for p in w.packets if p.incremental_state_cleared]) == 1
+
+
+def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(started, monkeypatch):
+    monkeypatch.setattr(probes_procfs, "TREE_PACKET_BYTES", 1024)
+    monkeypatch.setattr(probes_procfs, "STATS_PACKET_BYTES", 200)
+    ds, w = started(
+        ProcessStatsDataSource,
+        "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
+    )
+    stats = w.wait(
+        lambda ps: (
+            [p for p in ps if p.HasField("process_stats")] if stats_of(ps, os.getpid()) else []
+        ),
+        "a poll that reached this process",
+    )
+    trees = [p for p in w.packets if p.HasField("process_tree")]
+    scan = [p for p in trees if p.timestamp == trees[0].timestamp]
+    assert len(scan) > 1 and all(len(p.SerializeToString()) < 4096 for p in scan)
+    first_poll = [p for p in stats if p.timestamp == stats[0].timestamp]
+    assert len(first_poll) > 1
+    pids = [q.pid for p in first_poll for q in p.process_stats.processes]
+    assert len(pids) == len(set(pids))  # each process once per poll
 
 
 def test_flush_reaches_the_writer(started):
