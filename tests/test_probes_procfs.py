@@ -272,6 +272,47 @@ def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(st
     assert len(pids) == len(set(pids))  # each process once per poll
 
 
+def status_text(name: str, tgid: int, pid: int, ppid: int, memory: bool) -> str:
+    text = f"Name:\t{name}\nTgid:\t{tgid}\nPid:\t{pid}\nPPid:\t{ppid}\nUid:\t7\t7\t7\t7\n"
+    return text + ("VmSize:\t  100 kB\nVmRSS:\t   40 kB\n" if memory else "")
+
+
+def test_a_proc_with_vanished_garbled_and_odd_entries_costs_only_those(
+    started, monkeypatch, tmp_path
+):
+    """A fake /proc: what a process that vanished mid-scan, a garbled status, a
+    kernel thread and a command line that is not UTF-8 look like."""
+    files = {
+        "1/status": status_text("init", 1, 1, 0, True), "1/cmdline": b"/sbin/init\0",
+        "1/oom_score_adj": "-1000\n",
+        "50/status": "nonsense\n",  # garbled
+        "70/status": status_text("app", 70, 70, 1, True), "70/cmdline": b"app\0\xff\xfe\0",
+        "70/task/71/status": status_text("worker", 70, 71, 1, True),
+        "80/status": status_text("kworker/0:1", 80, 80, 2, False), "80/cmdline": b"",
+        "sys/status": "x",
+    }  # fmt: skip
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    (tmp_path / "60").mkdir()  # vanished: its directory listed, its files gone
+    (tmp_path / "70/task/70").mkdir(parents=True)
+    monkeypatch.setattr(probes_procfs, "PROC", str(tmp_path))
+    ds, w = started(
+        ProcessStatsDataSource,
+        "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
+    )
+    w.wait(lambda ps: stats_of(ps, 70), "a poll")
+    procs = tree_processes(w.packets)
+    assert set(procs) == {1, 70, 80}
+    assert list(procs[70].cmdline) == ["app", "\ufffd\ufffd"]
+    assert procs[80].cmdline_is_comm and list(procs[80].cmdline) == ["kworker/0:1"]
+    assert tree_threads(w.packets)[71].tgid == 70
+    assert stats_of(w.packets, 1)[0].oom_score_adj == -1000
+    assert stats_of(w.packets, 70)[0].vm_rss_kb == 40
+    assert not stats_of(w.packets, 80) and not stats_of(w.packets, 50)
+
+
 def test_flush_reaches_the_writer(started):
     ds, w = started(ProcessStatsDataSource, "process_stats_config { }")
     ds.on_flush()
