@@ -110,6 +110,7 @@ class _PollingSource(DataSource):
         self._stopping = False
         self._flush_wanted = False
         self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def on_start(self, config: Any) -> None:
         self._thread = threading.Thread(
@@ -118,9 +119,11 @@ class _PollingSource(DataSource):
         self._thread.start()
 
     def on_stop(self) -> None:
+        """Also for an instance set up but never started (a session stopped first)."""
         self._stopping = True
         self._wakeup.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def on_flush(self) -> None:
         self._flush_wanted = True
@@ -211,11 +214,10 @@ class ProcessStatsDataSource(_PollingSource):
 
     def on_start(self, config: Any) -> None:
         super().on_start(config)
-        self._session = config.tracing_session_id
-        PIDS.subscribe(self._session, self._on_pids)
+        PIDS.subscribe(self.config.tracing_session_id, self._on_pids)
 
     def on_stop(self) -> None:
-        PIDS.unsubscribe(self._session, self._on_pids)
+        PIDS.unsubscribe(self.config.tracing_session_id, self._on_pids)
         super().on_stop()
 
     def on_clear_incremental_state(self) -> None:

@@ -313,6 +313,15 @@ def test_a_proc_with_vanished_garbled_and_odd_entries_costs_only_those(
     assert not stats_of(w.packets, 80) and not stats_of(w.packets, 50)
 
 
+@pytest.mark.parametrize("cls", [ProcessStatsDataSource, SysStatsDataSource])
+def test_an_instance_stopped_before_it_started_stops_quietly(cls, caplog):
+    ds, rec, cfg = cls(), FakeRecord(), config("sys_stats_config { meminfo_period_ms: 100 }")
+    ds._tb_attach(rec, PROBES, 1, cfg)
+    ds.on_setup(cfg)
+    ds.on_stop()
+    assert rec.w.packets == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_flush_reaches_the_writer(started):
     ds, w = started(ProcessStatsDataSource, "process_stats_config { }")
     ds.on_flush()
