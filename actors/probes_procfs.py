@@ -467,8 +467,10 @@ class SysStatsDataSource(_PollingSource):
         if not self._schedule.tick_ms or time.monotonic() < self._next_tick:
             return
         ts = boottime_ns()
-        parts = [self._readers[name]() for name in self._schedule.due(self._tick)]
-        self._write(w, sys_stats.sys_stats_packet(ts, parts, boottime_ns()))
+        due = self._schedule.due(self._tick)
+        if due:  # a tick only for sources this does not read writes nothing
+            parts = [self._readers[name]() for name in due]
+            self._write(w, sys_stats.sys_stats_packet(ts, parts, boottime_ns()))
         self._tick += 1
         self._next_tick = time.monotonic() + _until_aligned(self._schedule.tick_ms, boottime_ns())
 

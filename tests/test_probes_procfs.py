@@ -369,13 +369,19 @@ def test_sys_stats_selected_counters_at_their_periods(started):
     )
 
 
-def test_sys_stats_with_periods_that_are_not_multiples_polls_nothing(started, caplog):
-    ds, w = started(
-        SysStatsDataSource, "sys_stats_config { meminfo_period_ms: 100 vmstat_period_ms: 150 }"
-    )
-    assert any("not integer multiples" in r.getMessage() for r in caplog.records)
-    ds.on_flush()
-    w.wait(lambda ps: w.flushes >= 1, "a flush")  # the thread ran, and wrote nothing
+@pytest.mark.parametrize(
+    "periods, log",
+    [
+        ("meminfo_period_ms: 100 vmstat_period_ms: 150", "not integer multiples"),
+        ("thermal_period_ms: 100 cpuidle_period_ms: 100", "ignored: thermal_period_ms"),
+    ],
+)
+def test_sys_stats_with_nothing_it_can_poll_writes_nothing(started, caplog, periods, log):
+    ds, w = started(SysStatsDataSource, f"sys_stats_config {{ {periods} }}")
+    assert any(log in r.getMessage() for r in caplog.records)
+    for n in (1, 2):  # two flushes: a whole turn of the thread ran in between
+        ds.on_flush()
+        w.wait(lambda ps, n=n: w.flushes >= n, f"flush {n}")
     assert w.packets == []
 
 

@@ -260,6 +260,9 @@ def test_schedule_raises_short_periods_and_runs_each_source_at_its_multiple():
     assert s.notes == ["meminfo_period_ms 5 is below 10 ms: raised"] and not s.error
     assert s.due(0) == ["meminfo", "vmstat", "stat"] and s.due(3) == ["meminfo", "stat"]
     assert sys_stats.schedule({}).tick_ms == 0
+    assert sys_stats.schedule({"thermal": 100, "slab": 200}).tick_ms == 0  # none read here
+    s = sys_stats.schedule({"meminfo": 1000, "thermal": 100})  # the tick of all, as traced
+    assert s.tick_ms == 100 and s.every == {"meminfo": 10} and s.due(1) == []
 
 
 def test_periods_that_are_not_multiples_poll_nothing_as_perfetto():

@@ -23,8 +23,8 @@ Perfetto's tables (actors/core/sys_stats_keys.py).
 Periods: 0 = off; under 10 ms raised to 10 (Perfetto's floor). One tick runs at
 the smallest period, each source every period/tick ticks; periods that are not
 multiples of that tick disable polling altogether, as in Perfetto (the schedule
-carries the error, the shell logs it). Every tick writes one packet
-TracePacket{timestamp, sys_stats{..., collection_end_timestamp}}.
+carries the error, the shell logs it). Every tick at which a source is due
+writes one packet TracePacket{timestamp, sys_stats{..., collection_end_timestamp}}.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def schedule(periods_ms: Mapping[str, int]) -> SysStatsSchedule:
     if any(ms % tick for ms in clamped.values()):
         out.error = "sys_stats periods are not integer multiples of each other: nothing polled"
         return out
-    out.tick_ms = tick
     out.every = {n: ms // tick for n, ms in clamped.items() if n in IMPLEMENTED}
+    out.tick_ms = tick if out.every else 0  # only sources not read: no ticks at all
     return out
 
 
