@@ -27,8 +27,8 @@ linux.process_stats (ProcessStatsConfig), as traced_probes' ProcessStatsDataSour
   incremental_state_cleared); a cmdline is read only for a pid not written yet.
 
 linux.sys_stats (SysStatsConfig): meminfo, vmstat, stat, psi, buddyinfo,
-diskstat, cpufreq at their periods (see actors/core/sys_stats.py); devfreq,
-thermal, cpuidle, gpufreq and slab are not read.
+diskstat, cpufreq, thermal, cpuidle at their periods (see
+actors/core/sys_stats.py); devfreq, gpufreq and slab are not read.
 
 Fields a config sets that are not implemented are named in one log line at
 setup (logger "tracebus.probes"); so are periods that were raised. A /proc file
@@ -53,6 +53,8 @@ from shm.writer import SMBExhaustedError, TraceWriter
 _log = logging.getLogger("tracebus.probes")
 
 PROC = "/proc"
+SYS_CPU = "/sys/devices/system/cpu"
+SYS_THERMAL = "/sys/class/thermal"
 # A scan or a poll of many processes is cut into packets of about this size.
 TREE_PACKET_BYTES = STATS_PACKET_BYTES = 32 * 1024
 _READ_SIZE = 64 * 1024
@@ -89,6 +91,13 @@ def _read_all(fd: int, offset: int | None = None) -> bytes:
 
 def read_text(path: str) -> str:
     return read_file(path).decode("utf-8", "replace")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def numeric_entries(path: str) -> Iterator[int]:
@@ -447,6 +456,8 @@ class SysStatsDataSource(_PollingSource):
             "buddyinfo": self._read_buddyinfo,
             "diskstat": self._read_diskstats,
             "cpufreq": self._read_cpufreq,
+            "thermal": self._read_thermal,
+            "cpuidle": self._read_cpuidle,
         }
 
     def on_stop(self) -> None:
@@ -516,9 +527,36 @@ class SysStatsDataSource(_PollingSource):
             sys_stats.parse_diskstats(self._proc_text("/proc/diskstats"))
         )
 
+    def _read_thermal(self) -> bytes:
+        zones = []
+        for name in sorted(_listdir(SYS_THERMAL)):
+            if name.startswith("thermal_zone"):
+                base = f"{SYS_THERMAL}/{name}"
+                kind = read_text(f"{base}/type").strip()
+                temp = sys_stats.parse_uint(read_text(f"{base}/temp"))
+                zones.append((name, temp, kind or None))
+        return sys_stats.encode_thermal(zones)
+
+    def _read_cpuidle(self) -> bytes:
+        cpus = []
+        for name in _listdir(SYS_CPU):
+            if not (name.startswith("cpu") and name[3:].isdigit()):
+                continue
+            base = f"{SYS_CPU}/{name}/cpuidle"
+            states = []
+            for state in sorted(_listdir(base)):
+                if not state.startswith("state"):
+                    continue
+                label = read_text(f"{base}/{state}/name").strip()
+                time_us = sys_stats.parse_uint(read_text(f"{base}/{state}/time"))
+                if label and time_us is not None:
+                    states.append((label, time_us))
+            cpus.append((int(name[3:]), states))
+        return sys_stats.encode_cpuidle(sorted(cpus))
+
     def _read_cpufreq(self) -> bytes:
         cpus = os.sysconf("SC_NPROCESSORS_CONF")
-        base = "/sys/devices/system/cpu/cpu{}/cpufreq/scaling_cur_freq"
+        base = SYS_CPU + "/cpu{}/cpufreq/scaling_cur_freq"
         return sys_stats.encode_cpufreq(
             sys_stats.parse_cpufreq(read_text(base.format(i))) for i in range(cpus)
         )

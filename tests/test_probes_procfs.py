@@ -334,11 +334,11 @@ def test_unimplemented_fields_are_named_once(started, caplog):
         ProcessStatsDataSource,
         "process_stats_config { resolve_process_fds: true proc_stats_poll_ms: 10 }",
     )
-    started(SysStatsDataSource, "sys_stats_config { thermal_period_ms: 100 slab_period_ms: 100 }")
+    started(SysStatsDataSource, "sys_stats_config { devfreq_period_ms: 100 slab_period_ms: 100 }")
     lines = [r.getMessage() for r in caplog.records]
     assert "linux.process_stats: ignored: resolve_process_fds" in lines
     assert "linux.process_stats: proc_stats_poll_ms 10 raised to 100" in lines
-    assert "linux.sys_stats: ignored: thermal_period_ms, slab_period_ms" in lines
+    assert "linux.sys_stats: ignored: devfreq_period_ms, slab_period_ms" in lines
 
 
 def test_sys_stats_selected_counters_at_their_periods(started):
@@ -369,11 +369,32 @@ def test_sys_stats_selected_counters_at_their_periods(started):
     )
 
 
+def test_sys_stats_thermal_zones_and_cpuidle_states(started, monkeypatch, tmp_path):
+    zone = tmp_path / "thermal_zone0"  # this VM has none: a fake sysfs class
+    zone.mkdir()
+    (zone / "temp").write_text("45500\n")
+    (zone / "type").write_text("acpitz\n")
+    (tmp_path / "cooling_device0").mkdir()
+    monkeypatch.setattr(probes_procfs, "SYS_THERMAL", str(tmp_path))
+    ds, w = started(
+        SysStatsDataSource, "sys_stats_config { thermal_period_ms: 100 cpuidle_period_ms: 100 }"
+    )
+    (packet,) = w.wait(lambda ps: ps[:1], "a tick")
+    (z,) = packet.sys_stats.thermal_zone
+    assert (z.name, z.temp, z.type) == ("thermal_zone0", 45, "acpitz")
+    idle = packet.sys_stats.cpuidle_state
+    assert [c.cpu_id for c in idle] == list(range(os.cpu_count() or 1))
+    cpu0 = Path("/sys/devices/system/cpu/cpu0/cpuidle")
+    states = sorted(p.name for p in cpu0.glob("state*"))  # none on a machine without cpuidle
+    names = [(cpu0 / s / "name").read_text().strip() for s in states]
+    assert [e.state for e in idle[0].cpuidle_state_entry] == names
+
+
 @pytest.mark.parametrize(
     "periods, log",
     [
         ("meminfo_period_ms: 100 vmstat_period_ms: 150", "not integer multiples"),
-        ("thermal_period_ms: 100 cpuidle_period_ms: 100", "ignored: thermal_period_ms"),
+        ("devfreq_period_ms: 100 gpufreq_period_ms: 100", "ignored: devfreq_period_ms"),
     ],
 )
 def test_sys_stats_with_nothing_it_can_poll_writes_nothing(started, caplog, periods, log):
