@@ -10,7 +10,7 @@ linux.process_stats (ProcessStatsConfig), as traced_probes' ProcessStatsDataSour
 - scan_all_processes_on_start: one ProcessTree of every process (pid, ppid, uid,
   cmdline, nspid, is_kthread; process_start_from_boot with record_process_age)
   and thread (tid, tgid; name with record_thread_names), cut into packets of
-  about TREE_PACKET_BYTES so that a large machine does not make one huge packet;
+  about PACKET_BYTES so that a large machine does not make one huge packet;
 - the pids linux.ftrace of the same session publishes on actors.probes_bus.PIDS
   (tracing_session_id): a ProcessTree entry for each pid not written yet (unless
   quirks DISABLE_ON_DEMAND); a renamed pid is written again;
@@ -41,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from actors.core import procfs, sys_stats
@@ -56,7 +56,7 @@ PROC = "/proc"
 SYS_CPU = "/sys/devices/system/cpu"
 SYS_THERMAL = "/sys/class/thermal"
 # A scan or a poll of many processes is cut into packets of about this size.
-TREE_PACKET_BYTES = STATS_PACKET_BYTES = 32 * 1024
+PACKET_BYTES = 32 * 1024
 _READ_SIZE = 64 * 1024
 NS_PER_TICK = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
@@ -278,33 +278,43 @@ class ProcessStatsDataSource(_PollingSource):
         self._cleared = True
 
     def _emit(
+        self, w: TraceWriter, build: Callable[..., bytes], ts: int, entries: Iterable[bytes]
+    ) -> None:
+        """Packets of `entries` (all stamped `ts`, the collection's start), cut at
+        about PACKET_BYTES: a machine with many processes makes many packets, not a
+        huge one. Nothing when there are no entries."""
+        batch: list[bytes] = []
+        size = 0
+        for entry in entries:
+            batch.append(entry)
+            size += len(entry)
+            if size >= PACKET_BYTES:
+                self._emit_one(w, build, ts, batch)
+                batch, size = [], 0
+        if batch:
+            self._emit_one(w, build, ts, batch)
+
+    def _emit_one(
         self, w: TraceWriter, build: Callable[..., bytes], ts: int, entries: list[bytes]
     ) -> None:
-        if not entries:
-            return
         cleared, self._cleared = self._cleared, False
         self._write(w, build(ts, entries, boottime_ns(), incremental_state_cleared=cleared))
 
     # -- ProcessTree ----------------------------------------------------------------
 
     def _write_all_processes(self, w: TraceWriter) -> None:
-        ts = boottime_ns()
-        entries: list[bytes] = []
-        size = 0
+        self._emit(w, procfs.process_tree_packet, boottime_ns(), self._scan())
+
+    def _scan(self) -> Iterator[bytes]:
+        """ProcessTree entries of every process and its threads."""
         for pid in numeric_entries(PROC):
             if self._stopping:
-                break  # a machine with many processes must not hold up the stop
+                return  # a machine with many processes must not hold up the stop
             status = procfs.parse_status(read_text(f"{PROC}/{pid}/status"))
             if status is None or status.tgid != pid:
                 continue  # gone, or the pid now names a thread
-            new = self._process_entries(pid, status)
-            new += self._thread_entries(pid, status)
-            entries += new
-            size += sum(map(len, new))
-            if size >= TREE_PACKET_BYTES:
-                self._emit(w, procfs.process_tree_packet, ts, entries)
-                entries, size = [], 0
-        self._emit(w, procfs.process_tree_packet, ts, entries)
+            yield from self._process_entries(pid, status)
+            yield from self._thread_entries(pid, status)
 
     def _thread_entries(self, pid: int, status: procfs.ProcStatus) -> list[bytes]:
         out = []
@@ -322,11 +332,13 @@ class ProcessStatsDataSource(_PollingSource):
 
     def _write_tree(self, w: TraceWriter, pids: Collection[int]) -> None:
         """ProcessTree entries for the pids (or tids) not written yet."""
-        entries: list[bytes] = []
         ts = boottime_ns()
-        for pid in sorted(pids):
-            if pid > 0 and pid not in self._seen:
-                entries += self._process_or_thread(pid)
+        entries = (
+            entry
+            for pid in sorted(pids)
+            if pid > 0 and pid not in self._seen
+            for entry in self._process_or_thread(pid)
+        )
         self._emit(w, procfs.process_tree_packet, ts, entries)
 
     def _process_or_thread(self, pid: int) -> list[bytes]:
@@ -372,18 +384,7 @@ class ProcessStatsDataSource(_PollingSource):
     def _poll(self, w: TraceWriter) -> None:
         ts = boottime_ns()
         live = list(numeric_entries(PROC))
-        entries: list[bytes] = []
-        size = 0
-        for pid in live:
-            counters = self._counters(pid)
-            changed = self._cache.changed(pid, counters) if counters else []
-            if changed:
-                entries.append(procfs.stats_process(pid, changed))
-                size += len(entries[-1])
-            if size >= STATS_PACKET_BYTES:
-                self._emit(w, procfs.process_stats_packet, ts, entries)
-                entries, size = [], 0
-        self._emit(w, procfs.process_stats_packet, ts, entries)
+        self._emit(w, procfs.process_stats_packet, ts, self._stats_entries(live))
         self._forget_gone(live)
         self._ticks += 1
         if self._ticks >= self._ttl_ticks:
@@ -392,6 +393,13 @@ class ProcessStatsDataSource(_PollingSource):
         # Our addition to traced's poll: every process new since the last one is
         # named, kernel threads included (traced names only those with counters).
         self._write_tree(w, [pid for pid in live if pid not in self._seen])
+
+    def _stats_entries(self, pids: list[int]) -> Iterator[bytes]:
+        for pid in pids:
+            counters = self._counters(pid)
+            changed = self._cache.changed(pid, counters) if counters else []
+            if changed:
+                yield procfs.stats_process(pid, changed)
 
     def _forget_gone(self, live: list[int]) -> None:
         """Forget processes that ended, so that a pid the kernel reuses is named and

@@ -251,8 +251,7 @@ def test_clear_incremental_state_forgets_what_was_written(started):
 
 
 def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(started, monkeypatch):
-    monkeypatch.setattr(probes_procfs, "TREE_PACKET_BYTES", 1024)
-    monkeypatch.setattr(probes_procfs, "STATS_PACKET_BYTES", 200)
+    monkeypatch.setattr(probes_procfs, "PACKET_BYTES", 200)
     ds, w = started(
         ProcessStatsDataSource,
         "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
