@@ -10,7 +10,7 @@ linux.process_stats (ProcessStatsConfig), as traced_probes' ProcessStatsDataSour
 - scan_all_processes_on_start: one ProcessTree of every process (pid, ppid, uid,
   cmdline, nspid, is_kthread; process_start_from_boot with record_process_age)
   and thread (tid, tgid; name with record_thread_names), cut into packets of
-  about TREE_PACKET_BYTES so that a large machine does not make one huge packet;
+  about PACKET_BYTES so that a large machine does not make one huge packet;
 - the pids linux.ftrace of the same session publishes on actors.probes_bus.PIDS
   (tracing_session_id): a ProcessTree entry for each pid not written yet (unless
   quirks DISABLE_ON_DEMAND); a renamed pid is written again;
@@ -20,13 +20,15 @@ linux.process_stats (ProcessStatsConfig), as traced_probes' ProcessStatsDataSour
   with record_process_runtime), only the counters that changed since they were
   last written (the cache is dropped every proc_stats_cache_ttl_ms, by default
   after every poll); then a ProcessTree entry for every process not written yet,
-  so processes that appear during the session get their names and command lines;
+  so processes that appear during the session get their names and command lines
+  (what is remembered of a process is forgotten once it ends, so a reused pid is
+  named afresh); a poll of many processes is cut into packets like the scan;
 - ClearIncrementalState forgets what was written (the next packet says
   incremental_state_cleared); a cmdline is read only for a pid not written yet.
 
 linux.sys_stats (SysStatsConfig): meminfo, vmstat, stat, psi, buddyinfo,
-diskstat, cpufreq at their periods (see actors/core/sys_stats.py); devfreq,
-thermal, cpuidle, gpufreq and slab are not read.
+diskstat, cpufreq, thermal, cpuidle at their periods (see
+actors/core/sys_stats.py); devfreq, gpufreq and slab are not read.
 
 Fields a config sets that are not implemented are named in one log line at
 setup (logger "tracebus.probes"); so are periods that were raised. A /proc file
@@ -39,7 +41,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from actors.core import procfs, sys_stats
@@ -51,7 +53,10 @@ from shm.writer import SMBExhaustedError, TraceWriter
 _log = logging.getLogger("tracebus.probes")
 
 PROC = "/proc"
-TREE_PACKET_BYTES = 32 * 1024
+SYS_CPU = "/sys/devices/system/cpu"
+SYS_THERMAL = "/sys/class/thermal"
+# A scan or a poll of many processes is cut into packets of about this size.
+PACKET_BYTES = 32 * 1024
 _READ_SIZE = 64 * 1024
 NS_PER_TICK = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 
@@ -88,6 +93,13 @@ def read_text(path: str) -> str:
     return read_file(path).decode("utf-8", "replace")
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
 def numeric_entries(path: str) -> Iterator[int]:
     """The pids (or tids) listed in a /proc directory."""
     try:
@@ -102,19 +114,25 @@ class _PollingSource(DataSource):
     """One thread per instance: it waits for its next deadline or a wake-up, and
     serves flushes. Subclasses define _begin (first work) and _turn (each wake)."""
 
-    def on_start(self, config: Any) -> None:
+    def __init__(self) -> None:
+        super().__init__()
         self._stopping = False
         self._flush_wanted = False
         self._wakeup = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_start(self, config: Any) -> None:
         self._thread = threading.Thread(
             target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
         )
         self._thread.start()
 
     def on_stop(self) -> None:
+        """Also for an instance set up but never started (a session stopped first)."""
         self._stopping = True
         self._wakeup.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def on_flush(self) -> None:
         self._flush_wanted = True
@@ -204,12 +222,11 @@ class ProcessStatsDataSource(_PollingSource):
         self._next_poll = 0.0
 
     def on_start(self, config: Any) -> None:
-        self._session = config.tracing_session_id
-        PIDS.subscribe(self._session, self._on_pids)
         super().on_start(config)
+        PIDS.subscribe(self.config.tracing_session_id, self._on_pids)
 
     def on_stop(self) -> None:
-        PIDS.unsubscribe(self._session, self._on_pids)
+        PIDS.unsubscribe(self.config.tracing_session_id, self._on_pids)
         super().on_stop()
 
     def on_clear_incremental_state(self) -> None:
@@ -261,31 +278,43 @@ class ProcessStatsDataSource(_PollingSource):
         self._cleared = True
 
     def _emit(
+        self, w: TraceWriter, build: Callable[..., bytes], ts: int, entries: Iterable[bytes]
+    ) -> None:
+        """Packets of `entries` (all stamped `ts`, the collection's start), cut at
+        about PACKET_BYTES: a machine with many processes makes many packets, not a
+        huge one. Nothing when there are no entries."""
+        batch: list[bytes] = []
+        size = 0
+        for entry in entries:
+            batch.append(entry)
+            size += len(entry)
+            if size >= PACKET_BYTES:
+                self._emit_one(w, build, ts, batch)
+                batch, size = [], 0
+        if batch:
+            self._emit_one(w, build, ts, batch)
+
+    def _emit_one(
         self, w: TraceWriter, build: Callable[..., bytes], ts: int, entries: list[bytes]
     ) -> None:
-        if not entries:
-            return
         cleared, self._cleared = self._cleared, False
         self._write(w, build(ts, entries, boottime_ns(), incremental_state_cleared=cleared))
 
     # -- ProcessTree ----------------------------------------------------------------
 
     def _write_all_processes(self, w: TraceWriter) -> None:
-        ts = boottime_ns()
-        entries: list[bytes] = []
-        size = 0
+        self._emit(w, procfs.process_tree_packet, boottime_ns(), self._scan())
+
+    def _scan(self) -> Iterator[bytes]:
+        """ProcessTree entries of every process and its threads."""
         for pid in numeric_entries(PROC):
+            if self._stopping:
+                return  # a machine with many processes must not hold up the stop
             status = procfs.parse_status(read_text(f"{PROC}/{pid}/status"))
             if status is None or status.tgid != pid:
                 continue  # gone, or the pid now names a thread
-            new = self._process_entries(pid, status)
-            new += self._thread_entries(pid, status)
-            entries += new
-            size += sum(map(len, new))
-            if size >= TREE_PACKET_BYTES:
-                self._emit(w, procfs.process_tree_packet, ts, entries)
-                entries, size = [], 0
-        self._emit(w, procfs.process_tree_packet, ts, entries)
+            yield from self._process_entries(pid, status)
+            yield from self._thread_entries(pid, status)
 
     def _thread_entries(self, pid: int, status: procfs.ProcStatus) -> list[bytes]:
         out = []
@@ -303,11 +332,13 @@ class ProcessStatsDataSource(_PollingSource):
 
     def _write_tree(self, w: TraceWriter, pids: Collection[int]) -> None:
         """ProcessTree entries for the pids (or tids) not written yet."""
-        entries: list[bytes] = []
         ts = boottime_ns()
-        for pid in sorted(pids):
-            if pid > 0 and pid not in self._seen:
-                entries += self._process_or_thread(pid)
+        entries = (
+            entry
+            for pid in sorted(pids)
+            if pid > 0 and pid not in self._seen
+            for entry in self._process_or_thread(pid)
+        )
         self._emit(w, procfs.process_tree_packet, ts, entries)
 
     def _process_or_thread(self, pid: int) -> list[bytes]:
@@ -353,14 +384,8 @@ class ProcessStatsDataSource(_PollingSource):
     def _poll(self, w: TraceWriter) -> None:
         ts = boottime_ns()
         live = list(numeric_entries(PROC))
-        entries = []
-        for pid in live:
-            counters = self._counters(pid)
-            changed = self._cache.changed(pid, counters) if counters else []
-            if changed:
-                entries.append(procfs.stats_process(pid, changed))
-        self._emit(w, procfs.process_stats_packet, ts, entries)
-        self._cache.forget_except(live)
+        self._emit(w, procfs.process_stats_packet, ts, self._stats_entries(live))
+        self._forget_gone(live)
         self._ticks += 1
         if self._ticks >= self._ttl_ticks:
             self._ticks = 0
@@ -368,6 +393,21 @@ class ProcessStatsDataSource(_PollingSource):
         # Our addition to traced's poll: every process new since the last one is
         # named, kernel threads included (traced names only those with counters).
         self._write_tree(w, [pid for pid in live if pid not in self._seen])
+
+    def _stats_entries(self, pids: list[int]) -> Iterator[bytes]:
+        for pid in pids:
+            counters = self._counters(pid)
+            changed = self._cache.changed(pid, counters) if counters else []
+            if changed:
+                yield procfs.stats_process(pid, changed)
+
+    def _forget_gone(self, live: list[int]) -> None:
+        """Forget processes that ended, so that a pid the kernel reuses is named and
+        polled afresh (traced keeps them until a ClearIncrementalState)."""
+        alive = set(live)
+        self._cache.forget_except(alive)
+        self._no_memory &= alive
+        self._seen = {tid: tgid for tid, tgid in self._seen.items() if tgid in alive}
 
     def _counters(self, pid: int) -> dict[int, int]:
         counters: dict[int, int] = {}
@@ -424,6 +464,8 @@ class SysStatsDataSource(_PollingSource):
             "buddyinfo": self._read_buddyinfo,
             "diskstat": self._read_diskstats,
             "cpufreq": self._read_cpufreq,
+            "thermal": self._read_thermal,
+            "cpuidle": self._read_cpuidle,
         }
 
     def on_stop(self) -> None:
@@ -444,8 +486,10 @@ class SysStatsDataSource(_PollingSource):
         if not self._schedule.tick_ms or time.monotonic() < self._next_tick:
             return
         ts = boottime_ns()
-        parts = [self._readers[name]() for name in self._schedule.due(self._tick)]
-        self._write(w, sys_stats.sys_stats_packet(ts, parts, boottime_ns()))
+        due = self._schedule.due(self._tick)
+        if due:  # a tick only for sources this does not read writes nothing
+            parts = [self._readers[name]() for name in due]
+            self._write(w, sys_stats.sys_stats_packet(ts, parts, boottime_ns()))
         self._tick += 1
         self._next_tick = time.monotonic() + _until_aligned(self._schedule.tick_ms, boottime_ns())
 
@@ -491,9 +535,36 @@ class SysStatsDataSource(_PollingSource):
             sys_stats.parse_diskstats(self._proc_text("/proc/diskstats"))
         )
 
+    def _read_thermal(self) -> bytes:
+        zones = []
+        for name in sorted(_listdir(SYS_THERMAL)):
+            if name.startswith("thermal_zone"):
+                base = f"{SYS_THERMAL}/{name}"
+                kind = read_text(f"{base}/type").strip()
+                temp = sys_stats.parse_uint(read_text(f"{base}/temp"))
+                zones.append((name, temp, kind or None))
+        return sys_stats.encode_thermal(zones)
+
+    def _read_cpuidle(self) -> bytes:
+        cpus = []
+        for name in _listdir(SYS_CPU):
+            if not (name.startswith("cpu") and name[3:].isdigit()):
+                continue
+            base = f"{SYS_CPU}/{name}/cpuidle"
+            states = []
+            for state in sorted(_listdir(base)):
+                if not state.startswith("state"):
+                    continue
+                label = read_text(f"{base}/{state}/name").strip()
+                time_us = sys_stats.parse_uint(read_text(f"{base}/{state}/time"))
+                if label and time_us is not None:
+                    states.append((label, time_us))
+            cpus.append((int(name[3:]), states))
+        return sys_stats.encode_cpuidle(sorted(cpus))
+
     def _read_cpufreq(self) -> bytes:
         cpus = os.sysconf("SC_NPROCESSORS_CONF")
-        base = "/sys/devices/system/cpu/cpu{}/cpufreq/scaling_cur_freq"
+        base = SYS_CPU + "/cpu{}/cpufreq/scaling_cur_freq"
         return sys_stats.encode_cpufreq(
             sys_stats.parse_cpufreq(read_text(base.format(i))) for i in range(cpus)
         )

@@ -24,6 +24,7 @@ import pytest
 from google.protobuf import text_format
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors import probes_procfs
 from actors.probes_bus import PIDS
 from actors.probes_procfs import ProcessStatsDataSource, SysStatsDataSource
 from protos import data_source_config_pb2 as dsc
@@ -249,6 +250,77 @@ def test_clear_incremental_state_forgets_what_was_written(started):
     assert len([p for p in w.packets if p.incremental_state_cleared]) == 1
 
 
+def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(started, monkeypatch):
+    monkeypatch.setattr(probes_procfs, "PACKET_BYTES", 200)
+    ds, w = started(
+        ProcessStatsDataSource,
+        "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
+    )
+    stats = w.wait(
+        lambda ps: (
+            [p for p in ps if p.HasField("process_stats")] if stats_of(ps, os.getpid()) else []
+        ),
+        "a poll that reached this process",
+    )
+    trees = [p for p in w.packets if p.HasField("process_tree")]
+    scan = [p for p in trees if p.timestamp == trees[0].timestamp]
+    assert len(scan) > 1 and all(len(p.SerializeToString()) < 4096 for p in scan)
+    first_poll = [p for p in stats if p.timestamp == stats[0].timestamp]
+    assert len(first_poll) > 1
+    pids = [q.pid for p in first_poll for q in p.process_stats.processes]
+    assert len(pids) == len(set(pids))  # each process once per poll
+
+
+def status_text(name: str, tgid: int, pid: int, ppid: int, memory: bool) -> str:
+    text = f"Name:\t{name}\nTgid:\t{tgid}\nPid:\t{pid}\nPPid:\t{ppid}\nUid:\t7\t7\t7\t7\n"
+    return text + ("VmSize:\t  100 kB\nVmRSS:\t   40 kB\n" if memory else "")
+
+
+def test_a_proc_with_vanished_garbled_and_odd_entries_costs_only_those(
+    started, monkeypatch, tmp_path
+):
+    """A fake /proc: what a process that vanished mid-scan, a garbled status, a
+    kernel thread and a command line that is not UTF-8 look like."""
+    files = {
+        "1/status": status_text("init", 1, 1, 0, True), "1/cmdline": b"/sbin/init\0",
+        "1/oom_score_adj": "-1000\n",
+        "50/status": "nonsense\n",  # garbled
+        "70/status": status_text("app", 70, 70, 1, True), "70/cmdline": b"app\0\xff\xfe\0",
+        "70/task/71/status": status_text("worker", 70, 71, 1, True),
+        "80/status": status_text("kworker/0:1", 80, 80, 2, False), "80/cmdline": b"",
+        "sys/status": "x",
+    }  # fmt: skip
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    (tmp_path / "60").mkdir()  # vanished: its directory listed, its files gone
+    (tmp_path / "70/task/70").mkdir(parents=True)
+    monkeypatch.setattr(probes_procfs, "PROC", str(tmp_path))
+    ds, w = started(
+        ProcessStatsDataSource,
+        "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
+    )
+    w.wait(lambda ps: stats_of(ps, 70), "a poll")
+    procs = tree_processes(w.packets)
+    assert set(procs) == {1, 70, 80}
+    assert list(procs[70].cmdline) == ["app", "\ufffd\ufffd"]
+    assert procs[80].cmdline_is_comm and list(procs[80].cmdline) == ["kworker/0:1"]
+    assert tree_threads(w.packets)[71].tgid == 70
+    assert stats_of(w.packets, 1)[0].oom_score_adj == -1000
+    assert stats_of(w.packets, 70)[0].vm_rss_kb == 40
+    assert not stats_of(w.packets, 80) and not stats_of(w.packets, 50)
+
+
+@pytest.mark.parametrize("cls", [ProcessStatsDataSource, SysStatsDataSource])
+def test_an_instance_stopped_before_it_started_stops_quietly(cls, caplog):
+    ds, rec, cfg = cls(), FakeRecord(), config("sys_stats_config { meminfo_period_ms: 100 }")
+    ds._tb_attach(rec, PROBES, 1, cfg)
+    ds.on_setup(cfg)
+    ds.on_stop()
+    assert rec.w.packets == [] and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 def test_flush_reaches_the_writer(started):
     ds, w = started(ProcessStatsDataSource, "process_stats_config { }")
     ds.on_flush()
@@ -261,11 +333,11 @@ def test_unimplemented_fields_are_named_once(started, caplog):
         ProcessStatsDataSource,
         "process_stats_config { resolve_process_fds: true proc_stats_poll_ms: 10 }",
     )
-    started(SysStatsDataSource, "sys_stats_config { thermal_period_ms: 100 slab_period_ms: 100 }")
+    started(SysStatsDataSource, "sys_stats_config { devfreq_period_ms: 100 slab_period_ms: 100 }")
     lines = [r.getMessage() for r in caplog.records]
     assert "linux.process_stats: ignored: resolve_process_fds" in lines
     assert "linux.process_stats: proc_stats_poll_ms 10 raised to 100" in lines
-    assert "linux.sys_stats: ignored: thermal_period_ms, slab_period_ms" in lines
+    assert "linux.sys_stats: ignored: devfreq_period_ms, slab_period_ms" in lines
 
 
 def test_sys_stats_selected_counters_at_their_periods(started):
@@ -296,13 +368,40 @@ def test_sys_stats_selected_counters_at_their_periods(started):
     )
 
 
-def test_sys_stats_with_periods_that_are_not_multiples_polls_nothing(started, caplog):
+def test_sys_stats_thermal_zones_and_cpuidle_states(started, monkeypatch, tmp_path):
+    zone = tmp_path / "thermal_zone0"  # this VM has none: a fake sysfs class
+    zone.mkdir()
+    (zone / "temp").write_text("45500\n")
+    (zone / "type").write_text("acpitz\n")
+    (tmp_path / "cooling_device0").mkdir()
+    monkeypatch.setattr(probes_procfs, "SYS_THERMAL", str(tmp_path))
     ds, w = started(
-        SysStatsDataSource, "sys_stats_config { meminfo_period_ms: 100 vmstat_period_ms: 150 }"
+        SysStatsDataSource, "sys_stats_config { thermal_period_ms: 100 cpuidle_period_ms: 100 }"
     )
-    assert any("not integer multiples" in r.getMessage() for r in caplog.records)
-    ds.on_flush()
-    w.wait(lambda ps: w.flushes >= 1, "a flush")  # the thread ran, and wrote nothing
+    (packet,) = w.wait(lambda ps: ps[:1], "a tick")
+    (z,) = packet.sys_stats.thermal_zone
+    assert (z.name, z.temp, z.type) == ("thermal_zone0", 45, "acpitz")
+    idle = packet.sys_stats.cpuidle_state
+    assert [c.cpu_id for c in idle] == list(range(os.cpu_count() or 1))
+    cpu0 = Path("/sys/devices/system/cpu/cpu0/cpuidle")
+    states = sorted(p.name for p in cpu0.glob("state*"))  # none on a machine without cpuidle
+    names = [(cpu0 / s / "name").read_text().strip() for s in states]
+    assert [e.state for e in idle[0].cpuidle_state_entry] == names
+
+
+@pytest.mark.parametrize(
+    "periods, log",
+    [
+        ("meminfo_period_ms: 100 vmstat_period_ms: 150", "not integer multiples"),
+        ("devfreq_period_ms: 100 gpufreq_period_ms: 100", "ignored: devfreq_period_ms"),
+    ],
+)
+def test_sys_stats_with_nothing_it_can_poll_writes_nothing(started, caplog, periods, log):
+    ds, w = started(SysStatsDataSource, f"sys_stats_config {{ {periods} }}")
+    assert any(log in r.getMessage() for r in caplog.records)
+    for n in (1, 2):  # two flushes: a whole turn of the thread ran in between
+        ds.on_flush()
+        w.wait(lambda ps, n=n: w.flushes >= n, f"flush {n}")
     assert w.packets == []
 
 
@@ -379,3 +478,57 @@ def test_perfettos_memory_docs_config_names_every_process_at_start(probes):
             argv = [a.decode() for a in f.read().split(b"\0") if a]
         assert list(procs[pid].cmdline) == argv
     assert procs[1].ppid == 0 and 1 in tree_threads(packets)
+
+
+LATE_SPINNER = """
+import sys, time
+t = time.time()
+while time.time() - t < 1.0:
+    pass
+"""
+
+
+@pytest.mark.timeout(120)
+def test_processes_ftrace_sees_run_are_named_on_demand(rt: Runtime) -> None:
+    """Perfetto's Linux cookbook config (sched_switch + process_stats; 10 s shortened
+    to 3 s, and its scan_all_processes_on_start turned off, so that nothing but
+    linux.ftrace's pids can name a process) under `python -m actors.probes`: a
+    process that ftrace saw run is named, with its command line (traced's OnPids,
+    through actors.probes_bus)."""
+    from tests.ftrace_helpers import held_tracefs, remove_instances_of
+    from tests.test_probes_ftrace import recording_instance
+
+    replace = {"duration_ms: 10000": "duration_ms: 3000"}
+    replace["scan_all_processes_on_start: true"] = "scan_all_processes_on_start: false"
+    config = perfetto_config("docs-linux-cookbook-6.cfg", **replace)
+    with held_tracefs() as tfs:
+        rt.start_service()
+        argv = ["-m", "actors.probes", "--producer-endpoint", rt.producer_endpoint]
+        probes = rt.spawn("probes", argv)
+        rt.wait_registered(probes, "linux.ftrace", *SOURCES, name=PROBES)
+        spinner = None
+        try:
+            record, out = rt.start_record(config, "cookbook")
+            recording_instance(tfs, probes.pid)
+            spinner = subprocess.Popen([sys.executable, "-c", LATE_SPINNER, "late-spinner"])
+            spinner.wait(timeout=30)
+            _, err = rt.communicate(record, 60)
+            assert record.returncode == 0, err
+            packets = list(pb.Trace.FromString(out.read_bytes()).packet)
+        finally:
+            if spinner is not None and spinner.poll() is None:
+                spinner.kill()
+                spinner.wait()
+            rt.stop(probes)
+            remove_instances_of(tfs, [probes.pid])
+    switched_in: set[int] = set()
+    for p in packets:
+        if p.HasField("ftrace_events"):
+            bundle = p.ftrace_events
+            switched_in.update(bundle.compact_sched.switch_next_pid)
+            switched_in.update(
+                e.sched_switch.next_pid for e in bundle.event if e.HasField("sched_switch")
+            )
+    assert spinner.pid in switched_in
+    procs = tree_processes(packets)
+    assert list(procs[spinner.pid].cmdline)[-1] == "late-spinner"

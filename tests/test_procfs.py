@@ -89,6 +89,8 @@ def test_field_numbers_are_perfettos():
         sys_stats.DISK_STAT,
         sys_stats.PSI,
     ]
+    assert number(s, "thermal_zone") == sys_stats.THERMAL_ZONE
+    assert number(s, "cpuidle_state") == sys_stats.CPUIDLE_STATE
     cfg = pb.SysStatsConfig
     assert sys_stats.ALL_STAT_COUNTERS == {
         cfg.STAT_CPU_TIMES,
@@ -255,11 +257,14 @@ def test_poll_period_floor_and_cache_ttl_as_perfetto():
 
 
 def test_schedule_raises_short_periods_and_runs_each_source_at_its_multiple():
-    s = sys_stats.schedule({"meminfo": 5, "vmstat": 20, "stat": 30, "thermal": 10})
+    s = sys_stats.schedule({"meminfo": 5, "vmstat": 20, "stat": 30, "devfreq": 10})
     assert s.tick_ms == 10 and s.every == {"meminfo": 1, "vmstat": 2, "stat": 3}
     assert s.notes == ["meminfo_period_ms 5 is below 10 ms: raised"] and not s.error
     assert s.due(0) == ["meminfo", "vmstat", "stat"] and s.due(3) == ["meminfo", "stat"]
     assert sys_stats.schedule({}).tick_ms == 0
+    assert sys_stats.schedule({"devfreq": 100, "slab": 200}).tick_ms == 0  # none read here
+    s = sys_stats.schedule({"meminfo": 1000, "gpufreq": 100})  # the tick of all, as traced
+    assert s.tick_ms == 100 and s.every == {"meminfo": 10} and s.due(1) == []
 
 
 def test_periods_that_are_not_multiples_poll_nothing_as_perfetto():
@@ -330,6 +335,23 @@ def test_sys_stats_packet_decodes_with_perfettos_schema():
     assert [(i.irq, i.count) for i in s.num_softirq] == sample.softirqs
     assert [p.resource for p in s.psi] == [1, 2] and s.buddy_info[2].zone == "Normal"
     assert s.disk_stat[0].device_name == "loop0" and list(s.cpufreq_khz) == [0, 1800000]
+
+
+def test_thermal_and_cpuidle_decode_with_perfettos_schema():
+    parts = [
+        sys_stats.encode_thermal([("thermal_zone0", 45500, "x86_pkg_temp"), ("tz1", None, None)]),
+        sys_stats.encode_cpuidle([(0, [("POLL", 0), ("haltpoll idle", 30196249629)]), (1, [])]),
+    ]
+    s = pb.TracePacket.FromString(sys_stats.sys_stats_packet(1, parts, 2)).sys_stats
+    z0, z1 = s.thermal_zone
+    assert (z0.name, z0.temp, z0.type) == ("thermal_zone0", 45, "x86_pkg_temp")
+    assert z1.name == "tz1" and not z1.HasField("temp") and not z1.HasField("type")
+    c0, c1 = s.cpuidle_state
+    assert [(e.state, e.duration_us) for e in c0.cpuidle_state_entry] == [
+        ("POLL", 0), ("haltpoll idle", 30196249629)
+    ]  # fmt: skip
+    assert c1.cpu_id == 1 and not c1.cpuidle_state_entry
+    assert sys_stats.parse_uint("42\n") == 42 and sys_stats.parse_uint("-1") is None
 
 
 # -- random input never raises -----------------------------------------------------------

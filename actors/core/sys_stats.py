@@ -15,6 +15,11 @@ Sources and the SysStats fields they fill (as traced_probes' sys_stats_data_sour
     /proc/diskstats      disk_stat {device_name, read/write/discard sectors and ms,
                          flush count and ms}                          diskstat_period_ms
     cpuN/cpufreq/scaling_cur_freq  cpufreq_khz* (0 for a CPU without one)  cpufreq_period_ms
+    /sys/class/thermal/thermal_zone*  thermal_zone {name, temp (degrees C), type}
+                                                                      thermal_period_ms
+    cpuN/cpuidle/state*  cpuidle_state {cpu_id, cpuidle_state_entry {state (its name),
+                         duration_us (its time)}}                     cpuidle_period_ms
+(cpuN under /sys/devices/system/cpu)
 
 Counter selection: a config that lists no meminfo_counters (vmstat_counters,
 stat_counters) gets all of them; the /proc keys map to the enums through
@@ -23,8 +28,8 @@ Perfetto's tables (actors/core/sys_stats_keys.py).
 Periods: 0 = off; under 10 ms raised to 10 (Perfetto's floor). One tick runs at
 the smallest period, each source every period/tick ticks; periods that are not
 multiples of that tick disable polling altogether, as in Perfetto (the schedule
-carries the error, the shell logs it). Every tick writes one packet
-TracePacket{timestamp, sys_stats{..., collection_end_timestamp}}.
+carries the error, the shell logs it). Every tick at which a source is due
+writes one packet TracePacket{timestamp, sys_stats{..., collection_end_timestamp}}.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from shm.protozero import LEN, VARINT, tag, varint
 MEMINFO, VMSTAT, CPU_STAT, NUM_FORKS = 1, 2, 3, 4
 NUM_IRQ_TOTAL, NUM_IRQ, NUM_SOFTIRQ_TOTAL, NUM_SOFTIRQ = 5, 6, 7, 8
 COLLECTION_END, CPUFREQ_KHZ, BUDDY_INFO, DISK_STAT, PSI = 9, 11, 12, 13, 14
+THERMAL_ZONE, CPUIDLE_STATE = 15, 16
 TRACE_PACKET_TIMESTAMP, TRACE_PACKET_SYS_STATS = 8, 7
 
 # SysStatsConfig.StatCounters
@@ -57,7 +63,9 @@ PERIOD_FIELDS = (
     "meminfo", "vmstat", "stat", "devfreq", "cpufreq", "buddyinfo", "diskstat",
     "psi", "thermal", "cpuidle", "gpufreq", "slab",
 )  # fmt: skip
-IMPLEMENTED = frozenset(("meminfo", "vmstat", "stat", "cpufreq", "buddyinfo", "diskstat", "psi"))
+IMPLEMENTED = frozenset(
+    ("meminfo", "vmstat", "stat", "cpufreq", "buddyinfo", "diskstat", "psi", "thermal", "cpuidle")
+)
 
 
 # -- what to poll, and when ------------------------------------------------------------
@@ -94,8 +102,8 @@ def schedule(periods_ms: Mapping[str, int]) -> SysStatsSchedule:
     if any(ms % tick for ms in clamped.values()):
         out.error = "sys_stats periods are not integer multiples of each other: nothing polled"
         return out
-    out.tick_ms = tick
     out.every = {n: ms // tick for n, ms in clamped.items() if n in IMPLEMENTED}
+    out.tick_ms = tick if out.every else 0  # only sources not read: no ticks at all
     return out
 
 
@@ -211,6 +219,12 @@ def parse_diskstats(text: str) -> list[tuple[str, list[tuple[int, int]]]]:
     return out
 
 
+def parse_uint(text: str) -> int | None:
+    """A sysfs file holding one unsigned number; None if it does not."""
+    value = leading_int(text.strip())
+    return value if value is not None and value >= 0 else None
+
+
 def parse_cpufreq(text: str) -> int:
     """scaling_cur_freq in kHz; 0 when unreadable (an offline CPU), as Perfetto."""
     value = leading_int(text.strip())
@@ -278,6 +292,30 @@ def encode_diskstats(disks: Iterable[tuple[str, list[tuple[int, int]]]]) -> byte
 
 def encode_cpufreq(khz: Iterable[int]) -> bytes:
     return b"".join(_int(CPUFREQ_KHZ, f) for f in khz)
+
+
+def encode_thermal(zones: Iterable[tuple[str, int | None, str | None]]) -> bytes:
+    """(zone name, temperature in millidegrees or None, type or None) per zone."""
+    parts = []
+    for name, millideg, kind in zones:
+        body = _msg(1, name.encode("utf-8", "replace"))
+        if millideg is not None:
+            body += _int(2, millideg // 1000)
+        if kind is not None:
+            body += _msg(3, kind.encode("utf-8", "replace"))
+        parts.append(_msg(THERMAL_ZONE, body))
+    return b"".join(parts)
+
+
+def encode_cpuidle(cpus: Iterable[tuple[int, Sequence[tuple[str, int]]]]) -> bytes:
+    """(cpu, [(state name, time in us)]) per CPU."""
+    parts = []
+    for cpu, states in cpus:
+        entries = b"".join(
+            _msg(2, _msg(1, name.encode("utf-8", "replace")) + _int(2, us)) for name, us in states
+        )
+        parts.append(_msg(CPUIDLE_STATE, _int(1, cpu) + entries))
+    return b"".join(parts)
 
 
 _TIMESTAMP = tag(TRACE_PACKET_TIMESTAMP, VARINT)
