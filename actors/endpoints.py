@@ -32,9 +32,11 @@ CONSUMER_SOCKET = "consumer.sock"
 
 
 def runtime_dir() -> Path:
-    """The per-user runtime directory, created 0700 if missing."""
+    """The per-user runtime directory, created 0700 if missing: under
+    $XDG_RUNTIME_DIR when that names a directory (the spec says it exists; a stale
+    one, say from another login, must not make every command fail), else in /tmp."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(xdg) / "tracebus" if xdg else Path(f"/tmp/tracebus-{os.getuid()}")
+    path = Path(xdg) / "tracebus" if xdg and os.path.isdir(xdg) else Path(f"/tmp/tracebus-{os.getuid()}")
     return own_dir(path, 0o700)
 
 
