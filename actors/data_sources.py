@@ -47,9 +47,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any
 
-from actors.producer_sdk import DataSource
+from actors.producer_sdk import DataSource, ThreadedDataSource
 from actors.track_event import TrackEventSequence, boottime_ns
 from shm.protozero import LEN, VARINT, tag, varint
 from shm.writer import SMBExhaustedError, TraceWriter
@@ -96,32 +95,9 @@ def synthetic_packet(seed: int, counter: int, seq_value: int, size: int, last: b
     return _FOR_TESTING + varint(len(body)) + body
 
 
-class _Threaded(DataSource):
+class _Threaded(ThreadedDataSource):
     """A data source writing on one thread of its own, started by on_start. The
     thread flushes its writer when on_flush asks, even while it waits."""
-
-    def on_start(self, config: Any) -> None:
-        self._stopping = False
-        self._flush_wanted = False
-        self._wakeup = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
-        )
-        self._thread.start()
-
-    def on_stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        self._thread.join()
-
-    def on_flush(self) -> None:
-        self._flush_wanted = True
-        self._wakeup.set()
-
-    def _serve_flush(self, w: TraceWriter) -> None:
-        if self._flush_wanted:
-            self._flush_wanted = False
-            w.flush()
 
     def _pause(self, seconds: float, w: TraceWriter) -> bool:
         """Wait up to `seconds`, flushing `w` if asked meanwhile; True if stopping."""
@@ -135,9 +111,6 @@ class _Threaded(DataSource):
                 return False
             self._wakeup.wait(remaining)
             self._wakeup.clear()
-
-    def _run(self) -> None:
-        raise NotImplementedError
 
 
 class SyntheticDataSource(_Threaded):

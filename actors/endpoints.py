@@ -36,7 +36,9 @@ def runtime_dir() -> Path:
     $XDG_RUNTIME_DIR when that names a directory (the spec says it exists; a stale
     one, say from another login, must not make every command fail), else in /tmp."""
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(xdg) / "tracebus" if xdg and os.path.isdir(xdg) else Path(f"/tmp/tracebus-{os.getuid()}")
+    if xdg and os.path.isdir(xdg):
+        return own_dir(Path(xdg) / "tracebus", 0o700)
+    path = Path(f"/tmp/tracebus-{os.getuid()}")
     return own_dir(path, 0o700)
 
 

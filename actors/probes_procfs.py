@@ -46,7 +46,7 @@ from typing import Any
 
 from actors.core import procfs, sys_stats
 from actors.probes_bus import PIDS
-from actors.producer_sdk import DataSource, perfetto_config
+from actors.producer_sdk import ThreadedDataSource, perfetto_config
 from actors.track_event import boottime_ns
 from shm.writer import SMBExhaustedError, TraceWriter
 
@@ -110,33 +110,9 @@ def numeric_entries(path: str) -> Iterator[int]:
     return (int(n) for n in names if n.isdigit())
 
 
-class _PollingSource(DataSource):
+class _PollingSource(ThreadedDataSource):
     """One thread per instance: it waits for its next deadline or a wake-up, and
     serves flushes. Subclasses define _begin (first work) and _turn (each wake)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._stopping = False
-        self._flush_wanted = False
-        self._wakeup = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def on_start(self, config: Any) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
-        )
-        self._thread.start()
-
-    def on_stop(self) -> None:
-        """Also for an instance set up but never started (a session stopped first)."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def on_flush(self) -> None:
-        self._flush_wanted = True
-        self._wakeup.set()
 
     def _run(self) -> None:
         w = self.writer()
@@ -150,11 +126,6 @@ class _PollingSource(DataSource):
                     self._turn(w)
         finally:
             self.release_writer(w)
-
-    def _serve_flush(self, w: TraceWriter) -> None:
-        if self._flush_wanted:
-            self._flush_wanted = False
-            w.flush()
 
     def _write(self, w: TraceWriter, packet: bytes) -> None:
         try:

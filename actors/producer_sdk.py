@@ -55,6 +55,7 @@ flush() (or write).
 from __future__ import annotations
 
 import importlib
+import threading
 from typing import Any, ClassVar, Protocol
 
 from protos import tracebus_ipc_pb2 as ipc
@@ -147,6 +148,44 @@ class DataSource:
         self.target_buffer = config.target_buffer
         self.producer_name = producer_name
         self._tb_record = record
+
+
+class ThreadedDataSource(DataSource):
+    """A data source that writes on one thread of its own: on_start runs `_run` on
+    it; on_stop sets `_stopping`, wakes it (`_wakeup`) and joins it, also for an
+    instance set up but never started (a session stopped first); on_flush sets a
+    flag the thread serves with `_serve_flush(w)` wherever it waits."""
+
+    _thread: threading.Thread | None = None
+
+    def __init__(self) -> None:
+        self._stopping = False
+        self._flush_wanted = False
+        self._wakeup = threading.Event()
+
+    def on_start(self, config: Any) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.name}#{self.instance_id}", daemon=True
+        )
+        self._thread.start()
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def on_flush(self) -> None:
+        self._flush_wanted = True
+        self._wakeup.set()
+
+    def _serve_flush(self, w: TraceWriter) -> None:
+        if self._flush_wanted:
+            self._flush_wanted = False
+            w.flush()
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
 
 def perfetto_config(config: Any) -> Any:
