@@ -55,7 +55,16 @@ class FtraceInstance:
         self.enabled: list[tuple[str, str]] = []
         self._fds: dict[int, int] = {}
         self._closed = False
+        self._lock = threading.Lock()  # close() from the stop and from atexit
         self.read_errors = 0  # reads the kernel failed (not EAGAIN)
+        # An open file of the instance makes the kernel refuse its rmdir (EBUSY):
+        # held from creation to close(), it keeps any other process's stale-instance
+        # cleanup off a live instance, whatever that cleanup thinks of our pid.
+        self._pin: int | None = None
+        try:
+            self._pin = os.open(self.dir.path("tracing_on"), os.O_RDONLY)
+        except OSError:
+            pass  # unpinned: the cleanup's pid check is all that protects it
 
     @classmethod
     def create(cls, tfs: Tracefs) -> FtraceInstance:
@@ -179,15 +188,18 @@ class FtraceInstance:
             pass  # close() removes it anyway
 
     def close(self) -> None:
-        """Close the readers and remove the instance (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        _live.discard(self)
-        remove_instance(self.tfs, self.name)
+        """Close the readers and remove the instance (idempotent). OSError if the
+        kernel refuses the removal: the instance stays on the list, retried at exit."""
+        with self._lock:
+            if self._closed:
+                return
+            for fd in [*self._fds.values(), *([self._pin] if self._pin is not None else [])]:
+                os.close(fd)
+            self._fds.clear()
+            self._pin = None
+            remove_instance(self.tfs, self.name)
+            self._closed = True
+            _live.discard(self)
 
 
 def _subdirs(path: str) -> list[str]:

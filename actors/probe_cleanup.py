@@ -97,9 +97,10 @@ class ProbeCleanup:
         self.proc = None
 
     def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
-        """Wait for a run in progress (at most `timeout` seconds, then kill it);
-        a run asked for meanwhile, or after a process still running, is dropped: the
-        next probes start does it."""
+        """Wait for a run in progress (at most `timeout` seconds, then kill it), then
+        do the run asked for meanwhile, if any, before returning (a probes process
+        killed in a teardown is cleaned up after); a run for a process still
+        running is dropped: the next probes start does it."""
         for pidfd in self.watched:
             self.loop.remove(pidfd)
             os.close(pidfd)
@@ -107,11 +108,19 @@ class ProbeCleanup:
         proc = self.proc
         if proc is None:
             return
+        self._wait(proc, timeout)
+        self._forget()
+        if self.again:
+            self.again = False
+            try:
+                self._wait(subprocess.Popen(cleanup_argv(), stdin=subprocess.DEVNULL), timeout)
+            except OSError as e:
+                self.say(f"cannot run the ftrace cleanup: {e}")
+
+    def _wait(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.say("the ftrace cleanup did not end in time: killing it")
             proc.kill()
             proc.wait()
-        self.again = False
-        self._forget()

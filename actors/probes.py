@@ -116,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--smb-size-kb", type=int, default=SMB_SIZE_KB, help="SMB size hint")
     parser.add_argument("--page-size-kb", type=int, default=PAGE_SIZE_KB, help="page size hint")
     parser.add_argument(
-        "--policy", choices=("drop", "stall", "stall_then_drop"), default="drop"
+        "--policy",
+        choices=("drop", "stall", "stall_then_drop"),
+        default="stall",
+        help="when the SMB is full (default stall: traced_probes' writers stall)",
     )  # actors.producer.POLICIES, not imported here: it loads ZeroMQ
     parser.add_argument("--no-ftrace", action="store_true", help="do not host linux.ftrace")
     parser.add_argument(

@@ -34,6 +34,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from actors.core.ftrace_encode import FtraceTranslator
@@ -183,15 +184,20 @@ class FtraceDataSource(DataSource):
             self._wakeup.wait(period)
             self._wakeup.clear()
             if self._drain is not None:
-                self._drain.drain(w)
-            if self._flush_wanted:
-                self._flush_wanted = False
-                w.flush()
+                self._drain.drain(w, between_passes=lambda: self._serve_flush(w))
+            self._serve_flush(w)
         if self._drain is not None:
             self._drain.drain(w)
             self._write(w, self._stats_packet(END_OF_TRACE))
             self._drain.log_totals(self.instance_id)
         w.flush()
+
+    def _serve_flush(self, w: TraceWriter) -> bool:
+        """Flush `w` if asked; True once the instance is stopping."""
+        if self._flush_wanted:
+            self._flush_wanted = False
+            w.flush()
+        return self._stopping
 
     def _stats_packet(self, phase: int) -> bytes:
         cpu_stats: list[CpuStats] = []
@@ -225,8 +231,10 @@ class _Drain:
         self.lost_events = 0
         self.errors = 0
 
-    def drain(self, w: TraceWriter) -> None:
-        """Everything the kernel holds now, CPU by CPU, in passes of bounded size."""
+    def drain(self, w: TraceWriter, between_passes: Callable[[], bool] = lambda: False) -> None:
+        """Everything the kernel holds now, CPU by CPU, in passes of bounded size.
+        Between passes (a rate that keeps the buffers full never lets the loop end by
+        itself) `between_passes` serves flushes; True from it ends the drain."""
         more = True
         while more:
             more = False
@@ -239,6 +247,8 @@ class _Drain:
                     self._write_bundle(w, cpu, pages, pids, renamed)
             if pids or renamed:
                 PIDS.publish(self.session, pids, renamed)
+            if more and between_passes():
+                return
 
     def _write_bundle(
         self, w: TraceWriter, cpu: int, pages: list[bytes], pids: set[int], renamed: set[int]

@@ -355,6 +355,9 @@ class ProcessStatsDataSource(_PollingSource):
     def _poll(self, w: TraceWriter) -> None:
         ts = boottime_ns()
         live = list(numeric_entries(PROC))
+        for pid in live:  # a pid once a thread's tid (tgid alive): a new process now
+            if self._seen.get(pid, pid) != pid:
+                del self._seen[pid]
         self._emit(w, procfs.process_stats_packet, ts, self._stats_entries(live))
         self._forget_gone(live)
         self._ticks += 1

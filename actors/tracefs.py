@@ -5,20 +5,24 @@ Contract (what the probes producer, the service's cleanup and the tests rely on)
 - `open_tracefs(allow_mount=True) -> Tracefs | str`: a usable tracefs, or the
   reason there is none (one sentence a user can act on). In this order:
   `$TRACEBUS_TRACEFS` (a tracefs directory given explicitly); an existing tracefs
-  (or debugfs `tracing/`) mount from /proc/self/mounts; else, as root and only
-  while the process is single-threaded, a PRIVATE mount: unshare(CLONE_NEWNS),
-  "/" made rprivate, tracefs mounted at /sys/kernel/tracing inside that
-  namespace. Nobody else sees that mount and it dies with the process, even
-  after SIGKILL. The first result is kept: `shared_tracefs()` returns it to the
-  data sources (actors.probes calls open_tracefs first thing in main, before
-  zmq starts threads; unshare is impossible afterwards).
+  mount from /proc/self/mounts (never a debugfs `tracing/` that is not mounted
+  yet: a look into it would automount tracefs here, for good); else, as root and
+  only while the process is single-threaded, a PRIVATE mount: unshare(CLONE_NEWNS),
+  "/" made a recursive slave (unmounts outside still reach it), tracefs mounted
+  at /sys/kernel/tracing inside that namespace. Nobody else sees that mount and
+  it dies with the process, even after SIGKILL. The first result is kept:
+  `shared_tracefs()` returns it to the data sources (actors.probes calls
+  open_tracefs first thing in main, before zmq starts threads; unshare is
+  impossible afterwards).
 - Instances: tracebus works only in `instances/tracebus-<pid>` (a second
   concurrent one of the same process: `tracebus-<pid>-<n>`). It never writes a
   setting of the top-level instance, which other tools own.
 - `remove_stale_instances(tfs)`: every tracebus instance whose process is gone is
-  disabled and removed. A pid that is alive keeps its instance unless that
-  process started after the instance was created (the pid was reused): a live
-  creator's instance is never removed.
+  removed (rmdir only: an owner holds a file of its instance open, so the kernel
+  refuses to remove a live one, and nothing is turned off before that). A pid
+  that is alive keeps its instance unless that process started after the
+  instance was created (the pid was reused): a live creator's instance is never
+  removed.
 - `kernel_state(tfs)`: the global ftrace settings and the instance list, to
   compare before/after a session; `python -m actors.tracefs --state` prints it
   as JSON and `--cleanup` removes stale instances (both mount privately
@@ -48,7 +52,7 @@ _INSTANCE_NAME = re.compile(r"^tracebus-(\d+)(?:-(\d+))?$")
 # <sched.h>, <sys/mount.h>
 _CLONE_NEWNS = 0x00020000
 _MS_REC = 0x4000
-_MS_PRIVATE = 1 << 18
+_MS_SLAVE = 1 << 19
 
 # A rmdir the kernel refuses while a reader still closes its files: a few tries.
 _RMDIR_TRIES = 20
@@ -131,10 +135,11 @@ def mounted_tracefs(mounts_text: str | None = None) -> str | None:
         if len(parts) < 3:
             continue
         mount_point = parts[1].replace("\\040", " ")
+        # Only tracefs mounts: a debugfs's tracing/ that is not mounted yet would be
+        # automounted in this (the root) namespace by merely looking at it, and
+        # stay. Where it is mounted, it is listed here as tracefs.
         if parts[2] == "tracefs":
-            candidates.insert(0, mount_point)
-        elif parts[2] == "debugfs":
-            candidates.append(os.path.join(mount_point, "tracing"))
+            candidates.append(mount_point)
     return next((c for c in candidates if _looks_like_tracefs(c)), None)
 
 
@@ -164,7 +169,9 @@ def _mount_privately() -> Tracefs | str:
     libc = ctypes.CDLL(None, use_errno=True)
     steps = (
         ("unshare(CLONE_NEWNS)", lambda: libc.unshare(_CLONE_NEWNS)),
-        ("making / private", lambda: libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None)),
+        # A slave, not private: our mount stays ours, and a filesystem unmounted
+        # outside goes here too (not kept busy while the probes run).
+        ("making / a slave", lambda: libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None)),
         (f"mount -t tracefs {MOUNT_POINT}",
          lambda: libc.mount(b"nodev", MOUNT_POINT.encode(), b"tracefs", 0, None)),
     )  # fmt: skip
@@ -208,24 +215,28 @@ def create_instance(tfs: Tracefs, name: str) -> Tracefs:
     return tfs.instance(name)
 
 
-def remove_instance(tfs: Tracefs, name: str) -> None:
-    """Stop the instance recording and remove it. The kernel refuses (EBUSY) while a
-    file of the instance is still open: retried briefly, then OSError."""
-    inst = tfs.instance(name)
-    for setting, value in (("tracing_on", "0"), ("events/enable", "0")):
-        try:
-            inst.write(setting, value)
-        except OSError:
-            pass  # removal below is what matters; it also disables everything
+def remove_instance(tfs: Tracefs, name: str, *, owner: bool = True) -> None:
+    """Remove the instance (the kernel stops it recording). The kernel refuses (EBUSY)
+    while a file of the instance is still open. Its owner first turns it off and
+    retries briefly; anyone else only tries rmdir once, so that an instance still
+    in use (its owner alive after all) is left exactly as it was. OSError if refused."""
+    if owner:
+        inst = tfs.instance(name)
+        for setting, value in (("tracing_on", "0"), ("events/enable", "0")):
+            try:
+                inst.write(setting, value)
+            except OSError:
+                pass  # removal below is what matters; it also disables everything
     path = tfs.path(os.path.join("instances", name))
-    for attempt in range(_RMDIR_TRIES):
+    tries = _RMDIR_TRIES if owner else 1
+    for attempt in range(tries):
         try:
             os.rmdir(path)
             return
         except FileNotFoundError:
             return
         except OSError as e:
-            if e.errno != errno.EBUSY or attempt == _RMDIR_TRIES - 1:
+            if e.errno != errno.EBUSY or attempt == tries - 1:
                 raise
             time.sleep(_RMDIR_PAUSE_S)
 
@@ -238,7 +249,7 @@ def remove_stale_instances(tfs: Tracefs) -> list[str]:
         if pid is None or _creator_alive(pid, tfs.path(os.path.join("instances", name))):
             continue
         try:
-            remove_instance(tfs, name)
+            remove_instance(tfs, name, owner=False)
         except OSError as e:
             _log.warning("could not remove stale ftrace instance %s: %s", name, e)
             continue

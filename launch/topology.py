@@ -118,7 +118,7 @@ class ProducerGroup:
     count: int = 1
     smb_size_kb: int | None = None
     page_size_kb: int | None = None
-    policy: str = "drop"
+    policy: str | None = None  # None: the program's own default (drop; stall for the probes)
     env: tuple[tuple[str, str], ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     pythonpath: tuple[Path, ...] = ()
@@ -144,7 +144,8 @@ class ProducerGroup:
             argv += ["--smb-size-kb", str(self.smb_size_kb)]
         if self.page_size_kb is not None:
             argv += ["--page-size-kb", str(self.page_size_kb)]
-        argv += ["--policy", self.policy]
+        if self.policy is not None:
+            argv += ["--policy", self.policy]
         for name in self.data_sources:
             if name not in BUILTIN_DATA_SOURCES and not self.probes:
                 argv += ["--data-source", name]

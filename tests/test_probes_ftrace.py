@@ -80,7 +80,10 @@ def recording_instance_named(tfs: Tracefs, name: str) -> Tracefs:
     inst = tfs.instance(name)
 
     def started() -> bool:
-        return "[boot]" in inst.read("trace_clock") and inst.read("tracing_on") == "1\n"
+        try:  # the kernel lists a new instance before it has made all of its files
+            return "[boot]" in inst.read("trace_clock") and inst.read("tracing_on") == "1\n"
+        except FileNotFoundError:
+            return False
 
     wait_for(started, 20, f"{name} started")
     return inst

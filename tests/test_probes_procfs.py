@@ -251,17 +251,18 @@ def test_clear_incremental_state_forgets_what_was_written(started):
 
 
 def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(started, monkeypatch):
-    monkeypatch.setattr(probes_procfs, "PACKET_BYTES", 200)
+    # About two processes a packet: any machine has more with memory (init, pytest).
+    monkeypatch.setattr(probes_procfs, "PACKET_BYTES", 60)
     ds, w = started(
         ProcessStatsDataSource,
         "process_stats_config { scan_all_processes_on_start: true proc_stats_poll_ms: 100 }",
     )
-    stats = w.wait(
-        lambda ps: (
-            [p for p in ps if p.HasField("process_stats")] if stats_of(ps, os.getpid()) else []
-        ),
-        "a poll that reached this process",
-    )
+
+    def two_polls(ps):  # the first complete: the second one started after it
+        stats = [p for p in ps if p.HasField("process_stats")]
+        return stats if stats_of(ps, os.getpid()) and len({p.timestamp for p in stats}) > 1 else []
+
+    stats = w.wait(two_polls, "a poll that reached this process, then another")
     trees = [p for p in w.packets if p.HasField("process_tree")]
     scan = [p for p in trees if p.timestamp == trees[0].timestamp]
     assert len(scan) > 1 and all(len(p.SerializeToString()) < 4096 for p in scan)

@@ -266,7 +266,8 @@ def test_minimal_producer_group_defaults(base: Path) -> None:
     assert topo.producers == (ProducerGroup(name="p", kind="builtin"),)
     group = topo.producers[0]
     assert (group.count, group.smb_size_kb, group.page_size_kb) == (1, None, None)
-    assert group.policy == "drop"
+    # No policy given: the program's own default (actors.producer drops, the probes stall).
+    assert group.policy is None and "--policy" not in group.producer_argv("python", "ipc://x")
     assert group.restart == RestartPolicy("never", 0)
     assert topo.consumers == ()
 
@@ -382,7 +383,7 @@ def test_instance_names_and_argv(base: Path) -> None:
         "--producer-endpoint", "ipc:///r/p.sock",
     ]  # fmt: skip
     assert many.argv("/py", "EP") == [
-        "/py", "-m", "actors.producer", "--name", "many.modules-1", "--policy", "drop",
+        "/py", "-m", "actors.producer", "--name", "many.modules-1",
         "--module", "a.b", "--module", "c", "--producer-endpoint", "EP",
     ]  # fmt: skip
     assert legacy.argv("/py", "EP") == ["/py", "legacy_app.py", "--label", "two words"]

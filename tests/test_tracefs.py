@@ -6,6 +6,7 @@ the reason otherwise) and remove every instance they create, even on failure.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from actors import tracefs
+from actors.ftrace_instance import FtraceInstance
 from actors.tracefs import Tracefs
 from tests.ftrace_helpers import held_tracefs, instances_of, remove_instances_of, settings
 
@@ -46,7 +48,7 @@ def fake_tracefs(path: Path) -> Path:
     return path
 
 
-def test_mounts_prefer_tracefs_over_debugfs(tmp_path: Path) -> None:
+def test_only_tracefs_mounts_count_never_a_debugfs_tracing_dir(tmp_path: Path) -> None:
     t = fake_tracefs(tmp_path / "t")
     d = fake_tracefs(tmp_path / "d" / "tracing")
     mounts = (
@@ -55,7 +57,9 @@ def test_mounts_prefer_tracefs_over_debugfs(tmp_path: Path) -> None:
         "proc /proc proc rw 0 0\n"
     )
     assert tracefs.mounted_tracefs(mounts) == str(t)
-    assert tracefs.mounted_tracefs(f"debugfs {tmp_path / 'd'} debugfs rw 0 0\n") == str(d)
+    # Looking into debugfs's tracing/ would automount tracefs in this namespace, for good.
+    assert tracefs.mounted_tracefs(f"debugfs {tmp_path / 'd'} debugfs rw 0 0\n") is None
+    assert tracefs.mounted_tracefs(f"nodev {d} tracefs rw 0 0\n") == str(d)
     assert tracefs.mounted_tracefs("proc /proc proc rw 0 0\nbroken\n") is None
 
 
@@ -200,3 +204,19 @@ def test_a_killed_owner_leaves_an_instance_that_cleanup_removes(tfs: Tracefs) ->
             owner.kill()
             owner.wait()
         remove_instances_of(tfs, [owner.pid])
+
+
+def test_a_live_instance_misjudged_stale_keeps_recording(tfs: Tracefs) -> None:
+    """Whatever a cleanup thinks of the owner's pid (a clock step, another pid
+    namespace), the owner's open file makes the kernel refuse the rmdir, and a
+    cleanup that is not the owner never turns anything off first."""
+    inst = FtraceInstance.create(tfs)
+    try:
+        inst.dir.write("tracing_on", "1")
+        with pytest.raises(OSError) as refused:
+            tracefs.remove_instance(tfs, inst.name, owner=False)
+        assert refused.value.errno == errno.EBUSY
+        assert inst.dir.read("tracing_on") == "1\n" and inst.name in tfs.instance_names()
+    finally:
+        inst.close()
+    assert inst.name not in tfs.instance_names()

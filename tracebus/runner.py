@@ -316,10 +316,12 @@ def record(config: TraceConfig, out: Path, argv: Sequence[str], *, probes: bool 
             run_probes.start()
         return _record_command(config, out, argv, *running)
     finally:
-        if run_probes is not None:
-            run_probes.stop()
-        if own is not None:
-            own.stop()
+        try:
+            if run_probes is not None:
+                run_probes.stop()
+        finally:  # a second Ctrl-C in the probes' stop still stops our own service
+            if own is not None:
+                own.stop()
         for signum, handler in saved.items():
             signal.signal(signum, handler)
 
