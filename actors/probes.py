@@ -30,8 +30,10 @@ probes process does not leave the kernel tracing. It prints one line per
 instance removed, nothing when there was nothing to do, and exits 0 (1 if an
 instance could not be removed).
 
-The SMB defaults to Perfetto's traced_probes hints (2 MiB of 32 KiB pages):
-ftrace bundles are large and come in bursts.
+The SMB defaults to Perfetto's traced_probes hints (2 MiB of 32 KiB pages) and
+its writers stall when it is full, as traced_probes' do: ftrace bundles are large
+and come in bursts, and a drain that waits loses nothing (the kernel's buffer
+holds the events meanwhile, and counts what it has to overwrite).
 """
 
 from __future__ import annotations
