@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracebus._children import log_tail, say, terminate
+
 if TYPE_CHECKING:
     from actors.consumer import Consumer
 
@@ -32,10 +34,6 @@ PROBE_DATA_SOURCES = ("linux.ftrace", "linux.process_stats", "linux.sys_stats")
 REGISTER_TIMEOUT = 15.0  # a cold interpreter on a loaded machine
 STOP_TIMEOUT = 10.0  # it stops its data sources, commits, removes its ftrace instance
 POLL_S = 0.05
-
-
-def _say(message: str) -> None:
-    print(f"tracebus: {message}", file=sys.stderr, flush=True)
 
 
 def probes_connected(state: Any) -> Any:
@@ -65,17 +63,17 @@ class RunProbes:
         try:
             consumer = Consumer.connect(self.consumer_endpoint)
         except ConsumerError as e:
-            _say(f"not starting the system probes: {e}")
+            say(f"not starting the system probes: {e}")
             return
         try:
             present = probes_connected(consumer.query_state())
             if present is not None:
-                _say(f"using the system probes connected already (pid {present.pid})")
+                say(f"using the system probes connected already (pid {present.pid})")
                 return
             self._spawn()
             self._wait_registered(consumer)
         except ConsumerError as e:
-            _say(f"the system probes may miss the session's start: {e}")
+            say(f"the system probes may miss the session's start: {e}")
         finally:
             consumer.close()
 
@@ -89,7 +87,7 @@ class RunProbes:
                 argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True
             )
         except OSError as e:
-            _say(f"cannot start the system probes: {e}")
+            say(f"cannot start the system probes: {e}")
         finally:
             os.close(fd)
 
@@ -101,11 +99,11 @@ class RunProbes:
             if self._registered(consumer.query_state()):
                 return
             if time.monotonic() > deadline:
-                _say(f"the system probes did not register within {REGISTER_TIMEOUT:g} s")
+                say(f"the system probes did not register within {REGISTER_TIMEOUT:g} s")
                 return
             time.sleep(POLL_S)  # polling the service's state: nothing to wait on
         if self.proc is not None:
-            _say(f"the system probes exited with {self.proc.returncode}:\n{self._log_tail()}")
+            say(f"the system probes exited with {self.proc.returncode}:\n{log_tail(self.log)}")
 
     def _registered(self, state: Any) -> bool:
         """Connected: its data sources follow in the same burst, and one that
@@ -113,27 +111,13 @@ class RunProbes:
         assert self.proc is not None, "asked only while our probes run"
         return any(p.pid == self.proc.pid for p in state.producers)
 
-    def _log_tail(self) -> str:
-        try:
-            text = self.log.read_text(errors="replace") if self.log else ""
-        except OSError:
-            text = ""
-        return text[-2000:].strip() or "(no output)"
-
     def stop(self) -> None:
         """SIGTERM (the probes stop their instances, remove their ftrace instance),
         SIGKILL if they hang; their log removed (printed first if they failed)."""
         proc = self.proc
         if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    _say("the system probes did not stop in time: killing them")
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, STOP_TIMEOUT, "the system probes")
             if proc.returncode not in (0, -signal.SIGTERM):
-                _say(f"the system probes exited with {proc.returncode}:\n{self._log_tail()}")
+                say(f"the system probes exited with {proc.returncode}:\n{log_tail(self.log)}")
         if self.log is not None:
             self.log.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ from actors.endpoints import (
     default_producer_endpoint,
     socket_answers,
 )
+from tracebus._children import log_tail, say, terminate
 
 if TYPE_CHECKING:
     from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TraceConfig
@@ -77,10 +78,6 @@ class RunError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _say(message: str) -> None:
-    print(f"tracebus: {message}", file=sys.stderr, flush=True)
 
 
 def default_config() -> TraceConfig:
@@ -130,29 +127,17 @@ class OwnService:
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None  # reported here; stop() only removes the directory
-                raise RunError(f"could not start a tracing service:\n{self._log_tail()}")
+                raise RunError(f"could not start a tracing service:\n{log_tail(self.log)}")
             time.sleep(0.02)  # polling a socket file: nothing to wait on
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-2000:].strip() or "(no output)"
-        except OSError:
-            return "(no output)"
 
     def stop(self) -> None:
         """SIGTERM (the service frees its sessions, SMBs and sockets), SIGKILL if it
         hangs, then remove the directory and whatever it left in it."""
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(SERVICE_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _say("the tracing service did not stop in time: killing it")
-                proc.kill()
-                proc.wait()
-        elif proc is not None and proc.returncode:  # it died on its own: say how
-            _say(f"the tracing service exited with {proc.returncode}:\n{self._log_tail()}")
+        if proc is not None:
+            if proc.poll():  # it died on its own: say how
+                say(f"the tracing service exited with {proc.returncode}:\n{log_tail(self.log)}")
+            terminate(proc, SERVICE_STOP_TIMEOUT, "the tracing service")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -308,7 +293,7 @@ def record(config: TraceConfig, out: Path, argv: Sequence[str], *, probes: bool 
         running = _running_service()
         if running is None:
             own = OwnService()
-            _say(f"no tracing service running: starting one in {own.dir}")
+            say(f"no tracing service running: starting one in {own.dir}")
             own.start()
             running = own.producer_endpoint, own.consumer_endpoint
         if probes:
@@ -365,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         _parser().print_usage(sys.stderr)
-        _say("error: no command to run (put it after --)")
+        say("error: no command to run (put it after --)")
         return EXIT_USAGE
     try:
         check_command(command)
@@ -373,8 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_output(args.out, config)
         return record(config, Path(args.out), command, probes=not args.no_probes)
     except RunError as e:
-        _say(str(e))
+        say(str(e))
         return e.code
     except KeyboardInterrupt:  # before the command ran (while our service started)
-        _say("interrupted")
+        say("interrupted")
         return 130
