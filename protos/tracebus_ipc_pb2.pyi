@@ -121,14 +121,16 @@ class UnregisterTraceWriterRequest(_message.Message):
 class CommitDataRequest(_message.Message):
     __slots__ = ("chunks_to_move", "chunks_to_patch", "flush_request_id", "writer_stats")
     class ChunkToMove(_message.Message):
-        __slots__ = ("page", "chunk", "target_buffer")
+        __slots__ = ("page", "chunk", "target_buffer", "data")
         PAGE_FIELD_NUMBER: _ClassVar[int]
         CHUNK_FIELD_NUMBER: _ClassVar[int]
         TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+        DATA_FIELD_NUMBER: _ClassVar[int]
         page: int
         chunk: int
         target_buffer: int
-        def __init__(self, page: _Optional[int] = ..., chunk: _Optional[int] = ..., target_buffer: _Optional[int] = ...) -> None: ...
+        data: bytes
+        def __init__(self, page: _Optional[int] = ..., chunk: _Optional[int] = ..., target_buffer: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
     class Patch(_message.Message):
         __slots__ = ("offset", "data")
         OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -394,18 +396,20 @@ class QueryServiceStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QueryServiceStateResponse(_message.Message):
-    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers", "refusals", "truncated")
+    __slots__ = ("producers", "data_sources", "sessions", "peers_given_up", "departed_producers", "refusals", "truncated", "machines")
     class Producer(_message.Message):
-        __slots__ = ("id", "name", "uid", "pid")
+        __slots__ = ("id", "name", "uid", "pid", "machine_id")
         ID_FIELD_NUMBER: _ClassVar[int]
         NAME_FIELD_NUMBER: _ClassVar[int]
         UID_FIELD_NUMBER: _ClassVar[int]
         PID_FIELD_NUMBER: _ClassVar[int]
+        MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
         id: int
         name: str
         uid: int
         pid: int
-        def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+        machine_id: int
+        def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., uid: _Optional[int] = ..., pid: _Optional[int] = ..., machine_id: _Optional[int] = ...) -> None: ...
     class DataSource(_message.Message):
         __slots__ = ("producer_id", "descriptor")
         PRODUCER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -446,6 +450,19 @@ class QueryServiceStateResponse(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class Machine(_message.Message):
+        __slots__ = ("id", "name", "connected", "producers", "relay_key")
+        ID_FIELD_NUMBER: _ClassVar[int]
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        CONNECTED_FIELD_NUMBER: _ClassVar[int]
+        PRODUCERS_FIELD_NUMBER: _ClassVar[int]
+        RELAY_KEY_FIELD_NUMBER: _ClassVar[int]
+        id: int
+        name: str
+        connected: bool
+        producers: int
+        relay_key: str
+        def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., connected: _Optional[bool] = ..., producers: _Optional[int] = ..., relay_key: _Optional[str] = ...) -> None: ...
     PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     DATA_SOURCES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +470,7 @@ class QueryServiceStateResponse(_message.Message):
     DEPARTED_PRODUCERS_FIELD_NUMBER: _ClassVar[int]
     REFUSALS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    MACHINES_FIELD_NUMBER: _ClassVar[int]
     producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     data_sources: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.DataSource]
     sessions: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Session]
@@ -460,7 +478,8 @@ class QueryServiceStateResponse(_message.Message):
     departed_producers: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Producer]
     refusals: _containers.ScalarMap[str, int]
     truncated: bool
-    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., refusals: _Optional[_Mapping[str, int]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    machines: _containers.RepeatedCompositeFieldContainer[QueryServiceStateResponse.Machine]
+    def __init__(self, producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., data_sources: _Optional[_Iterable[_Union[QueryServiceStateResponse.DataSource, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[QueryServiceStateResponse.Session, _Mapping]]] = ..., peers_given_up: _Optional[_Union[QueryServiceStateResponse.PeersGivenUp, _Mapping]] = ..., departed_producers: _Optional[_Iterable[_Union[QueryServiceStateResponse.Producer, _Mapping]]] = ..., refusals: _Optional[_Mapping[str, int]] = ..., truncated: _Optional[bool] = ..., machines: _Optional[_Iterable[_Union[QueryServiceStateResponse.Machine, _Mapping]]] = ...) -> None: ...
 
 class ObserveEventsRequest(_message.Message):
     __slots__ = ("types",)
@@ -647,3 +666,102 @@ class ServiceToConsumer(_message.Message):
     attach: AttachResponse
     clone_session: CloneSessionResponse
     def __init__(self, request_id: _Optional[int] = ..., hello: _Optional[_Union[HelloReply, _Mapping]] = ..., enable_tracing: _Optional[_Union[EnableTracingResponse, _Mapping]] = ..., flush: _Optional[_Union[FlushConsumerResponse, _Mapping]] = ..., read_buffers: _Optional[_Union[ReadBuffersResponse, _Mapping]] = ..., trace_stats: _Optional[_Union[GetTraceStatsResponse, _Mapping]] = ..., service_state: _Optional[_Union[QueryServiceStateResponse, _Mapping]] = ..., events: _Optional[_Union[ObservableEvents, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., attach: _Optional[_Union[AttachResponse, _Mapping]] = ..., clone_session: _Optional[_Union[CloneSessionResponse, _Mapping]] = ...) -> None: ...
+
+class InitRelay(_message.Message):
+    __slots__ = ("hello", "machine_name", "machine_id_hint", "system_info")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_NAME_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_HINT_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_INFO_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    machine_name: str
+    machine_id_hint: str
+    system_info: bytes
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., machine_name: _Optional[str] = ..., machine_id_hint: _Optional[str] = ..., system_info: _Optional[bytes] = ...) -> None: ...
+
+class InitRelayResponse(_message.Message):
+    __slots__ = ("hello", "machine_id")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    hello: HelloReply
+    machine_id: int
+    def __init__(self, hello: _Optional[_Union[HelloReply, _Mapping]] = ..., machine_id: _Optional[int] = ...) -> None: ...
+
+class ClockValue(_message.Message):
+    __slots__ = ("clock_id", "timestamp")
+    CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    clock_id: int
+    timestamp: int
+    def __init__(self, clock_id: _Optional[int] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class SyncClock(_message.Message):
+    __slots__ = ("phase", "round", "burst", "clocks", "client_round_trip_ns")
+    class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PHASE_UNSPECIFIED: _ClassVar[SyncClock.Phase]
+        PING: _ClassVar[SyncClock.Phase]
+        UPDATE: _ClassVar[SyncClock.Phase]
+    PHASE_UNSPECIFIED: SyncClock.Phase
+    PING: SyncClock.Phase
+    UPDATE: SyncClock.Phase
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    CLOCKS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ROUND_TRIP_NS_FIELD_NUMBER: _ClassVar[int]
+    phase: SyncClock.Phase
+    round: int
+    burst: int
+    clocks: _containers.RepeatedCompositeFieldContainer[ClockValue]
+    client_round_trip_ns: int
+    def __init__(self, phase: _Optional[_Union[SyncClock.Phase, str]] = ..., round: _Optional[int] = ..., burst: _Optional[int] = ..., clocks: _Optional[_Iterable[_Union[ClockValue, _Mapping]]] = ..., client_round_trip_ns: _Optional[int] = ...) -> None: ...
+
+class SyncClockResponse(_message.Message):
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
+
+class RelayLoss(_message.Message):
+    __slots__ = ("buffers",)
+    class Buffer(_message.Message):
+        __slots__ = ("target_buffer", "chunks", "bytes")
+        TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
+        CHUNKS_FIELD_NUMBER: _ClassVar[int]
+        BYTES_FIELD_NUMBER: _ClassVar[int]
+        target_buffer: int
+        chunks: int
+        bytes: int
+        def __init__(self, target_buffer: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    buffers: _containers.RepeatedCompositeFieldContainer[RelayLoss.Buffer]
+    def __init__(self, buffers: _Optional[_Iterable[_Union[RelayLoss.Buffer, _Mapping]]] = ...) -> None: ...
+
+class RelayToService(_message.Message):
+    __slots__ = ("request_id", "init_relay", "sync_clock", "heartbeat", "loss")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INIT_RELAY_FIELD_NUMBER: _ClassVar[int]
+    SYNC_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    init_relay: InitRelay
+    sync_clock: SyncClock
+    heartbeat: Heartbeat
+    loss: RelayLoss
+    def __init__(self, request_id: _Optional[int] = ..., init_relay: _Optional[_Union[InitRelay, _Mapping]] = ..., sync_clock: _Optional[_Union[SyncClock, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., loss: _Optional[_Union[RelayLoss, _Mapping]] = ...) -> None: ...
+
+class ServiceToRelay(_message.Message):
+    __slots__ = ("request_id", "init_relay", "sync_clock", "heartbeat", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INIT_RELAY_FIELD_NUMBER: _ClassVar[int]
+    SYNC_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    init_relay: InitRelayResponse
+    sync_clock: SyncClockResponse
+    heartbeat: Heartbeat
+    error: Error
+    def __init__(self, request_id: _Optional[int] = ..., init_relay: _Optional[_Union[InitRelayResponse, _Mapping]] = ..., sync_clock: _Optional[_Union[SyncClockResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

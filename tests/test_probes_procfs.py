@@ -265,7 +265,11 @@ def test_a_machine_with_many_processes_gets_several_packets_per_scan_and_poll(st
     stats = w.wait(two_polls, "a poll that reached this process, then another")
     trees = [p for p in w.packets if p.HasField("process_tree")]
     scan = [p for p in trees if p.timestamp == trees[0].timestamp]
-    assert len(scan) > 1 and all(len(p.SerializeToString()) < 4096 for p in scan)
+    assert len(scan) > 1
+    for packet in scan:  # cut at the first entry past the budget: one entry may be large
+        tree = packet.process_tree  # (a CI runner's own command line can be kilobytes)
+        sizes = [e.ByteSize() for e in (*tree.processes, *tree.threads)]
+        assert sum(sizes) - max(sizes) < 60
     first_poll = [p for p in stats if p.timestamp == stats[0].timestamp]
     assert len(first_poll) > 1
     pids = [q.pid for p in first_poll for q in p.process_stats.processes]
