@@ -738,19 +738,27 @@ class RelayLoss(_message.Message):
     buffers: _containers.RepeatedCompositeFieldContainer[RelayLoss.Buffer]
     def __init__(self, buffers: _Optional[_Iterable[_Union[RelayLoss.Buffer, _Mapping]]] = ...) -> None: ...
 
+class RelayProducerGone(_message.Message):
+    __slots__ = ("channel",)
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    def __init__(self, channel: _Optional[int] = ...) -> None: ...
+
 class RelayToService(_message.Message):
-    __slots__ = ("request_id", "init_relay", "sync_clock", "heartbeat", "loss")
+    __slots__ = ("request_id", "init_relay", "sync_clock", "heartbeat", "loss", "producer_gone")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     INIT_RELAY_FIELD_NUMBER: _ClassVar[int]
     SYNC_CLOCK_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_GONE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     init_relay: InitRelay
     sync_clock: SyncClock
     heartbeat: Heartbeat
     loss: RelayLoss
-    def __init__(self, request_id: _Optional[int] = ..., init_relay: _Optional[_Union[InitRelay, _Mapping]] = ..., sync_clock: _Optional[_Union[SyncClock, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., loss: _Optional[_Union[RelayLoss, _Mapping]] = ...) -> None: ...
+    producer_gone: RelayProducerGone
+    def __init__(self, request_id: _Optional[int] = ..., init_relay: _Optional[_Union[InitRelay, _Mapping]] = ..., sync_clock: _Optional[_Union[SyncClock, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., loss: _Optional[_Union[RelayLoss, _Mapping]] = ..., producer_gone: _Optional[_Union[RelayProducerGone, _Mapping]] = ...) -> None: ...
 
 class ServiceToRelay(_message.Message):
     __slots__ = ("request_id", "init_relay", "sync_clock", "heartbeat", "error")
