@@ -143,9 +143,10 @@ class Runtime:
 
     def spawn(
         self, label: str, argv: Sequence[str], env: dict[str, str] | None = None, *,
-        lines: bool = False, stderr: Stderr = "log", cwd: Path = REPO,
+        lines: bool = False, stderr: Stderr = "log", cwd: Path = REPO, prefix: Sequence[str] = (),
     ) -> Proc:  # fmt: skip
-        """Start `python argv...` in `cwd`. With `lines`, its stdout is read line by line
+        """Start `python argv...` in `cwd` (after the command `prefix`, such as
+        `unshare --time ...`, if given). With `lines`, its stdout is read line by line
         (see wait_line) and its stdin is a pipe the test may close. `stderr` goes to the
         log, or to a text pipe the test reads (communicate), or is read line by line,
         or goes where stdout goes ("stdout": one stream, in the order written).
@@ -158,7 +159,7 @@ class Runtime:
             if stderr == "stdout":
                 err = subprocess.STDOUT
             proc = subprocess.Popen(
-                [PYTHON, *argv],
+                [*prefix, PYTHON, *argv],
                 cwd=cwd,
                 env=self.env(env),
                 stdin=subprocess.PIPE if lines else subprocess.DEVNULL,
