@@ -25,7 +25,10 @@ packet gets a trailer appended after the producer's bytes; protobuf keeps the
 last value of a field, so a producer cannot forge what the trailer says::
 
     producer bytes ... | trusted_uid (3) | trusted_packet_sequence_id (10)
-                       | trusted_pid (79) | [previous_packet_dropped (42)]
+                       | trusted_pid (79) | [machine_id (98)] | [previous_packet_dropped (42)]
+
+machine_id is stamped on a relayed producer's packets only (its machine's id,
+never 0: the service's own machine carries none, as in Perfetto).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ __all__ = [  # the builders, where callers have always found them
 ]
 
 _DROPPED = b"\xd0\x02"  # previous_packet_dropped (42), varint
+_MACHINE = b"\x90\x06"  # machine_id (98), varint: a relayed producer's packets only
+MachineOf = dict[tuple[int, int, int], int]  # (producer id, uid, pid) -> machine id
 
 
 def loss_trailer(loss_flags: int) -> bytes:
@@ -126,17 +131,22 @@ def read_slice(
     *,
     system_info: pb.SystemInfo | None = None,
     boottime_ns: int = 0,
+    machines: Callable[[Session], list[bytes]] | None = None,
+    machine_of: MachineOf | None = None,
 ) -> tuple[list[bytes], bool]:
     """The next packets of `read`, stamped and framed (by `framing`: SLICES,
     ReadBuffersResponse slice records, unless told), within `budget` (at least
     one batch), and whether every buffer of the session is read (trace_stats
     comes next). The service's packets come first (`system_info`: the shell's,
     for the first read), read_tracing_buffers_completed (at boottime_ns, the
-    shell's clock) after the last buffer."""
+    shell's clock) after the last buffer. `machines` gives the relayed machines'
+    packets for the head (ServiceContext.machine_packets); `machine_of` the machine
+    of a relayed producer's records, (producer id, uid, pid) -> machine id."""
     framing = framing or SLICES
     out: list[bytes] = []
     if read.buffer_index < 0:
         head = _service_packets(session, buffers, uid, service_pid, system_info, boottime_ns)
+        head += machines(session) if machines is not None else []
         for packet in head:
             out += framing.frame(packet)
         read.buffer_index = 0
@@ -153,7 +163,7 @@ def read_slice(
                 read.buffer_index += 1
                 _begin(read, session, buffers)
             continue
-        stamped = _stamp(packets, session, read.trailers, out, framing)
+        stamped = _stamp(packets, session, read.trailers, out, framing, machine_of or {})
         size += stamped
         read.buffer_bytes += stamped
         if size >= budget.max_bytes or budget.time_up():
@@ -288,6 +298,7 @@ def _stamp(
     trailers: Trailers,
     out: list[bytes],
     framing: Framing,
+    machine_of: MachineOf,
 ) -> int:
     """Append each valid packet, with its trailers, framed, to `out`; count the
     invalid ones. Returns the bytes of the packets out. The hot loop of read-back:
@@ -306,7 +317,9 @@ def _stamp(
             trailer = trailers.get(key) or b""
             if not trailer:
                 seq = session.sequence_id(producer_id, writer_id)
-                trailer = trailers[key] = trusted_trailer(uid, seq, pid)
+                trailer = trusted_trailer(uid, seq, pid)
+                machine = machine_of.get((producer_id, uid, pid), 0) if machine_of else 0
+                trailer = trailers[key] = trailer + (_MACHINE + varint(machine) if machine else b"")
             last_key = key
         n = len(data) + len(trailer)
         size += n
