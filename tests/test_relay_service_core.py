@@ -48,7 +48,7 @@ class RelayRig(Rig):
 
     def relayed(self, relay: bytes, channel: int, request_id: int = 0, **kw):
         msg = ipc.ProducerToService(request_id=request_id, **kw)
-        self.route(self.core.handle_relay_producer(relay, channel, msg, self.now))
+        self.route(self.core.handle_relay_producer(relay, channel, msg, self.now, key="KEY"))
 
     def take_relay(self, relay: bytes, channel: int = 0):
         return self.to_relays.pop((relay, channel), [])
@@ -376,6 +376,14 @@ def test_init_relay_again_ends_the_previous_incarnations_producers():
     assert init_relay(rig, b"R2") == first
     assert len(rig.core.producers) == 0
     rig.relay(b"R1", heartbeat=ipc.Heartbeat())
+    assert [m.error.message for m in rig.take_relay(b"R1")] == [UNKNOWN_RELAY]
+
+
+def test_a_relay_id_spoken_with_another_key_is_unknown():
+    rig = RelayRig()
+    init_relay(rig, b"R1")
+    hb = ipc.ProducerToService(heartbeat=ipc.Heartbeat())
+    rig.route(rig.core.handle_relay_producer(b"R1", 1, hb, rig.now, key="OTHER"))
     assert [m.error.message for m in rig.take_relay(b"R1")] == [UNKNOWN_RELAY]
 
 

@@ -46,11 +46,12 @@ class RelayPort:
         self._ctx = ctx
         self._end_producer = end_producer  # ProducerPort.gone
 
-    def known(self, relay: bytes, now: int) -> bool:
-        """Whether the relay sent InitRelay (its liveness noted); else it is
-        answered "unknown relay" (at most once a second)."""
+    def known(self, relay: bytes, now: int, key: str) -> bool:
+        """Whether the relay sent InitRelay, over a connection of the same key (its
+        liveness noted); else it is answered "unknown relay" (at most once a second):
+        a relay may not speak under another's routing id."""
         machine = self._ctx.machines.of_relay(relay)
-        if machine is not None:
+        if machine is not None and machine.key == key:
             machine.last_seen = now
             return True
         if self._ctx.machines.may_answer_unknown(relay, now):
@@ -64,7 +65,7 @@ class RelayPort:
         if kind == "init_relay":
             self._init(relay, msg.request_id, msg.init_relay, now, key)
             return
-        if not self.known(relay, now):
+        if not self.known(relay, now, key):
             return
         machine = self._ctx.machines.of_relay(relay)
         assert machine is not None

@@ -33,6 +33,7 @@ from actors.core.consumer_port import ConsumerPort
 from actors.core.file_sink import FileOpener, no_files
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
+from actors.core.machines import Machine
 from actors.core.outbox import (
     AppendToFile,
     CloseFile,
@@ -207,11 +208,11 @@ class ServiceCore:
         return self._ctx.out.drain()
 
     def handle_relay_producer(
-        self, relay: bytes, channel: int, msg: ipc.ProducerToService, now: int
+        self, relay: bytes, channel: int, msg: ipc.ProducerToService, now: int, key: str = ""
     ) -> list[Output]:
         """A message of the relay's local producer `channel` (>= 1): the producer port's,
         its pid and uid the ones its relay's kernel gave (claimed_pid/uid)."""
-        if channel < 1 or not self._relay_port.known(relay, now):
+        if channel < 1 or not self._relay_port.known(relay, now, key):
             return self._ctx.out.drain()
         machine = self._ctx.machines.of_relay(relay)
         assert machine is not None
@@ -240,6 +241,9 @@ class ServiceCore:
         gone producers (what they committed is kept); its machine stays listed."""
         self._relay_port.lost(relay, now)
         return self._ctx.out.drain()
+
+    def machine_of_relay(self, relay: bytes) -> Machine | None:
+        return self._ctx.machines.of_relay(relay)
 
     def relays_silent(self, now: int, timeout_ns: int) -> list[bytes]:
         """Relays that sent nothing for `timeout_ns` (the shell calls relay_lost)."""
