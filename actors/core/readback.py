@@ -131,7 +131,7 @@ def read_slice(
     *,
     system_info: pb.SystemInfo | None = None,
     boottime_ns: int = 0,
-    machines: Callable[[Session], list[bytes]] | None = None,
+    machines: Callable[[Session], tuple[list[bytes], list[bytes]]] | None = None,
     machine_of: MachineOf | None = None,
 ) -> tuple[list[bytes], bool]:
     """The next packets of `read`, stamped and framed (by `framing`: SLICES,
@@ -145,8 +145,10 @@ def read_slice(
     framing = framing or SLICES
     out: list[bytes] = []
     if read.buffer_index < 0:
-        head = _service_packets(session, buffers, uid, service_pid, system_info, boottime_ns)
-        head += machines(session) if machines is not None else []
+        remote = machines(session) if machines is not None else ([], [])
+        head = _service_packets(
+            session, buffers, uid, service_pid, system_info, boottime_ns, remote
+        )
         for packet in head:
             out += framing.frame(packet)
         read.buffer_index = 0
@@ -194,9 +196,12 @@ def _service_packets(
     service_pid: int,
     system_info: pb.SystemInfo | None,
     boottime_ns: int,
+    remote: tuple[list[bytes], list[bytes]] = ([], []),
 ) -> list[bytes]:
     """The service's packets queued for the session's next read, in traced's
-    order (service_packets.py), with the first read's own."""
+    order (service_packets.py), with the first read's own; `remote`: the relayed
+    machines' system_info packets (after the service's own) and remote_clock_sync
+    packets (after the service events)."""
     builtins = session.config.builtin_data_sources
     primary = builtins.primary_trace_clock or BOOTTIME
     readings = [session.initial_clock_snapshot] if session.initial_clock_snapshot else []
@@ -220,8 +225,10 @@ def _service_packets(
         out.append(sp.trace_provenance_packet(provenance, boottime_ns, uid, service_pid))
         if system_info is not None and not builtins.disable_system_info:
             out.append(sp.system_info_packet(system_info, uid, service_pid))
+    out += remote[0]
     out += sp.event_packets(session.service_events, uid, service_pid)
     session.service_events.clear()
+    out += remote[1]
     return out
 
 

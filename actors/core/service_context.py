@@ -156,10 +156,12 @@ class ServiceContext:
             if producer is not None:
                 self.commit.scrape(producer, ids)
 
-    def machine_packets(self, session: Session) -> list[bytes]:
-        """Each relayed machine's system_info (once per InitRelay) and its clock
-        rounds not yet emitted in this session (machines.rounds_to_emit)."""
-        out: list[bytes] = []
+    def machine_packets(self, session: Session) -> tuple[list[bytes], list[bytes]]:
+        """The relayed machines' packets for the session's next read: (system_info of
+        each, once per InitRelay; remote_clock_sync of each with clock rounds not yet
+        emitted in this session: machines.rounds_to_emit)."""
+        infos: list[bytes] = []
+        syncs: list[bytes] = []
         with_info = not session.config.builtin_data_sources.disable_system_info
         for machine in self.machines:
             if with_info and session.machine_incarnations.get(machine.id) != machine.incarnation:
@@ -167,17 +169,17 @@ class ServiceContext:
                 info = service_packets.remote_system_info_packet(
                     machine.system_info, machine.id, self.uid, self.service_pid
                 )
-                out += [info] if info is not None else []
+                infos += [info] if info is not None else []
             self.machines.settle(machine)
             after = session.machine_serials.get(machine.id, 0)
             rounds = rounds_to_emit(self.machines.best_rounds(machine), after)
             if rounds:
                 session.machine_serials[machine.id] = rounds[-1].serial
                 values = [(r.client1, r.host1, r.client2, r.host2) for r in rounds]
-                out.append(service_packets.remote_clock_sync_packet(
+                syncs.append(service_packets.remote_clock_sync_packet(
                     values, machine.id, self.clocks.boottime(), self.uid, self.service_pid
                 ))  # fmt: skip
-        return out
+        return infos, syncs
 
     # -- reports ----------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ order at the head of each read::
     system_info          first read only (the shell's, collected once at its start)
                          none with disable_system_info; then each relayed machine's,
                          with its machine_id, on the first read after its InitRelay
-    remote_clock_sync    per relayed machine, its clock rounds not yet emitted
     service events       queued since the last read, in time order
+    remote_clock_sync    per relayed machine, its clock rounds not yet emitted
     ... the buffers' packets ...
     read_tracing_buffers_completed   at the end of a read that emptied the buffers
     trace_stats                      (the reader adds it: reports.py)
