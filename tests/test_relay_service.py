@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,8 +101,7 @@ class FakeRelay:
 
     def producer_message(self, channel: int, kind: str, timeout: float = 10.0):
         """The next message on `channel` of this kind (other kinds before it skipped)."""
-        deadline_polls = 50
-        for _ in range(deadline_polls):
+        for _ in range(50):  # bounded: each recv has its own deadline
             got = self.recv(timeout)
             assert got is not None, f"no {kind} on channel {channel}"
             if got[0] != channel:
@@ -148,8 +148,6 @@ def chunk(writer_id: int, chunk_id: int, packets: list[bytes]) -> bytes:
 
 
 def clock_round(relay: FakeRelay, rnd: int) -> None:
-    import time
-
     c1 = time.clock_gettime_ns(time.CLOCK_BOOTTIME) + 7_000_000_000
     ping = ipc.SyncClock(phase=ipc.SyncClock.PING, round=rnd, burst=1)
     ping.clocks.add(clock_id=BOOT, timestamp=c1)
@@ -254,7 +252,11 @@ def test_relay_with_a_key_not_accepted_is_refused_and_counted(rt: Runtime, keys:
     try:
         junk.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(4096))
         for relay in (stranger, plain):
-            relay.send(0, ipc.RelayToService(init_relay=ipc.InitRelay(machine_name="x")))
+            init = ipc.RelayToService(init_relay=ipc.InitRelay(machine_name="x"))
+            try:  # a refused handshake leaves the DEALER no peer: a send would block
+                relay.sock.send_multipart(framing.encode_channel(0, init), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
         def refused() -> int:
             return rt.control.query_state(timeout=5).refusals["relay_key_not_accepted"]
@@ -263,10 +265,13 @@ def test_relay_with_a_key_not_accepted_is_refused_and_counted(rt: Runtime, keys:
         assert stranger.recv(0.5) is None and plain.recv(0.1) is None
         assert "is not in --relay-clients" in rt.logs()
         assert list(rt.control.query_state(timeout=5).machines) == []
-        # The accepted relay still gets in.
+        # The accepted relay still gets in; its malformed frames are dropped and logged.
         good = FakeRelay(endpoint, keys.relay_secret, keys.service_public)
         try:
+            good.sock.send_multipart([b"no channel"])
+            good.sock.send_multipart([framing.RELAY_CHANNEL.pack(0), b"\xff\xff\xff"])
             assert good.init() != 0
+            assert "dropped a relay message" in rt.logs()
         finally:
             good.close()
     finally:
