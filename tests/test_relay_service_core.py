@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.consumer_summary import trailer_start
 from actors.core.machines import (
     PAIRING_WINDOW_NS,
     SyncRound,
@@ -218,6 +219,28 @@ def test_relayed_producer_data_carries_machine_id_and_local_none():
     assert packets[-1].trace_stats.chunks_discarded == 0
 
 
+def test_machine_id_leaves_the_trailer_readable_backwards():
+    """Consumers find a packet's identity from its end (consumer_summary): the
+    machine_id goes before the trailer they read."""
+    rig = RelayRig()
+    init_relay(rig, b"R1")
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
+    consumer = FakeConsumer(rig, "c")
+    cfg = all_machines_config(trace_all_machines=True)
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
+    consumer.replies()
+    remote.process()
+    write(remote, 0, 5)
+    (writer,) = remote.writers.values()
+    writer.flush()
+    consumer.send(read_buffers=ipc.ReadBuffersRequest())
+    rig.idle()
+    raw = [s.data for r in consumer.replies() for s in r.read_buffers.slices]
+    relayed = [d for d in raw if pb.TracePacket.FromString(d).trusted_pid == 777]
+    assert len(relayed) == 5
+    assert all(trailer_start(d) > 0 for d in relayed)
+
+
 def test_remote_producers_need_trace_all_machines_or_their_machine_name():
     rig = RelayRig()
     init_relay(rig, b"R1", "robot1")
@@ -357,6 +380,8 @@ def test_lost_relay_ends_its_producers_keeps_their_data_and_lists_the_machine():
     (state,) = consumer.replies()
     (machine,) = state.service_state.machines
     assert (machine.connected, machine.producers) == (False, 0)
+    departed = state.service_state.departed_producers
+    assert [(p.pid, p.machine_id) for p in departed] == [(777, machine_id)]
     kept = [p for p in consumer.read() if p.HasField("for_testing")]
     assert [p.for_testing.counter for p in kept] == list(range(20))
     assert {p.machine_id for p in kept} == {machine_id}, "stamped after it left"

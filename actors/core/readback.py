@@ -24,11 +24,14 @@ drops the packet and counts it as invalid_packets; the C twin runs here) and sta
 packet gets a trailer appended after the producer's bytes; protobuf keeps the
 last value of a field, so a producer cannot forge what the trailer says::
 
-    producer bytes ... | trusted_uid (3) | trusted_packet_sequence_id (10)
-                       | trusted_pid (79) | [machine_id (98)] | [previous_packet_dropped (42)]
+    producer bytes ... | [machine_id (98)] | trusted_uid (3)
+                       | trusted_packet_sequence_id (10) | trusted_pid (79)
+                       | [previous_packet_dropped (42)]
 
 machine_id is stamped on a relayed producer's packets only (its machine's id,
-never 0: the service's own machine carries none, as in Perfetto).
+never 0: the service's own machine carries none, as in Perfetto); it comes
+first, so that the trailer still ends as consumers read it backwards
+(consumer_summary.trailer_start).
 """
 
 from __future__ import annotations
@@ -324,9 +327,9 @@ def _stamp(
             trailer = trailers.get(key) or b""
             if not trailer:
                 seq = session.sequence_id(producer_id, writer_id)
-                trailer = trusted_trailer(uid, seq, pid)
                 machine = machine_of.get((producer_id, uid, pid), 0) if machine_of else 0
-                trailer = trailers[key] = trailer + (_MACHINE + varint(machine) if machine else b"")
+                stamp = _MACHINE + varint(machine) if machine else b""
+                trailer = trailers[key] = stamp + trusted_trailer(uid, seq, pid)
             last_key = key
         n = len(data) + len(trailer)
         size += n

@@ -207,7 +207,10 @@ def service_state(
         (reply.data_sources, _data_source_entries(producers)),
         (
             reply.departed_producers,
-            ({"id": d.id, "name": d.name, "uid": d.uid, "pid": d.pid} for d in departed),
+            (
+                {"id": d.id, "name": d.name, "uid": d.uid, "pid": d.pid, "machine_id": d.machine_id}
+                for d in departed
+            ),
         ),
         (reply.machines, (m.__dict__ for m in machines)),
     )
