@@ -168,18 +168,22 @@ def test_machine_id_is_fnv1a_low_32_bits_and_never_zero():
     assert machine_id_of("boot/x") == machine_id_of("boot/x") != machine_id_of("boot/y")
 
 
-def _round(serial: int, boottime_s: float) -> SyncRound:
-    clocks = [(BOOT, int(boottime_s * S))]
-    return SyncRound(0, clocks, clocks, clocks, clocks, 1, serial)
+def _round(serial: int, start_s: float, trip_s: float = 0.001) -> SyncRound:
+    start, end = [(BOOT, int(start_s * S))], [(BOOT, int((start_s + trip_s) * S))]
+    return SyncRound(0, start, start, end, end, 1, serial)
 
 
 def test_rounds_in_one_packet_are_spaced_for_pairing_newest_preferred():
     rounds = [_round(1, 0), _round(2, 10), _round(3, 40), _round(4, 45), _round(5, 80)]
     kept = rounds_to_emit(rounds, after_serial=0)
     assert [r.serial for r in kept] == [2, 4, 5]  # 80, 45 (35 s before), 10 (35 s before)
-    gaps = [b.client1[0][1] - a.client1[0][1] for a, b in zip(kept, kept[1:], strict=False)]
+    # What trace_processor pairs: adjacent entries (a round's end, the next one's start).
+    gaps = [b.client1[0][1] - a.client2[0][1] for a, b in zip(kept, kept[1:], strict=False)]
     assert all(g >= PAIRING_WINDOW_NS for g in gaps)
     assert [r.serial for r in rounds_to_emit(rounds, after_serial=4)] == [5]
+    # Bursts exactly 30 s apart: one's end is under 30 s before the next's start.
+    every_30 = [_round(1, 0), _round(2, 30), _round(3, 60)]
+    assert [r.serial for r in rounds_to_emit(every_30, 0)] == [1, 3]
 
 
 # -- a relayed producer's data in a session -----------------------------------------------------

@@ -17,9 +17,12 @@ starts a new incarnation: its producers are ended by the caller, and
 sessions emit its system_info again.
 
 Which rounds a remote_clock_sync packet lists (`rounds_to_emit`): the final
-rounds after what the session emitted, newest kept first, then older ones only
-if their client BOOTTIME is at least PAIRING_WINDOW_NS before the last kept
-(trace_processor pairs adjacent entries closer than that); oldest first.
+rounds after what the session emitted, newest kept first, then an older one
+only if its end (client C2's BOOTTIME) is at least PAIRING_WINDOW_NS before the
+start (C1) of the last kept; oldest first. trace_processor takes every two
+adjacent entries less than PAIRING_WINDOW_NS apart as one round (and averages
+the offsets of all such pairs in the packet): one round's end and the next
+round's start closer than that would be taken for a round 30 s long.
 """
 
 from __future__ import annotations
@@ -205,6 +208,7 @@ def rounds_to_emit(rounds: list[SyncRound], after_serial: int) -> list[SyncRound
     new = [r for r in rounds if r.serial > after_serial]
     kept: list[SyncRound] = []
     for r in reversed(new):
-        if not kept or boottime_of(kept[-1].client1) - boottime_of(r.client1) >= PAIRING_WINDOW_NS:
+        # Adjacent entries are this round's end (C2) and the next kept round's start.
+        if not kept or boottime_of(kept[-1].client1) - boottime_of(r.client2) >= PAIRING_WINDOW_NS:
             kept.append(r)
     return kept[::-1]
