@@ -11,8 +11,9 @@ the geometry only), and its chunks come inline in CommitData
 (producers.CommitPath.commit_inline).
 
 Inside the core a relayed producer is known by `relayed_identity(relay,
-channel)`, an identity no ipc peer can hold (RELAYED_PREFIX: the shell refuses
-a local peer that chose it); the outbox routes what is said to it as ToRelay.
+channel)`, an identity no ipc peer can hold (RELAYED_PREFIX:
+ServiceCore.handle_producer refuses a local peer that chose such a routing id);
+the outbox routes what is said to it as ToRelay.
 
 Nothing from a relay is processed before its InitRelay: a message from an
 unknown relay is answered, at most once a second, with an Error on channel 0
@@ -32,7 +33,7 @@ from actors.core.service_context import ServiceContext
 from actors.core.service_packets import ClockReading
 from protos import tracebus_ipc_pb2 as ipc
 
-RELAYED_PREFIX = b"\x00relay\x00"  # no ipc:// identity begins so (the shell refuses one)
+RELAYED_PREFIX = b"\x00relay\x00"  # ipc peers with such a routing id are refused
 UNKNOWN_RELAY = "unknown relay: send InitRelay"
 MAX_LOSS_ENTRIES = 256
 
