@@ -322,3 +322,5 @@ def test_service_cli_refuses_plain_tcp_without_the_flag(rt: Runtime, keys: Keys)
                          "--relay-key", str(keys.service_public),
                          "--relay-clients", str(keys.clients)])  # fmt: skip
     assert not_secret.returncode == 1 and "no secret key" in not_secret.stderr
+    no_endpoint = rt.run([*base, "--relay-insecure"])
+    assert no_endpoint.returncode == 2 and "need --relay-endpoint" in no_endpoint.stderr
