@@ -62,6 +62,7 @@ from actors.core.service_core import (
     SliceBudget,
     ToConsumer,
     ToProducer,
+    ToRelay,
 )
 from actors.endpoints import (
     SUN_PATH_MAX,
@@ -75,6 +76,8 @@ from actors.endpoints import (
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
 from actors.probe_cleanup import FTRACE_DATA_SOURCE, ProbeCleanup
+from actors.relay_keys import KeyFileError
+from actors.relay_port import DEFAULT_RELAY_TIMEOUT_S, RelayOptions, RelayPort, options_error
 from actors.smb_handoff import SmbHandoff, handoff_path
 from actors.trace_files import TraceFiles
 from protos import framing
@@ -187,6 +190,7 @@ class ServiceShell:
         peer_send_timeout_s: float = DEFAULT_PEER_SEND_TIMEOUT_S,
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
         allow_other_users: bool = False,
+        relay: RelayOptions | None = None,
     ) -> None:
         self.loop = Loop()
         self.ctx = zmq.Context()
@@ -244,6 +248,13 @@ class ServiceShell:
         for side, monitor in self.monitors.items():
             self.loop.add_socket(monitor, functools.partial(self._on_monitor, side))
         self.loop.add_socket(self.zap, self._on_zap)
+        self.relays: RelayPort | None = None
+        if relay is not None:
+            try:
+                self.relays = RelayPort(self.loop, self.core, relay, self._send_all, log)
+            except BaseException:
+                self.close()
+                raise
 
     def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -315,6 +326,8 @@ class ServiceShell:
                 if self._refused(side, peer, from_consumer.request_id):
                     return
                 self._watch(side, identity, pid, conn)
+                if self.relays is not None:  # the state it may ask for counts them
+                    self.relays.sync_refusals()
                 outputs = self.core.handle_consumer(peer, from_consumer, time.monotonic_ns())
         except framing.FramingError as e:
             self.dropped_frames += 1
@@ -579,6 +592,10 @@ class ServiceShell:
                 if error:
                     failed.append((out.file_id, error))
                 continue
+            if isinstance(out, ToRelay):
+                if self.relays is not None:
+                    self.relays.send(out)
+                continue
             side = "p" if isinstance(out, ToProducer) else "c"
             if (side, out.identity) in self.given_up:
                 self.core.counters.given_up_messages_dropped += 1
@@ -663,6 +680,8 @@ class ServiceShell:
             self.close()
             return 1
         self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
+        if self.relays is not None:
+            log(f"relays on {self.relays.endpoint}")
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
         self.loop.run()
         log("stopping")
@@ -690,6 +709,10 @@ class ServiceShell:
         os._exit(1)  # the kernel releases every SMB and socket with the process
 
     def close(self) -> None:
+        if getattr(self, "relays", None) is not None:
+            assert self.relays is not None
+            self.relays.close()
+            self.relays = None
         self.files.close_all()
         self.probe_cleanup.close()
         for fd in self.pidfds.values():
@@ -787,6 +810,35 @@ def machine_limits() -> Limits:
     return replace(DEFAULT_LIMITS, **memory_defaults(memory)) if memory else DEFAULT_LIMITS
 
 
+def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("relays on other machines (docs/relay.md)")
+    group.add_argument("--relay-endpoint", help="accept relays on tcp://HOST:PORT")
+    group.add_argument("--relay-key", type=Path, help="the service's NAME.key_secret (CURVE)")
+    group.add_argument(
+        "--relay-clients", type=Path, help="a directory of the accepted relays' public *.key"
+    )
+    group.add_argument(
+        "--relay-insecure", action="store_true",
+        help="plain TCP without CURVE: only on a network where every host is trusted",
+    )  # fmt: skip
+    group.add_argument(
+        "--relay-timeout-s", type=_seconds, default=DEFAULT_RELAY_TIMEOUT_S,
+        help="a relay silent this long is lost (its producers end); "
+        f"default {DEFAULT_RELAY_TIMEOUT_S:g}",
+    )  # fmt: skip
+
+
+def relay_options(args: argparse.Namespace) -> RelayOptions | None:
+    if args.relay_endpoint is None:
+        if args.relay_key or args.relay_clients or args.relay_insecure:
+            return RelayOptions("", args.relay_key, args.relay_clients, args.relay_insecure, 1.0)
+        return None
+    return RelayOptions(
+        args.relay_endpoint, args.relay_key, args.relay_clients, args.relay_insecure,
+        args.relay_timeout_s,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.service", description=__doc__)
     parser.add_argument("--producer-endpoint", help="ZeroMQ endpoint of the producer port")
@@ -811,7 +863,11 @@ def main(argv: list[str] | None = None) -> int:
         help="let producers of other local users connect (their packets carry their uid); "
         f"the default producer socket then lives in {shared_producer_dir()}",
     )  # fmt: skip
+    add_relay_arguments(parser)
     args = parser.parse_args(argv)
+    relay = relay_options(args)
+    if relay is not None and (error := options_error(relay)):
+        parser.error(error)  # exit 2
     limits = Limits(**{name: getattr(args, name) for name in limit_names()})
     try:
         producer = args.producer_endpoint or default_producer_endpoint(
@@ -820,9 +876,9 @@ def main(argv: list[str] | None = None) -> int:
         consumer = args.consumer_endpoint or default_consumer_endpoint()
         shell = ServiceShell(
             producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s,
-            args.allow_other_users,
+            args.allow_other_users, relay,
         )  # fmt: skip
-    except (zmq.ZMQError, OSError, RuntimeError) as e:
+    except (zmq.ZMQError, OSError, RuntimeError, KeyFileError) as e:
         log(f"cannot start: {e}")
         return 1
     return shell.run()

@@ -209,7 +209,6 @@ def test_ignored_fields_are_named_by_path_at_every_depth():
         "data_sources[1].config.tracing_session_id (set by the service)",
         "data_sources[1].config.enable_extra_guardrails (set by the service)",
         "data_sources[1].config.stop_timeout_ms (set by the service)",
-        "data_sources[1].machine_name_filter",
         "lockdown_mode",
         "activate_triggers",
         "builtin_data_sources.disable_extension_descriptors",

@@ -5,8 +5,8 @@ probes that offers some of the data sources they name.
 
 Each config is enabled as traced would enable it, or refused with traced's
 reason (bad_config.cfg: its trigger timeout is over 7 days); the fields the
-service ignores (out of scope here: trace_filter, bugreport_score,
-trace_all_machines, ...) are named, and so are the data sources no producer
+service ignores (out of scope here: trace_filter, bugreport_score, ...) are
+named, and so are the data sources no producer
 offers. What the triggers then do is tests/test_triggers*'s.
 """
 
@@ -41,7 +41,6 @@ KEPT_SMB = f"producers[0] (producer {PROBES!r} already has an SMB of 256 KiB in 
 IGNORED = {
     "bugreport.cfg": ["bugreport_score"],
     "ftrace_with_filter.cfg": ["trace_filter"],
-    "docs-multi-machine-tracing-6.cfg": ["trace_all_machines"],
     # The probes got their SMB in the fixture: its size stays (one SMB per producer).
     "ftrace.cfg": [KEPT_SMB],
     "ftrace_largebuffer.cfg": [KEPT_SMB],

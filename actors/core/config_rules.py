@@ -241,6 +241,7 @@ IMPLEMENTED: Table = {
         "config": Forwarded(SERVICE_SET_DATA_SOURCE_FIELDS),
         "producer_name_filter": None,
         "producer_name_regex_filter": None,
+        "machine_name_filter": None,
     },
     **dict.fromkeys(
         (
@@ -258,6 +259,7 @@ IMPLEMENTED: Table = {
             "compression_type",
             "trace_uuid_msb",
             "trace_uuid_lsb",
+            "trace_all_machines",
         )
     ),
     "trigger_config": {
@@ -293,7 +295,6 @@ OUT_OF_SCOPE = (
     "session_semaphores",
     "priority_boost",
     "exclusive_prio",
-    "trace_all_machines",
     "write_flush_mode",
     "fflush_post_write",
     "trace_attributes",

@@ -205,6 +205,7 @@ class ConsumerPort:
             packets, done = readback.read_slice(
                 read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing,
                 system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+                machines=ctx.machine_packets, machine_of=ctx.machine_of,
             )  # fmt: skip
             if done:  # after the buffers, so that it counts what the read found
                 packets += framing.frame(ctx.trace_stats_packet(session))
@@ -239,6 +240,7 @@ class ConsumerPort:
             ctx.peers_given_up(),
             ctx.producers.departed(),
             ctx.counters.refusals,
+            machines=ctx.machine_reports(),
         )
         ctx.out.to_consumer(peer.identity, request_id, service_state=reply)
 

@@ -96,6 +96,7 @@ class FileWrites:
         records, done = readback.read_slice(
             read, session, ctx.buffers, ctx.uid, ctx.service_pid, budget, framing,
             system_info=ctx.system_info, boottime_ns=ctx.clocks.boottime(),
+            machines=ctx.machine_packets, machine_of=ctx.machine_of,
         )  # fmt: skip
         if done and file.final_read:  # after the buffers, so that it counts what was read
             records += framing.frame(ctx.trace_stats_packet(session))

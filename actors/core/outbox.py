@@ -45,7 +45,17 @@ class CloseFile:
     file_id: int
 
 
-Output = ToProducer | ToConsumer | AppendToFile | CloseFile
+@dataclass(frozen=True)
+class ToRelay:
+    """A message on a relay's link: channel 0 its control (ServiceToRelay), channel
+    n its producer n (ServiceToProducer). The shell sends [relay, channel, envelope]."""
+
+    relay: bytes  # the relay connection's routing id
+    channel: int
+    msg: ipc.ServiceToRelay | ipc.ServiceToProducer
+
+
+Output = ToProducer | ToConsumer | AppendToFile | CloseFile | ToRelay
 
 
 def version_error(version: int) -> str:
@@ -57,6 +67,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self._out: list[Output] = []
+        # Producers behind a relay: their internal identity -> (relay, channel).
+        self.relayed: dict[bytes, tuple[bytes, int]] = {}
 
     def drain(self) -> list[Output]:
         out, self._out = self._out, []
@@ -71,7 +83,17 @@ class Outbox:
             msg.error.message = error
         for name, value in fields.items():
             getattr(msg, name).CopyFrom(value)
-        self._out.append(ToProducer(identity, msg))
+        route = self.relayed.get(identity)
+        self._out.append(ToProducer(identity, msg) if route is None else ToRelay(*route, msg))
+
+    def to_relay(self, relay: bytes, request_id: int = 0, error: str = "", **fields: Any) -> None:
+        """On the relay's control channel (0); `fields` as to_producer's."""
+        msg = ipc.ServiceToRelay(request_id=request_id)
+        if error:
+            msg.error.message = error
+        for name, value in fields.items():
+            getattr(msg, name).CopyFrom(value)
+        self._out.append(ToRelay(relay, 0, msg))
 
     def to_consumer(self, identity: bytes, request_id: int, **fields: Any) -> None:
         msg = ipc.ServiceToConsumer(request_id=request_id)

@@ -164,8 +164,12 @@ class ProducerPort:
         req_untrusted: ipc.CommitDataRequest,
         now: int,
     ) -> None:
-        self._ctx.commit.commit(producer, req_untrusted)
-        if producer.abi is not None and req_untrusted.flush_request_id:
+        if producer.machine_id:
+            self._ctx.commit.commit_inline(producer, req_untrusted)
+        else:
+            self._ctx.commit.commit(producer, req_untrusted)
+        has_smb = producer.abi is not None or producer.remote_geometry is not None
+        if has_smb and req_untrusted.flush_request_id:
             self._flushes.acked(producer.id, req_untrusted.flush_request_id, now)
 
     def data_source_started(

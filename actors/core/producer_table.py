@@ -33,6 +33,7 @@ class DepartedProducer:
     name: str
     uid: int
     pid: int  # from the kernel
+    machine_id: int = 0  # 0: this machine; else the relay's machine it came through
 
 
 class ProducerTable:
@@ -68,7 +69,9 @@ class ProducerTable:
             if left:
                 self._per_uid[producer.uid] = left
             self._departed.append(
-                DepartedProducer(producer.id, producer.name, producer.uid, producer.pid)
+                DepartedProducer(
+                    producer.id, producer.name, producer.uid, producer.pid, producer.machine_id
+                )
             )
         return producer
 

@@ -23,6 +23,7 @@ from shm.abi import (
     LAYOUT_CHUNKS,
     MAX_CHUNKS_PER_PAGE,
     MAX_WRITER_ID,
+    PAGE_SIZES,
     ChunkRef,
     Geometry,
     SharedMemoryABI,
@@ -34,6 +35,11 @@ from shm.abi import (
 from shm.trace_buffer import TraceBuffer
 
 MAX_PATCHES_PER_CHUNK = 1024
+# A relayed commit (chunks inline, ChunkToMove.data): at most this many moves or
+# patch entries per request (the rest discarded and counted), each chunk at most
+# the largest page.
+MAX_INLINE_MOVES = 4096
+MAX_INLINE_CHUNK_BYTES = PAGE_SIZES[-1]
 PATCH_SIZE = 4
 U64_MAX = (1 << 64) - 1  # what a TraceStats counter holds
 
@@ -105,6 +111,11 @@ class ProducerEntry:
     writers: dict[int, int] = field(default_factory=dict)  # writer id -> buffer id
     allowed_buffers: dict[int, int] = field(default_factory=dict)  # buffer id -> instances
     drops: dict[int, WriterDrops] = field(default_factory=dict)  # writer id -> drops
+    # A producer behind a relay (actors/core/relays.py): its machine (0: this one),
+    # and the SMB geometry the service told its relay (it has no SMB here).
+    machine_id: int = 0
+    machine_name: str = ""
+    remote_geometry: Geometry | None = None
 
     def register_writer(self, writer_id: int, buffer_id: int) -> None:
         """A writer id (re)registered: a new writer, whose cumulative drop count
@@ -171,6 +182,37 @@ class CommitPath:
             self._patch(producer, patch)
         for stats in req_untrusted.writer_stats[:MAX_WRITER_ID]:
             self._writer_stats(producer, stats)
+
+    def commit_inline(self, producer: ProducerEntry, req_untrusted: ipc.CommitDataRequest) -> None:
+        """A relayed producer's commit: each move carries its chunk (header and
+        payload, as it lay in the relay's SMB); checked as an SMB chunk would be."""
+        moves, patches = req_untrusted.chunks_to_move, req_untrusted.chunks_to_patch
+        self._counters.chunks_discarded += max(0, len(moves) - MAX_INLINE_MOVES)
+        self._counters.patches_discarded += max(0, len(patches) - MAX_INLINE_MOVES)
+        for move in moves[:MAX_INLINE_MOVES]:
+            self._move_inline(producer, move.data, move.target_buffer)
+        for patch in patches[:MAX_INLINE_MOVES]:
+            self._patch(producer, patch)
+        for stats in req_untrusted.writer_stats[:MAX_WRITER_ID]:
+            self._writer_stats(producer, stats)
+
+    def _move_inline(
+        self, producer: ProducerEntry, chunk_untrusted: bytes, buffer_untrusted: int
+    ) -> None:
+        if not CHUNK_HEADER_SIZE <= len(chunk_untrusted) <= MAX_INLINE_CHUNK_BYTES:
+            self._counters.chunks_discarded += 1
+            return
+        chunk_id, writer_id, packets = CHUNK_HEADER.unpack_from(chunk_untrusted, 0)
+        buffer = self._authorized_buffer(producer, writer_id, buffer_untrusted)
+        if buffer is None:
+            self._counters.chunks_discarded += 1
+            return
+        count, flags = unpack_packets(packets)
+        with memoryview(chunk_untrusted) as view:
+            buffer.copy_chunk_untrusted(
+                producer.id, producer.uid, producer.pid, writer_id, chunk_id, count, flags,
+                True, view[CHUNK_HEADER_SIZE:],
+            )  # fmt: skip
 
     def _move(
         self,

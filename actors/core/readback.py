@@ -24,8 +24,14 @@ drops the packet and counts it as invalid_packets; the C twin runs here) and sta
 packet gets a trailer appended after the producer's bytes; protobuf keeps the
 last value of a field, so a producer cannot forge what the trailer says::
 
-    producer bytes ... | trusted_uid (3) | trusted_packet_sequence_id (10)
-                       | trusted_pid (79) | [previous_packet_dropped (42)]
+    producer bytes ... | [machine_id (98)] | trusted_uid (3)
+                       | trusted_packet_sequence_id (10) | trusted_pid (79)
+                       | [previous_packet_dropped (42)]
+
+machine_id is stamped on a relayed producer's packets only (its machine's id,
+never 0: the service's own machine carries none, as in Perfetto); it comes
+first, so that the trailer still ends as consumers read it backwards
+(consumer_summary.trailer_start).
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ __all__ = [  # the builders, where callers have always found them
 ]
 
 _DROPPED = b"\xd0\x02"  # previous_packet_dropped (42), varint
+_MACHINE = b"\x90\x06"  # machine_id (98), varint: a relayed producer's packets only
+MachineOf = dict[tuple[int, int, int], int]  # (producer id, uid, pid) -> machine id
 
 
 def loss_trailer(loss_flags: int) -> bytes:
@@ -126,17 +134,24 @@ def read_slice(
     *,
     system_info: pb.SystemInfo | None = None,
     boottime_ns: int = 0,
+    machines: Callable[[Session], tuple[list[bytes], list[bytes]]] | None = None,
+    machine_of: MachineOf | None = None,
 ) -> tuple[list[bytes], bool]:
     """The next packets of `read`, stamped and framed (by `framing`: SLICES,
     ReadBuffersResponse slice records, unless told), within `budget` (at least
     one batch), and whether every buffer of the session is read (trace_stats
     comes next). The service's packets come first (`system_info`: the shell's,
     for the first read), read_tracing_buffers_completed (at boottime_ns, the
-    shell's clock) after the last buffer."""
+    shell's clock) after the last buffer. `machines` gives the relayed machines'
+    packets for the head (ServiceContext.machine_packets); `machine_of` the machine
+    of a relayed producer's records, (producer id, uid, pid) -> machine id."""
     framing = framing or SLICES
     out: list[bytes] = []
     if read.buffer_index < 0:
-        head = _service_packets(session, buffers, uid, service_pid, system_info, boottime_ns)
+        remote = machines(session) if machines is not None else ([], [])
+        head = _service_packets(
+            session, buffers, uid, service_pid, system_info, boottime_ns, remote
+        )
         for packet in head:
             out += framing.frame(packet)
         read.buffer_index = 0
@@ -153,7 +168,7 @@ def read_slice(
                 read.buffer_index += 1
                 _begin(read, session, buffers)
             continue
-        stamped = _stamp(packets, session, read.trailers, out, framing)
+        stamped = _stamp(packets, session, read.trailers, out, framing, machine_of or {})
         size += stamped
         read.buffer_bytes += stamped
         if size >= budget.max_bytes or budget.time_up():
@@ -184,9 +199,12 @@ def _service_packets(
     service_pid: int,
     system_info: pb.SystemInfo | None,
     boottime_ns: int,
+    remote: tuple[list[bytes], list[bytes]] = ([], []),
 ) -> list[bytes]:
     """The service's packets queued for the session's next read, in traced's
-    order (service_packets.py), with the first read's own."""
+    order (service_packets.py), with the first read's own; `remote`: the relayed
+    machines' system_info packets (after the service's own) and remote_clock_sync
+    packets (after the service events)."""
     builtins = session.config.builtin_data_sources
     primary = builtins.primary_trace_clock or BOOTTIME
     readings = [session.initial_clock_snapshot] if session.initial_clock_snapshot else []
@@ -210,8 +228,10 @@ def _service_packets(
         out.append(sp.trace_provenance_packet(provenance, boottime_ns, uid, service_pid))
         if system_info is not None and not builtins.disable_system_info:
             out.append(sp.system_info_packet(system_info, uid, service_pid))
+    out += remote[0]
     out += sp.event_packets(session.service_events, uid, service_pid)
     session.service_events.clear()
+    out += remote[1]
     return out
 
 
@@ -288,6 +308,7 @@ def _stamp(
     trailers: Trailers,
     out: list[bytes],
     framing: Framing,
+    machine_of: MachineOf,
 ) -> int:
     """Append each valid packet, with its trailers, framed, to `out`; count the
     invalid ones. Returns the bytes of the packets out. The hot loop of read-back:
@@ -306,7 +327,9 @@ def _stamp(
             trailer = trailers.get(key) or b""
             if not trailer:
                 seq = session.sequence_id(producer_id, writer_id)
-                trailer = trailers[key] = trusted_trailer(uid, seq, pid)
+                machine = machine_of.get((producer_id, uid, pid), 0) if machine_of else 0
+                stamp = _MACHINE + varint(machine) if machine else b""
+                trailer = trailers[key] = stamp + trusted_trailer(uid, seq, pid)
             last_key = key
         n = len(data) + len(trailer)
         size += n

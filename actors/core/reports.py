@@ -158,6 +158,17 @@ def bound_name_lists(reply: ipc.EnableTracingResponse) -> ipc.EnableTracingRespo
 STATE_REPLY_BUDGET = MAX_FRAME_BYTES - (64 << 10)
 
 
+@dataclass(frozen=True)
+class MachineReport:
+    """A relayed machine as the service state lists it."""
+
+    id: int
+    name: str
+    connected: bool
+    producers: int  # connected through its relay now
+    relay_key: str
+
+
 def service_state(
     producers: Iterable[ProducerEntry],
     sessions: Iterable[Session],
@@ -166,9 +177,11 @@ def service_state(
     departed: Iterable[DepartedProducer] = (),
     refusals: Mapping[str, int] | None = None,
     budget: int = STATE_REPLY_BUDGET,
+    machines: Iterable[MachineReport] = (),
 ) -> ipc.QueryServiceStateResponse:
     """Producers and data sources, the sessions `uid` may see (root sees all), the
-    peers given up on, and the producers that left (oldest first).
+    peers given up on, the producers that left (oldest first), and the machines
+    behind relays (a producer's machine_id names one; 0 is this machine).
 
     The reply stays within `budget` bytes, whatever peers registered: sessions
     first, then producers, their data sources, the departed producers, each list
@@ -186,13 +199,20 @@ def service_state(
         (reply.sessions, (_session_entry(s) for s in visible)),
         (
             reply.producers,
-            ({"id": p.id, "name": p.name, "uid": p.uid, "pid": p.pid} for p in producers),
+            (
+                {"id": p.id, "name": p.name, "uid": p.uid, "pid": p.pid, "machine_id": p.machine_id}
+                for p in producers
+            ),
         ),
         (reply.data_sources, _data_source_entries(producers)),
         (
             reply.departed_producers,
-            ({"id": d.id, "name": d.name, "uid": d.uid, "pid": d.pid} for d in departed),
+            (
+                {"id": d.id, "name": d.name, "uid": d.uid, "pid": d.pid, "machine_id": d.machine_id}
+                for d in departed
+            ),
         ),
+        (reply.machines, (m.__dict__ for m in machines)),
     )
     for repeated, values in entries:
         if not room.fill(repeated, values):

@@ -24,6 +24,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.core import readback, reports, service_packets
 from actors.core.file_sink import FileOpener, SessionFile, no_files
 from actors.core.ids import Counter, IdPool
+from actors.core.machines import MachineTable, rounds_to_emit
 from actors.core.outbox import Outbox
 from actors.core.producer_table import ProducerTable
 from actors.core.producers import CommitPath, ServiceCounters, SmbFactory
@@ -31,6 +32,7 @@ from actors.core.sessions import Limits, Session
 from shm.trace_buffer import TraceBuffer
 
 MAX_BUFFER_ID = 0xFFFF
+MAX_REMEMBERED_REMOTE = 4096
 
 
 class Clocks:
@@ -80,12 +82,29 @@ class ServiceContext:
         self.data_sources_seen = 0
         # A consumer connection's Hello.client_name (the name its triggers carry).
         self.consumer_names: dict[bytes, str] = {}
+        # The machines behind relays (machines.py), and the machine of each relayed
+        # producer by what a buffer record names, (producer id, uid, pid): read-back
+        # stamps machine_id from it, also after the producer left (the oldest of
+        # MAX_REMEMBERED_REMOTE forgotten).
+        self.machines = MachineTable()
+        self.machine_of: dict[tuple[int, int, int], int] = {}
+        # Chunks relays freed unsent (RelayLoss), by buffer id: added to the
+        # buffer's chunks_discarded in its stats (TraceBuffer keeps its own counters).
+        self.relay_loss: dict[int, int] = {}
 
     def refuse(self, limit: str) -> None:
         """Count a request refused because of `limit` (a Limits field name); the
         caller answers the peer with an error naming the limit."""
         refusals = self.counters.refusals
         refusals[limit] = refusals.get(limit, 0) + 1
+
+    def remote_producer(self, producer_id: int, uid: int, pid: int, machine_id: int) -> None:
+        """Remember a relayed producer's machine, for read-back's machine_id."""
+        key = (producer_id, uid, pid)
+        self.machine_of.pop(key, None)
+        while len(self.machine_of) >= MAX_REMEMBERED_REMOTE:
+            del self.machine_of[next(iter(self.machine_of))]
+        self.machine_of[key] = machine_id
 
     def free_buffer_ids(self) -> int:
         return MAX_BUFFER_ID - len(self.buffer_ids)
@@ -137,6 +156,31 @@ class ServiceContext:
             if producer is not None:
                 self.commit.scrape(producer, ids)
 
+    def machine_packets(self, session: Session) -> tuple[list[bytes], list[bytes]]:
+        """The relayed machines' packets for the session's next read: (system_info of
+        each, once per InitRelay; remote_clock_sync of each with clock rounds not yet
+        emitted in this session: machines.rounds_to_emit)."""
+        infos: list[bytes] = []
+        syncs: list[bytes] = []
+        with_info = not session.config.builtin_data_sources.disable_system_info
+        for machine in self.machines:
+            if with_info and session.machine_incarnations.get(machine.id) != machine.incarnation:
+                session.machine_incarnations[machine.id] = machine.incarnation
+                info = service_packets.remote_system_info_packet(
+                    machine.system_info, machine.id, self.uid, self.service_pid
+                )
+                infos += [info] if info is not None else []
+            self.machines.settle(machine)
+            after = session.machine_serials.get(machine.id, 0)
+            rounds = rounds_to_emit(self.machines.best_rounds(machine), after)
+            if rounds:
+                session.machine_serials[machine.id] = rounds[-1].serial
+                values = [(r.client1, r.host1, r.client2, r.host2) for r in rounds]
+                syncs.append(service_packets.remote_clock_sync_packet(
+                    values, machine.id, self.clocks.boottime(), self.uid, self.service_pid
+                ))  # fmt: skip
+        return infos, syncs
+
     # -- reports ----------------------------------------------------------------------
 
     def trace_stats_packet(self, session: Session | None) -> bytes:
@@ -163,6 +207,15 @@ class ServiceContext:
             patches_discarded=self.counters.patches_discarded,
         )
 
+    def machine_reports(self) -> list[reports.MachineReport]:
+        behind: dict[int, int] = {}
+        for producer in self.producers.values():
+            behind[producer.machine_id] = behind.get(producer.machine_id, 0) + 1
+        return [
+            reports.MachineReport(m.id, m.name, m.connected, behind.get(m.id, 0), m.key)
+            for m in self.machines
+        ]
+
     def peers_given_up(self) -> reports.PeersGivenUp:
         c = self.counters
         return reports.PeersGivenUp(
@@ -174,6 +227,6 @@ class ServiceContext:
 
     def _buffer_report(self, buffer_id: int) -> reports.BufferReport:
         buffer = self.buffers[buffer_id]
-        return reports.BufferReport(
-            buffer.stats, buffer.writer_packets_dropped, buffer.writer_stats
-        )
+        stats = buffer.stats  # a copy
+        stats.chunks_discarded += self.relay_loss.get(buffer_id, 0)
+        return reports.BufferReport(stats, buffer.writer_packets_dropped, buffer.writer_stats)

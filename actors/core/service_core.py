@@ -33,12 +33,23 @@ from actors.core.consumer_port import ConsumerPort
 from actors.core.file_sink import FileOpener, no_files
 from actors.core.file_writes import FileWrites
 from actors.core.flushes import Flushes
-from actors.core.outbox import AppendToFile, CloseFile, Output, Peer, ToConsumer, ToProducer
+from actors.core.machines import Machine
+from actors.core.outbox import (
+    AppendToFile,
+    CloseFile,
+    Output,
+    Peer,
+    ToConsumer,
+    ToProducer,
+    ToRelay,
+)
 from actors.core.producer_port import ProducerPort
 from actors.core.producer_table import ProducerTable
 from actors.core.producers import ProducerEntry, ServiceCounters, SmbFactory
 from actors.core.readback import SliceBudget
+from actors.core.relays import RELAYED_PREFIX, RelayPort, relayed_identity
 from actors.core.service_context import Clocks, ServiceContext
+from actors.core.service_packets import ClockReading
 from actors.core.session_control import SessionControl
 from actors.core.sessions import DEFAULT_LIMITS, Limits, Session, StopSession
 from actors.core.triggers import Triggers
@@ -54,6 +65,7 @@ __all__ = [
     "SliceBudget",
     "ToConsumer",
     "ToProducer",
+    "ToRelay",
 ]
 
 ProducerHandler = Callable[[ProducerEntry, int, Any, int], None]
@@ -87,6 +99,7 @@ class ServiceCore:
         t = self._triggers = Triggers(ctx, self._control)
         self._drains_first = False  # flips every continue_reads
         p = self._producer_port = ProducerPort(ctx, self._control, self._flushes)
+        self._relay_port = RelayPort(ctx, p.gone)
         c = self._consumer_port = ConsumerPort(
             ctx, self._control, self._flushes, self._files, clones
         )
@@ -149,6 +162,13 @@ class ServiceCore:
     # -- entry points -----------------------------------------------------------------
 
     def handle_producer(self, peer: Peer, msg: ipc.ProducerToService, now: int) -> list[Output]:
+        if peer.identity.startswith(RELAYED_PREFIX):  # a local peer posing as a relayed one
+            reply = ipc.ServiceToProducer(request_id=msg.request_id)
+            reply.error.message = "this routing id is reserved for producers behind a relay"
+            return [ToProducer(peer.identity, reply)]
+        return self._producer_message(peer, msg, now)
+
+    def _producer_message(self, peer: Peer, msg: ipc.ProducerToService, now: int) -> list[Output]:
         kind = msg.WhichOneof("msg")
         if kind == "initialize_connection":
             self._producer_port.initialize(peer, msg.request_id, msg.initialize_connection)
@@ -173,6 +193,64 @@ class ServiceCore:
         else:
             handler(peer, msg.request_id, getattr(msg, kind), now)
         return self._ctx.out.drain()
+
+    def handle_relay(
+        self,
+        relay: bytes,
+        msg: ipc.RelayToService,
+        now: int,
+        clocks: ClockReading,
+        key: str = "",
+    ) -> list[Output]:
+        """A relay's control message (channel 0). `clocks`: the shell's clocks read on
+        receipt (a SyncClock round's host side); `key`: the relay's CURVE public key."""
+        self._relay_port.handle(relay, msg, now, clocks, key)
+        return self._ctx.out.drain()
+
+    def handle_relay_producer(
+        self, relay: bytes, channel: int, msg: ipc.ProducerToService, now: int, key: str = ""
+    ) -> list[Output]:
+        """A message of the relay's local producer `channel` (>= 1): the producer port's,
+        its pid and uid the ones its relay's kernel gave (claimed_pid/uid)."""
+        if channel < 1 or not self._relay_port.known(relay, now, key):
+            return self._ctx.out.drain()
+        machine = self._ctx.machines.of_relay(relay)
+        assert machine is not None
+        identity = relayed_identity(relay, channel)
+        producer = self._ctx.producers.get(identity)
+        if producer is None and msg.WhichOneof("msg") == "initialize_connection":
+            init = msg.initialize_connection
+            self._ctx.out.relayed[identity] = (relay, channel)
+            peer = Peer(identity, init.claimed_pid, init.claimed_uid)
+            outputs = self._producer_message(peer, msg, now)
+            producer = self._ctx.producers.get(identity)
+            if producer is None:
+                self._ctx.out.relayed.pop(identity, None)
+            else:
+                producer.machine_id, producer.machine_name = machine.id, machine.name
+                self._ctx.remote_producer(producer.id, producer.uid, producer.pid, machine.id)
+            return outputs
+        if producer is None:
+            error = "initialize the connection first"
+            self._ctx.out.to_relay(relay, msg.request_id, error=f"channel {channel}: {error}")
+            return self._ctx.out.drain()
+        return self._producer_message(Peer(identity, producer.pid, producer.uid), msg, now)
+
+    def relay_lost(self, relay: bytes, now: int) -> list[Output]:
+        """The relay's link is gone (silent past the timeout): its producers end as
+        gone producers (what they committed is kept); its machine stays listed."""
+        self._relay_port.lost(relay, now)
+        return self._ctx.out.drain()
+
+    def machine_of_relay(self, relay: bytes) -> Machine | None:
+        return self._ctx.machines.of_relay(relay)
+
+    def relays_silent(self, now: int, timeout_ns: int) -> list[bytes]:
+        """Relays that sent nothing for `timeout_ns` (the shell calls relay_lost)."""
+        return self._ctx.machines.expired(now, timeout_ns)
+
+    def next_relay_expiry(self, timeout_ns: int) -> int | None:
+        return self._ctx.machines.next_expiry(timeout_ns)
 
     def _not_handled(self, kind: str | None) -> str:
         self._ctx.counters.messages_not_handled += 1

@@ -12,8 +12,10 @@ order at the head of each read::
     trace_uuid           first read only
     trace_provenance     first read only: per buffer, the sequences that wrote to it
     system_info          first read only (the shell's, collected once at its start)
-                         none with disable_system_info
+                         none with disable_system_info; then each relayed machine's,
+                         with its machine_id, on the first read after its InitRelay
     service events       queued since the last read, in time order
+    remote_clock_sync    per relayed machine, its clock rounds not yet emitted
     ... the buffers' packets ...
     read_tracing_buffers_completed   at the end of a read that emptied the buffers
     trace_stats                      (the reader adds it: reports.py)
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from shm.protozero import varint
@@ -138,6 +141,42 @@ def trace_provenance_packet(
 def system_info_packet(info: pb.SystemInfo, uid: int, service_pid: int) -> bytes:
     packet = pb.TracePacket()
     packet.system_info.CopyFrom(info)
+    return _service_packet(packet, uid, service_pid)
+
+
+def remote_system_info_packet(
+    info_untrusted: bytes, machine_id: int, uid: int, service_pid: int
+) -> bytes | None:
+    """A relayed machine's SystemInfo (as its relay sent it), with its machine_id;
+    None if the bytes are not a SystemInfo."""
+    packet = pb.TracePacket(machine_id=machine_id)
+    try:
+        packet.system_info.ParseFromString(info_untrusted)
+    except DecodeError:
+        return None
+    packet.system_info.DiscardUnknownFields()
+    return _service_packet(packet, uid, service_pid)
+
+
+def remote_clock_sync_packet(
+    rounds: list[tuple[ClockReading, ClockReading, ClockReading, ClockReading]],
+    machine_id: int,
+    boottime_ns: int,
+    uid: int,
+    service_pid: int,
+) -> bytes:
+    """RemoteClockSync for one machine: each round (client C1, host H1, client C2,
+    host H2) as two SyncedClocks entries, oldest first (trace_processor pairs
+    adjacent entries into one round trip)."""
+    packet = _stamped(boottime_ns)
+    packet.machine_id = machine_id
+    for client1, host1, client2, host2 in rounds:
+        for client, host in ((client1, host1), (client2, host2)):
+            synced = packet.remote_clock_sync.synced_clocks.add()
+            for clock_id, ts in client:
+                synced.client_clocks.clocks.add(clock_id=clock_id, timestamp=ts)
+            for clock_id, ts in host:
+                synced.host_clocks.clocks.add(clock_id=clock_id, timestamp=ts)
     return _service_packet(packet, uid, service_pid)
 
 

@@ -32,6 +32,7 @@ from actors.core.service_context import ServiceContext
 from actors.core.sessions import (
     Instance,
     Session,
+    machine_matches,
     producer_matches,
     target_buffer_index,
 )
@@ -53,6 +54,13 @@ def trace_uuid(config: pb.TraceConfig, rng: random.Random) -> tuple[int, int]:
     if config.trace_uuid_msb or config.trace_uuid_lsb:
         return config.trace_uuid_msb, config.trace_uuid_lsb
     return rng.getrandbits(64) - _INT64, rng.getrandbits(64) - _INT64
+
+
+def _matches(config: pb.TraceConfig, ds: pb.TraceConfig.DataSource, p: ProducerEntry) -> bool:
+    """The producer and machine filters of a data source entry."""
+    if not machine_matches(ds, config.trace_all_machines, p.machine_id, p.machine_name):
+        return False
+    return producer_matches(ds, p.name)
 
 
 def _kib(geometry: Geometry) -> str:
@@ -105,7 +113,7 @@ class SessionControl:
             if name in unmatched:
                 continue
             offered = (p for p in producers if name in p.data_sources)
-            if not any(producer_matches(ds, p.name) for p in offered):
+            if not any(_matches(config, ds, p) for p in offered):
                 unmatched[name] = None
         return list(unmatched)
 
@@ -123,7 +131,7 @@ class SessionControl:
     ) -> list[Instance]:
         created = []
         for ds in session.config.data_sources:
-            if ds.config.name != name or not producer_matches(ds, producer.name):
+            if ds.config.name != name or not _matches(session.config, ds, producer):
                 continue
             index = target_buffer_index(session.config, ds.config)[0]
             buffer_id = session.buffer_ids[index]
@@ -171,10 +179,12 @@ class SessionControl:
         `producers` entry for its name if there is one (within shm.abi's geometry
         rules and the SMB limits; else from the producer's own hints), as traced does.
         An entry that cannot be honoured is noted in session.smb_notes."""
-        if producer.smb is not None:
+        if producer.smb is not None or producer.remote_geometry is not None:
             self._note_smb_kept(session, producer)
             return True
         geometry = self._smb_geometry(session, producer)
+        if producer.machine_id:
+            return self._remote_smb(producer, geometry)
         if self._smb_refused(producer, geometry.size):
             return False
         try:
@@ -187,6 +197,16 @@ class SessionControl:
             shm_page_size_bytes=geometry.page_size,
             shm_token=smb.token,
             shm_socket=smb.socket,
+        )
+        self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
+        return True
+
+    def _remote_smb(self, producer: ProducerEntry, geometry: Geometry) -> bool:
+        """A relayed producer's SMB lives on its machine: its relay makes it, told
+        the geometry only (no memory here, so no SMB limit of this machine)."""
+        producer.remote_geometry = geometry
+        setup = ipc.SetupTracing(
+            shm_size_bytes=geometry.size, shm_page_size_bytes=geometry.page_size
         )
         self._ctx.out.to_producer(producer.peer, setup_tracing=setup)
         return True
@@ -213,10 +233,10 @@ class SessionControl:
         """A producer keeps the SMB it has (one per producer serves every session):
         note a producers entry that asked for another."""
         index = producer_entry(session.config, producer.name)
-        if index is None or producer.abi is None:
+        have = producer.abi.geometry if producer.abi is not None else producer.remote_geometry
+        if index is None or have is None:
             return
         entry = session.config.producers[index]
-        have = producer.abi.geometry
         size, page = entry.shm_size_kb * 1024, entry.page_size_kb * 1024
         if (size and size != have.size) or (page and page != have.page_size):
             note = f"producer {producer.name!r} already has an SMB of {_kib(have)}"
@@ -409,6 +429,7 @@ class SessionControl:
                 producer.disallow(instance.target_buffer)
         for buffer_id in session.buffer_ids:
             del ctx.buffers[buffer_id]
+            ctx.relay_loss.pop(buffer_id, None)
             ctx.buffer_ids.release(buffer_id)
         del ctx.sessions[session.id]
 

@@ -149,6 +149,11 @@ class Session(HasSessionState):
         self.final_flush_outcome = 0
         # Part "packets": the next periodic clock snapshot (snapshot_interval_ms).
         self.next_clock_snapshot: int | None = None
+        # Relayed machines (actors/core/machines.py): per machine id, the incarnation
+        # whose system_info this session emitted, and the serial of the last clock
+        # round it emitted in a remote_clock_sync packet.
+        self.machine_incarnations: dict[int, int] = {}
+        self.machine_serials: dict[int, int] = {}
 
     @property
     def flush_timeout_ns(self) -> int:
@@ -214,6 +219,18 @@ def named(unique_session_name: str, sessions: Iterable[Session]) -> Session | No
         if session.config.unique_session_name == unique_session_name:
             return session
     return None
+
+
+def machine_matches(
+    ds: pb.TraceConfig.DataSource, trace_all_machines: bool, machine_id: int, machine_name: str
+) -> bool:
+    """Perfetto's machine rule for a data source entry (SetupDataSource, v54): with a
+    machine_name_filter, a producer whose machine is listed ("host": the service's
+    own machine); without one, remote producers only when trace_all_machines."""
+    if ds.machine_name_filter:
+        name = "host" if machine_id == 0 else machine_name
+        return name in ds.machine_name_filter
+    return machine_id == 0 or trace_all_machines
 
 
 def producer_matches(ds: pb.TraceConfig.DataSource, producer_name: str) -> bool:
