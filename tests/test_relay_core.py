@@ -308,9 +308,16 @@ def test_a_gone_producer_sends_its_waiting_commits_then_is_said_gone():
     write_chunk(abi, 1, 2, b"b")
     h.producer(commit(0))
     h.producer(commit(1))
+    h.producer(ipc.ProducerToService(register_trace_writer={"writer_id": 1, "target_buffer": 3}))
+    write_chunk(abi, 2, 3, b"left in the SMB")
     h.core.producer_gone(ME, h.now)
     sent = h.sent()
-    assert kinds(sent) == [(channel, "commit_data")] * 2 + [(0, "producer_gone")]
+    assert kinds(sent) == [
+        (channel, "commit_data"), (channel, "commit_data"), (channel, "register_trace_writer"),
+        (channel, "commit_data"), (0, "producer_gone"),
+    ]  # fmt: skip
+    (left,) = sent[3][1].commit_data.chunks_to_move  # type: ignore[attr-defined]
+    assert CHUNK_HEADER.unpack_from(left.data)[0] == 3 and left.target_buffer == 3
     assert h.smbs[0].closed
     assert h.core.handle_for_producer(channel, ipc.ServiceToProducer(heartbeat={}), h.now) == []
 

@@ -49,7 +49,17 @@ from actors.core.producer_port import data_source_error, known_fields
 from actors.core.relay_upstream import ClockSync, Loss, ReadClocks, SendQueue
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
-from shm.abi import Geometry, SharedMemoryABI, is_valid_writer_id, resolve_geometry
+from shm.abi import (
+    CHUNK_HEADER,
+    COMPLETE,
+    LAYOUT_CHUNKS,
+    Geometry,
+    SharedMemoryABI,
+    chunk_state,
+    is_valid_writer_id,
+    layout_of,
+    resolve_geometry,
+)
 
 RELAY_REQUEST_BIT = 1 << 63  # request ids of the relay's own requests upstream
 INIT_BACKOFF_NS = (100_000_000, 5_000_000_000)  # first, then doubling up to the last
@@ -523,12 +533,14 @@ class RelayCore:
             self.queue.push(producer.channel, msg)
 
     def producer_gone(self, identity: bytes, now: int) -> list[Output]:
-        """The producer's process exited or its connection closed: what it committed
-        goes up first, then RelayProducerGone; its SMB is released."""
+        """The producer's process exited or its connection closed: what it committed,
+        then the complete chunks it left in its SMB, go up first, then
+        RelayProducerGone; its SMB is released."""
         producer = self.producers.pop(identity, None)
         if producer is None:
             return []
         del self.by_channel[producer.channel]
+        producer.waiting.append(self._leftovers(producer))
         while producer.waiting:  # bounded by its SMB: each commit frees chunks
             if self.link is Link.UP:
                 self._send_waiting(producer)
@@ -543,6 +555,32 @@ class RelayCore:
             producer.smb.close()
             producer.smb = producer.abi = None
         return []
+
+    @staticmethod
+    def _leftovers(producer: LocalProducer) -> ipc.ProducerToService:
+        """A commit of the COMPLETE chunks left in a gone producer's SMB whose writer
+        it registered (as the service scrapes a local producer's). A chunk still
+        being written is left out: it would go up as complete with a torn last
+        fragment; its writer's sequence shows the gap."""
+        msg = ipc.ProducerToService()
+        msg.commit_data.SetInParent()
+        abi = producer.abi
+        if abi is None:
+            return msg
+        for page in range(abi.num_pages):
+            bitmap = abi.bitmap(page)
+            layout = layout_of(bitmap)
+            for chunk in range(LAYOUT_CHUNKS[layout]):
+                ref = abi.chunk_ref(page, chunk, layout)
+                if ref is None or chunk_state(bitmap, chunk) != COMPLETE:
+                    continue
+                _chunk_id, writer_untrusted, _packets = CHUNK_HEADER.unpack_from(
+                    abi.buf, ref.offset
+                )
+                target = producer.writers.get(writer_untrusted)
+                if target is not None:
+                    msg.commit_data.chunks_to_move.add(page=page, chunk=chunk, target_buffer=target)
+        return msg
 
     # -- from the service, for a producer ---------------------------------------------------
 
