@@ -33,6 +33,7 @@ from shm.abi import (
 from shm.packets import parse_fragments_untrusted
 from tests.processes import PYTHON, Runtime
 from tests.relay_central import MACHINE_ID, FakeCentral, Keys
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 SYNTHETIC = "tracebus.synthetic"
@@ -253,3 +254,51 @@ def test_an_unreadable_key_file_is_refused(rt, keys):
     ])  # fmt: skip
     assert result.returncode == 2
     assert "missing.key_secret" in result.stderr
+
+
+def vm_hwm_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+
+
+def test_a_slow_link_fills_the_producers_smb_and_every_packet_is_there_or_counted(
+    rt, central, keys
+):
+    """The central side stops reading while the producer writes 40 MB: the relay's
+    queue stays within its bound, the producer's SMB fills and its writer drops
+    (its policy), and once the link drains every packet arrived or is counted."""
+    relay_proc = start_relay(rt, central, keys, "--send-queue-mb", "1", "--link-timeout-s", "120")
+    init = central.wait(lambda: central.of_kind("init_relay"), 30, "InitRelay")[0]
+    producer = start_producer(rt)
+    channel = central.wait(lambda: announced(central, producer.pid), 30, "the producer")
+    central.wait(lambda: central.of_kind("sync_clock"), 30, "a clock round")
+    baseline_kb = vm_hwm_kb(relay_proc.pid)
+    config = dsc.DataSourceConfig(name=SYNTHETIC, target_buffer=0)
+    config.for_testing.message_count, config.for_testing.message_size = 40_000, 1000
+    config.for_testing.seed = SEED
+    data = config.SerializeToString()
+    setup = ipc.SetupTracing(shm_size_bytes=64 * 1024, shm_page_size_bytes=4096)
+    for msg in (
+        ipc.ServiceToProducer(setup_tracing=setup),
+        ipc.ServiceToProducer(setup_data_source={"instance_id": 1, "data_source_config": data}),
+        ipc.ServiceToProducer(start_data_source={"instance_id": 1, "data_source_config": data}),
+    ):
+        central.send(init.relay, channel, msg)
+    log = rt.dir / "alpha.log"
+    wrote = wait_for(  # the central side reads nothing meanwhile: a stalled link
+        lambda: re.search(r"wrote (\d+) packets", log.read_text()), 60, "the source's end"
+    )
+    assert vm_hwm_kb(relay_proc.pid) - baseline_kb < 32 * 1024  # bounded: 1 MiB + pipes
+    flush = ipc.FlushRequest(flush_request_id=9, instance_ids=[1])
+    central.send(init.relay, channel, ipc.ServiceToProducer(flush=flush))
+    central.wait(lambda: 9 in flush_ids(central), 60, "the flush ack")
+    received = counters(chunks_of(central, channel))
+    assert len(received) == len(set(received))
+    dropped = max(
+        (s.dropped_packets for a in central.of_kind("commit_data", channel)
+         for s in a.msg.commit_data.writer_stats),
+        default=0,
+    )  # fmt: skip
+    assert dropped > 0, "the link was not slow enough to fill the SMB"
+    assert len(received) + dropped == int(wrote.group(1)) == 40_000
+    assert rt.stop(relay_proc) == 0
