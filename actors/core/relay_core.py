@@ -192,6 +192,12 @@ class RelayCore:
         return RELAY_REQUEST_BIT | self._next_request
 
     def _send_init_relay(self, now: int) -> None:
+        """InitRelay, unless one still waits unsent (no connection yet): the service
+        takes each InitRelay for a new incarnation of the link."""
+        self._next_init = now + self._init_backoff
+        self._init_backoff = min(2 * self._init_backoff, INIT_BACKOFF_NS[1])
+        if self.queue.holds("init_relay"):
+            return
         msg = ipc.RelayToService(request_id=self._relay_request_id())
         init = msg.init_relay
         init.hello.protocol_version = ipc.PROTOCOL_VERSION
@@ -199,8 +205,6 @@ class RelayCore:
         init.machine_id_hint = self.config.machine_id_hint
         init.system_info = self.config.system_info
         self.queue.push(0, msg)
-        self._next_init = now + self._init_backoff
-        self._init_backoff = min(2 * self._init_backoff, INIT_BACKOFF_NS[1])
 
     def handle_control(self, msg: ipc.ServiceToRelay, now: int) -> list[Output]:
         """A message on channel 0 from the service."""

@@ -76,6 +76,7 @@ class Queued:
     frames: list[bytes]
     size: int
     chunks: Loss | None  # what a commit carries, lost if the queue is dropped
+    kind: str  # the envelope's message kind
 
 
 class SendQueue:
@@ -89,8 +90,13 @@ class SendQueue:
     def push(self, channel: int, msg: object, chunks: Loss | None = None) -> None:
         frames = framing.encode_channel(channel, msg)  # type: ignore[arg-type]
         size = len(frames[1]) + len(frames[0])
-        self._items.append(Queued(frames, size, chunks))
+        kind = msg.WhichOneof("msg")  # type: ignore[attr-defined]
+        self._items.append(Queued(frames, size, chunks, kind))
         self.bytes += size
+
+    def holds(self, kind: str) -> bool:
+        """Whether a message of this kind waits unsent."""
+        return any(item.kind == kind for item in self._items)
 
     def over_bound(self) -> bool:
         return self.bytes >= self.bound_bytes
