@@ -236,6 +236,23 @@ def test_a_large_commit_is_split_with_the_flush_ack_last(h, monkeypatch):
     assert [p.flush_request_id for p in pieces] == [0, 0, 4]
 
 
+def test_a_commit_piece_holds_at_most_the_moves_the_service_takes(h, monkeypatch):
+    monkeypatch.setattr(relay_core, "MAX_MOVES_PER_PIECE", 2)
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel)
+    h.sent()
+    for page in range(3):
+        write_chunk(abi, page, page, b"x")
+    msg = commit(0, 1, 2)
+    for chunk_id in range(3):
+        msg.commit_data.chunks_to_patch.add(target_buffer=3, writer_id=1, chunk_id=chunk_id)
+    h.producer(msg)
+    pieces = [m.commit_data for _, m in h.sent()]  # type: ignore[attr-defined]
+    assert [len(p.chunks_to_move) for p in pieces] == [2, 1, 0]
+    assert [len(p.chunks_to_patch) for p in pieces] == [0, 2, 1]
+
+
 def test_over_the_queue_bound_commits_wait_in_their_smb_and_in_order():
     h = Harness(queue_bytes=4000)
     h.link_up()

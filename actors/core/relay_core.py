@@ -68,6 +68,7 @@ MAX_WAITING = 4096  # messages of one producer behind the queue bound
 # A commit piece's budget: the frame cap less room for the envelope around the chunks.
 PIECE_BYTES = framing.MAX_RELAY_FRAME_BYTES - (64 << 10)
 MOVE_OVERHEAD = 24  # a ChunkToMove's fields and tags around its data, at most
+MAX_MOVES_PER_PIECE = 4096  # the service takes at most this many moves (and patches) per commit
 
 
 class Link(enum.Enum):
@@ -463,16 +464,16 @@ class RelayCore:
 
     def _send_commit(self, producer: LocalProducer, msg: ipc.ProducerToService) -> None:
         """The commit's chunks copied out of the SMB (and freed there), in pieces
-        under the frame cap; patches, writer stats and the flush ack in the last."""
+        under the frame cap and the service's count of moves; patches, writer stats
+        and the flush ack in the last."""
         req_untrusted = msg.commit_data
-        piece = ipc.CommitDataRequest()
-        carried = Loss()
-        budget = PIECE_BYTES
+        piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
         for move_untrusted in req_untrusted.chunks_to_move:
             data = self._take_chunk(producer, move_untrusted.page, move_untrusted.chunk)
             if data is None:
                 continue
-            if len(data) + MOVE_OVERHEAD > budget and piece.chunks_to_move:
+            full = len(piece.chunks_to_move) >= MAX_MOVES_PER_PIECE
+            if piece.chunks_to_move and (full or len(data) + MOVE_OVERHEAD > budget):
                 self._push_commit(producer, msg.request_id, piece, carried)
                 piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
             buffer = move_untrusted.target_buffer
@@ -481,7 +482,8 @@ class RelayCore:
             budget -= len(data) + MOVE_OVERHEAD
         for patch_untrusted in req_untrusted.chunks_to_patch:
             size = patch_untrusted.ByteSize() + MOVE_OVERHEAD
-            if size > budget and (piece.chunks_to_move or piece.chunks_to_patch):
+            full = len(piece.chunks_to_patch) >= MAX_MOVES_PER_PIECE
+            if (piece.chunks_to_move or piece.chunks_to_patch) and (full or size > budget):
                 self._push_commit(producer, msg.request_id, piece, carried)
                 piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
             piece.chunks_to_patch.append(patch_untrusted)
