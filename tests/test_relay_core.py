@@ -322,6 +322,15 @@ def test_an_unknown_relay_error_sends_init_relay_at_once(h):
     assert kinds(h.sent()) == [(0, "init_relay")]
 
 
+def test_another_error_on_the_control_channel_keeps_the_link(h):
+    h.link_up()
+    error = ipc.ServiceToRelay()
+    error.error.message = "loss is not handled by this service"
+    out = h.core.handle_control(error, h.now)
+    assert out == [Log("the service answered with an error: loss is not handled by this service")]
+    assert h.core.link is Link.UP
+
+
 def test_a_gone_producer_sends_its_waiting_commits_then_is_said_gone():
     h = Harness(queue_bytes=6000)
     h.link_up()

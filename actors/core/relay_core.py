@@ -61,6 +61,7 @@ from shm.abi import (
     resolve_geometry,
 )
 
+UNKNOWN_RELAY = "unknown relay"  # in the service's error when it does not know our link
 RELAY_REQUEST_BIT = 1 << 63  # request ids of the relay's own requests upstream
 INIT_BACKOFF_NS = (100_000_000, 5_000_000_000)  # first, then doubling up to the last
 HEARTBEAT_INTERVAL_NS = 1_000_000_000
@@ -215,11 +216,18 @@ class RelayCore:
             return self._on_init_relay(msg.init_relay, now)
         if kind == "sync_clock" and self.link is Link.UP:
             self._push_control(self.clock.answered(msg.sync_clock.round, now))
-        elif kind == "error" and self.link is Link.UP:
-            return self._link_lost(f"the service says: {msg.error.message}", now)
         elif kind == "error":
-            return [Log(f"the service refused InitRelay: {msg.error.message}")]
+            return self._on_error(msg.error.message, now)
         return []
+
+    def _on_error(self, text: str, now: int) -> list[Output]:
+        """ "unknown relay" means the service lost our link (it restarted, or gave up
+        on us): start over. Anything else is said and changes nothing."""
+        if UNKNOWN_RELAY in text and self.link is Link.UP:
+            return self._link_lost(f"the service says: {text}", now)
+        if UNKNOWN_RELAY in text:
+            return []  # an answer to what was sent before our InitRelay went
+        return [Log(f"the service answered with an error: {text}")]
 
     def _on_init_relay(self, reply: ipc.InitRelayResponse, now: int) -> list[Output]:
         if self.link is not Link.CONNECTING:
