@@ -35,6 +35,7 @@ import traceback
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from actors import host_info
 from actors.core.relay_core import Log, RelayConfig, RelayCore, ToProducer
@@ -56,6 +57,13 @@ from protos import tracebus_ipc_pb2 as ipc
 ROUTING_ID_BYTES = 16
 HEARTBEAT_IVL_MS = 1000
 UPSTREAM_HWM = 64  # messages ZeroMQ holds; the rest waits in the relay's accounted queue
+# Handshake outcomes on the link (a refused key is final: ZeroMQ does not retry it).
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 RETRY_NS = 1_000_000  # a full pipe is retried on this timer (ZeroMQ says nothing per pipe)
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # The clocks a sync round carries (BuiltinClock id: POSIX clock), read back to back.
@@ -119,8 +127,11 @@ class RelayShell:
         self.retry_timer: Timer | None = None
         self.dropped_frames = 0
         self.producer_sends_dropped = 0
+        self.exit_code = 0
+        self.handshake_failures = 0
         self.loop.add_socket(self.producer_sock, self._drain_producers)
         self.loop.add_socket(self.upstream, self._drain_upstream)
+        self.loop.add_socket(self.monitor, self._on_monitor)
 
     def _bind_producers(self, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -152,8 +163,41 @@ class RelayShell:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
         if curve is not None:
             curve.apply(sock)
+        address = "inproc://tracebus-relay-monitor"
+        sock.monitor(address, HANDSHAKE_EVENTS)
+        self.monitor = self.ctx.socket(zmq.PAIR)
+        self.monitor.setsockopt(zmq.LINGER, 0)
+        self.monitor.connect(address)
         sock.connect(service)
         return sock
+
+    def _on_monitor(self) -> None:
+        """The link's handshakes: a key the service refuses is final (ZeroMQ does
+        not retry it), so the relay says so and exits; a failed handshake of
+        another kind (a wrong --service-key, not a tracebus service) is said."""
+        for _ in range(64):
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log(
+                    f"the service at {self.service_endpoint} refused this relay's key "
+                    f"(status {event['value']}): list its public key in the service's "
+                    "--relay-clients directory"
+                )
+                self.exit_code = 1
+                self.loop.stop()
+                return
+            if kind != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.handshake_failures += 1
+                if worth_logging(self.handshake_failures):
+                    log(
+                        f"the handshake with {self.service_endpoint} failed: is it a tracebus "
+                        "service's relay endpoint, and --service-key its public key? "
+                        f"({self.handshake_failures} so far)"
+                    )
 
     # -- local producers ------------------------------------------------------------------
 
@@ -331,7 +375,7 @@ class RelayShell:
         if chunks:
             log(f"dropped {chunks} chunks ({nbytes} bytes) without a link in all")
         self.close()
-        return 0
+        return self.exit_code
 
     def close(self) -> None:
         self.core.close()
@@ -340,6 +384,8 @@ class RelayShell:
         self.pidfds.clear()
         self.handoff.close()
         self.producer_sock.close(linger=0)
+        self.upstream.disable_monitor()
+        self.monitor.close(linger=0)
         self.upstream.close(linger=0)
         self.ctx.term()
         path = ipc_path(self.producer_endpoint)

@@ -224,13 +224,25 @@ def test_an_unknown_relay_error_starts_the_link_over(rt, central, keys):
     assert rt.stop(relay_proc) == 0
 
 
+def test_a_wrong_service_key_is_said_and_the_link_never_comes_up(rt, central, keys):
+    other_public = keys.dir / "stranger.key"  # not the service's
+    argv = [
+        "-m", "actors.relay", "--service", central.endpoint, "--key", str(keys.relay_secret),
+        "--service-key", str(other_public), "--producer-endpoint", rt.producer_endpoint,
+    ]  # fmt: skip
+    relay_proc = rt.spawn("relay", argv, stderr="lines")
+    wait_log(rt, central, relay_proc, r"the handshake with .* failed: .*--service-key")
+    assert central.arrivals == []
+    assert rt.stop(relay_proc) == 0
+
+
 def test_a_relay_key_the_service_does_not_list_gets_no_link(rt, central, keys):
     relay_proc = start_relay(rt, central, keys, key=keys.stranger_secret)
     central.wait(lambda: central.refused >= 1, 30, "a refused handshake")
-    central.pump(200)
+    wait_log(rt, central, relay_proc, r"refused this relay's key .*--relay-clients")
+    assert rt.finish(relay_proc) == 1  # ZeroMQ would not retry: the relay says so and exits
     assert central.arrivals == []
     assert "link up" not in rt.output(relay_proc)
-    assert rt.stop(relay_proc) == 0
 
 
 @pytest.mark.parametrize(
