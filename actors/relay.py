@@ -16,8 +16,9 @@ the pidfds of the producers, the clocks and the timers.
   the service knows a reconnect. It queues nothing for a link that is not up
   (ZMQ_IMMEDIATE); what ZeroMQ does not take waits in RelayCore's bounded queue.
   ZeroMQ heartbeats drop a dead TCP connection and ZeroMQ connects again by itself.
-- SIGINT/SIGTERM: producers' SMBs released, sockets closed, socket files removed,
-  exit 0. The process is non-dumpable, as the service (its SMBs stay private).
+- SIGINT/SIGTERM: each producer's committed and complete chunks and its end go up
+  (ZeroMQ gets a second to send them), SMBs released, sockets closed, socket
+  files removed, exit 0. The process is non-dumpable, as the service (its SMBs stay private).
 
 Log lines (stderr, "[relay] "): `listening: producers on ..., service ...`,
 `link up: machine id N`, `link down: <why>`, `dropped N chunks (M bytes) without
@@ -38,7 +39,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actors import host_info
-from actors.core.relay_core import Log, RelayConfig, RelayCore, ToProducer
+from actors.core.relay_core import Link, Log, RelayConfig, RelayCore, ToProducer
 from actors.endpoints import default_producer_endpoint, socket_answers
 from actors.loop import Loop, Timer
 from actors.relay_keys import KeyFileError, load_pair, load_public
@@ -65,6 +66,7 @@ HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 RETRY_NS = 1_000_000  # a full pipe is retried on this timer (ZeroMQ says nothing per pipe)
+STOP_LINGER_MS = 1000  # at exit, for the producers' last chunks and ends to leave
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # The clocks a sync round carries (BuiltinClock id: POSIX clock), read back to back.
 SYNC_CLOCKS = (
@@ -371,13 +373,24 @@ class RelayShell:
         self._after()
         self.loop.run()
         log("stopping")
+        linger = self._say_goodbye()
         chunks, nbytes = self.core.lost_total.totals()
         if chunks:
             log(f"dropped {chunks} chunks ({nbytes} bytes) without a link in all")
-        self.close()
+        self.close(linger)
         return self.exit_code
 
-    def close(self) -> None:
+    def _say_goodbye(self) -> int:
+        """Each producer ends here: what it committed and left in its SMB, then its
+        end, go to the service (best effort: ZeroMQ gets STOP_LINGER_MS to send
+        them), so the service need not wait for the relay timeout. The linger."""
+        now = time.monotonic_ns()
+        for identity in list(self.core.producers):
+            self._perform(self.core.producer_gone(identity, now))
+        self._send_some()
+        return STOP_LINGER_MS if self.core.link is Link.UP else 0
+
+    def close(self, linger: int = 0) -> None:
         self.core.close()
         for fd in self.pidfds.values():
             os.close(fd)
@@ -386,7 +399,7 @@ class RelayShell:
         self.producer_sock.close(linger=0)
         self.upstream.disable_monitor()
         self.monitor.close(linger=0)
-        self.upstream.close(linger=0)
+        self.upstream.close(linger=linger)
         self.ctx.term()
         path = ipc_path(self.producer_endpoint)
         if path is not None:

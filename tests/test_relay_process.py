@@ -165,7 +165,16 @@ def test_producer_data_crosses_the_relay_as_inline_chunks(rt, central, keys):
         return any(a.msg.producer_gone.channel == channel for a in central.of_kind("producer_gone"))
 
     central.wait(gone, 30, "RelayProducerGone")
-    assert rt.stop(relay_proc) == 0
+    # A relay that stops says its producers' end (the service need not wait for it).
+    beta = start_producer(rt, "beta")
+    second = central.wait(lambda: announced(central, beta.pid), 30, "the second producer")
+    relay_proc.send_signal(signal.SIGTERM)
+
+    def beta_gone() -> bool:
+        return any(a.msg.producer_gone.channel == second for a in central.of_kind("producer_gone"))
+
+    central.wait(beta_gone, 30, "RelayProducerGone at the relay's stop")
+    assert rt.finish(relay_proc) == 0
 
 
 def test_clock_sync_runs_bursts_of_rounds(rt, central, keys):
