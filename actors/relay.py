@@ -295,6 +295,9 @@ class RelayShell:
         except framing.FramingError as e:
             self._count_dropped(0, f"from the service: {e}")
             return
+        except Exception:  # noqa: BLE001 - a bug one message meets must not end the relay
+            log(f"a message from the service failed (a bug):\n{traceback.format_exc()}")
+            return
         self._perform(outputs)
 
     # -- sending and timers -----------------------------------------------------------------
