@@ -57,7 +57,7 @@ from protos import tracebus_ipc_pb2 as ipc
 
 ROUTING_ID_BYTES = 16
 HEARTBEAT_IVL_MS = 1000
-UPSTREAM_HWM = 64  # messages ZeroMQ holds; the rest waits in the relay's accounted queue
+UPSTREAM_HWM = 16  # messages ZeroMQ holds; the rest waits in the relay's accounted queue
 # Handshake outcomes on the link (a refused key is final: ZeroMQ does not retry it).
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED

@@ -66,8 +66,10 @@ RELAY_REQUEST_BIT = 1 << 63  # request ids of the relay's own requests upstream
 INIT_BACKOFF_NS = (100_000_000, 5_000_000_000)  # first, then doubling up to the last
 HEARTBEAT_INTERVAL_NS = 1_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
-# A commit piece's budget: the frame cap less room for the envelope around the chunks.
-PIECE_BYTES = framing.MAX_RELAY_FRAME_BYTES - (64 << 10)
+# A commit piece's budget, under the frame cap with room for the envelope around the chunks.
+# 1 MiB, well under the cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM messages)
+# then holds a few MiB at most beside the accounted queue.
+PIECE_BYTES = min(1 << 20, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
 MOVE_OVERHEAD = 24  # a ChunkToMove's fields and tags around its data, at most
 MAX_MOVES_PER_PIECE = 4096  # the service takes at most this many moves (and patches) per commit
 

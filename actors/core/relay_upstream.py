@@ -7,7 +7,8 @@ relay-link frames ([channel u32 BE][envelope], protos/framing.py); the shell sen
 from its head with NOBLOCK and pops what ZeroMQ took. Control messages always
 enter. Chunks enter only while the queue holds less than its bound (the core asks
 `over_bound()` before it takes chunks out of an SMB), so the queue holds at most
-the bound plus one commit's frames (itself under MAX_RELAY_FRAME_BYTES). Each
+the bound plus one producer commit (at most that producer's SMB). Heartbeats and
+clock-sync rounds take a lane ahead of the rest. Each
 queued commit remembers how many chunks and bytes it carries per target buffer:
 when the link goes down the queue is dropped and those become a loss.
 
@@ -36,6 +37,7 @@ BOOTTIME = 6  # perfetto.protos.BuiltinClock
 # The clocks a round carries (BuiltinClock ids): BOOTTIME, MONOTONIC, MONOTONIC_RAW, REALTIME.
 SYNCED_CLOCKS = (6, 3, 5, 1)
 
+URGENT = frozenset({"heartbeat", "sync_clock"})  # control kinds sent ahead of the rest
 ReadClocks = Callable[[], list[tuple[int, int]]]  # [(BuiltinClock id, ns)], BOOTTIME included
 
 
@@ -80,18 +82,22 @@ class Queued:
 
 
 class SendQueue:
-    """Frames for the service, oldest first, with their byte count."""
+    """Frames for the service, oldest first, with their byte count. Heartbeats and
+    clock-sync rounds go ahead of the rest (URGENT): a round that waited behind
+    megabytes of chunks would measure the queue, not the link."""
 
     def __init__(self, bound_bytes: int) -> None:
         self.bound_bytes = bound_bytes
         self._items: deque[Queued] = deque()
+        self._urgent: deque[Queued] = deque()
         self.bytes = 0
 
     def push(self, channel: int, msg: object, chunks: Loss | None = None) -> None:
         frames = framing.encode_channel(channel, msg)  # type: ignore[arg-type]
         size = len(frames[1]) + len(frames[0])
         kind = msg.WhichOneof("msg")  # type: ignore[attr-defined]
-        self._items.append(Queued(frames, size, chunks, kind))
+        lane = self._urgent if channel == 0 and kind in URGENT else self._items
+        lane.append(Queued(frames, size, chunks, kind))
         self.bytes += size
 
     def holds(self, kind: str) -> bool:
@@ -102,10 +108,12 @@ class SendQueue:
         return self.bytes >= self.bound_bytes
 
     def head(self) -> list[bytes] | None:
-        return self._items[0].frames if self._items else None
+        """The next frames to send; pop() them once ZeroMQ took them."""
+        lane = self._urgent or self._items
+        return lane[0].frames if lane else None
 
     def pop(self) -> None:
-        item = self._items.popleft()
+        item = (self._urgent or self._items).popleft()
         self.bytes -= item.size
 
     def drop_all(self) -> Loss:
@@ -115,11 +123,12 @@ class SendQueue:
             if item.chunks is not None:
                 lost.merge(item.chunks)
         self._items.clear()
+        self._urgent.clear()
         self.bytes = 0
         return lost
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._urgent)
 
 
 def clock_values(readings: list[tuple[int, int]]) -> list[ipc.ClockValue]:
