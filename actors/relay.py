@@ -197,7 +197,8 @@ class RelayShell:
                 if worth_logging(self.handshake_failures):
                     log(
                         f"the handshake with {self.service_endpoint} failed: is it a tracebus "
-                        "service's relay endpoint, and --service-key its public key? "
+                        "service's relay endpoint, secured as this relay is (CURVE with "
+                        "--service-key its public key, or --insecure on both sides)? "
                         f"({self.handshake_failures} so far)"
                     )
 

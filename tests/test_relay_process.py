@@ -245,6 +245,17 @@ def test_a_wrong_service_key_is_said_and_the_link_never_comes_up(rt, central, ke
     assert rt.stop(relay_proc) == 0
 
 
+def test_an_insecure_relay_gets_no_link_to_a_curve_service(rt, central):
+    argv = [
+        "-m", "actors.relay", "--service", central.endpoint, "--insecure",
+        "--producer-endpoint", rt.producer_endpoint,
+    ]  # fmt: skip
+    relay_proc = rt.spawn("relay", argv, stderr="lines")
+    wait_log(rt, central, relay_proc, r"the handshake with .* failed: .*--insecure on both sides")
+    assert central.arrivals == []
+    assert rt.stop(relay_proc) == 0
+
+
 def test_a_relay_key_the_service_does_not_list_gets_no_link(rt, central, keys):
     relay_proc = start_relay(rt, central, keys, key=keys.stranger_secret)
     central.wait(lambda: central.refused >= 1, 30, "a refused handshake")
