@@ -263,12 +263,15 @@ class RelayShell:
         self.loop.add_fd(fd, lambda: self._producer_gone(identity))
         return True
 
-    def _producer_gone(self, identity: bytes) -> None:
+    def _unwatch(self, identity: bytes) -> None:
         fd = self.pidfds.pop(identity, None)
         self.pids.pop(identity, None)
         if fd is not None:
             self.loop.remove(fd)
             os.close(fd)
+
+    def _producer_gone(self, identity: bytes) -> None:
+        self._unwatch(identity)
         self._perform(self.core.producer_gone(identity, time.monotonic_ns()))
         self._after()
 
@@ -360,6 +363,8 @@ class RelayShell:
     def _on_timer(self) -> None:
         self.timer = None
         self._perform(self.core.on_timer(time.monotonic_ns()))
+        for identity in [i for i in self.pidfds if i not in self.core.producers]:
+            self._unwatch(identity)  # ended by the core (silent); it starts over if it speaks
         self._after()
 
     # -- lifecycle ------------------------------------------------------------------------------

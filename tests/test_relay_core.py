@@ -369,6 +369,23 @@ def test_a_gone_producer_sends_its_waiting_commits_then_is_said_gone():
     assert h.core.handle_for_producer(channel, ipc.ServiceToProducer(heartbeat={}), h.now) == []
 
 
+def test_a_producer_silent_too_long_is_ended(h):
+    h.link_up()
+    channel = h.connect()
+    h.setup(channel)
+    h.now += relay_core.PRODUCER_SILENCE_NS - 1
+    h.producer(ipc.ProducerToService(request_id=4, heartbeat={}))  # alive
+    h.sent()
+    h.now = h.core.next_deadline()
+    while ME in h.core.producers and h.now < 10 * relay_core.PRODUCER_SILENCE_NS:
+        h.core.handle_control(ipc.ServiceToRelay(heartbeat={}), h.now)  # the link stays up
+        out = h.core.on_timer(h.now)
+        h.now = h.core.next_deadline()
+    assert Log(f"producer pid {PID} said nothing for 30 s: ended") in out
+    assert (0, "producer_gone") in kinds(h.sent())
+    assert h.smbs[0].closed
+
+
 def test_a_message_before_the_handshake_is_answered_with_an_error(h):
     (out,) = h.producer(ipc.ProducerToService(request_id=3, heartbeat={}))
     assert out.msg.request_id == 3 and "initialize" in out.msg.error.message

@@ -65,6 +65,9 @@ UNKNOWN_RELAY = "unknown relay"  # in the service's error when it does not know 
 RELAY_REQUEST_BIT = 1 << 63  # request ids of the relay's own requests upstream
 INIT_BACKOFF_NS = (100_000_000, 5_000_000_000)  # first, then doubling up to the last
 HEARTBEAT_INTERVAL_NS = 1_000_000_000
+# A local producer heartbeats every second: one silent this long is ended as gone
+# (it reconnected under another routing id, or is stopped; it starts over when it speaks).
+PRODUCER_SILENCE_NS = 30_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
 # A commit piece's budget, under the frame cap with room for the envelope around the chunks.
 # 1 MiB, well under the cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM messages)
@@ -143,6 +146,7 @@ class LocalProducer:
     smb: Smb | None = None
     abi: SharedMemoryABI | None = None
     started: set[int] = field(default_factory=set)  # instances the service set up
+    last_seen: int = 0  # when it last sent anything (monotonic ns)
     waiting: deque[ipc.ProducerToService] = field(default_factory=deque)
 
 
@@ -286,6 +290,21 @@ class RelayCore:
     # -- time ---------------------------------------------------------------------------
 
     def on_timer(self, now: int) -> list[Output]:
+        out = self._end_silent_producers(now)
+        return out + self._link_timers(now)
+
+    def _end_silent_producers(self, now: int) -> list[Output]:
+        out: list[Output] = []
+        for producer in list(self.producers.values()):
+            if now - producer.last_seen >= PRODUCER_SILENCE_NS:
+                silence = PRODUCER_SILENCE_NS / 1e9
+                out.append(
+                    Log(f"producer pid {producer.pid} said nothing for {silence:g} s: ended")
+                )
+                out += self.producer_gone(producer.identity, now)
+        return out
+
+    def _link_timers(self, now: int) -> list[Output]:
         if self.link is Link.CONNECTING:
             if self._next_init is not None and now >= self._next_init:
                 self._send_init_relay(now)
@@ -300,13 +319,15 @@ class RelayCore:
         return []
 
     def next_deadline(self) -> int | None:
-        if self.link is Link.CONNECTING:
-            return self._next_init
-        deadlines = [self._next_heartbeat, self._last_heard + self.config.link_timeout_ns]
-        clock = self.clock.deadline()
-        if clock is not None:
-            deadlines.append(clock)
-        return min(deadlines)
+        deadlines = [p.last_seen + PRODUCER_SILENCE_NS for p in self.producers.values()]
+        if self.link is Link.CONNECTING and self._next_init is not None:
+            deadlines.append(self._next_init)
+        elif self.link is Link.UP:
+            deadlines += [self._next_heartbeat, self._last_heard + self.config.link_timeout_ns]
+            clock = self.clock.deadline()
+            if clock is not None:
+                deadlines.append(clock)
+        return min(deadlines, default=None)
 
     # -- local producers --------------------------------------------------------------
 
@@ -316,7 +337,7 @@ class RelayCore:
         kind = msg.WhichOneof("msg")
         producer = self.producers.get(identity)
         if kind == "initialize_connection":
-            return self._p_initialize(identity, pid, uid, msg, producer)
+            return self._p_initialize(identity, pid, uid, msg, producer, now)
         if producer is None:
             return [self._error(identity, msg.request_id, "initialize the connection first")]
         handler = self._producer_handlers.get(kind or "")
@@ -324,6 +345,7 @@ class RelayCore:
             return [
                 self._error(identity, msg.request_id, f"{kind or 'this message'} is not handled")
             ]
+        producer.last_seen = now
         return handler(producer, msg, now)
 
     @staticmethod
@@ -339,6 +361,7 @@ class RelayCore:
         uid: int,
         msg: ipc.ProducerToService,
         producer: LocalProducer | None,
+        now: int,
     ) -> list[Output]:
         req_untrusted = msg.initialize_connection
         reply = ipc.ServiceToProducer(request_id=msg.request_id)
@@ -351,6 +374,7 @@ class RelayCore:
             hello.error = "this connection is already initialized"
         else:
             producer = self._add_producer(identity, pid, uid, req_untrusted)
+            producer.last_seen = now
             reply.initialize_connection.producer_id = producer.channel
             if self.link is Link.UP:
                 self._announce(producer)
