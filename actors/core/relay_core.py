@@ -20,6 +20,10 @@ Outputs: `ToProducer(identity, msg)` and `Log(text)` in the returned list; what
 goes to the service is pushed onto `queue` (actors/core/relay_upstream.py),
 which the shell drains, calling `drained()` when it took some.
 
+A producer is gone when its process exits (the shell's pidfd), or when it says
+nothing for PRODUCER_SILENCE_NS (it heartbeats every second): the complete
+chunks left in its SMB go up, then RelayProducerGone.
+
 Backpressure: while the queue is over its bound, a producer's commits wait
 (in order, with whatever it sends after them) and its chunks stay in its SMB:
 the SMB fills and the producer's own BufferExhaustedPolicy applies.
