@@ -334,3 +334,32 @@ def test_a_slow_link_fills_the_producers_smb_and_every_packet_is_there_or_counte
     assert dropped > 0, "the link was not slow enough to fill the SMB"
     assert len(received) + dropped == int(wrote.group(1)) == 40_000
     assert rt.stop(relay_proc) == 0
+
+
+def channels_of(central: FakeCentral, pid: int) -> list[int]:
+    """The channels the producer of `pid` was announced on, in order."""
+    inits = central.of_kind("initialize_connection")
+    return sorted({a.channel for a in inits if a.msg.initialize_connection.claimed_pid == pid})
+
+
+def test_a_stopped_relay_comes_back_with_its_producers(rt, central, keys):
+    """SIGSTOP the relay until its producer gives it up: on SIGCONT the relay sees
+    its link was silent, starts it over, and the producer (reconnected on its own)
+    is announced again."""
+    relay_proc = start_relay(rt, central, keys, "--link-timeout-s", "2")
+    producer = start_producer(rt)
+    central.wait(lambda: announced(central, producer.pid), 30, "the producer")
+    # The producer gives a service up only once one answered its heartbeats (every
+    # second): let the relay's own heartbeats (every second too) show some passed.
+    beats = len(central.of_kind("heartbeat"))
+    central.wait(lambda: len(central.of_kind("heartbeat")) >= beats + 4, 30, "heartbeats")
+    log = rt.dir / "alpha.log"
+    relay_proc.send_signal(signal.SIGSTOP)
+    try:
+        central.wait(lambda: "lost the tracing service" in log.read_text(), 30, "the give-up")
+    finally:
+        relay_proc.send_signal(signal.SIGCONT)
+    wait_log(rt, central, relay_proc, r"link down: no message from the service for 2 s")
+    central.wait(lambda: rt.output(relay_proc).count("link up") >= 2, 30, "the link again")
+    central.wait(lambda: len(channels_of(central, producer.pid)) >= 2, 30, "a new channel")
+    assert rt.stop(relay_proc) == 0
