@@ -307,6 +307,7 @@ class RelayShell:
     # -- sending and timers -----------------------------------------------------------------
 
     def _perform(self, outputs: list) -> None:
+        unreachable: list[bytes] = []
         for out in outputs:
             if isinstance(out, Log):
                 log(out.text)
@@ -314,11 +315,16 @@ class RelayShell:
             try:
                 frames = framing.encode_routed(out.identity, out.msg)
                 self.producer_sock.send_multipart(frames, zmq.NOBLOCK)
-            except zmq.ZMQError:  # a full pipe, or gone: it reconnects or its pidfd says
+            except zmq.ZMQError as e:  # a full pipe (a producer not reading), or gone
+                if e.errno == zmq.EHOSTUNREACH and out.identity not in unreachable:
+                    unreachable.append(out.identity)
                 self.producer_sends_dropped += 1
                 dropped = self.producer_sends_dropped
                 if worth_logging(dropped):
-                    log(f"a message to a producer was dropped ({dropped} so far)")
+                    log(f"a message to a producer was dropped: {e} ({dropped} so far)")
+        for identity in unreachable:  # its connection closed: it exited or reconnected
+            if identity in self.core.producers:
+                self._producer_gone(identity)
 
     def _after(self) -> None:
         """After each turn: send what the queue holds, then the timers."""
