@@ -392,6 +392,13 @@ class RelayShell:
         chunks, nbytes = self.core.lost_total.totals()
         if chunks:
             log(f"dropped {chunks} chunks ({nbytes} bytes) without a link in all")
+        counters = self.core.counters
+        log(
+            f"sent {counters.chunks_sent} chunks; {counters.chunks_invalid} moves named no "
+            f"complete chunk; {counters.waiting_dropped} producer messages past the waiting "
+            f"bound, {self.producer_sends_dropped} to producers and {self.dropped_frames} "
+            "undecodable frames dropped"
+        )
         self.close(linger)
         return self.exit_code
 
