@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from actors.core import relay_core
+from actors.core import relay_chunks, relay_core
 from actors.core.relay_core import (
     INIT_BACKOFF_NS,
     RELAY_REQUEST_BIT,
@@ -223,7 +223,7 @@ def test_a_chunk_that_is_not_complete_is_not_sent(h):
 
 
 def test_a_large_commit_is_split_with_the_flush_ack_last(h, monkeypatch):
-    monkeypatch.setattr(relay_core, "PIECE_BYTES", 5000)  # about one chunk per piece
+    monkeypatch.setattr(relay_chunks, "PIECE_BYTES", 5000)  # about one chunk per piece
     h.link_up()
     channel = h.connect()
     abi = h.setup(channel)
@@ -237,7 +237,7 @@ def test_a_large_commit_is_split_with_the_flush_ack_last(h, monkeypatch):
 
 
 def test_a_commit_piece_holds_at_most_the_moves_the_service_takes(h, monkeypatch):
-    monkeypatch.setattr(relay_core, "MAX_MOVES_PER_PIECE", 2)
+    monkeypatch.setattr(relay_chunks, "MAX_MOVES_PER_PIECE", 2)
     h.link_up()
     channel = h.connect()
     abi = h.setup(channel)

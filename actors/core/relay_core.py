@@ -13,8 +13,8 @@ sources and writers are sent with the relay's own request ids (bit 63 set; the
 replies are swallowed, an error logged) and sent again whenever the link comes
 up; its other messages are forwarded with its own request ids. A CommitData's
 chunks are copied out of the SMB (then freed there) into ChunkToMove.data, the
-commit split to stay under MAX_RELAY_FRAME_BYTES, its patches, writer stats and
-flush ack in the last piece (after their chunks).
+commit split into pieces, its patches, writer stats and flush ack in the last
+(actors/core/relay_chunks.py).
 
 Outputs: `ToProducer(identity, msg)` and `Log(text)` in the returned list; what
 goes to the service is pushed onto `queue` (actors/core/relay_upstream.py),
@@ -50,20 +50,10 @@ from typing import Any, Protocol
 
 from actors.core.outbox import version_error
 from actors.core.producer_port import data_source_error, known_fields
+from actors.core.relay_chunks import commit_pieces, free_commit, leftovers
 from actors.core.relay_upstream import ClockSync, Loss, ReadClocks, SendQueue
-from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
-from shm.abi import (
-    CHUNK_HEADER,
-    COMPLETE,
-    LAYOUT_CHUNKS,
-    Geometry,
-    SharedMemoryABI,
-    chunk_state,
-    is_valid_writer_id,
-    layout_of,
-    resolve_geometry,
-)
+from shm.abi import Geometry, SharedMemoryABI, is_valid_writer_id, resolve_geometry
 
 UNKNOWN_RELAY = "unknown relay"  # in the service's error when it does not know our link
 RELAY_REQUEST_BIT = 1 << 63  # request ids of the relay's own requests upstream
@@ -73,12 +63,6 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 # (it reconnected under another routing id, or is stopped; it starts over when it speaks).
 PRODUCER_SILENCE_NS = 30_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
-# A commit piece's budget, under the frame cap with room for the envelope around the chunks.
-# 1 MiB, well under the cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM messages)
-# then holds a few MiB at most beside the accounted queue.
-PIECE_BYTES = min(1 << 20, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
-MOVE_OVERHEAD = 24  # a ChunkToMove's fields and tags around its data, at most
-MAX_MOVES_PER_PIECE = 4096  # the service takes at most this many moves (and patches) per commit
 
 
 class Link(enum.Enum):
@@ -501,61 +485,17 @@ class RelayCore:
         return []
 
     def _send_commit(self, producer: LocalProducer, msg: ipc.ProducerToService) -> None:
-        """The commit's chunks copied out of the SMB (and freed there), in pieces
-        under the frame cap and the service's count of moves; patches, writer stats
-        and the flush ack in the last."""
-        req_untrusted = msg.commit_data
-        piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
-        for move_untrusted in req_untrusted.chunks_to_move:
-            data = self._take_chunk(producer, move_untrusted.page, move_untrusted.chunk)
-            if data is None:
-                continue
-            full = len(piece.chunks_to_move) >= MAX_MOVES_PER_PIECE
-            if piece.chunks_to_move and (full or len(data) + MOVE_OVERHEAD > budget):
-                self._push_commit(producer, msg.request_id, piece, carried)
-                piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
-            buffer = move_untrusted.target_buffer
-            piece.chunks_to_move.add(target_buffer=buffer, data=data)
-            carried.add(buffer, 1, len(data))
-            budget -= len(data) + MOVE_OVERHEAD
-        for patch_untrusted in req_untrusted.chunks_to_patch:
-            size = patch_untrusted.ByteSize() + MOVE_OVERHEAD
-            full = len(piece.chunks_to_patch) >= MAX_MOVES_PER_PIECE
-            if (piece.chunks_to_move or piece.chunks_to_patch) and (full or size > budget):
-                self._push_commit(producer, msg.request_id, piece, carried)
-                piece, carried, budget = ipc.CommitDataRequest(), Loss(), PIECE_BYTES
-            piece.chunks_to_patch.append(patch_untrusted)
-            budget -= size
-        piece.writer_stats.extend(req_untrusted.writer_stats)
-        piece.flush_request_id = req_untrusted.flush_request_id
-        self._push_commit(producer, msg.request_id, piece, carried)
-
-    def _push_commit(
-        self, producer: LocalProducer, request_id: int, piece: ipc.CommitDataRequest, carried: Loss
-    ) -> None:
-        envelope = ipc.ProducerToService(request_id=request_id, commit_data=piece)
-        self.queue.push(producer.channel, envelope, carried if carried else None)
-        self.counters.chunks_sent += len(piece.chunks_to_move)
-
-    def _take_chunk(self, producer: LocalProducer, page: int, chunk: int) -> bytes | None:
-        """The chunk's bytes (header and payload), freed in the SMB; None if the
-        producer named a chunk that is not COMPLETE there (or none at all)."""
-        abi = producer.abi
-        ref = abi.try_acquire_for_reading(page, chunk) if abi is not None else None
-        if abi is None or ref is None:
-            self.counters.chunks_invalid += 1
-            return None
-        data = bytes(abi.buf[ref.offset : ref.offset + ref.size])
-        abi.release_as_free(ref)
-        return data
+        """The commit's chunks out of the SMB, in pieces (relay_chunks.py)."""
+        for piece in commit_pieces(producer.abi, msg.commit_data):
+            self.counters.chunks_invalid += piece.invalid
+            envelope = ipc.ProducerToService(request_id=msg.request_id, commit_data=piece.request)
+            self.queue.push(producer.channel, envelope, piece.carried if piece.carried else None)
+            self.counters.chunks_sent += len(piece.request.chunks_to_move)
 
     def _free_commit(self, producer: LocalProducer, req_untrusted: ipc.CommitDataRequest) -> None:
         """No link: the commit's chunks are freed in the SMB and counted as lost."""
-        lost = Loss()
-        for move_untrusted in req_untrusted.chunks_to_move:
-            data = self._take_chunk(producer, move_untrusted.page, move_untrusted.chunk)
-            if data is not None:
-                lost.add(move_untrusted.target_buffer, 1, len(data))
+        lost, invalid = free_commit(producer.abi, req_untrusted)
+        self.counters.chunks_invalid += invalid
         self._lose(lost)
 
     def drained(self, now: int) -> list[Output]:
@@ -584,7 +524,8 @@ class RelayCore:
         if producer is None:
             return []
         del self.by_channel[producer.channel]
-        producer.waiting.append(self._leftovers(producer))
+        left = ipc.ProducerToService(commit_data=leftovers(producer.abi, producer.writers))
+        producer.waiting.append(left)
         while producer.waiting:  # bounded by its SMB: each commit frees chunks
             if self.link is Link.UP:
                 self._send_waiting(producer)
@@ -599,32 +540,6 @@ class RelayCore:
             producer.smb.close()
             producer.smb = producer.abi = None
         return []
-
-    @staticmethod
-    def _leftovers(producer: LocalProducer) -> ipc.ProducerToService:
-        """A commit of the COMPLETE chunks left in a gone producer's SMB whose writer
-        it registered (as the service scrapes a local producer's). A chunk still
-        being written is left out: it would go up as complete with a torn last
-        fragment; its writer's sequence shows the gap."""
-        msg = ipc.ProducerToService()
-        msg.commit_data.SetInParent()
-        abi = producer.abi
-        if abi is None:
-            return msg
-        for page in range(abi.num_pages):
-            bitmap = abi.bitmap(page)
-            layout = layout_of(bitmap)
-            for chunk in range(LAYOUT_CHUNKS[layout]):
-                ref = abi.chunk_ref(page, chunk, layout)
-                if ref is None or chunk_state(bitmap, chunk) != COMPLETE:
-                    continue
-                _chunk_id, writer_untrusted, _packets = CHUNK_HEADER.unpack_from(
-                    abi.buf, ref.offset
-                )
-                target = producer.writers.get(writer_untrusted)
-                if target is not None:
-                    msg.commit_data.chunks_to_move.add(page=page, chunk=chunk, target_buffer=target)
-        return msg
 
     # -- from the service, for a producer ---------------------------------------------------
 
