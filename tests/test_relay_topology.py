@@ -1,0 +1,319 @@
+"""Topologies over several machines (issue 14): `relays:`, the service's relay port and
+`machine:` on producer groups, parsed into launch/topology.py's model, turned into the
+argv of actors.service and actors.relay, checked per part (check_part), and the
+supervisor's part of one machine (`--machine NAME`) run with real processes.
+
+The parsing and argv cases run in one process; the supervisor cases start a relay and
+producers (and a service) and skip only while actors/relay.py (actors/relay_port.py for
+the central part) is not in the tree yet.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from actors.relay_keys import generate
+from launch.topology import RelaySpec, ServiceSpec, TopologyError, split_tcp
+from launch.topology_parser import check_part, load_topology
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "docs" / "topology.md"
+PY = sys.executable
+
+CURVE_SERVICE = """\
+    service:
+      relay_endpoint: tcp://0.0.0.0:7010
+      relay_key: keys/service.key_secret
+      relay_clients: keys/relays
+"""
+CURVE_RELAY = "{name: %s, key: keys/%s.key_secret, service_key: keys/service.key}"
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return tmp_path.resolve()
+
+
+@pytest.fixture
+def keys(base: Path) -> Path:
+    """keys/service.*, keys/robot1.*, keys/robot2.*, and keys/relays/ with robot1.key."""
+    directory = base / "keys"
+    for name in ("service", "robot1", "robot2"):
+        generate(directory, name)
+    (directory / "relays").mkdir()
+    (directory / "relays" / "robot1.key").write_bytes((directory / "robot1.key").read_bytes())
+    return directory
+
+
+def write(base: Path, text: str) -> Path:
+    path = base / "topology.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    return str(info.value).removeprefix(f"{path}:")
+
+
+def curve(base: Path, *relays: str, producers: str = "") -> Path:
+    """stop_when never, a CURVE relay port, `relays` (names), and `producers` (YAML)."""
+    items = "\n".join("  - " + CURVE_RELAY % (r, r) for r in relays)
+    text = "stop_when: never\n" + textwrap.dedent(CURVE_SERVICE) + "relays:\n" + items + "\n"
+    return write(base, text + textwrap.dedent(producers))
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+def test_a_curve_topology_parses_into_its_parts(base: Path) -> None:
+    path = curve(
+        base,
+        "robot1",
+        "robot2",
+        producers="""\
+        producers:
+          - {name: planner, builtin: []}
+          - {name: camera, builtin: [], machine: robot1, count: 2}
+          - {name: arm, module: arm.sources, machine: robot2}
+        """,
+    )
+    topo = load_topology(path)
+    assert topo.service.relay_endpoint == "tcp://0.0.0.0:7010"
+    assert topo.service.relay_key == base / "keys" / "service.key_secret"
+    assert topo.service.relay_clients == base / "keys" / "relays"
+    assert topo.relays == (
+        RelaySpec(
+            "robot1",
+            "tcp://127.0.0.1:7010",
+            key=base / "keys" / "robot1.key_secret",
+            service_key=base / "keys" / "service.key",
+        ),
+        RelaySpec(
+            "robot2",
+            "tcp://127.0.0.1:7010",
+            key=base / "keys" / "robot2.key_secret",
+            service_key=base / "keys" / "service.key",
+        ),
+    )
+    assert [g.name for g in topo.groups_on(None)] == ["planner"]
+    assert [g.name for g in topo.groups_on("robot1")] == ["camera"]
+    assert [g.name for g in topo.groups_on("robot2")] == ["arm"]
+    assert topo.relay("robot2").name == "robot2"
+    with pytest.raises(KeyError):
+        topo.relay("planner")
+
+
+def test_every_relay_key_and_the_service_argv(base: Path) -> None:
+    path = write(
+        base,
+        """\
+        stop_when: never
+        runtime_dir: run
+        service:
+          relay_endpoint: tcp://[::]:7010
+          relay_insecure: true
+          relay_timeout_s: 2.5
+        relays:
+          - name: robot1
+            service: tcp://base.lan:7011
+            insecure: true
+            send_queue_mb: 4
+            clock_sync_interval_s: 0.5
+            link_timeout_s: 3
+            runtime_dir: run-robot1
+            log: logs/robot1.log
+          - {name: robot2, insecure: true}
+        """,
+    )
+    topo = load_topology(path)
+    robot1, robot2 = topo.relays
+    assert robot1 == RelaySpec(
+        "robot1",
+        "tcp://base.lan:7011",
+        insecure=True,
+        send_queue_mb=4,
+        clock_sync_interval_s=0.5,
+        link_timeout_s=3.0,
+        runtime_dir=base / "run-robot1",
+        log=base / "logs" / "robot1.log",
+    )
+    assert robot2.service == "tcp://[::1]:7010"  # the wildcard made loopback
+    argv = topo.service.argv(PY, "ipc:///r/p.sock", "ipc:///r/c.sock")
+    assert argv[argv.index("--relay-endpoint") :] == [
+        "--relay-endpoint", "tcp://[::]:7010", "--relay-insecure", "--relay-timeout-s", "2.5",
+    ]  # fmt: skip
+    assert robot1.argv(PY, "ipc:///m/producer.sock") == [
+        PY, "-m", "actors.relay", "--service", "tcp://base.lan:7011",
+        "--machine-name", "robot1", "--producer-endpoint", "ipc:///m/producer.sock",
+        "--insecure", "--send-queue-mb", "4", "--clock-sync-interval-s", "0.5",
+        "--link-timeout-s", "3",
+    ]  # fmt: skip
+
+
+def test_curve_argv_passes_the_key_files(base: Path) -> None:
+    topo = load_topology(curve(base, "robot1"))
+    argv = topo.service.argv(PY, "ipc:///r/p.sock", "ipc:///r/c.sock")
+    keys = base / "keys"
+    assert argv[argv.index("--relay-endpoint") :] == [
+        "--relay-endpoint", "tcp://0.0.0.0:7010",
+        "--relay-key", str(keys / "service.key_secret"),
+        "--relay-clients", str(keys / "relays"),
+    ]  # fmt: skip
+    assert topo.relay("robot1").argv(PY, "ipc:///m/p.sock") == [
+        PY, "-m", "actors.relay", "--service", "tcp://127.0.0.1:7010",
+        "--machine-name", "robot1", "--producer-endpoint", "ipc:///m/p.sock",
+        "--key", str(keys / "robot1.key_secret"), "--service-key", str(keys / "service.key"),
+    ]  # fmt: skip
+
+
+def test_a_service_without_a_relay_port_passes_no_relay_flag() -> None:
+    argv = ServiceSpec().argv(PY, "ipc:///p", "ipc:///c")
+    assert not [a for a in argv if a.startswith("--relay")]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "parts"),
+    [
+        ("tcp://127.0.0.1:1", ("127.0.0.1", 1)),
+        ("tcp://base.lan:65535", ("base.lan", 65535)),
+        ("tcp://[::1]:7010", ("[::1]", 7010)),
+    ],
+)
+def test_split_tcp(endpoint: str, parts: tuple[str, int]) -> None:
+    assert split_tcp(endpoint) == parts
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["ipc:///x", "tcp://host", "tcp://:7010", "tcp://h:0", "tcp://h:65536", "tcp://h:x",
+     "tcp://[::1:7010", "tcp://h/x:7010"],
+)  # fmt: skip
+def test_split_tcp_refuses(endpoint: str) -> None:
+    with pytest.raises(ValueError):
+        split_tcp(endpoint)
+
+
+# -- what the parser refuses -------------------------------------------------------------------
+
+INSECURE = (
+    "stop_when: never\nservice:\n  relay_endpoint: tcp://0.0.0.0:7010\n  relay_insecure: true\n"
+)
+C = "stop_when: never\n" + textwrap.dedent(CURVE_SERVICE)
+
+REFUSED = [
+    ("plain-tcp-without-the-flag", "stop_when: never\nservice: {relay_endpoint: 'tcp://0.0.0.0:7010'}\n",
+     "2: service: missing relay_key and relay_clients: the relay link needs CURVE keys "
+     "(relay_key and relay_clients), or relay_insecure: true on a trusted network"),
+    ("service-half-the-keys", "stop_when: never\nservice:\n  relay_endpoint: tcp://0.0.0.0:7010\n"
+     "  relay_key: k.key_secret\n",
+     "3: service: missing relay_clients: the relay link needs CURVE keys (relay_key and "
+     "relay_clients), or relay_insecure: true on a trusted network"),
+    ("service-insecure-with-a-key", INSECURE + "  relay_key: k.key_secret\n",
+     "5: service.relay_key: cannot be combined with relay_insecure: true (plain TCP uses no keys)"),
+    ("relay-key-without-a-port", "stop_when: never\nservice: {relay_insecure: true}\n",
+     "2: service.relay_insecure: needs relay_endpoint"),
+    ("relay-endpoint-ipc", "stop_when: never\nservice: {relay_endpoint: 'ipc:///x'}\n",
+     "2: service.relay_endpoint: not a tcp:// endpoint: 'ipc:///x'"),
+    ("relay-endpoint-no-port", INSECURE.replace(":7010", ""),
+     "3: service.relay_endpoint: expected tcp://HOST:PORT with a port 1-65535, got "
+     "'tcp://0.0.0.0'"),
+    ("relays-without-a-port", "stop_when: never\nrelays: [{name: a, insecure: true}]\n",
+     "2: relays: relays need service.relay_endpoint (the port where the service accepts them)"),
+    ("relay-without-keys", C + "relays:\n  - {name: a}\n",
+     "7: relays[0]: missing key and service_key: the relay link needs CURVE keys (key and "
+     "service_key), or insecure: true on a trusted network"),
+    ("relay-insecure-with-a-key", INSECURE + "relays:\n  - {name: a, insecure: true, key: k}\n",
+     "6: relays[0].key: cannot be combined with insecure: true (plain TCP uses no keys)"),
+    ("relay-insecure-against-curve", C + "relays:\n  - {name: a, insecure: true}\n",
+     "7: relays[0].insecure: the service's relay port uses CURVE"),
+    ("relay-curve-against-insecure", INSECURE + "relays:\n  - {name: a, key: k, service_key: s}\n",
+     "6: relays[0].insecure: the service's relay port uses plain TCP (relay_insecure)"),
+    ("relay-duplicate",
+     INSECURE + "relays:\n  - {name: a, insecure: true}\n  - {name: a, insecure: true}\n",
+     "7: relays[1].name: duplicate relay 'a' (also at line 6)"),
+    ("relay-named-host", INSECURE + "relays:\n  - {name: host, insecure: true}\n",
+     "6: relays[0].name: 'host' names the service's own machine in machine_name_filter; "
+     "choose another name"),
+    ("relay-bad-name", INSECURE + "relays:\n  - {name: 'a#1', insecure: true}\n",
+     "6: relays[0].name: invalid machine name 'a#1': use 1 to 64 letters, digits, '_', '.' or '-'"),
+    ("relay-without-a-name", INSECURE + "relays:\n  - {insecure: true}\n",
+     "6: relays[0]: missing required key 'name' (its machine's name)"),
+    ("relay-service-wildcard", INSECURE + "relays:\n  - {name: a, insecure: true, service: 'tcp://0.0.0.0:1'}\n",
+     "6: relays[0].service: 0.0.0.0 is not an address to connect to: give the service's host"),
+    ("relay-zero-queue", INSECURE + "relays:\n  - {name: a, insecure: true, send_queue_mb: 0}\n",
+     "6: relays[0].send_queue_mb: expected a positive integer (MiB), got 0"),
+    ("relay-same-runtime-dir", "runtime_dir: run\n" + INSECURE
+     + "relays:\n  - {name: a, insecure: true, runtime_dir: ./run}\n",
+     "7: relays[0].runtime_dir: the same directory as runtime_dir: each part needs its own"),
+    ("relay-unknown-key", INSECURE + "relays:\n  - {name: a, insecure: true, servce: b}\n",
+     "6: relays[0].servce: unknown key; did you mean 'service'?"),
+    ("machine-names-no-relay", INSECURE + "relays:\n  - {name: a, insecure: true}\n"
+     "producers:\n  - {name: p, builtin: [], machine: b}\n",
+     "8: producers[0].machine: no relay named 'b' (relays: a)"),
+    ("machine-without-relays",
+     "stop_when: never\nproducers:\n  - {name: p, builtin: [], machine: b}\n",
+     "3: producers[0].machine: no relay named 'b' (relays: none: add relays)"),
+    ("relay-is-a-reserved-actor-name",
+     "stop_when: never\nproducers:\n  - {name: relay, builtin: []}\n",
+     "3: producers[0].name: 'relay' is reserved; choose another name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_refused(base: Path, text: str, message: str) -> None:
+    assert error_of(write(base, text)) == message
+
+
+def test_the_reference_example_for_several_machines_parses(base: Path) -> None:
+    example = REFERENCE.read_text().split("## Several machines", 1)[1]
+    example = example.split("```yaml\n", 1)[1].split("```", 1)[0]
+    topo = load_topology(write(base, example))
+    assert [r.name for r in topo.relays] == ["robot1"]
+    assert [g.name for g in topo.groups_on("robot1")] == ["camera"]
+    assert topo.relay("robot1").service == "tcp://base.lan:7010"
+
+
+# -- the files of one part ---------------------------------------------------------------------
+
+
+def test_each_part_loads_only_its_own_key_files(base: Path, keys: Path) -> None:
+    topo = load_topology(curve(base, "robot1", "robot2"))
+    check_part(topo, None)
+    check_part(topo, "robot1")
+    (keys / "robot2.key_secret").unlink()  # robot2's secret lives on robot2 only
+    check_part(topo, None)
+    check_part(topo, "robot1")
+    with pytest.raises(TopologyError) as e:
+        check_part(topo, "robot2")
+    assert re.fullmatch(
+        rf"{base}/topology.yaml: relays\[1\].key: cannot read the key file "
+        rf"{keys}/robot2.key_secret: .*",
+        str(e.value),
+    )
+
+
+def test_a_public_key_where_the_secret_belongs_is_refused(base: Path, keys: Path) -> None:
+    text = curve(base, "robot1").read_text().replace("service.key_secret", "service.key")
+    topo = load_topology(write(base, text))
+    with pytest.raises(TopologyError) as e:
+        check_part(topo, None)
+    assert str(e.value) == (
+        f"{base}/topology.yaml: service.relay_key: {keys}/service.key holds no secret key "
+        "(use the .key_secret file)"
+    )
+
+
+def test_a_machine_that_names_no_relay(base: Path, keys: Path) -> None:
+    topo = load_topology(curve(base, "robot1", "robot2"))
+    with pytest.raises(TopologyError) as e:
+        check_part(topo, "robot3")
+    assert (
+        str(e.value) == f"{base}/topology.yaml: no relay named 'robot3'; relays: robot1 or robot2"
+    )
