@@ -7,7 +7,8 @@ cleanup every group started for it is killed. Output copies one child pipe to
 our stream line by line; Echo writes each line with the actor's name first,
 to our stream and to the actor's log files. describe_exit and exit_text say how
 a process ended; group_of finds a pid's process group. service_actor,
-producer_actors and consumer_actor make the Actors of a topology's entries.
+relay_actor, producer_actors and consumer_actor make the Actors of a
+topology's entries.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO
 from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV
 from actors.loop import Loop, Timer
 from launch.control import CONTROL_ENV
-from launch.topology import ConsumerSpec, ProducerGroup, RestartPolicy, ServiceSpec
+from launch.topology import ConsumerSpec, ProducerGroup, RelaySpec, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
 # Bytes an actor's output may hold without a newline before they go out as a line:
@@ -152,6 +153,16 @@ def service_actor(
 ) -> Actor:
     argv = spec.argv(sys.executable, endpoints[PRODUCER_ENV], endpoints[CONSUMER_ENV])
     actor = Actor("service", "service", argv, dict(base), cwd)
+    actor.log = spec.log
+    return actor
+
+
+def relay_actor(
+    spec: RelaySpec, endpoints: Mapping[str, str], base: Mapping[str, str], cwd: str
+) -> Actor:
+    """The relay of a machine's part, serving its producers on our producer endpoint."""
+    argv = spec.argv(sys.executable, endpoints[PRODUCER_ENV])
+    actor = Actor("relay", "relay", argv, dict(base), cwd)
     actor.log = spec.log
     return actor
 

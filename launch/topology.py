@@ -20,7 +20,7 @@ launch/topology_parser.py (load_topology, parse_topology, parse_producer_group).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -342,6 +342,24 @@ class Topology:
         """The producer groups of one part: those with `machine: NAME` for a relay's
         machine, those without `machine` for the central part (None)."""
         return tuple(g for g in self.producers if g.machine == machine)
+
+    def part(self, machine: str | None) -> Topology:
+        """What one supervisor runs, as a topology: the central part (None) is this one
+        without the other machines' groups; a relay's machine part has that relay
+        alone, its groups, no consumer, the relay's runtime_dir, and runs until stopped
+        (no service of its own: the default ServiceSpec). KeyError for no such relay."""
+        if machine is None:
+            return replace(self, producers=self.groups_on(None))
+        relay = self.relay(machine)
+        return replace(
+            self,
+            runtime_dir=relay.runtime_dir,
+            stop_when="never",
+            service=ServiceSpec(),
+            producers=self.groups_on(machine),
+            consumers=(),
+            relays=(relay,),
+        )
 
 
 def _environment(

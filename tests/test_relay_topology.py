@@ -14,6 +14,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -317,3 +318,140 @@ def test_a_machine_that_names_no_relay(base: Path, keys: Path) -> None:
     assert (
         str(e.value) == f"{base}/topology.yaml: no relay named 'robot3'; relays: robot1 or robot2"
     )
+
+
+# -- one part, in this process -----------------------------------------------------------------
+
+
+def test_each_part_is_a_topology_of_its_own(base: Path) -> None:
+    path = curve(
+        base,
+        "robot1",
+        "robot2",
+        producers="""\
+        producers:
+          - {name: planner, builtin: []}
+          - {name: camera, builtin: [], machine: robot1}
+        consumers:
+          - {name: all, config_text: 'duration_ms: 1', output: out.pftrace}
+        """,
+    )
+    topo = load_topology(path)
+    central = topo.part(None)
+    assert [g.name for g in central.producers] == ["planner"]
+    assert [c.name for c in central.consumers] == ["all"]
+    assert central.service == topo.service
+    robot1 = topo.part("robot1")
+    assert [g.name for g in robot1.producers] == ["camera"]
+    assert (robot1.consumers, robot1.relays, robot1.stop_when) == ((), (topo.relays[0],), "never")
+    assert robot1.service == ServiceSpec()  # no service of its own: none of its endpoints
+    assert topo.part("robot2").producers == ()
+    with pytest.raises(KeyError):
+        topo.part("robot3")
+
+
+def test_a_relay_machine_runtime_names_the_relay_port_and_no_consumer_port(tmp_path: Path) -> None:
+    from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV
+    from launch.control import CONTROL_ENV
+    from launch.runtime import Runtime
+
+    runtime = Runtime(tmp_path / "run", ServiceSpec(producer_endpoint="ipc:///elsewhere/p"),
+                      relay=True)  # fmt: skip
+    runtime.prepare()
+    try:
+        assert runtime.endpoints == {
+            PRODUCER_ENV: f"ipc://{tmp_path}/run/producer.sock",
+            CONTROL_ENV: f"ipc://{tmp_path}/run/control.sock",
+        }
+        assert CONSUMER_ENV not in runtime.endpoints
+    finally:
+        runtime.remove(control_bound=False, service_started=True)
+    assert not (tmp_path / "run").exists()
+
+
+def service_state() -> Any:
+    from protos import tracebus_ipc_pb2 as ipc
+
+    state = ipc.QueryServiceStateResponse()
+    state.machines.add(id=7, name="robot1", connected=True, producers=1)
+    state.machines.add(id=9, name="robot2", connected=False, producers=0)
+    state.producers.add(id=1, name="planner", pid=100)
+    state.producers.add(id=2, name="camera", pid=200, machine_id=7)
+    state.producers.add(id=3, name="ghost", pid=300, machine_id=11)  # a machine not listed
+    return state
+
+
+def test_list_shows_the_machines_and_each_producers_machine() -> None:
+    from launch.control import format_listing
+    from launch.control_server import service_listing
+
+    listing = service_listing(service_state())
+    assert listing == {
+        "machines": [
+            {"id": 7, "name": "robot1", "connected": True, "producers": 1},
+            {"id": 9, "name": "robot2", "connected": False, "producers": 0},
+        ],
+        "producers": [
+            {"id": 1, "name": "planner", "pid": 100, "machine": "host"},
+            {"id": 2, "name": "camera", "pid": 200, "machine": "robot1"},
+            {"id": 3, "name": "ghost", "pid": 300, "machine": "#11"},
+        ],
+    }
+    actors = [{"name": "service", "kind": "service", "pid": 42, "state": "running"}]
+    assert format_listing({"actors": actors, **listing}).splitlines() == [
+        "actor    kind     pid  state    exit  restarts",
+        "service  service  42   running  -     0",
+        "",
+        "machine  id  connected  producers",
+        "robot1   7   yes        1",
+        "robot2   9   no         0",
+        "",
+        "producer  id  pid  machine",
+        "planner   1   100  host",
+        "camera    2   200  robot1",
+        "ghost     3   300  #11",
+    ]
+
+
+def test_list_without_machines_is_the_actors_alone() -> None:
+    from launch.control import format_actors, format_listing
+    from launch.control_server import service_listing
+    from protos import tracebus_ipc_pb2 as ipc
+
+    state = ipc.QueryServiceStateResponse()
+    state.producers.add(id=1, name="planner", pid=100)
+    assert service_listing(state) == {} == service_listing(None)
+    actors = [{"name": "relay", "kind": "relay", "pid": 5, "state": "running"}]
+    assert format_listing({"actors": actors}) == format_actors(actors)
+    assert format_listing({"actors": actors, "machine": "robot1"}).splitlines()[0] == (
+        "machine robot1 (its relay and producers)"
+    )
+
+
+class FakeSupervisor:
+    """What Commands needs to answer `list` (launch.control_server.Supervising)."""
+
+    def __init__(self, topology: Any, machine: str | None) -> None:
+        self.topology, self.machine = topology, machine
+        self.actors: list[Any] = []
+        self.asked = 0
+
+    def service_state(self) -> Any:
+        self.asked += 1
+        return service_state()
+
+
+def test_the_list_command_asks_the_service_only_with_a_relay_port(base: Path) -> None:
+    from launch.control_server import Commands
+
+    topo = load_topology(curve(base, "robot1"))
+    central = FakeSupervisor(topo.part(None), None)
+    reply = Commands(cast(Any, central)).on_list({"cmd": "list", "id": 1})
+    assert central.asked == 1
+    assert [m["name"] for m in reply["machines"]] == ["robot1", "robot2"]
+    machine = FakeSupervisor(topo.part("robot1"), "robot1")
+    reply = Commands(cast(Any, machine)).on_list({"cmd": "list", "id": 1})
+    assert (machine.asked, reply["machine"], "machines" in reply) == (0, "robot1", False)
+    plain = FakeSupervisor(load_topology(write(base, "stop_when: never\n")), None)
+    reply = Commands(cast(Any, plain)).on_list({"cmd": "list", "id": 1})
+    assert (plain.asked, "machines" in reply) == (0, False)
