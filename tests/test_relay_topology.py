@@ -10,17 +10,31 @@ the central part) is not in the tree yet.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import sys
 import textwrap
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import zmq
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
-from actors.relay_keys import generate
+from actors.relay_keys import generate, load_pair
+from launch.control import SupervisorClient
 from launch.topology import RelaySpec, ServiceSpec, TopologyError, split_tcp
 from launch.topology_parser import check_part, load_topology
+from protos import framing
+from protos import tracebus_ipc_pb2 as ipc
+from tests.processes import Proc, Runtime
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "docs" / "topology.md"
@@ -455,3 +469,243 @@ def test_the_list_command_asks_the_service_only_with_a_relay_port(base: Path) ->
     plain = FakeSupervisor(load_topology(write(base, "stop_when: never\n")), None)
     reply = Commands(cast(Any, plain)).on_list({"cmd": "list", "id": 1})
     assert (plain.asked, "machines" in reply) == (0, False)
+
+
+# -- supervisors with real processes -----------------------------------------------------------
+
+HAVE_RELAY = (REPO / "actors" / "relay.py").exists()  # the RELAY part of issue 14
+HAVE_RELAY_PORT = (REPO / "actors" / "relay_port.py").exists()  # the SERVICE part
+needs_relay = pytest.mark.skipif(not HAVE_RELAY, reason="actors/relay.py is not in the tree yet")
+needs_both = pytest.mark.skipif(
+    not (HAVE_RELAY and HAVE_RELAY_PORT),
+    reason="actors/relay.py or actors/relay_port.py is not in the tree yet",
+)
+
+MACHINE_TOPOLOGY = """\
+stop_when: never
+runtime_dir: run
+service:
+  relay_endpoint: tcp://127.0.0.1:{port}
+  relay_key: keys/service.key_secret
+  relay_clients: keys/relays
+relays:
+  - name: robot1
+    key: keys/robot1.key_secret
+    service_key: keys/service.key
+    runtime_dir: run-robot1
+    link_timeout_s: 60
+producers:
+  - {{name: planner, builtin: []}}
+  - {{name: camera, builtin: [], machine: robot1}}
+"""
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    with Runtime() as runtime:
+        yield runtime
+
+
+def rt_keys(rt: Runtime) -> Path:
+    directory = rt.dir / "keys"
+    for name in ("service", "robot1", "robot2"):
+        generate(directory, name)
+    (directory / "relays").mkdir()
+    for name in ("robot1", "robot2"):
+        (directory / "relays" / f"{name}.key").write_bytes((directory / f"{name}.key").read_bytes())
+    return directory
+
+
+class FakeService:
+    """The central service's relay port as a relay sees it: a CURVE ROUTER on a random
+    loopback port, answering InitRelay and heartbeats, keeping what the relay sent."""
+
+    def __init__(self, keys: Path) -> None:
+        public, secret = load_pair(keys / "service.key_secret")
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.curve_server = True
+        self.sock.curve_publickey, self.sock.curve_secretkey = public, secret
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.machines: dict[bytes, str] = {}  # relay routing id -> machine name
+        self.producers: list[str] = []  # names in InitializeConnection, per channel
+
+    def serve_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            assert left > 0, f"the relay did not get there: {self.machines}, {self.producers}"
+            if self.sock.poll(int(left * 1000) + 1):
+                self._on_message(self.sock.recv_multipart())
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        relay, (channel, envelope) = frames[0], framing.split_channel(frames[1:])
+        if channel:
+            msg = framing.decode_relayed_producer(envelope)
+            if msg.HasField("initialize_connection"):
+                self.producers.append(msg.initialize_connection.producer_name)
+            return
+        control = framing.decode_from_relay(envelope)
+        answer = ipc.ServiceToRelay(request_id=control.request_id)
+        if control.HasField("init_relay"):
+            self.machines[relay] = control.init_relay.machine_name
+            hello = ipc.HelloReply(protocol_version=ipc.PROTOCOL_VERSION)
+            answer.init_relay.CopyFrom(ipc.InitRelayResponse(hello=hello, machine_id=7))
+        elif control.HasField("heartbeat"):
+            answer.heartbeat.SetInParent()
+        else:
+            return
+        self.sock.send_multipart([relay, *framing.encode_channel(0, answer)])
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def start_machine(rt: Runtime, port: int, machine: str = "robot1") -> Proc:
+    path = rt.write_file("topology.yaml", MACHINE_TOPOLOGY.format(port=port))
+    return rt.start_supervisor(path, "--machine", machine)
+
+
+def listing(rt: Runtime, part: str) -> dict[str, Any]:
+    with SupervisorClient(f"ipc://{rt.dir}/{part}/control.sock") as client:
+        return client.listing()
+
+
+@needs_relay
+def test_a_machine_part_runs_its_relay_and_its_groups_behind_it(rt: Runtime) -> None:
+    fake = FakeService(rt_keys(rt))
+    try:
+        sup = start_machine(rt, fake.port)
+        rt.wait_output(sup, r"supervisor \| relay ready on ipc://.*/run-robot1/producer.sock$")
+        fake.serve_until(lambda: "camera" in fake.producers, 30)
+        assert list(fake.machines.values()) == ["robot1"]  # over CURVE, with the name
+        answer = listing(rt, "run-robot1")
+        states = {a["name"]: (a["kind"], a["state"]) for a in answer["actors"]}
+        assert states == {"relay": ("relay", "running"), "camera#1": ("producer", "running")}
+        assert answer["machine"] == "robot1"  # and planner is the central part's
+        with SupervisorClient(f"ipc://{rt.dir}/run-robot1/control.sock") as client:
+            client.stop()
+        assert rt.finish(sup) == 0
+    finally:
+        fake.close()
+    out = rt.output(sup)
+    assert "the relay exited" not in out
+    assert not (rt.dir / "run-robot1" / "producer.sock").exists()
+
+
+@needs_relay
+def test_the_relay_dying_ends_its_machine_part(rt: Runtime) -> None:
+    fake = FakeService(rt_keys(rt))
+    try:
+        sup = start_machine(rt, fake.port)
+        rt.wait_output(sup, r"camera#1 \(pid \d+\)|started camera#1")
+        relay_pid = {a["name"]: a["pid"] for a in listing(rt, "run-robot1")["actors"]}["relay"]
+        os.kill(relay_pid, signal.SIGKILL)
+        assert rt.finish(sup) == 1
+    finally:
+        fake.close()
+    out = rt.output(sup)
+    assert "stopping (the relay exited)" in out
+    assert re.search(r"relay .* exited: killed by SIGKILL", out)
+
+
+def test_a_machine_that_names_no_relay_starts_nothing(rt: Runtime) -> None:
+    rt_keys(rt)
+    path = rt.write_file("topology.yaml", MACHINE_TOPOLOGY.format(port=7010))
+    result = rt.run_supervisor(path, "--machine", "robot3")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}: no relay named 'robot3'; relays: robot1"
+    assert not (rt.dir / "run").exists() and not (rt.dir / "run-robot1").exists()
+
+
+def test_a_part_without_its_key_file_starts_nothing(rt: Runtime) -> None:
+    keys = rt_keys(rt)
+    (keys / "robot1.key_secret").unlink()  # on the central machine: not needed there
+    path = rt.write_file("topology.yaml", MACHINE_TOPOLOGY.format(port=7010))
+    result = rt.run_supervisor(path, "--machine", "robot1")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}: relays[0].key: cannot read the key file ")
+    assert not (rt.dir / "run-robot1").exists()
+    (keys / "service.key_secret").write_text("not a certificate\n")
+    result = rt.run_supervisor(path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}: service.relay_key: ")
+    assert not (rt.dir / "run").exists()
+
+
+CENTRAL_TOPOLOGY = MACHINE_TOPOLOGY.replace("    link_timeout_s: 60\n", "")
+ALL_MACHINES = """\
+buffers { size_kb: 4096 }
+data_sources {
+  config { name: "tracebus.synthetic" for_testing { message_count: 20 message_size: 64 } }
+}
+trace_all_machines: true
+duration_ms: 1500
+"""
+
+
+def free_port() -> int:
+    """A loopback TCP port free now (the service CLI binds no port 0); a test retries
+    when another process took it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_central(rt: Runtime) -> tuple[Proc, Path]:
+    """The central part on a free port, once its service answers and planner registered."""
+    for _attempt in range(3):
+        path = rt.write_file("topology.yaml", CENTRAL_TOPOLOGY.format(port=free_port()))
+        sup = rt.start_supervisor(path)
+        match = rt.wait_output(sup, r"planner#1 registered|stopping \(.*\)$", timeout=60)
+        if match.group(0).startswith("planner"):
+            return sup, path
+        code = rt.finish(sup)
+        assert "Address already in use" in rt.output(sup), f"exit {code}: {rt.output(sup)}"
+    raise AssertionError("no free port for the relay endpoint in three tries")
+
+
+@needs_both
+def test_one_topology_on_two_machines_records_both(rt: Runtime) -> None:
+    """The central part and robot1's part of one file, each with its supervisor (on one
+    host here): camera's packets reach the central trace stamped with robot1's machine
+    id, planner's carry none; ctl list shows the machine and where each producer runs."""
+    rt_keys(rt)
+    central, path = start_central(rt)
+    machine = rt.start_supervisor(path, "--machine", "robot1")
+
+    def connected() -> dict[str, Any] | None:
+        answer = listing(rt, "run")
+        on = {p["name"]: p["machine"] for p in answer.get("producers", [])}
+        return answer if on.get("camera") == "robot1" else None
+
+    answer = wait_for(connected, 60, "camera connected through robot1's relay")
+    (robot1,) = answer["machines"]
+    assert (robot1["name"], robot1["connected"], robot1["producers"]) == ("robot1", True, 1)
+    ctl = [sys.executable, "-m", "launch.ctl", "--control", f"ipc://{rt.dir}/run/control.sock"]
+    shown = rt.run([*ctl, "list"])
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^robot1 +{robot1['id']} +yes +1$", shown.stdout, re.MULTILINE)
+    assert re.search(r"^camera +\d+ +\d+ +robot1$", shown.stdout, re.MULTILINE)
+    assert re.search(r"^planner +\d+ +\d+ +host$", shown.stdout, re.MULTILINE)
+
+    config = rt.write_file("all.cfg", ALL_MACHINES)
+    out = rt.dir / "all.pftrace"
+    consumer = [sys.executable, "-m", "actors.consumer", "-c", str(config), "--txt", "-o", str(out)]
+    recorded = rt.run([*consumer, "--consumer-endpoint", f"ipc://{rt.dir}/run/consumer.sock"])
+    assert recorded.returncode == 0, recorded.stderr
+    trace = pb.Trace.FromString(out.read_bytes())
+    pids = {p["name"]: p["pid"] for p in answer["producers"]}
+    tests = [p for p in trace.packet if p.HasField("for_testing")]
+    camera = [p for p in tests if p.trusted_pid == pids["camera"]]
+    planner = [p for p in tests if p.trusted_pid == pids["planner"]]
+    assert len(camera) == 20 and len(planner) == 20
+    assert {p.machine_id for p in camera} == {robot1["id"]}
+    assert not any(p.HasField("machine_id") for p in planner)
+
+    for part, proc in (("run-robot1", machine), ("run", central)):
+        with SupervisorClient(f"ipc://{rt.dir}/{part}/control.sock") as client:
+            client.stop()
+        assert rt.finish(proc) == 0, rt.output(proc)
