@@ -383,6 +383,28 @@ def test_a_relay_machine_runtime_names_the_relay_port_and_no_consumer_port(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_a_machine_parts_actors_point_at_its_relay(base: Path) -> None:
+    """The relay serves the part's producer socket; the groups find it there, as they
+    would find a service (TRACEBUS_PRODUCER_SOCK and --producer-endpoint)."""
+    from actors.endpoints import PRODUCER_ENV
+    from launch.children import producer_actors, relay_actor
+    from launch.control import CONTROL_ENV
+
+    path = curve(base, "robot1", producers="producers:\n  - {name: camera, builtin: [], "
+                 "machine: robot1, count: 2}\n")  # fmt: skip
+    part = load_topology(path).part("robot1")
+    endpoints = {PRODUCER_ENV: "ipc:///m/producer.sock", CONTROL_ENV: "ipc:///m/control.sock"}
+    relay = relay_actor(part.relays[0], endpoints, {"PATH": "/bin"}, str(base))
+    assert (relay.name, relay.kind) == ("relay", "relay")
+    assert relay.argv[:3] == [sys.executable, "-m", "actors.relay"]
+    assert relay.argv[relay.argv.index("--producer-endpoint") + 1] == "ipc:///m/producer.sock"
+    cameras = producer_actors(part.producers[0], endpoints, {"PATH": "/bin"}, str(base))
+    assert [a.name for a in cameras] == ["camera#1", "camera#2"]
+    for actor in cameras:
+        assert actor.env[PRODUCER_ENV] == "ipc:///m/producer.sock"
+        assert actor.argv[-2:] == ["--producer-endpoint", "ipc:///m/producer.sock"]
+
+
 def service_state() -> Any:
     from protos import tracebus_ipc_pb2 as ipc
 
