@@ -14,6 +14,7 @@ topology's entries.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,9 @@ from launch.control import CONTROL_ENV
 from launch.topology import ConsumerSpec, ProducerGroup, RelaySpec, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
+# The relay's log lines that say its link changed (actors/relay.py): "link up: machine
+# id N", "link down: WHY".
+RELAY_LINK_LINE = re.compile(rb"\[relay\] (link (?:up|down)\b.*)")
 # Bytes an actor's output may hold without a newline before they go out as a line:
 # what is kept waiting for the end of a line stays bounded, whatever the actor prints.
 MAX_LINE = 64 * 1024
@@ -165,6 +169,13 @@ def relay_actor(
     actor = Actor("relay", "relay", argv, dict(base), cwd)
     actor.log = spec.log
     return actor
+
+
+def relay_link(line: bytes) -> str | None:
+    """What one line of the relay's output says of its link ("link up: machine id 7"),
+    None if it says nothing of it."""
+    match = RELAY_LINK_LINE.fullmatch(line.rstrip(b"\r"))
+    return match.group(1).decode(errors="replace")[:200] if match else None
 
 
 def producer_actors(

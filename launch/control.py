@@ -18,8 +18,9 @@ Requests are maps with a "cmd" and its fields, replies are maps with "ok",
             # once relays of other machines connected to the service:
             "machines": [{"id": 7, "name": "robot1", "connected": true, "producers": 2}],
             "producers": [{"id": 3, "name": "camera", "pid": 901, "machine": "robot1"}],
-            # from the supervisor of a relay's machine (--machine robot1):
-            "machine": "robot1"}
+            # from the supervisor of a relay's machine (--machine robot1), with what
+            # its relay last said of its link:
+            "machine": "robot1", "link": "link up: machine id 7"}
     {"cmd": "detach", "name": "extra" | "extra#1"}
         -> {"ok": true, "error": "", "detached": ["extra#1"]}
     {"cmd": "stop"} -> {"ok": true, "error": ""}
@@ -226,7 +227,7 @@ def format_listing(listing: Mapping[str, Any]) -> str:
     their machine when it has relays; on a relay's machine, which machine it is."""
     parts = []
     if listing.get("machine"):
-        parts.append(f"machine {listing['machine']} (its relay and producers)")
+        parts.append(f"machine {listing['machine']}: {listing.get('link', '?')}")
     parts.append(format_actors(listing.get("actors", [])))
     machines = listing.get("machines") or []
     if machines:

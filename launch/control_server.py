@@ -153,6 +153,7 @@ class Supervising(Protocol):
     actors: list[Actor]
     runtime: Runtime
     machine: str | None  # the relay's machine whose part this supervisor runs
+    link: str | None  # what its relay last said of its link
 
     def stopping(self) -> bool: ...
 
@@ -187,6 +188,7 @@ class Commands:
         listing: Reply = {"actors": [a.describe() for a in sup.actors]}
         if sup.machine is not None:
             listing["machine"] = sup.machine
+            listing["link"] = sup.link or "link not up yet"
         elif sup.topology.service.relay_endpoint is not None:  # else no machine to list
             listing.update(service_listing(sup.service_state()))
         return control.reply(**listing)

@@ -87,6 +87,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import zmq
 
@@ -105,6 +106,7 @@ from launch.children import (
     pipe_output,
     producer_actors,
     relay_actor,
+    relay_link,
     service_actor,
 )
 from launch.control import CONTROL_ENV
@@ -150,6 +152,7 @@ class Supervisor:
         self.stop_signal = 0
         self.service: Actor | None = None
         self.relay: Actor | None = None  # on a relay's machine, instead of the service
+        self.link: str | None = None  # what the relay last said of its link (relay_link)
         self.failed = False
         self.state_truncated = False  # a state reply the service had to cut short was seen
         self.began = time.monotonic()
@@ -163,6 +166,12 @@ class Supervisor:
 
     def say(self, text: str) -> None:
         self.echo.say(text)
+
+    def _emit(self, actor: Actor | None, line: bytes, stream: BinaryIO) -> None:
+        """An actor's output line, echoed; the relay's link state noted from it."""
+        self.echo.emit(actor, line, stream)
+        if actor is not None and actor.kind == "relay":
+            self.link = relay_link(line) or self.link
 
     # -- running ---------------------------------------------------------------------------
 
@@ -244,6 +253,7 @@ class Supervisor:
                 self.failed = True
                 self.request_stop(f"the service did not answer within {ready_timeout:g} s")
             return False
+        self._say_machine_parts()
         early = [s for s in self.topology.consumers if s.start == "before_producers"]
         for spec in early:
             self._start_consumer_first(spec, cwd)
@@ -273,6 +283,13 @@ class Supervisor:
         for group in self.topology.producers:
             self.start_producers(group, cwd)
         return not self.stopping()
+
+    def _say_machine_parts(self) -> None:
+        """How to start each relay's part: on its machine, with this file."""
+        for relay in self.topology.relays:
+            source = self.topology.source
+            self.say(f"machine {relay.name}: python -m launch.supervisor {source} "
+                     f"--machine {relay.name}")  # fmt: skip
 
     def _relay_answers(self) -> bool:
         if self.relay is None or not self.relay.alive:
@@ -345,7 +362,7 @@ class Supervisor:
             return
         actor.adopt(proc)
         self.loop.add_fd(actor.pidfd, lambda: self._on_exit(actor))
-        self.outputs += pipe_output(self.loop, self.echo.emit, actor)
+        self.outputs += pipe_output(self.loop, self._emit, actor)
         if actor.kind == "producer" and self.machine is None:  # a relay lists no producer
             actor.state = "starting"
             actor.ready_deadline = time.monotonic() + READY_TIMEOUT

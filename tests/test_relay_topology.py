@@ -459,9 +459,27 @@ def test_list_without_machines_is_the_actors_alone() -> None:
     assert service_listing(state) == {} == service_listing(None)
     actors = [{"name": "relay", "kind": "relay", "pid": 5, "state": "running"}]
     assert format_listing({"actors": actors}) == format_actors(actors)
-    assert format_listing({"actors": actors, "machine": "robot1"}).splitlines()[0] == (
-        "machine robot1 (its relay and producers)"
+    link = {"machine": "robot1", "link": "link down: no message from the service in 5 s"}
+    assert format_listing({"actors": actors, **link}).splitlines()[0] == (
+        "machine robot1: link down: no message from the service in 5 s"
     )
+
+
+@pytest.mark.parametrize(
+    ("line", "link"),
+    [
+        (b"[relay] link up: machine id 7", "link up: machine id 7"),
+        (b"[relay] link down: the service sent 'unknown relay'\r", "link down: the service "
+         "sent 'unknown relay'"),
+        (b"[relay] listening: producers on ipc:///m/p, service tcp://h:1", None),
+        (b"[relay] linked: x", None),
+        (b"camera says [relay] link up", None),
+    ],
+)  # fmt: skip
+def test_the_relays_link_state_comes_from_its_log_lines(line: bytes, link: str | None) -> None:
+    from launch.children import relay_link
+
+    assert relay_link(line) == link
 
 
 class FakeSupervisor:
@@ -469,6 +487,7 @@ class FakeSupervisor:
 
     def __init__(self, topology: Any, machine: str | None) -> None:
         self.topology, self.machine = topology, machine
+        self.link: str | None = None
         self.actors: list[Any] = []
         self.asked = 0
 
@@ -488,6 +507,9 @@ def test_the_list_command_asks_the_service_only_with_a_relay_port(base: Path) ->
     machine = FakeSupervisor(topo.part("robot1"), "robot1")
     reply = Commands(cast(Any, machine)).on_list({"cmd": "list", "id": 1})
     assert (machine.asked, reply["machine"], "machines" in reply) == (0, "robot1", False)
+    assert reply["link"] == "link not up yet"
+    machine.link = "link up: machine id 7"
+    assert Commands(cast(Any, machine)).on_list({"cmd": "list", "id": 2})["link"] == machine.link
     plain = FakeSupervisor(load_topology(write(base, "stop_when: never\n")), None)
     reply = Commands(cast(Any, plain)).on_list({"cmd": "list", "id": 1})
     assert (plain.asked, "machines" in reply) == (0, False)
@@ -603,7 +625,9 @@ def test_a_machine_part_runs_its_relay_and_its_groups_behind_it(rt: Runtime) -> 
         rt.wait_output(sup, r"supervisor \| relay ready on ipc://.*/run-robot1/producer.sock$")
         fake.serve_until(lambda: "camera" in fake.producers, 30)
         assert list(fake.machines.values()) == ["robot1"]  # over CURVE, with the name
+        up = wait_for(lambda: listing(rt, "run-robot1")["link"].startswith("link up"), 30, "up")
         answer = listing(rt, "run-robot1")
+        assert up and answer["link"] == "link up: machine id 7"  # the fake's id
         states = {a["name"]: (a["kind"], a["state"]) for a in answer["actors"]}
         assert states == {"relay": ("relay", "running"), "camera#1": ("producer", "running")}
         assert answer["machine"] == "robot1"  # and planner is the central part's
