@@ -25,6 +25,7 @@ import pytest
 import zmq
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.consumer import Consumer
 from actors.relay_keys import generate, load_pair
 from launch.control import SupervisorClient
 from launch.topology import RelaySpec, ServiceSpec, TopologyError, split_tcp
@@ -755,3 +756,24 @@ def test_one_topology_on_two_machines_records_both(rt: Runtime) -> None:
         with SupervisorClient(f"ipc://{rt.dir}/{part}/control.sock") as client:
             client.stop()
         assert rt.finish(proc) == 0, rt.output(proc)
+
+
+@needs_both
+def test_a_machine_whose_key_the_service_does_not_accept_ends_with_why(rt: Runtime) -> None:
+    """robot1's public key is not in relay_clients: its relay is refused, says which
+    list to put it in and exits, so robot1's part ends (exit 1); the service counts it
+    and keeps running."""
+    keys = rt_keys(rt)
+    (keys / "relays" / "robot1.key").unlink()
+    central, path = start_central(rt)
+    machine = rt.start_supervisor(path, "--machine", "robot1")
+    assert rt.finish(machine) == 1
+    out = rt.output(machine)
+    assert "refused this relay's key" in out and "stopping (the relay exited)" in out
+    with Consumer.connect(f"ipc://{rt.dir}/run/consumer.sock", timeout=10) as consumer:
+        state = consumer.query_state(timeout=10)
+    assert state.refusals["relay_key_not_accepted"] >= 1
+    assert not state.machines  # never connected: no machine
+    with SupervisorClient(f"ipc://{rt.dir}/run/control.sock") as client:
+        client.stop()
+    assert rt.finish(central) == 0, rt.output(central)
