@@ -287,6 +287,14 @@ def test_refused(base: Path, text: str, message: str) -> None:
     assert error_of(write(base, text)) == message
 
 
+def test_a_group_attached_at_runtime_names_no_machine(base: Path) -> None:
+    from launch.topology_parser import parse_producer_group
+
+    with pytest.raises(TopologyError) as e:
+        parse_producer_group({"name": "p", "builtin": [], "machine": "robot1"}, base)
+    assert str(e.value) == ("machine: a group attached at runtime runs on its supervisor's machine")
+
+
 def test_the_reference_example_for_several_machines_parses(base: Path) -> None:
     example = REFERENCE.read_text().split("## Several machines", 1)[1]
     example = example.split("```yaml\n", 1)[1].split("```", 1)[0]
