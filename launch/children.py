@@ -167,6 +167,7 @@ def relay_actor(
     """The relay of a machine's part, serving its producers on our producer endpoint."""
     argv = spec.argv(sys.executable, endpoints[PRODUCER_ENV])
     actor = Actor("relay", "relay", argv, dict(base), cwd)
+    actor.restart = spec.restart
     actor.log = spec.log
     return actor
 

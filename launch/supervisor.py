@@ -65,7 +65,9 @@ relay NAME's machine: the relay, started first and ready once its producer
 socket answers, then the groups with `machine: NAME` pointed at it; no
 service, no consumer. The relay cannot list its producers, so they run without
 a registration step; that part runs until a signal or `ctl stop`, or until the
-relay exits (exit 1, as for the service). Before anything starts, each part
+relay exits and its `restart` policy does not start it again (exit 1, as for
+the service); a restarted relay serves the same socket, and its producers
+reconnect to it. Before anything starts, each part
 loads the key files it needs (topology_parser.check_part): exit 2 if one is
 missing or wrong.
 
@@ -445,11 +447,12 @@ class Supervisor:
             self._note_unregistered_exit(actor)
         if actor.stop_requested:
             actor.state = "detached" if actor.detached else "stopped"
-        elif actor.kind == "producer":
+        elif actor.kind in ("producer", "relay"):  # the relay's producers reconnect to it
             self._maybe_restart(actor, returncode)
         else:
             actor.state = "failed" if failed else "exited"
-        if actor.kind in ("service", "relay") and self.stop_reason is None:
+        server = actor.kind in ("service", "relay") and actor.state != "restarting"
+        if server and self.stop_reason is None:
             self.failed = True
             self.request_stop(f"the {actor.kind} exited")
         if actor.kind == "consumer":

@@ -144,7 +144,8 @@ class RelaySpec:
     service's relay port `service` (tcp://HOST:PORT) with CURVE, `key` being its own
     NAME.key_secret and `service_key` the service's NAME.key, or over plain TCP with
     `insecure` (the parser checks that exactly one of these holds). None: the relay's
-    default. `runtime_dir` is where that machine's supervisor keeps its sockets."""
+    default. `runtime_dir` is where that machine's supervisor keeps its sockets;
+    `restart` what it does when the relay exits (never: the machine's part ends)."""
 
     name: str
     service: str
@@ -154,6 +155,7 @@ class RelaySpec:
     send_queue_mb: int | None = None
     clock_sync_interval_s: float | None = None
     link_timeout_s: float | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
     runtime_dir: Path | None = None
     log: Path | None = None
 

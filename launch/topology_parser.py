@@ -103,6 +103,7 @@ RELAY_KEYS = (  # the relay's flags, and where its machine's supervisor keeps it
     "send_queue_mb",
     "clock_sync_interval_s",
     "link_timeout_s",
+    "restart",
     "runtime_dir",
     "log",
 )
@@ -430,6 +431,7 @@ class TopologyParser(YamlReader):
             "send_queue_mb": lambda n, k: self.integer(n, k, "a positive integer (MiB)", 1),
             "clock_sync_interval_s": self.seconds,
             "link_timeout_s": self.seconds,
+            "restart": self.restart,
             "runtime_dir": self.runtime_dir,
             "log": self.writable_path,
         }

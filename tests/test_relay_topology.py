@@ -28,7 +28,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 from actors.consumer import Consumer
 from actors.relay_keys import generate, load_pair
 from launch.control import SupervisorClient
-from launch.topology import RelaySpec, ServiceSpec, TopologyError, split_tcp
+from launch.topology import RelaySpec, RestartPolicy, ServiceSpec, TopologyError, split_tcp
 from launch.topology_parser import check_part, load_topology
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
@@ -143,6 +143,7 @@ def test_every_relay_key_and_the_service_argv(base: Path) -> None:
             send_queue_mb: 4
             clock_sync_interval_s: 0.5
             link_timeout_s: 3
+            restart: {policy: on-failure, max_restarts: 2}
             runtime_dir: run-robot1
             log: logs/robot1.log
           - {name: robot2, insecure: true}
@@ -157,6 +158,7 @@ def test_every_relay_key_and_the_service_argv(base: Path) -> None:
         send_queue_mb=4,
         clock_sync_interval_s=0.5,
         link_timeout_s=3.0,
+        restart=RestartPolicy("on-failure", 2),
         runtime_dir=base / "run-robot1",
         log=base / "logs" / "robot1.log",
     )
@@ -648,6 +650,33 @@ def test_a_machine_part_runs_its_relay_and_its_groups_behind_it(rt: Runtime) -> 
     out = rt.output(sup)
     assert "the relay exited" not in out
     assert not (rt.dir / "run-robot1" / "producer.sock").exists()
+
+
+@needs_relay
+def test_a_relay_that_restarts_on_failure_gets_its_producers_back(rt: Runtime) -> None:
+    """relays[].restart: the relay SIGKILLed is started again on the same socket; the
+    service sees a new InitRelay and camera's producer connect again through it."""
+    fake = FakeService(rt_keys(rt))
+    try:
+        text = MACHINE_TOPOLOGY.format(port=fake.port).replace(
+            "    link_timeout_s: 60\n", "    link_timeout_s: 60\n    restart: on-failure\n"
+        )
+        sup = rt.start_supervisor(rt.write_file("topology.yaml", text), "--machine", "robot1")
+        fake.serve_until(lambda: fake.producers == ["camera"], 30)
+        relay_pid = {a["name"]: a["pid"] for a in listing(rt, "run-robot1")["actors"]}["relay"]
+        os.kill(relay_pid, signal.SIGKILL)
+        rt.wait_output(sup, r"restarting relay in [\d.]+ s \(restart 1 of 5\)")
+        fake.serve_until(lambda: fake.producers == ["camera", "camera"], 60)
+        assert len(fake.machines) == 2  # two relay processes, two routing ids
+        actors = {a["name"]: a for a in listing(rt, "run-robot1")["actors"]}
+        assert (actors["relay"]["state"], actors["relay"]["restarts"]) == ("running", 1)
+        assert actors["relay"]["pid"] != relay_pid
+        assert actors["camera#1"]["restarts"] == 0  # the producer itself kept running
+        with SupervisorClient(f"ipc://{rt.dir}/run-robot1/control.sock") as client:
+            client.stop()
+        assert rt.finish(sup) == 0
+    finally:
+        fake.close()
 
 
 @needs_relay
