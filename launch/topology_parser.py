@@ -409,13 +409,14 @@ class TopologyParser(YamlReader):
 
     def relays(self, node: Node, key: str, service: ServiceSpec | None) -> tuple[RelaySpec, ...]:
         items = self.sequence(node, key, "a list of relays")
-        if items and (service is None or service.relay_endpoint is None):
+        if not items:
+            return ()
+        if service is None or service.relay_endpoint is None:
             self.fail(
                 node,
                 key,
                 "relays need service.relay_endpoint (the port where the service accepts them)",
             )
-        assert service is not None  # for mypy: checked just above
         return tuple(self.relay(item, f"{key}[{i}]", service) for i, item in enumerate(items))
 
     def relay(self, node: Node, key: str, service: ServiceSpec) -> RelaySpec:

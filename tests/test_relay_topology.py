@@ -191,6 +191,10 @@ def test_curve_argv_passes_the_key_files(base: Path) -> None:
     ]  # fmt: skip
 
 
+def test_an_empty_relays_list_needs_no_relay_port(base: Path) -> None:
+    assert load_topology(write(base, "stop_when: never\nrelays: []\n")).relays == ()
+
+
 def test_a_service_without_a_relay_port_passes_no_relay_flag() -> None:
     argv = ServiceSpec().argv(PY, "ipc:///p", "ipc:///c")
     assert not [a for a in argv if a.startswith("--relay")]
