@@ -23,16 +23,19 @@ from typing import Any, cast
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors.consumer import Consumer
 from actors.relay_keys import generate, load_pair
 from launch.control import SupervisorClient
 from launch.topology import RelaySpec, RestartPolicy, ServiceSpec, TopologyError, split_tcp
-from launch.topology_parser import check_part, load_topology
+from launch.topology_parser import check_part, load_topology, parse_topology
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from tests.processes import Proc, Runtime
+from tests.test_topology_hostile import TOKENS
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -308,6 +311,34 @@ def test_the_reference_example_for_several_machines_parses(base: Path) -> None:
     assert [r.name for r in topo.relays] == ["robot1"]
     assert [g.name for g in topo.groups_on("robot1")] == ["camera"]
     assert topo.relay("robot1").service == "tcp://base.lan:7010"
+
+
+MACHINES_EXAMPLE = (
+    REFERENCE.read_text().split("## Several machines", 1)[1].split("```yaml\n", 1)[1]
+).split("```", 1)[0]
+EDIT = st.tuples(
+    st.integers(0, len(MACHINES_EXAMPLE)),
+    st.sampled_from([*TOKENS, "relays", "machine: ", "insecure: true", "tcp://", ":0", "host"]),
+    st.integers(0, 20),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(EDIT, min_size=1, max_size=6))
+def test_a_mutated_multi_machine_topology_is_a_topology_or_one_line_error(edits: list) -> None:
+    text = MACHINES_EXAMPLE
+    for position, token, cut in edits:
+        position = min(position, len(text))
+        text = text[:position] + token + text[position + cut :]
+    try:
+        topo = parse_topology(text, REPO / "examples" / "mutated.yaml")
+    except TopologyError as e:
+        assert "\n" not in str(e)
+        return
+    for relay in topo.relays:  # what parsed builds argv and names its part
+        relay.argv(PY, "ipc:///m/p.sock")
+        assert topo.part(relay.name).relays == (relay,)
+    topo.service.argv(PY, "ipc:///r/p", "ipc:///r/c")
 
 
 # -- the files of one part ---------------------------------------------------------------------
