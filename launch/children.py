@@ -7,12 +7,14 @@ cleanup every group started for it is killed. Output copies one child pipe to
 our stream line by line; Echo writes each line with the actor's name first,
 to our stream and to the actor's log files. describe_exit and exit_text say how
 a process ended; group_of finds a pid's process group. service_actor,
-producer_actors and consumer_actor make the Actors of a topology's entries.
+relay_actor, producer_actors and consumer_actor make the Actors of a
+topology's entries.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,9 +26,12 @@ from typing import Any, BinaryIO
 from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV
 from actors.loop import Loop, Timer
 from launch.control import CONTROL_ENV
-from launch.topology import ConsumerSpec, ProducerGroup, RestartPolicy, ServiceSpec
+from launch.topology import ConsumerSpec, ProducerGroup, RelaySpec, RestartPolicy, ServiceSpec
 
 Emit = Callable[["Actor | None", bytes, BinaryIO], None]
+# The relay's log lines that say its link changed (actors/relay.py): "link up: machine
+# id N", "link down: WHY".
+RELAY_LINK_LINE = re.compile(rb"\[relay\] (link (?:up|down)\b.*)")
 # Bytes an actor's output may hold without a newline before they go out as a line:
 # what is kept waiting for the end of a line stays bounded, whatever the actor prints.
 MAX_LINE = 64 * 1024
@@ -154,6 +159,24 @@ def service_actor(
     actor = Actor("service", "service", argv, dict(base), cwd)
     actor.log = spec.log
     return actor
+
+
+def relay_actor(
+    spec: RelaySpec, endpoints: Mapping[str, str], base: Mapping[str, str], cwd: str
+) -> Actor:
+    """The relay of a machine's part, serving its producers on our producer endpoint."""
+    argv = spec.argv(sys.executable, endpoints[PRODUCER_ENV])
+    actor = Actor("relay", "relay", argv, dict(base), cwd)
+    actor.restart = spec.restart
+    actor.log = spec.log
+    return actor
+
+
+def relay_link(line: bytes) -> str | None:
+    """What one line of the relay's output says of its link ("link up: machine id 7"),
+    None if it says nothing of it."""
+    match = RELAY_LINK_LINE.fullmatch(line.rstrip(b"\r"))
+    return match.group(1).decode(errors="replace")[:200] if match else None
 
 
 def producer_actors(

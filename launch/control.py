@@ -14,7 +14,13 @@ Requests are maps with a "cmd" and its fields, replies are maps with "ok",
         -> {"ok": true, "error": "", "instances": ["extra#1"], "pids": [4242]}
     {"cmd": "list"}
         -> {"ok": true, "error": "", "actors": [{"name": "service", "kind": "service",
-            "pid": 4200, "state": "running", "restarts": 0, "exit": null}, ...]}
+            "pid": 4200, "state": "running", "restarts": 0, "exit": null}, ...],
+            # once relays of other machines connected to the service:
+            "machines": [{"id": 7, "name": "robot1", "connected": true, "producers": 2}],
+            "producers": [{"id": 3, "name": "camera", "pid": 901, "machine": "robot1"}],
+            # from the supervisor of a relay's machine (--machine robot1), with what
+            # its relay last said of its link:
+            "machine": "robot1", "link": "link up: machine id 7"}
     {"cmd": "detach", "name": "extra" | "extra#1"}
         -> {"ok": true, "error": "", "detached": ["extra#1"]}
     {"cmd": "stop"} -> {"ok": true, "error": ""}
@@ -216,6 +222,28 @@ def format_actors(actors: Sequence[Mapping[str, Any]], indent: str = "") -> str:
     return format_table(rows, indent)
 
 
+def format_listing(listing: Mapping[str, Any]) -> str:
+    """The `list` reply: the actors, then the service's machines and its producers with
+    their machine when it has relays; on a relay's machine, which machine it is."""
+    parts = []
+    if listing.get("machine"):
+        parts.append(f"machine {listing['machine']}: {listing.get('link', '?')}")
+    parts.append(format_actors(listing.get("actors", [])))
+    machines = listing.get("machines") or []
+    if machines:
+        rows: list[Sequence[object]] = [("machine", "id", "connected", "producers")]
+        for m in machines:
+            connected = "yes" if m.get("connected") else "no"
+            rows.append((m.get("name", "?"), m.get("id", "?"), connected, m.get("producers", 0)))
+        parts.append(format_table(rows))
+        rows = [("producer", "id", "pid", "machine")]
+        for p in listing.get("producers") or []:
+            rows.append((p.get("name", "?"), p.get("id", "?"), p.get("pid") or "-",
+                         p.get("machine", "?")))  # fmt: skip
+        parts.append(format_table(rows))
+    return "\n\n".join(parts)
+
+
 # -- finding the supervisor --------------------------------------------------------------------
 
 
@@ -313,6 +341,11 @@ class SupervisorClient:
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every actor: name, kind, pid, state, restarts, exit."""
         return list(self.call("list")["actors"])
+
+    def listing(self) -> dict[str, Any]:
+        """The whole `list` reply: the actors, and the machines and the service's
+        producers when relays connected (format_listing prints it)."""
+        return self.call("list")
 
     def detach(self, name: str, *, timeout: float = 30.0) -> builtins.list[str]:
         """Stop a producer group or one instance NAME#k; returns once they exited."""

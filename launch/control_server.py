@@ -12,7 +12,9 @@ without a handler and a handler's ControlError get an error reply; so does
 every pending request when the server closes.
 
 Commands holds the handlers of list, stop, attach and detach, and the table
-naming them; it acts on the supervisor through the Supervising protocol.
+naming them; it acts on the supervisor through the Supervising protocol. The
+list reply also carries, when the service has relays of other machines, its
+machines and its producers with their machine (service_listing).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from launch import control
 from launch.children import Actor, exit_text
 from launch.runtime import Runtime, SetupError
 from launch.shutdown import STOP_TIMEOUT
+from launch.topology import HOST_MACHINE as HOST
 from launch.topology import ProducerGroup, Topology, TopologyError
 from launch.topology_parser import parse_producer_group
+from protos import tracebus_ipc_pb2 as ipc
 
 Reply = dict[str, Any]
 Request = dict[str, Any]  # as control.decode_request returns it: checked, defaults filled
@@ -148,6 +152,8 @@ class Supervising(Protocol):
     topology: Topology
     actors: list[Actor]
     runtime: Runtime
+    machine: str | None  # the relay's machine whose part this supervisor runs
+    link: str | None  # what its relay last said of its link
 
     def stopping(self) -> bool: ...
 
@@ -158,6 +164,8 @@ class Supervising(Protocol):
     def stop_actor(self, actor: Actor, signum: int, timeout: float) -> None: ...
 
     def say(self, text: str) -> None: ...
+
+    def service_state(self) -> ipc.QueryServiceStateResponse | None: ...
 
 
 class Commands:
@@ -176,7 +184,14 @@ class Commands:
         }
 
     def on_list(self, _req: Request) -> Reply:
-        return control.reply(actors=[a.describe() for a in self.supervisor.actors])
+        sup = self.supervisor
+        listing: Reply = {"actors": [a.describe() for a in sup.actors]}
+        if sup.machine is not None:
+            listing["machine"] = sup.machine
+            listing["link"] = sup.link or "link not up yet"
+        elif sup.topology.service.relay_endpoint is not None:  # else no machine to list
+            listing.update(service_listing(sup.service_state()))
+        return control.reply(**listing)
 
     def on_endpoints(self, _req: Request) -> Reply:
         """Where the topology's service listens (ctl's trigger fires on its consumer port)."""
@@ -234,3 +249,25 @@ class Commands:
             return control.reply(detached=[a.name for a in targets])
 
         return Later(check)
+
+
+def service_listing(state: ipc.QueryServiceStateResponse | None) -> Reply:
+    """The service's machines and producers, each producer with its machine's name
+    ("host": the service's own), as list maps; nothing when no relay ever connected."""
+    if state is None or not state.machines:
+        return {}
+    names = {m.id: m.name for m in state.machines}
+    machines = [
+        {"id": m.id, "name": m.name, "connected": m.connected, "producers": m.producers}
+        for m in state.machines
+    ]
+    producers = [
+        {
+            "id": p.id,
+            "name": p.name,
+            "pid": p.pid,
+            "machine": names.get(p.machine_id, f"#{p.machine_id}") if p.machine_id else HOST,
+        }
+        for p in state.producers
+    ]
+    return {"machines": machines, "producers": producers}

@@ -14,6 +14,10 @@ every actor the supervisor starts, and printed by it at start), else the
 per-user default ipc://$XDG_RUNTIME_DIR/tracebus/control.sock (or
 /tmp/tracebus-<uid>/control.sock), which points at the running supervisor.
 
+`list` shows the actors; once relays of other machines connected to the
+topology's service, also its machines (id, name, connected, producers) and its
+producers with the machine each runs on (`host`: the service's own).
+
 `attach` returns once every instance registered with the service (a producer
 attached mid-session joins the running sessions); relative --module imports
 and --command lines resolve against this shell's working directory. Exit
@@ -39,7 +43,7 @@ from launch.control import (
     POLICIES,
     RESTART_POLICIES,
     ControlError,
-    format_actors,
+    format_listing,
 )
 from launch.control import SupervisorClient as Client
 
@@ -82,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "--no-wait", action="store_true", help="return once started, not once registered"
     )
-    sub.add_parser("list", help="actors, pids, states, restarts")
+    sub.add_parser(
+        "list", help="actors, pids, states, restarts; the machines, when relays connected"
+    )
     detach = sub.add_parser("detach", help="stop a producer group or one instance NAME#k")
     detach.add_argument("name", metavar="NAME")
     sub.add_parser("stop", help="shut the whole topology down")
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"attached {', '.join(instances)}")
         elif args.cmd == "list":
             client.timeout = timeout or DEFAULT_TIMEOUT
-            print(format_actors(client.list()))
+            print(format_listing(client.listing()))
         elif args.cmd == "detach":
             detached = client.detach(args.name, timeout=timeout or ATTACH_TIMEOUT)
             print(f"detached {', '.join(detached)}")

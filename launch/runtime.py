@@ -2,13 +2,15 @@
 
 Runtime.prepare() makes the directory: the topology's runtime_dir, else a
 fresh /tmp/tb-XXXXXXXX (short: ipc:// paths must fit in sun_path), 0700, with
-results/ for the script runners' result files. It names the three endpoints:
-the service's producer and consumer ports (the topology's, else sockets in the
-directory) and the supervisor's control socket. An endpoint whose socket
-answers belongs to a topology that runs already: SetupError, before anything
-is bound over it. link_default_control() points the per-user default control
-path (launch/control.py) at our socket unless a live supervisor holds it;
-remove() takes away what we made there, and only that.
+results/ for the script runners' result files. It names the endpoints: the
+service's producer and consumer ports (the topology's, else sockets in the
+directory) and the supervisor's control socket; on a relay's machine, the
+relay's producer port (producer.sock in the directory) and the control socket.
+An endpoint whose socket answers belongs to a topology that runs already:
+SetupError, before anything is bound over it. link_default_control() points
+the per-user default control path (launch/control.py) at our socket unless a
+live supervisor holds it; remove() takes away what we made there, and only
+that.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV, runtime_dir, socket_answers
+from actors.endpoints import (
+    CONSUMER_ENV,
+    CONSUMER_SOCKET,
+    PRODUCER_ENV,
+    PRODUCER_SOCKET,
+    runtime_dir,
+    socket_answers,
+)
 from launch.control import CONTROL_ENV, CONTROL_SOCKET
 from launch.topology import ServiceSpec
 
@@ -32,9 +41,10 @@ class Runtime:
     """Where a running topology's sockets live. `endpoints` maps PRODUCER_ENV,
     CONSUMER_ENV and CONTROL_ENV to their endpoints once prepare() ran."""
 
-    def __init__(self, wanted: Path | None, service: ServiceSpec) -> None:
+    def __init__(self, wanted: Path | None, service: ServiceSpec, *, relay: bool = False) -> None:
         self.wanted = wanted
         self.service = service
+        self.relay = relay  # a relay serves the producers here; no service, no consumer port
         self.dir = Path()
         self.created = False  # the directory is ours to remove
         self.endpoints: dict[str, str] = {}
@@ -50,11 +60,14 @@ class Runtime:
             self.created = not self.dir.exists()
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        self.endpoints = {
-            PRODUCER_ENV: self.service.producer_endpoint or self.ipc("producer.sock"),
-            CONSUMER_ENV: self.service.consumer_endpoint or self.ipc("consumer.sock"),
-            CONTROL_ENV: self.ipc(CONTROL_SOCKET),
-        }
+        if self.relay:
+            self.endpoints = {PRODUCER_ENV: self.ipc(PRODUCER_SOCKET)}
+        else:
+            self.endpoints = {
+                PRODUCER_ENV: self.service.producer_endpoint or self.ipc(PRODUCER_SOCKET),
+                CONSUMER_ENV: self.service.consumer_endpoint or self.ipc(CONSUMER_SOCKET),
+            }
+        self.endpoints[CONTROL_ENV] = self.ipc(CONTROL_SOCKET)
         for endpoint in self.endpoints.values():  # binding would steal a live one's path
             path = Path(endpoint.removeprefix("ipc://"))
             if endpoint.startswith("ipc://") and socket_answers(path):
@@ -87,8 +100,9 @@ class Runtime:
             say(f"no default control link: {e}")
 
     def remove(self, *, control_bound: bool, service_started: bool) -> None:
-        """Our default link, the socket files we (or our service) bound, and the
-        directory if we created it (else just results/)."""
+        """Our default link, the socket files we (or our service or relay, whose start
+        `service_started` says) bound, and the directory if we created it (else just
+        results/)."""
         if self.dir == Path():
             return  # prepare() failed before it chose a directory: nothing here is ours
         link = self.default_link
@@ -99,7 +113,7 @@ class Runtime:
         if service_started:  # a killed service leaves its own
             ours += [PRODUCER_ENV, CONSUMER_ENV]
         for key in ours:
-            if self.endpoints[key].startswith("ipc://"):
+            if self.endpoints.get(key, "").startswith("ipc://"):
                 Path(self.endpoints[key].removeprefix("ipc://")).unlink(missing_ok=True)
         if self.created:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The supervisor: `python -m launch.supervisor topology.yaml [--log-dir DIR]`.
+"""The supervisor: `python -m launch.supervisor topology.yaml [--machine NAME] [--log-dir DIR]`.
 
 Runs a topology (the file: docs/topology.md; the model: launch/topology.py)
 as one OS process per actor, each step gated on readiness, not on time: the
@@ -58,6 +58,19 @@ losses (packets marked previous_packet_dropped, chunks overwritten or
 discarded), counted from the files with Perfetto's own schema; script
 consumers report the files they saved in a JSON result file.
 
+Several machines (docs/topology.md, "Several machines"): without --machine
+the supervisor runs the central part (the service with its relay port, the
+consumers, the groups without `machine:`); with `--machine NAME` the part of
+relay NAME's machine: the relay, started first and ready once its producer
+socket answers, then the groups with `machine: NAME` pointed at it; no
+service, no consumer. The relay cannot list its producers, so they run without
+a registration step; that part runs until a signal or `ctl stop`, or until the
+relay exits and its `restart` policy does not start it again (exit 1, as for
+the service); a restarted relay serves the same socket, and its producers
+reconnect to it. Before anything starts, each part
+loads the key files it needs (topology_parser.check_part): exit 2 if one is
+missing or wrong.
+
 This module is the orchestration: start order, readiness, exits and restart
 decisions, the order of the shutdown. Around it: one actor's OS process
 (spawning, process groups, pidfds, prefixed output) and the actors of a
@@ -76,12 +89,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import zmq
 
 from actors.consumer import Consumer
 from actors.core.consumer_core import ConsumerError
-from actors.endpoints import CONSUMER_ENV
+from actors.endpoints import CONSUMER_ENV, PRODUCER_ENV, socket_answers
 from actors.loop import Loop, Timer
 from actors.probe_cleanup import ProbeCleanup
 from launch.children import (
@@ -93,6 +107,8 @@ from launch.children import (
     group_of,
     pipe_output,
     producer_actors,
+    relay_actor,
+    relay_link,
     service_actor,
 )
 from launch.control import CONTROL_ENV
@@ -100,8 +116,8 @@ from launch.control_server import Commands, ControlServer
 from launch.runtime import Runtime, SetupError
 from launch.shutdown import CONSUMER_STOP_TIMEOUT, STOP_TIMEOUT, Stopper
 from launch.summary import collect_traces, run_summary
-from launch.topology import ConsumerSpec, ProducerGroup, Topology, TopologyError
-from launch.topology_parser import load_topology
+from launch.topology import ConsumerSpec, ProducerGroup, RelaySpec, Topology, TopologyError
+from launch.topology_parser import check_part, load_topology
 from protos import tracebus_ipc_pb2 as ipc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -114,14 +130,21 @@ BACKOFF_FIRST, BACKOFF_MAX, HEALTHY_RUN = 0.5, 8.0, 10.0
 
 
 class Supervisor:
-    def __init__(self, topology: Topology, *, log_dir: Path | None = None) -> None:
+    """Runs one part of a topology: `topology` is that part (Topology.part), `machine`
+    the relay's machine it belongs to (None: the central part)."""
+
+    def __init__(
+        self, topology: Topology, *, log_dir: Path | None = None, machine: str | None = None
+    ) -> None:
         self.topology = topology
+        self.machine = machine
+        self.relay_spec: RelaySpec | None = None if machine is None else topology.relay(machine)
         self.loop = Loop()
         self.ctx = zmq.Context()
         self.actors: list[Actor] = []
         self.outputs: list[Output] = []
         self.echo = Echo(max([10, *(len(n) for n in self._topology_names())]), log_dir)
-        self.runtime = Runtime(topology.runtime_dir, topology.service)
+        self.runtime = Runtime(topology.runtime_dir, topology.service, relay=machine is not None)
         self.control = ControlServer(self.ctx, self.loop, Commands(self).table(), self._arm_tick)
         self.stopper = Stopper(self.loop, self.say)
         self.probe_cleanup = ProbeCleanup(self.loop, self.say)
@@ -130,6 +153,8 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.stop_signal = 0
         self.service: Actor | None = None
+        self.relay: Actor | None = None  # on a relay's machine, instead of the service
+        self.link: str | None = None  # what the relay last said of its link (relay_link)
         self.failed = False
         self.state_truncated = False  # a state reply the service had to cut short was seen
         self.began = time.monotonic()
@@ -143,6 +168,12 @@ class Supervisor:
 
     def say(self, text: str) -> None:
         self.echo.say(text)
+
+    def _emit(self, actor: Actor | None, line: bytes, stream: BinaryIO) -> None:
+        """An actor's output line, echoed; the relay's link state noted from it."""
+        self.echo.emit(actor, line, stream)
+        if actor is not None and actor.kind == "relay":
+            self.link = relay_link(line) or self.link
 
     # -- running ---------------------------------------------------------------------------
 
@@ -210,7 +241,10 @@ class Supervisor:
     # -- starting --------------------------------------------------------------------------
 
     def _start(self) -> bool:
-        """Service, producers, consumers, each when the previous step is ready."""
+        """Service, producers, consumers, each when the previous step is ready (on a
+        relay's machine: the relay, then the producers)."""
+        if self.relay_spec is not None:
+            return self._start_machine(self.relay_spec)
         cwd = str(self.topology.base_dir)
         endpoints = self.runtime.endpoints
         self.service = service_actor(self.topology.service, endpoints, self._base_env(), cwd)
@@ -221,6 +255,7 @@ class Supervisor:
                 self.failed = True
                 self.request_stop(f"the service did not answer within {ready_timeout:g} s")
             return False
+        self._say_machine_parts()
         early = [s for s in self.topology.consumers if s.start == "before_producers"]
         for spec in early:
             self._start_consumer_first(spec, cwd)
@@ -235,6 +270,36 @@ class Supervisor:
         for spec in self.topology.consumers:
             if spec not in early:
                 self._start_consumer(spec, cwd)
+        return True
+
+    def _start_machine(self, spec: RelaySpec) -> bool:
+        """The relay, until its producer socket answers; then this machine's groups."""
+        cwd = str(self.topology.base_dir)
+        self.relay = relay_actor(spec, self.runtime.endpoints, self._base_env(), cwd)
+        self._spawn(self.relay)
+        if not self._wait_until(self._relay_answers, READY_TIMEOUT):
+            if not self.stopping():
+                self.failed = True
+                self.request_stop(f"the relay did not listen within {READY_TIMEOUT:g} s")
+            return False
+        for group in self.topology.producers:
+            self.start_producers(group, cwd)
+        return not self.stopping()
+
+    def _say_machine_parts(self) -> None:
+        """How to start each relay's part: on its machine, with this file."""
+        for relay in self.topology.relays:
+            source = self.topology.source
+            self.say(f"machine {relay.name}: python -m launch.supervisor {source} "
+                     f"--machine {relay.name}")  # fmt: skip
+
+    def _relay_answers(self) -> bool:
+        if self.relay is None or not self.relay.alive:
+            return False  # _on_exit asked to stop
+        endpoint = self.runtime.endpoints[PRODUCER_ENV]
+        if not socket_answers(Path(endpoint.removeprefix("ipc://"))):
+            return False
+        self.say(f"relay ready on {endpoint}")
         return True
 
     def _start_consumer(self, spec: ConsumerSpec, cwd: str) -> Actor:
@@ -257,7 +322,7 @@ class Supervisor:
 
     def _session_runs(self, actor: Actor) -> bool:
         """Whether the service lists a started session of the actor's process (group)."""
-        state = self._service_state()
+        state = self.service_state()
         if state is None:
             return False
         started = [s.consumer_pid for s in state.sessions if s.state == "STARTED"]
@@ -299,8 +364,8 @@ class Supervisor:
             return
         actor.adopt(proc)
         self.loop.add_fd(actor.pidfd, lambda: self._on_exit(actor))
-        self.outputs += pipe_output(self.loop, self.echo.emit, actor)
-        if actor.kind == "producer":
+        self.outputs += pipe_output(self.loop, self._emit, actor)
+        if actor.kind == "producer" and self.machine is None:  # a relay lists no producer
             actor.state = "starting"
             actor.ready_deadline = time.monotonic() + READY_TIMEOUT
             self._arm_tick()
@@ -323,7 +388,7 @@ class Supervisor:
         self.tick = None
         starting = [a for a in self.actors if a.state == "starting" and a.alive]
         if starting:
-            state = self._service_state()
+            state = self.service_state()
             self._note_registered(starting, state)
             for actor in starting:
                 if actor.registered:
@@ -350,8 +415,9 @@ class Supervisor:
             if any(pid == actor.pid or group_of(pid) == actor.pid for pid in pids):
                 actor.registered = True
 
-    def _service_state(self) -> ipc.QueryServiceStateResponse | None:
-        """The service's producers and sessions (None if it cannot say)."""
+    def service_state(self) -> ipc.QueryServiceStateResponse | None:
+        """The service's producers, sessions and machines (None if it cannot say, or
+        on a relay's machine)."""
         if self.probe is None:
             return None
         try:
@@ -378,22 +444,30 @@ class Supervisor:
         if actor.probes and failed and actor.proc is not None:  # it could not clean up
             self.probe_cleanup.request(f"{actor.name} exited: {exit_text(returncode)}")
         if actor.kind == "producer" and not actor.registered and actor.proc is not None:
-            self._note_registered([actor], self._service_state())  # it may have left already
-            if not actor.registered and not actor.stop_requested:
-                why = f": {actor.last_line}" if actor.last_line else ""
-                self.say(f"warning: {actor.name} exited before registering{why}")
+            self._note_unregistered_exit(actor)
         if actor.stop_requested:
             actor.state = "detached" if actor.detached else "stopped"
-        elif actor.kind == "producer":
+        elif actor.kind in ("producer", "relay"):  # the relay's producers reconnect to it
             self._maybe_restart(actor, returncode)
         else:
             actor.state = "failed" if failed else "exited"
-        if actor.kind == "service" and self.stop_reason is None:
+        server = actor.kind in ("service", "relay") and actor.state != "restarting"
+        if server and self.stop_reason is None:
             self.failed = True
-            self.request_stop("the service exited")
+            self.request_stop(f"the {actor.kind} exited")
         if actor.kind == "consumer":
             self._consumer_done(actor)
         self.control.settle()
+
+    def _note_unregistered_exit(self, actor: Actor) -> None:
+        """A producer that exited unseen: it may have registered and left already, else
+        say so with its last line (not on a relay's machine: nothing lists producers)."""
+        if self.machine is not None:
+            return
+        self._note_registered([actor], self.service_state())
+        if not actor.registered and not actor.stop_requested:
+            why = f": {actor.last_line}" if actor.last_line else ""
+            self.say(f"warning: {actor.name} exited before registering{why}")
 
     def _consumer_done(self, actor: Actor) -> None:
         """Its traces; the end of the topology if it was the last consumer."""
@@ -448,11 +522,14 @@ class Supervisor:
             self.probe.close()
             self.probe = None
         service_timeout = self.topology.service.stop_timeout_s or STOP_TIMEOUT
-        self.stopper.stop_all(self._of_kind("service"), signal.SIGTERM, service_timeout)
+        servers = self._of_kind("service") + self._of_kind("relay")
+        self.stopper.stop_all(servers, signal.SIGTERM, service_timeout)
 
     def groups_never_up(self) -> list[str]:
         """Why each producer group that was started never came up: no process of it
-        ever registered with the service."""
+        ever registered with the service (none on a relay's machine: it cannot tell)."""
+        if self.machine is not None:
+            return []
         groups: dict[str, list[Actor]] = {}
         for actor in self._of_kind("producer"):
             if actor.pids or actor.returncode is not None:  # started, or failed to start
@@ -492,7 +569,8 @@ class Supervisor:
         self.echo.close()
         self.control.close()
         self.ctx.term()
-        service_started = self.service is not None and bool(self.service.pids)
+        server = self.service or self.relay
+        service_started = server is not None and bool(server.pids)
         self.runtime.remove(control_bound=self.control.bound, service_started=service_started)
         self.loop.close()
 
@@ -524,11 +602,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("topology", help="the topology file (YAML)")
     parser.add_argument(
+        "--machine",
+        metavar="NAME",
+        help="run relay NAME's part of the topology (its relay and the producer groups with "
+        "machine: NAME) instead of the central part",
+    )
+    parser.add_argument(
         "--log-dir", type=Path, help="also append each actor's output to DIR/NAME.log"
     )
     args = parser.parse_args(argv)
     try:
         topology = load_topology(args.topology)
+        check_part(topology, args.machine)
+        topology = topology.part(args.machine)
         if args.log_dir is not None:
             args.log_dir.mkdir(parents=True, exist_ok=True)
     except TopologyError as e:
@@ -542,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.topology}: cannot load the topology: {type(e).__name__}: {problem}",
               file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
-    supervisor = Supervisor(topology, log_dir=args.log_dir)
+    supervisor = Supervisor(topology, log_dir=args.log_dir, machine=args.machine)
     try:
         return supervisor.run()
     except SetupError as e:

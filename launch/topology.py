@@ -1,8 +1,12 @@
 """The topology model: what a topology.yaml describes, as frozen dataclasses.
 
 A `Topology` holds the tracing service (`ServiceSpec`), groups of producer
-processes (`ProducerGroup`, each with a `RestartPolicy`) and consumers
-(`ConsumerSpec`); every path in it is absolute, every value checked. The
+processes (`ProducerGroup`, each with a `RestartPolicy`), consumers
+(`ConsumerSpec`) and the relays of other machines (`RelaySpec`); every path in
+it is absolute, every value checked. A topology has parts: the central part
+(the service, the consumers, the groups without `machine`) and one part per
+relay (the relay and the groups whose `machine` names it), each run by its own
+supervisor on its own machine (`Topology.groups_on`). The
 methods turn an entry into the argv and the environment of its process; they
 start nothing, open no socket and read no clock (the supervisor,
 launch/supervisor.py, does). `TopologyError` is how a bad file or entry is
@@ -16,7 +20,7 @@ launch/topology_parser.py (load_topology, parse_topology, parse_producer_group).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +34,7 @@ BUILTIN_DATA_SOURCES = ("tracebus.synthetic", "tracebus.demo_timeline")  # actor
 PROBES = "probes"  # `builtin: [probes]`: the system probes process, actors.probes
 PRODUCER_SOCK_ENV = "TRACEBUS_PRODUCER_SOCK"  # actors.endpoints.PRODUCER_ENV
 CONSUMER_SOCK_ENV = "TRACEBUS_CONSUMER_SOCK"  # actors.endpoints.CONSUMER_ENV
+HOST_MACHINE = "host"  # what machine_name_filter calls the service's own machine
 PRODUCER_NAME_ENV = "TRACEBUS_PRODUCER_NAME"  # actors.endpoints.PRODUCER_NAME_ENV
 STARTUP_WAIT_ENV = "TRACEBUS_STARTUP_WAIT_S"  # actors.endpoints.STARTUP_WAIT_ENV
 # What str.splitlines() splits on, shown escaped so that a message stays one line.
@@ -89,16 +94,101 @@ class ServiceSpec:
     stop_timeout_s: float | None = None
     limits: tuple[tuple[str, int], ...] = ()  # (LIMIT_KEYS name, value), as written
     allow_other_users: bool = False  # producers of other uids may connect
+    # The relay port (tcp://HOST:PORT) for the relays of other machines: CURVE with
+    # relay_key (the service's NAME.key_secret) and relay_clients (a directory of the
+    # accepted relays' NAME.key), or plain TCP with relay_insecure (the parser checks).
+    relay_endpoint: str | None = None
+    relay_key: Path | None = None
+    relay_clients: Path | None = None
+    relay_insecure: bool = False
+    relay_timeout_s: float | None = None  # None: the service's default
 
     def argv(self, python: str, producer_endpoint: str, consumer_endpoint: str) -> list[str]:
-        """`python -m actors.service` with both endpoints and the limits set."""
+        """`python -m actors.service` with both endpoints, the limits and the relay port."""
         argv = [python, "-m", "actors.service"]
         argv += ["--producer-endpoint", producer_endpoint, "--consumer-endpoint", consumer_endpoint]
         for name, value in self.limits:
             argv += ["--" + name.replace("_", "-"), str(value)]
         if self.allow_other_users:
             argv.append("--allow-other-users")
+        return argv + self.relay_argv()
+
+    def relay_argv(self) -> list[str]:
+        """The relay port's flags of actors.service (none without relay_endpoint)."""
+        if self.relay_endpoint is None:
+            return []
+        argv = ["--relay-endpoint", self.relay_endpoint]
+        if self.relay_insecure:
+            argv.append("--relay-insecure")
+        if self.relay_key is not None:
+            argv += ["--relay-key", str(self.relay_key)]
+        if self.relay_clients is not None:
+            argv += ["--relay-clients", str(self.relay_clients)]
+        if self.relay_timeout_s is not None:
+            argv += ["--relay-timeout-s", f"{self.relay_timeout_s:g}"]
         return argv
+
+    def relay_service_endpoint(self) -> str | None:
+        """Where a relay on another machine reaches the relay port, as far as this file
+        can tell: relay_endpoint with a wildcard host (0.0.0.0, *, [::]) made loopback."""
+        if self.relay_endpoint is None:
+            return None
+        host, port = split_tcp(self.relay_endpoint)
+        loopback = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "[::]": "[::1]"}
+        return f"tcp://{loopback.get(host, host)}:{port}"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """The relay of machine `name` (`python -m actors.relay`): it connects to the
+    service's relay port `service` (tcp://HOST:PORT) with CURVE, `key` being its own
+    NAME.key_secret and `service_key` the service's NAME.key, or over plain TCP with
+    `insecure` (the parser checks that exactly one of these holds). None: the relay's
+    default. `runtime_dir` is where that machine's supervisor keeps its sockets;
+    `restart` what it does when the relay exits (never: the machine's part ends)."""
+
+    name: str
+    service: str
+    key: Path | None = None
+    service_key: Path | None = None
+    insecure: bool = False
+    send_queue_mb: int | None = None
+    clock_sync_interval_s: float | None = None
+    link_timeout_s: float | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    runtime_dir: Path | None = None
+    log: Path | None = None
+
+    def argv(self, python: str, producer_endpoint: str) -> list[str]:
+        """`python -m actors.relay` serving its machine's producers on `producer_endpoint`."""
+        argv = [python, "-m", "actors.relay", "--service", self.service]
+        argv += ["--machine-name", self.name, "--producer-endpoint", producer_endpoint]
+        if self.insecure:
+            argv.append("--insecure")
+        if self.key is not None:
+            argv += ["--key", str(self.key)]
+        if self.service_key is not None:
+            argv += ["--service-key", str(self.service_key)]
+        if self.send_queue_mb is not None:
+            argv += ["--send-queue-mb", str(self.send_queue_mb)]
+        if self.clock_sync_interval_s is not None:
+            argv += ["--clock-sync-interval-s", f"{self.clock_sync_interval_s:g}"]
+        if self.link_timeout_s is not None:
+            argv += ["--link-timeout-s", f"{self.link_timeout_s:g}"]
+        return argv
+
+
+def split_tcp(endpoint: str) -> tuple[str, int]:
+    """(host, port) of tcp://HOST:PORT (an IPv6 host keeps its brackets); ValueError
+    if `endpoint` is not of that form."""
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"not a tcp:// endpoint: {endpoint!r}")
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected tcp://HOST:PORT with a port 1-65535, got {endpoint!r}")
+    if host.startswith("[") != host.endswith("]") or "/" in host:
+        raise ValueError(f"expected tcp://HOST:PORT, got {endpoint!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -123,6 +213,7 @@ class ProducerGroup:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     pythonpath: tuple[Path, ...] = ()
     log: Path | None = None
+    machine: str | None = None  # a relay's name: runs on that machine, behind its relay
 
     def instance_names(self) -> list[str]:
         """["NAME#1", ..., "NAME#count"]: how the supervisor names the instances."""
@@ -226,6 +317,7 @@ class Topology:
     service: ServiceSpec = field(default_factory=ServiceSpec)
     producers: tuple[ProducerGroup, ...] = ()
     consumers: tuple[ConsumerSpec, ...] = ()
+    relays: tuple[RelaySpec, ...] = ()
 
     def producer(self, name: str) -> ProducerGroup:
         """The producer group called `name` (KeyError if none)."""
@@ -240,6 +332,36 @@ class Topology:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def relay(self, name: str) -> RelaySpec:
+        """The relay of machine `name` (KeyError if none)."""
+        for spec in self.relays:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def groups_on(self, machine: str | None) -> tuple[ProducerGroup, ...]:
+        """The producer groups of one part: those with `machine: NAME` for a relay's
+        machine, those without `machine` for the central part (None)."""
+        return tuple(g for g in self.producers if g.machine == machine)
+
+    def part(self, machine: str | None) -> Topology:
+        """What one supervisor runs, as a topology: the central part (None) is this one
+        without the other machines' groups; a relay's machine part has that relay
+        alone, its groups, no consumer, the relay's runtime_dir, and runs until stopped
+        (no service of its own: the default ServiceSpec). KeyError for no such relay."""
+        if machine is None:
+            return replace(self, producers=self.groups_on(None))
+        relay = self.relay(machine)
+        return replace(
+            self,
+            runtime_dir=relay.runtime_dir,
+            stop_when="never",
+            service=ServiceSpec(),
+            producers=self.groups_on(machine),
+            consumers=(),
+            relays=(relay,),
+        )
 
 
 def _environment(

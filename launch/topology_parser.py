@@ -31,15 +31,18 @@ from actors.core.configs import TEXT_SUFFIXES, looks_like_textproto, textproto_e
 from actors.core.limits import limit_names
 from actors.output_paths import not_regular, written_path
 from launch.topology import (
+    HOST_MACHINE,
     PROBES,
     ConsumerSpec,
     ConsumerStart,
     ProducerGroup,
+    RelaySpec,
     RestartKind,
     RestartPolicy,
     ServiceSpec,
     Topology,
     TopologyError,
+    split_tcp,
 )
 from launch.yaml_reader import (
     BoundedLoader,
@@ -60,7 +63,8 @@ MAX_COUNT = 256
 PAGE_SIZES_KB = (4, 8, 16, 32)  # shm.abi.PAGE_SIZES
 DEFAULT_PAGE_SIZE_KB = 4  # shm.abi.DEFAULT_PAGE_SIZE
 MAX_SMB_SIZE_KB = 32 * 1024  # shm.abi.MAX_SMB_SIZE
-RESERVED_NAMES = ("service", "supervisor")
+RESERVED_NAMES = ("service", "supervisor", "relay")  # the supervisors' own actors
+WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]")  # bind to every address: nothing to connect to
 RESERVED_ENV_PREFIX = "TRACEBUS_"
 MAX_IPC_PATH = 107  # bytes of sun_path, less its NUL
 SOCKET_NAME_ROOM = 24  # bytes runtime_dir keeps free for "/<socket name>"
@@ -72,7 +76,14 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 DATA_SOURCE_RE = re.compile(r"\S+")
 
-TOP_KEYS = ("runtime_dir", "stop_when", "service", "producers", "consumers")
+TOP_KEYS = ("runtime_dir", "stop_when", "service", "relays", "producers", "consumers")
+RELAY_PORT_KEYS = (  # each a flag of actors.service
+    "relay_endpoint",
+    "relay_key",
+    "relay_clients",
+    "relay_insecure",
+    "relay_timeout_s",
+)
 SERVICE_KEYS = (
     "producer_endpoint",
     "consumer_endpoint",
@@ -81,6 +92,20 @@ SERVICE_KEYS = (
     "stop_timeout_s",
     "limits",
     "allow_other_users",
+    *RELAY_PORT_KEYS,
+)
+RELAY_KEYS = (  # the relay's flags, and where its machine's supervisor keeps its sockets
+    "name",
+    "service",
+    "key",
+    "service_key",
+    "insecure",
+    "send_queue_mb",
+    "clock_sync_interval_s",
+    "link_timeout_s",
+    "restart",
+    "runtime_dir",
+    "log",
 )
 LIMIT_KEYS = (*limit_names(), "peer_send_timeout_s")  # each a flag of actors.service
 PRODUCER_KINDS = ("builtin", "module", "command")
@@ -95,6 +120,7 @@ PRODUCER_KEYS = (
     "restart",
     "pythonpath",
     "log",
+    "machine",
 )
 PRODUCER_ONLY_KEYS = ("smb_size_kb", "page_size_kb", "policy")  # not for command groups
 RESTART_KEYS = ("policy", "max_restarts")
@@ -107,6 +133,7 @@ SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "top level": TOP_KEYS,
     "service": SERVICE_KEYS,
     "service.limits": LIMIT_KEYS,
+    "relays[]": RELAY_KEYS,
     "producers[]": PRODUCER_KEYS,
     "producers[].restart": RESTART_KEYS,
     "consumers[]": CONSUMER_KEYS,
@@ -173,6 +200,38 @@ def parse_producer_group(
     return parser.producer(node, "")
 
 
+def check_part(topology: Topology, machine: str | None) -> None:
+    """What one part of the topology needs on the machine that runs it, checked before
+    anything starts: the relay called `machine` exists (None: the central part), and
+    the key files of its relay link load (the service's relay_key and relay_clients,
+    or the relay's key and service_key). Key files are not checked at parse time: each
+    machine holds only its own secret key. TopologyError names the key."""
+    # zmq.auth reads the files: imported here, the parser's own imports stay pure.
+    from actors.relay_keys import KeyFileError, load_directory, load_pair, load_public
+
+    file = str(topology.source)
+    keys: list[tuple[str, Path | None, Callable[[Path], object]]]
+    if machine is None:
+        service = topology.service
+        keys = [("service.relay_key", service.relay_key, load_pair)]
+        keys.append(("service.relay_clients", service.relay_clients, load_directory))
+    else:
+        names = [r.name for r in topology.relays]
+        if machine not in names:
+            known = choices_text(names) if names else "none (the file has no relays)"
+            raise TopologyError(f"no relay named {machine!r}; relays: {known}", file=file)
+        i = names.index(machine)
+        relay = topology.relays[i]
+        keys = [(f"relays[{i}].key", relay.key, load_pair)]
+        keys.append((f"relays[{i}].service_key", relay.service_key, load_public))
+    for key, path, load in keys:
+        if path is not None:
+            try:
+                load(path)
+            except KeyFileError as e:
+                raise TopologyError(str(e), file=file, key=key) from None
+
+
 class TopologyParser(YamlReader):
     """The topology's schema over YamlReader; remembers the names and outputs it has
     seen (they must be unique across the file)."""
@@ -181,6 +240,8 @@ class TopologyParser(YamlReader):
         super().__init__(loader, file, base_dir)
         self.names: dict[str, tuple[str, int | None]] = {}  # name -> (key, line)
         self.outputs: dict[Path, tuple[str, int | None]] = {}
+        self.runtime_dirs: dict[Path, str] = {}  # runtime_dir -> its key
+        self.machines: dict[str, int | None] | None = None  # relay name -> line; None: attach
 
     def name(self, node: Node, key: str) -> str:
         value = self.string(node, key, "a name")
@@ -220,6 +281,9 @@ class TopologyParser(YamlReader):
             topo["stop_when"] = self.choice(keys["stop_when"][1], "stop_when", STOP_WHEN)
         if "service" in keys:
             topo["service"] = self.service(keys["service"][1], "service")
+        self.machines = {}
+        if "relays" in keys:  # before the producers: their `machine` names a relay
+            topo["relays"] = self.relays(keys["relays"][1], "relays", topo.get("service"))
         producers: list[ProducerGroup] = []
         if "producers" in keys:
             items = self.sequence(keys["producers"][1], "producers", "a list of producer groups")
@@ -250,6 +314,10 @@ class TopologyParser(YamlReader):
         mode = self.mode(node, key, path)
         if mode is not None and not stat.S_ISDIR(mode):
             self.fail(node, key, f"not a directory: {path}")
+        if path in self.runtime_dirs:  # two parts run on one machine in a test, or by mistake
+            other = self.runtime_dirs[path]
+            self.fail(node, key, f"the same directory as {other}: each part needs its own")
+        self.runtime_dirs[path] = key
         room = MAX_IPC_PATH - SOCKET_NAME_ROOM
         size = len(str(path).encode())
         if size > room:
@@ -263,13 +331,17 @@ class TopologyParser(YamlReader):
         spec: dict[str, Any] = {}
         for name, (_knode, vnode) in keys.items():
             child = join_key(key, name)
-            if name.endswith("_endpoint"):
+            if name == "relay_endpoint":
+                spec[name] = self.tcp_endpoint(vnode, child, connect=False)
+            elif name in ("relay_key", "relay_clients"):
+                spec[name] = self.path(vnode, child)  # checked where it runs (check_part)
+            elif name.endswith("_endpoint"):
                 spec[name] = self.endpoint(vnode, child)
             elif name == "log":
                 spec[name] = self.writable_path(vnode, child)
             elif name == "limits":
                 spec[name] = self.limits(vnode, child)
-            elif name == "allow_other_users":
+            elif name in ("allow_other_users", "relay_insecure"):
                 spec[name] = self.boolean(vnode, child)
             else:
                 spec[name] = self.seconds(vnode, child)
@@ -280,7 +352,124 @@ class TopologyParser(YamlReader):
                 join_key(key, "consumer_endpoint"),
                 "the same endpoint as producer_endpoint; the two ports need their own sockets",
             )
+        self.relay_port(node, key, keys, spec)
         return ServiceSpec(**spec)
+
+    def relay_port(
+        self, node: Node, key: str, keys: Mapping[str, tuple[Node, Node]], spec: Mapping[str, Any]
+    ) -> None:
+        """The relay port's keys need relay_endpoint, and CURVE keys or relay_insecure."""
+        if "relay_endpoint" not in keys:
+            given = next((k for k in RELAY_PORT_KEYS if k in keys), None)
+            if given is not None:
+                self.fail(keys[given][0], join_key(key, given), "needs relay_endpoint")
+            return
+        self.link_security(node, key, keys, spec, ("relay_key", "relay_clients"), "relay_insecure")
+
+    def link_security(
+        self,
+        node: Node,
+        key: str,
+        keys: Mapping[str, tuple[Node, Node]],
+        spec: Mapping[str, Any],
+        curve: tuple[str, str],
+        insecure: str,
+    ) -> None:
+        """A relay link is CURVE (both `curve` keys) or plain TCP (`insecure`: true),
+        never both and never neither: plain TCP only when the file says so."""
+        given = [k for k in curve if k in keys]
+        if spec.get(insecure):
+            if given:
+                self.fail(
+                    keys[given[0]][0],
+                    join_key(key, given[0]),
+                    f"cannot be combined with {insecure}: true (plain TCP uses no keys)",
+                )
+            return
+        missing = [k for k in curve if k not in keys]
+        if missing:
+            self.fail(
+                node,
+                key,
+                f"missing {' and '.join(missing)}: the relay link needs CURVE keys "
+                f"({curve[0]} and {curve[1]}), or {insecure}: true on a trusted network",
+            )
+
+    def tcp_endpoint(self, node: Node, key: str, *, connect: bool) -> str:
+        value = self.string(node, key, "a tcp://HOST:PORT endpoint")
+        try:
+            host, _port = split_tcp(value)
+        except ValueError as e:
+            self.fail(node, key, str(e))
+        if connect and host in WILDCARD_HOSTS:
+            self.fail(node, key, f"{host} is not an address to connect to: give the service's host")
+        return value
+
+    # -- relays ------------------------------------------------------------------------------
+
+    def relays(self, node: Node, key: str, service: ServiceSpec | None) -> tuple[RelaySpec, ...]:
+        items = self.sequence(node, key, "a list of relays")
+        if not items:
+            return ()
+        if service is None or service.relay_endpoint is None:
+            self.fail(
+                node,
+                key,
+                "relays need service.relay_endpoint (the port where the service accepts them)",
+            )
+        return tuple(self.relay(item, f"{key}[{i}]", service) for i, item in enumerate(items))
+
+    def relay(self, node: Node, key: str, service: ServiceSpec) -> RelaySpec:
+        keys = self.mapping(node, key, RELAY_KEYS, "a relay (a mapping)")
+        if "name" not in keys:
+            self.fail(node, key, "missing required key 'name' (its machine's name)")
+        spec: dict[str, Any] = {"name": self.machine_name(keys["name"][1], join_key(key, "name"))}
+        readers: dict[str, Callable[[Node, str], Any]] = {
+            "service": lambda n, k: self.tcp_endpoint(n, k, connect=True),
+            "key": self.path,  # checked where it runs (check_part)
+            "service_key": self.path,
+            "insecure": self.boolean,
+            "send_queue_mb": lambda n, k: self.integer(n, k, "a positive integer (MiB)", 1),
+            "clock_sync_interval_s": self.seconds,
+            "link_timeout_s": self.seconds,
+            "restart": self.restart,
+            "runtime_dir": self.runtime_dir,
+            "log": self.writable_path,
+        }
+        for name, (_knode, vnode) in keys.items():
+            if name != "name":
+                spec[name] = readers[name](vnode, join_key(key, name))
+        spec.setdefault("service", service.relay_service_endpoint())
+        self.link_security(node, key, keys, spec, ("key", "service_key"), "insecure")
+        if spec.get("insecure", False) != service.relay_insecure:
+            where = keys["insecure"][1] if "insecure" in keys else node
+            plain = "plain TCP (relay_insecure)" if service.relay_insecure else "CURVE"
+            self.fail(where, join_key(key, "insecure"), f"the service's relay port uses {plain}")
+        return RelaySpec(**spec)
+
+    def machine_name(self, node: Node, key: str) -> str:
+        value = self.string(node, key, "a machine name")
+        if not NAME_RE.fullmatch(value):
+            self.fail(node, key, f"invalid machine name {value!r}: use 1 to 64 letters, "
+                      "digits, '_', '.' or '-'")  # fmt: skip
+        if value == HOST_MACHINE:
+            self.fail(node, key, f"{value!r} names the service's own machine in "
+                      "machine_name_filter; choose another name")  # fmt: skip
+        assert self.machines is not None, "relays are read in a topology file only"
+        if value in self.machines:
+            self.fail(node, key, f"duplicate relay {value!r} (also at line {self.machines[value]})")
+        self.machines[value] = line_of(node)
+        return value
+
+    def machine_ref(self, node: Node, key: str) -> str:
+        """A producer group's `machine`: a relay of this file."""
+        value = self.string(node, key, "a relay's name")
+        if self.machines is None:
+            self.fail(node, key, "a group attached at runtime runs on its supervisor's machine")
+        if value not in self.machines:
+            known = choices_text(list(self.machines)) if self.machines else "none: add relays"
+            self.fail(node, key, f"no relay named {value!r} (relays: {known})")
+        return value
 
     def boolean(self, node: Node, key: str) -> bool:
         value = self.value(node, key)
@@ -432,6 +621,7 @@ class TopologyParser(YamlReader):
             "restart": self.restart,
             "pythonpath": self.pythonpath,
             "log": self.writable_path,
+            "machine": self.machine_ref,
         }
         field = {"builtin": "data_sources", "module": "modules"}.get(option, option)
         return {field: readers[option](vnode, key)}

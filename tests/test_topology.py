@@ -325,7 +325,7 @@ def test_anchors_aliases_and_merge_keys(base: Path) -> None:
     # x-defaults is not a topology key: anchors must live in a known place...
     assert str(error_of(path)) == (
         f"{path}:2: x-defaults: unknown key; expected one of: "
-        "runtime_dir, stop_when, service, producers, consumers"
+        "runtime_dir, stop_when, service, relays, producers, consumers"
     )
     # ...such as the first entry that uses them.
     path = write(
@@ -487,7 +487,7 @@ C = "consumers:\n  - name: c\n"
 # A service mapping: the case's lines start at line 3.
 S = "stop_when: never\nservice:\n"
 
-TOP_KEYS = "runtime_dir, stop_when, service, producers, consumers"
+TOP_KEYS = "runtime_dir, stop_when, service, relays, producers, consumers"
 EMPTY = "empty file; expected a mapping with service, producers and consumers"
 NAME_RULE = (
     "use 1 to 64 letters, digits, '_', '.' or '-' (the supervisor adds '#k' to tell "
@@ -568,7 +568,8 @@ CASES = [
      "3: service.consumer_endpiont: unknown key; did you mean 'consumer_endpoint'?"),
     ("service-unknown-key-no-suggestion", S + "  log_file: x.log\n",
      "3: service.log_file: unknown key; expected one of: producer_endpoint, "
-     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits, allow_other_users"),
+     "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits, allow_other_users, "
+     "relay_endpoint, relay_key, relay_clients, relay_insecure, relay_timeout_s"),
     ("allow-other-users-not-bool", S + "  allow_other_users: 1\n",
      "3: service.allow_other_users: expected true or false, got 1"),
     ("endpoint-tcp", S + "  producer_endpoint: tcp://127.0.0.1:5555\n",
@@ -606,7 +607,7 @@ CASES = [
      "5: producers[0].cuont: unknown key; did you mean 'count'?"),
     ("producer-unknown-key-no-suggestion", PB + "    zzz: 2\n",
      "5: producers[0].zzz: unknown key; expected one of: name, builtin, module, command, "
-     "count, smb_size_kb, page_size_kb, policy, env, restart, pythonpath, log"),
+     "count, smb_size_kb, page_size_kb, policy, env, restart, pythonpath, log, machine"),
     ("producer-duplicate-key", PB + "    count: 1\n    count: 2\n",
      "6: producers[0].count: duplicate key (first at line 5)"),
     ("producer-missing-name", "stop_when: never\nproducers:\n  - builtin: []\n",
@@ -969,6 +970,10 @@ UNKNOWN_KEY_IN = {
         "stop_when: never\nproducers: [{name: p, builtin: [], restart: {zz_unknown: 1}}]\n"
     ),
     "consumers[]": "consumers: [{zz_unknown: 1}]\n",
+    "relays[]": (
+        "stop_when: never\nservice: {relay_endpoint: 'tcp://0.0.0.0:7010', relay_insecure: true}\n"
+        "relays: [{zz_unknown: 1}]\n"
+    ),
 }
 
 
