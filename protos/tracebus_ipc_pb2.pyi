@@ -724,7 +724,7 @@ class SyncClockResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class RelayLoss(_message.Message):
-    __slots__ = ("buffers",)
+    __slots__ = ("buffers", "sent")
     class Buffer(_message.Message):
         __slots__ = ("target_buffer", "chunks", "bytes")
         TARGET_BUFFER_FIELD_NUMBER: _ClassVar[int]
@@ -735,8 +735,10 @@ class RelayLoss(_message.Message):
         bytes: int
         def __init__(self, target_buffer: _Optional[int] = ..., chunks: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
     buffers: _containers.RepeatedCompositeFieldContainer[RelayLoss.Buffer]
-    def __init__(self, buffers: _Optional[_Iterable[_Union[RelayLoss.Buffer, _Mapping]]] = ...) -> None: ...
+    sent: _containers.RepeatedCompositeFieldContainer[RelayLoss.Buffer]
+    def __init__(self, buffers: _Optional[_Iterable[_Union[RelayLoss.Buffer, _Mapping]]] = ..., sent: _Optional[_Iterable[_Union[RelayLoss.Buffer, _Mapping]]] = ...) -> None: ...
 
 class RelayProducerGone(_message.Message):
     __slots__ = ("channel",)

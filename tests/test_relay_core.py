@@ -17,7 +17,7 @@ from actors.core.relay_core import (
     RelayCore,
     ToProducer,
 )
-from actors.core.relay_upstream import ROUND_TIMEOUT_NS, ROUNDS_PER_BURST
+from actors.core.relay_upstream import ROUND_TIMEOUT_NS, ROUNDS_PER_BURST, SPACING_MARGIN_NS
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, FREE, Geometry, SharedMemoryABI
@@ -403,8 +403,12 @@ def test_clock_sync_bursts_rounds_and_the_next_burst_after_the_interval(h):
     updates += sync_clocks(h.sent())
     assert [u.phase for u in updates] == [ipc.SyncClock.UPDATE] * ROUNDS_PER_BURST
     assert [u.client_round_trip_ns for u in updates] == [1000] * ROUNDS_PER_BURST
+    # The service pairs rounds whose clocks are 30 s apart or more: a margin past it.
     h.now += h.core.config.clock_sync_interval_ns
     h.core.handle_control(ipc.ServiceToRelay(heartbeat={}), h.now)
+    h.core.on_timer(h.now)
+    assert sync_clocks(h.sent()) == []
+    h.now += SPACING_MARGIN_NS
     h.core.on_timer(h.now)
     assert [s.burst for s in sync_clocks(h.sent())] == [2]
 

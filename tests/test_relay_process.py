@@ -215,9 +215,15 @@ def test_a_silent_link_goes_down_and_what_was_lost_is_reported(rt, central, keys
     wait_log(rt, central, relay_proc, r"dropped \d+ chunks \(\d+ bytes\) without a link")
     assert len(central.of_kind("init_relay")) > sent_before
     # The link is back: the producer is announced again on its channel, the loss said.
-    losses = central.wait(lambda: central.of_kind("loss"), 30, "RelayLoss")
+    # A RelayLoss follows each link up: the first (nothing lost, nothing sent yet)
+    # is the service's baseline; the second says what the silence cost.
+    losses = central.wait(lambda: central.of_kind("loss")[1:], 30, "a second RelayLoss")
+    first = central.of_kind("loss")[0].msg.loss
+    assert not first.buffers and not first.sent
     lost = {b.target_buffer: b.chunks for b in losses[0].msg.loss.buffers}
     assert lost.get(0, 0) > 0
+    sent = {b.target_buffer: b.chunks for b in losses[0].msg.loss.sent}
+    assert sent.get(0, 0) > 0  # every chunk ZeroMQ took before, for the in-flight count
     central.wait(lambda: len(central.of_kind("initialize_connection", channel)) >= 2, 30, "again")
     assert rt.stop(relay_proc) == 0
     assert rt.stop(producer) == 0

@@ -333,9 +333,43 @@ def test_relay_loss_counts_as_discarded_chunks_of_its_buffers():
     loss = ipc.RelayLoss()
     loss.buffers.add(target_buffer=buffer_id, chunks=7, bytes=7 * 4096)
     loss.buffers.add(target_buffer=999, chunks=5)  # no such buffer: nothing
+    rig.relay(b"R1", loss=ipc.RelayLoss())  # the first of a relay id: its baseline
     rig.relay(b"R1", loss=loss)
     stats = consumer.read()[-1].trace_stats
     assert stats.buffer_stats[0].chunks_discarded == 7
+
+
+def test_chunks_a_relay_sent_that_never_came_are_discarded_once():
+    """RelayLoss.sent against what came from that relay id: the difference was lost
+    in a connection that broke; a later report does not count it again, and a
+    relay's first report (to a service started after it sent) is only a baseline."""
+    rig = RelayRig()
+    init_relay(rig, b"R1")
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
+    consumer = FakeConsumer(rig, "c")
+    cfg = all_machines_config(trace_all_machines=True)
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
+    consumer.replies()
+    remote.process()
+    (buffer_id,) = rig.core.buffers
+    baseline = ipc.RelayLoss()
+    baseline.sent.add(target_buffer=buffer_id, chunks=100)  # sent to a service before us
+    rig.relay(b"R1", loss=baseline)
+    write(remote, 0, 200)
+    (writer,) = remote.writers.values()
+    writer.flush()
+    came = rig.core.buffers[buffer_id].stats.chunks_written
+    assert came > 0
+
+    def report(sent: int) -> int:
+        loss = ipc.RelayLoss()
+        loss.sent.add(target_buffer=buffer_id, chunks=sent)
+        rig.relay(b"R1", loss=loss)
+        return consumer.read()[-1].trace_stats.buffer_stats[0].chunks_discarded
+
+    assert report(100 + came + 3) == 3  # three lost on the way
+    assert report(100 + came + 3) == 3  # said again: counted once
+    assert report(100 + came + 5) == 5
 
 
 def test_bad_inline_chunks_are_discarded_and_counted():

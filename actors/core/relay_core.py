@@ -239,8 +239,9 @@ class RelayCore:
         if self.loss:
             chunks, nbytes = self.loss.totals()
             out.append(Log(f"dropped {chunks} chunks ({nbytes} bytes) without a link"))
-            self.queue.push(0, self.loss.message())
-            self.loss = Loss()
+        # Always: the service's first one from us sets its baseline of what we sent.
+        self.queue.push(0, self.loss.message(self.queue.sent_through_tail()))
+        self.loss = Loss()
         self._push_control(self.clock.start(now))
         return out
 

@@ -13,7 +13,9 @@ queued commit remembers how many chunks and bytes it carries per target buffer:
 when the link goes down the queue is dropped and those become a loss.
 
 Loss. Chunks the relay freed unsent (no link, or a queue dropped), by the target
-buffer their commit named; sent as one RelayLoss once the link is up again.
+buffer their commit named; sent in the RelayLoss that follows each InitRelay
+answer, with every chunk ZeroMQ took so far (`sent`): the service tells from it
+what a connection that broke lost in flight.
 
 Clock sync (the relay's half of Perfetto's RelayPort SyncClock): a burst of
 ROUNDS_PER_BURST rounds, each PING (clocks C1) -> SyncClockResponse -> UPDATE
@@ -33,6 +35,7 @@ from protos import tracebus_ipc_pb2 as ipc
 
 ROUNDS_PER_BURST = 5
 ROUND_TIMEOUT_NS = 2_000_000_000
+SPACING_MARGIN_NS = 100_000_000
 BOOTTIME = 6  # perfetto.protos.BuiltinClock
 # The clocks a round carries (BuiltinClock ids): BOOTTIME, MONOTONIC, MONOTONIC_RAW, REALTIME.
 SYNCED_CLOCKS = (6, 3, 5, 1)
@@ -62,11 +65,14 @@ class Loss:
             sum(b for _, b in self.buffers.values()),
         )
 
-    def message(self) -> ipc.RelayToService:
+    def message(self, sent: Loss) -> ipc.RelayToService:
+        """RelayLoss: these as the chunks freed unsent, `sent` as those handed over."""
         msg = ipc.RelayToService()
         msg.loss.SetInParent()
         for buffer, (chunks, nbytes) in sorted(self.buffers.items()):
             msg.loss.buffers.add(target_buffer=buffer, chunks=chunks, bytes=nbytes)
+        for buffer, (chunks, nbytes) in sorted(sent.buffers.items()):
+            msg.loss.sent.add(target_buffer=buffer, chunks=chunks, bytes=nbytes)
         return msg
 
     def __bool__(self) -> bool:
@@ -91,6 +97,7 @@ class SendQueue:
         self._items: deque[Queued] = deque()
         self._urgent: deque[Queued] = deque()
         self.bytes = 0
+        self.sent = Loss()  # chunks ZeroMQ took, since the relay started
 
     def push(self, channel: int, msg: object, chunks: Loss | None = None) -> None:
         frames = framing.encode_channel(channel, msg)  # type: ignore[arg-type]
@@ -115,6 +122,18 @@ class SendQueue:
     def pop(self) -> None:
         item = (self._urgent or self._items).popleft()
         self.bytes -= item.size
+        if item.chunks is not None:
+            self.sent.merge(item.chunks)
+
+    def sent_through_tail(self) -> Loss:
+        """The chunks ZeroMQ will have taken once what is queued now went (a message
+        pushed now follows them on the link): what a RelayLoss pushed now says."""
+        total = Loss()
+        total.merge(self.sent)
+        for item in self._items:
+            if item.chunks is not None:
+                total.merge(item.chunks)
+        return total
 
     def drop_all(self) -> Loss:
         """Empty the queue; the chunks its commits carried, as a loss."""
@@ -196,7 +215,10 @@ class ClockSync:
         self.rounds_left -= 1
         if self.rounds_left > 0:
             return [msg, self._ping(now)]
-        self.next_burst = now + self.interval_ns
+        # The service keeps two rounds in one remote_clock_sync only if the later
+        # starts PAIRING_WINDOW after the earlier ended (the clocks were read just
+        # after `now`): a margin, so that a 30 s interval keeps every burst.
+        self.next_burst = now + self.interval_ns + SPACING_MARGIN_NS
         return [msg]
 
     def tick(self, now: int) -> list[ipc.RelayToService]:

@@ -25,7 +25,9 @@ ends its producers as gone producers; its machine stays listed, not connected.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from actors.core.machines import Machine, machine_id_of
 from actors.core.outbox import version_error
@@ -36,6 +38,19 @@ from protos import tracebus_ipc_pb2 as ipc
 RELAYED_PREFIX = b"\x00relay\x00"  # ipc peers with such a routing id are refused
 UNKNOWN_RELAY = "unknown relay: send InitRelay"
 MAX_LOSS_ENTRIES = 256
+MAX_RELAY_IDS = 1024  # relay ids whose traffic is remembered (a restarted relay has a new one)
+
+
+@dataclass
+class RelayTraffic:
+    """What one relay id's commits brought, by target buffer: chunks received (handed
+    to the commit path, which keeps or counts each), and chunks of what it said it
+    sent that were already found lost. Lives as long as the relay id, across its
+    link's incarnations."""
+
+    received: dict[int, int] = field(default_factory=dict)
+    accounted: dict[int, int] = field(default_factory=dict)
+    baselined: bool = False  # its first RelayLoss came
 
 
 def relayed_identity(relay: bytes, channel: int) -> bytes:
@@ -46,6 +61,7 @@ class RelayPort:
     def __init__(self, ctx: ServiceContext, end_producer: Callable[[bytes, int], None]) -> None:
         self._ctx = ctx
         self._end_producer = end_producer  # ProducerPort.gone
+        self._traffic: OrderedDict[bytes, RelayTraffic] = OrderedDict()
 
     def known(self, relay: bytes, now: int, key: str) -> bool:
         """Whether the relay sent InitRelay, over a connection of the same key (its
@@ -75,7 +91,7 @@ class RelayPort:
         elif kind == "sync_clock":
             self._sync_clock(machine, msg.request_id, msg.sync_clock, clocks)
         elif kind == "loss":
-            self._loss(msg.loss)
+            self._loss(relay, msg.loss)
         elif kind == "producer_gone":
             self._producer_gone(relay, msg.producer_gone.channel, now)
         else:
@@ -125,10 +141,48 @@ class RelayPort:
         elif sync.phase == ipc.SyncClock.UPDATE:
             machines.update(machine, sync, clocks)
 
-    def _loss(self, loss_untrusted: ipc.RelayLoss) -> None:
-        """Chunks the relay freed unsent: counted as discarded in the buffers they
-        were for (those that exist: a stale id names nothing)."""
+    def received(self, relay: bytes, commit_untrusted: ipc.CommitDataRequest) -> None:
+        """A relayed producer's commit reaches the commit path: count its chunks."""
+        received = self._traffic_of(relay).received
+        for move in commit_untrusted.chunks_to_move:
+            buffer = move.target_buffer
+            if buffer in received or len(received) < MAX_LOSS_ENTRIES:
+                received[buffer] = received.get(buffer, 0) + 1
+
+    def _traffic_of(self, relay: bytes) -> RelayTraffic:
+        traffic = self._traffic.get(relay)
+        if traffic is None:
+            traffic = self._traffic[relay] = RelayTraffic()
+            if len(self._traffic) > MAX_RELAY_IDS:
+                self._traffic.popitem(last=False)
+        else:
+            self._traffic.move_to_end(relay)
+        return traffic
+
+    def _loss(self, relay: bytes, loss_untrusted: ipc.RelayLoss) -> None:
+        """Chunks the relay freed unsent, and those it sent that never came (sent
+        minus received, less what an earlier RelayLoss found): counted as discarded
+        in the buffers they were for. The first RelayLoss of a relay id sets the
+        baseline only: what it lost before went to a service before this one."""
+        traffic = self._traffic_of(relay)
+        sent = loss_untrusted.sent[:MAX_LOSS_ENTRIES]
+        if not traffic.baselined:
+            traffic.baselined = True
+            for entry in sent:
+                gone = entry.chunks - traffic.received.get(entry.target_buffer, 0)
+                traffic.accounted[entry.target_buffer] = max(0, gone)
+            return
         for entry in loss_untrusted.buffers[:MAX_LOSS_ENTRIES]:
-            if entry.target_buffer in self._ctx.buffers:
-                lost = self._ctx.relay_loss.get(entry.target_buffer, 0) + entry.chunks
-                self._ctx.relay_loss[entry.target_buffer] = min(lost, (1 << 64) - 1)
+            self._discarded(entry.target_buffer, entry.chunks)
+        for entry in sent:
+            buffer = entry.target_buffer
+            known = traffic.received.get(buffer, 0) + traffic.accounted.get(buffer, 0)
+            if entry.chunks > known and len(traffic.accounted) < MAX_LOSS_ENTRIES:
+                traffic.accounted[buffer] = traffic.accounted.get(buffer, 0) + entry.chunks - known
+                self._discarded(buffer, entry.chunks - known)
+
+    def _discarded(self, buffer_id: int, chunks: int) -> None:
+        """Add to the buffer's chunks_discarded (one that exists: a stale id names nothing)."""
+        if buffer_id in self._ctx.buffers:
+            lost = self._ctx.relay_loss.get(buffer_id, 0) + chunks
+            self._ctx.relay_loss[buffer_id] = min(lost, (1 << 64) - 1)

@@ -234,6 +234,8 @@ class ServiceCore:
             error = "initialize the connection first"
             self._ctx.out.to_relay(relay, msg.request_id, error=f"channel {channel}: {error}")
             return self._ctx.out.drain()
+        if msg.WhichOneof("msg") == "commit_data":
+            self._relay_port.received(relay, msg.commit_data)
         return self._producer_message(Peer(identity, producer.pid, producer.uid), msg, now)
 
     def relay_lost(self, relay: bytes, now: int) -> list[Output]:
