@@ -31,6 +31,7 @@ from actors.consumer import Consumer, UnmatchedWatch, open_trace
 from actors.core import trigger_modes
 from actors.core.consumer_core import ConsumerError, RequestTimeout, UsageError
 from actors.core.consumer_summary import (
+    ProducerKey,
     SummaryInput,
     TraceSummary,
     format_summary,
@@ -81,7 +82,7 @@ class Copied:
     session_id: int
     fill_policies: list[str]
     stats: pb.TraceStats | None
-    producer_names: dict[int, str]  # by pid, as the service named them after the read
+    producer_names: dict[ProducerKey, str]  # as the service named them after the read
 
 
 def copy_session(
@@ -110,7 +111,7 @@ def copy_session(
     return Copied(summary, result.session_id, _fill_policies(config), stats, names)
 
 
-def _producer_names(consumer: Consumer) -> dict[int, str]:
+def _producer_names(consumer: Consumer) -> dict[ProducerKey, str]:
     """pid -> producer name, for the summary (connected and departed producers);
     none if the service does not say (the summary then shows pids only)."""
     try:

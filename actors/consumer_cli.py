@@ -61,6 +61,7 @@ from actors.core.consumer_core import (
     UsageError,
 )
 from actors.core.consumer_summary import (
+    ProducerKey,
     SummaryInput,
     TraceSummary,
     format_summary,
@@ -115,7 +116,7 @@ class Recording:
         self.file: TraceFile | StdoutTrace | None = None
         self.consumer: Consumer | None = None
         self.summary = TraceSummary()
-        self.names: dict[int, str] = {}
+        self.names: dict[ProducerKey, str] = {}
         self.notes: list[str] = []
         self.unmatched: UnmatchedWatch | None = None  # data sources no producer offered
         self.session_id = 0

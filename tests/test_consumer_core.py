@@ -568,3 +568,26 @@ def test_trailer_start_reads_the_service_trailer_backwards():
         assert trailer_start(packet) == len(body)
     assert trailer_start(body) == -1
     assert trailer_start(body + readback.trusted_trailer(1, 2, 3) + b"\xd0\x02\x01") == -1
+
+
+def test_the_summary_tells_a_relayed_producer_from_a_local_one_of_the_same_pid():
+    """pids are per machine: a producer behind a relay (machine_id in its trailer)
+    is its own row, named NAME@MACHINE from the service state."""
+
+    def packet(seq: int, machine: int) -> bytes:
+        body = b"\x40\x01"  # timestamp 1
+        machine_field = b"\x90\x06" + bytes([machine]) if machine else b""
+        return body + machine_field + b"\x18\x00" + b"\x50" + bytes([seq]) + b"\xf8\x04\x64"
+
+    summary = TraceSummary()
+    summary.add_all([packet(2, 0), packet(2, 0), packet(3, 7)])
+    state = ipc.QueryServiceStateResponse()
+    state.producers.add(id=1, name="alpha", pid=100)
+    state.producers.add(id=2, name="cam", pid=100, machine_id=7)
+    state.machines.add(id=7, name="robot1", connected=True)
+    text = format_summary(
+        SummaryInput(out_path="t.pftrace", summary=summary, producer_names=producer_names(state))
+    )
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
+    assert rows["alpha"][1:5] == ["100", "0", "1", "2"]
+    assert rows["cam@robot1"][1:5] == ["100", "0", "1", "1"]

@@ -31,9 +31,12 @@ class PacketIdentity:
     pid: int | None = None
     sequence_id: int | None = None
     previous_packet_dropped: bool = False
+    machine_id: int = 0  # a relay's machine; 0 the service's own
 
 
-_IDENTITY_FIELDS = {3: "uid", 79: "pid", 10: "sequence_id", 42: "previous_packet_dropped"}
+_IDENTITY_FIELDS = {
+    3: "uid", 79: "pid", 10: "sequence_id", 42: "previous_packet_dropped", 98: "machine_id",
+}  # fmt: skip
 
 
 def packet_identity(packet: bytes) -> PacketIdentity | None:
@@ -59,6 +62,7 @@ class WriterGroup:
     pid: int | None
     uid: int | None
     service: bool = False
+    machine_id: int = 0  # pids are per machine
     packets: int = 0
     bytes: int = 0
     loss_marks: int = 0  # packets with previous_packet_dropped
@@ -150,10 +154,12 @@ class TraceSummary:
             self.malformed += 1
             ident = PacketIdentity()
         service = ident.sequence_id == SERVICE_SEQUENCE_ID
-        key = ("service",) if service else (ident.pid, ident.uid)
+        key: tuple = ("service",) if service else (ident.pid, ident.uid)
+        if ident.machine_id and not service:
+            key += (ident.machine_id,)
         group = self.groups.get(key)
         if group is None:
-            group = self.groups[key] = WriterGroup(ident.pid, ident.uid, service)
+            group = self.groups[key] = WriterGroup(ident.pid, ident.uid, service, ident.machine_id)
         group.packets += 1
         group.bytes += len(packet)
         group.loss_marks += ident.previous_packet_dropped
@@ -193,13 +199,23 @@ def printable(name: str, limit: int = 64) -> str:
     return safe + "..." if len(name) > limit else safe
 
 
-def producer_names(state: Any) -> dict[int, str]:
+ProducerKey = int | tuple[int, int]  # a pid on the service's machine, else (machine id, pid)
+
+
+def producer_names(state: Any) -> dict[ProducerKey, str]:
     """pid -> registered name from a QueryServiceStateResponse: the producers that left
     (oldest first, so the last to use a pid wins), then the connected ones, which win
     on a pid reused by a live producer. Names are made printable (producers are not
-    trusted)."""
-    names = {p.pid: printable(p.name) for p in state.departed_producers}
-    names.update((p.pid, printable(p.name)) for p in state.producers)
+    trusted). A producer behind a relay is keyed (machine id, pid) and named
+    NAME@MACHINE."""
+    machines = {m.id: printable(m.name) for m in getattr(state, "machines", ())}
+    names: dict[ProducerKey, str] = {}
+    for p in [*state.departed_producers, *state.producers]:
+        machine = getattr(p, "machine_id", 0)
+        if machine:
+            names[(machine, p.pid)] = f"{printable(p.name)}@{machines.get(machine, machine)}"
+        else:
+            names[p.pid] = printable(p.name)
     return names
 
 
@@ -229,7 +245,7 @@ class SummaryInput:
     summary: TraceSummary
     session_id: int = 0
     seconds: float = 0.0
-    producer_names: dict[int, str] = field(default_factory=dict)  # by pid
+    producer_names: dict[ProducerKey, str] = field(default_factory=dict)  # producer_names()
     fill_policies: list[str] = field(default_factory=list)  # by buffer index
     stats: pb.TraceStats | None = None
     notes: list[str] = field(default_factory=list)
@@ -264,12 +280,13 @@ def _readback_line(file_bytes: int, seconds: float) -> str:
     return f"read back {human_bytes(file_bytes)} in {seconds:.3f} s ({rate:.1f} MiB/s)"
 
 
-def _group_name(group: WriterGroup, names: dict[int, str]) -> str:
+def _group_name(group: WriterGroup, names: dict[ProducerKey, str]) -> str:
     if group.service:
         return "(tracing service)"
     if group.pid is None:
         return "(no trusted pid)"
-    return names.get(group.pid, "(producer gone)")
+    key: ProducerKey = (group.machine_id, group.pid) if group.machine_id else group.pid
+    return names.get(key, "(producer gone)")
 
 
 def _producer_rows(info: SummaryInput) -> list[str]:
