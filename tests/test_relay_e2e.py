@@ -97,12 +97,14 @@ class Machines:
         return wait_for(ready, 60, f"machines {', '.join(names)} with a clock producer")
 
 
-def record(rt: Runtime, min_packets: int) -> list[pb.TracePacket]:
-    """A session of the clock source on every machine, until each producer wrote
-    `min_packets`; its packets."""
-    config = pb.TraceConfig(trace_all_machines=True)
+def record(rt: Runtime, min_packets: int, machines: Sequence[str] = ()) -> list[pb.TracePacket]:
+    """A session of the clock source on every machine (or on those named, by
+    machine_name_filter), until each producer wrote `min_packets`; its packets."""
+    config = pb.TraceConfig(trace_all_machines=not machines)
     config.buffers.add(size_kb=8192)
-    config.data_sources.add().config.name = CLOCK_SOURCE
+    ds = config.data_sources.add()
+    ds.config.name = CLOCK_SOURCE
+    ds.machine_name_filter.extend(machines)
     consumer = rt.consumer(name="relay-e2e")
     consumer.enable(config)
 
@@ -150,6 +152,10 @@ def test_two_relays_one_session_machine_ids_and_one_timeline(rt: Runtime) -> Non
     for machine in ids.values():
         assert any(p.machine_id == machine and p.HasField("system_info") for p in packets)
         assert any(p.machine_id == machine and p.HasField("remote_clock_sync") for p in packets)
+
+    # A session may keep to some machines ("host": the service's own).
+    only = record(rt, 20, machines=["m2", "host"])
+    assert {p.for_testing.str for p in only if p.HasField("for_testing")} == {"central", "m2-clock"}
 
     offsets = machine_offsets(packets)
     assert abs(offsets[ids["m2"]][BOOTTIME] - OFFSET_S * 1_000_000_000) < MS
