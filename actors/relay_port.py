@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,9 @@ KEY_NOT_ACCEPTED = "relay_key_not_accepted"  # the service state's refusals
 LIVENESS_CHECK_NS = 1_000_000_000
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ's own pings on the link (a dead TCP peer is noticed)
 SEND_HWM = 10_000  # messages ZeroMQ holds per relay; past it they wait in our queue
+# Messages ZeroMQ reads ahead per relay: each up to a relay frame, so a few only
+# (a relay sending faster than we ingest waits in its own bounded queue).
+RECEIVE_HWM = 64
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,8 @@ class RelayPort:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a relay reconnecting takes its id back
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a gone relay is an error, not silence
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        sock.setsockopt(zmq.RCVHWM, SEND_HWM)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * framing.MAX_RELAY_FRAME_BYTES)
+        sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, framing.MAX_RELAY_FRAME_BYTES + 65536)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1000, self._timeout_ns // 1_000_000))
         if not o.insecure:
@@ -185,6 +189,9 @@ class RelayPort:
         except framing.FramingError as e:
             self._dropped(str(e))
             return
+        except Exception:  # noqa: BLE001 - a bug one message meets must not end the service
+            self._dropped(f"it met a bug:\n{traceback.format_exc()}")
+            return
         self._send_all(outputs)
 
     def _dropped(self, why: str) -> None:
@@ -227,6 +234,7 @@ class RelayPort:
         self.sync_refusals()
         for relay in self._core.relays_silent(now, self._timeout_ns):
             self._lose(relay, f"silent for {self._timeout_ns / 1e9:g} s")
+        self._send_all(self._core.heartbeat_relays())
         self._liveness = self._loop.call_at(
             self._loop.now() + LIVENESS_CHECK_NS, self._check_liveness
         )

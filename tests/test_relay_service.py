@@ -21,6 +21,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from actors import relay_keys
 from actors.core.machines import machine_id_of
+from actors.core.relay_upstream import ROUNDS_PER_BURST
 from actors.core.relays import UNKNOWN_RELAY
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
@@ -95,9 +96,22 @@ class FakeRelay:
         return channel, envelope[0]
 
     def control(self, timeout: float = 10.0) -> ipc.ServiceToRelay:
+        """The next control message but the heartbeats the service sends every second."""
+        for _ in range(50):  # bounded: each recv has its own deadline
+            got = self.recv(timeout)
+            assert got is not None and got[0] == 0, f"no control message: {got}"
+            msg = ipc.ServiceToRelay.FromString(got[1])
+            if not msg.HasField("heartbeat"):
+                return msg
+        raise AssertionError("only heartbeats")
+
+    def heard_heartbeat(self, timeout: float = 10.0) -> bool:
+        """Whether the next message is a heartbeat the service sent on its own."""
         got = self.recv(timeout)
-        assert got is not None and got[0] == 0, f"no control message: {got}"
-        return ipc.ServiceToRelay.FromString(got[1])
+        if got is None or got[0] != 0:
+            return False
+        msg = ipc.ServiceToRelay.FromString(got[1])
+        return msg.HasField("heartbeat") and msg.request_id == 0
 
     def producer_message(self, channel: int, kind: str, timeout: float = 10.0):
         """The next message on `channel` of this kind (other kinds before it skipped)."""
@@ -169,11 +183,12 @@ def keys(rt: Runtime) -> Keys:
 def in_order(relay: FakeRelay) -> None:
     """Wait until the service handled what the relay sent so far (one connection's
     messages are handled in order): a heartbeat and its answer."""
-    relay.send(0, ipc.RelayToService(heartbeat=ipc.Heartbeat()))
-    while True:
+    relay.send(0, ipc.RelayToService(request_id=77, heartbeat=ipc.Heartbeat()))
+    while True:  # the service's own heartbeats (request id 0) may come first
         got = relay.recv()
         assert got is not None, "no heartbeat answer"
-        if got[0] == 0 and ipc.ServiceToRelay.FromString(got[1]).HasField("heartbeat"):
+        answer = ipc.ServiceToRelay.FromString(got[1]) if got[0] == 0 else None
+        if answer is not None and answer.HasField("heartbeat") and answer.request_id == 77:
             return
 
 
@@ -209,7 +224,8 @@ def test_relayed_producer_lands_in_a_session_with_its_machine_id(rt: Runtime, ke
             data = chunk(1, n, [p.SerializeToString() for p in packets])
             commit.chunks_to_move.add(target_buffer=target, data=data)
         relay.send(3, ipc.ProducerToService(commit_data=commit))
-        clock_round(relay, 1)
+        for rnd in range(1, ROUNDS_PER_BURST + 1):  # a whole burst: its best is final
+            clock_round(relay, rnd)
         flushed = concurrent.futures.ThreadPoolExecutor(1)
         done = flushed.submit(consumer.flush, 20.0)
         request = relay.producer_message(3, "flush").flush
@@ -285,6 +301,9 @@ def test_insecure_link_and_a_relay_gone_silent_is_lost(rt: Runtime):
     relay = FakeRelay(endpoint)
     try:
         machine_id = relay.init("quiet")
+        # The service heartbeats the relay on its own: a relay whose heartbeats
+        # wait behind its chunks on a slow link still hears it.
+        assert relay.heard_heartbeat(timeout=5)
         relay.producer(1, pid=999, source="linux.ftrace")
         state = rt.control.query_state(timeout=5)
         assert [(m.id, m.relay_key, m.connected) for m in state.machines] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core import machines as machines_module
 from actors.core.consumer_summary import trailer_start
 from actors.core.machines import (
     PAIRING_WINDOW_NS,
@@ -280,17 +281,28 @@ def test_remote_producers_need_trace_all_machines_or_their_machine_name():
         remote.take()
 
 
+def session_with_a_relayed_producer(rig: RelayRig) -> FakeConsumer:
+    """A session recording every machine, with a producer behind relay R1 in it
+    (a session carries the clock rounds and system_info of its machines only)."""
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
+    consumer = FakeConsumer(rig, "c")
+    cfg = all_machines_config(trace_all_machines=True)
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
+    consumer.replies()
+    remote.process()
+    return consumer
+
+
 def test_clock_rounds_become_remote_clock_sync_best_of_burst():
     rig = RelayRig()
     machine_id = init_relay(rig, b"R1")
-    consumer = FakeConsumer(rig, "c")
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=all_machines_config()))
-    consumer.replies()
+    consumer = session_with_a_relayed_producer(rig)
     offset = 5 * S
     for rnd, trip in enumerate([300_000, 100_000, 900_000], start=1):
         sync_round(rig, b"R1", rnd, burst=1, offset=offset, trip=trip)
     rig.now += 40 * S
     sync_round(rig, b"R1", 4, burst=2, offset=offset, trip=200_000)
+    rig.now += 2 * S  # burst 2 is over: no round for a second
     packets = consumer.read()
     (sync,) = [p for p in packets if p.HasField("remote_clock_sync")]
     assert sync.machine_id == machine_id and sync.trusted_packet_sequence_id == 1
@@ -305,6 +317,35 @@ def test_clock_rounds_become_remote_clock_sync_best_of_burst():
     again = consumer.read()
     assert not [p for p in again if p.HasField("remote_clock_sync")], "each round once"
     assert not [p for p in again if p.HasField("system_info")], "system_info once"
+
+
+def test_a_read_in_the_middle_of_a_burst_waits_for_its_best_round():
+    rig = RelayRig()
+    init_relay(rig, b"R1")
+    consumer = session_with_a_relayed_producer(rig)
+    sync_round(rig, b"R1", 1, burst=1, offset=S, trip=900_000)
+    assert not [p for p in consumer.read() if p.HasField("remote_clock_sync")]
+    sync_round(rig, b"R1", 2, burst=1, offset=S, trip=100_000)
+    rig.now += 2 * S
+    (sync,) = [p for p in consumer.read() if p.HasField("remote_clock_sync")]
+    entries = sync.remote_clock_sync.synced_clocks
+    assert len(entries) == 2, "one round: the burst's best"
+    trip = (
+        entries[1].client_clocks.clocks[0].timestamp - entries[0].client_clocks.clocks[0].timestamp
+    )
+    assert trip == 100_000
+
+
+def test_a_session_without_a_machine_s_producers_gets_none_of_its_packets():
+    rig = RelayRig()
+    init_relay(rig, b"R1")
+    sync_round(rig, b"R1", 1, burst=1, offset=S, trip=1000)
+    rig.now += 2 * S
+    consumer = FakeConsumer(rig, "c")  # the service's machine only
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=all_machines_config()))
+    consumer.replies()
+    packets = consumer.read()
+    assert not [p for p in packets if p.machine_id], "no system_info, no clock sync of robot1"
 
 
 # -- the link: unknown relays, loss, a lost relay ----------------------------------------------
@@ -324,19 +365,29 @@ def test_unknown_relay_is_told_to_init_once_a_second_and_nothing_is_processed():
 
 
 def test_relay_loss_counts_as_discarded_chunks_of_its_buffers():
+    """Only in buffers the relay's producers may write to: a relay (or a producer
+    behind it) naming another session's buffer charges nothing there."""
     rig = RelayRig()
     init_relay(rig, b"R1")
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
     consumer = FakeConsumer(rig, "c")
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=all_machines_config()))
+    cfg = all_machines_config(trace_all_machines=True)
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
     consumer.replies()
-    (buffer_id,) = rig.core.buffers
+    remote.process()
+    other = FakeConsumer(rig, "d")  # a session of the service's machine only
+    other.send(enable_tracing=ipc.EnableTracingRequest(trace_config=all_machines_config()))
+    other.replies()
+    buffer_id, other_buffer = sorted(rig.core.buffers)
     loss = ipc.RelayLoss()
     loss.buffers.add(target_buffer=buffer_id, chunks=7, bytes=7 * 4096)
+    loss.buffers.add(target_buffer=other_buffer, chunks=9)  # not its producers': nothing
     loss.buffers.add(target_buffer=999, chunks=5)  # no such buffer: nothing
     rig.relay(b"R1", loss=ipc.RelayLoss())  # the first of a relay id: its baseline
     rig.relay(b"R1", loss=loss)
     stats = consumer.read()[-1].trace_stats
     assert stats.buffer_stats[0].chunks_discarded == 7
+    assert other.read()[-1].trace_stats.buffer_stats[0].chunks_discarded == 0
 
 
 def test_chunks_a_relay_sent_that_never_came_are_discarded_once():
@@ -476,3 +527,16 @@ def test_local_peer_may_not_use_a_relayed_identity():
     (reply,) = rig.take(fresh)
     assert "reserved" in reply.error.message
     assert len(rig.core.producers) == 1
+
+
+def test_the_machine_table_forgets_the_longest_disconnected_past_its_bound(monkeypatch):
+    monkeypatch.setattr(machines_module, "MAX_MACHINES", 3)
+    rig = RelayRig()
+    for i in range(3):
+        init_relay(rig, f"R{i}".encode(), name=f"m{i}")
+        rig.now += S
+    rig.route(rig.core.relay_lost(b"R1", rig.now))
+    rig.route(rig.core.relay_lost(b"R0", rig.now))
+    init_relay(rig, b"R3", name="m3")
+    names = sorted(m.name for m in rig.core._ctx.machines)
+    assert names == ["m1", "m2", "m3"]  # m0 was seen last the longest ago

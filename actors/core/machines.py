@@ -31,12 +31,15 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from actors.core.relay_upstream import ROUNDS_PER_BURST
 from actors.core.service_packets import BOOTTIME, ClockReading
 from protos import tracebus_ipc_pb2 as ipc
 
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 MAX_BURSTS = 8  # best rounds kept per machine
+MAX_MACHINES = 1024  # listed; the oldest not connected is forgotten past it
+BURST_QUIET_NS = 1_000_000_000  # a burst without a new round this long is over
 MAX_OPEN_ROUNDS = 64  # PINGs waiting for their UPDATE, per machine (a relay may lie)
 MAX_CLOCKS = 16  # clocks kept from one SyncClock
 PAIRING_WINDOW_NS = 30_000_000_000
@@ -88,6 +91,8 @@ class Machine:
     open_rounds: dict[int, tuple[int, ClockReading, ClockReading]] = field(default_factory=dict)
     burst: int = -1  # the burst whose best round is `candidate`
     candidate: SyncRound | None = None
+    last_round: int = 0  # the service's BOOTTIME when its last round completed
+    burst_rounds: int = 0  # rounds of the running burst completed
     best: deque[SyncRound] = field(default_factory=lambda: deque(maxlen=MAX_BURSTS))
     last_error: int | None = None  # when "unknown relay" was last answered
 
@@ -117,6 +122,7 @@ class MachineTable:
         machine_id = machine_id_of(init.machine_id_hint or init.machine_name)
         machine = self._by_id.get(machine_id)
         if machine is None:
+            self._make_room()
             machine = Machine(machine_id, "", relay, key, b"")
             self._by_id[machine_id] = machine
         if self._by_relay.get(machine.relay) is machine:
@@ -130,6 +136,13 @@ class MachineTable:
         self._by_relay[relay] = machine
         self._unknown_errors.pop(relay, None)
         return machine
+
+    def _make_room(self) -> None:
+        """At most MAX_MACHINES listed: past it the machine not connected for the
+        longest is forgotten (a robot rebooting every day is a new machine each boot)."""
+        gone = [m for m in self._by_id.values() if not m.connected]
+        if len(self._by_id) >= MAX_MACHINES and gone:
+            del self._by_id[min(gone, key=lambda m: m.last_seen).id]
 
     def lost(self, relay: bytes) -> Machine | None:
         """The relay's link is gone: its machine stays listed, not connected."""
@@ -179,7 +192,9 @@ class MachineTable:
             return  # a round without BOOTTIME cannot be placed
         if burst != machine.burst:
             self._finish_burst(machine)
-            machine.burst = burst
+            machine.burst, machine.burst_rounds = burst, 0
+        machine.last_round = boottime_of(host)
+        machine.burst_rounds += 1
         if machine.candidate is None or quality < machine.candidate.quality:
             machine.candidate = done
 
@@ -196,10 +211,14 @@ class MachineTable:
         rounds = list(machine.best)
         return rounds + ([machine.candidate] if machine.candidate is not None else [])
 
-    def settle(self, machine: Machine) -> None:
-        """Make the running burst's best round final (before a read emits rounds:
-        a session reads what the relay measured until then)."""
-        self._finish_burst(machine)
+    def settle(self, machine: Machine, host_boottime: int) -> None:
+        """Make the running burst's best round final once the burst is over: its
+        ROUNDS_PER_BURST rounds came (the relay's), or none for BURST_QUIET_NS (its
+        rounds follow each other at once; a relay may give one up).
+        A read in the middle of a burst leaves it running: its best is not known yet."""
+        quiet = host_boottime - machine.last_round >= BURST_QUIET_NS
+        if quiet or machine.burst_rounds >= ROUNDS_PER_BURST:
+            self._finish_burst(machine)
 
 
 def rounds_to_emit(rounds: list[SyncRound], after_serial: int) -> list[SyncRound]:

@@ -18,6 +18,7 @@ class Peer:
     identity: bytes  # the ROUTER identity of the connection
     pid: int  # process id, from the kernel
     uid: int
+    machine_id: int = 0  # a relay's machine (pid and uid are that machine's); 0 this one
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ class ProducerPort:
             reply.hello.error = version_error(version)
         elif peer.identity in ctx.producers:
             reply.hello.error = "this connection is already initialized"
-        elif ctx.producers.count_of_uid(peer.uid) >= ctx.limits.max_producers_per_uid:
+        elif ctx.producers.count_of_uid(peer.uid, peer.machine_id) >= (
+            ctx.limits.max_producers_per_uid
+        ):
             limit = ctx.limits.max_producers_per_uid
             reply.hello.error = f"uid {peer.uid} has {limit} producers (max_producers_per_uid)"
             ctx.refuse("max_producers_per_uid")
@@ -80,6 +82,7 @@ class ProducerPort:
                 peer.uid,
                 req_untrusted.shm_size_hint_bytes,
                 req_untrusted.shm_page_size_hint_bytes,
+                peer.machine_id,
             )
             if producer is None:
                 reply.hello.error = "too many producers"

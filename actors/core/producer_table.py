@@ -42,22 +42,25 @@ class ProducerTable:
         self._by_id: dict[int, ProducerEntry] = {}
         self._ids = IdPool(MAX_PRODUCER_ID)
         self._departed: deque[DepartedProducer] = deque(maxlen=MAX_DEPARTED)
-        self._per_uid: dict[int, int] = {}  # connected producers by uid
+        self._per_uid: dict[tuple[int, int], int] = {}  # connected, by (machine id, uid)
 
     def add(
-        self, identity: bytes, name: str, pid: int, uid: int, shm_size_hint: int, shm_page_hint: int
-    ) -> ProducerEntry | None:
+        self, identity: bytes, name: str, pid: int, uid: int, shm_size_hint: int,
+        shm_page_hint: int, machine_id: int = 0,
+    ) -> ProducerEntry | None:  # fmt: skip
         """A new producer with a fresh producer id, or None when every id is in use.
-        `pid` is its process id (from the kernel)."""
+        `pid` is its process id (from the kernel of its machine: a relay's, or ours)."""
         producer_id = self._ids.allocate()
         if producer_id is None:
             return None
         producer = ProducerEntry(
             producer_id, identity, name, pid, uid, shm_size_hint, shm_page_hint
         )
+        producer.machine_id = machine_id
         self._by_identity[identity] = producer
         self._by_id[producer_id] = producer
-        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        key = (machine_id, uid)
+        self._per_uid[key] = self._per_uid.get(key, 0) + 1
         return producer
 
     def remove(self, identity: bytes) -> ProducerEntry | None:
@@ -65,9 +68,10 @@ class ProducerTable:
         if producer is not None:
             del self._by_id[producer.id]
             self._ids.release(producer.id)
-            left = self._per_uid.pop(producer.uid) - 1
+            key = (producer.machine_id, producer.uid)
+            left = self._per_uid.pop(key) - 1
             if left:
-                self._per_uid[producer.uid] = left
+                self._per_uid[key] = left
             self._departed.append(
                 DepartedProducer(
                     producer.id, producer.name, producer.uid, producer.pid, producer.machine_id
@@ -75,9 +79,10 @@ class ProducerTable:
             )
         return producer
 
-    def count_of_uid(self, uid: int) -> int:
-        """How many producers of `uid` are connected."""
-        return self._per_uid.get(uid, 0)
+    def count_of_uid(self, uid: int, machine_id: int = 0) -> int:
+        """How many producers of `uid` are connected (uids are per machine: a relay's
+        machine has its own users)."""
+        return self._per_uid.get((machine_id, uid), 0)
 
     def smb_bytes(self, *, uid: int | None = None, pid: int | None = None) -> int:
         """The size of the SMBs held by the producers of `uid`, or of process `pid`."""

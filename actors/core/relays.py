@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from actors.core.machines import Machine, machine_id_of
 from actors.core.outbox import version_error
+from actors.core.producers import ProducerEntry
 from actors.core.service_context import ServiceContext
 from actors.core.service_packets import ClockReading
 from protos import tracebus_ipc_pb2 as ipc
@@ -38,6 +39,7 @@ from protos import tracebus_ipc_pb2 as ipc
 RELAYED_PREFIX = b"\x00relay\x00"  # ipc peers with such a routing id are refused
 UNKNOWN_RELAY = "unknown relay: send InitRelay"
 MAX_LOSS_ENTRIES = 256
+MAX_BASELINE_ENTRIES = 4096  # buffer ids a relay sent to, over the services it outlived
 MAX_RELAY_IDS = 1024  # relay ids whose traffic is remembered (a restarted relay has a new one)
 
 
@@ -51,6 +53,9 @@ class RelayTraffic:
     received: dict[int, int] = field(default_factory=dict)
     accounted: dict[int, int] = field(default_factory=dict)
     baselined: bool = False  # its first RelayLoss came
+    # Buffers its producers were allowed to write when they committed: the only ones
+    # a RelayLoss may charge (a producer names any buffer id it likes).
+    buffers: set[int] = field(default_factory=set)
 
 
 def relayed_identity(relay: bytes, channel: int) -> bytes:
@@ -141,13 +146,19 @@ class RelayPort:
         elif sync.phase == ipc.SyncClock.UPDATE:
             machines.update(machine, sync, clocks)
 
-    def received(self, relay: bytes, commit_untrusted: ipc.CommitDataRequest) -> None:
-        """A relayed producer's commit reaches the commit path: count its chunks."""
-        received = self._traffic_of(relay).received
+    def received(
+        self, relay: bytes, producer: ProducerEntry, commit_untrusted: ipc.CommitDataRequest
+    ) -> None:
+        """A relayed producer's commit reaches the commit path: count its chunks for
+        the buffers it may write to (the commit path discards and counts the others;
+        keys bounded by the service's buffers)."""
+        traffic = self._traffic_of(relay)
+        allowed = producer.allowed_buffers
         for move in commit_untrusted.chunks_to_move:
             buffer = move.target_buffer
-            if buffer in received or len(received) < MAX_LOSS_ENTRIES:
-                received[buffer] = received.get(buffer, 0) + 1
+            if buffer in allowed:
+                traffic.received[buffer] = traffic.received.get(buffer, 0) + 1
+                traffic.buffers.add(buffer)
 
     def _traffic_of(self, relay: bytes) -> RelayTraffic:
         traffic = self._traffic.get(relay)
@@ -165,21 +176,33 @@ class RelayPort:
         in the buffers they were for. The first RelayLoss of a relay id sets the
         baseline only: what it lost before went to a service before this one."""
         traffic = self._traffic_of(relay)
-        sent = loss_untrusted.sent[:MAX_LOSS_ENTRIES]
         if not traffic.baselined:
             traffic.baselined = True
-            for entry in sent:
+            for entry in loss_untrusted.sent[:MAX_BASELINE_ENTRIES]:
                 gone = entry.chunks - traffic.received.get(entry.target_buffer, 0)
                 traffic.accounted[entry.target_buffer] = max(0, gone)
             return
+        mine = traffic.buffers | self._allowed_now(relay)
+        sent = [e for e in loss_untrusted.sent[:MAX_LOSS_ENTRIES] if e.target_buffer in mine]
         for entry in loss_untrusted.buffers[:MAX_LOSS_ENTRIES]:
-            self._discarded(entry.target_buffer, entry.chunks)
+            if entry.target_buffer in mine:
+                self._discarded(entry.target_buffer, entry.chunks)
         for entry in sent:
             buffer = entry.target_buffer
             known = traffic.received.get(buffer, 0) + traffic.accounted.get(buffer, 0)
-            if entry.chunks > known and len(traffic.accounted) < MAX_LOSS_ENTRIES:
+            if entry.chunks > known:
                 traffic.accounted[buffer] = traffic.accounted.get(buffer, 0) + entry.chunks - known
                 self._discarded(buffer, entry.chunks - known)
+
+    def _allowed_now(self, relay: bytes) -> set[int]:
+        """The buffers the relay's producers may write to now (set up again after its
+        InitRelay, before its RelayLoss comes)."""
+        allowed: set[int] = set()
+        for identity, (owner, _channel) in self._ctx.out.relayed.items():
+            producer = self._ctx.producers.get(identity)
+            if owner == relay and producer is not None:
+                allowed.update(producer.allowed_buffers)
+        return allowed
 
     def _discarded(self, buffer_id: int, chunks: int) -> None:
         """Add to the buffer's chunks_discarded (one that exists: a stale id names nothing)."""

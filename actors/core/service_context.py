@@ -164,13 +164,15 @@ class ServiceContext:
         syncs: list[bytes] = []
         with_info = not session.config.builtin_data_sources.disable_system_info
         for machine in self.machines:
+            if machine.id not in session.machines:
+                continue  # none of its producers wrote into this session
             if with_info and session.machine_incarnations.get(machine.id) != machine.incarnation:
                 session.machine_incarnations[machine.id] = machine.incarnation
                 info = service_packets.remote_system_info_packet(
                     machine.system_info, machine.id, self.uid, self.service_pid
                 )
                 infos += [info] if info is not None else []
-            self.machines.settle(machine)
+            self.machines.settle(machine, self.clocks.boottime())
             after = session.machine_serials.get(machine.id, 0)
             rounds = rounds_to_emit(self.machines.best_rounds(machine), after)
             if rounds:

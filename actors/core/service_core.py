@@ -221,7 +221,7 @@ class ServiceCore:
         if producer is None and msg.WhichOneof("msg") == "initialize_connection":
             init = msg.initialize_connection
             self._ctx.out.relayed[identity] = (relay, channel)
-            peer = Peer(identity, init.claimed_pid, init.claimed_uid)
+            peer = Peer(identity, init.claimed_pid, init.claimed_uid, machine.id)
             outputs = self._producer_message(peer, msg, now)
             producer = self._ctx.producers.get(identity)
             if producer is None:
@@ -235,8 +235,9 @@ class ServiceCore:
             self._ctx.out.to_relay(relay, msg.request_id, error=f"channel {channel}: {error}")
             return self._ctx.out.drain()
         if msg.WhichOneof("msg") == "commit_data":
-            self._relay_port.received(relay, msg.commit_data)
-        return self._producer_message(Peer(identity, producer.pid, producer.uid), msg, now)
+            self._relay_port.received(relay, producer, msg.commit_data)
+        peer = Peer(identity, producer.pid, producer.uid, machine.id)
+        return self._producer_message(peer, msg, now)
 
     def relay_lost(self, relay: bytes, now: int) -> list[Output]:
         """The relay's link is gone (silent past the timeout): its producers end as
@@ -246,6 +247,15 @@ class ServiceCore:
 
     def machine_of_relay(self, relay: bytes) -> Machine | None:
         return self._ctx.machines.of_relay(relay)
+
+    def heartbeat_relays(self) -> list[Output]:
+        """A heartbeat to every connected relay, sent every second on our own: the
+        relay hears us even while its own heartbeats wait behind its chunks on a
+        slow link (its link timeout counts what it hears from us)."""
+        for machine in self._ctx.machines:
+            if machine.connected:
+                self._ctx.out.to_relay(machine.relay, heartbeat=ipc.Heartbeat())
+        return self._ctx.out.drain()
 
     def relays_silent(self, now: int, timeout_ns: int) -> list[bytes]:
         """Relays that sent nothing for `timeout_ns` (the shell calls relay_lost)."""

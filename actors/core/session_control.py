@@ -171,6 +171,8 @@ class SessionControl:
             desc.no_flush,
         )
         session.instances[instance.id] = instance
+        if producer.machine_id:
+            session.machines.add(producer.machine_id)
         producer.allow(buffer_id)
         return instance
 

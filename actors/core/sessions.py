@@ -154,6 +154,9 @@ class Session(HasSessionState):
         # round it emitted in a remote_clock_sync packet.
         self.machine_incarnations: dict[int, int] = {}
         self.machine_serials: dict[int, int] = {}
+        # Relayed machines that had an instance in this session: the only ones whose
+        # system_info and clock rounds its trace needs (connected or not by then).
+        self.machines: set[int] = set()
 
     @property
     def flush_timeout_ns(self) -> int:
