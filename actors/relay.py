@@ -57,7 +57,9 @@ from protos import tracebus_ipc_pb2 as ipc
 
 ROUTING_ID_BYTES = 16
 HEARTBEAT_IVL_MS = 1000
-UPSTREAM_HWM = 16  # messages ZeroMQ holds; the rest waits in the relay's accounted queue
+# Messages ZeroMQ holds (of at most relay_chunks.PIECE_BYTES each: 2 MiB); the rest
+# waits in the relay's accounted queue.
+UPSTREAM_HWM = 8
 # Handshake outcomes on the link (a refused key is final: ZeroMQ does not retry it).
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED

@@ -26,9 +26,10 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, COMPLETE, LAYOUT_CHUNKS, SharedMemoryABI, chunk_state, layout_of
 
-# 1 MiB, well under the frame cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM
-# messages) then holds a few MiB at most beside the relay's accounted queue.
-PIECE_BYTES = min(1 << 20, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
+# 256 KiB, well under the frame cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM
+# messages) then holds 2 MiB at most beside the relay's accounted queue, so what
+# the relay sends now (a heartbeat) waits behind little on a slow link.
+PIECE_BYTES = min(256 << 10, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
 MOVE_OVERHEAD = 24  # a ChunkToMove's fields and tags around its data, at most
 MAX_MOVES_PER_PIECE = 4096  # the service takes at most this many moves (and patches) per commit
 

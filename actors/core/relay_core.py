@@ -30,9 +30,14 @@ the SMB fills and the producer's own BufferExhaustedPolicy applies.
 
 Link states (LINK_TRANSITIONS; one mutator, `_move`):
 
-    CONNECTING --init_relay answered--> UP --silent link_timeout / unknown relay--> DOWN
+    CONNECTING --init_relay answered--> UP --dead link_timeout / unknown relay--> DOWN
         ^  InitRelay resent, backoff 0.1 s doubling to 5 s                           |
         +-------------------------------- reconnect ----------------------------------+
+
+The link is dead when for link_timeout the service sent nothing (it heartbeats
+every second on its own, and answers ours) and ZeroMQ took nothing from the
+queue: a slow link that moves data is up even while the answers to our
+heartbeats wait behind the chunks in ZeroMQ's pipe (`drained` is progress).
 
 Going DOWN stops locally every instance the service had set up, drops the queue
 and the waiting commits (their chunks freed) and counts them; while not UP,
@@ -161,7 +166,8 @@ class RelayCore:
         self.counters = RelayCounters()
         self._next_channel = 1
         self._next_request = 1
-        self._last_heard = 0
+        self._last_heard = 0  # the last message from the service
+        self._last_progress = 0  # the last time ZeroMQ took some of the queue
         self._next_heartbeat = 0
         self._init_backoff = INIT_BACKOFF_NS[0]
         self._next_init: int | None = 0  # CONNECTING: when InitRelay goes (again)
@@ -298,21 +304,27 @@ class RelayCore:
             if self._next_init is not None and now >= self._next_init:
                 self._send_init_relay(now)
             return []
-        if now - self._last_heard >= self.config.link_timeout_ns:
+        if now - self._last_alive() >= self.config.link_timeout_ns:
             timeout = self.config.link_timeout_ns / 1e9
-            return self._link_lost(f"no message from the service for {timeout:g} s", now)
+            why = f"no message from the service and nothing sent for {timeout:g} s"
+            return self._link_lost(why, now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_NS
             self.queue.push(0, ipc.RelayToService(heartbeat=ipc.Heartbeat()))
         self._push_control(self.clock.tick(now))
         return []
 
+    def _last_alive(self) -> int:
+        """When the link last showed it works: a message from the service, or
+        ZeroMQ taking some of the queue."""
+        return max(self._last_heard, self._last_progress)
+
     def next_deadline(self) -> int | None:
         deadlines = [p.last_seen + PRODUCER_SILENCE_NS for p in self.producers.values()]
         if self.link is Link.CONNECTING and self._next_init is not None:
             deadlines.append(self._next_init)
         elif self.link is Link.UP:
-            deadlines += [self._next_heartbeat, self._last_heard + self.config.link_timeout_ns]
+            deadlines += [self._next_heartbeat, self._last_alive() + self.config.link_timeout_ns]
             clock = self.clock.deadline()
             if clock is not None:
                 deadlines.append(clock)
@@ -500,8 +512,9 @@ class RelayCore:
         self._lose(lost)
 
     def drained(self, now: int) -> list[Output]:
-        """The shell sent some of the queue: waiting commits go on while it has room,
-        one message per producer in turn."""
+        """The shell sent some of the queue (the link moves: progress): waiting
+        commits go on while it has room, one message per producer in turn."""
+        self._last_progress = now
         busy = [p for p in self.producers.values() if p.waiting]
         while busy and not self.queue.over_bound() and self.link is Link.UP:
             for producer in list(busy):
