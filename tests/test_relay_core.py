@@ -20,6 +20,7 @@ from actors.core.relay_core import (
 from actors.core.relay_upstream import ROUND_TIMEOUT_NS, ROUNDS_PER_BURST, SPACING_MARGIN_NS
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
+from protos.data_source_config_pb2 import DataSourceConfig
 from shm.abi import CHUNK_HEADER, FREE, Geometry, SharedMemoryABI
 
 S = 1_000_000_000
@@ -87,10 +88,18 @@ class Harness:
         (out,) = self.producer(req, identity)
         return out.msg.initialize_connection.producer_id
 
-    def setup(self, channel: int) -> SharedMemoryABI:
+    def setup(self, channel: int, buffer: int = 3, instance: int = 1) -> SharedMemoryABI:
+        """The producer's SMB, and an instance writing into `buffer`."""
         setup = ipc.SetupTracing(shm_size_bytes=16384, shm_page_size_bytes=4096)
         self.core.handle_for_producer(channel, ipc.ServiceToProducer(setup_tracing=setup), self.now)
+        self.set_up_instance(channel, instance, buffer)
         return SharedMemoryABI(self.smbs[-1].buf, Geometry(16384, 4096))
+
+    def set_up_instance(self, channel: int, instance: int, buffer: int) -> None:
+        config = DataSourceConfig(name="ds", target_buffer=buffer).SerializeToString()
+        setup = ipc.SetupDataSource(instance_id=instance, data_source_config=config)
+        msg = ipc.ServiceToProducer(setup_data_source=setup)
+        self.core.handle_for_producer(channel, msg, self.now)
 
 
 def kinds(sent: list[tuple[int, object]]) -> list[tuple[int, str]]:
@@ -222,6 +231,77 @@ def test_a_chunk_that_is_not_complete_is_not_sent(h):
     assert h.core.counters.chunks_invalid == 2
 
 
+def test_chunks_go_only_to_the_buffers_the_service_set_the_producer_up_for(h):
+    """A commit naming another buffer (another session's, or any number at all)
+    frees its chunk in the SMB and counts it as invalid: never sent, never in
+    `sent` or in a loss."""
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.sent()
+    for page in range(3):
+        write_chunk(abi, page, page, b"x")
+    h.producer(commit(0, buffer=3))
+    h.producer(commit(1, buffer=4))
+    h.producer(commit(2, buffer=1 << 31))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [m.target_buffer for m in moves] == [3]
+    assert h.core.counters.chunks_invalid == 2
+    assert abi.bitmap(1) == abi.bitmap(2) == FREE
+    assert set(h.core.queue.sent.buffers) == {3}
+
+
+def test_a_hostile_producers_commits_do_not_grow_what_the_relay_counts(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.sent()
+    for buffer in range(1000):
+        write_chunk(abi, 0, buffer, b"x")
+        h.producer(commit(0, buffer=100 + buffer))
+    h.sent()
+    assert h.core.queue.sent.buffers == {} and h.core.counters.chunks_invalid == 1000
+    h.core.handle_control(ipc.ServiceToRelay(error={"message": "unknown relay"}), h.now)
+    write_chunk(abi, 0, 1, b"x")
+    h.producer(commit(0, buffer=7))  # no link: freed, but not counted as lost under 7
+    assert not h.core.loss and h.core.counters.chunks_invalid == 1001
+
+
+def test_a_chunk_goes_only_to_the_buffer_its_writer_registered(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.set_up_instance(channel, 2, buffer=4)
+    h.producer(ipc.ProducerToService(register_trace_writer={"writer_id": 1, "target_buffer": 3}))
+    h.sent()
+    write_chunk(abi, 0, 1, b"x")  # writer 1
+    write_chunk(abi, 1, 2, b"y")
+    h.producer(commit(0, buffer=4))
+    h.producer(commit(1, buffer=3))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [CHUNK_HEADER.unpack_from(m.data)[0] for m in moves] == [2]
+    assert h.core.counters.chunks_invalid == 1
+
+
+def test_a_stopped_instances_buffer_still_takes_its_last_chunks(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    stop = ipc.ServiceToProducer(stop_data_source={"instance_id": 1})
+    h.core.handle_for_producer(channel, stop, h.now)
+    h.sent()
+    write_chunk(abi, 0, 1, b"last")
+    h.producer(commit(0, buffer=3))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [m.target_buffer for m in moves] == [3]
+    for instance in range(2, 2 + relay_core.ENDED_KEPT):
+        h.set_up_instance(channel, instance, buffer=10)
+        h.core.handle_for_producer(
+            channel, ipc.ServiceToProducer(stop_data_source={"instance_id": instance}), h.now
+        )
+    assert h.core.producers[ME].targets().buffers == {10}  # the oldest ended forgotten
+
+
 def test_a_large_commit_is_split_with_the_flush_ack_last(h, monkeypatch):
     monkeypatch.setattr(relay_chunks, "PIECE_BYTES", 5000)  # about one chunk per piece
     h.link_up()
@@ -297,7 +377,7 @@ def test_a_silent_link_goes_down_stops_instances_and_counts_the_loss():
         h.now = h.core.next_deadline()
     assert Log("link down: no message from the service and nothing sent for 5 s") in out
     stops = [o for o in out if isinstance(o, ToProducer)]
-    assert [o.msg.stop_data_source.instance_id for o in stops] == [5]
+    assert [o.msg.stop_data_source.instance_id for o in stops] == [1, 5]
     assert abi.bitmap(1) == FREE
     h.producer(commit(2))  # no link: freed and counted
     assert h.core.link is Link.CONNECTING

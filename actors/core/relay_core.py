@@ -48,15 +48,18 @@ the link is UP again, before anything else of the new link but the producers.
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
+
 from actors.core.outbox import version_error
 from actors.core.producer_port import data_source_error, known_fields
-from actors.core.relay_chunks import commit_pieces, free_commit, leftovers
+from actors.core.relay_chunks import Targets, commit_pieces, free_commit, leftovers
 from actors.core.relay_upstream import ClockSync, Loss, ReadClocks, SendQueue
+from protos import data_source_config_pb2 as dsc
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry, SharedMemoryABI, is_valid_writer_id, resolve_geometry
 
@@ -68,6 +71,10 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 # (it reconnected under another routing id, or is stopped; it starts over when it speaks).
 PRODUCER_SILENCE_NS = 30_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
+# Instances a producer had that ended (stopped, or their link went down), whose
+# buffers still take its chunks: its last ones come after the stop, and those
+# freed without a link are counted as lost under them.
+ENDED_KEPT = 64
 
 
 class Link(enum.Enum):
@@ -138,15 +145,32 @@ class LocalProducer:
     writers: dict[int, int] = field(default_factory=dict)  # writer id -> target buffer
     smb: Smb | None = None
     abi: SharedMemoryABI | None = None
-    started: set[int] = field(default_factory=set)  # instances the service set up
+    started: dict[int, int] = field(default_factory=dict)  # instance the service set up -> buffer
+    ended: OrderedDict[int, int] = field(default_factory=OrderedDict)  # the last ENDED_KEPT
     last_seen: int = 0  # when it last sent anything (monotonic ns)
     waiting: deque[ipc.ProducerToService] = field(default_factory=deque)
+
+    def targets(self) -> Targets:
+        """Where its chunks may go: the buffers the service set it up for."""
+        buffers = set(self.started.values())
+        buffers.update(self.ended.values())
+        return Targets(buffers, self.writers)
+
+    def end(self, instance: int) -> None:
+        buffer = self.started.pop(instance, None)
+        if buffer is None:
+            return
+        self.ended[instance] = buffer
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
 
 
 @dataclass
 class RelayCounters:
     chunks_sent: int = 0
-    chunks_invalid: int = 0  # moves naming a chunk that was not COMPLETE (or out of range)
+    # moves naming a chunk that was not COMPLETE (or out of range), or a buffer the
+    # service did not set the producer up for (or not its writer's)
+    chunks_invalid: int = 0
     waiting_dropped: int = 0  # messages of a producer past MAX_WAITING
     replies_swallowed: int = 0
 
@@ -268,7 +292,7 @@ class RelayCore:
                     stop_data_source=ipc.StopDataSource(instance_id=instance)
                 )
                 out.append(ToProducer(producer.identity, stop))
-            producer.started.clear()
+                producer.end(instance)
             while producer.waiting:
                 waiting = producer.waiting.popleft()
                 if waiting.WhichOneof("msg") == "commit_data":
@@ -499,7 +523,7 @@ class RelayCore:
 
     def _send_commit(self, producer: LocalProducer, msg: ipc.ProducerToService) -> None:
         """The commit's chunks out of the SMB, in pieces (relay_chunks.py)."""
-        for piece in commit_pieces(producer.abi, msg.commit_data):
+        for piece in commit_pieces(producer.abi, msg.commit_data, producer.targets()):
             self.counters.chunks_invalid += piece.invalid
             envelope = ipc.ProducerToService(request_id=msg.request_id, commit_data=piece.request)
             self.queue.push(producer.channel, envelope, piece.carried if piece.carried else None)
@@ -507,7 +531,7 @@ class RelayCore:
 
     def _free_commit(self, producer: LocalProducer, req_untrusted: ipc.CommitDataRequest) -> None:
         """No link: the commit's chunks are freed in the SMB and counted as lost."""
-        lost, invalid = free_commit(producer.abi, req_untrusted)
+        lost, invalid = free_commit(producer.abi, req_untrusted, producer.targets())
         self.counters.chunks_invalid += invalid
         self._lose(lost)
 
@@ -571,11 +595,23 @@ class RelayCore:
         if kind == "setup_tracing":
             return self._setup_tracing(producer, msg.setup_tracing)
         if kind in ("setup_data_source", "start_data_source"):
-            instance = getattr(msg, kind).instance_id
-            producer.started.add(instance)
+            self._set_up(producer, getattr(msg, kind))
         elif kind == "stop_data_source":
-            producer.started.discard(msg.stop_data_source.instance_id)
+            producer.end(msg.stop_data_source.instance_id)
         return [ToProducer(producer.identity, msg)]
+
+    @staticmethod
+    def _set_up(producer: LocalProducer, setup: ipc.SetupDataSource | ipc.StartDataSource) -> None:
+        """The instance's target buffer, from its config (SetupDataSource's; a
+        StartDataSource without a setup before it has its own)."""
+        if setup.instance_id in producer.started:
+            return
+        try:
+            config = dsc.DataSourceConfig.FromString(setup.data_source_config)
+        except DecodeError:
+            return  # the service's bytes: the producer cannot parse them either
+        producer.started[setup.instance_id] = config.target_buffer
+        producer.ended.pop(setup.instance_id, None)
 
     def _reply_to_relay(
         self, producer: LocalProducer, kind: str | None, msg: ipc.ServiceToProducer
