@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from actors.core import relay_chunks, relay_core
+from actors.core.limits import DEFAULT_LIMITS, Limits
 from actors.core.relay_core import (
     INIT_BACKOFF_NS,
     RELAY_REQUEST_BIT,
@@ -49,9 +50,9 @@ class Clocks:
 
 
 class Harness:
-    def __init__(self, queue_bytes: int = 16 << 20) -> None:
+    def __init__(self, queue_bytes: int = 16 << 20, limits: Limits = DEFAULT_LIMITS) -> None:
         self.smbs: list[FakeSmb] = []
-        config = RelayConfig("m1", "boot/m1", b"info", send_queue_bytes=queue_bytes)
+        config = RelayConfig("m1", "boot/m1", b"info", send_queue_bytes=queue_bytes, limits=limits)
         self.core = RelayCore(config, self._make_smb, Clocks())
         self.now = 0
 
@@ -78,15 +79,18 @@ class Harness:
         reply = ipc.ServiceToRelay(init_relay=ipc.InitRelayResponse(machine_id=9))
         return self.core.handle_control(reply, self.now)
 
-    def producer(self, msg: ipc.ProducerToService, identity: bytes = ME) -> list:
-        return self.core.handle_producer(identity, PID, UID, msg, self.now)
+    def producer(self, msg: ipc.ProducerToService, identity: bytes = ME, pid: int = PID) -> list:
+        return self.core.handle_producer(identity, pid, UID, msg, self.now)
 
-    def connect(self, identity: bytes = ME) -> int:
+    def connect(self, identity: bytes = ME, pid: int = PID) -> int:
+        out = self.hello(identity, pid)[0]
+        return out.msg.initialize_connection.producer_id
+
+    def hello(self, identity: bytes = ME, pid: int = PID) -> list:
         req = ipc.ProducerToService(request_id=1)
         req.initialize_connection.hello.protocol_version = ipc.PROTOCOL_VERSION
         req.initialize_connection.claimed_pid = 1  # a lie the relay does not pass on
-        (out,) = self.producer(req, identity)
-        return out.msg.initialize_connection.producer_id
+        return self.producer(req, identity, pid)
 
     def setup(self, channel: int, buffer: int = 3, instance: int = 1) -> SharedMemoryABI:
         """The producer's SMB, and an instance writing into `buffer`."""
@@ -534,3 +538,92 @@ def test_an_unanswered_round_abandons_its_burst(h):
     h.core.handle_control(ipc.ServiceToRelay(heartbeat={}), h.now)
     h.core.on_timer(h.now)
     assert [s.burst for s in sync_clocks(h.sent())] == [2]
+
+
+# -- the service's limits, applied to local producers ------------------------------------
+
+
+def limited(**limits: int) -> Harness:
+    h = Harness(limits=Limits(**limits))
+    h.link_up()
+    return h
+
+
+def test_connections_of_one_process_past_the_limit_are_refused():
+    h = limited(max_connections_per_process=2)
+    assert [h.connect(b"a"), h.connect(b"b")] == [1, 2]
+    out = h.hello(b"c")
+    error = f"pid {PID} has 2 connections (max_connections_per_process)"
+    assert out[0].msg.initialize_connection.hello.error == error
+    assert Log(f"refused: {error} (1 refused over max_connections_per_process so far)") in out
+    assert b"c" not in h.core.producers
+    assert h.connect(b"d", pid=PID + 1) == 3  # another process
+    logged = [len([o for o in h.hello(b"e") if isinstance(o, Log)]) for _ in range(7)]
+    assert logged == [1, 0, 1, 0, 0, 0, 1]  # refusals 2..8: a line per doubling
+    assert h.core.refusals == {"max_connections_per_process": 8}
+
+
+def test_producers_of_one_user_past_the_limit_are_refused():
+    h = limited(max_producers_per_uid=2)
+    h.connect(b"a", pid=1)
+    h.connect(b"b", pid=2)
+    (reply, _log) = h.hello(b"c", pid=3)
+    error = f"uid {UID} has 2 producers (max_producers_per_uid)"
+    assert reply.msg.initialize_connection.hello.error == error
+
+
+def test_data_sources_of_a_producer_past_the_limit_are_refused():
+    h = limited(max_data_sources_per_producer=2)
+    h.connect()
+    errors = []
+    for name in ("a", "b", "c"):
+        register = ipc.ProducerToService(request_id=2)
+        register.register_data_source.descriptor.name = name
+        errors.append(h.producer(register)[0].msg.register_data_source.error)
+    assert errors == ["", "", "this producer has 2 data sources (max_data_sources_per_producer)"]
+    assert set(h.core.producers[ME].data_sources) == {"a", "b"}
+    assert h.core.refusals == {"max_data_sources_per_producer": 1}
+
+
+def test_an_smb_past_the_process_or_user_limit_is_refused():
+    h = limited(max_smb_bytes_per_process=16384, max_smb_bytes_per_uid=32768)
+    for identity, pid in ((b"a", 1), (b"b", 1), (b"c", 2), (b"d", 3)):
+        h.connect(identity, pid)
+    setup = ipc.ServiceToProducer(
+        setup_tracing=ipc.SetupTracing(shm_size_bytes=16384, shm_page_size_bytes=4096)
+    )
+    outs = [h.core.handle_for_producer(channel, setup, h.now) for channel in (1, 2, 3, 4)]
+    assert outs[0][0].msg.HasField("setup_tracing") and outs[2][0].msg.HasField("setup_tracing")
+    assert outs[1][0].msg.error.message == (
+        "no SMB of 16384 bytes: its process would pass max_smb_bytes_per_process (16384 bytes)"
+    )
+    assert outs[3][0].msg.error.message == (
+        "no SMB of 16384 bytes: its user would pass max_smb_bytes_per_uid (32768 bytes)"
+    )
+    assert len(h.smbs) == 2
+    assert h.core.refusals == {"max_smb_bytes_per_process": 1, "max_smb_bytes_per_uid": 1}
+
+
+def test_what_a_producer_has_waiting_is_bounded_by_bytes():
+    """Over the queue bound a producer's messages wait: 4096 of up to 4 MiB each
+    would be 16 GiB; they are bounded by bytes as well."""
+    h = Harness(queue_bytes=4000)
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel)
+    write_chunk(abi, 0, 1, b"a")
+    h.producer(commit(0))  # fills the queue past its bound
+    write_chunk(abi, 1, 2, b"b")
+    h.producer(commit(1))  # waits
+    big = ipc.ProducerToService(activate_triggers={"trigger_names": ["t" * 65536]})
+    for _ in range(100):
+        h.producer(big)
+    producer = h.core.producers[ME]
+    assert producer.waiting_bytes <= relay_core.MAX_WAITING_BYTES
+    assert h.core.waiting_bytes <= h.core.config.send_queue_bytes
+    assert h.core.counters.waiting_dropped > 0
+    h.sent()
+    while producer.waiting:
+        h.core.drained(h.now)
+        h.sent()
+    assert producer.waiting_bytes == h.core.waiting_bytes == 0

@@ -26,7 +26,15 @@ chunks left in its SMB go up, then RelayProducerGone.
 
 Backpressure: while the queue is over its bound, a producer's commits wait
 (in order, with whatever it sends after them) and its chunks stay in its SMB:
-the SMB fills and the producer's own BufferExhaustedPolicy applies.
+the SMB fills and the producer's own BufferExhaustedPolicy applies. What waits
+is bounded: MAX_WAITING messages and MAX_WAITING_BYTES per producer, and the
+send queue's bound for all of them together; past that a message is dropped
+(a commit's chunks freed and counted as lost).
+
+Limits (actors/core/limits.py, the service's): connections (producers) per
+process and per user, data sources per producer, SMB bytes per process and per
+user. A request over one is refused with the service's words, counted in
+`refusals` under the limit's name, and logged once per doubling of the count.
 
 Link states (LINK_TRANSITIONS; one mutator, `_move`):
 
@@ -55,6 +63,7 @@ from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
+from actors.core.limits import DEFAULT_LIMITS, Limits
 from actors.core.outbox import version_error
 from actors.core.producer_port import data_source_error, known_fields
 from actors.core.relay_chunks import Targets, commit_pieces, free_commit, leftovers
@@ -71,6 +80,7 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 # (it reconnected under another routing id, or is stopped; it starts over when it speaks).
 PRODUCER_SILENCE_NS = 30_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
+MAX_WAITING_BYTES = 1 << 20  # their encoded bytes, at most
 # Instances a producer had that ended (stopped, or their link went down), whose
 # buffers still take its chunks: its last ones come after the stop, and those
 # freed without a link are counted as lost under them.
@@ -132,6 +142,7 @@ class RelayConfig:
     send_queue_bytes: int = 16 << 20
     link_timeout_ns: int = 5_000_000_000
     clock_sync_interval_ns: int = 30_000_000_000
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -149,6 +160,7 @@ class LocalProducer:
     ended: OrderedDict[int, int] = field(default_factory=OrderedDict)  # the last ENDED_KEPT
     last_seen: int = 0  # when it last sent anything (monotonic ns)
     waiting: deque[ipc.ProducerToService] = field(default_factory=deque)
+    waiting_bytes: int = 0  # their encoded size
 
     def targets(self) -> Targets:
         """Where its chunks may go: the buffers the service set it up for."""
@@ -171,7 +183,7 @@ class RelayCounters:
     # moves naming a chunk that was not COMPLETE (or out of range), or a buffer the
     # service did not set the producer up for (or not its writer's)
     chunks_invalid: int = 0
-    waiting_dropped: int = 0  # messages of a producer past MAX_WAITING
+    waiting_dropped: int = 0  # messages of a producer past the waiting bounds
     replies_swallowed: int = 0
 
 
@@ -188,6 +200,8 @@ class RelayCore:
         self.producers: dict[bytes, LocalProducer] = {}
         self.by_channel: dict[int, LocalProducer] = {}
         self.counters = RelayCounters()
+        self.refusals: dict[str, int] = {}  # limit name -> requests refused over it
+        self.waiting_bytes = 0  # of every producer
         self._next_channel = 1
         self._next_request = 1
         self._last_heard = 0  # the last message from the service
@@ -294,7 +308,7 @@ class RelayCore:
                 out.append(ToProducer(producer.identity, stop))
                 producer.end(instance)
             while producer.waiting:
-                waiting = producer.waiting.popleft()
+                waiting = self._pop_waiting(producer)
                 if waiting.WhichOneof("msg") == "commit_data":
                     self._free_commit(producer, waiting.commit_data)
         self._move(LinkEvent.RECONNECT)
@@ -397,6 +411,9 @@ class RelayCore:
             hello.error = version_error(version)
         elif producer is not None:
             hello.error = "this connection is already initialized"
+        elif (over := self._connection_limit(pid, uid)) is not None:
+            name, hello.error = over
+            return [ToProducer(identity, reply), *self._refuse(name, hello.error)]
         else:
             producer = self._add_producer(identity, pid, uid, req_untrusted)
             producer.last_seen = now
@@ -404,6 +421,37 @@ class RelayCore:
             if self.link is Link.UP:
                 self._announce(producer)
         return [ToProducer(identity, reply)]
+
+    def _connection_limit(self, pid: int, uid: int) -> tuple[str, str] | None:
+        """(limit name, error) if another producer of this process or user would
+        pass a limit: each connection here is one producer."""
+        limits = self.config.limits
+        of_pid = sum(1 for p in self.producers.values() if p.pid == pid)
+        of_uid = sum(1 for p in self.producers.values() if p.uid == uid)
+        if of_pid >= limits.max_connections_per_process:
+            limit = limits.max_connections_per_process
+            return "max_connections_per_process", (
+                f"pid {pid} has {limit} connections (max_connections_per_process)"
+            )
+        if of_uid >= limits.max_producers_per_uid:
+            limit = limits.max_producers_per_uid
+            return (
+                "max_producers_per_uid",
+                f"uid {uid} has {limit} producers (max_producers_per_uid)",
+            )
+        if of_uid >= limits.max_connections_per_uid:
+            limit = limits.max_connections_per_uid
+            return "max_connections_per_uid", (
+                f"uid {uid} has {limit} connections (max_connections_per_uid)"
+            )
+        return None
+
+    def _refuse(self, name: str, error: str) -> list[Output]:
+        """Count a request refused over limit `name`; a log line per doubling."""
+        count = self.refusals[name] = self.refusals.get(name, 0) + 1
+        if not once_per_doubling(count):
+            return []
+        return [Log(f"refused: {error} ({count} refused over {name} so far)")]
 
     def _add_producer(
         self, identity: bytes, pid: int, uid: int, req_untrusted: ipc.InitializeConnectionRequest
@@ -437,8 +485,13 @@ class RelayCore:
     ) -> list[Output]:
         desc = msg.register_data_source.descriptor
         error = data_source_error(desc.name)
+        out: list[Output] = []
+        limit = self.config.limits.max_data_sources_per_producer
         if not error and desc.name in producer.data_sources:
             error = f"data source {desc.name!r} is already registered"
+        elif not error and len(producer.data_sources) >= limit:
+            error = f"this producer has {limit} data sources (max_data_sources_per_producer)"
+            out = self._refuse("max_data_sources_per_producer", error)
         if not error:
             producer.data_sources[desc.name] = known_fields(desc)
             if self.link is Link.UP:
@@ -448,7 +501,7 @@ class RelayCore:
                 )
         reply = ipc.ServiceToProducer(request_id=msg.request_id)
         reply.register_data_source.error = error
-        return [ToProducer(producer.identity, reply)]
+        return [ToProducer(producer.identity, reply), *out]
 
     def _p_unregister_data_source(
         self, producer: LocalProducer, msg: ipc.ProducerToService, now: int
@@ -500,13 +553,33 @@ class RelayCore:
         return []
 
     def _wait(self, producer: LocalProducer, msg: ipc.ProducerToService) -> list[Output]:
-        if len(producer.waiting) >= MAX_WAITING:
-            self.counters.waiting_dropped += 1
-            if msg.WhichOneof("msg") == "commit_data":
-                self._free_commit(producer, msg.commit_data)
-            return []
+        """Behind the queue bound, while the producer's and all producers' waiting
+        bounds have room; else dropped (its chunks freed and counted as lost)."""
+        size = msg.ByteSize()
+        if (
+            len(producer.waiting) >= MAX_WAITING
+            or producer.waiting_bytes + size > MAX_WAITING_BYTES
+            or self.waiting_bytes + size > self.config.send_queue_bytes
+        ):
+            return self._drop_waiting(producer, msg)
         producer.waiting.append(msg)
+        producer.waiting_bytes += size
+        self.waiting_bytes += size
         return []
+
+    def _drop_waiting(self, producer: LocalProducer, msg: ipc.ProducerToService) -> list[Output]:
+        self.counters.waiting_dropped += 1
+        if msg.WhichOneof("msg") == "commit_data":
+            self._free_commit(producer, msg.commit_data)
+        dropped = self.counters.waiting_dropped
+        if not once_per_doubling(dropped):
+            return []
+        return [
+            Log(
+                f"producer pid {producer.pid} has too much waiting for the link: a message "
+                f"dropped ({dropped} so far)"
+            )
+        ]
 
     # -- commits ----------------------------------------------------------------------
 
@@ -547,8 +620,15 @@ class RelayCore:
                     busy.remove(producer)
         return []
 
-    def _send_waiting(self, producer: LocalProducer) -> None:
+    def _pop_waiting(self, producer: LocalProducer) -> ipc.ProducerToService:
         msg = producer.waiting.popleft()
+        size = msg.ByteSize()
+        producer.waiting_bytes -= size
+        self.waiting_bytes -= size
+        return msg
+
+    def _send_waiting(self, producer: LocalProducer) -> None:
+        msg = self._pop_waiting(producer)
         if msg.WhichOneof("msg") == "commit_data":
             self._send_commit(producer, msg)
         else:
@@ -568,7 +648,7 @@ class RelayCore:
             if self.link is Link.UP:
                 self._send_waiting(producer)
             else:
-                msg = producer.waiting.popleft()
+                msg = self._pop_waiting(producer)
                 if msg.WhichOneof("msg") == "commit_data":
                     self._free_commit(producer, msg.commit_data)
         if self.link is Link.UP:
@@ -635,6 +715,13 @@ class RelayCore:
         if producer.smb is not None:
             return []
         geometry = resolve_geometry(setup.shm_size_bytes, setup.shm_page_size_bytes)
+        over = self._smb_limit(producer, geometry.size)
+        if over is not None:
+            name, whose, limit = over
+            error = (
+                f"no SMB of {geometry.size} bytes: its {whose} would pass {name} ({limit} bytes)"
+            )
+            return [self._error(producer.identity, 0, error), *self._refuse(name, error)]
         try:
             smb = self.make_smb(geometry, producer.pid, producer.uid)
         except OSError as e:
@@ -649,8 +736,36 @@ class RelayCore:
         )
         return [ToProducer(producer.identity, ipc.ServiceToProducer(setup_tracing=local))]
 
+    def _smb_limit(self, producer: LocalProducer, size: int) -> tuple[str, str, int] | None:
+        """(limit name, whose, limit) of the first SMB limit that an SMB of `size`
+        bytes would take the producer's process or user past, or None (the
+        service's rule, actors/core/session_control.py)."""
+        held = (
+            (
+                "max_smb_bytes_per_process",
+                "process",
+                self._smb_bytes(lambda p: p.pid == producer.pid),
+            ),
+            ("max_smb_bytes_per_uid", "user", self._smb_bytes(lambda p: p.uid == producer.uid)),
+        )
+        for name, whose, taken in held:
+            limit = getattr(self.config.limits, name)
+            if taken + size > limit:
+                return name, whose, limit
+        return None
+
+    def _smb_bytes(self, whose: Callable[[LocalProducer], bool]) -> int:
+        return sum(
+            p.abi.geometry.size for p in self.producers.values() if p.abi is not None and whose(p)
+        )
+
     def close(self) -> None:
         for producer in self.producers.values():
             if producer.smb is not None:
                 producer.smb.close()
                 producer.smb = producer.abi = None
+
+
+def once_per_doubling(count: int) -> bool:
+    """Whether the count-th of a repeated event is said: the 1st, 2nd, 4th, 8th..."""
+    return count & (count - 1) == 0
