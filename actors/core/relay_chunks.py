@@ -51,6 +51,8 @@ class Targets:
         """Whether `chunk` (its header read from our copy) may go to the buffer."""
         if buffer_untrusted not in self.buffers:
             return False
+        if not self.writers:
+            return True
         _chunk_id, writer_untrusted, _packets = CHUNK_HEADER.unpack_from(chunk)
         registered = self.writers.get(writer_untrusted)
         return registered is None or registered == buffer_untrusted
