@@ -627,3 +627,19 @@ def test_what_a_producer_has_waiting_is_bounded_by_bytes():
         h.core.drained(h.now)
         h.sent()
     assert producer.waiting_bytes == h.core.waiting_bytes == 0
+
+
+def test_one_producer_has_at_most_max_waiting_bytes_waiting():
+    h = Harness(queue_bytes=8 << 20)
+    h.link_up()
+    abi = h.setup(h.connect())
+    big = ipc.ProducerToService(activate_triggers={"trigger_names": ["t" * 65536]})
+    while not h.core.queue.over_bound():  # a slow link: the queue is full
+        h.core.queue.push(1, big)
+    write_chunk(abi, 0, 1, b"a")
+    h.producer(commit(0))  # waits; what the producer sends next waits behind it
+    for _ in range(100):
+        h.producer(big)
+    producer = h.core.producers[ME]
+    assert 0 < producer.waiting_bytes <= relay_core.MAX_WAITING_BYTES
+    assert h.core.counters.waiting_dropped == 101 - len(producer.waiting)
