@@ -33,12 +33,14 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actors import host_info
+from actors.core.limits import LIMIT_HELP, Limits
 from actors.core.relay_core import Link, Log, RelayConfig, RelayCore, ToProducer
 from actors.endpoints import default_producer_endpoint, socket_answers
 from actors.loop import Loop, Timer
@@ -46,6 +48,7 @@ from actors.relay_keys import KeyFileError, load_pair, load_public
 from actors.service import (
     ServedSmb,
     ipc_path,
+    machine_limits,
     make_non_dumpable,
     peer_credentials,
     smb_handoff_path,
@@ -56,8 +59,19 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 
 ROUTING_ID_BYTES = 16
+# The service's limits the relay applies to its producers (--max-... flags as the service's).
+RELAY_LIMITS = (
+    "max_producers_per_uid",
+    "max_data_sources_per_producer",
+    "max_smb_bytes_per_process",
+    "max_smb_bytes_per_uid",
+    "max_connections_per_process",
+    "max_connections_per_uid",
+)
 HEARTBEAT_IVL_MS = 1000
-UPSTREAM_HWM = 16  # messages ZeroMQ holds; the rest waits in the relay's accounted queue
+# Messages ZeroMQ holds (of at most relay_chunks.PIECE_BYTES each: 2 MiB); the rest
+# waits in the relay's accounted queue.
+UPSTREAM_HWM = 8
 # Handshake outcomes on the link (a refused key is final: ZeroMQ does not retry it).
 HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -227,13 +241,15 @@ class RelayShell:
         if uid != self.uid or self.pids.get(identity, pid) != pid:
             self._refuse(identity, msg.request_id, uid)
             return
-        if not self._watch(identity, pid):
-            return
         try:
             outputs = self.core.handle_producer(identity, pid, uid, msg, time.monotonic_ns())
         except Exception:  # noqa: BLE001 - a bug one message meets must not end the relay
             log(f"a message from pid {pid} failed (a bug):\n{traceback.format_exc()}")
             return
+        # A pidfd for a producer the core took in only: its limits bound them (a
+        # flood of connections that never initialize holds nothing here).
+        if identity in self.core.producers and not self._watch(identity, pid):
+            outputs += self.core.producer_gone(identity, time.monotonic_ns())  # gone already
         self._perform(outputs)
 
     def _count_dropped(self, pid: int, why: str) -> None:
@@ -399,6 +415,9 @@ class RelayShell:
             f"bound, {self.producer_sends_dropped} to producers and {self.dropped_frames} "
             "undecodable frames dropped"
         )
+        if self.core.refusals:
+            refused = ", ".join(f"{n} {c}" for n, c in sorted(self.core.refusals.items()))
+            log(f"refused over limits: {refused}")
         self.close(linger)
         return self.exit_code
 
@@ -468,7 +487,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--link-timeout-s", type=_seconds, default=5.0,
                         help="the link is down after this long without a message "
                         "from the service; default 5")  # fmt: skip
+    defaults = machine_limits()
+    for name in RELAY_LIMITS:
+        default = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=_positive, default=default,
+                            help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    return replace(machine_limits(), **{name: getattr(args, name) for name in RELAY_LIMITS})
 
 
 def security_error(args: argparse.Namespace) -> str:
@@ -507,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         send_queue_bytes=args.send_queue_mb << 20,
         link_timeout_ns=int(args.link_timeout_s * 1e9),
         clock_sync_interval_ns=int(args.clock_sync_interval_s * 1e9),
+        limits=limits_of(args),
     )
     try:
         producers = args.producer_endpoint or default_producer_endpoint()

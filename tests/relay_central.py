@@ -81,6 +81,8 @@ class FakeCentral:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)  # ZeroMQ's pings, as the service's
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10_000)
         if keys is not None:
             self.keyring.accepted = load_directory(keys.clients)
             self.auth = ThreadAuthenticator(self.ctx)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from actors.core import relay_chunks, relay_core
+from actors.core.limits import DEFAULT_LIMITS, Limits
 from actors.core.relay_core import (
     INIT_BACKOFF_NS,
     RELAY_REQUEST_BIT,
@@ -20,6 +21,7 @@ from actors.core.relay_core import (
 from actors.core.relay_upstream import ROUND_TIMEOUT_NS, ROUNDS_PER_BURST, SPACING_MARGIN_NS
 from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
+from protos.data_source_config_pb2 import DataSourceConfig
 from shm.abi import CHUNK_HEADER, FREE, Geometry, SharedMemoryABI
 
 S = 1_000_000_000
@@ -48,9 +50,9 @@ class Clocks:
 
 
 class Harness:
-    def __init__(self, queue_bytes: int = 16 << 20) -> None:
+    def __init__(self, queue_bytes: int = 16 << 20, limits: Limits = DEFAULT_LIMITS) -> None:
         self.smbs: list[FakeSmb] = []
-        config = RelayConfig("m1", "boot/m1", b"info", send_queue_bytes=queue_bytes)
+        config = RelayConfig("m1", "boot/m1", b"info", send_queue_bytes=queue_bytes, limits=limits)
         self.core = RelayCore(config, self._make_smb, Clocks())
         self.now = 0
 
@@ -77,20 +79,31 @@ class Harness:
         reply = ipc.ServiceToRelay(init_relay=ipc.InitRelayResponse(machine_id=9))
         return self.core.handle_control(reply, self.now)
 
-    def producer(self, msg: ipc.ProducerToService, identity: bytes = ME) -> list:
-        return self.core.handle_producer(identity, PID, UID, msg, self.now)
+    def producer(self, msg: ipc.ProducerToService, identity: bytes = ME, pid: int = PID) -> list:
+        return self.core.handle_producer(identity, pid, UID, msg, self.now)
 
-    def connect(self, identity: bytes = ME) -> int:
+    def connect(self, identity: bytes = ME, pid: int = PID) -> int:
+        out = self.hello(identity, pid)[0]
+        return out.msg.initialize_connection.producer_id
+
+    def hello(self, identity: bytes = ME, pid: int = PID) -> list:
         req = ipc.ProducerToService(request_id=1)
         req.initialize_connection.hello.protocol_version = ipc.PROTOCOL_VERSION
         req.initialize_connection.claimed_pid = 1  # a lie the relay does not pass on
-        (out,) = self.producer(req, identity)
-        return out.msg.initialize_connection.producer_id
+        return self.producer(req, identity, pid)
 
-    def setup(self, channel: int) -> SharedMemoryABI:
+    def setup(self, channel: int, buffer: int = 3, instance: int = 1) -> SharedMemoryABI:
+        """The producer's SMB, and an instance writing into `buffer`."""
         setup = ipc.SetupTracing(shm_size_bytes=16384, shm_page_size_bytes=4096)
         self.core.handle_for_producer(channel, ipc.ServiceToProducer(setup_tracing=setup), self.now)
+        self.set_up_instance(channel, instance, buffer)
         return SharedMemoryABI(self.smbs[-1].buf, Geometry(16384, 4096))
+
+    def set_up_instance(self, channel: int, instance: int, buffer: int) -> None:
+        config = DataSourceConfig(name="ds", target_buffer=buffer).SerializeToString()
+        setup = ipc.SetupDataSource(instance_id=instance, data_source_config=config)
+        msg = ipc.ServiceToProducer(setup_data_source=setup)
+        self.core.handle_for_producer(channel, msg, self.now)
 
 
 def kinds(sent: list[tuple[int, object]]) -> list[tuple[int, str]]:
@@ -222,6 +235,77 @@ def test_a_chunk_that_is_not_complete_is_not_sent(h):
     assert h.core.counters.chunks_invalid == 2
 
 
+def test_chunks_go_only_to_the_buffers_the_service_set_the_producer_up_for(h):
+    """A commit naming another buffer (another session's, or any number at all)
+    frees its chunk in the SMB and counts it as invalid: never sent, never in
+    `sent` or in a loss."""
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.sent()
+    for page in range(3):
+        write_chunk(abi, page, page, b"x")
+    h.producer(commit(0, buffer=3))
+    h.producer(commit(1, buffer=4))
+    h.producer(commit(2, buffer=1 << 31))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [m.target_buffer for m in moves] == [3]
+    assert h.core.counters.chunks_invalid == 2
+    assert abi.bitmap(1) == abi.bitmap(2) == FREE
+    assert set(h.core.queue.sent.buffers) == {3}
+
+
+def test_a_hostile_producers_commits_do_not_grow_what_the_relay_counts(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.sent()
+    for buffer in range(1000):
+        write_chunk(abi, 0, buffer, b"x")
+        h.producer(commit(0, buffer=100 + buffer))
+    h.sent()
+    assert h.core.queue.sent.buffers == {} and h.core.counters.chunks_invalid == 1000
+    h.core.handle_control(ipc.ServiceToRelay(error={"message": "unknown relay"}), h.now)
+    write_chunk(abi, 0, 1, b"x")
+    h.producer(commit(0, buffer=7))  # no link: freed, but not counted as lost under 7
+    assert not h.core.loss and h.core.counters.chunks_invalid == 1001
+
+
+def test_a_chunk_goes_only_to_the_buffer_its_writer_registered(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    h.set_up_instance(channel, 2, buffer=4)
+    h.producer(ipc.ProducerToService(register_trace_writer={"writer_id": 1, "target_buffer": 3}))
+    h.sent()
+    write_chunk(abi, 0, 1, b"x")  # writer 1
+    write_chunk(abi, 1, 2, b"y")
+    h.producer(commit(0, buffer=4))
+    h.producer(commit(1, buffer=3))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [CHUNK_HEADER.unpack_from(m.data)[0] for m in moves] == [2]
+    assert h.core.counters.chunks_invalid == 1
+
+
+def test_a_stopped_instances_buffer_still_takes_its_last_chunks(h):
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel, buffer=3)
+    stop = ipc.ServiceToProducer(stop_data_source={"instance_id": 1})
+    h.core.handle_for_producer(channel, stop, h.now)
+    h.sent()
+    write_chunk(abi, 0, 1, b"last")
+    h.producer(commit(0, buffer=3))
+    moves = [m for _, s in h.sent() for m in s.commit_data.chunks_to_move]  # type: ignore[attr-defined]
+    assert [m.target_buffer for m in moves] == [3]
+    for instance in range(2, 2 + relay_core.ENDED_KEPT):
+        h.set_up_instance(channel, instance, buffer=10)
+        h.core.handle_for_producer(
+            channel, ipc.ServiceToProducer(stop_data_source={"instance_id": instance}), h.now
+        )
+    assert h.core.producers[ME].targets().buffers == {10}  # the oldest ended forgotten
+
+
 def test_a_large_commit_is_split_with_the_flush_ack_last(h, monkeypatch):
     monkeypatch.setattr(relay_chunks, "PIECE_BYTES", 5000)  # about one chunk per piece
     h.link_up()
@@ -295,9 +379,9 @@ def test_a_silent_link_goes_down_stops_instances_and_counts_the_loss():
     while h.core.link is Link.UP:
         out = h.core.on_timer(h.now)
         h.now = h.core.next_deadline()
-    assert Log("link down: no message from the service for 5 s") in out
+    assert Log("link down: no message from the service and nothing sent for 5 s") in out
     stops = [o for o in out if isinstance(o, ToProducer)]
-    assert [o.msg.stop_data_source.instance_id for o in stops] == [5]
+    assert [o.msg.stop_data_source.instance_id for o in stops] == [1, 5]
     assert abi.bitmap(1) == FREE
     h.producer(commit(2))  # no link: freed and counted
     assert h.core.link is Link.CONNECTING
@@ -310,6 +394,36 @@ def test_a_silent_link_goes_down_stops_instances_and_counts_the_loss():
     assert kinds(sent)[:2] == [(channel, "initialize_connection"), (0, "loss")]
     loss = sent[1][1].loss  # type: ignore[attr-defined]
     assert [(b.target_buffer, b.chunks, b.bytes) for b in loss.buffers] == [(3, 3, 3 * 4088)]
+
+
+def test_a_slow_link_that_takes_data_stays_up_without_answers(h):
+    """The answers to our heartbeats may wait behind megabytes in ZeroMQ's pipe:
+    ZeroMQ taking some of the queue (drained) shows the link works; once it takes
+    nothing and the service says nothing for the timeout, the link is down."""
+    h.link_up()
+    timeout = h.core.config.link_timeout_ns
+    for _ in range(4 * timeout // S):
+        h.now += S
+        h.sent()
+        h.core.drained(h.now)
+        h.core.on_timer(h.now)
+    assert h.core.link is Link.UP
+    h.now = h.core.next_deadline()
+    while h.core.link is Link.UP and h.now < 10 * timeout:
+        h.core.on_timer(h.now)
+        h.now = h.core.next_deadline()
+    assert h.core.link is Link.CONNECTING
+
+
+def test_the_services_own_heartbeats_keep_the_link_up(h):
+    """The service heartbeats every second unsolicited: any message is liveness,
+    even with nothing leaving the relay."""
+    h.link_up()
+    for _ in range(4 * h.core.config.link_timeout_ns // S):
+        h.now += S
+        h.core.handle_control(ipc.ServiceToRelay(heartbeat={}), h.now)
+        h.core.on_timer(h.now)
+    assert h.core.link is Link.UP
 
 
 def test_heartbeats_and_clock_rounds_go_ahead_of_waiting_chunks():
@@ -424,3 +538,108 @@ def test_an_unanswered_round_abandons_its_burst(h):
     h.core.handle_control(ipc.ServiceToRelay(heartbeat={}), h.now)
     h.core.on_timer(h.now)
     assert [s.burst for s in sync_clocks(h.sent())] == [2]
+
+
+# -- the service's limits, applied to local producers ------------------------------------
+
+
+def limited(**limits: int) -> Harness:
+    h = Harness(limits=Limits(**limits))
+    h.link_up()
+    return h
+
+
+def test_connections_of_one_process_past_the_limit_are_refused():
+    h = limited(max_connections_per_process=2)
+    assert [h.connect(b"a"), h.connect(b"b")] == [1, 2]
+    out = h.hello(b"c")
+    error = f"pid {PID} has 2 connections (max_connections_per_process)"
+    assert out[0].msg.initialize_connection.hello.error == error
+    assert Log(f"refused: {error} (1 refused over max_connections_per_process so far)") in out
+    assert b"c" not in h.core.producers
+    assert h.connect(b"d", pid=PID + 1) == 3  # another process
+    logged = [len([o for o in h.hello(b"e") if isinstance(o, Log)]) for _ in range(7)]
+    assert logged == [1, 0, 1, 0, 0, 0, 1]  # refusals 2..8: a line per doubling
+    assert h.core.refusals == {"max_connections_per_process": 8}
+
+
+def test_producers_of_one_user_past_the_limit_are_refused():
+    h = limited(max_producers_per_uid=2)
+    h.connect(b"a", pid=1)
+    h.connect(b"b", pid=2)
+    (reply, _log) = h.hello(b"c", pid=3)
+    error = f"uid {UID} has 2 producers (max_producers_per_uid)"
+    assert reply.msg.initialize_connection.hello.error == error
+
+
+def test_data_sources_of_a_producer_past_the_limit_are_refused():
+    h = limited(max_data_sources_per_producer=2)
+    h.connect()
+    errors = []
+    for name in ("a", "b", "c"):
+        register = ipc.ProducerToService(request_id=2)
+        register.register_data_source.descriptor.name = name
+        errors.append(h.producer(register)[0].msg.register_data_source.error)
+    assert errors == ["", "", "this producer has 2 data sources (max_data_sources_per_producer)"]
+    assert set(h.core.producers[ME].data_sources) == {"a", "b"}
+    assert h.core.refusals == {"max_data_sources_per_producer": 1}
+
+
+def test_an_smb_past_the_process_or_user_limit_is_refused():
+    h = limited(max_smb_bytes_per_process=16384, max_smb_bytes_per_uid=32768)
+    for identity, pid in ((b"a", 1), (b"b", 1), (b"c", 2), (b"d", 3)):
+        h.connect(identity, pid)
+    setup = ipc.ServiceToProducer(
+        setup_tracing=ipc.SetupTracing(shm_size_bytes=16384, shm_page_size_bytes=4096)
+    )
+    outs = [h.core.handle_for_producer(channel, setup, h.now) for channel in (1, 2, 3, 4)]
+    assert outs[0][0].msg.HasField("setup_tracing") and outs[2][0].msg.HasField("setup_tracing")
+    assert outs[1][0].msg.error.message == (
+        "no SMB of 16384 bytes: its process would pass max_smb_bytes_per_process (16384 bytes)"
+    )
+    assert outs[3][0].msg.error.message == (
+        "no SMB of 16384 bytes: its user would pass max_smb_bytes_per_uid (32768 bytes)"
+    )
+    assert len(h.smbs) == 2
+    assert h.core.refusals == {"max_smb_bytes_per_process": 1, "max_smb_bytes_per_uid": 1}
+
+
+def test_what_a_producer_has_waiting_is_bounded_by_bytes():
+    """Over the queue bound a producer's messages wait: 4096 of up to 4 MiB each
+    would be 16 GiB; they are bounded by bytes as well."""
+    h = Harness(queue_bytes=4000)
+    h.link_up()
+    channel = h.connect()
+    abi = h.setup(channel)
+    write_chunk(abi, 0, 1, b"a")
+    h.producer(commit(0))  # fills the queue past its bound
+    write_chunk(abi, 1, 2, b"b")
+    h.producer(commit(1))  # waits
+    big = ipc.ProducerToService(activate_triggers={"trigger_names": ["t" * 65536]})
+    for _ in range(100):
+        h.producer(big)
+    producer = h.core.producers[ME]
+    assert producer.waiting_bytes <= relay_core.MAX_WAITING_BYTES
+    assert h.core.waiting_bytes <= h.core.config.send_queue_bytes
+    assert h.core.counters.waiting_dropped > 0
+    h.sent()
+    while producer.waiting:
+        h.core.drained(h.now)
+        h.sent()
+    assert producer.waiting_bytes == h.core.waiting_bytes == 0
+
+
+def test_one_producer_has_at_most_max_waiting_bytes_waiting():
+    h = Harness(queue_bytes=8 << 20)
+    h.link_up()
+    abi = h.setup(h.connect())
+    big = ipc.ProducerToService(activate_triggers={"trigger_names": ["t" * 65536]})
+    while not h.core.queue.over_bound():  # a slow link: the queue is full
+        h.core.queue.push(1, big)
+    write_chunk(abi, 0, 1, b"a")
+    h.producer(commit(0))  # waits; what the producer sends next waits behind it
+    for _ in range(100):
+        h.producer(big)
+    producer = h.core.producers[ME]
+    assert 0 < producer.waiting_bytes <= relay_core.MAX_WAITING_BYTES
+    assert h.core.counters.waiting_dropped == 101 - len(producer.waiting)

@@ -33,7 +33,7 @@ from shm.abi import (
 from shm.packets import parse_fragments_untrusted
 from tests.processes import PYTHON, Runtime
 from tests.relay_central import MACHINE_ID, FakeCentral, Keys
-from tests.waiting import wait_for
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120)
 SYNTHETIC = "tracebus.synthetic"
@@ -60,9 +60,16 @@ def central(keys: Keys) -> Iterator[FakeCentral]:
         fake.close()
 
 
-def start_relay(rt: Runtime, central: FakeCentral, keys: Keys, *args: str, key: Path | None = None):
+def start_relay(
+    rt: Runtime,
+    central: FakeCentral,
+    keys: Keys,
+    *args: str,
+    key: Path | None = None,
+    service: str | None = None,
+):
     argv = [
-        "-m", "actors.relay", "--service", central.endpoint,
+        "-m", "actors.relay", "--service", service or central.endpoint,
         "--key", str(key or keys.relay_secret), "--service-key", str(keys.service_public),
         "--producer-endpoint", rt.producer_endpoint, "--machine-name", "m1", *args,
     ]  # fmt: skip
@@ -202,16 +209,27 @@ def test_clock_sync_runs_bursts_of_rounds(rt, central, keys):
 
 
 def test_a_silent_link_goes_down_and_what_was_lost_is_reported(rt, central, keys):
-    relay_proc = start_relay(rt, central, keys, "--link-timeout-s", "1.5")
+    """The network between the relay and the central side stops carrying bytes
+    (a black hole): nothing comes from the service and nothing more leaves, so
+    the link is down after the timeout."""
+    proxy = TcpProxy(central.port)
+    try:
+        _silent_link_run(rt, central, keys, proxy)
+    finally:
+        proxy.close()
+
+
+def _silent_link_run(rt: Runtime, central: FakeCentral, keys: Keys, proxy: TcpProxy) -> None:
+    relay_proc = start_relay(rt, central, keys, "--link-timeout-s", "1.5", service=proxy.endpoint)
     init = central.wait(lambda: central.of_kind("init_relay"), 30, "InitRelay")[0]
     producer = start_producer(rt)
     channel = central.wait(lambda: announced(central, producer.pid), 30, "the producer")
     start_instance(central, init.relay, channel, count=1_000_000, rate=2000)
     central.wait(lambda: chunks_of(central, channel), 30, "chunks")
-    central.mute = True
-    wait_log(rt, central, relay_proc, r"link down: no message from the service for 1.5 s")
+    proxy.stall()
+    wait_log(rt, central, relay_proc, r"link down: no message from the service and nothing sent")
     sent_before = len(central.of_kind("init_relay"))
-    central.mute = False
+    proxy.restore()
     wait_log(rt, central, relay_proc, r"dropped \d+ chunks \(\d+ bytes\) without a link")
     assert len(central.of_kind("init_relay")) > sent_before
     # The link is back: the producer is announced again on its channel, the loss said.
@@ -302,10 +320,21 @@ def vm_hwm_kb(pid: int) -> int:
 def test_a_slow_link_fills_the_producers_smb_and_every_packet_is_there_or_counted(
     rt, central, keys
 ):
-    """The central side stops reading while the producer writes 40 MB: the relay's
-    queue stays within its bound, the producer's SMB fills and its writer drops
-    (its policy), and once the link drains every packet arrived or is counted."""
-    relay_proc = start_relay(rt, central, keys, "--send-queue-mb", "1", "--link-timeout-s", "120")
+    """The link to the central side carries 256 KiB/s while the producer writes
+    40 MB, with the default link timeout and a central side that only answers
+    (no heartbeats of its own): the answers to the relay's heartbeats wait behind
+    the chunks in flight, yet a link that moves data stays up; the relay's queue
+    stays within its bound, the producer's SMB fills and its writer drops (its
+    policy), and once the link drains every packet arrived or is counted."""
+    proxy = TcpProxy(central.port, upstream_bytes_s=256 << 10)
+    try:
+        relay_proc = start_relay(rt, central, keys, "--send-queue-mb", "1", service=proxy.endpoint)
+        _slow_link_run(rt, central, relay_proc)
+    finally:
+        proxy.close()
+
+
+def _slow_link_run(rt: Runtime, central: FakeCentral, relay_proc) -> None:
     init = central.wait(lambda: central.of_kind("init_relay"), 30, "InitRelay")[0]
     producer = start_producer(rt)
     channel = central.wait(lambda: announced(central, producer.pid), 30, "the producer")
@@ -323,13 +352,14 @@ def test_a_slow_link_fills_the_producers_smb_and_every_packet_is_there_or_counte
     ):
         central.send(init.relay, channel, msg)
     log = rt.dir / "alpha.log"
-    wrote = wait_for(  # the central side reads nothing meanwhile: a stalled link
+    wrote = central.wait(
         lambda: re.search(r"wrote (\d+) packets", log.read_text()), 60, "the source's end"
     )
     assert vm_hwm_kb(relay_proc.pid) - baseline_kb < 32 * 1024  # bounded: 1 MiB + pipes
     flush = ipc.FlushRequest(flush_request_id=9, instance_ids=[1])
     central.send(init.relay, channel, ipc.ServiceToProducer(flush=flush))
-    central.wait(lambda: 9 in flush_ids(central), 60, "the flush ack")
+    central.wait(lambda: 9 in flush_ids(central), 90, "the flush ack")
+    assert "link down" not in rt.output(relay_proc)
     received = counters(chunks_of(central, channel))
     assert len(received) == len(set(received))
     dropped = max(

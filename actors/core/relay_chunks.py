@@ -6,7 +6,11 @@ ChunkToMove.data and frees it in the SMB at once, so the producer can reuse it
 while the copy travels. A producer names its chunks (page, chunk): untrusted,
 so a chunk is taken only through the ABI's COMPLETE -> BEING_READ transition,
 which checks the indices, the layout and the state; anything else is counted
-as invalid and left alone.
+as invalid and left alone. A chunk goes up only to a buffer the service set the
+producer up for (`Targets`), and only to the one its writer registered, if it
+registered one: any other is freed there and counted as invalid, never sent nor
+counted as lost (a producer cannot make the relay count without bound, or
+charge its losses to another session's buffers).
 
 A commit goes up in pieces: each under PIECE_BYTES and at most
 MAX_MOVES_PER_PIECE moves and patches (what the service takes in one relayed
@@ -19,6 +23,7 @@ every chunk they refer to.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from actors.core.relay_upstream import Loss
@@ -26,11 +31,31 @@ from protos import framing
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import CHUNK_HEADER, COMPLETE, LAYOUT_CHUNKS, SharedMemoryABI, chunk_state, layout_of
 
-# 1 MiB, well under the frame cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM
-# messages) then holds a few MiB at most beside the relay's accounted queue.
-PIECE_BYTES = min(1 << 20, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
+# 256 KiB, well under the frame cap: ZeroMQ's own pipe (actors/relay.py UPSTREAM_HWM
+# messages) then holds 2 MiB at most beside the relay's accounted queue, so what
+# the relay sends now (a heartbeat) waits behind little on a slow link.
+PIECE_BYTES = min(256 << 10, framing.MAX_RELAY_FRAME_BYTES - (64 << 10))
 MOVE_OVERHEAD = 24  # a ChunkToMove's fields and tags around its data, at most
 MAX_MOVES_PER_PIECE = 4096  # the service takes at most this many moves (and patches) per commit
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where a producer's chunks may go: the target buffers of the instances the
+    service set up for it, and its writers' registered buffers."""
+
+    buffers: Collection[int]
+    writers: Mapping[int, int]  # writer id -> the target buffer it registered
+
+    def allow(self, chunk: bytes, buffer_untrusted: int) -> bool:
+        """Whether `chunk` (its header read from our copy) may go to the buffer."""
+        if buffer_untrusted not in self.buffers:
+            return False
+        if not self.writers:
+            return True
+        _chunk_id, writer_untrusted, _packets = CHUNK_HEADER.unpack_from(chunk)
+        registered = self.writers.get(writer_untrusted)
+        return registered is None or registered == buffer_untrusted
 
 
 @dataclass
@@ -59,12 +84,14 @@ def take_chunk(abi: SharedMemoryABI | None, page: int, chunk: int) -> bytes | No
     return data
 
 
-def commit_pieces(abi: SharedMemoryABI | None, req_untrusted: ipc.CommitDataRequest) -> list[Piece]:
+def commit_pieces(
+    abi: SharedMemoryABI | None, req_untrusted: ipc.CommitDataRequest, targets: Targets
+) -> list[Piece]:
     """The commit as pieces to send, its chunks taken out of the SMB."""
     pieces = [Piece()]
     for move_untrusted in req_untrusted.chunks_to_move:
         data = take_chunk(abi, move_untrusted.page, move_untrusted.chunk)
-        if data is None:
+        if data is None or not targets.allow(data, move_untrusted.target_buffer):
             pieces[-1].invalid += 1
             continue
         size = len(data) + MOVE_OVERHEAD
@@ -87,13 +114,13 @@ def commit_pieces(abi: SharedMemoryABI | None, req_untrusted: ipc.CommitDataRequ
 
 
 def free_commit(
-    abi: SharedMemoryABI | None, req_untrusted: ipc.CommitDataRequest
+    abi: SharedMemoryABI | None, req_untrusted: ipc.CommitDataRequest, targets: Targets
 ) -> tuple[Loss, int]:
     """No link: the commit's chunks freed in the SMB; (what they were, invalid moves)."""
     lost, invalid = Loss(), 0
     for move_untrusted in req_untrusted.chunks_to_move:
         data = take_chunk(abi, move_untrusted.page, move_untrusted.chunk)
-        if data is None:
+        if data is None or not targets.allow(data, move_untrusted.target_buffer):
             invalid += 1
         else:
             lost.add(move_untrusted.target_buffer, 1, len(data))

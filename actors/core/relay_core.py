@@ -26,13 +26,26 @@ chunks left in its SMB go up, then RelayProducerGone.
 
 Backpressure: while the queue is over its bound, a producer's commits wait
 (in order, with whatever it sends after them) and its chunks stay in its SMB:
-the SMB fills and the producer's own BufferExhaustedPolicy applies.
+the SMB fills and the producer's own BufferExhaustedPolicy applies. What waits
+is bounded: MAX_WAITING messages and MAX_WAITING_BYTES per producer, and the
+send queue's bound for all of them together; past that a message is dropped
+(a commit's chunks freed and counted as lost).
+
+Limits (actors/core/limits.py, the service's): connections (producers) per
+process and per user, data sources per producer, SMB bytes per process and per
+user. A request over one is refused with the service's words, counted in
+`refusals` under the limit's name, and logged once per doubling of the count.
 
 Link states (LINK_TRANSITIONS; one mutator, `_move`):
 
-    CONNECTING --init_relay answered--> UP --silent link_timeout / unknown relay--> DOWN
+    CONNECTING --init_relay answered--> UP --dead link_timeout / unknown relay--> DOWN
         ^  InitRelay resent, backoff 0.1 s doubling to 5 s                           |
         +-------------------------------- reconnect ----------------------------------+
+
+The link is dead when for link_timeout the service sent nothing (it heartbeats
+every second on its own, and answers ours) and ZeroMQ took nothing from the
+queue: a slow link that moves data is up even while the answers to our
+heartbeats wait behind the chunks in ZeroMQ's pipe (`drained` is progress).
 
 Going DOWN stops locally every instance the service had set up, drops the queue
 and the waiting commits (their chunks freed) and counts them; while not UP,
@@ -43,15 +56,19 @@ the link is UP again, before anything else of the new link but the producers.
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
+
+from actors.core.limits import DEFAULT_LIMITS, Limits
 from actors.core.outbox import version_error
 from actors.core.producer_port import data_source_error, known_fields
-from actors.core.relay_chunks import commit_pieces, free_commit, leftovers
+from actors.core.relay_chunks import Targets, commit_pieces, free_commit, leftovers
 from actors.core.relay_upstream import ClockSync, Loss, ReadClocks, SendQueue
+from protos import data_source_config_pb2 as dsc
 from protos import tracebus_ipc_pb2 as ipc
 from shm.abi import Geometry, SharedMemoryABI, is_valid_writer_id, resolve_geometry
 
@@ -63,6 +80,11 @@ HEARTBEAT_INTERVAL_NS = 1_000_000_000
 # (it reconnected under another routing id, or is stopped; it starts over when it speaks).
 PRODUCER_SILENCE_NS = 30_000_000_000
 MAX_WAITING = 4096  # messages of one producer behind the queue bound
+MAX_WAITING_BYTES = 1 << 20  # their encoded bytes, at most
+# Instances a producer had that ended (stopped, or their link went down), whose
+# buffers still take its chunks: its last ones come after the stop, and those
+# freed without a link are counted as lost under them.
+ENDED_KEPT = 64
 
 
 class Link(enum.Enum):
@@ -120,6 +142,7 @@ class RelayConfig:
     send_queue_bytes: int = 16 << 20
     link_timeout_ns: int = 5_000_000_000
     clock_sync_interval_ns: int = 30_000_000_000
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -133,16 +156,34 @@ class LocalProducer:
     writers: dict[int, int] = field(default_factory=dict)  # writer id -> target buffer
     smb: Smb | None = None
     abi: SharedMemoryABI | None = None
-    started: set[int] = field(default_factory=set)  # instances the service set up
+    started: dict[int, int] = field(default_factory=dict)  # instance the service set up -> buffer
+    ended: OrderedDict[int, int] = field(default_factory=OrderedDict)  # the last ENDED_KEPT
     last_seen: int = 0  # when it last sent anything (monotonic ns)
     waiting: deque[ipc.ProducerToService] = field(default_factory=deque)
+    waiting_bytes: int = 0  # their encoded size
+
+    def targets(self) -> Targets:
+        """Where its chunks may go: the buffers the service set it up for."""
+        buffers = set(self.started.values())
+        buffers.update(self.ended.values())
+        return Targets(buffers, self.writers)
+
+    def end(self, instance: int) -> None:
+        buffer = self.started.pop(instance, None)
+        if buffer is None:
+            return
+        self.ended[instance] = buffer
+        while len(self.ended) > ENDED_KEPT:
+            self.ended.popitem(last=False)
 
 
 @dataclass
 class RelayCounters:
     chunks_sent: int = 0
-    chunks_invalid: int = 0  # moves naming a chunk that was not COMPLETE (or out of range)
-    waiting_dropped: int = 0  # messages of a producer past MAX_WAITING
+    # moves naming a chunk that was not COMPLETE (or out of range), or a buffer the
+    # service did not set the producer up for (or not its writer's)
+    chunks_invalid: int = 0
+    waiting_dropped: int = 0  # messages of a producer past the waiting bounds
     replies_swallowed: int = 0
 
 
@@ -159,9 +200,12 @@ class RelayCore:
         self.producers: dict[bytes, LocalProducer] = {}
         self.by_channel: dict[int, LocalProducer] = {}
         self.counters = RelayCounters()
+        self.refusals: dict[str, int] = {}  # limit name -> requests refused over it
+        self.waiting_bytes = 0  # of every producer
         self._next_channel = 1
         self._next_request = 1
-        self._last_heard = 0
+        self._last_heard = 0  # the last message from the service
+        self._last_progress = 0  # the last time ZeroMQ took some of the queue
         self._next_heartbeat = 0
         self._init_backoff = INIT_BACKOFF_NS[0]
         self._next_init: int | None = 0  # CONNECTING: when InitRelay goes (again)
@@ -262,9 +306,9 @@ class RelayCore:
                     stop_data_source=ipc.StopDataSource(instance_id=instance)
                 )
                 out.append(ToProducer(producer.identity, stop))
-            producer.started.clear()
+                producer.end(instance)
             while producer.waiting:
-                waiting = producer.waiting.popleft()
+                waiting = self._pop_waiting(producer)
                 if waiting.WhichOneof("msg") == "commit_data":
                     self._free_commit(producer, waiting.commit_data)
         self._move(LinkEvent.RECONNECT)
@@ -298,21 +342,27 @@ class RelayCore:
             if self._next_init is not None and now >= self._next_init:
                 self._send_init_relay(now)
             return []
-        if now - self._last_heard >= self.config.link_timeout_ns:
+        if now - self._last_alive() >= self.config.link_timeout_ns:
             timeout = self.config.link_timeout_ns / 1e9
-            return self._link_lost(f"no message from the service for {timeout:g} s", now)
+            why = f"no message from the service and nothing sent for {timeout:g} s"
+            return self._link_lost(why, now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_NS
             self.queue.push(0, ipc.RelayToService(heartbeat=ipc.Heartbeat()))
         self._push_control(self.clock.tick(now))
         return []
 
+    def _last_alive(self) -> int:
+        """When the link last showed it works: a message from the service, or
+        ZeroMQ taking some of the queue."""
+        return max(self._last_heard, self._last_progress)
+
     def next_deadline(self) -> int | None:
         deadlines = [p.last_seen + PRODUCER_SILENCE_NS for p in self.producers.values()]
         if self.link is Link.CONNECTING and self._next_init is not None:
             deadlines.append(self._next_init)
         elif self.link is Link.UP:
-            deadlines += [self._next_heartbeat, self._last_heard + self.config.link_timeout_ns]
+            deadlines += [self._next_heartbeat, self._last_alive() + self.config.link_timeout_ns]
             clock = self.clock.deadline()
             if clock is not None:
                 deadlines.append(clock)
@@ -361,6 +411,9 @@ class RelayCore:
             hello.error = version_error(version)
         elif producer is not None:
             hello.error = "this connection is already initialized"
+        elif (over := self._connection_limit(pid, uid)) is not None:
+            name, hello.error = over
+            return [ToProducer(identity, reply), *self._refuse(name, hello.error)]
         else:
             producer = self._add_producer(identity, pid, uid, req_untrusted)
             producer.last_seen = now
@@ -368,6 +421,37 @@ class RelayCore:
             if self.link is Link.UP:
                 self._announce(producer)
         return [ToProducer(identity, reply)]
+
+    def _connection_limit(self, pid: int, uid: int) -> tuple[str, str] | None:
+        """(limit name, error) if another producer of this process or user would
+        pass a limit: each connection here is one producer."""
+        limits = self.config.limits
+        of_pid = sum(1 for p in self.producers.values() if p.pid == pid)
+        of_uid = sum(1 for p in self.producers.values() if p.uid == uid)
+        if of_pid >= limits.max_connections_per_process:
+            limit = limits.max_connections_per_process
+            return "max_connections_per_process", (
+                f"pid {pid} has {limit} connections (max_connections_per_process)"
+            )
+        if of_uid >= limits.max_producers_per_uid:
+            limit = limits.max_producers_per_uid
+            return (
+                "max_producers_per_uid",
+                f"uid {uid} has {limit} producers (max_producers_per_uid)",
+            )
+        if of_uid >= limits.max_connections_per_uid:
+            limit = limits.max_connections_per_uid
+            return "max_connections_per_uid", (
+                f"uid {uid} has {limit} connections (max_connections_per_uid)"
+            )
+        return None
+
+    def _refuse(self, name: str, error: str) -> list[Output]:
+        """Count a request refused over limit `name`; a log line per doubling."""
+        count = self.refusals[name] = self.refusals.get(name, 0) + 1
+        if not once_per_doubling(count):
+            return []
+        return [Log(f"refused: {error} ({count} refused over {name} so far)")]
 
     def _add_producer(
         self, identity: bytes, pid: int, uid: int, req_untrusted: ipc.InitializeConnectionRequest
@@ -401,8 +485,13 @@ class RelayCore:
     ) -> list[Output]:
         desc = msg.register_data_source.descriptor
         error = data_source_error(desc.name)
+        out: list[Output] = []
+        limit = self.config.limits.max_data_sources_per_producer
         if not error and desc.name in producer.data_sources:
             error = f"data source {desc.name!r} is already registered"
+        elif not error and len(producer.data_sources) >= limit:
+            error = f"this producer has {limit} data sources (max_data_sources_per_producer)"
+            out = self._refuse("max_data_sources_per_producer", error)
         if not error:
             producer.data_sources[desc.name] = known_fields(desc)
             if self.link is Link.UP:
@@ -412,7 +501,7 @@ class RelayCore:
                 )
         reply = ipc.ServiceToProducer(request_id=msg.request_id)
         reply.register_data_source.error = error
-        return [ToProducer(producer.identity, reply)]
+        return [ToProducer(producer.identity, reply), *out]
 
     def _p_unregister_data_source(
         self, producer: LocalProducer, msg: ipc.ProducerToService, now: int
@@ -464,13 +553,33 @@ class RelayCore:
         return []
 
     def _wait(self, producer: LocalProducer, msg: ipc.ProducerToService) -> list[Output]:
-        if len(producer.waiting) >= MAX_WAITING:
-            self.counters.waiting_dropped += 1
-            if msg.WhichOneof("msg") == "commit_data":
-                self._free_commit(producer, msg.commit_data)
-            return []
+        """Behind the queue bound, while the producer's and all producers' waiting
+        bounds have room; else dropped (its chunks freed and counted as lost)."""
+        size = msg.ByteSize()
+        if (
+            len(producer.waiting) >= MAX_WAITING
+            or producer.waiting_bytes + size > MAX_WAITING_BYTES
+            or self.waiting_bytes + size > self.config.send_queue_bytes
+        ):
+            return self._drop_waiting(producer, msg)
         producer.waiting.append(msg)
+        producer.waiting_bytes += size
+        self.waiting_bytes += size
         return []
+
+    def _drop_waiting(self, producer: LocalProducer, msg: ipc.ProducerToService) -> list[Output]:
+        self.counters.waiting_dropped += 1
+        if msg.WhichOneof("msg") == "commit_data":
+            self._free_commit(producer, msg.commit_data)
+        dropped = self.counters.waiting_dropped
+        if not once_per_doubling(dropped):
+            return []
+        return [
+            Log(
+                f"producer pid {producer.pid} has too much waiting for the link: a message "
+                f"dropped ({dropped} so far)"
+            )
+        ]
 
     # -- commits ----------------------------------------------------------------------
 
@@ -487,7 +596,7 @@ class RelayCore:
 
     def _send_commit(self, producer: LocalProducer, msg: ipc.ProducerToService) -> None:
         """The commit's chunks out of the SMB, in pieces (relay_chunks.py)."""
-        for piece in commit_pieces(producer.abi, msg.commit_data):
+        for piece in commit_pieces(producer.abi, msg.commit_data, producer.targets()):
             self.counters.chunks_invalid += piece.invalid
             envelope = ipc.ProducerToService(request_id=msg.request_id, commit_data=piece.request)
             self.queue.push(producer.channel, envelope, piece.carried if piece.carried else None)
@@ -495,13 +604,14 @@ class RelayCore:
 
     def _free_commit(self, producer: LocalProducer, req_untrusted: ipc.CommitDataRequest) -> None:
         """No link: the commit's chunks are freed in the SMB and counted as lost."""
-        lost, invalid = free_commit(producer.abi, req_untrusted)
+        lost, invalid = free_commit(producer.abi, req_untrusted, producer.targets())
         self.counters.chunks_invalid += invalid
         self._lose(lost)
 
     def drained(self, now: int) -> list[Output]:
-        """The shell sent some of the queue: waiting commits go on while it has room,
-        one message per producer in turn."""
+        """The shell sent some of the queue (the link moves: progress): waiting
+        commits go on while it has room, one message per producer in turn."""
+        self._last_progress = now
         busy = [p for p in self.producers.values() if p.waiting]
         while busy and not self.queue.over_bound() and self.link is Link.UP:
             for producer in list(busy):
@@ -510,8 +620,15 @@ class RelayCore:
                     busy.remove(producer)
         return []
 
-    def _send_waiting(self, producer: LocalProducer) -> None:
+    def _pop_waiting(self, producer: LocalProducer) -> ipc.ProducerToService:
         msg = producer.waiting.popleft()
+        size = msg.ByteSize()
+        producer.waiting_bytes -= size
+        self.waiting_bytes -= size
+        return msg
+
+    def _send_waiting(self, producer: LocalProducer) -> None:
+        msg = self._pop_waiting(producer)
         if msg.WhichOneof("msg") == "commit_data":
             self._send_commit(producer, msg)
         else:
@@ -531,7 +648,7 @@ class RelayCore:
             if self.link is Link.UP:
                 self._send_waiting(producer)
             else:
-                msg = producer.waiting.popleft()
+                msg = self._pop_waiting(producer)
                 if msg.WhichOneof("msg") == "commit_data":
                     self._free_commit(producer, msg.commit_data)
         if self.link is Link.UP:
@@ -558,11 +675,23 @@ class RelayCore:
         if kind == "setup_tracing":
             return self._setup_tracing(producer, msg.setup_tracing)
         if kind in ("setup_data_source", "start_data_source"):
-            instance = getattr(msg, kind).instance_id
-            producer.started.add(instance)
+            self._set_up(producer, getattr(msg, kind))
         elif kind == "stop_data_source":
-            producer.started.discard(msg.stop_data_source.instance_id)
+            producer.end(msg.stop_data_source.instance_id)
         return [ToProducer(producer.identity, msg)]
+
+    @staticmethod
+    def _set_up(producer: LocalProducer, setup: ipc.SetupDataSource | ipc.StartDataSource) -> None:
+        """The instance's target buffer, from its config (SetupDataSource's; a
+        StartDataSource without a setup before it has its own)."""
+        if setup.instance_id in producer.started:
+            return
+        try:
+            config = dsc.DataSourceConfig.FromString(setup.data_source_config)
+        except DecodeError:
+            return  # the service's bytes: the producer cannot parse them either
+        producer.started[setup.instance_id] = config.target_buffer
+        producer.ended.pop(setup.instance_id, None)
 
     def _reply_to_relay(
         self, producer: LocalProducer, kind: str | None, msg: ipc.ServiceToProducer
@@ -586,6 +715,13 @@ class RelayCore:
         if producer.smb is not None:
             return []
         geometry = resolve_geometry(setup.shm_size_bytes, setup.shm_page_size_bytes)
+        over = self._smb_limit(producer, geometry.size)
+        if over is not None:
+            name, whose, limit = over
+            error = (
+                f"no SMB of {geometry.size} bytes: its {whose} would pass {name} ({limit} bytes)"
+            )
+            return [self._error(producer.identity, 0, error), *self._refuse(name, error)]
         try:
             smb = self.make_smb(geometry, producer.pid, producer.uid)
         except OSError as e:
@@ -600,8 +736,36 @@ class RelayCore:
         )
         return [ToProducer(producer.identity, ipc.ServiceToProducer(setup_tracing=local))]
 
+    def _smb_limit(self, producer: LocalProducer, size: int) -> tuple[str, str, int] | None:
+        """(limit name, whose, limit) of the first SMB limit that an SMB of `size`
+        bytes would take the producer's process or user past, or None (the
+        service's rule, actors/core/session_control.py)."""
+        held = (
+            (
+                "max_smb_bytes_per_process",
+                "process",
+                self._smb_bytes(lambda p: p.pid == producer.pid),
+            ),
+            ("max_smb_bytes_per_uid", "user", self._smb_bytes(lambda p: p.uid == producer.uid)),
+        )
+        for name, whose, taken in held:
+            limit = getattr(self.config.limits, name)
+            if taken + size > limit:
+                return name, whose, limit
+        return None
+
+    def _smb_bytes(self, whose: Callable[[LocalProducer], bool]) -> int:
+        return sum(
+            p.abi.geometry.size for p in self.producers.values() if p.abi is not None and whose(p)
+        )
+
     def close(self) -> None:
         for producer in self.producers.values():
             if producer.smb is not None:
                 producer.smb.close()
                 producer.smb = producer.abi = None
+
+
+def once_per_doubling(count: int) -> bool:
+    """Whether the count-th of a repeated event is said: the 1st, 2nd, 4th, 8th..."""
+    return count & (count - 1) == 0
