@@ -81,6 +81,15 @@ class Loop:
         heapq.heappush(self._timers, (deadline_ns, next(self._seq), timer))
         return timer
 
+    def rearm(self, timer: Timer | None, deadline_ns: int | None, fn: Callback) -> Timer | None:
+        """The timer to hold for `deadline_ns` (None: none): `timer` itself if it is
+        set for that deadline already, else it is cancelled and a new one set."""
+        if timer is not None:
+            if timer.deadline == deadline_ns:
+                return timer
+            timer.cancel()
+        return self.call_at(deadline_ns, fn) if deadline_ns is not None else None
+
     def call_later(self, seconds: float, fn: Callback) -> Timer:
         return self.call_at(self.now() + int(seconds * 1e9), fn)
 

@@ -373,14 +373,7 @@ class RelayShell:
         self._after()
 
     def _arm_timer(self) -> None:
-        deadline = self.core.next_deadline()
-        if self.timer is not None:
-            if self.timer.deadline == deadline:
-                return
-            self.timer.cancel()
-            self.timer = None
-        if deadline is not None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.timer = self.loop.rearm(self.timer, self.core.next_deadline(), self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None

@@ -541,14 +541,7 @@ class ServiceShell:
         return text
 
     def _arm_cut(self) -> None:
-        deadline = self.connections.next_cut()
-        if self.cut_timer is not None:
-            if self.cut_timer.deadline == deadline:
-                return
-            self.cut_timer.cancel()
-            self.cut_timer = None
-        if deadline is not None:
-            self.cut_timer = self.loop.call_at(deadline, self._on_cut)
+        self.cut_timer = self.loop.rearm(self.cut_timer, self.connections.next_cut(), self._on_cut)
 
     def _on_cut(self) -> None:
         self.cut_timer = None
@@ -640,14 +633,7 @@ class ServiceShell:
         self._schedule_reads()  # a consumer that took its queued slices may have the next
 
     def _arm_timer(self) -> None:
-        deadline = self.core.next_deadline()
-        if self.timer is not None:
-            if self.timer.deadline == deadline:
-                return
-            self.timer.cancel()
-            self.timer = None
-        if deadline is not None:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.timer = self.loop.rearm(self.timer, self.core.next_deadline(), self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None

@@ -121,3 +121,16 @@ def test_stop_and_call_soon_racing_close_never_raise() -> None:
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_rearm_keeps_a_timer_set_for_the_same_deadline_and_replaces_another():
+    loop = Loop()
+    try:
+        fired: list[str] = []
+        first = loop.rearm(None, 10, lambda: fired.append("first"))
+        assert first is not None and loop.rearm(first, 10, lambda: fired.append("x")) is first
+        second = loop.rearm(first, 20, lambda: fired.append("second"))
+        assert second is not first and first.cancelled and not second.cancelled
+        assert loop.rearm(second, None, lambda: None) is None and second.cancelled
+    finally:
+        loop.close()
