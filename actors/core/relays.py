@@ -153,12 +153,14 @@ class RelayPort:
         the buffers it may write to (the commit path discards and counts the others;
         keys bounded by the service's buffers)."""
         traffic = self._traffic_of(relay)
-        allowed = producer.allowed_buffers
+        allowed, known = producer.allowed_buffers, traffic.buffers
         for move in commit_untrusted.chunks_to_move:
             buffer = move.target_buffer
-            if buffer in allowed:
+            # A chunk for a buffer its instance just left came too: the commit path
+            # counts it discarded, a RelayLoss must not count it again.
+            if buffer in allowed or buffer in known:
                 traffic.received[buffer] = traffic.received.get(buffer, 0) + 1
-                traffic.buffers.add(buffer)
+                known.add(buffer)
 
     def _traffic_of(self, relay: bytes) -> RelayTraffic:
         traffic = self._traffic.get(relay)
