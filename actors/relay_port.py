@@ -17,7 +17,9 @@ then every 2^k-th). With --relay-insecure (a trusted network) the link is
 plain TCP: no keys, no authenticator.
 
 Liveness: every second, relays silent for the relay timeout (they send a
-heartbeat each second) are lost: ServiceCore.relay_lost ends their producers.
+heartbeat each second) are lost: ServiceCore.relay_lost ends their producers;
+and each connected relay gets a heartbeat of ours (a relay whose own wait
+behind its chunks on a slow link still hears the service).
 A relay whose queue passes its bounds or takes nothing for the relay timeout
 is lost too. The connection's CURVE public key (libzmq's User-Id property) is
 passed to the core, which lists it with the machine.
