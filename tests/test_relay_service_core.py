@@ -540,3 +540,27 @@ def test_the_machine_table_forgets_the_longest_disconnected_past_its_bound(monke
     init_relay(rig, b"R3", name="m3")
     names = sorted(m.name for m in rig.core._ctx.machines)
     assert names == ["m1", "m2", "m3"]  # m0 was seen last the longest ago
+
+
+def test_a_clone_carries_the_relayed_machines_packets_of_its_source():
+    rig = RelayRig()
+    machine_id = init_relay(rig, b"R1")
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
+    owner = FakeConsumer(rig, "c")
+    cfg = all_machines_config(trace_all_machines=True)
+    owner.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
+    (reply,) = owner.replies()
+    remote.process()
+    write(remote, 0, 5)
+    for rnd in range(1, 6):
+        sync_round(rig, b"R1", rnd, burst=1, offset=S, trip=1000)
+    owner.read()  # the source's own read takes its rounds: the clone has its own
+    cloner = FakeConsumer(rig, "d")
+    cloner.send(clone_session=ipc.CloneSessionRequest(session_id=reply.enable_tracing.session_id))
+    remote.process()  # the clone's flush, acked over the link
+    (cloned,) = cloner.replies()
+    assert cloned.clone_session.success, cloned
+    packets = cloner.read()
+    assert [p.for_testing.counter for p in packets if p.HasField("for_testing")] == list(range(5))
+    assert [p.machine_id for p in packets if p.HasField("remote_clock_sync")] == [machine_id]
+    assert machine_id in {p.machine_id for p in packets if p.HasField("system_info")}

@@ -229,6 +229,9 @@ class Clones:
             # Read only through its clones: each reports the triggers since the last.
             source.trigger_packets = []
         clone.seq_ids = dict(source.seq_ids)
+        # Its buffers hold the source's relayed machines' data: a trace of its own,
+        # it carries their system_info and every clock round kept, from the start.
+        clone.machines = set(source.machines)
         clone.invalid_packets = source.invalid_packets
         clone.flushes_requested = source.flushes_requested
         clone.flushes_succeeded = source.flushes_succeeded
