@@ -10,6 +10,11 @@ network black hole; new connections are accepted and stalled too), until
 on at N bytes per second at most (the answers are not slowed), and the proxy's
 receive buffer is small, so the bytes in flight wait in the client, as they
 would on a slow network.
+
+A socket is closed only by the last thread that uses it (cut and close only
+shut connections down, which wakes their threads): closing a socket another
+thread is in the middle of using would free its fd number for this process's
+ZeroMQ to take, and that thread's next send would then write into ZeroMQ's.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class TcpProxy:
         with self._lock:
             self._cut = True
             for s in self._open:
-                _shut(s)
+                _wake(s)
             self._open.clear()
 
     def stall(self) -> None:
@@ -57,11 +62,17 @@ class TcpProxy:
             self._cut = False
 
     def close(self) -> None:
-        self.cut()
         self._closed = True
-        _shut(self._listener)
+        self.cut()
+        _wake(self._listener)  # its accept returns; the accepting thread closes it
 
     def _accept(self) -> None:
+        try:
+            self._accept_all()
+        finally:
+            self._listener.close()
+
+    def _accept_all(self) -> None:
         while not self._closed:
             try:
                 client, _ = self._listener.accept()
@@ -69,19 +80,22 @@ class TcpProxy:
                 return
             with self._lock:
                 if self._cut or self._closed:
-                    _shut(client)
+                    _wake(client)
+                    client.close()  # no other thread has it
                     continue
                 try:
                     server = socket.create_connection(self.target, timeout=5)
                 except OSError:
-                    _shut(client)
+                    client.close()
                     continue
                 self._open.update((client, server))
                 self.connections += 1
+            ends = [0]  # pipes of this connection that ended: the second closes both
             for a, b, rate in ((client, server, self.upstream_bytes_s), (server, client, 0)):
-                threading.Thread(target=self._pipe, args=(a, b, rate), daemon=True).start()
+                args = (a, b, rate, ends)
+                threading.Thread(target=self._pipe, args=args, daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, rate: int, ends: list[int]) -> None:
         piece = min(1 << 16, max(1, rate // 20)) if rate else 1 << 16
         start, moved = time.monotonic(), 0
         try:
@@ -94,9 +108,12 @@ class TcpProxy:
             pass
         with self._lock:
             for s in (src, dst):
-                if s in self._open:
-                    self._open.discard(s)
-                _shut(s)
+                self._open.discard(s)
+                _wake(s)  # the other direction's thread returns from its recv
+            ends[0] += 1
+            if ends[0] == 2:  # both threads are done with both sockets
+                src.close()
+                dst.close()
 
     def _wait_unstalled(self) -> bool:
         """Wait while stalled (a poll, as a black hole holds bytes); whether closed."""
@@ -105,9 +122,9 @@ class TcpProxy:
         return self._closed
 
 
-def _shut(s: socket.socket) -> None:
+def _wake(s: socket.socket) -> None:
+    """Shut the connection down (never close it): a thread in recv on it returns."""
     try:
         s.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    s.close()
