@@ -146,6 +146,18 @@ def write(producer, first: int, count: int) -> None:
         writer.write_packet(packet.SerializeToString())
 
 
+def session_with_a_relayed_producer(rig: RelayRig) -> tuple[RelayedProducer, FakeConsumer]:
+    """A session recording every machine (consumer "c"), with a producer behind relay
+    R1 (pid 777) in it, set up."""
+    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
+    consumer = FakeConsumer(rig, "c")
+    cfg = all_machines_config(trace_all_machines=True)
+    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
+    consumer.replies()
+    remote.process()
+    return remote, consumer
+
+
 def sync_round(rig: RelayRig, relay: bytes, rnd: int, burst: int, offset: int, trip: int):
     """One clock round; the relay's clocks run `offset` ahead of the service's."""
     c1 = [ipc.ClockValue(clock_id=BOOT, timestamp=rig.now + offset)]
@@ -229,12 +241,7 @@ def test_machine_id_leaves_the_trailer_readable_backwards():
     machine_id goes before the trailer they read."""
     rig = RelayRig()
     init_relay(rig, b"R1")
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
+    remote, consumer = session_with_a_relayed_producer(rig)
     write(remote, 0, 5)
     (writer,) = remote.writers.values()
     writer.flush()
@@ -281,22 +288,10 @@ def test_remote_producers_need_trace_all_machines_or_their_machine_name():
         remote.take()
 
 
-def session_with_a_relayed_producer(rig: RelayRig) -> FakeConsumer:
-    """A session recording every machine, with a producer behind relay R1 in it
-    (a session carries the clock rounds and system_info of its machines only)."""
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
-    return consumer
-
-
 def test_clock_rounds_become_remote_clock_sync_best_of_burst():
     rig = RelayRig()
     machine_id = init_relay(rig, b"R1")
-    consumer = session_with_a_relayed_producer(rig)
+    _, consumer = session_with_a_relayed_producer(rig)
     offset = 5 * S
     for rnd, trip in enumerate([300_000, 100_000, 900_000], start=1):
         sync_round(rig, b"R1", rnd, burst=1, offset=offset, trip=trip)
@@ -322,7 +317,7 @@ def test_clock_rounds_become_remote_clock_sync_best_of_burst():
 def test_a_read_in_the_middle_of_a_burst_waits_for_its_best_round():
     rig = RelayRig()
     init_relay(rig, b"R1")
-    consumer = session_with_a_relayed_producer(rig)
+    _, consumer = session_with_a_relayed_producer(rig)
     sync_round(rig, b"R1", 1, burst=1, offset=S, trip=900_000)
     assert not [p for p in consumer.read() if p.HasField("remote_clock_sync")]
     sync_round(rig, b"R1", 2, burst=1, offset=S, trip=100_000)
@@ -369,12 +364,7 @@ def test_relay_loss_counts_as_discarded_chunks_of_its_buffers():
     behind it) naming another session's buffer charges nothing there."""
     rig = RelayRig()
     init_relay(rig, b"R1")
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
+    remote, consumer = session_with_a_relayed_producer(rig)
     other = FakeConsumer(rig, "d")  # a session of the service's machine only
     other.send(enable_tracing=ipc.EnableTracingRequest(trace_config=all_machines_config()))
     other.replies()
@@ -396,12 +386,7 @@ def test_chunks_a_relay_sent_that_never_came_are_discarded_once():
     relay's first report (to a service started after it sent) is only a baseline."""
     rig = RelayRig()
     init_relay(rig, b"R1")
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
+    remote, consumer = session_with_a_relayed_producer(rig)
     (buffer_id,) = rig.core.buffers
     baseline = ipc.RelayLoss()
     baseline.sent.add(target_buffer=buffer_id, chunks=100)  # sent to a service before us
@@ -426,12 +411,7 @@ def test_chunks_a_relay_sent_that_never_came_are_discarded_once():
 def test_bad_inline_chunks_are_discarded_and_counted():
     rig = RelayRig()
     init_relay(rig, b"R1")
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
+    remote, consumer = session_with_a_relayed_producer(rig)
     (buffer_id,) = rig.core.buffers
     req = ipc.CommitDataRequest()
     req.chunks_to_move.add(target_buffer=buffer_id, data=b"\x01\x02")  # shorter than a header
@@ -445,12 +425,7 @@ def test_bad_inline_chunks_are_discarded_and_counted():
 def test_lost_relay_ends_its_producers_keeps_their_data_and_lists_the_machine():
     rig = RelayRig()
     machine_id = init_relay(rig, b"R1")
-    remote = RelayedProducer(rig, b"R1", 1, "remote", pid=777)
-    consumer = FakeConsumer(rig, "c")
-    cfg = all_machines_config(trace_all_machines=True)
-    consumer.send(enable_tracing=ipc.EnableTracingRequest(trace_config=cfg))
-    consumer.replies()
-    remote.process()
+    remote, consumer = session_with_a_relayed_producer(rig)
     write(remote, 0, 20)
     (writer,) = remote.writers.values()
     writer.flush()
