@@ -40,17 +40,19 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actors import host_info
-from actors.core.limits import LIMIT_HELP, Limits
+from actors.core.limits import Limits
 from actors.core.relay_core import Link, Log, RelayConfig, RelayCore, ToProducer
 from actors.endpoints import default_producer_endpoint, socket_answers
 from actors.loop import Loop, Timer
 from actors.relay_keys import KeyFileError, load_pair, load_public
 from actors.service import (
     ServedSmb,
+    add_limit_flags,
     ipc_path,
     machine_limits,
     make_non_dumpable,
     peer_credentials,
+    seconds,
     smb_handoff_path,
     worth_logging,
 )
@@ -441,13 +443,6 @@ class RelayShell:
         self.loop.close()
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-
-
 def _megabytes(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -475,24 +470,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="this machine's name in the trace; default the host name")  # fmt: skip
     parser.add_argument("--send-queue-mb", type=_megabytes, default=16,
                         help="bytes waiting for the link, at most (MiB); default 16")  # fmt: skip
-    parser.add_argument("--clock-sync-interval-s", type=_seconds, default=30.0,
+    parser.add_argument("--clock-sync-interval-s", type=seconds, default=30.0,
                         help="seconds between clock sync bursts; default 30")  # fmt: skip
-    parser.add_argument("--link-timeout-s", type=_seconds, default=5.0,
+    parser.add_argument("--link-timeout-s", type=seconds, default=5.0,
                         help="the link is down after this long without a message "
                         "from the service; default 5")  # fmt: skip
-    defaults = machine_limits()
-    for name in RELAY_LIMITS:
-        default = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=_positive, default=default,
-                            help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
+    add_limit_flags(parser, RELAY_LIMITS)
     return parser.parse_args(argv)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def limits_of(args: argparse.Namespace) -> Limits:

@@ -43,6 +43,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -755,14 +756,16 @@ def process_stopped(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] in "Tt"
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
 
 
-def _seconds(text: str) -> float:
+def seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
@@ -808,19 +811,27 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain TCP without CURVE: only on a network where every host is trusted",
     )  # fmt: skip
     group.add_argument(
-        "--relay-timeout-s", type=_seconds, default=DEFAULT_RELAY_TIMEOUT_S,
+        "--relay-timeout-s", type=seconds, default=DEFAULT_RELAY_TIMEOUT_S,
         help="a relay silent this long is lost (its producers end); "
         f"default {DEFAULT_RELAY_TIMEOUT_S:g}",
     )  # fmt: skip
 
 
+def add_limit_flags(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """--max-... flags for these Limits fields, defaulting to this machine's."""
+    defaults = machine_limits()
+    for name in names:
+        default = getattr(defaults, name)
+        parser.add_argument("--" + name.replace("_", "-"), type=positive, default=default,
+                            help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
+
+
 def relay_options(args: argparse.Namespace) -> RelayOptions | None:
-    if args.relay_endpoint is None:
-        if args.relay_key or args.relay_clients or args.relay_insecure:
-            return RelayOptions("", args.relay_key, args.relay_clients, args.relay_insecure, 1.0)
+    """None without any relay flag; else the options (options_error says what is missing)."""
+    if not (args.relay_endpoint or args.relay_key or args.relay_clients or args.relay_insecure):
         return None
     return RelayOptions(
-        args.relay_endpoint, args.relay_key, args.relay_clients, args.relay_insecure,
+        args.relay_endpoint or "", args.relay_key, args.relay_clients, args.relay_insecure,
         args.relay_timeout_s,
     )  # fmt: skip
 
@@ -829,18 +840,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.service", description=__doc__)
     parser.add_argument("--producer-endpoint", help="ZeroMQ endpoint of the producer port")
     parser.add_argument("--consumer-endpoint", help="ZeroMQ endpoint of the consumer port")
-    defaults = machine_limits()
-    for name in limit_names():
-        default = getattr(defaults, name)
-        parser.add_argument("--" + name.replace("_", "-"), type=_positive, default=default,
-                            help=f"{LIMIT_HELP[name]}; default {default}")  # fmt: skip
+    add_limit_flags(parser, limit_names())
     parser.add_argument(
-        "--peer-send-timeout-s", type=_seconds, default=DEFAULT_PEER_SEND_TIMEOUT_S,
+        "--peer-send-timeout-s", type=seconds, default=DEFAULT_PEER_SEND_TIMEOUT_S,
         help="give up on a peer that takes no message (or is stopped) this long; "
         f"default {DEFAULT_PEER_SEND_TIMEOUT_S:g}",
     )  # fmt: skip
     parser.add_argument(
-        "--shutdown-timeout-s", type=_seconds, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
+        "--shutdown-timeout-s", type=seconds, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
         help="after SIGINT/SIGTERM, exit (code 1) if the clean shutdown takes longer; "
         f"default {DEFAULT_SHUTDOWN_TIMEOUT_S:g}",
     )  # fmt: skip

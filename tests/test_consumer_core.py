@@ -591,3 +591,11 @@ def test_the_summary_tells_a_relayed_producer_from_a_local_one_of_the_same_pid()
     rows = {line.split()[0]: line.split() for line in text.splitlines()[2:4]}
     assert rows["alpha"][1:5] == ["100", "0", "1", "2"]
     assert rows["cam@robot1"][1:5] == ["100", "0", "1", "1"]
+
+
+def test_a_long_relayed_producer_name_keeps_its_machine_in_the_summary():
+    summary = TraceSummary()
+    summary.add(b"\x40\x01\x90\x06\x07\x18\x00\x50\x03\xf8\x04\x64")
+    names = {(7, 100): "perfetto.traced_probes@robot1"}
+    text = format_summary(SummaryInput(out_path="t", summary=summary, producer_names=names))
+    assert "perfetto.traced_p@robot1" in text

@@ -289,12 +289,20 @@ def _group_name(group: WriterGroup, names: dict[ProducerKey, str]) -> str:
     return names.get(key, "(producer gone)")
 
 
+def _fit(name: str, width: int) -> str:
+    """The name cut to `width`; a relayed producer's keeps its @MACHINE."""
+    base, at, machine = name.rpartition("@")
+    if len(name) <= width or not at or len(machine) > width // 2:
+        return name[:width]
+    return base[: width - len(machine) - 1] + "@" + machine
+
+
 def _producer_rows(info: SummaryInput) -> list[str]:
     header = f"  {'producer':<24} {'pid':>7} {'uid':>6} {'seqs':>5} {'packets':>9} {'bytes':>11}"
     rows = [header + "  loss marks"]
     groups = sorted(info.summary.groups.values(), key=lambda g: (not g.service, -g.bytes))
     for g in groups[:MAX_PRODUCER_ROWS]:
-        name = _group_name(g, info.producer_names)[:24]
+        name = _fit(_group_name(g, info.producer_names), 24)
         pid = "-" if g.pid is None else str(g.pid)
         uid = "-" if g.uid is None else str(g.uid)
         rows.append(
