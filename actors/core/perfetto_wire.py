@@ -1,0 +1,182 @@
+"""Perfetto's IPC wire format: the frames on traced's producer and consumer
+sockets, and the method tables tracebus's Perfetto-socket front end serves.
+
+The stream (AF_UNIX, SOCK_STREAM) is a sequence of frames:
+
+    +----------------+------------------------------------------+
+    | u32 LE length  | IPCFrame (protos/perfetto_ipc.proto)     |
+    +----------------+------------------------------------------+
+      4 bytes          `length` bytes; 4 + length <= 128 KiB
+
+A length of 0 is skipped. A frame whose 4 + length passes 128 KiB
+(MAX_FRAME_BYTES, Perfetto's kIPCBufferSize) makes the receiver disconnect:
+what we send must stay under it (Perfetto clients drop the connection
+otherwise), and a peer that announces more is cut off. A frame whose bytes do
+not parse is dropped, as Perfetto drops it.
+
+A client binds a service by name (BindService: "ProducerPort" or
+"ConsumerPort") and gets back a service id and a table of (method id, name);
+it then invokes methods by id (InvokeMethod, with the request id of the frame).
+A reply echoes the request id; a streaming reply sets has_more until its last
+frame. A client maps methods by name and never sends a method the table does
+not list (it rejects the call itself), so the table is the feature switch:
+tracebus lists only the methods it implements. Ids are ours to choose; we
+number them as Perfetto does (1.. in its declaration order), so frame logs
+read the same.
+
+Pure: bytes in, frames out.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from protos import perfetto_ipc_pb2 as pf
+
+FRAME_HEADER = struct.Struct("<I")  # the payload's length
+MAX_FRAME_BYTES = 128 * 1024  # kIPCBufferSize: header and payload together
+MAX_PAYLOAD_BYTES = MAX_FRAME_BYTES - FRAME_HEADER.size
+
+PRODUCER_SERVICE = "ProducerPort"
+CONSUMER_SERVICE = "ConsumerPort"
+PRODUCER_SERVICE_ID = 1
+CONSUMER_SERVICE_ID = 2
+
+# Perfetto's method ids (its declaration order); the ones not served are left out
+# of the table a client gets, so it never sends them.
+PRODUCER_METHODS: dict[str, int] = {
+    "InitializeConnection": 1,
+    "RegisterDataSource": 2,
+    "UnregisterDataSource": 3,
+    "CommitData": 4,
+    "GetAsyncCommand": 5,
+    "RegisterTraceWriter": 6,
+    "UnregisterTraceWriter": 7,
+    "NotifyDataSourceStarted": 8,
+    "NotifyDataSourceStopped": 9,
+    "ActivateTriggers": 10,
+    "Sync": 11,
+}
+CONSUMER_METHODS: dict[str, int] = {
+    "EnableTracing": 1,
+    "DisableTracing": 2,
+    "ReadBuffers": 3,
+    "FreeBuffers": 4,
+    "Flush": 5,
+    "StartTracing": 6,
+    "ChangeTraceConfig": 7,
+    "Detach": 8,
+    "Attach": 9,
+    "GetTraceStats": 10,
+    "ObserveEvents": 11,
+    "QueryServiceState": 12,
+    "QueryCapabilities": 13,
+    "SaveTraceForBugreport": 14,
+    "CloneSession": 15,
+}
+
+
+class FrameError(Exception):
+    """The stream cannot go on (a frame announced over MAX_FRAME_BYTES): disconnect."""
+
+
+@dataclass
+class OutFrame:
+    """A frame to send: its bytes (header included), and whether the producer's SMB
+    fd travels with it (SCM_RIGHTS on its first sendmsg)."""
+
+    data: bytes
+    smb_fd: bool = False
+
+
+class FrameDecoder:
+    """Cuts a byte stream into IPCFrames. Holds at most one frame's bytes."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.undecodable = 0  # frames dropped because their bytes did not parse
+
+    def feed(self, data_untrusted: bytes) -> list[pf.IPCFrame]:
+        """The frames `data_untrusted` completes, in order. Raises FrameError when
+        a frame announces more than MAX_FRAME_BYTES."""
+        buf = self._buf
+        buf += data_untrusted
+        frames: list[pf.IPCFrame] = []
+        start = 0
+        while len(buf) - start >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(buf, start)
+            if length > MAX_PAYLOAD_BYTES:
+                raise FrameError(f"a frame of {length} bytes (at most {MAX_PAYLOAD_BYTES})")
+            end = start + FRAME_HEADER.size + length
+            if len(buf) < end:
+                break
+            if length:
+                frame = pf.IPCFrame()
+                try:
+                    frame.ParseFromString(bytes(buf[start + FRAME_HEADER.size : end]))
+                    frames.append(frame)
+                except DecodeError:
+                    self.undecodable += 1
+            start = end
+        del buf[:start]
+        return frames
+
+
+def encode(frame: pf.IPCFrame) -> bytes:
+    """The frame's bytes, header included. A frame over MAX_FRAME_BYTES is a bug of
+    ours (every reply is cut to fit): ValueError."""
+    payload = frame.SerializeToString()
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"an IPC frame of {len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})")
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def bind_reply(request_id: int, service_id: int, methods: dict[str, int]) -> bytes:
+    """A successful BindServiceReply listing `methods` (0: refused, methods ignored)."""
+    frame = pf.IPCFrame(request_id=request_id)
+    reply = frame.msg_bind_service_reply
+    reply.success = service_id != 0
+    if service_id:
+        reply.service_id = service_id
+        for name, method_id in methods.items():
+            reply.methods.add(id=method_id, name=name)
+    return encode(frame)
+
+
+def method_reply(
+    request_id: int, reply_proto: bytes | None, has_more: bool = False, success: bool = True
+) -> bytes:
+    """An InvokeMethodReply: `reply_proto` the serialized response (None: a rejection,
+    which the client turns into a failed call; a rejection ends a stream)."""
+    frame = pf.IPCFrame(request_id=request_id)
+    reply = frame.msg_invoke_method_reply
+    reply.success = success and reply_proto is not None
+    reply.has_more = has_more
+    if reply_proto is not None:
+        reply.reply_proto = reply_proto
+    return encode(frame)
+
+
+def request_error(request_id: int, error: str) -> bytes:
+    """The answer to a frame that is neither BindService nor InvokeMethod."""
+    frame = pf.IPCFrame(request_id=request_id)
+    frame.msg_request_error.error = error
+    return encode(frame)
+
+
+@dataclass
+class Step:
+    """What a connection's translator (perfetto_producer.py, perfetto_consumer.py)
+    makes of one frame from its client: envelopes for ServiceCore (in order, with
+    request ids of the translator's own), frames to send the client at once
+    (before anything the core answers), whether the fd that came with the frame
+    was taken (else the shell closes it), and `close`: non-empty when the client
+    broke the protocol so that the connection must end (why, for the log)."""
+
+    to_core: list = field(default_factory=list)
+    frames: list[OutFrame] = field(default_factory=list)
+    fd_taken: bool = False
+    close: str = ""
