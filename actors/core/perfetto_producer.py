@@ -117,6 +117,7 @@ from actors.core.perfetto_wire import (
     method_reply,
     request_error,
 )
+from actors.core.producer_port import producer_name as listed_name
 from protos import perfetto_ipc_pb2 as pf
 from protos import tracebus_ipc_pb2 as ipc
 
@@ -199,7 +200,7 @@ class PerfettoProducerConn:
         self.identity = identity
         self.counters = ProducerConnCounters()
         self.closing = ""  # non-empty after on_core: end the connection, and why
-        self.producer_name = ""  # as the client gave it (for logs)
+        self.producer_name = ""  # as the core lists it (printable, bounded: for logs)
         self.producer_id = 0  # the core's id for it, once initialized
         self._bound = False
         self._stream: int | None = None  # GetAsyncCommand's request id
@@ -293,7 +294,7 @@ class PerfettoProducerConn:
         if req_untrusted.producer_provided_shmem:
             self.counters.provided_smbs_declined += 1  # its fd stays with the shell
         if not self.producer_id:
-            self.producer_name = text(req_untrusted.producer_name)
+            self.producer_name = listed_name(text(req_untrusted.producer_name))
         init = ipc.InitializeConnectionRequest(
             hello=ipc.Hello(protocol_version=ipc.PROTOCOL_VERSION),
             producer_name=text(req_untrusted.producer_name),
