@@ -341,6 +341,10 @@ class PerfettoPort:
             self._end(conn, f"a service message met a bug:\n{traceback.format_exc()}")
             return
         self._send_frames(conn, frames)
+        # The producer translator's way to end a connection from the core's side (a
+        # refused InitializeConnection, too many commands before GetAsyncCommand).
+        if closing := getattr(conn.translator, "closing", ""):
+            self._end(conn, closing)
 
     def may_send(self, identity: bytes) -> bool:
         """Read-back pacing: a consumer gets its next slice once nothing of it waits."""

@@ -54,6 +54,8 @@ from actors import host_info
 from actors.connections import SILENT, ClosedIdentities, Connection, Connections
 from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
+from actors.core.perfetto_consumer import PerfettoConsumerConn
+from actors.core.perfetto_producer import PerfettoProducerConn
 from actors.core.perfetto_wire import PERFETTO_PREFIX
 from actors.core.service_core import (
     AppendToFile,
@@ -603,7 +605,7 @@ class ServiceShell:
         producer, consumer = perfetto_translators(self.files)
         return Hooks(
             producer, consumer, self._send_all, self._admit_perfetto, self._perfetto_smb_fd,
-            self._discard_adopted, self._schedule_reads, log,
+            self.files.discard_adopted, self._schedule_reads, log,
         )  # fmt: skip
 
     def _admit_perfetto(self, side: str, fd: int) -> Connection | None:
@@ -638,11 +640,6 @@ class ServiceShell:
             return None
         smb.withdraw_offer()
         return smb.region.fd
-
-    def _discard_adopted(self) -> None:
-        discard = getattr(self.files, "discard_adopted", None)  # TraceFiles (Part C)
-        if discard is not None:
-            discard()
 
     # -- sending and timers -----------------------------------------------------------------
 
@@ -891,9 +888,6 @@ def perfetto_translators(
     files: TraceFiles,
 ) -> tuple[Callable[[bytes], Translator], Callable[[bytes], Translator]]:
     """The factories of a Perfetto producer's and consumer's translators."""
-    from actors.core.perfetto_consumer import PerfettoConsumerConn
-    from actors.core.perfetto_producer import PerfettoProducerConn
-
     return PerfettoProducerConn, lambda identity: PerfettoConsumerConn(identity, files.adopt)
 
 
