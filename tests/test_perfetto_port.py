@@ -249,3 +249,22 @@ def test_flags_and_environment_choose_the_paths(tmp_path: Path) -> None:
     assert default_sockets("/p", "/c").producer == Path("/p")
     with pytest.raises(RuntimeError, match="abstract"):
         default_sockets("@traced", "/c")
+
+
+def test_the_topology_keys_become_the_service_flags(tmp_path: Path) -> None:
+    from launch.topology_parser import parse_topology
+
+    text = """
+service:
+  perfetto_sockets: true
+  perfetto_consumer_socket: pf/consumer.sock
+producers: []
+consumers: []
+stop_when: never
+"""
+    topology = parse_topology(text, tmp_path / "topology.yaml")
+    argv = topology.service.argv("python", "ipc://p", "ipc://c")
+    assert argv[-3:] == ["--perfetto-sockets", "--perfetto-consumer-socket",
+                         str(tmp_path / "pf" / "consumer.sock")]  # fmt: skip
+    with pytest.raises(Exception, match="perfetto_sockets"):
+        parse_topology(text.replace("true", "3"), tmp_path / "topology.yaml")
