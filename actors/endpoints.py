@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 PRODUCER_ENV = "TRACEBUS_PRODUCER_SOCK"
@@ -96,3 +97,34 @@ def socket_answers(path: Path) -> bool:
         except OSError:
             return False
     return True
+
+
+# -- Perfetto's sockets (actors/perfetto_port.py) ----------------------------------------
+
+PERFETTO_PRODUCER_ENV = "PERFETTO_PRODUCER_SOCK_NAME"  # the Perfetto clients' own conventions
+PERFETTO_CONSUMER_ENV = "PERFETTO_CONSUMER_SOCK_NAME"
+PERFETTO_SYSTEM_DIR = Path("/run/perfetto")
+
+
+@dataclass(frozen=True)
+class PerfettoSockets:
+    producer: Path
+    consumer: Path
+
+
+def default_perfetto_sockets(
+    producer: str | None = None, consumer: str | None = None
+) -> PerfettoSockets:
+    """Where Perfetto clients look (the paths given win): $PERFETTO_PRODUCER_SOCK_NAME
+    and $PERFETTO_CONSUMER_SOCK_NAME, else /run/perfetto/traced-{producer,consumer}.sock
+    if /run/perfetto exists, else /tmp/perfetto-{producer,consumer}."""
+    system = PERFETTO_SYSTEM_DIR.is_dir()
+    paths = []
+    for given, env, name in ((producer, PERFETTO_PRODUCER_ENV, "producer"),
+                             (consumer, PERFETTO_CONSUMER_ENV, "consumer")):  # fmt: skip
+        default = PERFETTO_SYSTEM_DIR / f"traced-{name}.sock" if system else f"/tmp/perfetto-{name}"
+        path = given or os.environ.get(env) or str(default)
+        if path.startswith("@"):
+            raise RuntimeError(f"{path}: abstract sockets are not supported; give a path")
+        paths.append(Path(path))
+    return PerfettoSockets(*paths)

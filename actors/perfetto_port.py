@@ -58,7 +58,7 @@ from actors.core.perfetto_wire import (
     Step,
 )
 from actors.core.service_core import Output, Peer, ServiceCore, ToConsumer, ToProducer
-from actors.endpoints import SUN_PATH_MAX, socket_answers
+from actors.endpoints import SUN_PATH_MAX, PerfettoSockets, socket_answers
 from actors.loop import Loop, Timer
 from protos import perfetto_ipc_pb2 as pf
 
@@ -75,33 +75,6 @@ FD_ROOM = socket.CMSG_LEN(4)  # exactly one fd: CMSG_SPACE would leave room for 
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
 PRODUCER, CONSUMER = "p", "c"  # the sides, as the shell names its ports
-
-
-PRODUCER_ENV = "PERFETTO_PRODUCER_SOCK_NAME"  # the Perfetto clients' own conventions
-CONSUMER_ENV = "PERFETTO_CONSUMER_SOCK_NAME"
-SYSTEM_DIR = Path("/run/perfetto")
-
-
-@dataclass(frozen=True)
-class PerfettoSockets:
-    producer: Path
-    consumer: Path
-
-
-def default_sockets(producer: str | None = None, consumer: str | None = None) -> PerfettoSockets:
-    """Where Perfetto clients look (the paths given win): $PERFETTO_PRODUCER_SOCK_NAME
-    and $PERFETTO_CONSUMER_SOCK_NAME, else /run/perfetto/traced-{producer,consumer}.sock
-    if /run/perfetto exists, else /tmp/perfetto-{producer,consumer}."""
-    system = SYSTEM_DIR.is_dir()
-    paths = []
-    for given, env, name in ((producer, PRODUCER_ENV, "producer"),
-                             (consumer, CONSUMER_ENV, "consumer")):  # fmt: skip
-        default = SYSTEM_DIR / f"traced-{name}.sock" if system else f"/tmp/perfetto-{name}"
-        path = given or os.environ.get(env) or str(default)
-        if path.startswith("@"):
-            raise RuntimeError(f"{path}: abstract sockets are not supported; give a path")
-        paths.append(Path(path))
-    return PerfettoSockets(*paths)
 
 
 class Translator(Protocol):

@@ -69,8 +69,12 @@ from actors.core.service_core import (
     ToRelay,
 )
 from actors.endpoints import (
+    PERFETTO_CONSUMER_ENV,
+    PERFETTO_PRODUCER_ENV,
     SUN_PATH_MAX,
+    PerfettoSockets,
     default_consumer_endpoint,
+    default_perfetto_sockets,
     default_producer_endpoint,
     make_shared_dir,
     runtime_dir,
@@ -79,15 +83,7 @@ from actors.endpoints import (
 )
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
-from actors.perfetto_port import CONSUMER_ENV as PERFETTO_CONSUMER_ENV
-from actors.perfetto_port import PRODUCER_ENV as PERFETTO_PRODUCER_ENV
-from actors.perfetto_port import (
-    Hooks,
-    PerfettoPort,
-    PerfettoSockets,
-    Translator,
-    default_sockets,
-)
+from actors.perfetto_port import Hooks, PerfettoPort, Translator
 from actors.probe_cleanup import FTRACE_DATA_SOURCE, ProbeCleanup
 from actors.relay_keys import KeyFileError
 from actors.relay_port import DEFAULT_RELAY_TIMEOUT_S, RelayOptions, RelayPort, options_error
@@ -913,7 +909,7 @@ def perfetto_sockets(args: argparse.Namespace) -> PerfettoSockets | None:
     producer, consumer = args.perfetto_producer_socket, args.perfetto_consumer_socket
     if not (args.perfetto_sockets or producer or consumer):
         return None
-    return default_sockets(producer, consumer)
+    return default_perfetto_sockets(producer, consumer)
 
 
 def add_relay_arguments(parser: argparse.ArgumentParser) -> None:

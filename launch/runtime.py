@@ -4,7 +4,10 @@ Runtime.prepare() makes the directory: the topology's runtime_dir, else a
 fresh /tmp/tb-XXXXXXXX (short: ipc:// paths must fit in sun_path), 0700, with
 results/ for the script runners' result files. It names the endpoints: the
 service's producer and consumer ports (the topology's, else sockets in the
-directory) and the supervisor's control socket; on a relay's machine, the
+directory) and the supervisor's control socket, and when the service serves
+Perfetto's sockets, their paths under Perfetto's own variable names (so that an
+app built with the Perfetto SDK, started as a producer group, finds them); on a
+relay's machine, the
 relay's producer port (producer.sock in the directory) and the control socket.
 An endpoint whose socket answers belongs to a topology that runs already:
 SetupError, before anything is bound over it. link_default_control() points
@@ -24,8 +27,11 @@ from pathlib import Path
 from actors.endpoints import (
     CONSUMER_ENV,
     CONSUMER_SOCKET,
+    PERFETTO_CONSUMER_ENV,
+    PERFETTO_PRODUCER_ENV,
     PRODUCER_ENV,
     PRODUCER_SOCKET,
+    default_perfetto_sockets,
     runtime_dir,
     socket_answers,
 )
@@ -66,6 +72,7 @@ class Runtime:
             self.endpoints = {
                 PRODUCER_ENV: self.service.producer_endpoint or self.ipc(PRODUCER_SOCKET),
                 CONSUMER_ENV: self.service.consumer_endpoint or self.ipc(CONSUMER_SOCKET),
+                **self._perfetto_paths(),
             }
         self.endpoints[CONTROL_ENV] = self.ipc(CONTROL_SOCKET)
         for endpoint in self.endpoints.values():  # binding would steal a live one's path
@@ -73,6 +80,23 @@ class Runtime:
             if endpoint.startswith("ipc://") and socket_answers(path):
                 raise SetupError(f"{endpoint} is in use: is this topology running already?")
         (self.dir / "results").mkdir(exist_ok=True)
+
+    def _perfetto_paths(self) -> dict[str, str]:
+        """Perfetto's socket variables, when the service serves those sockets."""
+        spec = self.service
+        producer, consumer = spec.perfetto_producer_socket, spec.perfetto_consumer_socket
+        if not (spec.perfetto_sockets or producer or consumer):
+            return {}
+        try:
+            paths = default_perfetto_sockets(
+                str(producer) if producer else None, str(consumer) if consumer else None
+            )
+        except RuntimeError as e:  # an abstract name in the environment
+            raise SetupError(str(e)) from None
+        return {
+            PERFETTO_PRODUCER_ENV: str(paths.producer),
+            PERFETTO_CONSUMER_ENV: str(paths.consumer),
+        }
 
     def ipc(self, name: str) -> str:
         return f"ipc://{self.dir / name}"

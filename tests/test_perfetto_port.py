@@ -239,10 +239,10 @@ def connect_consumer(rt: Runtime):
 
 
 def test_flags_and_environment_choose_the_paths(tmp_path: Path) -> None:
-    from actors.perfetto_port import default_sockets
+    from actors.endpoints import default_perfetto_sockets as default_sockets
 
     env = {"PERFETTO_PRODUCER_SOCK_NAME": str(tmp_path / "a"), "PERFETTO_CONSUMER_SOCK_NAME": ""}
-    code = "from actors.perfetto_port import default_sockets; print(default_sockets(None, 'x'))"
+    code = "from actors.endpoints import default_perfetto_sockets as d; print(d(None, 'x'))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert str(tmp_path / "a") in out and "consumer=PosixPath('x')" in out
@@ -268,3 +268,28 @@ stop_when: never
                          str(tmp_path / "pf" / "consumer.sock")]  # fmt: skip
     with pytest.raises(Exception, match="perfetto_sockets"):
         parse_topology(text.replace("true", "3"), tmp_path / "topology.yaml")
+
+
+def test_a_topology_tells_its_children_where_the_perfetto_sockets_are(tmp_path: Path) -> None:
+    """An app built with the Perfetto SDK, started as a producer group, finds the
+    service's Perfetto sockets through Perfetto's own variables."""
+    from launch.runtime import Runtime as LaunchRuntime
+    from launch.topology_parser import parse_topology
+
+    text = """
+service:
+  perfetto_producer_socket: pf/producer.sock
+  perfetto_consumer_socket: pf/consumer.sock
+producers: []
+consumers: []
+stop_when: never
+"""
+    topology = parse_topology(text, tmp_path / "topology.yaml")
+    runtime = LaunchRuntime(tmp_path / "run", topology.service)
+    runtime.prepare()
+    assert runtime.endpoints["PERFETTO_PRODUCER_SOCK_NAME"] == str(tmp_path / "pf/producer.sock")
+    assert runtime.endpoints["PERFETTO_CONSUMER_SOCK_NAME"] == str(tmp_path / "pf/consumer.sock")
+    plain = parse_topology("producers: []\nconsumers: []\nstop_when: never\n", tmp_path / "t.yaml")
+    runtime = LaunchRuntime(tmp_path / "run2", plain.service)
+    runtime.prepare()
+    assert not any(name.startswith("PERFETTO") for name in runtime.endpoints)

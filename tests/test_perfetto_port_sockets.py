@@ -17,8 +17,9 @@ import pytest
 from actors.connections import Connections
 from actors.core.perfetto_wire import MAX_FRAME_BYTES, PERFETTO_PREFIX, encode
 from actors.core.producers import ServiceCounters
+from actors.endpoints import PerfettoSockets
 from actors.loop import Loop
-from actors.perfetto_port import FRAMES_PER_TURN, Hooks, PerfettoPort, PerfettoSockets
+from actors.perfetto_port import FRAMES_PER_TURN, Hooks, PerfettoPort
 from protos import perfetto_ipc_pb2 as pf
 from tests.perfetto_standin import (
     ECHO,
