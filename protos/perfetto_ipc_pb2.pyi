@@ -384,3 +384,29 @@ class QueryCapabilitiesResponse(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     capabilities: TracingServiceCapabilities
     def __init__(self, capabilities: _Optional[_Union[TracingServiceCapabilities, _Mapping]] = ...) -> None: ...
+
+class DetachRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class AttachResponse(_message.Message):
+    __slots__ = ("trace_config",)
+    TRACE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    trace_config: bytes
+    def __init__(self, trace_config: _Optional[bytes] = ...) -> None: ...
+
+class SaveTraceForBugreportResponse(_message.Message):
+    __slots__ = ("success", "msg")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    MSG_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    msg: str
+    def __init__(self, success: _Optional[bool] = ..., msg: _Optional[str] = ...) -> None: ...
