@@ -43,6 +43,7 @@ import array
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -179,13 +180,15 @@ class Channel:
     """One stream socket: frames out (an fd on a frame's sendmsg), frames in, and
     at most one received fd pending (a newer one closes it), as Perfetto keeps it."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.sock = sock
+        self.send_timeout = timeout  # a host that takes nothing for this long: an error
         self.decoder = wire.FrameDecoder()
         self.frames: deque[pf.IPCFrame] = deque()
         self.pending_fd: int | None = None
         self.fds_received = 0
         self.eof = False
+        self.eof_error = ""
         self._last_request_id = 0
 
     @classmethod
@@ -197,21 +200,25 @@ class Channel:
         except OSError:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, timeout)
 
     def next_request_id(self) -> int:
         self._last_request_id += 1
         return self._last_request_id
 
     def send(self, data: bytes, fd: int | None = None) -> None:
-        self.sock.settimeout(None)
-        if fd is None:
-            self.sock.sendall(data)
-            return
-        fds = array.array("i", [fd])
-        sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        if sent < len(data):
+        """Send a frame (`fd` on its first sendmsg). PerfettoIpcError if the host
+        is gone or takes nothing for send_timeout."""
+        self.sock.settimeout(self.send_timeout)
+        try:
+            sent = 0
+            if fd is not None:
+                fds = array.array("i", [fd])
+                sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             self.sock.sendall(data[sent:])
+        except OSError as e:  # a timeout too
+            self.eof = not isinstance(e, TimeoutError)
+            raise PerfettoIpcError(f"sending to the host: {e!r}") from e
 
     def receive(self, deadline: float) -> pf.IPCFrame | None:
         """The next frame, or None once the deadline passes. Raises at EOF."""
@@ -224,11 +231,17 @@ class Channel:
                 data, ancdata, _, _ = self.sock.recvmsg(RECV_BYTES, FD_SPACE)
             except TimeoutError:
                 return None
+            except OSError as e:  # ECONNRESET: as EOF
+                data, ancdata = b"", []
+                self.eof_error = repr(e)
             self._keep_fds(ancdata)
             if not data:
                 self.eof = True
-                raise PerfettoIpcError("the host closed the connection")
-            self.frames.extend(self.decoder.feed(data))
+                raise PerfettoIpcError(f"the host closed the connection {self.eof_error}")
+            try:
+                self.frames.extend(self.decoder.feed(data))
+            except wire.FrameError as e:
+                raise PerfettoIpcError(f"the host sent a frame too large: {e}") from e
         return self.frames.popleft()
 
     def _keep_fds(self, ancdata: list[tuple[int, int, bytes]]) -> None:
@@ -256,7 +269,7 @@ class Channel:
 
 class PortClient:
     """A client of one bound service: invoke by name, await replies by request id;
-    replies on streams this client opened go to `_on_stream`."""
+    the replies of a call opened with open_stream go to its callback."""
 
     def __init__(self, channel: Channel, timeout: float) -> None:
         self.channel = channel
@@ -708,3 +721,34 @@ class PerfettoConsumer(PortClient):
     @property
     def all_started(self) -> bool:
         return any(events.all_data_sources_started for events in self.events)
+
+
+# -- as a process -----------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    """python -m tests.perfetto_client producer SOCKET LABEL COUNT [FILLER]
+
+    A producer process: connects as LABEL, waits up to 60 s for an instance to
+    start, writes COUNT packets double_packet(LABEL, i, FILLER) and flushes,
+    prints "wrote COUNT", then answers the host until every instance stopped
+    ("stopped") or the host closed the socket ("closed")."""
+    if len(argv) not in (4, 5) or argv[0] != "producer":
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    path, label, count = argv[1], argv[2], int(argv[3])
+    filler = int(argv[4]) if len(argv) == 5 else 0
+    producer = PerfettoProducer(path, label, timeout=60.0).connect()
+    producer.wait_until(lambda: producer.started, 60.0, "an instance to start")
+    iid = next(iter(producer.started))
+    producer.write_packets(iid, (double_packet(label, i, filler) for i in range(count)))
+    producer.flush_writers()
+    print(f"wrote {count}", flush=True)
+    producer.serve(lambda: not producer.started, 3600.0)
+    print("closed" if producer.channel.eof else "stopped", flush=True)
+    producer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
