@@ -43,7 +43,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +54,9 @@ from actors import host_info
 from actors.connections import SILENT, ClosedIdentities, Connection, Connections
 from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
+from actors.core.perfetto_consumer import PerfettoConsumerConn
+from actors.core.perfetto_producer import PerfettoProducerConn
+from actors.core.perfetto_wire import PERFETTO_PREFIX
 from actors.core.service_core import (
     AppendToFile,
     Clocks,
@@ -76,6 +79,15 @@ from actors.endpoints import (
 )
 from actors.loop import Loop, Timer
 from actors.peer_queues import Outcome, PeerQueues
+from actors.perfetto_port import CONSUMER_ENV as PERFETTO_CONSUMER_ENV
+from actors.perfetto_port import PRODUCER_ENV as PERFETTO_PRODUCER_ENV
+from actors.perfetto_port import (
+    Hooks,
+    PerfettoPort,
+    PerfettoSockets,
+    Translator,
+    default_sockets,
+)
 from actors.probe_cleanup import FTRACE_DATA_SOURCE, ProbeCleanup
 from actors.relay_keys import KeyFileError
 from actors.relay_port import DEFAULT_RELAY_TIMEOUT_S, RelayOptions, RelayPort, options_error
@@ -101,6 +113,7 @@ GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are fo
 # Refusals counted beside the limits' (the service state's `refusals`).
 OTHER_USERS = "other_users"  # a peer of a user this service does not admit
 ROUTING_ID_IN_USE = "routing_id_in_use"  # a routing id another process holds or held
+ROUTING_ID_RESERVED = "routing_id_reserved"  # a routing id of the Perfetto-socket front end
 
 
 READ_SLICE_NS = 10_000_000  # one read-back slice's time budget; other peers are served between
@@ -127,6 +140,10 @@ class ServedSmb:
         self.socket = str(handoff.path)
         assert self.region.fd is not None
         self.token = handoff.offer(self.region.fd, pid, uid)
+
+    def withdraw_offer(self) -> None:
+        """The fd goes to the producer another way (a Perfetto producer's socket)."""
+        self._handoff.withdraw(self.token)
 
     def close(self) -> None:
         self._handoff.withdraw(self.token)
@@ -192,6 +209,7 @@ class ServiceShell:
         shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
         allow_other_users: bool = False,
         relay: RelayOptions | None = None,
+        perfetto: PerfettoSockets | None = None,
     ) -> None:
         self.loop = Loop()
         self.ctx = zmq.Context()
@@ -250,12 +268,18 @@ class ServiceShell:
             self.loop.add_socket(monitor, functools.partial(self._on_monitor, side))
         self.loop.add_socket(self.zap, self._on_zap)
         self.relays: RelayPort | None = None
-        if relay is not None:
-            try:
+        self.perfetto: PerfettoPort | None = None
+        try:
+            if relay is not None:
                 self.relays = RelayPort(self.loop, self.core, relay, self._send_all, log)
-            except BaseException:
-                self.close()
-                raise
+            if perfetto is not None:
+                self.perfetto = PerfettoPort(
+                    self.loop, self.core, perfetto, self._perfetto_hooks(), self.connections,
+                    peer_send_timeout_s=peer_send_timeout_s, others_may_produce=allow_other_users,
+                )  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
 
     def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -416,7 +440,10 @@ class ServiceShell:
         """Answer a message the service will not process with an error (a connection
         given up on, a user not admitted, a routing id of another process) instead
         of processing it."""
-        if (why := self.given_up.get((side, peer.identity))) is not None:
+        if peer.identity.startswith(PERFETTO_PREFIX):  # it would pass for a Perfetto client
+            self._count_refusal(ROUTING_ID_RESERVED)
+            text = "this routing id is reserved for the Perfetto sockets: use another"
+        elif (why := self.given_up.get((side, peer.identity))) is not None:
             self.core.counters.given_up_messages_refused += 1
             text = f"the service gave up on this connection ({why}): reconnect"
         elif not self._admitted(side, peer.uid):
@@ -572,6 +599,48 @@ class ServiceShell:
         else:
             self._peer_gone(side, identity)
 
+    # -- the Perfetto sockets (actors/perfetto_port.py) ------------------------------------------
+
+    def _perfetto_hooks(self) -> Hooks:
+        producer, consumer = perfetto_translators(self.files)
+        return Hooks(
+            producer, consumer, self._send_all, self._admit_perfetto, self._perfetto_smb_fd,
+            self.files.discard_adopted, self._schedule_reads, log,
+        )  # fmt: skip
+
+    def _admit_perfetto(self, side: str, fd: int) -> Connection | None:
+        """A new Perfetto-socket connection under the ZeroMQ ports' rules: its user
+        admitted, its process and uid within the connection limits (over both front
+        ends), a silent one cut; refusals counted and logged the same way. None:
+        refused (the port closes it)."""
+        now = time.monotonic_ns()
+        conn = self.connections.accepted(side, fd, now)
+        if conn is None:  # gone already
+            return None
+        if not self._admitted(side, conn.uid):
+            self._count_refusal(OTHER_USERS)
+            if worth_logging(self.core.counters.refusals[OTHER_USERS]):
+                log(f"refused a Perfetto connection: {self._not_admitted(side, conn.uid)}")
+            self.connections.disconnected(fd)
+            return None
+        limit = self.connections.admit(conn.pid, conn.uid, self.core.limits, now)
+        if limit:
+            self._connection_refused(conn.pid, conn.uid, limit)
+            self.connections.disconnected(fd)
+            return None
+        self._arm_cut()
+        return conn
+
+    def _perfetto_smb_fd(self, identity: bytes) -> int | None:
+        """The memfd of a Perfetto producer's SMB, sent on its socket: the handoff
+        socket's offer, which it never claims, is withdrawn."""
+        producer = self.core.producers.get(identity)
+        smb = producer.smb if producer is not None else None
+        if not isinstance(smb, ServedSmb):
+            return None
+        smb.withdraw_offer()
+        return smb.region.fd
+
     # -- sending and timers -----------------------------------------------------------------
 
     def _send_all(self, outputs: list) -> None:
@@ -589,6 +658,10 @@ class ServiceShell:
             if isinstance(out, ToRelay):
                 if self.relays is not None:
                     self.relays.send(out)
+                continue
+            if out.identity.startswith(PERFETTO_PREFIX):
+                if self.perfetto is not None:
+                    self.perfetto.send(out)
                 continue
             side = "p" if isinstance(out, ToProducer) else "c"
             if (side, out.identity) in self.given_up:
@@ -649,6 +722,8 @@ class ServiceShell:
     def _may_send(self, consumer: bytes) -> bool:
         """A consumer gets its next read-back slice once it took the last ones
         (nothing of it waits in our queue); ZeroMQ holds at most READ_PIPE_HWM."""
+        if consumer.startswith(PERFETTO_PREFIX):
+            return self.perfetto is None or self.perfetto.may_send(consumer)
         return self.queues["c"].backlog(consumer)[0] == 0
 
     def _continue_reads(self) -> None:
@@ -670,6 +745,9 @@ class ServiceShell:
         if self.relays is not None:
             log(f"relays on {self.relays.endpoint}")
         log(f"listening: producers on {self.endpoints[0]}, consumers on {self.endpoints[1]}")
+        if self.perfetto is not None:
+            paths = self.perfetto.paths
+            log(f"Perfetto sockets: producers on {paths['p']}, consumers on {paths['c']}")
         self.loop.run()
         log("stopping")
         if self.dropped_frames:
@@ -700,6 +778,10 @@ class ServiceShell:
             assert self.relays is not None
             self.relays.close()
             self.relays = None
+        if getattr(self, "perfetto", None) is not None:
+            assert self.perfetto is not None
+            self.perfetto.close()
+            self.perfetto = None
         self.files.close_all()
         self.probe_cleanup.close()
         for fd in self.pidfds.values():
@@ -723,6 +805,9 @@ class ServiceShell:
             if path is not None:
                 path.unlink(missing_ok=True)
         self.handoff.path.unlink(missing_ok=True)
+        if self.perfetto is not None:
+            for path in self.perfetto.paths.values():
+                path.unlink(missing_ok=True)
 
 
 def worth_logging(count: int) -> bool:
@@ -799,6 +884,38 @@ def machine_limits() -> Limits:
     return replace(DEFAULT_LIMITS, **memory_defaults(memory)) if memory else DEFAULT_LIMITS
 
 
+def perfetto_translators(
+    files: TraceFiles,
+) -> tuple[Callable[[bytes], Translator], Callable[[bytes], Translator]]:
+    """The factories of a Perfetto producer's and consumer's translators."""
+    return PerfettoProducerConn, lambda identity: PerfettoConsumerConn(identity, files.adopt)
+
+
+def add_perfetto_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Perfetto's sockets, for apps built with the Perfetto SDK")
+    group.add_argument(
+        "--perfetto-sockets", action="store_true",
+        help=f"serve Perfetto's producer and consumer sockets: ${PERFETTO_PRODUCER_ENV} and "
+        f"${PERFETTO_CONSUMER_ENV} if set, else /run/perfetto/traced-producer.sock and "
+        "traced-consumer.sock if /run/perfetto exists, else /tmp/perfetto-producer and "
+        "/tmp/perfetto-consumer",
+    )  # fmt: skip
+    for side in ("producer", "consumer"):
+        group.add_argument(
+            f"--perfetto-{side}-socket",
+            metavar="PATH",
+            help=f"the Perfetto {side} socket (implies --perfetto-sockets)",
+        )
+
+
+def perfetto_sockets(args: argparse.Namespace) -> PerfettoSockets | None:
+    """None unless a --perfetto-... flag asks for the sockets."""
+    producer, consumer = args.perfetto_producer_socket, args.perfetto_consumer_socket
+    if not (args.perfetto_sockets or producer or consumer):
+        return None
+    return default_sockets(producer, consumer)
+
+
 def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("relays on other machines (docs/relay.md)")
     group.add_argument("--relay-endpoint", help="accept relays on tcp://HOST:PORT")
@@ -857,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the default producer socket then lives in {shared_producer_dir()}",
     )  # fmt: skip
     add_relay_arguments(parser)
+    add_perfetto_arguments(parser)
     args = parser.parse_args(argv)
     relay = relay_options(args)
     if relay is not None and (error := options_error(relay)):
@@ -869,7 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         consumer = args.consumer_endpoint or default_consumer_endpoint()
         shell = ServiceShell(
             producer, consumer, limits, args.peer_send_timeout_s, args.shutdown_timeout_s,
-            args.allow_other_users, relay,
+            args.allow_other_users, relay, perfetto_sockets(args),
         )  # fmt: skip
     except (zmq.ZMQError, OSError, RuntimeError, KeyFileError) as e:
         log(f"cannot start: {e}")

@@ -102,6 +102,11 @@ class ServiceSpec:
     relay_clients: Path | None = None
     relay_insecure: bool = False
     relay_timeout_s: float | None = None  # None: the service's default
+    # Perfetto's producer and consumer sockets (actors/perfetto_port.py): served when
+    # perfetto_sockets is true or a path is given (the other then has its default).
+    perfetto_sockets: bool = False
+    perfetto_producer_socket: Path | None = None
+    perfetto_consumer_socket: Path | None = None
 
     def argv(self, python: str, producer_endpoint: str, consumer_endpoint: str) -> list[str]:
         """`python -m actors.service` with both endpoints, the limits and the relay port."""
@@ -111,7 +116,16 @@ class ServiceSpec:
             argv += ["--" + name.replace("_", "-"), str(value)]
         if self.allow_other_users:
             argv.append("--allow-other-users")
-        return argv + self.relay_argv()
+        return argv + self.relay_argv() + self.perfetto_argv()
+
+    def perfetto_argv(self) -> list[str]:
+        """The Perfetto sockets' flags of actors.service (none unless asked for)."""
+        argv = ["--perfetto-sockets"] if self.perfetto_sockets else []
+        if self.perfetto_producer_socket is not None:
+            argv += ["--perfetto-producer-socket", str(self.perfetto_producer_socket)]
+        if self.perfetto_consumer_socket is not None:
+            argv += ["--perfetto-consumer-socket", str(self.perfetto_consumer_socket)]
+        return argv
 
     def relay_argv(self) -> list[str]:
         """The relay port's flags of actors.service (none without relay_endpoint)."""

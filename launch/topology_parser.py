@@ -84,6 +84,11 @@ RELAY_PORT_KEYS = (  # each a flag of actors.service
     "relay_insecure",
     "relay_timeout_s",
 )
+PERFETTO_KEYS = (  # the Perfetto sockets, each a flag of actors.service
+    "perfetto_sockets",
+    "perfetto_producer_socket",
+    "perfetto_consumer_socket",
+)
 SERVICE_KEYS = (
     "producer_endpoint",
     "consumer_endpoint",
@@ -93,6 +98,7 @@ SERVICE_KEYS = (
     "limits",
     "allow_other_users",
     *RELAY_PORT_KEYS,
+    *PERFETTO_KEYS,
 )
 RELAY_KEYS = (  # the relay's flags, and where its machine's supervisor keeps its sockets
     "name",
@@ -341,7 +347,9 @@ class TopologyParser(YamlReader):
                 spec[name] = self.writable_path(vnode, child)
             elif name == "limits":
                 spec[name] = self.limits(vnode, child)
-            elif name in ("allow_other_users", "relay_insecure"):
+            elif name in ("perfetto_producer_socket", "perfetto_consumer_socket"):
+                spec[name] = self.writable_path(vnode, child)
+            elif name in ("allow_other_users", "relay_insecure", "perfetto_sockets"):
                 spec[name] = self.boolean(vnode, child)
             else:
                 spec[name] = self.seconds(vnode, child)

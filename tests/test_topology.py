@@ -569,7 +569,8 @@ CASES = [
     ("service-unknown-key-no-suggestion", S + "  log_file: x.log\n",
      "3: service.log_file: unknown key; expected one of: producer_endpoint, "
      "consumer_endpoint, log, ready_timeout_s, stop_timeout_s, limits, allow_other_users, "
-     "relay_endpoint, relay_key, relay_clients, relay_insecure, relay_timeout_s"),
+     "relay_endpoint, relay_key, relay_clients, relay_insecure, relay_timeout_s, "
+     "perfetto_sockets, perfetto_producer_socket, perfetto_consumer_socket"),
     ("allow-other-users-not-bool", S + "  allow_other_users: 1\n",
      "3: service.allow_other_users: expected true or false, got 1"),
     ("endpoint-tcp", S + "  producer_endpoint: tcp://127.0.0.1:5555\n",

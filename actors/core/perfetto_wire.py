@@ -45,6 +45,11 @@ CONSUMER_SERVICE = "ConsumerPort"
 PRODUCER_SERVICE_ID = 1
 CONSUMER_SERVICE_ID = 2
 
+# A Perfetto-socket connection's identity in ServiceCore: this prefix and the
+# connection's number (u32 BE). ZeroMQ peers presenting a routing id with it are
+# refused, so none can pass for a Perfetto connection.
+PERFETTO_PREFIX = b"\x00perfetto\x00"
+
 # Perfetto's method ids (its declaration order); the ones not served are left out
 # of the table a client gets, so it never sends them.
 PRODUCER_METHODS: dict[str, int] = {
@@ -98,6 +103,11 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buf = bytearray()
         self.undecodable = 0  # frames dropped because their bytes did not parse
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame begun and not yet complete (0 between frames)."""
+        return len(self._buf)
 
     def feed(self, data_untrusted: bytes) -> list[pf.IPCFrame]:
         """The frames `data_untrusted` completes, in order. Raises FrameError when

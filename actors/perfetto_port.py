@@ -1,0 +1,558 @@
+"""The service's Perfetto-socket front end: traced's producer and consumer
+sockets, served by the same ServiceCore as the ZeroMQ ports, so that apps built
+with the Perfetto SDK (system backend) and Perfetto's consumers use tracebus.
+
+    Perfetto client ──AF_UNIX SOCK_STREAM──► listening socket (producer | consumer)
+      accept       SO_PEERCRED pid, uid; admitted and counted against the
+                   connection limits as a ZeroMQ connection is (the shell's `admit`)
+      receive      recvmsg ≤ READ_BYTES + room for one SCM_RIGHTS fd
+                   → FrameDecoder → (IPCFrame, fd) backlog, ≤ FRAMES_PER_TURN a turn
+                   → translator.on_frame → Step: frames to the client first, then
+                     its envelopes to ServiceCore as Peer(identity, pid, uid)
+      send         core outputs for the identity (routed here by the shell)
+                   → translator.on_core → frames, sendmsg MSG_DONTWAIT; what the
+                     socket does not take waits in the connection's bounded queue
+      end          EOF, ECONNRESET, a frame over 128 KiB, Step.close, a send
+                   queue that overflows or takes nothing for the peer send
+                   timeout (given up on, counted as the shell counts it)
+                   → producer_gone / consumer_gone
+
+Identities: PERFETTO_PREFIX + the connection's number (u32 BE), unique among
+live connections; the shell refuses ZeroMQ routing ids with the prefix.
+
+File descriptors. A client attaches an fd (SCM_RIGHTS) to the first sendmsg
+of the frame it belongs to; the kernel ends a read after the bytes that carry
+an fd, so the fd belongs to the frame holding the read's last byte: the last
+frame the read completes, or the frame still incomplete after it (the fd then
+waits, one pending fd per connection: a new one closes the old). A read whose
+control data was truncated (several fds) has its fds closed. An fd the frame's
+Step does not take is closed. Our fds go the same way: a frame with smb_fd
+carries the producer's SMB memfd (a dup held while it waits in the queue) on
+the sendmsg that starts it, and that sendmsg carries no earlier frame's bytes.
+
+The service never waits on a client: every socket is non-blocking, reads and
+accepts are bounded per loop turn (one client cannot starve the others), and
+a full socket's frames are retried every RETRY_NS from a bounded queue.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import stat
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from actors.connections import Connection, Connections
+from actors.core.perfetto_wire import (
+    PERFETTO_PREFIX,
+    FrameDecoder,
+    FrameError,
+    OutFrame,
+    Step,
+)
+from actors.core.service_core import Output, Peer, ServiceCore, ToConsumer, ToProducer
+from actors.endpoints import SUN_PATH_MAX, socket_answers
+from actors.loop import Loop, Timer
+from protos import perfetto_ipc_pb2 as pf
+
+READ_BYTES = 64 * 1024  # one recvmsg per connection and turn
+FRAMES_PER_TURN = 256  # frames handled per connection and turn (as the ZeroMQ ports)
+ACCEPTS_PER_TURN = 64
+LISTEN_BACKLOG = 64
+ACCEPT_PAUSE_NS = 100_000_000  # after a failed accept (out of fds): let the loop breathe
+RETRY_NS = 1_000_000  # how often a connection's queue is retried
+SEND_BYTES = 256 * 1024  # bytes offered to one sendmsg
+MAX_QUEUED_BYTES = 32 << 20  # per connection: past it the client is given up on
+MAX_QUEUED_FRAMES = 10_000
+FD_ROOM = socket.CMSG_LEN(4)  # exactly one fd: CMSG_SPACE would leave room for two
+SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+PRODUCER, CONSUMER = "p", "c"  # the sides, as the shell names its ports
+
+
+PRODUCER_ENV = "PERFETTO_PRODUCER_SOCK_NAME"  # the Perfetto clients' own conventions
+CONSUMER_ENV = "PERFETTO_CONSUMER_SOCK_NAME"
+SYSTEM_DIR = Path("/run/perfetto")
+
+
+@dataclass(frozen=True)
+class PerfettoSockets:
+    producer: Path
+    consumer: Path
+
+
+def default_sockets(producer: str | None = None, consumer: str | None = None) -> PerfettoSockets:
+    """Where Perfetto clients look (the paths given win): $PERFETTO_PRODUCER_SOCK_NAME
+    and $PERFETTO_CONSUMER_SOCK_NAME, else /run/perfetto/traced-{producer,consumer}.sock
+    if /run/perfetto exists, else /tmp/perfetto-{producer,consumer}."""
+    system = SYSTEM_DIR.is_dir()
+    paths = []
+    for given, env, name in ((producer, PRODUCER_ENV, "producer"),
+                             (consumer, CONSUMER_ENV, "consumer")):  # fmt: skip
+        default = SYSTEM_DIR / f"traced-{name}.sock" if system else f"/tmp/perfetto-{name}"
+        path = given or os.environ.get(env) or str(default)
+        if path.startswith("@"):
+            raise RuntimeError(f"{path}: abstract sockets are not supported; give a path")
+        paths.append(Path(path))
+    return PerfettoSockets(*paths)
+
+
+class Translator(Protocol):
+    """A connection's translator (actors/core/perfetto_producer.py, perfetto_consumer.py)."""
+
+    def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step: ...
+
+    def on_core(self, msg: Any) -> list[OutFrame]: ...  # either side's message
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the port needs of the service around it."""
+
+    producer: Callable[[bytes], Translator]  # a new producer connection's translator
+    consumer: Callable[[bytes], Translator]
+    send_all: Callable[[list[Output]], None]  # the shell's: routes, sends, arms timers
+    # A new connection's entry in the shell's table, or None (refused, counted, logged).
+    admit: Callable[[str, int], Connection | None]
+    smb_fd: Callable[[bytes], int | None]  # the producer's SMB memfd (ours; not a dup)
+    after_core: Callable[[], None]  # after each core call (unclaimed adopted fds closed)
+    drained: Callable[[], None]  # a queue emptied: read-back may go on
+    log: Callable[[str], None]
+
+
+@dataclass(slots=True)
+class Queued:
+    data: memoryview
+    fd: int | None  # sent with the first byte, then closed (our dup)
+
+
+@dataclass
+class PerfettoConn:
+    sock: socket.socket
+    fd: int  # sock's number, the key of the shell's connection table
+    side: str
+    peer: Peer
+    translator: Translator
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    pending_fd: int | None = None  # came with a frame still incomplete
+    backlog: deque[tuple[pf.IPCFrame, int | None]] = field(default_factory=deque)
+    out: deque[Queued] = field(default_factory=deque)
+    out_bytes: int = 0
+    progress_at: int = 0  # when the queue was made or last had bytes taken
+    spoke: bool = False
+    ended: bool = False
+
+
+class PerfettoPort:
+    def __init__(
+        self,
+        loop: Loop,
+        core: ServiceCore,
+        sockets: PerfettoSockets,
+        hooks: Hooks,
+        connections: Connections,
+        *,
+        peer_send_timeout_s: float,
+        others_may_produce: bool = False,
+    ) -> None:
+        self._loop, self._core, self._hooks = loop, core, hooks
+        self._connections = connections
+        self._timeout_ns = int(peer_send_timeout_s * 1e9)
+        self.paths = {PRODUCER: sockets.producer, CONSUMER: sockets.consumer}
+        self.conns: dict[bytes, PerfettoConn] = {}
+        self._next_number = 1
+        self._retry: Timer | None = None
+        self._continue: Timer | None = None
+        self.dropped = 0  # connections ended for a protocol error (logged)
+        self.listeners: dict[str, socket.socket] = {}
+        try:
+            producer_mode = 0o666 if others_may_produce else 0o600
+            self.listeners[PRODUCER] = listen(sockets.producer, producer_mode)
+            self.listeners[CONSUMER] = listen(sockets.consumer, 0o600)
+        except BaseException:
+            self.close()
+            raise
+        for side in self.listeners:
+            self._watch_listener(side)
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def _watch_listener(self, side: str) -> None:
+        listener = self.listeners.get(side)
+        if listener is not None and listener.fileno() >= 0:  # not closed meanwhile
+            self._loop.add_fd(listener.fileno(), lambda: self._on_accept(side))
+
+    def _on_accept(self, side: str) -> None:
+        listener = self.listeners[side]
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # EMFILE and the like: the backlog waits a moment
+                self._hooks.log(f"Perfetto {side} socket: accept failed ({e}); pausing")
+                self._loop.remove(listener.fileno())
+                self._loop.call_at(self._loop.now() + ACCEPT_PAUSE_NS,
+                                   lambda: self._watch_listener(side))  # fmt: skip
+                return
+            sock.setblocking(False)
+            entry = self._hooks.admit(side, sock.fileno())
+            if entry is None:
+                sock.close()
+                continue
+            self._open(side, sock, entry)
+
+    def _open(self, side: str, sock: socket.socket, entry: Connection) -> None:
+        identity = self._new_identity()
+        make = self._hooks.producer if side == PRODUCER else self._hooks.consumer
+        peer = Peer(identity, entry.pid, entry.uid)
+        conn = PerfettoConn(sock, sock.fileno(), side, peer, make(identity))
+        self.conns[identity] = conn
+        self._loop.add_fd(conn.fd, lambda: self._on_readable(conn))
+
+    def _new_identity(self) -> bytes:
+        while True:  # a u32 wraps after 4 billion connections: skip the live ones
+            number, self._next_number = self._next_number, (self._next_number + 1) % (1 << 32)
+            identity = PERFETTO_PREFIX + number.to_bytes(4, "big")
+            if identity not in self.conns:
+                return identity
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _on_readable(self, conn: PerfettoConn) -> None:
+        if not conn.backlog:
+            self._read(conn)
+        self._handle_backlog(conn)
+
+    def _read(self, conn: PerfettoConn) -> None:
+        try:
+            data, ancdata, flags, _addr = conn.sock.recvmsg(READ_BYTES, FD_ROOM, RECV_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # ECONNRESET: the client is gone
+            self._end(conn, "")
+            return
+        fds = received_fds(ancdata)
+        if flags & socket.MSG_CTRUNC or len(fds) > 1:  # more than one fd: none is taken
+            close_fds(fds)
+            fds = []
+        if not data:
+            close_fds(fds)
+            self._end(conn, "")
+            return
+        try:
+            frames = conn.decoder.feed(data)
+        except FrameError as e:
+            close_fds(fds)
+            self._end(conn, str(e))
+            return
+        self._queue_frames(conn, frames, fds[0] if fds else None)
+
+    def _queue_frames(self, conn: PerfettoConn, frames: list[pf.IPCFrame], fd: int | None) -> None:
+        """Frames into the backlog, each with the fd that belongs to it (see the
+        module docstring)."""
+        fds: list[int | None] = [None] * len(frames)
+        if conn.pending_fd is not None and frames:  # its frame is the first completed
+            fds[0], conn.pending_fd = conn.pending_fd, None
+        if fd is not None:
+            if conn.decoder.buffered:  # the read ends inside a frame: the fd waits for it
+                close_fds([conn.pending_fd])
+                conn.pending_fd = fd
+            elif frames:
+                close_fds([fds[-1]])
+                fds[-1] = fd
+            else:
+                os.close(fd)
+        conn.backlog.extend(zip(frames, fds, strict=True))
+
+    def _handle_backlog(self, conn: PerfettoConn) -> None:
+        for _ in range(FRAMES_PER_TURN):
+            if conn.ended or not conn.backlog:
+                break
+            frame, fd = conn.backlog.popleft()
+            self._handle(conn, frame, fd)
+        self._flush(conn)  # the replies of the whole batch, gathered
+        if conn.backlog and not conn.ended:  # the rest on the next turn (its bytes are read)
+            self._arm_continue()
+
+    def _arm_continue(self) -> None:
+        if self._continue is None:
+            self._continue = self._loop.call_at(self._loop.now() + 1, self._on_continue)
+
+    def _on_continue(self) -> None:
+        self._continue = None
+        for conn in [c for c in self.conns.values() if c.backlog]:
+            self._handle_backlog(conn)
+
+    def _handle(self, conn: PerfettoConn, frame_untrusted: pf.IPCFrame, fd: int | None) -> None:
+        if not conn.spoke:  # no longer cut as silent
+            conn.spoke = True
+            self._connections.of_message(conn.fd, conn.peer.pid)
+        try:
+            step = conn.translator.on_frame(frame_untrusted, fd)
+        except Exception:  # noqa: BLE001 - a translator bug must not end the service
+            close_fds([fd])
+            self._end(conn, f"its frame met a bug:\n{traceback.format_exc()}")
+            return
+        if fd is not None and not step.fd_taken:
+            os.close(fd)
+        try:
+            self._send_frames(conn, step.frames, flush=False)  # at the batch's end
+            for envelope in step.to_core:
+                if conn.ended:
+                    return
+                self._to_core(conn, envelope)
+        finally:
+            self._hooks.after_core()  # an fd adopted for the core and not claimed is closed
+        if step.close:
+            self._end(conn, step.close)
+
+    def _to_core(self, conn: PerfettoConn, envelope: Any) -> None:
+        now = time.monotonic_ns()
+        try:
+            if conn.side == PRODUCER:
+                outputs = self._core.handle_producer(conn.peer, envelope, now)
+            else:
+                outputs = self._core.handle_consumer(conn.peer, envelope, now)
+        except Exception:  # noqa: BLE001 - as the shell: one message's bug, not the service's
+            self._hooks.log(f"a message from pid {conn.peer.pid} failed (a bug):\n"
+                            f"{traceback.format_exc()}")  # fmt: skip
+            return
+        self._hooks.send_all(outputs)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, out: ToProducer | ToConsumer) -> None:
+        """A core output for one of our connections (the shell routes them here by
+        PERFETTO_PREFIX); dropped if the connection ended."""
+        conn = self.conns.get(out.identity)
+        if conn is None or conn.ended:
+            return
+        try:
+            frames = conn.translator.on_core(out.msg)
+        except Exception:  # noqa: BLE001 - a translator bug must not end the service
+            self._end(conn, f"a service message met a bug:\n{traceback.format_exc()}")
+            return
+        self._send_frames(conn, frames)
+        # The producer translator's way to end a connection from the core's side (a
+        # refused InitializeConnection, too many commands before GetAsyncCommand).
+        if closing := getattr(conn.translator, "closing", ""):
+            self._end(conn, closing)
+
+    def may_send(self, identity: bytes) -> bool:
+        """Read-back pacing: a consumer gets its next slice once nothing of it waits."""
+        conn = self.conns.get(identity)
+        return conn is None or not conn.out
+
+    def _send_frames(self, conn: PerfettoConn, frames: list[OutFrame], flush: bool = True) -> None:
+        if not frames or conn.ended:
+            return
+        if not conn.out:
+            conn.progress_at = time.monotonic_ns()
+        for frame in frames:
+            fd = None
+            if frame.smb_fd:
+                smb_fd = self._hooks.smb_fd(conn.peer.identity)
+                if smb_fd is None:
+                    self._end(conn, "its SMB is gone before it was handed over")
+                    return
+                fd = os.dup(smb_fd)  # ours while queued: the SMB may close meanwhile
+            conn.out.append(Queued(memoryview(frame.data), fd))
+            conn.out_bytes += len(frame.data)
+        if len(conn.out) > MAX_QUEUED_FRAMES or conn.out_bytes > MAX_QUEUED_BYTES:
+            self._give_up(conn, "its outgoing queue passed its bounds")
+        elif flush:
+            self._flush(conn)
+
+    def _flush(self, conn: PerfettoConn) -> None:
+        """Send what the socket takes; the rest is retried on a timer."""
+        self._send_queued(conn)
+        if conn.out and not conn.ended:
+            self._arm_retry()
+
+    def _send_queued(self, conn: PerfettoConn) -> None:
+        """Send what the socket takes: gathered frames, an fd only on the sendmsg
+        that starts its frame (which then carries no earlier frame's bytes)."""
+        while conn.out and not conn.ended:
+            buffers, fd = gather(conn.out)
+            ancillary = []
+            if fd is not None:
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+            try:
+                sent = conn.sock.sendmsg(buffers, ancillary, SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EPIPE, ECONNRESET: it is gone
+                self._end(conn, "")
+                return
+            conn.progress_at = time.monotonic_ns()
+            self._consume(conn, sent)
+
+    def _consume(self, conn: PerfettoConn, sent: int) -> None:
+        head = conn.out[0]
+        if head.fd is not None:  # it went with these bytes
+            os.close(head.fd)
+            head.fd = None
+        conn.out_bytes -= sent
+        while sent:
+            head = conn.out[0]
+            if sent < len(head.data):
+                head.data = head.data[sent:]
+                return
+            sent -= len(head.data)
+            conn.out.popleft()
+
+    def _arm_retry(self) -> None:
+        if self._retry is None:
+            self._retry = self._loop.call_at(self._loop.now() + RETRY_NS, self._on_retry)
+
+    def _on_retry(self) -> None:
+        self._retry = None
+        now = time.monotonic_ns()
+        drained = False
+        for conn in [c for c in self.conns.values() if c.out]:
+            self._send_queued(conn)
+            if conn.ended:
+                continue
+            if not conn.out:
+                drained = True
+            elif now - conn.progress_at >= self._timeout_ns:
+                self._give_up(conn, f"it took nothing for {self._timeout_ns / 1e9:g} s")
+        if any(c.out for c in self.conns.values()):
+            self._arm_retry()
+        if drained:
+            self._hooks.drained()
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _give_up(self, conn: PerfettoConn, why: str) -> None:
+        """As the shell gives up on a ZeroMQ peer: counted, logged, ended."""
+        counters = self._core.counters
+        dropped = len(conn.out)
+        counters.given_up_messages_dropped += dropped
+        if conn.side == PRODUCER:
+            counters.producers_given_up += 1
+        else:
+            counters.consumers_given_up += 1
+        what = "producer" if conn.side == PRODUCER else "consumer"
+        self._hooks.log(
+            f"gave up on Perfetto {what} pid {conn.peer.pid}: {why}; "
+            f"dropped {dropped} queued frames"
+        )
+        self._end(conn, "")
+
+    def _end(self, conn: PerfettoConn, why: str) -> None:
+        """Close the connection and end its peer in the core; `why` (a protocol
+        error) is logged, the first few and then every 2^k-th."""
+        if conn.ended:
+            return
+        if why:
+            self.dropped += 1
+            if self.dropped <= 16 or self.dropped & (self.dropped - 1) == 0:
+                self._hooks.log(f"closed a Perfetto connection of pid {conn.peer.pid}: {why} "
+                                f"({self.dropped} so far)")  # fmt: skip
+        self._release(conn)
+        now = time.monotonic_ns()
+        if conn.side == PRODUCER:
+            self._hooks.send_all(self._core.producer_gone(conn.peer.identity, now))
+        else:
+            self._hooks.send_all(self._core.consumer_gone(conn.peer.identity, now))
+
+    def _release(self, conn: PerfettoConn) -> None:
+        conn.ended = True
+        self.conns.pop(conn.peer.identity, None)
+        self._loop.remove(conn.fd)
+        self._connections.disconnected(conn.fd)  # before the number can be reused
+        close_fds([conn.pending_fd, *(fd for _, fd in conn.backlog)])
+        close_fds([q.fd for q in conn.out])
+        conn.pending_fd = None
+        conn.backlog.clear()
+        conn.out.clear()
+        conn.sock.close()
+
+    def close(self) -> None:
+        """Close every connection (after one last try to send what waits) and both
+        listening sockets, and remove the socket files."""
+        for conn in list(self.conns.values()):
+            self._send_queued(conn)
+            if not conn.ended:
+                self._release(conn)
+        for timer in (self._retry, self._continue):
+            if timer is not None:
+                timer.cancel()
+        for side, listener in self.listeners.items():
+            if listener.fileno() >= 0:
+                self._loop.remove(listener.fileno())
+                listener.close()
+            self.paths[side].unlink(missing_ok=True)
+        self.listeners.clear()
+
+
+def gather(out: deque[Queued]) -> tuple[list[memoryview], int | None]:
+    """The buffers of one sendmsg from the head of `out`, and the fd it carries:
+    frames up to SEND_BYTES, stopping before a frame that carries an fd."""
+    head = out[0]
+    buffers, size = [head.data], len(head.data)
+    for item in list(out)[1:64]:
+        if item.fd is not None or size >= SEND_BYTES:
+            break
+        buffers.append(item.data)
+        size += len(item.data)
+    return buffers, head.fd
+
+
+def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Every fd the kernel put into this process for a recvmsg."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            whole = len(data) - len(data) % 4
+            fds.extend(array.array("i", data[:whole]))
+    return fds
+
+
+def close_fds(fds: Iterable[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def listen(path: Path, mode: int) -> socket.socket:
+    """A non-blocking listening socket at `path` with `mode`: a stale socket file
+    (no one answers) is replaced; a live one, or a file that is no socket, refused."""
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise RuntimeError(f"{path} is longer than a UNIX socket path may be")
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        if not stat.S_ISSOCK(info.st_mode):
+            raise RuntimeError(f"{path} exists and is not a socket")
+        if socket_answers(path):
+            raise RuntimeError(f"{path} is in use: is traced or another service running?")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
