@@ -14,6 +14,9 @@ messages mutated from valid ones, then exits (the soak starts another):
   socket the service listens on there, such as an SMB handoff socket) that
   sends random bytes or a ZMTP greeting cut or mutated, is held open a little
   or closed at once, read or not.
+- `perfetto-producer`, `perfetto-consumer`: ENDPOINT is the service's Perfetto
+  producer or consumer socket: Perfetto IPC frames, valid and mutated
+  (tests/chaos_perfetto.py).
 - `consumer`: the same as `producer` on the consumer port with ConsumerToService envelopes,
   what a same-uid hostile consumer can send. A mutation that turns into a
   session is sent at most once per process and only if it names no output
@@ -505,4 +508,8 @@ if __name__ == "__main__":
         sys.exit(run_socket_peer(endpoint, seed, count))
     if kind == "probe":
         sys.exit(run_probe(endpoint, seed / 1000))
+    if kind.startswith("perfetto-"):
+        from tests.chaos_perfetto import run_perfetto_peer
+
+        sys.exit(run_perfetto_peer(kind.removeprefix("perfetto-"), endpoint, seed, count))
     sys.exit(run_raw_peer(kind, endpoint, seed, count))

@@ -1,7 +1,9 @@
 """The chaos soak: one real service under 8 writing producers that are killed,
 stopped and restarted at random, a producer scribbling on its own SMB, raw
-peers sending mutated protocol messages on both ports (and raw bytes to every
-socket of the runtime directory), and two consumers
+peers sending mutated protocol messages on both ports and on both of
+Perfetto's sockets (and raw bytes to every socket of the runtime directory),
+a Perfetto SDK producer (the client double) killed and restarted like the
+others, and two consumers
 recording back to back (one reading at the end, one with write_into_file),
 and a third consumer that is killed and stopped like the producers.
 
@@ -59,8 +61,11 @@ QUERY_DEADLINE_S = 1.0
 PROBE_PERIOD_S = 0.2
 FD_SLACK = 4
 RSS_SLACK_BYTES = 20 << 20
-KILLABLE = ("synthetic", "scribbler", "sdk", "victim")
+KILLABLE = ("synthetic", "scribbler", "sdk", "perfetto-sdk", "victim")
 RAW_MESSAGES = 400  # per raw peer process; the soak starts another when one exits
+PERFETTO_PRODUCER_SOCKET = "perfetto-producer.sock"  # in the runtime directory
+PERFETTO_CONSUMER_SOCKET = "perfetto-consumer.sock"
+PERFETTO_PACKETS = 2000  # what the client double writes per session
 SEED_BASE = 7  # the synthetic source's seed (TestConfig.seed)
 MESSAGE_SIZE = 64
 RATE = 300  # synthetic packets per second per instance
@@ -109,7 +114,9 @@ def socket_files(directory: Path) -> set[str]:
 @dataclass
 class Actor:
     label: str
-    kind: str  # synthetic | scribbler | sdk | raw-producer | raw-consumer | raw-sockets | victim
+    # synthetic | scribbler | sdk | perfetto-sdk | raw-producer | raw-consumer | raw-sockets
+    # | raw-perfetto-producer | raw-perfetto-consumer | victim
+    kind: str
     proc: Proc
     stopped_until: float = 0.0  # SIGSTOPped until then (monotonic), 0: running
 
@@ -156,6 +163,9 @@ class Soak:
             "raw-producer": self._raw_peer,
             "raw-consumer": self._raw_peer,
             "raw-sockets": self._raw_peer,
+            "raw-perfetto-producer": self._raw_peer,
+            "raw-perfetto-consumer": self._raw_peer,
+            "perfetto-sdk": self._perfetto_sdk,
             "victim": self._victim,
         }
         proc = starters[kind](label, kind)
@@ -183,11 +193,24 @@ class Soak:
 
     def _raw_peer(self, label: str, kind: str) -> Proc:
         side = kind.removeprefix("raw-")
-        endpoints = {"producer": self.rt.producer_endpoint, "consumer": self.rt.consumer_endpoint}
+        endpoints = {
+            "producer": self.rt.producer_endpoint,
+            "consumer": self.rt.consumer_endpoint,
+            "perfetto-producer": str(self.rt.dir / PERFETTO_PRODUCER_SOCKET),
+            "perfetto-consumer": str(self.rt.dir / PERFETTO_CONSUMER_SOCKET),
+        }
         endpoint = endpoints.get(side, str(self.rt.dir))
         peer_seed = str(self.rnd.getrandbits(32))
         self.figures.raw_peers += 1
         argv = ["-m", "tests.chaos_peers", side, endpoint, peer_seed, str(RAW_MESSAGES)]
+        return self.rt.spawn(label, argv)
+
+    def _perfetto_sdk(self, label: str, kind: str) -> Proc:
+        """The Perfetto client double as an SDK app: it writes PERFETTO_PACKETS once
+        a session starts its track_event, then serves the service until every
+        instance of it stopped, and exits (the soak starts another)."""
+        socket = str(self.rt.dir / PERFETTO_PRODUCER_SOCKET)
+        argv = ["-m", "tests.perfetto_client", "producer", socket, label, str(PERFETTO_PACKETS)]
         return self.rt.spawn(label, argv)
 
     def _victim(self, label: str, kind: str) -> Proc:
@@ -206,6 +229,9 @@ class Soak:
         self.start("raw-producer", "raw-producer")
         self.start("raw-consumer", "raw-consumer")
         self.start("raw-sockets", "raw-sockets")
+        self.start("raw-perfetto-producer", "raw-perfetto-producer")
+        self.start("raw-perfetto-consumer", "raw-perfetto-consumer")
+        self.start("perfetto-app", "perfetto-sdk")
         self.start("victim", "victim")
 
     # -- the chaos driver --
@@ -263,7 +289,7 @@ class Soak:
         failure of the soak; the scribbler may fall to its own scribbles."""
         for actor in [a for a in self.actors if a.proc.poll() is not None]:
             code = actor.proc.returncode
-            if actor.kind.startswith("raw-"):
+            if actor.kind.startswith("raw-") or actor.kind == "perfetto-sdk":
                 if code != 0:
                     self.figures.failures.append(f"{actor.label} exited with {code}")
             elif actor.kind not in ("scribbler", "victim"):
@@ -349,7 +375,10 @@ def warm_up(rt: Runtime) -> None:
 def run_soak(rt: Runtime, duration: float) -> None:
     seed = int(os.environ.get("TRACEBUS_CHAOS_SEED") or random.randrange(1 << 32))
     print(f"chaos soak: seed {seed}, {duration:g} s")
-    service = rt.start_service()
+    service = rt.start_service(
+        "--perfetto-producer-socket", str(rt.dir / PERFETTO_PRODUCER_SOCKET),
+        "--perfetto-consumer-socket", str(rt.dir / PERFETTO_CONSUMER_SOCKET),
+    )  # fmt: skip
     warm_up(rt)
     soak = Soak(rt, seed, service.pid)
     probe = soak.start_probe()
