@@ -11,6 +11,8 @@ cleaned up whatever happens).
   read back, reassembled from slices, the session's end reported once.
 - A Perfetto producer killed mid-session (SIGKILL: no goodbye) leaves its
   committed packets in the trace and the session going on.
+- A Perfetto consumer's write_into_file session with the file's fd attached to
+  EnableTracing (the perfetto command line's way) gets the whole trace in it.
 
 The double producer of the first test runs in a thread of this process (it
 answers the service while the consumer blocks); its trusted pid is this
@@ -290,3 +292,35 @@ def test_a_perfetto_producer_that_vanishes_keeps_what_it_wrote(pf) -> None:
     assert by_pid(packets, "double") == {os.getpid(): 1000}
     assert by_pid(packets, f"{SYNTH_SEED}:") == {python.pid: SYNTH_COUNT}
     assert losses(consumer.stats()) == {}
+
+
+def test_a_perfetto_consumer_s_fd_receives_a_write_into_file_trace(pf, tmp_path: Path) -> None:
+    """The perfetto command line's way: write_into_file without output_path, the
+    trace file's fd attached to EnableTracing. The service writes the trace into
+    that file (it never opens a path), the whole of it by the session's end."""
+    rt, _, consumer_sock = pf
+    python = start_python_producer(rt)
+    config = session_config(track_event=False)
+    config.write_into_file = True
+    config.file_write_period_ms = 100
+    config.duration_ms = 1500
+    out = tmp_path / "cli.pftrace"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    consumer = PerfettoConsumer(consumer_sock, timeout=WAIT).connect()
+    try:
+        consumer.enable_tracing(config, fd)
+        os.close(fd)  # the service holds its own copy
+        fd = -1
+        ended = consumer.wait_tracing_disabled(WAIT)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        consumer.close()
+    assert ended.disabled and not ended.error
+    trace = pb.Trace.FromString(out.read_bytes())
+    theirs = [p for p in trace.packet if p.for_testing.str in synthetic_strs()]
+    assert {p.trusted_pid for p in theirs} == {python.pid}
+    assert len(theirs) == SYNTH_COUNT  # everything the producer wrote, in the file
+    stats = [p.trace_stats for p in trace.packet if p.HasField("trace_stats")]
+    assert stats and losses(stats[-1]) == {}
+    assert not list(rt.dir.glob("*.pftrace"))  # no file of its own anywhere
