@@ -13,6 +13,8 @@ cleaned up whatever happens).
   committed packets in the trace and the session going on.
 - A Perfetto consumer's write_into_file session with the file's fd attached to
   EnableTracing (the perfetto command line's way) gets the whole trace in it.
+- A Perfetto consumer that asks for a read-back and takes none of it is given up
+  on after the peer send timeout; its session is freed.
 
 The double producer of the first test runs in a thread of this process (it
 answers the service while the consumer blocks); its trusted pid is this
@@ -324,3 +326,36 @@ def test_a_perfetto_consumer_s_fd_receives_a_write_into_file_trace(pf, tmp_path:
     stats = [p.trace_stats for p in trace.packet if p.HasField("trace_stats")]
     assert stats and losses(stats[-1]) == {}
     assert not list(rt.dir.glob("*.pftrace"))  # no file of its own anywhere
+
+
+def test_a_perfetto_consumer_that_stops_reading_is_given_up_on(rt: Runtime) -> None:
+    """A Perfetto consumer asks for a read-back of megabytes and takes none of it (a
+    stopped process, a debugger): the service gives up on it after the peer send
+    timeout, frees its session, and answers its other peers all along."""
+    consumer_sock = str(rt.dir / "pf-c")
+    rt.start_service("--perfetto-consumer-socket", consumer_sock, "--peer-send-timeout-s", "1")
+    rt.start_producer("alpha", "--policy", "stall")
+    config = text_format.Parse(
+        """
+        buffers { size_kb: 16384 fill_policy: DISCARD }
+        data_sources { config { name: "tracebus.synthetic" for_testing {
+            seed: 7 message_count: 3000 message_size: 4000 } } }
+        """,
+        pb.TraceConfig(),
+    )
+    consumer = PerfettoConsumer(consumer_sock, timeout=WAIT).connect()
+    try:
+        consumer.enable_tracing(config)
+        state = lambda: rt.control.query_state(timeout=5)  # noqa: E731
+        wait_for(lambda: _synthetic_done(rt), WAIT, "the producer wrote its 12 MB")
+        assert consumer.flush(5000)
+        consumer.open_stream("ReadBuffers", b"", lambda reply: None)  # and never read
+        wait_for(lambda: state().peers_given_up.consumers == 1, WAIT, "the consumer given up on")
+        wait_for(lambda: not state().sessions, WAIT, "its session freed")
+    finally:
+        consumer.close()
+    assert rt.control.query_state(timeout=5).producers  # the service serves on
+
+
+def _synthetic_done(rt: Runtime) -> bool:
+    return "wrote 3000 packets" in (rt.dir / "alpha.log").read_text()
