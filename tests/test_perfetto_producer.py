@@ -21,6 +21,7 @@ from actors.core.perfetto_producer import MAX_QUEUED_COMMANDS, PerfettoProducerC
 from actors.core.perfetto_wire import (
     FRAME_HEADER,
     MAX_FRAME_BYTES,
+    PERFETTO_PREFIX,
     PRODUCER_METHODS,
     PRODUCER_SERVICE_ID,
     FrameDecoder,
@@ -40,7 +41,6 @@ from shm.writer import BufferExhaustedPolicy, TraceWriter
 
 SERVICE_UID, SERVICE_PID = 0, 100
 MS = 1_000_000
-PREFIX = b"\x00perfetto\x00"  # the shell's identities for Perfetto connections
 
 
 class FakeSmb:
@@ -102,7 +102,7 @@ class SdkClient:
 
     def __init__(self, rig: Rig, pid: int, uid: int = 1000, number: int = 1) -> None:
         self.rig = rig
-        self.peer = Peer(PREFIX + number.to_bytes(4, "big"), pid, uid)
+        self.peer = Peer(PERFETTO_PREFIX + number.to_bytes(4, "big"), pid, uid)
         self.conn = PerfettoProducerConn(self.peer.identity)
         rig.clients[self.peer.identity] = self
         self.inbox: list[Received] = []
@@ -405,7 +405,7 @@ def test_the_smb_follows_the_producers_hints():
 
 
 def test_a_client_that_never_binds_the_stream_is_cut_off_past_the_queue_bound():
-    conn = PerfettoProducerConn(PREFIX + b"\0\0\0\1")
+    conn = PerfettoProducerConn(PERFETTO_PREFIX + b"\0\0\0\1")
     stop = ipc.ServiceToProducer(stop_data_source=ipc.StopDataSource(instance_id=1))
     for _ in range(MAX_QUEUED_COMMANDS):
         assert conn.on_core(stop) == [] and not conn.closing
@@ -453,7 +453,7 @@ def test_a_second_get_async_command_ends_the_first_stream():
     ],
 )
 def test_core_commands_become_perfetto_commands(kind, command, expected):
-    conn = PerfettoProducerConn(PREFIX + b"\0\0\0\1")
+    conn = PerfettoProducerConn(PERFETTO_PREFIX + b"\0\0\0\1")
     bind = pf.IPCFrame(request_id=1)
     bind.msg_bind_service.service_name = "ProducerPort"
     conn.on_frame(bind, None)
@@ -471,7 +471,7 @@ def test_core_commands_become_perfetto_commands(kind, command, expected):
 
 
 def test_notices_and_heartbeats_from_the_core_send_nothing():
-    conn = PerfettoProducerConn(PREFIX + b"\0\0\0\1")
+    conn = PerfettoProducerConn(PERFETTO_PREFIX + b"\0\0\0\1")
     notice = ipc.ServiceToProducer()
     notice.error.message = "no SMB of 1 bytes"
     assert conn.on_core(notice) == []

@@ -26,27 +26,30 @@ EnableTracing (1) {trace_config, attach_notification_only} [+ fd]
        then observe_events again if the client observes (see ObserveEvents)
     <- the core answers twice (started, then disabled): only the final one goes,
        EnableTracingResponse{disabled=true, error if any}; a refusal is final at
-       once (disabled + error); an Error envelope: rejected
-DisableTracing (2)        -> disable_tracing       <- ack: {} (ack error: rejected)
+       once (disabled + error), and so is an Error (disabled + its message)
+DisableTracing (2)        -> disable_tracing       <- ack: {} (even an ack error)
 ReadBuffers (3)           -> read_buffers
-    <- each ReadBuffersResponse{slices(1){data, last_slice_for_packet}, has_more}
-       re-cut as Perfetto ReadBuffersResponse{slices(2)} in frames under 128 KiB
-       (traced's rule: a new frame before the running size, each slice + 16,
-       would pass 128 KiB - 64; a bigger slice split, last_slice_for_packet on
-       its last piece only); IPC has_more false on the very last frame only;
-       an Error (a read already under way, a write_into_file session): rejected
+    <- each ReadBuffersResponse{slices, has_more} re-cut in frames under 128 KiB
+       (perfetto_replies.py); an Error (a read already under way, a
+       write_into_file session, a detach mid-read) or an answer of another
+       kind ends the read as traced ends a failed one: an empty
+       ReadBuffersResponse without has_more, never a rejection (v14's
+       ReadTraceBlocking would wait forever)
 FreeBuffers (4) {buffer_ids}
-    -> free_buffers (tracebus frees the session, all its buffers) <- ack: {}
+    -> free_buffers (tracebus frees the session, all its buffers)
+    <- ack: {} (even an ack error)
 Flush (5) {timeout_ms, flags}
     -> flush{timeout_ms, flags (tracebus keeps the low 32 bits)}
     <- FlushConsumerResponse: success {}, else rejected (a failed flush)
-StartTracing (6)          -> start_tracing         <- ack: {} (ack error: rejected)
+StartTracing (6)          -> start_tracing         <- ack: {} (even an ack error)
 Detach (8) {key}          -> detach{key}
-    <- ack: {}, and the EnableTracing it waited on is never answered (as traced)
+    <- ack: {}, and the EnableTracing it waited on is never answered (as
+       traced); an ack error: rejected
 Attach (9) {key}          -> attach{key}; then observe_events again, if observed
     <- AttachResponse{trace_config (the same bytes)}; its error: rejected
 GetTraceStats (10)        -> get_trace_stats
-    <- GetTraceStatsResponse{trace_stats: the core's TraceStats bytes}
+    <- GetTraceStatsResponse{trace_stats: the core's TraceStats bytes}; an
+       Error: rejected
 ObserveEvents (11) {events_to_observe}
     -> observe_events{types: 1 DATA_SOURCES_INSTANCES, 2 ALL_DATA_SOURCES_STARTED,
        same numbers}, now and again after each EnableTracing and Attach: a
@@ -63,16 +66,22 @@ QueryServiceState (12)    -> query_service_state
        data_sources{ds_descriptor, producer_id}, tracing_sessions{id,
        consumer_uid, state, unique_session_name, buffer_size_kb, is_started},
        num_sessions, num_sessions_started}, in several replies (has_more) when
-       one frame cannot hold it: each a valid TracingServiceState, together
-       the whole (v14's client concatenates the parts and parses once)
+       one frame cannot hold it (perfetto_replies.py); an Error: rejected
 QueryCapabilities (13)    <- at once: {has_query_capabilities, observable events
                              1 and 2, has_trace_config_output_path}
 SaveTraceForBugreport (14) <- at once: {success=false, msg=NOT_HERE}
 ChangeTraceConfig (7), CloneSession (15): not served (not in the table)
 
-DataSourceDescriptor field numbers differ (tracebus start=2/stop=3/no_flush=5,
-Perfetto stop=2/start=3/no_flush=9): QueryServiceState re-encodes them; what
-tracebus does not keep (track_event_descriptor's categories) is not told.
+How the core's refusals are told is traced's way for each method (what its
+service answers when it fails the call), since the SDK waits on some replies
+and reads a rejection of others as a lost connection: see _refused_reply. Each
+is counted in `refused` under the method, and `last_refusal` keeps the core's
+reason, for the shell's log.
+
+DataSourceDescriptor field numbers differ: QueryServiceState re-encodes them
+(perfetto_wire.perfetto_descriptor); what tracebus does not keep
+(track_event_descriptor's categories) is not told. Keys that are not UTF-8 are
+decoded with U+FFFD (perfetto_wire.text: both translators' rule).
 
 The fd that came with a frame is taken only by an EnableTracing whose config
 has write_into_file and no output_path (traced's rule); the shell closes any
@@ -81,32 +90,35 @@ path that the core's file opener resolves to that fd during this Step's core
 calls.
 
 Hostile bytes: a method before BindService, on another service id, with an id
-not SERVED, or whose args do not parse is rejected (success=false) and counted
-in `refused`; any other frame kind gets a RequestError. Nothing here raises on
-a client's bytes. A client with more than MAX_WAITING requests waiting on the
-core is cut off (Step.close). Pure: frames in, envelopes and frames out.
+not SERVED, or whose args do not parse is rejected (success=false, as traced's
+IPC host rejects it) and counted in `refused`; any other frame kind gets a
+RequestError. Nothing here raises on a client's bytes. A client with more
+than MAX_WAITING requests waiting on the core is cut off (Step.close, and
+`closing` keeps the reason, as the producer translator's does). Pure: frames
+in, envelopes and frames out.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
+from actors.core.perfetto_replies import fitting, read_end, read_frames, state_frames
 from actors.core.perfetto_wire import (
     CONSUMER_METHODS,
     CONSUMER_SERVICE,
     CONSUMER_SERVICE_ID,
-    MAX_FRAME_BYTES,
     OutFrame,
     Step,
     bind_reply,
     method_reply,
     request_error,
+    text,
 )
 from protos import perfetto_ipc_pb2 as pf
 from protos import tracebus_ipc_pb2 as ipc
@@ -132,17 +144,10 @@ SERVED: dict[str, int] = {
 _METHOD_OF = {method_id: name for name, method_id in SERVED.items()}
 
 MAX_WAITING = 1024  # requests waiting on the core; a client past it is cut off
-# traced's ReadBuffers cut: a slice counts its bytes + 16 (its field headers), and a
-# reply is sent before it would pass MAX_FRAME_BYTES - 64 (the IPC frame's headers).
-SLICE_OVERHEAD = 16
-FRAME_BUDGET = MAX_FRAME_BYTES - 64
-MAX_PIECE = FRAME_BUDGET - SLICE_OVERHEAD  # a larger slice travels in pieces
-STATE_BUDGET = MAX_FRAME_BYTES - 128  # traced's QueryServiceState chunk size
 OBSERVABLE = frozenset({1, 2})  # DATA_SOURCES_INSTANCES, ALL_DATA_SOURCES_STARTED
 NOT_HERE = "tracebus does not implement SaveTraceForBugreport"
 
 AdoptOutputFd = Callable[[int], str]
-_HOLD = b"(nothing to tell the client yet)"  # compared by identity
 
 
 @dataclass
@@ -167,11 +172,9 @@ class PerfettoConsumerConn:
         self._observer_drop = False
         self._observe_types: list[Any] = []  # ObservableEvents.Type values
         self._observe_id = 0
-        self.refused: Counter[str] = Counter()  # requests rejected, by why (the shell logs)
-
-    def read_pending(self) -> bool:
-        """A ReadBuffers is being answered (for the shell's pacing)."""
-        return any(w.method == "ReadBuffers" for w in self._waiting.values())
+        self.refused: Counter[str] = Counter()  # requests refused, by why (the shell logs)
+        self.last_refusal = ""  # the service's last reason, with the method (for the log)
+        self.closing = ""  # non-empty once the connection must end (also in Step.close)
 
     # -- client -> core -------------------------------------------------------------------------
 
@@ -191,7 +194,8 @@ class PerfettoConsumerConn:
             self.refused["not a request"] += 1
             step.frames.append(OutFrame(request_error(rid, "neither BindService nor InvokeMethod")))
         if len(self._waiting) > MAX_WAITING:
-            step.close = f"more than {MAX_WAITING} requests waiting on the service"
+            self.closing = f"more than {MAX_WAITING} requests waiting on the service"
+        step.close = self.closing
         return step
 
     def _invoke(self, rid: int, call: pf.IPCFrame.InvokeMethod, fd: int | None, step: Step) -> None:
@@ -277,16 +281,12 @@ class PerfettoConsumerConn:
         return ""
 
     def _detach(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
-        key = pf.DetachRequest.FromString(args).key
-        if not isinstance(key, str):  # proto2 hands over bytes that are not UTF-8
-            return "args do not parse"
+        key = text(pf.DetachRequest.FromString(args).key)
         self._to_core(step, "Detach", rid, drop, detach=ipc.DetachRequest(key=key))
         return ""
 
     def _attach(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
-        key = pf.AttachRequest.FromString(args).key
-        if not isinstance(key, str):
-            return "args do not parse"
+        key = text(pf.AttachRequest.FromString(args).key)
         self._to_core(step, "Attach", rid, drop, attach=ipc.AttachRequest(key=key))
         self._resubscribe(step)  # the attached session's events go to the stream
         return ""
@@ -361,51 +361,25 @@ class PerfettoConsumerConn:
         waiting = self._waiting.get(our_id) if our_id else None
         if waiting is None or kind in (None, "heartbeat", "hello"):
             return []
-        reply, more = self._answer(waiting.method, msg)
+        method, rid = waiting.method, waiting.request_id
+        refusal = _refusal(method, msg)
+        if refusal:
+            self.refused[f"{method} refused by the service"] += 1
+            self.last_refusal = f"{method}: {refusal}"
+        more = not refusal and _more_to_come(method, msg)
         if not more:
             del self._waiting[our_id]
-            if waiting.method == "Detach" and reply is not None:
+            if method == "Detach" and not refusal:
                 self._forget_enables()
-        if waiting.drop or reply is _HOLD:
+        if waiting.drop or (more and method == "EnableTracing"):  # the client hears its end only
             return []
-        if waiting.method == "ReadBuffers" and reply is not None:
-            return self._read_frames(waiting.request_id, msg.read_buffers)
-        if waiting.method == "QueryServiceState" and reply is not None:
-            return self._state_frames(waiting.request_id, msg.service_state)
-        return [_fitting(waiting.request_id, reply)]
-
-    def _answer(self, method: str, msg: ipc.ServiceToConsumer) -> tuple[bytes | None, bool]:
-        """(the reply's bytes, or None: rejected; whether more is to come)."""
-        kind = msg.WhichOneof("msg")
-        if kind == "error":
-            return None, False
-        if method == "EnableTracing":
-            if kind != "enable_tracing":
-                return None, False
-            end = msg.enable_tracing
-            if not end.disabled:  # started: the client hears only the end
-                return _HOLD, True
-            reply = pf.EnableTracingResponse(disabled=True)
-            if end.error:
-                reply.error = end.error
-            return reply.SerializeToString(), False
-        if kind == "ack":
-            return (None if msg.ack.error else b""), False
-        if method == "Flush" and kind == "flush":
-            return (b"" if msg.flush.success else None), False
-        if method == "ReadBuffers" and kind == "read_buffers":
-            return b"", msg.read_buffers.has_more
-        if method == "GetTraceStats" and kind == "trace_stats":
-            stats = pf.GetTraceStatsResponse(trace_stats=msg.trace_stats.trace_stats)
-            return stats.SerializeToString(), False
-        if method == "QueryServiceState" and kind == "service_state":
-            return b"", False
-        if method == "Attach" and kind == "attach":
-            if msg.attach.error:
-                return None, False
-            attached = pf.AttachResponse(trace_config=msg.attach.trace_config)
-            return attached.SerializeToString(), False
-        return None, False  # not the answer this method waits for
+        if refusal:
+            return _refused_reply(method, rid, refusal)
+        if method == "ReadBuffers":
+            return read_frames(rid, msg.read_buffers)
+        if method == "QueryServiceState":
+            return state_frames(rid, msg.service_state)
+        return [fitting(rid, _reply(method, msg))]
 
     def _forget_enables(self) -> None:
         """Detached: the session's end is not this client's any more (traced never
@@ -429,45 +403,7 @@ class PerfettoConsumerConn:
         if not events.ListFields():
             return []
         reply = pf.ObserveEventsResponse(events=events).SerializeToString()
-        return [_fitting(self._observer, reply, has_more=True)]
-
-    def _read_frames(self, rid: int, read: ipc.ReadBuffersResponse) -> list[OutFrame]:
-        """The core's reply as frames of Perfetto ReadBuffersResponses, each under
-        MAX_FRAME_BYTES; has_more is false on the last frame of the last reply."""
-        frames: list[OutFrame] = []
-        reply = pf.ReadBuffersResponse()
-        size = 0
-        for piece, last in _pieces(read.slices):
-            cost = len(piece) + SLICE_OVERHEAD
-            if size + cost > FRAME_BUDGET and reply.slices:
-                frames.append(_fitting(rid, reply.SerializeToString(), has_more=True))
-                reply, size = pf.ReadBuffersResponse(), 0
-            size += cost
-            reply.slices.add(data=piece, last_slice_for_packet=last)
-        if reply.slices or not read.has_more:
-            frames.append(_fitting(rid, reply.SerializeToString(), has_more=read.has_more))
-        return frames
-
-    def _state_frames(self, rid: int, state: ipc.QueryServiceStateResponse) -> list[OutFrame]:
-        """TracingServiceState in replies under the frame limit, as traced cuts it:
-        each a valid TracingServiceState, all of them together the whole (the
-        client concatenates and parses once)."""
-        chunks: list[bytes] = [_state_head(state).SerializeToString()]
-        for entry in _state_entries(state):
-            part = entry.SerializeToString()
-            if len(part) >= STATE_BUDGET:
-                continue  # cannot travel; the core bounds names, so not expected
-            if len(chunks[-1]) + len(part) >= STATE_BUDGET:
-                chunks.append(b"")
-            chunks[-1] += part
-        return [
-            _fitting(
-                rid,
-                _state_reply(chunk),
-                has_more=i < len(chunks) - 1,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        return [fitting(self._observer, reply, has_more=True)]
 
 
 _HANDLERS: dict[str, Callable[[PerfettoConsumerConn, int, bytes, bool, int | None, Step], str]] = {
@@ -497,81 +433,74 @@ def _wants_fd(config_bytes: bytes) -> bool:
     return config.write_into_file and not config.output_path
 
 
-def _fitting(rid: int, reply: bytes | None, has_more: bool = False) -> OutFrame:
-    """The reply frame; one that could not travel (over MAX_FRAME_BYTES) becomes a
-    rejection, which ends the call on the client's side."""
-    try:
-        return OutFrame(method_reply(rid, reply, has_more=has_more))
-    except ValueError:
-        return OutFrame(method_reply(rid, None))
+# -- the core's answers -------------------------------------------------------------------------
+
+# The ServiceToConsumer kind that answers each method the core serves.
+_ANSWERED_BY = {
+    "EnableTracing": "enable_tracing",
+    "DisableTracing": "ack",
+    "StartTracing": "ack",
+    "FreeBuffers": "ack",
+    "Detach": "ack",
+    "Flush": "flush",
+    "ReadBuffers": "read_buffers",
+    "GetTraceStats": "trace_stats",
+    "QueryServiceState": "service_state",
+    "Attach": "attach",
+}
 
 
-def _pieces(slices: Iterable[ipc.ReadBuffersResponse.Slice]) -> list[tuple[bytes, bool]]:
-    """(data, last_slice_for_packet) of each slice, a slice over MAX_PIECE cut in
-    pieces, the last piece keeping the flag."""
-    out: list[tuple[bytes, bool]] = []
-    for s in slices:
-        data = s.data
-        if len(data) <= MAX_PIECE:
-            out.append((data, s.last_slice_for_packet))
-            continue
-        starts = range(0, len(data), MAX_PIECE)
-        for start in starts:
-            last = start + MAX_PIECE >= len(data)
-            out.append((data[start : start + MAX_PIECE], last and s.last_slice_for_packet))
-    return out
+def _refusal(method: str, msg: ipc.ServiceToConsumer) -> str:
+    """Why the core did not serve the request ("" if it did): an Error, a refusing
+    ack, flush or attach, or an answer of another kind (not expected)."""
+    kind = msg.WhichOneof("msg")
+    if kind == "error":
+        return msg.error.message or "an error"
+    if kind != _ANSWERED_BY[method]:
+        return f"answered with {kind}"
+    if kind == "ack":
+        return msg.ack.error
+    if kind == "flush":
+        return "" if msg.flush.success else "the flush failed"
+    if kind == "attach":
+        return msg.attach.error
+    return ""  # EnableTracing's error is an end, told as one
 
 
-def _i32(value: int) -> int:
-    """A uint32 of ours in one of Perfetto's int32 fields (as C++ casts it)."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value
+def _more_to_come(method: str, msg: ipc.ServiceToConsumer) -> bool:
+    if method == "EnableTracing":
+        return not msg.enable_tracing.disabled  # started: its end comes later
+    return method == "ReadBuffers" and msg.read_buffers.has_more
 
 
-def _state_head(state: ipc.QueryServiceStateResponse) -> pb.TracingServiceState:
-    head = pb.TracingServiceState(
-        num_sessions=_i32(len(state.sessions)),
-        num_sessions_started=_i32(sum(s.state == "STARTED" for s in state.sessions)),
-        supports_tracing_sessions=True,
-    )
-    return head
+def _reply(method: str, msg: ipc.ServiceToConsumer) -> bytes:
+    """A served request's reply (ReadBuffers and QueryServiceState are cut apart)."""
+    if method == "EnableTracing":
+        end = pf.EnableTracingResponse(disabled=True)
+        if msg.enable_tracing.error:
+            end.error = msg.enable_tracing.error
+        return end.SerializeToString()
+    if method == "GetTraceStats":
+        stats = pf.GetTraceStatsResponse(trace_stats=msg.trace_stats.trace_stats)
+        return stats.SerializeToString()
+    if method == "Attach":
+        return pf.AttachResponse(trace_config=msg.attach.trace_config).SerializeToString()
+    return b""  # the empty responses: DisableTracing, StartTracing, FreeBuffers, Detach, Flush
 
 
-def _state_entries(state: ipc.QueryServiceStateResponse) -> list[pb.TracingServiceState]:
-    """Each producer, data source and session as a TracingServiceState of its own."""
-    out = []
-    for p in state.producers:
-        entry = pb.TracingServiceState()
-        entry.producers.add(id=_i32(p.id), name=p.name, uid=_i32(p.uid), pid=_i32(p.pid))
-        if p.machine_id:
-            entry.producers[0].machine_id = p.machine_id
-        out.append(entry)
-    for d in state.data_sources:
-        entry = pb.TracingServiceState()
-        ds = entry.data_sources.add(producer_id=_i32(d.producer_id))
-        desc = d.descriptor
-        ds.ds_descriptor.name = desc.name
-        for name in ("will_notify_on_start", "will_notify_on_stop"):
-            if getattr(desc, name):
-                setattr(ds.ds_descriptor, name, True)
-        if desc.handles_incremental_state_clear:
-            ds.ds_descriptor.handles_incremental_state_clear = True
-        if desc.no_flush:
-            ds.ds_descriptor.no_flush = True
-        out.append(entry)
-    for s in state.sessions:
-        entry = pb.TracingServiceState()
-        entry.tracing_sessions.add(
-            id=s.id,
-            consumer_uid=_i32(s.consumer_uid),
-            state=s.state,
-            unique_session_name=s.unique_session_name,
-            buffer_size_kb=s.buffer_size_kb,
-            is_started=s.state == "STARTED",
-        )
-        out.append(entry)
-    return out
-
-
-def _state_reply(chunk: bytes) -> bytes:
-    return pf.QueryServiceStateResponse(service_state=chunk).SerializeToString()
+def _refused_reply(method: str, rid: int, why: str) -> list[OutFrame]:
+    """What traced answers when its service fails the call; never a rejection where
+    the SDK would wait on: ReadBuffers ends the read (a rejected one leaves v14's
+    ReadTraceBlocking waiting forever), EnableTracing ends the session with the
+    reason (a rejection would tell "connection lost"), and StartTracing,
+    DisableTracing, FreeBuffers succeed (traced always resolves them; the SDK only
+    logs). Flush, Detach, Attach, GetTraceStats, QueryServiceState: rejected, as
+    traced does, which the SDK reports as a failed call."""
+    if method == "ReadBuffers":
+        return read_end(rid)
+    if method == "EnableTracing":
+        end = pf.EnableTracingResponse(disabled=True, error=why)
+        return [fitting(rid, end.SerializeToString())]
+    if method in ("StartTracing", "DisableTracing", "FreeBuffers"):
+        return [fitting(rid, b"")]
+    return [fitting(rid, None)]

@@ -45,9 +45,8 @@ is not, so a client never sends it). Client -> service:
       direct_smb_patching_supported=false}; a hello.error is a rejection (and
       ends the connection if it was the first InitializeConnection, see below).
   (2) RegisterDataSourceResponse{error} with the core's error.
-  (3) Decoded with Perfetto's schema and re-encoded: name 1 in both;
-      will_notify_on_stop 2 / start 3 become start 2 / stop 3;
-      handles_incremental_state_clear 4 stays 4; no_flush 9 becomes 5. The rest
+  (3) Decoded with Perfetto's schema and re-encoded in tracebus's numbering
+      (perfetto_wire.tracebus_descriptor: the flags' numbers differ). The rest
       (track_event_descriptor, gpu counters, ftrace) tracebus does not keep.
 
 Service -> client: a core message with request_id 0 is a command, sent as a
@@ -85,14 +84,19 @@ Refused without a crash: a frame neither BindService nor InvokeMethod
 (request_error), InvokeMethod before the bind, for another service id, for a
 method id not listed, or with args that do not parse (a rejection). Names
 from the peer may hold invalid UTF-8 (proto2 strings then come back as
-bytes): they are decoded with replacement characters, and the core checks
-them as it checks any producer's. A producer-provided SMB
-(producer_provided_shmem, startup tracing) is not adopted: the fd is left
-for the shell to close and the answer says false, after which the SDK
-reconnects without one. `closing` (non-empty) tells the shell after on_core
-that the connection must end: the first InitializeConnection was refused (as
-traced does not, so that the SDK reconnects with backoff instead of sitting
-idle), the command queue overflowed, or a command would not fit in a frame.
+bytes): they are decoded with U+FFFD (perfetto_wire.text, the rule of both
+translators), and the core checks them as it checks any producer's. A
+producer-provided SMB (producer_provided_shmem, startup tracing) is not
+adopted: the fd is left for the shell to close and the answer says false,
+after which the SDK reconnects without one.
+
+Ending the connection: `closing` (non-empty: why) is set whenever the
+translator decides the connection must end: the first InitializeConnection
+was refused (as traced does not, so that the SDK reconnects with backoff
+instead of sitting idle), the command queue overflowed, or a command would
+not fit in a frame. The shell reads it after on_core; on_frame also puts it
+in its Step.close (e.g. GetAsyncCommand meeting a queued command too big for
+a frame), so both paths end the connection.
 
 Pure: messages in, messages and frames out.
 """
@@ -116,6 +120,8 @@ from actors.core.perfetto_wire import (
     encode,
     method_reply,
     request_error,
+    text,
+    tracebus_descriptor,
 )
 from actors.core.producer_port import producer_name as listed_name
 from protos import perfetto_ipc_pb2 as pf
@@ -142,24 +148,6 @@ def parse(cls: type[M], data_untrusted: bytes) -> M | None:
     except DecodeError:
         return None
     return msg
-
-
-def text(value_untrusted: str | bytes) -> str:
-    """A proto2 string field as str: upb hands back bytes when they are not UTF-8."""
-    if isinstance(value_untrusted, bytes):
-        return value_untrusted.decode("utf-8", "replace")
-    return value_untrusted
-
-
-def tracebus_descriptor(desc_untrusted: pb.DataSourceDescriptor) -> ipc.DataSourceDescriptor:
-    """Perfetto's descriptor in tracebus's numbering (the flags' field numbers differ)."""
-    return ipc.DataSourceDescriptor(
-        name=text(desc_untrusted.name),
-        will_notify_on_start=desc_untrusted.will_notify_on_start,
-        will_notify_on_stop=desc_untrusted.will_notify_on_stop,
-        handles_incremental_state_clear=desc_untrusted.handles_incremental_state_clear,
-        no_flush=desc_untrusted.no_flush,
-    )
 
 
 @dataclass
@@ -199,7 +187,7 @@ class PerfettoProducerConn:
     def __init__(self, identity: bytes) -> None:
         self.identity = identity
         self.counters = ProducerConnCounters()
-        self.closing = ""  # non-empty after on_core: end the connection, and why
+        self.closing = ""  # non-empty: end the connection, and why (see the docstring)
         self.producer_name = ""  # as the core lists it (printable, bounded: for logs)
         self.producer_id = 0  # the core's id for it, once initialized
         self._bound = False
@@ -226,7 +214,13 @@ class PerfettoProducerConn:
     # -- from the client ---------------------------------------------------------------
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step:
-        """What to do with one frame; `fd` (one that arrived with it) is never taken."""
+        """What to do with one frame; `fd` (one that arrived with it) is never taken.
+        Step.close carries `closing` if the frame made it (or it was) set."""
+        step = self._frame(frame_untrusted)
+        step.close = step.close or self.closing
+        return step
+
+    def _frame(self, frame_untrusted: pf.IPCFrame) -> Step:
         rid = frame_untrusted.request_id
         kind = frame_untrusted.WhichOneof("msg")
         if kind == "msg_bind_service":

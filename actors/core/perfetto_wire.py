@@ -24,6 +24,10 @@ tracebus lists only the methods it implements. Ids are ours to choose; we
 number them as Perfetto does (1.. in its declaration order), so frame logs
 read the same.
 
+What both translators share is here too: the rule for a peer's strings that
+are not UTF-8 (`text`), and DataSourceDescriptor in either numbering
+(`tracebus_descriptor`, `perfetto_descriptor`).
+
 Pure: bytes in, frames out.
 """
 
@@ -33,8 +37,10 @@ import struct
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pb
 
 from protos import perfetto_ipc_pb2 as pf
+from protos import tracebus_ipc_pb2 as ipc
 
 FRAME_HEADER = struct.Struct("<I")  # the payload's length
 MAX_FRAME_BYTES = 128 * 1024  # kIPCBufferSize: header and payload together
@@ -190,3 +196,49 @@ class Step:
     frames: list[OutFrame] = field(default_factory=list)
     fd_taken: bool = False
     close: str = ""
+
+
+# -- what both translators share -------------------------------------------------------
+
+
+def text(value_untrusted: str | bytes) -> str:
+    """A peer's proto2 string field as str; upb hands back bytes when they are not
+    UTF-8, and those are decoded with U+FFFD in place of the bad bytes, in both
+    translators (names, keys, triggers). Not a refusal: traced takes any bytes
+    (its strings are bytes), so a call it would serve is served; and a peer gains
+    nothing by it, since it could send the replaced string itself. Two strings
+    that differ only in their bad bytes become one, which the core meets as any
+    duplicate."""
+    if isinstance(value_untrusted, bytes):
+        return value_untrusted.decode("utf-8", "replace")
+    return value_untrusted
+
+
+# DataSourceDescriptor's fields, the same names in both schemas but not the same
+# numbers (Perfetto / tracebus): name 1 / 1, will_notify_on_stop 2 / 3,
+# will_notify_on_start 3 / 2, handles_incremental_state_clear 4 / 4, no_flush 9 / 5.
+# What tracebus does not keep (track_event_descriptor, gpu counters, ftrace) is dropped.
+DESCRIPTOR_FLAGS = (
+    "will_notify_on_start",
+    "will_notify_on_stop",
+    "handles_incremental_state_clear",
+    "no_flush",
+)
+
+
+def tracebus_descriptor(desc_untrusted: pb.DataSourceDescriptor) -> ipc.DataSourceDescriptor:
+    """A Perfetto producer's descriptor in tracebus's numbering."""
+    out = ipc.DataSourceDescriptor(name=text(desc_untrusted.name))
+    for flag in DESCRIPTOR_FLAGS:
+        setattr(out, flag, getattr(desc_untrusted, flag))
+    return out
+
+
+def perfetto_descriptor(desc: ipc.DataSourceDescriptor) -> pb.DataSourceDescriptor:
+    """A descriptor the core keeps, in Perfetto's numbering (flags set only when true,
+    as traced leaves the others unset)."""
+    out = pb.DataSourceDescriptor(name=desc.name)
+    for flag in DESCRIPTOR_FLAGS:
+        if getattr(desc, flag):
+            setattr(out, flag, True)
+    return out
