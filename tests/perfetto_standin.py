@@ -57,6 +57,8 @@ class StandInConn:
         self.identity = identity
         self.side = side
         self.core_request: int | None = None  # the request a Core call waits on
+        self.closing = ""  # set by CloseLater: after the reply, through the port's check
+        self.refused: dict[str, int] = {}  # counted by the port as the translators' are
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step:
         rid = frame_untrusted.request_id
@@ -182,9 +184,9 @@ def stand_in_translators(_files: object) -> tuple[Any, Any]:
 
 
 def main() -> int:
-    from actors import service
+    from actors import perfetto_front, service
 
-    service.perfetto_translators = stand_in_translators  # type: ignore[assignment]
+    perfetto_front.perfetto_translators = stand_in_translators  # type: ignore[assignment]
     return service.main(sys.argv[1:])
 
 

@@ -190,7 +190,7 @@ def test_fds_on_wrong_frames_and_extra_fds_are_closed(h: Harness) -> None:
     os.close(fd)
     client.close()
     h.run_until(lambda: not h.port.conns, "the connection to end")
-    assert open_fds() == before - 2  # both ends of the connection, and nothing else
+    assert open_fds() == before - 3  # both ends of the connection, its pidfd, nothing else
     assert h.core.gone == [("p", h.translators[0].identity)]
 
 
