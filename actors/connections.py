@@ -11,6 +11,9 @@ what the kernel knows instead:
     each message     ZMQ_SRCFD + Peer-Address -> of_message(): its connection (or
                                                 accepted(pid=) if its event was lost)
 
+- The Perfetto sockets' connections (actors/perfetto_port.py) are entries too,
+  tagged front=PERFETTO: the limits count both front ends; a ZeroMQ monitor
+  event or message never acts on a Perfetto entry (nor on another port's).
 - Limits: live connections per process (`max_connections_per_process`) and per
   uid (`max_connections_per_uid`), over both ports, the asking one included.
   libzmq asks the service's ZAP handler during each connection's handshake
@@ -52,6 +55,7 @@ SWEEP_NS = 1_000_000_000  # stale entries are looked for at most this often
 CLOSED_KEPT_NS = 60_000_000_000  # how long a routing id stays its last process's
 CLOSED_REMEMBERED = 8192
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+ZMQ, PERFETTO = "zmq", "perfetto"  # the front ends whose connections the table holds
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Connection:
     pid: int  # SO_PEERCRED at accept: the peer process, as the kernel says
     uid: int
     side: str  # "p" or "c": the port
+    front: str = "zmq"  # ZMQ or PERFETTO: whose fd it is (its events are only that front's)
     cut_at: int = 0  # when it is cut if it is still silent (monotonic ns)
     spoke: bool = False  # a message of it was handled
     identities: set[bytes] = field(default_factory=set)  # routing ids first seen on it
@@ -83,9 +88,11 @@ class Connections:
 
     # -- monitor events ------------------------------------------------------------------
 
-    def accepted(self, side: str, fd: int, now: int, pid: int = 0) -> Connection | None:
-        """A new connection on `fd` (of process `pid`, if given: met through its
-        message); None if it is gone or already known."""
+    def accepted(
+        self, side: str, fd: int, now: int, pid: int = 0, front: str = ZMQ
+    ) -> Connection | None:
+        """A new connection of `front` on `fd` (of process `pid`, if given: met through
+        its message); None if it is gone or already known."""
         creds = _credentials(fd)
         if creds is None or (pid and creds[1] != pid):
             return None
@@ -94,7 +101,8 @@ class Connections:
         if known is not None and known.inode == inode:
             return None  # met through a message before its event
         self.disconnected(fd)  # an entry on this fd is from a socket closed unreported
-        conn = self.by_fd[fd] = Connection(fd, inode, peer_pid, uid, side, spoke=pid > 0)
+        conn = Connection(fd, inode, peer_pid, uid, side, front, spoke=pid > 0)
+        self.by_fd[fd] = conn
         self.per_pid[peer_pid] += 1
         self.per_uid[uid] += 1
         if not conn.spoke:
@@ -102,17 +110,24 @@ class Connections:
             self.silent[fd] = conn
         return conn
 
-    def disconnected(self, fd: int) -> Connection | None:
-        conn = self.by_fd.pop(fd, None)
+    def disconnected(
+        self, fd: int, front: str | None = None, side: str | None = None
+    ) -> Connection | None:
+        """The entry on `fd` ends; when `front` (and `side`) are given, only if it is
+        theirs: libzmq reports a close after the fact, and by then the number may
+        hold another port's or a Perfetto socket's connection."""
+        conn = self.by_fd.get(fd)
+        if conn is None or front not in (None, conn.front) or side not in (None, conn.side):
+            return None
+        del self.by_fd[fd]
         self.silent.pop(fd, None)
-        if conn is not None:
-            counters = [(self.per_pid, conn.pid), (self.per_uid, conn.uid)]
-            if self.denied[conn.pid] > 0:
-                counters.append((self.denied, conn.pid))
-            for counter, key in counters:
-                counter[key] -= 1
-                if counter[key] <= 0:
-                    del counter[key]
+        counters = [(self.per_pid, conn.pid), (self.per_uid, conn.uid)]
+        if self.denied[conn.pid] > 0:
+            counters.append((self.denied, conn.pid))
+        for counter, key in counters:
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
         return conn
 
     # -- admission (ZAP) and messages ------------------------------------------------------
@@ -132,12 +147,12 @@ class Connections:
             self.denied[pid] += 1
         return refused
 
-    def of_message(self, fd: int, pid: int) -> Connection | None:
+    def of_message(self, fd: int, pid: int, front: str = ZMQ) -> Connection | None:
         """The connection a message came from: its source fd's entry, if the pid
-        matches (otherwise the message outlived its connection and the fd is reused,
-        or the accept event was lost: see accepted(pid=))."""
+        and front end match (otherwise the message outlived its connection and the
+        fd is reused, or the accept event was lost: see accepted(pid=))."""
         conn = self.by_fd.get(fd)
-        if conn is None or conn.pid != pid or pid <= 0:
+        if conn is None or conn.pid != pid or pid <= 0 or conn.front != front:
             return None
         if not conn.spoke:
             conn.spoke = True

@@ -89,14 +89,55 @@ def default_consumer_endpoint() -> str:
     return os.environ.get(CONSUMER_ENV) or f"ipc://{runtime_dir() / CONSUMER_SOCKET}"
 
 
-def socket_answers(path: Path) -> bool:
-    """Whether a process listens on the UNIX socket at `path`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+def socket_answers(path: Path, kind: int = socket.SOCK_STREAM) -> bool:
+    """Whether a process listens on the UNIX socket at `path`. Never blocks: a
+    listener whose backlog is full (EAGAIN) answers too, so one planted there
+    by another user cannot hold up our start."""
+    with socket.socket(socket.AF_UNIX, kind | socket.SOCK_NONBLOCK) as probe:
         try:
             probe.connect(str(path))
+        except BlockingIOError:  # EAGAIN: listening, its backlog full
+            return True
         except OSError:
             return False
     return True
+
+
+def claim_socket_path(path: Path, kind: int = socket.SOCK_STREAM) -> None:
+    """Make `path` free for a bind: a stale socket file (no one answers) is
+    removed; a live socket, or a file that is no socket, refused (RuntimeError)."""
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise RuntimeError(f"{path} is longer than a UNIX socket path may be")
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise RuntimeError(f"{path} exists and is not a socket")
+    if socket_answers(path, kind):
+        raise RuntimeError(f"{path} is in use: is another service running?")
+    path.unlink()
+
+
+def listen_unix(path: Path, mode: int, kind: int, backlog: int) -> socket.socket:
+    """A non-blocking, close-on-exec listening UNIX socket of `kind` at `path`,
+    its file created with `mode` (no window with a wider one); the path is
+    claimed first (claim_socket_path)."""
+    claim_socket_path(path, kind)
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, mode)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 # -- Perfetto's sockets (actors/perfetto_port.py) ----------------------------------------
@@ -128,3 +169,14 @@ def default_perfetto_sockets(
             raise RuntimeError(f"{path}: abstract sockets are not supported; give a path")
         paths.append(Path(path))
     return PerfettoSockets(*paths)
+
+
+def requested_perfetto_sockets(
+    asked: bool, producer: str | None = None, consumer: str | None = None
+) -> PerfettoSockets | None:
+    """Whether the Perfetto front end is served, and where (the one rule for the
+    service's --perfetto-* flags and a topology's perfetto_* keys): asked for, or
+    either path given (the other then has its default); None otherwise."""
+    if not (asked or producer or consumer):
+        return None
+    return default_perfetto_sockets(producer, consumer)

@@ -4,7 +4,10 @@ with the Perfetto SDK (system backend) and Perfetto's consumers use tracebus.
 
     Perfetto client ──AF_UNIX SOCK_STREAM──► listening socket (producer | consumer)
       accept       SO_PEERCRED pid, uid; admitted and counted against the
-                   connection limits as a ZeroMQ connection is (the shell's `admit`)
+                   connection limits as a ZeroMQ connection is (the shell's `admit`);
+                   a pidfd of that pid (refused if it is gone): the connection
+                   ends when its process exits, so a socket handed to another
+                   process is not stamped with a dead (or reused) pid
       receive      recvmsg ≤ READ_BYTES + room for one SCM_RIGHTS fd
                    → FrameDecoder → (IPCFrame, fd) backlog, ≤ FRAMES_PER_TURN a turn
                    → translator.on_frame → Step: frames to the client first, then
@@ -12,10 +15,18 @@ with the Perfetto SDK (system backend) and Perfetto's consumers use tracebus.
       send         core outputs for the identity (routed here by the shell)
                    → translator.on_core → frames, sendmsg MSG_DONTWAIT; what the
                      socket does not take waits in the connection's bounded queue
-      end          EOF, ECONNRESET, a frame over 128 KiB, Step.close, a send
-                   queue that overflows or takes nothing for the peer send
-                   timeout (given up on, counted as the shell counts it)
+      end          EOF, ECONNRESET, its process exiting, a frame over 128 KiB,
+                   Step.close or the translator's `closing` (after on_frame or
+                   on_core; the replies queued before it are sent first), an fd
+                   whose frame stays incomplete for the peer send timeout, a send
+                   queue that overflows or takes nothing for that timeout (given
+                   up on, counted as the shell counts it), an OSError on its
+                   socket (it costs that connection, never the service)
                    → producer_gone / consumer_gone
+      counted      in the service state's refusals: connections closed for a
+                   protocol error (PERFETTO_CLOSED), requests the translators
+                   rejected (PERFETTO_REJECTED), frames that did not parse
+                   (PERFETTO_UNDECODABLE); logged a line per doubling
 
 Identities: PERFETTO_PREFIX + the connection's number (u32 BE), unique among
 live connections; the shell refuses ZeroMQ routing ids with the prefix.
@@ -27,8 +38,10 @@ frame the read completes, or the frame still incomplete after it (the fd then
 waits, one pending fd per connection: a new one closes the old). A read whose
 control data was truncated (several fds) has its fds closed. An fd the frame's
 Step does not take is closed. Our fds go the same way: a frame with smb_fd
-carries the producer's SMB memfd (a dup held while it waits in the queue) on
-the sendmsg that starts it, and that sendmsg carries no earlier frame's bytes.
+carries the producer's SMB memfd on the sendmsg that starts it (and that
+sendmsg carries no earlier frame's bytes). The fd is looked up then, not when
+the frame is queued: nothing is dup'ed (no fd can run out there), and an SMB
+gone meanwhile ends the connection instead of sending a reused number.
 
 The service never waits on a client: every socket is non-blocking, reads and
 accepts are bounded per loop turn (one client cannot starve the others), and
@@ -40,16 +53,14 @@ from __future__ import annotations
 import array
 import os
 import socket
-import stat
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from actors.connections import Connection, Connections
+from actors.connections import PERFETTO, Connection, Connections
 from actors.core.perfetto_wire import (
     PERFETTO_PREFIX,
     FrameDecoder,
@@ -58,8 +69,9 @@ from actors.core.perfetto_wire import (
     Step,
 )
 from actors.core.service_core import Output, Peer, ServiceCore, ToConsumer, ToProducer
-from actors.endpoints import SUN_PATH_MAX, PerfettoSockets, socket_answers
+from actors.endpoints import PerfettoSockets, listen_unix
 from actors.loop import Loop, Timer
+from actors.peer_limits import RETRY_NS, count_give_up, count_refusal, worth_logging
 from protos import perfetto_ipc_pb2 as pf
 
 READ_BYTES = 64 * 1024  # one recvmsg per connection and turn
@@ -67,7 +79,6 @@ FRAMES_PER_TURN = 256  # frames handled per connection and turn (as the ZeroMQ p
 ACCEPTS_PER_TURN = 64
 LISTEN_BACKLOG = 64
 ACCEPT_PAUSE_NS = 100_000_000  # after a failed accept (out of fds): let the loop breathe
-RETRY_NS = 1_000_000  # how often a connection's queue is retried
 SEND_BYTES = 256 * 1024  # bytes offered to one sendmsg
 MAX_QUEUED_BYTES = 32 << 20  # per connection: past it the client is given up on
 MAX_QUEUED_FRAMES = 10_000
@@ -75,10 +86,21 @@ FD_ROOM = socket.CMSG_LEN(4)  # exactly one fd: CMSG_SPACE would leave room for 
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
 PRODUCER, CONSUMER = "p", "c"  # the sides, as the shell names its ports
+# What the service state's refusals count of the Perfetto peers' misdeeds.
+PERFETTO_CLOSED = "perfetto_connections_closed"  # for a protocol error
+PERFETTO_REJECTED = "perfetto_requests_rejected"  # by a translator
+PERFETTO_UNDECODABLE = "perfetto_frames_undecodable"
 
 
 class Translator(Protocol):
-    """A connection's translator (actors/core/perfetto_producer.py, perfetto_consumer.py)."""
+    """A connection's translator (actors/core/perfetto_producer.py, perfetto_consumer.py).
+
+    A translator that wants the connection ended says why in Step.close (for
+    a frame) or in `closing` (checked after on_frame and after on_core). What
+    it rejected shows in `refused` (a Mapping of counts by why) or `counters`
+    (`rejected` by why, `frames_not_requests`, `binds_refused`), if it has them."""
+
+    closing: str
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step: ...
 
@@ -95,7 +117,7 @@ class Hooks:
     # A new connection's entry in the shell's table, or None (refused, counted, logged).
     admit: Callable[[str, int], Connection | None]
     smb_fd: Callable[[bytes], int | None]  # the producer's SMB memfd (ours; not a dup)
-    after_core: Callable[[], None]  # after each core call (unclaimed adopted fds closed)
+    after_core: Callable[[], None]  # after each frame's core calls (unclaimed adopted fds closed)
     drained: Callable[[], None]  # a queue emptied: read-back may go on
     log: Callable[[str], None]
 
@@ -103,7 +125,7 @@ class Hooks:
 @dataclass(slots=True)
 class Queued:
     data: memoryview
-    fd: int | None  # sent with the first byte, then closed (our dup)
+    smb: bool  # its first byte goes with the producer's SMB fd (looked up then)
 
 
 @dataclass
@@ -113,14 +135,18 @@ class PerfettoConn:
     side: str
     peer: Peer
     translator: Translator
+    pidfd: int  # the peer process's: readable once it exited
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     pending_fd: int | None = None  # came with a frame still incomplete
+    pending_since: int = 0  # when it came (monotonic ns): bounded by the send timeout
     backlog: deque[tuple[pf.IPCFrame, int | None]] = field(default_factory=deque)
     out: deque[Queued] = field(default_factory=deque)
     out_bytes: int = 0
     progress_at: int = 0  # when the queue was made or last had bytes taken
     spoke: bool = False
     ended: bool = False
+    rejected: int = 0  # the translator's rejections already counted
+    undecodable: int = 0  # the decoder's undecodable frames already counted
 
 
 class PerfettoPort:
@@ -143,12 +169,17 @@ class PerfettoPort:
         self._next_number = 1
         self._retry: Timer | None = None
         self._continue: Timer | None = None
+        self._pending_timer: Timer | None = None
         self.dropped = 0  # connections ended for a protocol error (logged)
+        self.rejected = 0  # requests the translators rejected
+        self.undecodable = 0  # frames whose bytes did not parse
         self.listeners: dict[str, socket.socket] = {}
         try:
             producer_mode = 0o666 if others_may_produce else 0o600
-            self.listeners[PRODUCER] = listen(sockets.producer, producer_mode)
-            self.listeners[CONSUMER] = listen(sockets.consumer, 0o600)
+            for side, mode in ((PRODUCER, producer_mode), (CONSUMER, 0o600)):
+                self.listeners[side] = listen_unix(
+                    self.paths[side], mode, socket.SOCK_STREAM, LISTEN_BACKLOG
+                )
         except BaseException:
             self.close()
             raise
@@ -170,25 +201,38 @@ class PerfettoPort:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # EMFILE and the like: the backlog waits a moment
-                self._hooks.log(f"Perfetto {side} socket: accept failed ({e}); pausing")
-                self._loop.remove(listener.fileno())
-                self._loop.call_at(self._loop.now() + ACCEPT_PAUSE_NS,
-                                   lambda: self._watch_listener(side))  # fmt: skip
+                self._pause_accepts(side, str(e))
                 return
-            sock.setblocking(False)
-            entry = self._hooks.admit(side, sock.fileno())
+            try:
+                sock.setblocking(False)
+                entry = self._hooks.admit(side, sock.fileno())
+            except OSError:
+                entry = None
             if entry is None:
                 sock.close()
                 continue
             self._open(side, sock, entry)
 
+    def _pause_accepts(self, side: str, why: str) -> None:
+        self._hooks.log(f"Perfetto {side} socket: accept failed ({why}); pausing")
+        self._loop.remove(self.listeners[side].fileno())
+        self._loop.call_at(self._loop.now() + ACCEPT_PAUSE_NS, lambda: self._watch_listener(side))
+
     def _open(self, side: str, sock: socket.socket, entry: Connection) -> None:
+        try:
+            pidfd = os.pidfd_open(entry.pid)
+        except OSError as e:  # it exited already (or no fd is left): nobody to serve
+            self._connections.disconnected(entry.fd, PERFETTO)
+            sock.close()
+            self._count_close(f"pid {entry.pid}", f"no pidfd for its process ({e.strerror})")
+            return
         identity = self._new_identity()
         make = self._hooks.producer if side == PRODUCER else self._hooks.consumer
         peer = Peer(identity, entry.pid, entry.uid)
-        conn = PerfettoConn(sock, sock.fileno(), side, peer, make(identity))
+        conn = PerfettoConn(sock, sock.fileno(), side, peer, make(identity), pidfd)
         self.conns[identity] = conn
-        self._loop.add_fd(conn.fd, lambda: self._on_readable(conn))
+        self._loop.add_fd(conn.fd, lambda: self._guarded(conn, self._on_readable))
+        self._loop.add_fd(pidfd, lambda: self._end(conn, ""))  # its process exited
 
     def _new_identity(self) -> bytes:
         while True:  # a u32 wraps after 4 billion connections: skip the live ones
@@ -196,6 +240,13 @@ class PerfettoPort:
             identity = PERFETTO_PREFIX + number.to_bytes(4, "big")
             if identity not in self.conns:
                 return identity
+
+    def _guarded(self, conn: PerfettoConn, work: Callable[[PerfettoConn], None]) -> None:
+        """Run one connection's work: an OSError in it ends that connection only."""
+        try:
+            work(conn)
+        except OSError as e:
+            self._end(conn, f"its connection failed: {e}")
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -227,6 +278,7 @@ class PerfettoPort:
             self._end(conn, str(e))
             return
         self._queue_frames(conn, frames, fds[0] if fds else None)
+        self._count_faults(conn)
 
     def _queue_frames(self, conn: PerfettoConn, frames: list[pf.IPCFrame], fd: int | None) -> None:
         """Frames into the backlog, each with the fd that belongs to it (see the
@@ -237,13 +289,29 @@ class PerfettoPort:
         if fd is not None:
             if conn.decoder.buffered:  # the read ends inside a frame: the fd waits for it
                 close_fds([conn.pending_fd])
-                conn.pending_fd = fd
+                conn.pending_fd, conn.pending_since = fd, time.monotonic_ns()
+                self._arm_pending()
             elif frames:
                 close_fds([fds[-1]])
                 fds[-1] = fd
             else:
-                os.close(fd)
+                close_fds([fd])
         conn.backlog.extend(zip(frames, fds, strict=True))
+
+    def _arm_pending(self) -> None:
+        waiting = [c.pending_since for c in self.conns.values() if c.pending_fd is not None]
+        deadline = min(waiting) + self._timeout_ns if waiting else None
+        self._pending_timer = self._loop.rearm(self._pending_timer, deadline, self._on_pending)
+
+    def _on_pending(self) -> None:
+        """An fd whose frame never completes would pin an fd of ours for the life
+        of its connection: past the peer send timeout the connection ends."""
+        self._pending_timer = None
+        end = time.monotonic_ns() - self._timeout_ns
+        for conn in list(self.conns.values()):
+            if conn.pending_fd is not None and conn.pending_since <= end:
+                self._end(conn, "the frame its fd came with stayed incomplete")
+        self._arm_pending()
 
     def _handle_backlog(self, conn: PerfettoConn) -> None:
         for _ in range(FRAMES_PER_TURN):
@@ -262,30 +330,36 @@ class PerfettoPort:
     def _on_continue(self) -> None:
         self._continue = None
         for conn in [c for c in self.conns.values() if c.backlog]:
-            self._handle_backlog(conn)
+            self._guarded(conn, self._handle_backlog)
 
     def _handle(self, conn: PerfettoConn, frame_untrusted: pf.IPCFrame, fd: int | None) -> None:
         if not conn.spoke:  # no longer cut as silent
             conn.spoke = True
-            self._connections.of_message(conn.fd, conn.peer.pid)
+            self._connections.of_message(conn.fd, conn.peer.pid, PERFETTO)
+        step: Step | None = None
+        file = file_identity(fd)
         try:
-            step = conn.translator.on_frame(frame_untrusted, fd)
-        except Exception:  # noqa: BLE001 - a translator bug must not end the service
-            close_fds([fd])
-            self._end(conn, f"its frame met a bug:\n{traceback.format_exc()}")
-            return
-        if fd is not None and not step.fd_taken:
-            os.close(fd)
-        try:
-            self._send_frames(conn, step.frames, flush=False)  # at the batch's end
-            for envelope in step.to_core:
-                if conn.ended:
-                    return
-                self._to_core(conn, envelope)
+            try:
+                step = conn.translator.on_frame(frame_untrusted, fd)
+            except Exception:  # noqa: BLE001 - a translator bug must not end the service
+                bug = traceback.format_exc()
+            else:
+                if fd is not None and not step.fd_taken:
+                    os.close(fd)
+                self._send_frames(conn, step.frames, flush=False)  # at the batch's end
+                for envelope in step.to_core:
+                    if conn.ended:
+                        break
+                    self._to_core(conn, envelope)
         finally:
             self._hooks.after_core()  # an fd adopted for the core and not claimed is closed
-        if step.close:
-            self._end(conn, step.close)
+        self._count_faults(conn)
+        if step is None:  # the fd: closed unless the translator (or an adoption) did
+            if file is not None and file_identity(fd) == file:
+                close_fds([fd])
+            self._end(conn, f"its frame met a bug:\n{bug}")
+        elif why := step.close or conn.translator.closing:
+            self._close(conn, why)
 
     def _to_core(self, conn: PerfettoConn, envelope: Any) -> None:
         now = time.monotonic_ns()
@@ -313,11 +387,10 @@ class PerfettoPort:
         except Exception:  # noqa: BLE001 - a translator bug must not end the service
             self._end(conn, f"a service message met a bug:\n{traceback.format_exc()}")
             return
-        self._send_frames(conn, frames)
-        # The producer translator's way to end a connection from the core's side (a
-        # refused InitializeConnection, too many commands before GetAsyncCommand).
-        if closing := getattr(conn.translator, "closing", ""):
-            self._end(conn, closing)
+        self._guarded(conn, lambda c: self._send_frames(c, frames))
+        self._count_faults(conn)
+        if (why := conn.translator.closing) and not conn.ended:
+            self._close(conn, why)
 
     def may_send(self, identity: bytes) -> bool:
         """Read-back pacing: a consumer gets its next slice once nothing of it waits."""
@@ -330,14 +403,7 @@ class PerfettoPort:
         if not conn.out:
             conn.progress_at = time.monotonic_ns()
         for frame in frames:
-            fd = None
-            if frame.smb_fd:
-                smb_fd = self._hooks.smb_fd(conn.peer.identity)
-                if smb_fd is None:
-                    self._end(conn, "its SMB is gone before it was handed over")
-                    return
-                fd = os.dup(smb_fd)  # ours while queued: the SMB may close meanwhile
-            conn.out.append(Queued(memoryview(frame.data), fd))
+            conn.out.append(Queued(memoryview(frame.data), frame.smb_fd))
             conn.out_bytes += len(frame.data)
         if len(conn.out) > MAX_QUEUED_FRAMES or conn.out_bytes > MAX_QUEUED_BYTES:
             self._give_up(conn, "its outgoing queue passed its bounds")
@@ -354,9 +420,13 @@ class PerfettoPort:
         """Send what the socket takes: gathered frames, an fd only on the sendmsg
         that starts its frame (which then carries no earlier frame's bytes)."""
         while conn.out and not conn.ended:
-            buffers, fd = gather(conn.out)
+            buffers, smb = gather(conn.out)
             ancillary = []
-            if fd is not None:
+            if smb:
+                fd = self._hooks.smb_fd(conn.peer.identity)
+                if fd is None:
+                    self._end(conn, "its SMB is gone before it was handed over")
+                    return
                 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
             try:
                 sent = conn.sock.sendmsg(buffers, ancillary, SEND_FLAGS)
@@ -369,10 +439,7 @@ class PerfettoPort:
             self._consume(conn, sent)
 
     def _consume(self, conn: PerfettoConn, sent: int) -> None:
-        head = conn.out[0]
-        if head.fd is not None:  # it went with these bytes
-            os.close(head.fd)
-            head.fd = None
+        conn.out[0].smb = False  # the fd went with these bytes
         conn.out_bytes -= sent
         while sent:
             head = conn.out[0]
@@ -391,7 +458,7 @@ class PerfettoPort:
         now = time.monotonic_ns()
         drained = False
         for conn in [c for c in self.conns.values() if c.out]:
-            self._send_queued(conn)
+            self._guarded(conn, self._send_queued)
             if conn.ended:
                 continue
             if not conn.out:
@@ -407,30 +474,25 @@ class PerfettoPort:
 
     def _give_up(self, conn: PerfettoConn, why: str) -> None:
         """As the shell gives up on a ZeroMQ peer: counted, logged, ended."""
-        counters = self._core.counters
-        dropped = len(conn.out)
-        counters.given_up_messages_dropped += dropped
-        if conn.side == PRODUCER:
-            counters.producers_given_up += 1
-        else:
-            counters.consumers_given_up += 1
         what = "producer" if conn.side == PRODUCER else "consumer"
-        self._hooks.log(
-            f"gave up on Perfetto {what} pid {conn.peer.pid}: {why}; "
-            f"dropped {dropped} queued frames"
-        )
+        peer = f"Perfetto {what} pid {conn.peer.pid}"
+        self._hooks.log(count_give_up(self._core.counters, conn.side == PRODUCER, peer, why,
+                                      len(conn.out)))  # fmt: skip
         self._end(conn, "")
+
+    def _close(self, conn: PerfettoConn, why: str) -> None:
+        """End a connection its translator closes: the replies already queued
+        (say, the rejection that explains the close) are offered first."""
+        self._guarded(conn, self._send_queued)
+        self._end(conn, why)
 
     def _end(self, conn: PerfettoConn, why: str) -> None:
         """Close the connection and end its peer in the core; `why` (a protocol
-        error) is logged, the first few and then every 2^k-th."""
+        error) is counted and logged."""
         if conn.ended:
             return
         if why:
-            self.dropped += 1
-            if self.dropped <= 16 or self.dropped & (self.dropped - 1) == 0:
-                self._hooks.log(f"closed a Perfetto connection of pid {conn.peer.pid}: {why} "
-                                f"({self.dropped} so far)")  # fmt: skip
+            self._count_close(f"pid {conn.peer.pid}", why)
         self._release(conn)
         now = time.monotonic_ns()
         if conn.side == PRODUCER:
@@ -438,13 +500,44 @@ class PerfettoPort:
         else:
             self._hooks.send_all(self._core.consumer_gone(conn.peer.identity, now))
 
+    def _count_close(self, peer: str, why: str) -> None:
+        self.dropped += 1
+        count_refusal(self._core.counters, PERFETTO_CLOSED)
+        if worth_logging(self.dropped):
+            self._hooks.log(f"closed a Perfetto connection of {peer}: {why} "
+                            f"({self.dropped} so far)")  # fmt: skip
+
+    def _count_faults(self, conn: PerfettoConn) -> None:
+        """The translator's rejections and the frames that did not parse since the
+        last look: into the service state's refusals, a log line per doubling."""
+        rejected = rejections(conn.translator)
+        undecodable = conn.decoder.undecodable
+        counters = self._core.counters
+        if rejected > conn.rejected:
+            new, conn.rejected = rejected - conn.rejected, rejected
+            before, self.rejected = self.rejected, self.rejected + new
+            counters.refusals[PERFETTO_REJECTED] = counters.refusals.get(PERFETTO_REJECTED, 0) + new
+            if newly_worth_logging(before, self.rejected):
+                self._hooks.log(f"rejected requests of a Perfetto client of pid {conn.peer.pid}: "
+                                f"{rejection_reasons(conn.translator)} "
+                                f"({self.rejected} so far in all)")  # fmt: skip
+        if undecodable > conn.undecodable:
+            new, conn.undecodable = undecodable - conn.undecodable, undecodable
+            before, self.undecodable = self.undecodable, self.undecodable + new
+            counters.refusals[PERFETTO_UNDECODABLE] = (
+                counters.refusals.get(PERFETTO_UNDECODABLE, 0) + new
+            )
+            if newly_worth_logging(before, self.undecodable):
+                self._hooks.log(f"dropped frames that did not parse from pid {conn.peer.pid} "
+                                f"({self.undecodable} so far)")  # fmt: skip
+
     def _release(self, conn: PerfettoConn) -> None:
         conn.ended = True
         self.conns.pop(conn.peer.identity, None)
         self._loop.remove(conn.fd)
-        self._connections.disconnected(conn.fd)  # before the number can be reused
-        close_fds([conn.pending_fd, *(fd for _, fd in conn.backlog)])
-        close_fds([q.fd for q in conn.out])
+        self._loop.remove(conn.pidfd)
+        self._connections.disconnected(conn.fd, PERFETTO)  # before the number can be reused
+        close_fds([conn.pending_fd, conn.pidfd, *(fd for _, fd in conn.backlog)])
         conn.pending_fd = None
         conn.backlog.clear()
         conn.out.clear()
@@ -454,10 +547,10 @@ class PerfettoPort:
         """Close every connection (after one last try to send what waits) and both
         listening sockets, and remove the socket files."""
         for conn in list(self.conns.values()):
-            self._send_queued(conn)
+            self._guarded(conn, self._send_queued)
             if not conn.ended:
                 self._release(conn)
-        for timer in (self._retry, self._continue):
+        for timer in (self._retry, self._continue, self._pending_timer):
             if timer is not None:
                 timer.cancel()
         for side, listener in self.listeners.items():
@@ -468,17 +561,53 @@ class PerfettoPort:
         self.listeners.clear()
 
 
-def gather(out: deque[Queued]) -> tuple[list[memoryview], int | None]:
-    """The buffers of one sendmsg from the head of `out`, and the fd it carries:
-    frames up to SEND_BYTES, stopping before a frame that carries an fd."""
+def gather(out: deque[Queued]) -> tuple[list[memoryview], bool]:
+    """The buffers of one sendmsg from the head of `out`, and whether it carries
+    the SMB fd: frames up to SEND_BYTES, stopping before a frame that carries one."""
     head = out[0]
     buffers, size = [head.data], len(head.data)
     for item in list(out)[1:64]:
-        if item.fd is not None or size >= SEND_BYTES:
+        if item.smb or size >= SEND_BYTES:
             break
         buffers.append(item.data)
         size += len(item.data)
-    return buffers, head.fd
+    return buffers, head.smb
+
+
+def rejections(translator: object) -> int:
+    """How many requests a translator rejected so far (see Translator)."""
+    return sum(rejection_reasons(translator).values())
+
+
+def rejection_reasons(translator: object) -> dict[str, int]:
+    reasons: dict[str, int] = {}
+    refused = getattr(translator, "refused", None)
+    counters = getattr(translator, "counters", None)
+    for counts in (refused, getattr(counters, "rejected", None)):
+        if isinstance(counts, Mapping):
+            for why, count in counts.items():
+                reasons[str(why)] = reasons.get(str(why), 0) + int(count)
+    for name in ("frames_not_requests", "binds_refused"):
+        count = getattr(counters, name, 0)
+        if isinstance(count, int) and count:
+            reasons[name.replace("_", " ")] = count
+    return reasons
+
+
+def newly_worth_logging(before: int, now: int) -> bool:
+    """Whether a count that went from `before` to `now` passed a value worth_logging."""
+    return before < 16 or now.bit_length() > before.bit_length()
+
+
+def file_identity(fd: int | None) -> tuple[int, int] | None:
+    """(device, inode) of an open fd: tells whether the number still holds it."""
+    if fd is None:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -498,34 +627,3 @@ def close_fds(fds: Iterable[int | None]) -> None:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def listen(path: Path, mode: int) -> socket.socket:
-    """A non-blocking listening socket at `path` with `mode`: a stale socket file
-    (no one answers) is replaced; a live one, or a file that is no socket, refused."""
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise RuntimeError(f"{path} is longer than a UNIX socket path may be")
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        info = None
-    if info is not None:
-        if not stat.S_ISSOCK(info.st_mode):
-            raise RuntimeError(f"{path} exists and is not a socket")
-        if socket_answers(path):
-            raise RuntimeError(f"{path} is in use: is traced or another service running?")
-        path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        old_umask = os.umask(0o777 & ~mode)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, mode)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock

@@ -43,7 +43,7 @@ import sys
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,11 +51,9 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from actors import host_info
-from actors.connections import SILENT, ClosedIdentities, Connection, Connections
+from actors.connections import SILENT, ZMQ, ClosedIdentities, Connection, Connections
 from actors.core.buffer_budget import memory_defaults
 from actors.core.limits import DEFAULT_LIMITS, LIMIT_HELP, Limits, limit_names
-from actors.core.perfetto_consumer import PerfettoConsumerConn
-from actors.core.perfetto_producer import PerfettoProducerConn
 from actors.core.perfetto_wire import PERFETTO_PREFIX
 from actors.core.service_core import (
     AppendToFile,
@@ -69,21 +67,35 @@ from actors.core.service_core import (
     ToRelay,
 )
 from actors.endpoints import (
-    PERFETTO_CONSUMER_ENV,
-    PERFETTO_PRODUCER_ENV,
     SUN_PATH_MAX,
     PerfettoSockets,
+    claim_socket_path,
     default_consumer_endpoint,
-    default_perfetto_sockets,
     default_producer_endpoint,
     make_shared_dir,
     runtime_dir,
     shared_producer_dir,
-    socket_answers,
 )
 from actors.loop import Loop, Timer
+from actors.peer_limits import (
+    OTHER_USERS,
+    RETRY_NS,
+    admitted,
+    connection_refused,
+    count_give_up,
+    count_refusal,
+    not_admitted,
+    raise_open_files_limit,
+    worth_logging,
+)
 from actors.peer_queues import Outcome, PeerQueues
-from actors.perfetto_port import Hooks, PerfettoPort, Translator
+from actors.perfetto_front import (
+    Wiring,
+    add_perfetto_arguments,
+    open_perfetto_port,
+    perfetto_sockets,
+)
+from actors.perfetto_port import PerfettoPort
 from actors.probe_cleanup import FTRACE_DATA_SOURCE, ProbeCleanup
 from actors.relay_keys import KeyFileError
 from actors.relay_port import DEFAULT_RELAY_TIMEOUT_S, RelayOptions, RelayPort, options_error
@@ -96,10 +108,6 @@ from shm.region import MemfdRegion, RegionError
 
 DEFAULT_PEER_SEND_TIMEOUT_S = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 3.0
-# How often full pipes are retried while some peer has a queue. ZeroMQ says when
-# the socket, not one peer's pipe, has room, so this is a timer; it paces a read-back
-# that outruns its consumer (5 ms here halved read-back speed: 29 -> 52 MB/s at 1 ms).
-RETRY_NS = 1_000_000
 PR_SET_DUMPABLE = 4  # linux/prctl.h
 LIBC = ctypes.CDLL(None, use_errno=True)
 HEARTBEAT_IVL_MS = 1000  # ZeroMQ pings on every connection; the timeout is the send timeout
@@ -107,7 +115,6 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"  # where libzmq looks for a ZAP handler 
 MONITOR_HWM = 100_000  # connection events queued (a flood of connects; about 10 MB)
 GIVEN_UP_REMEMBERED = 4096  # identities answered "reconnect"; the oldest are forgotten
 # Refusals counted beside the limits' (the service state's `refusals`).
-OTHER_USERS = "other_users"  # a peer of a user this service does not admit
 ROUTING_ID_IN_USE = "routing_id_in_use"  # a routing id another process holds or held
 ROUTING_ID_RESERVED = "routing_id_reserved"  # a routing id of the Perfetto-socket front end
 
@@ -269,13 +276,17 @@ class ServiceShell:
             if relay is not None:
                 self.relays = RelayPort(self.loop, self.core, relay, self._send_all, log)
             if perfetto is not None:
-                self.perfetto = PerfettoPort(
-                    self.loop, self.core, perfetto, self._perfetto_hooks(), self.connections,
-                    peer_send_timeout_s=peer_send_timeout_s, others_may_produce=allow_other_users,
-                )  # fmt: skip
+                self.perfetto = open_perfetto_port(self._perfetto_wiring(), perfetto)
         except BaseException:
             self.close()
             raise
+
+    def _perfetto_wiring(self) -> Wiring:
+        return Wiring(
+            self.loop, self.core, self.connections, self.files, self._send_all,
+            self._schedule_reads, self._arm_cut, self._perfetto_smb_fd, self.uid,
+            self.allow_other_users, self.peer_send_timeout_s, log,
+        )  # fmt: skip
 
     def _bind(self, side: str, endpoint: str, private: bool, send_hwm: int = 1000) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -298,10 +309,8 @@ class ServiceShell:
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(self.peer_send_timeout_s * 1000)))
         path = ipc_path(endpoint)
-        if path is not None and path.exists():
-            if socket_answers(path):
-                raise RuntimeError(f"{endpoint} is in use: is another service running?")
-            path.unlink()  # a stale socket from a crashed service
+        if path is not None and not str(path).startswith("@"):
+            claim_socket_path(path)  # a stale socket from a crashed service is replaced
         old_umask = os.umask(0o077 if private else 0o000)
         try:
             sock.bind(endpoint)
@@ -418,18 +427,12 @@ class ServiceShell:
         and answer whatever it sends later with "reconnect"."""
         key = (side, identity)
         pid = self.pids.get(key, 0)
-        counters = self.core.counters
         dropped = self.queues[side].drop(identity)
-        counters.given_up_messages_dropped += dropped
-        if side == "p":
-            counters.producers_given_up += 1
-        else:
-            counters.consumers_given_up += 1
         self.given_up[key] = why
         while len(self.given_up) > GIVEN_UP_REMEMBERED:
             self.given_up.popitem(last=False)
         what = "producer" if side == "p" else "consumer"
-        log(f"gave up on {what} pid {pid}: {why}; dropped {dropped} queued messages")
+        log(count_give_up(self.core.counters, side == "p", f"{what} pid {pid}", why, dropped))
         self._peer_gone(side, identity)
 
     def _refused(self, side: str, peer: Peer, request_id: int) -> bool:
@@ -454,19 +457,10 @@ class ServiceShell:
         return True
 
     def _admitted(self, side: str, uid: int) -> bool:
-        """Producers of this user (any user if allowed), consumers of this user or
-        root; a peer without kernel credentials (not ipc://) is of no user."""
-        if side == "p":
-            return uid == self.uid or (self.allow_other_users and uid >= 0)
-        return uid in (self.uid, 0)
+        return admitted(side == "p", uid, self.uid, self.allow_other_users)
 
     def _not_admitted(self, side: str, uid: int) -> str:
-        if side == "p":
-            return (
-                f"producers of uid {uid} are not allowed: this service (uid {self.uid}) "
-                "admits other users' producers only when started with --allow-other-users"
-            )
-        return f"consumers of uid {uid} are not allowed: only uid {self.uid} and root"
+        return not_admitted(side == "p", uid, self.uid)
 
     def _held_by_other(self, side: str, peer: Peer) -> bool:
         """Whether the routing id is bound to another process, live or recently gone."""
@@ -477,8 +471,7 @@ class ServiceShell:
         return self.closed_ids.held_by_other(key, peer.pid, time.monotonic_ns())
 
     def _count_refusal(self, name: str) -> None:
-        refusals = self.core.counters.refusals
-        refusals[name] = refusals.get(name, 0) + 1
+        count_refusal(self.core.counters, name)
 
     def _answer_error(self, side: str, identity: bytes, request_id: int, text: str) -> None:
         """Best effort: never queued (a peer that does not read loses it)."""
@@ -514,7 +507,7 @@ class ServiceShell:
                 self.connections.accepted(side, fd, now)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 dropped = True
-                gone = self.connections.disconnected(fd)
+                gone = self.connections.disconnected(fd, ZMQ, side)
                 if gone is not None and gone.identities:
                     ended.append(gone)
         self._arm_cut()
@@ -556,13 +549,8 @@ class ServiceShell:
             self.zap.send_multipart([routing, b"", version, request_id, status, text, b"", b""])
 
     def _connection_refused(self, pid: int, uid: int, limit: str) -> str:
-        self._count_refusal(limit)
-        count = self.core.counters.refusals[limit]
         value = getattr(self.core.limits, limit)
-        text = f"too many connections: {limit} is {value}"
-        if count <= 3 or count % 100 == 0:  # a flood of connections, a few lines
-            log(f"refused a connection of pid {pid} (uid {uid}): {text} ({count} so far)")
-        return text
+        return connection_refused(self.core.counters, limit, value, pid, uid, log)
 
     def _arm_cut(self) -> None:
         self.cut_timer = self.loop.rearm(self.cut_timer, self.connections.next_cut(), self._on_cut)
@@ -595,37 +583,7 @@ class ServiceShell:
         else:
             self._peer_gone(side, identity)
 
-    # -- the Perfetto sockets (actors/perfetto_port.py) ------------------------------------------
-
-    def _perfetto_hooks(self) -> Hooks:
-        producer, consumer = perfetto_translators(self.files)
-        return Hooks(
-            producer, consumer, self._send_all, self._admit_perfetto, self._perfetto_smb_fd,
-            self.files.discard_adopted, self._schedule_reads, log,
-        )  # fmt: skip
-
-    def _admit_perfetto(self, side: str, fd: int) -> Connection | None:
-        """A new Perfetto-socket connection under the ZeroMQ ports' rules: its user
-        admitted, its process and uid within the connection limits (over both front
-        ends), a silent one cut; refusals counted and logged the same way. None:
-        refused (the port closes it)."""
-        now = time.monotonic_ns()
-        conn = self.connections.accepted(side, fd, now)
-        if conn is None:  # gone already
-            return None
-        if not self._admitted(side, conn.uid):
-            self._count_refusal(OTHER_USERS)
-            if worth_logging(self.core.counters.refusals[OTHER_USERS]):
-                log(f"refused a Perfetto connection: {self._not_admitted(side, conn.uid)}")
-            self.connections.disconnected(fd)
-            return None
-        limit = self.connections.admit(conn.pid, conn.uid, self.core.limits, now)
-        if limit:
-            self._connection_refused(conn.pid, conn.uid, limit)
-            self.connections.disconnected(fd)
-            return None
-        self._arm_cut()
-        return conn
+    # -- the Perfetto sockets (actors/perfetto_front.py) -----------------------------------------
 
     def _perfetto_smb_fd(self, identity: bytes) -> int | None:
         """The memfd of a Perfetto producer's SMB, sent on its socket: the handoff
@@ -737,6 +695,7 @@ class ServiceShell:
             log(f"cannot start: {e}")
             self.close()
             return 1
+        raise_open_files_limit()  # connections hold fds (actors/peer_limits.py)
         self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
         if self.relays is not None:
             log(f"relays on {self.relays.endpoint}")
@@ -806,12 +765,6 @@ class ServiceShell:
                 path.unlink(missing_ok=True)
 
 
-def worth_logging(count: int) -> bool:
-    """The first few of a repeated event, then the 2^k-th: a peer sending garbage
-    without end costs the log a line per doubling, not a line per frame."""
-    return count <= 16 or count & (count - 1) == 0
-
-
 def malloc_trim() -> None:
     try:
         LIBC.malloc_trim(0)
@@ -878,38 +831,6 @@ def machine_limits() -> Limits:
     (the rule is actors/core/buffer_budget.py's memory_defaults)."""
     memory = machine_memory()
     return replace(DEFAULT_LIMITS, **memory_defaults(memory)) if memory else DEFAULT_LIMITS
-
-
-def perfetto_translators(
-    files: TraceFiles,
-) -> tuple[Callable[[bytes], Translator], Callable[[bytes], Translator]]:
-    """The factories of a Perfetto producer's and consumer's translators."""
-    return PerfettoProducerConn, lambda identity: PerfettoConsumerConn(identity, files.adopt)
-
-
-def add_perfetto_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Perfetto's sockets, for apps built with the Perfetto SDK")
-    group.add_argument(
-        "--perfetto-sockets", action="store_true",
-        help=f"serve Perfetto's producer and consumer sockets: ${PERFETTO_PRODUCER_ENV} and "
-        f"${PERFETTO_CONSUMER_ENV} if set, else /run/perfetto/traced-producer.sock and "
-        "traced-consumer.sock if /run/perfetto exists, else /tmp/perfetto-producer and "
-        "/tmp/perfetto-consumer",
-    )  # fmt: skip
-    for side in ("producer", "consumer"):
-        group.add_argument(
-            f"--perfetto-{side}-socket",
-            metavar="PATH",
-            help=f"the Perfetto {side} socket (implies --perfetto-sockets)",
-        )
-
-
-def perfetto_sockets(args: argparse.Namespace) -> PerfettoSockets | None:
-    """None unless a --perfetto-... flag asks for the sockets."""
-    producer, consumer = args.perfetto_producer_socket, args.perfetto_consumer_socket
-    if not (args.perfetto_sockets or producer or consumer):
-        return None
-    return default_perfetto_sockets(producer, consumer)
 
 
 def add_relay_arguments(parser: argparse.ArgumentParser) -> None:

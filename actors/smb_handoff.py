@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.endpoints import listen_unix
 from actors.loop import Loop, Timer
 from shm.region import MemfdRegion, RegionError
 
@@ -104,7 +105,9 @@ class SmbHandoff:
         self.pending: dict[int, Pending] = {}  # by the connection's fd
         self.counters = HandoffCounters()
         self._timer: Timer | None = None
-        self.listener = _listen(path, 0o666 if others_may_connect else 0o600)
+        self.listener = listen_unix(
+            path, 0o666 if others_may_connect else 0o600, socket.SOCK_SEQPACKET, LISTEN_BACKLOG
+        )
         loop.add_fd(self.listener.fileno(), self._on_accept)
 
     # -- offers (the SMB's lifetime) ---------------------------------------------------
@@ -265,24 +268,6 @@ def _read_token(conn: socket.socket) -> bytes | None:
         return None
     except OSError:
         return b""
-
-
-def _listen(path: Path, mode: int) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        path.unlink(missing_ok=True)  # a stale socket of a crashed service (the port is ours)
-        old_umask = os.umask(0o777 & ~mode)
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, mode)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def handoff_path(producer_socket: Path) -> Path:

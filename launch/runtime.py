@@ -31,7 +31,7 @@ from actors.endpoints import (
     PERFETTO_PRODUCER_ENV,
     PRODUCER_ENV,
     PRODUCER_SOCKET,
-    default_perfetto_sockets,
+    requested_perfetto_sockets,
     runtime_dir,
     socket_answers,
 )
@@ -85,14 +85,16 @@ class Runtime:
         """Perfetto's socket variables, when the service serves those sockets."""
         spec = self.service
         producer, consumer = spec.perfetto_producer_socket, spec.perfetto_consumer_socket
-        if not (spec.perfetto_sockets or producer or consumer):
-            return {}
         try:
-            paths = default_perfetto_sockets(
-                str(producer) if producer else None, str(consumer) if consumer else None
+            paths = requested_perfetto_sockets(
+                spec.perfetto_sockets,
+                str(producer) if producer else None,
+                str(consumer) if consumer else None,
             )
         except RuntimeError as e:  # an abstract name in the environment
             raise SetupError(str(e)) from None
+        if paths is None:
+            return {}
         return {
             PERFETTO_PRODUCER_ENV: str(paths.producer),
             PERFETTO_CONSUMER_ENV: str(paths.consumer),

@@ -102,8 +102,8 @@ class ServiceSpec:
     relay_clients: Path | None = None
     relay_insecure: bool = False
     relay_timeout_s: float | None = None  # None: the service's default
-    # Perfetto's producer and consumer sockets (actors/perfetto_port.py): served when
-    # perfetto_sockets is true or a path is given (the other then has its default).
+    # Perfetto's producer and consumer sockets (actors/perfetto_port.py); whether and
+    # where they are served: actors.endpoints.requested_perfetto_sockets.
     perfetto_sockets: bool = False
     perfetto_producer_socket: Path | None = None
     perfetto_consumer_socket: Path | None = None

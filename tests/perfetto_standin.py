@@ -15,6 +15,10 @@ framing, fds, queues and give-ups without the real translators' protocol:
                 initialization to be answered with an error: the core's reply is
                 routed back, and on_core answers it as an Echo of b"core")
     6 Smb       a reply of b"smb" that carries the producer's SMB fd (OutFrame.smb_fd)
+    7 CloseLater  a reply, and `closing` set (the port's other way to end it)
+    8 Raise     a translator bug: the frame's fd, if any, handed to `adopt` first
+                (as the consumer translator adopts a write_into_file fd), then raise
+    9 Reject    a rejection, counted in `refused` (as the translators count theirs)
 
 Nothing here raises on peer bytes, as the real translators must not.
 """
@@ -27,6 +31,7 @@ import socket
 import struct
 import sys
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from actors.core.perfetto_wire import (
@@ -40,7 +45,7 @@ from actors.core.perfetto_wire import (
 from protos import perfetto_ipc_pb2 as pf
 from protos import tracebus_ipc_pb2 as ipc
 
-ECHO, TAKE_FD, FLOOD, CLOSE, CORE, SMB = 1, 2, 3, 4, 5, 6
+ECHO, TAKE_FD, FLOOD, CLOSE, CORE, SMB, CLOSE_LATER, RAISE, REJECT = range(1, 10)
 METHODS = {
     "Echo": ECHO,
     "TakeFd": TAKE_FD,
@@ -48,15 +53,23 @@ METHODS = {
     "Close": CLOSE,
     "Core": CORE,
     "Smb": SMB,
+    "CloseLater": CLOSE_LATER,
+    "Raise": RAISE,
+    "Reject": REJECT,
 }
 FLOOD_ARGS = struct.Struct("<II")
 
 
 class StandInConn:
-    def __init__(self, identity: bytes, side: str = "p") -> None:
+    def __init__(
+        self, identity: bytes, side: str = "p", adopt: Callable[[int], object] = os.close
+    ) -> None:
         self.identity = identity
+        self.adopt = adopt
         self.side = side
         self.core_request: int | None = None  # the request a Core call waits on
+        self.closing = ""  # set by CloseLater: after the reply, through the port's check
+        self.refused: dict[str, int] = {}  # counted by the port as the translators' are
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step:
         rid = frame_untrusted.request_id
@@ -86,6 +99,16 @@ class StandInConn:
             return Step(to_core=[envelope])
         if invoke.method_id == SMB:
             return Step(frames=[OutFrame(method_reply(rid, b"smb"), smb_fd=True)])
+        if invoke.method_id == CLOSE_LATER:
+            self.closing = "the client asked, later"
+            return Step(frames=[OutFrame(method_reply(rid, b"bye"))])
+        if invoke.method_id == RAISE:
+            if fd is not None:
+                self.adopt(fd)
+            raise RuntimeError("a bug of the stand-in")
+        if invoke.method_id == REJECT:
+            self.refused["asked to"] = self.refused.get("asked to", 0) + 1
+            return Step(frames=[OutFrame(method_reply(rid, None))])
         return Step(frames=[OutFrame(method_reply(rid, None))])
 
     def _take_fd(self, rid: int, fd: int | None) -> Step:
@@ -182,9 +205,9 @@ def stand_in_translators(_files: object) -> tuple[Any, Any]:
 
 
 def main() -> int:
-    from actors import service
+    from actors import perfetto_front, service
 
-    service.perfetto_translators = stand_in_translators  # type: ignore[assignment]
+    perfetto_front.perfetto_translators = stand_in_translators  # type: ignore[assignment]
     return service.main(sys.argv[1:])
 
 

@@ -112,6 +112,11 @@ def test_fds_on_the_wrong_frames_are_closed(rt: Runtime, service) -> None:
         for method in (2, 4, 6, 10):  # an fd on each of a few methods, garbage args
             client.send(invoke_frame(client.next_id(), method, b"\xff\xff", service=99), [fd])
         client.send(invoke_frame(client.next_id(), 1, b""), [fd, fd, fd])  # three at once
+        rid = client.send(invoke_frame(client.next_id(), 9999, service=99))  # a round trip
+        frames = [client.recv()[0] for _ in range(6)]  # the five rejections, then this one
+        assert frames[-1].request_id == rid
+        # While the connection is open: its socket and pidfd, and no fd it was sent.
+        assert fd_count(service.pid) <= before + 2
         client.send_raw(encode(invoke_frame(client.next_id(), 1))[:6], [fd])  # then EOF
         os.close(fd)
         client.close()
@@ -121,28 +126,56 @@ def test_fds_on_the_wrong_frames_are_closed(rt: Runtime, service) -> None:
 
 def test_methods_before_bind_unknown_and_out_of_order_are_rejected(rt: Runtime, service) -> None:
     producer, consumer = sockets(rt)
-    for path, name, methods in (
-        (producer, "ProducerPort", PRODUCER_METHODS),
-        (consumer, "ConsumerPort", CONSUMER_METHODS),
-    ):
+    clients, services = [], []
+    for path, name in ((producer, "ProducerPort"), (consumer, "ConsumerPort")):
         client = RawClient(path)
+        clients.append(client)
         rid = client.invoke(1, b"")  # before BindService
         frame = client.recv()[0]
         assert frame.request_id == rid and not frame.msg_invoke_method_reply.success
         bound = client.bind(name).msg_bind_service_reply
         assert bound.success
+        services.append(bound.service_id)
         for method_id in (0, 77, 2**31):  # unknown ids
             rid = client.send(invoke_frame(client.next_id(), method_id, service=bound.service_id))
             frame = client.recv()[0]
             assert frame.request_id == rid and not frame.msg_invoke_method_reply.success
-        # Out of order: every method listed, with no initialization before, empty args.
-        for method in sorted(methods.values()):
-            client.send(invoke_frame(client.next_id(), method, service=bound.service_id))
-        client.send(pf.IPCFrame(request_id=client.next_id()))  # neither bind nor invoke
+    # The producer: a data source before InitializeConnection is rejected; the
+    # initialization (empty args: every field has a default) then succeeds.
+    client = clients[0]
+    early = client.invoke(PRODUCER_METHODS["RegisterDataSource"], b"")
+    init = client.invoke(PRODUCER_METHODS["InitializeConnection"], b"")
+    replies = replies_until(client, client.invoke(PRODUCER_METHODS["Sync"], b""))
+    assert replies[early] == [False] and replies[init] == [True]
+    # The consumer: every method out of order, empty args; the ones not served
+    # are rejected at once, and the connection goes on.
+    client, service_id = clients[1], services[1]
+
+    def call(method: int) -> int:
+        return client.send(invoke_frame(client.next_id(), method, service=service_id))
+
+    sent = {call(method): name for name, method in CONSUMER_METHODS.items()}
+    client.send(pf.IPCFrame(request_id=client.next_id()))  # neither bind nor invoke
+    replies = replies_until(client, call(CONSUMER_METHODS["QueryCapabilities"]))
+    by_name = {sent[rid]: got for rid, got in replies.items() if rid in sent}
+    assert by_name["ChangeTraceConfig"] == [False] and by_name["CloneSession"] == [False]
+    assert by_name["QueryCapabilities"] == [True]
+    state = rt.control.query_state(timeout=ANSWER_S)  # before the clients leave
+    assert len(state.producers) == 1  # the one initialized
+    assert state.refusals["perfetto_requests_rejected"] >= 2 * 4 + 1
+    for client in clients:
         client.close()
     still_serving(rt)
-    state = rt.control.query_state(timeout=ANSWER_S)
-    assert not state.producers  # none got as far as being one
+
+
+def replies_until(client: RawClient, last: int) -> dict[int, list[bool]]:
+    """The successes of the replies by request id, up to the reply to `last`."""
+    replies: dict[int, list[bool]] = {}
+    while True:
+        frame = client.recv()[0]
+        replies.setdefault(frame.request_id, []).append(frame.msg_invoke_method_reply.success)
+        if frame.request_id == last:
+            return replies
 
 
 def test_a_zeromq_routing_id_of_the_perfetto_prefix_is_refused(rt: Runtime, service) -> None:
@@ -171,10 +204,26 @@ def test_a_flood_of_connections_is_refused_past_the_limit(rt: Runtime) -> None:
     wait_for(lambda: bound_ok(sockets(rt)[0]), ANSWER_S, "a connection admitted again")
 
 
-def closed_at_once(client: RawClient) -> bool:
+def test_zeromq_and_perfetto_connections_share_the_limits(rt: Runtime) -> None:
+    """A flood on the consumer socket, from a process already holding ZeroMQ
+    connections: both front ends count against one per-process limit."""
+    rt.start_service(*flags(rt), "--max-connections-per-process", "6")
+    for number in range(3):  # with the control consumer: four ZeroMQ connections
+        wait_for(lambda n=number: connect_consumer(rt, f"c{n}"), ANSWER_S, "a ZeroMQ consumer")
+    clients = [RawClient(sockets(rt)[1]) for _ in range(12)]
+    admitted = [c for c in clients if not closed_at_once(c, "ConsumerPort")]
+    assert 1 <= len(admitted) <= 2  # 6 less the four ZeroMQ ones
+    state = rt.control.query_state(timeout=ANSWER_S)
+    assert state.refusals["max_connections_per_process"] >= 10
+    for client in clients:
+        client.close()
+    still_serving(rt)
+
+
+def closed_at_once(client: RawClient, service: str = "ProducerPort") -> bool:
     """Whether the service closed a connection it was offered a bind on."""
     try:
-        client.bind("ProducerPort")
+        client.bind(service)
     except (EOFError, ConnectionResetError, BrokenPipeError):
         return True
     return False
@@ -226,12 +275,12 @@ def test_a_stopped_client_is_given_up_on_and_the_service_goes_on(rt: Runtime) ->
     other.close()
 
 
-def connect_consumer(rt: Runtime):
+def connect_consumer(rt: Runtime, name: str = "probe"):
     from actors.consumer import Consumer
     from actors.core.consumer_core import ConsumerError
 
     try:
-        consumer = Consumer.connect(rt.consumer_endpoint, timeout=0.5, name="probe")
+        consumer = Consumer.connect(rt.consumer_endpoint, timeout=0.5, name=name)
     except ConsumerError:
         return None
     rt.consumers.append(consumer)

@@ -8,23 +8,39 @@ and give-ups on a client that reads nothing."""
 from __future__ import annotations
 
 import os
+import resource
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from actors.connections import Connections
+from actors.connections import PERFETTO, ZMQ, Connections
 from actors.core.perfetto_wire import MAX_FRAME_BYTES, PERFETTO_PREFIX, encode
 from actors.core.producers import ServiceCounters
-from actors.endpoints import PerfettoSockets
+from actors.endpoints import PerfettoSockets, claim_socket_path, socket_answers
 from actors.loop import Loop
-from actors.perfetto_port import FRAMES_PER_TURN, Hooks, PerfettoPort
+from actors.peer_limits import raise_open_files_limit
+from actors.perfetto_port import (
+    FRAMES_PER_TURN,
+    PERFETTO_CLOSED,
+    PERFETTO_REJECTED,
+    PERFETTO_UNDECODABLE,
+    Hooks,
+    PerfettoPort,
+    close_fds,
+)
 from protos import perfetto_ipc_pb2 as pf
 from tests.perfetto_standin import (
+    CLOSE,
+    CLOSE_LATER,
     ECHO,
     FLOOD,
     FLOOD_ARGS,
+    RAISE,
+    REJECT,
     SMB,
     TAKE_FD,
     RawClient,
@@ -64,24 +80,38 @@ class Harness:
         self.smb = os.memfd_create("test-smb")
         os.ftruncate(self.smb, 12345)
         self.log: list[str] = []
+        self.smb_fd: Callable[[bytes], int | None] = lambda identity: self.smb
+        self.adopted: list[int] = []  # fds a translator adopted: closed after the frame
+        self.after_core: Callable[[], None] = self.discard_adopted
         hooks = Hooks(
             producer=self._translator,
             consumer=self._translator,
             send_all=lambda outputs: None,
-            admit=lambda side, fd: self.connections.accepted(side, fd, self.loop.now()),
-            smb_fd=lambda identity: self.smb,
-            after_core=lambda: None,
+            admit=lambda side, fd: self.connections.accepted(
+                side, fd, self.loop.now(), front=PERFETTO
+            ),
+            smb_fd=lambda identity: self.smb_fd(identity),
+            after_core=lambda: self.after_core(),
             drained=lambda: None,
             log=self.log.append,
         )
         self.sockets = PerfettoSockets(directory / "p.sock", directory / "c.sock")
-        self.port = PerfettoPort(
-            self.loop, self.core, self.sockets, hooks, self.connections,  # type: ignore[arg-type]
-            peer_send_timeout_s=timeout_s,
-        )  # fmt: skip
+        try:
+            self.port = PerfettoPort(
+                self.loop, self.core, self.sockets, hooks, self.connections,  # type: ignore[arg-type]
+                peer_send_timeout_s=timeout_s,
+            )  # fmt: skip
+        except BaseException:  # nothing of ours outlives a refused start
+            self.loop.close()
+            os.close(self.smb)
+            raise
+
+    def discard_adopted(self) -> None:
+        close_fds(self.adopted)
+        self.adopted.clear()
 
     def _translator(self, identity: bytes) -> StandInConn:
-        conn = StandInConn(identity)
+        conn = StandInConn(identity, adopt=self.adopted.append)
         self.translators.append(conn)
         return conn
 
@@ -166,8 +196,8 @@ def test_an_fd_on_an_incomplete_frame_waits_for_it(h: Harness) -> None:
     data = encode(invoke_frame(1, TAKE_FD))
     client.send_raw(data[:3], fds=[fd])
     os.close(fd)
-    h.loop.run(timeout=0.05)  # the service reads the start of the frame
-    assert h.port.conns[next(iter(h.port.conns))].pending_fd is not None
+    (conn,) = h.port.conns.values()
+    h.run_until(lambda: conn.pending_fd is not None, "the start of the frame to be read")
     client.send_raw(data[3:])
     assert h.reply(client) == (b"77", None)
 
@@ -190,7 +220,7 @@ def test_fds_on_wrong_frames_and_extra_fds_are_closed(h: Harness) -> None:
     os.close(fd)
     client.close()
     h.run_until(lambda: not h.port.conns, "the connection to end")
-    assert open_fds() == before - 2  # both ends of the connection, and nothing else
+    assert open_fds() == before - 3  # both ends of the connection, its pidfd, nothing else
     assert h.core.gone == [("p", h.translators[0].identity)]
 
 
@@ -253,8 +283,10 @@ def test_a_queue_past_its_bounds_is_given_up_on_at_once(h: Harness) -> None:
 def test_a_live_socket_is_refused_and_a_stale_one_replaced(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     try:
+        before = open_fds()
         with pytest.raises(RuntimeError, match="in use"):
             Harness(tmp_path)
+        assert open_fds() == before  # the refused port's loop and memfd are closed
     finally:
         h.close()
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -266,3 +298,232 @@ def test_a_live_socket_is_refused_and_a_stale_one_replaced(tmp_path: Path) -> No
     (tmp_path / "c.sock").unlink()
     Harness(tmp_path).close()
     assert not (tmp_path / "p.sock").exists()
+
+
+def test_the_smb_is_handed_over_without_a_new_fd_even_when_none_is_left(h: Harness) -> None:
+    """No fd is made to hand the SMB over: with the fd table full (EMFILE), the
+    frame still goes out with the SMB's own fd, and the port goes on."""
+    client = h.client()
+    (conn,) = h.port.conns.values()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # not one fd left
+    try:
+        with pytest.raises(OSError):
+            os.dup(0)
+        client.invoke(SMB)
+        h.run_until(lambda: conn.spoke and not conn.out and not conn.backlog, "the send")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    frame, fd = h.frames(client, 1)[0]
+    assert frame.msg_invoke_method_reply.reply_proto == b"smb"
+    assert fd is not None and os.fstat(fd).st_size == 12345
+    os.close(fd)
+    assert h.port.conns
+
+
+def test_an_smb_gone_before_its_frame_is_sent_ends_that_connection(h: Harness) -> None:
+    client = h.client()
+    h.smb_fd = lambda identity: None
+    client.invoke(SMB)
+    h.run_until(lambda: not h.port.conns, "the connection to end")
+    assert "SMB is gone" in h.log[-1]
+    assert h.core.counters.refusals[PERFETTO_CLOSED] == 1
+
+
+def test_an_os_error_on_one_connection_ends_it_and_no_other(h: Harness) -> None:
+    first, second = h.client(), RawClient(h.sockets.producer)
+    h.run_until(lambda: len(h.port.conns) == 2, "both accepts")
+
+    def failing(identity: bytes) -> int | None:
+        raise OSError(24, "Too many open files")
+
+    h.smb_fd = failing
+    first.invoke(SMB)
+    h.run_until(lambda: len(h.port.conns) == 1, "the first connection to end")
+    assert "Too many open files" in h.log[-1]
+    second.invoke(ECHO, b"still")
+    assert h.reply(second) == (b"still", None)
+
+
+def test_an_fd_whose_frame_never_completes_is_closed_after_the_timeout(tmp_path: Path) -> None:
+    h = Harness(tmp_path, timeout_s=0.3)
+    try:
+        client = h.client()
+        (conn,) = h.port.conns.values()
+        fd = memfd(5)
+        client.send_raw(encode(invoke_frame(1, TAKE_FD))[:3], fds=[fd])
+        os.close(fd)
+        h.run_until(lambda: conn.pending_fd is not None, "the fd to wait")
+        before = open_fds()
+        h.run_until(lambda: not h.port.conns, "the connection to end")
+        assert open_fds() == before - 3  # the fd, the socket, the pidfd
+        assert "stayed incomplete" in h.log[-1]
+        assert client.closed_by_service()
+    finally:
+        h.close()
+
+
+def test_a_connection_ends_when_its_process_exits_though_its_socket_lives_on(
+    h: Harness,
+) -> None:
+    """SO_PEERCRED names the process that connected: once it exited, the socket a
+    child inherited would pass packets off as a dead (or reused) pid's."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HANDED_ON, str(h.sockets.producer)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        h.run_until(lambda: len(h.port.conns) == 1, "the accept")
+        (conn,) = h.port.conns.values()
+        assert conn.peer.pid == child.pid != grandchild
+        child.wait(timeout=TIMEOUT_S)  # the grandchild holds the socket
+        h.run_until(lambda: not h.port.conns, "the connection to end")
+        assert h.core.gone == [("p", conn.peer.identity)]
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # the grandchild reads EOF and exits
+        child.wait(timeout=TIMEOUT_S)
+
+
+HANDED_ON = """
+import os, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    sys.stdin.read()
+    os._exit(0)
+print(pid, flush=True)
+sys.stdin.close()
+os._exit(0)
+"""
+
+
+def test_a_connection_whose_process_is_gone_at_accept_is_refused(h: Harness) -> None:
+    code = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(h.sockets.producer)], check=True)
+    h.run_until(lambda: h.port.dropped == 1, "the refusal")  # reaped: no pidfd for it
+    assert not h.port.conns and not h.connections.by_fd
+    assert "no pidfd" in h.log[-1]
+
+
+def test_closing_set_by_on_frame_ends_the_connection_after_the_batch_replies(
+    h: Harness,
+) -> None:
+    """Both ways a translator ends a connection (Step.close, `closing`) are acted
+    on after a frame, and the replies queued before in the batch go out first."""
+    for method, why in ((CLOSE_LATER, "asked, later"), (CLOSE, "the client asked")):
+        client = h.client()
+        client.send_raw(encode(invoke_frame(1, ECHO, b"a")) + encode(invoke_frame(2, method)))
+        h.run_until(lambda: not h.port.conns, "the connection to end")
+        client.sock.setblocking(True)
+        assert client.recv()[0].msg_invoke_method_reply.reply_proto == b"a"
+        if method == CLOSE_LATER:
+            assert client.recv()[0].msg_invoke_method_reply.reply_proto == b"bye"
+        assert client.closed_by_service()
+        assert why in h.log[-1]
+    assert h.core.counters.refusals[PERFETTO_CLOSED] == 2
+
+
+def test_a_translator_bug_after_adopting_the_fd_closes_it_once(h: Harness) -> None:
+    """The adopted fd is closed by after_core alone: the number, reused at once
+    (here by the test), is not closed a second time by the port."""
+    reused: list[int] = []
+
+    def after_core() -> None:
+        adopted = bool(h.adopted)
+        h.discard_adopted()
+        if adopted:
+            reused.append(os.memfd_create("reuses-the-number"))
+
+    h.after_core = after_core
+    client = h.client()
+    fd = memfd(9)
+    client.invoke(RAISE, fds=[fd])
+    os.close(fd)
+    h.run_until(lambda: not h.port.conns, "the connection to end")
+    assert "met a bug" in h.log[-1]
+    (sentinel,) = reused
+    os.fstat(sentinel)  # still open
+    os.close(sentinel)
+    client.close()
+    before = open_fds()  # without adopting: the port closes the fd itself
+    h.after_core = lambda: None
+    client = h.client()
+    fd = memfd(9)
+    client.invoke(RAISE, fds=[fd])
+    os.close(fd)
+    client.close()
+    h.run_until(lambda: not h.port.conns, "the connection to end")
+    assert open_fds() == before
+
+
+def test_rejections_and_undecodable_frames_are_counted_and_logged(h: Harness) -> None:
+    client = h.client()
+    for _ in range(3):
+        client.invoke(REJECT)
+    assert [h.reply(client)[0] for _ in range(3)] == [None] * 3
+    client.send_raw(b"\x03\x00\x00\x00\xff\xff\xff")  # a frame of 3 bytes that do not parse
+    client.invoke(ECHO, b"after")
+    assert h.reply(client) == (b"after", None)
+    refusals = h.core.counters.refusals
+    assert refusals[PERFETTO_REJECTED] == 3 and refusals[PERFETTO_UNDECODABLE] == 1
+    assert any("rejected requests" in line and "asked to" in line for line in h.log)
+    assert any("did not parse" in line for line in h.log)
+
+
+def test_a_late_zeromq_disconnect_never_removes_a_perfetto_entry(h: Harness) -> None:
+    """libzmq reports a close after the fact: by then its fd number may hold a
+    Perfetto connection, whose entry (and count against the limits) must stay."""
+    h.client()
+    (conn,) = h.port.conns.values()
+    pid = conn.peer.pid
+    assert h.connections.disconnected(conn.fd, ZMQ, "p") is None  # a stale monitor event
+    assert h.connections.by_fd[conn.fd].front == PERFETTO
+    assert h.connections.per_pid[pid] == 1
+    assert h.connections.of_message(conn.fd, pid) is None  # a ZeroMQ message's source fd
+    assert h.connections.disconnected(conn.fd, PERFETTO) is not None
+    assert h.connections.per_pid[pid] == 0
+
+
+def test_socket_answers_never_blocks_on_a_full_backlog(tmp_path: Path) -> None:
+    """A listener someone planted with its backlog full answers (EAGAIN) at once."""
+    path = tmp_path / "full.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    waiting = []
+    try:
+        while True:  # fill the backlog
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            waiting.append(sock)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                break
+        assert socket_answers(path)
+        with pytest.raises(RuntimeError, match="in use"):
+            claim_socket_path(path)
+    finally:
+        for sock in waiting:
+            sock.close()
+        listener.close()
+    assert not socket_answers(path)  # stale now
+    claim_socket_path(path)
+    assert not path.exists()
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 256:
+        pytest.skip("no room to lower the soft limit first")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        assert raise_open_files_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -160,6 +160,8 @@ class _Waiting:
 
 
 class PerfettoConsumerConn:
+    closing = ""  # the shell's Translator: this one ends a connection through Step.close
+
     def __init__(self, identity: bytes, adopt_output_fd: AdoptOutputFd) -> None:
         self.identity = identity
         self._adopt = adopt_output_fd
