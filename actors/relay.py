@@ -44,6 +44,7 @@ from actors.core.limits import Limits
 from actors.core.relay_core import Link, Log, RelayConfig, RelayCore, ToProducer
 from actors.endpoints import default_producer_endpoint, socket_answers
 from actors.loop import Loop, Timer
+from actors.peer_limits import RETRY_NS, worth_logging
 from actors.relay_keys import KeyFileError, load_pair, load_public
 from actors.service import (
     ServedSmb,
@@ -54,7 +55,6 @@ from actors.service import (
     peer_credentials,
     seconds,
     smb_handoff_path,
-    worth_logging,
 )
 from actors.smb_handoff import SmbHandoff
 from protos import framing
@@ -81,7 +81,6 @@ HANDSHAKE_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-RETRY_NS = 1_000_000  # a full pipe is retried on this timer (ZeroMQ says nothing per pipe)
 STOP_LINGER_MS = 1000  # at exit, for the producers' last chunks and ends to leave
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # The clocks a sync round carries (BuiltinClock id: POSIX clock), read back to back.
