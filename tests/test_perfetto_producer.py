@@ -38,6 +38,7 @@ from shm.commits import CommitBatch
 from shm.protozero import LEN, tag, varint
 from shm.region import InProcessRegion
 from shm.writer import BufferExhaustedPolicy, TraceWriter
+from tests.perfetto_client import commit_data_args
 
 SERVICE_UID, SERVICE_PID = 0, 100
 MS = 1_000_000
@@ -246,19 +247,9 @@ class SdkClient:
         self.invoke("NotifyDataSourceStopped", stopped, drop_reply=True)
 
     def commit(self, batch: CommitBatch) -> None:
-        """The arbiter's batch as the SDK's CommitData (built from Perfetto's numbering)."""
-        req = pf.CommitDataRequest()
-        for m in batch.chunks_to_move:
-            req.chunks_to_move.add(page=m.page, chunk=m.chunk, target_buffer=m.target_buffer)
-        for p in batch.chunks_to_patch:
-            entry = req.chunks_to_patch.add(
-                target_buffer=p.target_buffer,
-                writer_id=p.writer_id,
-                chunk_id=p.chunk_id,
-                has_more_patches=p.has_more_patches,
-            )
-            for offset, data in p.patches:
-                entry.patches.add(offset=offset, data=bytes(data))
+        """The arbiter's batch as the SDK's CommitData (the client double's encoding,
+        in Perfetto's numbering)."""
+        req = pf.CommitDataRequest.FromString(commit_data_args(batch))
         self.patch_entries += len(req.chunks_to_patch)
         self.invoke("CommitData", req, drop_reply=True)
 

@@ -220,6 +220,8 @@ class PerfettoConsumerConn:
     ) -> str:
         """Translate one call; why it is refused ("" if it is not)."""
         try:
+            if method in EMPTY_CALLS:
+                return self._empty_request(method, rid, args, drop, step)
             return _HANDLERS[method](self, rid, args, drop, fd, step)
         except Exception:  # noqa: BLE001 - a client's bytes must not end the service
             return "args do not parse"
@@ -239,6 +241,13 @@ class PerfettoConsumerConn:
         if not drop:
             step.frames.append(OutFrame(method_reply(rid, reply)))
 
+    def _empty_request(self, method: str, rid: int, args: bytes, drop: bool, step: Step) -> str:
+        """A call with empty arguments that the core answers: its envelope from EMPTY_CALLS."""
+        pf.Empty.FromString(args)
+        kind, request = EMPTY_CALLS[method]
+        self._to_core(step, method, rid, drop, **{kind: request()})
+        return ""
+
     def _enable_tracing(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
         req = pf.EnableTracingRequest.FromString(args)
         out = ipc.EnableTracingRequest(
@@ -250,25 +259,6 @@ class PerfettoConsumerConn:
         self._to_core(step, "EnableTracing", rid, drop, enable_tracing=out)
         if not req.attach_notification_only:
             self._resubscribe(step)  # the new session's events go to the stream
-        return ""
-
-    def _disable_tracing(
-        self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step
-    ) -> str:
-        pf.Empty.FromString(args)
-        self._to_core(
-            step, "DisableTracing", rid, drop, disable_tracing=ipc.DisableTracingRequest()
-        )
-        return ""
-
-    def _start_tracing(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
-        pf.Empty.FromString(args)
-        self._to_core(step, "StartTracing", rid, drop, start_tracing=ipc.StartTracingRequest())
-        return ""
-
-    def _read_buffers(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
-        pf.Empty.FromString(args)
-        self._to_core(step, "ReadBuffers", rid, drop, read_buffers=ipc.ReadBuffersRequest())
         return ""
 
     def _free_buffers(self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step) -> str:
@@ -291,13 +281,6 @@ class PerfettoConsumerConn:
         key = text(pf.AttachRequest.FromString(args).key)
         self._to_core(step, "Attach", rid, drop, attach=ipc.AttachRequest(key=key))
         self._resubscribe(step)  # the attached session's events go to the stream
-        return ""
-
-    def _get_trace_stats(
-        self, rid: int, args: bytes, drop: bool, fd: int | None, step: Step
-    ) -> str:
-        pf.Empty.FromString(args)
-        self._to_core(step, "GetTraceStats", rid, drop, get_trace_stats=ipc.GetTraceStatsRequest())
         return ""
 
     def _query_service_state(
@@ -408,16 +391,20 @@ class PerfettoConsumerConn:
         return [fitting(self._observer, reply, has_more=True)]
 
 
+# Calls whose arguments are empty and whose envelope for the core is too: its kind
+# and message.
+EMPTY_CALLS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "DisableTracing": ("disable_tracing", ipc.DisableTracingRequest),
+    "ReadBuffers": ("read_buffers", ipc.ReadBuffersRequest),
+    "StartTracing": ("start_tracing", ipc.StartTracingRequest),
+    "GetTraceStats": ("get_trace_stats", ipc.GetTraceStatsRequest),
+}
 _HANDLERS: dict[str, Callable[[PerfettoConsumerConn, int, bytes, bool, int | None, Step], str]] = {
     "EnableTracing": PerfettoConsumerConn._enable_tracing,
-    "DisableTracing": PerfettoConsumerConn._disable_tracing,
-    "ReadBuffers": PerfettoConsumerConn._read_buffers,
     "FreeBuffers": PerfettoConsumerConn._free_buffers,
     "Flush": PerfettoConsumerConn._flush,
-    "StartTracing": PerfettoConsumerConn._start_tracing,
     "Detach": PerfettoConsumerConn._detach,
     "Attach": PerfettoConsumerConn._attach,
-    "GetTraceStats": PerfettoConsumerConn._get_trace_stats,
     "ObserveEvents": PerfettoConsumerConn._observe_events,
     "QueryServiceState": PerfettoConsumerConn._query_service_state,
     "QueryCapabilities": PerfettoConsumerConn._query_capabilities,
