@@ -116,7 +116,13 @@ def claim_socket_path(path: Path, kind: int = socket.SOCK_STREAM) -> None:
         raise RuntimeError(f"{path} exists and is not a socket")
     if socket_answers(path, kind):
         raise RuntimeError(f"{path} is in use: is another service running?")
-    path.unlink()
+    try:
+        path.unlink()
+    except PermissionError as e:  # say, another user's in sticky /tmp
+        raise RuntimeError(
+            f"{path} is a stale socket of uid {info.st_uid} that this user may not "
+            f"remove ({e.strerror}): remove it, or choose another path"
+        ) from e
 
 
 def listen_unix(path: Path, mode: int, kind: int, backlog: int) -> socket.socket:

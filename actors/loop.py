@@ -146,12 +146,17 @@ class Loop:
             self._run_due_timers(now)
             if self._stopping or (until is not None and until()):
                 return True
-            wait_ms = self._poll_timeout_ms(self.now(), end)
-            for item, _event in self._poller.poll(wait_ms):
-                handler = self._handlers.get(item)
-                if handler is not None:
-                    handler()
+            self._dispatch(self._poller.poll(self._poll_timeout_ms(self.now(), end)))
         return True
+
+    def _dispatch(self, events: list[tuple[object, int]]) -> None:
+        """Run the handlers of one poll's events. A handler removed or replaced by
+        an earlier one of the round is not run: its event is stale (say, a closed
+        pidfd whose number an accept just reused for a new connection's)."""
+        handlers = [(item, self._handlers.get(item)) for item, _event in events]
+        for item, handler in handlers:
+            if handler is not None and self._handlers.get(item) is handler:
+                handler()
 
     def _run_due_timers(self, now: int) -> None:
         while self._timers and self._timers[0][0] <= now:

@@ -17,10 +17,14 @@ RETRY_NS = 1_000_000
 OTHER_USERS = "other_users"  # refused: a peer of a user this service does not admit
 
 
-def worth_logging(count: int) -> bool:
-    """The first few of a repeated event, then the 2^k-th: a peer sending garbage
-    without end costs the log a line per doubling, not a line per frame."""
-    return count <= 16 or count & (count - 1) == 0
+def worth_logging(count: int, before: int | None = None) -> bool:
+    """Whether a repeated event's count, gone from `before` (count - 1 if not
+    given) to `count`, passed one worth a log line: the first 16, then each
+    2^k-th. A peer sending garbage without end costs the log a line per
+    doubling, not a line per frame."""
+    if before is None:
+        before = count - 1
+    return before < 16 or count.bit_length() > before.bit_length()
 
 
 def count_give_up(
@@ -39,8 +43,15 @@ def count_give_up(
 
 def count_refusal(counters: ServiceCounters, name: str) -> int:
     """One more refusal under `name` (the service state's refusals); the count."""
-    count = counters.refusals[name] = counters.refusals.get(name, 0) + 1
-    return count
+    return count_refusals(counters, name)[1]
+
+
+def count_refusals(counters: ServiceCounters, name: str, n: int = 1) -> tuple[int, int]:
+    """`n` more refusals under `name` (the service state's refusals); the count
+    before and after, for worth_logging."""
+    before = counters.refusals.get(name, 0)
+    after = counters.refusals[name] = before + n
+    return before, after
 
 
 def admitted(producer: bool, uid: int, service_uid: int, allow_other_users: bool) -> bool:
@@ -73,16 +84,22 @@ def connection_refused(
     flood of them); the text its peer is told."""
     count = count_refusal(counters, limit)
     text = f"too many connections: {limit} is {value}"
-    if count <= 3 or count % 100 == 0:
+    if worth_logging(count):
         log(f"refused a connection of pid {pid} (uid {uid}): {text} ({count} so far)")
     return text
 
 
+# The most fds of the service one connection holds: a Perfetto producer's socket,
+# its pidfd, an fd that came with a frame cut and not yet handled, one waiting
+# for its incomplete frame, and its SMB memfd (a ZeroMQ peer holds fewer).
+FDS_PER_CONNECTION = 5
+
+
 def raise_open_files_limit() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit, and return it:
-    each connection holds fds of the service (a Perfetto peer up to three: its
-    socket, its pidfd, an fd waiting for its frame) and the connection limits
-    admit 1024 per uid, past the usual soft limit of 1024."""
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit, and return the
+    soft limit now in force: each connection holds up to FDS_PER_CONNECTION fds
+    of the service, and the connection limits admit 1024 per uid, past the
+    usual soft limit of 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != soft:
         try:
@@ -90,3 +107,16 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             return soft
     return hard
+
+
+def open_files_note(limit: int, max_connections_per_uid: int) -> str:
+    """The log line on the open-files limit at start: a warning when one uid's
+    connections alone could exhaust it (accepts then pause, and a peer's fds are
+    refused, costing that peer only)."""
+    wanted = max_connections_per_uid * FDS_PER_CONNECTION
+    if limit < wanted:
+        return (f"warning: the open-files limit is {limit}, below the {wanted} that "
+                f"max_connections_per_uid ({max_connections_per_uid}) connections may hold; "
+                "raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower "
+                "max_connections_per_uid")  # fmt: skip
+    return f"open-files limit: {limit}"

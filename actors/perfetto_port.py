@@ -5,17 +5,21 @@ with the Perfetto SDK (system backend) and Perfetto's consumers use tracebus.
     Perfetto client ──AF_UNIX SOCK_STREAM──► listening socket (producer | consumer)
       accept       SO_PEERCRED pid, uid; admitted and counted against the
                    connection limits as a ZeroMQ connection is (the shell's `admit`);
-                   a pidfd of that pid (refused if it is gone): the connection
-                   ends when its process exits, so a socket handed to another
-                   process is not stamped with a dead (or reused) pid
-      receive      recvmsg ≤ READ_BYTES + room for one SCM_RIGHTS fd
-                   → FrameDecoder → (IPCFrame, fd) backlog, ≤ FRAMES_PER_TURN a turn
+                   a pidfd of the connecting process (refused if it is gone): the
+                   connection ends when its process exits, so a socket handed to
+                   another process is not stamped with a dead (or reused) pid
+      receive      recvmsg ≤ READ_BYTES + room for one SCM_RIGHTS fd, only once
+                   the frames of the last read are all cut (the rest waits in the
+                   socket: backpressure) → FrameDecoder keeps the raw bytes
+                   → ≤ FRAMES_PER_TURN frames cut and parsed a turn
                    → translator.on_frame → Step: frames to the client first, then
                      its envelopes to ServiceCore as Peer(identity, pid, uid)
       send         core outputs for the identity (routed here by the shell)
                    → translator.on_core → frames, sendmsg MSG_DONTWAIT; what the
                      socket does not take waits in the connection's bounded queue
-      end          EOF, ECONNRESET, its process exiting, a frame over 128 KiB,
+      end          EOF, ECONNRESET, its process exiting (after what it sent
+                   before is read and handled: at most EXITED_READ_BYTES more), a
+                   frame over 128 KiB,
                    Step.close or the translator's `closing` (after on_frame or
                    on_core; the replies queued before it are sent first), an fd
                    whose frame stays incomplete for the peer send timeout, a send
@@ -35,7 +39,9 @@ File descriptors. A client attaches an fd (SCM_RIGHTS) to the first sendmsg
 of the frame it belongs to; the kernel ends a read after the bytes that carry
 an fd, so the fd belongs to the frame holding the read's last byte: the last
 frame the read completes, or the frame still incomplete after it (the fd then
-waits, one pending fd per connection: a new one closes the old). A read whose
+waits: one fd per frame, a new one closes the old; FrameDecoder keeps them with
+the raw bytes). Memory per connection: at most one read and one incomplete
+frame of raw bytes, about READ_BYTES + MAX_FRAME_BYTES. A read whose
 control data was truncated (several fds) has its fds closed. An fd the frame's
 Step does not take is closed. Our fds go the same way: a frame with smb_fd
 carries the producer's SMB memfd on the sendmsg that starts it (and that
@@ -51,6 +57,7 @@ a full socket's frames are retried every RETRY_NS from a bounded queue.
 from __future__ import annotations
 
 import array
+import errno
 import os
 import socket
 import time
@@ -71,11 +78,15 @@ from actors.core.perfetto_wire import (
 from actors.core.service_core import Output, Peer, ServiceCore, ToConsumer, ToProducer
 from actors.endpoints import PerfettoSockets, listen_unix
 from actors.loop import Loop, Timer
-from actors.peer_limits import RETRY_NS, count_give_up, count_refusal, worth_logging
+from actors.peer_limits import RETRY_NS, count_give_up, count_refusals, worth_logging
 from protos import perfetto_ipc_pb2 as pf
 
 READ_BYTES = 64 * 1024  # one recvmsg per connection and turn
 FRAMES_PER_TURN = 256  # frames handled per connection and turn (as the ZeroMQ ports)
+# What is still read from a connection whose process exited (a socket buffer holds
+# far less: wmem_max is 208 KiB by default); past it, a child that inherited the
+# socket and writes on is cut off.
+EXITED_READ_BYTES = 1 << 20
 ACCEPTS_PER_TURN = 64
 LISTEN_BACKLOG = 64
 ACCEPT_PAUSE_NS = 100_000_000  # after a failed accept (out of fds): let the loop breathe
@@ -85,9 +96,10 @@ MAX_QUEUED_FRAMES = 10_000
 FD_ROOM = socket.CMSG_LEN(4)  # exactly one fd: CMSG_SPACE would leave room for two
 SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 RECV_FLAGS = socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.13 names it
 PRODUCER, CONSUMER = "p", "c"  # the sides, as the shell names its ports
 # What the service state's refusals count of the Perfetto peers' misdeeds.
-PERFETTO_CLOSED = "perfetto_connections_closed"  # for a protocol error
+PERFETTO_CLOSED = "perfetto_connections_closed"  # by the service, and why logged
 PERFETTO_REJECTED = "perfetto_requests_rejected"  # by a translator
 PERFETTO_UNDECODABLE = "perfetto_frames_undecodable"
 
@@ -96,15 +108,17 @@ class Translator(Protocol):
     """A connection's translator (actors/core/perfetto_producer.py, perfetto_consumer.py).
 
     A translator that wants the connection ended says why in Step.close (for
-    a frame) or in `closing` (checked after on_frame and after on_core). What
-    it rejected shows in `refused` (a Mapping of counts by why) or `counters`
-    (`rejected` by why, `frames_not_requests`, `binds_refused`), if it has them."""
+    a frame) or in `closing` (checked after on_frame and after on_core)."""
 
     closing: str
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step: ...
 
     def on_core(self, msg: Any) -> list[OutFrame]: ...  # either side's message
+
+    def rejections(self) -> Mapping[str, int]:
+        """The requests it rejected so far, counted by why."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +139,7 @@ class Hooks:
 @dataclass(slots=True)
 class Queued:
     data: memoryview
-    smb: bool  # its first byte goes with the producer's SMB fd (looked up then)
+    carries_smb_fd: bool  # its first byte goes with the producer's SMB fd (looked up then)
 
 
 @dataclass
@@ -137,16 +151,16 @@ class PerfettoConn:
     translator: Translator
     pidfd: int  # the peer process's: readable once it exited
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    pending_fd: int | None = None  # came with a frame still incomplete
-    pending_since: int = 0  # when it came (monotonic ns): bounded by the send timeout
-    backlog: deque[tuple[pf.IPCFrame, int | None]] = field(default_factory=deque)
+    fd_since: int = 0  # when the last fd came (monotonic ns): an fd may wait for its
+    # frame for the peer send timeout (0: none waits)
     out: deque[Queued] = field(default_factory=deque)
     out_bytes: int = 0
     progress_at: int = 0  # when the queue was made or last had bytes taken
     spoke: bool = False
+    draining: bool = False  # its peer is gone: what it sent is read, then it ends
+    read_after_exit: int = 0  # bytes, while draining: bounded by EXITED_READ_BYTES
     ended: bool = False
-    rejected: int = 0  # the translator's rejections already counted
-    undecodable: int = 0  # the decoder's undecodable frames already counted
+    counted: dict[str, int] = field(default_factory=dict)  # its faults already counted
 
 
 class PerfettoPort:
@@ -170,9 +184,7 @@ class PerfettoPort:
         self._retry: Timer | None = None
         self._continue: Timer | None = None
         self._pending_timer: Timer | None = None
-        self.dropped = 0  # connections ended for a protocol error (logged)
-        self.rejected = 0  # requests the translators rejected
-        self.undecodable = 0  # frames whose bytes did not parse
+        self.closed = 0  # connections the service closed, and why logged
         self.listeners: dict[str, socket.socket] = {}
         try:
             producer_mode = 0o666 if others_may_produce else 0o600
@@ -220,7 +232,7 @@ class PerfettoPort:
 
     def _open(self, side: str, sock: socket.socket, entry: Connection) -> None:
         try:
-            pidfd = os.pidfd_open(entry.pid)
+            pidfd = peer_pidfd(sock, entry.pid)
         except OSError as e:  # it exited already (or no fd is left): nobody to serve
             self._connections.disconnected(entry.fd, PERFETTO)
             sock.close()
@@ -232,7 +244,7 @@ class PerfettoPort:
         conn = PerfettoConn(sock, sock.fileno(), side, peer, make(identity), pidfd)
         self.conns[identity] = conn
         self._loop.add_fd(conn.fd, lambda: self._guarded(conn, self._on_readable))
-        self._loop.add_fd(pidfd, lambda: self._end(conn, ""))  # its process exited
+        self._loop.add_fd(pidfd, lambda: self._guarded(conn, self._on_exit))
 
     def _new_identity(self) -> bytes:
         while True:  # a u32 wraps after 4 billion connections: skip the live ones
@@ -251,14 +263,35 @@ class PerfettoPort:
     # -- receiving ------------------------------------------------------------------------
 
     def _on_readable(self, conn: PerfettoConn) -> None:
-        if not conn.backlog:
+        if not conn.decoder.complete():  # else the rest waits in the socket: backpressure
             self._read(conn)
-        self._handle_backlog(conn)
+        self._handle_frames(conn)
+
+    def _on_exit(self, conn: PerfettoConn) -> None:
+        """Its process exited: what it sent before (say, a last CommitData with
+        its flush ack) is still read and handled; the connection ends once the
+        socket has nothing more (see _read)."""
+        self._loop.remove(conn.pidfd)
+        self._drain(conn)
+
+    def _drain(self, conn: PerfettoConn) -> None:
+        """The peer is gone (its process exited, or its socket refuses our bytes):
+        nothing more is sent to it; what it sent is read and handled from the next
+        turn on (not now: a frame may be half handled), then it ends."""
+        conn.draining = True
+        conn.out.clear()
+        conn.out_bytes = 0
+        self._arm_continue()
 
     def _read(self, conn: PerfettoConn) -> None:
+        if conn.draining and conn.read_after_exit >= EXITED_READ_BYTES:
+            self._end(conn, "")  # a child that inherited the socket writes on: not served
+            return
         try:
             data, ancdata, flags, _addr = conn.sock.recvmsg(READ_BYTES, FD_ROOM, RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
+            if conn.draining:  # all it sent before it went is read
+                self._end(conn, "")
             return
         except OSError:  # ECONNRESET: the client is gone
             self._end(conn, "")
@@ -271,56 +304,54 @@ class PerfettoPort:
             close_fds(fds)
             self._end(conn, "")
             return
-        try:
-            frames = conn.decoder.feed(data)
-        except FrameError as e:
-            close_fds(fds)
-            self._end(conn, str(e))
-            return
-        self._queue_frames(conn, frames, fds[0] if fds else None)
-        self._count_faults(conn)
-
-    def _queue_frames(self, conn: PerfettoConn, frames: list[pf.IPCFrame], fd: int | None) -> None:
-        """Frames into the backlog, each with the fd that belongs to it (see the
-        module docstring)."""
-        fds: list[int | None] = [None] * len(frames)
-        if conn.pending_fd is not None and frames:  # its frame is the first completed
-            fds[0], conn.pending_fd = conn.pending_fd, None
-        if fd is not None:
-            if conn.decoder.buffered:  # the read ends inside a frame: the fd waits for it
-                close_fds([conn.pending_fd])
-                conn.pending_fd, conn.pending_since = fd, time.monotonic_ns()
-                self._arm_pending()
-            elif frames:
-                close_fds([fds[-1]])
-                fds[-1] = fd
-            else:
-                close_fds([fd])
-        conn.backlog.extend(zip(frames, fds, strict=True))
+        if conn.draining:
+            conn.read_after_exit += len(data)
+        close_fds([conn.decoder.keep(data, fds[0] if fds else None)])
+        if fds:
+            conn.fd_since = time.monotonic_ns()
+            self._arm_pending()
 
     def _arm_pending(self) -> None:
-        waiting = [c.pending_since for c in self.conns.values() if c.pending_fd is not None]
-        deadline = min(waiting) + self._timeout_ns if waiting else None
-        self._pending_timer = self._loop.rearm(self._pending_timer, deadline, self._on_pending)
+        if self._pending_timer is None:  # _on_pending re-arms from the earliest
+            deadline = self._loop.now() + self._timeout_ns
+            self._pending_timer = self._loop.call_at(deadline, self._on_pending)
 
     def _on_pending(self) -> None:
         """An fd whose frame never completes would pin an fd of ours for the life
         of its connection: past the peer send timeout the connection ends."""
         self._pending_timer = None
         end = time.monotonic_ns() - self._timeout_ns
-        for conn in list(self.conns.values()):
-            if conn.pending_fd is not None and conn.pending_since <= end:
+        for conn in [c for c in self.conns.values() if c.fd_since and c.fd_since <= end]:
+            if conn.decoder.fd_waiting():
                 self._end(conn, "the frame its fd came with stayed incomplete")
-        self._arm_pending()
+            else:
+                conn.fd_since = 0
+        waiting = [c.fd_since for c in self.conns.values() if c.fd_since]
+        if waiting:
+            deadline = min(waiting) + self._timeout_ns
+            self._pending_timer = self._loop.call_at(deadline, self._on_pending)
 
-    def _handle_backlog(self, conn: PerfettoConn) -> None:
+    def _handle_frames(self, conn: PerfettoConn) -> None:
+        """Cut and handle the frames read, at most FRAMES_PER_TURN; the rest on the
+        next turn."""
         for _ in range(FRAMES_PER_TURN):
-            if conn.ended or not conn.backlog:
+            if conn.ended:
+                return
+            try:
+                cut = conn.decoder.next_frame()
+            except FrameError as e:
+                self._end(conn, str(e))
+                return
+            if cut is None:
                 break
-            frame, fd = conn.backlog.popleft()
-            self._handle(conn, frame, fd)
+            frame, fd = cut
+            if frame is None:  # empty, or it did not parse (counted)
+                close_fds([fd])
+            else:
+                self._handle(conn, frame, fd)
+        self._count_faults(conn)
         self._flush(conn)  # the replies of the whole batch, gathered
-        if conn.backlog and not conn.ended:  # the rest on the next turn (its bytes are read)
+        if not conn.ended and (conn.draining or conn.decoder.complete()):
             self._arm_continue()
 
     def _arm_continue(self) -> None:
@@ -329,8 +360,8 @@ class PerfettoPort:
 
     def _on_continue(self) -> None:
         self._continue = None
-        for conn in [c for c in self.conns.values() if c.backlog]:
-            self._guarded(conn, self._handle_backlog)
+        for conn in [c for c in self.conns.values() if c.draining or c.decoder.complete()]:
+            self._guarded(conn, self._on_readable)
 
     def _handle(self, conn: PerfettoConn, frame_untrusted: pf.IPCFrame, fd: int | None) -> None:
         if not conn.spoke:  # no longer cut as silent
@@ -398,7 +429,7 @@ class PerfettoPort:
         return conn is None or not conn.out
 
     def _send_frames(self, conn: PerfettoConn, frames: list[OutFrame], flush: bool = True) -> None:
-        if not frames or conn.ended:
+        if not frames or conn.ended or conn.draining:
             return
         if not conn.out:
             conn.progress_at = time.monotonic_ns()
@@ -432,14 +463,15 @@ class PerfettoPort:
                 sent = conn.sock.sendmsg(buffers, ancillary, SEND_FLAGS)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # EPIPE, ECONNRESET: it is gone
-                self._end(conn, "")
+            except OSError:  # EPIPE, ECONNRESET: it is gone, what it sent may not be
+                if not conn.draining:
+                    self._drain(conn)
                 return
             conn.progress_at = time.monotonic_ns()
             self._consume(conn, sent)
 
     def _consume(self, conn: PerfettoConn, sent: int) -> None:
-        conn.out[0].smb = False  # the fd went with these bytes
+        conn.out[0].carries_smb_fd = False  # the fd went with these bytes
         conn.out_bytes -= sent
         while sent:
             head = conn.out[0]
@@ -501,35 +533,28 @@ class PerfettoPort:
             self._hooks.send_all(self._core.consumer_gone(conn.peer.identity, now))
 
     def _count_close(self, peer: str, why: str) -> None:
-        self.dropped += 1
-        count_refusal(self._core.counters, PERFETTO_CLOSED)
-        if worth_logging(self.dropped):
+        self.closed += 1
+        if worth_logging(count_refusals(self._core.counters, PERFETTO_CLOSED)[1]):
             self._hooks.log(f"closed a Perfetto connection of {peer}: {why} "
-                            f"({self.dropped} so far)")  # fmt: skip
+                            f"({self.closed} so far)")  # fmt: skip
 
     def _count_faults(self, conn: PerfettoConn) -> None:
         """The translator's rejections and the frames that did not parse since the
         last look: into the service state's refusals, a log line per doubling."""
-        rejected = rejections(conn.translator)
-        undecodable = conn.decoder.undecodable
-        counters = self._core.counters
-        if rejected > conn.rejected:
-            new, conn.rejected = rejected - conn.rejected, rejected
-            before, self.rejected = self.rejected, self.rejected + new
-            counters.refusals[PERFETTO_REJECTED] = counters.refusals.get(PERFETTO_REJECTED, 0) + new
-            if newly_worth_logging(before, self.rejected):
-                self._hooks.log(f"rejected requests of a Perfetto client of pid {conn.peer.pid}: "
-                                f"{rejection_reasons(conn.translator)} "
-                                f"({self.rejected} so far in all)")  # fmt: skip
-        if undecodable > conn.undecodable:
-            new, conn.undecodable = undecodable - conn.undecodable, undecodable
-            before, self.undecodable = self.undecodable, self.undecodable + new
-            counters.refusals[PERFETTO_UNDECODABLE] = (
-                counters.refusals.get(PERFETTO_UNDECODABLE, 0) + new
-            )
-            if newly_worth_logging(before, self.undecodable):
-                self._hooks.log(f"dropped frames that did not parse from pid {conn.peer.pid} "
-                                f"({self.undecodable} so far)")  # fmt: skip
+        reasons = conn.translator.rejections()
+        faults = ((PERFETTO_REJECTED, sum(reasons.values())),
+                  (PERFETTO_UNDECODABLE, conn.decoder.undecodable))  # fmt: skip
+        for name, count in faults:
+            seen = conn.counted.get(name, 0)
+            if count <= seen:
+                continue
+            conn.counted[name] = count
+            before, after = count_refusals(self._core.counters, name, count - seen)
+            if worth_logging(after, before):
+                what = (f"rejected requests ({dict(reasons)})" if name == PERFETTO_REJECTED
+                        else "dropped frames that did not parse")  # fmt: skip
+                self._hooks.log(f"{what} of a Perfetto client of pid {conn.peer.pid} "
+                                f"({after} so far in all)")  # fmt: skip
 
     def _release(self, conn: PerfettoConn) -> None:
         conn.ended = True
@@ -537,9 +562,7 @@ class PerfettoPort:
         self._loop.remove(conn.fd)
         self._loop.remove(conn.pidfd)
         self._connections.disconnected(conn.fd, PERFETTO)  # before the number can be reused
-        close_fds([conn.pending_fd, conn.pidfd, *(fd for _, fd in conn.backlog)])
-        conn.pending_fd = None
-        conn.backlog.clear()
+        close_fds([conn.pidfd, *conn.decoder.take_fds()])
         conn.out.clear()
         conn.sock.close()
 
@@ -567,36 +590,27 @@ def gather(out: deque[Queued]) -> tuple[list[memoryview], bool]:
     head = out[0]
     buffers, size = [head.data], len(head.data)
     for item in list(out)[1:64]:
-        if item.smb or size >= SEND_BYTES:
+        if item.carries_smb_fd or size >= SEND_BYTES:
             break
         buffers.append(item.data)
         size += len(item.data)
-    return buffers, head.smb
+    return buffers, head.carries_smb_fd
 
 
-def rejections(translator: object) -> int:
-    """How many requests a translator rejected so far (see Translator)."""
-    return sum(rejection_reasons(translator).values())
-
-
-def rejection_reasons(translator: object) -> dict[str, int]:
-    reasons: dict[str, int] = {}
-    refused = getattr(translator, "refused", None)
-    counters = getattr(translator, "counters", None)
-    for counts in (refused, getattr(counters, "rejected", None)):
-        if isinstance(counts, Mapping):
-            for why, count in counts.items():
-                reasons[str(why)] = reasons.get(str(why), 0) + int(count)
-    for name in ("frames_not_requests", "binds_refused"):
-        count = getattr(counters, name, 0)
-        if isinstance(count, int) and count:
-            reasons[name.replace("_", " ")] = count
-    return reasons
-
-
-def newly_worth_logging(before: int, now: int) -> bool:
-    """Whether a count that went from `before` to `now` passed a value worth_logging."""
-    return before < 16 or now.bit_length() > before.bit_length()
+def peer_pidfd(sock: socket.socket, pid: int) -> int:
+    """A pidfd of the process that connected `sock`: the kernel's own where it
+    has one (SO_PEERPIDFD, Linux >= 6.5), which names that process even if its
+    pid was reused since; else pidfd_open of its SO_PEERCRED `pid`, which may
+    name another process if the peer exited and its pid was reused between its
+    connect() and now. Either way, once the pidfd is held the window left is its
+    exit: the connection ends when the pidfd fires (after its data is handled).
+    Raises OSError (ESRCH: it exited already)."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as e:
+        if e.errno not in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+            raise  # ESRCH, EMFILE: as pidfd_open would fail
+    return os.pidfd_open(pid)
 
 
 def file_identity(fd: int | None) -> tuple[int, int] | None:

@@ -85,6 +85,7 @@ from actors.peer_limits import (
     count_give_up,
     count_refusal,
     not_admitted,
+    open_files_note,
     raise_open_files_limit,
     worth_logging,
 )
@@ -695,7 +696,8 @@ class ServiceShell:
             log(f"cannot start: {e}")
             self.close()
             return 1
-        raise_open_files_limit()  # connections hold fds (actors/peer_limits.py)
+        limit = raise_open_files_limit()  # connections hold fds (actors/peer_limits.py)
+        log(open_files_note(limit, self.core.limits.max_connections_per_uid))
         self.loop.stop_on_signals(on_signal=self._arm_shutdown_deadline)
         if self.relays is not None:
             log(f"relays on {self.relays.endpoint}")

@@ -31,7 +31,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from actors.core.perfetto_wire import (
@@ -70,8 +70,13 @@ class StandInConn:
         self.core_request: int | None = None  # the request a Core call waits on
         self.closing = ""  # set by CloseLater: after the reply, through the port's check
         self.refused: dict[str, int] = {}  # counted by the port as the translators' are
+        self.frames_seen = 0
+
+    def rejections(self) -> Mapping[str, int]:
+        return self.refused
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step:
+        self.frames_seen += 1
         rid = frame_untrusted.request_id
         kind = frame_untrusted.WhichOneof("msg")
         if kind == "msg_bind_service":

@@ -102,7 +102,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +177,10 @@ class PerfettoConsumerConn:
         self.refused: Counter[str] = Counter()  # requests refused, by why (the shell logs)
         self.last_refusal = ""  # the service's last reason, with the method (for the log)
         self.closing = ""  # non-empty once the connection must end (also in Step.close)
+
+    def rejections(self) -> Mapping[str, int]:
+        """The requests refused so far, by why (for the shell's refusal count)."""
+        return self.refused
 
     # -- client -> core -------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ Pure: messages in, messages and frames out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -210,6 +210,16 @@ class PerfettoProducerConn:
             "Sync": (pf.Empty, self._sync),
         }
         self._methods = {PRODUCER_METHODS[name]: h for name, h in handlers.items()}
+
+    def rejections(self) -> Mapping[str, int]:
+        """The requests rejected so far, by why (for the shell's refusal count)."""
+        counters = self.counters
+        reasons = dict(counters.rejected)
+        for why, count in (("not a request", counters.frames_not_requests),
+                           ("bind refused", counters.binds_refused)):  # fmt: skip
+            if count:
+                reasons[why] = reasons.get(why, 0) + count
+        return reasons
 
     # -- from the client ---------------------------------------------------------------
 
