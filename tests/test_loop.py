@@ -134,3 +134,40 @@ def test_rearm_keeps_a_timer_set_for_the_same_deadline_and_replaces_another():
         assert loop.rearm(second, None, lambda: None) is None and second.cancelled
     finally:
         loop.close()
+
+
+def test_a_handler_replaced_during_a_poll_round_is_not_run_for_its_stale_event() -> None:
+    """Two fds ready in one round; the first's handler replaces the second's (as
+    an accept reusing a just-closed pidfd's number would): the new handler is
+    not run for the old event, and runs on the next round, its fd being ready."""
+    loop = Loop()
+    first_r, first_w = os.pipe()
+    second_r, second_w = os.pipe()
+    os.write(first_w, b"x")
+    os.write(second_w, b"x")
+    ran: list[str] = []
+
+    def replaced() -> None:
+        ran.append("replaced")
+
+    def new() -> None:
+        ran.append("new")
+        os.read(second_r, 1)
+
+    def first() -> None:
+        ran.append("first")
+        os.read(first_r, 1)
+        loop.remove(second_r)
+        loop.add_fd(second_r, new)
+
+    loop.add_fd(first_r, first)
+    loop.add_fd(second_r, replaced)
+    try:
+        assert loop.run(until=lambda: bool(ran), timeout=30)
+        assert ran == ["first"]  # that round: neither the old handler nor the new one
+        assert loop.run(until=lambda: len(ran) > 1, timeout=30)
+        assert ran == ["first", "new"]
+    finally:
+        loop.close()
+        for fd in (first_r, first_w, second_r, second_w):
+            os.close(fd)

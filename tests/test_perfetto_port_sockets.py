@@ -12,6 +12,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,12 +23,15 @@ from actors.core.perfetto_wire import MAX_FRAME_BYTES, PERFETTO_PREFIX, encode
 from actors.core.producers import ServiceCounters
 from actors.endpoints import PerfettoSockets, claim_socket_path, socket_answers
 from actors.loop import Loop
-from actors.peer_limits import raise_open_files_limit
+from actors.peer_limits import open_files_note, raise_open_files_limit
 from actors.perfetto_port import (
+    EXITED_READ_BYTES,
     FRAMES_PER_TURN,
     PERFETTO_CLOSED,
     PERFETTO_REJECTED,
     PERFETTO_UNDECODABLE,
+    READ_BYTES,
+    SO_PEERPIDFD,
     Hooks,
     PerfettoPort,
     close_fds,
@@ -531,3 +535,171 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+MINIMAL_FRAME = b"\x02\x00\x00\x00\x10\x01"  # IPCFrame{request_id: 1}: 6 bytes, no reply
+
+
+def test_many_tiny_frames_cost_raw_bytes_not_parsed_frames(h: Harness) -> None:
+    """A 64 KiB read of 6-byte frames parsed at once would be ~10,900 IPCFrames
+    (~6 MB) per connection; cut lazily, each turn parses FRAMES_PER_TURN and the
+    rest of what was sent waits in the socket."""
+    per_client = READ_BYTES * 3 // len(MINIMAL_FRAME)
+    clients = [h.client() for _ in range(8)]
+    h.run_until(lambda: len(h.port.conns) == 8, "the accepts")
+    for client in clients:
+        client.send_raw(MINIMAL_FRAME * per_client)
+    tracemalloc.start()
+    try:
+        h.run_until(lambda: all(t.frames_seen for t in h.translators), "a turn for each")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * (READ_BYTES + MAX_FRAME_BYTES)  # parsed at once: ~8 x 1 MB traced
+    for conn in h.port.conns.values():
+        assert conn.decoder.buffered <= READ_BYTES + MAX_FRAME_BYTES
+    h.run_until(lambda: all(t.frames_seen == per_client for t in h.translators), "every frame")
+
+
+PRODUCE_AND_EXIT = """
+import os, sys
+from actors.core.perfetto_wire import encode
+from tests.perfetto_standin import ECHO, RawClient, invoke_frame
+client = RawClient(sys.argv[1])
+sys.stdin.readline()  # accepted
+client.send_raw(b"".join(encode(invoke_frame(i + 1, ECHO, b"x" * 80)) for i in range(1000)))
+os._exit(0)
+"""
+
+
+def test_what_a_peer_sent_before_its_process_exited_is_all_handled(h: Harness) -> None:
+    """An SDK app that flushes and exits at once: its last frames (past a read and
+    past a turn's bound) are handled before its pidfd ends the connection, and
+    the replies it cannot read any more cost nothing."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", PRODUCE_AND_EXIT, str(h.sockets.producer)],
+        stdin=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        h.run_until(lambda: len(h.port.conns) == 1, "the accept")
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.wait(timeout=TIMEOUT_S) == 0  # exited before the service read a byte
+        h.run_until(lambda: not h.port.conns, "the connection to end")
+        assert h.translators[0].frames_seen == 1000
+        assert h.port.closed == 0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_peer_that_exits_with_a_child_writing_on_is_cut_off(h: Harness) -> None:
+    """What is read after the process exited is bounded: a child that inherited
+    the socket and writes without end does not keep the connection."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITES_ON, str(h.sockets.producer)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        int(child.stdout.readline())  # the grandchild writing
+        h.run_until(lambda: len(h.port.conns) == 1, "the accept")
+        child.wait(timeout=TIMEOUT_S)
+        h.run_until(lambda: not h.port.conns, "the connection to end")
+        frames = h.translators[0].frames_seen
+        assert 0 < frames <= (EXITED_READ_BYTES + READ_BYTES) // len(MINIMAL_FRAME) + 1000
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()  # the grandchild's writes fail once the service closed
+        child.wait(timeout=TIMEOUT_S)
+
+
+WRITES_ON = """
+import os, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    try:
+        while True:
+            sock.sendall(b"\\x02\\x00\\x00\\x00\\x10\\x01" * 10000)
+    except OSError:
+        os._exit(0)
+print(pid, flush=True)
+os._exit(0)
+"""
+
+
+def test_the_pidfd_is_the_kernels_where_it_has_one(h: Harness, monkeypatch) -> None:
+    """SO_PEERPIDFD names the process that connected even if its pid was reused
+    since; pidfd_open of the pid is the fallback of older kernels."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(h.sockets.producer))
+        h.run_until(lambda: len(h.port.conns) == 1, "the accept")
+        (conn,) = h.port.conns.values()
+        pid_line = Path(f"/proc/self/fdinfo/{conn.pidfd}").read_text().split("Pid:")[1]
+        assert int(pid_line.split()[0]) == os.getpid() == conn.peer.pid
+        try:
+            kernel = probe.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        except OSError:
+            pytest.skip("no SO_PEERPIDFD on this kernel (before 6.5)")
+        os.close(kernel)
+
+        def no_pidfd_open(pid: int, flags: int = 0) -> int:
+            raise AssertionError("pidfd_open used though SO_PEERPIDFD answers")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd_open)
+        second = RawClient(h.sockets.producer)
+        h.run_until(lambda: len(h.port.conns) == 2, "the second accept")
+        second.close()
+    finally:
+        probe.close()
+
+
+def test_a_pending_fd_arms_one_timer_not_a_scan(h: Harness, monkeypatch) -> None:
+    """Each read leaving an fd waiting used to scan every connection; the timer
+    is armed once, and re-armed from the earliest when it fires."""
+    clients = [h.client() for _ in range(3)]
+    h.run_until(lambda: len(h.port.conns) == 3, "the accepts")
+    armed: list[int] = []
+    call_at = h.loop.call_at
+
+    def counting(deadline: int, fn):
+        if getattr(fn, "__name__", "") == "_on_pending":
+            armed.append(deadline)
+        return call_at(deadline, fn)
+
+    monkeypatch.setattr(h.loop, "call_at", counting)
+    for client in clients:
+        fd = memfd(3)
+        client.send_raw(encode(invoke_frame(1, TAKE_FD))[:3], fds=[fd])
+        os.close(fd)
+    h.run_until(lambda: all(c.decoder.fd_waiting() for c in h.port.conns.values()), "the fds")
+    assert len(armed) == 1
+
+
+def test_the_open_files_note_warns_below_what_one_uid_may_hold() -> None:
+    assert open_files_note(1 << 20, 1024) == f"open-files limit: {1 << 20}"
+    note = open_files_note(4096, 1024)
+    assert note.startswith("warning") and "4096" in note and "5120" in note
+
+
+def test_a_stale_socket_that_cannot_be_removed_is_a_clear_refusal(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Another user's stale socket in sticky /tmp: unlink fails (PermissionError,
+    simulated here: the tests run as any user, root included); the service says
+    why it cannot start instead of a traceback."""
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+
+    def refused(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(1, "Operation not permitted", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    with pytest.raises(RuntimeError, match="stale socket of uid .* may not remove"):
+        claim_socket_path(path)
