@@ -30,6 +30,10 @@ what the kernel knows instead:
   longer holds its socket (a close libzmq did not report) is dropped when a
   limit is checked (at most once per SWEEP_NS), so a stale entry does not
   refuse a live peer for long.
+- An entry dropped without its DISCONNECTED (a new connection of either front
+  end accepted on its fd number before the event was read, or found stale) has
+  ended all the same: if routing ids are bound to it, it is kept in `displaced`
+  until the shell takes it (take_displaced()) and ends them as for a DISCONNECTED.
 - A connection that delivers no message within SILENT_NS is cut with
   shutdown(SHUT_RDWR) on a dup of its fd (libzmq notices and closes it), and
   counted under SILENT: libzmq parks a second connection presenting a routing
@@ -65,7 +69,7 @@ class Connection:
     pid: int  # SO_PEERCRED at accept: the peer process, as the kernel says
     uid: int
     side: str  # "p" or "c": the port
-    front: str = "zmq"  # ZMQ or PERFETTO: whose fd it is (its events are only that front's)
+    front: str = ZMQ  # ZMQ or PERFETTO: whose fd it is (its events are only that front's)
     cut_at: int = 0  # when it is cut if it is still silent (monotonic ns)
     spoke: bool = False  # a message of it was handled
     identities: set[bytes] = field(default_factory=set)  # routing ids first seen on it
@@ -81,6 +85,9 @@ class Connections:
         # connections drops: not counted while they close (a burst is not refused
         # for the connections refused before it).
         self.denied: Counter[int] = Counter()
+        # Entries with routing ids, dropped without their DISCONNECTED (see the module
+        # docstring): the shell ends their routing ids.
+        self.displaced: list[Connection] = []
         self._sweep_at = 0  # when stale entries may be looked for again
 
     def __len__(self) -> int:
@@ -100,7 +107,7 @@ class Connections:
         known = self.by_fd.get(fd)
         if known is not None and known.inode == inode:
             return None  # met through a message before its event
-        self.disconnected(fd)  # an entry on this fd is from a socket closed unreported
+        self._drop_unreported(fd)  # an entry on this fd is of a socket closed unreported
         conn = Connection(fd, inode, peer_pid, uid, side, front, spoke=pid > 0)
         self.by_fd[fd] = conn
         self.per_pid[peer_pid] += 1
@@ -129,6 +136,17 @@ class Connections:
             if counter[key] <= 0:
                 del counter[key]
         return conn
+
+    def take_displaced(self) -> list[Connection]:
+        """The entries with routing ids dropped without their DISCONNECTED since the
+        last call: their connections ended (their routing ids end too)."""
+        displaced, self.displaced = self.displaced, []
+        return displaced
+
+    def _drop_unreported(self, fd: int) -> None:
+        conn = self.disconnected(fd)
+        if conn is not None and conn.identities:
+            self.displaced.append(conn)
 
     # -- admission (ZAP) and messages ------------------------------------------------------
 
@@ -184,7 +202,7 @@ class Connections:
     def _drop_stale(self) -> None:
         for conn in list(self.by_fd.values()):
             if not _same_socket(conn) and self.by_fd.get(conn.fd) is conn:
-                self.disconnected(conn.fd)
+                self._drop_unreported(conn.fd)
 
 
 class ClosedIdentities:

@@ -42,7 +42,7 @@ from zmq.utils.monitor import parse_monitor_message
 from actors import host_info
 from actors.core.limits import Limits
 from actors.core.relay_core import Link, Log, RelayConfig, RelayCore, ToProducer
-from actors.endpoints import default_producer_endpoint, socket_answers
+from actors.endpoints import claim_socket_path, default_producer_endpoint
 from actors.loop import Loop, Timer
 from actors.peer_limits import RETRY_NS, worth_logging
 from actors.relay_keys import KeyFileError, load_pair, load_public
@@ -156,10 +156,8 @@ class RelayShell:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         path = ipc_path(endpoint)
-        if path is not None and path.exists():
-            if socket_answers(path):
-                raise RuntimeError(f"{endpoint} is in use: is a service or relay running?")
-            path.unlink()  # a stale socket of a crashed process
+        if path is not None and not str(path).startswith("@"):  # not an abstract socket
+            claim_socket_path(path)  # a stale socket of a crashed process is replaced
         old_umask = os.umask(0o077)
         try:
             sock.bind(endpoint)

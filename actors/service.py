@@ -482,7 +482,7 @@ class ServiceShell:
         else:
             msg = ipc.ServiceToConsumer(request_id=request_id)
         msg.error.message = text
-        sock = self.producer_sock if side == "p" else self.consumer_sock
+        sock = self._sock(side)
         try:
             sock.send_multipart(framing.encode_routed(identity, msg), zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -493,7 +493,10 @@ class ServiceShell:
     def _on_monitor(self, side: str) -> None:
         """This port's connection events, in order: an accepted connection is
         counted against the limits (refused past one); a dropped one ends the
-        routing ids bound to it (after the messages it sent before are handled)."""
+        routing ids bound to it (after the messages it sent before are handled).
+        So does one whose fd number a newer connection took (of either port or a
+        Perfetto socket) before its DISCONNECTED was read: that event, arriving
+        late, finds the newcomer's entry and is ignored (Connections.displaced)."""
         monitor = self.monitors[side]
         now = time.monotonic_ns()
         ended: list[Connection] = []
@@ -512,14 +515,18 @@ class ServiceShell:
                 if gone is not None and gone.identities:
                     ended.append(gone)
         self._arm_cut()
-        if ended:
-            self._drain_messages(self.producer_sock if side == "p" else self.consumer_sock, side)
+        ended += self.connections.take_displaced()
+        for ended_side in sorted({conn.side for conn in ended}):
+            self._drain_messages(self._sock(ended_side), ended_side)
         for conn in ended:
             for identity in conn.identities:
-                if self.conn_of.get((side, identity)) is conn:
-                    self._unreachable(side, identity)
+                if self.conn_of.get((conn.side, identity)) is conn:
+                    self._unreachable(conn.side, identity)
         if dropped:
             self._probe_stopped(side)
+
+    def _sock(self, side: str) -> zmq.Socket:
+        return self.producer_sock if side == "p" else self.consumer_sock
 
     def _connection_of(self, side: str, fd: int, pid: int) -> Connection | None:
         conn = self.connections.of_message(fd, pid)
@@ -745,7 +752,7 @@ class ServiceShell:
             os.close(fd)
         self.pidfds.clear()
         for side, monitor in self.monitors.items():
-            sock = self.producer_sock if side == "p" else self.consumer_sock
+            sock = self._sock(side)
             sock.disable_monitor()
             monitor.close(linger=0)
         self.handoff.close()

@@ -7,6 +7,7 @@ would be: the trace puts every machine on the service's timeline within 1 ms.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -29,6 +30,10 @@ OFFSET_S = 3600  # the namespaced machine's clocks run an hour ahead
 MS = 1_000_000
 CLOCK_SOURCE = "test.clock"
 TIME_NS = ["unshare", "--time", "--boottime", str(OFFSET_S), "--monotonic", str(OFFSET_S)]
+
+
+def in_own_time_namespace(pid: int) -> bool:
+    return os.readlink(f"/proc/{pid}/ns/time") != os.readlink("/proc/self/ns/time")
 
 
 def free_port() -> int:
@@ -124,6 +129,9 @@ def test_two_relays_one_session_machine_ids_and_one_timeline(rt: Runtime) -> Non
     m.start_relay("m1")
     m.start_producer("m1", "m1-clock")
     relay2 = m.start_relay("m2", prefix=TIME_NS)
+    # unshare moves into the new time namespace at its exec: enter it only once it has
+    # (else the producer would join the host's and run an hour behind its relay).
+    wait_for(lambda: in_own_time_namespace(relay2.pid), 30, "relay m2 in its time namespace")
     m.start_producer("m2", "m2-clock", prefix=["nsenter", "--time", "--target", str(relay2.pid)])
     ids = m.wait_machines("m1", "m2")
     assert 0 not in ids.values() and ids["m1"] != ids["m2"]

@@ -8,13 +8,15 @@ inline chunks, with the flush ack after them; the producer is announced with the
 pid its kernel gave; a dead producer is said; the clocks are synced in bursts; a
 link that goes silent is noticed, the producers' instances stopped, what could
 not be sent counted and reported once the link is back; a key the central side
-does not list gets no link; bad flags are refused with what to pass.
+does not list gets no link; bad flags are refused with what to pass; a producer
+path holding anything but a stale socket is refused and left alone.
 """
 
 from __future__ import annotations
 
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,6 +312,34 @@ def test_an_unreadable_key_file_is_refused(rt, keys):
     ])  # fmt: skip
     assert result.returncode == 2
     assert "missing.key_secret" in result.stderr
+
+
+def stale_socket(path: Path) -> Path:
+    """A socket file nobody listens on (its process crashed)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["a file", "a symlink to a stale socket"])
+def test_a_producer_path_that_is_no_socket_is_refused_and_left_alone(rt, kind):
+    """The relay claims its producer socket's path as the service does: only a
+    stale socket is replaced; anything else there is refused, not unlinked."""
+    path = rt.dir / "p"
+    if kind == "a file":
+        path.write_text("not ours")
+    else:
+        path.symlink_to(stale_socket(rt.dir / "stale"))
+    result = rt.run([
+        PYTHON, "-m", "actors.relay", "--service", "tcp://127.0.0.1:9", "--insecure",
+        "--producer-endpoint", rt.producer_endpoint,
+    ], timeout=30)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "exists and is not a socket" in result.stderr
+    if kind == "a file":
+        assert path.read_text() == "not ours"
+    else:
+        assert path.is_symlink()
 
 
 def vm_hwm_kb(pid: int) -> int:
