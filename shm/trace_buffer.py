@@ -42,7 +42,9 @@ sizes the record and counts the loss; it is not trusted afterwards: every read
 of a record parses it again within its bounds (shm/buffer_records.py), so a
 producer that changes its bytes while they are copied garbles only its own
 sequence. An id at or before the last one erased is stale (chunks_discarded),
-unless an evicted scrape comes back with more. An id still present is a
+unless an evicted scrape comes back with more; the last one erased coming back
+with no more than was erased (a chunk scraped, read, then committed) is
+skipped, as Perfetto skips an identical recommit: nothing was lost. An id still present is a
 recommit: it may only grow within its reservation and add flags (else
 abi_violations); equal is skipped, more is rewritten (chunks_rewritten) or, for
 a scrape read to the end, moved to wr (chunks_relocated). Then DISCARD latches
@@ -135,6 +137,7 @@ BUFFER_GRANULE = 4096
 MAX_BUFFER_SIZE = 1 << 32  # exclusive: Perfetto's offsets are u32
 ABI_FLAGS = 0x3F  # the six flag bits of a chunk header
 RECOMMIT_KEPT_FLAGS = FIRST_PACKET_CONTINUES | LAST_PACKET_CONTINUES | NEEDS_PATCHING
+ALREADY_HAD = -2  # _admit: the last chunk erased, again, with nothing new
 _new_tuple = tuple.__new__  # builds a NamedTuple without the cost of its __new__
 
 
@@ -364,6 +367,8 @@ class TraceBuffer:
         """Place a measured chunk: skip it if stale, recommit it if present, else
         make room and write a new record."""
         consumed = self._admit(seq, chunk_id, payload)
+        if consumed == ALREADY_HAD:
+            return
         if consumed < 0:
             self._stats.chunks_discarded += 1
             return
@@ -382,14 +387,18 @@ class TraceBuffer:
         )
 
     def _admit(self, seq: SequenceState, chunk_id: int, payload: int) -> int:
-        """-1 for a chunk at or before the last one erased (stale), else how many
-        payload bytes were consumed already (an evicted scrape returning with
-        more payload is re-admitted past what was read of it)."""
+        """-1 for a chunk at or before the last one erased (stale), ALREADY_HAD for
+        the last one erased again with no more payload (a scrape, read, then its
+        commit: Perfetto skips such an identical recommit, and nothing is lost),
+        else how many payload bytes were consumed already (an evicted scrape
+        returning with more payload is re-admitted past what was read of it)."""
         last = seq.last
         if last is None:
             return 0
         order = id_cmp(chunk_id, last.chunk_id)
-        if order == 0 and last.scraped and last.payload < payload:
+        if order == 0 and payload <= last.payload:
+            return ALREADY_HAD
+        if order == 0 and last.scraped:
             return last.payload
         return -1 if order <= 0 else 0
 

@@ -878,18 +878,34 @@ def test_an_evicted_scrape_is_readmitted_past_what_was_read():
         (2, b"c3", 0),
         (1, b"C ", 0),
     ]
-    commit(tb, 1, 0, *SCRAPED)  # once more: now it is stale
+    commit(tb, 1, 0, *SCRAPED)  # once more, all of it read: skipped, nothing lost
+    assert read_all(tb) == []
     expect_stats(
         tb,
         bytes_written=4 * 1024 + 32 + 48,
         chunks_written=6,
         write_wrap_count=1,
-        chunks_discarded=1,
         padding_bytes_written=992 + 944,  # behind c3, then behind the re-admitted chunk
         padding_bytes_cleared=992,
         chunks_read=6,
         bytes_read=4 * 1024 + 32 + 48,
     )
+
+
+def test_a_complete_chunk_scraped_read_then_committed_is_neither_lost_nor_doubled():
+    """A flush that times out scrapes a chunk the producer completed but has not
+    committed yet; a read takes it; then the producer's commit of it arrives. That
+    is the same chunk again: skipped (Perfetto skips an identical recommit), not
+    counted as discarded, and its packets are not read twice."""
+    tb = TraceBuffer(8192)
+    commit(tb, 1, 0, f4(b"a"), f4(b"b"))  # the scrape of a COMPLETE chunk
+    assert data_of(read_all(tb)) == [b"a", b"b"]
+    commit(tb, 1, 0, f4(b"a"), f4(b"b"))  # its commit
+    commit(tb, 1, 1, f4(b"c"))
+    assert data_of(read_all(tb)) == [b"c"]
+    assert tb.stats.chunks_discarded == 0
+    commit(tb, 1, 0, f4(b"a"), f4(b"b"))  # older than the last one erased: stale
+    assert tb.stats.chunks_discarded == 1
 
 
 # -- reading semantics ---------------------------------------------------------------------------
