@@ -274,16 +274,24 @@ def producer_counts(rt: Runtime, name: str) -> tuple[int, int]:
     return int(wrote), int(dropped)
 
 
+# Sixteen producers at DROP_RATE packets/s each into SMBs too small for a commit
+# period's worth: they drop. At most DROP_COUNT packets each (~45 bytes in the
+# buffer): the big buffer holds all of them, however late the stop comes.
+DROP_RATE, DROP_COUNT, DROP_SMB_KB = 20_000, 60_000, 8
+
+
 @pytest.mark.slow  # 8-25 s: kept out of the edit loop, CI runs it
 def test_sixteen_producers_dropping_are_counted_exactly(rt):
     rt.start_service()
     names = [f"drop{i:02d}" for i in range(16)]
-    procs = start_producers(rt, names, "--policy", "drop", sources=("tracebus.synthetic",))
+    smb = ["--smb-size-kb", str(DROP_SMB_KB)]
+    procs = start_producers(rt, names, "--policy", "drop", *smb, sources=("tracebus.synthetic",))
     consumer = rt.consumer()
     config = f"""
         buffers {{ size_kb: {BIG_BUFFER_KB} fill_policy: RING_BUFFER }}
         data_sources {{ config {{ name: "tracebus.synthetic"
-            for_testing {{ message_count: 1000000000 message_size: 24 seed: 7 }} }} }}
+            for_testing {{ message_count: {DROP_COUNT} message_size: 24 seed: 7
+                           max_messages_per_second: {DROP_RATE} }} }} }}
     """
     consumer.enable(text_format.Parse(config, pb.TraceConfig()))
     wait_for(written_enough(consumer, 4 << 20), 30, "4 MiB written")
