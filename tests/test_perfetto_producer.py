@@ -36,25 +36,9 @@ from shm.abi import SharedMemoryABI, resolve_geometry
 from shm.arbiter import SharedMemoryArbiter
 from shm.commits import CommitBatch
 from shm.protozero import LEN, tag, varint
-from shm.region import InProcessRegion
 from shm.writer import BufferExhaustedPolicy, TraceWriter
 from tests.perfetto_client import commit_data_args
-
-SERVICE_UID, SERVICE_PID = 0, 100
-MS = 1_000_000
-
-
-class FakeSmb:
-    def __init__(self, geometry, pid, uid):
-        self.region = InProcessRegion(geometry.size)
-        self.buf = self.region.buf
-        self.token = id(self).to_bytes(16, "little")
-        self.socket = "/fake/handoff"
-        self.owner = (pid, uid)
-        self.closed = False
-
-    def close(self):
-        self.closed = True
+from tests.test_service_core import MS, SERVICE_PID, SERVICE_UID, FakeSmb
 
 
 class Received:
