@@ -8,6 +8,7 @@ from __future__ import annotations
 import resource
 from collections.abc import Callable
 
+from actors.core.limits import Limits
 from actors.core.producers import ServiceCounters
 
 # How often full pipes are retried while some peer has a queue. ZeroMQ says when
@@ -74,16 +75,16 @@ def not_admitted(producer: bool, uid: int, service_uid: int) -> str:
 
 def connection_refused(
     counters: ServiceCounters,
+    limits: Limits,
     limit: str,
-    value: int,
     pid: int,
     uid: int,
     log: Callable[[str], None],
 ) -> str:
-    """Count a connection refused over a connection limit (a few log lines for a
-    flood of them); the text its peer is told."""
+    """Count a connection refused over `limit`, one of `limits`' fields (a few log
+    lines for a flood of them); the text its peer is told."""
     count = count_refusal(counters, limit)
-    text = f"too many connections: {limit} is {value}"
+    text = f"too many connections: {limit} is {getattr(limits, limit)}"
     if worth_logging(count):
         log(f"refused a connection of pid {pid} (uid {uid}): {text} ({count} so far)")
     return text

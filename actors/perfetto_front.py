@@ -94,8 +94,8 @@ def admit(wiring: Wiring, side: str, fd: int) -> Connection | None:
         return None
     limit = wiring.connections.admit(conn.pid, conn.uid, wiring.core.limits, now)
     if limit:
-        value = getattr(wiring.core.limits, limit)
-        connection_refused(wiring.core.counters, limit, value, conn.pid, conn.uid, wiring.log)
+        connection_refused(wiring.core.counters, wiring.core.limits, limit, conn.pid, conn.uid,
+                           wiring.log)  # fmt: skip
         wiring.connections.disconnected(fd, PERFETTO)
         return None
     wiring.arm_cut()

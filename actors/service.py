@@ -553,12 +553,10 @@ class ServiceShell:
             limit = self.connections.admit(pid, uid, self.core.limits, now) if pid > 0 else ""
             status, text = (b"200", b"OK")
             if limit:
-                status, text = b"400", self._connection_refused(pid, uid, limit).encode()
+                refusal = connection_refused(self.core.counters, self.core.limits, limit, pid,
+                                             uid, log)  # fmt: skip
+                status, text = b"400", refusal.encode()
             self.zap.send_multipart([routing, b"", version, request_id, status, text, b"", b""])
-
-    def _connection_refused(self, pid: int, uid: int, limit: str) -> str:
-        value = getattr(self.core.limits, limit)
-        return connection_refused(self.core.counters, limit, value, pid, uid, log)
 
     def _arm_cut(self) -> None:
         self.cut_timer = self.loop.rearm(self.cut_timer, self.connections.next_cut(), self._on_cut)

@@ -123,7 +123,6 @@ from actors.core.perfetto_wire import (
     text,
     tracebus_descriptor,
 )
-from actors.core.producer_port import producer_name as listed_name
 from protos import perfetto_ipc_pb2 as pf
 from protos import tracebus_ipc_pb2 as ipc
 
@@ -162,7 +161,6 @@ class ProducerConnCounters:
     provided_smbs_declined: int = 0  # InitializeConnection offering the producer's SMB
     core_notices: int = 0  # core errors tied to no request (e.g. an SMB refused)
     last_notice: str = ""
-    core_replies_unmatched: int = 0  # core replies for requests nobody waits on
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
@@ -188,7 +186,6 @@ class PerfettoProducerConn:
         self.identity = identity
         self.counters = ProducerConnCounters()
         self.closing = ""  # non-empty: end the connection, and why (see the docstring)
-        self.producer_name = ""  # as the core lists it (printable, bounded: for logs)
         self.producer_id = 0  # the core's id for it, once initialized
         self._bound = False
         self._stream: int | None = None  # GetAsyncCommand's request id
@@ -297,8 +294,6 @@ class PerfettoProducerConn:
     ) -> Step:
         if req_untrusted.producer_provided_shmem:
             self.counters.provided_smbs_declined += 1  # its fd stays with the shell
-        if not self.producer_id:
-            self.producer_name = listed_name(text(req_untrusted.producer_name))
         init = ipc.InitializeConnectionRequest(
             hello=ipc.Hello(protocol_version=ipc.PROTOCOL_VERSION),
             producer_name=text(req_untrusted.producer_name),
@@ -390,8 +385,7 @@ class PerfettoProducerConn:
         if msg.request_id == 0:
             return self._from_core(kind, msg)
         awaited = self._awaited.pop(msg.request_id, None)
-        if awaited is None:
-            self.counters.core_replies_unmatched += 1
+        if awaited is None:  # the core's error for a request not awaited (drop_reply)
             return []
         rid = awaited.perfetto_request_id
         if kind != awaited.kind:  # an error (or, never, another kind)
