@@ -111,6 +111,7 @@ class Translator(Protocol):
     a frame) or in `closing` (checked after on_frame and after on_core)."""
 
     closing: str
+    last_refusal: str  # the service's last reason to refuse it something ("": none), logged
 
     def on_frame(self, frame_untrusted: pf.IPCFrame, fd: int | None) -> Step: ...
 
@@ -551,7 +552,9 @@ class PerfettoPort:
             conn.counted[name] = count
             before, after = count_refusals(self._core.counters, name, count - seen)
             if worth_logging(after, before):
-                what = (f"rejected requests ({dict(reasons)})" if name == PERFETTO_REJECTED
+                last = conn.translator.last_refusal
+                what = (f"rejected requests ({dict(reasons)}{'; last: ' + last if last else ''})"
+                        if name == PERFETTO_REJECTED
                         else "dropped frames that did not parse")  # fmt: skip
                 self._hooks.log(f"{what} of a Perfetto client of pid {conn.peer.pid} "
                                 f"({after} so far in all)")  # fmt: skip

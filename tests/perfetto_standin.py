@@ -69,6 +69,7 @@ class StandInConn:
         self.side = side
         self.core_request: int | None = None  # the request a Core call waits on
         self.closing = ""  # set by CloseLater: after the reply, through the port's check
+        self.last_refusal = ""
         self.refused: dict[str, int] = {}  # counted by the port as the translators' are
         self.frames_seen = 0
 
@@ -113,6 +114,7 @@ class StandInConn:
             raise RuntimeError("a bug of the stand-in")
         if invoke.method_id == REJECT:
             self.refused["asked to"] = self.refused.get("asked to", 0) + 1
+            self.last_refusal = "the stand-in was asked to"
             return Step(frames=[OutFrame(method_reply(rid, None))])
         return Step(frames=[OutFrame(method_reply(rid, None))])
 

@@ -480,7 +480,9 @@ def test_rejections_and_undecodable_frames_are_counted_and_logged(h: Harness) ->
     assert h.reply(client) == (b"after", None)
     refusals = h.core.counters.refusals
     assert refusals[PERFETTO_REJECTED] == 3 and refusals[PERFETTO_UNDECODABLE] == 1
-    assert any("rejected requests" in line and "asked to" in line for line in h.log)
+    rejected = [line for line in h.log if "rejected requests" in line]
+    assert rejected and all("'asked to'" in line for line in rejected)
+    assert "last: the stand-in was asked to" in rejected[0]  # the service's reason, told
     assert any("did not parse" in line for line in h.log)
 
 

@@ -451,7 +451,7 @@ def test_notices_and_heartbeats_from_the_core_send_nothing():
     notice.error.message = "no SMB of 1 bytes"
     assert conn.on_core(notice) == []
     assert conn.on_core(ipc.ServiceToProducer(heartbeat=ipc.Heartbeat())) == []
-    assert conn.counters.core_notices == 1 and conn.counters.last_notice == "no SMB of 1 bytes"
+    assert conn.counters.core_notices == 1 and conn.last_refusal == "no SMB of 1 bytes"
 
 
 def test_a_command_too_big_for_a_frame_ends_the_connection_instead_of_raising():

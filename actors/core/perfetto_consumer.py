@@ -76,7 +76,7 @@ How the core's refusals are told is traced's way for each method (what its
 service answers when it fails the call), since the SDK waits on some replies
 and reads a rejection of others as a lost connection: see _refused_reply. Each
 is counted in `refused` under the method, and `last_refusal` keeps the core's
-reason, for the shell's log.
+reason, which the shell logs.
 
 DataSourceDescriptor field numbers differ: QueryServiceState re-encodes them
 (perfetto_wire.perfetto_descriptor); what tracebus does not keep

@@ -160,7 +160,6 @@ class ProducerConnCounters:
     moves_with_data: int = 0  # CommitData moves carrying inline data: discarded
     provided_smbs_declined: int = 0  # InitializeConnection offering the producer's SMB
     core_notices: int = 0  # core errors tied to no request (e.g. an SMB refused)
-    last_notice: str = ""
 
     def reject(self, why: str) -> None:
         self.rejected[why] = self.rejected.get(why, 0) + 1
@@ -186,6 +185,7 @@ class PerfettoProducerConn:
         self.identity = identity
         self.counters = ProducerConnCounters()
         self.closing = ""  # non-empty: end the connection, and why (see the docstring)
+        self.last_refusal = ""  # the service's last error to it, for the shell's log
         self.producer_id = 0  # the core's id for it, once initialized
         self._bound = False
         self._stream: int | None = None  # GetAsyncCommand's request id
@@ -390,6 +390,7 @@ class PerfettoProducerConn:
         rid = awaited.perfetto_request_id
         if kind != awaited.kind:  # an error (or, never, another kind)
             self.counters.reject("refused by the service")
+            self.last_refusal = f"{awaited.kind}: {msg.error.message}"
             self._refused(awaited.kind)
             return [OutFrame(method_reply(rid, None))]
         if kind == "initialize_connection":
@@ -402,6 +403,7 @@ class PerfettoProducerConn:
     def _initialized(self, rid: int, reply: ipc.InitializeConnectionResponse) -> list[OutFrame]:
         if reply.hello.error:
             self.counters.reject("refused by the service")
+            self.last_refusal = f"initialize_connection: {reply.hello.error}"
             self._refused("initialize_connection")
             return [OutFrame(method_reply(rid, None))]
         self.producer_id = reply.producer_id
@@ -419,7 +421,7 @@ class PerfettoProducerConn:
     def _from_core(self, kind: str | None, msg: ipc.ServiceToProducer) -> list[OutFrame]:
         if kind == "error":
             self.counters.core_notices += 1
-            self.counters.last_notice = msg.error.message
+            self.last_refusal = msg.error.message
         if kind is None or kind not in COMMANDS:
             return []  # a notice, a heartbeat: nothing Perfetto has
         command = pf.GetAsyncCommandResponse()
